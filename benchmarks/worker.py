@@ -1,0 +1,177 @@
+"""Worker process: time (or measure memory of) cases for some implementations.
+
+Run by :mod:`benchmarks.run`, never imported by it::
+
+    python -m benchmarks.worker SPEC.json OUT.json
+
+``SPEC.json`` holds ``mode`` (``"time"`` or ``"memory"``), ``impls``,
+``cases``, ``scene`` (a :class:`~benchmarks.scene.SceneSpec` dict),
+``repeats``, ``warmup`` and optionally ``sys_path_first`` and
+``expect_version``.  The worker puts ``sys_path_first`` at the front of
+``sys.path`` before anything imports ``sparse3d``; that is how the cached
+``sparse3d==1.2.11`` is timed with this same script.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _library_info(expect_version: str | None) -> dict:
+    """Import ``sparse3d`` and describe the version that was found."""
+    try:
+        import sparse3d
+    except Exception as exc:  # noqa: BLE001
+        return {"importable": False, "error": f"{type(exc).__name__}: {exc}"}
+    from importlib import metadata
+
+    version = getattr(sparse3d, "__version__", None)
+    try:
+        dist_version = metadata.version("sparse3d")
+    except metadata.PackageNotFoundError:
+        dist_version = None
+    info = {
+        "importable": True,
+        "version": version,
+        "dist_version": dist_version,
+        "file": getattr(sparse3d, "__file__", None),
+    }
+    if expect_version is not None and expect_version not in (version, dist_version):
+        raise SystemExit(
+            f"expected sparse3d {expect_version}, imported {version} from {info['file']}"
+        )
+    return info
+
+
+def _versions() -> dict:
+    import numpy
+    import scipy
+
+    out = {"python": platform.python_version(), "numpy": numpy.__version__,
+           "scipy": scipy.__version__}
+    for name in ("sparse", "xarray", "numba"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            out[name] = getattr(mod, "__version__", "?")
+    return out
+
+
+def _prepare(impl: str, case: str, scene: Any, factories: dict) -> Any:
+    from benchmarks.cases import Unsupported
+    from benchmarks.timing import Timing, error_summary
+
+    if case not in factories:
+        return Timing(status="unsupported", note="case not defined")
+    try:
+        return factories[case](scene)
+    except Unsupported as exc:
+        return Timing(status="unsupported", note=str(exc))
+    except Exception as exc:  # noqa: BLE001
+        return Timing(status="error", error=error_summary(exc))
+
+
+def _canon_summary(prepared: Any, result: Any) -> dict | None:
+    import numpy as np
+
+    from benchmarks.cases import summarize
+
+    try:
+        arr = prepared.canon(result) if prepared.canon is not None else result
+        if arr is None or not isinstance(arr, np.ndarray):
+            return None
+        return summarize(arr)
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def run_time(spec: dict, scene: Any, factories: dict[str, dict]) -> dict:
+    """Time every case of ``spec`` for every implementation (interleaved)."""
+    from benchmarks.cases import Prepared
+    from benchmarks.timing import time_interleaved
+
+    results: dict[str, dict] = {}
+    for case in spec["cases"]:
+        prepared = {impl: _prepare(impl, case, scene, f) for impl, f in factories.items()}
+        runnable = {k: p for k, p in prepared.items() if isinstance(p, Prepared)}
+        checks: dict[str, Any] = {}
+
+        def keep(name: str, result: Any, prepared: dict = prepared, checks: dict = checks) -> None:
+            checks[name] = _canon_summary(prepared[name], result)
+
+        timings = time_interleaved(runnable, spec["repeats"], spec["warmup"], keep)
+        case_out = {}
+        for impl, p in prepared.items():
+            if isinstance(p, Prepared):
+                t = timings[impl]
+                t.note, t.check = p.note, checks.get(impl)
+                case_out[impl] = t.to_dict()
+            else:
+                case_out[impl] = p.to_dict()
+        results[case] = case_out
+        print(f"  [{'/'.join(factories)}] {case}: " + ", ".join(
+            f"{k}={v['median_s']:.4g}s" if v.get("median_s") else f"{k}={v['status']}"
+            for k, v in case_out.items()), file=sys.stderr, flush=True)
+        del prepared, runnable
+    return results
+
+
+def run_memory(spec: dict, scene: Any, factories: dict[str, dict]) -> dict:
+    """Cold call, then peak memory of one warm call, for one impl and case."""
+    from benchmarks.cases import Prepared
+    from benchmarks.memory import measure_peak
+    from benchmarks.timing import error_summary, timed_call
+
+    (impl,), (case,) = list(factories), spec["cases"]
+    p = _prepare(impl, case, scene, factories[impl])
+    if not isinstance(p, Prepared):
+        return {case: {impl: p.to_dict()}}
+    try:
+        cold, result = timed_call(p)
+        del result
+        out = {"status": "ok", "cold_s": cold, **measure_peak(p)}
+    except Exception as exc:  # noqa: BLE001
+        out = {"status": "error", "error": error_summary(exc)}
+    return {case: {impl: out}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the spec in ``argv[0]`` and write the JSON result to ``argv[1]``."""
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    if spec.get("sys_path_first"):
+        sys.path.insert(0, spec["sys_path_first"])
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"spec": spec}
+    if any(i in ("sparse3d", "legacy") for i in spec["impls"]):
+        out["library"] = _library_info(spec.get("expect_version"))
+
+    from benchmarks.cases import NEEDS_FAKE_DATA
+    from benchmarks.impls import load
+    from benchmarks.impls.numpy_baseline import model_image
+    from benchmarks.scene import SceneSpec, add_fake_data, make_scene
+
+    scene = make_scene(SceneSpec.from_dict(spec["scene"]))
+    if NEEDS_FAKE_DATA & set(spec["cases"]):
+        add_fake_data(scene, model_image(scene))
+    factories = {}
+    for impl in spec["impls"]:
+        if impl in ("sparse3d", "legacy") and not out["library"]["importable"]:
+            continue
+        factories[impl] = load(impl)
+    if spec["mode"] == "memory":
+        out["results"] = run_memory(spec, scene, factories) if factories else {}
+    else:
+        out["results"] = run_time(spec, scene, factories)
+    out["versions"] = _versions()
+    out["wall_s"] = time.perf_counter() - t0
+    Path(argv[1]).write_text(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,721 @@
+"""NEP 18 (``__array_function__``): the registry of NumPy functions on :class:`Sparse3D`.
+
+Every overridable NumPy function is in exactly one of two tables:
+
+* ``HANDLED_FUNCTIONS`` — filled by the :func:`implements` decorator; each entry computes
+  what NumPy computes on the dense logical array (with stamp semantics for elementwise
+  functions such as ``np.clip`` or ``np.where``) and documents its return type.
+* ``UNSUPPORTED_FUNCTIONS`` (in :mod:`sparse3d._unsupported`) — raise ``TypeError`` naming
+  the function, the reason and the way out. Nothing silently densifies.
+
+Return types of reductions (``np.sum``, ``np.mean``, ``np.max``, ``np.min``, ``np.prod``,
+``np.any``, ``np.all`` and ``ufunc.reduce``):
+
+=====================  ==========================================
+``axis``               result
+=====================  ==========================================
+``None``/``(0, 1, 2)`` NumPy scalar
+``2`` (sources)        dense image ``ndarray (H, W)``
+``(0, 1)`` (pixels)    dense ``ndarray (nsources,)``
+``(0, 2)``/``(1, 2)``  dense ``ndarray (W,)`` / ``(H,)``
+``0`` / ``1``          ``sparse.COO`` ``(W, nsources)`` / ``(H, nsources)``
+=====================  ==========================================
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+
+import numpy as np
+
+from ._options import check_dense_allocation
+from ._ufuncs import apply_elementwise, common_structure
+from ._unsupported import UNSUPPORTED_FUNCTIONS, function_key
+
+__all__ = ["HANDLED_FUNCTIONS", "UNSUPPORTED_FUNCTIONS", "implements", "array_function"]
+
+HANDLED_FUNCTIONS: dict[Callable, Callable] = {}
+_NoValue = np._NoValue
+
+
+def implements(*numpy_functions: Callable) -> Callable:
+    """Register the decorated function as the Sparse3D implementation of ``numpy_functions``."""
+
+    def decorator(func: Callable) -> Callable:
+        for f in numpy_functions:
+            HANDLED_FUNCTIONS[f] = func
+        return func
+
+    return decorator
+
+
+def array_function(self, func, types, args, kwargs):
+    """``Sparse3D.__array_function__``: dispatch to the registry or refuse clearly."""
+    impl = HANDLED_FUNCTIONS.get(func)
+    if impl is None:
+        reason = UNSUPPORTED_FUNCTIONS.get(
+            function_key(func), "it is not implemented for Sparse3D; convert with S.to_sparse() or S.tocsr()"
+        )
+        raise TypeError(f"{function_key(func)} is not supported on Sparse3D: {reason}")
+    return impl(*args, **kwargs)
+
+
+def _S():
+    from .core import Sparse3D
+
+    return Sparse3D
+
+
+def _refuse_out(out, name: str) -> None:
+    if out is not None:
+        raise TypeError(f"{name}(..., out=...) is not supported on Sparse3D: arrays are immutable")
+
+
+# -------------------------------------------------------------------------------------------
+# Products
+# -------------------------------------------------------------------------------------------
+def _scatter_image(structure, weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Sum ``weights`` (stamp-shaped) into the image ``(H, W)`` of ``structure``."""
+    H, W = structure.imshape
+    dtype = np.dtype(dtype)
+    check_dense_allocation(H * W * max(dtype.itemsize, 8), f"an image of shape {(H, W)}")
+    pix = structure.pixel.ravel()
+    w = weights.ravel()
+    if dtype.kind == "c":
+        out = np.bincount(pix, weights=w.real, minlength=H * W + 1)[: H * W].astype(dtype)
+        out.imag = np.bincount(pix, weights=w.imag, minlength=H * W + 1)[: H * W]
+    elif dtype.kind == "f":
+        out = np.bincount(pix, weights=w, minlength=H * W + 1)[: H * W]
+        out = out.astype(dtype, copy=False)
+    else:  # exact integer accumulation
+        out = np.zeros(H * W + 1, dtype=dtype)
+        np.add.at(out, pix, w.astype(dtype, copy=False))
+        out = out[: H * W]
+    return out.reshape(H, W)
+
+
+def _split_unit(x):
+    """``(magnitude, unit)`` for astropy-like quantities, without importing astropy."""
+    if hasattr(x, "unit") and hasattr(x, "value") and not isinstance(x, _S()):
+        return np.asarray(x.value), x.unit
+    return x, None
+
+
+def _as_weights(b, name: str):
+    Sparse3D = _S()
+    if isinstance(b, Sparse3D):
+        raise TypeError(f"{name}: the product of two Sparse3D arrays is not supported; use S.tocsr()")
+    if type(b).__module__.startswith(("sparse", "scipy")):
+        raise TypeError(f"{name}: weights must be a dense array; got {type(b).__name__}")
+    b = np.asarray(b)
+    if b.dtype == object:
+        raise TypeError(f"{name}: weights must be numeric; got an object array")
+    return b
+
+
+def dot(a, b, out=None):
+    """``np.dot(S, w)``: contract the source axis of ``S`` with the first axis of ``w``.
+
+    ``w (nsources,)`` → image ``ndarray (H, W)``; ``w (nsources, k)`` → ``ndarray (H, W, k)``;
+    scalar ``w`` → ``S * w`` (a Sparse3D).
+    """
+    Sparse3D = _S()
+    _refuse_out(out, "np.dot")
+    if not isinstance(a, Sparse3D):
+        raise TypeError(
+            "np.dot(x, S) with the Sparse3D second is not supported (it would contract the column "
+            "axis); use np.tensordot(S, image, axes=([0, 1], [0, 1])) for per-source projections"
+        )
+    b, unit = _split_unit(b)
+    b = _as_weights(b, "np.dot")
+    if b.ndim == 0:
+        result = a * b[()]
+        return result if unit is None else result * unit
+    n = a.nsources
+    if b.shape[0] != n:
+        raise ValueError(
+            f"weights must have length nsources={n} along their first axis; got shape {b.shape}"
+        )
+    if b.ndim > 2:
+        raise ValueError(f"weights must be (nsources,) or (nsources, k); got {b.ndim}-D shape {b.shape}")
+    dtype = np.result_type(a.dtype, b.dtype)
+    s = a._structure
+    H, W = a.imshape
+    if b.ndim == 1:
+        result = _scatter_image(s, a._values * b, dtype)
+    else:
+        k = b.shape[1]
+        check_dense_allocation(H * W * k * dtype.itemsize, f"a model cube of shape {(H, W, k)}")
+        if k <= 4 or dtype.kind not in "fc":
+            result = np.stack([_scatter_image(s, a._values * b[:, j], dtype) for j in range(k)], axis=-1)
+            result = result.reshape(H, W, k)
+        else:
+            result = np.asarray(a.tocsr() @ b).astype(dtype, copy=False).reshape(H, W, k)
+    return result if unit is None else result * unit
+
+
+implements(np.dot)(dot)
+
+
+def matmul(a, b, out=None, **kwargs):
+    """``S @ w`` / ``np.matmul(S, w)``: same as :func:`dot` for 1-D and 2-D ``w``."""
+    Sparse3D = _S()
+    _refuse_out(out, "np.matmul")
+    if kwargs:
+        raise TypeError(f"np.matmul keyword arguments {sorted(kwargs)} are not supported on Sparse3D")
+    if not isinstance(a, Sparse3D):
+        raise TypeError("x @ S with the Sparse3D on the right is not supported; use S @ w or np.tensordot")
+    b_mag, _ = _split_unit(b)
+    if np.ndim(b_mag) == 0:
+        raise ValueError("matmul: a scalar operand is not allowed (NumPy's rule); use S * c")
+    if np.ndim(b_mag) > 2:
+        raise ValueError(f"matmul: weights must be (nsources,) or (nsources, k); got shape {np.shape(b_mag)}")
+    return dot(a, b)
+
+
+implements(np.matmul)(matmul)
+
+
+def _project(S, image: np.ndarray) -> np.ndarray:
+    """``Aᵀ·y``: per-source sums of ``S * image``; image ``(H, W)`` → ``(n,)``, ``(H, W, m)`` → ``(n, m)``."""
+    H, W = S.imshape
+    dtype = np.result_type(S.dtype, image.dtype)
+    if image.ndim == 2:
+        ext = np.zeros(H * W + 1, dtype=image.dtype)
+        ext[: H * W] = image.ravel()
+        g = ext[S._structure.pixel]
+        return np.einsum("ijk,ijk->k", S._values, g, dtype=dtype)
+    m = image.shape[2:]
+    flat = image.reshape(H * W, -1)
+    res = np.asarray(S.tocsc().T @ flat).astype(dtype, copy=False)
+    return res.reshape((S.nsources, *m))
+
+
+@implements(np.tensordot)
+def tensordot(a, b, axes=2):
+    """``np.tensordot`` with a Sparse3D operand.
+
+    Fast paths: ``axes=([0, 1], [0, 1])`` against an image ``(H, W[, m])`` (the per-source
+    projection ``Aᵀ·y`` → ``(nsources[, m])``) and ``axes=([2], [0])`` / ``axes=1`` against
+    weights (the model, as :func:`dot`). Other contractions go through ``sparse.COO``.
+    """
+    Sparse3D = _S()
+    if isinstance(axes, (int, np.integer)):
+        na, nb = np.ndim(a) if not isinstance(a, Sparse3D) else 3, np.ndim(b) if not isinstance(b, Sparse3D) else 3
+        axes_a, axes_b = list(range(na - axes, na)), list(range(axes))
+    else:
+        try:
+            axes_a, axes_b = axes
+        except (TypeError, ValueError):
+            raise ValueError(f"tensordot: axes must be an int or a pair of sequences; got {axes!r}") from None
+        axes_a = [axes_a] if isinstance(axes_a, (int, np.integer)) else list(axes_a)
+        axes_b = [axes_b] if isinstance(axes_b, (int, np.integer)) else list(axes_b)
+    if len(axes_a) != len(axes_b):
+        raise ValueError(f"tensordot: axes lists must have equal lengths; got {axes_a} and {axes_b}")
+    if isinstance(a, Sparse3D) and isinstance(b, Sparse3D):
+        return np.tensordot(a.coo, b.coo, axes=(axes_a, axes_b))
+    if not isinstance(a, Sparse3D):
+        # tensordot(x, S): compute with S first, then put x's free axes in front
+        res = tensordot(b, a, axes=(axes_b, axes_a))
+        n_free_s = 3 - len(axes_b)
+        if isinstance(res, np.ndarray) and res.ndim > n_free_s:
+            res = np.moveaxis(res, list(range(n_free_s)), list(range(res.ndim - n_free_s, res.ndim)))
+        elif hasattr(res, "transpose") and getattr(res, "ndim", 0) > n_free_s:
+            order = list(range(n_free_s, res.ndim)) + list(range(n_free_s))
+            res = res.transpose(order)
+        return res
+    b_mag, unit = _split_unit(b)
+    b_arr = _as_weights(b_mag, "np.tensordot")
+    axes_a = [int(x) % 3 for x in axes_a]
+    axes_b = [int(x) % max(b_arr.ndim, 1) for x in axes_b]
+    pairs = sorted(zip(axes_a, axes_b))
+    sa = [p[0] for p in pairs]
+    sb = [p[1] for p in pairs]
+    result = None
+    if sa == [2]:
+        w = np.moveaxis(b_arr, sb[0], 0)
+        rest = w.shape[1:]
+        flat = w.reshape(w.shape[0], -1) if w.ndim > 2 else w
+        result = dot(a, flat)
+        if w.ndim > 2:
+            result = result.reshape((*a.imshape, *rest))
+    elif sa == [0, 1]:
+        y = np.moveaxis(b_arr, sb, [0, 1])
+        if y.shape[:2] != a.imshape:
+            raise ValueError(f"tensordot: image axes have shape {y.shape[:2]}, expected imshape {a.imshape}")
+        result = _project(a, y)
+    if result is None:
+        result = np.tensordot(a.coo, b_arr, axes=(axes_a, axes_b))
+    return result if unit is None else result * unit
+
+
+# -------------------------------------------------------------------------------------------
+# Reductions
+# -------------------------------------------------------------------------------------------
+def _normalize_axes(axis) -> tuple[int, ...]:
+    if axis is None:
+        return (0, 1, 2)
+    items = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for ax in items:
+        ax = operator.index(ax)
+        if not -3 <= ax < 3:
+            raise np.exceptions.AxisError(ax, 3)
+        out.append(ax % 3)
+    if len(set(out)) != len(out):
+        raise ValueError(f"duplicate value in 'axis': {axis!r}")
+    return tuple(sorted(out))
+
+
+def _finish(result, S, axes: tuple[int, ...], keepdims: bool):
+    """Apply the return-type policy of the module docstring, and ``keepdims``."""
+    if axes == (0, 1, 2):
+        if hasattr(result, "todense"):
+            result = result.todense()
+        result = np.asarray(result)[()]
+    elif axes in ((2,), (0, 1), (0, 2), (1, 2)):
+        if hasattr(result, "todense"):
+            result = result.todense()
+        result = np.asarray(result)
+    if keepdims:
+        shape = tuple(1 if i in axes else s for i, s in enumerate(S.shape))
+        result = result.reshape(shape) if hasattr(result, "reshape") else np.reshape(result, shape)
+    return result
+
+
+_EXTREMA = {np.maximum: "max", np.minimum: "min", np.fmax: "max", np.fmin: "min"}
+
+
+def _neutral(kind: str, dtype: np.dtype):
+    if dtype.kind == "f":
+        return -np.inf if kind == "max" else np.inf
+    if dtype.kind == "b":
+        return kind != "max"
+    info = np.iinfo(dtype)
+    return info.min if kind == "max" else info.max
+
+
+def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoValue, where=True):
+    """The logical-array reduction ``ufunc.reduce(dense(S), axis)`` without densifying."""
+    if where is not True and where is not _NoValue:
+        raise TypeError(f"np.{ufunc.__name__}.reduce(..., where=...) is not supported on Sparse3D")
+    axes = _normalize_axes(axis)
+    if axes == ():
+        result = S.astype(dtype) if dtype is not None else S
+        return result if initial is _NoValue else ufunc(result, initial)
+    s = S._structure
+    v = S._values
+    m = None if s.all_in_image else s.in_image
+    result = None
+    if ufunc is np.add:
+        if axes == (0, 1, 2):
+            result = np.sum(v, dtype=dtype, where=True if m is None else m)
+        elif axes == (0, 1):
+            result = np.sum(v, axis=(0, 1), dtype=dtype, where=True if m is None else m)
+        elif axes == (2,):
+            out_dtype = np.sum(np.zeros(1, dtype=v.dtype), dtype=dtype).dtype
+            result = _scatter_image(s, v, out_dtype)
+    elif ufunc in _EXTREMA and dtype is None and v.dtype.kind in "biuf" and not s.has_duplicates:
+        kind = _EXTREMA[ufunc]
+        neutral = _neutral(kind, v.dtype)
+        zero = np.zeros((), dtype=v.dtype)
+        if axes == (0, 1, 2):
+            if S.nnz == 0:
+                result = zero[()]
+            else:
+                result = ufunc.reduce(v if m is None else v[m], axis=None)
+                if S.nnz < S.size:
+                    result = ufunc(result, zero)
+        elif axes == (0, 1):
+            H, W = S.imshape
+            result = ufunc.reduce(v, axis=(0, 1), where=True if m is None else m, initial=neutral)
+            result = np.where(s.source_counts < H * W, ufunc(result, zero), result)
+        elif axes == (2,):
+            H, W = S.imshape
+            check_dense_allocation(H * W * v.dtype.itemsize * 2, f"an image of shape {(H, W)}")
+            img = np.full(H * W + 1, neutral, dtype=v.dtype)
+            ufunc.at(img, s.pixel.ravel(), v.ravel())
+            counts = np.bincount(s.pixel.ravel(), minlength=H * W + 1)
+            img = np.where(counts < S.nsources, ufunc(img, zero), img)
+            result = img[: H * W].reshape(H, W)
+    if result is None:  # general path through the canonical sparse.COO (fill value 0)
+        kw = {} if dtype is None else {"dtype": dtype}
+        result = ufunc.reduce(S.coo, axis=axes, **kw)
+    if initial is not _NoValue:
+        result = ufunc(result, initial)
+    return _finish(result, S, axes, keepdims)
+
+
+def ufunc_reduce(ufunc, array, axis=0, dtype=None, out=None, keepdims=False, initial=_NoValue, where=True):
+    """``ufunc.reduce(S, ...)`` (note NumPy's default ``axis=0`` here)."""
+    _refuse_out(out, f"np.{ufunc.__name__}.reduce")
+    if ufunc.nin != 2 or ufunc.nout != 1:
+        raise TypeError(f"np.{ufunc.__name__}.reduce needs a binary ufunc")
+    return _reduce(array, ufunc, axis, dtype=dtype, keepdims=keepdims, initial=initial, where=where)
+
+
+@implements(np.sum)
+def _sum(a, axis=None, dtype=None, out=None, keepdims=False, initial=_NoValue, where=True):
+    """``np.sum``; see the module docstring for the return type by ``axis``."""
+    _refuse_out(out, "np.sum")
+    return _reduce(a, np.add, axis, dtype=dtype, keepdims=keepdims, initial=initial, where=where)
+
+
+@implements(np.prod)
+def _prod(a, axis=None, dtype=None, out=None, keepdims=False, initial=_NoValue, where=True):
+    _refuse_out(out, "np.prod")
+    return _reduce(a, np.multiply, axis, dtype=dtype, keepdims=keepdims, initial=initial, where=where)
+
+
+@implements(np.max, np.amax)
+def _max(a, axis=None, out=None, keepdims=False, initial=_NoValue, where=True):
+    _refuse_out(out, "np.max")
+    return _reduce(a, np.maximum, axis, keepdims=keepdims, initial=initial, where=where)
+
+
+@implements(np.min, np.amin)
+def _min(a, axis=None, out=None, keepdims=False, initial=_NoValue, where=True):
+    _refuse_out(out, "np.min")
+    return _reduce(a, np.minimum, axis, keepdims=keepdims, initial=initial, where=where)
+
+
+@implements(np.any)
+def _any(a, axis=None, out=None, keepdims=False, *, where=True):
+    _refuse_out(out, "np.any")
+    return _reduce(a.astype(bool), np.logical_or, axis, keepdims=keepdims, where=where)
+
+
+@implements(np.all)
+def _all(a, axis=None, out=None, keepdims=False, *, where=True):
+    _refuse_out(out, "np.all")
+    return _reduce(a.astype(bool), np.logical_and, axis, keepdims=keepdims, where=where)
+
+
+@implements(np.mean)
+def _mean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=True):
+    """``np.mean``: the sum divided by the number of logical elements reduced."""
+    _refuse_out(out, "np.mean")
+    axes = _normalize_axes(axis)
+    count = int(np.prod([a.shape[i] for i in axes]))
+    sum_dtype = dtype if dtype is not None else (np.float64 if a.dtype.kind in "biu" else a.dtype)
+    total = _reduce(a, np.add, axes, dtype=sum_dtype, keepdims=keepdims, where=where)
+    result = total / count
+    if dtype is not None or a.dtype.kind in "fc":
+        target = np.dtype(dtype) if dtype is not None else a.dtype
+        result = result.astype(target) if hasattr(result, "astype") else target.type(result)
+    return result
+
+
+@implements(np.count_nonzero)
+def _count_nonzero(a, axis=None, *, keepdims=False):
+    """Logical non-zeros (duplicates summed first); the same return types as ``np.sum``."""
+    return _reduce(a.astype(bool), np.add, axis, dtype=np.intp, keepdims=keepdims)
+
+
+# -------------------------------------------------------------------------------------------
+# Joining
+# -------------------------------------------------------------------------------------------
+@implements(np.concatenate)
+def _concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
+    """Concatenate Sparse3D arrays along the source axis (``axis=2`` or ``-1``) → Sparse3D."""
+    from ._structure import StampStructure
+
+    Sparse3D = _S()
+    _refuse_out(out, "np.concatenate")
+    arrays = list(arrays)
+    if not arrays or not all(isinstance(x, Sparse3D) for x in arrays):
+        raise TypeError("np.concatenate on Sparse3D needs a non-empty sequence of Sparse3D arrays")
+    if axis is None or operator.index(axis) % 3 != 2:
+        raise ValueError(
+            f"Sparse3D arrays can only be concatenated along the source axis (axis=2 or -1); got axis={axis}"
+        )
+    first = arrays[0]
+    for x in arrays[1:]:
+        if x.imshape != first.imshape or x.imcorner != first.imcorner:
+            raise ValueError("np.concatenate: all arrays must share imshape and imcorner")
+        if x.stamp_shape[:2] != first.stamp_shape[:2]:
+            raise ValueError(
+                f"np.concatenate: stamp shapes differ ({first.stamp_shape[:2]} vs {x.stamp_shape[:2]})"
+            )
+    values = np.concatenate([x._values for x in arrays], axis=2, dtype=dtype, casting=casting)
+    row = np.concatenate([x.row for x in arrays], axis=2)
+    col = np.concatenate([x.col for x in arrays], axis=2)
+    row.flags.writeable = col.flags.writeable = False
+    return Sparse3D._from_parts(values, StampStructure(row, col, first.imshape, first.imcorner))
+
+
+@implements(np.stack)
+def _stack(arrays, axis=0, out=None, *, dtype=None, casting="same_kind"):
+    """Stack Sparse3D arrays along a new axis → a 4-D ``sparse.COO`` (no stamp structure)."""
+    import sparse
+
+    Sparse3D = _S()
+    _refuse_out(out, "np.stack")
+    arrays = [x.coo if isinstance(x, Sparse3D) else x for x in arrays]
+    result = sparse.stack(arrays, axis=axis)
+    return result if dtype is None else result.astype(dtype, casting=casting)
+
+
+# -------------------------------------------------------------------------------------------
+# Elementwise functions (stamp semantics, like the ufuncs)
+# -------------------------------------------------------------------------------------------
+@implements(np.where)
+def _where(condition, x=_NoValue, y=_NoValue):
+    """``np.where(cond, x, y)`` on stamp values → Sparse3D; ``np.where(cond)`` → coordinates."""
+    if x is _NoValue and y is _NoValue:
+        return _nonzero(condition)
+    if x is _NoValue or y is _NoValue:
+        raise ValueError("either both or neither of x and y should be given")
+    return apply_elementwise(np.where, (condition, x, y), name="np.where")
+
+
+@implements(np.nonzero)
+def _nonzero(a):
+    """Coordinates ``(rows, cols, sources)`` of logical non-zeros, sorted (via ``sparse.COO``)."""
+    coo = a.coo
+    keep = coo.data != 0
+    return tuple(c[keep] for c in coo.coords)
+
+
+@implements(np.clip)
+def _clip(a, a_min=_NoValue, a_max=_NoValue, out=None, *, min=_NoValue, max=_NoValue, **kwargs):
+    _refuse_out(out, "np.clip")
+    lo = a_min if a_min is not _NoValue else (min if min is not _NoValue else None)
+    hi = a_max if a_max is not _NoValue else (max if max is not _NoValue else None)
+    return apply_elementwise(lambda v, lo, hi: np.clip(v, lo, hi, **kwargs), (a, lo, hi), name="np.clip")
+
+
+@implements(np.round, np.around)
+def _round(a, decimals=0, out=None):
+    _refuse_out(out, "np.round")
+    return apply_elementwise(np.round, (a,), {"decimals": decimals}, name="np.round")
+
+
+@implements(np.isclose)
+def _isclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
+    """Elementwise on stamp values → boolean Sparse3D (off-stamp is False, stamp semantics)."""
+    kw = {"rtol": rtol, "atol": atol, "equal_nan": equal_nan}
+    return apply_elementwise(np.isclose, (a, b), kw, name="np.isclose")
+
+
+@implements(np.nan_to_num)
+def _nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
+    kw = {"nan": nan, "posinf": posinf, "neginf": neginf}
+    return apply_elementwise(np.nan_to_num, (x,), kw, name="np.nan_to_num")
+
+
+@implements(np.real)
+def _real(val):
+    return apply_elementwise(np.real, (val,), name="np.real")
+
+
+@implements(np.imag)
+def _imag(val):
+    return apply_elementwise(np.imag, (val,), name="np.imag")
+
+
+@implements(np.copy)
+def _copy(a, order="K", subok=False):
+    return a.copy()
+
+
+def _like(a, fill, dtype, shape, name):
+    if shape is not None and tuple(np.atleast_1d(shape)) != a.shape:
+        raise ValueError(f"{name} on a Sparse3D cannot change the shape")
+    dtype = a.dtype if dtype is None else np.dtype(dtype)
+    return a._from_parts(np.full(a.stamp_shape, fill, dtype=dtype), a._structure)
+
+
+@implements(np.zeros_like, np.empty_like)
+def _zeros_like(a, dtype=None, order="K", subok=True, shape=None, *, device=None):
+    """A Sparse3D of zeros with the same stamps."""
+    return _like(a, 0, dtype, shape, "np.zeros_like")
+
+
+@implements(np.ones_like)
+def _ones_like(a, dtype=None, order="K", subok=True, shape=None, *, device=None):
+    """Ones on the stamps, zero elsewhere (stamp semantics)."""
+    return _like(a, 1, dtype, shape, "np.ones_like")
+
+
+@implements(np.full_like)
+def _full_like(a, fill_value, dtype=None, order="K", subok=True, shape=None, *, device=None):
+    """``fill_value`` on the stamps, zero elsewhere (stamp semantics)."""
+    return _like(a, fill_value, dtype, shape, "np.full_like")
+
+
+# -------------------------------------------------------------------------------------------
+# Whole-array comparisons (logical arrays, off-stamp zeros included)
+# -------------------------------------------------------------------------------------------
+def _logical_operands(a, b):
+    """Both operands as ``sparse.COO`` (Sparse3D) or ndarray, for a logical comparison."""
+    Sparse3D = _S()
+
+    def conv(x):
+        if isinstance(x, Sparse3D):
+            return x.coo
+        return x if hasattr(x, "coords") else np.asarray(x)
+
+    return conv(a), conv(b)
+
+
+def _stored_pair(a, b):
+    """Stored values of two Sparse3D sharing a structure without duplicates, else None."""
+    Sparse3D = _S()
+    if isinstance(a, Sparse3D) and isinstance(b, Sparse3D) and a._structure.equals(b._structure):
+        s = a._structure
+        if not s.has_duplicates:
+            if s.all_in_image:
+                return a._values, b._values
+            return a._values[s.in_image], b._values[s.in_image]
+    return None
+
+
+@implements(np.allclose)
+def _allclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
+    """Whether the logical arrays are close everywhere (zeros off the stamps included)."""
+    pair = _stored_pair(a, b)
+    if pair is not None:
+        return bool(np.allclose(*pair, rtol=rtol, atol=atol, equal_nan=equal_nan))
+    ca, cb = _logical_operands(a, b)
+    if isinstance(ca, np.ndarray) or isinstance(cb, np.ndarray):
+        da = ca.todense() if hasattr(ca, "todense") else ca
+        db = cb.todense() if hasattr(cb, "todense") else cb
+        return bool(np.allclose(da, db, rtol=rtol, atol=atol, equal_nan=equal_nan))
+    diff = abs(ca - cb)
+    ok = diff <= atol + rtol * abs(cb)
+    if equal_nan:
+        import sparse
+
+        ok = sparse.elemwise(np.logical_or, ok, sparse.elemwise(np.logical_and, np.isnan(ca), np.isnan(cb)))
+    return bool(ok.all())
+
+
+@implements(np.array_equal)
+def _array_equal(a1, a2, equal_nan=False):
+    """Whether the logical arrays have equal shape and values (zeros off the stamps included)."""
+    if np.shape(a1) != np.shape(a2):
+        return False
+    pair = _stored_pair(a1, a2)
+    if pair is not None:
+        return bool(np.array_equal(*pair, equal_nan=equal_nan))
+    ca, cb = _logical_operands(a1, a2)
+    if isinstance(ca, np.ndarray) or isinstance(cb, np.ndarray):
+        da = ca.todense() if hasattr(ca, "todense") else ca
+        db = cb.todense() if hasattr(cb, "todense") else cb
+        return bool(np.array_equal(da, db, equal_nan=equal_nan))
+    ne = ca != cb
+    if equal_nan:
+        import sparse
+
+        both = sparse.elemwise(np.logical_and, np.isnan(ca), np.isnan(cb))
+        ne = sparse.elemwise(np.logical_and, ne, sparse.elemwise(np.logical_not, both))
+    return not bool(ne.any())
+
+
+# -------------------------------------------------------------------------------------------
+# Array facts
+# -------------------------------------------------------------------------------------------
+@implements(np.shape)
+def _shape(a):
+    return a.shape
+
+
+@implements(np.ndim)
+def _ndim(a):
+    return 3
+
+
+@implements(np.size)
+def _size(a, axis=None):
+    return a.size if axis is None else a.shape[axis]
+
+
+@implements(np.result_type)
+def _result_type(*arrays_and_dtypes):
+    Sparse3D = _S()
+    return np.result_type(*[x.dtype if isinstance(x, Sparse3D) else x for x in arrays_and_dtypes])
+
+
+@implements(np.iscomplexobj)
+def _iscomplexobj(x):
+    return x.dtype.kind == "c"
+
+
+@implements(np.isrealobj)
+def _isrealobj(x):
+    return x.dtype.kind != "c"
+
+
+@implements(np.transpose)
+def _transpose(a, axes=None):
+    """Identity for ``(0, 1, 2)``; any other order gives a transposed ``sparse.COO``."""
+    return a.transpose(axes)
+
+
+# -------------------------------------------------------------------------------------------
+# Indexing (called by Sparse3D.__getitem__)
+# -------------------------------------------------------------------------------------------
+def _unit_slice(k) -> bool:
+    return isinstance(k, slice) and (k.step is None or k.step == 1)
+
+
+def getitem(S, key):
+    """NumPy indexing with NumPy's shape rules.
+
+    * Unit-step slices on ``row``/``col`` crop the image (a cutout: ``imshape`` and
+      ``imcorner`` change, stamps are kept) → Sparse3D.
+    * On the source axis: a slice, an integer array or a boolean mask select sources →
+      Sparse3D; an integer drops the axis → ``sparse.COO`` image ``(H, W)``.
+    * Anything else (integers or strided slices on row/col, ``None``) goes through
+      ``sparse.COO`` indexing and returns ``sparse.COO``.
+    """
+    Sparse3D = _S()
+    if not isinstance(key, tuple):
+        key = (key,)
+    if sum(k is Ellipsis for k in key) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    if Ellipsis in [k for k in key if k is Ellipsis]:
+        i = next(j for j, k in enumerate(key) if k is Ellipsis)
+        key = key[:i] + (slice(None),) * (3 - (len(key) - 1)) + key[i + 1 :]
+    if len(key) > 3:
+        raise IndexError(f"too many indices for a 3-D Sparse3D: {len(key)} were given")
+    key = key + (slice(None),) * (3 - len(key))
+    kr, kc, ks = key
+    if not (_unit_slice(kr) and _unit_slice(kc)) or any(k is None for k in key):
+        return S.coo[key]
+    H, W = S.imshape
+    r0, r1, _ = kr.indices(H)
+    c0, c1, _ = kc.indices(W)
+    if r1 <= r0 or c1 <= c0:
+        return S.coo[key]
+    s = S._structure
+    if (r0, r1, c0, c1) != (0, H, 0, W):
+        s = s.with_bounds((r1 - r0, c1 - c0), (s.imcorner[0] + r0, s.imcorner[1] + c0))
+    if isinstance(ks, slice) and ks == slice(None):
+        return Sparse3D._from_parts(S._values, s)
+    if isinstance(ks, (int, np.integer)):
+        n = S.nsources
+        if not -n <= ks < n:
+            raise IndexError(f"index {ks} is out of bounds for axis 2 with size {n}")
+        import sparse
+
+        one = Sparse3D._from_parts(np.ascontiguousarray(S._values[:, :, [ks]]), s.take_sources([ks])).coo
+        return sparse.COO(
+            one.coords[:2], one.data, shape=one.shape[:2], sorted=True, has_duplicates=False,
+            fill_value=one.fill_value,
+        )
+    if isinstance(ks, slice):
+        sel = ks
+    else:
+        sel = np.asarray(ks)
+        if sel.dtype == bool:
+            if sel.shape != (S.nsources,):
+                raise IndexError(
+                    f"boolean index for the source axis must have shape ({S.nsources},); got {sel.shape}"
+                )
+        elif not np.issubdtype(sel.dtype, np.integer) or sel.ndim != 1:
+            raise IndexError(f"source index must be an int, slice, 1-D int array or boolean mask; got {ks!r}")
+    values = np.ascontiguousarray(S._values[:, :, sel])
+    return Sparse3D._from_parts(values, s.take_sources(sel))

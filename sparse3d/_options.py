@@ -1,0 +1,77 @@
+"""Library-wide options, and the guard against silent huge dense allocations."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+__all__ = ["DenseAllocationError", "get_options", "set_options"]
+
+_DEFAULTS = {"max_dense_bytes": 2 * 1024**3}
+_state = threading.local()
+
+
+class DenseAllocationError(MemoryError):
+    """Raised *before* an operation allocates an array larger than ``max_dense_bytes``.
+
+    Raise the limit with :func:`sparse3d.set_options` (``max_dense_bytes=...``) or, for
+    :meth:`Sparse3D.todense`, pass ``force=True``.
+    """
+
+
+def get_options() -> dict:
+    """The options in force in this thread (a copy)."""
+    return dict(getattr(_state, "options", _DEFAULTS))
+
+
+@contextlib.contextmanager
+def _restore(previous: dict) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        _state.options = previous
+
+
+def set_options(**options) -> contextlib.AbstractContextManager:
+    """Set library options; use as a plain call or as a context manager.
+
+    Parameters
+    ----------
+    max_dense_bytes : int
+        Largest dense allocation (in bytes) that an operation may make implicitly: the
+        image of a ``dot``, a CSR row pointer, ``todense()``. Default 2 GiB.
+
+    Examples
+    --------
+    >>> import sparse3d
+    >>> with sparse3d.set_options(max_dense_bytes=2**34):
+    ...     pass
+    """
+    current = get_options()
+    for name, value in options.items():
+        if name not in _DEFAULTS:
+            raise TypeError(f"set_options got an unknown option {name!r}; known: {sorted(_DEFAULTS)}")
+        if name == "max_dense_bytes" and (not isinstance(value, int) or value < 0):
+            raise ValueError(f"max_dense_bytes must be a non-negative int; got {value!r}")
+    _state.options = {**current, **options}
+    return _restore(current)
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def check_dense_allocation(nbytes: int, what: str) -> None:
+    """Raise :class:`DenseAllocationError` if ``what`` would need more than the limit."""
+    limit = get_options()["max_dense_bytes"]
+    if nbytes > limit:
+        raise DenseAllocationError(
+            f"{what} would allocate {_format_bytes(nbytes)}, above max_dense_bytes="
+            f"{_format_bytes(limit)}; work on a cutout (S[r0:r1, c0:c1]) or raise the limit "
+            "with sparse3d.set_options(max_dense_bytes=...)"
+        )

@@ -1,0 +1,159 @@
+"""NEP 13 (``__array_ufunc__``): every ufunc and operator, with stamp semantics.
+
+Policy
+------
+* ``method="__call__"``: the ufunc is applied to the stored stamp values only; the result
+  has the same structure (off-stamp stays zero). All ufuncs, not a whitelist.
+* Operands: Python/NumPy scalars; ndarrays (or array-likes) that broadcast against the
+  *logical* shape ``(H, W, nsources)``; other :class:`~sparse3d.Sparse3D` arrays with an
+  equal structure. Per-source operands (``(nsources,)``, ``(1, 1, nsources)``) broadcast
+  straight onto the stamp block; image-dependent operands (``(H, W, 1)``, ``(H, W, n)``)
+  are gathered at the stamp pixels (off-image stamp pixels get 0 in the result, since the
+  operand has no value there).
+* Generalized ufuncs (``np.matmul``, ``@``) go to the function registry.
+* ``method="reduce"`` (``np.add.reduce``, ``np.maximum.reduce``, …) goes to the same
+  reductions as ``np.sum``/``np.max``. Other methods (``accumulate``, ``outer``, ``at``,
+  ``reduceat``) raise ``TypeError``.
+* ``out=`` is refused (arrays are immutable); in-place operators rebind instead.
+  ``where=`` is refused: use ``np.where``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+__all__ = ["array_ufunc", "stamp_operand", "common_structure", "apply_elementwise"]
+
+
+def _sparse3d_type():
+    from .core import Sparse3D
+
+    return Sparse3D
+
+
+def common_structure(arrays):
+    """The structure shared by all ``arrays`` (Sparse3D); ``ValueError`` if they differ."""
+    first = arrays[0]._structure
+    for other in arrays[1:]:
+        if not first.equals(other._structure):
+            raise ValueError(
+                "operands have different stamp structures (positions, stamp shape, imshape or imcorner "
+                f"differ: {first.shape} with stamps {first.stamp_shape} at imcorner {first.imcorner} vs "
+                f"{other.shape} with stamps {other.stamp_shape} at imcorner {other.imcorner}); combine "
+                "arrays built from the same row/col and image bounds, or convert with to_sparse()"
+            )
+    return first
+
+
+def stamp_operand(x, structure, name: str = "operand"):
+    """Turn an operand into something that broadcasts against the stamp block ``(nr, nc, n)``."""
+    Sparse3D = _sparse3d_type()
+    if isinstance(x, Sparse3D):
+        return x._values
+    if isinstance(x, (numbers.Number, np.generic)) or x is None:
+        return x
+    if hasattr(x, "unit") and hasattr(x, "value"):
+        raise TypeError(
+            f"{name} carries a unit ({x.unit}); elementwise operations on Sparse3D take plain numbers "
+            "(use .value, or attach the unit to a dot product's weights)"
+        )
+    if type(x).__module__.startswith(("sparse", "scipy")):
+        raise TypeError(
+            f"{name} of type {type(x).__name__} cannot be combined elementwise with a Sparse3D; "
+            "build a Sparse3D with the same stamps (S.with_data) or convert S with to_sparse()"
+        )
+    arr = np.asarray(x)
+    if arr.dtype == object:
+        raise TypeError(f"{name} must be numeric; got an object array")
+    if arr.ndim == 0:
+        return arr
+    logical = structure.shape
+    try:
+        out_shape = np.broadcast_shapes(arr.shape, logical)
+    except ValueError:
+        out_shape = None
+    if out_shape != logical:
+        hint = ""
+        if arr.shape == structure.stamp_shape:
+            hint = (
+                "; this looks like stamp-shaped values (nr, nc, nsources): use S.with_data(values) to "
+                "build an array with the same stamps"
+            )
+        raise ValueError(
+            f"{name} with shape {arr.shape} does not broadcast against the array's logical shape "
+            f"{logical} (H, W, nsources){hint}"
+        )
+    arr3 = arr.reshape((1,) * (3 - arr.ndim) + arr.shape)
+    if arr3.shape[0] == 1 and arr3.shape[1] == 1:
+        return arr3  # per-source (or scalar-like): broadcasts over the stamp block directly
+    # image-dependent operand: gather it at every stamp pixel
+    r = (structure.row - structure.imcorner[0]) if arr3.shape[0] > 1 else 0
+    c = (structure.col - structure.imcorner[1]) if arr3.shape[1] > 1 else 0
+    k = np.arange(structure.nsources) if arr3.shape[2] > 1 else 0
+    m = structure.in_image
+    if not structure.all_in_image:
+        r = np.where(m, r, 0) if arr3.shape[0] > 1 else r
+        c = np.where(m, c, 0) if arr3.shape[1] > 1 else c
+    gathered = arr3[r, c, k]
+    gathered = np.broadcast_to(gathered, structure.stamp_shape)
+    if not structure.all_in_image:
+        gathered = np.where(m, gathered, np.zeros((), dtype=gathered.dtype))
+    return gathered
+
+
+def apply_elementwise(func, args, kwargs=None, name: str | None = None):
+    """Apply ``func`` to the stamp values of the Sparse3D ``args`` (others as operands).
+
+    Returns a Sparse3D (or a tuple of them for multi-output functions) with the shared
+    structure. Used by ``__array_ufunc__`` and by registry functions such as ``np.clip``.
+    """
+    Sparse3D = _sparse3d_type()
+    arrays = [a for a in args if isinstance(a, Sparse3D)]
+    structure = common_structure(arrays)
+    label = name or getattr(func, "__name__", "function")
+    ops = [stamp_operand(a, structure, name=f"operand {i} of {label}") for i, a in enumerate(args)]
+    result = func(*ops, **(kwargs or {}))
+    if isinstance(result, tuple):
+        return tuple(_wrap(r, structure) for r in result)
+    return _wrap(result, structure)
+
+
+def _wrap(values, structure):
+    Sparse3D = _sparse3d_type()
+    values = np.asarray(values)
+    if values.shape != structure.stamp_shape:
+        values = np.broadcast_to(values, structure.stamp_shape).copy()
+    if not values.flags.c_contiguous:
+        values = np.ascontiguousarray(values)
+    return Sparse3D._from_parts(values, structure)
+
+
+def array_ufunc(self, ufunc: np.ufunc, method: str, *inputs, **kwargs):
+    """``Sparse3D.__array_ufunc__``: see the module docstring for the policy."""
+    from . import _functions
+
+    out = kwargs.pop("out", None)
+    if out is not None:
+        raise TypeError(
+            f"np.{ufunc.__name__}(..., out=...) is not supported: Sparse3D arrays are immutable; "
+            "use the returned array (in-place operators such as += rebind the name)"
+        )
+    if method == "reduce":
+        return _functions.ufunc_reduce(ufunc, *inputs, **kwargs)
+    if method != "__call__":
+        raise TypeError(
+            f"np.{ufunc.__name__}.{method} is not supported on Sparse3D (only calls and reduce); "
+            "convert with S.to_sparse() or S.todense() on a cutout"
+        )
+    if ufunc.signature is not None:
+        if ufunc is np.matmul:
+            return _functions.matmul(*inputs, **kwargs)
+        raise TypeError(f"generalized ufunc np.{ufunc.__name__} is not supported on Sparse3D")
+    where = kwargs.pop("where", True)
+    if where is not True:
+        raise TypeError(
+            f"np.{ufunc.__name__}(..., where=...) is not supported on Sparse3D; use np.where(cond, a, b)"
+        )
+    return apply_elementwise(ufunc, inputs, kwargs, name=f"np.{ufunc.__name__}")

@@ -1,0 +1,451 @@
+"""`Sparse3D`: stamp values on a shared :class:`~sparse3d._structure.StampStructure`.
+
+Conversions (``sparse.COO``, scipy CSR/CSC/COO, dense) are built lazily from structure and
+values and cached on the instance. Operators and ufuncs live in :mod:`sparse3d._ufuncs`;
+NumPy functions in the registry of :mod:`sparse3d._functions`.
+"""
+
+from __future__ import annotations
+
+import html
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
+
+from . import _functions, _ufuncs
+from ._options import check_dense_allocation
+from ._structure import StampStructure, _as_pair, index_dtype, structure_from_positions
+
+if TYPE_CHECKING:  # pragma: no cover
+    import scipy.sparse
+    import sparse
+    import xarray
+
+__all__ = ["Sparse3D"]
+
+
+def _owned_values(data, name: str = "data") -> np.ndarray:
+    arr = np.array(data, copy=True, order="C")
+    if arr.dtype == object or arr.dtype.kind in "USVMm":
+        raise TypeError(f"{name} must be a numeric or boolean array; got dtype {arr.dtype}")
+    arr.flags.writeable = False
+    return arr
+
+
+class Sparse3D(NDArrayOperatorsMixin):
+    """A 3-D sparse array ``(row, col, source)`` made of small dense stamps, one per source.
+
+    Each source ``k`` is non-zero only on its stamp: the ``nr × nc`` pixels at absolute
+    positions ``row[:, :, k], col[:, :, k]``. The logical array has shape
+    ``(H, W, nsources)``; its value at ``(r, c, k)`` is stamp ``k``'s value at pixel
+    ``(imcorner[0] + r, imcorner[1] + c)`` and zero elsewhere::
+
+        imcorner ─►┌────────── image (H × W) ──────────┐
+                   │  ┌────┐ source 0                  │
+                   │  │    │         ┌────┐ source 1   │
+                   │  └────┘         │    │            │
+                   │                 └────┘         ┌──┼─┐ off-image stamp pixels keep their
+                   └────────────────────────────────┼──┘ │ values (translate brings them back)
+                                                    └────┘ but are not array contents
+
+    **Stamp semantics.** NumPy ufuncs and operators act on the stored stamp values only:
+    ``np.exp(S)`` is zero off the stamps (``sparse.COO`` would give ``exp(0) = 1`` there).
+
+    Parameters
+    ----------
+    data : array_like, shape (nr, nc, nsources)
+        Stamp values. Copied; the array is immutable.
+    row, col : array_like of int
+        Absolute pixel positions of every stamp pixel; must broadcast to ``data.shape``
+        (``R[:, :, None] + row_int`` works). Integer-valued floats are accepted.
+    imshape : tuple of int
+        ``(H, W)``, the image size.
+    imcorner : tuple of int, optional
+        Absolute position of image pixel ``[0, 0]``. Default ``(0, 0)``.
+
+    Notes
+    -----
+    Arrays are immutable values: methods return new arrays (``translate`` included) and
+    in-place operators rebind (``S += 1`` is ``S = S + 1``). Arrays built from the same or
+    equal ``row``/``col`` share one structure and can be combined elementwise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparse3d import Sparse3D
+    >>> R, C = np.mgrid[:3, :3] - 1
+    >>> row = R[:, :, None] + np.array([5, 10])
+    >>> col = C[:, :, None] + np.array([5, 2])
+    >>> S = Sparse3D(np.ones((3, 3, 2)), row, col, imshape=(16, 16))
+    >>> S
+    <(16, 16, 2) Sparse3D array of type float64>
+    >>> S.dot(np.array([1.0, 2.0])).sum()
+    np.float64(27.0)
+    """
+
+    __slots__ = ("_values", "_structure", "__dict__", "__weakref__")
+
+    def __init__(self, data, row, col, imshape, imcorner=(0, 0)):
+        values = _owned_values(data)
+        if values.ndim != 3:
+            raise ValueError(
+                f"data must be 3-D with shape (nr, nc, nsources); got {values.ndim}-D shape {values.shape}"
+            )
+        self._values = values
+        self._structure = structure_from_positions(row, col, values.shape, imshape, imcorner)
+
+    @classmethod
+    def _from_parts(cls, values: np.ndarray, structure: StampStructure) -> Sparse3D:
+        """Internal constructor: ``values`` must be a fresh or read-only array we own."""
+        obj = cls.__new__(cls)
+        if values.flags.writeable:
+            values.flags.writeable = False
+        obj._values = values
+        obj._structure = structure
+        return obj
+
+    def with_data(self, data) -> Sparse3D:
+        """A new array with the same stamps (positions, bounds) and new stamp values.
+
+        This is how stamp-shaped ``(nr, nc, nsources)`` values are combined with an array:
+        ``S.with_data(S.data * weights3d)``. Plain ndarrays in operators are broadcast
+        against the *logical* shape ``(H, W, nsources)`` instead.
+
+        Parameters
+        ----------
+        data : array_like, shape ``S.stamp_shape``
+            The new stamp values (copied).
+        """
+        values = _owned_values(data)
+        if values.shape != self.stamp_shape:
+            raise ValueError(f"data must have the stamp shape {self.stamp_shape}; got {values.shape}")
+        return Sparse3D._from_parts(values, self._structure)
+
+    # -- basic attributes ----------------------------------------------------------------
+    @property
+    def data(self) -> np.ndarray:
+        """Stamp values, ``(nr, nc, nsources)``, read-only (off-image pixels included)."""
+        return self._values
+
+    @property
+    def row(self) -> np.ndarray:
+        """Absolute row of every stamp pixel, ``(nr, nc, nsources)``, read-only."""
+        return self._structure.row
+
+    @property
+    def col(self) -> np.ndarray:
+        """Absolute column of every stamp pixel, ``(nr, nc, nsources)``, read-only."""
+        return self._structure.col
+
+    @property
+    def in_image(self) -> np.ndarray:
+        """Boolean ``(nr, nc, nsources)``: which stamp pixels are inside the image."""
+        return self._structure.in_image
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Logical shape ``(H, W, nsources)``."""
+        return self._structure.shape
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    @property
+    def size(self) -> int:
+        """Number of logical elements, ``H * W * nsources`` (NumPy's meaning)."""
+        H, W, n = self.shape
+        return H * W * n
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._values.dtype
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored in-image stamp elements."""
+        return self._structure.nnz
+
+    @property
+    def nsources(self) -> int:
+        return self._structure.nsources
+
+    @property
+    def imshape(self) -> tuple[int, int]:
+        """``(H, W)``."""
+        return self._structure.imshape
+
+    @property
+    def imcorner(self) -> tuple[int, int]:
+        """Absolute position of image pixel ``[0, 0]``."""
+        return self._structure.imcorner
+
+    @property
+    def stamp_shape(self) -> tuple[int, int, int]:
+        """``(nr, nc, nsources)``, the shape of :attr:`data`, :attr:`row`, :attr:`col`."""
+        return self._values.shape
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by values and positions."""
+        return self._values.nbytes + self.row.nbytes + self.col.nbytes
+
+    @property
+    def real(self) -> Sparse3D:
+        return np.real(self)
+
+    @property
+    def imag(self) -> Sparse3D:
+        return np.imag(self)
+
+    @property
+    def T(self):
+        """Reversed axes, as a ``sparse.COO`` (a transposed array has no stamp structure)."""
+        return self.transpose()
+
+    def __len__(self) -> int:
+        """Number of sources."""
+        return self.nsources
+
+    def __iter__(self):
+        raise TypeError("Sparse3D is not iterable; select sources with S[:, :, i] or S[:, :, i:j]")
+
+    def __bool__(self) -> bool:
+        if self.size == 1:
+            return bool(self.sum())
+        raise ValueError(
+            "The truth value of a Sparse3D with more than one element is ambiguous; use np.any or np.all"
+        )
+
+    __hash__ = None  # arrays are not hashable (the mixin's __eq__ is elementwise)
+
+    # -- representation -------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"<{self.shape} Sparse3D array of type {self.dtype}>"
+
+    def _repr_html_(self) -> str:
+        H, W = self.imshape
+        r0, c0 = self.imcorner
+        rows = [
+            ("shape", self.shape),
+            ("dtype", self.dtype),
+            ("nnz (in-image)", f"{self.nnz:,}"),
+            ("stamp shape", self.stamp_shape),
+            ("image rows", f"{r0} … {r0 + H - 1}"),
+            ("image cols", f"{c0} … {c0 + W - 1}"),
+            ("memory", f"{self.nbytes / 1024**2:.1f} MiB"),
+        ]
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in rows
+        )
+        return f"<table><caption><b>Sparse3D</b></caption>{body}</table>"
+
+    # -- NumPy protocols ------------------------------------------------------------------
+    __array_ufunc__ = _ufuncs.array_ufunc
+    __array_function__ = _functions.array_function
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError(
+            "Sparse3D will not be converted to a dense ndarray implicitly; call S.todense() "
+            "(or S.to_sparse() / S.tocsr() to stay sparse)"
+        )
+
+    def astype(self, dtype, copy: bool = True) -> Sparse3D:
+        """Stamp values cast to ``dtype``, same structure."""
+        dtype = np.dtype(dtype)
+        if dtype == self.dtype and not copy:
+            return self
+        return Sparse3D._from_parts(self._values.astype(dtype), self._structure)
+
+    def copy(self) -> Sparse3D:
+        """A copy (arrays are immutable, so this is rarely needed)."""
+        return Sparse3D._from_parts(self._values.copy(), self._structure)
+
+    def __copy__(self) -> Sparse3D:
+        return self
+
+    def __deepcopy__(self, memo) -> Sparse3D:
+        return self.copy()
+
+    def __reduce__(self):
+        s = self._structure
+        return (_rebuild, (self._values, s.row, s.col, s.imshape, s.imcorner))
+
+    # -- geometry -------------------------------------------------------------------------
+    def translate(self, position: tuple[int, int]) -> Sparse3D:
+        """A new array with every stamp shifted by whole pixels ``(drow, dcol)``.
+
+        Stamps that leave the image drop out of :attr:`nnz` but keep their values, so
+        translating back restores them. Unlike sparse3d 1.x, this does not mutate.
+        """
+        drow, dcol = _as_pair(position, "position", positive=False)
+        if drow == 0 and dcol == 0:
+            return self
+        return Sparse3D._from_parts(self._values, self._structure.translated(drow, dcol))
+
+    def __getitem__(self, key):
+        return _functions.getitem(self, key)
+
+    def transpose(self, *axes):
+        """Identity for ``(0, 1, 2)``; otherwise a transposed ``sparse.COO``."""
+        if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
+            axes = axes[0]
+        if not axes or tuple(a % 3 for a in axes) == (0, 1, 2):
+            return self
+        return self.coo.transpose(axes)
+
+    # -- products -------------------------------------------------------------------------
+    def dot(self, other):
+        """Matrix product over the source axis, NumPy's ``np.dot`` rules.
+
+        ``w (nsources,)`` gives the image ``(H, W)``; ``w (nsources, k)`` gives ``(H, W, k)``;
+        a scalar scales the array. Weights with a ``.unit`` (astropy Quantity) give a result
+        with that unit.
+        """
+        return _functions.dot(self, other)
+
+    def sum(self, axis=None, dtype=None, keepdims=False):
+        """Sum over ``axis`` (see :func:`numpy.sum`; the source axis gives a dense image)."""
+        return np.sum(self, axis=axis, dtype=dtype, keepdims=keepdims)
+
+    def mean(self, axis=None, dtype=None, keepdims=False):
+        return np.mean(self, axis=axis, dtype=dtype, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return np.max(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        return np.min(self, axis=axis, keepdims=keepdims)
+
+    # -- conversions ----------------------------------------------------------------------
+    def _csc_data(self) -> np.ndarray:
+        return self._structure.source_major(self._values)
+
+    def tocsc(self) -> scipy.sparse.csc_matrix:
+        """scipy CSC matrix of shape ``(H*W, nsources)``; pixel index ``r * W + c``.
+
+        Duplicate stamp pixels (a stamp covering the same pixel twice) are stored as
+        separate entries, which scipy sums. Indices are int64 when ``H*W`` needs it.
+        """
+        from scipy import sparse as sp
+
+        indices, indptr = self._structure.csc_indices
+        return sp.csc_matrix(
+            (self._csc_data(), indices, indptr), shape=(self._structure.npixels, self.nsources), copy=False
+        )
+
+    def tocsr(self) -> scipy.sparse.csr_matrix:
+        """scipy CSR matrix of shape ``(H*W, nsources)``, for linear algebra.
+
+        Row ``r * W + c`` is image pixel ``(r, c)``; column ``k`` is source ``k``. Column
+        indices are sorted within each row.
+        """
+        return self._csr
+
+    @cached_property
+    def _csr(self) -> scipy.sparse.csr_matrix:
+        from scipy import sparse as sp
+
+        take, indices, indptr = self._structure.csr_order
+        data = self._values.ravel()[take]
+        csr = sp.csr_matrix((data, indices, indptr), shape=(self._structure.npixels, self.nsources), copy=False)
+        csr.has_sorted_indices = True
+        return csr
+
+    def tocoo(self) -> scipy.sparse.coo_matrix:
+        """scipy COO matrix of shape ``(H*W, nsources)``; nothing image-sized is allocated."""
+        from scipy import sparse as sp
+
+        s = self._structure
+        idt = index_dtype(s.npixels, s.nsources)
+        return sp.coo_matrix(
+            (self._csc_data(), (s.csc_indices[0].astype(idt), s.source_of.astype(idt))),
+            shape=(s.npixels, self.nsources),
+        )
+
+    def to_sparse(self) -> sparse.COO:
+        """The ``sparse.COO`` of shape ``(H, W, nsources)``, fill value 0 (cached).
+
+        Duplicate stamp pixels are summed; coordinates are sorted.
+        """
+        return self.coo
+
+    @cached_property
+    def coo(self) -> sparse.COO:
+        """The array as a canonical ``sparse.COO`` (cached; see :meth:`to_sparse`)."""
+        import sparse
+
+        take, coords, starts = self._structure.coo_order
+        data = self._values.ravel()[take]
+        if starts is not None:
+            data = np.add.reduceat(data, starts) if data.size else data
+        return sparse.COO(
+            coords, data, shape=self.shape, sorted=True, has_duplicates=False, fill_value=self.dtype.type(0)
+        )
+
+    def todense(self, force: bool = False) -> np.ndarray:
+        """Dense ``(H, W, nsources)`` ndarray.
+
+        Refuses with :class:`~sparse3d.DenseAllocationError` above ``max_dense_bytes``
+        (default 2 GiB, see :func:`sparse3d.set_options`) unless ``force=True``.
+        """
+        nbytes = self.size * self.dtype.itemsize
+        if not force:
+            check_dense_allocation(nbytes, f"todense() of a {self.shape} array")
+        out = np.zeros(self.shape, dtype=self.dtype)
+        s = self._structure
+        m = s.in_image
+        r = s.row[m] - s.imcorner[0]
+        c = s.col[m] - s.imcorner[1]
+        k = np.broadcast_to(np.arange(self.nsources), self.stamp_shape)[m]
+        np.add.at(out, (r, c, k), self._values[m])
+        return out
+
+    def to_xarray(self, *args, **kwargs) -> xarray.DataArray:
+        """Labeled xarray view; see :func:`sparse3d.xarray.to_xarray`."""
+        from .xarray import to_xarray
+
+        return to_xarray(self, *args, **kwargs)
+
+    @classmethod
+    def from_xarray(cls, da: xarray.DataArray) -> Sparse3D:
+        """Rebuild an array from its stamp view; see :func:`sparse3d.xarray.from_xarray`."""
+        from .xarray import from_xarray
+
+        return from_xarray(da)
+
+    def fit(self, data, errors=None, prior_mu=None, prior_sigma=None, mask=None) -> Any:
+        """Least-squares brightnesses of every source; see :func:`sparse3d._fit.fit_design`."""
+        from ._fit import fit_design
+
+        return fit_design(
+            self.tocsc(),
+            data,
+            imshape=self.imshape,
+            errors=errors,
+            prior_mu=prior_mu,
+            prior_sigma=prior_sigma,
+            mask=mask,
+        )
+
+
+def _rebuild(values, row, col, imshape, imcorner) -> Sparse3D:
+    """Unpickle: caches are not carried, only values and positions."""
+    for a in (values, row, col):
+        a.flags.writeable = False
+    return Sparse3D._from_parts(values, StampStructure(row, col, tuple(imshape), tuple(imcorner)))
+
+
+# In-place operators rebind instead of mutating: returning NotImplemented from ``__iadd__``
+# makes Python fall back to ``__add__``, so ``S += 1`` means ``S = S + 1``.
+def _rebind(self, other):
+    return NotImplemented
+
+
+for _name in [n for n in dir(NDArrayOperatorsMixin) if n.startswith("__i") and n.endswith("__")]:
+    if _name not in ("__init__", "__init_subclass__", "__invert__"):
+        setattr(Sparse3D, _name, _rebind)
+del _name

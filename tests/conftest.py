@@ -1,0 +1,29 @@
+"""Shared fixtures: small random scenes with edge-hanging stamps, corners, dtypes, 0/1 sources."""
+
+import zlib
+
+import numpy as np
+import pytest
+
+from sparse3d.testing import random_scene
+
+SCENE_PARAMS = {
+    "basic": dict(),
+    "corner_neg": dict(imcorner=(-7, 4)),
+    "corner_pos": dict(imcorner=(100, 250)),
+    "float32": dict(dtype=np.float32),
+    "one_source": dict(nsources=1),
+    "zero_sources": dict(nsources=0),
+    "big_stamps": dict(stamp=(6, 5), imshape=(9, 8), nsources=9),
+    "one_pixel_image": dict(imshape=(1, 1), stamp=(2, 2), nsources=4),
+}
+
+
+@pytest.fixture(params=sorted(SCENE_PARAMS), ids=sorted(SCENE_PARAMS))
+def scene(request):
+    return random_scene(np.random.default_rng(zlib.crc32(request.param.encode())), **SCENE_PARAMS[request.param])
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
