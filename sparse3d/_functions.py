@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ._options import check_dense_allocation
-from ._ufuncs import apply_elementwise, common_structure
+from ._ufuncs import apply_elementwise
 from ._unsupported import UNSUPPORTED_FUNCTIONS, function_key
 
 __all__ = ["HANDLED_FUNCTIONS", "UNSUPPORTED_FUNCTIONS", "implements", "array_function"]
@@ -134,9 +134,7 @@ def dot(a, b, out=None):
         return result if unit is None else result * unit
     n = a.nsources
     if b.shape[0] != n:
-        raise ValueError(
-            f"weights must have length nsources={n} along their first axis; got shape {b.shape}"
-        )
+        raise ValueError(f"weights must have length nsources={n} along their first axis; got shape {b.shape}")
     if b.ndim > 2:
         raise ValueError(f"weights must be (nsources,) or (nsources, k); got {b.ndim}-D shape {b.shape}")
     dtype = np.result_type(a.dtype, b.dtype)
@@ -202,7 +200,7 @@ def tensordot(a, b, axes=2):
     """
     Sparse3D = _S()
     if isinstance(axes, (int, np.integer)):
-        na, nb = np.ndim(a) if not isinstance(a, Sparse3D) else 3, np.ndim(b) if not isinstance(b, Sparse3D) else 3
+        na = 3 if isinstance(a, Sparse3D) else np.ndim(a)
         axes_a, axes_b = list(range(na - axes, na)), list(range(axes))
     else:
         try:
@@ -304,6 +302,8 @@ def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoVal
     if axes == ():
         result = S.astype(dtype) if dtype is not None else S
         return result if initial is _NoValue else ufunc(result, initial)
+    if ufunc.identity is None and initial is _NoValue and 0 in [S.shape[i] for i in axes]:
+        raise ValueError(f"zero-size array to reduction operation {ufunc.__name__} which has no identity")
     s = S._structure
     v = S._values
     m = None if s.all_in_image else s.in_image
@@ -703,7 +703,11 @@ def getitem(S, key):
 
         one = Sparse3D._from_parts(np.ascontiguousarray(S._values[:, :, [ks]]), s.take_sources([ks])).coo
         return sparse.COO(
-            one.coords[:2], one.data, shape=one.shape[:2], sorted=True, has_duplicates=False,
+            one.coords[:2],
+            one.data,
+            shape=one.shape[:2],
+            sorted=True,
+            has_duplicates=False,
             fill_value=one.fill_value,
         )
     if isinstance(ks, slice):

@@ -70,7 +70,9 @@ def as_position_array(a, name: str, shape: tuple[int, ...]) -> np.ndarray:
     NaN/inf, bool, object) is rejected with an error naming ``name``.
     """
     arr = np.asarray(a)
-    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
         raise TypeError(f"{name} must hold integer pixel positions; got dtype {arr.dtype}")
     try:
         arr = np.broadcast_to(arr, shape)
@@ -157,7 +159,9 @@ class StampStructure:
         operations (``np.bincount``, ``take``) run without a boolean mask.
         """
         H, W = self.imshape
-        pix = (self.row.astype(np.intp) - self.imcorner[0]) * W + (self.col.astype(np.intp) - self.imcorner[1])
+        pix = (self.row.astype(np.intp) - self.imcorner[0]) * W + (
+            self.col.astype(np.intp) - self.imcorner[1]
+        )
         if not self.all_in_image:
             pix[~self.in_image] = H * W
         return _readonly(pix)

@@ -8,8 +8,8 @@ Policy
   *logical* shape ``(H, W, nsources)``; other :class:`~sparse3d.Sparse3D` arrays with an
   equal structure. Per-source operands (``(nsources,)``, ``(1, 1, nsources)``) broadcast
   straight onto the stamp block; image-dependent operands (``(H, W, 1)``, ``(H, W, n)``)
-  are gathered at the stamp pixels (off-image stamp pixels get 0 in the result, since the
-  operand has no value there).
+  are gathered at the stamp pixels. Off-image stamp pixels (kept for ``translate``) see
+  such an operand as 0, since it has no value there.
 * Generalized ufuncs (``np.matmul``, ``@``) go to the function registry.
 * ``method="reduce"`` (``np.add.reduce``, ``np.maximum.reduce``, …) goes to the same
   reductions as ``np.sum``/``np.max``. Other methods (``accumulate``, ``outer``, ``at``,

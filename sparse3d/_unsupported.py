@@ -68,8 +68,7 @@ _GROUPS: dict[str, str] = {
     "(S.to_xarray(view='stamps').to_netcdf(...)) and use repr(S)": """
         save savetxt savez savez_compressed array2string array_repr array_str
     """,
-    "polynomial, window, dtype and datetime helpers have no meaning for a Sparse3D; apply them "
-    "to S.data": """
+    "polynomial, window, dtype and datetime helpers have no meaning for a Sparse3D; apply them to S.data": """
         poly polyadd polyder polydiv polyfit polyint polymul polysub polyval roots vander i0 sinc
         angle fix iscomplex isreal isneginf isposinf real_if_close common_type min_scalar_type
         can_cast packbits unpackbits busday_count busday_offset is_busday datetime_as_string
@@ -80,6 +79,23 @@ _GROUPS: dict[str, str] = {
         numpy.lib.scimath.arccos numpy.lib.scimath.arcsin numpy.lib.scimath.arctanh
         numpy.lib.scimath.log numpy.lib.scimath.log10 numpy.lib.scimath.log2 numpy.lib.scimath.logn
         numpy.lib.scimath.power numpy.lib.scimath.sqrt
+    """,
+    "FFTs need a dense image: make one with S.dot(w) or np.sum(S, axis=2), then use numpy.fft": """
+        numpy.fft.fft numpy.fft.fft2 numpy.fft.fftn numpy.fft.fftshift numpy.fft.hfft numpy.fft.ifft
+        numpy.fft.ifft2 numpy.fft.ifftn numpy.fft.ifftshift numpy.fft.ihfft numpy.fft.irfft
+        numpy.fft.irfft2 numpy.fft.irfftn numpy.fft.rfft numpy.fft.rfft2 numpy.fft.rfftn
+    """,
+    "2-D polynomial evaluation has no meaning for a Sparse3D; apply it to S.data": """
+        numpy.polynomial.polynomial.polygrid2d numpy.polynomial.polynomial.polyval2d
+    """,
+    "string functions do not apply to a numeric Sparse3D": """
+        numpy.char.equal numpy.char.greater numpy.char.greater_equal numpy.char.less
+        numpy.char.less_equal numpy.char.not_equal numpy.strings._join numpy.strings._rsplit
+        numpy.strings._split numpy.strings._splitlines numpy.strings.capitalize numpy.strings.center
+        numpy.strings.decode numpy.strings.encode numpy.strings.expandtabs numpy.strings.ljust
+        numpy.strings.lower numpy.strings.mod numpy.strings.multiply numpy.strings.partition
+        numpy.strings.replace numpy.strings.rjust numpy.strings.rpartition numpy.strings.swapcase
+        numpy.strings.title numpy.strings.translate numpy.strings.upper numpy.strings.zfill
     """,
     "structured-array helpers do not apply to a numeric Sparse3D": """
         numpy.lib.recfunctions.append_fields numpy.lib.recfunctions.apply_along_fields

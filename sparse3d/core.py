@@ -351,7 +351,9 @@ class Sparse3D(NDArrayOperatorsMixin):
 
         take, indices, indptr = self._structure.csr_order
         data = self._values.ravel()[take]
-        csr = sp.csr_matrix((data, indices, indptr), shape=(self._structure.npixels, self.nsources), copy=False)
+        csr = sp.csr_matrix(
+            (data, indices, indptr), shape=(self._structure.npixels, self.nsources), copy=False
+        )
         csr.has_sorted_indices = True
         return csr
 

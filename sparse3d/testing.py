@@ -32,7 +32,9 @@ class Scene:
 
     def dense(self, data: np.ndarray | None = None) -> np.ndarray:
         """Dense reference of this scene, optionally with other stamp values ``data``."""
-        return dense_reference(self.data if data is None else data, self.row, self.col, self.imshape, self.imcorner)
+        return dense_reference(
+            self.data if data is None else data, self.row, self.col, self.imshape, self.imcorner
+        )
 
 
 def dense_reference(data, row, col, imshape, imcorner=(0, 0)) -> np.ndarray:
@@ -132,7 +134,9 @@ def gaussian_scene(
     }
 
 
-def assert_equal_dense(actual, expected: np.ndarray, *, rtol: float = 1e-12, atol: float = 0.0, dtype=True) -> None:
+def assert_equal_dense(
+    actual, expected: np.ndarray, *, rtol: float = 1e-12, atol: float = 0.0, dtype=True
+) -> None:
     """Assert a Sparse3D (or sparse/dense result) equals a dense reference.
 
     Checks type-independent facts: shape, dtype (unless ``dtype=False``) and values

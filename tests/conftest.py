@@ -21,7 +21,9 @@ SCENE_PARAMS = {
 
 @pytest.fixture(params=sorted(SCENE_PARAMS), ids=sorted(SCENE_PARAMS))
 def scene(request):
-    return random_scene(np.random.default_rng(zlib.crc32(request.param.encode())), **SCENE_PARAMS[request.param])
+    return random_scene(
+        np.random.default_rng(zlib.crc32(request.param.encode())), **SCENE_PARAMS[request.param]
+    )
 
 
 @pytest.fixture

@@ -1,0 +1,84 @@
+"""scipy and pydata/sparse conversions against hand-built references."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import sparse
+
+from sparse3d import Sparse3D
+from sparse3d.testing import random_scene
+
+
+def _reference_matrix(sc):
+    H, W = sc.imshape
+    return sc.dense().reshape(H * W, -1)
+
+
+@pytest.mark.parametrize("method", ["tocsr", "tocsc", "tocoo"])
+def test_scipy_matrices_equal_the_dense_reshape(scene, method):
+    S = scene.build()
+    m = getattr(S, method)()
+    assert m.format == method[2:]
+    assert m.shape == (scene.imshape[0] * scene.imshape[1], scene.data.shape[2])
+    assert m.dtype == scene.data.dtype
+    np.testing.assert_array_equal(m.toarray(), _reference_matrix(scene))
+
+
+def test_csr_sorted_indices_and_duplicates():
+    sc = random_scene(40, duplicates=True, imcorner=(-1, -1))
+    S = sc.build()
+    csr = S.tocsr()
+    assert csr.has_sorted_indices
+    csr.check_format(full_check=True)
+    np.testing.assert_allclose(csr.toarray(), _reference_matrix(sc))
+    assert S.tocsr() is csr  # cached
+
+
+def test_to_sparse_is_canonical_coo(scene):
+    S = scene.build()
+    coo = S.to_sparse()
+    assert isinstance(coo, sparse.COO) and coo.shape == S.shape and coo.fill_value == 0
+    np.testing.assert_array_equal(coo.todense(), scene.dense())
+    assert S.coo is coo
+
+
+def test_to_sparse_sums_duplicates():
+    sc = random_scene(41, duplicates=True)
+    coo = sc.build().to_sparse()
+    flat = np.ravel_multi_index(coo.coords, coo.shape)
+    assert np.all(np.diff(flat) > 0)  # sorted, unique
+    np.testing.assert_allclose(coo.todense(), sc.dense())
+
+
+def test_tutorial_fit_recipe_runs_on_tocsr():
+    sc = random_scene(42, imshape=(20, 20), stamp=(4, 4), nsources=8, zeros=False)
+    data = np.abs(sc.data) + 0.5
+    S = Sparse3D(data, sc.row, sc.col, sc.imshape)
+    keep = S.tocsr().getnnz(axis=0) > 0
+    S = S[:, :, keep]
+    w = np.arange(1, S.nsources + 1, dtype=float)
+    image = S.dot(w)
+    Lc = S.tocsr()
+    fit = sp.linalg.spsolve(Lc.T.dot(Lc), sp.csc_matrix(Lc.T.dot(image.ravel())).T)
+    np.testing.assert_allclose(fit, w, rtol=1e-8)
+
+
+def test_float32_conversions_stay_float32():
+    S = random_scene(43, dtype=np.float32).build()
+    assert S.tocsr().dtype == np.float32 and S.to_sparse().dtype == np.float32
+    assert S.dot(np.ones(S.nsources, dtype=np.float32)).dtype == np.float32
+
+
+def test_float32_dot_accumulates_accurately():
+    rng = np.random.default_rng(0)
+    n = 100_000
+    R, C = np.mgrid[:3, :3]
+    row = R[:, :, None] + rng.integers(0, 30, n)
+    col = C[:, :, None] + rng.integers(0, 30, n)
+    data = rng.uniform(0, 1, size=(3, 3, n)).astype(np.float32)
+    S = Sparse3D(data, row, col, imshape=(32, 32))
+    w = rng.uniform(0, 1, n).astype(np.float32)
+    ref = Sparse3D(data.astype(np.float64), row, col, imshape=(32, 32)).dot(w.astype(np.float64))
+    got = S.dot(w)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, rtol=2e-7)
