@@ -248,6 +248,62 @@ def tensordot(a, b, axes=2):
     return result if unit is None else result * unit
 
 
+def _parse_einsum(subscripts: str, ndims: list[int]) -> tuple[list[str], str] | None:
+    """Explicit input/output index strings, with ``...`` resolved when it spans no axis."""
+    subscripts = subscripts.replace(" ", "")
+    if "->" in subscripts:
+        ins, out = subscripts.split("->")
+    else:
+        ins, out = subscripts, None
+    inputs = ins.split(",")
+    if len(inputs) != len(ndims):
+        return None
+    resolved = []
+    for term, nd in zip(inputs, ndims):
+        if "..." in term:
+            if len(term) - 3 != nd:
+                return None  # the ellipsis spans real axes: not handled here
+            term = term.replace("...", "")
+        resolved.append(term)
+    if out is None:
+        counts = {c: "".join(resolved).count(c) for c in "".join(resolved)}
+        out = "".join(sorted(c for c, k in counts.items() if k == 1))
+    out = out.replace("...", "")
+    return resolved, out
+
+
+@implements(np.einsum)
+def _einsum(subscripts, *operands, out=None, **kwargs):
+    """``np.einsum`` for two operands, one of them a Sparse3D, as a :func:`tensordot`.
+
+    Covers ``xr.dot`` and plain contractions such as ``"ijk,k->ij"`` (the model) and
+    ``"ijk,ij->k"`` (the projection). Other patterns (traces, batch indices) go through
+    ``sparse.einsum`` on the ``sparse.COO``.
+    """
+    Sparse3D = _S()
+    _refuse_out(out, "np.einsum")
+    if not isinstance(subscripts, str):
+        raise TypeError("np.einsum on Sparse3D needs the subscripts-string form")
+    ndims = [3 if isinstance(x, Sparse3D) else np.ndim(x) for x in operands]
+    parsed = _parse_einsum(subscripts, ndims)
+    if parsed is not None and len(operands) == 2 and not kwargs:
+        (ta, tb), tout = parsed
+        a, b = operands
+        simple = len(set(ta)) == len(ta) and len(set(tb)) == len(tb) and len(set(tout)) == len(tout)
+        shared = [c for c in ta if c in tb]
+        if simple and not any(c in tout for c in shared) and set(tout) == (set(ta) | set(tb)) - set(shared):
+            res = tensordot(a, b, axes=([ta.index(c) for c in shared], [tb.index(c) for c in shared]))
+            free = [c for c in ta if c not in shared] + [c for c in tb if c not in shared]
+            order = [free.index(c) for c in tout]
+            if order != sorted(order):
+                res = res.transpose(order) if hasattr(res, "transpose") else np.transpose(res, order)
+            return res
+    import sparse
+
+    converted = [x.coo if isinstance(x, Sparse3D) else x for x in operands]
+    return sparse.einsum(subscripts, *converted, **kwargs)
+
+
 # -------------------------------------------------------------------------------------------
 # Reductions
 # -------------------------------------------------------------------------------------------
@@ -407,6 +463,47 @@ def _mean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=True):
     return result
 
 
+def _without_nan(a):
+    return np.where(np.isnan(a), 0, a) if a.dtype.kind in "fc" else a
+
+
+@implements(np.nansum)
+def _nansum(a, axis=None, dtype=None, out=None, keepdims=False, initial=_NoValue, where=True):
+    """``np.nansum``: NaN stamp values count as zero."""
+    return _sum(
+        _without_nan(a), axis=axis, dtype=dtype, out=out, keepdims=keepdims, initial=initial, where=where
+    )
+
+
+@implements(np.nanmax)
+def _nanmax(a, axis=None, out=None, keepdims=False, initial=_NoValue, where=True):
+    """``np.nanmax``: NaN stamp values are ignored (off-stamp zeros still count)."""
+    _refuse_out(out, "np.nanmax")
+    return _reduce(a, np.fmax, axis, keepdims=keepdims, initial=initial, where=where)
+
+
+@implements(np.nanmin)
+def _nanmin(a, axis=None, out=None, keepdims=False, initial=_NoValue, where=True):
+    """``np.nanmin``: NaN stamp values are ignored (off-stamp zeros still count)."""
+    _refuse_out(out, "np.nanmin")
+    return _reduce(a, np.fmin, axis, keepdims=keepdims, initial=initial, where=where)
+
+
+@implements(np.nanmean)
+def _nanmean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=True):
+    """``np.nanmean``: the mean over the non-NaN logical elements."""
+    _refuse_out(out, "np.nanmean")
+    axes = _normalize_axes(axis)
+    count = int(np.prod([a.shape[i] for i in axes]))
+    if a.dtype.kind not in "fc":
+        return _mean(a, axis=axes, dtype=dtype, keepdims=keepdims, where=where)
+    nans = _reduce(np.isnan(a), np.add, axes, dtype=np.intp, keepdims=keepdims)
+    total = _reduce(_without_nan(a), np.add, axes, dtype=dtype, keepdims=keepdims)
+    result = total / (count - nans)
+    target = np.dtype(dtype) if dtype is not None else a.dtype
+    return result.astype(target) if hasattr(result, "astype") else target.type(result)
+
+
 @implements(np.count_nonzero)
 def _count_nonzero(a, axis=None, *, keepdims=False):
     """Logical non-zeros (duplicates summed first); the same return types as ``np.sum``."""
@@ -467,6 +564,17 @@ def _where(condition, x=_NoValue, y=_NoValue):
         return _nonzero(condition)
     if x is _NoValue or y is _NoValue:
         raise ValueError("either both or neither of x and y should be given")
+    Sparse3D = _S()
+    if isinstance(condition, Sparse3D):
+        # cheap when the mask is constant (xarray's NaN handling: np.where(isnan(S), 0, S))
+        pick = None
+        if not condition._values.any():
+            pick = y
+        elif condition._values.all():
+            pick = x
+        if isinstance(pick, Sparse3D) and pick._structure.equals(condition._structure):
+            dtype = np.result_type(x, y)
+            return pick if pick.dtype == dtype else pick.astype(dtype)
     return apply_elementwise(np.where, (condition, x, y), name="np.where")
 
 
@@ -524,7 +632,8 @@ def _like(a, fill, dtype, shape, name):
     if shape is not None and tuple(np.atleast_1d(shape)) != a.shape:
         raise ValueError(f"{name} on a Sparse3D cannot change the shape")
     dtype = a.dtype if dtype is None else np.dtype(dtype)
-    return a._from_parts(np.full(a.stamp_shape, fill, dtype=dtype), a._structure)
+    values = np.zeros(a.stamp_shape, dtype=dtype) if fill == 0 else np.full(a.stamp_shape, fill, dtype=dtype)
+    return a._from_parts(values, a._structure)
 
 
 @implements(np.zeros_like, np.empty_like)

@@ -41,8 +41,8 @@ _GROUPS: dict[str, str] = {
     "statistics and cumulative operations are not implemented with stamp semantics; use np.sum / "
     "np.mean / np.max along an axis, or S.to_sparse()": """
         average cov corrcoef cumprod cumsum cumulative_prod cumulative_sum diff ediff1d gradient
-        histogram histogram2d histogram_bin_edges histogramdd bincount nancumprod nancumsum nanmax
-        nanmean nanmin nanprod nanstd nansum nanvar ptp std var trapezoid interp unwrap
+        histogram histogram2d histogram_bin_edges histogramdd bincount nancumprod nancumsum nanprod
+        nanstd nanvar ptp std var trapezoid interp unwrap
     """,
     "index-array helpers are not implemented; index with S[...] or use S.to_sparse()": """
         choose compress diag_indices_from extract fill_diagonal ix_ place put put_along_axis putmask
@@ -51,7 +51,7 @@ _GROUPS: dict[str, str] = {
     """,
     "other products are not implemented; use S.dot(w), S @ w, np.tensordot(S, image, "
     "axes=([0, 1], [0, 1])) or S.tocsr()": """
-        convolve correlate cross einsum einsum_path inner kron outer vdot
+        convolve correlate cross einsum_path inner kron outer vdot
     """,
     "linear algebra works on the 2-D design matrix: use S.tocsr() (shape (H*W, nsources)) with "
     "scipy.sparse.linalg": """

@@ -1,0 +1,138 @@
+"""Labeled xarray views of a :class:`~sparse3d.Sparse3D`, and the way back.
+
+Two views:
+
+* **image view** — ``S.to_xarray()``: dims ``("row", "col", "source")`` with *absolute* pixel
+  coordinates. The DataArray wraps the Sparse3D itself as its duck array (NEP 13/18), so
+  nothing is densified: ``.sum("source")`` is a model image, ``.sel(source=i)`` a single
+  stamp (a ``sparse.COO`` image), ``.sel(row=slice(...), col=slice(...))`` a cutout.
+* **stamp view** — ``S.to_xarray(view="stamps")``: the dense stamp values with dims
+  ``("stamp_row", "stamp_col", "source")`` and non-dimension coordinates ``row``/``col``
+  (absolute position of every stamp pixel). This is what one plots
+  (``da.sel(source=12).plot()``) and saves (``da.to_netcdf(path)``);
+  :func:`from_xarray` rebuilds the exact array from it.
+
+xarray is imported only when a view is asked for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import xarray as xr
+
+    from .core import Sparse3D
+
+__all__ = ["to_xarray", "from_xarray", "IMAGE_DIMS", "STAMP_DIMS"]
+
+IMAGE_DIMS = ("row", "col", "source")
+STAMP_DIMS = ("stamp_row", "stamp_col", "source")
+_DTYPE_ATTR = "sparse3d_dtype"
+
+
+def _source_labels(S: Sparse3D, sources) -> np.ndarray:
+    if sources is None:
+        return np.arange(S.nsources)
+    labels = np.asarray(sources)
+    if labels.shape != (S.nsources,):
+        raise ValueError(f"sources must have one label per source, shape ({S.nsources},); got {labels.shape}")
+    return labels
+
+
+def to_xarray(S: Sparse3D, sources=None, name: str | None = None, view: str = "image") -> xr.DataArray:
+    """A labeled view of ``S``.
+
+    Parameters
+    ----------
+    S : Sparse3D
+        The array.
+    sources : array_like, optional
+        Labels for the ``source`` coordinate (default ``arange(nsources)``).
+    name : str, optional
+        Name of the DataArray.
+    view : {"image", "stamps"}
+        ``"image"``: lazy ``(row, col, source)`` view backed by ``S`` itself.
+        ``"stamps"``: dense stamp values ``(stamp_row, stamp_col, source)`` with ``row``/``col``
+        coordinates — the form to plot, save to netCDF and rebuild with :func:`from_xarray`.
+
+    Returns
+    -------
+    xarray.DataArray
+        Attributes ``imshape`` and ``imcorner`` carry the image bounds.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparse3d import Sparse3D
+    >>> R, C = np.mgrid[:3, :3]
+    >>> S = Sparse3D(np.ones((3, 3, 2)), R[:, :, None] + [2, 6], C[:, :, None] + [2, 6], (10, 10))
+    >>> da = S.to_xarray()
+    >>> float(da.sum("source").sum())
+    18.0
+    """
+    import xarray as xr
+
+    labels = _source_labels(S, sources)
+    H, W = S.imshape
+    r0, c0 = S.imcorner
+    attrs = {"imshape": np.array(S.imshape), "imcorner": np.array(S.imcorner)}
+    if view == "image":
+        coords = {"row": r0 + np.arange(H), "col": c0 + np.arange(W), "source": labels}
+        return xr.DataArray(S, dims=IMAGE_DIMS, coords=coords, name=name, attrs=attrs)
+    if view == "stamps":
+        coords = {
+            "source": labels,
+            "row": (STAMP_DIMS, np.asarray(S.row)),
+            "col": (STAMP_DIMS, np.asarray(S.col)),
+        }
+        attrs[_DTYPE_ATTR] = str(S.dtype)
+        return xr.DataArray(np.array(S.data), dims=STAMP_DIMS, coords=coords, name=name, attrs=attrs)
+    raise ValueError(f"view must be 'image' or 'stamps'; got {view!r}")
+
+
+def from_xarray(da: xr.DataArray) -> Sparse3D:
+    """Rebuild a :class:`~sparse3d.Sparse3D` from its stamp view (or an image view).
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        A stamp view (dims ``stamp_row``, ``stamp_col``, ``source`` in any order, coordinates
+        ``row`` and ``col``, attributes ``imshape`` and ``imcorner``), e.g. as loaded back with
+        ``xr.open_dataarray(path)``; or an image view made by :func:`to_xarray`.
+
+    Returns
+    -------
+    Sparse3D
+        Values, positions (off-image pixels included), bounds and dtype as saved.
+    """
+    from .core import Sparse3D
+
+    if not hasattr(da, "dims") or not hasattr(da, "coords"):
+        raise TypeError(f"from_xarray needs an xarray.DataArray; got {type(da).__name__}")
+    if set(da.dims) == set(IMAGE_DIMS) and isinstance(da.data, Sparse3D):
+        return da.transpose(*IMAGE_DIMS).data
+    missing_dims = [d for d in STAMP_DIMS if d not in da.dims]
+    if missing_dims or len(da.dims) != 3:
+        raise ValueError(
+            f"from_xarray needs a stamp view with dims {STAMP_DIMS}; got dims {tuple(da.dims)} "
+            f"(missing {missing_dims}). Make one with S.to_xarray(view='stamps')."
+        )
+    missing_coords = [c for c in ("row", "col") if c not in da.coords]
+    if missing_coords:
+        raise ValueError(f"from_xarray: the stamp view lacks the coordinate(s) {missing_coords}")
+    missing_attrs = [a for a in ("imshape", "imcorner") if a not in da.attrs]
+    if missing_attrs:
+        raise ValueError(f"from_xarray: the stamp view lacks the attribute(s) {missing_attrs}")
+    da = da.transpose(*STAMP_DIMS)
+    values = np.asarray(da.values)
+    dtype = da.attrs.get(_DTYPE_ATTR)
+    if dtype is not None and values.dtype != np.dtype(dtype):
+        values = values.astype(dtype)
+    row = np.asarray(da.coords["row"].transpose(*STAMP_DIMS).values)
+    col = np.asarray(da.coords["col"].transpose(*STAMP_DIMS).values)
+    imshape = tuple(int(v) for v in np.atleast_1d(da.attrs["imshape"]))
+    imcorner = tuple(int(v) for v in np.atleast_1d(da.attrs["imcorner"]))
+    return Sparse3D(values, row, col, imshape=imshape, imcorner=imcorner)
