@@ -8,18 +8,12 @@ Every overridable NumPy function is in exactly one of two tables:
 * ``UNSUPPORTED_FUNCTIONS`` (in :mod:`sparse3d._unsupported`) — raise ``TypeError`` naming
   the function, the reason and the way out. Nothing silently densifies.
 
-Return types of reductions (``np.sum``, ``np.mean``, ``np.max``, ``np.min``, ``np.prod``,
-``np.any``, ``np.all`` and ``ufunc.reduce``):
-
-=====================  ==========================================
-``axis``               result
-=====================  ==========================================
-``None``/``(0, 1, 2)`` NumPy scalar
-``2`` (sources)        dense image ``ndarray (H, W)``
-``(0, 1)`` (pixels)    dense ``ndarray (nsources,)``
-``(0, 2)``/``(1, 2)``  dense ``ndarray (W,)`` / ``(H,)``
-``0`` / ``1``          ``sparse.COO`` ``(W, nsources)`` / ``(H, nsources)``
-=====================  ==========================================
+Reductions (``np.sum``, ``np.mean``, ``np.max``, ``np.min``, ``np.prod``, ``np.any``,
+``np.all``, ``np.count_nonzero``, the ``np.nan*`` variants and ``ufunc.reduce``) act on the
+logical array, implicit zeros included, and return what NumPy returns: a NumPy scalar for
+``axis=None``, otherwise a dense ``ndarray`` — the image ``(H, W)`` for ``axis=2`` (sources),
+``(nsources,)`` for ``axis=(0, 1)``, ``(W, nsources)`` for ``axis=0`` and so on. Results
+larger than ``max_dense_bytes`` are refused up front (:class:`~sparse3d.DenseAllocationError`).
 """
 
 from __future__ import annotations
@@ -114,6 +108,22 @@ def _as_weights(b, name: str):
     return b
 
 
+def _logical_values(S):
+    """``S`` with each (pixel, source)'s duplicates summed (in ``S.dtype``) into one element.
+
+    For operations that are not linear in the stored elements (bool sums saturate, counts of
+    non-zeros): the other duplicates become 0, off-image elements 0. ``S`` itself when no
+    stamp covers a pixel twice.
+    """
+    s = S._structure
+    if not s.has_duplicates:
+        return S
+    take, _, starts = s.coo_order
+    values = np.zeros(S._values.size, dtype=S.dtype)
+    values[take[starts]] = np.add.reduceat(S._values.ravel()[take], starts, dtype=S.dtype)
+    return type(S)._from_parts(values.reshape(S.stamp_shape), s)
+
+
 def dot(a, b, out=None):
     """``np.dot(S, w)``: contract the source axis of ``S`` with the first axis of ``w``.
 
@@ -138,6 +148,8 @@ def dot(a, b, out=None):
     if b.ndim > 2:
         raise ValueError(f"weights must be (nsources,) or (nsources, k); got {b.ndim}-D shape {b.shape}")
     dtype = np.result_type(a.dtype, b.dtype)
+    if a.dtype == bool:
+        a = _logical_values(a)  # a bool stamp covering a pixel twice is True there, not 2
     s = a._structure
     H, W = a.imshape
     if b.ndim == 1:
@@ -179,11 +191,15 @@ def _project(S, image: np.ndarray) -> np.ndarray:
     """``Aᵀ·y``: per-source sums of ``S * image``; image ``(H, W)`` → ``(n,)``, ``(H, W, m)`` → ``(n, m)``."""
     H, W = S.imshape
     dtype = np.result_type(S.dtype, image.dtype)
+    if S.dtype == bool:
+        S = _logical_values(S)
     if image.ndim == 2:
         ext = np.zeros(H * W + 1, dtype=image.dtype)
         ext[: H * W] = image.ravel()
         g = ext[S._structure.pixel]
-        return np.einsum("ijk,ijk->k", S._values, g, dtype=dtype)
+        s = S._structure  # off-image values (NaN/inf included) must not reach the sum
+        v = S._values if s.all_in_image else np.where(s.in_image, S._values, np.zeros((), S.dtype))
+        return np.einsum("ijk,ijk->k", v, g, dtype=dtype)
     m = image.shape[2:]
     flat = image.reshape(H * W, -1)
     res = np.asarray(S.tocsc().T @ flat).astype(dtype, copy=False)
@@ -323,19 +339,56 @@ def _normalize_axes(axis) -> tuple[int, ...]:
 
 
 def _finish(result, S, axes: tuple[int, ...], keepdims: bool):
-    """Apply the return-type policy of the module docstring, and ``keepdims``."""
+    """NumPy scalar for a full reduction, ``ndarray`` otherwise; then ``keepdims``."""
+    result = np.asarray(result)
     if axes == (0, 1, 2):
-        if hasattr(result, "todense"):
-            result = result.todense()
-        result = np.asarray(result)[()]
-    elif axes in ((2,), (0, 1), (0, 2), (1, 2)):
-        if hasattr(result, "todense"):
-            result = result.todense()
-        result = np.asarray(result)
+        result = result[()]
     if keepdims:
         shape = tuple(1 if i in axes else s for i, s in enumerate(S.shape))
-        result = result.reshape(shape) if hasattr(result, "reshape") else np.reshape(result, shape)
+        result = np.reshape(result, shape)
     return result
+
+
+def _reduce_canonical(S, ufunc: np.ufunc, axes: tuple[int, ...], dtype):
+    """Any reduction, from the canonical (deduplicated, sorted) elements into a dense result.
+
+    Cells of the result start at the ufunc's identity (or the neutral element of an
+    extremum); every stored element is folded in with ``ufunc.at``; cells that also cover
+    implicit zeros (fewer stored elements than the reduced size) are combined with 0.
+    """
+    s = S._structure
+    take, coords, starts = s.coo_order
+    data = S._values.ravel()[take]
+    if starts is not None and data.size:
+        data = np.add.reduceat(data, starts, dtype=data.dtype)
+    kw = {} if dtype is None else {"dtype": dtype}
+    out_dtype = ufunc.reduce(np.zeros(1, dtype=S.dtype), **kw).dtype
+    keep = [i for i in range(3) if i not in axes]
+    out_shape = tuple(S.shape[i] for i in keep)
+    size = int(np.prod(out_shape)) if keep else 1
+    check_dense_allocation(size * out_dtype.itemsize * 2, f"the {out_shape} result of a reduction")
+    flat = (
+        np.ravel_multi_index(tuple(coords[i] for i in keep), out_shape)
+        if keep
+        else np.zeros(data.size, dtype=np.intp)
+    )
+    data = data.astype(out_dtype, copy=False)
+    if ufunc.identity is not None:
+        init = ufunc.identity
+    elif ufunc in _EXTREMA and out_dtype.kind in "biuf":
+        init = _neutral(_EXTREMA[ufunc], out_dtype)
+    else:
+        raise TypeError(f"np.{ufunc.__name__}.reduce over axis {axes} is not supported on Sparse3D")
+    out = np.full(size, init, dtype=out_dtype)
+    if ufunc is np.add and out_dtype.kind == "f":
+        out += np.bincount(flat, weights=data, minlength=size).astype(out_dtype, copy=False)
+    else:
+        ufunc.at(out, flat, data)
+    reduced = int(np.prod([S.shape[i] for i in axes]))
+    counts = np.bincount(flat, minlength=size)
+    zero = np.zeros((), dtype=out_dtype)
+    out = np.where(counts < reduced, ufunc(out, zero), out)
+    return out.reshape(out_shape)
 
 
 _EXTREMA = {np.maximum: "max", np.minimum: "min", np.fmax: "max", np.fmin: "min"}
@@ -360,6 +413,8 @@ def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoVal
         return result if initial is _NoValue else ufunc(result, initial)
     if ufunc.identity is None and initial is _NoValue and 0 in [S.shape[i] for i in axes]:
         raise ValueError(f"zero-size array to reduction operation {ufunc.__name__} which has no identity")
+    if ufunc is np.add and S.dtype == bool:
+        S = _logical_values(S)
     s = S._structure
     v = S._values
     m = None if s.all_in_image else s.in_image
@@ -395,9 +450,8 @@ def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoVal
             counts = np.bincount(s.pixel.ravel(), minlength=H * W + 1)
             img = np.where(counts < S.nsources, ufunc(img, zero), img)
             result = img[: H * W].reshape(H, W)
-    if result is None:  # general path through the canonical sparse.COO (fill value 0)
-        kw = {} if dtype is None else {"dtype": dtype}
-        result = ufunc.reduce(S.coo, axis=axes, **kw)
+    if result is None:
+        result = _reduce_canonical(S, ufunc, axes, dtype)
     if initial is not _NoValue:
         result = ufunc(result, initial)
     return _finish(result, S, axes, keepdims)
@@ -439,13 +493,13 @@ def _min(a, axis=None, out=None, keepdims=False, initial=_NoValue, where=True):
 @implements(np.any)
 def _any(a, axis=None, out=None, keepdims=False, *, where=True):
     _refuse_out(out, "np.any")
-    return _reduce(a.astype(bool), np.logical_or, axis, keepdims=keepdims, where=where)
+    return _reduce(_logical_values(a).astype(bool), np.logical_or, axis, keepdims=keepdims, where=where)
 
 
 @implements(np.all)
 def _all(a, axis=None, out=None, keepdims=False, *, where=True):
     _refuse_out(out, "np.all")
-    return _reduce(a.astype(bool), np.logical_and, axis, keepdims=keepdims, where=where)
+    return _reduce(_logical_values(a).astype(bool), np.logical_and, axis, keepdims=keepdims, where=where)
 
 
 @implements(np.mean)
@@ -507,7 +561,7 @@ def _nanmean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=True):
 @implements(np.count_nonzero)
 def _count_nonzero(a, axis=None, *, keepdims=False):
     """Logical non-zeros (duplicates summed first); the same return types as ``np.sum``."""
-    return _reduce(a.astype(bool), np.add, axis, dtype=np.intp, keepdims=keepdims)
+    return _reduce(_logical_values(a).astype(bool), np.add, axis, dtype=np.intp, keepdims=keepdims)
 
 
 # -------------------------------------------------------------------------------------------
@@ -693,10 +747,11 @@ def _allclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
         db = cb.todense() if hasattr(cb, "todense") else cb
         return bool(np.allclose(da, db, rtol=rtol, atol=atol, equal_nan=equal_nan))
     diff = abs(ca - cb)
-    ok = diff <= atol + rtol * abs(cb)
-    if equal_nan:
-        import sparse
+    import sparse
 
+    # equal infinities are close (NumPy's rule), although their difference is NaN
+    ok = sparse.elemwise(np.logical_or, diff <= atol + rtol * abs(cb), ca == cb)
+    if equal_nan:
         ok = sparse.elemwise(np.logical_or, ok, sparse.elemwise(np.logical_and, np.isnan(ca), np.isnan(cb)))
     return bool(ok.all())
 
@@ -770,65 +825,84 @@ def _unit_slice(k) -> bool:
     return isinstance(k, slice) and (k.step is None or k.step == 1)
 
 
+def _bounding(k, n: int, axis: int):
+    """``(lo, hi, relative_key)``: the span of ``k`` on an axis of length ``n``, and ``k`` within it."""
+    if isinstance(k, (int, np.integer)):
+        i = operator.index(k)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} is out of bounds for axis {axis} with size {n}")
+        i %= n
+        return i, i + 1, 0
+    if isinstance(k, slice):
+        start, stop, step = k.indices(n)
+        idx = range(start, stop, step)
+        if len(idx) == 0:
+            return 0, 0, slice(0, 0)
+        lo, hi = min(idx), max(idx) + 1
+        rel_stop = stop - lo
+        return lo, hi, slice(start - lo, rel_stop if rel_stop >= 0 else None, step)
+    idx = np.arange(n)[np.asarray(k)]  # NumPy validates ints/bools and bounds
+    if idx.size == 0:
+        return 0, 0, idx
+    lo = int(idx.min())
+    return lo, int(idx.max()) + 1, idx - lo
+
+
 def getitem(S, key):
     """NumPy indexing with NumPy's shape rules.
 
     * Unit-step slices on ``row``/``col`` crop the image (a cutout: ``imshape`` and
-      ``imcorner`` change, stamps are kept) → Sparse3D.
-    * On the source axis: a slice, an integer array or a boolean mask select sources →
-      Sparse3D; an integer drops the axis → ``sparse.COO`` image ``(H, W)``.
-    * Anything else (integers or strided slices on row/col, ``None``) goes through
-      ``sparse.COO`` indexing and returns ``sparse.COO``.
+      ``imcorner`` change, stamps are kept) and a slice, integer array or boolean mask on
+      the source axis selects sources: the result is a Sparse3D.
+    * Everything else — an integer on any axis (``S[:, :, i]`` is the dense image of source
+      ``i``), strided or reversed slices, integer arrays on ``row``/``col`` — gives a dense
+      ``ndarray``, computed from the smallest cutout that holds it (refused above
+      ``max_dense_bytes``).
     """
     Sparse3D = _S()
     if not isinstance(key, tuple):
         key = (key,)
+    if any(k is None for k in key):
+        raise IndexError("np.newaxis (None) is not supported when indexing a Sparse3D; index, then reshape")
     if sum(k is Ellipsis for k in key) > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
-    if Ellipsis in [k for k in key if k is Ellipsis]:
+    if any(k is Ellipsis for k in key):
         i = next(j for j, k in enumerate(key) if k is Ellipsis)
         key = key[:i] + (slice(None),) * (3 - (len(key) - 1)) + key[i + 1 :]
     if len(key) > 3:
         raise IndexError(f"too many indices for a 3-D Sparse3D: {len(key)} were given")
     key = key + (slice(None),) * (3 - len(key))
     kr, kc, ks = key
-    if not (_unit_slice(kr) and _unit_slice(kc)) or any(k is None for k in key):
-        return S.coo[key]
     H, W = S.imshape
-    r0, r1, _ = kr.indices(H)
-    c0, c1, _ = kc.indices(W)
-    if r1 <= r0 or c1 <= c0:
-        return S.coo[key]
+    n = S.nsources
+    if not isinstance(ks, (slice, int, np.integer)):
+        ks = np.asarray(ks)
+        if ks.dtype == bool and ks.shape != (n,):
+            raise IndexError(f"boolean index for the source axis must have shape ({n},); got {ks.shape}")
+        if ks.dtype != bool and not np.issubdtype(ks.dtype, np.integer):
+            raise IndexError(f"source index must be an int, slice, int array or boolean mask; got {key[2]!r}")
+    rlo, rhi, rel_r = _bounding(kr, H, 0)
+    clo, chi, rel_c = _bounding(kc, W, 1)
     s = S._structure
-    if (r0, r1, c0, c1) != (0, H, 0, W):
-        s = s.with_bounds((r1 - r0, c1 - c0), (s.imcorner[0] + r0, s.imcorner[1] + c0))
-    if isinstance(ks, slice) and ks == slice(None):
-        return Sparse3D._from_parts(S._values, s)
+    if rhi > rlo and chi > clo and (rlo, rhi, clo, chi) != (0, H, 0, W):
+        s = s.with_bounds((rhi - rlo, chi - clo), (s.imcorner[0] + rlo, s.imcorner[1] + clo))
+    structured = _unit_slice(kr) and _unit_slice(kc) and rhi > rlo and chi > clo
     if isinstance(ks, (int, np.integer)):
-        n = S.nsources
-        if not -n <= ks < n:
-            raise IndexError(f"index {ks} is out of bounds for axis 2 with size {n}")
-        import sparse
-
-        one = Sparse3D._from_parts(np.ascontiguousarray(S._values[:, :, [ks]]), s.take_sources([ks])).coo
-        return sparse.COO(
-            one.coords[:2],
-            one.data,
-            shape=one.shape[:2],
-            sorted=True,
-            has_duplicates=False,
-            fill_value=one.fill_value,
-        )
-    if isinstance(ks, slice):
-        sel = ks
+        _, _, _ = _bounding(ks, n, 2)  # bounds check
+        sel, rel_s = [operator.index(ks)], 0
+    elif isinstance(ks, slice):
+        sel, rel_s = ks, slice(None)
     else:
-        sel = np.asarray(ks)
-        if sel.dtype == bool:
-            if sel.shape != (S.nsources,):
-                raise IndexError(
-                    f"boolean index for the source axis must have shape ({S.nsources},); got {sel.shape}"
-                )
-        elif not np.issubdtype(sel.dtype, np.integer) or sel.ndim != 1:
-            raise IndexError(f"source index must be an int, slice, 1-D int array or boolean mask; got {ks!r}")
-    values = np.ascontiguousarray(S._values[:, :, sel])
-    return Sparse3D._from_parts(values, s.take_sources(sel))
+        sel = np.arange(n)[ks]
+        rel_s = np.arange(sel.size).reshape(sel.shape)
+        sel = sel.ravel()
+    if isinstance(sel, slice) and sel == slice(None):
+        sub = Sparse3D._from_parts(S._values, s)
+    else:
+        sub = Sparse3D._from_parts(np.ascontiguousarray(S._values[:, :, sel]), s.take_sources(sel))
+    if structured and not isinstance(ks, (int, np.integer)) and np.ndim(rel_s) <= 1:
+        return sub
+    if rhi <= rlo or chi <= clo:  # empty selection on the image axes
+        shape = (max(rhi - rlo, 0) or 0, max(chi - clo, 0) or 0, sub.nsources)
+        return np.zeros(shape, dtype=S.dtype)[rel_r, rel_c, rel_s]
+    return sub.todense()[rel_r, rel_c, rel_s]

@@ -293,7 +293,9 @@ class Sparse3D(NDArrayOperatorsMixin):
         """Identity for ``(0, 1, 2)``; otherwise a transposed ``sparse.COO``."""
         if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
             axes = axes[0]
-        if not axes or tuple(a % 3 for a in axes) == (0, 1, 2):
+        if not axes:  # NumPy: no axes reverses them
+            axes = (2, 1, 0)
+        if tuple(a % 3 for a in axes) == (0, 1, 2):
             return self
         return self.coo.transpose(axes)
 
@@ -383,7 +385,8 @@ class Sparse3D(NDArrayOperatorsMixin):
         take, coords, starts = self._structure.coo_order
         data = self._values.ravel()[take]
         if starts is not None:
-            data = np.add.reduceat(data, starts) if data.size else data
+            # dtype=: NumPy promotes a bool add.reduceat to int64; sum in the array's dtype
+            data = np.add.reduceat(data, starts, dtype=data.dtype) if data.size else data
         return sparse.COO(
             coords, data, shape=self.shape, sorted=True, has_duplicates=False, fill_value=self.dtype.type(0)
         )

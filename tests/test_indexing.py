@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import sparse
 
 from sparse3d import Sparse3D
 from sparse3d.testing import assert_equal_dense, random_scene
@@ -53,29 +52,32 @@ def test_cutout_updates_bounds_and_keeps_stamps():
         (3, 4, 1),
         (slice(None, None, 2),),
         (slice(None), slice(None, None, -1)),
-        (None, slice(None)),
         (slice(5, 5),),
+        (slice(2, 9, 3), [1, 1, 4], slice(None)),
+        ([0, 3], [2, 5], [1, 4]),
+        (slice(None), [[0, 1], [2, 3]], 1),
+        (slice(None, None, -2), slice(3, 1, -1), np.array([True, False, True, True, False, True])),
+        (-1, slice(None), [0, -1]),
+        (slice(None), slice(None), np.array([[0, 1], [2, 3]])),
     ],
     ids=str,
 )
-def test_other_keys_follow_numpy_shapes_as_sparse(key):
-    sc = random_scene(32)
+def test_other_keys_give_dense_arrays_with_numpy_shapes(key):
+    sc = random_scene(32, imcorner=(-3, 2))
     S, dense = sc.build(), sc.dense()
     result = S[key]
     expected = dense[key]
-    assert np.shape(result) == expected.shape
-    if isinstance(result, sparse.COO):
-        np.testing.assert_array_equal(result.todense(), expected)
-    else:
-        np.testing.assert_array_equal(result, expected)
+    assert isinstance(result, (np.ndarray, np.generic))  # NumPy scalar for S[r, c, k]
+    assert result.shape == expected.shape and result.dtype == expected.dtype
+    np.testing.assert_array_equal(result, expected)
 
 
-def test_single_source_returns_coo_image():
+def test_single_source_returns_its_dense_image():
     sc = random_scene(33)
     S = sc.build()
     img = S[:, :, 1]
-    assert isinstance(img, sparse.COO) and img.shape == sc.imshape
-    np.testing.assert_array_equal(img.todense(), sc.dense()[:, :, 1])
+    assert isinstance(img, np.ndarray) and img.shape == sc.imshape
+    np.testing.assert_array_equal(img, sc.dense()[:, :, 1])
 
 
 def test_index_errors():
@@ -90,3 +92,7 @@ def test_index_errors():
         S[:, :, np.array([0.5])]
     with pytest.raises(IndexError):
         S[:, :, [0, 99]]
+    with pytest.raises(IndexError, match="newaxis"):
+        S[None]
+    with pytest.raises(IndexError, match="out of bounds"):
+        S[13]
