@@ -9,7 +9,8 @@ labeled xarray views. Nothing here imports xarray or matplotlib eagerly.
 
 from ._options import DenseAllocationError, get_options, set_options
 from .core import Sparse3D
+from .roi import ROISparse3D
 
-__all__ = ["DenseAllocationError", "Sparse3D", "get_options", "set_options", "__version__"]
+__all__ = ["DenseAllocationError", "ROISparse3D", "Sparse3D", "get_options", "set_options", "__version__"]
 
 __version__ = "2.0.0.dev0"

@@ -69,24 +69,33 @@ def _refuse_out(out, name: str) -> None:
 # -------------------------------------------------------------------------------------------
 # Products
 # -------------------------------------------------------------------------------------------
-def _scatter_image(structure, weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Sum ``weights`` (stamp-shaped) into the image ``(H, W)`` of ``structure``."""
-    H, W = structure.imshape
+def scatter_sum(index: np.ndarray, weights: np.ndarray, size: int, dtype: np.dtype) -> np.ndarray:
+    """``out[index[i]] += weights[i]`` into a new 1-D array of ``size`` bins, in ``dtype``.
+
+    Floats accumulate in float64 (``np.bincount``) and are cast once, so float32 results stay
+    accurate; integers accumulate exactly.
+    """
     dtype = np.dtype(dtype)
-    check_dense_allocation(H * W * max(dtype.itemsize, 8), f"an image of shape {(H, W)}")
-    pix = structure.pixel.ravel()
+    check_dense_allocation(size * max(dtype.itemsize, 8), f"a dense result of {size} elements")
+    index = index.ravel()
     w = weights.ravel()
     if dtype.kind == "c":
-        out = np.bincount(pix, weights=w.real, minlength=H * W + 1)[: H * W].astype(dtype)
-        out.imag = np.bincount(pix, weights=w.imag, minlength=H * W + 1)[: H * W]
+        out = np.bincount(index, weights=w.real, minlength=size)[:size].astype(dtype)
+        out.imag = np.bincount(index, weights=w.imag, minlength=size)[:size]
     elif dtype.kind == "f":
-        out = np.bincount(pix, weights=w, minlength=H * W + 1)[: H * W]
-        out = out.astype(dtype, copy=False)
+        out = np.bincount(index, weights=w, minlength=size)[:size].astype(dtype, copy=False)
     else:  # exact integer accumulation
-        out = np.zeros(H * W + 1, dtype=dtype)
-        np.add.at(out, pix, w.astype(dtype, copy=False))
-        out = out[: H * W]
-    return out.reshape(H, W)
+        out = np.zeros(size, dtype=dtype)
+        np.add.at(out, index, w.astype(dtype, copy=False))
+    return out
+
+
+def _scatter_image(structure, weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Sum stamp-shaped ``weights`` into the image ``(H, W)`` of ``structure``."""
+    H, W = structure.imshape
+    check_dense_allocation(H * W * max(np.dtype(dtype).itemsize, 8), f"an image of shape {(H, W)}")
+    # off-image elements land in the extra bin H*W, which is dropped
+    return scatter_sum(structure.pixel, weights, H * W + 1, dtype)[: H * W].reshape(H, W)
 
 
 def _split_unit(x):
@@ -524,6 +533,7 @@ def _without_nan(a):
 @implements(np.nansum)
 def _nansum(a, axis=None, dtype=None, out=None, keepdims=False, initial=_NoValue, where=True):
     """``np.nansum``: NaN stamp values count as zero."""
+    a = _logical_values(a)  # duplicates summed first: a NaN in a pixel's sum makes it NaN
     return _sum(
         _without_nan(a), axis=axis, dtype=dtype, out=out, keepdims=keepdims, initial=initial, where=where
     )
@@ -551,6 +561,7 @@ def _nanmean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=True):
     count = int(np.prod([a.shape[i] for i in axes]))
     if a.dtype.kind not in "fc":
         return _mean(a, axis=axes, dtype=dtype, keepdims=keepdims, where=where)
+    a = _logical_values(a)  # NaN-ness of each logical element (duplicates summed)
     nans = _reduce(np.isnan(a), np.add, axes, dtype=np.intp, keepdims=keepdims)
     total = _reduce(_without_nan(a), np.add, axes, dtype=dtype, keepdims=keepdims)
     result = total / (count - nans)

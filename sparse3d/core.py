@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import sparse
     import xarray
 
+    from .roi import ROISparse3D
+
 __all__ = ["Sparse3D"]
 
 
@@ -421,6 +423,12 @@ class Sparse3D(NDArrayOperatorsMixin):
         from .xarray import from_xarray
 
         return from_xarray(da)
+
+    def roi(self, corners, size) -> ROISparse3D:
+        """The model seen through windows; see :class:`sparse3d.roi.ROISparse3D`."""
+        from .roi import ROISparse3D
+
+        return ROISparse3D(self, corners, size)
 
     def fit(self, data, errors=None, prior_mu=None, prior_sigma=None, mask=None) -> Any:
         """Least-squares brightnesses of every source; see :func:`sparse3d._fit.fit_design`."""
