@@ -69,7 +69,10 @@ def as_position_array(a, name: str, shape: tuple[int, ...]) -> np.ndarray:
     Integer arrays and integer-valued float arrays are accepted; anything else (fractional,
     NaN/inf, bool, object) is rejected with an error naming ``name``.
     """
-    arr = np.asarray(a)
+    try:
+        arr = np.asarray(a)
+    except ValueError as exc:  # ragged nested sequences
+        raise ValueError(f"{name} must be a regular (non-ragged) integer array: {exc}") from None
     if arr.dtype == bool or not (
         np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
     ):
@@ -138,9 +141,12 @@ class StampStructure:
     @cached_property
     def in_image(self) -> np.ndarray:
         """Boolean ``(nr, nc, nsources)``: which stamp pixels fall inside the image."""
-        r = self.row - self.imcorner[0]
-        c = self.col - self.imcorner[1]
-        return _readonly((r >= 0) & (r < self.imshape[0]) & (c >= 0) & (c < self.imshape[1]))
+        (r0, c0), (H, W) = self.imcorner, self.imshape
+        mask = np.greater_equal(self.row, r0)
+        mask &= self.row < r0 + H
+        mask &= self.col >= c0
+        mask &= self.col < c0 + W
+        return _readonly(mask)
 
     @cached_property
     def all_in_image(self) -> bool:
@@ -158,10 +164,12 @@ class StampStructure:
         ``intp``, shape ``(nr, nc, nsources)``. The extra bin ``H*W`` lets scatter/gather
         operations (``np.bincount``, ``take``) run without a boolean mask.
         """
-        H, W = self.imshape
-        pix = (self.row.astype(np.intp) - self.imcorner[0]) * W + (
-            self.col.astype(np.intp) - self.imcorner[1]
-        )
+        (r0, c0), (H, W) = self.imcorner, self.imshape
+        pix = np.multiply(self.row, W, dtype=np.intp)
+        pix += self.col
+        offset = r0 * W + c0
+        if offset:
+            pix -= offset
         if not self.all_in_image:
             pix[~self.in_image] = H * W
         return _readonly(pix)
