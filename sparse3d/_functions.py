@@ -146,6 +146,10 @@ def dot(a, b, out=None):
             "np.dot(x, S) with the Sparse3D second is not supported (it would contract the column "
             "axis); use np.tensordot(S, image, axes=([0, 1], [0, 1])) for per-source projections"
         )
+    if type(b).__module__.startswith("dask"):  # lazy model on Dask weights
+        from . import dask as _dask
+
+        return _dask.dot(a, b)
     b, unit = _split_unit(b)
     b = _as_weights(b, "np.dot")
     if b.ndim == 0:
@@ -248,6 +252,10 @@ def tensordot(a, b, axes=2):
             order = list(range(n_free_s, res.ndim)) + list(range(n_free_s))
             res = res.transpose(order)
         return res
+    if type(b).__module__.startswith("dask"):  # lazy model or projection on a Dask operand
+        from . import dask as _dask
+
+        return _dask.tensordot(a, b, axes=(axes_a, axes_b))
     b_mag, unit = _split_unit(b)
     b_arr = _as_weights(b_mag, "np.tensordot")
     axes_a = [int(x) % 3 for x in axes_a]
@@ -483,30 +491,35 @@ def _sum(a, axis=None, dtype=None, out=None, keepdims=False, initial=_NoValue, w
 
 @implements(np.prod)
 def _prod(a, axis=None, dtype=None, out=None, keepdims=False, initial=_NoValue, where=True):
+    """``np.prod`` of the logical array: zero wherever an implicit zero is reduced."""
     _refuse_out(out, "np.prod")
     return _reduce(a, np.multiply, axis, dtype=dtype, keepdims=keepdims, initial=initial, where=where)
 
 
 @implements(np.max, np.amax)
 def _max(a, axis=None, out=None, keepdims=False, initial=_NoValue, where=True):
+    """``np.max``/``np.amax`` of the logical array (implicit zeros included)."""
     _refuse_out(out, "np.max")
     return _reduce(a, np.maximum, axis, keepdims=keepdims, initial=initial, where=where)
 
 
 @implements(np.min, np.amin)
 def _min(a, axis=None, out=None, keepdims=False, initial=_NoValue, where=True):
+    """``np.min``/``np.amin`` of the logical array (implicit zeros included)."""
     _refuse_out(out, "np.min")
     return _reduce(a, np.minimum, axis, keepdims=keepdims, initial=initial, where=where)
 
 
 @implements(np.any)
 def _any(a, axis=None, out=None, keepdims=False, *, where=True):
+    """``np.any``: whether any logical element is non-zero."""
     _refuse_out(out, "np.any")
     return _reduce(_logical_values(a).astype(bool), np.logical_or, axis, keepdims=keepdims, where=where)
 
 
 @implements(np.all)
 def _all(a, axis=None, out=None, keepdims=False, *, where=True):
+    """``np.all``: whether every logical element is non-zero (off-stamp zeros make it False)."""
     _refuse_out(out, "np.all")
     return _reduce(_logical_values(a).astype(bool), np.logical_and, axis, keepdims=keepdims, where=where)
 
@@ -653,6 +666,7 @@ def _nonzero(a):
 
 @implements(np.clip)
 def _clip(a, a_min=_NoValue, a_max=_NoValue, out=None, *, min=_NoValue, max=_NoValue, **kwargs):
+    """``np.clip`` on the stamp values → Sparse3D (off-stamp stays zero, stamp semantics)."""
     _refuse_out(out, "np.clip")
     lo = a_min if a_min is not _NoValue else (min if min is not _NoValue else None)
     hi = a_max if a_max is not _NoValue else (max if max is not _NoValue else None)
@@ -661,6 +675,7 @@ def _clip(a, a_min=_NoValue, a_max=_NoValue, out=None, *, min=_NoValue, max=_NoV
 
 @implements(np.round, np.around)
 def _round(a, decimals=0, out=None):
+    """``np.round``/``np.around`` on the stamp values → Sparse3D."""
     _refuse_out(out, "np.round")
     return apply_elementwise(np.round, (a,), {"decimals": decimals}, name="np.round")
 
@@ -674,22 +689,26 @@ def _isclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
 
 @implements(np.nan_to_num)
 def _nan_to_num(x, copy=True, nan=0.0, posinf=None, neginf=None):
+    """``np.nan_to_num`` on the stamp values → Sparse3D."""
     kw = {"nan": nan, "posinf": posinf, "neginf": neginf}
     return apply_elementwise(np.nan_to_num, (x,), kw, name="np.nan_to_num")
 
 
 @implements(np.real)
 def _real(val):
+    """Real part of the stamp values → Sparse3D."""
     return apply_elementwise(np.real, (val,), name="np.real")
 
 
 @implements(np.imag)
 def _imag(val):
+    """Imaginary part of the stamp values → Sparse3D."""
     return apply_elementwise(np.imag, (val,), name="np.imag")
 
 
 @implements(np.copy)
 def _copy(a, order="K", subok=False):
+    """A Sparse3D copy (arrays are immutable, so rarely needed)."""
     return a.copy()
 
 
@@ -794,32 +813,38 @@ def _array_equal(a1, a2, equal_nan=False):
 # -------------------------------------------------------------------------------------------
 @implements(np.shape)
 def _shape(a):
+    """``(H, W, nsources)``."""
     return a.shape
 
 
 @implements(np.ndim)
 def _ndim(a):
+    """Always 3."""
     return 3
 
 
 @implements(np.size)
 def _size(a, axis=None):
+    """``H * W * nsources``, or the length of ``axis``."""
     return a.size if axis is None else a.shape[axis]
 
 
 @implements(np.result_type)
 def _result_type(*arrays_and_dtypes):
+    """NumPy's ``result_type`` with each Sparse3D standing for its dtype."""
     Sparse3D = _S()
     return np.result_type(*[x.dtype if isinstance(x, Sparse3D) else x for x in arrays_and_dtypes])
 
 
 @implements(np.iscomplexobj)
 def _iscomplexobj(x):
+    """Whether the dtype is complex."""
     return x.dtype.kind == "c"
 
 
 @implements(np.isrealobj)
 def _isrealobj(x):
+    """Whether the dtype is not complex."""
     return x.dtype.kind != "c"
 
 

@@ -33,7 +33,7 @@ def _restore(previous: dict) -> Iterator[None]:
         _state.options = previous
 
 
-def set_options(**options) -> contextlib.AbstractContextManager:
+def set_options(*, max_dense_bytes: int | None = None) -> contextlib.AbstractContextManager:
     """Set library options; use as a plain call or as a context manager.
 
     Parameters
@@ -49,11 +49,11 @@ def set_options(**options) -> contextlib.AbstractContextManager:
     ...     pass
     """
     current = get_options()
-    for name, value in options.items():
-        if name not in _DEFAULTS:
-            raise TypeError(f"set_options got an unknown option {name!r}; known: {sorted(_DEFAULTS)}")
-        if name == "max_dense_bytes" and (not isinstance(value, int) or value < 0):
-            raise ValueError(f"max_dense_bytes must be a non-negative int; got {value!r}")
+    options = {}
+    if max_dense_bytes is not None:
+        if isinstance(max_dense_bytes, bool) or not isinstance(max_dense_bytes, int) or max_dense_bytes < 0:
+            raise ValueError(f"max_dense_bytes must be a non-negative int; got {max_dense_bytes!r}")
+        options["max_dense_bytes"] = max_dense_bytes
     _state.options = {**current, **options}
     return _restore(current)
 

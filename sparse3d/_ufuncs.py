@@ -33,16 +33,26 @@ def _sparse3d_type():
     return Sparse3D
 
 
+def _describe_difference(a, b) -> str:
+    if a.stamp_shape != b.stamp_shape:
+        return f"stamp shapes differ: {a.stamp_shape} vs {b.stamp_shape}"
+    if a.imshape != b.imshape or a.imcorner != b.imcorner:
+        return f"image bounds differ: imshape {a.imshape} at {a.imcorner} vs {b.imshape} at {b.imcorner}"
+    pairs = (("row", a.row, b.row), ("col", a.col, b.col))
+    which = [name for name, x, y in pairs if not np.array_equal(x, y)]
+    return f"stamp positions differ ({' and '.join(which)})"
+
+
 def common_structure(arrays):
     """The structure shared by all ``arrays`` (Sparse3D); ``ValueError`` if they differ."""
     first = arrays[0]._structure
     for other in arrays[1:]:
         if not first.equals(other._structure):
             raise ValueError(
-                "operands have different stamp structures (positions, stamp shape, imshape or imcorner "
-                f"differ: {first.shape} with stamps {first.stamp_shape} at imcorner {first.imcorner} vs "
-                f"{other.shape} with stamps {other.stamp_shape} at imcorner {other.imcorner}); combine "
-                "arrays built from the same row/col and image bounds, or convert with to_sparse()"
+                "operands have different stamp structures ("
+                + _describe_difference(first, other._structure)
+                + "); combine arrays built from the same row/col and image bounds, or use "
+                "S.with_data(values) to put new values on the same stamps"
             )
     return first
 
