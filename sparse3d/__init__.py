@@ -3,14 +3,36 @@
 >>> from sparse3d import Sparse3D
 
 `Sparse3D` speaks NumPy (NEP 13 ufuncs and operators, NEP 18 functions) with *stamp
-semantics*, converts to scipy CSR/CSC for linear algebra and to ``sparse.COO``, and offers
-labeled xarray views. Nothing here imports xarray or matplotlib eagerly.
+semantics*, converts to scipy CSR/CSC for linear algebra and to ``sparse.COO``, fits source
+brightnesses, and offers labeled xarray views. ``import sparse3d`` loads only NumPy: scipy,
+pydata/sparse, xarray, the solvers and matplotlib are imported when first needed.
 """
 
 from ._options import DenseAllocationError, get_options, set_options
 from .core import Sparse3D
 from .roi import ROISparse3D
 
-__all__ = ["DenseAllocationError", "ROISparse3D", "Sparse3D", "get_options", "set_options", "__version__"]
+__all__ = [
+    "DenseAllocationError",
+    "FitResult",
+    "ROISparse3D",
+    "SingularNormalMatrixError",
+    "Sparse3D",
+    "UnconstrainedSourceWarning",
+    "get_options",
+    "set_options",
+    "__version__",
+]
 
 __version__ = "2.0.0.dev0"
+
+_FROM_FIT = ("FitResult", "SingularNormalMatrixError", "UnconstrainedSourceWarning")
+
+
+def __getattr__(name: str):
+    # the fitting names import scipy and the solvers: load them on first use only
+    if name in _FROM_FIT:
+        from . import _fit
+
+        return getattr(_fit, name)
+    raise AttributeError(f"module 'sparse3d' has no attribute {name!r}")

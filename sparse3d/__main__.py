@@ -14,13 +14,21 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--output", default="sparse3d-demo", help="folder for the PNG figures")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-plots", action="store_true", help="skip the figures (no matplotlib needed)")
+    demo.add_argument("--no-recipe", action="store_true", help="skip the tutorial's spsolve comparison")
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.nsources < 1 or min(args.imshape) < 1:
             parser.error("--nsources and --imshape must be positive")
         from ._demo import run_demo
 
-        run_demo(tuple(args.imshape), args.nsources, args.output, args.seed, plots=not args.no_plots)
+        run_demo(
+            tuple(args.imshape),
+            args.nsources,
+            args.output,
+            args.seed,
+            plots=not args.no_plots,
+            recipe=not args.no_recipe,
+        )
     return 0
 
 

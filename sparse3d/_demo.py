@@ -43,6 +43,7 @@ def run_demo(
     output: str | Path = "sparse3d-demo",
     seed: int = 0,
     plots: bool = True,
+    recipe: bool = True,
 ) -> dict:
     """Simulate, model and fit the tutorial's scene; print timings and fit quality.
 
@@ -58,6 +59,8 @@ def run_demo(
         Random seed.
     plots : bool
         Write the figures (needs matplotlib: ``pip install "sparse3d[demo]"``).
+    recipe : bool
+        Also run the seed tutorial's ``spsolve`` recipe, to compare time and result.
 
     Returns
     -------
@@ -67,7 +70,7 @@ def run_demo(
     from scipy import sparse as sp
     from scipy.sparse import linalg as spla
 
-    steps = _Steps(total=8 if plots else 7)
+    steps = _Steps(total=8 + int(plots) + int(recipe))
     sc = steps("simulate the scene", lambda: gaussian_scene(imshape=imshape, nsources=nsources, seed=seed))
     sigma = sc["sigma"]
     X, Y = steps(
@@ -91,18 +94,28 @@ def run_demo(
         lambda: rng.poisson(model) + rng.normal(0, 3, size=model.shape).astype(int),
     )
     Lc = steps("L.tocsr()", L.tocsr)
-    weights = steps(
-        "fit all brightnesses (spsolve)",
-        lambda: spla.spsolve((Lc.T @ Lc).tocsc(), sp.csc_matrix(Lc.T @ data.ravel()).T),
-    )
+    fit = steps(f"fit all brightnesses (L.fit, {_solver_name()})", lambda: L.fit(data))
+    weights = fit.weights
+    errors = steps("1-sigma errors (selected inversion)", lambda: fit.weights_err)
+    if recipe:
+        recipe_weights = steps(
+            "the tutorial's recipe: Lc.T @ Lc + spsolve",
+            lambda: spla.spsolve((Lc.T @ Lc).tocsc(), sp.csc_matrix(Lc.T @ data.ravel()).T),
+        )
+        agree = float(np.max(np.abs(recipe_weights - weights)) / np.max(np.abs(recipe_weights)))
     truth = sc["brightness"]
     bright = truth > 100
     rel = np.abs(weights[bright] - truth[bright]) / truth[bright]
     summary = {
         "n_bright": int(bright.sum()),
         "median_rel_error_bright": float(np.median(rel)) if rel.size else float("nan"),
-        "reduced_chi2": float(np.mean((data - L.dot(weights)) ** 2 / (np.clip(model, 0, None) + 9.0))),
+        "reduced_chi2": float(np.mean((data - fit.model) ** 2 / (np.clip(model, 0, None) + 9.0))),
+        "median_pull_bright": float(np.median(np.abs(weights[bright] - truth[bright]) / errors[bright]))
+        if bright.any()
+        else float("nan"),
     }
+    if recipe:
+        summary["recipe_max_rel_difference"] = agree
     if plots:
         steps("figures", lambda: _figures(Path(output), model, truth, weights))
     print(f"sparse3d demo: {imshape[0]}x{imshape[1]} image, {nsources:,} sources, L.nnz = {L.nnz:,}")
@@ -112,6 +125,8 @@ def run_demo(
         f"{summary['median_rel_error_bright']:.4f}; reduced chi2 (Poisson + read noise) = "
         f"{summary['reduced_chi2']:.3f}"
     )
+    if recipe:
+        print(f"L.fit agrees with the tutorial's spsolve recipe to {agree:.1e} (max |difference| / max |w|)")
     if plots:
         print(f"figures: {Path(output) / 'model_image.png'}, {Path(output) / 'truth_vs_measured.png'}")
     return {
@@ -122,6 +137,12 @@ def run_demo(
         "timings": dict(steps.rows),
         **summary,
     }
+
+
+def _solver_name() -> str:
+    from ._fit import available_solvers
+
+    return "CHOLMOD" if "cholmod" in available_solvers() else "SciPy SuperLU"
 
 
 def _figures(folder: Path, model: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
@@ -23,13 +23,17 @@ if TYPE_CHECKING:  # pragma: no cover
     import sparse
     import xarray
 
+    from ._fit import FitResult
     from .roi import ROISparse3D
 
 __all__ = ["Sparse3D"]
 
 
 def _owned_values(data, name: str = "data") -> np.ndarray:
-    arr = np.array(data, copy=True, order="C")
+    try:
+        arr = np.array(data, copy=True, order="C")
+    except ValueError as exc:  # ragged nested sequences
+        raise ValueError(f"{name} must be a regular (non-ragged) numeric array: {exc}") from None
     if arr.dtype == object or arr.dtype.kind in "USVMm":
         raise TypeError(f"{name} must be a numeric or boolean array; got dtype {arr.dtype}")
     arr.flags.writeable = False
@@ -417,6 +421,12 @@ class Sparse3D(NDArrayOperatorsMixin):
 
         return to_xarray(self, *args, **kwargs)
 
+    def to_dask(self, source_chunks="auto"):
+        """Split into source chunks, one Dask graph key each; see :class:`sparse3d.dask.SourceChunked`."""
+        from .dask import to_dask
+
+        return to_dask(self, source_chunks)
+
     @classmethod
     def from_xarray(cls, da: xarray.DataArray) -> Sparse3D:
         """Rebuild an array from its stamp view; see :func:`sparse3d.xarray.from_xarray`."""
@@ -430,8 +440,45 @@ class Sparse3D(NDArrayOperatorsMixin):
 
         return ROISparse3D(self, corners, size)
 
-    def fit(self, data, errors=None, prior_mu=None, prior_sigma=None, mask=None) -> Any:
-        """Least-squares brightnesses of every source; see :func:`sparse3d._fit.fit_design`."""
+    def fit(self, data, errors=None, prior_mu=None, prior_sigma=None, mask=None) -> FitResult:
+        """Least-squares weights (brightnesses) of every source, for one image or many frames.
+
+        Solves ``min_w Σ ((data - S·w) / errors)² + Σ ((w - prior_mu) / prior_sigma)²`` over the
+        unmasked pixels through the normal equations, factorised **once** (sparse Cholesky:
+        CHOLMOD from ``cvxopt`` when installed, SciPy's SuperLU otherwise) for all frames.
+
+        Parameters
+        ----------
+        data : numpy.ndarray, shape (H, W) or (H, W, k)
+            An image or a stack of ``k`` frames (the layout ``np.dot(S, w)`` returns, so
+            ``S.fit(S @ w).weights`` recovers ``w``). A Dask array gives lazy weights.
+        errors : numpy.ndarray, optional
+            Per-pixel 1-σ uncertainties, shape ``(H, W)`` (shared by all frames, one
+            factorisation) or the shape of ``data``: weighted least squares.
+        prior_mu, prior_sigma : float or numpy.ndarray, optional
+            Per-source Gaussian priors (scalars or ``(nsources,)``); they also regularise
+            sources with little or no data.
+        mask : numpy.ndarray of bool, optional
+            ``(H, W)``; True marks pixels to ignore (bad or saturated).
+
+        Returns
+        -------
+        FitResult
+            ``.weights`` ``(nsources,)`` or ``(nsources, k)``; ``.weights_err`` (1-σ, the
+            diagonal of the inverse normal matrix by selected inversion — no dense inverse);
+            ``.model`` (best-fit image(s)); ``.chi2``. Sources with no unmasked pixel and no
+            prior get NaN and one warning that counts them.
+
+        Raises
+        ------
+        sparse3d.SingularNormalMatrixError
+            When sources that do have data are degenerate (e.g. identical stamps); the
+            exception lists them in ``.sources``.
+        """
+        if type(data).__module__.startswith("dask"):  # lazy weights; see sparse3d.dask.fit
+            from .dask import fit as dask_fit
+
+            return dask_fit(self, data, errors, prior_mu, prior_sigma, mask)
         from ._fit import fit_design
 
         return fit_design(
