@@ -556,14 +556,29 @@ def _nansum(a, axis=None, dtype=None, out=None, keepdims=False, initial=_NoValue
 def _nanmax(a, axis=None, out=None, keepdims=False, initial=_NoValue, where=True):
     """``np.nanmax``: NaN stamp values are ignored (off-stamp zeros still count)."""
     _refuse_out(out, "np.nanmax")
-    return _reduce(a, np.fmax, axis, keepdims=keepdims, initial=initial, where=where)
+    return _all_nan_to_nan(
+        a, _reduce(a, np.fmax, axis, keepdims=keepdims, initial=initial, where=where), axis, keepdims, initial
+    )
+
+
+def _all_nan_to_nan(a, result, axis, keepdims, initial):
+    """NumPy's ``nanmax``/``nanmin`` give NaN for an all-NaN slice (``fmax`` alone gives -inf)."""
+    if a.dtype.kind != "f" or initial is not _NoValue:
+        return result
+    axes = _normalize_axes(axis)
+    count = int(np.prod([a.shape[i] for i in axes]))
+    nans = _reduce(np.isnan(_logical_values(a)), np.add, axes, dtype=np.intp, keepdims=keepdims)
+    out = np.where(nans == count, a.dtype.type(np.nan), result)
+    return out[()] if out.ndim == 0 else out
 
 
 @implements(np.nanmin)
 def _nanmin(a, axis=None, out=None, keepdims=False, initial=_NoValue, where=True):
     """``np.nanmin``: NaN stamp values are ignored (off-stamp zeros still count)."""
     _refuse_out(out, "np.nanmin")
-    return _reduce(a, np.fmin, axis, keepdims=keepdims, initial=initial, where=where)
+    return _all_nan_to_nan(
+        a, _reduce(a, np.fmin, axis, keepdims=keepdims, initial=initial, where=where), axis, keepdims, initial
+    )
 
 
 @implements(np.nanmean)

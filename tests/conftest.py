@@ -29,3 +29,17 @@ def scene(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# ---- hypothesis profiles (tests/test_properties.py): HYPOTHESIS_PROFILE=long for thousands ----
+import os  # noqa: E402
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "default", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

@@ -1,0 +1,517 @@
+"""Bad input: every case of one table raises the documented error type and message.
+
+The table ``CASES`` is the single source of ``docs/errors.md``: ``test_docs_table_is_current``
+fails when the doc and the table disagree; regenerate the doc with
+
+    PYTHONPATH=. python tests/test_bad_input.py
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sparse3d
+from sparse3d import DenseAllocationError, Sparse3D
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    input: str  # what the doc shows in the "input" column
+    call: object  # a no-argument callable that must raise
+    error: type
+    fragment: str  # part of the message; names the offending argument
+
+
+def _S(imshape=(10, 10), nsources=2, **kw):
+    R, C = np.mgrid[:3, :3]
+    row = R[:, :, None] + np.arange(2, 2 + 3 * nsources, 3)
+    col = C[:, :, None] + np.arange(2, 2 + 3 * nsources, 3)
+    return Sparse3D(np.ones((3, 3, nsources)), row, col, imshape, **kw)
+
+
+def _other_structure():
+    S = _S()
+    return Sparse3D(np.ones(S.stamp_shape), S.row + 1, S.col, S.imshape)
+
+
+def _huge():
+    return _S(imshape=(60000, 60000))
+
+
+ONE = np.ones((1, 1, 1))
+
+CASES = [
+    # ---- construction -----------------------------------------------------------------
+    Case(
+        "data-2d",
+        "`Sparse3D(np.ones((3, 3)), ...)`",
+        lambda: Sparse3D(np.ones((3, 3)), 0, 0, (5, 5)),
+        ValueError,
+        "data must be 3-D",
+    ),
+    Case(
+        "data-ragged",
+        "`Sparse3D([[[1, 2]], [[1]]], ...)` (ragged)",
+        lambda: Sparse3D([[[1, 2]], [[1]]], 0, 0, (5, 5)),
+        ValueError,
+        "data must be a regular",
+    ),
+    Case(
+        "data-strings",
+        "`data` of strings or objects",
+        lambda: Sparse3D(np.array([[["a"]]]), 0, 0, (5, 5)),
+        TypeError,
+        "data must be a numeric",
+    ),
+    Case(
+        "row-fractional",
+        "`row=0.5`",
+        lambda: Sparse3D(ONE, 0.5, 0, (5, 5)),
+        ValueError,
+        "row must hold integer pixel positions",
+    ),
+    Case(
+        "col-bool",
+        "`col=True` (bool positions)",
+        lambda: Sparse3D(ONE, 0, True, (5, 5)),
+        TypeError,
+        "col must hold integer pixel positions",
+    ),
+    Case(
+        "row-strings",
+        '`row="a"`',
+        lambda: Sparse3D(ONE, "a", 0, (5, 5)),
+        TypeError,
+        "row must hold integer pixel positions",
+    ),
+    Case(
+        "row-ragged",
+        "`row` ragged nested lists",
+        lambda: Sparse3D(np.ones((2, 1, 1)), [[1, 2], [1]], 0, (5, 5)),
+        ValueError,
+        "row must be a regular",
+    ),
+    Case(
+        "row-nan",
+        "`row=np.nan`",
+        lambda: Sparse3D(ONE, np.nan, 0, (5, 5)),
+        ValueError,
+        "row must hold finite pixel positions",
+    ),
+    Case(
+        "col-inf",
+        "`col=np.inf`",
+        lambda: Sparse3D(ONE, 0, np.inf, (5, 5)),
+        ValueError,
+        "col must hold finite pixel positions",
+    ),
+    Case(
+        "row-broadcast",
+        "`row` of shape (3, 3, 5) for 2 sources",
+        lambda: Sparse3D(np.ones((3, 3, 2)), np.zeros((3, 3, 5)), 0, (5, 5)),
+        ValueError,
+        "row with shape (3, 3, 5) does not broadcast",
+    ),
+    Case(
+        "col-broadcast",
+        "`col` of shape (4,) for stamps (3, 3, 2)",
+        lambda: Sparse3D(np.ones((3, 3, 2)), 0, np.zeros(4), (5, 5)),
+        ValueError,
+        "col with shape (4,) does not",
+    ),
+    Case(
+        "imshape-zero",
+        "`imshape=(0, 5)`",
+        lambda: Sparse3D(ONE, 0, 0, (0, 5)),
+        ValueError,
+        "imshape must be two positive integers",
+    ),
+    Case(
+        "imshape-negative",
+        "`imshape=(-1, 5)`",
+        lambda: Sparse3D(ONE, 0, 0, (-1, 5)),
+        ValueError,
+        "imshape must be two positive integers",
+    ),
+    Case(
+        "imshape-fractional",
+        "`imshape=(2.5, 5)`",
+        lambda: Sparse3D(ONE, 0, 0, (2.5, 5)),
+        ValueError,
+        "imshape must be two positive integers; got non-integer",
+    ),
+    Case("imshape-scalar", "`imshape=5`", lambda: Sparse3D(ONE, 0, 0, 5), TypeError, "imshape must be"),
+    Case(
+        "imshape-three",
+        "`imshape=(5, 5, 5)`",
+        lambda: Sparse3D(ONE, 0, 0, (5, 5, 5)),
+        ValueError,
+        "imshape must be two positive integers; got 3 values",
+    ),
+    Case(
+        "imcorner-fractional",
+        "`imcorner=(1.5, 0)`",
+        lambda: Sparse3D(ONE, 0, 0, (5, 5), (1.5, 0)),
+        ValueError,
+        "imcorner must be two integers",
+    ),
+    Case(
+        "with-data-shape",
+        "`S.with_data(values)` of another shape",
+        lambda: _S().with_data(np.ones((2, 2, 2))),
+        ValueError,
+        "data must have the stamp shape",
+    ),
+    Case(
+        "translate-fractional",
+        "`S.translate((0.5, 0))`",
+        lambda: _S().translate((0.5, 0)),
+        ValueError,
+        "position must be two integers",
+    ),
+    # ---- products ---------------------------------------------------------------------
+    Case(
+        "dot-length",
+        "`S.dot(w)` with `len(w) != nsources`",
+        lambda: _S().dot(np.ones(3)),
+        ValueError,
+        "weights must have length nsources=2",
+    ),
+    Case(
+        "dot-2d-length",
+        "`S.dot(w)` with `w.shape = (3, 2)`",
+        lambda: _S().dot(np.ones((3, 2))),
+        ValueError,
+        "weights must have length nsources=2",
+    ),
+    Case(
+        "dot-3d",
+        "`S.dot(w)` with 3-D `w`",
+        lambda: _S().dot(np.ones((2, 2, 2))),
+        ValueError,
+        "weights must be (nsources,) or (nsources, k)",
+    ),
+    Case("dot-sparse3d", "`S.dot(S)`", lambda: _S().dot(_S()), TypeError, "product of two Sparse3D"),
+    Case(
+        "dot-object",
+        "`S.dot(w)` with an object array",
+        lambda: _S().dot(np.array([None, 1])),
+        TypeError,
+        "weights must be numeric",
+    ),
+    Case("matmul-scalar", "`S @ 2`", lambda: _S() @ 2, ValueError, "scalar operand is not allowed"),
+    Case(
+        "tensordot-image",
+        "`np.tensordot(S, image, axes=([0, 1], [0, 1]))`, wrong image shape",
+        lambda: np.tensordot(_S(), np.ones((3, 3)), axes=([0, 1], [0, 1])),
+        ValueError,
+        "image axes have shape (3, 3), expected imshape (10, 10)",
+    ),
+    # ---- elementwise --------------------------------------------------------------------
+    Case(
+        "structure-mismatch",
+        "`S1 + S2` with different stamps",
+        lambda: _S() + _other_structure(),
+        ValueError,
+        "operands have different stamp structures",
+    ),
+    Case(
+        "operand-shape",
+        "`S + x` with `x.shape` not broadcasting to `(H, W, n)`",
+        lambda: _S() + np.ones((3, 3, 2)),
+        ValueError,
+        "operand 1 of np.add with shape (3, 3, 2)",
+    ),
+    Case(
+        "operand-sparse",
+        "`S + scipy_matrix`",
+        lambda: _S() + _S().tocsr(),
+        TypeError,
+        "operand 1 of np.add of type csr_matrix",
+    ),
+    # ---- NumPy protocol -----------------------------------------------------------------
+    Case(
+        "unsupported-function",
+        "`np.sort(S)`",
+        lambda: np.sort(_S()),
+        TypeError,
+        "numpy.sort is not supported on Sparse3D",
+    ),
+    Case(
+        "implicit-dense",
+        "`np.asarray(S)`",
+        lambda: np.asarray(_S()),
+        TypeError,
+        "will not be converted to a dense ndarray implicitly",
+    ),
+    Case(
+        "ufunc-method",
+        "`np.add.accumulate(S)`",
+        lambda: np.add.accumulate(_S()),
+        TypeError,
+        "np.add.accumulate is not supported",
+    ),
+    Case(
+        "ufunc-out",
+        "`np.add(S, 1, out=x)`",
+        lambda: np.add(_S(), 1, out=np.zeros(3)),
+        TypeError,
+        "np.add(..., out=...) is not supported",
+    ),
+    Case(
+        "ufunc-where",
+        "`np.add(S, 1, where=mask)`",
+        lambda: np.add(_S(), 1, where=np.zeros(2, bool)),
+        TypeError,
+        "np.add(..., where=...) is not supported",
+    ),
+    Case(
+        "sum-out",
+        "`np.sum(S, out=x)`",
+        lambda: np.sum(_S(), out=np.zeros(3)),
+        TypeError,
+        "np.sum(..., out=...) is not supported",
+    ),
+    Case(
+        "dot-out",
+        "`np.dot(S, w, out=x)`",
+        lambda: np.dot(_S(), np.ones(2), out=np.zeros((10, 10))),
+        TypeError,
+        "np.dot(..., out=...) is not supported",
+    ),
+    Case(
+        "concatenate-axis",
+        "`np.concatenate([S, S], axis=0)`",
+        lambda: np.concatenate([_S(), _S()], axis=0),
+        ValueError,
+        "can only be concatenated along the source axis (axis=2 or -1); got axis=0",
+    ),
+    Case(
+        "source-index",
+        "`S[:, :, 5]` with 2 sources",
+        lambda: _S()[:, :, 5],
+        IndexError,
+        "index 5 is out of bounds for axis 2",
+    ),
+    Case(
+        "source-mask",
+        "`S[:, :, mask]`, mask of the wrong length",
+        lambda: _S()[:, :, np.array([True])],
+        IndexError,
+        "boolean index",
+    ),
+    Case("hash", "`hash(S)`", lambda: hash(_S()), TypeError, "unhashable type: 'Sparse3D'"),
+    Case("truth", "`bool(S)`, `if S:`", lambda: bool(_S()), ValueError, "truth value of a Sparse3D"),
+    Case("iterate", "`for x in S`", lambda: iter(_S()), TypeError, "Sparse3D is not iterable"),
+    Case("mutate", "`S.data[...] = v`", lambda: _S().data.__setitem__(0, 1), ValueError, "read-only"),
+    # ---- memory -------------------------------------------------------------------------
+    Case(
+        "todense-huge",
+        "`S.todense()`, 60000 x 60000 image",
+        lambda: _huge().todense(),
+        DenseAllocationError,
+        "todense() of a (60000, 60000, 2) array would allocate 53.6 GiB",
+    ),
+    Case(
+        "dot-huge",
+        "`S.dot(w)`, 60000 x 60000 image",
+        lambda: _huge().dot(np.ones(2)),
+        DenseAllocationError,
+        "an image of shape (60000, 60000) would allocate 26.8 GiB",
+    ),
+    Case(
+        "tocsr-huge",
+        "`S.tocsr()`, 60000 x 60000 image",
+        lambda: _huge().tocsr(),
+        DenseAllocationError,
+        "the CSR row pointer of an image with 3600000000 pixels would allocate",
+    ),
+    Case(
+        "sum-huge",
+        "`np.sum(S, axis=2)`, 60000 x 60000 image",
+        lambda: np.sum(_huge(), axis=2),
+        DenseAllocationError,
+        "an image of shape (60000, 60000) would allocate",
+    ),
+    Case(
+        "options-unknown",
+        "`sparse3d.set_options(foo=1)`",
+        lambda: sparse3d.set_options(foo=1),
+        TypeError,
+        "set_options() got an unexpected keyword argument 'foo'",
+    ),
+    Case(
+        "options-negative",
+        "`sparse3d.set_options(max_dense_bytes=-1)`",
+        lambda: sparse3d.set_options(max_dense_bytes=-1),
+        ValueError,
+        "max_dense_bytes must be a non-negative",
+    ),
+]
+
+if importlib.util.find_spec("sparse3d.xarray") is not None and importlib.util.find_spec("xarray") is not None:
+    CASES += [
+        Case(
+            "xarray-view",
+            '`S.to_xarray(view="foo")`',
+            lambda: _S().to_xarray(view="foo"),
+            ValueError,
+            "view must be 'image' or 'stamps'",
+        ),
+        Case(
+            "xarray-sources",
+            "`S.to_xarray(sources=labels)`, wrong length",
+            lambda: _S().to_xarray(sources=[1]),
+            ValueError,
+            "sources must have one label per source",
+        ),
+        Case(
+            "xarray-not-dataarray",
+            "`Sparse3D.from_xarray(ndarray)`",
+            lambda: Sparse3D.from_xarray(np.ones(3)),
+            TypeError,
+            "from_xarray needs an xarray.DataArray",
+        ),
+        Case(
+            "xarray-dims",
+            "`Sparse3D.from_xarray(da)`, a dim renamed",
+            lambda: Sparse3D.from_xarray(_S().to_xarray(view="stamps").rename(stamp_row="y")),
+            ValueError,
+            "from_xarray needs a stamp view with dims",
+        ),
+        Case(
+            "xarray-coords",
+            "`Sparse3D.from_xarray(da)`, `row` coordinate dropped",
+            lambda: Sparse3D.from_xarray(_S().to_xarray(view="stamps").drop_vars("row")),
+            ValueError,
+            "lacks the coordinate(s) ['row']",
+        ),
+        Case(
+            "xarray-attrs",
+            "`Sparse3D.from_xarray(da)`, `imshape` attribute dropped",
+            lambda: Sparse3D.from_xarray(_S().to_xarray(view="stamps").drop_attrs()),
+            ValueError,
+            "lacks the attribute(s) ['imshape', 'imcorner']",
+        ),
+    ]
+
+if importlib.util.find_spec("sparse3d._fit") is not None:
+
+    def _twins():
+        S = _S()
+        return Sparse3D(S.data, S.row[:, :, [0, 0]], S.col[:, :, [0, 0]], S.imshape)
+
+    def _singular_error():
+        from sparse3d._fit import SingularNormalMatrixError
+
+        return SingularNormalMatrixError
+
+    CASES += [
+        Case(
+            "fit-data-shape",
+            "`S.fit(data)`, data not `(H, W)`",
+            lambda: _S().fit(np.ones((3, 3))),
+            ValueError,
+            "data must have shape (H, W) = (10, 10)",
+        ),
+        Case(
+            "fit-errors",
+            "`S.fit(data, errors=e)` with `e <= 0`",
+            lambda: _S().fit(np.ones((10, 10)), errors=-np.ones((10, 10))),
+            ValueError,
+            "errors must be positive",
+        ),
+        Case(
+            "fit-mask",
+            "`S.fit(data, mask=m)`, wrong shape",
+            lambda: _S().fit(np.ones((10, 10)), mask=np.ones((3, 3), bool)),
+            ValueError,
+            "mask must have shape",
+        ),
+        Case(
+            "fit-prior",
+            "`S.fit(data, prior_mu=mu)` without `prior_sigma`",
+            lambda: _S().fit(np.ones((10, 10)), prior_mu=[1, 1]),
+            ValueError,
+            "prior_mu requires prior_sigma",
+        ),
+        Case(
+            "fit-singular",
+            "`S.fit(data)`, two identical sources, no prior",
+            lambda: _twins().fit(np.ones((10, 10))),
+            _singular_error(),
+            "source(s) are linearly dependent on other sources",
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case):
+    with pytest.raises(case.error) as info:
+        case.call()
+    assert type(info.value) is case.error or issubclass(type(info.value), case.error)
+    assert case.fragment in str(info.value), str(info.value)
+
+
+def test_memory_errors_state_the_memory_needed():
+    for case in CASES:
+        if case.error is DenseAllocationError:
+            with pytest.raises(DenseAllocationError, match=r"would allocate \d+\.\d (B|KiB|MiB|GiB|TiB)"):
+                case.call()
+
+
+def test_case_ids_are_unique():
+    ids = [c.id for c in CASES]
+    assert len(ids) == len(set(ids))
+
+
+# ---- docs/errors.md, generated from CASES ---------------------------------------------------
+_HEADER = """# Errors
+
+What `sparse3d` raises on bad input. Every row is a test case in `tests/test_bad_input.py`
+(the test checks the error type and that the message contains the fragment shown); this
+page is generated from that table: `PYTHONPATH=. python tests/test_bad_input.py`.
+
+`DenseAllocationError` is a `MemoryError` raised *before* an allocation above
+`max_dense_bytes` (default 2 GiB; see `sparse3d.set_options`); its message states the memory
+needed. `SingularNormalMatrixError` is a `numpy.linalg.LinAlgError`.
+
+| input | error | message contains |
+|---|---|---|
+"""
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown() -> str:
+    rows = [f"| {_cell(c.input)} | `{c.error.__name__}` | `{_cell(c.fragment)}` |" for c in CASES]
+    return _HEADER + "\n".join(rows) + "\n"
+
+
+def test_docs_table_is_current():
+    assert DOC.exists(), "docs/errors.md is missing; run PYTHONPATH=. python tests/test_bad_input.py"
+    text = DOC.read_text()
+    missing = [c.id for c in CASES if f"| {_cell(c.input)} | `{c.error.__name__}` |" not in text]
+    assert not missing, (
+        f"docs/errors.md lacks rows {missing}; run PYTHONPATH=. python tests/test_bad_input.py"
+    )
+    assert text == render_markdown(), (
+        "docs/errors.md is stale; run PYTHONPATH=. python tests/test_bad_input.py"
+    )
+
+
+if __name__ == "__main__":
+    DOC.parent.mkdir(exist_ok=True)
+    DOC.write_text(render_markdown())
+    print(f"wrote {DOC} ({len(CASES)} rows)", file=sys.stderr)
