@@ -25,7 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
 
 #: Scene used for the stored outputs (the tutorials default to the full 1024², 50,000 stars).
-STORED_SCENE = {"SPARSE3D_TUTORIAL_IMSIZE": "256", "SPARSE3D_TUTORIAL_NSOURCES": "3000"}
+STORED_SCENE = {
+    "SPARSE3D_TUTORIAL_IMSIZE": "256",
+    "SPARSE3D_TUTORIAL_NSOURCES": "3000",
+    "SPARSE3D_TUTORIAL_NFRAMES": "50",
+}
 
 
 def sources() -> list[Path]:

@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL_SCENE = {"SPARSE3D_TUTORIAL_IMSIZE": "96", "SPARSE3D_TUTORIAL_NSOURCES": "400"}
+SMALL_SCENE = {
+    "SPARSE3D_TUTORIAL_IMSIZE": "96",
+    "SPARSE3D_TUTORIAL_NSOURCES": "400",
+    "SPARSE3D_TUTORIAL_NFRAMES": "20",
+}
 
 
 def _load_builder():
@@ -30,7 +34,7 @@ SCRIPTS = builder.sources()
 
 def test_tutorials_exist():
     names = [s.stem for s in SCRIPTS]
-    assert names == ["1-astronomy-demo", "2-start-here", "3-exploring-with-xarray"]
+    assert names == ["1-astronomy-demo", "2-start-here", "3-exploring-with-xarray", "4-time-series-on-dask"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)

@@ -1,0 +1,715 @@
+"""Dask-backed models and fits: model cubes, many-frame fits and scenes split by source.
+
+Nothing here is imported by ``import sparse3d``; the NumPy functions of :class:`Sparse3D`
+delegate to this module when an operand is a Dask array, so the same code runs eagerly on
+NumPy arrays and lazily on Dask arrays::
+
+    import dask.array as da
+    w = da.from_array(lightcurves, chunks=(nsources, 50))   # (nsources, k), chunked in time
+    cube = S.dot(w)                                          # lazy (H, W, k), chunked in time
+    res = S.fit(frames)                                      # frames: dask (H, W, k)
+    res.weights                                              # lazy (nsources, k)
+
+**How arrays reach the workers.** A :class:`Sparse3D` (or one source chunk of it) enters a
+task graph exactly once, as a single graph key holding the array (``dask.delayed(S,
+pure=True)`` with a content-derived name); every task that needs it refers to that key.
+With ``dask.distributed`` the array is therefore pickled once (values and positions only,
+no caches) and moved between workers like any other task result; its derived indices are
+rebuilt once per worker, not once per task. The fit ships one pre-factorised solver the
+same way: the normal matrix is factorised once, eagerly on the client.
+
+:class:`SourceChunked` splits a scene along the source axis, for scenes whose stamps do not
+fit in one process: ``dot`` sums the chunk images lazily, and :meth:`SourceChunked.from_function`
+computes stamp values chunk by chunk from per-source parameters, so the full stamp array is
+never assembled anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+
+from .core import Sparse3D
+
+__all__ = [
+    "DaskFitResult",
+    "SourceChunked",
+    "dot",
+    "fit",
+    "from_function",
+    "is_dask_array",
+    "project",
+    "tensordot",
+]
+
+
+def is_dask_array(x) -> bool:
+    """Whether ``x`` is a Dask array (or another Dask collection), without importing Dask."""
+    return type(x).__module__.startswith("dask")
+
+
+# -------------------------------------------------------------------------------------------
+# Shipping arrays once
+# -------------------------------------------------------------------------------------------
+def _token(S: Sparse3D) -> str:
+    """Content token of ``S`` (values, positions, bounds), cached on the immutable array."""
+    tok = S.__dict__.get("_dask_token")
+    if tok is None:
+        tok = tokenize(S._values, S.row, S.col, S.imshape, S.imcorner)
+        S.__dict__["_dask_token"] = tok
+    return tok
+
+
+def _shared(obj, prefix: str, token: str):
+    """``obj`` as ONE graph key: every task that uses it depends on that key."""
+    return dask.delayed(obj, name=f"{prefix}-{token}", pure=True)
+
+
+def _normalize_source_chunks(chunks, n: int) -> tuple[int, ...]:
+    """Chunk sizes along the source axis from an int, a tuple of sizes, ``-1`` or ``"auto"``."""
+    if chunks is None or chunks == -1:
+        return (n,)
+    if chunks == "auto":
+        chunks = max(1, min(n, 10_000))
+    if isinstance(chunks, (int, np.integer)):
+        size = int(chunks)
+        if size <= 0:
+            raise ValueError(f"source_chunks must be positive; got {chunks}")
+        if n == 0:
+            return (0,)
+        return tuple(min(size, n - a) for a in range(0, n, size))
+    sizes = tuple(int(c) for c in chunks)
+    if sum(sizes) != n or any(c < 0 for c in sizes):
+        raise ValueError(f"source chunk sizes {sizes} do not add up to nsources={n}")
+    return sizes
+
+
+def _bounds(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    edges = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
+    return list(zip(edges[:-1], edges[1:]))
+
+
+# -------------------------------------------------------------------------------------------
+# Block functions (module level, so workers import them instead of unpickling code)
+# -------------------------------------------------------------------------------------------
+def _dot_block(S: Sparse3D, w: np.ndarray) -> np.ndarray:
+    return S.dot(np.asarray(w))
+
+
+def _project_block(S: Sparse3D, y: np.ndarray) -> np.ndarray:
+    return np.tensordot(S, np.asarray(y), axes=([0, 1], [0, 1]))
+
+
+def _take_sources(S: Sparse3D, a: int, b: int) -> Sparse3D:
+    return S[:, :, a:b]
+
+
+def _build_chunk(func, params: dict, row, col, imshape, imcorner, dtype) -> Sparse3D:
+    params = {k: np.asarray(v) for k, v in params.items()}
+    values = np.asarray(func(**params))
+    if dtype is not None:
+        values = values.astype(dtype, copy=False)
+    row, col = np.asarray(row), np.asarray(col)
+    return Sparse3D(values, row, col, imshape=imshape, imcorner=imcorner)
+
+
+def _fit_block(solver, frames: np.ndarray) -> np.ndarray:
+    return solver(frames)
+
+
+def _sum_blocks(*blocks):
+    out = blocks[0].copy()
+    for b in blocks[1:]:
+        out += b
+    return out
+
+
+# -------------------------------------------------------------------------------------------
+# Scenes split along the source axis
+# -------------------------------------------------------------------------------------------
+class SourceChunked:
+    """A :class:`Sparse3D` split into source chunks, each chunk one Dask graph key.
+
+    ``SC.dot(w)`` is the lazy sum of the chunk images ``SC_i.dot(w_i)`` (a Dask array
+    ``(H, W)`` or ``(H, W, k)``); :meth:`project` the lazy per-source sums ``Aᵀ·y`` (a Dask
+    array chunked like the sources). Build one with :meth:`from_sparse3d` (or
+    ``S.to_dask(source_chunks=...)``) or lazily with :meth:`from_function`.
+
+    Parameters
+    ----------
+    parts : list of dask.delayed.Delayed
+        One delayed :class:`Sparse3D` per source chunk, all with the same ``imshape`` and
+        ``imcorner``.
+    chunks : tuple of int
+        Number of sources of each part.
+    imshape, imcorner : tuple of int
+        Image bounds shared by every part.
+    dtype : dtype
+        Dtype of the stamp values.
+    """
+
+    def __init__(self, parts: Sequence, chunks: Sequence[int], imshape, imcorner=(0, 0), dtype=np.float64):
+        if len(parts) != len(chunks):
+            raise ValueError(f"{len(parts)} parts but {len(chunks)} chunk sizes")
+        self.parts = list(parts)
+        self.chunks = tuple(int(c) for c in chunks)
+        self.imshape = tuple(int(v) for v in imshape)
+        self.imcorner = tuple(int(v) for v in imcorner)
+        self.dtype = np.dtype(dtype)
+
+    # -- constructors --------------------------------------------------------------------
+    @classmethod
+    def from_sparse3d(cls, S: Sparse3D, source_chunks="auto") -> SourceChunked:
+        """Split an in-memory array: each chunk ``S[:, :, a:b]`` becomes one graph key."""
+        sizes = _normalize_source_chunks(source_chunks, S.nsources)
+        tok = _token(S)
+        if len(sizes) == 1:
+            parts = [_shared(S, "sparse3d", tok)]
+        else:
+            parts = [_shared(S[:, :, a:b], "sparse3d-chunk", tokenize(tok, a, b)) for a, b in _bounds(sizes)]
+        return cls(parts, sizes, S.imshape, S.imcorner, S.dtype)
+
+    @classmethod
+    def from_function(
+        cls,
+        func: Callable[..., np.ndarray],
+        params: Mapping[str, Any],
+        row,
+        col,
+        imshape,
+        imcorner=(0, 0),
+        chunks="auto",
+        dtype=np.float64,
+    ) -> SourceChunked:
+        """Stamp values computed lazily, chunk by chunk, from per-source parameters.
+
+        Parameters
+        ----------
+        func : callable
+            ``func(**params_chunk) -> values`` of shape ``(nr, nc, nchunk)``; it receives
+            NumPy arrays: the chunk's slice (last axis) of every parameter.
+        params : dict of array_like
+            Per-source parameters, NumPy or Dask arrays whose last axis has length
+            ``nsources`` (``(nsources,)`` vectors, or stamp-shaped ``(nr, nc, nsources)``).
+        row, col : array_like
+            Absolute stamp pixel positions ``(nr, nc, nsources)``, NumPy or Dask (e.g.
+            ``R[:, :, None] + da.floor(y).astype(int)``).
+        imshape, imcorner : tuple of int
+            Image bounds.
+        chunks : int, tuple of int or "auto"
+            Sources per chunk.
+        dtype : dtype
+            Dtype of the stamp values.
+        """
+        n = int(np.shape(row)[-1])
+        sizes = _normalize_source_chunks(chunks, n)
+        bounds = _bounds(sizes)
+
+        def pieces(x, name):
+            if np.shape(x)[-1] != n:
+                raise ValueError(
+                    f"{name} must have nsources={n} along its last axis; got shape {np.shape(x)}"
+                )
+            if is_dask_array(x):
+                x = x.rechunk({i: -1 for i in range(x.ndim - 1)} | {x.ndim - 1: sizes})
+                return list(x.to_delayed().ravel())
+            x = np.asarray(x)
+            return [x[..., a:b] for a, b in bounds]
+
+        prow, pcol = pieces(row, "row"), pieces(col, "col")
+        pparams = {k: pieces(v, f"params[{k!r}]") for k, v in params.items()}
+        name = getattr(func, "__name__", "func")
+        parts = []
+        for i in range(len(sizes)):
+            pi = {k: v[i] for k, v in pparams.items()}
+            build = dask.delayed(_build_chunk, pure=True, name=f"sparse3d-from-{name}")
+            parts.append(build(func, pi, prow[i], pcol[i], tuple(imshape), tuple(imcorner), dtype))
+        return cls(parts, sizes, imshape, imcorner, dtype)
+
+    # -- facts ----------------------------------------------------------------------------
+    @property
+    def nsources(self) -> int:
+        return sum(self.chunks)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (*self.imshape, self.nsources)
+
+    @property
+    def npartitions(self) -> int:
+        return len(self.parts)
+
+    def __repr__(self) -> str:
+        return f"<{self.shape} SourceChunked Sparse3D, {self.npartitions} source chunks, dtype {self.dtype}>"
+
+    # -- Dask ------------------------------------------------------------------------------
+    def persist(self, **kwargs) -> SourceChunked:
+        """Compute the chunks and keep them in (cluster) memory; returns a new SourceChunked."""
+        parts = dask.persist(*self.parts, **kwargs)
+        return SourceChunked(list(parts), self.chunks, self.imshape, self.imcorner, self.dtype)
+
+    def compute(self, **kwargs) -> Sparse3D:
+        """The whole array in local memory (a :class:`Sparse3D`)."""
+        parts = dask.compute(*self.parts, **kwargs)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+
+    def to_delayed(self) -> list:
+        """The delayed source chunks."""
+        return list(self.parts)
+
+    # -- products --------------------------------------------------------------------------
+    def _weights(self, w):
+        """``w`` as a Dask array whose source chunks match ours."""
+        if not is_dask_array(w):
+            w = np.asarray(w)
+            w = da.from_array(w, chunks=(self.chunks, *w.shape[1:]) if w.ndim else ())
+        if w.ndim not in (1, 2):
+            raise ValueError(f"weights must be (nsources,) or (nsources, k); got shape {w.shape}")
+        if w.shape[0] != self.nsources:
+            raise ValueError(
+                f"weights must have length nsources={self.nsources} along their first axis; "
+                f"got shape {w.shape}"
+            )
+        if w.chunks[0] != self.chunks:
+            w = w.rechunk({0: self.chunks})
+        return w
+
+    def dot(self, w):
+        """Lazy model: ``w (nsources,)`` → Dask ``(H, W)``; ``w (nsources, k)`` → ``(H, W, k)``.
+
+        The result is chunked like ``w`` along ``k``; partial images of the source chunks
+        are summed by a tree reduction.
+        """
+        w = self._weights(w)
+        H, W = self.imshape
+        dtype = np.result_type(self.dtype, w.dtype)
+        out_ind = "hwk" if w.ndim == 2 else "hw"
+        w_ind = "sk" if w.ndim == 2 else "s"
+        meta = np.empty((0,) * len(out_ind), dtype=dtype)
+        images = []
+        for i, (a, b) in enumerate(_bounds(self.chunks)):
+            wi = w[a:b]
+            images.append(
+                da.blockwise(
+                    _dot_block,
+                    out_ind,
+                    self.parts[i],
+                    None,
+                    wi,
+                    w_ind,
+                    new_axes={"h": H, "w": W},
+                    concatenate=True,
+                    dtype=dtype,
+                    meta=meta,
+                    name=f"sparse3d-dot-{tokenize(self.parts[i].key, wi.name)}",
+                )
+            )
+        return _tree_sum(images, dtype)
+
+    __matmul__ = dot
+
+    def project(self, image):
+        """Lazy per-source sums ``Aᵀ·y``: ``(H, W)`` → ``(nsources,)``, ``(H, W, k)`` → ``(nsources, k)``."""
+        y = image if is_dask_array(image) else da.from_array(np.asarray(image))
+        if y.ndim not in (2, 3) or tuple(y.shape[:2]) != self.imshape:
+            raise ValueError(f"image must be (H, W) or (H, W, k) with (H, W) = {self.imshape}; got {y.shape}")
+        y = y.rechunk({0: -1, 1: -1})
+        dtype = np.result_type(self.dtype, y.dtype)
+        y_ind = "hwk" if y.ndim == 3 else "hw"
+        out_ind = "sk" if y.ndim == 3 else "s"
+        pieces = []
+        for i, n_i in enumerate(self.chunks):
+            pieces.append(
+                da.blockwise(
+                    _project_block,
+                    out_ind,
+                    self.parts[i],
+                    None,
+                    y,
+                    y_ind,
+                    new_axes={"s": n_i},
+                    concatenate=True,
+                    dtype=dtype,
+                    meta=np.empty((0,) * len(out_ind), dtype=dtype),
+                    name=f"sparse3d-project-{tokenize(self.parts[i].key, y.name)}",
+                )
+            )
+        return pieces[0] if len(pieces) == 1 else da.concatenate(pieces, axis=0)
+
+
+def _tree_sum(arrays: list, dtype, split_every: int = 8):
+    """Sum equally chunked Dask arrays pairwise-ish (groups of ``split_every``), lazily."""
+    while len(arrays) > 1:
+        nxt = []
+        for g in range(0, len(arrays), split_every):
+            group = arrays[g : g + split_every]
+            if len(group) == 1:
+                nxt.append(group[0])
+                continue
+            ind = "hwk"[: group[0].ndim]
+            args = [x for arr in group for x in (arr, ind)]
+            nxt.append(
+                da.blockwise(_sum_blocks, ind, *args, dtype=dtype, meta=np.empty((0,) * len(ind), dtype))
+            )
+        arrays = nxt
+    return arrays[0]
+
+
+def from_function(func, params, row, col, imshape, imcorner=(0, 0), chunks="auto", dtype=np.float64):
+    """Alias of :meth:`SourceChunked.from_function`."""
+    return SourceChunked.from_function(func, params, row, col, imshape, imcorner, chunks, dtype)
+
+
+def to_dask(S: Sparse3D, source_chunks="auto") -> SourceChunked:
+    """``S`` split into source chunks, each one graph key (see :class:`SourceChunked`)."""
+    return SourceChunked.from_sparse3d(S, source_chunks)
+
+
+# -------------------------------------------------------------------------------------------
+# NumPy-function delegation (called by sparse3d._functions when an operand is a Dask array)
+# -------------------------------------------------------------------------------------------
+def dot(S, w):
+    """``np.dot(S, w)`` with Dask weights: a lazy image ``(H, W)`` or cube ``(H, W, k)``.
+
+    ``S`` is split along the sources like ``w``'s first axis (one key per chunk; S itself
+    when ``w`` has a single source chunk) and chunked like ``w`` along ``k``.
+    """
+    if isinstance(S, SourceChunked):
+        return S.dot(w)
+    if w.ndim == 0:
+        raise TypeError("np.dot(S, scalar) with a Dask scalar is not supported; use S * float(c)")
+    if w.ndim not in (1, 2):
+        raise ValueError(f"weights must be (nsources,) or (nsources, k); got {w.ndim}-D shape {w.shape}")
+    if w.shape[0] != S.nsources:
+        raise ValueError(
+            f"weights must have length nsources={S.nsources} along their first axis; got shape {w.shape}"
+        )
+    if math.isnan(w.shape[0]) or any(math.isnan(c) for c in w.chunks[0]):
+        w = w.compute_chunk_sizes()
+    return SourceChunked.from_sparse3d(S, w.chunks[0]).dot(w)
+
+
+def project(S, image):
+    """Lazy ``Aᵀ·y`` of a Dask image ``(H, W)`` or frame stack ``(H, W, k)`` → ``(nsources[, k])``."""
+    if isinstance(S, SourceChunked):
+        return S.project(image)
+    return SourceChunked.from_sparse3d(S, -1).project(image)
+
+
+def tensordot(a, b, axes):
+    """``np.tensordot(S, b, axes=(axes_a, axes_b))`` with a Dask ``b``: the model or the projection."""
+    axes_a, axes_b = axes
+    pairs = sorted(zip([int(x) % 3 for x in axes_a], [int(x) % max(b.ndim, 1) for x in axes_b]))
+    sa = [p[0] for p in pairs]
+    sb = [p[1] for p in pairs]
+    if sa == [2] and b.ndim in (1, 2):
+        return dot(a, da.moveaxis(b, sb[0], 0))
+    if sa == [0, 1] and b.ndim in (2, 3):
+        return project(a, da.moveaxis(b, sb, [0, 1]))
+    raise NotImplementedError(
+        f"np.tensordot(S, dask_array, axes={axes}) is only supported for the model (axes=([2], [0])) "
+        "and the projection (axes=([0, 1], [0, 1])); compute the Dask array first"
+    )
+
+
+# -------------------------------------------------------------------------------------------
+# Fitting many frames
+# -------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class DaskFitResult:
+    """Result of :func:`fit` on Dask frames.
+
+    Attributes
+    ----------
+    weights : dask.array.Array or numpy.ndarray
+        ``(nsources, k)`` (``(nsources,)`` for one image), chunked like the frames along
+        ``k``; NaN for unconstrained sources. Lazy until :meth:`compute`.
+    chi2 : dask.array.Array or numpy.ndarray
+        Per-frame chi-square ``(k,)`` (a 0-d array for one image), computed by the same tasks
+        as the weights.
+    weights_err : numpy.ndarray
+        1-sigma uncertainties ``(nsources,)`` (shared by every frame: one error map).
+    n_pixels, unconstrained, solver, n_factorizations
+        As in :class:`sparse3d._fit.FitResult`; ``n_factorizations`` is always 1.
+    """
+
+    weights: Any
+    chi2: Any
+    weights_err: np.ndarray
+    n_pixels: int
+    unconstrained: np.ndarray
+    solver: str
+    n_factorizations: int
+    _design: Any = None
+
+    @property
+    def n_unconstrained(self) -> int:
+        return int(np.count_nonzero(self.unconstrained))
+
+    @property
+    def model(self):
+        """Best-fit model cube ``(H, W, k)``, lazy when the weights are (unconstrained → 0)."""
+        w = self.weights
+        wz = da.where(da.isnan(w), 0.0, w) if is_dask_array(w) else np.where(np.isnan(w), 0.0, w)
+        return self._design.dot(wz) if isinstance(self._design, SourceChunked) else np.dot(self._design, wz)
+
+    def compute(self, **kwargs) -> DaskFitResult:
+        """Weights and chi-square computed together (one pass over the frames)."""
+        weights, chi2 = dask.compute(self.weights, self.chi2, **kwargs)
+        return replace(self, weights=weights, chi2=chi2)
+
+    def persist(self, **kwargs) -> DaskFitResult:
+        weights, chi2 = dask.persist(self.weights, self.chi2, **kwargs)
+        return replace(self, weights=weights, chi2=chi2)
+
+
+class _TriangularFactor:
+    """``N[p][:, p] = L Lᵀ`` as two SciPy triangular matrices: picklable, solved in C."""
+
+    def __init__(self, L, perm: np.ndarray):
+        import scipy.sparse
+
+        self.lower = scipy.sparse.csr_matrix(L)
+        self.upper = scipy.sparse.csr_matrix(L.T)
+        self.perm = perm
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        from scipy.sparse.linalg import spsolve_triangular
+
+        y = spsolve_triangular(self.lower, b[self.perm], lower=True)
+        x = np.empty_like(y)
+        x[self.perm] = spsolve_triangular(self.upper, y, lower=False, overwrite_b=True)
+        return x
+
+
+class _SupernodalFactor:
+    """The fitting engine's supernodal factor of ``N[p][:, p]`` (picklable NumPy blocks)."""
+
+    def __init__(self, supernodal, perm: np.ndarray):
+        self.supernodal = supernodal
+        self.perm = perm
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        x = np.empty_like(b)
+        x[self.perm] = self.supernodal.solve(b[self.perm])
+        return x
+
+
+def _picklable_factor(fac):
+    """A picklable solver for the factor ``fac`` of the fitting engine, and ``diag(N⁻¹)``.
+
+    Relies on two internals of :mod:`sparse3d._fit`: SuperLU's ``L D Lᵀ`` (``_lu``,
+    ``_pivots``) and, for other solvers, the supernodal factor built by ``inv_diag``.
+    """
+    lu = getattr(fac, "_lu", None)
+    L = None
+    if lu is not None:
+        import scipy.sparse
+
+        L = scipy.sparse.csc_matrix(lu.L) @ scipy.sparse.diags(np.sqrt(fac._pivots))
+    inv_diag = fac.inv_diag()  # builds the supernodal factor as well
+    if L is not None:
+        return _TriangularFactor(L, fac.perm), inv_diag
+    return _SupernodalFactor(fac._super, fac.perm), inv_diag
+
+
+class _FrameSolver:
+    """Everything a worker needs to fit a chunk of frames: design, weights, the factor.
+
+    Plain NumPy/SciPy arrays and the supernodal Cholesky factor: pickled once per graph.
+    """
+
+    def __init__(self, A, ivar, keep, prior_rhs, idx, factor, n):
+        self.A = A  # csr (npix, n), float64, canonical
+        self.ivar = ivar  # (npix,) or None (unit errors, no mask)
+        self.keep = keep  # (npix,) bool or None
+        self.prior_rhs = prior_rhs  # (n,) or None
+        self.idx = idx  # free sources, or None for all
+        self.factor = factor  # picklable factor of N with .solve(b), or None (no free source)
+        self.n = n
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """``frames (H, W, kc)`` → ``(n + 1, kc)``: weights, then the chi-square row."""
+        npix = self.A.shape[0]
+        D = np.asarray(frames, dtype=np.float64).reshape(npix, -1)
+        k = D.shape[1]
+        if self.keep is not None:
+            if not np.all(np.isfinite(D[self.keep])):
+                raise ValueError("data contains non-finite values in unmasked pixels (mask them)")
+            D = np.where(self.keep[:, None], D, 0.0)
+        elif not np.all(np.isfinite(D)):
+            raise ValueError("data contains non-finite values in unmasked pixels (mask them)")
+        out = np.full((self.n + 1, k), np.nan)
+        Dw = D if self.ivar is None else D * self.ivar[:, None]
+        if self.factor is not None:
+            rhs = np.asarray(self.A.T @ Dw)
+            if self.prior_rhs is not None:
+                rhs += self.prior_rhs[:, None]
+            if self.idx is not None:
+                rhs = rhs[self.idx]
+            sol = self.factor.solve(rhs)
+            if self.idx is None:
+                out[: self.n] = sol
+            else:
+                out[self.idx] = sol
+        wz = np.where(np.isnan(out[: self.n]), 0.0, out[: self.n])
+        r = D - self.A @ wz
+        if self.keep is not None:
+            r[~self.keep] = 0.0
+        np.square(r, out=r)
+        if self.ivar is not None:
+            r *= self.ivar[:, None]
+        out[self.n] = r.sum(axis=0)
+        return out
+
+
+def _prepare(S: Sparse3D, errors, prior_mu, prior_sigma, mask, solver: str):
+    """Factorise the normal matrix once, on the client; returns (solver, facts)."""
+    from . import _fit
+
+    if solver == "auto":
+        solver = _fit.available_solvers()[0]
+    if solver not in _fit.available_solvers():
+        raise ValueError(f"solver must be 'auto' or one of {_fit.available_solvers()}; got {solver!r}")
+    H, W = S.imshape
+    npix, n = H * W, S.nsources
+    keep = None
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.dtype != bool or mask.shape != (H, W):
+            raise ValueError(f"mask must be a boolean array of shape (H, W) = {(H, W)}")
+        if mask.any():
+            keep = ~mask.ravel()
+    ivar = None
+    if errors is not None:
+        E = np.asarray(errors, dtype=np.float64)
+        if E.shape != (H, W):
+            raise NotImplementedError(
+                "Dask fits take one error map shared by every frame, shape (H, W); per-frame error "
+                "maps need one factorisation per map: fit those chunks with S.fit on NumPy arrays"
+            )
+        E = E.ravel()
+        Ek = E if keep is None else E[keep]
+        if not np.all(np.isfinite(Ek) & (Ek > 0)):
+            raise ValueError("errors must be positive and finite in unmasked pixels")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ivar = 1.0 / E**2
+        if keep is not None:
+            ivar[~keep] = 0.0
+    elif keep is not None:
+        ivar = keep.astype(np.float64)
+    if prior_mu is not None and prior_sigma is None:
+        raise ValueError("prior_mu requires prior_sigma")
+    prior_prec = np.zeros(n)
+    mu = np.zeros(n)
+    if prior_sigma is not None:
+        sig = _fit._as_source_vector(prior_sigma, n, "prior_sigma")
+        if not np.all(sig > 0):
+            raise ValueError("prior_sigma must be > 0 (np.inf for no prior)")
+        prior_prec = 1.0 / sig**2
+        if prior_mu is not None:
+            mu = _fit._as_source_vector(prior_mu, n, "prior_mu")
+            if not np.all(np.isfinite(mu[prior_prec > 0])):
+                raise ValueError("prior_mu must be finite")
+            mu = np.where(prior_prec > 0, mu, 0.0)
+
+    import scipy.sparse
+
+    A = _fit._canonical(S.tocsr().astype(np.float64))
+    if not np.all(np.isfinite(A.data)):
+        raise ValueError("A contains non-finite values")
+    As = A if ivar is None else _fit._row_scale(A, np.sqrt(ivar))
+    G = scipy.sparse.csr_matrix(As.T @ As)
+    free = (G.diagonal() > 0) | (prior_prec > 0)
+    Nmat = G + scipy.sparse.diags(prior_prec) if np.any(prior_prec > 0) else G
+    idx = None if free.all() else np.flatnonzero(free)
+    if idx is not None:
+        Nmat = Nmat[idx][:, idx]
+    Nmat = scipy.sparse.csr_matrix(Nmat)
+    weights_err = np.full(n, np.nan)
+    factor = None
+    if Nmat.shape[0]:
+        try:
+            fac = _fit._factorize(Nmat, solver)
+        except _fit._NotPositiveDefinite:
+            # the eager fit raises the library's SingularNormalMatrixError, naming the sources
+            _fit.fit_design(
+                S.tocsc(), np.zeros((H, W)), imshape=(H, W), errors=errors, prior_mu=prior_mu,
+                prior_sigma=prior_sigma, mask=mask, solver=solver,
+            )  # fmt: skip
+            raise
+        factor, inv_diag = _picklable_factor(fac)
+        weights_err[free] = np.sqrt(inv_diag)
+    n_unc = int((~free).sum())
+    if n_unc:
+        warnings.warn(
+            f"{n_unc} of {n} source(s) have no unmasked pixel in the image and no prior; "
+            "their weights and weights_err are NaN.",
+            _fit.UnconstrainedSourceWarning,
+            stacklevel=3,
+        )
+    prior_rhs = prior_prec * mu if np.any(prior_prec > 0) else None
+    fs = _FrameSolver(A, ivar, keep, prior_rhs, idx, factor, n)
+    n_pixels = npix if keep is None else int(keep.sum())
+    return fs, dict(weights_err=weights_err, n_pixels=n_pixels, unconstrained=~free, solver=solver)
+
+
+def fit(
+    S, data, errors=None, prior_mu=None, prior_sigma=None, mask=None, solver: str = "auto"
+) -> DaskFitResult:
+    """``S.fit(frames)`` for Dask frames ``(H, W, k)`` (or one image ``(H, W)``): lazy weights.
+
+    The normal matrix ``AᵀC⁻¹A + P`` is built and factorised once, eagerly on the client
+    (it is ``nsources × nsources`` and sparse), and shipped to the workers as one graph key
+    together with the design matrix; each chunk of frames is then one task computing its
+    weights and chi-square. Results equal :meth:`Sparse3D.fit` on the computed frames.
+
+    ``errors`` is ``None`` or one ``(H, W)`` map shared by all frames; ``mask`` ``(H, W)``.
+    Returns a :class:`DaskFitResult`.
+    """
+    if isinstance(S, SourceChunked):
+        raise NotImplementedError("fitting a SourceChunked scene is not supported; fit a Sparse3D")
+    if not is_dask_array(data):
+        data = da.from_array(np.asarray(data))
+    if errors is not None and np.ndim(errors) != 2:
+        raise NotImplementedError(
+            "Dask fits take one error map shared by every frame, shape (H, W); per-frame error "
+            "maps need one factorisation per map: fit those chunks with S.fit on NumPy arrays"
+        )
+    if is_dask_array(errors) or is_dask_array(mask):
+        errors = None if errors is None else np.asarray(errors)
+        mask = None if mask is None else np.asarray(mask)
+    H, W = S.imshape
+    if data.ndim not in (2, 3) or tuple(data.shape[:2]) != (H, W):
+        raise ValueError(f"data must have shape (H, W) = {(H, W)} or (H, W, k), got {data.shape}")
+    stack = data.ndim == 3
+    frames = (data if stack else data[:, :, None]).rechunk({0: -1, 1: -1})
+    fs, facts = _prepare(S, errors, prior_mu, prior_sigma, mask, solver)
+    tok = tokenize(_token(S), errors, prior_mu, prior_sigma, mask, facts["solver"])
+    shipped = _shared(fs, "sparse3d-fit-solver", tok)
+    n = S.nsources
+    out = da.blockwise(
+        _fit_block,
+        "sk",
+        shipped,
+        None,
+        frames,
+        "hwk",
+        new_axes={"s": n + 1},
+        concatenate=True,
+        dtype=np.float64,
+        meta=np.empty((0, 0)),
+        name=f"sparse3d-fit-{tokenize(tok, frames.name)}",
+    )
+    weights, chi2 = out[:n], out[n]
+    if not stack:
+        weights, chi2 = weights[:, 0], chi2[0]
+    return DaskFitResult(weights, chi2, _design=S, n_factorizations=1, **facts)
