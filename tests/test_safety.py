@@ -13,7 +13,7 @@ import pytest
 import scipy.sparse as sp
 
 import sparse3d
-from sparse3d import DenseAllocationError, Sparse3D
+from sparse3d import DenseAllocationError, Sparse3D, UnconstrainedSourceWarning
 from sparse3d.testing import dense_reference, random_scene
 
 MB = 1024**2
@@ -209,6 +209,8 @@ def test_huge_image_without_image_sized_allocations(side):
         T = S.translate((-(side // 2), -(side // 2)))
         Tcut = T[:40, :40]
         model_t = Tcut.dot(np.ones(n))
+        with pytest.warns(UnconstrainedSourceWarning):  # sources off the cutout have no data
+            fit = cut.fit(model)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -217,6 +219,8 @@ def test_huge_image_without_image_sized_allocations(side):
     np.testing.assert_allclose(model.sum(), S.data[:, :, 0].sum(), rtol=1e-12)
     np.testing.assert_allclose(proj[0], S.data[:, :, 0].sum(), rtol=1e-12)
     np.testing.assert_allclose(model_t.sum(), S.data[:, :, 0].sum(), rtol=1e-12)
+    np.testing.assert_allclose(fit.weights[0], 1.0, rtol=1e-10)  # the fit on a cutout recovers w
+    assert fit.n_unconstrained == np.count_nonzero(np.isnan(fit.weights)) >= n - 3
     assert csc.nnz == coo.nnz == cube.nnz == S.nnz
     np.testing.assert_allclose(cube.data.sum(), S.data[S.in_image].sum())
     # the whole huge image refuses, stating the memory needed
