@@ -35,7 +35,7 @@ import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -58,10 +58,12 @@ except ImportError:  # pragma: no cover - depends on the environment
 __all__ = [
     "PIVOT_RTOL",
     "FitResult",
+    "NormalEquations",
     "SingularNormalMatrixError",
     "UnconstrainedSourceWarning",
     "available_solvers",
     "fit_design",
+    "prepare_normal_equations",
 ]
 
 #: A source whose Cholesky pivot is below ``PIVOT_RTOL`` times its diagonal
@@ -397,7 +399,57 @@ def _small_pivots(pivots: np.ndarray, diag_perm: np.ndarray) -> np.ndarray:
     return np.flatnonzero(~(pivots > PIVOT_RTOL * diag_perm))
 
 
-class _CholmodFactor:
+def _splu_ldlt(N: scipy.sparse.csc_matrix) -> Any:
+    """SuperLU of the symmetric ``N`` as ``L D L^T``: symmetric mode, no pivoting."""
+    return scipy.sparse.linalg.splu(
+        N,
+        permc_spec="MMD_AT_PLUS_A",
+        diag_pivot_thresh=0.0,
+        options={"SymmetricMode": True},
+    )
+
+
+class _SupernodalFactor:
+    """``N[p][:, p] = L L^T`` with ``L`` held as supernodal NumPy blocks.
+
+    The form every factorisation can export (:meth:`portable`): plain arrays,
+    cheap to pickle, solved by the blocked supernodal solve.  The solver
+    specific factors below derive from it and build the blocks lazily.
+    """
+
+    name = "supernodal"
+
+    def __init__(self, perm: np.ndarray, supernodal: _Supernodal) -> None:
+        self.n = supernodal.n
+        self.perm = perm
+        self._super: _Supernodal | None = supernodal
+
+    def _supernodal(self) -> _Supernodal:
+        assert self._super is not None
+        return self._super
+
+    def _blocked_solve(self, b: np.ndarray) -> np.ndarray:
+        b2 = b.reshape(self.n, -1)
+        out = np.empty(b2.shape)
+        out[self.perm] = self._supernodal().solve(b2[self.perm])
+        return out.reshape(b.shape)
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        """Solve ``N x = b`` for ``b`` of shape ``(n,)`` or ``(n, k)``."""
+        return self._blocked_solve(b)
+
+    def inv_diag(self) -> np.ndarray:
+        """Return ``diag(N^-1)`` by supernodal selected inversion."""
+        d = np.empty(self.n)
+        d[self.perm] = self._supernodal().inv_diag()
+        return d
+
+    def portable(self) -> _SupernodalFactor:
+        """This factor as supernodal blocks only (picklable, no solver library objects)."""
+        return _SupernodalFactor(self.perm, self._supernodal())
+
+
+class _CholmodFactor(_SupernodalFactor):
     """Supernodal CHOLMOD factorisation ``N[p][:, p] = L L^T`` via cvxopt."""
 
     name = "cholmod"
@@ -426,7 +478,7 @@ class _CholmodFactor:
         if bad.size:
             raise _NotPositiveDefinite(self.perm[bad])
         self._F = F
-        self._super: _Supernodal | None = None
+        self._super = None
 
     def _supernodal(self) -> _Supernodal:
         if self._super is None:
@@ -448,24 +500,17 @@ class _CholmodFactor:
     def solve(self, b: np.ndarray) -> np.ndarray:
         b2 = b.reshape(self.n, -1)
         k = b2.shape[1]
-        if self._F is not None and k <= _CHOLMOD_MAX_DIRECT_RHS:
-            out = np.empty((self.n, k))
-            for i in range(k):
-                x = _cvx_matrix(np.ascontiguousarray(b2[:, i], dtype=np.float64))
-                _cholmod.solve(self._F, x)
-                out[:, i] = np.asarray(x).ravel()
-        else:
-            out = np.empty((self.n, k))
-            out[self.perm] = self._supernodal().solve(b2[self.perm])
+        if self._F is None or k > _CHOLMOD_MAX_DIRECT_RHS:
+            return self._blocked_solve(b)
+        out = np.empty((self.n, k))
+        for i in range(k):
+            x = _cvx_matrix(np.ascontiguousarray(b2[:, i], dtype=np.float64))
+            _cholmod.solve(self._F, x)
+            out[:, i] = np.asarray(x).ravel()
         return out.reshape(b.shape)
 
-    def inv_diag(self) -> np.ndarray:
-        d = np.empty(self.n)
-        d[self.perm] = self._supernodal().inv_diag()
-        return d
 
-
-class _SuperLUFactor:
+class _SuperLUFactor(_SupernodalFactor):
     """SuperLU ``L D L^T`` factorisation (symmetric mode, no pivoting)."""
 
     name = "superlu"
@@ -475,12 +520,7 @@ class _SuperLUFactor:
         self.n = n
         Nc = N.tocsc()
         try:
-            lu = scipy.sparse.linalg.splu(
-                Nc,
-                permc_spec="MMD_AT_PLUS_A",
-                diag_pivot_thresh=0.0,
-                options={"SymmetricMode": True},
-            )
+            lu = _splu_ldlt(Nc)
         except RuntimeError as exc:  # "Factor is exactly singular"
             raise _NotPositiveDefinite() from exc
         if not np.array_equal(lu.perm_r, lu.perm_c):
@@ -494,28 +534,64 @@ class _SuperLUFactor:
             raise _NotPositiveDefinite(self.perm[bad])
         self._lu = lu
         self._pivots = pivots
-        self._super: _Supernodal | None = None
+        self._super = None
+
+    def _cholesky_lower(self) -> scipy.sparse.csc_matrix:
+        """The Cholesky factor ``L sqrt(D)`` of SuperLU's unit-lower ``L`` and ``D = diag(U)``."""
+        L = scipy.sparse.csc_matrix(self._lu.L)
+        L.data = L.data * np.repeat(np.sqrt(self._pivots), np.diff(L.indptr))
+        return L
+
+    def _supernodal(self) -> _Supernodal:
+        if self._super is None:
+            self._super = _Supernodal(_close_pattern(self._cholesky_lower()))
+            self._lu = None  # free SuperLU's copy; solve() uses the blocks now
+        return self._super
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         if self._lu is not None:
             with _single_threaded_blas():  # several times faster for many columns
                 return self._lu.solve(np.asarray(b, dtype=np.float64))
-        b2 = b.reshape(self.n, -1)
-        out = np.empty(b2.shape)
-        out[self.perm] = self._super.solve(b2[self.perm])
-        return out.reshape(b.shape)
+        return self._blocked_solve(b)
+
+    def portable(self) -> _SupernodalFactor | _TriangularFactor:
+        """Triangular CSR factors while SuperLU's factor is at hand, else the blocks.
+
+        SuperLU's orderings give small supernodes, for which SciPy's triangular
+        solves are faster than the blocked solve.
+        """
+        if self._lu is not None:
+            return _TriangularFactor(self.perm, self._cholesky_lower())
+        return super().portable()
+
+
+class _TriangularFactor:
+    """``N[p][:, p] = L L^T`` with ``L`` as SciPy triangular matrices: picklable, solved in C."""
+
+    name = "triangular"
+
+    def __init__(self, perm: np.ndarray, L: scipy.sparse.csc_matrix) -> None:
+        self.n = L.shape[0]
+        self.perm = perm
+        self.lower = scipy.sparse.csr_matrix(L)
+        # L.T shares L's index arrays, which SuperLU's factor may share too: copy them
+        self.upper = scipy.sparse.csr_matrix(L.T, copy=True)
+        self.upper.sort_indices()
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
+        y = scipy.sparse.linalg.spsolve_triangular(self.lower, b2[self.perm], lower=True)
+        x = np.empty(y.shape)
+        x[self.perm] = scipy.sparse.linalg.spsolve_triangular(self.upper, y, lower=False, overwrite_b=True)
+        return x.reshape(b.shape)
 
     def inv_diag(self) -> np.ndarray:
-        if self._super is None:
-            L = scipy.sparse.csc_matrix(self._lu.L)
-            # unit-lower L and D = diag(U)  ->  Cholesky factor L sqrt(D)
-            L.data = L.data * np.repeat(np.sqrt(self._pivots), np.diff(L.indptr))
-            L = _close_pattern(L)
-            self._super = _Supernodal(L)
-            self._lu = None  # free SuperLU's copy; solve() uses the blocks now
         d = np.empty(self.n)
-        d[self.perm] = self._super.inv_diag()
+        d[self.perm] = _Supernodal(_close_pattern(self.lower.tocsc())).inv_diag()
         return d
+
+    def portable(self) -> _TriangularFactor:
+        return self
 
 
 class _EmptyFactor:
@@ -529,8 +605,11 @@ class _EmptyFactor:
     def inv_diag(self) -> np.ndarray:
         return np.zeros(0)
 
+    def portable(self) -> _EmptyFactor:
+        return self
 
-def _factorize(N: scipy.sparse.csr_matrix, solver: str) -> _CholmodFactor | _SuperLUFactor | _EmptyFactor:
+
+def _factorize(N: scipy.sparse.csr_matrix, solver: str) -> _SupernodalFactor | _EmptyFactor:
     """Factorise the SPD matrix ``N``; raise ``_NotPositiveDefinite``."""
     if N.shape[0] == 0:
         return _EmptyFactor()
@@ -549,16 +628,35 @@ def _diagnose_singular(N: scipy.sparse.csr_matrix) -> np.ndarray:
     d = N.diagonal()
     shifted = (N + scipy.sparse.diags(1e-13 * d)).tocsc()
     try:
-        lu = scipy.sparse.linalg.splu(
-            shifted,
-            permc_spec="MMD_AT_PLUS_A",
-            diag_pivot_thresh=0.0,
-            options={"SymmetricMode": True},
-        )
+        lu = _splu_ldlt(shifted)
     except RuntimeError:
         return np.zeros(0, dtype=np.intp)
     perm = np.argsort(lu.perm_c)
     return np.sort(perm[_small_pivots(lu.U.diagonal(), d[perm])])
+
+
+def _factorize_or_raise(N: scipy.sparse.csr_matrix, idx: np.ndarray | None, solver: str) -> Any:
+    """``_factorize(N)``, raising :class:`SingularNormalMatrixError` naming the sources.
+
+    ``idx`` maps the rows of ``N`` to sources (None: the identity).
+    """
+    try:
+        return _factorize(N, solver)
+    except _NotPositiveDefinite as exc:
+        cols = exc.columns if exc.columns is not None else _diagnose_singular(N)
+        cols = np.sort(cols if idx is None else idx[cols])
+        shown = ", ".join(str(c) for c in cols[:20]) + (" ..." if cols.size > 20 else "")
+        raise SingularNormalMatrixError(
+            "the normal matrix A^T C^-1 A + P is singular: "
+            + (
+                f"{cols.size} source(s) are linearly dependent on other sources "
+                f"(e.g. identical columns of A): [{shown}]. "
+                if cols.size
+                else "some sources are linearly dependent on others. "
+            )
+            + "Remove or merge them, or give them a prior (prior_sigma).",
+            sources=cols,
+        ) from None
 
 
 # --------------------------------------------------------------------------
@@ -651,6 +749,334 @@ def _frame_groups(err: np.ndarray, keep: np.ndarray | None) -> list[np.ndarray]:
             cols[len(out)] = col
             out.append([i])
     return [np.asarray(g, dtype=np.intp) for g in out]
+
+
+def _check_solver(solver: str) -> str:
+    """The solver name, ``"auto"`` resolved; ValueError when unknown or not installed."""
+    if solver == "auto":
+        solver = "cholmod" if _cholmod is not None else "superlu"
+    if solver not in ("cholmod", "superlu"):
+        raise ValueError(f"solver must be 'auto', 'cholmod' or 'superlu', got {solver!r}")
+    if solver == "cholmod" and _cholmod is None:
+        raise ValueError("solver='cholmod' needs the optional dependency cvxopt")
+    return solver
+
+
+def _check_imshape(imshape: Any) -> tuple[int, int]:
+    try:
+        H, W = (int(v) for v in imshape)
+    except (TypeError, ValueError):
+        raise ValueError(f"imshape must be a pair of ints (H, W), got {imshape!r}") from None
+    if H <= 0 or W <= 0:
+        raise ValueError(f"imshape must be positive, got {imshape!r}")
+    return H, W
+
+
+def _check_design(A: Any, npix: int, imshape: Any) -> None:
+    if not (scipy.sparse.issparse(A) and A.ndim == 2):
+        raise ValueError("A must be a 2-D scipy.sparse matrix or array")
+    if A.shape[0] != npix:
+        raise ValueError(f"A must have H * W = {npix} rows for imshape={imshape!r}, got shape {A.shape}")
+
+
+def _check_mask(mask: Any, H: int, W: int) -> np.ndarray | None:
+    """``~mask`` raveled, or None when no pixel is masked."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.dtype != bool:
+        raise ValueError(f"mask must be a boolean array, got dtype {mask.dtype}")
+    if mask.shape != (H, W):
+        raise ValueError(f"mask must have shape (H, W) = {(H, W)}, got {mask.shape}")
+    return ~mask.ravel() if mask.any() else None
+
+
+def _check_data_finite(D: np.ndarray, keep: np.ndarray | None) -> None:
+    if not _rows_all(np.isfinite, D, keep):
+        raise ValueError("data contains non-finite values in unmasked pixels (mask them)")
+
+
+def _check_errors(E: np.ndarray, keep: np.ndarray | None) -> None:
+    if not _rows_all(lambda x: np.isfinite(x) & (x > 0), E, keep):
+        raise ValueError("errors must be positive and finite in unmasked pixels")
+
+
+def _inverse_variance(E: np.ndarray | None, keep: np.ndarray | None) -> np.ndarray | None:
+    """``(npix, g)`` inverse variances of the error maps ``E``, 0 where masked.
+
+    None for unit errors (``E`` None) without a mask.
+    """
+    if E is None:
+        return None if keep is None else keep.astype(np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ivar = 1.0 / E**2
+    if keep is not None:
+        ivar[~keep] = 0.0
+    return ivar
+
+
+def _check_prior(prior_mu: Any, prior_sigma: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prior precisions ``1 / prior_sigma**2`` and means (0 where there is no prior)."""
+    if prior_mu is not None and prior_sigma is None:
+        raise ValueError("prior_mu requires prior_sigma")
+    prior_prec = np.zeros(n)
+    mu = np.zeros(n)
+    if prior_sigma is not None:
+        sig = _as_source_vector(prior_sigma, n, "prior_sigma")
+        if not np.all(sig > 0):  # also rejects NaN
+            raise ValueError("prior_sigma must be > 0 (np.inf for no prior)")
+        prior_prec = 1.0 / sig**2
+        if prior_mu is not None:
+            mu = _as_source_vector(prior_mu, n, "prior_mu")
+            if not np.all(np.isfinite(mu[prior_prec > 0])):
+                raise ValueError("prior_mu must be finite")
+            mu = np.where(prior_prec > 0, mu, 0.0)
+    return prior_prec, mu
+
+
+def _design_formats(A: Any) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csc_matrix]:
+    """``A`` in CSR and CSC, canonical, float64; ValueError if it holds non-finite values.
+
+    CSR serves ``A @ x`` and (as ``A_csr.T``) ``A^T @ X``; ``A_csc.T @ A_csr``
+    is the normal matrix without any format conversion.
+    """
+    A_csr = _canonical(scipy.sparse.csr_matrix(A))
+    if not np.all(np.isfinite(A_csr.data)):
+        raise ValueError("A contains non-finite values")
+    return A_csr, _canonical(scipy.sparse.csc_matrix(A))
+
+
+# --------------------------------------------------------------------------
+# Normal equations
+# --------------------------------------------------------------------------
+
+
+class NormalEquations:
+    """The factorised normal equations of one design matrix and one error map.
+
+    ``(A^T C^-1 A + P) w = A^T C^-1 d + P mu``, restricted to the *free*
+    sources (those with an unmasked pixel or a prior), factorised once; then
+    :meth:`solve` fits any number of frames.  Built by
+    :func:`prepare_normal_equations` (and by :func:`fit_design`, once per
+    distinct error map).
+
+    Pickling ships the design matrix, the inverse variances and the factor
+    in its portable form (see :meth:`portable`): no solver library object
+    and no weighted copy of the design matrix, which is rebuilt on first use.
+
+    Attributes
+    ----------
+    design : scipy.sparse.csr_matrix
+        The design matrix ``A``, shape ``(npix, n)``, float64 with canonical
+        indices, unweighted and unmasked (for models and chi-square).
+    ivar : numpy.ndarray or None
+        Inverse variances ``diag(C^-1)``, shape ``(npix,)``, 0 on masked
+        pixels; None for unit errors without a mask.
+    keep : numpy.ndarray or None
+        Boolean ``(npix,)``, True on the pixels used; None when none is masked.
+    prior_rhs : numpy.ndarray or None
+        ``P mu``, shape ``(n,)``; None without priors.
+    free : numpy.ndarray
+        Boolean ``(n,)``: the sources in the system (``~unconstrained``).
+    factor : object
+        Cholesky factor of the normal matrix restricted to the free sources:
+        ``factor.solve(b)`` for ``b`` of shape ``(nfree,)`` or ``(nfree, k)``
+        (all columns at once) and ``factor.inv_diag()`` for
+        ``diag(N^-1)``.
+    solver : str
+        ``"cholmod"`` or ``"superlu"``: the solver that factorised ``N``.
+    """
+
+    def __init__(
+        self,
+        design: scipy.sparse.csr_matrix,
+        ivar: np.ndarray | None,
+        keep: np.ndarray | None,
+        prior_rhs: np.ndarray | None,
+        free: np.ndarray,
+        factor: Any,
+        solver: str,
+    ) -> None:
+        self.design = design
+        self.ivar = ivar
+        self.keep = keep
+        self.prior_rhs = prior_rhs
+        self.free = free
+        self.factor = factor
+        self.solver = solver
+        self._idx = None if free.all() else np.flatnonzero(free)
+        self._weighted: scipy.sparse.csr_matrix | None = None
+
+    @classmethod
+    def _build(
+        cls,
+        A_csr: scipy.sparse.csr_matrix,
+        A_csc: scipy.sparse.csc_matrix,
+        ivar: np.ndarray | None,
+        keep: np.ndarray | None,
+        prior_prec: np.ndarray,
+        mu: np.ndarray,
+        solver: str,
+    ) -> NormalEquations:
+        """Form and factorise ``N`` from validated inputs (``A`` in both formats)."""
+        if ivar is None:
+            As_csr, As_csc = A_csr, A_csc
+        else:
+            sw = np.sqrt(ivar)
+            As_csr, As_csc = _row_scale(A_csr, sw), _row_scale(A_csc, sw)
+        G = scipy.sparse.csr_matrix(As_csc.T @ As_csr)
+        del As_csr, As_csc
+        has_prior = bool(np.any(prior_prec > 0))
+        free = (G.diagonal() > 0) | (prior_prec > 0)
+        Nmat = G + scipy.sparse.diags(prior_prec) if has_prior else G
+        idx = None if free.all() else np.flatnonzero(free)
+        if idx is not None:
+            Nmat = Nmat[idx][:, idx]
+        Nmat = scipy.sparse.csr_matrix(Nmat)
+        del G
+        factor = _factorize_or_raise(Nmat, idx, solver)
+        prior_rhs = prior_prec * mu if has_prior else None
+        return cls(A_csr, ivar, keep, prior_rhs, free, factor, solver)
+
+    # -- facts -----------------------------------------------------------
+    @property
+    def n_sources(self) -> int:
+        """Number of sources ``n`` (columns of the design matrix)."""
+        return self.design.shape[1]
+
+    @property
+    def n_pixels(self) -> int:
+        """Number of unmasked pixels."""
+        return self.design.shape[0] if self.keep is None else int(self.keep.sum())
+
+    @property
+    def unconstrained(self) -> np.ndarray:
+        """Boolean ``(n,)``: sources with no unmasked pixel and no prior."""
+        return ~self.free
+
+    @property
+    def weighted_design(self) -> scipy.sparse.csr_matrix:
+        """``C^-1 A`` (CSR), masked rows dropped: ``weighted_design.T @ d`` is ``A^T C^-1 d``."""
+        if self._weighted is None:
+            self._weighted = self.design if self.ivar is None else _row_scale(self.design, self.ivar)
+        return self._weighted
+
+    # -- fitting ---------------------------------------------------------
+    def check_data(self, D: np.ndarray) -> None:
+        """Raise ValueError when ``D`` ``(npix, k)`` has non-finite unmasked pixels."""
+        _check_data_finite(D, self.keep)
+
+    def solve(self, D: np.ndarray) -> np.ndarray:
+        """Best-fit weights for the frames ``D``, shape ``(npix,)`` or ``(npix, k)``.
+
+        Returns shape ``(n,)`` or ``(n, k)``, NaN for unconstrained sources.
+        Masked pixels of ``D`` are ignored (they may be non-finite); the
+        unmasked ones are not checked (see :meth:`check_data`).
+        """
+        rhs = self.weighted_design.T @ D
+        if self.prior_rhs is not None:
+            rhs += self.prior_rhs if D.ndim == 1 else self.prior_rhs[:, None]
+        if self._idx is None:
+            return self.factor.solve(rhs)
+        out = np.full((self.n_sources, *D.shape[1:]), np.nan)
+        out[self._idx] = self.factor.solve(rhs[self._idx])
+        return out
+
+    def chi2(self, D: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``sum(((D - A w) / errors)**2)`` over the unmasked pixels, per frame: ``(k,)``.
+
+        ``D`` is ``(npix, k)`` and ``weights`` ``(n, k)``; NaN weights count as 0.
+        """
+        wz = np.where(np.isnan(weights), 0.0, weights)
+        ivar = None if self.ivar is None else self.ivar[:, None]
+        return _chi2(self.design, wz, D, ivar, [np.arange(D.shape[1])], self.keep)
+
+    def weights_err(self) -> np.ndarray:
+        """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n,)``; NaN for unconstrained sources."""
+        return _weights_err(self.factor, self.free)
+
+    def warn_if_unconstrained(self, stacklevel: int = 2) -> None:
+        """Issue one :class:`UnconstrainedSourceWarning` counting the unconstrained sources, if any.
+
+        ``stacklevel`` is that of :func:`warnings.warn` called by the caller.
+        """
+        _warn_unconstrained(self.unconstrained, stacklevel + 1)
+
+    # -- shipping --------------------------------------------------------
+    def portable(self) -> NormalEquations:
+        """These equations with the factor in a picklable form, for shipping to workers.
+
+        The factor becomes plain NumPy/SciPy arrays: supernodal blocks (built
+        once; :meth:`weights_err` then reuses them) or, with SuperLU before
+        :meth:`weights_err` is called, triangular CSR factors, which solve
+        faster.  Solving with them gives the same weights.
+        """
+        return NormalEquations(
+            self.design, self.ivar, self.keep, self.prior_rhs, self.free, self.factor.portable(), self.solver
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["factor"] = self.factor.portable()
+        state["_weighted"] = None
+        return state
+
+
+def prepare_normal_equations(
+    A: scipy.sparse.spmatrix | scipy.sparse.sparray,
+    *,
+    imshape: tuple[int, int],
+    errors: np.ndarray | None = None,
+    prior_mu: float | np.ndarray | None = None,
+    prior_sigma: float | np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    solver: str = "auto",
+) -> NormalEquations:
+    """Validate the inputs, form the normal matrix and factorise it, once.
+
+    The set-up shared by every frame fitted with one error map: what
+    :func:`fit_design` does before it touches the data.  Arguments are those
+    of :func:`fit_design`, except that ``errors`` is one map of shape
+    ``(H, W)`` (or None).
+
+    Returns
+    -------
+    NormalEquations
+        ``solve(D)`` then fits frames ``D`` of shape ``(H * W, k)``.
+
+    Raises
+    ------
+    ValueError
+        If an argument has the wrong shape or invalid values.
+    SingularNormalMatrixError
+        As in :func:`fit_design`.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse
+    >>> A = scipy.sparse.random(16, 3, density=0.6, random_state=0, format="csr")
+    >>> ne = prepare_normal_equations(A, imshape=(4, 4))
+    >>> np.allclose(ne.solve(A @ np.array([[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]])), [[1, 4], [2, 5], [3, 6]])
+    True
+    """
+    solver = _check_solver(solver)
+    H, W = _check_imshape(imshape)
+    npix = H * W
+    _check_design(A, npix, imshape)
+    keep = _check_mask(mask, H, W)
+    E = None
+    if errors is not None:
+        errors = np.asarray(errors, dtype=np.float64)
+        if errors.shape != (H, W):
+            raise ValueError(f"errors must have shape (H, W) = {(H, W)}, got {errors.shape}")
+        E = errors.reshape(npix, 1)
+        _check_errors(E, keep)
+    ivar = _inverse_variance(E, keep)
+    prior_prec, mu = _check_prior(prior_mu, prior_sigma, A.shape[1])
+    A_csr, A_csc = _design_formats(A)
+    return NormalEquations._build(
+        A_csr, A_csc, None if ivar is None else ivar[:, 0], keep, prior_prec, mu, solver
+    )
 
 
 def fit_design(
@@ -749,23 +1175,10 @@ def fit_design(
     True
     """
     # ---- validate -------------------------------------------------------
-    if solver == "auto":
-        solver = "cholmod" if _cholmod is not None else "superlu"
-    if solver not in ("cholmod", "superlu"):
-        raise ValueError(f"solver must be 'auto', 'cholmod' or 'superlu', got {solver!r}")
-    if solver == "cholmod" and _cholmod is None:
-        raise ValueError("solver='cholmod' needs the optional dependency cvxopt")
-    try:
-        H, W = (int(v) for v in imshape)
-    except (TypeError, ValueError):
-        raise ValueError(f"imshape must be a pair of ints (H, W), got {imshape!r}") from None
-    if H <= 0 or W <= 0:
-        raise ValueError(f"imshape must be positive, got {imshape!r}")
+    solver = _check_solver(solver)
+    H, W = _check_imshape(imshape)
     npix = H * W
-    if not (scipy.sparse.issparse(A) and A.ndim == 2):
-        raise ValueError("A must be a 2-D scipy.sparse matrix or array")
-    if A.shape[0] != npix:
-        raise ValueError(f"A must have H * W = {npix} rows for imshape={imshape!r}, got shape {A.shape}")
+    _check_design(A, npix, imshape)
     n = A.shape[1]
 
     data = np.asarray(data)
@@ -777,21 +1190,11 @@ def fit_design(
     if D.dtype != np.float64:
         D = D.astype(np.float64)
 
-    keep: np.ndarray | None = None
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.dtype != bool:
-            raise ValueError(f"mask must be a boolean array, got dtype {mask.dtype}")
-        if mask.shape != (H, W):
-            raise ValueError(f"mask must have shape (H, W) = {(H, W)}, got {mask.shape}")
-        if mask.any():
-            keep = ~mask.ravel()
+    keep = _check_mask(mask, H, W)
     n_pixels = npix if keep is None else int(keep.sum())
+    _check_data_finite(D, keep)
 
-    if not _rows_all(np.isfinite, D, keep):
-        raise ValueError("data contains non-finite values in unmasked pixels (mask them)")
-
-    ivar: np.ndarray | None = None  # (npix, g) inverse variances, 0 where masked
+    E: np.ndarray | None = None
     groups = [np.arange(k)]
     if errors is not None:
         errors = np.asarray(errors, dtype=np.float64)
@@ -803,107 +1206,38 @@ def fit_design(
             raise ValueError(
                 f"errors must have shape {(H, W)} or the shape of data {data.shape}, got {errors.shape}"
             )
-        if not _rows_all(lambda x: np.isfinite(x) & (x > 0), E, keep):
-            raise ValueError("errors must be positive and finite in unmasked pixels")
+        _check_errors(E, keep)
         if E.shape[1] > 1:
             groups = _frame_groups(E, keep)
             E = E[:, [int(g[0]) for g in groups]]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ivar = 1.0 / E**2
-        if keep is not None:
-            ivar[~keep] = 0.0
-    elif keep is not None:
-        ivar = keep.astype(np.float64)[:, None]
+    ivar = _inverse_variance(E, keep)  # (npix, g), 0 where masked; None: unit, no mask
 
-    if prior_mu is not None and prior_sigma is None:
-        raise ValueError("prior_mu requires prior_sigma")
-    prior_prec = np.zeros(n)
-    mu = np.zeros(n)
-    if prior_sigma is not None:
-        sig = _as_source_vector(prior_sigma, n, "prior_sigma")
-        if not np.all(sig > 0):  # also rejects NaN
-            raise ValueError("prior_sigma must be > 0 (np.inf for no prior)")
-        prior_prec = 1.0 / sig**2
-        if prior_mu is not None:
-            mu = _as_source_vector(prior_mu, n, "prior_mu")
-            if not np.all(np.isfinite(mu[prior_prec > 0])):
-                raise ValueError("prior_mu must be finite")
-            mu = np.where(prior_prec > 0, mu, 0.0)
-
-    # ---- design matrix in CSR and CSC, canonical, float64 ---------------
-    # CSR serves A @ x and (as A_csr.T) A^T @ X; A_csc.T @ A_csr is the
-    # normal matrix without any format conversion.
-    A_csr = _canonical(scipy.sparse.csr_matrix(A))
-    if not np.all(np.isfinite(A_csr.data)):
-        raise ValueError("A contains non-finite values")
-    A_csc = _canonical(scipy.sparse.csc_matrix(A))
+    prior_prec, mu = _check_prior(prior_mu, prior_sigma, n)
+    A_csr, A_csc = _design_formats(A)
 
     # ---- one factorisation per distinct error map -----------------------
     weights = np.full((n, k), np.nan)
     err_fns: list[tuple[np.ndarray, Callable[[], np.ndarray]]] = []
     unconstrained = np.zeros(n, dtype=bool)
     for gi, frames in enumerate(groups):
-        if ivar is None:
-            As_csr, As_csc, Aw = A_csr, A_csc, A_csr
-        else:
-            w = ivar[:, gi]
-            sw = np.sqrt(w)
-            As_csr, As_csc, Aw = _row_scale(A_csr, sw), _row_scale(A_csc, sw), _row_scale(A_csr, w)
-        G = scipy.sparse.csr_matrix(As_csc.T @ As_csr)
-        g_diag = G.diagonal()
-        free = (g_diag > 0) | (prior_prec > 0)
-        if gi == 0:
-            unconstrained = ~free
-        Nmat = G + scipy.sparse.diags(prior_prec) if np.any(prior_prec > 0) else G
-        idx = None
-        if not free.all():
-            idx = np.flatnonzero(free)
-            Nmat = Nmat[idx][:, idx]
-        Nmat = scipy.sparse.csr_matrix(Nmat)
-        try:
-            fac = _factorize(Nmat, solver)
-        except _NotPositiveDefinite as exc:
-            cols = exc.columns if exc.columns is not None else _diagnose_singular(Nmat)
-            cols = np.sort(cols if idx is None else idx[cols])
-            shown = ", ".join(str(c) for c in cols[:20]) + (" ..." if cols.size > 20 else "")
-            raise SingularNormalMatrixError(
-                "the normal matrix A^T C^-1 A + P is singular: "
-                + (
-                    f"{cols.size} source(s) are linearly dependent on other sources "
-                    f"(e.g. identical columns of A): [{shown}]. "
-                    if cols.size
-                    else "some sources are linearly dependent on others. "
-                )
-                + "Remove or merge them, or give them a prior (prior_sigma).",
-                sources=cols,
-            ) from None
-        rhs = Aw.T @ (D if len(groups) == 1 else D[:, frames])
-        if np.any(prior_prec > 0):
-            rhs += (prior_prec * mu)[:, None]
-        if idx is not None:
-            rhs = rhs[idx]
-        sol = fac.solve(rhs)
-        if idx is None:
-            weights[:, frames] = sol
-        else:
-            weights[np.ix_(idx, frames)] = sol
-        if return_errors:
-            err_fns.append((frames, _make_err_fn(fac, idx, n)))
-        del As_csr, As_csc, Aw, G, Nmat
-
-    n_unc = int(unconstrained.sum())
-    if n_unc:
-        warnings.warn(
-            f"{n_unc} of {n} source(s) have no unmasked pixel in the image and no "
-            "prior; their weights and weights_err are NaN.",
-            UnconstrainedSourceWarning,
-            stacklevel=3,  # fit_design is reached through Sparse3D.fit / ROISparse3D.fit
+        ne = NormalEquations._build(
+            A_csr, A_csc, None if ivar is None else ivar[:, gi], keep, prior_prec, mu, solver
         )
+        if gi == 0:
+            unconstrained = ne.unconstrained
+        if len(groups) == 1:
+            weights = ne.solve(D)
+        else:
+            weights[:, frames] = ne.solve(D[:, frames])
+        if return_errors:
+            err_fns.append((frames, partial(_weights_err, ne.factor, ne.free)))
+        del ne  # the weighted design matrix; the factor lives on in err_fns
+    del A_csc
+    _warn_unconstrained(unconstrained, stacklevel=3)  # via Sparse3D.fit / ROISparse3D.fit
 
     # ---- chi-square, model --------------------------------------------
     wz = np.where(np.isnan(weights), 0.0, weights)
     chi2 = _chi2(A_csr, wz, D, ivar, groups, keep)
-    del A_csc
 
     def model_fn() -> np.ndarray:
         M = A_csr @ (wz if stack else wz[:, 0])
@@ -925,19 +1259,23 @@ def fit_design(
     )
 
 
-def _make_err_fn(fac: Any, idx: np.ndarray | None, n: int) -> Callable[[], np.ndarray]:
-    """Callback computing ``sqrt(diag(N^-1))`` from ``fac``; NaN off ``idx``."""
+def _weights_err(factor: Any, free: np.ndarray) -> np.ndarray:
+    """``sqrt(diag(N^-1))`` from the factor of ``N`` over the ``free`` sources; NaN elsewhere."""
+    err = np.full(free.size, np.nan)
+    err[free] = np.sqrt(factor.inv_diag())
+    return err
 
-    def fn() -> np.ndarray:
-        err = np.full(n, np.nan)
-        d = np.sqrt(fac.inv_diag())
-        if idx is None:
-            err[:] = d
-        else:
-            err[idx] = d
-        return err
 
-    return fn
+def _warn_unconstrained(unconstrained: np.ndarray, stacklevel: int) -> None:
+    """Warn once, with their number, when some sources are unconstrained."""
+    n_unc = int(np.count_nonzero(unconstrained))
+    if n_unc:
+        warnings.warn(
+            f"{n_unc} of {unconstrained.size} source(s) have no unmasked pixel in the image and no "
+            "prior; their weights and weights_err are NaN.",
+            UnconstrainedSourceWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 def _combine_err_fns(

@@ -27,7 +27,6 @@ never assembled anywhere.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -423,6 +422,12 @@ def tensordot(a, b, axes):
 # -------------------------------------------------------------------------------------------
 # Fitting many frames
 # -------------------------------------------------------------------------------------------
+_ONE_ERROR_MAP = (
+    "Dask fits take one error map shared by every frame, shape (H, W); per-frame error "
+    "maps need one factorisation per map: fit those chunks with S.fit on NumPy arrays"
+)
+
+
 @dataclass(frozen=True, eq=False)
 class DaskFitResult:
     """Result of :func:`fit` on Dask frames.
@@ -471,195 +476,31 @@ class DaskFitResult:
         return replace(self, weights=weights, chi2=chi2)
 
 
-class _TriangularFactor:
-    """``N[p][:, p] = L Lᵀ`` as two SciPy triangular matrices: picklable, solved in C."""
-
-    def __init__(self, L, perm: np.ndarray):
-        import scipy.sparse
-
-        self.lower = scipy.sparse.csr_matrix(L)
-        self.upper = scipy.sparse.csr_matrix(L.T)
-        self.perm = perm
-
-    def solve(self, b: np.ndarray) -> np.ndarray:
-        from scipy.sparse.linalg import spsolve_triangular
-
-        y = spsolve_triangular(self.lower, b[self.perm], lower=True)
-        x = np.empty_like(y)
-        x[self.perm] = spsolve_triangular(self.upper, y, lower=False, overwrite_b=True)
-        return x
-
-
-class _SupernodalFactor:
-    """The fitting engine's supernodal factor of ``N[p][:, p]`` (picklable NumPy blocks)."""
-
-    def __init__(self, supernodal, perm: np.ndarray):
-        self.supernodal = supernodal
-        self.perm = perm
-
-    def solve(self, b: np.ndarray) -> np.ndarray:
-        x = np.empty_like(b)
-        x[self.perm] = self.supernodal.solve(b[self.perm])
-        return x
-
-
-def _picklable_factor(fac):
-    """A picklable solver for the factor ``fac`` of the fitting engine, and ``diag(N⁻¹)``.
-
-    Relies on two internals of :mod:`sparse3d._fit`: SuperLU's ``L D Lᵀ`` (``_lu``,
-    ``_pivots``) and, for other solvers, the supernodal factor built by ``inv_diag``.
-    """
-    lu = getattr(fac, "_lu", None)
-    L = None
-    if lu is not None:
-        import scipy.sparse
-
-        L = scipy.sparse.csc_matrix(lu.L) @ scipy.sparse.diags(np.sqrt(fac._pivots))
-    inv_diag = fac.inv_diag()  # builds the supernodal factor as well
-    if L is not None:
-        return _TriangularFactor(L, fac.perm), inv_diag
-    return _SupernodalFactor(fac._super, fac.perm), inv_diag
-
-
 class _FrameSolver:
-    """Everything a worker needs to fit a chunk of frames: design, weights, the factor.
+    """Everything a worker needs to fit a chunk of frames: the portable normal equations.
 
-    Plain NumPy/SciPy arrays and the supernodal Cholesky factor: pickled once per graph.
+    The design matrix, inverse variances, priors and the supernodal Cholesky factor
+    (:meth:`sparse3d._fit.NormalEquations.portable`): plain NumPy/SciPy arrays, pickled once
+    per graph.
     """
 
-    def __init__(self, A, ivar, keep, prior_rhs, idx, factor, n):
-        self.A = A  # csr (npix, n), float64, canonical
-        self.ivar = ivar  # (npix,) or None (unit errors, no mask)
-        self.keep = keep  # (npix,) bool or None
-        self.prior_rhs = prior_rhs  # (n,) or None
-        self.idx = idx  # free sources, or None for all
-        self.factor = factor  # picklable factor of N with .solve(b), or None (no free source)
-        self.n = n
+    def __init__(self, normal):
+        self.normal = normal
+
+    @property
+    def factor(self):
+        return self.normal.factor
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """``frames (H, W, kc)`` → ``(n + 1, kc)``: weights, then the chi-square row."""
-        npix = self.A.shape[0]
-        D = np.asarray(frames, dtype=np.float64).reshape(npix, -1)
-        k = D.shape[1]
-        if self.keep is not None:
-            if not np.all(np.isfinite(D[self.keep])):
-                raise ValueError("data contains non-finite values in unmasked pixels (mask them)")
-            D = np.where(self.keep[:, None], D, 0.0)
-        elif not np.all(np.isfinite(D)):
-            raise ValueError("data contains non-finite values in unmasked pixels (mask them)")
-        out = np.full((self.n + 1, k), np.nan)
-        Dw = D if self.ivar is None else D * self.ivar[:, None]
-        if self.factor is not None:
-            rhs = np.asarray(self.A.T @ Dw)
-            if self.prior_rhs is not None:
-                rhs += self.prior_rhs[:, None]
-            if self.idx is not None:
-                rhs = rhs[self.idx]
-            sol = self.factor.solve(rhs)
-            if self.idx is None:
-                out[: self.n] = sol
-            else:
-                out[self.idx] = sol
-        wz = np.where(np.isnan(out[: self.n]), 0.0, out[: self.n])
-        r = D - self.A @ wz
-        if self.keep is not None:
-            r[~self.keep] = 0.0
-        np.square(r, out=r)
-        if self.ivar is not None:
-            r *= self.ivar[:, None]
-        out[self.n] = r.sum(axis=0)
+        ne = self.normal
+        D = np.asarray(frames, dtype=np.float64).reshape(ne.design.shape[0], -1)
+        ne.check_data(D)
+        n = ne.n_sources
+        out = np.empty((n + 1, D.shape[1]))
+        out[:n] = ne.solve(D)
+        out[n] = ne.chi2(D, out[:n])
         return out
-
-
-def _prepare(S: Sparse3D, errors, prior_mu, prior_sigma, mask, solver: str):
-    """Factorise the normal matrix once, on the client; returns (solver, facts)."""
-    from . import _fit
-
-    if solver == "auto":
-        solver = _fit.available_solvers()[0]
-    if solver not in _fit.available_solvers():
-        raise ValueError(f"solver must be 'auto' or one of {_fit.available_solvers()}; got {solver!r}")
-    H, W = S.imshape
-    npix, n = H * W, S.nsources
-    keep = None
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.dtype != bool or mask.shape != (H, W):
-            raise ValueError(f"mask must be a boolean array of shape (H, W) = {(H, W)}")
-        if mask.any():
-            keep = ~mask.ravel()
-    ivar = None
-    if errors is not None:
-        E = np.asarray(errors, dtype=np.float64)
-        if E.shape != (H, W):
-            raise NotImplementedError(
-                "Dask fits take one error map shared by every frame, shape (H, W); per-frame error "
-                "maps need one factorisation per map: fit those chunks with S.fit on NumPy arrays"
-            )
-        E = E.ravel()
-        Ek = E if keep is None else E[keep]
-        if not np.all(np.isfinite(Ek) & (Ek > 0)):
-            raise ValueError("errors must be positive and finite in unmasked pixels")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ivar = 1.0 / E**2
-        if keep is not None:
-            ivar[~keep] = 0.0
-    elif keep is not None:
-        ivar = keep.astype(np.float64)
-    if prior_mu is not None and prior_sigma is None:
-        raise ValueError("prior_mu requires prior_sigma")
-    prior_prec = np.zeros(n)
-    mu = np.zeros(n)
-    if prior_sigma is not None:
-        sig = _fit._as_source_vector(prior_sigma, n, "prior_sigma")
-        if not np.all(sig > 0):
-            raise ValueError("prior_sigma must be > 0 (np.inf for no prior)")
-        prior_prec = 1.0 / sig**2
-        if prior_mu is not None:
-            mu = _fit._as_source_vector(prior_mu, n, "prior_mu")
-            if not np.all(np.isfinite(mu[prior_prec > 0])):
-                raise ValueError("prior_mu must be finite")
-            mu = np.where(prior_prec > 0, mu, 0.0)
-
-    import scipy.sparse
-
-    A = _fit._canonical(S.tocsr().astype(np.float64))
-    if not np.all(np.isfinite(A.data)):
-        raise ValueError("A contains non-finite values")
-    As = A if ivar is None else _fit._row_scale(A, np.sqrt(ivar))
-    G = scipy.sparse.csr_matrix(As.T @ As)
-    free = (G.diagonal() > 0) | (prior_prec > 0)
-    Nmat = G + scipy.sparse.diags(prior_prec) if np.any(prior_prec > 0) else G
-    idx = None if free.all() else np.flatnonzero(free)
-    if idx is not None:
-        Nmat = Nmat[idx][:, idx]
-    Nmat = scipy.sparse.csr_matrix(Nmat)
-    weights_err = np.full(n, np.nan)
-    factor = None
-    if Nmat.shape[0]:
-        try:
-            fac = _fit._factorize(Nmat, solver)
-        except _fit._NotPositiveDefinite:
-            # the eager fit raises the library's SingularNormalMatrixError, naming the sources
-            _fit.fit_design(
-                S.tocsc(), np.zeros((H, W)), imshape=(H, W), errors=errors, prior_mu=prior_mu,
-                prior_sigma=prior_sigma, mask=mask, solver=solver,
-            )  # fmt: skip
-            raise
-        factor, inv_diag = _picklable_factor(fac)
-        weights_err[free] = np.sqrt(inv_diag)
-    n_unc = int((~free).sum())
-    if n_unc:
-        warnings.warn(
-            f"{n_unc} of {n} source(s) have no unmasked pixel in the image and no prior; "
-            "their weights and weights_err are NaN.",
-            _fit.UnconstrainedSourceWarning,
-            stacklevel=3,
-        )
-    prior_rhs = prior_prec * mu if np.any(prior_prec > 0) else None
-    fs = _FrameSolver(A, ivar, keep, prior_rhs, idx, factor, n)
-    n_pixels = npix if keep is None else int(keep.sum())
-    return fs, dict(weights_err=weights_err, n_pixels=n_pixels, unconstrained=~free, solver=solver)
 
 
 def fit(
@@ -680,21 +521,34 @@ def fit(
     if not is_dask_array(data):
         data = da.from_array(np.asarray(data))
     if errors is not None and np.ndim(errors) != 2:
-        raise NotImplementedError(
-            "Dask fits take one error map shared by every frame, shape (H, W); per-frame error "
-            "maps need one factorisation per map: fit those chunks with S.fit on NumPy arrays"
-        )
+        raise NotImplementedError(_ONE_ERROR_MAP)
     if is_dask_array(errors) or is_dask_array(mask):
         errors = None if errors is None else np.asarray(errors)
         mask = None if mask is None else np.asarray(mask)
     H, W = S.imshape
     if data.ndim not in (2, 3) or tuple(data.shape[:2]) != (H, W):
         raise ValueError(f"data must have shape (H, W) = {(H, W)} or (H, W, k), got {data.shape}")
+    if errors is not None and np.shape(errors) != (H, W):
+        raise NotImplementedError(_ONE_ERROR_MAP)
     stack = data.ndim == 3
     frames = (data if stack else data[:, :, None]).rechunk({0: -1, 1: -1})
-    fs, facts = _prepare(S, errors, prior_mu, prior_sigma, mask, solver)
-    tok = tokenize(_token(S), errors, prior_mu, prior_sigma, mask, facts["solver"])
-    shipped = _shared(fs, "sparse3d-fit-solver", tok)
+
+    from ._fit import prepare_normal_equations
+
+    normal = prepare_normal_equations(
+        S.tocsr(),
+        imshape=S.imshape,
+        errors=errors,
+        prior_mu=prior_mu,
+        prior_sigma=prior_sigma,
+        mask=mask,
+        solver=solver,
+    )
+    normal.warn_if_unconstrained(stacklevel=2)
+    solver_ = _FrameSolver(normal.portable())  # before weights_err: SuperLU's factor is at hand
+    weights_err = normal.weights_err()
+    tok = tokenize(_token(S), errors, prior_mu, prior_sigma, mask, normal.solver)
+    shipped = _shared(solver_, "sparse3d-fit-solver", tok)
     n = S.nsources
     out = da.blockwise(
         _fit_block,
@@ -712,4 +566,13 @@ def fit(
     weights, chi2 = out[:n], out[n]
     if not stack:
         weights, chi2 = weights[:, 0], chi2[0]
-    return DaskFitResult(weights, chi2, _design=S, n_factorizations=1, **facts)
+    return DaskFitResult(
+        weights,
+        chi2,
+        weights_err=weights_err,
+        n_pixels=normal.n_pixels,
+        unconstrained=normal.unconstrained,
+        solver=normal.solver,
+        n_factorizations=1,
+        _design=S,
+    )
