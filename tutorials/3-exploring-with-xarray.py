@@ -36,14 +36,14 @@ import xarray as xr
 from sparse3d import Sparse3D
 
 # %% [markdown]
-# ## A small star field
+# ## A star field
 #
-# We build Gaussian stamps the same way as in the astronomy tutorial, on a smaller scene
-# (the same environment variables resize it).
+# We build Gaussian stamps the same way as in the astronomy tutorial, on the same scene size
+# (1024 × 1024 pixels, 50,000 stars; the same environment variables resize it).
 
 # %%
-imsize = min(int(os.environ.get("SPARSE3D_TUTORIAL_IMSIZE", 256)), 256)
-nsources = min(int(os.environ.get("SPARSE3D_TUTORIAL_NSOURCES", 3000)), 3000)
+imsize = int(os.environ.get("SPARSE3D_TUTORIAL_IMSIZE", 1024))
+nsources = int(os.environ.get("SPARSE3D_TUTORIAL_NSOURCES", 50_000))
 imshape = (imsize, imsize)
 sigma, stamp_size = 1.5, 12
 
