@@ -34,7 +34,13 @@ SCRIPTS = builder.sources()
 
 def test_tutorials_exist():
     names = [s.stem for s in SCRIPTS]
-    assert names == ["1-astronomy-demo", "2-start-here", "3-exploring-with-xarray", "4-time-series-on-dask"]
+    assert names == [
+        "1-astronomy-demo",
+        "2-start-here",
+        "3-exploring-with-xarray",
+        "4-time-series-on-dask",
+        "5-fitting-a-time-series",
+    ]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.stem)
