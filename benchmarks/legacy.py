@@ -26,19 +26,14 @@ def legacy_dir(cache_dir: Path = CACHE_DIR) -> Path:
 
 def _installed(target: Path) -> bool:
     dists = metadata.distributions(path=[str(target)])
-    return any(
-        d.metadata["Name"] == "sparse3d" and d.version == LEGACY_VERSION for d in dists
-    )
+    return any(d.metadata["Name"] == "sparse3d" and d.version == LEGACY_VERSION for d in dists)
 
 
 def _missing_requirements(target: Path) -> list[str]:
     """Requirements of the cached install that the interpreter cannot import."""
     from packaging.requirements import Requirement
 
-    dist = next(
-        d for d in metadata.distributions(path=[str(target)])
-        if d.metadata["Name"] == "sparse3d"
-    )
+    dist = next(d for d in metadata.distributions(path=[str(target)]) if d.metadata["Name"] == "sparse3d")
     missing = []
     for text in dist.requires or []:
         req = Requirement(text)
@@ -78,8 +73,19 @@ def ensure_legacy(cache_dir: Path = CACHE_DIR, quiet: bool = True) -> Path:
     if _installed(target):
         return target
     target.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
-            "--target", str(target), "--upgrade"]
+    ignore = cache_dir / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# installs made by the benchmark suite\n*\n")
+    base = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--target",
+        str(target),
+        "--upgrade",
+    ]
     if quiet:
         base.append("-q")
     _pip(base + ["--no-deps", f"sparse3d=={LEGACY_VERSION}"])

@@ -5,9 +5,10 @@ Two numbers are taken, because neither is complete alone:
 * **peak RSS increase**: the kernel's high-water mark (``VmHWM``) is reset
   through ``/proc/self/clear_refs`` just before the call and read after it;
   the resident size before the call is subtracted.  This sees every
-  allocation (NumPy, SciPy's C++ code, numba's runtime).  The worker sets
-  ``MALLOC_MMAP_THRESHOLD_`` so freed large buffers return to the kernel and
-  do not hide a later peak.
+  allocation (NumPy, SciPy's C++ code, numba's runtime).  Before measuring,
+  :func:`fix_mmap_threshold` makes glibc serve every allocation above 64 KiB
+  with ``mmap``, so freed buffers return to the kernel and memory left in the
+  heap by an earlier call cannot hide part of the peak.
 * **tracemalloc peak**: allocations reported to :mod:`tracemalloc` (Python
   objects and NumPy data buffers; *not* numba-runtime or C++ ``new``).
 """
@@ -29,6 +30,37 @@ def _status_kb(key: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def fix_mmap_threshold(nbytes: int = 65536) -> bool:
+    """Ask glibc to ``mmap`` every allocation above ``nbytes`` (no dynamic threshold).
+
+    Returns
+    -------
+    bool
+        ``False`` where ``mallopt`` is unavailable (non-glibc platforms).
+    """
+    import ctypes
+    import ctypes.util
+
+    M_MMAP_THRESHOLD = -3
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, nbytes))
+    except (OSError, AttributeError):
+        return False
+
+
+def trim_heap() -> None:
+    """Return free heap memory to the kernel (``malloc_trim``), so that it is
+    not already resident when the measured call allocates it again."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def reset_peak_rss() -> bool:
@@ -64,6 +96,7 @@ def measure_peak(prepared: Prepared) -> dict:
     """
     arg = prepared.setup() if prepared.setup is not None else None
     gc.collect()
+    trim_heap()
     can_reset = reset_peak_rss()
     before = _status_kb("VmRSS")
     result = prepared.run() if arg is None else prepared.run(arg)

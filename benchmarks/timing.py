@@ -104,6 +104,8 @@ def time_interleaved(
     repeats: int,
     warmup: int = 1,
     on_first: Callable[[str, Any], None] | None = None,
+    min_total_s: float = 0.0,
+    max_repeats: int = 50,
 ) -> dict[str, Timing]:
     """Time several implementations of one case, interleaving their runs.
 
@@ -117,11 +119,18 @@ def time_interleaved(
     runs : dict
         Implementation name -> :class:`~benchmarks.cases.Prepared`.
     repeats : int
-        Number of timed warm runs per implementation.
+        Minimum number of timed warm runs per implementation.
     warmup : int
         Number of warm-up calls per implementation (at least 1).
     on_first : callable, optional
         Called as ``on_first(name, result)`` with the first call's result.
+    min_total_s : float
+        After ``repeats`` rounds, implementations that have spent less than
+        this long in timed runs get more (interleaved) rounds, up to
+        ``max_repeats`` runs: a short burst of load from elsewhere then moves
+        the median of a fast case less.
+    max_repeats : int
+        Upper bound on the rounds added by ``min_total_s``.
 
     Returns
     -------
@@ -130,10 +139,10 @@ def time_interleaved(
     """
     out = {name: Timing() for name in runs}
     live = dict(runs)
-    for name, fn in runs.items():
+    for name, prepared in runs.items():
         try:
             for i in range(max(1, warmup)):
-                dt, result = timed_call(fn)
+                dt, result = timed_call(prepared)
                 if i == 0:
                     out[name].first_call_s = dt
                     if on_first is not None:
@@ -142,10 +151,18 @@ def time_interleaved(
         except Exception as exc:  # noqa: BLE001 - reported, not raised
             out[name].status, out[name].error = "error", error_summary(exc)
             live.pop(name)
-    for _ in range(repeats):
-        for name, fn in list(live.items()):
+    rounds = 0
+    while live:
+        if rounds < repeats:
+            batch = list(live)
+        else:  # extra rounds only for the implementations that are still fast
+            batch = [n for n in live if sum(out[n].times) < min_total_s and len(out[n].times) < max_repeats]
+        if not batch:
+            break
+        rounds += 1
+        for name in batch:
             try:
-                dt, _result = timed_call(fn)
+                dt, _result = timed_call(live[name])
             except Exception as exc:  # noqa: BLE001
                 out[name].status, out[name].error = "error", error_summary(exc)
                 live.pop(name)

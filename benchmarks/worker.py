@@ -14,6 +14,7 @@ Run by :mod:`benchmarks.run`, never imported by it::
 
 from __future__ import annotations
 
+import gc
 import json
 import platform
 import sys
@@ -22,8 +23,12 @@ from pathlib import Path
 from typing import Any
 
 
-def _library_info(expect_version: str | None) -> dict:
-    """Import ``sparse3d`` and describe the version that was found."""
+def _library_info(expect_version: str | None, expect_dir: str | None = None) -> dict:
+    """Import ``sparse3d`` and describe the version that was found.
+
+    Exits the worker if ``expect_version`` is given and does not match, or if
+    the module was not imported from under ``expect_dir``.
+    """
     try:
         import sparse3d
     except Exception as exc:  # noqa: BLE001
@@ -42,9 +47,9 @@ def _library_info(expect_version: str | None) -> dict:
         "file": getattr(sparse3d, "__file__", None),
     }
     if expect_version is not None and expect_version not in (version, dist_version):
-        raise SystemExit(
-            f"expected sparse3d {expect_version}, imported {version} from {info['file']}"
-        )
+        raise SystemExit(f"expected sparse3d {expect_version}, imported {version} from {info['file']}")
+    if expect_dir is not None and not str(info["file"]).startswith(str(Path(expect_dir).resolve())):
+        raise SystemExit(f"sparse3d was imported from {info['file']}, not from {expect_dir}")
     return info
 
 
@@ -52,8 +57,7 @@ def _versions() -> dict:
     import numpy
     import scipy
 
-    out = {"python": platform.python_version(), "numpy": numpy.__version__,
-           "scipy": scipy.__version__}
+    out = {"python": platform.python_version(), "numpy": numpy.__version__, "scipy": scipy.__version__}
     for name in ("sparse", "xarray", "numba"):
         mod = sys.modules.get(name)
         if mod is not None:
@@ -89,41 +93,53 @@ def _canon_summary(prepared: Any, result: Any) -> dict | None:
         return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
-def run_time(spec: dict, scene: Any, factories: dict[str, dict]) -> dict:
-    """Time every case of ``spec`` for every implementation (interleaved)."""
+def _time_case(case: str, spec: dict, scene: Any, factories: dict[str, dict]) -> dict:
+    """Prepare and time one case for every implementation.
+
+    Everything the case built is released when this function returns, so no
+    array (and no cached index structure) survives into the next case.
+    """
     from benchmarks.cases import Prepared
     from benchmarks.timing import time_interleaved
 
+    prepared = {impl: _prepare(impl, case, scene, f) for impl, f in factories.items()}
+    runnable = {k: p for k, p in prepared.items() if isinstance(p, Prepared)}
+    checks: dict[str, Any] = {}
+
+    def keep(name: str, result: Any) -> None:
+        checks[name] = _canon_summary(prepared[name], result)
+
+    timings = time_interleaved(
+        runnable, spec["repeats"], spec["warmup"], keep, min_total_s=spec.get("min_total_s", 0.0)
+    )
+    out = {}
+    for impl, p in prepared.items():
+        if isinstance(p, Prepared):
+            t = timings[impl]
+            t.note, t.check = p.note, checks.get(impl)
+            out[impl] = t.to_dict()
+        else:
+            out[impl] = p.to_dict()
+    return out
+
+
+def run_time(spec: dict, scene: Any, factories: dict[str, dict]) -> dict:
+    """Time every case of ``spec`` for every implementation (interleaved)."""
     results: dict[str, dict] = {}
     for case in spec["cases"]:
-        prepared = {impl: _prepare(impl, case, scene, f) for impl, f in factories.items()}
-        runnable = {k: p for k, p in prepared.items() if isinstance(p, Prepared)}
-        checks: dict[str, Any] = {}
-
-        def keep(name: str, result: Any, prepared: dict = prepared, checks: dict = checks) -> None:
-            checks[name] = _canon_summary(prepared[name], result)
-
-        timings = time_interleaved(runnable, spec["repeats"], spec["warmup"], keep)
-        case_out = {}
-        for impl, p in prepared.items():
-            if isinstance(p, Prepared):
-                t = timings[impl]
-                t.note, t.check = p.note, checks.get(impl)
-                case_out[impl] = t.to_dict()
-            else:
-                case_out[impl] = p.to_dict()
-        results[case] = case_out
-        print(f"  [{'/'.join(factories)}] {case}: " + ", ".join(
-            f"{k}={v['median_s']:.4g}s" if v.get("median_s") else f"{k}={v['status']}"
-            for k, v in case_out.items()), file=sys.stderr, flush=True)
-        del prepared, runnable
+        results[case] = out = _time_case(case, spec, scene, factories)
+        gc.collect()
+        summary = ", ".join(
+            f"{k}={v['median_s']:.4g}s" if v.get("median_s") else f"{k}={v['status']}" for k, v in out.items()
+        )
+        print(f"  [{'/'.join(factories)}] {case}: {summary}", file=sys.stderr, flush=True)
     return results
 
 
 def run_memory(spec: dict, scene: Any, factories: dict[str, dict]) -> dict:
     """Cold call, then peak memory of one warm call, for one impl and case."""
     from benchmarks.cases import Prepared
-    from benchmarks.memory import measure_peak
+    from benchmarks.memory import fix_mmap_threshold, measure_peak
     from benchmarks.timing import error_summary, timed_call
 
     (impl,), (case,) = list(factories), spec["cases"]
@@ -131,9 +147,10 @@ def run_memory(spec: dict, scene: Any, factories: dict[str, dict]) -> dict:
     if not isinstance(p, Prepared):
         return {case: {impl: p.to_dict()}}
     try:
-        cold, result = timed_call(p)
+        cold, result = timed_call(p)  # default allocator settings, as a user gets
         del result
-        out = {"status": "ok", "cold_s": cold, **measure_peak(p)}
+        mmap_fixed = fix_mmap_threshold()
+        out = {"status": "ok", "cold_s": cold, **measure_peak(p), "mmap_threshold_fixed": mmap_fixed}
     except Exception as exc:  # noqa: BLE001
         out = {"status": "error", "error": error_summary(exc)}
     return {case: {impl: out}}
@@ -148,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     out: dict[str, Any] = {"spec": spec}
     if any(i in ("sparse3d", "legacy") for i in spec["impls"]):
-        out["library"] = _library_info(spec.get("expect_version"))
+        out["library"] = _library_info(spec.get("expect_version"), spec.get("sys_path_first"))
 
     from benchmarks.cases import NEEDS_FAKE_DATA
     from benchmarks.impls import load

@@ -24,9 +24,7 @@ def _sparse3d() -> Any:
 
 def construct(scene: Scene, data: np.ndarray) -> Any:
     """``Sparse3D(data, row3d, col3d, imshape)`` for the scene."""
-    return _sparse3d().Sparse3D(
-        data=data, row=scene.row3d, col=scene.col3d, imshape=scene.imshape
-    )
+    return _sparse3d().Sparse3D(data=data, row=scene.row3d, col=scene.col3d, imshape=scene.imshape)
 
 
 def build_xy(scene: Scene) -> tuple[Any, Any]:
@@ -38,9 +36,7 @@ def build_L(scene: Scene, X: Any, Y: Any) -> Any:
     """The tutorial expression for ``L``, written exactly as in the tutorial."""
     sigma = scene.sigma
     rp, cp = scene.row_phase, scene.col_phase
-    return np.exp(
-        -0.5 * ((X - rp) ** 2 / sigma**2 + (Y - cp) ** 2 / sigma**2)
-    ) * 1 / (2 * np.pi * sigma**2)
+    return np.exp(-0.5 * ((X - rp) ** 2 / sigma**2 + (Y - cp) ** 2 / sigma**2)) * 1 / (2 * np.pi * sigma**2)
 
 
 def build_L_hint(scene: Scene) -> Any:
@@ -138,7 +134,21 @@ def _xarray(select: bool) -> Factory:
 def _fit(scene: Scene) -> Prepared:
     if not hasattr(_sparse3d().Sparse3D, "fit"):
         raise Unsupported("Sparse3D.fit does not exist")
-    return _with_L(lambda s, L: L.fit(s.fake_data), canon=_fit_canon)(scene)
+    note = "S.fit returns weights plus per-weight errors and chi2 (baseline: weights only)"
+    return _with_L(lambda s, L: L.fit(s.fake_data), canon=_fit_canon, note=note)(scene)
+
+
+FRAMES = 100
+
+
+def _fit_frames(scene: Scene) -> Prepared:
+    """``L.fit`` on a stack of ``FRAMES`` noisy frames (one factorisation for all)."""
+    if not hasattr(_sparse3d().Sparse3D, "fit"):
+        raise Unsupported("Sparse3D.fit does not exist")
+    rng = np.random.default_rng(7)
+    frames = scene.fake_data[:, :, None] + rng.normal(0, 1.0, size=(*scene.imshape, FRAMES))
+    note = f"{FRAMES} frames (H, W, {FRAMES}); ratio against the one-image fit of the same run"
+    return _with_L(lambda s, L: L.fit(frames), canon=_fit_canon, note=note)(scene)
 
 
 def _fit_canon(scene: Scene, result: Any) -> np.ndarray:
@@ -184,6 +194,7 @@ def cases(legacy: bool = False) -> dict[str, Factory]:
         "xarray_sum": _xarray(select=False),
         "xarray_sel": _xarray(select=True),
         "fit": _fit,
+        "fit_frames100": _fit_frames,
     }
     if legacy:
         out["dot_k10"] = _with_L(

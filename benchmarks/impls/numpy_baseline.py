@@ -66,9 +66,7 @@ def to_csr(values: np.ndarray, st: Structure) -> scipy.sparse.csr_matrix:
     scipy.sparse.csr_matrix
         The matrix, row-major pixel index by source.
     """
-    return scipy.sparse.csr_matrix(
-        (values[st.mask], (st.pixel, st.source)), shape=st.shape
-    )
+    return scipy.sparse.csr_matrix((values[st.mask], (st.pixel, st.source)), shape=st.shape)
 
 
 def psf_values(scene: Scene) -> np.ndarray:
@@ -76,9 +74,7 @@ def psf_values(scene: Scene) -> np.ndarray:
     s = scene.sigma
     x3d, y3d = scene.x3d, scene.y3d
     rp, cp = scene.row_phase, scene.col_phase
-    return np.exp(-0.5 * ((x3d - rp) ** 2 / s**2 + (y3d - cp) ** 2 / s**2)) * 1 / (
-        2 * np.pi * s**2
-    )
+    return np.exp(-0.5 * ((x3d - rp) ** 2 / s**2 + (y3d - cp) ** 2 / s**2)) * 1 / (2 * np.pi * s**2)
 
 
 def psf_values_hint(scene: Scene) -> np.ndarray:
@@ -99,7 +95,7 @@ def _image_canon(scene: Scene, st: Structure):
     """Canonical form of a stamp block: its image ``A @ brightness``."""
 
     def canon(values: np.ndarray) -> np.ndarray:
-        return to_csr(values, st) @ scene.brightness
+        return (to_csr(values, st) @ scene.brightness).reshape(scene.imshape)
 
     return canon
 
@@ -145,9 +141,7 @@ def _with_csr(product) -> Factory:
 
 def _prebuilt_product(scene: Scene) -> Prepared:
     A = to_csr(psf_values(scene), structure(scene))
-    return Prepared(
-        lambda: _image(scene, A @ scene.brightness), note="A @ w with A prebuilt"
-    )
+    return Prepared(lambda: _image(scene, A @ scene.brightness), note="A @ w with A prebuilt")
 
 
 def _image(scene: Scene, flat: np.ndarray) -> np.ndarray:

@@ -40,9 +40,7 @@ def construct(scene: Scene, values: np.ndarray, st=None) -> Any:
 
 
 def _with_data(A: Any, data: np.ndarray) -> Any:
-    return _sparse().COO(
-        A.coords, data, shape=A.shape, has_duplicates=False, sorted=True
-    )
+    return _sparse().COO(A.coords, data, shape=A.shape, has_duplicates=False, sorted=True)
 
 
 def sub_source(A: Any, v: np.ndarray) -> Any:
@@ -58,9 +56,7 @@ def stamp_exp(A: Any) -> Any:
 def build_L(scene: Scene, X: Any, Y: Any) -> Any:
     """Tutorial expression for ``L`` with the two workarounds."""
     s = scene.sigma
-    inner = sub_source(X, scene.row_phase) ** 2 / s**2 + (
-        sub_source(Y, scene.col_phase) ** 2 / s**2
-    )
+    inner = sub_source(X, scene.row_phase) ** 2 / s**2 + (sub_source(Y, scene.col_phase) ** 2 / s**2)
     return stamp_exp(-0.5 * inner) * 1 / (2 * np.pi * s**2)
 
 
@@ -95,9 +91,7 @@ def _construct_xy(scene: Scene) -> Prepared:
 
 def _build_L(scene: Scene) -> Prepared:
     X, Y = _build_xy(scene)
-    return Prepared(
-        lambda: build_L(scene, X, Y), canon=_canon(scene), note=f"{SUB_NOTE}; {EXP_NOTE}"
-    )
+    return Prepared(lambda: build_L(scene, X, Y), canon=_canon(scene), note=f"{SUB_NOTE}; {EXP_NOTE}")
 
 
 def _build_L_hint(scene: Scene) -> Prepared:
@@ -183,9 +177,7 @@ def cases(legacy: bool = False) -> dict[str, Factory]:
         "dot": dot,
         "dot_cached": dot,
         "dot_k10": _with_L(lambda s, L: np.dot(L, s.w2)),
-        "tensordot": _with_L(
-            lambda s, L: np.tensordot(L, s.fake_data, axes=([0, 1], [0, 1]))
-        ),
+        "tensordot": _with_L(lambda s, L: np.tensordot(L, s.fake_data, axes=([0, 1], [0, 1]))),
         "tocsr": _with_L(_tocsr, canon=_tocsr_canon),
         "op_sub": _op(lambda s, X: sub_source(X, s.row_phase), note=SUB_NOTE),
         "op_pow": _op(lambda s, X: X**2),
