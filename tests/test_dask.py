@@ -11,13 +11,14 @@ import warnings
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 dask = pytest.importorskip("dask")
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("dask.distributed")
 
 from sparse3d import Sparse3D  # noqa: E402
-from sparse3d._fit import available_solvers, fit_design  # noqa: E402
+from sparse3d._fit import UnconstrainedSourceWarning, available_solvers, fit_design  # noqa: E402
 from sparse3d.dask import DaskFitResult, SourceChunked, _FrameSolver  # noqa: E402
 from sparse3d.testing import gaussian_scene, random_scene  # noqa: E402
 
@@ -206,12 +207,35 @@ def test_fit_ships_one_factorised_solver(gscene, frames):
     assert len(_values(graph, Sparse3D)) == 0  # the solver carries the design matrix
 
 
+@pytest.mark.parametrize("lazy_errors", [False, True])
+def test_fit_with_per_frame_error_maps_equals_eager(gscene, frames, lazy_errors):
+    _, S = gscene
+    rng = np.random.default_rng(5)
+    errors = rng.uniform(0.5, 2.0, size=frames.shape)
+    errors[:, :, 4] = errors[:, :, 3]  # two frames share a map: grouped, one factorisation
+    mask = np.zeros(S.imshape, dtype=bool)
+    mask[:6] = True  # some sources lose every pixel
+    kw = dict(mask=mask, prior_mu=1.0, prior_sigma=np.r_[np.full(3, 30.0), np.full(S.nsources - 3, np.inf)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        eager = S.fit(frames, errors=errors, **kw)
+        err = da.from_array(errors, chunks=(24, 28, 4)) if lazy_errors else errors
+        res = S.fit(da.from_array(frames, chunks=(24, 28, 4)), errors=err, **kw)
+    assert sum(issubclass(w.category, UnconstrainedSourceWarning) for w in caught) == 2  # eager + dask
+    assert isinstance(res.weights_err, da.Array) and res.weights_err.shape == (S.nsources, 10)
+    out = res.compute(scheduler="threads")
+    np.testing.assert_allclose(out.weights, eager.weights, rtol=1e-9, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(out.weights_err, eager.weights_err, rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(out.chi2, eager.chi2, rtol=1e-8)
+    assert out.n_unconstrained == eager.n_unconstrained > 0 and out.n_pixels == eager.n_pixels
+    graph = res.weights.__dask_graph__()
+    assert len(_values(graph, (sp.spmatrix, sp.sparray))) == 1  # the design matrix ships once
+
+
 def test_fit_refusals(gscene, frames):
     _, S = gscene
-    with pytest.raises(NotImplementedError, match="error map"):
-        S.fit(da.from_array(frames), errors=np.ones(frames.shape))
-    with pytest.raises(NotImplementedError, match="error map"):
-        S.fit(da.from_array(frames), errors=da.ones(frames.shape))
+    with pytest.raises(ValueError, match="errors"):
+        S.fit(da.from_array(frames), errors=np.ones((3, 3)))
     from sparse3d._fit import SingularNormalMatrixError
 
     twice = np.concatenate([S, S[:, :, :1]], axis=2)
