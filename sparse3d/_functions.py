@@ -174,7 +174,7 @@ def dot(a, b, out=None):
             result = np.stack([_scatter_image(s, a._values * b[:, j], dtype) for j in range(k)], axis=-1)
             result = result.reshape(H, W, k)
         else:
-            result = np.asarray(a.tocsr() @ b).astype(dtype, copy=False).reshape(H, W, k)
+            result = np.asarray(a._csr @ b).astype(dtype, copy=False).reshape(H, W, k)
     return result if unit is None else result * unit
 
 

@@ -341,17 +341,23 @@ class Sparse3D(NDArrayOperatorsMixin):
         from scipy import sparse as sp
 
         indices, indptr = self._structure.csc_indices
+        # the index arrays are copied: the structure's are shared and read-only, while scipy's
+        # in-place methods (eliminate_zeros, sum_duplicates, ...) must work on what we return
         return sp.csc_matrix(
-            (self._csc_data(), indices, indptr), shape=(self._structure.npixels, self.nsources), copy=False
+            (self._csc_data(), indices.copy(), indptr.copy()),
+            shape=(self._structure.npixels, self.nsources),
+            copy=False,
         )
 
     def tocsr(self) -> scipy.sparse.csr_matrix:
         """scipy CSR matrix of shape ``(H*W, nsources)``, for linear algebra.
 
         Row ``r * W + c`` is image pixel ``(r, c)``; column ``k`` is source ``k``. Column
-        indices are sorted within each row.
+        indices are sorted within each row. The CSR ordering is computed once per structure
+        and the matrix is cached; each call returns an independent copy, so in-place scipy
+        methods on it (``eliminate_zeros``, ``data *= 2``, ...) never touch the cache.
         """
-        return self._csr
+        return self._csr.copy()
 
     @cached_property
     def _csr(self) -> scipy.sparse.csr_matrix:
@@ -359,6 +365,7 @@ class Sparse3D(NDArrayOperatorsMixin):
 
         take, indices, indptr = self._structure.csr_order
         data = self._values.ravel()[take]
+        data.flags.writeable = False  # internal cache: tocsr() hands out copies
         csr = sp.csr_matrix(
             (data, indices, indptr), shape=(self._structure.npixels, self.nsources), copy=False
         )
