@@ -112,8 +112,8 @@ def _as_weights(b, name: str):
     if type(b).__module__.startswith(("sparse", "scipy")):
         raise TypeError(f"{name}: weights must be a dense array; got {type(b).__name__}")
     b = np.asarray(b)
-    if b.dtype == object:
-        raise TypeError(f"{name}: weights must be numeric; got an object array")
+    if b.dtype.kind not in "biufc":
+        raise TypeError(f"{name}: weights must be numeric; got an array of dtype {b.dtype}")
     return b
 
 

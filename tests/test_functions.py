@@ -178,6 +178,9 @@ def test_dot_errors_and_scalar():
         S.dot(S)
     with pytest.raises(ValueError, match="scalar"):
         S @ 2.0
+    for bad in ("abc", np.array(["a"] * n), np.array([None] * n)):
+        with pytest.raises(TypeError, match="weights must be numeric"):
+            S.dot(bad)
     assert_equal_dense(S.dot(2.0), sc.dense() * 2.0)
 
 
