@@ -69,14 +69,17 @@ def _refuse_out(out, name: str) -> None:
 # -------------------------------------------------------------------------------------------
 # Products
 # -------------------------------------------------------------------------------------------
-def scatter_sum(index: np.ndarray, weights: np.ndarray, size: int, dtype: np.dtype) -> np.ndarray:
+def scatter_sum(
+    index: np.ndarray, weights: np.ndarray, size: int, dtype: np.dtype, what: str | None = None
+) -> np.ndarray:
     """``out[index[i]] += weights[i]`` into a new 1-D array of ``size`` bins, in ``dtype``.
 
     Floats accumulate in float64 (``np.bincount``) and are cast once, so float32 results stay
-    accurate; integers accumulate exactly.
+    accurate; integers accumulate exactly. ``what`` names the result in the error raised
+    when it would exceed ``max_dense_bytes``.
     """
     dtype = np.dtype(dtype)
-    check_dense_allocation(size * max(dtype.itemsize, 8), f"a dense result of {size} elements")
+    check_dense_allocation(size * max(dtype.itemsize, 8), what or f"a dense result of {size} elements")
     index = index.ravel()
     w = weights.ravel()
     if dtype.kind == "c":
@@ -93,9 +96,9 @@ def scatter_sum(index: np.ndarray, weights: np.ndarray, size: int, dtype: np.dty
 def _scatter_image(structure, weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Sum stamp-shaped ``weights`` into the image ``(H, W)`` of ``structure``."""
     H, W = structure.imshape
-    check_dense_allocation(H * W * max(np.dtype(dtype).itemsize, 8), f"an image of shape {(H, W)}")
     # off-image elements land in the extra bin H*W, which is dropped
-    return scatter_sum(structure.pixel, weights, H * W + 1, dtype)[: H * W].reshape(H, W)
+    out = scatter_sum(structure.pixel, weights, H * W + 1, dtype, what=f"an image of shape {(H, W)}")
+    return out[: H * W].reshape(H, W)
 
 
 def _split_unit(x):
@@ -129,7 +132,7 @@ def _logical_values(S):
         return S
     take, _, starts = s.coo_order
     values = np.zeros(S._values.size, dtype=S.dtype)
-    values[take[starts]] = np.add.reduceat(S._values.ravel()[take], starts, dtype=S.dtype)
+    values[take[starts]] = s.canonical(S._values)
     return type(S)._from_parts(values.reshape(S.stamp_shape), s)
 
 
@@ -374,10 +377,8 @@ def _reduce_canonical(S, ufunc: np.ufunc, axes: tuple[int, ...], dtype):
     implicit zeros (fewer stored elements than the reduced size) are combined with 0.
     """
     s = S._structure
-    take, coords, starts = s.coo_order
-    data = S._values.ravel()[take]
-    if starts is not None and data.size:
-        data = np.add.reduceat(data, starts, dtype=data.dtype)
+    coords = s.coo_order[1]
+    data = s.canonical(S._values)
     kw = {} if dtype is None else {"dtype": dtype}
     out_dtype = ufunc.reduce(np.zeros(1, dtype=S.dtype), **kw).dtype
     keep = [i for i in range(3) if i not in axes]
@@ -939,7 +940,7 @@ def getitem(S, key):
         s = s.with_bounds((rhi - rlo, chi - clo), (s.imcorner[0] + rlo, s.imcorner[1] + clo))
     structured = _unit_slice(kr) and _unit_slice(kc) and rhi > rlo and chi > clo
     if isinstance(ks, (int, np.integer)):
-        _, _, _ = _bounding(ks, n, 2)  # bounds check
+        _bounding(ks, n, 2)  # bounds check
         sel, rel_s = [operator.index(ks)], 0
     elif isinstance(ks, slice):
         sel, rel_s = ks, slice(None)
@@ -954,6 +955,6 @@ def getitem(S, key):
     if structured and not isinstance(ks, (int, np.integer)) and np.ndim(rel_s) <= 1:
         return sub
     if rhi <= rlo or chi <= clo:  # empty selection on the image axes
-        shape = (max(rhi - rlo, 0) or 0, max(chi - clo, 0) or 0, sub.nsources)
+        shape = (max(rhi - rlo, 0), max(chi - clo, 0), sub.nsources)
         return np.zeros(shape, dtype=S.dtype)[rel_r, rel_c, rel_s]
     return sub.todense()[rel_r, rel_c, rel_s]

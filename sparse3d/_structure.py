@@ -274,6 +274,18 @@ class StampStructure:
         """Whether some source's stamp covers the same in-image pixel more than once."""
         return self.coo_order[2] is not None
 
+    def canonical(self, values: np.ndarray) -> np.ndarray:
+        """The logical non-implicit elements of ``values``, in ``coo_order``'s sorted order.
+
+        In-image elements only, one per (pixel, source): duplicates are summed in
+        ``values.dtype`` (NumPy would promote a bool ``add.reduceat`` to int64).
+        """
+        take, _, starts = self.coo_order
+        data = values.ravel()[take]
+        if starts is not None and data.size:
+            data = np.add.reduceat(data, starts, dtype=data.dtype)
+        return data
+
     # -- new structures -----------------------------------------------------------------
     def with_bounds(self, imshape: tuple[int, int], imcorner: tuple[int, int]) -> StampStructure:
         """The same stamps inside other image bounds (a cutout or an enlarged canvas)."""

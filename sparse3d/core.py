@@ -395,11 +395,8 @@ class Sparse3D(NDArrayOperatorsMixin):
         """The array as a canonical ``sparse.COO`` (cached; see :meth:`to_sparse`)."""
         import sparse
 
-        take, coords, starts = self._structure.coo_order
-        data = self._values.ravel()[take]
-        if starts is not None:
-            # dtype=: NumPy promotes a bool add.reduceat to int64; sum in the array's dtype
-            data = np.add.reduceat(data, starts, dtype=data.dtype) if data.size else data
+        coords = self._structure.coo_order[1]
+        data = self._structure.canonical(self._values)
         return sparse.COO(
             coords, data, shape=self.shape, sorted=True, has_duplicates=False, fill_value=self.dtype.type(0)
         )

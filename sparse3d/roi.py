@@ -202,7 +202,9 @@ class ROISparse3D:
         src = self._sources()
         shape = (self.nrois, *self.size)
         if w.ndim == 1:
-            return scatter_sum(self._pixels, vals * w[src], self.npixels, dtype).reshape(shape)
+            return scatter_sum(
+                self._pixels, vals * w[src], self.npixels, dtype, what=f"a model of shape {shape}"
+            ).reshape(shape)
         k = w.shape[1]
         check_dense_allocation(self.npixels * k * dtype.itemsize, f"a model of shape {(*shape, k)}")
         out = np.asarray(self.tocsr() @ w).astype(dtype, copy=False)
