@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import _kernels
 from ._options import check_dense_allocation
 from ._ufuncs import apply_elementwise
 from ._unsupported import UNSUPPORTED_FUNCTIONS, function_key
@@ -168,11 +169,19 @@ def dot(a, b, out=None):
         a = _logical_values(a)  # a bool stamp covering a pixel twice is True there, not 2
     s = a._structure
     H, W = a.imshape
-    if b.ndim == 1:
+    k = 1 if b.ndim == 1 else b.shape[1]
+    what = f"an image of shape {(H, W)}" if b.ndim == 1 else f"a model cube of shape {(H, W, k)}"
+    check_dense_allocation(H * W * k * max(dtype.itemsize, 8 if b.ndim == 1 else 1), what)
+    fast = _fast_product(a, dtype, b.dtype)
+    if fast == "csr":
+        result = np.asarray(a._csr @ b).astype(dtype, copy=False).reshape((H, W, k)[: 1 + b.ndim])
+    elif fast == "kernel":
+        w2 = b.reshape(n, k)
+        result = _kernels.scatter(s.row, s.col, a._values, w2, s.imcorner, s.imshape, dtype)
+        result = result.reshape((H, W, k)[: 1 + b.ndim])
+    elif b.ndim == 1:
         result = _scatter_image(s, a._values * b, dtype)
     else:
-        k = b.shape[1]
-        check_dense_allocation(H * W * k * dtype.itemsize, f"a model cube of shape {(H, W, k)}")
         if k <= 4 or dtype.kind not in "fc":
             result = np.stack([_scatter_image(s, a._values * b[:, j], dtype) for j in range(k)], axis=-1)
             result = result.reshape(H, W, k)
@@ -182,6 +191,24 @@ def dot(a, b, out=None):
 
 
 implements(np.dot)(dot)
+
+
+def _fast_product(a, dtype, *other_dtypes) -> str | None:
+    """How a product of ``a`` is computed: ``"csr"``, ``"kernel"`` or ``None`` (NumPy path).
+
+    The first product of an array runs the compiled scatter/gather of
+    :mod:`sparse3d._kernels` (nothing index-sized allocated). From the second product on the
+    same array its CSR matrix is built once and cached, as any derived view: a pixel-sorted
+    CSR product streams memory, where the stamp-ordered scatter writes pixels at random.
+    """
+    if not _kernels.use_kernel(a._values.size, dtype, a.dtype, *other_dtypes):
+        return None
+    cache = a.__dict__
+    if "_csr" in cache:
+        return "csr"
+    calls = cache.get("_nproducts", 0) + 1
+    cache["_nproducts"] = calls
+    return "csr" if calls >= 2 else "kernel"
 
 
 def matmul(a, b, out=None, **kwargs):
@@ -209,6 +236,15 @@ def _project(S, image: np.ndarray) -> np.ndarray:
     dtype = np.result_type(S.dtype, image.dtype)
     if S.dtype == bool:
         S = _logical_values(S)
+    fast = _fast_product(S, dtype, image.dtype)
+    if fast == "kernel":
+        s = S._structure
+        img3 = image.reshape(H, W, -1)
+        res = _kernels.gather(s.row, s.col, S._values, img3, s.imcorner, dtype)
+        return res.reshape((S.nsources, *image.shape[2:]))
+    if fast == "csr":
+        res = np.asarray(S._csr.T @ image.reshape(H * W, -1)).astype(dtype, copy=False)
+        return res.reshape((S.nsources, *image.shape[2:]))
     if image.ndim == 2:
         ext = np.zeros(H * W + 1, dtype=image.dtype)
         ext[: H * W] = image.ravel()

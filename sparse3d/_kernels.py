@@ -1,0 +1,142 @@
+"""Compiled loops for the products of a :class:`~sparse3d.Sparse3D` (``dot``, ``tensordot``).
+
+Each kernel walks the stamp block once, computing every element's image pixel from its
+``row``/``col`` position on the fly, so no pixel index, in-image mask or ``values * w``
+temporary is allocated::
+
+    dot / model     out[r - r0, c - c0, :] += values[i, j, k] * w[k, :]      (a scatter)
+    projection      out[k, :] += values[i, j, k] * image[r - r0, c - c0, :]  (a gather)
+
+for every stamp element ``(i, j, k)`` whose pixel ``(r, c) = (row, col)[i, j, k]`` lies
+inside the image; off-image elements are skipped (NaN or inf stored there never reaches a
+result). Sums accumulate in the dtype of the result, as NumPy's ``matmul`` does: float32
+stays float32. The loops are serial, in a fixed order, so results are deterministic
+(bit-identical from call to call, whatever the cache state).
+
+numba is imported the first time a kernel is needed (never at ``import sparse3d``) and the
+compiled code is cached on disk (``cache=True``), so the compile cost (~1 s per dtype
+combination) is paid once per machine, not per process. When numba is missing, or the
+input is tiny (:data:`MIN_ELEMENTS`), callers use their NumPy path instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["available", "use_kernel", "scatter", "gather", "KERNEL_DTYPES", "MIN_ELEMENTS"]
+
+#: Result dtypes the kernels handle; others (integers, bool) use the NumPy path.
+KERNEL_DTYPES = frozenset(np.dtype(t) for t in ("float32", "float64", "complex64", "complex128"))
+
+#: Below this many stamp elements the NumPy path is used (no numba import, no dispatch cost).
+MIN_ELEMENTS = 50_000
+
+_COMPILED: dict[str, object] = {}
+_AVAILABLE: bool | None = None
+
+
+def available() -> bool:
+    """Whether numba can be imported (checked once)."""
+    global _AVAILABLE
+    if _AVAILABLE is None:
+        try:
+            import numba  # noqa: F401
+        except Exception:  # noqa: BLE001 - any import failure means "no kernels"
+            _AVAILABLE = False
+        else:
+            _AVAILABLE = True
+    return _AVAILABLE
+
+
+def use_kernel(nelements: int, dtype, *operand_dtypes) -> bool:
+    """Whether a product over ``nelements`` stamp elements should use a kernel.
+
+    ``dtype`` is the result dtype (one of :data:`KERNEL_DTYPES`); ``operand_dtypes`` are the
+    dtypes of the arrays the loop reads (native-order bool, integers, float32/64, complex).
+    """
+    if nelements < MIN_ELEMENTS or np.dtype(dtype) not in KERNEL_DTYPES:
+        return False
+    for dt in map(np.dtype, operand_dtypes):
+        if not dt.isnative or dt.kind not in "biufc" or dt.itemsize > 16 or dt == np.float16:
+            return False
+        if dt.kind == "f" and dt.itemsize > 8 or dt.kind == "c" and dt.itemsize > 16:
+            return False
+    return available()
+
+
+# -- the loops (plain Python; compiled by numba on first use) ------------------------------
+def _scatter_loop(row, col, values, w, r0, c0, out):  # pragma: no cover - runs compiled
+    nr, nc, n = values.shape
+    H, W, m = out.shape
+    for i in range(nr):
+        for j in range(nc):
+            for k in range(n):
+                r = row[i, j, k] - r0
+                c = col[i, j, k] - c0
+                if r < 0 or r >= H or c < 0 or c >= W:
+                    continue
+                v = values[i, j, k]
+                for q in range(m):
+                    out[r, c, q] += v * w[k, q]
+
+
+def _gather_loop(row, col, values, image, r0, c0, out):  # pragma: no cover - runs compiled
+    nr, nc, n = values.shape
+    H, W, m = image.shape
+    for i in range(nr):
+        for j in range(nc):
+            for k in range(n):
+                r = row[i, j, k] - r0
+                c = col[i, j, k] - c0
+                if r < 0 or r >= H or c < 0 or c >= W:
+                    continue
+                v = values[i, j, k]
+                for q in range(m):
+                    out[k, q] += v * image[r, c, q]
+
+
+def _compiled(name: str):
+    fn = _COMPILED.get(name)
+    if fn is None:
+        import numba
+
+        fn = numba.njit(cache=True, nogil=True)(globals()[name])
+        _COMPILED[name] = fn
+    return fn
+
+
+def scatter(row, col, values, w, imcorner, imshape, dtype) -> np.ndarray:
+    """The model ``(H, W, m)``: ``Σ_k values[..., k] * w[k, :]`` scattered onto the image.
+
+    Parameters
+    ----------
+    row, col : numpy.ndarray of int, shape (nr, nc, n)
+        Absolute stamp pixel positions (any integer type, any strides).
+    values : numpy.ndarray, shape (nr, nc, n)
+        Stamp values.
+    w : numpy.ndarray, shape (n, m)
+        Weights; cast to ``dtype`` (it is small).
+    imcorner, imshape : tuple of int
+        Image bounds.
+    dtype : numpy.dtype
+        Result (and accumulation) dtype, one of :data:`KERNEL_DTYPES`.
+    """
+    dtype = np.dtype(dtype)
+    H, W = imshape
+    out = np.zeros((H, W, w.shape[1]), dtype=dtype)
+    w = np.ascontiguousarray(w, dtype=dtype)
+    _compiled("_scatter_loop")(row, col, values, w, int(imcorner[0]), int(imcorner[1]), out)
+    return out
+
+
+def gather(row, col, values, image, imcorner, dtype) -> np.ndarray:
+    """The projection ``(n, m)``: ``Σ_{pixels} values[..., k] * image[pixel, :]`` per source.
+
+    ``image`` has shape ``(H, W, m)`` (any strides); ``dtype`` is the result (and
+    accumulation) dtype, one of :data:`KERNEL_DTYPES`.
+    """
+    dtype = np.dtype(dtype)
+    n = values.shape[2]
+    out = np.zeros((n, image.shape[2]), dtype=dtype)
+    _compiled("_gather_loop")(row, col, values, image, int(imcorner[0]), int(imcorner[1]), out)
+    return out
