@@ -320,7 +320,8 @@ class StampStructure:
                 check_position_range(int(a.min()) + d, int(a.max()) + d, f"{name} translated by {d}")
             return as_position_array(np.add(a, d, dtype=np.int64), name, self.stamp_shape)
 
-        return StampStructure(shift(self.row, drow, "row"), shift(self.col, dcol, "col"), self.imshape, self.imcorner)
+        row, col = shift(self.row, drow, "row"), shift(self.col, dcol, "col")
+        return StampStructure(row, col, self.imshape, self.imcorner)
 
     def take_sources(self, index) -> StampStructure:
         """A structure holding only the sources selected by ``index`` (along axis 2)."""

@@ -43,7 +43,7 @@ def _checked_values(arr: np.ndarray, name: str = "data") -> np.ndarray:
     no ``longdouble`` (NumPy's ``bincount`` and SciPy cannot compute in it).
     """
     dt = arr.dtype
-    if dt == object or dt.kind not in "biufc":
+    if dt.kind not in "biufc":
         raise TypeError(f"{name} must be a numeric or boolean array; got dtype {dt}")
     if not dt.isnative:
         arr = arr.astype(dt.newbyteorder("="))
@@ -302,7 +302,8 @@ class Sparse3D(NDArrayOperatorsMixin):
         dtype = np.dtype(dtype)
         if dtype == self.dtype and not copy:
             return self
-        return Sparse3D._from_parts(_checked_values(self._values.astype(dtype), f"astype({dtype})"), self._structure)
+        values = _checked_values(self._values.astype(dtype), f"astype({dtype})")
+        return Sparse3D._from_parts(values, self._structure)
 
     def copy(self) -> Sparse3D:
         """A copy (arrays are immutable, so this is rarely needed)."""
