@@ -94,6 +94,15 @@ def scatter_sum(
     return out
 
 
+def scipy_values(values: np.ndarray) -> np.ndarray:
+    """``values`` in a dtype ``scipy.sparse`` supports: float16 becomes float32, else unchanged.
+
+    SciPy has no float16 sparse matrices; every conversion to SciPy (``tocsr``, ``tocsc``,
+    ``tocoo``, ROI designs) therefore returns float32 for float16 arrays.
+    """
+    return values.astype(np.float32) if values.dtype == np.float16 else values
+
+
 def _scatter_image(structure, weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Sum stamp-shaped ``weights`` into the image ``(H, W)`` of ``structure``."""
     H, W = structure.imshape
@@ -119,22 +128,6 @@ def _as_weights(b, name: str):
     if b.dtype.kind not in "biufc":
         raise TypeError(f"{name}: weights must be numeric; got an array of dtype {b.dtype}")
     return b
-
-
-def _logical_values(S):
-    """``S`` with each (pixel, source)'s duplicates summed (in ``S.dtype``) into one element.
-
-    For operations that are not linear in the stored elements (bool sums saturate, counts of
-    non-zeros): the other duplicates become 0, off-image elements 0. ``S`` itself when no
-    stamp covers a pixel twice.
-    """
-    s = S._structure
-    if not s.has_duplicates:
-        return S
-    take, _, starts = s.coo_order
-    values = np.zeros(S._values.size, dtype=S.dtype)
-    values[take[starts]] = s.canonical(S._values)
-    return type(S)._from_parts(values.reshape(S.stamp_shape), s)
 
 
 def dot(a, b, out=None):
@@ -165,8 +158,6 @@ def dot(a, b, out=None):
     if b.ndim > 2:
         raise ValueError(f"weights must be (nsources,) or (nsources, k); got {b.ndim}-D shape {b.shape}")
     dtype = np.result_type(a.dtype, b.dtype)
-    if a.dtype == bool:
-        a = _logical_values(a)  # a bool stamp covering a pixel twice is True there, not 2
     s = a._structure
     H, W = a.imshape
     k = 1 if b.ndim == 1 else b.shape[1]
@@ -234,8 +225,6 @@ def _project(S, image: np.ndarray) -> np.ndarray:
     """``Aᵀ·y``: per-source sums of ``S * image``; image ``(H, W)`` → ``(n,)``, ``(H, W, m)`` → ``(n, m)``."""
     H, W = S.imshape
     dtype = np.result_type(S.dtype, image.dtype)
-    if S.dtype == bool:
-        S = _logical_values(S)
     fast = _fast_product(S, dtype, image.dtype)
     if fast == "kernel":
         s = S._structure
@@ -406,7 +395,7 @@ def _finish(result, S, axes: tuple[int, ...], keepdims: bool):
 
 
 def _reduce_canonical(S, ufunc: np.ufunc, axes: tuple[int, ...], dtype):
-    """Any reduction, from the canonical (deduplicated, sorted) elements into a dense result.
+    """Any reduction, from the canonical (sorted, in-image) elements into a dense result.
 
     Cells of the result start at the ufunc's identity (or the neutral element of an
     extremum); every stored element is folded in with ``ufunc.at``; cells that also cover
@@ -467,8 +456,6 @@ def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoVal
         return result if initial is _NoValue else ufunc(result, initial)
     if ufunc.identity is None and initial is _NoValue and 0 in [S.shape[i] for i in axes]:
         raise ValueError(f"zero-size array to reduction operation {ufunc.__name__} which has no identity")
-    if ufunc is np.add and S.dtype == bool:
-        S = _logical_values(S)
     s = S._structure
     v = S._values
     m = None if s.all_in_image else s.in_image
@@ -481,7 +468,7 @@ def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoVal
         elif axes == (2,):
             out_dtype = np.sum(np.zeros(1, dtype=v.dtype), dtype=dtype).dtype
             result = _scatter_image(s, v, out_dtype)
-    elif ufunc in _EXTREMA and dtype is None and v.dtype.kind in "biuf" and not s.has_duplicates:
+    elif ufunc in _EXTREMA and dtype is None and v.dtype.kind in "biuf":
         kind = _EXTREMA[ufunc]
         neutral = _neutral(kind, v.dtype)
         zero = np.zeros((), dtype=v.dtype)
@@ -551,14 +538,14 @@ def _min(a, axis=None, out=None, keepdims=False, initial=_NoValue, where=True):
 def _any(a, axis=None, out=None, keepdims=False, *, where=True):
     """``np.any``: whether any logical element is non-zero."""
     _refuse_out(out, "np.any")
-    return _reduce(_logical_values(a).astype(bool), np.logical_or, axis, keepdims=keepdims, where=where)
+    return _reduce(a.astype(bool), np.logical_or, axis, keepdims=keepdims, where=where)
 
 
 @implements(np.all)
 def _all(a, axis=None, out=None, keepdims=False, *, where=True):
     """``np.all``: whether every logical element is non-zero (off-stamp zeros make it False)."""
     _refuse_out(out, "np.all")
-    return _reduce(_logical_values(a).astype(bool), np.logical_and, axis, keepdims=keepdims, where=where)
+    return _reduce(a.astype(bool), np.logical_and, axis, keepdims=keepdims, where=where)
 
 
 @implements(np.mean)
@@ -583,7 +570,6 @@ def _without_nan(a):
 @implements(np.nansum)
 def _nansum(a, axis=None, dtype=None, out=None, keepdims=False, initial=_NoValue, where=True):
     """``np.nansum``: NaN stamp values count as zero."""
-    a = _logical_values(a)  # duplicates summed first: a NaN in a pixel's sum makes it NaN
     return _sum(
         _without_nan(a), axis=axis, dtype=dtype, out=out, keepdims=keepdims, initial=initial, where=where
     )
@@ -604,7 +590,7 @@ def _all_nan_to_nan(a, result, axis, keepdims, initial):
         return result
     axes = _normalize_axes(axis)
     count = int(np.prod([a.shape[i] for i in axes]))
-    nans = _reduce(np.isnan(_logical_values(a)), np.add, axes, dtype=np.intp, keepdims=keepdims)
+    nans = _reduce(np.isnan(a), np.add, axes, dtype=np.intp, keepdims=keepdims)
     out = np.where(nans == count, a.dtype.type(np.nan), result)
     return out[()] if out.ndim == 0 else out
 
@@ -626,7 +612,6 @@ def _nanmean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=True):
     count = int(np.prod([a.shape[i] for i in axes]))
     if a.dtype.kind not in "fc":
         return _mean(a, axis=axes, dtype=dtype, keepdims=keepdims, where=where)
-    a = _logical_values(a)  # NaN-ness of each logical element (duplicates summed)
     nans = _reduce(np.isnan(a), np.add, axes, dtype=np.intp, keepdims=keepdims)
     total = _reduce(_without_nan(a), np.add, axes, dtype=dtype, keepdims=keepdims)
     result = total / (count - nans)
@@ -636,8 +621,8 @@ def _nanmean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=True):
 
 @implements(np.count_nonzero)
 def _count_nonzero(a, axis=None, *, keepdims=False):
-    """Logical non-zeros (duplicates summed first); the same return types as ``np.sum``."""
-    return _reduce(_logical_values(a).astype(bool), np.add, axis, dtype=np.intp, keepdims=keepdims)
+    """Logical non-zeros; the same return types as ``np.sum``."""
+    return _reduce(a.astype(bool), np.add, axis, dtype=np.intp, keepdims=keepdims)
 
 
 # -------------------------------------------------------------------------------------------
@@ -806,14 +791,13 @@ def _logical_operands(a, b):
 
 
 def _stored_pair(a, b):
-    """Stored values of two Sparse3D sharing a structure without duplicates, else None."""
+    """In-image stored values of two Sparse3D sharing a structure, else None."""
     Sparse3D = _S()
     if isinstance(a, Sparse3D) and isinstance(b, Sparse3D) and a._structure.equals(b._structure):
         s = a._structure
-        if not s.has_duplicates:
-            if s.all_in_image:
-                return a._values, b._values
-            return a._values[s.in_image], b._values[s.in_image]
+        if s.all_in_image:
+            return a._values, b._values
+        return a._values[s.in_image], b._values[s.in_image]
     return None
 
 

@@ -20,9 +20,9 @@ MB = 1024**2
 
 
 def _scene(seed=0):
-    """A mid-size scene with overlaps, edge-hanging stamps and duplicate pixels."""
+    """A mid-size scene with overlaps and edge-hanging stamps."""
     return random_scene(
-        seed, imshape=(120, 150), stamp=(5, 6), nsources=150, imcorner=(-3, 8), duplicates=True
+        seed, imshape=(120, 150), stamp=(5, 6), nsources=150, imcorner=(-3, 8)
     )
 
 
@@ -231,7 +231,7 @@ def test_huge_image_without_image_sized_allocations(side):
 
 # ---- float32 ------------------------------------------------------------------------------
 def test_float32_stays_float32():
-    sc = random_scene(9, dtype=np.float32, duplicates=True)
+    sc = random_scene(9, dtype=np.float32)
     S = sc.build()
     w = np.ones(S.nsources, dtype=np.float32)
     f32 = np.dtype(np.float32)
