@@ -54,6 +54,7 @@ Factory = Callable[[Scene], Prepared]
 #: Case name -> one-line description, in report order.
 CASES: dict[str, str] = {
     "pipeline": "construct X, Y + build L (tutorial expression) + L.dot(w)",
+    "pipeline_f32": "the pipeline on float32 offsets, phases and brightnesses",
     "construct_xy": "construct X and Y from the raw stamp arrays",
     "build_L": "L = exp(-0.5*((X-rp)**2/s**2 + (Y-cp)**2/s**2)) * 1/(2 pi s**2)",
     "build_L_hint": "hint variant: dX1, dY1 from arrays, exp(dX1 + dY1) * c",
@@ -73,6 +74,11 @@ CASES: dict[str, str] = {
     "fit": "fit brightnesses to the noisy image",
     "fit_frames100": "fit brightnesses to 100 noisy frames (H, W, 100) at once",
 }
+
+#: Cases timed interleaved with a reference case, whose runs are stored as ``"<impl>@<case>"``
+#: (float32 against float64 in the same rounds: a ratio of two cases timed minutes apart
+#: on a shared machine says more about the load than about the code).
+PAIRED = {"pipeline_f32": "pipeline"}
 
 #: Cases that need ``scene.fake_data``.
 NEEDS_FAKE_DATA = frozenset({"tensordot", "fit", "fit_frames100"})

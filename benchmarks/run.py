@@ -147,6 +147,10 @@ def _fill(results: dict, out: dict, cases: list[str], impls: list[str], rename: 
             else:
                 entry = out["results"].get(case, {}).get(impl, {"status": "missing"})
             results.setdefault(case, {})[name] = entry
+            paired = f"{impl}@"  # a reference case timed in the same rounds (cases.PAIRED)
+            for key, value in out.get("results", {}).get(case, {}).items():
+                if key.startswith(paired) and not rename:
+                    results[case][key] = value
 
 
 def time_cases(
@@ -265,7 +269,14 @@ def run_scaling_series(args, env: dict, repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; returns 0 even when targets are missed (see the report)."""
     from benchmarks.report import full_report
-    from benchmarks.targets import absolute_checks, cold_rows, memory_rows, time_rows
+    from benchmarks.targets import (
+        absolute_checks,
+        cold_rows,
+        limit_rows,
+        memory_rows,
+        spread_rows,
+        time_rows,
+    )
 
     args = parse_args(argv)
     spec = scene_spec(args)
@@ -290,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     scaling = run_scaling_series(args, env, repeats) if args.scaling else None
 
     reported = impls + (["legacy", "numpy@legacy"] if legacy_on else [])
-    ratios = time_rows(results) + memory_rows(memory) + cold_rows(memory)
+    ratios = time_rows(results) + limit_rows(results, out.get("limit")) + spread_rows(results)
+    ratios += memory_rows(memory) + cold_rows(memory)
     absolute = absolute_checks(results, imports, scaling)
     verdicts = [r.passed for r in ratios if r.passed is not None]
     verdicts += [c["passed"] for c in absolute if c["passed"] is not None]
@@ -313,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": out.get("versions"),
             "library": out.get("library"),
             "legacy": legacy_info,
+            "limit": out.get("limit"),
         },
         "results": results,
         "memory": memory,

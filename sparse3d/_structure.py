@@ -30,6 +30,7 @@ from functools import cached_property
 
 import numpy as np
 
+from . import _pool
 from ._options import check_dense_allocation
 
 __all__ = ["StampStructure", "structure_from_positions"]
@@ -103,11 +104,13 @@ def _as_pair(value, name: str, *, positive: bool) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def as_position_array(a, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def as_position_array(a, name: str, shape: tuple[int, ...], extent: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Validate a ``row``/``col`` argument and return an owned, read-only integer array.
 
     Integer arrays and integer-valued float arrays are accepted; anything else (fractional,
-    NaN/inf, bool, object) is rejected with an error naming ``name``.
+    NaN/inf, bool, object) is rejected with an error naming ``name``. The stored type is
+    :func:`position_dtype` of the values and of ``extent`` (the image's positions along
+    this axis); broadcast inputs stay broadcast (:func:`owned_copy`).
     """
     try:
         arr = np.asarray(a)
@@ -131,8 +134,42 @@ def as_position_array(a, name: str, shape: tuple[int, ...]) -> np.ndarray:
     lo = int(arr.min()) if arr.size else 0
     hi = int(arr.max()) if arr.size else 0
     check_position_range(lo, hi, name)
-    dtype = index_dtype(abs(lo), abs(hi))
-    return _readonly(np.array(arr, dtype=dtype, order="C", copy=True))
+    return owned_copy(arr, position_dtype(lo, hi, extent))
+
+
+_INT16 = np.iinfo(np.int16)
+
+
+def position_dtype(lo: int, hi: int, extent: tuple[int, int] = (0, 0)) -> np.dtype:
+    """Smallest safe integer type (int16, int32 or int64) for positions in ``[lo, hi]``.
+
+    ``extent`` is the range of the image's own positions along the same axis
+    (``(r0, r0 + H)``): int16 is chosen only when positions and image bounds both fit, so
+    positions relative to the image fit too. The library computes pixel indices in int64.
+    """
+    a, b = min(lo, *extent), max(hi, *extent)
+    if _INT16.min <= a and b <= _INT16.max:
+        return np.dtype(np.int16)
+    return index_dtype(abs(lo), abs(hi))
+
+
+def owned_copy(arr: np.ndarray, dtype=None) -> np.ndarray:
+    """A read-only copy of ``arr`` (cast to ``dtype``) that no one else can modify.
+
+    Broadcast inputs are not expanded: only the distinct elements (the axes with a non-zero
+    stride) are copied, and the copy is broadcast back to ``arr.shape`` as a read-only view
+    whose owner is read-only too. Everything else becomes a C-contiguous copy.
+    """
+    dtype = arr.dtype if dtype is None else np.dtype(dtype)
+    if arr.ndim and arr.size > 1 and 0 in arr.strides:
+        index = tuple(slice(0, 1) if st == 0 else slice(None) for st in arr.strides)
+        compact = _readonly(np.array(arr[index], dtype=dtype, order="C", copy=True))
+        return np.broadcast_to(compact, arr.shape)  # read-only; its base is read-only
+    buf = _pool.take(arr.shape, dtype) if arr.nbytes >= _pool.MIN_BYTES else None
+    if buf is None:
+        return _readonly(np.array(arr, dtype=dtype, order="C", copy=True))
+    np.copyto(buf, arr, casting="unsafe")  # overwrites all of the pooled buffer
+    return _readonly(buf)
 
 
 class StampStructure:
@@ -318,9 +355,13 @@ class StampStructure:
         def shift(a: np.ndarray, d: int, name: str) -> np.ndarray:
             if a.size:
                 check_position_range(int(a.min()) + d, int(a.max()) + d, f"{name} translated by {d}")
-            return as_position_array(np.add(a, d, dtype=np.int64), name, self.stamp_shape)
+            return as_position_array(np.add(a, d, dtype=np.int64), name, self.stamp_shape, extent)
 
-        row, col = shift(self.row, drow, "row"), shift(self.col, dcol, "col")
+        (H, W), (r0, c0) = self.imshape, self.imcorner
+        extent = (r0, r0 + H)
+        row = shift(self.row, drow, "row")
+        extent = (c0, c0 + W)
+        col = shift(self.col, dcol, "col")
         return StampStructure(row, col, self.imshape, self.imcorner)
 
     def take_sources(self, index) -> StampStructure:
@@ -429,8 +470,9 @@ def structure_from_positions(row, col, stamp_shape, imshape, imcorner) -> StampS
             break
         if np.array_equal(r, cand.row) and np.array_equal(c, cand.col):
             return cand
-    row = as_position_array(row, "row", stamp_shape)
-    col = as_position_array(col, "col", stamp_shape)
+    (H, W), (r0, c0) = imshape, imcorner
+    row = as_position_array(row, "row", stamp_shape, (r0, r0 + H))
+    col = as_position_array(col, "col", stamp_shape, (c0, c0 + W))
     check_distinct(row, col)
     struct = StampStructure(row, col, imshape, imcorner)
     with _CACHE_LOCK:

@@ -33,6 +33,8 @@ import sys
 import numpy as np
 from numpy.lib import mixins as _mixins
 
+from . import _pool
+
 __all__ = ["array_ufunc", "stamp_operand", "common_structure", "apply_elementwise"]
 
 
@@ -153,8 +155,13 @@ def apply_elementwise(func, args, kwargs=None, name: str | None = None, reuse=No
         finally:
             buf.flags.writeable = False
         return _wrap(result, structure)
+    out = None
+    if isinstance(func, np.ufunc) and func.nout == 1 and not kwargs:
+        dtype = _result_dtype(func, ops)
+        if dtype is not None and np.prod(structure.stamp_shape) * dtype.itemsize >= _pool.MIN_BYTES:
+            out = _pool.take(structure.stamp_shape, dtype)  # a dead array's buffer, rewritten whole
     try:
-        result = func(*ops, **(kwargs or {}))
+        result = func(*ops, **(kwargs or {})) if out is None else func(*ops, out=out)
     except (ValueError, ArithmeticError):
         if structure.all_in_image:
             raise

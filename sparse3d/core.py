@@ -14,9 +14,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
-from . import _functions, _ufuncs
+from . import _functions, _pool, _ufuncs
 from ._options import check_dense_allocation
-from ._structure import StampStructure, _as_pair, index_dtype, readonly_view, structure_from_positions
+from ._structure import (
+    StampStructure,
+    _as_pair,
+    index_dtype,
+    owned_copy,
+    readonly_view,
+    structure_from_positions,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
@@ -57,12 +64,11 @@ def _checked_values(arr: np.ndarray, name: str = "data") -> np.ndarray:
 
 def _owned_values(data, name: str = "data") -> np.ndarray:
     try:
-        arr = np.array(data, copy=True, order="C")
+        arr = np.asarray(data)
     except ValueError as exc:  # ragged nested sequences
         raise ValueError(f"{name} must be a regular (non-ragged) numeric array: {exc}") from None
-    arr = _checked_values(arr, name)
-    arr.flags.writeable = False
-    return arr
+    # a copy no one else can modify; broadcast inputs are copied compactly, not expanded
+    return owned_copy(_checked_values(arr, name))
 
 
 class Sparse3D(NDArrayOperatorsMixin):
@@ -146,6 +152,13 @@ class Sparse3D(NDArrayOperatorsMixin):
         obj._values = values
         obj._structure = structure
         return obj
+
+    def __del__(self):
+        # the values buffer of a dying array goes to the pool if no one else holds it
+        try:
+            _pool.give_back(self._values, 1)
+        except Exception:  # noqa: BLE001 - never raise from __del__ (interpreter shutdown, ...)
+            pass
 
     def with_data(self, data) -> Sparse3D:
         """A new array with the same stamps (positions, bounds) and new stamp values.
