@@ -137,9 +137,6 @@ def as_position_array(a, name: str, shape: tuple[int, ...], extent: tuple[int, i
     return owned_copy(arr, position_dtype(lo, hi, extent))
 
 
-_INT16 = np.iinfo(np.int16)
-
-
 def position_dtype(lo: int, hi: int, extent: tuple[int, int] = (0, 0)) -> np.dtype:
     """Smallest safe integer type (int16, int32 or int64) for positions in ``[lo, hi]``.
 
@@ -148,9 +145,11 @@ def position_dtype(lo: int, hi: int, extent: tuple[int, int] = (0, 0)) -> np.dty
     positions relative to the image fit too. The library computes pixel indices in int64.
     """
     a, b = min(lo, *extent), max(hi, *extent)
-    if _INT16.min <= a and b <= _INT16.max:
-        return np.dtype(np.int16)
-    return index_dtype(abs(lo), abs(hi))
+    for dtype in (np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= a and b <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
 
 
 def owned_copy(arr: np.ndarray, dtype=None) -> np.ndarray:
