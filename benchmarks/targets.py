@@ -212,9 +212,23 @@ def memory_rows(memory: dict) -> list[Row]:
     return rows
 
 
-def absolute_checks(results: dict, imports: dict, scaling: dict | None) -> list[dict]:
-    """Targets on absolute numbers: ``sel`` time, import time, scaling."""
+def absolute_checks(
+    results: dict, imports: dict, scaling: dict | None, scale: dict | None = None
+) -> list[dict]:
+    """Targets on absolute numbers: ``sel`` time, import time, scaling, the pipeline at scale."""
     out = []
+    if scale:
+        H, W = scale["imshape"]
+        name = f"pipeline, {scale['nsources']:,} sources on {H}x{W} (lean inputs): peak RSS"
+        peak = scale.get("peak_rss_bytes") if scale.get("status") == "ok" else None
+        out.append(
+            {
+                "name": name if peak else f"{name}: {scale.get('status')} ({scale.get('reason', '')})",
+                "value": peak,
+                "target": scale.get("limit_bytes"),
+                "passed": None if peak is None and scale.get("status") == "skipped" else bool(peak),
+            }
+        )
     sel = _median(results, "xarray_sel", "sparse3d")
     if sel is not None:
         out.append(
