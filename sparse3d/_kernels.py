@@ -31,6 +31,9 @@ KERNEL_DTYPES = frozenset(np.dtype(t) for t in ("float32", "float64", "complex64
 #: Below this many stamp elements the NumPy path is used (no numba import, no dispatch cost).
 MIN_ELEMENTS = 50_000
 
+#: Images up to this size are scattered into / gathered from in one sweep of the stamps.
+CACHE_IMAGE_BYTES = 16 * 2**20
+
 _COMPILED: dict[str, object] = {}
 _AVAILABLE: bool | None = None
 
@@ -65,34 +68,50 @@ def use_kernel(nelements: int, dtype, *operand_dtypes) -> bool:
 
 
 # -- the loops (plain Python; compiled by numba on first use) ------------------------------
-def _scatter_loop(row, col, values, w, r0, c0, out):  # pragma: no cover - runs compiled
+def _scatter_loop(row, col, values, w, r0, c0, out, block):  # pragma: no cover - runs compiled
     nr, nc, n = values.shape
     H, W, m = out.shape
-    for i in range(nr):
-        for j in range(nc):
-            for k in range(n):
-                r = row[i, j, k] - r0
-                c = col[i, j, k] - c0
-                if r < 0 or r >= H or c < 0 or c >= W:
-                    continue
-                v = values[i, j, k]
-                for q in range(m):
-                    out[r, c, q] += v * w[k, q]
+    for k0 in range(0, n, block):
+        k1 = min(k0 + block, n)
+        for i in range(nr):
+            for j in range(nc):
+                for k in range(k0, k1):
+                    r = row[i, j, k] - r0
+                    c = col[i, j, k] - c0
+                    if r < 0 or r >= H or c < 0 or c >= W:
+                        continue
+                    v = values[i, j, k]
+                    for q in range(m):
+                        out[r, c, q] += v * w[k, q]
 
 
-def _gather_loop(row, col, values, image, r0, c0, out):  # pragma: no cover - runs compiled
+def _gather_loop(row, col, values, image, r0, c0, out, block):  # pragma: no cover - runs compiled
     nr, nc, n = values.shape
     H, W, m = image.shape
-    for i in range(nr):
-        for j in range(nc):
-            for k in range(n):
-                r = row[i, j, k] - r0
-                c = col[i, j, k] - c0
-                if r < 0 or r >= H or c < 0 or c >= W:
-                    continue
-                v = values[i, j, k]
-                for q in range(m):
-                    out[k, q] += v * image[r, c, q]
+    for k0 in range(0, n, block):
+        k1 = min(k0 + block, n)
+        for i in range(nr):
+            for j in range(nc):
+                for k in range(k0, k1):
+                    r = row[i, j, k] - r0
+                    c = col[i, j, k] - c0
+                    if r < 0 or r >= H or c < 0 or c >= W:
+                        continue
+                    v = values[i, j, k]
+                    for q in range(m):
+                        out[k, q] += v * image[r, c, q]
+
+
+def _block(n: int, image_bytes: int) -> int:
+    """Sources per block of the loops' outer level.
+
+    One block (stamp pixel outermost, every source inside) reads the stamp block once in
+    memory order, and is fastest while the image stays in the last-level cache. Beyond
+    that, each stamp pixel would land on a random image page: blocks of 32 sources visit a
+    few sources' whole stamps at a time (4x faster at 8192² measured), reading each stamp
+    row as a cache line.
+    """
+    return max(n, 1) if image_bytes <= CACHE_IMAGE_BYTES else 32
 
 
 def _compiled(name: str):
@@ -125,7 +144,8 @@ def scatter(row, col, values, w, imcorner, imshape, dtype) -> np.ndarray:
     H, W = imshape
     out = np.zeros((H, W, w.shape[1]), dtype=dtype)
     w = np.ascontiguousarray(w, dtype=dtype)
-    _compiled("_scatter_loop")(row, col, values, w, int(imcorner[0]), int(imcorner[1]), out)
+    block = _block(values.shape[2], out.nbytes)
+    _compiled("_scatter_loop")(row, col, values, w, int(imcorner[0]), int(imcorner[1]), out, block)
     return out
 
 
@@ -138,5 +158,6 @@ def gather(row, col, values, image, imcorner, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     n = values.shape[2]
     out = np.zeros((n, image.shape[2]), dtype=dtype)
-    _compiled("_gather_loop")(row, col, values, image, int(imcorner[0]), int(imcorner[1]), out)
+    block = _block(n, image.nbytes)
+    _compiled("_gather_loop")(row, col, values, image, int(imcorner[0]), int(imcorner[1]), out, block)
     return out

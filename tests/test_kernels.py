@@ -167,3 +167,17 @@ def test_unsupported_dtypes_use_the_numpy_path(monkeypatch):
     np.testing.assert_array_equal(got, np.tensordot(sc.dense(), np.arange(5), axes=([2], [0])))
     assert not _kernels.use_kernel(10**9, np.float64, np.float16)
     assert not _kernels.use_kernel(10**9, np.float64, np.dtype(">f8"))
+
+
+@pytest.mark.parametrize("imcorner", CORNERS)
+def test_blocked_sweep_for_large_images_matches_dense(monkeypatch, imcorner):
+    """Images beyond the cache are swept in blocks of sources; same sums."""
+    monkeypatch.setattr(_kernels, "CACHE_IMAGE_BYTES", 0)
+    rng = np.random.default_rng(21)
+    sc = random_scene(rng, imcorner=imcorner, nsources=70)  # 3 blocks of 32 sources
+    S = sc.build()
+    w = rng.normal(size=(70, 2))
+    np.testing.assert_allclose(np.dot(S, w), np.tensordot(sc.dense(), w, axes=([2], [0])), atol=1e-12)
+    image = rng.normal(size=sc.imshape)
+    got = np.tensordot(sc.build(), image, axes=([0, 1], [0, 1]))
+    np.testing.assert_allclose(got, np.tensordot(sc.dense(), image, axes=([0, 1], [0, 1])), atol=1e-12)
