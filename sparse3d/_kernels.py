@@ -14,9 +14,10 @@ stays float32. The loops are serial, in a fixed order, so results are determinis
 (bit-identical from call to call, whatever the cache state).
 
 numba is imported the first time a kernel is needed (never at ``import sparse3d``) and the
-compiled code is cached on disk (``cache=True``), so the compile cost (~1 s per dtype
-combination) is paid once per machine, not per process. When numba is missing, or the
-input is tiny (:data:`MIN_ELEMENTS`), callers use their NumPy path instead.
+compiled code is cached on disk (``cache=True``), so the compile cost (~2 s per dtype
+combination) is paid once per machine; a new process still pays ~1.5 s on its first
+kernel call (numba's import and loading the cached code). When numba is missing, or the
+input is small (:data:`MIN_ELEMENTS`), callers use their NumPy path instead.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ __all__ = ["available", "use_kernel", "scatter", "gather", "KERNEL_DTYPES", "MIN
 #: Result dtypes the kernels handle; others (integers, bool) use the NumPy path.
 KERNEL_DTYPES = frozenset(np.dtype(t) for t in ("float32", "float64", "complex64", "complex128"))
 
-#: Below this many stamp elements the NumPy path is used (no numba import, no dispatch cost).
-MIN_ELEMENTS = 50_000
+#: Below this many stamp elements the NumPy path is used: it takes a few ms there, while the
+#: first kernel call of a process costs ~0.4 s (import numba) + ~1 s (load the cached
+#: machine code; ~2 s to compile it the very first time on a machine).
+MIN_ELEMENTS = 1_000_000
 
 #: Images up to this size are scattered into / gathered from in one sweep of the stamps.
 CACHE_IMAGE_BYTES = 16 * 2**20

@@ -196,6 +196,14 @@ class StampStructure:
         self.imcorner = imcorner
         self._equal_to: weakref.WeakSet = weakref.WeakSet()
 
+    def __del__(self):
+        # positions no one else holds (no other structure, no view) go to the buffer pool
+        try:
+            _pool.give_back(self.row, 1)
+            _pool.give_back(self.col, 1)
+        except Exception:  # noqa: BLE001 - never raise from __del__
+            pass
+
     # -- basic facts -------------------------------------------------------------------
     @property
     def stamp_shape(self) -> tuple[int, int, int]:

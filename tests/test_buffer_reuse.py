@@ -217,3 +217,22 @@ def test_errors_raised_by_numpy_leave_operands_intact(S):
         with pytest.raises(FloatingPointError):
             (S - S) / 0.0
     np.testing.assert_array_equal((S - S).data, t_snap)
+
+
+def test_positions_held_by_a_view_or_another_structure_are_never_recycled():
+    sc = random_scene(9, nsources=8)
+    S = sc.build()
+    row_view, col_view = S.row, S.col
+    cutout = S[1:-1, 2:-2]  # another structure on the same position arrays
+    snap = row_view.copy(), col_view.copy()
+    del S
+    gc.collect()
+    for k in range(4):  # new structures of the same shape take pooled position buffers
+        other = random_scene(100 + k, nsources=8).build()
+        other.dot(np.ones(8))
+        del other
+        gc.collect()
+    np.testing.assert_array_equal(row_view, snap[0])
+    np.testing.assert_array_equal(col_view, snap[1])
+    np.testing.assert_array_equal(cutout.row, snap[0])
+    np.testing.assert_allclose(cutout.todense(), sc.dense()[1:-1, 2:-2])
