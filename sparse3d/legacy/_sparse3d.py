@@ -274,6 +274,18 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         """``scipy.sparse.csc_matrix`` ``(H*W, nsubimages)`` at the current offset."""
         return self._cur.tocsc()
 
+    # scipy's methods build results with ``self.__class__``; here they are plain scipy matrices
+    def _with_data(self, data, copy: bool = True) -> sp.coo_matrix:
+        return sp.coo_matrix((data, tuple(self.coords)), shape=self.cooshape)
+
+    def transpose(self, axes=None, copy: bool = False) -> sp.coo_matrix:
+        """The ``(nsubimages, H*W)`` transpose, a ``scipy.sparse.coo_matrix``."""
+        return self.tocoo().transpose(axes=axes, copy=copy)
+
+    def reshape(self, *args, **kwargs) -> sp.coo_matrix:
+        """``scipy.sparse.coo_matrix.reshape`` of :meth:`tocoo`."""
+        return self.tocoo().reshape(*args, **kwargs)
+
     def to_v2(self) -> core.Sparse3D:
         """The 2.x :class:`sparse3d.Sparse3D` at the current offset (shares its values)."""
         return self._cur
