@@ -454,6 +454,77 @@ if importlib.util.find_spec("sparse3d._fit") is not None:
     ]
 
 
+if importlib.util.find_spec("sparse3d.legacy") is not None:
+    from sparse3d import legacy
+
+    def _L():
+        S = _S()
+        return legacy.ROISparse3D(S.data, S.row, S.col, S.imshape, 1, (4, 4), [(0, 0)])
+
+    def _moved(L):
+        L.translate((1, 0))
+        return L
+
+    CASES += [
+        Case(
+            "legacy-2d",
+            "`legacy.Sparse3D(np.ones((3, 3)), ...)`",
+            lambda: legacy.Sparse3D(np.ones((3, 3)), np.ones((3, 3)), np.ones((3, 3)), (5, 5)),
+            ValueError,
+            "data, row and col must be 3-D",
+        ),
+        Case(
+            "legacy-nsubimages",
+            "`legacy.Sparse3D(data, row, col, ...)`, 2 vs 1 subimages",
+            lambda: legacy.Sparse3D(np.ones((3, 3, 2)), np.ones((3, 3, 1)), np.ones((3, 3, 2)), (5, 5)),
+            ValueError,
+            "data has 2, row 1, col 2",
+        ),
+        Case(
+            "legacy-roi-corners",
+            "`legacy.ROISparse3D(..., nROIs=2, ROI_corners=[(0, 0)])`",
+            lambda: legacy.ROISparse3D(ONE, ONE, ONE, (5, 5), 2, (2, 2), [(0, 0)]),
+            ValueError,
+            "ROI_corners has 1 entries for nROIs=2",
+        ),
+        Case(
+            "legacy-operand-shape",
+            "`L + np.ones((2, 2, 2))` (not the stamp shape)",
+            lambda: _L() + np.ones((2, 2, 2)),
+            ValueError,
+            "does not broadcast against the stamp shape (3, 3, 2)",
+        ),
+        Case(
+            "legacy-offsets",
+            "`L1 + L2`, translated to different offsets",
+            lambda: _moved(_L()) + _L(),
+            ValueError,
+            "operands are translated to different offsets",
+        ),
+        Case(
+            "legacy-stack-offsets",
+            "`legacy.stack([L1, L2])`, different offsets",
+            lambda: legacy.stack([_moved(_L()), _L()]),
+            ValueError,
+            "Can only stack arrays translated to the same offset",
+        ),
+        Case(
+            "legacy-dot-type",
+            '`L.to_Sparse3D().dot("w")`',
+            lambda: _L().to_Sparse3D().dot("w"),
+            NotImplementedError,
+            "pass the weights as a numpy.ndarray",
+        ),
+        Case(
+            "legacy-index",
+            "`L[0, :, 1]`",
+            lambda: _L()[0, :, 1],
+            IndexError,
+            "Only full slices (:) are allowed for the first two dimensions",
+        ),
+    ]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case):
     with pytest.raises(case.error) as info:

@@ -64,7 +64,10 @@ class ROISparse3D(Sparse3D):
 
     def _set_rois(self, nROIs, ROI_size, ROI_corners) -> None:
         if len(ROI_corners) != nROIs:
-            raise ValueError("Must pass corners for all ROIs.")
+            raise ValueError(
+                "Must pass corners for all ROIs: "
+                f"ROI_corners has {len(ROI_corners)} entries for nROIs={nROIs}"
+            )
         self.nROIs = nROIs
         self.ROI_size = ROI_size
         self.ROI_corners = ROI_corners

@@ -86,9 +86,15 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
     def __init__(self, data, row, col, imshape, imcorner=(0, 0)) -> None:
         data, row, col = np.asarray(data), _as_positions(row), _as_positions(col)
         if not (data.ndim == 3 and row.ndim == 3 and col.ndim == 3):
-            raise ValueError("Pass a 3D array (nrow, ncol, nsubimages)")
+            raise ValueError(
+                "Pass a 3D array (nrow, ncol, nsubimages): data, row and col must be 3-D; got "
+                f"data {data.ndim}-D, row {row.ndim}-D, col {col.ndim}-D"
+            )
         if row.shape[-1] != data.shape[-1] or col.shape[-1] != data.shape[-1]:
-            raise ValueError("Must have the same 3rd dimension (nsubimages).")
+            raise ValueError(
+                "Must have the same 3rd dimension (nsubimages): data has "
+                f"{data.shape[-1]}, row {row.shape[-1]}, col {col.shape[-1]}"
+            )
         self._attach(core.Sparse3D(data, row, col, imshape, imcorner), (0, 0))
 
     # -- construction from 2.x arrays ---------------------------------------------------------
@@ -299,7 +305,10 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         if isinstance(other, (int, float, list)):
             other = np.atleast_1d(other)
         if not isinstance(other, np.ndarray):
-            raise NotImplementedError(f"dot products with type {type(other)} are not implemented.")
+            raise NotImplementedError(
+                f"dot products with type {type(other)} are not implemented; pass the weights as a "
+                "numpy.ndarray of shape (nsubimages,) or (nsubimages, k)"
+            )
         result = self._cur.dot(other)
         if np.ndim(result) == 3:
             result = result.transpose(2, 0, 1)
