@@ -32,7 +32,7 @@ _FROM_FIT = ("FitResult", "SingularNormalMatrixError", "UnconstrainedSourceWarni
 def __getattr__(name: str):
     # the fitting names import scipy and the solvers: load them on first use only
     if name in _FROM_FIT:
-        from . import _fit
+        from . import fit
 
-        return getattr(_fit, name)
+        return getattr(fit, name)
     raise AttributeError(f"module 'sparse3d' has no attribute {name!r}")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import sparse
     import xarray
 
-    from ._fit import FitResult
+    from .fit import FitResult
     from .roi import ROISparse3D
 
 __all__ = ["Sparse3D"]
@@ -483,7 +483,7 @@ class Sparse3D(NDArrayOperatorsMixin):
             from .dask import fit as dask_fit
 
             return dask_fit(self, data, errors, prior_mu, prior_sigma, mask)
-        from ._fit import fit_design
+        from .fit import fit_design
 
         return fit_design(
             self.tocsc(),

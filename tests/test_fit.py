@@ -1,4 +1,4 @@
-"""Tests of sparse3d._fit.fit_design against independent dense NumPy references.
+"""Tests of sparse3d.fit.fit_design against independent dense NumPy references.
 
 The design matrices are built densely with NumPy (Gaussian stamps at random
 positions) and converted with SciPy; the references solve the stacked,
@@ -13,14 +13,14 @@ import pytest
 import scipy.sparse
 import scipy.sparse.linalg
 
-from sparse3d import _fit
-from sparse3d._fit import (
+from sparse3d.fit import (
     FitResult,
     SingularNormalMatrixError,
     UnconstrainedSourceWarning,
     available_solvers,
     fit_design,
 )
+from sparse3d.fit import solve as _fit
 
 SOLVERS = ["cholmod", "superlu"]
 
