@@ -479,10 +479,9 @@ class Sparse3D(NDArrayOperatorsMixin):
             When sources that do have data are degenerate (e.g. identical stamps); the
             exception lists them in ``.sources``.
         """
-        if type(data).__module__.startswith("dask"):  # lazy weights; see sparse3d.dask.fit
-            from .dask import fit as dask_fit
-
-            return dask_fit(self, data, errors, prior_mu, prior_sigma, mask)
+        backend = _functions.lazy_backend(data)
+        if backend is not None:  # lazy weights on Dask frames; see sparse3d.dask.fit
+            return backend.fit(self, data, errors, prior_mu, prior_sigma, mask)
         from .fit import fit_design
 
         return fit_design(

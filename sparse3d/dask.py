@@ -1,8 +1,10 @@
 """Dask-backed models and fits: model cubes, many-frame fits and scenes split by source.
 
 Nothing here is imported by ``import sparse3d``; the NumPy functions of :class:`Sparse3D`
-delegate to this module when an operand is a Dask array, so the same code runs eagerly on
-NumPy arrays and lazily on Dask arrays::
+delegate to this module when an operand is a Dask array (through the backend it registers
+with the core's function registry, which itself never imports Dask; the first Dask operand
+imports this module), so the same code runs eagerly on NumPy arrays and lazily on Dask
+arrays::
 
     import dask.array as da
     w = da.from_array(lightcurves, chunks=(nsources, 50))   # (nsources, k), chunked in time
@@ -36,6 +38,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from . import _functions
 from .core import Sparse3D
 
 __all__ = [
@@ -663,3 +666,8 @@ def _fit_per_frame_errors(S, data, errors, prior_mu, prior_sigma, mask, solver) 
         n_factorizations=int(data.shape[2]),
         _design=S,
     )
+
+
+# The core's NumPy functions (np.dot, np.tensordot, S.fit) reach this module through this
+# hook: sparse3d._functions never imports sparse3d.dask.
+_functions.register_lazy_backend("dask", _functions.LazyBackend(dot=dot, tensordot=tensordot, fit=fit))
