@@ -384,3 +384,25 @@ def test_results_are_those_of_the_2x_core(parts):
     corners = [(0, 0), (4, 6)]
     Q = ROISparse3D(data, row, col, imshape, 2, (5, 5), corners, imcorner)
     np.testing.assert_array_equal(Q.dot(W3), np.moveaxis(V.roi(corners, (5, 5)).dot(W3), -1, 1))
+
+
+# ---- the shared small scenes: corners, float32, 0 and 1 sources, a one-pixel image -----------------
+def test_scenes_against_dense(scene):
+    data, row, col, imshape, imcorner = scene.data, scene.row, scene.col, scene.imshape, scene.imcorner
+    n = data.shape[-1]
+    rtol = 1e-5 if data.dtype == np.float32 else 1e-12
+    rng = np.random.default_rng(n)
+    w, W2 = rng.normal(size=n), rng.normal(size=(n, 2))
+    S = Sparse3D(data, row, col, imshape, imcorner)
+    corners = [imcorner, (imcorner[0] + imshape[0] - 2, imcorner[1] + imshape[1] - 2)]
+    Q = ROISparse3D(data, row, col, imshape, 2, (3, 4), corners, imcorner)
+    for off in [(0, 0), (1, -2), (-3, 4)]:
+        S.translate(off)
+        Q.translate(off)
+        cube = dense(data, row, col, imshape, imcorner, off)
+        np.testing.assert_allclose(S.dot(w), model(cube, w), rtol=rtol, atol=1e-6)
+        np.testing.assert_allclose(S.dot(W2), model(cube, W2), rtol=rtol, atol=1e-6)
+        np.testing.assert_allclose(S.toarray(), cube.reshape(imshape[0] * imshape[1], n), rtol=rtol)
+        np.testing.assert_allclose(Q.dot(W2), windows(model(cube, W2), corners, (3, 4), imcorner), atol=1e-5)
+        np.testing.assert_allclose((S * 2).dot(w), 2 * model(cube, w), rtol=rtol, atol=1e-5)
+    assert S.shape == (imshape[0] * imshape[1], n)
