@@ -320,7 +320,7 @@ def _flux_figure(plt, path: Path, truth, weights, weights_err) -> None:
     lo = min(t.min(), np.min(np.abs(w[w != 0]), initial=t.min()))
     hi = max(t.max(), w.max())
     line = np.geomspace(lo, hi, 200)
-    ax.plot(line, line, c="r", ls="--", label="1:1")
+    ax.plot(line, line, c="r", ls="--", zorder=3, label="1:1")
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=linthresh)
     ax.axhspan(
