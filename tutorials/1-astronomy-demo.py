@@ -330,4 +330,4 @@ for label, seconds in [
     ("fit (spsolve)", t_fit),
     ("two weighted fits + errors (L.fit)", t_lfit),
 ]:
-    print(f"{label:<32} {seconds:8.3f} s")
+    print(f"{label:<36} {seconds:8.3f} s")

@@ -130,7 +130,10 @@ frames
 
 # %% [markdown]
 # The Sparse3D went into the task graph once, as a single key that every chunk's task refers
-# to; on a cluster it is pickled (values and positions only) and sent once, not once per task.
+# to. With a distributed client active, a large array is not put into the graph at all: it is
+# scattered to the cluster once (`client.scatter`), and the graph holds its future. Every
+# `compute` below reuses it, and the graphs sent to the scheduler stay small (no "Sending large
+# graph" warning). The fit's factorised solver is shipped the same way.
 #
 # A quick look at one frame computes only the chunk holding it:
 
