@@ -454,6 +454,45 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
     ]
 
 
+# ---- the demo (python -m sparse3d demo; the command line turns these into usage errors) ----
+CASES += [
+    Case(
+        "demo-seed",
+        "`run_demo(seed=-1)` (`python -m sparse3d demo --seed -1`)",
+        lambda: _run_demo()(imshape=(8, 8), nsources=1, seed=-1, plots=False),
+        ValueError,
+        "seed must be a non-negative integer",
+    ),
+    Case(
+        "demo-nsources",
+        "`run_demo(nsources=0)` (`--nsources 0`)",
+        lambda: _run_demo()(imshape=(8, 8), nsources=0, plots=False),
+        ValueError,
+        "nsources must be a positive integer",
+    ),
+    Case(
+        "demo-imshape",
+        "`run_demo(imshape=(64, -3))` (`--imshape 64 -3`)",
+        lambda: _run_demo()(imshape=(64, -3), nsources=1, plots=False),
+        ValueError,
+        "imshape must be two positive integers",
+    ),
+    Case(
+        "demo-output",
+        "`run_demo(output=path)`, `path` not creatable or not writable (`--output`)",
+        lambda: _run_demo()(imshape=(8, 8), nsources=1, output=Path(__file__) / "figures"),
+        OSError,
+        "is not writable",
+    ),
+]
+
+
+def _run_demo():
+    from sparse3d._demo import run_demo
+
+    return run_demo
+
+
 if importlib.util.find_spec("sparse3d.legacy") is not None:
     from sparse3d import legacy
 
