@@ -127,3 +127,21 @@ def test_scale_case_runs_tiny(smoke):
     assert 0 < scale["peak_rss_bytes"] < scale["limit_bytes"]
     check = next(c for c in smoke["absolute"] if "peak RSS" in c["name"])
     assert check["passed"] is True
+
+
+def test_compat_jitter_loop_smoke(tmp_path):
+    """benchmarks.compat: legacy and 2.x loops run, agree, and give finite ratios (no 1.2.11)."""
+    out = tmp_path / "compat.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compat", "--smoke", "--repeats", "2", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r["case"] for r in results] == ["scene", "roiscene"]
+    for r in results:
+        assert math.isfinite(r["ratios"]["legacy / 2.x"]) and r["ratios"]["legacy / 2.x"] > 0
+        assert max(r["max_rel_difference"].values()) <= 1e-12
