@@ -140,13 +140,16 @@ class ROISparse3D:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
         inside = s.in_image
-        big = np.iinfo(np.int64).max  # positions may exceed int32 (up to 2**61)
-        row = np.where(inside, s.row, big)
-        col = np.where(inside, s.col, big)
-        rmin, cmin = row.min(axis=(0, 1)), col.min(axis=(0, 1))
-        row = np.where(inside, s.row, -big)
-        col = np.where(inside, s.col, -big)
-        rmax, cmax = row.max(axis=(0, 1)), col.max(axis=(0, 1))
+        # fill off-image elements with the extremes of the stored position type: a Python int
+        # beyond it would wrap silently inside np.where (int16/int32 positions)
+        big, small = np.iinfo(s.row.dtype).max, np.iinfo(s.row.dtype).min
+        bigc, smallc = np.iinfo(s.col.dtype).max, np.iinfo(s.col.dtype).min
+        row = np.where(inside, s.row, s.row.dtype.type(big))
+        col = np.where(inside, s.col, s.col.dtype.type(bigc))
+        rmin, cmin = row.min(axis=(0, 1)).astype(np.int64), col.min(axis=(0, 1)).astype(np.int64)
+        row = np.where(inside, s.row, s.row.dtype.type(small))
+        col = np.where(inside, s.col, s.col.dtype.type(smallc))
+        rmax, cmax = row.max(axis=(0, 1)).astype(np.int64), col.max(axis=(0, 1)).astype(np.int64)
         # sources whose in-image bounding box meets some window, in blocks of windows
         hit = np.zeros(n, dtype=bool)
         cr, cc = self.corners[:, 0], self.corners[:, 1]

@@ -85,3 +85,17 @@ def test_broadcast_positions_are_not_expanded():
     assert S._structure.row.base.size == 4
     img = S.dot(np.ones(1000))
     assert img[3:5, 4:6].tolist() == [[1000.0, 1000.0], [1000.0, 1000.0]] and img.sum() == 4000
+
+
+def test_roi_candidate_sources_with_int16_positions_and_stamps_over_the_edge():
+    R, C = np.mgrid[:3, :3]
+    row = R[:, :, None] + np.array([-1, 5, 10])  # source 0 hangs over the top edge
+    col = C[:, :, None] + np.array([0, 5, 12])
+    S = Sparse3D(np.ones((3, 3, 3)), row, col, imshape=(16, 16))
+    assert S.row.dtype == np.int16
+    roi = S.roi(corners=[(0, 0), (10, 12)], size=(3, 3))
+    dense = dense_reference(np.ones((3, 3, 3)), row, col, (16, 16))
+    w = np.array([1.0, 2.0, 3.0])
+    got = roi.dot(w)
+    expected = np.stack([(dense @ w)[0:3, 0:3], (dense @ w)[10:13, 12:15]])
+    np.testing.assert_allclose(np.asarray(got).reshape(expected.shape), expected)
