@@ -24,7 +24,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["available", "use_kernel", "scatter", "gather", "KERNEL_DTYPES", "MIN_ELEMENTS"]
+__all__ = [
+    "available",
+    "use_kernel",
+    "scatter",
+    "gather",
+    "min_max",
+    "equal",
+    "KERNEL_DTYPES",
+    "MIN_ELEMENTS",
+]
 
 #: Result dtypes the kernels handle; others (integers, bool) use the NumPy path.
 KERNEL_DTYPES = frozenset(np.dtype(t) for t in ("float32", "float64", "complex64", "complex128"))
@@ -115,6 +124,50 @@ def _block(n: int, image_bytes: int) -> int:
     row as a cache line.
     """
     return max(n, 1) if image_bytes <= CACHE_IMAGE_BYTES else 32
+
+
+def _min_max_loop(a):  # pragma: no cover - runs compiled
+    lo = a[0]
+    hi = a[0]
+    for x in a:
+        if x < lo:
+            lo = x
+        elif x > hi:
+            hi = x
+    return lo, hi
+
+
+def _equal_loop(a, b):  # pragma: no cover - runs compiled
+    for i in range(a.size):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+def _flat_integers(a: np.ndarray) -> np.ndarray | None:
+    """``a`` as a 1-D view when it is a contiguous native integer array worth a kernel."""
+    if a.size < MIN_ELEMENTS or a.dtype.kind not in "iu" or not a.dtype.isnative or not a.flags.c_contiguous:
+        return None
+    return a.reshape(-1) if available() else None
+
+
+def min_max(a: np.ndarray) -> tuple[int, int]:
+    """``(a.min(), a.max())`` as Python ints, in one pass over ``a`` (non-empty integers)."""
+    flat = _flat_integers(a)
+    if flat is None:
+        return int(a.min()), int(a.max())
+    lo, hi = _compiled("_min_max_loop")(flat)
+    return int(lo), int(hi)
+
+
+def equal(a: np.ndarray, b: np.ndarray) -> bool:
+    """``np.array_equal(a, b)`` for integer arrays of one shape, in one pass without temporaries."""
+    if a.shape != b.shape:
+        return False
+    fa, fb = _flat_integers(a), _flat_integers(b)
+    if fa is None or fb is None:
+        return bool(np.array_equal(a, b))
+    return bool(_compiled("_equal_loop")(fa, fb))
 
 
 def _compiled(name: str):

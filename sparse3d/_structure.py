@@ -30,7 +30,7 @@ from functools import cached_property
 
 import numpy as np
 
-from . import _pool
+from . import _kernels, _pool
 from ._options import check_dense_allocation
 
 __all__ = ["StampStructure", "structure_from_positions"]
@@ -131,8 +131,7 @@ def as_position_array(a, name: str, shape: tuple[int, ...], extent: tuple[int, i
             raise ValueError(f"{name} must hold finite pixel positions; found NaN or inf")
         if not (arr == np.floor(arr)).all():
             raise ValueError(f"{name} must hold integer pixel positions; found fractional values")
-    lo = int(arr.min()) if arr.size else 0
-    hi = int(arr.max()) if arr.size else 0
+    lo, hi = _kernels.min_max(arr) if arr.size else (0, 0)
     check_position_range(lo, hi, name)
     return owned_copy(arr, position_dtype(lo, hi, extent))
 
@@ -475,7 +474,7 @@ def structure_from_positions(row, col, stamp_shape, imshape, imcorner) -> StampS
             c = np.broadcast_to(np.asarray(col), stamp_shape)
         except ValueError:
             break
-        if np.array_equal(r, cand.row) and np.array_equal(c, cand.col):
+        if _kernels.equal(r, cand.row) and _kernels.equal(c, cand.col):
             return cand
     (H, W), (r0, c0) = imshape, imcorner
     row = as_position_array(row, "row", stamp_shape, (r0, r0 + H))

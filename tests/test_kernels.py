@@ -181,3 +181,31 @@ def test_blocked_sweep_for_large_images_matches_dense(monkeypatch, imcorner):
     image = rng.normal(size=sc.imshape)
     got = np.tensordot(sc.build(), image, axes=([0, 1], [0, 1]))
     np.testing.assert_allclose(got, np.tensordot(sc.dense(), image, axes=([0, 1], [0, 1])), atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.int64, np.uint8])
+def test_min_max_and_equal_match_numpy(dtype):
+    rng = np.random.default_rng(4)
+    info = np.iinfo(dtype)
+    a = rng.integers(max(info.min, -1000), min(info.max, 1000), size=(3, 4, 5)).astype(dtype)
+    assert _kernels.min_max(a) == (int(a.min()), int(a.max()))
+    one = np.full((1, 1, 1), 7, dtype=dtype)
+    assert _kernels.min_max(one) == (7, 7)
+    b = a.astype(np.int64)
+    assert _kernels.equal(a, b) and _kernels.equal(b, a)
+    b[2, 3, 4] += 1
+    assert not _kernels.equal(a, b)
+    assert not _kernels.equal(a, b[:, :, :4])
+
+
+def test_reinterning_sees_positions_changed_in_place():
+    """The same row/col objects, mutated between two constructions, give a new structure."""
+    sc = random_scene(6, nsources=5)
+    row = sc.row.copy()
+    A = Sparse3D(sc.data, row, sc.col, imshape=sc.imshape)
+    B = Sparse3D(sc.data, row, sc.col, imshape=sc.imshape)
+    assert B._structure is A._structure
+    row[-1, -1, -1] += 1  # the last element: a comparison must read everything
+    Cc = Sparse3D(sc.data, row, sc.col, imshape=sc.imshape)
+    assert Cc._structure is not A._structure
+    np.testing.assert_array_equal(Cc.row, row)
