@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
 
 import numpy as np
 
@@ -74,6 +75,8 @@ def give_back(values: np.ndarray, extra_refs: int) -> None:
         return
     if not values.flags.c_contiguous or sys.getrefcount(values) != extra_refs + 2:
         return  # +2: this function's argument and getrefcount's
+    if weakref.getweakrefcount(values):
+        return  # someone could still reach it through a weak reference
     cap = get_options().get("buffer_pool_bytes", 0)
     if values.nbytes > cap // 4:
         return

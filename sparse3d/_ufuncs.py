@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numbers
 import sys
+import weakref
 
 import numpy as np
 from numpy.lib import mixins as _mixins
@@ -276,7 +277,8 @@ def _reusable_temporary(self, ufunc: np.ufunc, kwargs: dict):
       path, measured once by :func:`_calibrate` (a name, list, dict, cache, xarray or Dask
       object holding it adds a reference);
     * its values own their memory and are referenced by ``self`` alone (no view, no other
-      Sparse3D such as a ``translate`` result, no ``S.data`` handed out and kept);
+      Sparse3D such as a ``translate`` result, no ``S.data`` handed out and kept), and
+      neither is the target of a weak reference;
     * a float or complex single-output ufunc, no keyword arguments, and NumPy's error state
       does not raise (so the loop cannot stop half-way through the buffer).
     """
@@ -301,6 +303,8 @@ def _reusable_temporary(self, ufunc: np.ufunc, kwargs: dict):
         return None
     if self._values.base is not None or not self._values.flags.owndata:
         return None
+    if weakref.getweakrefcount(self) or weakref.getweakrefcount(self._values):
+        return None  # reachable through a weak reference (e.g. a WeakValueDictionary)
     if any(v in ("raise", "call") for v in np.geterr().values()):
         return None
     return self

@@ -236,3 +236,22 @@ def test_positions_held_by_a_view_or_another_structure_are_never_recycled():
     np.testing.assert_array_equal(col_view, snap[1])
     np.testing.assert_array_equal(cutout.row, snap[0])
     np.testing.assert_allclose(cutout.todense(), sc.dense()[1:-1, 2:-2])
+
+
+def test_weakly_referenced_arrays_are_never_reused(S):
+    import weakref
+
+    cache = weakref.WeakValueDictionary()
+
+    def remember(x):
+        cache["x"] = x
+        return x
+
+    t = remember(S + 1.0)
+    snap = t.data.copy()
+    r = remember(S + 2.0) * 3.0  # the operand is a temporary, but weakly referenced
+    np.testing.assert_allclose(r.data, (S.data + 2.0) * 3.0)
+    np.testing.assert_array_equal(t.data, snap)
+    values = weakref.ref((S * 7.0)._values)  # the buffer of a dead array, weakly held
+    gc.collect()
+    assert values() is None or not any(b is values() for b in _pool._BUFFERS)
