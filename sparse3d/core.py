@@ -340,7 +340,10 @@ class Sparse3D(NDArrayOperatorsMixin):
             axes = axes[0]
         if not axes:  # NumPy: no axes reverses them
             axes = (2, 1, 0)
-        if tuple(a % 3 for a in axes) == (0, 1, 2):
+        axes = tuple(_functions.axis_index(a, 3) for a in axes)
+        if sorted(axes) != [0, 1, 2]:
+            raise ValueError(f"axes don't match array: a permutation of (0, 1, 2) is needed; got {axes}")
+        if axes == (0, 1, 2):
             return self
         return self.coo.transpose(axes)
 

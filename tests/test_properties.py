@@ -155,7 +155,6 @@ UNARY = [
     np.sin,
     np.square,
     np.sign,
-    np.logical_not,
     np.floor,
 ]
 
