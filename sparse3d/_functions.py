@@ -240,7 +240,7 @@ def _gram(a, b) -> np.ndarray:
     ia, pa = a._structure.csc_indices
     ib, pb = b._structure.csc_indices
     used = np.unique(np.concatenate([ia, ib]))
-    work = np.int64 if dtype == bool else (np.float32 if dtype == np.float16 else dtype)
+    work = np.int64 if dtype.kind == "b" else (np.float32 if dtype == np.float16 else dtype)
 
     def compressed(S, indices, indptr):
         data = S._structure.source_major(S._values).astype(work)
@@ -248,7 +248,7 @@ def _gram(a, b) -> np.ndarray:
 
     product = compressed(a, ia, pa).T @ compressed(b, ib, pb)
     result = np.asarray(product.toarray())
-    return (result != 0) if dtype == bool else result.astype(dtype, copy=False)
+    return (result != 0) if dtype.kind == "b" else result.astype(dtype, copy=False)
 
 
 @implements(np.tensordot)
@@ -257,7 +257,10 @@ def tensordot(a, b, axes=2):
 
     Fast paths: ``axes=([0, 1], [0, 1])`` against an image ``(H, W[, m])`` (the per-source
     projection ``Aᵀ·y`` → ``(nsources[, m])``) and ``axes=([2], [0])`` / ``axes=1`` against
-    weights (the model, as :func:`dot`). Other contractions go through ``sparse.COO``.
+    weights (the model, as :func:`dot`); two Sparse3D over ``([0, 1], [0, 1])`` give the
+    ``(n, m)`` matrix ``Aᵀ·B`` (see :func:`_gram`). Other contractions go through
+    ``sparse.COO``. Off-stamp entries are structural zeros: NaN or inf in the other operand
+    does not spread to them (dense NumPy gives NaN there, ``0 * nan``).
     """
     Sparse3D = _S()
     if isinstance(axes, (int, np.integer)):
@@ -746,7 +749,9 @@ def _coo_at_stamps(coo, structure) -> np.ndarray:
     Off-image stamp elements get 0 (they are not array contents), like any image operand.
     """
     if tuple(coo.shape) != structure.shape:
-        raise ValueError(f"a sparse.COO operand must have the logical shape {structure.shape}; got {coo.shape}")
+        raise ValueError(
+            f"a sparse.COO operand must have the logical shape {structure.shape}; got {coo.shape}"
+        )
     H, W, n = structure.shape
     check_dense_allocation(0 if H * W * (n + 1) < 2**62 else 2**63, "linear indices of a sparse operand")
     lin = np.ravel_multi_index(tuple(coo.coords), coo.shape)
@@ -784,7 +789,8 @@ def logical_complement(a):
     """
     s = a._structure
     data = ~s.canonical(a._values).astype(bool)
-    return _mask_class()(s.coo_order[1], data, shape=a.shape, sorted=True, has_duplicates=False, fill_value=True)
+    mask = _mask_class()
+    return mask(s.coo_order[1], data, shape=a.shape, sorted=True, has_duplicates=False, fill_value=True)
 
 
 _MASK_CLASS = None
@@ -1060,7 +1066,9 @@ def _index_items(key) -> list:
     items = []
     for k in key if isinstance(key, tuple) else (key,):
         if k is None:
-            raise IndexError("np.newaxis (None) is not supported when indexing a Sparse3D; index, then reshape")
+            raise IndexError(
+                "np.newaxis (None) is not supported when indexing a Sparse3D; index, then reshape"
+            )
         if isinstance(k, (list, tuple, np.ndarray)):
             a = np.asarray(k)
             if a.size == 0 and not isinstance(k, np.ndarray):
@@ -1140,7 +1148,8 @@ def getitem(S, key):
             idx = np.arange(n)[k]
             sel = idx.ravel()
             lo[2], hi[2] = 0, sel.size
-            rel_items.append(np.ones(sel.size, bool) if k.dtype == bool else np.arange(sel.size).reshape(idx.shape))
+            rel = np.ones(sel.size, bool) if k.dtype == bool else np.arange(sel.size).reshape(idx.shape)
+            rel_items.append(rel)
         elif ax == 2 and isinstance(k, slice):
             sel = k
             lo[2], hi[2] = 0, len(range(*k.indices(n)))

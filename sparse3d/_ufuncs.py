@@ -212,7 +212,9 @@ def array_ufunc(self, ufunc: np.ufunc, method: str, *inputs, **kwargs):
         inputs[0], Sparse3D
     ):
         if kwargs:
-            raise TypeError(f"np.{ufunc.__name__} on Sparse3D takes no keyword arguments; got {sorted(kwargs)}")
+            raise TypeError(
+                f"np.{ufunc.__name__} on Sparse3D takes no keyword arguments; got {sorted(kwargs)}"
+            )
         return _functions.logical_complement(inputs[0])
     where = kwargs.pop("where", True)
     if where is not True:

@@ -354,6 +354,10 @@ class Sparse3D(NDArrayOperatorsMixin):
         ``w (nsources,)`` gives the image ``(H, W)``; ``w (nsources, k)`` gives ``(H, W, k)``;
         a scalar scales the array. Weights with a ``.unit`` (astropy Quantity) give a result
         with that unit.
+
+        Off-stamp entries are structural zeros (as in ``scipy.sparse``): a NaN or inf weight
+        reaches only its source's stamp pixels, where dense NumPy would put NaN on every
+        pixel (``0 * nan``).
         """
         return _functions.dot(self, other)
 

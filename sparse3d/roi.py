@@ -140,12 +140,12 @@ class ROISparse3D:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
         inside = s.in_image
-        big = np.iinfo(np.int64).max  # positions may exceed int32 (up to 2**61)
+        big = np.int64(np.iinfo(np.int64).max)  # an int64 sentinel: positions may exceed int32
         row = np.where(inside, s.row, big)
         col = np.where(inside, s.col, big)
         rmin, cmin = row.min(axis=(0, 1)), col.min(axis=(0, 1))
         row = np.where(inside, s.row, -big)
-        col = np.where(inside, s.col, -big)
+        col = np.where(inside, s.col, -big)  # (a Python-int sentinel would be cast to int32)
         rmax, cmax = row.max(axis=(0, 1)), col.max(axis=(0, 1))
         # sources whose in-image bounding box meets some window, in blocks of windows
         hit = np.zeros(n, dtype=bool)

@@ -135,6 +135,7 @@ def from_xarray(da: xr.DataArray) -> Sparse3D:
     row = np.asarray(da.coords["row"].transpose(*STAMP_DIMS).values)
     col = np.asarray(da.coords["col"].transpose(*STAMP_DIMS).values)
     # validated, never truncated: a fractional or non-numeric attribute is an error
-    imshape = _as_pair(np.atleast_1d(da.attrs["imshape"]).tolist(), "the imshape attribute", positive=True)
-    imcorner = _as_pair(np.atleast_1d(da.attrs["imcorner"]).tolist(), "the imcorner attribute", positive=False)
+    attrs = {k: np.atleast_1d(da.attrs[k]).tolist() for k in ("imshape", "imcorner")}
+    imshape = _as_pair(attrs["imshape"], "the imshape attribute", positive=True)
+    imcorner = _as_pair(attrs["imcorner"], "the imcorner attribute", positive=False)
     return Sparse3D(values, row, col, imshape=imshape, imcorner=imcorner)
