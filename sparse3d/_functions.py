@@ -1113,6 +1113,10 @@ def getitem(S, key):
     total = sum(consumed(k) for k in items)
     if total > 3:
         raise IndexError(f"too many indices for a 3-D Sparse3D: {total} were given")
+    if any(_is_bool_scalar(k) and not k for k in items):
+        # a False scalar selects nothing: NumPy's (empty) result from a zero-strided stand-in,
+        # with NumPy's own checks (it skips bounds checks of indices that select nothing)
+        return np.broadcast_to(np.zeros((), dtype=S.dtype), S.shape)[tuple(items)].copy()
     lo, hi = [0, 0, 0], list(S.shape)
     sel = slice(None)  # the sources taken before densifying
     rel_items = []
