@@ -98,6 +98,12 @@ def test_exposed_arrays_cannot_be_made_writeable(make):
     np.testing.assert_array_equal(S.todense(), before)
 
 
+def test_roi_corners_cannot_be_made_writeable():
+    roi = _grid([1, 4], [2, 5])[0].roi([(0, 0), (3, 3)], (4, 4))
+    with pytest.raises(ValueError):
+        roi.corners.flags.writeable = True
+
+
 def test_to_sparse_cannot_corrupt_the_array():
     S, (data, row, col) = _grid([1, 4], [2, 5])
     dense = dense_reference(data, row, col, (10, 10))
