@@ -1,8 +1,10 @@
 """Dask-backed models and fits: model cubes, many-frame fits and scenes split by source.
 
 Nothing here is imported by ``import sparse3d``; the NumPy functions of :class:`Sparse3D`
-delegate to this module when an operand is a Dask array, so the same code runs eagerly on
-NumPy arrays and lazily on Dask arrays::
+delegate to this module when an operand is a Dask array (through the backend it registers
+with the core's function registry, which itself never imports Dask; the first Dask operand
+imports this module), so the same code runs eagerly on NumPy arrays and lazily on Dask
+arrays::
 
     import dask.array as da
     w = da.from_array(lightcurves, chunks=(nsources, 50))   # (nsources, k), chunked in time
@@ -16,7 +18,10 @@ pure=True)`` with a content-derived name); every task that needs it refers to th
 With ``dask.distributed`` the array is therefore pickled once (values and positions only,
 no caches) and moved between workers like any other task result; its derived indices are
 rebuilt once per worker, not once per task. The fit ships one pre-factorised solver the
-same way: the normal matrix is factorised once, eagerly on the client.
+same way: the normal matrix is factorised once, eagerly on the client. When a distributed
+client is the active scheduler, such objects of :data:`SCATTER_BYTES` or more are scattered
+to the cluster once (``client.scatter``) and the graph holds their future instead: graphs
+stay small, and an array reused by several computations is sent once.
 
 :class:`SourceChunked` splits a scene along the source axis, for scenes whose stamps do not
 fit in one process: ``dot`` sums the chunk images lazily, and :meth:`SourceChunked.from_function`
@@ -36,6 +41,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from . import _functions
 from .core import Sparse3D
 
 __all__ = [
@@ -67,9 +73,63 @@ def _token(S: Sparse3D) -> str:
     return tok
 
 
-def _shared(obj, prefix: str, token: str):
-    """``obj`` as ONE graph key: every task that uses it depends on that key."""
-    return dask.delayed(obj, name=f"{prefix}-{token}", pure=True)
+def _shared(obj, prefix: str, token: str, owner: Any = None):
+    """``obj`` as ONE graph key: every task that uses it depends on that key.
+
+    Without a ``dask.distributed`` client the key holds ``obj`` itself. With one (the default
+    client, which is also the active scheduler) and an ``obj`` of at least
+    :data:`SCATTER_BYTES`, ``obj`` is scattered to the cluster once and the key holds the
+    future: the graph stays small (no "Sending large graph" warning) and a second ``compute``
+    does not send the array again. The future is cached on ``owner`` (by default ``obj``; an
+    immutable :class:`Sparse3D`) per client and name, so repeated calls reuse it; it lives as
+    long as the owner does. Such a graph belongs to that client: to compute on another
+    scheduler, build it inside ``dask.config.set(scheduler=...)``.
+    """
+    name = f"{prefix}-{token}"
+    client = _distributed_client()
+    if client is None:
+        return dask.delayed(obj, name=name, pure=True)
+    owner = obj if owner is None else owner
+    cache = getattr(owner, "__dict__", None)
+    futures = cache.setdefault("_dask_futures", {}) if cache is not None else {}
+    future = futures.get((client.id, name))
+    if future is None or future.status in ("error", "cancelled", "lost"):
+        if _pickled_nbytes(obj) < SCATTER_BYTES:
+            return dask.delayed(obj, name=name, pure=True)
+        future = client.scatter(obj, hash=False)
+        futures[(client.id, name)] = future
+    return dask.delayed(future)
+
+
+#: Objects shipped to a ``dask.distributed`` cluster are scattered once, not embedded in the
+#: task graph, from this pickled size on (Dask warns about graphs above 10 MB).
+SCATTER_BYTES = 2**20
+
+
+def _pickled_nbytes(obj) -> int:
+    """Pickled size of ``obj``; protocol 5 with out-of-band buffers, so arrays are not copied."""
+    import pickle
+
+    buffers: list = []
+    head = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    return len(head) + sum(b.raw().nbytes for b in buffers)
+
+
+def _distributed_client():
+    """The default ``dask.distributed`` client if it is the active scheduler, else None."""
+    import sys
+
+    if "distributed" not in sys.modules:  # never import distributed just to find out
+        return None
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:  # no client
+        return None
+    if client.asynchronous or dask.base.get_scheduler() != client.get:
+        return None
+    return client
 
 
 def _normalize_source_chunks(chunks, n: int) -> tuple[int, ...]:
@@ -128,7 +188,7 @@ def _fit_block_per_frame_errors(design, frames: np.ndarray, errors: np.ndarray, 
     """Fit a chunk of frames whose error maps differ: rows are weights, errors, chi2."""
     import warnings
 
-    from ._fit import UnconstrainedSourceWarning, fit_design
+    from .fit import UnconstrainedSourceWarning, fit_design
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnconstrainedSourceWarning)  # warned once, on the client
@@ -187,7 +247,10 @@ class SourceChunked:
         if len(sizes) == 1:
             parts = [_shared(S, "sparse3d", tok)]
         else:
-            parts = [_shared(S[:, :, a:b], "sparse3d-chunk", tokenize(tok, a, b)) for a, b in _bounds(sizes)]
+            parts = [
+                _shared(S[:, :, a:b], "sparse3d-chunk", tokenize(tok, a, b), owner=S)
+                for a, b in _bounds(sizes)
+            ]
         return cls(parts, sizes, S.imshape, S.imcorner, S.dtype)
 
     @classmethod
@@ -452,7 +515,7 @@ class DaskFitResult:
         1-sigma uncertainties: ``(nsources,)`` when one error map is shared by every frame;
         lazy ``(nsources, k)`` when each frame has its own map.
     n_pixels, unconstrained, solver, n_factorizations
-        As in :class:`sparse3d._fit.FitResult`; ``n_factorizations`` is 1 for a shared error
+        As in :class:`sparse3d.fit.FitResult`; ``n_factorizations`` is 1 for a shared error
         map, and at most ``k`` (one per distinct map, counted per chunk) for per-frame maps.
     """
 
@@ -490,7 +553,7 @@ class _FrameSolver:
     """Everything a worker needs to fit a chunk of frames: the portable normal equations.
 
     The design matrix, inverse variances, priors and the supernodal Cholesky factor
-    (:meth:`sparse3d._fit.NormalEquations.portable`): plain NumPy/SciPy arrays, pickled once
+    (:meth:`sparse3d.fit.NormalEquations.portable`): plain NumPy/SciPy arrays, pickled once
     per graph.
     """
 
@@ -550,7 +613,7 @@ def fit(
     stack = data.ndim == 3
     frames = (data if stack else data[:, :, None]).rechunk({0: -1, 1: -1})
 
-    from ._fit import prepare_normal_equations
+    from .fit import prepare_normal_equations
 
     normal = prepare_normal_equations(
         S.tocsr(),
@@ -599,7 +662,7 @@ def _fit_per_frame_errors(S, data, errors, prior_mu, prior_sigma, mask, solver) 
     """Frames with their own error maps: one factorisation per distinct map, on the workers.
 
     The design matrix (and mask, priors) enter the graph once; each chunk of frames is one
-    task running :func:`sparse3d._fit.fit_design` on its frames and error maps, which groups
+    task running :func:`sparse3d.fit.fit_design` on its frames and error maps, which groups
     frames with identical maps. ``weights_err`` is then lazy, ``(nsources, k)``.
     """
     H, W = S.imshape
@@ -625,7 +688,7 @@ def _fit_per_frame_errors(S, data, errors, prior_mu, prior_sigma, mask, solver) 
     if unconstrained.any():
         import warnings
 
-        from ._fit import UnconstrainedSourceWarning
+        from .fit import UnconstrainedSourceWarning
 
         warnings.warn(
             f"{int(unconstrained.sum())} source(s) have no unmasked pixel and no prior: their "
@@ -663,3 +726,8 @@ def _fit_per_frame_errors(S, data, errors, prior_mu, prior_sigma, mask, solver) 
         n_factorizations=int(data.shape[2]),
         _design=S,
     )
+
+
+# The core's NumPy functions (np.dot, np.tensordot, S.fit) reach this module through this
+# hook: sparse3d._functions never imports sparse3d.dask.
+_functions.register_lazy_backend("dask", _functions.LazyBackend(dot=dot, tensordot=tensordot, fit=fit))

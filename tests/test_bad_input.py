@@ -522,14 +522,14 @@ def _with_attr(da, name, value):
     return da
 
 
-if importlib.util.find_spec("sparse3d._fit") is not None:
+if importlib.util.find_spec("sparse3d.fit") is not None:
 
     def _twins():
         S = _S()
         return Sparse3D(S.data, S.row[:, :, [0, 0]], S.col[:, :, [0, 0]], S.imshape)
 
     def _singular_error():
-        from sparse3d._fit import SingularNormalMatrixError
+        from sparse3d.fit import SingularNormalMatrixError
 
         return SingularNormalMatrixError
 
@@ -570,6 +570,45 @@ if importlib.util.find_spec("sparse3d._fit") is not None:
             "source(s) are linearly dependent on other sources",
         ),
     ]
+
+
+# ---- the demo (python -m sparse3d demo; the command line turns these into usage errors) ----
+CASES += [
+    Case(
+        "demo-seed",
+        "`run_demo(seed=-1)` (`python -m sparse3d demo --seed -1`)",
+        lambda: _run_demo()(imshape=(8, 8), nsources=1, seed=-1, plots=False),
+        ValueError,
+        "seed must be a non-negative integer",
+    ),
+    Case(
+        "demo-nsources",
+        "`run_demo(nsources=0)` (`--nsources 0`)",
+        lambda: _run_demo()(imshape=(8, 8), nsources=0, plots=False),
+        ValueError,
+        "nsources must be a positive integer",
+    ),
+    Case(
+        "demo-imshape",
+        "`run_demo(imshape=(64, -3))` (`--imshape 64 -3`)",
+        lambda: _run_demo()(imshape=(64, -3), nsources=1, plots=False),
+        ValueError,
+        "imshape must be two positive integers",
+    ),
+    Case(
+        "demo-output",
+        "`run_demo(output=path)`, `path` not creatable or not writable (`--output`)",
+        lambda: _run_demo()(imshape=(8, 8), nsources=1, output=Path(__file__) / "figures"),
+        OSError,
+        "is not writable",
+    ),
+]
+
+
+def _run_demo():
+    from sparse3d._demo import run_demo
+
+    return run_demo
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
