@@ -300,11 +300,14 @@ def _gram(a, b) -> np.ndarray:
     check_dense_allocation(n * m * dtype.itemsize, f"the ({n}, {m}) result of tensordot over pixels")
     ia, pa = a._structure.csc_indices
     ib, pb = b._structure.csc_indices
-    used = np.unique(np.concatenate([ia, ib]))
+    npix = a._structure.npixels
+    used = None if npix <= 4 * (ia.size + ib.size) else np.unique(np.concatenate([ia, ib]))
     work = np.int64 if dtype.kind == "b" else (np.float32 if dtype == np.float16 else dtype)
 
     def compressed(S, indices, indptr):
         data = S._structure.source_major(S._values).astype(work)
+        if used is None:  # a small image: pixel indices as they are
+            return sp.csc_matrix((data, indices, indptr), shape=(npix, S.nsources))
         return sp.csc_matrix((data, np.searchsorted(used, indices), indptr), shape=(used.size, S.nsources))
 
     product = compressed(a, ia, pa).T @ compressed(b, ib, pb)

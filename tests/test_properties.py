@@ -699,11 +699,18 @@ def test_xarray_image_view(sc, data):
     np.testing.assert_array_equal(da["col"].values, sc.imcorner[1] + np.arange(W))
     with np.errstate(all="ignore"):
         _assert_same(da.sum("source", skipna=False).data, dense.sum(axis=2), n_terms=4 * max(n, 1))
-        # xarray's default skipna replaces NaN by 0 elementwise, i.e. per stored stamp element
-        # (stamp semantics), before the sum: where a stamp covers a pixel twice and one copy is
-        # NaN, this keeps the other copy (np.nansum(S) drops the whole NaN pixel sum instead)
-        no_nan = _ref(sc, np.where(np.isnan(sc.data), 0, sc.data)) if sc.data.dtype.kind == "f" else dense
-        _assert_same(da.sum("source").data, no_nan.sum(axis=2), n_terms=4 * max(n, 1))
+        # xarray's default skipna: NaN counts as 0 (every stored element is one logical element)
+        _assert_same(da.sum("source").data, np.nansum(dense, axis=2), n_terms=4 * max(n, 1))
+        # NaN-aware operations count every logical element, off-stamp zeros included
+        isnan = np.isnan(dense) if dense.dtype.kind == "f" else np.zeros(dense.shape, bool)
+        axis = data.draw(st.sampled_from([None, "source", ("row", "col")]))
+        dims = {"source": 2, ("row", "col"): (0, 1)}.get(axis)
+        _assert_same(_plain(da.count(axis)), np.sum(~isnan, axis=dims), dtype=False)
+        _assert_same(_plain(da.notnull().sum(axis)), np.sum(~isnan, axis=dims), dtype=False)
+        _assert_same(_plain(da.isnull().sum(axis)), np.sum(isnan, axis=dims), dtype=False)
+        if dense.dtype.kind == "f":
+            filled = np.where(isnan, 1.5, dense)
+            _assert_same(_plain(da.fillna(1.5).sum(axis)), filled.sum(axis=dims), n_terms=dense.size)
     a, b = sorted(data.draw(st.lists(st.integers(0, H), min_size=2, max_size=2)))
     c, d = sorted(data.draw(st.lists(st.integers(0, W), min_size=2, max_size=2)))
     assume(a < b and c < d)
@@ -714,6 +721,12 @@ def test_xarray_image_view(sc, data):
     if n:
         sel = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=5)))
         _assert_same(da.isel(source=sel).data, dense[:, :, sel])
+
+
+def _plain(da):
+    """A DataArray's values as an ndarray (densifying sparse.COO results)."""
+    x = da.data
+    return np.asarray(x.todense() if hasattr(x, "todense") else x)
 
 
 def _assert_identical(U, S):
