@@ -45,6 +45,14 @@ def test_repeated_pixel_in_a_stamp_is_refused_on_every_path():
     # also off the image (translate could bring it in), and with huge bounding boxes
     with pytest.raises(ValueError, match="more than once"):
         Sparse3D(np.ones((3, 3, 2)), bad_row - 100, col, (10, 10))
+    # the general path with positions beyond int32 (small bounding boxes, int32 keys)
+    Sparse3D(np.ones((3, 3, 2)), row[::-1] + 2**40, col[:, ::-1] - 2**40, (10, 10))
+    srow, scol = row[::-1].astype(np.int64) + 2**40, col.astype(np.int64) - 2**40
+    for a in (srow, scol):  # swap two whole positions: a permutation, still distinct
+        a[0, 0, 1], a[1, 2, 1] = a[1, 2, 1], a[0, 0, 1]
+    Sparse3D(np.ones((3, 3, 2)), srow, scol, (10, 10))
+    with pytest.raises(ValueError, match=rf"stamp 1 covers pixel \({2**40 + 5}, {6 - 2**40}\)"):
+        Sparse3D(np.ones((3, 3, 2)), bad_row[::-1] + 2**40, col - 2**40, (10, 10))
     far = row.astype(np.int64).copy()
     far[0, 0, 0] = 2**60
     Sparse3D(np.ones((3, 3, 2)), far, col, (10, 10))  # distinct, spans 2**60 x 2**60: fine
