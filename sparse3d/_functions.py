@@ -531,7 +531,14 @@ def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoVal
         kw = {} if dtype is None else {"dtype": dtype}
         out_dtype = ufunc.reduce(np.zeros((1, 1), dtype=S.dtype), axis=(), **kw).dtype
         result = S.astype(out_dtype)
-        return result if initial is _NoValue else ufunc(result, initial)
+        if initial is _NoValue:
+            return result
+        if ufunc(np.zeros((), dtype=out_dtype), initial) != 0:
+            raise ValueError(
+                f"np.{ufunc.__name__}.reduce(S, axis=(), initial={initial!r}) would be non-zero on every "
+                "off-stamp element (a dense result); apply it to a cutout's todense()"
+            )
+        return ufunc(result, initial)
     if ufunc.identity is None and initial is _NoValue and 0 in [S.shape[i] for i in axes]:
         raise ValueError(f"zero-size array to reduction operation {ufunc.__name__} which has no identity")
     s = S._structure
@@ -852,33 +859,10 @@ def logical_complement(a):
     """
     s = a._structure
     data = ~s.canonical(a._values).astype(bool)
-    mask = _mask_class()
-    return mask(s.coo_order[1], data, shape=a.shape, sorted=True, has_duplicates=False, fill_value=True)
+    from ._mask import LogicalMask
 
-
-_MASK_CLASS = None
-
-
-def _mask_class():
-    """``sparse.COO`` subclass for negated masks, reporting NumPy as its array namespace.
-
-    xarray picks the array namespace of its operands: a plain ``sparse.COO`` mask would send
-    ``da.fillna(v)`` (``where(notnull(S), S, v)``) to ``sparse.where``, which cannot take a
-    Sparse3D; with NumPy's namespace ``np.where`` dispatches to :func:`_where`.
-    """
-    global _MASK_CLASS
-    if _MASK_CLASS is None:
-        import sparse
-
-        class LogicalMask(sparse.COO):
-            """A boolean ``sparse.COO`` (fill value True) made by negating a Sparse3D mask."""
-
-            def __array_namespace__(self, *, api_version=None):
-                return np
-
-        LogicalMask.__module__, LogicalMask.__qualname__ = __name__, "LogicalMask"
-        _MASK_CLASS = LogicalMask
-    return _MASK_CLASS
+    coords = s.coo_order[1]
+    return LogicalMask(coords, data, shape=a.shape, sorted=True, has_duplicates=False, fill_value=True)
 
 
 @implements(np.nonzero)

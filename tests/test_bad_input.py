@@ -310,6 +310,13 @@ CASES = [
     ),
     # ---- NumPy protocol -----------------------------------------------------------------
     Case(
+        "reduce-empty-axes-initial",
+        "`np.add.reduce(S, axis=(), initial=5)`",
+        lambda: np.add.reduce(_S(), axis=(), initial=5.0),
+        ValueError,
+        "would be non-zero on every off-stamp element",
+    ),
+    Case(
         "concatenate-axis-range",
         "`np.concatenate([S, S], axis=5)`",
         lambda: np.concatenate([_S(), _S()], axis=5),

@@ -192,6 +192,11 @@ def test_reduce_over_no_axes_follows_numpy_dtype_rules():
         np.bitwise_and.reduce(dense, axis=())
     with pytest.raises(TypeError):
         np.bitwise_and.reduce(S, axis=())
+    # initial: fine where it keeps implicit zeros at zero, refused where it would make them dense
+    got = np.maximum.reduce(S, axis=(), initial=-np.inf)
+    np.testing.assert_array_equal(got.todense(), np.maximum.reduce(dense, axis=(), initial=-np.inf))
+    with pytest.raises(ValueError, match="off-stamp"):
+        np.add.reduce(S, axis=(), initial=5.0)
 
 
 def test_invalid_axes_raise_axis_error():

@@ -1,6 +1,7 @@
 """Every NumPy ufunc and Python operator against a dense NumPy reference (stamp semantics)."""
 
 import operator
+import pickle
 
 import numpy as np
 import pytest
@@ -260,6 +261,7 @@ def test_negating_a_mask_negates_its_implicit_zeros(dtype, negate):
         return
     result = negate(S)
     assert result.dtype == bool and result.fill_value  # a sparse.COO that is True off the stamps
+    assert pickle.loads(pickle.dumps(result)).fill_value  # picklable (Dask ships it)
     np.testing.assert_array_equal(result.todense(), np.logical_not(dense))
     assert int(np.sum(result)) == int(np.logical_not(dense).sum())
 
