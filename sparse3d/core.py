@@ -87,14 +87,24 @@ class Sparse3D(NDArrayOperatorsMixin):
     Parameters
     ----------
     data : array_like, shape (nr, nc, nsources)
-        Stamp values. Copied; the array is immutable.
+        Stamp values, numeric or boolean. Copied (in native byte order); the array is
+        immutable. ``longdouble`` is refused.
     row, col : array_like of int
         Absolute pixel positions of every stamp pixel; must broadcast to ``data.shape``
-        (``R[:, :, None] + row_int`` works). Integer-valued floats are accepted.
+        (``R[:, :, None] + row_int`` works). Integer-valued floats are accepted. Positions
+        within one source's stamp must be distinct, and ``|position| <= 2**61``.
     imshape : tuple of int
-        ``(H, W)``, the image size.
+        ``(H, W)``, the image size (``H * W <= 2**62``).
     imcorner : tuple of int, optional
         Absolute position of image pixel ``[0, 0]``. Default ``(0, 0)``.
+
+    Raises
+    ------
+    ValueError
+        If a stamp covers one pixel more than once, or positions or bounds are beyond the
+        range in which pixel arithmetic is exact in int64.
+    TypeError
+        If ``data`` is not numeric or boolean, or is ``longdouble``.
 
     Notes
     -----
