@@ -91,3 +91,11 @@ def test_optional_cases_are_ratios_when_available(smoke):
 def test_import_time_is_measured(smoke):
     imp = smoke["imports"]["sparse3d"]
     assert imp["status"] == "ok" and 0 < imp["cumulative_s"] < 30
+
+
+def test_psf_and_shift_cases_have_ratios(smoke):
+    for case in ("psf_gaussian", "psf_gaussian_derivs", "shift"):
+        assert smoke["results"][case]["sparse3d"]["status"] == "ok", smoke["results"][case]
+    rows = {(r["case"], r["baseline"]): r for r in smoke["ratios"] if r["impl"] == "sparse3d"}
+    for key in (("psf_gaussian", "sparse3d:build_L"), ("shift", "sparse3d:op_mul")):
+        assert rows[key]["target"] is not None and math.isfinite(rows[key]["ratio"]), rows[key]
