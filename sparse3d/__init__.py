@@ -8,9 +8,14 @@ brightnesses, and offers labeled xarray views. ``import sparse3d`` loads only Nu
 pydata/sparse, xarray, the solvers and matplotlib are imported when first needed.
 """
 
+from . import _functions
 from ._options import DenseAllocationError, get_options, set_options
 from .core import Sparse3D
 from .roi import ROISparse3D
+
+# Dask arrays as operands of np.dot / np.tensordot / S.fit: sparse3d.dask registers itself
+# with the core's function registry when imported; import it on the first Dask operand.
+_functions.declare_lazy_provider("dask", "sparse3d.dask")
 
 __all__ = [
     "DenseAllocationError",
@@ -32,7 +37,7 @@ _FROM_FIT = ("FitResult", "SingularNormalMatrixError", "UnconstrainedSourceWarni
 def __getattr__(name: str):
     # the fitting names import scipy and the solvers: load them on first use only
     if name in _FROM_FIT:
-        from . import _fit
+        from . import fit
 
-        return getattr(_fit, name)
+        return getattr(fit, name)
     raise AttributeError(f"module 'sparse3d' has no attribute {name!r}")

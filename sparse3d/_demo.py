@@ -140,7 +140,7 @@ def run_demo(
 
 
 def _solver_name() -> str:
-    from ._fit import available_solvers
+    from .fit import available_solvers
 
     return "CHOLMOD" if "cholmod" in available_solvers() else "SciPy SuperLU"
 

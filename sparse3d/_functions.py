@@ -18,8 +18,10 @@ larger than ``max_dense_bytes`` are refused up front (:class:`~sparse3d.DenseAll
 
 from __future__ import annotations
 
+import importlib
 import operator
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,7 +29,16 @@ from ._options import check_dense_allocation
 from ._ufuncs import apply_elementwise
 from ._unsupported import UNSUPPORTED_FUNCTIONS, function_key
 
-__all__ = ["HANDLED_FUNCTIONS", "UNSUPPORTED_FUNCTIONS", "implements", "array_function"]
+__all__ = [
+    "HANDLED_FUNCTIONS",
+    "UNSUPPORTED_FUNCTIONS",
+    "LazyBackend",
+    "array_function",
+    "declare_lazy_provider",
+    "implements",
+    "lazy_backend",
+    "register_lazy_backend",
+]
 
 HANDLED_FUNCTIONS: dict[Callable, Callable] = {}
 _NoValue = np._NoValue
@@ -64,6 +75,57 @@ def _S():
 def _refuse_out(out, name: str) -> None:
     if out is not None:
         raise TypeError(f"{name}(..., out=...) is not supported on Sparse3D: arrays are immutable")
+
+
+# -------------------------------------------------------------------------------------------
+# Lazy operands (Dask arrays): the registry knows no integration
+# -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LazyBackend:
+    """How an integration evaluates products of a Sparse3D with its lazy arrays.
+
+    ``dot(S, w)`` and ``tensordot(S, b, axes=(axes_a, axes_b))`` return lazy results;
+    ``fit(S, data, errors, prior_mu, prior_sigma, mask)`` returns lazy weights.
+    """
+
+    dot: Callable
+    tensordot: Callable
+    fit: Callable
+
+
+# Backends by the package prefix of their arrays' type module (``"dask"`` for
+# ``dask.array.core.Array``), registered by the integration when it is imported.
+_LAZY_BACKENDS: dict[str, LazyBackend] = {}
+# Module to import on the first operand of a prefix with no backend yet (it registers
+# itself): declared by ``sparse3d/__init__.py``, the one module that knows every layer.
+_LAZY_PROVIDERS: dict[str, str] = {}
+
+
+def register_lazy_backend(prefix: str, backend: LazyBackend) -> None:
+    """Evaluate products with arrays whose type's module starts with ``prefix`` through ``backend``."""
+    _LAZY_BACKENDS[prefix] = backend
+
+
+def declare_lazy_provider(prefix: str, module: str) -> None:
+    """Import ``module`` (which calls :func:`register_lazy_backend`) on the first such operand."""
+    _LAZY_PROVIDERS[prefix] = module
+
+
+def lazy_backend(x) -> LazyBackend | None:
+    """The backend for ``x`` when it is a lazy array of a known integration, else None.
+
+    Duck typing on the module of ``type(x)``: nothing is imported for NumPy operands, and
+    the integration module only on its arrays' first use.
+    """
+    module = type(x).__module__
+    for prefix, backend in _LAZY_BACKENDS.items():
+        if module.startswith(prefix):
+            return backend
+    for prefix, provider in _LAZY_PROVIDERS.items():
+        if module.startswith(prefix):
+            importlib.import_module(provider)
+            return _LAZY_BACKENDS[prefix]
+    return None
 
 
 # -------------------------------------------------------------------------------------------
@@ -149,10 +211,9 @@ def dot(a, b, out=None):
             "np.dot(x, S) with the Sparse3D second is not supported (it would contract the column "
             "axis); use np.tensordot(S, image, axes=([0, 1], [0, 1])) for per-source projections"
         )
-    if type(b).__module__.startswith("dask"):  # lazy model on Dask weights
-        from . import dask as _dask
-
-        return _dask.dot(a, b)
+    backend = lazy_backend(b)
+    if backend is not None:  # lazy model on Dask weights
+        return backend.dot(a, b)
     b, unit = _split_unit(b)
     b = _as_weights(b, "np.dot")
     if b.ndim == 0:
@@ -255,10 +316,9 @@ def tensordot(a, b, axes=2):
             order = list(range(n_free_s, res.ndim)) + list(range(n_free_s))
             res = res.transpose(order)
         return res
-    if type(b).__module__.startswith("dask"):  # lazy model or projection on a Dask operand
-        from . import dask as _dask
-
-        return _dask.tensordot(a, b, axes=(axes_a, axes_b))
+    backend = lazy_backend(b)
+    if backend is not None:  # lazy model or projection on a Dask operand
+        return backend.tensordot(a, b, axes=(axes_a, axes_b))
     b_mag, unit = _split_unit(b)
     b_arr = _as_weights(b_mag, "np.tensordot")
     axes_a = [int(x) % 3 for x in axes_a]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import sparse
     import xarray
 
-    from ._fit import FitResult
+    from .fit import FitResult
     from .roi import ROISparse3D
 
 __all__ = ["Sparse3D"]
@@ -509,11 +509,10 @@ class Sparse3D(NDArrayOperatorsMixin):
             When sources that do have data are degenerate (e.g. identical stamps); the
             exception lists them in ``.sources``.
         """
-        if type(data).__module__.startswith("dask"):  # lazy weights; see sparse3d.dask.fit
-            from .dask import fit as dask_fit
-
-            return dask_fit(self, data, errors, prior_mu, prior_sigma, mask)
-        from ._fit import fit_design
+        backend = _functions.lazy_backend(data)
+        if backend is not None:  # lazy weights on Dask frames; see sparse3d.dask.fit
+            return backend.fit(self, data, errors, prior_mu, prior_sigma, mask)
+        from .fit import fit_design
 
         return fit_design(
             self.tocsc(),

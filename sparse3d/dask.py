@@ -1,8 +1,10 @@
 """Dask-backed models and fits: model cubes, many-frame fits and scenes split by source.
 
 Nothing here is imported by ``import sparse3d``; the NumPy functions of :class:`Sparse3D`
-delegate to this module when an operand is a Dask array, so the same code runs eagerly on
-NumPy arrays and lazily on Dask arrays::
+delegate to this module when an operand is a Dask array (through the backend it registers
+with the core's function registry, which itself never imports Dask; the first Dask operand
+imports this module), so the same code runs eagerly on NumPy arrays and lazily on Dask
+arrays::
 
     import dask.array as da
     w = da.from_array(lightcurves, chunks=(nsources, 50))   # (nsources, k), chunked in time
@@ -36,6 +38,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from . import _functions
 from .core import Sparse3D
 
 __all__ = [
@@ -128,7 +131,7 @@ def _fit_block_per_frame_errors(design, frames: np.ndarray, errors: np.ndarray, 
     """Fit a chunk of frames whose error maps differ: rows are weights, errors, chi2."""
     import warnings
 
-    from ._fit import UnconstrainedSourceWarning, fit_design
+    from .fit import UnconstrainedSourceWarning, fit_design
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnconstrainedSourceWarning)  # warned once, on the client
@@ -452,7 +455,7 @@ class DaskFitResult:
         1-sigma uncertainties: ``(nsources,)`` when one error map is shared by every frame;
         lazy ``(nsources, k)`` when each frame has its own map.
     n_pixels, unconstrained, solver, n_factorizations
-        As in :class:`sparse3d._fit.FitResult`; ``n_factorizations`` is 1 for a shared error
+        As in :class:`sparse3d.fit.FitResult`; ``n_factorizations`` is 1 for a shared error
         map, and at most ``k`` (one per distinct map, counted per chunk) for per-frame maps.
     """
 
@@ -490,7 +493,7 @@ class _FrameSolver:
     """Everything a worker needs to fit a chunk of frames: the portable normal equations.
 
     The design matrix, inverse variances, priors and the supernodal Cholesky factor
-    (:meth:`sparse3d._fit.NormalEquations.portable`): plain NumPy/SciPy arrays, pickled once
+    (:meth:`sparse3d.fit.NormalEquations.portable`): plain NumPy/SciPy arrays, pickled once
     per graph.
     """
 
@@ -550,7 +553,7 @@ def fit(
     stack = data.ndim == 3
     frames = (data if stack else data[:, :, None]).rechunk({0: -1, 1: -1})
 
-    from ._fit import prepare_normal_equations
+    from .fit import prepare_normal_equations
 
     normal = prepare_normal_equations(
         S.tocsr(),
@@ -599,7 +602,7 @@ def _fit_per_frame_errors(S, data, errors, prior_mu, prior_sigma, mask, solver) 
     """Frames with their own error maps: one factorisation per distinct map, on the workers.
 
     The design matrix (and mask, priors) enter the graph once; each chunk of frames is one
-    task running :func:`sparse3d._fit.fit_design` on its frames and error maps, which groups
+    task running :func:`sparse3d.fit.fit_design` on its frames and error maps, which groups
     frames with identical maps. ``weights_err`` is then lazy, ``(nsources, k)``.
     """
     H, W = S.imshape
@@ -625,7 +628,7 @@ def _fit_per_frame_errors(S, data, errors, prior_mu, prior_sigma, mask, solver) 
     if unconstrained.any():
         import warnings
 
-        from ._fit import UnconstrainedSourceWarning
+        from .fit import UnconstrainedSourceWarning
 
         warnings.warn(
             f"{int(unconstrained.sum())} source(s) have no unmasked pixel and no prior: their "
@@ -663,3 +666,8 @@ def _fit_per_frame_errors(S, data, errors, prior_mu, prior_sigma, mask, solver) 
         n_factorizations=int(data.shape[2]),
         _design=S,
     )
+
+
+# The core's NumPy functions (np.dot, np.tensordot, S.fit) reach this module through this
+# hook: sparse3d._functions never imports sparse3d.dask.
+_functions.register_lazy_backend("dask", _functions.LazyBackend(dot=dot, tensordot=tensordot, fit=fit))

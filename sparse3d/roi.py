@@ -30,8 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
     import xarray as xr
 
-    from ._fit import FitResult
     from .core import Sparse3D
+    from .fit import FitResult
 
 __all__ = ["ROISparse3D"]
 
@@ -276,7 +276,7 @@ class ROISparse3D:
             As :meth:`Sparse3D.fit`, with ``model`` in the window layout. Sources whose
             stamps miss every window are unconstrained (NaN) unless they have a prior.
         """
-        from ._fit import fit_design
+        from .fit import fit_design
 
         h, w = self.size
         shape = (self.nrois, h, w)

@@ -404,14 +404,14 @@ if importlib.util.find_spec("sparse3d.xarray") is not None and importlib.util.fi
         ),
     ]
 
-if importlib.util.find_spec("sparse3d._fit") is not None:
+if importlib.util.find_spec("sparse3d.fit") is not None:
 
     def _twins():
         S = _S()
         return Sparse3D(S.data, S.row[:, :, [0, 0]], S.col[:, :, [0, 0]], S.imshape)
 
     def _singular_error():
-        from sparse3d._fit import SingularNormalMatrixError
+        from sparse3d.fit import SingularNormalMatrixError
 
         return SingularNormalMatrixError
 

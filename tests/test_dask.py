@@ -18,8 +18,8 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("dask.distributed")
 
 from sparse3d import Sparse3D  # noqa: E402
-from sparse3d._fit import UnconstrainedSourceWarning, available_solvers, fit_design  # noqa: E402
 from sparse3d.dask import DaskFitResult, SourceChunked, _FrameSolver  # noqa: E402
+from sparse3d.fit import UnconstrainedSourceWarning, available_solvers, fit_design  # noqa: E402
 from sparse3d.testing import gaussian_scene, random_scene  # noqa: E402
 
 
@@ -236,7 +236,7 @@ def test_fit_refusals(gscene, frames):
     _, S = gscene
     with pytest.raises(ValueError, match="errors"):
         S.fit(da.from_array(frames), errors=np.ones((3, 3)))
-    from sparse3d._fit import SingularNormalMatrixError
+    from sparse3d.fit import SingularNormalMatrixError
 
     twice = np.concatenate([S, S[:, :, :1]], axis=2)
     with pytest.raises(SingularNormalMatrixError):

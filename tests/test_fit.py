@@ -1,4 +1,4 @@
-"""Tests of sparse3d._fit.fit_design against independent dense NumPy references.
+"""Tests of sparse3d.fit.fit_design against independent dense NumPy references.
 
 The design matrices are built densely with NumPy (Gaussian stamps at random
 positions) and converted with SciPy; the references solve the stacked,
@@ -13,14 +13,15 @@ import pytest
 import scipy.sparse
 import scipy.sparse.linalg
 
-from sparse3d import _fit
-from sparse3d._fit import (
+from sparse3d.fit import (
     FitResult,
     SingularNormalMatrixError,
     UnconstrainedSourceWarning,
     available_solvers,
     fit_design,
 )
+from sparse3d.fit import factor as fit_factor
+from sparse3d.fit.selinv import _close_pattern
 
 SOLVERS = ["cholmod", "superlu"]
 
@@ -242,7 +243,7 @@ def test_blocked_supernodal_solve_path(scene, monkeypatch):
     if "cholmod" not in available_solvers():
         pytest.skip("needs cvxopt")
     rng, imshape, A, data, err = scene
-    monkeypatch.setattr(_fit, "_CHOLMOD_MAX_DIRECT_RHS", 0)
+    monkeypatch.setattr(fit_factor, "_CHOLMOD_MAX_DIRECT_RHS", 0)
     stack = data[..., None] + rng.normal(0, 0.1, imshape + (5,))
     res = fit_design(scipy.sparse.csr_matrix(A), stack, imshape=imshape, errors=err, solver="cholmod")
     for i in range(5):
@@ -478,7 +479,7 @@ def test_supernodal_on_superlu_factor_matches_dense():
     rng = np.random.default_rng(11)
     A = dense_design(rng, (30, 30), nsources=220, half=4)
     N = scipy.sparse.csr_matrix(A.T @ A + 1e-3 * np.eye(A.shape[1]))
-    fac = _fit._SuperLUFactor(N)
+    fac = fit_factor._SuperLUFactor(N)
     Nd = N.toarray()
     b = rng.normal(size=(A.shape[1], 3))
     np.testing.assert_allclose(fac.solve(b), np.linalg.solve(Nd, b), rtol=1e-8, atol=1e-10)
@@ -502,7 +503,7 @@ def test_close_pattern_adds_missing_entries():
             ]
         )
     )
-    closed = _fit._close_pattern(L)
+    closed = _close_pattern(L)
     assert 3 in closed.indices[closed.indptr[1] : closed.indptr[2]]  # (3, 1) stored
     assert closed.nnz == L.nnz + 1
     np.testing.assert_array_equal(closed.toarray(), L.toarray())

@@ -1,0 +1,57 @@
+"""Weighted linear least-squares fitting of a sparse design matrix to images.
+
+The model of an image of shape ``(H, W)`` is ``image.ravel() = A @ w`` where ``A`` is a
+sparse design matrix of shape ``(H * W, n)``, one column per source. :func:`fit_design`
+solves the (optionally weighted, masked and regularised) normal equations::
+
+    (A^T C^-1 A + P) w = A^T C^-1 d + P mu
+
+with ``C = diag(errors**2)`` restricted to the unmasked pixels and
+``P = diag(1 / prior_sigma**2)``. The normal matrix is factorised once with a sparse
+Cholesky factorisation and reused for every frame of a stack. The 1-sigma uncertainties
+``sqrt(diag((A^T C^-1 A + P)^-1))`` are computed exactly, without forming the dense
+inverse, by a supernodal selected inversion of the factor, on the first access of
+:attr:`FitResult.weights_err`.
+
+Solvers: ``"cholmod"`` (CHOLMOD's supernodal Cholesky, when the optional ``cvxopt`` is
+importable) and ``"superlu"`` (SciPy's SuperLU in symmetric mode, ``L D L^T``, no
+pivoting); :func:`available_solvers` lists those usable here.
+
+Where each concept lives
+------------------------
+``solve.py``
+    :func:`fit_design`, the driver: validate, group frames by error map, factorise once
+    per map, solve all frames, assemble the result.
+``normal.py``
+    :class:`NormalEquations` and :func:`prepare_normal_equations`: the normal matrix of
+    one design and one error map, factorised once; design formats and row scaling.
+``factor.py``
+    The factorisations behind one interface (``solve``, ``inv_diag``, ``portable``):
+    CHOLMOD, SuperLU, triangular, empty; :func:`available_solvers`; singular diagnosis.
+``selinv.py``
+    The supernodal Cholesky blocks: blocked solves and the selected inversion.
+``result.py``
+    :class:`FitResult`, :class:`SingularNormalMatrixError`,
+    :class:`UnconstrainedSourceWarning`; chi-square and weight uncertainties.
+``_checks.py``
+    Input validation (shapes, masks, errors, priors, solver names).
+
+This package imports SciPy; ``import sparse3d`` does not import it (the names above are
+loaded on first use).
+"""
+
+from .factor import PIVOT_RTOL, available_solvers
+from .normal import NormalEquations, prepare_normal_equations
+from .result import FitResult, SingularNormalMatrixError, UnconstrainedSourceWarning
+from .solve import fit_design
+
+__all__ = [
+    "PIVOT_RTOL",
+    "FitResult",
+    "NormalEquations",
+    "SingularNormalMatrixError",
+    "UnconstrainedSourceWarning",
+    "available_solvers",
+    "fit_design",
+    "prepare_normal_equations",
+]

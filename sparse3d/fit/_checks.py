@@ -1,0 +1,119 @@
+"""Input validation of the fit: every refusal names the argument and what was expected."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from .factor import available_solvers
+
+
+def _as_source_vector(value: Any, n: int, name: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+        return np.full(n, float(arr))
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or have shape (nsources,) = ({n},), got shape {arr.shape}")
+    return arr
+
+
+def _rows_all(test: Callable[[np.ndarray], np.ndarray], X: np.ndarray, keep: np.ndarray | None) -> bool:
+    """Whether ``test(X)`` holds for every row of ``X`` kept by ``keep``.
+
+    Works in blocks of rows so that no temporary of the size of ``X`` (a
+    whole frame stack) is allocated.
+    """
+    chunk = max(256, (1 << 18) // max(1, X.shape[1]))
+    for i in range(0, X.shape[0], chunk):
+        ok = test(X[i : i + chunk]).all(axis=1)
+        if keep is not None:
+            ok |= ~keep[i : i + chunk]
+        if not ok.all():
+            return False
+    return True
+
+
+def _check_solver(solver: str) -> str:
+    """The solver name, ``"auto"`` resolved; ValueError when unknown or not installed."""
+    if solver == "auto":
+        solver = "cholmod" if "cholmod" in available_solvers() else "superlu"
+    if solver not in ("cholmod", "superlu"):
+        raise ValueError(f"solver must be 'auto', 'cholmod' or 'superlu', got {solver!r}")
+    if solver == "cholmod" and "cholmod" not in available_solvers():
+        raise ValueError("solver='cholmod' needs the optional dependency cvxopt")
+    return solver
+
+
+def _check_imshape(imshape: Any) -> tuple[int, int]:
+    try:
+        H, W = (int(v) for v in imshape)
+    except (TypeError, ValueError):
+        raise ValueError(f"imshape must be a pair of ints (H, W), got {imshape!r}") from None
+    if H <= 0 or W <= 0:
+        raise ValueError(f"imshape must be positive, got {imshape!r}")
+    return H, W
+
+
+def _check_design(A: Any, npix: int, imshape: Any) -> None:
+    if not (scipy.sparse.issparse(A) and A.ndim == 2):
+        raise ValueError("A must be a 2-D scipy.sparse matrix or array")
+    if A.shape[0] != npix:
+        raise ValueError(f"A must have H * W = {npix} rows for imshape={imshape!r}, got shape {A.shape}")
+
+
+def _check_mask(mask: Any, H: int, W: int) -> np.ndarray | None:
+    """``~mask`` raveled, or None when no pixel is masked."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.dtype != bool:
+        raise ValueError(f"mask must be a boolean array, got dtype {mask.dtype}")
+    if mask.shape != (H, W):
+        raise ValueError(f"mask must have shape (H, W) = {(H, W)}, got {mask.shape}")
+    return ~mask.ravel() if mask.any() else None
+
+
+def _check_data_finite(D: np.ndarray, keep: np.ndarray | None) -> None:
+    if not _rows_all(np.isfinite, D, keep):
+        raise ValueError("data contains non-finite values in unmasked pixels (mask them)")
+
+
+def _check_errors(E: np.ndarray, keep: np.ndarray | None) -> None:
+    if not _rows_all(lambda x: np.isfinite(x) & (x > 0), E, keep):
+        raise ValueError("errors must be positive and finite in unmasked pixels")
+
+
+def _inverse_variance(E: np.ndarray | None, keep: np.ndarray | None) -> np.ndarray | None:
+    """``(npix, g)`` inverse variances of the error maps ``E``, 0 where masked.
+
+    None for unit errors (``E`` None) without a mask.
+    """
+    if E is None:
+        return None if keep is None else keep.astype(np.float64)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ivar = 1.0 / E**2
+    if keep is not None:
+        ivar[~keep] = 0.0
+    return ivar
+
+
+def _check_prior(prior_mu: Any, prior_sigma: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Prior precisions ``1 / prior_sigma**2`` and means (0 where there is no prior)."""
+    if prior_mu is not None and prior_sigma is None:
+        raise ValueError("prior_mu requires prior_sigma")
+    prior_prec = np.zeros(n)
+    mu = np.zeros(n)
+    if prior_sigma is not None:
+        sig = _as_source_vector(prior_sigma, n, "prior_sigma")
+        if not np.all(sig > 0):  # also rejects NaN
+            raise ValueError("prior_sigma must be > 0 (np.inf for no prior)")
+        prior_prec = 1.0 / sig**2
+        if prior_mu is not None:
+            mu = _as_source_vector(prior_mu, n, "prior_mu")
+            if not np.all(np.isfinite(mu[prior_prec > 0])):
+                raise ValueError("prior_mu must be finite")
+            mu = np.where(prior_prec > 0, mu, 0.0)
+    return prior_prec, mu

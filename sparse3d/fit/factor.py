@@ -1,0 +1,353 @@
+"""Factorisations of the normal matrix behind one small interface.
+
+``_factorize(N, solver)`` returns a :class:`Factor`: ``solve(b)`` for one or many
+right-hand sides (``b`` of shape ``(n,)`` or ``(n, k)``), ``inv_diag()`` for
+``diag(N^-1)`` and ``portable()`` for a picklable copy (plain NumPy/SciPy arrays) to ship
+to workers. Implementations:
+
+``_CholmodFactor``
+    CHOLMOD's supernodal Cholesky through the optional ``cvxopt``.
+``_SuperLUFactor``
+    SciPy's SuperLU in symmetric mode, no pivoting: ``L D L^T``.
+``_SupernodalFactor`` / ``_TriangularFactor``
+    The portable forms: supernodal blocks, or SciPy triangular CSR factors.
+``_EmptyFactor``
+    The 0 x 0 matrix (every source unconstrained).
+
+A breakdown or a pivot below :data:`PIVOT_RTOL` times its diagonal entry raises the
+internal ``_NotPositiveDefinite``; :func:`_factorize_or_raise` turns it into
+:class:`~sparse3d.fit.SingularNormalMatrixError` naming the dependent sources.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Protocol
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+
+from .result import SingularNormalMatrixError
+from .selinv import _close_pattern, _single_threaded_blas, _Supernodal
+
+try:  # optional accelerator: CHOLMOD through cvxopt's PyPI wheels
+    from cvxopt import cholmod as _cholmod
+    from cvxopt import matrix as _cvx_matrix
+    from cvxopt import spmatrix as _cvx_spmatrix
+except ImportError:  # pragma: no cover - depends on the environment
+    _cholmod = None
+
+#: A source whose Cholesky pivot is below ``PIVOT_RTOL`` times its diagonal
+#: entry of the normal matrix is treated as linearly dependent on the others.
+PIVOT_RTOL = 1e-10
+
+# cvxopt's CHOLMOD options are process-global: fits in several threads take turns setting them
+_CHOLMOD_LOCK = threading.Lock()
+
+# With CHOLMOD, up to this many right-hand sides are solved by CHOLMOD itself
+# (which handles one column at a time); more use the blocked supernodal solve.
+_CHOLMOD_MAX_DIRECT_RHS = 32
+
+
+class Factor(Protocol):
+    """The interface every factorisation of ``N`` (``n x n``, symmetric positive definite) offers."""
+
+    name: str
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        """Solve ``N x = b`` for ``b`` of shape ``(n,)`` or ``(n, k)`` (all columns at once)."""
+        ...
+
+    def inv_diag(self) -> np.ndarray:
+        """Return ``diag(N^-1)``, shape ``(n,)``."""
+        ...
+
+    def portable(self) -> Factor:
+        """This factor as plain NumPy/SciPy arrays: picklable, no solver library objects."""
+        ...
+
+
+def available_solvers() -> tuple[str, ...]:
+    """Return the names of the sparse solvers usable in this environment.
+
+    Returns
+    -------
+    tuple of str
+        ``("cholmod", "superlu")`` when ``cvxopt`` is installed, otherwise
+        ``("superlu",)``.
+    """
+    return ("cholmod", "superlu") if _cholmod is not None else ("superlu",)
+
+
+class _NotPositiveDefinite(Exception):
+    """Internal: the factorisation broke down or produced tiny pivots."""
+
+    def __init__(self, columns: np.ndarray | None = None) -> None:
+        super().__init__()
+        self.columns = columns
+
+
+def _small_pivots(pivots: np.ndarray, diag_perm: np.ndarray) -> np.ndarray:
+    """Positions (in factor order) of pivots too small relative to ``diag``."""
+    return np.flatnonzero(~(pivots > PIVOT_RTOL * diag_perm))
+
+
+def _splu_ldlt(N: scipy.sparse.csc_matrix) -> Any:
+    """SuperLU of the symmetric ``N`` as ``L D L^T``: symmetric mode, no pivoting."""
+    return scipy.sparse.linalg.splu(
+        N,
+        permc_spec="MMD_AT_PLUS_A",
+        diag_pivot_thresh=0.0,
+        options={"SymmetricMode": True},
+    )
+
+
+class _SupernodalFactor:
+    """``N[p][:, p] = L L^T`` with ``L`` held as supernodal NumPy blocks.
+
+    The form every factorisation can export (:meth:`portable`): plain arrays,
+    cheap to pickle, solved by the blocked supernodal solve.  The solver
+    specific factors below derive from it and build the blocks lazily.
+    """
+
+    name = "supernodal"
+
+    def __init__(self, perm: np.ndarray, supernodal: _Supernodal) -> None:
+        self.n = supernodal.n
+        self.perm = perm
+        self._super: _Supernodal | None = supernodal
+
+    def _supernodal(self) -> _Supernodal:
+        assert self._super is not None
+        return self._super
+
+    def _blocked_solve(self, b: np.ndarray) -> np.ndarray:
+        b2 = b.reshape(self.n, -1)
+        out = np.empty(b2.shape)
+        out[self.perm] = self._supernodal().solve(b2[self.perm])
+        return out.reshape(b.shape)
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        """Solve ``N x = b`` for ``b`` of shape ``(n,)`` or ``(n, k)``."""
+        return self._blocked_solve(b)
+
+    def inv_diag(self) -> np.ndarray:
+        """Return ``diag(N^-1)`` by supernodal selected inversion."""
+        d = np.empty(self.n)
+        d[self.perm] = self._supernodal().inv_diag()
+        return d
+
+    def portable(self) -> _SupernodalFactor:
+        """This factor as supernodal blocks only (picklable, no solver library objects)."""
+        return _SupernodalFactor(self.perm, self._supernodal())
+
+
+class _CholmodFactor(_SupernodalFactor):
+    """Supernodal CHOLMOD factorisation ``N[p][:, p] = L L^T`` via cvxopt."""
+
+    name = "cholmod"
+
+    def __init__(self, N: scipy.sparse.csr_matrix) -> None:
+        n = N.shape[0]
+        self.n = n
+        low = scipy.sparse.tril(N, format="coo")
+        C = _cvx_spmatrix(low.data, low.row.astype(np.int64), low.col.astype(np.int64), (n, n))
+        with _CHOLMOD_LOCK:
+            old = _cholmod.options.get("supernodal", 2)
+            _cholmod.options["supernodal"] = 2
+            try:
+                F = _cholmod.symbolic(C, uplo="L")
+                try:
+                    _cholmod.numeric(C, F)
+                except ArithmeticError as exc:
+                    raise _NotPositiveDefinite() from exc
+            finally:
+                _cholmod.options["supernodal"] = old
+        x = _cvx_matrix(np.arange(n, dtype=np.float64))
+        _cholmod.solve(F, x, sys=7)
+        self.perm = np.asarray(x, dtype=np.float64).ravel().astype(np.intp)
+        pivots = np.asarray(_cholmod.diag(F)).ravel() ** 2
+        bad = _small_pivots(pivots, N.diagonal()[self.perm])
+        if bad.size:
+            raise _NotPositiveDefinite(self.perm[bad])
+        self._F = F
+        self._super = None
+
+    def _supernodal(self) -> _Supernodal:
+        if self._super is None:
+            Lf = _cholmod.getfactor(self._F)  # invalidates self._F for solves
+            self._F = None
+            colptr, rowind, vals = Lf.CCS
+            L = scipy.sparse.csc_matrix(
+                (
+                    np.asarray(vals, dtype=np.float64).ravel(),
+                    np.asarray(rowind).ravel(),
+                    np.asarray(colptr).ravel(),
+                ),
+                shape=(self.n, self.n),
+            )
+            L.sort_indices()
+            self._super = _Supernodal(L)
+        return self._super
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        b2 = b.reshape(self.n, -1)
+        k = b2.shape[1]
+        if self._F is None or k > _CHOLMOD_MAX_DIRECT_RHS:
+            return self._blocked_solve(b)
+        out = np.empty((self.n, k))
+        for i in range(k):
+            x = _cvx_matrix(np.ascontiguousarray(b2[:, i], dtype=np.float64))
+            _cholmod.solve(self._F, x)
+            out[:, i] = np.asarray(x).ravel()
+        return out.reshape(b.shape)
+
+
+class _SuperLUFactor(_SupernodalFactor):
+    """SuperLU ``L D L^T`` factorisation (symmetric mode, no pivoting)."""
+
+    name = "superlu"
+
+    def __init__(self, N: scipy.sparse.csr_matrix) -> None:
+        n = N.shape[0]
+        self.n = n
+        Nc = N.tocsc()
+        try:
+            lu = _splu_ldlt(Nc)
+        except RuntimeError as exc:  # "Factor is exactly singular"
+            raise _NotPositiveDefinite() from exc
+        if not np.array_equal(lu.perm_r, lu.perm_c):
+            raise _NotPositiveDefinite()
+        # Pr N Pc = L U with Pc[i, perm_c[i]] = 1, so N[p][:, p] = L U with
+        # p = argsort(perm_c).
+        self.perm = np.argsort(lu.perm_c)
+        pivots = lu.U.diagonal()
+        bad = _small_pivots(pivots, Nc.diagonal()[self.perm])
+        if bad.size:
+            raise _NotPositiveDefinite(self.perm[bad])
+        self._lu = lu
+        self._pivots = pivots
+        self._super = None
+
+    def _cholesky_lower(self) -> scipy.sparse.csc_matrix:
+        """The Cholesky factor ``L sqrt(D)`` of SuperLU's unit-lower ``L`` and ``D = diag(U)``."""
+        L = scipy.sparse.csc_matrix(self._lu.L)
+        L.data = L.data * np.repeat(np.sqrt(self._pivots), np.diff(L.indptr))
+        return L
+
+    def _supernodal(self) -> _Supernodal:
+        if self._super is None:
+            self._super = _Supernodal(_close_pattern(self._cholesky_lower()))
+            self._lu = None  # free SuperLU's copy; solve() uses the blocks now
+        return self._super
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        if self._lu is not None:
+            with _single_threaded_blas():  # several times faster for many columns
+                return self._lu.solve(np.asarray(b, dtype=np.float64))
+        return self._blocked_solve(b)
+
+    def portable(self) -> _SupernodalFactor | _TriangularFactor:
+        """Triangular CSR factors while SuperLU's factor is at hand, else the blocks.
+
+        SuperLU's orderings give small supernodes, for which SciPy's triangular
+        solves are faster than the blocked solve.
+        """
+        if self._lu is not None:
+            return _TriangularFactor(self.perm, self._cholesky_lower())
+        return super().portable()
+
+
+class _TriangularFactor:
+    """``N[p][:, p] = L L^T`` with ``L`` as SciPy triangular matrices: picklable, solved in C."""
+
+    name = "triangular"
+
+    def __init__(self, perm: np.ndarray, L: scipy.sparse.csc_matrix) -> None:
+        self.n = L.shape[0]
+        self.perm = perm
+        self.lower = scipy.sparse.csr_matrix(L)
+        # L.T shares L's index arrays, which SuperLU's factor may share too: copy them
+        self.upper = scipy.sparse.csr_matrix(L.T, copy=True)
+        self.upper.sort_indices()
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
+        y = scipy.sparse.linalg.spsolve_triangular(self.lower, b2[self.perm], lower=True)
+        x = np.empty(y.shape)
+        x[self.perm] = scipy.sparse.linalg.spsolve_triangular(self.upper, y, lower=False, overwrite_b=True)
+        return x.reshape(b.shape)
+
+    def inv_diag(self) -> np.ndarray:
+        d = np.empty(self.n)
+        d[self.perm] = _Supernodal(_close_pattern(self.lower.tocsc())).inv_diag()
+        return d
+
+    def portable(self) -> _TriangularFactor:
+        return self
+
+
+class _EmptyFactor:
+    """Factor of a 0 x 0 matrix (every source unconstrained)."""
+
+    name = "empty"
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        return np.zeros(b.shape)
+
+    def inv_diag(self) -> np.ndarray:
+        return np.zeros(0)
+
+    def portable(self) -> _EmptyFactor:
+        return self
+
+
+def _factorize(N: scipy.sparse.csr_matrix, solver: str) -> _SupernodalFactor | _EmptyFactor:
+    """Factorise the SPD matrix ``N``; raise ``_NotPositiveDefinite``."""
+    if N.shape[0] == 0:
+        return _EmptyFactor()
+    if solver == "cholmod":
+        return _CholmodFactor(N)
+    return _SuperLUFactor(N)
+
+
+def _diagnose_singular(N: scipy.sparse.csr_matrix) -> np.ndarray:
+    """Find the columns responsible for the singularity of PSD matrix ``N``.
+
+    The matrix is shifted by a tiny multiple of its diagonal, which keeps it
+    positive definite, and factorised; the dependent columns are those with
+    pivots of the order of the shift.
+    """
+    d = N.diagonal()
+    shifted = (N + scipy.sparse.diags(1e-13 * d)).tocsc()
+    try:
+        lu = _splu_ldlt(shifted)
+    except RuntimeError:
+        return np.zeros(0, dtype=np.intp)
+    perm = np.argsort(lu.perm_c)
+    return np.sort(perm[_small_pivots(lu.U.diagonal(), d[perm])])
+
+
+def _factorize_or_raise(N: scipy.sparse.csr_matrix, idx: np.ndarray | None, solver: str) -> Any:
+    """``_factorize(N)``, raising :class:`SingularNormalMatrixError` naming the sources.
+
+    ``idx`` maps the rows of ``N`` to sources (None: the identity).
+    """
+    try:
+        return _factorize(N, solver)
+    except _NotPositiveDefinite as exc:
+        cols = exc.columns if exc.columns is not None else _diagnose_singular(N)
+        cols = np.sort(cols if idx is None else idx[cols])
+        shown = ", ".join(str(c) for c in cols[:20]) + (" ..." if cols.size > 20 else "")
+        raise SingularNormalMatrixError(
+            "the normal matrix A^T C^-1 A + P is singular: "
+            + (
+                f"{cols.size} source(s) are linearly dependent on other sources "
+                f"(e.g. identical columns of A): [{shown}]. "
+                if cols.size
+                else "some sources are linearly dependent on others. "
+            )
+            + "Remove or merge them, or give them a prior (prior_sigma).",
+            sources=cols,
+        ) from None

@@ -1,0 +1,291 @@
+"""The normal equations of one design matrix and one error map, factorised once.
+
+``(A^T C^-1 A + P) w = A^T C^-1 d + P mu`` restricted to the sources that have data or a
+prior: :class:`NormalEquations` (built by :func:`prepare_normal_equations`) solves any
+number of frames with one factorisation and pickles compactly for Dask workers. Also the
+design-matrix formats it needs (canonical CSR and CSC, row scaling by the weights).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from ._checks import (
+    _check_data_finite,
+    _check_design,
+    _check_errors,
+    _check_imshape,
+    _check_mask,
+    _check_prior,
+    _check_solver,
+    _inverse_variance,
+)
+from .factor import _factorize_or_raise
+from .result import _chi2, _warn_unconstrained, _weights_err
+
+
+def _row_scale(M: scipy.sparse.csr_matrix | scipy.sparse.csc_matrix, scale: np.ndarray) -> Any:
+    """Return ``diag(scale) @ M`` in the format of ``M``, dropping zeroed rows."""
+    if M.format == "csr":
+        data = M.data * np.repeat(scale, np.diff(M.indptr))
+    else:
+        data = M.data * scale[M.indices]
+    if np.all(scale != 0):
+        return M.__class__((data, M.indices, M.indptr), shape=M.shape)
+    # eliminate_zeros works in place: do not let it touch M's index arrays
+    out = M.__class__((data, M.indices.copy(), M.indptr.copy()), shape=M.shape)
+    out.eliminate_zeros()
+    return out
+
+
+def _canonical(M: scipy.sparse.spmatrix) -> scipy.sparse.spmatrix:
+    """Return ``M`` as float64 with sorted indices and no duplicates."""
+    if M.dtype != np.float64:
+        M = M.astype(np.float64)
+    if not M.has_canonical_format:
+        M = M.copy()
+        M.sum_duplicates()
+    return M
+
+
+def _design_formats(A: Any) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csc_matrix]:
+    """``A`` in CSR and CSC, canonical, float64; ValueError if it holds non-finite values.
+
+    CSR serves ``A @ x`` and (as ``A_csr.T``) ``A^T @ X``; ``A_csc.T @ A_csr``
+    is the normal matrix without any format conversion.
+    """
+    A_csr = _canonical(scipy.sparse.csr_matrix(A))
+    if not np.all(np.isfinite(A_csr.data)):
+        raise ValueError("A contains non-finite values")
+    return A_csr, _canonical(scipy.sparse.csc_matrix(A))
+
+
+class NormalEquations:
+    """The factorised normal equations of one design matrix and one error map.
+
+    ``(A^T C^-1 A + P) w = A^T C^-1 d + P mu``, restricted to the *free*
+    sources (those with an unmasked pixel or a prior), factorised once; then
+    :meth:`solve` fits any number of frames.  Built by
+    :func:`prepare_normal_equations` (and by :func:`fit_design`, once per
+    distinct error map).
+
+    Pickling ships the design matrix, the inverse variances and the factor
+    in its portable form (see :meth:`portable`): no solver library object
+    and no weighted copy of the design matrix, which is rebuilt on first use.
+
+    Attributes
+    ----------
+    design : scipy.sparse.csr_matrix
+        The design matrix ``A``, shape ``(npix, n)``, float64 with canonical
+        indices, unweighted and unmasked (for models and chi-square).
+    ivar : numpy.ndarray or None
+        Inverse variances ``diag(C^-1)``, shape ``(npix,)``, 0 on masked
+        pixels; None for unit errors without a mask.
+    keep : numpy.ndarray or None
+        Boolean ``(npix,)``, True on the pixels used; None when none is masked.
+    prior_rhs : numpy.ndarray or None
+        ``P mu``, shape ``(n,)``; None without priors.
+    free : numpy.ndarray
+        Boolean ``(n,)``: the sources in the system (``~unconstrained``).
+    factor : object
+        Cholesky factor of the normal matrix restricted to the free sources:
+        ``factor.solve(b)`` for ``b`` of shape ``(nfree,)`` or ``(nfree, k)``
+        (all columns at once) and ``factor.inv_diag()`` for
+        ``diag(N^-1)``.
+    solver : str
+        ``"cholmod"`` or ``"superlu"``: the solver that factorised ``N``.
+    """
+
+    def __init__(
+        self,
+        design: scipy.sparse.csr_matrix,
+        ivar: np.ndarray | None,
+        keep: np.ndarray | None,
+        prior_rhs: np.ndarray | None,
+        free: np.ndarray,
+        factor: Any,
+        solver: str,
+    ) -> None:
+        self.design = design
+        self.ivar = ivar
+        self.keep = keep
+        self.prior_rhs = prior_rhs
+        self.free = free
+        self.factor = factor
+        self.solver = solver
+        self._idx = None if free.all() else np.flatnonzero(free)
+        self._weighted: scipy.sparse.csr_matrix | None = None
+
+    @classmethod
+    def _build(
+        cls,
+        A_csr: scipy.sparse.csr_matrix,
+        A_csc: scipy.sparse.csc_matrix,
+        ivar: np.ndarray | None,
+        keep: np.ndarray | None,
+        prior_prec: np.ndarray,
+        mu: np.ndarray,
+        solver: str,
+    ) -> NormalEquations:
+        """Form and factorise ``N`` from validated inputs (``A`` in both formats)."""
+        if ivar is None:
+            As_csr, As_csc = A_csr, A_csc
+        else:
+            sw = np.sqrt(ivar)
+            As_csr, As_csc = _row_scale(A_csr, sw), _row_scale(A_csc, sw)
+        G = scipy.sparse.csr_matrix(As_csc.T @ As_csr)
+        del As_csr, As_csc
+        has_prior = bool(np.any(prior_prec > 0))
+        free = (G.diagonal() > 0) | (prior_prec > 0)
+        Nmat = G + scipy.sparse.diags(prior_prec) if has_prior else G
+        idx = None if free.all() else np.flatnonzero(free)
+        if idx is not None:
+            Nmat = Nmat[idx][:, idx]
+        Nmat = scipy.sparse.csr_matrix(Nmat)
+        del G
+        factor = _factorize_or_raise(Nmat, idx, solver)
+        prior_rhs = prior_prec * mu if has_prior else None
+        return cls(A_csr, ivar, keep, prior_rhs, free, factor, solver)
+
+    # -- facts -----------------------------------------------------------
+    @property
+    def n_sources(self) -> int:
+        """Number of sources ``n`` (columns of the design matrix)."""
+        return self.design.shape[1]
+
+    @property
+    def n_pixels(self) -> int:
+        """Number of unmasked pixels."""
+        return self.design.shape[0] if self.keep is None else int(self.keep.sum())
+
+    @property
+    def unconstrained(self) -> np.ndarray:
+        """Boolean ``(n,)``: sources with no unmasked pixel and no prior."""
+        return ~self.free
+
+    @property
+    def weighted_design(self) -> scipy.sparse.csr_matrix:
+        """``C^-1 A`` (CSR), masked rows dropped: ``weighted_design.T @ d`` is ``A^T C^-1 d``."""
+        if self._weighted is None:
+            self._weighted = self.design if self.ivar is None else _row_scale(self.design, self.ivar)
+        return self._weighted
+
+    # -- fitting ---------------------------------------------------------
+    def check_data(self, D: np.ndarray) -> None:
+        """Raise ValueError when ``D`` ``(npix, k)`` has non-finite unmasked pixels."""
+        _check_data_finite(D, self.keep)
+
+    def solve(self, D: np.ndarray) -> np.ndarray:
+        """Best-fit weights for the frames ``D``, shape ``(npix,)`` or ``(npix, k)``.
+
+        Returns shape ``(n,)`` or ``(n, k)``, NaN for unconstrained sources.
+        Masked pixels of ``D`` are ignored (they may be non-finite); the
+        unmasked ones are not checked (see :meth:`check_data`).
+        """
+        rhs = self.weighted_design.T @ D
+        if self.prior_rhs is not None:
+            rhs += self.prior_rhs if D.ndim == 1 else self.prior_rhs[:, None]
+        if self._idx is None:
+            return self.factor.solve(rhs)
+        out = np.full((self.n_sources, *D.shape[1:]), np.nan)
+        out[self._idx] = self.factor.solve(rhs[self._idx])
+        return out
+
+    def chi2(self, D: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``sum(((D - A w) / errors)**2)`` over the unmasked pixels, per frame: ``(k,)``.
+
+        ``D`` is ``(npix, k)`` and ``weights`` ``(n, k)``; NaN weights count as 0.
+        """
+        wz = np.where(np.isnan(weights), 0.0, weights)
+        ivar = None if self.ivar is None else self.ivar[:, None]
+        return _chi2(self.design, wz, D, ivar, [np.arange(D.shape[1])], self.keep)
+
+    def weights_err(self) -> np.ndarray:
+        """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n,)``; NaN for unconstrained sources."""
+        return _weights_err(self.factor, self.free)
+
+    def warn_if_unconstrained(self, stacklevel: int = 2) -> None:
+        """Issue one :class:`UnconstrainedSourceWarning` counting the unconstrained sources, if any.
+
+        ``stacklevel`` is that of :func:`warnings.warn` called by the caller.
+        """
+        _warn_unconstrained(self.unconstrained, stacklevel + 1)
+
+    # -- shipping --------------------------------------------------------
+    def portable(self) -> NormalEquations:
+        """These equations with the factor in a picklable form, for shipping to workers.
+
+        The factor becomes plain NumPy/SciPy arrays: supernodal blocks (built
+        once; :meth:`weights_err` then reuses them) or, with SuperLU before
+        :meth:`weights_err` is called, triangular CSR factors, which solve
+        faster.  Solving with them gives the same weights.
+        """
+        return NormalEquations(
+            self.design, self.ivar, self.keep, self.prior_rhs, self.free, self.factor.portable(), self.solver
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["factor"] = self.factor.portable()
+        state["_weighted"] = None
+        return state
+
+
+def prepare_normal_equations(
+    A: scipy.sparse.spmatrix | scipy.sparse.sparray,
+    *,
+    imshape: tuple[int, int],
+    errors: np.ndarray | None = None,
+    prior_mu: float | np.ndarray | None = None,
+    prior_sigma: float | np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    solver: str = "auto",
+) -> NormalEquations:
+    """Validate the inputs, form the normal matrix and factorise it, once.
+
+    The set-up shared by every frame fitted with one error map: what
+    :func:`fit_design` does before it touches the data.  Arguments are those
+    of :func:`fit_design`, except that ``errors`` is one map of shape
+    ``(H, W)`` (or None).
+
+    Returns
+    -------
+    NormalEquations
+        ``solve(D)`` then fits frames ``D`` of shape ``(H * W, k)``.
+
+    Raises
+    ------
+    ValueError
+        If an argument has the wrong shape or invalid values.
+    SingularNormalMatrixError
+        As in :func:`fit_design`.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse
+    >>> A = scipy.sparse.random(16, 3, density=0.6, random_state=0, format="csr")
+    >>> ne = prepare_normal_equations(A, imshape=(4, 4))
+    >>> np.allclose(ne.solve(A @ np.array([[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]])), [[1, 4], [2, 5], [3, 6]])
+    True
+    """
+    solver = _check_solver(solver)
+    H, W = _check_imshape(imshape)
+    npix = H * W
+    _check_design(A, npix, imshape)
+    keep = _check_mask(mask, H, W)
+    E = None
+    if errors is not None:
+        errors = np.asarray(errors, dtype=np.float64)
+        if errors.shape != (H, W):
+            raise ValueError(f"errors must have shape (H, W) = {(H, W)}, got {errors.shape}")
+        E = errors.reshape(npix, 1)
+        _check_errors(E, keep)
+    ivar = _inverse_variance(E, keep)
+    prior_prec, mu = _check_prior(prior_mu, prior_sigma, A.shape[1])
+    A_csr, A_csc = _design_formats(A)
+    return NormalEquations._build(
+        A_csr, A_csc, None if ivar is None else ivar[:, 0], keep, prior_prec, mu, solver
+    )

@@ -1,0 +1,212 @@
+"""Supernodal Cholesky machinery: blocked triangular solves and selected inversion.
+
+:class:`_Supernodal` holds a lower Cholesky factor ``L`` as dense supernodal blocks, solves
+``L L^T x = b`` for many right-hand sides at once and computes ``diag((L L^T)^-1)`` exactly
+(the block form of Takahashi's recurrences) without forming the inverse.
+:func:`_close_pattern` repairs factors whose explicit zeros were dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+from scipy.linalg import lapack
+
+try:  # optional: keeps BLAS single-threaded in loops of small products
+    from threadpoolctl import threadpool_limits as _threadpool_limits
+except ImportError:  # pragma: no cover - depends on the environment
+    _threadpool_limits = None
+
+
+def _single_threaded_blas() -> contextlib.AbstractContextManager[Any]:
+    """Limit BLAS to one thread (if threadpoolctl is installed).
+
+    The supernodal loops issue thousands of small matrix products, for which
+    BLAS threading costs far more than it gains.
+    """
+    if _threadpool_limits is None:
+        return contextlib.nullcontext()
+    return _threadpool_limits(limits=1, user_api="blas")
+
+
+def _close_pattern(L: scipy.sparse.csc_matrix) -> scipy.sparse.csc_matrix:
+    """Extend the pattern of a lower factor so it is closed under its etree.
+
+    A Cholesky factor from which numerically zero entries were dropped (as
+    SciPy does when it exports SuperLU's factor) may violate the property
+    ``struct(L[:, j]) \\ {j}  ⊆  struct(L[:, parent(j)])`` that the selected
+    inversion relies on.  This adds the missing entries as explicit zeros.
+    """
+    n = L.shape[0]
+    L = scipy.sparse.csc_matrix(L)
+    L.sort_indices()
+    ptr, ind, dat = L.indptr, L.indices, L.data
+    pending: dict[int, list[np.ndarray]] = {}
+    out_rows: list[np.ndarray] = []
+    out_vals: list[np.ndarray] = []
+    counts = np.empty(n, dtype=np.int64)
+    for j in range(n):
+        rows = ind[ptr[j] : ptr[j + 1]]
+        vals = dat[ptr[j] : ptr[j + 1]]
+        extra = pending.pop(j, None)
+        if extra is not None:
+            merged = np.unique(np.concatenate([rows, *extra]))
+            if merged.size != rows.size:
+                new_vals = np.zeros(merged.size)
+                new_vals[np.searchsorted(merged, rows)] = vals
+                rows, vals = merged, new_vals
+        if rows.size > 1:
+            pending.setdefault(int(rows[1]), []).append(rows[2:])
+        out_rows.append(rows)
+        out_vals.append(vals)
+        counts[j] = rows.size
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return scipy.sparse.csc_matrix((np.concatenate(out_vals), np.concatenate(out_rows), indptr), shape=(n, n))
+
+
+class _Supernodal:
+    """Dense-block view of a lower Cholesky factor ``L`` (``N = L L^T``).
+
+    ``L`` must be CSC with sorted row indices, the diagonal first in every
+    column, and a pattern closed under the elimination tree (true for a
+    symbolic Cholesky pattern; see :func:`_close_pattern`).  Consecutive
+    columns with nested patterns form a supernode ``s`` whose columns
+    ``starts[s]:ends[s]`` share the rows ``rows[s]`` below the diagonal block;
+    its entries are stored as a dense ``(ns + m, ns)`` block.
+    """
+
+    def __init__(self, L: scipy.sparse.csc_matrix) -> None:
+        n = L.shape[0]
+        ptr = L.indptr.astype(np.int64)
+        ind, dat = L.indices, L.data
+        cnt = np.diff(ptr)
+        if n and (np.any(cnt == 0) or np.any(ind[ptr[:-1]] != np.arange(n))):
+            raise RuntimeError("internal error: factor has a missing diagonal")
+        # Column j + 1 continues the supernode of column j when its pattern is
+        # the pattern of column j without j.
+        cont = np.zeros(n, dtype=bool)
+        if n > 1:
+            second = ind[np.minimum(ptr[:-2] + 1, ind.size - 1)]
+            cont[1:] = (cnt[:-1] > 1) & (cnt[:-1] == cnt[1:] + 1) & (second == np.arange(1, n))
+        starts = np.flatnonzero(~cont)
+        ends = np.append(starts[1:], n)
+        ns = ends - starts
+        height = cnt[starts]  # ns + m
+        sup_of_col = np.repeat(np.arange(starts.size), ns)
+        # Copy L into one flat buffer holding the (ns + m, ns) blocks one after
+        # the other, each in column-major order: the entries of a column are
+        # then contiguous, starting at its diagonal.
+        offsets = np.zeros(starts.size + 1, dtype=np.int64)
+        np.cumsum(height * ns, out=offsets[1:])
+        local_col = np.arange(n) - np.repeat(starts, ns)
+        col_start = np.repeat(offsets[:-1], ns) + local_col * (np.repeat(height, ns) + 1)
+        dest = np.repeat(col_start - ptr[:-1], cnt)
+        dest += np.arange(ind.size)
+        buf = np.zeros(int(offsets[-1]))
+        buf[dest] = dat
+        del dest
+        self.n = n
+        self.starts = starts
+        self.ends = ends
+        self.rows: list[np.ndarray] = []  # rows below the diagonal block
+        self.linv: list[np.ndarray] = []  # inverse of the diagonal block
+        self.lbelow: list[np.ndarray] = []  # block of L below the diagonal
+        parent = np.full(starts.size, -1, dtype=np.int64)
+        with _single_threaded_blas():
+            for s_, (f, k, h, o) in enumerate(
+                zip(starts.tolist(), ns.tolist(), height.tolist(), offsets.tolist())
+            ):
+                block = buf[o : o + h * k].reshape(k, h).T
+                if k == 1:
+                    linv = 1.0 / block[:1]
+                else:
+                    # the strict upper part of the input is zero, so is the output's
+                    linv, info = lapack.dtrtri(block[:k], lower=1)
+                    if info != 0:
+                        raise RuntimeError("internal error: singular diagonal block")
+                self.linv.append(linv)
+                self.lbelow.append(block[k:])
+                rows = ind[ptr[f] + k : ptr[f + 1]]
+                self.rows.append(rows)
+                if rows.size:
+                    parent[s_] = sup_of_col[rows[0]]
+        self.parent = parent
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        """Solve ``L L^T x = b`` (``b`` in the factor's permuted order)."""
+        x = np.array(b, dtype=np.float64, order="C", copy=True)
+        with _single_threaded_blas():
+            self._solve_inplace(x)
+        return x
+
+    def _solve_inplace(self, x: np.ndarray) -> None:
+        for s in range(self.starts.size):
+            f, e = self.starts[s], self.ends[s]
+            xs = self.linv[s] @ x[f:e]
+            x[f:e] = xs
+            if self.rows[s].size:
+                r = self.rows[s]
+                x[r] -= self.lbelow[s] @ xs
+        for s in range(self.starts.size - 1, -1, -1):
+            f, e = self.starts[s], self.ends[s]
+            xs = x[f:e]
+            if self.rows[s].size:
+                xs = xs - self.lbelow[s].T @ x[self.rows[s]]
+            x[f:e] = self.linv[s].T @ xs
+
+    def inv_diag(self) -> np.ndarray:
+        """Return ``diag((L L^T)^-1)`` by supernodal selected inversion.
+
+        With ``Z = (L L^T)^-1`` and, for a supernode ``s`` with diagonal block
+        ``L_ss`` and off-diagonal rows ``R``, ``U = L_Rs L_ss^-1``::
+
+            Z_Rs = -Z_RR U
+            Z_ss = L_ss^-T L_ss^-1 + U^T Z_RR U
+
+        ``Z_RR`` only involves rows of the parent supernode's front, so the
+        supernodes are processed from the root down, keeping each front
+        ``Z[F, F]`` (``F`` = columns and rows of the supernode) until all of
+        its children are done.  Cost is about that of the factorisation.
+        """
+        with _single_threaded_blas():
+            return self._inv_diag()
+
+    def _inv_diag(self) -> np.ndarray:
+        nsup = self.starts.size
+        diag = np.empty(self.n)
+        nchild = np.bincount(self.parent[self.parent >= 0], minlength=nsup)
+        fronts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for s in range(nsup - 1, -1, -1):
+            f, e = int(self.starts[s]), int(self.ends[s])
+            ns = e - f
+            linv = self.linv[s]
+            rows = self.rows[s]
+            zss = linv.T @ linv
+            if rows.size:
+                p = int(self.parent[s])
+                fp, zp = fronts[p]
+                idx = np.searchsorted(fp, rows)
+                if idx[-1] >= fp.size or np.any(fp[idx] != rows):
+                    raise RuntimeError("internal error: factor pattern is not closed")
+                zrr = zp[idx[:, None], idx]
+                u = self.lbelow[s] @ linv
+                zrs = -(zrr @ u)
+                zss -= u.T @ zrs
+                nchild[p] -= 1
+                if nchild[p] == 0:
+                    del fronts[p]
+            diag[f:e] = np.diagonal(zss)
+            if nchild[s]:
+                m = rows.size
+                front = np.empty((ns + m, ns + m))
+                front[:ns, :ns] = zss
+                if m:
+                    front[ns:, :ns] = zrs
+                    front[:ns, ns:] = zrs.T
+                    front[ns:, ns:] = zrr
+                fronts[s] = (np.concatenate([np.arange(f, e), rows]), front)
+        return diag
