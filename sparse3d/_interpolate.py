@@ -111,16 +111,25 @@ def _shift_arg(shift, nsources: int) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
+_BLAS_CONTROLLER = []  # a threadpoolctl.ThreadpoolController, found once (it scans loaded libraries)
+
+
 def _single_threaded_blas():
     """One BLAS thread: the products here have an inner dimension of a stamp side (~10), which
     is memory-bound, and on a busy machine threaded BLAS spins (measured 3-7x slower)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+    if not _BLAS_CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS_CONTROLLER.append(ThreadpoolController())
+        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+            _BLAS_CONTROLLER.append(None)
+    controller = _BLAS_CONTROLLER[0]
+    if controller is None:  # pragma: no cover
         import contextlib
 
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    return controller.limit(limits=1, user_api="blas")
 
 
 def _resample_axis(values: np.ndarray, frac: np.ndarray, axis: int) -> np.ndarray:
