@@ -338,6 +338,9 @@ def test_huge_coordinates_are_refused_not_wrapped():
         lambda: Sparse3D(one, 0, 0, (2**33, 2**33)),
         lambda: Sparse3D(one, 0, 0, (5, 5), imcorner=(2**61, 0)),
         lambda: Sparse3D(one, 0, 0, (5, 5)).roi([(2**62, 0)], (2, 2)),
+        lambda: _grid([1, 4], [2, 5])[0].shift((np.array([2.0**63, 0.0]), 0)),
+        lambda: _grid([1, 4], [2, 5])[0].shift((np.array([2.0**61, 0.0]), 0)),
+        lambda: _grid([1, 4], [2, 5])[0].shift((2.0**62, 0)),
     ]
     for call in bad:
         with pytest.raises(ValueError, match=r"2\*\*6[12]"):
