@@ -457,8 +457,12 @@ def test_repeated_positions_refused_exactly_when_present(nr, nc, n, box, seed, l
     if layout == "box":  # anywhere in a small box: repeats are likely
         row = rng.integers(0, box, size=(nr, nc, n)) + rng.integers(-3, 8, size=n)
         col = rng.integers(0, box, size=(nr, nc, n)) - 2
-    else:
+    else:  # a grid, possibly flipped or transposed (the check's fast path)
         R, C = np.mgrid[:nr, :nc]
+        if rng.random() < 0.5:
+            R, C = C * 2, R  # row varies along stamp axis 1, with steps of 2
+        R = R[::-1] if rng.random() < 0.5 else R
+        C = C[:, ::-1] if rng.random() < 0.5 else C
         row = R[:, :, None] + rng.integers(-3, 8, size=n)
         col = C[:, :, None] + rng.integers(-3, 8, size=n)
         if layout == "grid_with_repeat" and n and nr * nc > 1:
