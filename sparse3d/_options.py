@@ -9,7 +9,10 @@ from collections.abc import Iterator
 __all__ = ["DenseAllocationError", "get_options", "set_options"]
 
 _DEFAULTS = {"max_dense_bytes": 2 * 1024**3, "buffer_pool_bytes": 256 * 1024**2}
-_state = threading.local()
+# Process-wide (not thread-local): the limits must reach Dask workers' threads and any
+# thread pool the caller uses. The lock makes each update atomic.
+_LOCK = threading.Lock()
+_options = dict(_DEFAULTS)
 
 
 class DenseAllocationError(MemoryError):
@@ -21,22 +24,29 @@ class DenseAllocationError(MemoryError):
 
 
 def get_options() -> dict:
-    """The options in force in this thread (a copy)."""
-    return dict(getattr(_state, "options", _DEFAULTS))
+    """The options in force (a copy); they are process-wide, shared by all threads."""
+    return dict(_options)
 
 
 @contextlib.contextmanager
 def _restore(previous: dict) -> Iterator[None]:
+    global _options
     try:
         yield
     finally:
-        _state.options = previous
+        with _LOCK:
+            _options = previous
 
 
 def set_options(
     *, max_dense_bytes: int | None = None, buffer_pool_bytes: int | None = None
 ) -> contextlib.AbstractContextManager:
     """Set library options; use as a plain call or as a context manager.
+
+    Options are **process-wide**: they apply in every thread (Dask's threaded scheduler,
+    thread pools), not only in the calling one. Used as a context manager, the previous
+    options are restored on exit; two threads changing options at the same time therefore
+    see each other's settings.
 
     Parameters
     ----------
@@ -54,6 +64,7 @@ def set_options(
     >>> with sparse3d.set_options(max_dense_bytes=2**34):
     ...     pass
     """
+    global _options
     current = get_options()
     options = {}
     for name, value in (("max_dense_bytes", max_dense_bytes), ("buffer_pool_bytes", buffer_pool_bytes)):
@@ -62,7 +73,8 @@ def set_options(
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative int; got {value!r}")
         options[name] = value
-    _state.options = {**current, **options}
+    with _LOCK:
+        _options = {**current, **options}
     return _restore(current)
 
 

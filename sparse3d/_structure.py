@@ -141,13 +141,14 @@ def position_dtype(lo: int, hi: int, extent: tuple[int, int] = (0, 0)) -> np.dty
 
     ``extent`` is the range of the image's own positions along the same axis
     (``(r0, r0 + H)``): int16 is chosen only when positions and image bounds both fit, so
-    positions relative to the image fit too. The library computes pixel indices in int64.
+    positions relative to the image fit too; int32 and int64 depend on the positions alone.
+    The library computes pixel indices in int64.
     """
     a, b = min(lo, *extent), max(hi, *extent)
-    for dtype in (np.int16, np.int32):
-        info = np.iinfo(dtype)
-        if info.min <= a and b <= info.max:
-            return np.dtype(dtype)
+    if np.iinfo(np.int16).min <= a and b <= np.iinfo(np.int16).max:
+        return np.dtype(np.int16)
+    if np.iinfo(np.int32).min <= lo and hi <= np.iinfo(np.int32).max:
+        return np.dtype(np.int32)
     return np.dtype(np.int64)
 
 
@@ -398,18 +399,29 @@ class StampStructure:
 
 
 # -- distinct positions within each stamp ---------------------------------------------------
-def _is_grid(row: np.ndarray, col: np.ndarray) -> bool:
-    """Whether every stamp is a plain grid (the tutorial's layout): distinct by construction.
+def _strictly_monotone(a: np.ndarray, axis: int) -> bool:
+    """Whether ``a`` (``(nr, nc, n)``) is strictly increasing or decreasing along ``axis`` (per source)."""
+    d = np.diff(a, axis=axis)
+    return bool(((d > 0).all(axis=axis) | (d < 0).all(axis=axis)).all())
 
-    Row constant along axis 1 and strictly increasing along axis 0; col constant along
-    axis 0 and strictly increasing along axis 1.
+
+def _is_grid(row: np.ndarray, col: np.ndarray) -> bool:
+    """Whether every stamp is a grid (the tutorial's layout): distinct by construction.
+
+    Row varies along one stamp axis only, strictly monotonically, and col along the other
+    (plain, flipped and transposed grids). Vectorised comparisons, no sort.
     """
-    return bool(
-        (row[1:, 0] > row[:-1, 0]).all()
-        and (col[0, 1:] > col[0, :-1]).all()
-        and (row[:, 1:] == row[:, :1]).all()
-        and (col[1:] == col[:1]).all()
-    )
+    for ra, ca in ((0, 1), (1, 0)):
+        r0 = row[:, :1] if ca == 1 else row[:1]
+        c0 = col[:1] if ra == 0 else col[:, :1]
+        if (
+            _strictly_monotone(r0, ra)
+            and _strictly_monotone(c0, ca)
+            and (row == r0).all()
+            and (col == c0).all()
+        ):
+            return True
+    return False
 
 
 def check_distinct(row: np.ndarray, col: np.ndarray) -> None:
@@ -424,9 +436,17 @@ def check_distinct(row: np.ndarray, col: np.ndarray) -> None:
     rmin, cmin = row.min(axis=(0, 1)).astype(np.int64), col.min(axis=(0, 1)).astype(np.int64)
     rspan = row.max(axis=(0, 1)).astype(np.int64) - rmin + 1
     cspan = col.max(axis=(0, 1)).astype(np.int64) - cmin + 1
-    if float((rspan.astype(float) * cspan).max()) < 2.0**62:
-        key = (row - rmin) * cspan + (col - cmin)
-        key = np.sort(key.reshape(nr * nc, n).T, axis=1)
+    boxes = float((rspan.astype(float) * cspan).max())
+    if boxes < 2.0**62:
+        # flat position within each source's bounding box, in place (int32 when it fits:
+        # positions beyond int32 wrap, but consistently modulo 2**32, and the true key is
+        # below 2**31, so the result is exact)
+        kd = np.int32 if boxes < 2.0**31 else np.int64
+        key = np.subtract(row, rmin.astype(kd), dtype=kd)
+        key *= cspan.astype(kd)
+        key += np.subtract(col, cmin.astype(kd), dtype=kd)
+        key = np.ascontiguousarray(key.reshape(nr * nc, n).T)
+        key.sort(axis=1)
         dup_sources = np.flatnonzero((key[:, 1:] == key[:, :-1]).any(axis=1))
     else:  # bounding boxes too large to number: sort the (row, col) pairs of every source
         src = np.broadcast_to(np.arange(n), row.shape).ravel()

@@ -3,7 +3,13 @@
 Policy
 ------
 * ``method="__call__"``: the ufunc is applied to the stored stamp values only; the result
-  has the same structure (off-stamp stays zero). All ufuncs, not a whitelist.
+  has the same structure (off-stamp stays zero). All ufuncs, not a whitelist, with one
+  exception: ``np.logical_not(S)`` and ``~S`` on a boolean ``S`` negate a mask, implicit
+  zeros included, and return a ``sparse.COO`` with fill value True (xarray's ``notnull``
+  and ``count`` rely on it).
+* An elementwise error (an integer to a negative power, ...) caused only by off-image
+  stamp pixels, which are not array contents, does not fail the operation: it is retried
+  on the contents, and the off-image results become 0.
 * Operands: Python/NumPy scalars; ndarrays (or array-likes) that broadcast against the
   *logical* shape ``(H, W, nsources)``; other :class:`~sparse3d.Sparse3D` arrays with an
   equal structure. Per-source operands (``(nsources,)``, ``(1, 1, nsources)``) broadcast
@@ -353,6 +359,15 @@ def array_ufunc(self, ufunc: np.ufunc, method: str, *inputs, **kwargs):
         if ufunc is np.matmul:
             return _functions.matmul(*inputs, **kwargs)
         raise TypeError(f"generalized ufunc np.{ufunc.__name__} is not supported on Sparse3D")
+    Sparse3D = _sparse3d_type()
+    if (ufunc is np.logical_not or (ufunc is np.invert and inputs[0].dtype == bool)) and isinstance(
+        inputs[0], Sparse3D
+    ):
+        if kwargs:
+            raise TypeError(
+                f"np.{ufunc.__name__} on Sparse3D takes no keyword arguments; got {sorted(kwargs)}"
+            )
+        return _functions.logical_complement(inputs[0])
     where = kwargs.pop("where", True)
     if where is not True:
         raise TypeError(

@@ -93,14 +93,24 @@ class Sparse3D(NDArrayOperatorsMixin):
     Parameters
     ----------
     data : array_like, shape (nr, nc, nsources)
-        Stamp values. Copied; the array is immutable.
+        Stamp values, numeric or boolean. Copied (in native byte order); the array is
+        immutable. ``longdouble`` is refused.
     row, col : array_like of int
         Absolute pixel positions of every stamp pixel; must broadcast to ``data.shape``
-        (``R[:, :, None] + row_int`` works). Integer-valued floats are accepted.
+        (``R[:, :, None] + row_int`` works). Integer-valued floats are accepted. Positions
+        within one source's stamp must be distinct, and ``|position| <= 2**61``.
     imshape : tuple of int
-        ``(H, W)``, the image size.
+        ``(H, W)``, the image size (``H * W <= 2**62``).
     imcorner : tuple of int, optional
         Absolute position of image pixel ``[0, 0]``. Default ``(0, 0)``.
+
+    Raises
+    ------
+    ValueError
+        If a stamp covers one pixel more than once, or positions or bounds are beyond the
+        range in which pixel arithmetic is exact in int64.
+    TypeError
+        If ``data`` is not numeric or boolean, or is ``longdouble``.
 
     Notes
     -----
@@ -344,6 +354,36 @@ class Sparse3D(NDArrayOperatorsMixin):
             return self
         return Sparse3D._from_parts(self._values, self._structure.translated(drow, dcol))
 
+    def shift(self, shift) -> Sparse3D:
+        """A new array with every stamp moved by fractional pixels ``(drow, dcol)``.
+
+        The whole-pixel part (the nearest integer, ties up) moves the stamps exactly as
+        :meth:`translate`; the remaining fraction in ``[-0.5, 0.5)`` resamples the values inside
+        each stamp by band-limited (sinc) interpolation over all the stamp's samples, with zeros
+        outside it. Integer coordinates are pixel centres (see :mod:`sparse3d.psf`).
+
+        Parameters
+        ----------
+        shift : tuple
+            ``(drow, dcol)``: two numbers (one move for every source) or two ``(nsources,)``
+            arrays (one move per source).
+
+        Notes
+        -----
+        Accuracy, against the PSF re-evaluated at the moved position: for a Gaussian with
+        σ ≥ 1 px whose stamp contains it (≳ 5σ on each side) and ``|shift| ≤ 0.5`` px, the
+        error is ≤ 7e-3 of the peak at σ = 1 px (the aliasing limit of the samples) and
+        ≲ 1e-4 at σ = 1.5 px; a Moffat's sharper core needs α ≳ 3.5 px (β = 3.5) for 1e-2.
+        Flux that the move would bring in from outside the stamp is
+        missing and values near an edge that is not ≈ 0 ring (sinc): shift stamps that hold a
+        whole, decaying PSF. Fractional shifts need upright stamps (built as
+        ``R[:, :, None] + row``). Integer and boolean values become float64.
+        See :mod:`sparse3d._interpolate` for the kernel.
+        """
+        from ._interpolate import shift_stamps
+
+        return shift_stamps(self, shift)
+
     def __getitem__(self, key):
         return _functions.getitem(self, key)
 
@@ -353,7 +393,10 @@ class Sparse3D(NDArrayOperatorsMixin):
             axes = axes[0]
         if not axes:  # NumPy: no axes reverses them
             axes = (2, 1, 0)
-        if tuple(a % 3 for a in axes) == (0, 1, 2):
+        axes = tuple(_functions.axis_index(a, 3) for a in axes)
+        if sorted(axes) != [0, 1, 2]:
+            raise ValueError(f"axes don't match array: a permutation of (0, 1, 2) is needed; got {axes}")
+        if axes == (0, 1, 2):
             return self
         return self.coo.transpose(axes)
 
@@ -364,6 +407,10 @@ class Sparse3D(NDArrayOperatorsMixin):
         ``w (nsources,)`` gives the image ``(H, W)``; ``w (nsources, k)`` gives ``(H, W, k)``;
         a scalar scales the array. Weights with a ``.unit`` (astropy Quantity) give a result
         with that unit.
+
+        Off-stamp entries are structural zeros (as in ``scipy.sparse``): a NaN or inf weight
+        reaches only its source's stamp pixels, where dense NumPy would put NaN on every
+        pixel (``0 * nan``).
         """
         return _functions.dot(self, other)
 

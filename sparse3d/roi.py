@@ -24,7 +24,7 @@ import numpy as np
 
 from ._functions import scatter_sum, scipy_values
 from ._options import check_dense_allocation
-from ._structure import _as_pair, check_position_range, index_dtype
+from ._structure import _as_pair, check_position_range, index_dtype, readonly_view
 
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
@@ -95,11 +95,16 @@ class ROISparse3D:
         if not isinstance(array, Sparse3D):
             raise TypeError(f"array must be a Sparse3D; got {type(array).__name__}")
         self.array = array
-        self.corners = _as_corners(corners)
+        self._corners = _as_corners(corners)
         self.size = _as_pair(size, "size", positive=True)
         self._elements, self._pixels = self._map()
 
     # -- facts --------------------------------------------------------------------------
+    @property
+    def corners(self) -> np.ndarray:
+        """Absolute ``(row, col)`` of every window's pixel ``[0, 0]``, ``(nrois, 2)``, read-only."""
+        return readonly_view(self._corners)
+
     @property
     def nrois(self) -> int:
         return self.corners.shape[0]
@@ -140,19 +145,16 @@ class ROISparse3D:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
         inside = s.in_image
-        # fill off-image elements with the extremes of the stored position type: a Python int
-        # beyond it would wrap silently inside np.where (int16/int32 positions)
-        big, small = np.iinfo(s.row.dtype).max, np.iinfo(s.row.dtype).min
-        bigc, smallc = np.iinfo(s.col.dtype).max, np.iinfo(s.col.dtype).min
-        row = np.where(inside, s.row, s.row.dtype.type(big))
-        col = np.where(inside, s.col, s.col.dtype.type(bigc))
-        rmin, cmin = row.min(axis=(0, 1)).astype(np.int64), col.min(axis=(0, 1)).astype(np.int64)
-        row = np.where(inside, s.row, s.row.dtype.type(small))
-        col = np.where(inside, s.col, s.col.dtype.type(smallc))
-        rmax, cmax = row.max(axis=(0, 1)).astype(np.int64), col.max(axis=(0, 1)).astype(np.int64)
+        big = np.int64(np.iinfo(np.int64).max)  # an int64 sentinel: positions may exceed int32
+        row = np.where(inside, s.row, big)
+        col = np.where(inside, s.col, big)
+        rmin, cmin = row.min(axis=(0, 1)), col.min(axis=(0, 1))
+        row = np.where(inside, s.row, -big)
+        col = np.where(inside, s.col, -big)  # (a Python-int sentinel would be cast to int32)
+        rmax, cmax = row.max(axis=(0, 1)), col.max(axis=(0, 1))
         # sources whose in-image bounding box meets some window, in blocks of windows
         hit = np.zeros(n, dtype=bool)
-        cr, cc = self.corners[:, 0], self.corners[:, 1]
+        cr, cc = self._corners[:, 0], self._corners[:, 1]
         step = max(1, 2_000_000 // max(n, 1))
         for a in range(0, self.nrois, step):
             b = slice(a, a + step)

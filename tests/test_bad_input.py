@@ -52,6 +52,48 @@ ONE = np.ones((1, 1, 1))
 CASES = [
     # ---- construction -----------------------------------------------------------------
     Case(
+        "row-repeated-pixel",
+        "`row`/`col` that put two pixels of one stamp on the same position",
+        lambda: Sparse3D(np.ones((2, 1, 1)), [[[3]], [[3]]], 4, (5, 5)),
+        ValueError,
+        "row/col: stamp 0 covers pixel (3, 4) more than once",
+    ),
+    Case(
+        "row-huge",
+        "`row=np.uint64(2**63)` (or `1e19`)",
+        lambda: Sparse3D(ONE, np.uint64(2**63), 0, (5, 5)),
+        ValueError,
+        "row holds the position 9223372036854775808, beyond the supported range |position| <= 2**61",
+    ),
+    Case(
+        "imshape-huge",
+        "`imshape=(2**33, 2**33)`",
+        lambda: Sparse3D(ONE, 0, 0, (2**33, 2**33)),
+        ValueError,
+        "above the supported 2**62",
+    ),
+    Case(
+        "imcorner-huge",
+        "`imcorner=(2**61, 0)`",
+        lambda: Sparse3D(ONE, 0, 0, (5, 5), imcorner=(2**61, 0)),
+        ValueError,
+        "imcorner + imshape holds the position",
+    ),
+    Case(
+        "translate-huge",
+        "`S.translate((2**62, 0))`",
+        lambda: _S().translate((2**62, 0)),
+        ValueError,
+        "row translated by 4611686018427387904 holds the position",
+    ),
+    Case(
+        "data-longdouble",
+        "`data` of dtype `np.longdouble` (or `S.astype(np.longdouble)`)",
+        lambda: Sparse3D(ONE.astype(np.longdouble), 0, 0, (5, 5)),
+        TypeError,
+        "(long double) is not supported",
+    ),
+    Case(
         "data-2d",
         "`Sparse3D(np.ones((3, 3)), ...)`",
         lambda: Sparse3D(np.ones((3, 3)), 0, 0, (5, 5)),
@@ -216,6 +258,20 @@ CASES = [
         ValueError,
         "image axes have shape (3, 3), expected imshape (10, 10)",
     ),
+    Case(
+        "tensordot-axis",
+        "`np.tensordot(S, w, axes=([5], [0]))`",
+        lambda: np.tensordot(_S(), np.ones(2), axes=([5], [0])),
+        np.exceptions.AxisError,
+        "axis 5 is out of bounds for array of dimension 3",
+    ),
+    Case(
+        "roi-corner-huge",
+        "`S.roi([(2**62, 0)], (2, 2))`",
+        lambda: _S().roi([(2**62, 0)], (2, 2)),
+        ValueError,
+        "corners holds the position 4611686018427387904",
+    ),
     # ---- elementwise --------------------------------------------------------------------
     Case(
         "structure-mismatch",
@@ -238,7 +294,49 @@ CASES = [
         TypeError,
         "operand 1 of np.add of type csr_matrix",
     ),
+    Case(
+        "operand-fraction",
+        "`S + Fraction(1, 3)` (or a `Decimal`)",
+        lambda: _S() + __import__("fractions").Fraction(1, 3),
+        TypeError,
+        "operand 1 of np.add is a Fraction",
+    ),
+    Case(
+        "where-nan-fill",
+        "`np.where(S > 0, S, np.nan)`",
+        lambda: np.where(_S() > 0, _S(), np.nan),
+        ValueError,
+        "would be NaN on every off-stamp element",
+    ),
     # ---- NumPy protocol -----------------------------------------------------------------
+    Case(
+        "reduce-empty-axes-initial",
+        "`np.add.reduce(S, axis=(), initial=5)`",
+        lambda: np.add.reduce(_S(), axis=(), initial=5.0),
+        ValueError,
+        "would be non-zero on every off-stamp element",
+    ),
+    Case(
+        "concatenate-axis-range",
+        "`np.concatenate([S, S], axis=5)`",
+        lambda: np.concatenate([_S(), _S()], axis=5),
+        np.exceptions.AxisError,
+        "axis 5 is out of bounds for array of dimension 3",
+    ),
+    Case(
+        "stack-shapes",
+        "`np.stack([S1, S2])` with different shapes",
+        lambda: np.stack([_S(), _S(nsources=3)]),
+        ValueError,
+        "np.stack: all input arrays must have the same shape",
+    ),
+    Case(
+        "index-mask-shape",
+        "`S[mask]` with a boolean mask not matching the indexed axes",
+        lambda: _S()[np.ones((3, 3), bool)],
+        IndexError,
+        "boolean index of shape (3, 3) does not match the indexed axes (0, 1)",
+    ),
     Case(
         "unsupported-function",
         "`np.sort(S)`",
@@ -405,11 +503,38 @@ if importlib.util.find_spec("sparse3d.xarray") is not None and importlib.util.fi
         Case(
             "xarray-attrs",
             "`Sparse3D.from_xarray(da)`, `imshape` attribute dropped",
-            lambda: Sparse3D.from_xarray(_S().to_xarray(view="stamps").drop_attrs()),
+            lambda: Sparse3D.from_xarray(_without_attr(_S().to_xarray(view="stamps"), "imshape")),
             ValueError,
-            "lacks the attribute(s) ['imshape', 'imcorner']",
+            "lacks the attribute(s) ['imshape']",
+        ),
+        Case(
+            "xarray-fractional-attrs",
+            "`Sparse3D.from_xarray(da)`, `imshape` attribute `[10.5, 10]`",
+            lambda: Sparse3D.from_xarray(_with_attr(_S().to_xarray(view="stamps"), "imshape", [10.5, 10])),
+            ValueError,
+            "the imshape attribute must be two positive integers; got non-integer 10.5",
+        ),
+        Case(
+            "xarray-where-nan",
+            "`da.where(da > 0)` on an image view (NaN fill off the stamps)",
+            lambda: (lambda da: da.where(da > 0))(_S().to_xarray()),
+            ValueError,
+            "with NaN in the branch that off-stamp elements take",
         ),
     ]
+
+
+def _without_attr(da, name):
+    da = da.copy()
+    del da.attrs[name]
+    return da
+
+
+def _with_attr(da, name, value):
+    da = da.copy()
+    da.attrs[name] = value
+    return da
+
 
 if importlib.util.find_spec("sparse3d.fit") is not None:
 
@@ -569,6 +694,164 @@ if importlib.util.find_spec("sparse3d.legacy") is not None:
             "Only full slices (:) are allowed for the first two dimensions",
         ),
     ]
+
+
+# ---- sub-pixel models: sparse3d.psf, S.shift, np.gradient -----------------------------------
+def _transposed():
+    """Stamps whose axis 0 runs along image columns."""
+    return Sparse3D(np.ones((3, 3, 1)), np.arange(3)[None, :, None], np.arange(3)[:, None, None], (5, 5))
+
+
+def _psf_cases():
+    from sparse3d.psf import EllipticalGaussian, Gaussian, GriddedPSF, ImagePSF, Moffat
+
+    G = Gaussian(1.0)
+    img = np.ones((9, 9))
+    return [
+        Case(
+            "psf-nan-position",
+            "`Gaussian(1).design([np.nan], [3.0], (10, 10))`",
+            lambda: G.design([np.nan], [3.0], (10, 10)),
+            ValueError,
+            "row must hold finite source positions",
+        ),
+        Case(
+            "psf-row-col-length",
+            "`model.design(row, col, ...)`, lengths differ",
+            lambda: G.design([1.0, 2.0], [1.0], (10, 10)),
+            ValueError,
+            "row and col must have the same length",
+        ),
+        Case(
+            "psf-sigma-nonpositive",
+            "`Gaussian(sigma=0)` (or any σ ≤ 0 in a per-source array)",
+            lambda: Gaussian(sigma=[1.0, 0.0]),
+            ValueError,
+            "sigma must be > 0",
+        ),
+        Case(
+            "psf-sigma-nan",
+            "`Gaussian(sigma=np.nan)`",
+            lambda: Gaussian(sigma=np.nan),
+            ValueError,
+            "sigma must be finite",
+        ),
+        Case(
+            "psf-moffat-beta",
+            "`Moffat(alpha=2, beta=1)` (β ≤ 1 does not integrate)",
+            lambda: Moffat(2.0, 1.0),
+            ValueError,
+            "beta must be > 1",
+        ),
+        Case(
+            "psf-param-lengths",
+            "`EllipticalGaussian(sigma=[1, 2], ratio=[.5, .5, .5])`",
+            lambda: EllipticalGaussian([1.0, 2.0], [0.5, 0.5, 0.5]),
+            ValueError,
+            "per-source shape parameters must have the same length; sigma has 2, ratio has 3",
+        ),
+        Case(
+            "psf-param-nsources",
+            "`Gaussian(sigma=[1, 1, 1]).design(row, col, ...)` with 2 sources",
+            lambda: Gaussian([1.0, 1.0, 1.0]).design([1.0, 2.0], [1.0, 2.0], (10, 10)),
+            ValueError,
+            "sigma has 3 values but row and col give 2 sources",
+        ),
+        Case(
+            "psf-stamp-shape",
+            "`model.design(..., stamp_shape=(0, 5))` (or non-integers)",
+            lambda: G.design([1.0], [1.0], (10, 10), stamp_shape=(0, 5)),
+            ValueError,
+            "stamp_shape must be two positive integers",
+        ),
+        Case(
+            "psf-derivative-name",
+            '`Gaussian(1).design(..., derivatives=("flux",))`',
+            lambda: G.design([1.0], [1.0], (10, 10), derivatives=("flux",)),
+            ValueError,
+            "derivatives: Gaussian has no derivative 'flux'",
+        ),
+        Case(
+            "image-psf-ndim",
+            "`ImagePSF(np.ones(9))`",
+            lambda: ImagePSF(np.ones(9)),
+            ValueError,
+            "data must be a 2-D PSF image",
+        ),
+        Case(
+            "image-psf-nan",
+            "`ImagePSF(data)`, data with NaN",
+            lambda: ImagePSF(np.full((9, 9), np.nan)),
+            ValueError,
+            "data must be finite",
+        ),
+        Case(
+            "image-psf-oversampling",
+            "`ImagePSF(data, oversampling=2.5)` (or 0)",
+            lambda: ImagePSF(img, oversampling=2.5),
+            ValueError,
+            "oversampling must be a positive integer",
+        ),
+        Case(
+            "gridded-psf-grid",
+            "`GriddedPSF(data, grid_positions)`, positions not a full rectangular grid",
+            lambda: GriddedPSF(np.ones((3, 9, 9)), [(0, 0), (0, 10), (10, 0)]),
+            ValueError,
+            "grid_positions must form a full rectangular grid",
+        ),
+        Case(
+            "gridded-psf-positions",
+            "`GriddedPSF(data, grid_positions)`, one position per image missing",
+            lambda: GriddedPSF(np.ones((2, 9, 9)), [(0, 0)]),
+            ValueError,
+            "grid_positions must be finite (row, col) pairs, one per PSF image",
+        ),
+        Case(
+            "shift-not-pair",
+            "`S.shift(0.5)`",
+            lambda: _S().shift(0.5),
+            ValueError,
+            "shift must be a pair (drow, dcol)",
+        ),
+        Case(
+            "shift-length",
+            "`S.shift((drow, dcol))`, `drow` with 3 values for 2 sources",
+            lambda: _S().shift((np.zeros(3), 0.0)),
+            ValueError,
+            "shift: drow must be a number or have one value per source (2)",
+        ),
+        Case(
+            "shift-nan",
+            "`S.shift((np.nan, 0))`",
+            lambda: _S().shift((np.nan, 0.0)),
+            ValueError,
+            "shift: drow must be finite",
+        ),
+        Case(
+            "shift-not-upright",
+            "`S.shift((0.3, 0))`, stamps not laid out as `R[:, :, None] + row`",
+            lambda: _transposed().shift((0.3, 0.0)),
+            ValueError,
+            "shift: fractional shifts need upright stamps",
+        ),
+        Case(
+            "gradient-axis",
+            "`np.gradient(S)` (no axis, or axis=2)",
+            lambda: np.gradient(_S()),
+            ValueError,
+            "np.gradient on a Sparse3D needs axis=0, 1 or (0, 1)",
+        ),
+        Case(
+            "gradient-coordinates",
+            "`np.gradient(S, x, axis=0)` with a coordinate array",
+            lambda: np.gradient(_S(), np.arange(3.0), axis=0),
+            TypeError,
+            "np.gradient on a Sparse3D takes scalar spacings only",
+        ),
+    ]
+
+
+CASES += _psf_cases()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -287,12 +287,20 @@ def test_float32_dot_accumulates_accurately():
     np.testing.assert_allclose(np.sum(S), total, rtol=1e-5)
 
 
-def test_dense_allocation_limit_is_per_thread_and_restored():
+def test_dense_allocation_limit_is_process_wide_and_restored():
     S, _, _ = _few_stamps(2000, 2000)
     S.dot(np.ones(S.nsources))
     with sparse3d.set_options(max_dense_bytes=1000):
         with pytest.raises(DenseAllocationError):
             S.dot(np.ones(S.nsources))
-        with ThreadPoolExecutor(1) as pool:  # another thread keeps the default
-            assert pool.submit(lambda: S.dot(np.ones(S.nsources)).shape).result() == (2000, 2000)
+        with ThreadPoolExecutor(1) as pool:  # the limit reaches other threads (Dask's, pools)
+            with pytest.raises(DenseAllocationError):
+                pool.submit(lambda: S.dot(np.ones(S.nsources))).result()
+        dask = pytest.importorskip("dask")
+        lazy = dask.delayed(lambda: S.dot(np.ones(S.nsources)))()
+        with pytest.raises(DenseAllocationError):
+            lazy.compute(scheduler="threads")
+    assert sparse3d.get_options()["max_dense_bytes"] == 2 * 1024**3
     assert S.dot(np.ones(S.nsources)).shape == (2000, 2000)
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(lambda: S.dot(np.ones(S.nsources)).shape).result() == (2000, 2000)
