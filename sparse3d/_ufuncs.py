@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import numbers
 import sys
+import threading
 import weakref
 
 import numpy as np
@@ -222,6 +223,7 @@ _OPERATOR_OPCODES = frozenset(
 #: code object of each NumPy mixin operator -> refcount of a temporary seen from array_ufunc
 _TEMPORARY_REFCOUNT: dict | None = None
 _CALIBRATING: list | None = None
+_CALIBRATING_THREAD: int | None = None  # only the calibrating thread records
 
 
 def _mixin_codes() -> dict:
@@ -240,7 +242,7 @@ def _calibrate() -> dict:
     reference than the temporary (true on CPython before 3.14, whose borrowed stack
     references would hide the name: there elision stays off).
     """
-    global _CALIBRATING
+    global _CALIBRATING, _CALIBRATING_THREAD
     out: dict = {}
     if sys.implementation.name != "cpython" or sys.version_info >= (3, 14):
         return out
@@ -248,6 +250,7 @@ def _calibrate() -> dict:
     z = np.zeros((1, 1, 1), dtype=float)
     S = Sparse3D(z, z.astype(int), z.astype(int), imshape=(1, 1))
     codes = _mixin_codes()
+    _CALIBRATING_THREAD = threading.get_ident()
     _CALIBRATING = []
     try:  # each line records [S + 0.0 with S named, the outer operator on a temporary, ...]
         (S + 0.0) + 1.0
@@ -261,7 +264,7 @@ def _calibrate() -> dict:
         -t  # noqa: B018
         seen = _CALIBRATING
     finally:
-        _CALIBRATING = None
+        _CALIBRATING = _CALIBRATING_THREAD = None
     del t
     if len(seen) == 12:
         for key, (_, temporary, _, named) in zip(("__add__", "__radd__", "__neg__"), zip(*[iter(seen)] * 4)):
@@ -291,10 +294,14 @@ def _reusable_temporary(self, ufunc: np.ufunc, kwargs: dict):
     global _TEMPORARY_REFCOUNT
     if ufunc.nout != 1 or kwargs or type(self) is not _sparse3d_type() or self.dtype.kind not in "fc":
         return None
-    caller = sys._getframe(2)  # 0: here, 1: array_ufunc, 2: the mixin method (if any)
+    try:
+        caller = sys._getframe(2)  # 0: here, 1: array_ufunc, 2: the mixin method (if any)
+    except ValueError:  # called with no Python caller at all
+        return None
     code = caller.f_code
-    if _CALIBRATING is not None:
-        _CALIBRATING.append(sys.getrefcount(self))
+    if _CALIBRATING is not None:  # no elision anywhere while calibrating
+        if _CALIBRATING_THREAD == threading.get_ident():
+            _CALIBRATING.append(sys.getrefcount(self))
         return None
     if _TEMPORARY_REFCOUNT is None:
         _TEMPORARY_REFCOUNT = {}  # no elision while calibrating

@@ -255,3 +255,27 @@ def test_weakly_referenced_arrays_are_never_reused(S):
     values = weakref.ref((S * 7.0)._values)  # the buffer of a dead array, weakly held
     gc.collect()
     assert values() is None or not any(b is values() for b in _pool._BUFFERS)
+
+
+def test_operators_in_threads_are_correct_and_never_touch_shared_arrays(S):
+    import threading
+
+    shared = S * 2.0
+    snap = shared.data.copy()
+    errors = []
+
+    def work(k):
+        try:
+            for _ in range(20):
+                r = _chain(shared + float(k))
+                np.testing.assert_allclose(r.data, _chain_np(snap + float(k)))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    np.testing.assert_array_equal(shared.data, snap)
