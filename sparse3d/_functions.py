@@ -56,9 +56,29 @@ def implements(*numpy_functions: Callable) -> Callable:
     return decorator
 
 
+#: Registry functions that are not (yet) defined on arrays with several stamp groups; they
+#: refuse grouped arrays with a TypeError naming ``S.groups``. Everything else in the registry
+#: works on grouped arrays through the flat element space or a loop over the groups.
+GROUPED_UNSUPPORTED: set[Callable] = set()
+
+
+def _holds_grouped(args) -> bool:
+    Sparse3D = _S()
+    for a in args:
+        items = a if isinstance(a, (list, tuple)) else (a,)
+        if any(isinstance(x, Sparse3D) and x._structure.grouped for x in items):
+            return True
+    return False
+
+
 def array_function(self, func, types, args, kwargs):
     """``Sparse3D.__array_function__``: dispatch to the registry or refuse clearly."""
     impl = HANDLED_FUNCTIONS.get(func)
+    if impl is not None and func in GROUPED_UNSUPPORTED and _holds_grouped(args):
+        raise TypeError(
+            f"{function_key(func)} is not supported on Sparse3D arrays with several stamp groups; "
+            "apply it to each of S.groups"
+        )
     if impl is None:
         reason = UNSUPPORTED_FUNCTIONS.get(
             function_key(func), "it is not implemented for Sparse3D; convert with S.to_sparse() or S.tocsr()"
@@ -235,6 +255,13 @@ def dot(a, b, out=None):
     k = 1 if b.ndim == 1 else b.shape[1]
     what = f"an image of shape {(H, W)}" if b.ndim == 1 else f"a model cube of shape {(H, W, k)}"
     check_dense_allocation(H * W * k * max(dtype.itemsize, 8 if b.ndim == 1 else 1), what)
+    if s.grouped:  # the sum of every group's model with its sources' weights
+        o = s.source_offsets
+        result = None
+        for i, g in enumerate(a.groups):
+            part = dot(g, b[o[i] : o[i + 1]])
+            result = part.astype(dtype, copy=False) if result is None else np.add(result, part, out=result)
+        return result if unit is None else result * unit
     fast = _fast_product(a, dtype, b.dtype)
     if fast == "csr":
         result = np.asarray(a._csr @ b).astype(dtype, copy=False).reshape((H, W, k)[: 1 + b.ndim])
@@ -297,6 +324,8 @@ implements(np.matmul)(matmul)
 
 def _project(S, image: np.ndarray) -> np.ndarray:
     """``Aᵀ·y``: per-source sums of ``S * image``; image ``(H, W)`` → ``(n,)``, ``(H, W, m)`` → ``(n, m)``."""
+    if S._structure.grouped:  # sources in group order
+        return np.concatenate([_project(g, image) for g in S.groups], axis=0)
     H, W = S.imshape
     dtype = np.result_type(S.dtype, image.dtype)
     fast = _fast_product(S, dtype, image.dtype)
@@ -578,6 +607,11 @@ def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoVal
     if ufunc.identity is None and initial is _NoValue and 0 in [S.shape[i] for i in axes]:
         raise ValueError(f"zero-size array to reduction operation {ufunc.__name__} which has no identity")
     s = S._structure
+    if s.grouped:
+        result = _reduce_grouped(S, ufunc, axes, dtype)
+        if initial is not _NoValue:
+            result = ufunc(result, initial)
+        return _finish(result, S, axes, keepdims)
     v = S._values
     m = None if s.all_in_image else s.in_image
     result = None
@@ -617,6 +651,22 @@ def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoVal
     if initial is not _NoValue:
         result = ufunc(result, initial)
     return _finish(result, S, axes, keepdims)
+
+
+def _reduce_grouped(S, ufunc: np.ufunc, axes: tuple[int, ...], dtype):
+    """A reduction of a grouped array: every group reduced, then combined.
+
+    Over the source axis the groups' results are combined with ``ufunc`` itself (each group
+    covers the whole image); otherwise they are the groups' slices of the source axis.
+    """
+    parts = [np.asarray(_reduce(g, ufunc, axes, dtype=dtype, keepdims=True)) for g in S.groups]
+    if 2 in axes:
+        result = parts[0]
+        for p in parts[1:]:
+            result = ufunc(result, p)
+    else:
+        result = np.concatenate(parts, axis=2)
+    return result.reshape(tuple(S.shape[i] for i in range(3) if i not in axes))
 
 
 def ufunc_reduce(ufunc, array, axis=0, dtype=None, out=None, keepdims=False, initial=_NoValue, where=True):
@@ -760,9 +810,12 @@ def _count_nonzero(a, axis=None, *, keepdims=False):
 # -------------------------------------------------------------------------------------------
 @implements(np.concatenate)
 def _concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
-    """Concatenate Sparse3D arrays along the source axis (``axis=2`` or ``-1``) → Sparse3D."""
-    from ._structure import StampStructure
+    """Concatenate Sparse3D arrays along the source axis (``axis=2`` or ``-1``) → Sparse3D.
 
+    The arrays must share ``imshape`` and ``imcorner``. Arrays with different stamp shapes
+    give one array with several stamp groups (see :attr:`Sparse3D.groups`): adjacent pieces
+    with the same stamp shape form one group; the source order is the concatenation order.
+    """
     Sparse3D = _S()
     _refuse_out(out, "np.concatenate")
     arrays = list(arrays)
@@ -776,15 +829,68 @@ def _concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
     for x in arrays[1:]:
         if x.imshape != first.imshape or x.imcorner != first.imcorner:
             raise ValueError("np.concatenate: all arrays must share imshape and imcorner")
-        if x.stamp_shape[:2] != first.stamp_shape[:2]:
-            raise ValueError(
-                f"np.concatenate: stamp shapes differ ({first.stamp_shape[:2]} vs {x.stamp_shape[:2]})"
+    return join_sources(arrays, dtype=dtype, casting=casting)
+
+
+def join_sources(arrays, dtype=None, casting="same_kind"):
+    """The sources of ``arrays`` (Sparse3D, equal image bounds) in order, as one Sparse3D.
+
+    Every input contributes its stamp groups; runs of adjacent groups with equal stamp
+    shapes are merged into one group. A single group keeps the single-block layout.
+    """
+    from ._structure import GroupedStructure, StampStructure
+
+    Sparse3D = _S()
+    out_dtype = np.dtype(dtype) if dtype is not None else np.result_type(*[x.dtype for x in arrays])
+    for x in arrays:
+        if not np.can_cast(x.dtype, out_dtype, casting=casting):
+            raise TypeError(
+                f"np.concatenate: cannot cast array data from {x.dtype} to {out_dtype} "
+                f"according to the rule {casting!r}"
             )
-    values = np.concatenate([x._values for x in arrays], axis=2, dtype=dtype, casting=casting)
-    row = np.concatenate([x.row for x in arrays], axis=2)
-    col = np.concatenate([x.col for x in arrays], axis=2)
-    row.flags.writeable = col.flags.writeable = False
-    return Sparse3D._from_parts(values, StampStructure(row, col, first.imshape, first.imcorner))
+    pieces = [g for x in arrays for g in x.groups]
+    pieces = [p for p in pieces if p.nsources] or pieces[:1]
+    runs: list[list] = []
+    for p in pieces:
+        if runs and runs[-1][0].stamp_shape[:2] == p.stamp_shape[:2]:
+            runs[-1].append(p)
+        else:
+            runs.append([p])
+    blocks = []
+    for run in runs:
+        if len(run) == 1:
+            p = run[0]
+            blocks.append(p if p.dtype == out_dtype else p.astype(out_dtype))
+            continue
+        values = np.concatenate([x._values for x in run], axis=2, dtype=out_dtype, casting="unsafe")
+        row = np.concatenate([x.row for x in run], axis=2)
+        col = np.concatenate([x.col for x in run], axis=2)
+        row.flags.writeable = col.flags.writeable = False
+        st = StampStructure(row, col, run[0].imshape, run[0].imcorner)
+        blocks.append(Sparse3D._from_parts(values, st))
+    if len(blocks) == 1:
+        return blocks[0]
+    values = np.concatenate([b._values.ravel() for b in blocks])
+    return Sparse3D._from_parts(values, GroupedStructure([b._structure for b in blocks]))
+
+
+def select_sources(S, sel):
+    """The sources ``sel`` (a slice or 1-D integer/boolean array) of ``S``, in that order → Sparse3D."""
+    Sparse3D = _S()
+    s = S._structure
+    if not s.grouped:
+        return Sparse3D._from_parts(np.ascontiguousarray(S._values[:, :, sel]), s.take_sources(sel))
+    idx = np.arange(S.nsources)[sel].ravel()
+    o = np.asarray(s.source_offsets)
+    which = np.searchsorted(o, idx, side="right") - 1
+    if idx.size == 0:
+        return select_sources(S.groups[0], idx)
+    cuts = np.flatnonzero(np.diff(which)) + 1
+    pieces = []
+    for start, stop in zip([0, *cuts], [*cuts, idx.size]):
+        j = int(which[start])
+        pieces.append(select_sources(S.groups[j], idx[start:stop] - o[j]))
+    return join_sources(pieces)
 
 
 @implements(np.stack)
@@ -827,7 +933,7 @@ def _where(condition, x=_NoValue, y=_NoValue):
         anchor = next((v for v in (x, y) if isinstance(v, Sparse3D)), None)
         if anchor is not None:
             off_stamp = (x,) if condition.fill_value else (y,)
-            condition = anchor.with_data(_coo_at_stamps(condition, anchor._structure))
+            condition = anchor._from_parts(_coo_at_stamps(condition, anchor._structure), anchor._structure)
     for value in off_stamp:
         if _holds_nan(value):
             raise ValueError(
@@ -863,15 +969,25 @@ def _coo_at_stamps(coo, structure) -> np.ndarray:
     lin = np.ravel_multi_index(tuple(coo.coords), coo.shape)
     order = np.argsort(lin, kind="stable")
     lin, data = lin[order], np.asarray(coo.data)[order]
-    want = structure.pixel.astype(np.int64) * n + np.arange(n)  # off-image: pixel H*W, beyond all
+    want = structure.pixel.astype(np.int64) * n + element_sources(structure)  # off-image: beyond all
     pos = np.searchsorted(lin, want)
     found = pos < lin.size
     found[found] = lin[pos[found]] == want[found]
-    out = np.full(structure.stamp_shape, coo.fill_value, dtype=coo.dtype)
+    out = np.full(structure.block_shape, coo.fill_value, dtype=coo.dtype)
     out[found] = data[pos[found]]
     if not structure.all_in_image:
         out[~structure.in_image] = 0
     return out
+
+
+def element_sources(structure) -> np.ndarray:
+    """The source of every stored element, broadcastable against the values block."""
+    if not structure.grouped:
+        return np.arange(structure.nsources)
+    o = structure.source_offsets
+    return np.concatenate([
+        np.broadcast_to(np.arange(o[i], o[i + 1]), g.block_shape).ravel() for i, g in enumerate(structure.groups)
+    ])
 
 
 def _holds_nan(x) -> bool:
@@ -961,7 +1077,8 @@ def _like(a, fill, dtype, shape, name):
     if shape is not None and tuple(np.atleast_1d(shape)) != a.shape:
         raise ValueError(f"{name} on a Sparse3D cannot change the shape")
     dtype = a.dtype if dtype is None else np.dtype(dtype)
-    values = np.zeros(a.stamp_shape, dtype=dtype) if fill == 0 else np.full(a.stamp_shape, fill, dtype=dtype)
+    shape = a._values.shape  # the values block (1-D for grouped arrays)
+    values = np.zeros(shape, dtype=dtype) if fill == 0 else np.full(shape, fill, dtype=dtype)
     return a._from_parts(values, a._structure)
 
 
@@ -1252,10 +1369,9 @@ def getitem(S, key):
     rlo, rhi, clo, chi = lo[0], hi[0], lo[1], hi[1]
     if rhi > rlo and chi > clo and (rlo, rhi, clo, chi) != (0, H, 0, W):
         s = s.with_bounds((rhi - rlo, chi - clo), (s.imcorner[0] + rlo, s.imcorner[1] + clo))
-    if isinstance(sel, slice) and sel == slice(None):
-        sub = Sparse3D._from_parts(S._values, s)
-    else:
-        sub = Sparse3D._from_parts(np.ascontiguousarray(S._values[:, :, sel]), s.take_sources(sel))
+    sub = Sparse3D._from_parts(S._values, s)
+    if not (isinstance(sel, slice) and sel == slice(None)):
+        sub = select_sources(sub, sel)
     kr, kc, ks = per_axis
     structured = (
         _unit_slice(kr)
@@ -1317,6 +1433,11 @@ def _gradient(f, *varargs, axis=None, edge_order=1):
         raise TypeError(
             f"np.gradient: got {len(varargs)} spacings for {len(norm)} axes; pass 1 or {len(norm)}"
         )
+    if f._structure.grouped:  # across each group's stamps
+        parts = [_gradient(g, *varargs, axis=axis, edge_order=edge_order) for g in f.groups]
+        if len(norm) == 1:
+            return np.concatenate(parts, axis=2)
+        return tuple(np.concatenate(list(p), axis=2) for p in zip(*parts))
     values = np.gradient(f._values, *varargs, axis=norm, edge_order=edge_order)
     if len(norm) == 1:
         return Sparse3D._from_parts(values, f._structure)

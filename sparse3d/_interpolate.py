@@ -159,6 +159,14 @@ def shift_stamps(S, shift):
     from .core import Sparse3D
 
     drow, dcol = _shift_arg(shift, S.nsources)
+    if S._structure.grouped:  # stamp groups move one by one, each with its sources' shifts
+        o = S.source_offsets
+
+        def part(d, i):
+            return d if d.ndim == 0 else d[o[i] : o[i + 1]]
+
+        moved = [shift_stamps(g, (part(drow, i), part(dcol, i))) for i, g in enumerate(S.groups)]
+        return np.concatenate(moved, axis=2)
     wr, fr = split_shift(drow)
     wc, fc = split_shift(dcol)
     if drow.ndim == 0 and dcol.ndim == 0:

@@ -33,7 +33,7 @@ import numpy as np
 from . import _kernels, _pool
 from ._options import check_dense_allocation
 
-__all__ = ["StampStructure", "structure_from_positions"]
+__all__ = ["GroupedStructure", "StampStructure", "structure_from_positions"]
 
 _INT32_MAX = np.iinfo(np.int32).max
 POSITION_LIMIT = 2**61  # |positions|, |image corners and ends|: differences stay inside int64
@@ -171,7 +171,82 @@ def owned_copy(arr: np.ndarray, dtype=None) -> np.ndarray:
     return _readonly(buf)
 
 
-class StampStructure:
+class _Orderings:
+    """Derived orderings shared by single-block and grouped structures.
+
+    They need only the flat element space: ``block_shape`` (the values' shape), ``nelements``,
+    ``pixel`` (flat pixel per element, ``H*W`` off the image), ``source_counts`` and
+    ``source_major`` (in-image elements in source-major order).
+    """
+
+    grouped = False
+
+    @cached_property
+    def source_of(self) -> np.ndarray:
+        """Source index of every in-image element, in source-major (CSC) order."""
+        counts = self.source_counts
+        return _readonly(np.repeat(np.arange(self.nsources, dtype=index_dtype(self.nsources)), counts))
+
+    @cached_property
+    def csc_indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, indptr)`` of the CSC matrix ``(H*W, nsources)``."""
+        idt = index_dtype(self.npixels, self.nnz)
+        indices = self.source_major(self.pixel).astype(idt)
+        indptr = np.zeros(self.nsources + 1, dtype=idt)
+        np.cumsum(self.source_counts, out=indptr[1:])
+        return _readonly(indices), _readonly(indptr)
+
+    @cached_property
+    def csr_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(take, indices, indptr)`` of the CSR matrix ``(H*W, nsources)``.
+
+        ``take`` holds flat positions into C-order stamp values, ordered by pixel and then by
+        source (so column indices are sorted within each row). The
+        permutation comes from scipy's linear-time CSC→CSR conversion, not from a sort.
+        """
+        from scipy import sparse as sp
+
+        check_dense_allocation(
+            (self.npixels + 1) * 8, f"the CSR row pointer of an image with {self.npixels} pixels"
+        )
+        n, nel = self.nsources, self.nelements
+        flat_sm = self.source_major(np.arange(nel, dtype=np.int64).reshape(self.block_shape))
+        indices, indptr = self.csc_indices
+        csr = sp.csc_matrix((flat_sm, indices, indptr), shape=(self.npixels, n)).tocsr()
+        idt = index_dtype(self.npixels, self.nnz, self.nsources)
+        take = csr.data.astype(index_dtype(nel))
+        return _readonly(take), _readonly(csr.indices.astype(idt)), _readonly(csr.indptr.astype(idt))
+
+    @cached_property
+    def coo_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(take, coords)`` for the canonical ``sparse.COO``.
+
+        In-image elements sorted by ``(row, col, source)`` (each is one logical element:
+        positions within a stamp are distinct). ``take`` lists flat positions into the stamp
+        values; ``coords`` is ``(3, nnz)`` int64. On images too large for a CSR row pointer
+        this sorts instead, so that nothing image-sized is ever allocated.
+        """
+        W = self.imshape[1]
+        if self.npixels <= 4 * max(self.nnz, 1):
+            take, src, indptr = self.csr_order
+            pix = np.repeat(np.arange(self.npixels, dtype=np.int64), np.diff(indptr))
+            src = src.astype(np.int64)
+        else:
+            flat_sm = self.source_major(np.arange(self.nelements, dtype=np.int64).reshape(self.block_shape))
+            pix = self.csc_indices[0].astype(np.int64)
+            src = self.source_of.astype(np.int64)
+            order = np.lexsort((src, pix))
+            pix, src, take = pix[order], src[order], flat_sm[order]
+        coords = np.stack([pix // W, pix % W, src])
+        return _readonly(take), _readonly(coords)
+
+    def canonical(self, values: np.ndarray) -> np.ndarray:
+        """The in-image elements of ``values`` in ``coo_order``'s sorted order, 1-D."""
+        return values.ravel()[self.coo_order[0]]
+
+
+
+class StampStructure(_Orderings):
     """Positions of every stamp pixel plus the image bounds, with cached derived indices.
 
     Parameters
@@ -209,6 +284,16 @@ class StampStructure:
     def stamp_shape(self) -> tuple[int, int, int]:
         """``(nr, nc, nsources)``."""
         return self.row.shape
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        """Shape of the values block, ``(nr, nc, nsources)``."""
+        return self.row.shape
+
+    @property
+    def nelements(self) -> int:
+        """Number of stored stamp elements (off-image ones included)."""
+        return self.row.size
 
     @property
     def nsources(self) -> int:
@@ -260,12 +345,6 @@ class StampStructure:
         return _readonly(pix)
 
     @cached_property
-    def source_of(self) -> np.ndarray:
-        """Source index of every in-image element, in source-major (CSC) order."""
-        counts = self.source_counts
-        return _readonly(np.repeat(np.arange(self.nsources, dtype=index_dtype(self.nsources)), counts))
-
-    @cached_property
     def source_counts(self) -> np.ndarray:
         """Number of in-image stamp elements per source, ``(nsources,)``."""
         return _readonly(np.count_nonzero(self.in_image, axis=(0, 1)).astype(np.int64))
@@ -289,64 +368,6 @@ class StampStructure:
         if self.csc_take is None:
             return values.transpose(2, 0, 1).ravel()
         return values.ravel()[self.csc_take]
-
-    @cached_property
-    def csc_indices(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(indices, indptr)`` of the CSC matrix ``(H*W, nsources)``."""
-        idt = index_dtype(self.npixels, self.nnz)
-        indices = self.source_major(self.pixel).astype(idt)
-        indptr = np.zeros(self.nsources + 1, dtype=idt)
-        np.cumsum(self.source_counts, out=indptr[1:])
-        return _readonly(indices), _readonly(indptr)
-
-    @cached_property
-    def csr_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(take, indices, indptr)`` of the CSR matrix ``(H*W, nsources)``.
-
-        ``take`` holds flat positions into C-order stamp values, ordered by pixel and then by
-        source (so column indices are sorted within each row). The
-        permutation comes from scipy's linear-time CSC→CSR conversion, not from a sort.
-        """
-        from scipy import sparse as sp
-
-        check_dense_allocation(
-            (self.npixels + 1) * 8, f"the CSR row pointer of an image with {self.npixels} pixels"
-        )
-        nr, nc, n = self.stamp_shape
-        flat_sm = self.source_major(np.arange(nr * nc * n, dtype=np.int64).reshape(nr, nc, n))
-        indices, indptr = self.csc_indices
-        csr = sp.csc_matrix((flat_sm, indices, indptr), shape=(self.npixels, n)).tocsr()
-        idt = index_dtype(self.npixels, self.nnz, self.nsources)
-        take = csr.data.astype(index_dtype(nr * nc * n))
-        return _readonly(take), _readonly(csr.indices.astype(idt)), _readonly(csr.indptr.astype(idt))
-
-    @cached_property
-    def coo_order(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(take, coords)`` for the canonical ``sparse.COO``.
-
-        In-image elements sorted by ``(row, col, source)`` (each is one logical element:
-        positions within a stamp are distinct). ``take`` lists flat positions into the stamp
-        values; ``coords`` is ``(3, nnz)`` int64. On images too large for a CSR row pointer
-        this sorts instead, so that nothing image-sized is ever allocated.
-        """
-        W = self.imshape[1]
-        if self.npixels <= 4 * max(self.nnz, 1):
-            take, src, indptr = self.csr_order
-            pix = np.repeat(np.arange(self.npixels, dtype=np.int64), np.diff(indptr))
-            src = src.astype(np.int64)
-        else:
-            nr, nc, n = self.stamp_shape
-            flat_sm = self.source_major(np.arange(nr * nc * n, dtype=np.int64).reshape(nr, nc, n))
-            pix = self.csc_indices[0].astype(np.int64)
-            src = self.source_of.astype(np.int64)
-            order = np.lexsort((src, pix))
-            pix, src, take = pix[order], src[order], flat_sm[order]
-        coords = np.stack([pix // W, pix % W, src])
-        return _readonly(take), _readonly(coords)
-
-    def canonical(self, values: np.ndarray) -> np.ndarray:
-        """The in-image elements of ``values`` in ``coo_order``'s sorted order, 1-D."""
-        return values.ravel()[self.coo_order[0]]
 
     # -- new structures -----------------------------------------------------------------
     def with_bounds(self, imshape: tuple[int, int], imcorner: tuple[int, int]) -> StampStructure:
@@ -382,6 +403,8 @@ class StampStructure:
         """Whether two structures describe the same stamps in the same image bounds."""
         if other is self or other in self._equal_to:
             return True
+        if other.grouped:
+            return False
         same = (
             self.imshape == other.imshape
             and self.imcorner == other.imcorner
@@ -396,6 +419,150 @@ class StampStructure:
 
     def __reduce__(self):
         return (structure_from_positions, (self.row, self.col, self.stamp_shape, self.imshape, self.imcorner))
+
+
+GROUPED_HINT = "select one stamp group with S.groups[i] (see S.stamp_shapes)"
+
+
+class GroupedStructure(_Orderings):
+    """Several stamp groups (one :class:`StampStructure` each) in one image: mixed stamp sizes.
+
+    The sources are the groups' sources in order (group 0's first). The values of a grouped
+    array are **one 1-D block**: every group's C-order ``(nr_g, nc_g, n_g)`` values, one
+    after the other (``element_offsets``). The derived indices (in-image mask, flat pixel
+    index, source counts, CSC/CSR/COO orderings) are defined over that flat element space,
+    so conversions and products go through the same code as a single-block structure::
+
+        values:  [ group 0: nr0*nc0*n0 | group 1: nr1*nc1*n1 | ... ]
+        sources: [ 0 ........ n0-1     | n0 ...... n0+n1-1    | ... ]
+
+    Parameters
+    ----------
+    groups : sequence of StampStructure
+        At least two, with equal image bounds.
+    """
+
+    grouped = True
+
+    def __init__(self, groups):
+        groups = tuple(groups)
+        if len(groups) < 2 or any(g.grouped for g in groups):
+            raise ValueError("a grouped structure holds two or more single-block structures")
+        first = groups[0]
+        for g in groups[1:]:
+            if g.imshape != first.imshape or g.imcorner != first.imcorner:
+                raise ValueError(
+                    f"stamp groups must share image bounds; got imshape {first.imshape} at {first.imcorner} "
+                    f"and {g.imshape} at {g.imcorner}"
+                )
+        self.groups = groups
+        self.imshape = first.imshape
+        self.imcorner = first.imcorner
+        self.source_offsets = tuple(int(v) for v in np.cumsum([0] + [g.nsources for g in groups]))
+        self.element_offsets = tuple(int(v) for v in np.cumsum([0] + [g.nelements for g in groups]))
+        self._equal_to: weakref.WeakSet = weakref.WeakSet()
+
+    # -- basic facts -------------------------------------------------------------------
+    @property
+    def block_shape(self) -> tuple[int]:
+        """Shape of the (1-D) values block, ``(nelements,)``."""
+        return (self.element_offsets[-1],)
+
+    @property
+    def nelements(self) -> int:
+        return self.element_offsets[-1]
+
+    @property
+    def stamp_shapes(self) -> tuple[tuple[int, int], ...]:
+        """``(nr, nc)`` of every group."""
+        return tuple(g.stamp_shape[:2] for g in self.groups)
+
+    @property
+    def nsources(self) -> int:
+        return self.source_offsets[-1]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.imshape[0], self.imshape[1], self.nsources)
+
+    @property
+    def npixels(self) -> int:
+        return self.imshape[0] * self.imshape[1]
+
+    def _single_block(self, what: str):
+        raise ValueError(
+            f"{what} needs a single stamp shape, but this array has stamp groups of shapes "
+            f"{list(self.stamp_shapes)}; {GROUPED_HINT}"
+        )
+
+    @property
+    def stamp_shape(self):
+        self._single_block("stamp_shape")
+
+    @property
+    def row(self):
+        self._single_block("row")
+
+    @property
+    def col(self):
+        self._single_block("col")
+
+    def split(self, values: np.ndarray) -> list[np.ndarray]:
+        """The blocks ``(nr_g, nc_g, n_g)`` of every group, as views of the 1-D ``values``."""
+        eo = self.element_offsets
+        return [values[eo[i] : eo[i + 1]].reshape(g.block_shape) for i, g in enumerate(self.groups)]
+
+    def _concat(self, name: str) -> np.ndarray:
+        return _readonly(np.concatenate([getattr(g, name).ravel() for g in self.groups]))
+
+    @cached_property
+    def in_image(self) -> np.ndarray:
+        """Boolean ``(nelements,)``: which stored elements fall inside the image."""
+        return self._concat("in_image")
+
+    @cached_property
+    def all_in_image(self) -> bool:
+        return all(g.all_in_image for g in self.groups)
+
+    @cached_property
+    def nnz(self) -> int:
+        return sum(g.nnz for g in self.groups)
+
+    @cached_property
+    def pixel(self) -> np.ndarray:
+        """Flat pixel of every stored element (``H*W`` off the image), ``(nelements,)``."""
+        return self._concat("pixel")
+
+    @cached_property
+    def source_counts(self) -> np.ndarray:
+        return self._concat("source_counts")
+
+    def source_major(self, values: np.ndarray) -> np.ndarray:
+        """In-image elements of the 1-D ``values`` in source-major order (group by group)."""
+        return np.concatenate([g.source_major(v) for g, v in zip(self.groups, self.split(values))])
+
+    # -- new structures -----------------------------------------------------------------
+    def with_bounds(self, imshape: tuple[int, int], imcorner: tuple[int, int]) -> GroupedStructure:
+        return GroupedStructure([g.with_bounds(imshape, imcorner) for g in self.groups])
+
+    def translated(self, drow: int, dcol: int) -> GroupedStructure:
+        return GroupedStructure([g.translated(drow, dcol) for g in self.groups])
+
+    def equals(self, other) -> bool:
+        if other is self or other in self._equal_to:
+            return True
+        same = (
+            other.grouped
+            and len(other.groups) == len(self.groups)
+            and all(a.equals(b) for a, b in zip(self.groups, other.groups))
+        )
+        if same:
+            self._equal_to.add(other)
+            other._equal_to.add(self)
+        return same
+
+    def __reduce__(self):
+        return (GroupedStructure, (self.groups,))
 
 
 # -- distinct positions within each stamp ---------------------------------------------------

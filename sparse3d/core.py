@@ -182,33 +182,89 @@ class Sparse3D(NDArrayOperatorsMixin):
         data : array_like, shape ``S.stamp_shape``
             The new stamp values (copied).
         """
+        s = self._structure
+        if s.grouped:
+            blocks = list(data) if isinstance(data, (list, tuple)) else None
+            if blocks is None or len(blocks) != len(s.groups):
+                raise ValueError(
+                    f"with_data on an array with {len(s.groups)} stamp groups takes a list of "
+                    f"{len(s.groups)} blocks, one per group (shapes {[g.block_shape for g in s.groups]})"
+                )
+            parts = [g.with_data(b) for g, b in zip(self.groups, blocks)]
+            dtype = np.result_type(*[p.dtype for p in parts])
+            values = np.concatenate([p._values.ravel() for p in parts]).astype(dtype, copy=False)
+            return Sparse3D._from_parts(values, s)
         values = _owned_values(data)
         if values.shape != self.stamp_shape:
             raise ValueError(f"data must have the stamp shape {self.stamp_shape}; got {values.shape}")
         return Sparse3D._from_parts(values, self._structure)
 
+    # -- stamp groups ----------------------------------------------------------------------
+    @property
+    def groups(self) -> tuple[Sparse3D, ...]:
+        """The stamp groups: one single-shape Sparse3D per stamp shape, in source order.
+
+        An array built by ``np.concatenate`` of arrays with different stamp shapes (or by a
+        PSF model with per-source stamp sizes) holds several groups; its sources are the
+        groups' sources in order. Each group is a view (values shared, read-only) with the
+        same image bounds. A single-shape array has one group, itself.
+        """
+        if not self._structure.grouped:
+            return (self,)
+        return self._group_views
+
+    @cached_property
+    def _group_views(self) -> tuple[Sparse3D, ...]:
+        s = self._structure
+        return tuple(Sparse3D._from_parts(v, g) for v, g in zip(s.split(self._values), s.groups))
+
+    @property
+    def stamp_shapes(self) -> tuple[tuple[int, int], ...]:
+        """``(nr, nc)`` of every stamp group (one entry for a single-shape array)."""
+        s = self._structure
+        return s.stamp_shapes if s.grouped else (s.stamp_shape[:2],)
+
+    @property
+    def source_offsets(self) -> tuple[int, ...]:
+        """First source of every stamp group, and ``nsources`` last: group ``i`` holds
+        sources ``source_offsets[i]:source_offsets[i + 1]``."""
+        s = self._structure
+        return s.source_offsets if s.grouped else (0, s.nsources)
+
     # -- basic attributes ----------------------------------------------------------------
     # Exposed arrays are read-only views of buffers that are read-only at their base, so
     # ``S.data.flags.writeable = True`` raises instead of letting edits desync the caches
     # and move the stamps of every array sharing the structure.
+    # An array with several stamp groups has no single block: these raise a ValueError
+    # naming S.groups (each group has them).
     @property
     def data(self) -> np.ndarray:
-        """Stamp values, ``(nr, nc, nsources)``, read-only (off-image pixels included)."""
+        """Stamp values, ``(nr, nc, nsources)``, read-only (off-image pixels included).
+
+        Grouped arrays (several stamp shapes) raise ``ValueError``: use ``S.groups[i].data``.
+        """
+        if self._structure.grouped:
+            self._structure._single_block("data")
         return readonly_view(self._values)
 
     @property
     def row(self) -> np.ndarray:
-        """Absolute row of every stamp pixel, ``(nr, nc, nsources)``, read-only."""
+        """Absolute row of every stamp pixel, ``(nr, nc, nsources)``, read-only (single shape only)."""
         return readonly_view(self._structure.row)
 
     @property
     def col(self) -> np.ndarray:
-        """Absolute column of every stamp pixel, ``(nr, nc, nsources)``, read-only."""
+        """Absolute column of every stamp pixel, ``(nr, nc, nsources)``, read-only (single shape only)."""
         return readonly_view(self._structure.col)
 
     @property
     def in_image(self) -> np.ndarray:
-        """Boolean ``(nr, nc, nsources)``: which stamp pixels are inside the image, read-only."""
+        """Boolean ``(nr, nc, nsources)``: which stamp pixels are inside the image, read-only.
+
+        Single shape only (grouped arrays: ``S.groups[i].in_image``).
+        """
+        if self._structure.grouped:
+            self._structure._single_block("in_image")
         return readonly_view(self._structure.in_image)
 
     @property
@@ -251,12 +307,19 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @property
     def stamp_shape(self) -> tuple[int, int, int]:
-        """``(nr, nc, nsources)``, the shape of :attr:`data`, :attr:`row`, :attr:`col`."""
+        """``(nr, nc, nsources)``, the shape of :attr:`data`, :attr:`row`, :attr:`col`.
+
+        Grouped arrays raise ``ValueError``: see :attr:`stamp_shapes` and :attr:`groups`.
+        """
+        if self._structure.grouped:
+            self._structure._single_block("stamp_shape")
         return self._values.shape
 
     @property
     def nbytes(self) -> int:
         """Bytes held by values and positions."""
+        if self._structure.grouped:
+            return self._values.nbytes + sum(g.row.nbytes + g.col.nbytes for g in self._structure.groups)
         return self._values.nbytes + self.row.nbytes + self.col.nbytes
 
     @property
@@ -299,7 +362,10 @@ class Sparse3D(NDArrayOperatorsMixin):
             ("shape", self.shape),
             ("dtype", self.dtype),
             ("nnz (in-image)", f"{self.nnz:,}"),
-            ("stamp shape", self.stamp_shape),
+            ("stamp shape" if len(self.stamp_shapes) == 1 else "stamp groups", ", ".join(
+                f"{nr}×{nc} × {b - a}" for (nr, nc), a, b in zip(
+                    self.stamp_shapes, self.source_offsets[:-1], self.source_offsets[1:])
+            )),
             ("image rows", f"{r0} … {r0 + H - 1}"),
             ("image cols", f"{c0} … {c0 + W - 1}"),
             ("memory", f"{self.nbytes / 1024**2:.1f} MiB"),
@@ -340,6 +406,8 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     def __reduce__(self):
         s = self._structure
+        if s.grouped:
+            return (_rebuild_grouped, (list(self.groups),))
         return (_rebuild, (self._values, s.row, s.col, s.imshape, s.imcorner))
 
     # -- geometry -------------------------------------------------------------------------
@@ -530,8 +598,14 @@ class Sparse3D(NDArrayOperatorsMixin):
         nbytes = self.size * self.dtype.itemsize
         if not force:
             check_dense_allocation(nbytes, f"todense() of a {self.shape} array")
-        out = np.zeros(self.shape, dtype=self.dtype)
         s = self._structure
+        if s.grouped:
+            o = s.source_offsets
+            out = np.zeros(self.shape, dtype=self.dtype)
+            for i, g in enumerate(self.groups):
+                out[:, :, o[i] : o[i + 1]] = g.todense(force=True)
+            return out
+        out = np.zeros(self.shape, dtype=self.dtype)
         m = s.in_image
         r = np.subtract(s.row[m], s.imcorner[0], dtype=np.int64)
         c = np.subtract(s.col[m], s.imcorner[1], dtype=np.int64)
@@ -539,14 +613,24 @@ class Sparse3D(NDArrayOperatorsMixin):
         np.add.at(out, (r, c, k), self._values[m])
         return out
 
+    def _refuse_grouped(self, what: str) -> None:
+        """``NotImplementedError`` for the parts that do not handle stamp groups yet."""
+        if self._structure.grouped:
+            raise NotImplementedError(
+                f"{what} is not implemented for arrays with several stamp groups (stamp shapes "
+                f"{list(self.stamp_shapes)}); apply it to each of S.groups"
+            )
+
     def to_xarray(self, *args, **kwargs) -> xarray.DataArray:
         """Labeled xarray view; see :func:`sparse3d.xarray.to_xarray`."""
+        self._refuse_grouped("to_xarray")
         from .xarray import to_xarray
 
         return to_xarray(self, *args, **kwargs)
 
     def to_dask(self, source_chunks="auto"):
         """Split into source chunks, one Dask graph key each; see :class:`sparse3d.dask.SourceChunked`."""
+        self._refuse_grouped("to_dask")
         from .dask import to_dask
 
         return to_dask(self, source_chunks)
@@ -560,6 +644,7 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     def roi(self, corners, size) -> ROISparse3D:
         """The model seen through windows; see :class:`sparse3d.roi.ROISparse3D`."""
+        self._refuse_grouped("roi")
         from .roi import ROISparse3D
 
         return ROISparse3D(self, corners, size)
@@ -601,6 +686,7 @@ class Sparse3D(NDArrayOperatorsMixin):
         """
         backend = _functions.lazy_backend(data)
         if backend is not None:  # lazy weights on Dask frames; see sparse3d.dask.fit
+            self._refuse_grouped("fit on Dask frames")
             return backend.fit(self, data, errors, prior_mu, prior_sigma, mask)
         from .fit import fit_design
 
@@ -613,6 +699,11 @@ class Sparse3D(NDArrayOperatorsMixin):
             prior_sigma=prior_sigma,
             mask=mask,
         )
+
+
+def _rebuild_grouped(groups) -> Sparse3D:
+    """Unpickle a grouped array from its (single-shape) groups."""
+    return np.concatenate(groups, axis=2)
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
