@@ -23,8 +23,10 @@ from ._checks import (
     _check_solver,
     _inverse_variance,
 )
+from ._inputs import _check_mask_values
+from .diagnostics import _chi2
 from .factor import _factorize_or_raise
-from .result import _chi2, _warn_unconstrained, _weights_err
+from .result import _warn_unconstrained, _weights_err
 
 
 def _row_scale(M: scipy.sparse.csr_matrix | scipy.sparse.csc_matrix, scale: np.ndarray) -> Any:
@@ -89,7 +91,8 @@ class NormalEquations:
     prior_rhs : numpy.ndarray or None
         ``P mu``, shape ``(n,)``; None without priors.
     free : numpy.ndarray
-        Boolean ``(n,)``: the sources in the system (``~unconstrained``).
+        Boolean ``(n + nb,)``: the parameters in the system (sources with data or a prior,
+        then the background coefficients with data or a prior).
     factor : object
         Cholesky factor of the normal matrix restricted to the free sources:
         ``factor.solve(b)`` for ``b`` of shape ``(nfree,)`` or ``(nfree, k)``
@@ -97,6 +100,12 @@ class NormalEquations:
         ``diag(N^-1)``.
     solver : str
         ``"cholmod"`` or ``"superlu"``: the solver that factorised ``N``.
+    background : scipy.sparse.csr_matrix or None
+        Background design columns ``B``, shape ``(npix, nb)`` (see
+        :mod:`sparse3d.fit.background`), solved jointly with the sources; None without.
+    gram : scipy.sparse.csr_matrix or None
+        ``[A, B]^T C^-1 [A, B]`` (no prior, every parameter), ``(n + nb, n + nb)``, when
+        built by the fit (for diagnostics); not pickled.
     """
 
     def __init__(
@@ -108,8 +117,11 @@ class NormalEquations:
         free: np.ndarray,
         factor: Any,
         solver: str,
+        background: scipy.sparse.csr_matrix | None = None,
     ) -> None:
         self.design = design
+        self.background = background
+        self.gram: scipy.sparse.csr_matrix | None = None
         self.ivar = ivar
         self.keep = keep
         self.prior_rhs = prior_rhs
@@ -118,6 +130,7 @@ class NormalEquations:
         self.solver = solver
         self._idx = None if free.all() else np.flatnonzero(free)
         self._weighted: scipy.sparse.csr_matrix | None = None
+        self._weighted_background: scipy.sparse.csr_matrix | None = None
 
     @classmethod
     def _build(
@@ -129,14 +142,25 @@ class NormalEquations:
         prior_prec: np.ndarray,
         mu: np.ndarray,
         solver: str,
+        background: scipy.sparse.csr_matrix | None = None,
     ) -> NormalEquations:
-        """Form and factorise ``N`` from validated inputs (``A`` in both formats)."""
+        """Form and factorise ``N`` from validated inputs (``A`` in both formats).
+
+        ``background`` (``(npix, nb)`` CSR) appends the columns ``B`` of a background
+        model: ``N`` becomes the block matrix ``[[N_AA, N_AB], [N_BA, N_BB]]``, and
+        ``prior_prec``/``mu`` then have ``n + nb`` entries.
+        """
         if ivar is None:
             As_csr, As_csc = A_csr, A_csc
         else:
             sw = np.sqrt(ivar)
             As_csr, As_csc = _row_scale(A_csr, sw), _row_scale(A_csc, sw)
         G = scipy.sparse.csr_matrix(As_csc.T @ As_csr)
+        if background is not None:
+            Bs = background if ivar is None else _row_scale(background, sw)
+            NAB = scipy.sparse.csr_matrix(As_csc.T @ Bs)
+            G = scipy.sparse.csr_matrix(scipy.sparse.bmat([[G, NAB], [NAB.T, Bs.T @ Bs]]))
+            G.sum_duplicates()
         del As_csr, As_csc
         has_prior = bool(np.any(prior_prec > 0))
         free = (G.diagonal() > 0) | (prior_prec > 0)
@@ -145,16 +169,22 @@ class NormalEquations:
         if idx is not None:
             Nmat = Nmat[idx][:, idx]
         Nmat = scipy.sparse.csr_matrix(Nmat)
-        del G
         factor = _factorize_or_raise(Nmat, idx, solver)
         prior_rhs = prior_prec * mu if has_prior else None
-        return cls(A_csr, ivar, keep, prior_rhs, free, factor, solver)
+        out = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, background)
+        out.gram = G
+        return out
 
     # -- facts -----------------------------------------------------------
     @property
     def n_sources(self) -> int:
         """Number of sources ``n`` (columns of the design matrix)."""
         return self.design.shape[1]
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters: sources, then background coefficients."""
+        return self.n_sources + (0 if self.background is None else self.background.shape[1])
 
     @property
     def n_pixels(self) -> int:
@@ -164,7 +194,7 @@ class NormalEquations:
     @property
     def unconstrained(self) -> np.ndarray:
         """Boolean ``(n,)``: sources with no unmasked pixel and no prior."""
-        return ~self.free
+        return ~self.free[: self.n_sources]
 
     @property
     def weighted_design(self) -> scipy.sparse.csr_matrix:
@@ -181,30 +211,37 @@ class NormalEquations:
     def solve(self, D: np.ndarray) -> np.ndarray:
         """Best-fit weights for the frames ``D``, shape ``(npix,)`` or ``(npix, k)``.
 
-        Returns shape ``(n,)`` or ``(n, k)``, NaN for unconstrained sources.
+        Returns shape ``(n_params,)`` or ``(n_params, k)`` (the source weights, then the
+        background coefficients), NaN for unconstrained parameters.
         Masked pixels of ``D`` are ignored (they may be non-finite); the
         unmasked ones are not checked (see :meth:`check_data`).
         """
         rhs = self.weighted_design.T @ D
+        if self.background is not None:
+            if self._weighted_background is None:
+                B = self.background
+                self._weighted_background = B if self.ivar is None else _row_scale(B, self.ivar)
+            rhs = np.concatenate([rhs, self._weighted_background.T @ D])
         if self.prior_rhs is not None:
             rhs += self.prior_rhs if D.ndim == 1 else self.prior_rhs[:, None]
         if self._idx is None:
             return self.factor.solve(rhs)
-        out = np.full((self.n_sources, *D.shape[1:]), np.nan)
+        out = np.full((self.n_params, *D.shape[1:]), np.nan)
         out[self._idx] = self.factor.solve(rhs[self._idx])
         return out
 
     def chi2(self, D: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """``sum(((D - A w) / errors)**2)`` over the unmasked pixels, per frame: ``(k,)``.
 
-        ``D`` is ``(npix, k)`` and ``weights`` ``(n, k)``; NaN weights count as 0.
+        ``D`` is ``(npix, k)`` and ``weights`` ``(n_params, k)`` (as :meth:`solve` returns
+        them); NaN weights count as 0.
         """
         wz = np.where(np.isnan(weights), 0.0, weights)
         ivar = None if self.ivar is None else self.ivar[:, None]
-        return _chi2(self.design, wz, D, ivar, [np.arange(D.shape[1])], self.keep)
+        return _chi2(self.design, wz, D, ivar, None, self.keep, self.background)
 
     def weights_err(self) -> np.ndarray:
-        """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n,)``; NaN for unconstrained sources."""
+        """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n_params,)``; NaN where unconstrained."""
         return _weights_err(self.factor, self.free)
 
     def warn_if_unconstrained(self, stacklevel: int = 2) -> None:
@@ -224,13 +261,22 @@ class NormalEquations:
         faster.  Solving with them gives the same weights.
         """
         return NormalEquations(
-            self.design, self.ivar, self.keep, self.prior_rhs, self.free, self.factor.portable(), self.solver
+            self.design,
+            self.ivar,
+            self.keep,
+            self.prior_rhs,
+            self.free,
+            self.factor.portable(),
+            self.solver,
+            self.background,
         )
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["factor"] = self.factor.portable()
         state["_weighted"] = None
+        state["_weighted_background"] = None
+        state["gram"] = None
         return state
 
 
@@ -275,7 +321,7 @@ def prepare_normal_equations(
     H, W = _check_imshape(imshape)
     npix = H * W
     _check_design(A, npix, imshape)
-    keep = _check_mask(mask, H, W)
+    keep = _check_mask(None if mask is None else _check_mask_values(mask), H, W)
     E = None
     if errors is not None:
         errors = np.asarray(errors, dtype=np.float64)
@@ -286,6 +332,6 @@ def prepare_normal_equations(
     ivar = _inverse_variance(E, keep)
     prior_prec, mu = _check_prior(prior_mu, prior_sigma, A.shape[1])
     A_csr, A_csc = _design_formats(A)
-    return NormalEquations._build(
-        A_csr, A_csc, None if ivar is None else ivar[:, 0], keep, prior_prec, mu, solver
-    )
+    ivar1 = None if ivar is None else ivar[:, 0]
+    keep1 = None if keep is None else keep[:, 0]
+    return NormalEquations._build(A_csr, A_csc, ivar1, keep1, prior_prec, mu, solver)
