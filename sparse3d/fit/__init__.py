@@ -23,8 +23,11 @@ Where each concept lives
     :func:`fit_design`, the driver: validate, group frames by error map, factorise once
     per map, solve all frames, assemble the result.
 ``normal.py``
-    :class:`NormalEquations` and :func:`prepare_normal_equations`: the normal matrix of
-    one design and one error map, factorised once; design formats and row scaling.
+    :func:`normal_matrix` (the lower triangle of ``A^T diag(ivar) A``, straight from the
+    stamps of a regular :class:`~sparse3d.Sparse3D` through a compiled kernel in
+    ``_stamp_kernels.py``, else SciPy's product), :class:`NormalEquations` and
+    :func:`prepare_normal_equations`: the normal matrix of one design and one error map,
+    factorised once; design formats and row scaling.
 ``factor.py``
     The factorisations behind one interface (``solve``, ``inv_diag``, ``portable``):
     CHOLMOD, SuperLU, triangular, empty; :func:`available_solvers`; singular diagnosis.
@@ -53,7 +56,7 @@ loaded on first use).
 from .background import BackgroundModel, BilinearGrid, Polynomial, as_background
 from .diagnostics import BLEND_THRESHOLD, FitFlags
 from .factor import PIVOT_RTOL, available_solvers
-from .normal import NormalEquations, prepare_normal_equations
+from .normal import NormalEquations, normal_matrix, prepare_normal_equations
 from .result import FitResult, SingularNormalMatrixError, UnconstrainedSourceWarning
 from .solve import fit_design
 
@@ -71,5 +74,6 @@ __all__ = [
     "UnconstrainedSourceWarning",
     "available_solvers",
     "fit_design",
+    "normal_matrix",
     "prepare_normal_equations",
 ]
