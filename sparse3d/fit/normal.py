@@ -194,6 +194,26 @@ def normal_matrix(
     return N
 
 
+def _with_background_block(
+    N_AA: scipy.sparse.csr_matrix,
+    A_csc: scipy.sparse.csc_matrix,
+    B: scipy.sparse.csr_matrix,
+    ivar: np.ndarray | None,
+) -> scipy.sparse.csr_matrix:
+    """The joint normal matrix ``[[N_AA, N_AB], [N_BA, N_BB]]`` of the design ``[A, B]``.
+
+    ``N_AA`` is the sources' block (full, symmetric), ``B`` the ``(npix, nb)`` columns of
+    a background model; ``N_AB = A^T diag(ivar) B`` and ``N_BB = B^T diag(ivar) B`` are
+    sparse products (``nb`` is small next to ``n``).  No dense inverse, one sparse matrix.
+    """
+    Bw = B if ivar is None else _row_scale(B, ivar)
+    NAB = scipy.sparse.csr_matrix(A_csc.T @ Bw)
+    NBB = scipy.sparse.csr_matrix(B.T @ Bw)
+    G = scipy.sparse.csr_matrix(scipy.sparse.bmat([[N_AA, NAB], [NAB.T, NBB]]))
+    G.sum_duplicates()
+    return G
+
+
 class NormalEquations:
     """The factorised normal equations of one design matrix and one error map.
 
@@ -285,12 +305,9 @@ class NormalEquations:
             sw = np.sqrt(ivar)
             As_csr, As_csc = _row_scale(A_csr, sw), _row_scale(A_csc, sw)
         G = scipy.sparse.csr_matrix(As_csc.T @ As_csr)
-        if background is not None:
-            Bs = background if ivar is None else _row_scale(background, sw)
-            NAB = scipy.sparse.csr_matrix(As_csc.T @ Bs)
-            G = scipy.sparse.csr_matrix(scipy.sparse.bmat([[G, NAB], [NAB.T, Bs.T @ Bs]]))
-            G.sum_duplicates()
         del As_csr, As_csc
+        if background is not None:
+            G = _with_background_block(G, A_csc, background, ivar)
         has_prior = bool(np.any(prior_prec > 0))
         free = (G.diagonal() > 0) | (prior_prec > 0)
         Nmat = G + scipy.sparse.diags(prior_prec) if has_prior else G
