@@ -243,3 +243,17 @@ def test_to_table_without_astropy_is_a_clear_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "astropy.table", None)
     with pytest.raises(ImportError, match="needs astropy"):
         res.to_table()
+
+
+def test_masked_core_is_the_brightest_pixel_only():
+    stamp = np.array([[1.0, 2.0, 1.0], [2.0, 9.0, 2.0], [1.0, 2.0, 0.5]])[:, :, None]
+    R, C = np.mgrid[:3, :3]
+    S = Sparse3D(stamp, R[:, :, None] + 2, C[:, :, None] + 3, (8, 9))
+    d = np.random.default_rng(0).normal(5, 1, (8, 9))
+    core, wing = np.zeros((8, 9), bool), np.zeros((8, 9), bool)
+    core[3, 4] = True
+    wing[4, 5] = True  # the faintest pixel of the stamp
+    assert S.fit(d, mask=core).flags[0] == FitFlags.MASKED_CORE | FitFlags.PARTLY_MASKED
+    assert S.fit(d, mask=wing).flags[0] == FitFlags.PARTLY_MASKED
+    assert S.fit(d).flags[0] == 0
+    assert S.fit(d, saturation=d[2, 3] - 1e-9, mask=~np.isfinite(d)).flags[0] & FitFlags.SATURATED

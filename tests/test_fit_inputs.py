@@ -282,3 +282,16 @@ def test_design_level_fit_accepts_the_same_forms(problem):
     a = fit_design(Asp, np.ma.MaskedArray(d, mask=mask), imshape=d.shape, errors=err)
     b = fit_design(Asp, d, imshape=d.shape, errors=err, mask=mask)
     _same(a, b)
+
+
+def test_dask_fit_reads_errors_inf_as_masked_and_refuses_the_new_options(problem):
+    da = pytest.importorskip("dask.array")
+    S, A, d, err, mask = problem
+    D = np.stack([d, 2 * d], axis=-1)
+    lazy = S.fit(da.from_array(D, chunks=(13, 17, 1)), errors=np.where(mask, np.inf, err)).compute()
+    eager = S.fit(D, errors=err, mask=mask)
+    close(lazy.weights, eager.weights, rtol=1e-10)
+    close(lazy.weights_err, eager.weights_err, rtol=1e-10)
+    for kw in (dict(background="plane"), dict(dq=np.zeros(d.shape, int), bad_bits=1), dict(saturation=1.0)):
+        with pytest.raises(NotImplementedError, match="on Dask frames does not support"):
+            S.fit(da.from_array(D), **kw)
