@@ -194,6 +194,11 @@ def normal_matrix(
     return N
 
 
+#: Background models with at most this many coefficients have their coupling block
+#: ``A^T C^-1 B`` computed as a sparse-times-dense product (cheaper than sparse-times-sparse).
+_DENSE_BACKGROUND_MAX = 64
+
+
 def _with_background_block(
     N_AA: scipy.sparse.csr_matrix,
     A_csc: scipy.sparse.csc_matrix,
@@ -202,16 +207,41 @@ def _with_background_block(
 ) -> scipy.sparse.csr_matrix:
     """The joint normal matrix ``[[N_AA, N_AB], [N_BA, N_BB]]`` of the design ``[A, B]``.
 
-    ``N_AA`` is the sources' block (full, symmetric), ``B`` the ``(npix, nb)`` columns of
-    a background model; ``N_AB = A^T diag(ivar) B`` and ``N_BB = B^T diag(ivar) B`` are
-    sparse products (``nb`` is small next to ``n``).  No dense inverse, one sparse matrix.
+    ``N_AA`` is the sources' block (full, symmetric, canonical CSR), ``B`` the
+    ``(npix, nb)`` columns of a background model; ``N_AB = A^T diag(ivar) B`` and
+    ``N_BB = B^T diag(ivar) B``.  The blocks are concatenated row by row in CSR (no
+    format round trip): one sparse matrix, no dense inverse.
     """
     Bw = B if ivar is None else _row_scale(B, ivar)
-    NAB = scipy.sparse.csr_matrix(A_csc.T @ Bw)
-    NBB = scipy.sparse.csr_matrix(B.T @ Bw)
-    G = scipy.sparse.csr_matrix(scipy.sparse.bmat([[N_AA, NAB], [NAB.T, NBB]]))
-    G.sum_duplicates()
-    return G
+    if B.shape[1] <= _DENSE_BACKGROUND_MAX:  # polynomials: narrow, dense-valued columns
+        NAB = scipy.sparse.csr_matrix(np.asarray(A_csc.T @ Bw.toarray()))
+    else:  # a grid: every pixel touches few nodes
+        NAB = _canonical(scipy.sparse.csr_matrix(A_csc.T @ Bw))
+    NBB = _canonical(scipy.sparse.csr_matrix(B.T @ Bw))
+    top = _hcat_csr(N_AA, NAB)
+    bottom = _hcat_csr(_canonical(scipy.sparse.csr_matrix(NAB.T)), NBB)
+    n = top.shape[0] + bottom.shape[0]
+    return scipy.sparse.csr_matrix(
+        (
+            np.concatenate([top.data, bottom.data]),
+            np.concatenate([top.indices, bottom.indices]),
+            np.concatenate([top.indptr, bottom.indptr[1:] + top.nnz]),
+        ),
+        shape=(n, n),
+    )
+
+
+def _hcat_csr(X: scipy.sparse.csr_matrix, Y: scipy.sparse.csr_matrix) -> scipy.sparse.csr_matrix:
+    """``[X, Y]`` of two canonical CSR matrices with the same rows, canonical, built directly."""
+    lx, ly = np.diff(X.indptr), np.diff(Y.indptr)
+    indptr = X.indptr.astype(np.int64) + Y.indptr
+    data = np.empty(X.nnz + Y.nnz)
+    indices = np.empty(X.nnz + Y.nnz, dtype=np.int64)
+    pos_x = np.arange(X.nnz) + np.repeat(Y.indptr[:-1], lx)
+    pos_y = np.arange(Y.nnz) + np.repeat(X.indptr[1:], ly)
+    data[pos_x], indices[pos_x] = X.data, X.indices
+    data[pos_y], indices[pos_y] = Y.data, Y.indices + X.shape[1]
+    return scipy.sparse.csr_matrix((data, indices, indptr), shape=(X.shape[0], X.shape[1] + Y.shape[1]))
 
 
 class NormalEquations:
