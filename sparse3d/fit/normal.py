@@ -26,6 +26,7 @@ from ._checks import (
     _inverse_variance,
 )
 from ._inputs import _check_mask_values
+from .background import as_background
 from .diagnostics import _chi2
 from .factor import _factorize_or_raise
 from .result import _warn_unconstrained, _weights_err
@@ -465,13 +466,16 @@ def prepare_normal_equations(
     prior_sigma: float | np.ndarray | None = None,
     mask: np.ndarray | None = None,
     solver: str = "auto",
+    background: Any = None,
 ) -> NormalEquations:
     """Validate the inputs, form the normal matrix and factorise it, once.
 
     The set-up shared by every frame fitted with one error map: what
     :func:`fit_design` does before it touches the data.  Arguments are those
     of :func:`fit_design`, except that ``errors`` is one map of shape
-    ``(H, W)`` (or None).
+    ``(H, W)`` (or None) and ``mask`` one ``(H, W)`` boolean map.  With a
+    ``background``, :meth:`NormalEquations.solve` returns the source weights
+    followed by the background coefficients.
 
     Returns
     -------
@@ -507,7 +511,12 @@ def prepare_normal_equations(
         _check_errors(E, keep)
     ivar = _inverse_variance(E, keep)
     prior_prec, mu = _check_prior(prior_mu, prior_sigma, A.shape[1])
+    bg = as_background(background)
+    B = None if bg is None else bg.columns((H, W))
+    if B is not None:
+        bprec, bmu = bg.prior(B.shape[1])
+        prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
     A_csr, A_csc = _design_formats(A)
     ivar1 = None if ivar is None else ivar[:, 0]
     keep1 = None if keep is None else keep[:, 0]
-    return NormalEquations._build(A_csr, A_csc, ivar1, keep1, prior_prec, mu, solver)
+    return NormalEquations._build(A_csr, A_csc, ivar1, keep1, prior_prec, mu, solver, B)

@@ -82,7 +82,8 @@ class FitResult:
         selected inversion of the Cholesky factor.  None with ``return_errors=False``.
     background : numpy.ndarray or None
         Background coefficients ``(nb,)`` or ``(nb, k)`` (one background per frame); None
-        without a background model.
+        without a background model.  NaN for a coefficient without data and prior (a grid
+        node over a fully masked area; it then contributes nothing to the images).
     background_err : numpy.ndarray or None
         Their 1-sigma uncertainties, shaped like ``weights_err``.
     background_image : numpy.ndarray or None
