@@ -448,8 +448,9 @@ class Sparse3D(NDArrayOperatorsMixin):
         """Least-squares weights (brightnesses) of every source, for one image or many frames.
 
         Solves ``min_w Σ ((data - S·w) / errors)² + Σ ((w - prior_mu) / prior_sigma)²`` over the
-        unmasked pixels through the normal equations, factorised **once** (sparse Cholesky:
-        CHOLMOD from ``cvxopt`` when installed, SciPy's SuperLU otherwise) for all frames.
+        unmasked pixels through the normal equations, factorised **once** (a sparse
+        ``L D L^T`` from ``qdldl``; see :func:`sparse3d.fit.fit_design` for the other solvers)
+        for all frames. With regular stamps the normal matrix is built from the stamps directly.
 
         Parameters
         ----------
@@ -485,7 +486,7 @@ class Sparse3D(NDArrayOperatorsMixin):
         from .fit import fit_design
 
         return fit_design(
-            self.tocsc(),
+            self,
             data,
             imshape=self.imshape,
             errors=errors,

@@ -23,6 +23,7 @@ from ._checks import (
     _check_mask,
     _check_prior,
     _check_solver,
+    _error_scale,
     _inverse_variance,
 )
 from .factor import _factorize_or_raise
@@ -53,16 +54,16 @@ def _canonical(M: scipy.sparse.spmatrix) -> scipy.sparse.spmatrix:
     return M
 
 
-def _design_formats(A: Any) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csc_matrix]:
-    """``A`` in CSR and CSC, canonical, float64; ValueError if it holds non-finite values.
+def _design_csr(A: Any) -> scipy.sparse.csr_matrix:
+    """``A`` (a Sparse3D or a SciPy matrix) in canonical float64 CSR; ValueError if non-finite.
 
-    CSR serves ``A @ x`` and (as ``A_csr.T``) ``A^T @ X``; ``A_csc.T @ A_csr``
-    is the normal matrix without any format conversion.
+    CSR serves ``A @ x`` and (as ``A_csr.T``) ``A^T @ X``. A Sparse3D's cached CSR is used
+    without a copy when it is already canonical.
     """
-    A_csr = _canonical(scipy.sparse.csr_matrix(A))
+    A_csr = _canonical(A._csr if isinstance(A, Sparse3D) else scipy.sparse.csr_matrix(A))
     if not np.all(np.isfinite(A_csr.data)):
         raise ValueError("A contains non-finite values")
-    return A_csr, _canonical(scipy.sparse.csc_matrix(A))
+    return A_csr
 
 
 # -- the normal matrix ---------------------------------------------------------------------
@@ -205,27 +206,39 @@ class NormalEquations:
     in its portable form (see :meth:`portable`): no solver library object
     and no weighted copy of the design matrix, which is rebuilt on first use.
 
+    **Scaling.** What is factorised is ``N' = s^2 D N D`` with ``s`` a power of two close to
+    the typical error (``err_scale``) and ``D = diag(col_scale)`` powers of two that bring
+    every weighted column of ``A`` to a largest entry near 1 (see
+    :func:`_scaled_normal_matrix`): errors of ``1e-160`` or ``1e160`` and sources with tiny
+    stamp values neither overflow nor underflow, the pivot test of the singularity
+    diagnosis is invariant under it, and unscaling is exact. ``w = D N'^-1 D' rhs``.
+
     Attributes
     ----------
     design : scipy.sparse.csr_matrix
         The design matrix ``A``, shape ``(npix, n)``, float64 with canonical
         indices, unweighted and unmasked (for models and chi-square).
     ivar : numpy.ndarray or None
-        Inverse variances ``diag(C^-1)``, shape ``(npix,)``, 0 on masked
-        pixels; None for unit errors without a mask.
+        Scaled inverse variances ``s^2 diag(C^-1)`` = ``(err_scale / errors)**2``, shape
+        ``(npix,)``, 0 on masked pixels; None for unit errors without a mask.
     keep : numpy.ndarray or None
         Boolean ``(npix,)``, True on the pixels used; None when none is masked.
     prior_rhs : numpy.ndarray or None
-        ``P mu``, shape ``(n,)``; None without priors.
+        The prior's part of the scaled right-hand side, ``s^2 D P mu``, shape ``(n,)``;
+        None without priors.
     free : numpy.ndarray
         Boolean ``(n,)``: the sources in the system (``~unconstrained``).
     factor : object
-        Cholesky factor of the normal matrix restricted to the free sources:
+        Factor of the scaled normal matrix ``N'`` restricted to the free sources:
         ``factor.solve(b)`` for ``b`` of shape ``(nfree,)`` or ``(nfree, k)``
         (all columns at once) and ``factor.inv_diag()`` for
-        ``diag(N^-1)``.
+        ``diag(N'^-1)``.
     solver : str
-        ``"cholmod"`` or ``"superlu"``: the solver that factorised ``N``.
+        ``"qdldl"``, ``"superlu"`` or ``"cholmod"``: the solver that factorised ``N'``.
+    col_scale : numpy.ndarray
+        ``(n,)`` powers of two, the diagonal of ``D``.
+    err_scale : float
+        ``s``, a power of two (1.0 for unit errors).
     """
 
     def __init__(
@@ -237,6 +250,8 @@ class NormalEquations:
         free: np.ndarray,
         factor: Any,
         solver: str,
+        col_scale: np.ndarray | None = None,
+        err_scale: float = 1.0,
     ) -> None:
         self.design = design
         self.ivar = ivar
@@ -245,39 +260,44 @@ class NormalEquations:
         self.free = free
         self.factor = factor
         self.solver = solver
+        self.col_scale = np.ones(design.shape[1]) if col_scale is None else col_scale
+        self.err_scale = float(err_scale)
         self._idx = None if free.all() else np.flatnonzero(free)
         self._weighted: scipy.sparse.csr_matrix | None = None
 
     @classmethod
     def _build(
         cls,
+        design: Sparse3D | scipy.sparse.csr_matrix,
         A_csr: scipy.sparse.csr_matrix,
-        A_csc: scipy.sparse.csc_matrix,
         ivar: np.ndarray | None,
         keep: np.ndarray | None,
         prior_prec: np.ndarray,
         mu: np.ndarray,
         solver: str,
+        err_scale: float = 1.0,
     ) -> NormalEquations:
-        """Form and factorise ``N`` from validated inputs (``A`` in both formats)."""
-        if ivar is None:
-            As_csr, As_csc = A_csr, A_csc
-        else:
-            sw = np.sqrt(ivar)
-            As_csr, As_csc = _row_scale(A_csr, sw), _row_scale(A_csc, sw)
-        G = scipy.sparse.csr_matrix(As_csc.T @ As_csr)
-        del As_csr, As_csc
+        """Form and factorise the scaled ``N'`` from validated inputs.
+
+        ``design`` is what :func:`normal_matrix` takes (a Sparse3D uses the stamp kernel),
+        ``A_csr`` its canonical CSR, ``ivar`` the inverse variances already multiplied by
+        ``err_scale**2``.
+        """
+        G, c = _scaled_normal_matrix(design, ivar)
         has_prior = bool(np.any(prior_prec > 0))
         free = (G.diagonal() > 0) | (prior_prec > 0)
-        Nmat = G + scipy.sparse.diags(prior_prec) if has_prior else G
+        prior_rhs = None
+        if has_prior:
+            with np.errstate(over="ignore"):  # a prior 1e300 times tighter than the data: capped
+                pp = np.minimum(prior_prec * err_scale * err_scale * c * c, 1e300)
+            G = G + scipy.sparse.diags(pp, format="csr")
+            prior_rhs = pp * mu / c
         idx = None if free.all() else np.flatnonzero(free)
-        if idx is not None:
-            Nmat = Nmat[idx][:, idx]
+        Nmat = G if idx is None else G[idx][:, idx]
         Nmat = scipy.sparse.csr_matrix(Nmat)
         del G
         factor = _factorize_or_raise(Nmat, idx, solver)
-        prior_rhs = prior_prec * mu if has_prior else None
-        return cls(A_csr, ivar, keep, prior_rhs, free, factor, solver)
+        return cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale)
 
     # -- facts -----------------------------------------------------------
     @property
@@ -314,13 +334,17 @@ class NormalEquations:
         Masked pixels of ``D`` are ignored (they may be non-finite); the
         unmasked ones are not checked (see :meth:`check_data`).
         """
+        c = self.col_scale if D.ndim == 1 else self.col_scale[:, None]
         rhs = self.weighted_design.T @ D
+        rhs *= c
         if self.prior_rhs is not None:
             rhs += self.prior_rhs if D.ndim == 1 else self.prior_rhs[:, None]
         if self._idx is None:
-            return self.factor.solve(rhs)
-        out = np.full((self.n_sources, *D.shape[1:]), np.nan)
-        out[self._idx] = self.factor.solve(rhs[self._idx])
+            out = self.factor.solve(rhs)
+        else:
+            out = np.full((self.n_sources, *D.shape[1:]), np.nan)
+            out[self._idx] = self.factor.solve(rhs[self._idx])
+        out *= c
         return out
 
     def chi2(self, D: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -330,11 +354,11 @@ class NormalEquations:
         """
         wz = np.where(np.isnan(weights), 0.0, weights)
         ivar = None if self.ivar is None else self.ivar[:, None]
-        return _chi2(self.design, wz, D, ivar, [np.arange(D.shape[1])], self.keep)
+        return _chi2(self.design, wz, D, ivar, [np.arange(D.shape[1])], self.keep, self.err_scale)
 
     def weights_err(self) -> np.ndarray:
         """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n,)``; NaN for unconstrained sources."""
-        return _weights_err(self.factor, self.free)
+        return _weights_err(self.factor, self.free, self.err_scale * self.col_scale)
 
     def warn_if_unconstrained(self, stacklevel: int = 2) -> None:
         """Issue one :class:`UnconstrainedSourceWarning` counting the unconstrained sources, if any.
@@ -353,7 +377,15 @@ class NormalEquations:
         faster.  Solving with them gives the same weights.
         """
         return NormalEquations(
-            self.design, self.ivar, self.keep, self.prior_rhs, self.free, self.factor.portable(), self.solver
+            self.design,
+            self.ivar,
+            self.keep,
+            self.prior_rhs,
+            self.free,
+            self.factor.portable(),
+            self.solver,
+            self.col_scale,
+            self.err_scale,
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -364,7 +396,7 @@ class NormalEquations:
 
 
 def prepare_normal_equations(
-    A: scipy.sparse.spmatrix | scipy.sparse.sparray,
+    A: Sparse3D | scipy.sparse.spmatrix | scipy.sparse.sparray,
     *,
     imshape: tuple[int, int],
     errors: np.ndarray | None = None,
@@ -403,7 +435,7 @@ def prepare_normal_equations(
     solver = _check_solver(solver)
     H, W = _check_imshape(imshape)
     npix = H * W
-    _check_design(A, npix, imshape)
+    n = _check_design(A, npix, imshape)
     keep = _check_mask(mask, H, W)
     E = None
     if errors is not None:
@@ -412,9 +444,10 @@ def prepare_normal_equations(
             raise ValueError(f"errors must have shape (H, W) = {(H, W)}, got {errors.shape}")
         E = errors.reshape(npix, 1)
         _check_errors(E, keep)
-    ivar = _inverse_variance(E, keep)
-    prior_prec, mu = _check_prior(prior_mu, prior_sigma, A.shape[1])
-    A_csr, A_csc = _design_formats(A)
+    err_scale = _error_scale(E, keep)
+    ivar = _inverse_variance(E, keep, err_scale)
+    prior_prec, mu = _check_prior(prior_mu, prior_sigma, n)
+    A_csr = _design_csr(A)
     return NormalEquations._build(
-        A_csr, A_csc, None if ivar is None else ivar[:, 0], keep, prior_prec, mu, solver
+        A, A_csr, None if ivar is None else ivar[:, 0], keep, prior_prec, mu, solver, err_scale
     )

@@ -67,7 +67,7 @@ class FitResult:
     n_unconstrained : int
         ``unconstrained.sum()``.
     solver : str
-        Sparse solver used, ``"cholmod"`` or ``"superlu"``.
+        Sparse solver used: ``"qdldl"``, ``"superlu"`` or ``"cholmod"``.
     n_factorizations : int
         Number of normal matrices factorised (one per distinct error map).
     weights_err : numpy.ndarray or None
@@ -123,10 +123,14 @@ def _warn_unconstrained(unconstrained: np.ndarray, stacklevel: int) -> None:
         )
 
 
-def _weights_err(factor: Any, free: np.ndarray) -> np.ndarray:
-    """``sqrt(diag(N^-1))`` from the factor of ``N`` over the ``free`` sources; NaN elsewhere."""
+def _weights_err(factor: Any, free: np.ndarray, scale: np.ndarray | float = 1.0) -> np.ndarray:
+    """``scale * sqrt(diag(N'^-1))`` from the factor of ``N'`` over the ``free`` sources; NaN elsewhere.
+
+    ``scale`` (``(n,)`` or a float) undoes the scaling of the normal matrix.
+    """
     err = np.full(free.size, np.nan)
     err[free] = np.sqrt(factor.inv_diag())
+    err *= scale
     return err
 
 
@@ -137,11 +141,13 @@ def _chi2(
     ivar: np.ndarray | None,
     groups: list[np.ndarray],
     keep: np.ndarray | None,
+    err_scale: float = 1.0,
 ) -> np.ndarray:
     """Chi-square of each frame of ``D`` for the weights ``wz`` (n, k).
 
-    The model is evaluated in blocks of rows so that no image-sized
-    temporary is allocated.
+    ``ivar`` holds ``(err_scale / errors)**2``: residuals are divided by ``err_scale``
+    before they are squared. The model is evaluated in blocks of rows so that no
+    image-sized temporary is allocated.
     """
     npix, k = D.shape
     col_of_frame = None
@@ -149,7 +155,7 @@ def _chi2(
         col_of_frame = np.empty(k, dtype=np.intp)
         for gi, frames in enumerate(groups):
             col_of_frame[frames] = gi
-    chunk = max(256, (1 << 18) // k)
+    chunk = max(256, (1 << 18) // max(1, k))
     out = np.zeros(k)
     indptr = A.indptr
     for i in range(0, npix, chunk):
@@ -160,6 +166,8 @@ def _chi2(
         )
         r = block @ wz
         np.subtract(D[i:j], r, out=r)
+        if err_scale != 1.0:
+            r /= err_scale
         if keep is not None:
             r[~keep[i:j]] = 0.0
         np.square(r, out=r)

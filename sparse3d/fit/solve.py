@@ -16,6 +16,7 @@ from functools import partial
 import numpy as np
 import scipy.sparse
 
+from ..core import Sparse3D
 from ._checks import (
     _check_data_finite,
     _check_design,
@@ -23,15 +24,17 @@ from ._checks import (
     _check_imshape,
     _check_mask,
     _check_prior,
+    _check_real,
     _check_solver,
+    _error_scale,
     _inverse_variance,
 )
-from .normal import NormalEquations, _design_formats
+from .normal import NormalEquations, _design_csr
 from .result import FitResult, _chi2, _warn_unconstrained, _weights_err
 
 
 def fit_design(
-    A: scipy.sparse.spmatrix | scipy.sparse.sparray,
+    A: Sparse3D | scipy.sparse.spmatrix | scipy.sparse.sparray,
     data: np.ndarray,
     *,
     imshape: tuple[int, int],
@@ -52,11 +55,15 @@ def fit_design(
 
     Parameters
     ----------
-    A : scipy.sparse matrix or array, shape (H * W, n)
+    A : Sparse3D or scipy.sparse matrix or array, shape (H * W, n)
         Design matrix; column ``j`` is the image of source ``j`` with unit
-        weight, raveled in C order.
+        weight, raveled in C order. A :class:`~sparse3d.Sparse3D` (``imshape``
+        must be its own) is taken as such: with regular stamps its normal
+        matrix is built from the stamps directly (:func:`normal_matrix`).
+        Real values only.
     data : numpy.ndarray, shape (H, W) or (H, W, k)
-        One image, or a stack of ``k`` frames along the last axis.
+        One image, or a stack of ``k`` frames along the last axis (real; ``k``
+        may be 0, giving ``(n, 0)`` weights).
     imshape : tuple of int
         ``(H, W)``, the shape of one image.
     errors : numpy.ndarray, optional
@@ -81,9 +88,11 @@ def fit_design(
         If True (default) ``FitResult.weights_err`` is available; it is
         computed on first access and keeps the factorisation alive until
         then.  If False it is None and the factorisation is freed.
-    solver : {"auto", "cholmod", "superlu"}, optional
-        Sparse solver.  ``"auto"`` uses CHOLMOD when ``cvxopt`` is installed
-        and SciPy's SuperLU otherwise.
+    solver : {"auto", "qdldl", "superlu", "cholmod"}, optional
+        Sparse factorisation.  ``"auto"`` is ``"qdldl"`` (Apache-2.0, a
+        runtime dependency); ``"superlu"`` is SciPy's SuperLU in symmetric
+        mode; ``"cholmod"`` is CHOLMOD through the optional ``cvxopt``
+        (GPL-3.0-or-later; ``pip install "sparse3d[cholmod]"``).
 
     Returns
     -------
@@ -115,6 +124,11 @@ def fit_design(
     The uncertainties are ``sqrt(diag(N^-1))`` with ``N`` the normal matrix
     above (including the prior precision), computed exactly by supernodal
     selected inversion of the Cholesky factor -- no dense inverse is formed.
+    The normal equations are scaled by powers of two before they are
+    factorised (errors to near 1, every weighted column of ``A`` to a largest
+    entry near 1) and the results unscaled exactly, so extreme units of the
+    errors or of single stamps neither overflow nor underflow; the
+    singularity test is invariant under that scaling.
 
     Examples
     --------
@@ -129,10 +143,10 @@ def fit_design(
     solver = _check_solver(solver)
     H, W = _check_imshape(imshape)
     npix = H * W
-    _check_design(A, npix, imshape)
-    n = A.shape[1]
+    n = _check_design(A, npix, imshape)
 
     data = np.asarray(data)
+    _check_real(data, "data")
     if data.ndim not in (2, 3) or data.shape[:2] != (H, W):
         raise ValueError(f"data must have shape (H, W) = {(H, W)} or (H, W, k), got {data.shape}")
     stack = data.ndim == 3
@@ -148,7 +162,9 @@ def fit_design(
     E: np.ndarray | None = None
     groups = [np.arange(k)]
     if errors is not None:
-        errors = np.asarray(errors, dtype=np.float64)
+        errors = np.asarray(errors)
+        _check_real(errors, "errors")
+        errors = errors.astype(np.float64, copy=False)
         if errors.shape == (H, W):
             E = errors.reshape(npix, 1)
         elif errors.shape == data.shape:
@@ -158,13 +174,16 @@ def fit_design(
                 f"errors must have shape {(H, W)} or the shape of data {data.shape}, got {errors.shape}"
             )
         _check_errors(E, keep)
-        if E.shape[1] > 1:
+        if E.shape[1] == 0:  # no frames: nothing to factorise
+            groups = []
+        elif E.shape[1] > 1:
             groups = _frame_groups(E, keep)
             E = E[:, [int(g[0]) for g in groups]]
-    ivar = _inverse_variance(E, keep)  # (npix, g), 0 where masked; None: unit, no mask
+    err_scale = _error_scale(E, keep)
+    ivar = _inverse_variance(E, keep, err_scale)  # (npix, g), 0 where masked; None: unit, no mask
 
     prior_prec, mu = _check_prior(prior_mu, prior_sigma, n)
-    A_csr, A_csc = _design_formats(A)
+    A_csr = _design_csr(A)
 
     # ---- one factorisation per distinct error map -----------------------
     weights = np.full((n, k), np.nan)
@@ -172,7 +191,7 @@ def fit_design(
     unconstrained = np.zeros(n, dtype=bool)
     for gi, frames in enumerate(groups):
         ne = NormalEquations._build(
-            A_csr, A_csc, None if ivar is None else ivar[:, gi], keep, prior_prec, mu, solver
+            A, A_csr, None if ivar is None else ivar[:, gi], keep, prior_prec, mu, solver, err_scale
         )
         if gi == 0:
             unconstrained = ne.unconstrained
@@ -181,14 +200,13 @@ def fit_design(
         else:
             weights[:, frames] = ne.solve(D[:, frames])
         if return_errors:
-            err_fns.append((frames, partial(_weights_err, ne.factor, ne.free)))
+            err_fns.append((frames, partial(_weights_err, ne.factor, ne.free, err_scale * ne.col_scale)))
         del ne  # the weighted design matrix; the factor lives on in err_fns
-    del A_csc
     _warn_unconstrained(unconstrained, stacklevel=3)  # via Sparse3D.fit / ROISparse3D.fit
 
     # ---- chi-square, model --------------------------------------------
     wz = np.where(np.isnan(weights), 0.0, weights)
-    chi2 = _chi2(A_csr, wz, D, ivar, groups, keep)
+    chi2 = _chi2(A_csr, wz, D, ivar, groups, keep, err_scale)
 
     def model_fn() -> np.ndarray:
         M = A_csr @ (wz if stack else wz[:, 0])
@@ -218,7 +236,7 @@ def _frame_groups(err: np.ndarray, keep: np.ndarray | None) -> list[np.ndarray]:
     """
     npix, k = err.shape
     same = np.ones(k, dtype=bool)
-    chunk = max(256, (1 << 18) // k)
+    chunk = max(256, (1 << 18) // max(1, k))
     for i in range(0, npix, chunk):
         block = err[i : i + chunk]
         eq = block == block[:, :1]
