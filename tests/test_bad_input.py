@@ -452,6 +452,34 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
             _singular_error(),
             "source(s) are linearly dependent on other sources",
         ),
+        Case(
+            "fit-complex-data",
+            "`S.fit(data)`, complex `data`",
+            lambda: _S().fit(np.ones((10, 10)) * (1 + 1j)),
+            TypeError,
+            "data must be real; got complex dtype complex128",
+        ),
+        Case(
+            "fit-complex-design",
+            "`S.fit(data)`, complex stamp values",
+            lambda: (_S() * 1j).fit(np.ones((10, 10))),
+            TypeError,
+            "A must be real; got complex dtype complex128",
+        ),
+        Case(
+            "fit-complex-errors",
+            "`S.fit(data, errors=e)`, complex `e`",
+            lambda: _S().fit(np.ones((10, 10)), errors=np.ones((10, 10)) * (1 + 1j)),
+            TypeError,
+            "errors must be real",
+        ),
+        Case(
+            "fit-solver",
+            "`fit_design(A, data, imshape=..., solver='cholmod')` without `cvxopt`",
+            lambda: _missing_solver(),
+            ValueError,
+            "solver='cholmod' needs the optional dependency cvxopt (GPL-3.0-or-later)",
+        ),
     ]
 
     # ---- the fit on real data: background, masks, uncertainties, units, diagnostics ----------
@@ -673,6 +701,16 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
                 "errors has unit adu but data has none",
             ),
         ]
+
+    def _missing_solver():
+        from sparse3d.fit import factor, fit_design
+
+        saved = factor._CHOLMOD_TRIED, factor._cholmod
+        factor._CHOLMOD_TRIED, factor._cholmod = True, None  # as if cvxopt were not installed
+        try:
+            fit_design(_S().tocsr(), np.ones((10, 10)), imshape=(10, 10), solver="cholmod")
+        finally:
+            factor._CHOLMOD_TRIED, factor._cholmod = saved
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

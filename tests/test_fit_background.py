@@ -28,7 +28,7 @@ from sparse3d.fit import (
 pytestmark = pytest.mark.filterwarnings("ignore::sparse3d.fit.UnconstrainedSourceWarning")
 
 
-@pytest.fixture(params=["cholmod", "superlu"])
+@pytest.fixture(params=["qdldl", "superlu", "cholmod"])
 def solver(request):
     if request.param not in available_solvers():
         pytest.skip("needs cvxopt")

@@ -13,9 +13,10 @@ Cholesky factorisation and reused for every frame of a stack. The 1-sigma uncert
 inverse, by a supernodal selected inversion of the factor, on the first access of
 :attr:`FitResult.weights_err`.
 
-Solvers: ``"cholmod"`` (CHOLMOD's supernodal Cholesky, when the optional ``cvxopt`` is
-importable) and ``"superlu"`` (SciPy's SuperLU in symmetric mode, ``L D L^T``, no
-pivoting); :func:`available_solvers` lists those usable here.
+Solvers: ``"qdldl"`` (the default: ``qdldl``'s ``L D L^T`` with AMD ordering, Apache-2.0),
+``"superlu"`` (SciPy's SuperLU in symmetric mode, ``L D L^T``, no pivoting) and ``"cholmod"``
+(CHOLMOD's supernodal Cholesky through the optional, GPL-licensed ``cvxopt``:
+``pip install "sparse3d[cholmod]"``); :func:`available_solvers` lists those usable here.
 
 Where each concept lives
 ------------------------
@@ -30,7 +31,8 @@ Where each concept lives
     factorised once; design formats and row scaling.
 ``factor.py``
     The factorisations behind one interface (``solve``, ``inv_diag``, ``portable``):
-    CHOLMOD, SuperLU, triangular, empty; :func:`available_solvers`; singular diagnosis.
+    qdldl, SuperLU, CHOLMOD, triangular, empty; :func:`available_solvers`; singular
+    diagnosis. ``_factor_kernels.py``: postorder and relaxed supernodes (numba) for qdldl.
 ``selinv.py``
     The supernodal Cholesky blocks: blocked solves and the selected inversion.
 ``result.py``

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from ._checks import _check_real
+
 
 @dataclass
 class _Inputs:
@@ -150,8 +152,7 @@ def _read_inputs(data: Any, errors: Any, mask: Any, dq: Any = None, bad_bits: An
         unit = data.unit
         data = data.value
     data = np.asarray(data)
-    if data.dtype.kind not in "fiub":
-        raise ValueError(f"data must be numeric, got dtype {data.dtype}")
+    _check_real(data, "data")
 
     if errors is not None:
         if np.ma.isMaskedArray(errors):
@@ -168,7 +169,9 @@ def _read_inputs(data: Any, errors: Any, mask: Any, dq: Any = None, bad_bits: An
                 f"data has unit {unit} but errors is a plain array; give errors the same unit "
                 "(e.g. errors * data.unit)"
             )
-        errors = np.asarray(errors, dtype=np.float64)
+        errors = np.asarray(errors)
+        _check_real(errors, "errors")
+        errors = errors.astype(np.float64, copy=False)
         inf = np.isposinf(errors)  # errors = inf: the pixel carries no information
         if inf.any():
             masks.append(inf)

@@ -1,14 +1,20 @@
 """Factorisations of the normal matrix behind one small interface.
 
-``_factorize(N, solver)`` returns a :class:`Factor`: ``solve(b)`` for one or many
-right-hand sides (``b`` of shape ``(n,)`` or ``(n, k)``), ``inv_diag()`` for
-``diag(N^-1)`` and ``portable()`` for a picklable copy (plain NumPy/SciPy arrays) to ship
-to workers. Implementations:
+``_factorize(N, solver)`` takes the **lower triangle** of ``N`` (CSR, as
+:func:`~sparse3d.fit.normal.normal_matrix` returns it) and returns a :class:`Factor`:
+``solve(b)`` for one or many right-hand sides (``b`` of shape ``(n,)`` or ``(n, k)``),
+``inv_diag()`` for ``diag(N^-1)`` and ``portable()`` for a picklable copy (plain
+NumPy/SciPy arrays) to ship to workers. Implementations:
 
+``_QDLDLFactor``
+    ``qdldl`` (Apache-2.0): AMD ordering and an ``L D L^T`` factorisation, one column at a
+    time; its factor is postordered and amalgamated into relaxed supernodes
+    (:mod:`._factor_kernels`) for the blocked solves and the selected inversion. The default.
 ``_CholmodFactor``
-    CHOLMOD's supernodal Cholesky through the optional ``cvxopt``.
+    CHOLMOD's supernodal Cholesky through the optional ``cvxopt`` (GPL-3.0-or-later: the
+    extra ``sparse3d[cholmod]``, for users who accept that licence).
 ``_SuperLUFactor``
-    SciPy's SuperLU in symmetric mode, no pivoting: ``L D L^T``.
+    SciPy's SuperLU in symmetric mode, no pivoting: ``L D L^T``. The fallback.
 ``_SupernodalFactor`` / ``_TriangularFactor``
     The portable forms: supernodal blocks, or SciPy triangular CSR factors.
 ``_EmptyFactor``
@@ -31,12 +37,10 @@ import scipy.sparse.linalg
 from .result import SingularNormalMatrixError
 from .selinv import _close_pattern, _single_threaded_blas, _Supernodal
 
-try:  # optional accelerator: CHOLMOD through cvxopt's PyPI wheels
-    from cvxopt import cholmod as _cholmod
-    from cvxopt import matrix as _cvx_matrix
-    from cvxopt import spmatrix as _cvx_spmatrix
-except ImportError:  # pragma: no cover - depends on the environment
-    _cholmod = None
+_cholmod: Any = None  # cvxopt.cholmod, imported on first use (see _load_cholmod)
+_cvx_matrix: Any = None
+_cvx_spmatrix: Any = None
+_CHOLMOD_TRIED = False
 
 #: A source whose Cholesky pivot is below ``PIVOT_RTOL`` times its diagonal
 #: entry of the normal matrix is treated as linearly dependent on the others.
@@ -48,6 +52,8 @@ _CHOLMOD_LOCK = threading.Lock()
 # With CHOLMOD, up to this many right-hand sides are solved by CHOLMOD itself
 # (which handles one column at a time); more use the blocked supernodal solve.
 _CHOLMOD_MAX_DIRECT_RHS = 32
+# With qdldl, up to this many right-hand sides are solved by qdldl (one column at a time).
+_QDLDL_MAX_DIRECT_RHS = 4
 
 
 class Factor(Protocol):
@@ -72,16 +78,46 @@ class Factor(Protocol):
         ...
 
 
+def _load_cholmod() -> bool:
+    """Import CHOLMOD from the optional ``cvxopt`` (GPL) once; whether it is available."""
+    global _cholmod, _cvx_matrix, _cvx_spmatrix, _CHOLMOD_TRIED
+    if not _CHOLMOD_TRIED:
+        _CHOLMOD_TRIED = True
+        try:
+            from cvxopt import cholmod, matrix, spmatrix
+        except ImportError:  # pragma: no cover - depends on the environment
+            return False
+        _cholmod, _cvx_matrix, _cvx_spmatrix = cholmod, matrix, spmatrix
+    return _cholmod is not None
+
+
+def _has_qdldl() -> bool:
+    try:
+        import qdldl  # noqa: F401
+    except ImportError:  # pragma: no cover - qdldl is a runtime dependency
+        return False
+    return True
+
+
 def available_solvers() -> tuple[str, ...]:
     """Return the names of the sparse solvers usable in this environment.
 
     Returns
     -------
     tuple of str
-        ``("cholmod", "superlu")`` when ``cvxopt`` is installed, otherwise
-        ``("superlu",)``.
+        ``"qdldl"`` (the default; a runtime dependency), ``"superlu"`` (SciPy, always)
+        and ``"cholmod"`` when the optional ``cvxopt`` is installed
+        (``pip install "sparse3d[cholmod]"``; GPL-3.0-or-later).
     """
-    return ("cholmod", "superlu") if _cholmod is not None else ("superlu",)
+    names = ("qdldl",) if _has_qdldl() else ()
+    names += ("superlu",)
+    return names + (("cholmod",) if _load_cholmod() else ())
+
+
+def _full_from_lower(N: scipy.sparse.csr_matrix) -> scipy.sparse.csc_matrix:
+    """The symmetric matrix whose lower triangle is ``N``, as CSC."""
+    full = N + N.T - scipy.sparse.diags(N.diagonal())
+    return scipy.sparse.csc_matrix(full)
 
 
 class _NotPositiveDefinite(Exception):
@@ -159,7 +195,8 @@ class _CholmodFactor(_SupernodalFactor):
     def __init__(self, N: scipy.sparse.csr_matrix) -> None:
         n = N.shape[0]
         self.n = n
-        low = scipy.sparse.tril(N, format="coo")
+        _load_cholmod()
+        low = N.tocoo()
         C = _cvx_spmatrix(low.data, low.row.astype(np.int64), low.col.astype(np.int64), (n, n))
         with _CHOLMOD_LOCK:
             old = _cholmod.options.get("supernodal", 2)
@@ -212,6 +249,94 @@ class _CholmodFactor(_SupernodalFactor):
         return out.reshape(b.shape)
 
 
+class _QDLDLFactor(_SupernodalFactor):
+    """``qdldl``'s ``L D L^T`` (AMD ordering), as relaxed supernodes for solves and errors.
+
+    Up to :data:`_QDLDL_MAX_DIRECT_RHS` right-hand sides are solved by ``qdldl`` itself (one
+    column at a time, in C) until the supernodal blocks exist; more use the blocked solve.
+    """
+
+    name = "qdldl"
+
+    def __init__(self, N: scipy.sparse.csr_matrix) -> None:
+        import qdldl
+
+        n = N.shape[0]
+        self.n = n
+        # the lower triangle in CSR is the upper triangle in CSC: what qdldl takes, no copy
+        upper = scipy.sparse.csc_matrix((N.data, N.indices, N.indptr), shape=(n, n))
+        try:
+            F = qdldl.Solver(upper)
+        except (ValueError, RuntimeError) as exc:  # a zero pivot
+            raise _NotPositiveDefinite() from exc
+        L, D, P = F.factors()
+        self.perm = np.asarray(P, dtype=np.intp)
+        bad = _small_pivots(D, N.diagonal()[self.perm])
+        if bad.size:
+            raise _NotPositiveDefinite(self.perm[bad])
+        self._F: Any = F
+        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray] | None = (L, D)
+        self._super = None
+
+    def _supernodal(self) -> _Supernodal:
+        if self._super is None:
+            assert self._LD is not None
+            L, D = self._LD
+            self._LD = None
+            self._F = None  # solves use the blocks from now on; free qdldl's copy
+            perm, Lsn = _relaxed_supernodal_factor(L, D)
+            self.perm = self.perm[perm]
+            self._super = _Supernodal(Lsn)
+        return self._super
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
+        k = b2.shape[1]
+        if self._F is None or k > _QDLDL_MAX_DIRECT_RHS:
+            return self._blocked_solve(b)
+        out = np.empty((self.n, k))
+        for i in range(k):
+            out[:, i] = self._F.solve(np.ascontiguousarray(b2[:, i]))
+        return out.reshape(b.shape)
+
+
+def _relaxed_supernodal_factor(L: scipy.sparse.csc_matrix, D: np.ndarray) -> tuple[np.ndarray, Any]:
+    """The Cholesky factor ``(L + I) sqrt(D)`` of a unit ``L D L^T``, ready for :class:`_Supernodal`.
+
+    ``L`` is strictly lower (CSC, closed pattern). Returns ``(post, Lsn)``: ``Lsn`` is the
+    factor of ``N[post][:, post]`` (in the factor's own order), its columns in a postorder
+    ``post`` of the elimination tree and amalgamated into relaxed supernodes with explicit
+    zeros (see :mod:`._factor_kernels`).
+    """
+    from ._factor_kernels import NRELAX, ZRELAX, amalgamate, etree_parent, postorder
+
+    n = L.shape[0]
+    L = scipy.sparse.csc_matrix(L)
+    L.sort_indices()
+    sd = np.sqrt(D)
+    cnt = np.diff(L.indptr)
+    indptr = L.indptr.astype(np.int64) + np.arange(n + 1)
+    is_diag = np.zeros(indptr[-1], dtype=bool)
+    is_diag[indptr[:-1]] = True
+    indices = np.empty(indptr[-1], dtype=np.int64)
+    data = np.empty(indptr[-1])
+    indices[is_diag] = np.arange(n)
+    data[is_diag] = sd
+    indices[~is_diag] = L.indices
+    data[~is_diag] = L.data * np.repeat(sd, cnt)
+    del L, is_diag
+    post = postorder(etree_parent(indptr, indices))
+    if not np.array_equal(post, np.arange(n)):
+        ipost = np.empty(n, dtype=np.int64)
+        ipost[post] = np.arange(n)
+        Lp = scipy.sparse.csc_matrix((data, ipost[indices], indptr), shape=(n, n))[:, post]
+        Lp.sort_indices()
+        indptr, indices, data = Lp.indptr.astype(np.int64), Lp.indices.astype(np.int64), Lp.data
+        del Lp
+    optr, oind, odat = amalgamate(indptr, indices, data, np.array(NRELAX), np.array(ZRELAX))
+    return post, scipy.sparse.csc_matrix((odat, oind, optr), shape=(n, n))
+
+
 class _SuperLUFactor(_SupernodalFactor):
     """SuperLU ``L D L^T`` factorisation (symmetric mode, no pivoting)."""
 
@@ -220,7 +345,7 @@ class _SuperLUFactor(_SupernodalFactor):
     def __init__(self, N: scipy.sparse.csr_matrix) -> None:
         n = N.shape[0]
         self.n = n
-        Nc = N.tocsc()
+        Nc = _full_from_lower(N)
         try:
             lu = _splu_ldlt(Nc)
         except RuntimeError as exc:  # "Factor is exactly singular"
@@ -339,23 +464,25 @@ def _inv_entries(sup: _Supernodal, perm: np.ndarray, solve: Any, i: np.ndarray, 
 
 
 def _factorize(N: scipy.sparse.csr_matrix, solver: str) -> _SupernodalFactor | _EmptyFactor:
-    """Factorise the SPD matrix ``N``; raise ``_NotPositiveDefinite``."""
+    """Factorise the SPD matrix whose lower triangle is ``N``; raise ``_NotPositiveDefinite``."""
     if N.shape[0] == 0:
         return _EmptyFactor()
+    if solver == "qdldl":
+        return _QDLDLFactor(N)
     if solver == "cholmod":
         return _CholmodFactor(N)
     return _SuperLUFactor(N)
 
 
 def _diagnose_singular(N: scipy.sparse.csr_matrix) -> np.ndarray:
-    """Find the columns responsible for the singularity of PSD matrix ``N``.
+    """Find the columns responsible for the singularity of the PSD matrix with lower triangle ``N``.
 
     The matrix is shifted by a tiny multiple of its diagonal, which keeps it
     positive definite, and factorised; the dependent columns are those with
     pivots of the order of the shift.
     """
     d = N.diagonal()
-    shifted = (N + scipy.sparse.diags(1e-13 * d)).tocsc()
+    shifted = _full_from_lower(N + scipy.sparse.diags(1e-13 * d))
     try:
         lu = _splu_ldlt(shifted)
     except RuntimeError:

@@ -23,6 +23,7 @@ from ._checks import (
     _check_mask,
     _check_prior,
     _check_solver,
+    _error_scale,
     _inverse_variance,
 )
 from ._inputs import _check_mask_values
@@ -56,16 +57,16 @@ def _canonical(M: scipy.sparse.spmatrix) -> scipy.sparse.spmatrix:
     return M
 
 
-def _design_formats(A: Any) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csc_matrix]:
-    """``A`` in CSR and CSC, canonical, float64; ValueError if it holds non-finite values.
+def _design_csr(A: Any) -> scipy.sparse.csr_matrix:
+    """``A`` (a Sparse3D or a SciPy matrix) in canonical float64 CSR; ValueError if non-finite.
 
-    CSR serves ``A @ x`` and (as ``A_csr.T``) ``A^T @ X``; ``A_csc.T @ A_csr``
-    is the normal matrix without any format conversion.
+    CSR serves ``A @ x`` and (as ``A_csr.T``) ``A^T @ X``. A Sparse3D's cached CSR is used
+    without a copy when it is already canonical.
     """
-    A_csr = _canonical(scipy.sparse.csr_matrix(A))
+    A_csr = _canonical(A._csr if isinstance(A, Sparse3D) else scipy.sparse.csr_matrix(A))
     if not np.all(np.isfinite(A_csr.data)):
         raise ValueError("A contains non-finite values")
-    return A_csr, _canonical(scipy.sparse.csc_matrix(A))
+    return A_csr
 
 
 # -- the normal matrix ---------------------------------------------------------------------
@@ -201,35 +202,45 @@ _DENSE_BACKGROUND_MAX = 64
 
 
 def _with_background_block(
-    N_AA: scipy.sparse.csr_matrix,
-    A_csc: scipy.sparse.csc_matrix,
+    G: scipy.sparse.csr_matrix,
+    c: np.ndarray,
+    A_csr: scipy.sparse.csr_matrix,
     B: scipy.sparse.csr_matrix,
     ivar: np.ndarray | None,
-) -> scipy.sparse.csr_matrix:
-    """The joint normal matrix ``[[N_AA, N_AB], [N_BA, N_BB]]`` of the design ``[A, B]``.
+) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
+    """The scaled joint normal matrix of the design ``[A, B]`` (lower triangle) and its column scale.
 
-    ``N_AA`` is the sources' block (full, symmetric, canonical CSR), ``B`` the
-    ``(npix, nb)`` columns of a background model; ``N_AB = A^T diag(ivar) B`` and
-    ``N_BB = B^T diag(ivar) B``.  The blocks are concatenated row by row in CSR (no
-    format round trip): one sparse matrix, no dense inverse.
+    ``G`` is the lower triangle of the sources' block ``diag(c) A^T diag(ivar) A diag(c)`` (as
+    :func:`_scaled_normal_matrix` returns it), ``B`` the ``(npix, nb)`` columns of a background
+    model.  The background columns get their own power-of-two scale ``c_B`` (the same rule
+    as the sources'); the result is the lower triangle of ``[[N_AA, .], [N_BA, N_BB]]`` with
+    ``N_BA = diag(c_B) B^T diag(ivar) A diag(c)`` and ``N_BB = diag(c_B) B^T diag(ivar) B diag(c_B)``,
+    assembled row by row in CSR (no format round trip): one sparse matrix, no dense inverse.
     """
-    Bw = B if ivar is None else _row_scale(B, ivar)
-    if B.shape[1] <= _DENSE_BACKGROUND_MAX:  # polynomials: narrow, dense-valued columns
-        NAB = scipy.sparse.csr_matrix(np.asarray(A_csc.T @ Bw.toarray()))
+    n, nb = G.shape[0], B.shape[1]
+    Bs = B if ivar is None else _row_scale(B, np.sqrt(ivar))
+    colmax = np.zeros(nb)
+    if Bs.nnz:
+        np.maximum.at(colmax, Bs.indices, np.abs(Bs.data))
+    cb = _pow2_scale(colmax)
+    Bw = _row_scale(Bs, np.ones(B.shape[0])) if ivar is None else _row_scale(B, ivar)
+    if nb <= _DENSE_BACKGROUND_MAX:  # polynomials: narrow, dense-valued columns
+        NBA = scipy.sparse.csr_matrix(np.asarray(A_csr.T @ Bw.toarray()).T)
     else:  # a grid: every pixel touches few nodes
-        NAB = _canonical(scipy.sparse.csr_matrix(A_csc.T @ Bw))
-    NBB = _canonical(scipy.sparse.csr_matrix(B.T @ Bw))
-    top = _hcat_csr(N_AA, NAB)
-    bottom = _hcat_csr(_canonical(scipy.sparse.csr_matrix(NAB.T)), NBB)
-    n = top.shape[0] + bottom.shape[0]
-    return scipy.sparse.csr_matrix(
+        NBA = _canonical(scipy.sparse.csr_matrix(Bw.T @ A_csr))
+    NBA.data *= cb[np.repeat(np.arange(nb), np.diff(NBA.indptr))] * c[NBA.indices]
+    NBB = _canonical(scipy.sparse.tril(B.T @ Bw, format="csr"))
+    NBB.data *= cb[np.repeat(np.arange(nb), np.diff(NBB.indptr))] * cb[NBB.indices]
+    bottom = _hcat_csr(NBA, NBB)
+    joint = scipy.sparse.csr_matrix(
         (
-            np.concatenate([top.data, bottom.data]),
-            np.concatenate([top.indices, bottom.indices]),
-            np.concatenate([top.indptr, bottom.indptr[1:] + top.nnz]),
+            np.concatenate([G.data, bottom.data]),
+            np.concatenate([G.indices, bottom.indices]),
+            np.concatenate([G.indptr.astype(np.int64), bottom.indptr[1:] + G.nnz]),
         ),
-        shape=(n, n),
+        shape=(n + nb, n + nb),
     )
+    return joint, np.concatenate([c, cb])
 
 
 def _hcat_csr(X: scipy.sparse.csr_matrix, Y: scipy.sparse.csr_matrix) -> scipy.sparse.csr_matrix:
@@ -258,34 +269,46 @@ class NormalEquations:
     in its portable form (see :meth:`portable`): no solver library object
     and no weighted copy of the design matrix, which is rebuilt on first use.
 
+    **Scaling.** What is factorised is ``N' = s^2 D N D`` with ``s`` a power of two close to
+    the typical error (``err_scale``) and ``D = diag(col_scale)`` powers of two that bring
+    every weighted column of ``A`` to a largest entry near 1 (see
+    :func:`_scaled_normal_matrix`): errors of ``1e-160`` or ``1e160`` and sources with tiny
+    stamp values neither overflow nor underflow, the pivot test of the singularity
+    diagnosis is invariant under it, and unscaling is exact. ``w = D N'^-1 D' rhs``.
+
     Attributes
     ----------
     design : scipy.sparse.csr_matrix
         The design matrix ``A``, shape ``(npix, n)``, float64 with canonical
         indices, unweighted and unmasked (for models and chi-square).
     ivar : numpy.ndarray or None
-        Inverse variances ``diag(C^-1)``, shape ``(npix,)``, 0 on masked
-        pixels; None for unit errors without a mask.
+        Scaled inverse variances ``s^2 diag(C^-1)`` = ``(err_scale / errors)**2``, shape
+        ``(npix,)``, 0 on masked pixels; None for unit errors without a mask.
     keep : numpy.ndarray or None
         Boolean ``(npix,)``, True on the pixels used; None when none is masked.
     prior_rhs : numpy.ndarray or None
-        ``P mu``, shape ``(n,)``; None without priors.
+        The prior's part of the scaled right-hand side, ``s^2 D P mu``, shape ``(n,)``;
+        None without priors.
     free : numpy.ndarray
         Boolean ``(n + nb,)``: the parameters in the system (sources with data or a prior,
         then the background coefficients with data or a prior).
     factor : object
-        Cholesky factor of the normal matrix restricted to the free sources:
+        Factor of the scaled normal matrix ``N'`` restricted to the free sources:
         ``factor.solve(b)`` for ``b`` of shape ``(nfree,)`` or ``(nfree, k)``
         (all columns at once) and ``factor.inv_diag()`` for
-        ``diag(N^-1)``.
+        ``diag(N'^-1)``.
     solver : str
-        ``"cholmod"`` or ``"superlu"``: the solver that factorised ``N``.
+        ``"qdldl"``, ``"superlu"`` or ``"cholmod"``: the solver that factorised ``N'``.
+    col_scale : numpy.ndarray
+        ``(n + nb,)`` powers of two, the diagonal of ``D``.
+    err_scale : float
+        ``s``, a power of two (1.0 for unit errors).
     background : scipy.sparse.csr_matrix or None
         Background design columns ``B``, shape ``(npix, nb)`` (see
         :mod:`sparse3d.fit.background`), solved jointly with the sources; None without.
     gram : scipy.sparse.csr_matrix or None
-        ``[A, B]^T C^-1 [A, B]`` (no prior, every parameter), ``(n + nb, n + nb)``, when
-        built by the fit (for diagnostics); not pickled.
+        Lower triangle of the scaled ``s^2 D [A, B]^T C^-1 [A, B] D`` (no prior, every
+        parameter), when built by the fit (for diagnostics); not pickled.
     """
 
     def __init__(
@@ -297,6 +320,8 @@ class NormalEquations:
         free: np.ndarray,
         factor: Any,
         solver: str,
+        col_scale: np.ndarray | None = None,
+        err_scale: float = 1.0,
         background: scipy.sparse.csr_matrix | None = None,
     ) -> None:
         self.design = design
@@ -308,6 +333,9 @@ class NormalEquations:
         self.free = free
         self.factor = factor
         self.solver = solver
+        nb = 0 if background is None else background.shape[1]
+        self.col_scale = np.ones(design.shape[1] + nb) if col_scale is None else col_scale
+        self.err_scale = float(err_scale)
         self._idx = None if free.all() else np.flatnonzero(free)
         self._weighted: scipy.sparse.csr_matrix | None = None
         self._weighted_background: scipy.sparse.csr_matrix | None = None
@@ -315,41 +343,42 @@ class NormalEquations:
     @classmethod
     def _build(
         cls,
+        design: Sparse3D | scipy.sparse.csr_matrix,
         A_csr: scipy.sparse.csr_matrix,
-        A_csc: scipy.sparse.csc_matrix,
         ivar: np.ndarray | None,
         keep: np.ndarray | None,
         prior_prec: np.ndarray,
         mu: np.ndarray,
         solver: str,
+        err_scale: float = 1.0,
         background: scipy.sparse.csr_matrix | None = None,
     ) -> NormalEquations:
-        """Form and factorise ``N`` from validated inputs (``A`` in both formats).
+        """Form and factorise the scaled ``N'`` from validated inputs.
 
-        ``background`` (``(npix, nb)`` CSR) appends the columns ``B`` of a background
-        model: ``N`` becomes the block matrix ``[[N_AA, N_AB], [N_BA, N_BB]]``, and
-        ``prior_prec``/``mu`` then have ``n + nb`` entries.
+        ``design`` is what :func:`normal_matrix` takes (a Sparse3D uses the stamp kernel),
+        ``A_csr`` its canonical CSR, ``ivar`` the inverse variances already multiplied by
+        ``err_scale**2``.  ``background`` (``(npix, nb)`` CSR) appends the columns ``B`` of a
+        background model (:func:`_with_background_block`); ``prior_prec`` and ``mu`` then
+        have ``n + nb`` entries.
         """
-        if ivar is None:
-            As_csr, As_csc = A_csr, A_csc
-        else:
-            sw = np.sqrt(ivar)
-            As_csr, As_csc = _row_scale(A_csr, sw), _row_scale(A_csc, sw)
-        G = scipy.sparse.csr_matrix(As_csc.T @ As_csr)
-        del As_csr, As_csc
+        G, c = _scaled_normal_matrix(design, ivar)
         if background is not None:
-            G = _with_background_block(G, A_csc, background, ivar)
+            G, c = _with_background_block(G, c, A_csr, background, ivar)
+        gram = G
         has_prior = bool(np.any(prior_prec > 0))
         free = (G.diagonal() > 0) | (prior_prec > 0)
-        Nmat = G + scipy.sparse.diags(prior_prec) if has_prior else G
+        prior_rhs = None
+        if has_prior:
+            with np.errstate(over="ignore"):  # a prior 1e300 times tighter than the data: capped
+                pp = np.minimum(prior_prec * err_scale * err_scale * c * c, 1e300)
+            G = G + scipy.sparse.diags(pp, format="csr")
+            prior_rhs = pp * mu / c
         idx = None if free.all() else np.flatnonzero(free)
-        if idx is not None:
-            Nmat = Nmat[idx][:, idx]
+        Nmat = G if idx is None else G[idx][:, idx]
         Nmat = scipy.sparse.csr_matrix(Nmat)
         factor = _factorize_or_raise(Nmat, idx, solver)
-        prior_rhs = prior_prec * mu if has_prior else None
-        out = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, background)
-        out.gram = G
+        out = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale, background)
+        out.gram = gram
         return out
 
     # -- facts -----------------------------------------------------------
@@ -393,18 +422,22 @@ class NormalEquations:
         Masked pixels of ``D`` are ignored (they may be non-finite); the
         unmasked ones are not checked (see :meth:`check_data`).
         """
+        c = self.col_scale if D.ndim == 1 else self.col_scale[:, None]
         rhs = self.weighted_design.T @ D
         if self.background is not None:
             if self._weighted_background is None:
                 B = self.background
                 self._weighted_background = B if self.ivar is None else _row_scale(B, self.ivar)
             rhs = np.concatenate([rhs, self._weighted_background.T @ D])
+        rhs *= c
         if self.prior_rhs is not None:
             rhs += self.prior_rhs if D.ndim == 1 else self.prior_rhs[:, None]
         if self._idx is None:
-            return self.factor.solve(rhs)
-        out = np.full((self.n_params, *D.shape[1:]), np.nan)
-        out[self._idx] = self.factor.solve(rhs[self._idx])
+            out = self.factor.solve(rhs)
+        else:
+            out = np.full((self.n_params, *D.shape[1:]), np.nan)
+            out[self._idx] = self.factor.solve(rhs[self._idx])
+        out *= c
         return out
 
     def chi2(self, D: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -415,11 +448,11 @@ class NormalEquations:
         """
         wz = np.where(np.isnan(weights), 0.0, weights)
         ivar = None if self.ivar is None else self.ivar[:, None]
-        return _chi2(self.design, wz, D, ivar, None, self.keep, self.background)
+        return _chi2(self.design, wz, D, ivar, None, self.keep, self.background, self.err_scale)
 
     def weights_err(self) -> np.ndarray:
         """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n_params,)``; NaN where unconstrained."""
-        return _weights_err(self.factor, self.free)
+        return _weights_err(self.factor, self.free, self.err_scale * self.col_scale)
 
     def warn_if_unconstrained(self, stacklevel: int = 2) -> None:
         """Issue one :class:`UnconstrainedSourceWarning` counting the unconstrained sources, if any.
@@ -445,6 +478,8 @@ class NormalEquations:
             self.free,
             self.factor.portable(),
             self.solver,
+            self.col_scale,
+            self.err_scale,
             self.background,
         )
 
@@ -458,7 +493,7 @@ class NormalEquations:
 
 
 def prepare_normal_equations(
-    A: scipy.sparse.spmatrix | scipy.sparse.sparray,
+    A: Sparse3D | scipy.sparse.spmatrix | scipy.sparse.sparray,
     *,
     imshape: tuple[int, int],
     errors: np.ndarray | None = None,
@@ -500,7 +535,7 @@ def prepare_normal_equations(
     solver = _check_solver(solver)
     H, W = _check_imshape(imshape)
     npix = H * W
-    _check_design(A, npix, imshape)
+    n = _check_design(A, npix, imshape)
     keep = _check_mask(None if mask is None else _check_mask_values(mask), H, W)
     E = None
     if errors is not None:
@@ -509,14 +544,15 @@ def prepare_normal_equations(
             raise ValueError(f"errors must have shape (H, W) = {(H, W)}, got {errors.shape}")
         E = errors.reshape(npix, 1)
         _check_errors(E, keep)
-    ivar = _inverse_variance(E, keep)
-    prior_prec, mu = _check_prior(prior_mu, prior_sigma, A.shape[1])
+    err_scale = _error_scale(E, keep)
+    ivar = _inverse_variance(E, keep, err_scale)
+    prior_prec, mu = _check_prior(prior_mu, prior_sigma, n)
     bg = as_background(background)
     B = None if bg is None else bg.columns((H, W))
     if B is not None:
         bprec, bmu = bg.prior(B.shape[1])
         prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
-    A_csr, A_csc = _design_formats(A)
+    A_csr = _design_csr(A)
     ivar1 = None if ivar is None else ivar[:, 0]
     keep1 = None if keep is None else keep[:, 0]
-    return NormalEquations._build(A_csr, A_csc, ivar1, keep1, prior_prec, mu, solver, B)
+    return NormalEquations._build(A, A_csr, ivar1, keep1, prior_prec, mu, solver, err_scale, B)

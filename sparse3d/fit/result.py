@@ -72,7 +72,7 @@ class FitResult:
     n_unconstrained : int
         ``unconstrained.sum()``.
     solver : str
-        Sparse solver used, ``"cholmod"`` or ``"superlu"``.
+        Sparse solver used: ``"qdldl"``, ``"superlu"`` or ``"cholmod"``.
     n_factorizations : int
         Number of normal matrices factorised (one per distinct error map and mask).
     weights_err : numpy.ndarray or None
@@ -366,8 +366,12 @@ def _warn_unconstrained(unconstrained: np.ndarray, stacklevel: int) -> None:
         )
 
 
-def _weights_err(factor: Any, free: np.ndarray) -> np.ndarray:
-    """``sqrt(diag(N^-1))`` from the factor of ``N`` over the ``free`` sources; NaN elsewhere."""
+def _weights_err(factor: Any, free: np.ndarray, scale: np.ndarray | float = 1.0) -> np.ndarray:
+    """``scale * sqrt(diag(N'^-1))`` from the factor of ``N'`` over the ``free`` sources; NaN elsewhere.
+
+    ``scale`` (``(n,)`` or a float) undoes the scaling of the normal matrix.
+    """
     err = np.full(free.size, np.nan)
     err[free] = np.sqrt(factor.inv_diag())
+    err *= scale
     return err
