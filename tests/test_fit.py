@@ -528,3 +528,14 @@ def test_error_maps_differing_only_in_masked_pixels_share_a_factorization(scene,
         ref = dense_reference(A, stack[..., i], err=err, mask=mask)
         np.testing.assert_allclose(res.weights[:, i], ref[0], rtol=1e-8, atol=1e-8)
         np.testing.assert_allclose(res.chi2[i], ref[2], rtol=1e-7)
+
+
+def test_portable_factor_solves_like_the_original(scene, solver):
+    # the portable form is taken after the supernodal blocks exist, which may reorder the
+    # factor's permutation (qdldl's relaxed supernodes): it must use the final order
+    from sparse3d.fit import prepare_normal_equations
+
+    rng, imshape, A, data, err = scene
+    D = np.stack([data.ravel(), 2 * data.ravel()], axis=1)
+    ne = prepare_normal_equations(scipy.sparse.csr_matrix(A), imshape=imshape, errors=err, solver=solver)
+    np.testing.assert_allclose(ne.portable().solve(D), ne.solve(D), rtol=1e-9, atol=1e-9)

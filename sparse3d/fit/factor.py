@@ -184,7 +184,8 @@ class _SupernodalFactor:
 
     def portable(self) -> _SupernodalFactor:
         """This factor as supernodal blocks only (picklable, no solver library objects)."""
-        return _SupernodalFactor(self.perm, self._supernodal())
+        sup = self._supernodal()  # first: building the blocks may reorder self.perm (qdldl)
+        return _SupernodalFactor(self.perm, sup)
 
 
 class _CholmodFactor(_SupernodalFactor):
