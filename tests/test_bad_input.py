@@ -656,6 +656,11 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
 
     if importlib.util.find_spec("dask") is not None:
 
+        def _masked_dask():
+            import dask.array as da
+
+            return da.from_array(np.ma.MaskedArray(np.ones((10, 10, 2)), mask=False), chunks=(10, 10, 1))
+
         def _dask_fit(**kw):
             import dask.array as da
 
@@ -668,6 +673,13 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
                 lambda: _dask_fit(background="plane", saturation=3.0),
                 NotImplementedError,
                 "S.fit on Dask frames does not support background, saturation",
+            ),
+            Case(
+                "dask-fit-masked",
+                "`S.fit(dask_frames)`, the chunks masked arrays",
+                lambda: _S().fit(_masked_dask()),
+                NotImplementedError,
+                "S.fit on masked Dask frames is not supported",
             ),
         ]
 

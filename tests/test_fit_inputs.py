@@ -295,3 +295,6 @@ def test_dask_fit_reads_errors_inf_as_masked_and_refuses_the_new_options(problem
     for kw in (dict(background="plane"), dict(dq=np.zeros(d.shape, int), bad_bits=1), dict(saturation=1.0)):
         with pytest.raises(NotImplementedError, match="on Dask frames does not support"):
             S.fit(da.from_array(D), **kw)
+    masked = da.from_array(np.ma.MaskedArray(D, mask=np.zeros(D.shape, bool)), chunks=(13, 17, 1))
+    with pytest.raises(NotImplementedError, match="masked Dask frames"):
+        S.fit(masked)
