@@ -258,7 +258,7 @@ class _QDLDLFactor(_SupernodalFactor):
         # the lower triangle in CSR is the upper triangle in CSC: what qdldl takes, no copy
         upper = scipy.sparse.csc_matrix((N.data, N.indices, N.indptr), shape=(n, n))
         try:
-            F = qdldl.Solver(upper)
+            F = qdldl.Solver(upper, upper=True)
         except (ValueError, RuntimeError) as exc:  # a zero pivot
             raise _NotPositiveDefinite() from exc
         L, D, P = F.factors()

@@ -44,6 +44,23 @@ def _row_scale(M: scipy.sparse.csr_matrix | scipy.sparse.csc_matrix, scale: np.n
     return out
 
 
+def _weighted_square_sum(
+    D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None, scale: float = 1.0
+) -> np.ndarray:
+    """``sum_p ivar_p (scale D_p)**2`` per column of ``D`` ``(npix, k)``, masked pixels skipped."""
+    npix, k = D.shape
+    out = np.zeros(k)
+    chunk = max(256, (1 << 18) // max(1, k))
+    for i in range(0, npix, chunk):
+        block = D[i : i + chunk]
+        if keep is not None:
+            block = np.where(keep[i : i + chunk, None], block, 0.0)
+        sq = block * scale
+        sq *= sq
+        out += (sq.T @ ivar[i : i + chunk]) if ivar is not None else sq.sum(axis=0)
+    return out
+
+
 def _canonical(M: scipy.sparse.spmatrix) -> scipy.sparse.spmatrix:
     """Return ``M`` as float64 with sorted indices and no duplicates."""
     if M.dtype != np.float64:
@@ -264,6 +281,9 @@ class NormalEquations:
         self.err_scale = float(err_scale)
         self._idx = None if free.all() else np.flatnonzero(free)
         self._weighted: scipy.sparse.csr_matrix | None = None
+        # lower triangle of the scaled A^T C^-1 A over the free sources, without the prior
+        # (for the chi-square of solve(..., return_chi2=True)); not shipped to workers
+        self._gram: scipy.sparse.csr_matrix | None = None
 
     @classmethod
     def _build(
@@ -290,14 +310,19 @@ class NormalEquations:
         if has_prior:
             with np.errstate(over="ignore"):  # a prior 1e300 times tighter than the data: capped
                 pp = np.minimum(prior_prec * err_scale * err_scale * c * c, 1e300)
-            G = G + scipy.sparse.diags(pp, format="csr")
             prior_rhs = pp * mu / c
         idx = None if free.all() else np.flatnonzero(free)
-        Nmat = G if idx is None else G[idx][:, idx]
-        Nmat = scipy.sparse.csr_matrix(Nmat)
+        Gfree = G if idx is None else scipy.sparse.csr_matrix(G[idx][:, idx])
         del G
+        Nmat = Gfree
+        if has_prior:
+            pfree = pp if idx is None else pp[idx]
+            Nmat = Gfree + scipy.sparse.diags(pfree, format="csr")
         factor = _factorize_or_raise(Nmat, idx, solver)
-        return cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale)
+        del Nmat
+        ne = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale)
+        ne._gram = Gfree
+        return ne
 
     # -- facts -----------------------------------------------------------
     @property
@@ -327,24 +352,65 @@ class NormalEquations:
         """Raise ValueError when ``D`` ``(npix, k)`` has non-finite unmasked pixels."""
         _check_data_finite(D, self.keep)
 
-    def solve(self, D: np.ndarray) -> np.ndarray:
+    def solve(self, D: np.ndarray, return_chi2: bool = False) -> Any:
         """Best-fit weights for the frames ``D``, shape ``(npix,)`` or ``(npix, k)``.
 
-        Returns shape ``(n,)`` or ``(n, k)``, NaN for unconstrained sources.
+        Returns shape ``(n,)`` or ``(n, k)``, NaN for unconstrained sources; with
+        ``return_chi2`` (``D`` 2-D), also the chi-square of each frame, ``(k,)``.
         Masked pixels of ``D`` are ignored (they may be non-finite); the
         unmasked ones are not checked (see :meth:`check_data`).
+
+        The chi-square comes from the normal equations, without a second product with
+        ``A``: ``d^T C^-1 d - 2 x^T b + x^T G x`` (scaled ``x``, ``b`` and ``G``); frames
+        where that difference cancels more than six digits are recomputed from the
+        residuals.
         """
-        c = self.col_scale if D.ndim == 1 else self.col_scale[:, None]
+        one = D.ndim == 1
+        c = self.col_scale if one else self.col_scale[:, None]
         rhs = self.weighted_design.T @ D
         rhs *= c
+        data_rhs = rhs.copy() if return_chi2 and self.prior_rhs is not None else rhs
         if self.prior_rhs is not None:
-            rhs += self.prior_rhs if D.ndim == 1 else self.prior_rhs[:, None]
+            rhs += self.prior_rhs if one else self.prior_rhs[:, None]
+        x = self.factor.solve(rhs if self._idx is None else rhs[self._idx])
         if self._idx is None:
-            out = self.factor.solve(rhs)
+            out = x * c
         else:
             out = np.full((self.n_sources, *D.shape[1:]), np.nan)
-            out[self._idx] = self.factor.solve(rhs[self._idx])
-        out *= c
+            out[self._idx] = x * c[self._idx]
+        if not return_chi2:
+            return out
+        assert not one
+        b = data_rhs if self._idx is None else data_rhs[self._idx]
+        chi2 = self._chi2_from_normal(D, x, b)
+        return out, chi2
+
+    def _chi2_from_normal(self, D: np.ndarray, x: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Chi-square per frame from the scaled solution ``x`` and data right-hand side ``b``."""
+        if self._gram is None:  # e.g. unpickled on a worker
+            return self.chi2(D, self._unscale(x))
+        # in units of the errors (divided by err_scale): no overflow or underflow for
+        # data and errors in the same extreme unit
+        G, s = self._gram, self.err_scale
+        xs, bs = x / s, b / s
+        Gx = G @ xs + G.T @ xs - G.diagonal()[:, None] * xs
+        xGx = np.einsum("ij,ij->j", xs, Gx)
+        xb = np.einsum("ij,ij->j", xs, bs)
+        dCd = _weighted_square_sum(D, self.ivar, self.keep, 1.0 / s)
+        with np.errstate(invalid="ignore"):  # inf - inf: a chi-square beyond float range
+            chi2 = dCd - 2.0 * xb + xGx
+        bad = ~(chi2 > 1e-6 * dCd)  # cancellation (or a perfect fit): recompute directly
+        if np.any(bad):
+            cols = np.flatnonzero(bad)
+            chi2[cols] = self.chi2(D[:, cols], self._unscale(x[:, cols]))
+        return chi2
+
+    def _unscale(self, x: np.ndarray) -> np.ndarray:
+        """Weights ``(n, k)`` from the scaled free-source solution ``x``; NaN where unconstrained."""
+        if self._idx is None:
+            return x * self.col_scale[:, None]
+        out = np.full((self.n_sources, x.shape[1]), np.nan)
+        out[self._idx] = x * self.col_scale[self._idx, None]
         return out
 
     def chi2(self, D: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -392,6 +458,7 @@ class NormalEquations:
         state = dict(self.__dict__)
         state["factor"] = self.factor.portable()
         state["_weighted"] = None
+        state["_gram"] = None
         return state
 
 

@@ -30,7 +30,7 @@ from ._checks import (
     _inverse_variance,
 )
 from .normal import NormalEquations, _design_csr
-from .result import FitResult, _chi2, _warn_unconstrained, _weights_err
+from .result import FitResult, _warn_unconstrained, _weights_err
 
 
 def fit_design(
@@ -186,7 +186,8 @@ def fit_design(
     A_csr = _design_csr(A)
 
     # ---- one factorisation per distinct error map -----------------------
-    weights = np.full((n, k), np.nan)
+    weights = np.full((n, k), np.nan) if len(groups) != 1 else None
+    chi2 = np.zeros(k)
     err_fns: list[tuple[np.ndarray, Callable[[], np.ndarray]]] = []
     unconstrained = np.zeros(n, dtype=bool)
     for gi, frames in enumerate(groups):
@@ -196,9 +197,9 @@ def fit_design(
         if gi == 0:
             unconstrained = ne.unconstrained
         if len(groups) == 1:
-            weights = ne.solve(D)
+            weights, chi2 = ne.solve(D, return_chi2=True)
         else:
-            weights[:, frames] = ne.solve(D[:, frames])
+            weights[:, frames], chi2[frames] = ne.solve(D[:, frames], return_chi2=True)
         if return_errors:
             err_fns.append((frames, partial(_weights_err, ne.factor, ne.free, err_scale * ne.col_scale)))
         del ne  # the weighted design matrix; the factor lives on in err_fns
@@ -206,7 +207,6 @@ def fit_design(
 
     # ---- chi-square, model --------------------------------------------
     wz = np.where(np.isnan(weights), 0.0, weights)
-    chi2 = _chi2(A_csr, wz, D, ivar, groups, keep, err_scale)
 
     def model_fn() -> np.ndarray:
         M = A_csr @ (wz if stack else wz[:, 0])
