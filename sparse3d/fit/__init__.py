@@ -38,6 +38,16 @@ Where each concept lives
 ``result.py``
     :class:`FitResult`, :class:`SingularNormalMatrixError`,
     :class:`UnconstrainedSourceWarning`; chi-square and weight uncertainties.
+``background.py``
+    The background (sky) models fitted jointly with the sources: :class:`BackgroundModel`,
+    :class:`Polynomial`, :class:`BilinearGrid` and :func:`as_background` (their design
+    columns over the image).
+``diagnostics.py``
+    Residuals, chi-square per frame and per source, :class:`FitFlags`, blending, and the
+    covariance on the normal matrix's pattern (selected inversion).
+``_inputs.py``
+    The astronomer's containers read into plain arrays: masked arrays, NDData-like
+    objects, Quantities and units, ``errors=inf``, data-quality bitmasks.
 ``_checks.py``
     Input validation (shapes, masks, errors, priors, solver names).
 
@@ -45,14 +55,22 @@ This package imports SciPy; ``import sparse3d`` does not import it (the names ab
 loaded on first use).
 """
 
+from .background import BackgroundModel, BilinearGrid, Polynomial, as_background
+from .diagnostics import BLEND_THRESHOLD, FitFlags
 from .factor import PIVOT_RTOL, available_solvers
 from .normal import NormalEquations, normal_matrix, prepare_normal_equations
 from .result import FitResult, SingularNormalMatrixError, UnconstrainedSourceWarning
 from .solve import fit_design
 
 __all__ = [
+    "BLEND_THRESHOLD",
     "PIVOT_RTOL",
+    "BackgroundModel",
+    "BilinearGrid",
+    "FitFlags",
     "FitResult",
+    "Polynomial",
+    "as_background",
     "NormalEquations",
     "SingularNormalMatrixError",
     "UnconstrainedSourceWarning",

@@ -26,8 +26,11 @@ from ._checks import (
     _error_scale,
     _inverse_variance,
 )
+from ._inputs import _check_mask_values
+from .background import as_background
+from .diagnostics import _chi2
 from .factor import _factorize_or_raise
-from .result import _chi2, _warn_unconstrained, _weights_err
+from .result import _warn_unconstrained, _weights_err
 
 
 def _row_scale(M: scipy.sparse.csr_matrix | scipy.sparse.csc_matrix, scale: np.ndarray) -> Any:
@@ -210,6 +213,66 @@ def normal_matrix(
     return N
 
 
+#: Background models with at most this many coefficients have their coupling block
+#: ``A^T C^-1 B`` computed as a sparse-times-dense product (cheaper than sparse-times-sparse).
+_DENSE_BACKGROUND_MAX = 64
+
+
+def _with_background_block(
+    G: scipy.sparse.csr_matrix,
+    c: np.ndarray,
+    A_csr: scipy.sparse.csr_matrix,
+    B: scipy.sparse.csr_matrix,
+    ivar: np.ndarray | None,
+) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
+    """The scaled joint normal matrix of the design ``[A, B]`` (lower triangle) and its column scale.
+
+    ``G`` is the lower triangle of the sources' block ``diag(c) A^T diag(ivar) A diag(c)`` (as
+    :func:`_scaled_normal_matrix` returns it), ``B`` the ``(npix, nb)`` columns of a background
+    model.  The background columns get their own power-of-two scale ``c_B`` (the same rule
+    as the sources'); the result is the lower triangle of ``[[N_AA, .], [N_BA, N_BB]]`` with
+    ``N_BA = diag(c_B) B^T diag(ivar) A diag(c)`` and ``N_BB = diag(c_B) B^T diag(ivar) B diag(c_B)``,
+    assembled row by row in CSR (no format round trip): one sparse matrix, no dense inverse.
+    """
+    n, nb = G.shape[0], B.shape[1]
+    Bs = B if ivar is None else _row_scale(B, np.sqrt(ivar))
+    colmax = np.zeros(nb)
+    if Bs.nnz:
+        np.maximum.at(colmax, Bs.indices, np.abs(Bs.data))
+    cb = _pow2_scale(colmax)
+    Bw = _row_scale(Bs, np.ones(B.shape[0])) if ivar is None else _row_scale(B, ivar)
+    if nb <= _DENSE_BACKGROUND_MAX:  # polynomials: narrow, dense-valued columns
+        NBA = scipy.sparse.csr_matrix(np.asarray(A_csr.T @ Bw.toarray()).T)
+    else:  # a grid: every pixel touches few nodes
+        NBA = _canonical(scipy.sparse.csr_matrix(Bw.T @ A_csr))
+    NBA.data *= cb[np.repeat(np.arange(nb), np.diff(NBA.indptr))] * c[NBA.indices]
+    NBB = _canonical(scipy.sparse.tril(B.T @ Bw, format="csr"))
+    NBB.data *= cb[np.repeat(np.arange(nb), np.diff(NBB.indptr))] * cb[NBB.indices]
+    bottom = _hcat_csr(NBA, NBB)
+    joint = scipy.sparse.csr_matrix(
+        (
+            np.concatenate([G.data, bottom.data]),
+            np.concatenate([G.indices, bottom.indices]),
+            np.concatenate([G.indptr.astype(np.int64), bottom.indptr[1:] + G.nnz]),
+        ),
+        shape=(n + nb, n + nb),
+    )
+    return joint, np.concatenate([c, cb])
+
+
+def _hcat_csr(X: scipy.sparse.csr_matrix, Y: scipy.sparse.csr_matrix) -> scipy.sparse.csr_matrix:
+    """``[X, Y]`` of two canonical CSR matrices with the same rows, canonical, built directly."""
+    lx, ly = np.diff(X.indptr), np.diff(Y.indptr)
+    indptr = X.indptr.astype(np.int64) + Y.indptr
+    data = np.empty(X.nnz + Y.nnz)
+    indices = np.empty(X.nnz + Y.nnz, dtype=np.int64)
+    pos_x = np.arange(X.nnz) + np.repeat(Y.indptr[:-1], lx)
+    pos_y = np.arange(Y.nnz) + np.repeat(X.indptr[1:], ly)
+    data[pos_x], indices[pos_x] = X.data, X.indices
+    data[pos_y], indices[pos_y] = Y.data, Y.indices + X.shape[1]
+    return scipy.sparse.csr_matrix((data, indices, indptr), shape=(X.shape[0], X.shape[1] + Y.shape[1]))
+
+
 class NormalEquations:
     """The factorised normal equations of one design matrix and one error map.
 
@@ -244,7 +307,8 @@ class NormalEquations:
         The prior's part of the scaled right-hand side, ``s^2 D P mu``, shape ``(n,)``;
         None without priors.
     free : numpy.ndarray
-        Boolean ``(n,)``: the sources in the system (``~unconstrained``).
+        Boolean ``(n + nb,)``: the parameters in the system (sources with data or a prior,
+        then the background coefficients with data or a prior).
     factor : object
         Factor of the scaled normal matrix ``N'`` restricted to the free sources:
         ``factor.solve(b)`` for ``b`` of shape ``(nfree,)`` or ``(nfree, k)``
@@ -253,9 +317,15 @@ class NormalEquations:
     solver : str
         ``"qdldl"``, ``"superlu"`` or ``"cholmod"``: the solver that factorised ``N'``.
     col_scale : numpy.ndarray
-        ``(n,)`` powers of two, the diagonal of ``D``.
+        ``(n + nb,)`` powers of two, the diagonal of ``D``.
     err_scale : float
         ``s``, a power of two (1.0 for unit errors).
+    background : scipy.sparse.csr_matrix or None
+        Background design columns ``B``, shape ``(npix, nb)`` (see
+        :mod:`sparse3d.fit.background`), solved jointly with the sources; None without.
+    gram : scipy.sparse.csr_matrix or None
+        Lower triangle of the scaled ``s^2 D [A, B]^T C^-1 [A, B] D`` (no prior, every
+        parameter), when built by the fit (for diagnostics); not pickled.
     """
 
     def __init__(
@@ -269,21 +339,23 @@ class NormalEquations:
         solver: str,
         col_scale: np.ndarray | None = None,
         err_scale: float = 1.0,
+        background: scipy.sparse.csr_matrix | None = None,
     ) -> None:
         self.design = design
+        self.background = background
+        self.gram: scipy.sparse.csr_matrix | None = None
         self.ivar = ivar
         self.keep = keep
         self.prior_rhs = prior_rhs
         self.free = free
         self.factor = factor
         self.solver = solver
-        self.col_scale = np.ones(design.shape[1]) if col_scale is None else col_scale
+        nb = 0 if background is None else background.shape[1]
+        self.col_scale = np.ones(design.shape[1] + nb) if col_scale is None else col_scale
         self.err_scale = float(err_scale)
         self._idx = None if free.all() else np.flatnonzero(free)
         self._weighted: scipy.sparse.csr_matrix | None = None
-        # lower triangle of the scaled A^T C^-1 A over the free sources, without the prior
-        # (for the chi-square of solve(..., return_chi2=True)); not shipped to workers
-        self._gram: scipy.sparse.csr_matrix | None = None
+        self._weighted_background: scipy.sparse.csr_matrix | None = None
 
     @classmethod
     def _build(
@@ -296,14 +368,20 @@ class NormalEquations:
         mu: np.ndarray,
         solver: str,
         err_scale: float = 1.0,
+        background: scipy.sparse.csr_matrix | None = None,
     ) -> NormalEquations:
         """Form and factorise the scaled ``N'`` from validated inputs.
 
         ``design`` is what :func:`normal_matrix` takes (a Sparse3D uses the stamp kernel),
         ``A_csr`` its canonical CSR, ``ivar`` the inverse variances already multiplied by
-        ``err_scale**2``.
+        ``err_scale**2``.  ``background`` (``(npix, nb)`` CSR) appends the columns ``B`` of a
+        background model (:func:`_with_background_block`); ``prior_prec`` and ``mu`` then
+        have ``n + nb`` entries.
         """
         G, c = _scaled_normal_matrix(design, ivar)
+        if background is not None:
+            G, c = _with_background_block(G, c, A_csr, background, ivar)
+        gram = G
         has_prior = bool(np.any(prior_prec > 0))
         free = (G.diagonal() > 0) | (prior_prec > 0)
         prior_rhs = None
@@ -312,23 +390,26 @@ class NormalEquations:
                 pp = np.minimum(prior_prec * err_scale * err_scale * c * c, 1e300)
             prior_rhs = pp * mu / c
         idx = None if free.all() else np.flatnonzero(free)
-        Gfree = G if idx is None else scipy.sparse.csr_matrix(G[idx][:, idx])
+        Nmat = G if idx is None else scipy.sparse.csr_matrix(G[idx][:, idx])
         del G
-        Nmat = Gfree
         if has_prior:
-            pfree = pp if idx is None else pp[idx]
-            Nmat = Gfree + scipy.sparse.diags(pfree, format="csr")
+            Nmat = Nmat + scipy.sparse.diags(pp if idx is None else pp[idx], format="csr")
         factor = _factorize_or_raise(Nmat, idx, solver)
         del Nmat
-        ne = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale)
-        ne._gram = Gfree
-        return ne
+        out = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale, background)
+        out.gram = gram
+        return out
 
     # -- facts -----------------------------------------------------------
     @property
     def n_sources(self) -> int:
         """Number of sources ``n`` (columns of the design matrix)."""
         return self.design.shape[1]
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters: sources, then background coefficients."""
+        return self.n_sources + (0 if self.background is None else self.background.shape[1])
 
     @property
     def n_pixels(self) -> int:
@@ -338,7 +419,7 @@ class NormalEquations:
     @property
     def unconstrained(self) -> np.ndarray:
         """Boolean ``(n,)``: sources with no unmasked pixel and no prior."""
-        return ~self.free
+        return ~self.free[: self.n_sources]
 
     @property
     def weighted_design(self) -> scipy.sparse.csr_matrix:
@@ -355,8 +436,9 @@ class NormalEquations:
     def solve(self, D: np.ndarray, return_chi2: bool = False) -> Any:
         """Best-fit weights for the frames ``D``, shape ``(npix,)`` or ``(npix, k)``.
 
-        Returns shape ``(n,)`` or ``(n, k)``, NaN for unconstrained sources; with
-        ``return_chi2`` (``D`` 2-D), also the chi-square of each frame, ``(k,)``.
+        Returns shape ``(n_params,)`` or ``(n_params, k)`` (the source weights, then the
+        background coefficients), NaN for unconstrained parameters; with ``return_chi2``
+        (``D`` 2-D), also the chi-square of each frame, ``(k,)``.
         Masked pixels of ``D`` are ignored (they may be non-finite); the
         unmasked ones are not checked (see :meth:`check_data`).
 
@@ -368,6 +450,11 @@ class NormalEquations:
         one = D.ndim == 1
         c = self.col_scale if one else self.col_scale[:, None]
         rhs = self.weighted_design.T @ D
+        if self.background is not None:
+            if self._weighted_background is None:
+                B = self.background
+                self._weighted_background = B if self.ivar is None else _row_scale(B, self.ivar)
+            rhs = np.concatenate([rhs, self._weighted_background.T @ D])
         rhs *= c
         data_rhs = rhs.copy() if return_chi2 and self.prior_rhs is not None else rhs
         if self.prior_rhs is not None:
@@ -376,56 +463,61 @@ class NormalEquations:
         if self._idx is None:
             out = x * c
         else:
-            out = np.full((self.n_sources, *D.shape[1:]), np.nan)
+            out = np.full((self.n_params, *D.shape[1:]), np.nan)
             out[self._idx] = x * c[self._idx]
         if not return_chi2:
             return out
         assert not one
-        b = data_rhs if self._idx is None else data_rhs[self._idx]
-        chi2 = self._chi2_from_normal(D, x, b)
+        chi2 = self._chi2_from_normal(D, x, data_rhs)
         return out, chi2
 
     def _chi2_from_normal(self, D: np.ndarray, x: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """Chi-square per frame from the scaled solution ``x`` and data right-hand side ``b``."""
-        if self._gram is None:  # e.g. unpickled on a worker
+        """Chi-square per frame from the scaled solution ``x`` (free parameters) and the data
+        right-hand side ``b`` (every parameter, scaled)."""
+        if self.gram is None:  # e.g. unpickled on a worker
             return self.chi2(D, self._unscale(x))
+        if self._idx is not None:  # unconstrained parameters: no data, weight 0 here
+            full = np.zeros((self.n_params, x.shape[1]))
+            full[self._idx] = x
+            x = full
         # in units of the errors (divided by err_scale): no overflow or underflow for
         # data and errors in the same extreme unit
-        G, s = self._gram, self.err_scale
+        G, s = self.gram, self.err_scale
         xs, bs = x / s, b / s
-        # x^T G x = 2 x^T tril(G) x - x^T diag(G) x: one product with the stored triangle
-        xGx = 2.0 * np.einsum("ij,ij->j", xs, G @ xs) - np.einsum("i,ij->j", G.diagonal(), xs * xs)
-        xb = np.einsum("ij,ij->j", xs, bs)
         dCd = _weighted_square_sum(D, self.ivar, self.keep, 1.0 / s)
         with np.errstate(invalid="ignore"):  # inf - inf: a chi-square beyond float range
+            # x^T G x = 2 x^T tril(G) x - x^T diag(G) x: one product with the stored triangle
+            xGx = 2.0 * np.einsum("ij,ij->j", xs, G @ xs) - np.einsum("i,ij->j", G.diagonal(), xs * xs)
+            xb = np.einsum("ij,ij->j", xs, bs)
             chi2 = dCd - 2.0 * xb + xGx
         # the difference carries a rounding error of ~1e-16 dCd: where it cancels more than
         # nine digits (a perfect fit, errors far below the noise) recompute it from residuals
         bad = ~(chi2 > 1e-9 * dCd)
         if np.any(bad):
             cols = np.flatnonzero(bad)
-            chi2[cols] = self.chi2(D[:, cols], self._unscale(x[:, cols]))
+            chi2[cols] = self.chi2(D[:, cols], x[:, cols] * self.col_scale[:, None])
         return chi2
 
     def _unscale(self, x: np.ndarray) -> np.ndarray:
-        """Weights ``(n, k)`` from the scaled free-source solution ``x``; NaN where unconstrained."""
+        """Weights ``(n_params, k)`` from the scaled free-parameter solution ``x``; NaN if unconstrained."""
         if self._idx is None:
             return x * self.col_scale[:, None]
-        out = np.full((self.n_sources, x.shape[1]), np.nan)
+        out = np.full((self.n_params, x.shape[1]), np.nan)
         out[self._idx] = x * self.col_scale[self._idx, None]
         return out
 
     def chi2(self, D: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """``sum(((D - A w) / errors)**2)`` over the unmasked pixels, per frame: ``(k,)``.
 
-        ``D`` is ``(npix, k)`` and ``weights`` ``(n, k)``; NaN weights count as 0.
+        ``D`` is ``(npix, k)`` and ``weights`` ``(n_params, k)`` (as :meth:`solve` returns
+        them); NaN weights count as 0.
         """
         wz = np.where(np.isnan(weights), 0.0, weights)
         ivar = None if self.ivar is None else self.ivar[:, None]
-        return _chi2(self.design, wz, D, ivar, [np.arange(D.shape[1])], self.keep, self.err_scale)
+        return _chi2(self.design, wz, D, ivar, None, self.keep, self.background, self.err_scale)
 
     def weights_err(self) -> np.ndarray:
-        """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n,)``; NaN for unconstrained sources."""
+        """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n_params,)``; NaN where unconstrained."""
         return _weights_err(self.factor, self.free, self.err_scale * self.col_scale)
 
     def warn_if_unconstrained(self, stacklevel: int = 2) -> None:
@@ -454,13 +546,15 @@ class NormalEquations:
             self.solver,
             self.col_scale,
             self.err_scale,
+            self.background,
         )
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["factor"] = self.factor.portable()
         state["_weighted"] = None
-        state["_gram"] = None
+        state["_weighted_background"] = None
+        state["gram"] = None
         return state
 
 
@@ -473,13 +567,16 @@ def prepare_normal_equations(
     prior_sigma: float | np.ndarray | None = None,
     mask: np.ndarray | None = None,
     solver: str = "auto",
+    background: Any = None,
 ) -> NormalEquations:
     """Validate the inputs, form the normal matrix and factorise it, once.
 
     The set-up shared by every frame fitted with one error map: what
     :func:`fit_design` does before it touches the data.  Arguments are those
     of :func:`fit_design`, except that ``errors`` is one map of shape
-    ``(H, W)`` (or None).
+    ``(H, W)`` (or None) and ``mask`` one ``(H, W)`` boolean map.  With a
+    ``background``, :meth:`NormalEquations.solve` returns the source weights
+    followed by the background coefficients.
 
     Returns
     -------
@@ -505,7 +602,7 @@ def prepare_normal_equations(
     H, W = _check_imshape(imshape)
     npix = H * W
     n = _check_design(A, npix, imshape)
-    keep = _check_mask(mask, H, W)
+    keep = _check_mask(None if mask is None else _check_mask_values(mask), H, W)
     E = None
     if errors is not None:
         errors = np.asarray(errors, dtype=np.float64)
@@ -516,7 +613,12 @@ def prepare_normal_equations(
     err_scale = _error_scale(E, keep)
     ivar = _inverse_variance(E, keep, err_scale)
     prior_prec, mu = _check_prior(prior_mu, prior_sigma, n)
+    bg = as_background(background)
+    B = None if bg is None else bg.columns((H, W))
+    if B is not None:
+        bprec, bmu = bg.prior(B.shape[1])
+        prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
     A_csr = _design_csr(A)
-    return NormalEquations._build(
-        A, A_csr, None if ivar is None else ivar[:, 0], keep, prior_prec, mu, solver, err_scale
-    )
+    ivar1 = None if ivar is None else ivar[:, 0]
+    keep1 = None if keep is None else keep[:, 0]
+    return NormalEquations._build(A, A_csr, ivar1, keep1, prior_prec, mu, solver, err_scale, B)
