@@ -76,6 +76,9 @@ CASES: dict[str, str] = {
     "fit_superlu": "L.fit(image, solver='superlu') (SciPy's SuperLU; solver comparison)",
     "fit_cholmod": "L.fit(image, solver='cholmod') (opt-in GPL CHOLMOD; solver comparison)",
     "fit_csr": "fit_design(L.tocsr(), image): the general path (SciPy A^T A), default solver",
+    "psf_gaussian": "sparse3d.psf.Gaussian(sigma).design(row, col, imshape, stamp): the same scene's L",
+    "psf_gaussian_derivs": "Gaussian design plus d/drow, d/dcol, d/dsigma stamps (4 arrays, one structure)",
+    "shift": "L.shift((0.3, -0.2)): fractional move of every stamp (sinc resampling)",
 }
 
 #: Cases that need ``scene.fake_data``.
