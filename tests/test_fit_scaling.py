@@ -167,3 +167,20 @@ def test_complex_inputs_refused(kwargs):
         fit_design(S, kw.pop("data"), imshape=S.imshape, **kw)
     with pytest.raises(TypeError, match="A must be real"):
         fit_design(S.tocsr() * 1j, np.ones(S.imshape), imshape=S.imshape)
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-6, 1.0])
+def test_chi2_of_bright_scenes_and_perfect_fits(noise, solver):
+    # chi2 from the normal equations cancels d^T C d ~ 1e16 against 2 x^T b: it must fall
+    # back to the residuals when that loses digits, and agree with them otherwise
+    rng, S = _scene(4)
+    A = _dense(S)
+    d = A @ rng.uniform(1e7, 1e8, S.nsources) + rng.normal(0, 1, A.shape[0]) * noise
+    d = d.reshape(S.imshape)
+    frames = np.stack([d, d * 0.5, d + rng.normal(0, 3, S.imshape)], axis=-1)
+    res = fit_design(S, frames, imshape=S.imshape, solver=solver)
+    for i in range(frames.shape[2]):
+        chi2 = _reference(A, frames[..., i])[2]
+        np.testing.assert_allclose(
+            res.chi2[i], chi2, rtol=1e-6, atol=1e-9 * np.sum(frames[..., i] ** 2) ** 0.5
+        )

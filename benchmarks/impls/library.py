@@ -151,11 +151,93 @@ def _fit_frames(scene: Scene) -> Prepared:
     return _with_L(lambda s, L: L.fit(frames), canon=_fit_canon, note=note)(scene)
 
 
+def _fit_solver(solver: str) -> Factory:
+    """``fit_design(L, image, solver=...)``: the same fit with another factorisation."""
+
+    def factory(scene: Scene) -> Prepared:
+        try:
+            from sparse3d.fit import available_solvers, fit_design
+        except ImportError:
+            raise Unsupported("sparse3d.fit.fit_design does not exist") from None
+        if solver not in available_solvers():
+            raise Unsupported(f"solver {solver!r} is not installed")
+        return _with_L(
+            lambda s, L: fit_design(L, s.fake_data, imshape=L.imshape, solver=solver),
+            canon=_fit_canon,
+            note=f"solver={solver!r}",
+        )(scene)
+
+    return factory
+
+
+def _fit_csr(scene: Scene) -> Prepared:
+    try:
+        from sparse3d.fit import fit_design
+    except ImportError:
+        raise Unsupported("sparse3d.fit.fit_design does not exist") from None
+    note = "the general path: SciPy's A^T A of the CSR form instead of the stamp kernel"
+    return _with_L(
+        lambda s, L: fit_design(L.tocsr(), s.fake_data, imshape=L.imshape), canon=_fit_canon, note=note
+    )(scene)
+
+
+def _fit_weights_err(scene: Scene) -> Prepared:
+    """``res.weights_err`` (the selected inversion) on a fresh fit each call; the fit is untimed."""
+    if not hasattr(_sparse3d().Sparse3D, "fit"):
+        raise Unsupported("Sparse3D.fit does not exist")
+    X, Y = build_xy(scene)
+    L = build_L(scene, X, Y)
+    return Prepared(
+        lambda res: res.weights_err,
+        canon=lambda r: np.asarray(r),
+        note="selected inversion after a fit; ratio against the one-image fit of the same run",
+        setup=lambda: L.fit(scene.fake_data),
+    )
+
+
 def _fit_canon(scene: Scene, result: Any) -> np.ndarray:
     for attr in ("weights", "x", "coef_"):
         if hasattr(result, attr):
             return np.asarray(getattr(result, attr))
     return np.asarray(result[0] if isinstance(result, tuple) else result)
+
+
+def _source_positions(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Float source positions of the scene (integer part from the stamp's centre pixel)."""
+    c = scene.spec.stamp // 2
+    return scene.row3d[c, c, :] + scene.row_phase, scene.col3d[c, c, :] + scene.col_phase
+
+
+def _psf_gaussian(derivatives: tuple[str, ...] | None) -> Factory:
+    def factory(scene: Scene) -> Prepared:
+        try:
+            from sparse3d.psf import Gaussian
+        except ImportError:
+            raise Unsupported("sparse3d.psf does not exist") from None
+        row, col = _source_positions(scene)
+        model, stamp = Gaussian(scene.sigma), (scene.spec.stamp, scene.spec.stamp)
+        note = "ratio vs build_L (the tutorial expression on prebuilt X, Y): construction included here"
+
+        def run() -> Any:
+            return model.design(row, col, scene.imshape, stamp, derivatives=derivatives)
+
+        def canon(result: Any) -> np.ndarray:
+            L = result if derivatives is None else result[0]
+            return np.asarray(L.dot(scene.brightness))
+
+        return Prepared(run, canon=canon, note=note)
+
+    return factory
+
+
+def _shift(scene: Scene) -> Prepared:
+    if not hasattr(_sparse3d().Sparse3D, "shift"):
+        raise Unsupported("Sparse3D.shift does not exist")
+    X, Y = build_xy(scene)
+    L = build_L(scene, X, Y)
+    L.shift((0.3, -0.2))  # warm the per-structure layout check
+    note = "ratio vs op_mul (X * 2.5, one elementwise ufunc on an array of the same size)"
+    return Prepared(lambda: L.shift((0.3, -0.2)), canon=_image_canon(scene), note=note)
 
 
 def cases(legacy: bool = False) -> dict[str, Factory]:
@@ -195,6 +277,13 @@ def cases(legacy: bool = False) -> dict[str, Factory]:
         "xarray_sel": _xarray(select=True),
         "fit": _fit,
         "fit_frames100": _fit_frames,
+        "fit_weights_err": _fit_weights_err,
+        "fit_superlu": _fit_solver("superlu"),
+        "fit_cholmod": _fit_solver("cholmod"),
+        "fit_csr": _fit_csr,
+        "psf_gaussian": _psf_gaussian(None),
+        "psf_gaussian_derivs": _psf_gaussian(("row", "col", "sigma")),
+        "shift": _shift,
     }
     if legacy:
         out["dot_k10"] = _with_L(

@@ -23,12 +23,12 @@ ZRELAX = (0.8, 0.1, 0.05)
 
 @njit(cache=True, nogil=True)
 def etree_parent(indptr, indices):  # pragma: no cover - compiled
-    """Parent of every column in the elimination tree of a lower factor (CSC, sorted, diag first)."""
+    """Parent of every column in the elimination tree of a *strictly* lower factor (CSC, sorted)."""
     n = indptr.size - 1
     parent = np.full(n, -1, dtype=np.int64)
     for j in range(n):
-        if indptr[j + 1] - indptr[j] > 1:
-            parent[j] = indices[indptr[j] + 1]
+        if indptr[j + 1] > indptr[j]:
+            parent[j] = indices[indptr[j]]
     return parent
 
 
@@ -66,24 +66,25 @@ def postorder(parent):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def amalgamate(indptr, indices, data, nrelax, zrelax):  # pragma: no cover - compiled
-    """Relaxed supernodes of a postordered lower factor, with the explicit zeros they need.
+def amalgamate(indptr, indices, data, dvec, nrelax, zrelax):  # pragma: no cover - compiled
+    """Relaxed supernodes of a postordered ``L D L^T``, as a padded Cholesky factor.
 
-    ``(indptr, indices, data)`` is a lower Cholesky factor in CSC with sorted rows, the
-    diagonal first in every column and a pattern closed under its elimination tree, whose
-    columns are in a postorder of that tree. Returns the same factor as CSC arrays where each
-    merged supernode ``[f, e)`` with rows ``R`` below it stores, in column ``c``, the rows
-    ``c..e-1`` and ``R`` (zeros where the input had no entry).
+    ``(indptr, indices, data)`` is the *strictly* lower part of a unit lower factor ``L``
+    in CSC with sorted rows and a pattern closed under its elimination tree, whose columns
+    are in a postorder of that tree; ``dvec`` is ``D``. Returns CSC arrays of the Cholesky
+    factor ``(L + I) sqrt(D)`` in which each merged supernode ``[f, e)`` with rows ``R``
+    below it stores, in column ``c``, the rows ``c..e-1`` and ``R`` (the diagonal first;
+    zeros where ``L`` had no entry).
     """
     n = indptr.size - 1
-    # fundamental supernodes: column j + 1 continues j when its pattern is j's without j
+    # fundamental supernodes: column j continues j - 1 when its pattern is j - 1's without j
     starts = np.empty(n + 1, dtype=np.int64)
     ns = 0
     for j in range(n):
         cont = False
         if j > 0:
-            cj = indptr[j] - indptr[j - 1]
-            if cj > 1 and cj == indptr[j + 1] - indptr[j] + 1 and indices[indptr[j - 1] + 1] == j:
+            cprev = indptr[j] - indptr[j - 1]
+            if cprev > 0 and cprev == indptr[j + 1] - indptr[j] + 1 and indices[indptr[j - 1]] == j:
                 cont = True
         if not cont:
             starts[ns] = j
@@ -98,17 +99,17 @@ def amalgamate(indptr, indices, data, nrelax, zrelax):  # pragma: no cover - com
         f = starts[s]
         e = starts[s + 1]
         k = e - f
-        mrows = indptr[f + 1] - indptr[f] - k  # rows below the diagonal block
+        mrows = indptr[f + 1] - indptr[f] + 1 - k  # rows below the diagonal block
         own = k * (k + 1) // 2 + k * mrows
         merged = False
         if ng > 0:
             gf = gstart[ng - 1]
             last = f - 1  # last column of the previous group
-            if indptr[last + 1] - indptr[last] > 1 and indices[indptr[last] + 1] == f:
+            if indptr[last + 1] > indptr[last] and indices[indptr[last]] == f:
                 # the previous group's parent is this supernode's first column
                 gk = f - gf
-                gm = indptr[gf + 1] - indptr[gf] - gk  # its rows below
-                add = gk * (k + mrows) - gk * gm  # zeros added to the group's columns
+                gm = indptr[gf + 1] - indptr[gf] + 1 - gk  # its rows below
+                add = gk * (k + mrows - gm)  # zeros added to the group's columns
                 tk = gk + k
                 tz = zeros + add
                 te = entries + own + add
@@ -131,23 +132,23 @@ def amalgamate(indptr, indices, data, nrelax, zrelax):  # pragma: no cover - com
             zeros = 0
             entries = own
     gstart[ng] = n
-    # padded factor
+    # padded Cholesky factor
     counts = np.zeros(n + 1, dtype=np.int64)
     for g in range(ng):
         f = gstart[g]
         e = gstart[g + 1]
         top = e - 1
-        m = indptr[top + 1] - indptr[top] - 1  # rows below the group = rows below its last column
+        m = indptr[top + 1] - indptr[top]  # rows below the group = rows below its last column
         for c in range(f, e):
             counts[c + 1] = (e - c) + m
     optr = np.cumsum(counts)
-    oind = np.empty(optr[n], dtype=indices.dtype)
+    oind = np.empty(optr[n], dtype=np.int64)
     odat = np.zeros(optr[n], dtype=np.float64)
     for g in range(ng):
         f = gstart[g]
         e = gstart[g + 1]
         top = e - 1
-        below = indices[indptr[top] + 1 : indptr[top + 1]]
+        below = indices[indptr[top] : indptr[top + 1]]
         for c in range(f, e):
             o = optr[c]
             h = e - c
@@ -155,8 +156,10 @@ def amalgamate(indptr, indices, data, nrelax, zrelax):  # pragma: no cover - com
                 oind[o + t] = c + t
             for t in range(below.size):
                 oind[o + h + t] = below[t]
-            # scatter column c of the input into the padded pattern (both sorted)
-            q = o
+            sd = np.sqrt(dvec[c])
+            odat[o] = sd
+            # scatter column c of L into the padded pattern (both sorted)
+            q = o + 1
             end = optr[c + 1]
             for p in range(indptr[c], indptr[c + 1]):
                 r = indices[p]
@@ -164,5 +167,27 @@ def amalgamate(indptr, indices, data, nrelax, zrelax):  # pragma: no cover - com
                     q += 1
                 if q == end:
                     raise ValueError("factor pattern is not closed under its elimination tree")
-                odat[q] = data[p]
+                odat[q] = data[p] * sd
     return optr, oind, odat
+
+
+@njit(cache=True, nogil=True)
+def ldlt_solve(indptr, indices, data, dvec, x):  # pragma: no cover - compiled
+    """Solve ``(L + I) D (L + I)^T y = x`` in place; ``L`` strictly lower CSC, ``x`` ``(n, k)``."""
+    n, k = x.shape
+    for j in range(n):
+        for p in range(indptr[j], indptr[j + 1]):
+            i = indices[p]
+            v = data[p]
+            for t in range(k):
+                x[i, t] -= v * x[j, t]
+    for j in range(n):
+        inv = 1.0 / dvec[j]
+        for t in range(k):
+            x[j, t] *= inv
+    for j in range(n - 1, -1, -1):
+        for p in range(indptr[j], indptr[j + 1]):
+            i = indices[p]
+            v = data[p]
+            for t in range(k):
+                x[j, t] -= v * x[i, t]

@@ -52,8 +52,6 @@ _CHOLMOD_LOCK = threading.Lock()
 # With CHOLMOD, up to this many right-hand sides are solved by CHOLMOD itself
 # (which handles one column at a time); more use the blocked supernodal solve.
 _CHOLMOD_MAX_DIRECT_RHS = 32
-# With qdldl, up to this many right-hand sides are solved by qdldl (one column at a time).
-_QDLDL_MAX_DIRECT_RHS = 4
 
 
 class Factor(Protocol):
@@ -251,10 +249,11 @@ class _CholmodFactor(_SupernodalFactor):
 
 
 class _QDLDLFactor(_SupernodalFactor):
-    """``qdldl``'s ``L D L^T`` (AMD ordering), as relaxed supernodes for solves and errors.
+    """``qdldl``'s ``L D L^T`` (AMD ordering), as relaxed supernodes for many solves and errors.
 
-    Up to :data:`_QDLDL_MAX_DIRECT_RHS` right-hand sides are solved by ``qdldl`` itself (one
-    column at a time, in C) until the supernodal blocks exist; more use the blocked solve.
+    ``qdldl``'s own object is dropped as soon as its factor is exported; until the
+    supernodal blocks are needed (:meth:`inv_diag`, :meth:`portable`), solves run a
+    compiled sparse ``L D L^T`` solve over all right-hand sides at once.
     """
 
     name = "qdldl"
@@ -267,74 +266,66 @@ class _QDLDLFactor(_SupernodalFactor):
         # the lower triangle in CSR is the upper triangle in CSC: what qdldl takes, no copy
         upper = scipy.sparse.csc_matrix((N.data, N.indices, N.indptr), shape=(n, n))
         try:
-            F = qdldl.Solver(upper)
+            F = qdldl.Solver(upper, upper=True)
         except (ValueError, RuntimeError) as exc:  # a zero pivot
             raise _NotPositiveDefinite() from exc
         L, D, P = F.factors()
+        del F
         self.perm = np.asarray(P, dtype=np.intp)
         bad = _small_pivots(D, N.diagonal()[self.perm])
         if bad.size:
             raise _NotPositiveDefinite(self.perm[bad])
-        self._F: Any = F
-        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray] | None = (L, D)
+        L = scipy.sparse.csc_matrix(L)
+        L.sort_indices()
+        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray] | None = (L, np.asarray(D, dtype=np.float64))
         self._super = None
 
     def _supernodal(self) -> _Supernodal:
         if self._super is None:
             assert self._LD is not None
             L, D = self._LD
-            self._LD = None
-            self._F = None  # solves use the blocks from now on; free qdldl's copy
-            perm, Lsn = _relaxed_supernodal_factor(L, D)
-            self.perm = self.perm[perm]
+            self._LD = None  # solves use the blocks from now on
+            post, Lsn = _relaxed_supernodal_factor(L, D)
+            del L
+            self.perm = self.perm[post]
             self._super = _Supernodal(Lsn)
         return self._super
 
     def solve(self, b: np.ndarray) -> np.ndarray:
-        b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
-        k = b2.shape[1]
-        if self._F is None or k > _QDLDL_MAX_DIRECT_RHS:
+        if self._LD is None:
             return self._blocked_solve(b)
-        out = np.empty((self.n, k))
-        for i in range(k):
-            out[:, i] = self._F.solve(np.ascontiguousarray(b2[:, i]))
+        from ._factor_kernels import ldlt_solve
+
+        L, D = self._LD
+        b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
+        x = np.ascontiguousarray(b2[self.perm])
+        ldlt_solve(L.indptr, L.indices, L.data, D, x)
+        out = np.empty(x.shape)
+        out[self.perm] = x
         return out.reshape(b.shape)
 
 
 def _relaxed_supernodal_factor(L: scipy.sparse.csc_matrix, D: np.ndarray) -> tuple[np.ndarray, Any]:
     """The Cholesky factor ``(L + I) sqrt(D)`` of a unit ``L D L^T``, ready for :class:`_Supernodal`.
 
-    ``L`` is strictly lower (CSC, closed pattern). Returns ``(post, Lsn)``: ``Lsn`` is the
-    factor of ``N[post][:, post]`` (in the factor's own order), its columns in a postorder
-    ``post`` of the elimination tree and amalgamated into relaxed supernodes with explicit
-    zeros (see :mod:`._factor_kernels`).
+    ``L`` is strictly lower (CSC, sorted, closed pattern). Returns ``(post, Lsn)``: ``Lsn``
+    is the factor of ``N[post][:, post]`` (in the factor's own order), its columns in a
+    postorder ``post`` of the elimination tree and amalgamated into relaxed supernodes with
+    explicit zeros (see :mod:`._factor_kernels`).
     """
     from ._factor_kernels import NRELAX, ZRELAX, amalgamate, etree_parent, postorder
 
     n = L.shape[0]
-    L = scipy.sparse.csc_matrix(L)
-    L.sort_indices()
-    sd = np.sqrt(D)
-    cnt = np.diff(L.indptr)
-    indptr = L.indptr.astype(np.int64) + np.arange(n + 1)
-    is_diag = np.zeros(indptr[-1], dtype=bool)
-    is_diag[indptr[:-1]] = True
-    indices = np.empty(indptr[-1], dtype=np.int64)
-    data = np.empty(indptr[-1])
-    indices[is_diag] = np.arange(n)
-    data[is_diag] = sd
-    indices[~is_diag] = L.indices
-    data[~is_diag] = L.data * np.repeat(sd, cnt)
-    del L, is_diag
+    indptr, indices, data = L.indptr, L.indices, L.data
     post = postorder(etree_parent(indptr, indices))
-    if not np.array_equal(post, np.arange(n)):
+    if not np.array_equal(post, np.arange(n)):  # AMD's orders are usually postordered already
         ipost = np.empty(n, dtype=np.int64)
         ipost[post] = np.arange(n)
         Lp = scipy.sparse.csc_matrix((data, ipost[indices], indptr), shape=(n, n))[:, post]
         Lp.sort_indices()
-        indptr, indices, data = Lp.indptr.astype(np.int64), Lp.indices.astype(np.int64), Lp.data
+        indptr, indices, data, D = Lp.indptr, Lp.indices, Lp.data, D[post]
         del Lp
-    optr, oind, odat = amalgamate(indptr, indices, data, np.array(NRELAX), np.array(ZRELAX))
+    optr, oind, odat = amalgamate(indptr, indices, data, D, np.array(NRELAX), np.array(ZRELAX))
     return post, scipy.sparse.csc_matrix((odat, oind, optr), shape=(n, n))
 
 

@@ -30,7 +30,7 @@ from ._checks import (
 )
 from ._inputs import _read_inputs
 from .background import as_background
-from .diagnostics import _chi2, _FitContext, _Group
+from .diagnostics import _FitContext, _Group
 from .normal import NormalEquations, _design_csr
 from .result import FitResult, _warn_unconstrained, _weights_err
 
@@ -225,7 +225,8 @@ def fit_design(
     m = n if B is None else n + B.shape[1]
 
     # ---- one factorisation per distinct error map and mask --------------
-    params = np.full((m, k), np.nan)
+    params = np.full((m, k), np.nan) if len(groups) != 1 else None
+    chi2 = np.zeros(k)
     fit_groups: list[_Group] = []
     unconstrained = np.zeros(n, dtype=bool)
     for gi, frames in enumerate(groups):
@@ -236,17 +237,16 @@ def fit_design(
         ne = NormalEquations._build(A, A_csr, ivar_g, keep_g, prior_prec, mu, solver, err_scale, B)
         unconstrained |= ne.unconstrained
         if len(groups) == 1:
-            params = ne.solve(D)
+            params, chi2 = ne.solve(D, return_chi2=True)
         else:
-            params[:, frames] = ne.solve(D[:, frames])
+            params[:, frames], chi2[frames] = ne.solve(D[:, frames], return_chi2=True)
         factor = ne.factor if return_errors else None
         fit_groups.append(_Group(frames, ne.gram, ne.free, factor, err_scale * ne.col_scale))
         del ne  # the weighted design matrix; the factor lives on in fit_groups
     _warn_unconstrained(unconstrained, stacklevel=3)  # via Sparse3D.fit / ROISparse3D.fit
 
-    # ---- chi-square, model --------------------------------------------
+    # ---- model, diagnostics (chi-square came with the solution) ---------
     wz = np.where(np.isnan(params), 0.0, params)
-    chi2 = _chi2(A_csr, wz, D, ivar, col_of_frame, keep, B, err_scale)
     context = _FitContext(
         A_csr, B, D, (H, W), stack, ivar, col_of_frame, keep, saturated, fit_groups, wz, err_scale
     )
