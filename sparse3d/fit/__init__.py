@@ -38,6 +38,9 @@ Where each concept lives
 ``result.py``
     :class:`FitResult`, :class:`SingularNormalMatrixError`,
     :class:`UnconstrainedSourceWarning`; chi-square and weight uncertainties.
+``_joint.py``
+    The joint normal matrix of the sources and a background model's columns (the
+    background block, with its own power-of-two column scale).
 ``background.py``
     The background (sky) models fitted jointly with the sources: :class:`BackgroundModel`,
     :class:`Polynomial`, :class:`BilinearGrid` and :func:`as_background` (their design
