@@ -619,6 +619,11 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
         rng = np.random.default_rng(0)
         return _S().fit(rng.normal(size=(10, 10, 2)), errors=rng.uniform(1, 2, (10, 10, 2)), **kw)
 
+    def _no_errors_fit():
+        from sparse3d.fit import fit_design
+
+        return fit_design(_S(), _img(), imshape=(10, 10), return_errors=False)
+
     def _polynomial(*args, **kw):
         from sparse3d.fit import Polynomial
 
@@ -657,6 +662,38 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
             lambda: _polynomial(1, prior_mu=1.0),
             ValueError,
             "background prior_mu requires prior_sigma",
+        ),
+        Case(
+            "fit-background-prior-shape",
+            "`S.fit(data, background=Polynomial(1, prior_sigma=[1, 2]))` (3 coefficients)",
+            lambda: _S().fit(_img(), background=_polynomial(1, prior_sigma=[1.0, 2.0])),
+            ValueError,
+            "background prior_sigma must be a scalar or have shape (ncoefficients,) = (3,)",
+        ),
+        Case(
+            "fit-masks-incompatible",
+            "`S.fit(masked_stack, dq=dq, bad_bits=1)`, masks of different frame counts",
+            lambda: _S().fit(
+                np.ma.MaskedArray(np.ones((10, 10, 2)), mask=False),
+                dq=np.zeros((10, 10, 3), int),
+                bad_bits=1,
+            ),
+            ValueError,
+            "have incompatible shapes (10, 10, 2) and (10, 10, 3)",
+        ),
+        Case(
+            "fit-saturation-nan",
+            "`S.fit(data, saturation=np.nan)`",
+            lambda: _S().fit(_img(), saturation=np.nan),
+            ValueError,
+            "saturation must not be NaN",
+        ),
+        Case(
+            "fit-covariance-no-errors",
+            "`fit_design(..., return_errors=False).covariance()`",
+            lambda: _no_errors_fit().covariance(),
+            ValueError,
+            "covariance() needs the factorisation: fit with return_errors=True",
         ),
         Case(
             "fit-mask-dq-like",
@@ -836,6 +873,13 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
                 lambda: _S().fit(_img(), errors=_img() * _u().adu),
                 ValueError,
                 "errors has unit adu but data has none",
+            ),
+            Case(
+                "fit-saturation-quantity",
+                "`S.fit(data * u.adu, saturation=6e4 * u.adu)`",
+                lambda: _S().fit(_img() * _u().adu, saturation=6e4 * _u().adu),
+                ValueError,
+                "saturation must be a plain number in the data's unit",
             ),
         ]
 
