@@ -26,8 +26,8 @@ Where each concept lives
 ``assemble.py``
     :func:`normal_matrix` (the lower triangle of ``A^T diag(ivar) A``, straight from the
     stamps of a regular :class:`~sparse3d.Sparse3D` through a compiled kernel in
-    ``_stamp_kernels.py``, else SciPy's product), its power-of-two column scaling, the
-    background block; design formats and row scaling.
+    ``_stamp_kernels.py``, else SciPy's product) and its power-of-two column scaling;
+    design formats and row scaling.
 ``normal.py``
     :class:`NormalEquations` and :func:`prepare_normal_equations`: the normal equations of
     one design and one error map, factorised once; the chi-square from them.
@@ -40,6 +40,9 @@ Where each concept lives
 ``result.py``
     :class:`FitResult`, :class:`SingularNormalMatrixError`,
     :class:`UnconstrainedSourceWarning`; chi-square and weight uncertainties.
+``_joint.py``
+    The joint normal matrix of the sources and a background model's columns (the
+    background block, with its own power-of-two column scale).
 ``background.py``
     The background (sky) models fitted jointly with the sources: :class:`BackgroundModel`,
     :class:`Polynomial`, :class:`BilinearGrid` and :func:`as_background` (their design

@@ -11,12 +11,12 @@ import scipy.sparse
 from .factor import available_solvers
 
 
-def _as_source_vector(value: Any, n: int, name: str) -> np.ndarray:
+def _as_source_vector(value: Any, n: int, name: str, count: str = "nsources") -> np.ndarray:
     arr = np.asarray(value, dtype=np.float64)
     if arr.ndim == 0:
         return np.full(n, float(arr))
     if arr.shape != (n,):
-        raise ValueError(f"{name} must be a scalar or have shape (nsources,) = ({n},), got shape {arr.shape}")
+        raise ValueError(f"{name} must be a scalar or have shape ({count},) = ({n},), got shape {arr.shape}")
     return arr
 
 
@@ -176,12 +176,13 @@ def _check_prior(
         if value is not None:
             _check_real(value, name)
     if prior_sigma is not None:
-        sig = _as_source_vector(prior_sigma, n, f"{what}_sigma")
+        count = "nsources" if what == "prior" else "ncoefficients"
+        sig = _as_source_vector(prior_sigma, n, f"{what}_sigma", count)
         if not np.all(sig > 0):  # also rejects NaN
             raise ValueError(f"{what}_sigma must be > 0 (np.inf for no prior)")
         prior_prec = 1.0 / sig**2
         if prior_mu is not None:
-            mu = _as_source_vector(prior_mu, n, f"{what}_mu")
+            mu = _as_source_vector(prior_mu, n, f"{what}_mu", count)
             if not np.all(np.isfinite(mu[prior_prec > 0])):
                 raise ValueError(f"{what}_mu must be finite")
             mu = np.where(prior_prec > 0, mu, 0.0)

@@ -26,7 +26,7 @@ from ._checks import (
     _inverse_variance,
 )
 from ._inputs import _check_mask_values
-from .assemble import _design_csr, _row_scale, _scaled_normal_matrix, _with_background_block
+from .assemble import _design_csr, _row_scale, _scaled_normal_matrix
 from .background import as_background
 from .diagnostics import _chi2
 from .factor import _factorize_or_raise
@@ -152,11 +152,13 @@ class NormalEquations:
         ``design`` is what :func:`normal_matrix` takes (a Sparse3D uses the stamp kernel),
         ``A_csr`` its canonical CSR, ``ivar`` the inverse variances already multiplied by
         ``err_scale**2``.  ``background`` (``(npix, nb)`` CSR) appends the columns ``B`` of a
-        background model (:func:`_with_background_block`); ``prior_prec`` and ``mu`` then
+        background model (:func:`._joint._with_background_block`); ``prior_prec`` and ``mu`` then
         have ``n + nb`` entries.
         """
         G, c = _scaled_normal_matrix(design, ivar)
         if background is not None:
+            from ._joint import _with_background_block
+
             G, c = _with_background_block(G, c, A_csr, background, ivar)
         gram = G
         has_prior = bool(np.any(prior_prec > 0))

@@ -48,8 +48,9 @@ class FitResult:
     the background model, if any (:mod:`sparse3d.fit.background`); both come from one
     solve of the same normal equations.  Everything image-sized or costly (model,
     residuals, uncertainties, per-source statistics, flags, covariances) is computed on
-    first access, so the result keeps references to the design, the frames and the
-    factorisations until then.
+    first access, so the result keeps references to the design, the frames (a float64 copy
+    when they were not float64), the masks and the factorisations while it lives (with
+    ``return_errors=False`` the factorisations are freed at once).
 
     Attributes
     ----------
