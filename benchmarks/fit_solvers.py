@@ -26,9 +26,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import sparse3d
     from benchmarks.scene import SceneSpec, make_scene
-    from sparse3d.fit import available_solvers
+    from sparse3d.fit import available_solvers, normal_matrix
     from sparse3d.fit.factor import _factorize
-    from sparse3d.fit.normal import normal_matrix
 
     spec = SceneSpec(nsources=args.nsources, imshape=(args.imsize, args.imsize))
     sc = make_scene(spec)

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse
 
 from sparse3d import Sparse3D
-from sparse3d.fit.normal import _regular_corners, _scaled_normal_matrix, normal_matrix
+from sparse3d.fit.assemble import _regular_corners, _scaled_normal_matrix, normal_matrix
 from sparse3d.testing import dense_reference, random_scene
 
 

@@ -23,12 +23,14 @@ Where each concept lives
 ``solve.py``
     :func:`fit_design`, the driver: validate, group frames by error map, factorise once
     per map, solve all frames, assemble the result.
-``normal.py``
+``assemble.py``
     :func:`normal_matrix` (the lower triangle of ``A^T diag(ivar) A``, straight from the
     stamps of a regular :class:`~sparse3d.Sparse3D` through a compiled kernel in
-    ``_stamp_kernels.py``, else SciPy's product), :class:`NormalEquations` and
-    :func:`prepare_normal_equations`: the normal matrix of one design and one error map,
-    factorised once; design formats and row scaling.
+    ``_stamp_kernels.py``, else SciPy's product) and its power-of-two column scaling;
+    design formats and row scaling.
+``normal.py``
+    :class:`NormalEquations` and :func:`prepare_normal_equations`: the normal equations of
+    one design and one error map, factorised once; the chi-square from them.
 ``factor.py``
     The factorisations behind one interface (``solve``, ``inv_diag``, ``portable``):
     qdldl, SuperLU, CHOLMOD, triangular, empty; :func:`available_solvers`; singular
@@ -58,10 +60,11 @@ This package imports SciPy; ``import sparse3d`` does not import it (the names ab
 loaded on first use).
 """
 
+from .assemble import normal_matrix
 from .background import BackgroundModel, BilinearGrid, Polynomial, as_background
 from .diagnostics import BLEND_THRESHOLD, FitFlags
 from .factor import PIVOT_RTOL, available_solvers
-from .normal import NormalEquations, normal_matrix, prepare_normal_equations
+from .normal import NormalEquations, prepare_normal_equations
 from .result import FitResult, SingularNormalMatrixError, UnconstrainedSourceWarning
 from .solve import fit_design
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
-from .normal import _canonical, _pow2_scale, _row_scale
+from .assemble import _canonical, _pow2_scale, _row_scale
 
 #: Background models with at most this many coefficients have their coupling block
 #: ``A^T C^-1 B`` computed as a sparse-times-dense product (cheaper than sparse-times-sparse).

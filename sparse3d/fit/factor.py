@@ -1,7 +1,7 @@
 """Factorisations of the normal matrix behind one small interface.
 
 ``_factorize(N, solver)`` takes the **lower triangle** of ``N`` (CSR, as
-:func:`~sparse3d.fit.normal.normal_matrix` returns it) and returns a :class:`Factor`:
+:func:`~sparse3d.fit.assemble.normal_matrix` returns it) and returns a :class:`Factor`:
 ``solve(b)`` for one or many right-hand sides (``b`` of shape ``(n,)`` or ``(n, k)``),
 ``inv_diag()`` for ``diag(N^-1)`` and ``portable()`` for a picklable copy (plain
 NumPy/SciPy arrays) to ship to workers. Implementations:

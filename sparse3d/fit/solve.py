@@ -29,9 +29,10 @@ from ._checks import (
     _inverse_variance,
 )
 from ._inputs import _read_inputs
+from .assemble import _design_csr
 from .background import as_background
 from .diagnostics import _FitContext, _Group
-from .normal import NormalEquations, _design_csr
+from .normal import NormalEquations
 from .result import FitResult, _warn_unconstrained, _weights_err
 
 
