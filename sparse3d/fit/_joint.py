@@ -43,7 +43,7 @@ def _with_background_block(
     if nb <= _DENSE_BACKGROUND_MAX:  # polynomials: narrow, dense-valued columns
         NBA = scipy.sparse.csr_matrix(np.asarray(A_csr.T @ Bw.toarray()).T)
     else:  # a grid: every pixel touches few nodes
-        NBA = _canonical(scipy.sparse.csr_matrix(Bw.T @ A_csr))
+        NBA = _canonical(scipy.sparse.csr_matrix(Bw.T.tocsr() @ A_csr))  # CSR @ CSR: no conversion of A
     NBA.data *= cb[np.repeat(np.arange(nb), np.diff(NBA.indptr))] * c[NBA.indices]
     NBB = _canonical(scipy.sparse.tril(B.T @ Bw, format="csr"))
     NBB.data *= cb[np.repeat(np.arange(nb), np.diff(NBB.indptr))] * cb[NBB.indices]

@@ -148,6 +148,7 @@ class _FitContext:
         self.wz = wz
         self.n = A.shape[1]
         self.err_scale = err_scale  # ivar holds (err_scale / errors)**2
+        self._P: scipy.sparse.csr_matrix | None = None
 
     # -- images ------------------------------------------------------------------------------
     def _image(self, flat: np.ndarray) -> np.ndarray:
@@ -170,10 +171,12 @@ class _FitContext:
 
     # -- per-source statistics ---------------------------------------------------------------
     def _pattern(self) -> scipy.sparse.csr_matrix:
-        """The design's pattern: 1 where a source has a (non-zero) pixel."""
-        P = self.A.copy()
-        P.data = (P.data != 0).astype(np.float64)
-        return P
+        """The design's pattern: 1 where a source has a (non-zero) pixel (built once)."""
+        if self._P is None:
+            P = self.A.copy()
+            P.data = (P.data != 0).astype(np.float64)
+            self._P = P
+        return self._P
 
     def source_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-source chi-square over its pixels and number of unmasked pixels: ``(n, k)`` each."""
