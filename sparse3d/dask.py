@@ -628,7 +628,7 @@ def fit(
     from .fit import prepare_normal_equations
 
     normal = prepare_normal_equations(
-        S.tocsr(),
+        S,  # a Sparse3D: its normal matrix comes from the stamps (regular ones) directly
         imshape=S.imshape,
         errors=errors,
         prior_mu=prior_mu,

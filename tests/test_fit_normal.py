@@ -93,3 +93,12 @@ def test_column_scale_keeps_tiny_and_huge_stamps_representable(scale):
         d[3] *= scale
         ref = ref * d[:, None] * d[None, :]
         np.testing.assert_allclose(Ns.toarray(), ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+def test_sources_spread_beyond_an_int64_grid_take_the_general_path():
+    R, C = np.mgrid[:2, :2]
+    row = R[:, :, None] + np.array([0, 2**40, 1])
+    col = C[:, :, None] + np.array([0, 2**40, 1])
+    S = Sparse3D(np.ones((2, 2, 3)), row, col, (4, 4))
+    ref = np.tril(_dense(S).T @ _dense(S))
+    np.testing.assert_allclose(normal_matrix(S).toarray(), ref)

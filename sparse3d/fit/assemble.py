@@ -76,6 +76,14 @@ def _regular_corners(S: Sparse3D) -> tuple[np.ndarray, np.ndarray] | None:
     return (r0, c0) if ok else None
 
 
+def _grid_fits(S: Sparse3D, r0: np.ndarray, c0: np.ndarray) -> bool:
+    """Whether the grid of stamp-sized cells over the corners has int64-addressable cells."""
+    nr, nc, _ = S._values.shape
+    rows = (int(r0.max()) - int(r0.min())) // nr + 3
+    cols = (int(c0.max()) - int(c0.min())) // nc + 3
+    return rows * cols < 2**62
+
+
 def _pow2_scale(colmax: np.ndarray) -> np.ndarray:
     """Powers of two ``c ~ 1 / colmax`` (exact to apply and undo); 1 where ``colmax`` is 0."""
     c = np.ones(colmax.shape)
@@ -95,6 +103,8 @@ def _scaled_normal_matrix(
     scaling and unscaling are exact. Dispatches like :func:`normal_matrix`.
     """
     corners = _regular_corners(design) if isinstance(design, Sparse3D) else None
+    if corners is not None and not _grid_fits(design, *corners):
+        corners = None  # stamps spread over > 2**62 cells: the general path
     if corners is not None:
         from ._stamp_kernels import cell_order, normal_lower, scale_rows, weighted_stamps
 
