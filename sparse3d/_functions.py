@@ -985,9 +985,12 @@ def element_sources(structure) -> np.ndarray:
     if not structure.grouped:
         return np.arange(structure.nsources)
     o = structure.source_offsets
-    return np.concatenate([
-        np.broadcast_to(np.arange(o[i], o[i + 1]), g.block_shape).ravel() for i, g in enumerate(structure.groups)
-    ])
+    return np.concatenate(
+        [
+            np.broadcast_to(np.arange(o[i], o[i + 1]), g.block_shape).ravel()
+            for i, g in enumerate(structure.groups)
+        ]
+    )
 
 
 def _holds_nan(x) -> bool:

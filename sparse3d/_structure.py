@@ -245,7 +245,6 @@ class _Orderings:
         return values.ravel()[self.coo_order[0]]
 
 
-
 class StampStructure(_Orderings):
     """Positions of every stamp pixel plus the image bounds, with cached derived indices.
 

@@ -250,10 +250,12 @@ def _apply_grouped(func, args, kwargs, label: str, structure):
         else:
             op = stamp_operand(x, structure, name)  # checked; 3-D when it has axes to split
             if isinstance(op, np.ndarray) and op.ndim == 3:
-                columns.append([
-                    _on_stamps(op if op.shape[2] == 1 else op[:, :, o[j] : o[j + 1]], g)
-                    for j, g in enumerate(groups)
-                ])
+                columns.append(
+                    [
+                        _on_stamps(op if op.shape[2] == 1 else op[:, :, o[j] : o[j + 1]], g)
+                        for j, g in enumerate(groups)
+                    ]
+                )
             else:
                 columns.append([op] * len(groups))
     per_group = list(zip(*columns))
@@ -279,7 +281,9 @@ def _apply_grouped(func, args, kwargs, label: str, structure):
         results.append(r if isinstance(r, tuple) else (r,))
 
     def join(parts):
-        return np.concatenate([np.broadcast_to(np.asarray(p), g.block_shape).ravel() for p, g in zip(parts, groups)])
+        return np.concatenate(
+            [np.broadcast_to(np.asarray(p), g.block_shape).ravel() for p, g in zip(parts, groups)]
+        )
 
     joined = [_wrap(join(parts), structure) for parts in zip(*results)]
     return tuple(joined) if isinstance(results[0], tuple) and len(results[0]) > 1 else joined[0]

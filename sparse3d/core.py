@@ -362,10 +362,15 @@ class Sparse3D(NDArrayOperatorsMixin):
             ("shape", self.shape),
             ("dtype", self.dtype),
             ("nnz (in-image)", f"{self.nnz:,}"),
-            ("stamp shape" if len(self.stamp_shapes) == 1 else "stamp groups", ", ".join(
-                f"{nr}×{nc} × {b - a}" for (nr, nc), a, b in zip(
-                    self.stamp_shapes, self.source_offsets[:-1], self.source_offsets[1:])
-            )),
+            (
+                "stamp shape" if len(self.stamp_shapes) == 1 else "stamp groups",
+                ", ".join(
+                    f"{nr}×{nc} × {b - a}"
+                    for (nr, nc), a, b in zip(
+                        self.stamp_shapes, self.source_offsets[:-1], self.source_offsets[1:]
+                    )
+                ),
+            ),
             ("image rows", f"{r0} … {r0 + H - 1}"),
             ("image cols", f"{c0} … {c0 + W - 1}"),
             ("memory", f"{self.nbytes / 1024**2:.1f} MiB"),

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Scene", "GroupedScene", "random_scene", "random_grouped_scene", "gaussian_scene", "dense_reference", "assert_equal_dense"]
+__all__ = [
+    "Scene",
+    "GroupedScene",
+    "random_scene",
+    "random_grouped_scene",
+    "gaussian_scene",
+    "dense_reference",
+    "assert_equal_dense",
+]
 
 
 @dataclass(frozen=True)
@@ -135,9 +143,7 @@ def random_grouped_scene(
     """A :func:`random_scene` per stamp shape, in one image (see :class:`GroupedScene`)."""
     rng = np.random.default_rng(rng)
     return GroupedScene(
-        tuple(
-            random_scene(rng, imshape, st, n, imcorner, dtype, zeros) for st, n in zip(stamps, nsources)
-        )
+        tuple(random_scene(rng, imshape, st, n, imcorner, dtype, zeros) for st, n in zip(stamps, nsources))
     )
 
 
