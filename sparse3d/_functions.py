@@ -256,10 +256,9 @@ def dot(a, b, out=None):
     what = f"an image of shape {(H, W)}" if b.ndim == 1 else f"a model cube of shape {(H, W, k)}"
     check_dense_allocation(H * W * k * max(dtype.itemsize, 8 if b.ndim == 1 else 1), what)
     if s.grouped:  # the sum of every group's model with its sources' weights
-        o = s.source_offsets
         result = None
         for i, g in enumerate(a.groups):
-            part = dot(g, b[o[i] : o[i + 1]])
+            part = dot(g, s.take(b, i))
             result = part.astype(dtype, copy=False) if result is None else np.add(result, part, out=result)
         return result if unit is None else result * unit
     fast = _fast_product(a, dtype, b.dtype)
@@ -324,8 +323,8 @@ implements(np.matmul)(matmul)
 
 def _project(S, image: np.ndarray) -> np.ndarray:
     """``Aᵀ·y``: per-source sums of ``S * image``; image ``(H, W)`` → ``(n,)``, ``(H, W, m)`` → ``(n, m)``."""
-    if S._structure.grouped:  # sources in group order
-        return np.concatenate([_project(g, image) for g in S.groups], axis=0)
+    if S._structure.grouped:  # every group's sources in their places
+        return S._structure.assemble([_project(g, image) for g in S.groups], axis=0)
     H, W = S.imshape
     dtype = np.result_type(S.dtype, image.dtype)
     fast = _fast_product(S, dtype, image.dtype)
@@ -665,7 +664,7 @@ def _reduce_grouped(S, ufunc: np.ufunc, axes: tuple[int, ...], dtype):
         for p in parts[1:]:
             result = ufunc(result, p)
     else:
-        result = np.concatenate(parts, axis=2)
+        result = S._structure.assemble(parts, axis=2)
     return result.reshape(tuple(S.shape[i] for i in range(3) if i not in axes))
 
 
@@ -835,12 +834,9 @@ def _concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
 def join_sources(arrays, dtype=None, casting="same_kind"):
     """The sources of ``arrays`` (Sparse3D, equal image bounds) in order, as one Sparse3D.
 
-    Every input contributes its stamp groups; runs of adjacent groups with equal stamp
-    shapes are merged into one group. A single group keeps the single-block layout.
+    Sources with equal stamp shapes form one stamp group, wherever they are in the order
+    (see :func:`build_grouped`); a single stamp shape gives a single-block array.
     """
-    from ._structure import GroupedStructure, StampStructure
-
-    Sparse3D = _S()
     out_dtype = np.dtype(dtype) if dtype is not None else np.result_type(*[x.dtype for x in arrays])
     for x in arrays:
         if not np.can_cast(x.dtype, out_dtype, casting=casting):
@@ -848,30 +844,49 @@ def join_sources(arrays, dtype=None, casting="same_kind"):
                 f"np.concatenate: cannot cast array data from {x.dtype} to {out_dtype} "
                 f"according to the rule {casting!r}"
             )
-    pieces = [g for x in arrays for g in x.groups]
-    pieces = [p for p in pieces if p.nsources] or pieces[:1]
-    runs: list[list] = []
-    for p in pieces:
-        if runs and runs[-1][0].stamp_shape[:2] == p.stamp_shape[:2]:
-            runs[-1].append(p)
-        else:
-            runs.append([p])
-    blocks = []
-    for run in runs:
+    pieces, offset = [], 0
+    for x in arrays:
+        pieces += [(g, idx + offset) for g, idx in zip(x.groups, x.group_sources)]
+        offset += x.nsources
+    return build_grouped(pieces, out_dtype)
+
+
+def build_grouped(pieces, dtype=None):
+    """One Sparse3D from single-shape ``pieces`` ``[(array, global source indices), ...]``.
+
+    The global indices of all pieces partition ``range(nsources)``; pieces with equal stamp
+    shapes are merged into one group (in the order given, which must be ascending in the
+    global index within a shape). One stamp shape gives a single-block array.
+    """
+    from ._structure import GroupedStructure, StampStructure
+
+    Sparse3D = _S()
+    dtype = np.result_type(*[p.dtype for p, _ in pieces]) if dtype is None else np.dtype(dtype)
+    pieces = [(p, i) for p, i in pieces if p.nsources] or pieces[:1]
+    by_shape: dict = {}
+    for p, idx in pieces:
+        by_shape.setdefault(p.stamp_shape[:2], []).append((p, idx))
+    blocks, sources = [], []
+    for items in by_shape.values():
+        run = [p for p, _ in items]
+        sources.append(np.concatenate([np.asarray(i, dtype=np.int64) for _, i in items]))
         if len(run) == 1:
-            p = run[0]
-            blocks.append(p if p.dtype == out_dtype else p.astype(out_dtype))
+            blocks.append(run[0] if run[0].dtype == dtype else run[0].astype(dtype))
             continue
-        values = np.concatenate([x._values for x in run], axis=2, dtype=out_dtype, casting="unsafe")
+        values = np.concatenate([x._values for x in run], axis=2, dtype=dtype, casting="unsafe")
         row = np.concatenate([x.row for x in run], axis=2)
         col = np.concatenate([x.col for x in run], axis=2)
         row.flags.writeable = col.flags.writeable = False
-        st = StampStructure(row, col, run[0].imshape, run[0].imcorner)
-        blocks.append(Sparse3D._from_parts(values, st))
+        blocks.append(Sparse3D._from_parts(values, StampStructure(row, col, run[0].imshape, run[0].imcorner)))
     if len(blocks) == 1:
         return blocks[0]
     values = np.concatenate([b._values.ravel() for b in blocks])
-    return Sparse3D._from_parts(values, GroupedStructure([b._structure for b in blocks]))
+    return Sparse3D._from_parts(values, GroupedStructure([b._structure for b in blocks], sources))
+
+
+def regroup(parts, structure):
+    """Single-shape ``parts``, one per group of the grouped ``structure``, as one Sparse3D."""
+    return build_grouped(list(zip(parts, structure.sources)))
 
 
 def select_sources(S, sel):
@@ -881,16 +896,16 @@ def select_sources(S, sel):
     if not s.grouped:
         return Sparse3D._from_parts(np.ascontiguousarray(S._values[:, :, sel]), s.take_sources(sel))
     idx = np.arange(S.nsources)[sel].ravel()
-    o = np.asarray(s.source_offsets)
-    which = np.searchsorted(o, idx, side="right") - 1
     if idx.size == 0:
         return select_sources(S.groups[0], idx)
-    cuts = np.flatnonzero(np.diff(which)) + 1
+    group, local = s.group_of
+    gsel = group[idx]
     pieces = []
-    for start, stop in zip([0, *cuts], [*cuts, idx.size]):
-        j = int(which[start])
-        pieces.append(select_sources(S.groups[j], idx[start:stop] - o[j]))
-    return join_sources(pieces)
+    for j, g in enumerate(S.groups):
+        pos = np.flatnonzero(gsel == j)
+        if pos.size:
+            pieces.append((select_sources(g, local[idx[pos]]), pos))
+    return build_grouped(pieces)
 
 
 @implements(np.stack)
@@ -984,12 +999,8 @@ def element_sources(structure) -> np.ndarray:
     """The source of every stored element, broadcastable against the values block."""
     if not structure.grouped:
         return np.arange(structure.nsources)
-    o = structure.source_offsets
     return np.concatenate(
-        [
-            np.broadcast_to(np.arange(o[i], o[i + 1]), g.block_shape).ravel()
-            for i, g in enumerate(structure.groups)
-        ]
+        [np.broadcast_to(idx, g.block_shape).ravel() for idx, g in zip(structure.sources, structure.groups)]
     )
 
 
@@ -1439,8 +1450,8 @@ def _gradient(f, *varargs, axis=None, edge_order=1):
     if f._structure.grouped:  # across each group's stamps
         parts = [_gradient(g, *varargs, axis=axis, edge_order=edge_order) for g in f.groups]
         if len(norm) == 1:
-            return np.concatenate(parts, axis=2)
-        return tuple(np.concatenate(list(p), axis=2) for p in zip(*parts))
+            return regroup(parts, f._structure)
+        return tuple(regroup(list(p), f._structure) for p in zip(*parts))
     values = np.gradient(f._values, *varargs, axis=norm, edge_order=edge_order)
     if len(norm) == 1:
         return Sparse3D._from_parts(values, f._structure)

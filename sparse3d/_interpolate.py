@@ -160,13 +160,15 @@ def shift_stamps(S, shift):
 
     drow, dcol = _shift_arg(shift, S.nsources)
     if S._structure.grouped:  # stamp groups move one by one, each with its sources' shifts
-        o = S.source_offsets
+        from ._functions import regroup
+
+        s = S._structure
 
         def part(d, i):
-            return d if d.ndim == 0 else d[o[i] : o[i + 1]]
+            return d if d.ndim == 0 else s.take(d, i)
 
         moved = [shift_stamps(g, (part(drow, i), part(dcol, i))) for i, g in enumerate(S.groups)]
-        return np.concatenate(moved, axis=2)
+        return regroup(moved, s)
     wr, fr = split_shift(drow)
     wc, fc = split_shift(dcol)
     if drow.ndim == 0 and dcol.ndim == 0:

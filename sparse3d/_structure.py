@@ -426,24 +426,28 @@ GROUPED_HINT = "select one stamp group with S.groups[i] (see S.stamp_shapes)"
 class GroupedStructure(_Orderings):
     """Several stamp groups (one :class:`StampStructure` each) in one image: mixed stamp sizes.
 
-    The sources are the groups' sources in order (group 0's first). The values of a grouped
-    array are **one 1-D block**: every group's C-order ``(nr_g, nc_g, n_g)`` values, one
-    after the other (``element_offsets``). The derived indices (in-image mask, flat pixel
-    index, source counts, CSC/CSR/COO orderings) are defined over that flat element space,
-    so conversions and products go through the same code as a single-block structure::
+    Group ``i`` holds the sources ``sources[i]`` (ascending global source indices; together
+    the groups partition ``range(nsources)``), so one group per stamp shape serves any source
+    order. The values of a grouped array are **one 1-D block**: every group's C-order
+    ``(nr_g, nc_g, n_g)`` values, one after the other (``element_offsets``). The derived
+    indices (in-image mask, flat pixel index, source counts, CSC/CSR/COO orderings) are
+    defined over that flat element space, with sources in their global order, so conversions
+    and products go through the same code as a single-block structure::
 
         values:  [ group 0: nr0*nc0*n0 | group 1: nr1*nc1*n1 | ... ]
-        sources: [ 0 ........ n0-1     | n0 ...... n0+n1-1    | ... ]
+        sources:   sources[0] (e.g. 0, 2, 3, ...) | sources[1] (1, 4, ...) | ...
 
     Parameters
     ----------
     groups : sequence of StampStructure
         At least two, with equal image bounds.
+    sources : sequence of int arrays, optional
+        The global source index of every group's sources. Default: consecutive.
     """
 
     grouped = True
 
-    def __init__(self, groups):
+    def __init__(self, groups, sources=None):
         groups = tuple(groups)
         if len(groups) < 2 or any(g.grouped for g in groups):
             raise ValueError("a grouped structure holds two or more single-block structures")
@@ -454,12 +458,53 @@ class GroupedStructure(_Orderings):
                     f"stamp groups must share image bounds; got imshape {first.imshape} at {first.imcorner} "
                     f"and {g.imshape} at {g.imcorner}"
                 )
+        n = sum(g.nsources for g in groups)
+        if sources is None:
+            o = np.cumsum([0] + [g.nsources for g in groups])
+            sources = [np.arange(o[i], o[i + 1]) for i in range(len(groups))]
+        sources = tuple(_readonly(np.asarray(x, dtype=np.int64).copy()) for x in sources)
+        if [x.size for x in sources] != [g.nsources for g in groups]:
+            raise ValueError("every stamp group needs the global index of each of its sources")
+        cat = np.concatenate(sources)
+        self.contiguous = bool(np.array_equal(cat, np.arange(n)))
+        if not self.contiguous and not np.array_equal(np.sort(cat), np.arange(n)):
+            raise ValueError("the groups' sources must partition range(nsources)")
         self.groups = groups
+        self.sources = sources
         self.imshape = first.imshape
         self.imcorner = first.imcorner
-        self.source_offsets = tuple(int(v) for v in np.cumsum([0] + [g.nsources for g in groups]))
+        self._nsources = n
         self.element_offsets = tuple(int(v) for v in np.cumsum([0] + [g.nelements for g in groups]))
         self._equal_to: weakref.WeakSet = weakref.WeakSet()
+
+    @cached_property
+    def group_of(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(group, local)``: the group of every source and its index within the group."""
+        group = np.empty(self._nsources, dtype=np.intp)
+        local = np.empty(self._nsources, dtype=np.intp)
+        for i, idx in enumerate(self.sources):
+            group[idx] = i
+            local[idx] = np.arange(idx.size)
+        return _readonly(group), _readonly(local)
+
+    def take(self, x: np.ndarray, i: int, axis: int = 0) -> np.ndarray:
+        """The entries of group ``i``'s sources along ``axis`` of a per-source array ``x``."""
+        if self.contiguous:
+            o = self.sources[i]
+            sl = slice(int(o[0]), int(o[-1]) + 1) if o.size else slice(0, 0)
+            return x[(slice(None),) * (axis % x.ndim) + (sl,)]
+        return np.take(x, self.sources[i], axis=axis)
+
+    def assemble(self, parts, axis: int = 0) -> np.ndarray:
+        """The per-source array whose group ``i`` entries along ``axis`` are ``parts[i]``."""
+        if self.contiguous:
+            return np.concatenate(parts, axis=axis)
+        parts = [np.moveaxis(np.asarray(p), axis, 0) for p in parts]
+        dtype = np.result_type(*parts)
+        out = np.empty((self._nsources, *parts[0].shape[1:]), dtype=dtype)
+        for idx, p in zip(self.sources, parts):
+            out[idx] = p
+        return np.moveaxis(out, 0, axis)
 
     # -- basic facts -------------------------------------------------------------------
     @property
@@ -478,7 +523,7 @@ class GroupedStructure(_Orderings):
 
     @property
     def nsources(self) -> int:
-        return self.source_offsets[-1]
+        return self._nsources
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -534,18 +579,41 @@ class GroupedStructure(_Orderings):
 
     @cached_property
     def source_counts(self) -> np.ndarray:
-        return self._concat("source_counts")
+        """In-image elements per source, ``(nsources,)`` in global source order."""
+        return _readonly(self.assemble([g.source_counts for g in self.groups]).astype(np.int64))
+
+    @cached_property
+    def _source_major_dest(self) -> np.ndarray | None:
+        """Where each element of the groups' source-major runs goes in global source order."""
+        if self.contiguous:
+            return None
+        starts = np.zeros(self._nsources + 1, dtype=np.int64)
+        np.cumsum(self.source_counts, out=starts[1:])
+        dest = []
+        for idx, g in zip(self.sources, self.groups):
+            counts = g.source_counts
+            local_start = np.zeros(idx.size, dtype=np.int64)
+            np.cumsum(counts[:-1], out=local_start[1:])
+            shift = np.repeat(starts[idx] - local_start, counts)  # per element: global - local start
+            dest.append(np.arange(int(counts.sum()), dtype=np.int64) + shift)
+        return _readonly(np.concatenate(dest))
 
     def source_major(self, values: np.ndarray) -> np.ndarray:
-        """In-image elements of the 1-D ``values`` in source-major order (group by group)."""
-        return np.concatenate([g.source_major(v) for g, v in zip(self.groups, self.split(values))])
+        """In-image elements of the 1-D ``values`` in source-major order (global source order)."""
+        runs = np.concatenate([g.source_major(v) for g, v in zip(self.groups, self.split(values))])
+        dest = self._source_major_dest
+        if dest is None:
+            return runs
+        out = np.empty_like(runs)
+        out[dest] = runs
+        return out
 
     # -- new structures -----------------------------------------------------------------
     def with_bounds(self, imshape: tuple[int, int], imcorner: tuple[int, int]) -> GroupedStructure:
-        return GroupedStructure([g.with_bounds(imshape, imcorner) for g in self.groups])
+        return GroupedStructure([g.with_bounds(imshape, imcorner) for g in self.groups], self.sources)
 
     def translated(self, drow: int, dcol: int) -> GroupedStructure:
-        return GroupedStructure([g.translated(drow, dcol) for g in self.groups])
+        return GroupedStructure([g.translated(drow, dcol) for g in self.groups], self.sources)
 
     def equals(self, other) -> bool:
         if other is self or other in self._equal_to:
@@ -553,6 +621,7 @@ class GroupedStructure(_Orderings):
         same = (
             other.grouped
             and len(other.groups) == len(self.groups)
+            and all(np.array_equal(a, b) for a, b in zip(self.sources, other.sources))
             and all(a.equals(b) for a, b in zip(self.groups, other.groups))
         )
         if same:
@@ -561,7 +630,7 @@ class GroupedStructure(_Orderings):
         return same
 
     def __reduce__(self):
-        return (GroupedStructure, (self.groups,))
+        return (GroupedStructure, (self.groups, self.sources))
 
 
 # -- distinct positions within each stamp ---------------------------------------------------

@@ -239,7 +239,7 @@ def _apply_grouped(func, args, kwargs, label: str, structure):
     1-D values block (ufuncs write there directly).
     """
     Sparse3D = _sparse3d_type()
-    groups, o = structure.groups, structure.source_offsets
+    groups = structure.groups
     columns = []
     for i, x in enumerate(args):
         name = f"operand {i} of {label}"
@@ -252,7 +252,7 @@ def _apply_grouped(func, args, kwargs, label: str, structure):
             if isinstance(op, np.ndarray) and op.ndim == 3:
                 columns.append(
                     [
-                        _on_stamps(op if op.shape[2] == 1 else op[:, :, o[j] : o[j + 1]], g)
+                        _on_stamps(op if op.shape[2] == 1 else structure.take(op, j, axis=2), g)
                         for j, g in enumerate(groups)
                     ]
                 )

@@ -225,18 +225,18 @@ class Sparse3D(NDArrayOperatorsMixin):
         return s.stamp_shapes if s.grouped else (s.stamp_shape[:2],)
 
     @property
-    def source_offsets(self) -> tuple[int, ...]:
-        """First source of every stamp group, and ``nsources`` last: group ``i`` holds
-        sources ``source_offsets[i]:source_offsets[i + 1]``."""
-        s = self._structure
-        return s.source_offsets if s.grouped else (0, s.nsources)
+    def group_sources(self) -> tuple[np.ndarray, ...]:
+        """The (global) sources of every stamp group, ascending int64 arrays, read-only.
 
-    # -- basic attributes ----------------------------------------------------------------
-    # Exposed arrays are read-only views of buffers that are read-only at their base, so
-    # ``S.data.flags.writeable = True`` raises instead of letting edits desync the caches
-    # and move the stamps of every array sharing the structure.
-    # An array with several stamp groups has no single block: these raise a ValueError
-    # naming S.groups (each group has them).
+        ``S.groups[i]`` holds the sources ``S.group_sources[i]`` of ``S``, in that order; the
+        groups partition ``range(nsources)``. A single-shape array has one group of all
+        sources.
+        """
+        s = self._structure
+        if s.grouped:
+            return tuple(readonly_view(x) for x in s.sources)
+        return (np.arange(s.nsources),)
+
     @property
     def data(self) -> np.ndarray:
         """Stamp values, ``(nr, nc, nsources)``, read-only (off-image pixels included).
@@ -365,10 +365,7 @@ class Sparse3D(NDArrayOperatorsMixin):
             (
                 "stamp shape" if len(self.stamp_shapes) == 1 else "stamp groups",
                 ", ".join(
-                    f"{nr}×{nc} × {b - a}"
-                    for (nr, nc), a, b in zip(
-                        self.stamp_shapes, self.source_offsets[:-1], self.source_offsets[1:]
-                    )
+                    f"{nr}×{nc} × {idx.size}" for (nr, nc), idx in zip(self.stamp_shapes, self.group_sources)
                 ),
             ),
             ("image rows", f"{r0} … {r0 + H - 1}"),
@@ -412,7 +409,7 @@ class Sparse3D(NDArrayOperatorsMixin):
     def __reduce__(self):
         s = self._structure
         if s.grouped:
-            return (_rebuild_grouped, (list(self.groups),))
+            return (_rebuild_grouped, (list(self.groups), s.sources))
         return (_rebuild, (self._values, s.row, s.col, s.imshape, s.imcorner))
 
     # -- geometry -------------------------------------------------------------------------
@@ -605,11 +602,7 @@ class Sparse3D(NDArrayOperatorsMixin):
             check_dense_allocation(nbytes, f"todense() of a {self.shape} array")
         s = self._structure
         if s.grouped:
-            o = s.source_offsets
-            out = np.zeros(self.shape, dtype=self.dtype)
-            for i, g in enumerate(self.groups):
-                out[:, :, o[i] : o[i + 1]] = g.todense(force=True)
-            return out
+            return s.assemble([g.todense(force=True) for g in self.groups], axis=2)
         out = np.zeros(self.shape, dtype=self.dtype)
         m = s.in_image
         r = np.subtract(s.row[m], s.imcorner[0], dtype=np.int64)
@@ -745,9 +738,13 @@ class Sparse3D(NDArrayOperatorsMixin):
         )
 
 
-def _rebuild_grouped(groups) -> Sparse3D:
-    """Unpickle a grouped array from its (single-shape) groups."""
-    return np.concatenate(groups, axis=2)
+def _rebuild_grouped(groups, sources) -> Sparse3D:
+    """Unpickle a grouped array from its (single-shape) groups and their sources."""
+    from ._structure import GroupedStructure
+
+    dtype = np.result_type(*[g.dtype for g in groups])
+    values = np.concatenate([g._values.ravel() for g in groups]).astype(dtype, copy=False)
+    return Sparse3D._from_parts(values, GroupedStructure([g._structure for g in groups], sources))
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
