@@ -279,3 +279,61 @@ def test_fit_with_background_matches_the_csr_design(gscene):
         r = S.fit(data, background="constant", prior_sigma=10.0)
         ref = fit_design(S.tocsr(), data, imshape=(H, W), background="constant", prior_sigma=10.0)
     close(r.weights, ref.weights, rtol=1e-8)
+
+
+# ---- PSF designs with per-source stamp sizes ------------------------------------------------
+@pytest.mark.parametrize("model", ["gaussian", "moffat", "image"])
+def test_psf_design_per_source_stamp_sizes(model):
+    from sparse3d.psf import Gaussian, ImagePSF, Moffat, stamp_sizes_by_flux
+
+    rng = np.random.default_rng(7)
+    n = 25
+    r, c = rng.uniform(-3, 33, n), rng.uniform(-3, 43, n)
+    flux = rng.uniform(0, 10, n)
+    sizes = stamp_sizes_by_flux(flux, edges=[5.0, 8.0], sizes=[3, 7, 9])
+    if model == "gaussian":
+        psf, derivs = Gaussian(sigma=rng.uniform(0.8, 1.5, n)), ("row", "col", "sigma")
+    elif model == "moffat":
+        psf, derivs = Moffat(alpha=2.0, beta=3.5), ("row", "col")
+    else:
+        yy, xx = np.mgrid[-12:13, -12:13] / 3.0
+        psf, derivs = ImagePSF(np.exp(-0.5 * (yy**2 + xx**2)), oversampling=3), ("row", "col")
+    L, d = psf.design(r, c, (30, 40), stamp_shape=sizes, imcorner=(2, -1), derivatives=derivs)
+    assert set(L.stamp_shapes) == {(int(s), int(s)) for s in sizes}
+    # each source alone with its own stamp size (the single-shape path)
+    for k in range(n):
+        Lk, dk = _sub_model(psf, slice(k, k + 1)).design(r[k : k + 1], c[k : k + 1], (30, 40), int(sizes[k]), (2, -1), derivs)
+        _same(L[:, :, k], Lk.todense()[:, :, 0])
+        for name in derivs:
+            _same(d[name][:, :, k], dk[name].todense()[:, :, 0])
+    for name in derivs:
+        assert d[name]._structure.equals(L._structure)
+    # rectangular per-source shapes and the model image against the sum of single designs
+    shapes = np.stack([sizes, np.maximum(sizes - 2, 1)], axis=1)
+    L2 = psf.design(r, c, (30, 40), stamp_shape=shapes)
+    w = rng.uniform(1, 2, n)
+    parts = [np.where(np.all(shapes == s, axis=1))[0] for s in np.unique(shapes, axis=0)]
+    expected = sum(
+        psf_sub.dot(w[idx])
+        for idx in parts
+        for psf_sub in [_sub_model(psf, idx).design(r[idx], c[idx], (30, 40), tuple(shapes[idx[0]]))]
+    )
+    _same(L2.dot(w), expected)
+
+
+def _sub_model(psf, idx):
+    sub = type(psf).__new__(type(psf))
+    sub.__dict__.update(psf.__dict__)
+    sub._values = {p: (v[idx] if v.ndim == 1 else v) for p, v in psf._values.items()}
+    return sub
+
+
+def test_stamp_sizes_by_flux():
+    from sparse3d.psf import stamp_sizes_by_flux
+
+    got = stamp_sizes_by_flux([0.0, 1e4, 9999.0, 1e6, -5], edges=[1e4, 1e5], sizes=[11, 25, 41])
+    np.testing.assert_array_equal(got, [11, 25, 11, 41, 11])
+    with pytest.raises(ValueError, match="one more than edges"):
+        stamp_sizes_by_flux([1.0], edges=[1.0], sizes=[3])
+    with pytest.raises(ValueError, match="ascending"):
+        stamp_sizes_by_flux([1.0], edges=[2.0, 1.0], sizes=[3, 5, 7])
