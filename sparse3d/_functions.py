@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _pool
 from ._options import check_dense_allocation
 from ._ufuncs import apply_elementwise
 from ._unsupported import UNSUPPORTED_FUNCTIONS, function_key
@@ -880,7 +880,8 @@ def build_grouped(pieces, dtype=None):
         blocks.append(Sparse3D._from_parts(values, StampStructure(row, col, run[0].imshape, run[0].imcorner)))
     if len(blocks) == 1:
         return blocks[0]
-    values = np.concatenate([b._values.ravel() for b in blocks])
+    values = _pool.empty((sum(b._values.size for b in blocks),), dtype)
+    np.concatenate([b._values.ravel() for b in blocks], out=values)
     return Sparse3D._from_parts(values, GroupedStructure([b._structure for b in blocks], sources))
 
 

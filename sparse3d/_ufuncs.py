@@ -261,7 +261,7 @@ def _apply_grouped(func, args, kwargs, label: str, structure):
     per_group = list(zip(*columns))
     dtype = _result_dtype(func, per_group[0]) if func_is_simple_ufunc(func, kwargs) else None
     if dtype is not None:
-        out = np.empty(structure.block_shape, dtype=dtype)
+        out = _pool.empty(structure.block_shape, dtype)
         for ops, g, view in zip(per_group, groups, structure.split(out)):
             try:
                 func(*ops, out=view)
