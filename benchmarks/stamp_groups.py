@@ -125,7 +125,9 @@ def main(argv=None) -> None:
     print("| step | grouped | separate (sum) | grouped / separate | all on 41x41 | grouped / all41 |")
     print("|---|---|---|---|---|---|")
     for name, g, s, a in rows:
-        print(f"| {name} | {g * 1e3:.0f} ms | {s * 1e3:.0f} ms | {g / s:.2f} | {a * 1e3:.0f} ms | {g / a:.2f} |")
+        print(
+            f"| {name} | {g * 1e3:.0f} ms | {s * 1e3:.0f} ms | {g / s:.2f} | {a * 1e3:.0f} ms | {g / a:.2f} |"
+        )
     print(f"\nmemory of L: grouped {nbytes / 2**20:.0f} MiB, all on 41x41 {L41.nbytes / 2**20:.0f} MiB")
 
 
