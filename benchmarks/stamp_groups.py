@@ -110,7 +110,7 @@ def main(argv=None) -> None:
     t_fs = _best(lambda: Ls.fit(image), args.repeat)
     t_fb = _best(lambda: Lb.fit(image), args.repeat)
     nbytes = L.nbytes
-    del L, Ls, Lb
+    L = Ls = Lb = None  # free them before the 41 x 41 arrays
     # everyone on 41 x 41 (the largest arrays: built last, alone)
     t_p41 = _best(lambda: pipeline_one(everyone41), args.repeat)
     X41, Y41 = _xy(everyone41, imshape)

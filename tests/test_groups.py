@@ -302,7 +302,8 @@ def test_psf_design_per_source_stamp_sizes(model):
     assert set(L.stamp_shapes) == {(int(s), int(s)) for s in sizes}
     # each source alone with its own stamp size (the single-shape path)
     for k in range(n):
-        Lk, dk = _sub_model(psf, slice(k, k + 1)).design(r[k : k + 1], c[k : k + 1], (30, 40), int(sizes[k]), (2, -1), derivs)
+        one = _sub_model(psf, slice(k, k + 1))
+        Lk, dk = one.design(r[k : k + 1], c[k : k + 1], (30, 40), int(sizes[k]), (2, -1), derivs)
         _same(L[:, :, k], Lk.todense()[:, :, 0])
         for name in derivs:
             _same(d[name][:, :, k], dk[name].todense()[:, :, 0])
