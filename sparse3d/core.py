@@ -621,7 +621,6 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     def to_xarray(self, *args, **kwargs) -> xarray.DataArray:
         """Labeled xarray view; see :func:`sparse3d.xarray.to_xarray`."""
-        self._refuse_grouped("to_xarray")
         from .xarray import to_xarray
 
         return to_xarray(self, *args, **kwargs)

@@ -1206,11 +1206,11 @@ def _grouped_cases():
             "operands have different stamp structures (stamp groups differ",
         ),
         Case(
-            "grouped-to-xarray",
-            "`S.to_xarray()` (also `to_dask`, `roi`, fit on Dask frames) of a grouped array",
-            lambda: _grouped().to_xarray(),
+            "grouped-to-dask",
+            "`S.to_dask()` (also `roi`, fit on Dask frames) of a grouped array",
+            lambda: _grouped().to_dask(),
             NotImplementedError,
-            "to_xarray is not implemented for arrays with several stamp groups",
+            "to_dask is not implemented for arrays with several stamp groups",
         ),
         Case(
             "psf-stamp-sizes-length",
