@@ -641,7 +641,6 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     def roi(self, corners, size) -> ROISparse3D:
         """The model seen through windows; see :class:`sparse3d.roi.ROISparse3D`."""
-        self._refuse_grouped("roi")
         from .roi import ROISparse3D
 
         return ROISparse3D(self, corners, size)

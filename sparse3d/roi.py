@@ -36,6 +36,11 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ROISparse3D"]
 
 
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
 def _as_corners(corners) -> np.ndarray:
     arr = np.asarray(corners)
     if arr.ndim == 1 and arr.shape == (2,):
@@ -97,7 +102,16 @@ class ROISparse3D:
         self.array = array
         self._corners = _as_corners(corners)
         self.size = _as_pair(size, "size", positive=True)
-        self._elements, self._pixels = self._map()
+        self._source_of = None  # the source of every mapped element (grouped arrays)
+        if array._structure.grouped:  # every group mapped alone; elements in the flat values
+            s = array._structure
+            maps = [ROISparse3D(g, self._corners, self.size) for g in array.groups]
+            eo = s.element_offsets
+            self._elements = _readonly(np.concatenate([m._elements + eo[i] for i, m in enumerate(maps)]))
+            self._pixels = np.concatenate([m._pixels for m in maps])
+            self._source_of = np.concatenate([idx[m._sources()] for m, idx in zip(maps, s.sources)])
+        else:
+            self._elements, self._pixels = self._map()
 
     # -- facts --------------------------------------------------------------------------
     @property
@@ -201,7 +215,13 @@ class ROISparse3D:
         return elements, pixels.astype(np.int64)
 
     def _sources(self) -> np.ndarray:
+        if self._source_of is not None:
+            return self._source_of
         return self._elements % max(self.nsources, 1)
+
+    def _values(self) -> np.ndarray:
+        """The stored values of the mapped elements."""
+        return self.array._values.ravel()[self._elements]
 
     # -- products and conversions -----------------------------------------------------------
     def dot(self, weights) -> np.ndarray:
@@ -217,7 +237,7 @@ class ROISparse3D:
         if w.ndim not in (1, 2) or w.shape[0] != n:
             raise ValueError(f"weights must be (nsources,) or (nsources, k) with nsources={n}; got {w.shape}")
         dtype = np.result_type(self.dtype, w.dtype)
-        vals = self.array.data.ravel()[self._elements]
+        vals = self._values()
         src = self._sources()
         shape = (self.nrois, *self.size)
         if w.ndim == 1:
@@ -240,7 +260,7 @@ class ROISparse3D:
         from scipy import sparse as sp
 
         idt = index_dtype(self.npixels, self.nsources)
-        vals = scipy_values(self.array.data.ravel()[self._elements])
+        vals = scipy_values(self._values())
         coo = sp.coo_matrix(
             (vals, (self._pixels.astype(idt), self._sources().astype(idt))),
             shape=(self.npixels, self.nsources),

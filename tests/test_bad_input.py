@@ -1207,7 +1207,7 @@ def _grouped_cases():
         ),
         Case(
             "grouped-to-dask",
-            "`S.to_dask()` (also `roi`, fit on Dask frames) of a grouped array",
+            "`S.to_dask()` (also fit on Dask frames) of a grouped array",
             lambda: _grouped().to_dask(),
             NotImplementedError,
             "to_dask is not implemented for arrays with several stamp groups",

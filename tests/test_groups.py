@@ -77,7 +77,7 @@ def test_single_block_attributes_name_groups(gscene):
             getattr(S, attr)
     with pytest.raises(ValueError, match="one per group"):
         S.with_data(np.ones(3))
-    for call in (lambda: S.to_dask(), lambda: S.roi([(0, 0)], (2, 2))):
+    for call in (lambda: S.to_dask(),):
         with pytest.raises(NotImplementedError, match="several stamp groups"):
             call()
 
@@ -366,3 +366,21 @@ def test_xarray_views_and_netcdf_round_trip(gscene, tmp_path):
         again = Sparse3D.from_xarray(opened.load())
     assert again.dtype == S.dtype and again._structure.equals(S._structure)
     _same(again, D)
+
+
+# ---- ROI --------------------------------------------------------------------------------------
+def test_roi_of_grouped_array(gscene):
+    S = gscene.build()
+    D = gscene.dense()
+    H, W, n = D.shape
+    r0, c0 = gscene.imcorner
+    h, w = min(4, H), min(5, W)
+    corners = [(r0, c0), (r0 + H - h, c0 + W - w), (r0 + (H - h) // 2, c0 + 1 if W - w >= 1 else c0)]
+    roi = S.roi(corners, (h, w))
+    windows = np.stack([D[r - r0 : r - r0 + h, c - c0 : c - c0 + w] for r, c in corners])
+    _same(roi.todense(), windows)
+    wts = np.random.default_rng(2).uniform(-1, 1, size=n)
+    _same(roi.dot(wts), np.tensordot(windows.astype(np.float64), wts, axes=([3], [0])))
+    _same(roi.tocsc().toarray(), windows.reshape(-1, n))
+    moved = S.roi(corners, (h, w)).translate((1, -2))
+    _same(moved.todense(), S.translate((1, -2)).roi(corners, (h, w)).todense())
