@@ -611,14 +611,6 @@ class Sparse3D(NDArrayOperatorsMixin):
         np.add.at(out, (r, c, k), self._values[m])
         return out
 
-    def _refuse_grouped(self, what: str) -> None:
-        """``NotImplementedError`` for the parts that do not handle stamp groups yet."""
-        if self._structure.grouped:
-            raise NotImplementedError(
-                f"{what} is not implemented for arrays with several stamp groups (stamp shapes "
-                f"{list(self.stamp_shapes)}); apply it to each of S.groups"
-            )
-
     def to_xarray(self, *args, **kwargs) -> xarray.DataArray:
         """Labeled xarray view; see :func:`sparse3d.xarray.to_xarray`."""
         from .xarray import to_xarray
@@ -627,7 +619,6 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     def to_dask(self, source_chunks="auto"):
         """Split into source chunks, one Dask graph key each; see :class:`sparse3d.dask.SourceChunked`."""
-        self._refuse_grouped("to_dask")
         from .dask import to_dask
 
         return to_dask(self, source_chunks)
@@ -710,7 +701,6 @@ class Sparse3D(NDArrayOperatorsMixin):
         """
         backend = _functions.lazy_backend(data)
         if backend is not None:  # lazy weights on Dask frames; see sparse3d.dask.fit
-            self._refuse_grouped("fit on Dask frames")
             extra = {"background": background, "dq": dq, "bad_bits": bad_bits, "saturation": saturation}
             given = [k for k, v in extra.items() if v is not None]
             if given:

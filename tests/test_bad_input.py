@@ -1206,13 +1206,6 @@ def _grouped_cases():
             "operands have different stamp structures (stamp groups differ",
         ),
         Case(
-            "grouped-to-dask",
-            "`S.to_dask()` (also fit on Dask frames) of a grouped array",
-            lambda: _grouped().to_dask(),
-            NotImplementedError,
-            "to_dask is not implemented for arrays with several stamp groups",
-        ),
-        Case(
             "psf-stamp-sizes-length",
             "`G.design(row, col, imshape, stamp_shape=np.array([5, 7, 9]))` for 2 sources",
             lambda: G.design([3.0, 4.0], [3.0, 4.0], (10, 10), stamp_shape=np.array([5, 7, 9])),

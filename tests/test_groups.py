@@ -77,9 +77,6 @@ def test_single_block_attributes_name_groups(gscene):
             getattr(S, attr)
     with pytest.raises(ValueError, match="one per group"):
         S.with_data(np.ones(3))
-    for call in (lambda: S.to_dask(),):
-        with pytest.raises(NotImplementedError, match="several stamp groups"):
-            call()
 
 
 def test_with_data_per_group(gscene):
@@ -384,3 +381,27 @@ def test_roi_of_grouped_array(gscene):
     _same(roi.tocsc().toarray(), windows.reshape(-1, n))
     moved = S.roi(corners, (h, w)).translate((1, -2))
     _same(moved.todense(), S.translate((1, -2)).roi(corners, (h, w)).todense())
+
+
+# ---- Dask -------------------------------------------------------------------------------------
+def test_dask_paths_of_grouped_array(gscene):
+    da = pytest.importorskip("dask.array")
+    S = gscene.build().astype(np.float64)
+    S = abs(S) + (S != 0) * 0.1
+    D = S.todense()
+    n = S.nsources
+    rng = np.random.default_rng(9)
+    w = rng.uniform(1, 2, size=n)
+    C = S.to_dask(source_chunks=max(1, n // 3))
+    back = C.compute()
+    assert back.stamp_shapes == S.stamp_shapes
+    _same(back, D)
+    _same(np.asarray(C.dot(w).compute()), D @ w)
+    _same(np.asarray(S.dot(da.from_array(w, chunks=max(1, n // 2))).compute()), D @ w)
+    img = D @ w
+    frames = np.stack([img, 2 * img], axis=-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lazy = S.fit(da.from_array(frames, chunks=(-1, -1, 1)), prior_sigma=100.0).compute()
+        eager = S.fit(frames, prior_sigma=100.0)
+    close(lazy.weights, eager.weights, rtol=1e-8)
