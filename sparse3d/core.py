@@ -114,6 +114,13 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     Notes
     -----
+    **Stamp groups.** ``np.concatenate`` of arrays with different stamp shapes (and PSF
+    designs with per-source stamp sizes) gives one array whose sources are grouped by stamp
+    shape: see :attr:`groups`, :attr:`stamp_shapes` and :attr:`group_sources`. It behaves as
+    any other array; only the single-block attributes (:attr:`data`, :attr:`row`,
+    :attr:`col`, :attr:`in_image`, :attr:`stamp_shape`) raise a ``ValueError`` naming
+    ``S.groups``.
+
     Arrays are immutable values: methods return new arrays (``translate`` included) and
     in-place operators rebind (``S += 1`` is ``S = S + 1``). Arrays built from the same or
     equal ``row``/``col`` share one structure and can be combined elementwise.
