@@ -405,3 +405,22 @@ def test_dask_paths_of_grouped_array(gscene):
         lazy = S.fit(da.from_array(frames, chunks=(-1, -1, 1)), prior_sigma=100.0).compute()
         eager = S.fit(frames, prior_sigma=100.0)
     close(lazy.weights, eager.weights, rtol=1e-8)
+
+
+def test_fractional_shift_moves_every_group_with_its_sources(gscene):
+    S = gscene.build().astype(np.float64)
+    n = S.nsources
+    rng = np.random.default_rng(11)
+    dr, dc = rng.uniform(-2, 2, size=n), rng.uniform(-2, 2, size=n)
+    moved = S.shift((dr, dc))
+    assert moved.stamp_shapes == S.stamp_shapes
+    expected = np.zeros(S.shape)
+    for g, idx in zip(S.groups, S.group_sources):  # each group alone, single-shape path
+        expected[:, :, idx] = g.shift((dr[idx], dc[idx])).todense()
+    _same(moved, expected)
+    _same(
+        S.shift((0.25, -0.5)),
+        np.concatenate([g.shift((0.25, -0.5)).todense() for g in S.groups], axis=2)[
+            :, :, np.argsort(np.concatenate(S.group_sources))
+        ],
+    )
