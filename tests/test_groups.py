@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pickle
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -19,25 +18,6 @@ from fit_reference import close, lstsq_fit  # noqa: I001 - tests/ is on sys.path
 from sparse3d import Sparse3D
 from sparse3d._functions import GROUPED_UNSUPPORTED, HANDLED_FUNCTIONS
 from sparse3d.testing import dense_reference, random_grouped_scene
-
-GROUPED_PARAMS = {
-    "basic": dict(),
-    "corner_neg": dict(imcorner=(-7, 4)),
-    "corner_pos": dict(imcorner=(100, 250)),
-    "float32": dict(dtype=np.float32),
-    "one_source_groups": dict(nsources=(1, 1, 1)),
-    "empty_part": dict(nsources=(3, 0, 4)),
-    "same_shape_adjacent": dict(stamps=((3, 4), (3, 4), (2, 2)), nsources=(2, 3, 2)),
-    "same_shape_apart": dict(stamps=((3, 4), (2, 2), (3, 4)), nsources=(2, 3, 2)),
-    "big_and_small": dict(stamps=((7, 7), (2, 3)), nsources=(2, 8), imshape=(9, 8)),
-}
-
-
-@pytest.fixture(params=sorted(GROUPED_PARAMS), ids=sorted(GROUPED_PARAMS))
-def gscene(request):
-    return random_grouped_scene(
-        np.random.default_rng(zlib.crc32(request.param.encode())), **GROUPED_PARAMS[request.param]
-    )
 
 
 def _dense(x):
