@@ -234,8 +234,8 @@ def _scalar_like(x) -> bool:
 def _apply_grouped(func, args, kwargs, label: str, structure):
     """:func:`apply_elementwise` on a grouped structure with array operands: group by group.
 
-    Per-source operands are split at the groups' source offsets and image-shaped ones are
-    gathered at each group's stamps; each group's result is written into its part of one
+    Per-source operands are taken at each group's sources and image-shaped ones gathered at
+    each group's stamps; each group's result is written into its part of one
     1-D values block (ufuncs write there directly).
     """
     Sparse3D = _sparse3d_type()
@@ -259,7 +259,7 @@ def _apply_grouped(func, args, kwargs, label: str, structure):
             else:
                 columns.append([op] * len(groups))
     per_group = list(zip(*columns))
-    dtype = _result_dtype(func, per_group[0]) if func_is_simple_ufunc(func, kwargs) else None
+    dtype = _result_dtype(func, per_group[0]) if _simple_ufunc(func, kwargs) else None
     if dtype is not None:
         out = _pool.empty(structure.block_shape, dtype)
         for ops, g, view in zip(per_group, groups, structure.split(out)):
@@ -286,10 +286,11 @@ def _apply_grouped(func, args, kwargs, label: str, structure):
         )
 
     joined = [_wrap(join(parts), structure) for parts in zip(*results)]
-    return tuple(joined) if isinstance(results[0], tuple) and len(results[0]) > 1 else joined[0]
+    return tuple(joined) if len(joined) > 1 else joined[0]
 
 
-def func_is_simple_ufunc(func, kwargs) -> bool:
+def _simple_ufunc(func, kwargs) -> bool:
+    """A single-output ufunc called without keywords (it can write into ``out=``)."""
     return isinstance(func, np.ufunc) and func.nout == 1 and not kwargs
 
 
