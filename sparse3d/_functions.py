@@ -240,7 +240,7 @@ def dot(a, b, out=None):
         result = np.asarray(a._csr @ b).astype(dtype, copy=False).reshape((H, W, k)[: 1 + b.ndim])
     elif fast == "kernel":
         w2 = b.reshape(n, k)
-        result = _kernels.scatter(s.row, s.col, a._values, w2, s.imcorner, s.imshape, dtype)
+        result = _kernels.scatter(s._row, s._col, a._values, w2, s.root_corner, s.imshape, dtype)
         result = result.reshape((H, W, k)[: 1 + b.ndim])
     elif b.ndim == 1:
         result = _scatter_image(s, a._values * b, dtype)
@@ -303,7 +303,7 @@ def _project(S, image: np.ndarray) -> np.ndarray:
     if fast == "kernel":
         s = S._structure
         img3 = image.reshape(H, W, -1)
-        res = _kernels.gather(s.row, s.col, S._values, img3, s.imcorner, dtype)
+        res = _kernels.gather(s._row, s._col, S._values, img3, s.root_corner, dtype)
         return res.reshape((S.nsources, *image.shape[2:]))
     if fast == "csr":
         res = np.asarray(S._csr.T @ image.reshape(H * W, -1)).astype(dtype, copy=False)

@@ -533,8 +533,8 @@ class Sparse3D(NDArrayOperatorsMixin):
         out = np.zeros(self.shape, dtype=self.dtype)
         s = self._structure
         m = s.in_image
-        r = np.subtract(s.row[m], s.imcorner[0], dtype=np.int64)
-        c = np.subtract(s.col[m], s.imcorner[1], dtype=np.int64)
+        r = np.subtract(s._row[m], s.root_corner[0], dtype=np.int64)
+        c = np.subtract(s._col[m], s.root_corner[1], dtype=np.int64)
         k = np.broadcast_to(np.arange(self.nsources), self.stamp_shape)[m]
         np.add.at(out, (r, c, k), self._values[m])
         return out
