@@ -212,6 +212,9 @@ class StampStructure:
         self._equal_to: weakref.WeakSet = weakref.WeakSet()
         self._translations: dict[tuple[int, int], StampStructure] = {}
         self._lock = threading.Lock()
+        # facts about the stored positions alone (their range, their pixel-sorted order),
+        # shared with every structure over the same stored positions (translations, cutouts)
+        self._shared: dict = {}
 
     def __del__(self):
         # positions no one else holds (no other structure, no view) go to the buffer pool
@@ -244,15 +247,60 @@ class StampStructure:
 
         return shift(self._row, dr, rlo, rhi, (r0, r0 + H)), shift(self._col, dc, clo, chi, (c0, c0 + W))
 
-    @cached_property
+    @property
     def position_range(self) -> tuple[tuple[int, int], tuple[int, int]]:
         """``((min, max) of the stored rows, (min, max) of the stored columns)`` as Python ints.
 
-        Of the stored positions (without ``offset``); ``(0, 0)`` for empty stamps.
+        Of the stored positions (without ``offset``); ``(0, 0)`` for empty stamps. One pass,
+        once per set of stored positions.
         """
-        if self._row.size == 0:
-            return (0, 0), (0, 0)
-        return _kernels.min_max(self._row), _kernels.min_max(self._col)
+        rng = self._shared.get("range")
+        if rng is None:
+            if self._row.size == 0:
+                rng = (0, 0), (0, 0)
+            else:
+                rng = _kernels.min_max(self._row), _kernels.min_max(self._col)
+            self._shared["range"] = rng
+        return rng
+
+    def sorted_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(take, srow, scol, ssrc)``: every stamp element sorted by stored ``(row, col, source)``.
+
+        ``take`` holds flat positions into C-order stamp values; ``srow``/``scol`` are the
+        stored positions (their own dtype) and ``ssrc`` the source in that order. Off-image
+        elements are included: a shift does not change the order, so one sort serves every
+        translation (the image rows are a contiguous run of it). Computed once per set of
+        stored positions (a stable sort of pixel keys, in source-major order so that one
+        pixel's sources come out ascending).
+        """
+        with self._lock:
+            got = self._shared.get("sorted")
+        if got is not None:
+            return got
+        nr, nc, n = self.stamp_shape
+        size = nr * nc * n
+        flat = np.arange(size, dtype=index_dtype(size)).reshape(nr, nc, n).transpose(2, 0, 1).ravel()
+        r = self._row.transpose(2, 0, 1).ravel()
+        c = self._col.transpose(2, 0, 1).ravel()
+        (rlo, rhi), (clo, chi) = self.position_range
+        span = chi - clo + 1
+        if size == 0:
+            order = np.zeros(0, dtype=np.intp)
+        elif (rhi - rlo + 1) * span < 2**62:
+            key = np.subtract(r, rlo, dtype=np.int64)
+            key *= span
+            key += np.subtract(c, clo, dtype=np.int64)
+            order = np.argsort(key, kind="stable")
+        else:
+            order = np.lexsort((c, r))  # stable: ties keep source-major order
+        take = flat[order]
+        got = tuple(
+            _readonly(a)
+            for a in (take, r[order], c[order], (take % max(n, 1)).astype(index_dtype(n)))
+        )
+        with self._lock:
+            self._shared.setdefault("sorted", got)
+            return self._shared["sorted"]
 
     @property
     def root_corner(self) -> tuple[int, int]:
@@ -412,8 +460,8 @@ class StampStructure:
 
     def _sibling(self, row, col, imshape, imcorner, offset) -> StampStructure:
         new = StampStructure(row, col, imshape, imcorner, offset)
-        if row is self._row and col is self._col and "position_range" in self.__dict__:
-            new.position_range = self.position_range  # same stored positions
+        if row is self._row and col is self._col:
+            new._shared = self._shared  # same stored positions: same range, same sorted order
         return new
 
     #: Translated structures kept per structure, so that arrays sharing one structure (a

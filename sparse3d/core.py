@@ -352,7 +352,18 @@ class Sparse3D(NDArrayOperatorsMixin):
         drow, dcol = _as_pair(position, "position", positive=False)
         if drow == 0 and dcol == 0:
             return self
-        return Sparse3D._from_parts(self._values, self._structure.translated(drow, dcol))
+        moved = Sparse3D._from_parts(self._values, self._structure.translated(drow, dcol))
+        moved.__dict__["_family"] = self._family  # same values, same stored positions
+        return moved
+
+    @cached_property
+    def _family(self) -> dict:
+        """Caches shared by this array and its translations (same values, same stored positions).
+
+        ``"nproducts"``/``"elements"`` count the family's products; ``"sorted_values"`` holds
+        the values in the structure's :meth:`~sparse3d._structure.StampStructure.sorted_order`.
+        """
+        return {}
 
     def shift(self, shift) -> Sparse3D:
         """A new array with every stamp moved by fractional pixels ``(drow, dcol)``.
