@@ -244,7 +244,8 @@ def dot(a, b, out=None):
         result = result.reshape((H, W, k)[: 1 + b.ndim])
     elif fast == "sorted":
         order = s.sorted_order()[1:]
-        result = _kernels.sorted_scatter(order, sorted_values(a), s.root_corner, s.imshape, b.reshape(n, k), dtype)
+        w2 = b.reshape(n, k)
+        result = _kernels.sorted_scatter(order, sorted_values(a), s.root_corner, s.imshape, w2, dtype)
         result = result.reshape((H, W, k)[: 1 + b.ndim])
     elif b.ndim == 1:
         result = _scatter_image(s, a._values * b, dtype)

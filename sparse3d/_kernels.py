@@ -154,6 +154,10 @@ def _lower_bound(srow, scol, r, c):  # pragma: no cover - runs compiled
     return lo
 
 
+#: The compiled :func:`_lower_bound`, set by :func:`_compiled` before the ROI loop compiles.
+_lower_bound_c = None
+
+
 def _roi_scatter_loop(srow, scol, ssrc, svals, corners, dr, dc, r0, c0, H, W, w, out):  # pragma: no cover
     nrois, h, wd, m = out.shape
     for j in range(nrois):
