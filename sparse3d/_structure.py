@@ -17,6 +17,12 @@ Derived index arrays (the in-image mask, the flat pixel index, the CSC/CSR order
 the sorted COO coordinates) are computed lazily, **once per structure**, and then shared by
 every array built on it. All arrays exposed here are read-only.
 
+A translated structure shares the positions it came from and stores the whole-pixel
+``offset`` (translate is O(1): no copy, no validation pass); everything derived reads the
+stored positions against ``imcorner - offset``, and shifted ``row``/``col`` are materialised
+only when asked for. Facts about the stored positions alone (their range, their
+pixel-sorted order for the products of a jitter loop) are shared by all such structures.
+
 Positions, image corners and image ends are limited to ``|value| <= 2**61`` and images to
 ``H * W <= 2**62`` pixels, so that every offset and flat pixel index ``r * W + c`` is exact
 in int64 arithmetic; larger values are refused with a ``ValueError``.

@@ -256,8 +256,9 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by values and positions."""
-        return self._values.nbytes + self.row.nbytes + self.col.nbytes
+        """Bytes held by values and positions (the stored ones: a translation shares them)."""
+        s = self._structure
+        return self._values.nbytes + s._row.nbytes + s._col.nbytes
 
     @property
     def real(self) -> Sparse3D:
