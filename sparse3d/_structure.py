@@ -216,7 +216,7 @@ class StampStructure:
         self.imshape = imshape
         self.imcorner = imcorner
         self._equal_to: weakref.WeakSet = weakref.WeakSet()
-        self._translations: dict[tuple[int, int], StampStructure] = {}
+        self._translations: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
         # facts about the stored positions alone (their range, their pixel-sorted order),
         # shared with every structure over the same stored positions (translations, cutouts)
@@ -470,25 +470,21 @@ class StampStructure:
             new._shared = self._shared  # same stored positions: same range, same sorted order
         return new
 
-    #: Translated structures kept per structure, so that arrays sharing one structure (a
-    #: design and its gradients) translated by the same offset share the result, and with
-    #: it every derived index.
-    TRANSLATIONS_KEPT = 4
-
     def translated(self, drow: int, dcol: int) -> StampStructure:
         """Every stamp shifted by whole pixels; the image bounds stay. O(1).
 
         The result shares the stored positions and adds the shift to its ``offset``. The
         shifted range is checked in Python ints from the stored positions' min and max
-        (computed once per set of positions), so nothing wraps. The last few results are
-        kept, so translating arrays of one structure by one offset gives one structure.
+        (computed once per set of stored positions), so nothing wraps. Results still alive
+        are re-used (weakly referenced), so arrays of one structure (a design and its
+        gradients) translated by one offset share one structure and its derived indices,
+        while nothing is kept alive for it.
         """
         key = (int(drow), int(dcol))
         with self._lock:
-            hit = self._translations.pop(key, None)
-            if hit is not None:
-                self._translations[key] = hit  # most recent last
-                return hit
+            hit = self._translations.get(key)
+        if hit is not None:
+            return hit
         dr, dc = self.offset[0] + key[0], self.offset[1] + key[1]
         if self._row.size:
             (rlo, rhi), (clo, chi) = self.position_range
@@ -496,10 +492,7 @@ class StampStructure:
             check_position_range(clo + dc, chi + dc, f"col translated by {key[1]}")
         new = self._sibling(self._row, self._col, self.imshape, self.imcorner, (dr, dc))
         with self._lock:
-            self._translations[key] = new
-            while len(self._translations) > self.TRANSLATIONS_KEPT:
-                del self._translations[next(iter(self._translations))]
-        return new
+            return self._translations.setdefault(key, new)
 
     def take_sources(self, index) -> StampStructure:
         """A structure holding only the sources selected by ``index`` (along axis 2)."""
