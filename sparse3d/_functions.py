@@ -245,7 +245,8 @@ def dot(a, b, out=None):
     elif fast == "sorted":
         order = s.sorted_order()[1:]
         w2 = b.reshape(n, k)
-        result = _kernels.sorted_scatter(order, sorted_values(a), s.root_corner, s.imshape, w2, dtype)
+        rows = s.sorted_rows()
+        result = _kernels.sorted_scatter(order, sorted_values(a), s.root_corner, s.imshape, w2, dtype, rows)
         result = result.reshape((H, W, k)[: 1 + b.ndim])
     elif b.ndim == 1:
         result = _scatter_image(s, a._values * b, dtype)

@@ -129,17 +129,43 @@ def _block(n: int, image_bytes: int) -> int:
     return max(n, 1) if image_bytes <= CACHE_IMAGE_BYTES else 32
 
 
+# Indices into ``out`` and ``w`` are made unsigned: numba then skips its negative-index
+# wraparound test, which costs the sorted loops ~1.8x (they are never negative here).
 def _sorted_scatter_loop(srow, scol, ssrc, svals, start, stop, r0, c0, W, w, out):  # pragma: no cover
     m = w.shape[1]
+    wf = w.ravel()
+    um = np.uint64(m)
     for e in range(start, stop):
         c = scol[e] - c0
         if c < 0 or c >= W:
             continue
-        p = ((srow[e] - r0) * W + c) * m  # flat index into out (H * W * m,), never negative
+        p = np.uint64((srow[e] - r0) * W + c) * um  # flat index into out (H * W * m,)
         v = svals[e]
-        k = ssrc[e]
+        k = np.uint64(ssrc[e]) * um
         for q in range(m):
-            out[p + q] += v * w[k, q]
+            uq = np.uint64(q)
+            out[p + uq] += v * wf[k + uq]
+
+
+def _sorted_rows_loop(scol, ssrc, svals, rowptr, u0, u1, rlo, r0, c0, W, w, out):  # pragma: no cover
+    m = w.shape[1]
+    wf = w.ravel()
+    um = np.uint64(m)
+    for u in range(u0, u1):  # stored rows that land inside the image
+        lo = rowptr[u - rlo]
+        hi = rowptr[u - rlo + 1]
+        while lo < hi and scol[lo] < c0:  # a row's elements are sorted by column
+            lo += 1
+        while hi > lo and scol[hi - 1] >= c0 + W:
+            hi -= 1
+        base = (u - r0) * W - c0
+        for e in range(lo, hi):
+            p = np.uint64(base + scol[e]) * um
+            v = svals[e]
+            k = np.uint64(ssrc[e]) * um
+            for q in range(m):
+                uq = np.uint64(q)
+                out[p + uq] += v * wf[k + uq]
 
 
 def _lower_bound(srow, scol, r, c):  # pragma: no cover - runs compiled
@@ -242,24 +268,47 @@ def loaded() -> bool:
     return bool(_COMPILED)
 
 
-def sorted_scatter(order, svals, root_corner, imshape, w, dtype) -> np.ndarray:
+def sorted_scatter(order, svals, root_corner, imshape, w, dtype, rows=None) -> np.ndarray:
     """:func:`scatter` over stamp elements sorted by pixel: ``(H, W, m)``.
 
     ``order`` is ``(srow, scol, ssrc)``: the stored positions and sources sorted by
     ``(row, col, source)`` (:meth:`~sparse3d._structure.StampStructure.sorted_order`),
     ``svals`` the values in that order. ``root_corner`` is image pixel ``[0, 0]`` in the
     coordinates of the stored positions (``imcorner - offset``): the image rows are one
-    contiguous run of the order, found by binary search, and the writes stream through
-    the image in pixel order. Each pixel sums its sources in ascending order, as a CSR
-    product does.
+    contiguous run of the order, and the writes stream through the image in pixel order.
+    ``rows`` is ``(rowptr, rlo)``, where each stored row starts in the order
+    (:meth:`~sparse3d._structure.StampStructure.sorted_rows`); with it no element outside
+    the image's rows is visited. Each pixel sums its sources in ascending order, as a CSR
+    product does (float64: the same bits).
     """
     srow, scol, ssrc = order
     dtype = np.dtype(dtype)
     (H, W), (r0, c0) = imshape, root_corner
     out = np.zeros((H, W, w.shape[1]), dtype=dtype)
+    if srow.size == 0 or w.shape[1] == 0:
+        return out
+    w = np.ascontiguousarray(w, dtype=dtype)
+    if rows is not None:
+        rowptr, rlo = rows
+        u0, u1 = max(r0, rlo), min(r0 + H, rlo + rowptr.size - 1)
+        if u1 > u0:
+            _compiled("_sorted_rows_loop")(
+                scol,
+                ssrc,
+                svals,
+                rowptr,
+                int(u0),
+                int(u1),
+                int(rlo),
+                int(r0),
+                int(c0),
+                int(W),
+                w,
+                out.reshape(-1),
+            )
+        return out
     start, stop = _run(srow, r0), _run(srow, r0 + H)
     if stop > start:
-        w = np.ascontiguousarray(w, dtype=dtype)
         _compiled("_sorted_scatter_loop")(
             srow, scol, ssrc, svals, start, stop, int(r0), int(c0), int(W), w, out.reshape(-1)
         )

@@ -308,6 +308,25 @@ class StampStructure:
             self._shared.setdefault("sorted", got)
             return self._shared["sorted"]
 
+    def sorted_rows(self) -> tuple[np.ndarray, int] | None:
+        """``(rowptr, rlo)``: stored row ``u`` is ``sorted_order()[u - rlo : u - rlo + 1]`` of rowptr.
+
+        ``rowptr[u - rlo]`` is where stored row ``u`` starts in :meth:`sorted_order`
+        (int64, ``rhi - rlo + 2`` entries). ``None`` when the rows span more than four times
+        the number of stamp elements (the pointer would outgrow the order itself).
+        """
+        with self._lock:
+            if "rows" in self._shared:
+                return self._shared["rows"]
+        srow = self.sorted_order()[1]
+        (rlo, rhi), _ = self.position_range
+        got = None
+        if srow.size and rhi - rlo + 2 <= 4 * srow.size + 1024:
+            bounds = np.arange(rlo, rhi + 2, dtype=np.int64)
+            got = (_readonly(np.searchsorted(srow.astype(np.int64), bounds).astype(np.int64)), rlo)
+        with self._lock:
+            return self._shared.setdefault("rows", got)
+
     @property
     def root_corner(self) -> tuple[int, int]:
         """Image pixel ``[0, 0]`` in the coordinates of the stored positions: ``imcorner - offset``.

@@ -167,3 +167,22 @@ def test_legacy_jitter_loop_matches_fresh_arrays():
         ref = np.tensordot(_shifted_dense(sc, sc.data, d), w, axes=([2], [0])).transpose(2, 0, 1)
         np.testing.assert_allclose(L.dot(w), ref, atol=1e-12)
     assert isinstance(sparse3d.Sparse3D, type)
+
+
+@needs_numba
+def test_sorted_path_without_a_row_pointer_matches_dense(monkeypatch):
+    # one stamp a million rows away: the rows span too much for a row pointer, so the
+    # sorted product walks the image rows' run of the order and tests every column
+    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
+    rng = np.random.default_rng(10)
+    sc = random_scene(rng, imcorner=(-4, 6), nsources=6)
+    row = np.broadcast_to(sc.row, sc.data.shape).copy()
+    row[:, :, 0] += 1_000_000
+    col = np.broadcast_to(sc.col, sc.data.shape)
+    S = sparse3d.Sparse3D(sc.data, row, col, sc.imshape, sc.imcorner)
+    assert S._structure.sorted_rows() is None
+    w = rng.normal(size=(6, 2))
+    S.dot(w)
+    for d in [(1, 0), (-1_000_000, 2), (3, -4)]:
+        D = dense_reference(sc.data, row + d[0], col + d[1], sc.imshape, sc.imcorner)
+        np.testing.assert_allclose(S.translate(d).dot(w), np.tensordot(D, w, axes=([2], [0])), atol=1e-12)
