@@ -1,0 +1,3 @@
+"""placeholder"""
+JitterFitResult = None
+def fit_jitter(): ...
