@@ -24,6 +24,11 @@ from ._linearise import design_at, gauss_newton_design, stamp_sum, weighted_chi2
 #: the diagonal of the position columns (as a Gaussian prior centred on the current
 #: position), so it is scale-free.
 _LAM_START, _LAM_DOWN, _LAM_UP, _LAM_MAX = 1e-3, 0.1, 10.0, 1e8
+_MAX_HALVINGS = 5
+#: S/N thresholds of the bright-first stages (then ``min_snr``), the step (px) below which a
+#: stage has settled, and the most iterations one stage may take.
+_SNR_LEVELS, _SETTLED, _STAGE_ITER = (1000.0, 100.0, 30.0), 0.01, 3
+
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,10 +48,10 @@ class PositionFitResult:
         flux-position covariance of the joint fit). NaN for unconstrained sources.
     moved : numpy.ndarray
         Boolean ``(nsources,)``: sources whose positions were fitted (not in ``fix``, flux
-        S/N at the start at least ``min_snr``).
+        S/N at least ``min_snr``).
     source_converged : numpy.ndarray
-        Boolean ``(nsources,)``: the source's last proposed step was below ``tol``
-        (True for sources that did not move).
+        Boolean ``(nsources,)``: the source's last step was below its tolerance (``tol``
+        or ``rtol`` times its position uncertainty; True for sources that did not move).
     converged : bool
         Every moving source converged within ``max_iter`` iterations.
     n_iter : int
@@ -89,6 +94,30 @@ class PositionFitResult:
         return self.design.dot(np.nan_to_num(self.flux))
 
 
+def _approaching(
+    r: np.ndarray,
+    c: np.ndarray,
+    flux: np.ndarray,
+    moving: np.ndarray,
+    dr: np.ndarray,
+    dc: np.ndarray,
+    min_sep: float,
+) -> np.ndarray:
+    """Boolean ``(len(moving),)``: the step ends within ``min_sep`` of a brighter source, and nearer than before."""
+    if min_sep <= 0 or r.size < 2:
+        return np.zeros(moving.size, dtype=bool)
+    from scipy.spatial import cKDTree
+
+    r_t, c_t = r.copy(), c.copy()
+    r_t[moving] += dr
+    c_t[moving] += dc
+    dist, nbr = cKDTree(np.c_[r_t, c_t]).query(np.c_[r_t[moving], c_t[moving]], k=2)
+    after, j = dist[:, 1], nbr[:, 1]
+    before = np.hypot(r[moving] - r[j], c[moving] - c[j])
+    bright = np.abs(np.nan_to_num(flux))
+    return (after < min_sep) & (after < before) & (bright[j] > bright[moving])
+
+
 def fit_positions(
     psf: Any,
     data: np.ndarray,
@@ -106,9 +135,11 @@ def fit_positions(
     position_prior_sigma: float | np.ndarray | None = None,
     fix: np.ndarray | None = None,
     min_snr: float = 5.0,
+    min_separation: float = 0.5,
     max_step: float = 1.0,
     max_iter: int = 20,
     tol: float = 1e-4,
+    rtol: float = 0.05,
     solver: str = "auto",
 ) -> PositionFitResult:
     """Fit the fluxes and sub-pixel positions of every source in an image.
@@ -152,15 +183,25 @@ def fit_positions(
     fix : numpy.ndarray of bool, optional
         ``(nsources,)``: True holds a source's position (its flux is still fitted).
     min_snr : float
-        Positions are fitted only for sources whose flux S/N at the start,
-        ``flux * sqrt(sum(L**2 / errors**2))``, is at least this (faint sources carry no
-        position information; moving them only invites degeneracies with neighbours).
+        Positions are fitted only for sources whose flux S/N, ``flux / flux_sigma`` with
+        the marginal flux uncertainty of a flux-only fit at the start positions (blends
+        included), is at least this: faint sources carry no position information, and
+        moving them only invites degeneracies with neighbours. Brighter sources move first
+        (S/N >= 1000, 100, 30, then ``min_snr``), so that a faint star does not take up the
+        residual of a bright neighbour that is still off.
+    min_separation : float
+        A step that would bring a source closer than this (pixels) to a brighter source,
+        and closer than it was, is not taken: coincident sources are degenerate and
+        their fluxes would run off as a +-inf pair. The brighter source is never held
+        back by a fainter one; sources given closer than this may still separate.
     max_step : float
         Largest position change per iteration, pixels (a longer step is shortened).
     max_iter : int
         Largest number of Gauss-Newton iterations.
-    tol : float
-        Convergence: every moving source's proposed step is below ``tol`` pixels.
+    tol, rtol : float
+        Convergence: every moving source's step is below ``tol`` pixels or below ``rtol``
+        times its position uncertainty, whichever is larger (a faint star whose sigma is
+        0.1 px need not be pinned to 1e-4 px).
     solver : str
         Sparse solver, as in :func:`sparse3d.fit.fit_design`.
 
@@ -213,10 +254,12 @@ def fit_positions(
         fix = np.asarray(fix)
         if fix.dtype != bool or fix.shape != (n,):
             raise ValueError(f"fix must be a boolean array of shape (nsources,) = ({n},), got {fix.dtype} {fix.shape}")
-    for name, v in (("min_snr", min_snr), ("max_step", max_step), ("tol", tol)):
-        if not (np.isfinite(v) and v >= 0 and (name == "min_snr" or v > 0)):
-            raise ValueError(f"{name} must be a finite {'non-negative' if name == 'min_snr' else 'positive'} "
-                             f"number, got {v!r}")
+    for name, v in (("min_snr", min_snr), ("min_separation", min_separation), ("max_step", max_step),
+                    ("tol", tol), ("rtol", rtol)):
+        zero_ok = name in ("min_snr", "min_separation", "rtol")
+        if not (np.isfinite(v) and v >= 0 and (zero_ok or v > 0)):
+            raise ValueError(f"{name} must be a finite {'non-negative' if zero_ok else 'positive'} number, "
+                             f"got {v!r}")
     if int(max_iter) != max_iter or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
     geometry = dict(imshape=(H, W), stamp_shape=tuple(stamp_shape), imcorner=tuple(imcorner))
@@ -230,17 +273,37 @@ def fit_positions(
 
     # ---- start: fluxes at the start positions -------------------------------------------
     L, dR, dC = design(r, c, True)
-    f = fit_design(L.tocsc(), D, prior_mu=fpmu, prior_sigma=fps, return_errors=False, **fit_kw).weights
+    start = fit_design(L.tocsc(), D, prior_mu=fpmu, prior_sigma=fps, **fit_kw)
+    f = start.weights
+    # marginal flux uncertainties at the start (blends included): a faint star inside a bright
+    # one's core has a large one, however large its flux looks while the bright star is off
+    flux_sigma0 = start.weights_err
     chi2_img = weighted_chi2_image(D, L.dot(np.nan_to_num(f)), ivar)
     history = [float(chi2_img.sum())]
     rejected: list[int] = []
     lam = np.full(n, _LAM_START)
+    clamp = np.full(n, float(max_step))
+    prev_dr, prev_dc = np.zeros(n), np.zeros(n)
     last_step = np.zeros(n)
 
-    def who_moves(L, f):
-        """Sources whose positions are fitted now: not fixed, flux S/N at least ``min_snr``."""
-        snr = np.nan_to_num(f) * np.sqrt(stamp_sum(L, ivar, power=2))
-        return np.flatnonzero(~fix & (snr >= min_snr))
+    def pos_sigma(dR, dC, f):
+        """Position uncertainty of every source alone (no blending): ``1 / sqrt(f^2 sum(dL^2 / err^2))``."""
+        info = np.nan_to_num(f) ** 2 * np.minimum(stamp_sum(dR, ivar, power=2), stamp_sum(dC, ivar, power=2))
+        with np.errstate(divide="ignore"):
+            return 1.0 / np.sqrt(info)
+
+    def who_moves(f, level):
+        """Sources whose positions are fitted now: not fixed, flux S/N at least ``level``."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            snr = np.nan_to_num(f / flux_sigma0)
+        return np.flatnonzero(~fix & (snr >= level))
+
+    # Brightest first: a faint star next to a bright one whose position is still off
+    # absorbs the bright star's residual and looks significant; it would then walk into it.
+    # So the S/N threshold for moving starts high and drops by 10x whenever the moving
+    # sources have settled (steps below _SETTLED px) or after _STAGE_ITER iterations.
+    levels = [lv for lv in _SNR_LEVELS if lv > min_snr] + [min_snr]
+    stage, stage_iter = 0, 0
 
     def solve(L, dR, dC, f, moving, lam, return_errors):
         J = gauss_newton_design(L, dR, dC, f, moving)
@@ -265,11 +328,15 @@ def fit_positions(
     # ---- damped Gauss-Newton -------------------------------------------------------------
     n_iter = 0
     converged = False
-    moving = who_moves(L, f)
+    moving = who_moves(f, levels[stage])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnconstrainedSourceWarning)  # warned once above
         while n_iter < max_iter:
             if moving.size == 0:
+                if stage + 1 < len(levels):
+                    stage += 1
+                    moving = who_moves(f, levels[stage])
+                    continue
                 converged = True
                 break
             n_iter += 1
@@ -279,39 +346,68 @@ def fit_positions(
             dr = np.nan_to_num(sol[n : n + m])
             dc = np.nan_to_num(sol[n + m :])
             step = np.hypot(dr, dc)
-            scale = np.minimum(1.0, max_step / np.maximum(step, 1e-300))
-            r_t, c_t = r.copy(), c.copy()
-            r_t[moving] += dr * scale
-            c_t[moving] += dc * scale
-            L_t, _, _ = design(r_t, c_t, False)
-            chi2_t = weighted_chi2_image(D, L_t.dot(np.nan_to_num(f_t)), ivar)
-            # a step that lowers the total chi-square is taken whole; otherwise each moving
-            # source's chi-square over its current stamp decides for that source (steps below
-            # tol are always taken: at convergence the comparison is rounding noise)
-            total_t = float(chi2_t.sum())
-            if total_t <= history[-1] * (1 + 1e-12):
-                acc = np.ones(m, dtype=bool)
-            else:
+            tol_k = np.maximum(tol, rtol * pos_sigma(dR, dC, f)[moving])
+            # per-source clamp on the step length, halved whenever the source turns back
+            # (an oscillating faint star settles instead of pulling its neighbours about)
+            turned = dr * prev_dr[moving] + dc * prev_dc[moving] < 0
+            clamp[moving[turned]] *= 0.5
+            scale = np.minimum(1.0, clamp[moving] / np.maximum(step, 1e-300))
+            # no source may walk onto another one (two coincident sources are degenerate:
+            # their fluxes run off to +-inf): such steps are cancelled and damped harder
+            blocked = _approaching(r, c, f, moving, dr * scale, dc * scale, min_separation)
+            if blocked.any():
+                scale[blocked] = 0.0
+                lam[moving[blocked]] = np.minimum(lam[moving[blocked]] * _LAM_UP, _LAM_MAX)
+            # line search on the total chi-square: the whole step, else halved; sources whose
+            # chi-square over their stamp rose are damped harder for the next iteration
+            alpha = 1.0
+            accepted = False
+            raised = np.zeros(m, dtype=bool)
+            for _ in range(_MAX_HALVINGS + 1):
+                r_t, c_t = r.copy(), c.copy()
+                r_t[moving] += alpha * dr * scale
+                c_t[moving] += alpha * dc * scale
+                f_try = f + alpha * (f_t - f)
+                L_t, _, _ = design(r_t, c_t, False)
+                chi2_t = weighted_chi2_image(D, L_t.dot(np.nan_to_num(f_try)), ivar)
+                if float(chi2_t.sum()) <= history[-1] * (1 + 1e-12) or np.all(alpha * step < tol_k):
+                    accepted = True
+                    break
                 old_k = stamp_sum(L, chi2_img)[moving]
-                new_k = stamp_sum(L, chi2_t)[moving]
-                acc = (new_k <= old_k * (1 + 1e-12)) | (step < tol)
-            back = moving[~acc]
-            f_back = f[back]
-            f = f_t.copy()
-            f[back] = f_back
-            go = moving[acc]
-            r[go], c[go] = r_t[go], c_t[go]
-            lam[go] *= _LAM_DOWN
-            lam[back] = np.minimum(lam[back] * _LAM_UP, _LAM_MAX)
+                raised |= stamp_sum(L, chi2_t)[moving] > old_k + np.maximum(1.0, 1e-6 * old_k)
+                alpha /= 2
+            if accepted:
+                r, c, f = r_t, c_t, f_try
+                lam[moving] *= _LAM_DOWN
+                prev_dr[:] = 0.0
+                prev_dc[:] = 0.0
+                prev_dr[moving] = alpha * dr * scale
+                prev_dc[moving] = alpha * dc * scale
+            raised_idx = moving[raised]
+            lam[raised_idx] = np.minimum(lam[raised_idx] * _LAM_UP / _LAM_DOWN, _LAM_MAX)
+            if not accepted:
+                lam[moving] = np.minimum(lam[moving] * _LAM_UP, _LAM_MAX)
+            if accepted:
+                step = step * alpha
             last_step[:] = 0.0
-            last_step[moving] = step
-            rejected.append(int(back.size))
+            last_step[moving] = step / tol_k  # in units of each source's tolerance
+            rejected.append(int(raised_idx.size))
             L, dR, dC = design(r, c, True)
             chi2_img = weighted_chi2_image(D, L.dot(np.nan_to_num(f)), ivar)
             history.append(float(chi2_img.sum()))
-            new_moving = who_moves(L, f)
-            # converged: every step below tol while (almost) undamped, same sources moving
-            if np.all(step < tol) and np.all(lam[moving] <= 1.0) and np.array_equal(new_moving, moving):
+            stage_iter += 1
+            settled = accepted and np.all(step < _SETTLED)
+            if stage + 1 < len(levels) and (settled or stage_iter >= _STAGE_ITER):
+                stage, stage_iter = stage + 1, 0
+            new_moving = who_moves(f, levels[stage])
+            # converged: last stage, every step below tol while (almost) undamped, same sources moving
+            if (
+                stage == len(levels) - 1
+                and accepted
+                and np.all(step < tol_k)
+                and np.all(lam[moving] <= 1.0)
+                and np.array_equal(new_moving, moving)
+            ):
                 converged = True
                 break
             moving = new_moving
@@ -324,7 +420,7 @@ def fit_positions(
     col_err = np.full(n, np.nan)
     row_err[moving] = err[n : n + m]
     col_err[moving] = err[n + m :]
-    src_conv = last_step < tol
+    src_conv = last_step < 1.0
     moved = np.zeros(n, dtype=bool)
     moved[moving] = True
     return PositionFitResult(
