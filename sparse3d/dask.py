@@ -18,7 +18,10 @@ pure=True)`` with a content-derived name); every task that needs it refers to th
 With ``dask.distributed`` the array is therefore pickled once (values and positions only,
 no caches) and moved between workers like any other task result; its derived indices are
 rebuilt once per worker, not once per task. The fit ships one pre-factorised solver the
-same way: the normal matrix is factorised once, eagerly on the client.
+same way: the normal matrix is factorised once, eagerly on the client. When a distributed
+client is the active scheduler, such objects of :data:`SCATTER_BYTES` or more are scattered
+to the cluster once (``client.scatter``) and the graph holds their future instead: graphs
+stay small, and an array reused by several computations is sent once.
 
 :class:`SourceChunked` splits a scene along the source axis, for scenes whose stamps do not
 fit in one process: ``dot`` sums the chunk images lazily, and :meth:`SourceChunked.from_function`
@@ -70,9 +73,63 @@ def _token(S: Sparse3D) -> str:
     return tok
 
 
-def _shared(obj, prefix: str, token: str):
-    """``obj`` as ONE graph key: every task that uses it depends on that key."""
-    return dask.delayed(obj, name=f"{prefix}-{token}", pure=True)
+def _shared(obj, prefix: str, token: str, owner: Any = None):
+    """``obj`` as ONE graph key: every task that uses it depends on that key.
+
+    Without a ``dask.distributed`` client the key holds ``obj`` itself. With one (the default
+    client, which is also the active scheduler) and an ``obj`` of at least
+    :data:`SCATTER_BYTES`, ``obj`` is scattered to the cluster once and the key holds the
+    future: the graph stays small (no "Sending large graph" warning) and a second ``compute``
+    does not send the array again. The future is cached on ``owner`` (by default ``obj``; an
+    immutable :class:`Sparse3D`) per client and name, so repeated calls reuse it; it lives as
+    long as the owner does. Such a graph belongs to that client: to compute on another
+    scheduler, build it inside ``dask.config.set(scheduler=...)``.
+    """
+    name = f"{prefix}-{token}"
+    client = _distributed_client()
+    if client is None:
+        return dask.delayed(obj, name=name, pure=True)
+    owner = obj if owner is None else owner
+    cache = getattr(owner, "__dict__", None)
+    futures = cache.setdefault("_dask_futures", {}) if cache is not None else {}
+    future = futures.get((client.id, name))
+    if future is None or future.status in ("error", "cancelled", "lost"):
+        if _pickled_nbytes(obj) < SCATTER_BYTES:
+            return dask.delayed(obj, name=name, pure=True)
+        future = client.scatter(obj, hash=False)
+        futures[(client.id, name)] = future
+    return dask.delayed(future)
+
+
+#: Objects shipped to a ``dask.distributed`` cluster are scattered once, not embedded in the
+#: task graph, from this pickled size on (Dask warns about graphs above 10 MB).
+SCATTER_BYTES = 2**20
+
+
+def _pickled_nbytes(obj) -> int:
+    """Pickled size of ``obj``; protocol 5 with out-of-band buffers, so arrays are not copied."""
+    import pickle
+
+    buffers: list = []
+    head = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    return len(head) + sum(b.raw().nbytes for b in buffers)
+
+
+def _distributed_client():
+    """The default ``dask.distributed`` client if it is the active scheduler, else None."""
+    import sys
+
+    if "distributed" not in sys.modules:  # never import distributed just to find out
+        return None
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:  # no client
+        return None
+    if client.asynchronous or dask.base.get_scheduler() != client.get:
+        return None
+    return client
 
 
 def _normalize_source_chunks(chunks, n: int) -> tuple[int, ...]:
@@ -190,7 +247,10 @@ class SourceChunked:
         if len(sizes) == 1:
             parts = [_shared(S, "sparse3d", tok)]
         else:
-            parts = [_shared(S[:, :, a:b], "sparse3d-chunk", tokenize(tok, a, b)) for a, b in _bounds(sizes)]
+            parts = [
+                _shared(S[:, :, a:b], "sparse3d-chunk", tokenize(tok, a, b), owner=S)
+                for a, b in _bounds(sizes)
+            ]
         return cls(parts, sizes, S.imshape, S.imcorner, S.dtype)
 
     @classmethod

@@ -611,6 +611,45 @@ def _psf_cases():
 
 CASES += _psf_cases()
 
+# ---- the demo (python -m sparse3d demo; the command line turns these into usage errors) ----
+CASES += [
+    Case(
+        "demo-seed",
+        "`run_demo(seed=-1)` (`python -m sparse3d demo --seed -1`)",
+        lambda: _run_demo()(imshape=(8, 8), nsources=1, seed=-1, plots=False),
+        ValueError,
+        "seed must be a non-negative integer",
+    ),
+    Case(
+        "demo-nsources",
+        "`run_demo(nsources=0)` (`--nsources 0`)",
+        lambda: _run_demo()(imshape=(8, 8), nsources=0, plots=False),
+        ValueError,
+        "nsources must be a positive integer",
+    ),
+    Case(
+        "demo-imshape",
+        "`run_demo(imshape=(64, -3))` (`--imshape 64 -3`)",
+        lambda: _run_demo()(imshape=(64, -3), nsources=1, plots=False),
+        ValueError,
+        "imshape must be two positive integers",
+    ),
+    Case(
+        "demo-output",
+        "`run_demo(output=path)`, `path` not creatable or not writable (`--output`)",
+        lambda: _run_demo()(imshape=(8, 8), nsources=1, output=Path(__file__) / "figures"),
+        OSError,
+        "is not writable",
+    ),
+]
+
+
+def _run_demo():
+    from sparse3d._demo import run_demo
+
+    return run_demo
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case):
     with pytest.raises(case.error) as info:

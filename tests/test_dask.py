@@ -310,3 +310,49 @@ def test_xarray_dot_and_per_source_products(gscene, frames):
 def test_import_sparse3d_does_not_import_dask():
     code = "import sys, sparse3d; assert not any(m == 'dask' or m.startswith('dask.') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- large arrays on a cluster: scattered once, not embedded in the graph -----------------
+def test_large_arrays_are_scattered_once_not_embedded(client):
+    import sparse3d.dask as sdask
+
+    g = gaussian_scene((120, 120), nsources=1500, stamp_size=9, seed=5)
+    S = Sparse3D(
+        _gauss(g["row_phase"], g["col_phase"], g["x3d"], g["y3d"]), g["row3d"], g["col3d"], g["imshape"]
+    )
+    assert sdask._pickled_nbytes(S) > sdask.SCATTER_BYTES  # large: 1.9 MB of stamps and positions
+    rng = np.random.default_rng(9)
+    W = rng.uniform(1, 10, size=(S.nsources, 4))
+    frames = S.dot(W) + rng.normal(scale=0.05, size=(120, 120, 4))  # 460 kB
+    # without the scatter, each graph below would carry S (and the fit its solver): > 1 MB
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1MB"}):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cube = S.dot(da.from_array(W, chunks=(S.nsources, 2)))
+            again = S.dot(da.from_array(W, chunks=(S.nsources, 1)))
+            res = S.fit(da.from_array(frames, chunks=(120, 120, 2)))
+            out, out2, weights = client.compute([cube, again, res.weights], sync=True)
+    assert not [w for w in caught if "large graph" in str(w.message)], [str(w.message) for w in caught]
+    for graph in (cube.__dask_graph__(), res.weights.__dask_graph__()):
+        assert not _values(graph, Sparse3D) and not _values(graph, _FrameSolver)
+        assert _values(graph, distributed.Future)
+    # the same future serves both model cubes: S is sent to the cluster once
+    futures = [_values(c.__dask_graph__(), distributed.Future) for c in (cube, again)]
+    assert [f.key for f in futures[0]] == [f.key for f in futures[1]]
+    np.testing.assert_allclose(out, S.dot(W), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out2, S.dot(W), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(weights, S.fit(frames).weights, rtol=1e-9, atol=1e-9)
+
+
+def test_small_arrays_and_other_schedulers_stay_embedded(client, gscene):
+    _, S = gscene
+    W = np.ones((S.nsources, 4))
+    small = S.dot(da.from_array(W, chunks=(S.nsources, 2)))  # below SCATTER_BYTES
+    assert len(_values(small.__dask_graph__(), Sparse3D)) == 1
+    import sparse3d.dask as sdask
+
+    with dask.config.set(scheduler="threads"), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sdask, "SCATTER_BYTES", 0)
+        threaded = S.dot(da.from_array(W, chunks=(S.nsources, 2)))  # not for the cluster
+        assert len(_values(threaded.__dask_graph__(), Sparse3D)) == 1
+        np.testing.assert_allclose(threaded.compute(), S.dot(W), rtol=1e-12)

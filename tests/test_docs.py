@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,4 +58,49 @@ def test_mkdocs_build_strict(tmp_path):
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "site" / "tutorials" / "1-astronomy-demo" / "index.html").exists()
+    page = (tmp_path / "site" / "tutorials" / "1-astronomy-demo" / "index.html").read_text(encoding="utf-8")
+    # math is rendered at build time (MathML): no TeX left in the text, no MathJax from a CDN
+    assert page.count("<math") >= 5
+    text = re.sub(r"<(script|style)\b.*?</\1>|<math.*?</math>", "", page, flags=re.S)
+    assert "\\frac" not in text and "\\mathsf" not in text
+    for html_file in (tmp_path / "site").rglob("*.html"):
+        assert "mathjax@" not in html_file.read_text(encoding="utf-8"), html_file
+
+
+def test_math_rendered_to_mathml_outside_code_only():
+    hooks = _load("mkdocs_hooks")
+    cell = (
+        '<div class="jp-Cell"><div class="jp-RenderedHTMLCommon jp-RenderedMarkdown">'
+        "<p>Let $a &lt; b$ and</p><p>$$\\frac{1}{2}$$</p><pre>cost = $5 and $6</pre>"
+        '<p><code>$x$</code> costs \\$3</p></div></div><div class="jp-Cell">$not markdown$</div>'
+    )
+    out = hooks.render_math(cell)
+    assert out.count('<math xmlns="http://www.w3.org/1998/Math/MathML" display="inline">') == 1
+    assert out.count('display="block"') == 1 and "<mfrac>" in out
+    assert "<mo>&#x0003C;</mo>" in out  # the HTML-escaped "<" became a MathML operator
+    assert "<pre>cost = $5 and $6</pre>" in out and "<code>$x$</code>" in out
+    assert "$not markdown$" in out  # code cells and outputs are left alone
+    page = '<p><span class="arithmatex">\\(x^2\\)</span></p><div class="arithmatex">\\[y\\]</div>'
+    out = hooks.render_math(page)
+    assert "arithmatex" not in out and "<msup>" in out and 'display="block"' in out
+
+
+def test_index_and_navigation_list_every_tutorial():
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    index = re.sub(r"<!--.*?-->", "", index, flags=re.S)  # placeholders do not count
+    nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    nav = "\n".join(line.split("#")[0] for line in nav.splitlines())
+    for nb in sorted((ROOT / "tutorials").glob("[0-9]*.ipynb")):
+        assert f"(tutorials/{nb.name})" in index, f"docs/index.md does not list {nb.name}"
+        assert f"tutorials/{nb.name}" in nav, f"mkdocs.yml nav does not list {nb.name}"
+
+
+def test_installation_extras_table_lists_every_extra():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "optional-dependencies"
+    ]
+    text = (ROOT / "docs" / "installation.md").read_text(encoding="utf-8")
+    for name in extras:
+        assert f"| `{name}` |" in text, f"docs/installation.md's extras table omits {name}"

@@ -70,8 +70,12 @@ ax.set(xlabel="log10(brightness)", ylabel="number of stars", title="Simulated br
 #   \exp\left(-\frac{(r - r_0)^2 + (c - c_0)^2}{2\sigma^2}\right),
 # $$
 #
-# where $(r_0, c_0)$ is the star's position. Beyond about five $\sigma$ the profile is
-# negligible, so we only evaluate it on a 10 × 10 pixel stamp centred on each star.
+# where $(r_0, c_0)$ is the star's position. Far from the star the profile is negligible, so
+# we only evaluate it on a 10 × 10 pixel stamp around each star. An even-sized stamp has no
+# central pixel: ours covers the 5 pixels before the star's pixel and the 4 after it, in rows
+# and in columns. The star therefore sits 0.5 to 1.5 pixels from the stamp's geometric centre
+# (towards the high side), and the stamp reaches at least 3 σ from the star on every side.
+# That truncation is part of the model, so the fit below is unaffected by it.
 
 # %%
 stamp_size = int(2 * 5 * sigma)
@@ -88,7 +92,8 @@ row_phase = source_row - row_int
 col_phase = source_col - col_int
 
 # %% [markdown]
-# `R` and `C` are the pixel offsets within a stamp, relative to the star's integer pixel:
+# `R` and `C` are the pixel offsets within a stamp, relative to the star's integer pixel
+# (−5 … 4: not symmetric, as said above):
 
 # %%
 R, C = np.mgrid[:stamp_size, :stamp_size] - half
@@ -217,6 +222,65 @@ rel_err = np.abs(best_fit[bright] - source_brightness[bright]) / source_brightne
 print(f"{bright.sum():,} stars brighter than 1000: median relative error {np.median(rel_err):.2%}")
 
 # %% [markdown]
+# ## The same fit with `L.fit`, weighted, with uncertainties
+#
+# The recipe above is ordinary least squares: every pixel counts the same, although a pixel
+# on a bright star is far noisier than an empty one, and it gives no error bars. `L.fit` does
+# the whole job: it solves the *weighted* normal equations
+# $(A^\mathsf{T} C^{-1} A)\,w = A^\mathsf{T} C^{-1} d$ with $C = \mathrm{diag}(\sigma_\mathrm{pix}^2)$
+# by a sparse Cholesky factorisation, and returns the 1-σ uncertainty of every brightness
+# (the square roots of the diagonal of $(A^\mathsf{T} C^{-1} A)^{-1}$, computed without forming
+# the dense inverse).
+#
+# The per-pixel errors are what a pipeline would estimate without knowing the truth: photon
+# noise plus read noise, $\sigma_\mathrm{pix}^2 = \max(\text{counts}, 0) + 3^2$. We take the
+# counts from the data for a first fit, then from that fit's model for the final one (errors
+# taken from the data alone are correlated with its noise and bias the result slightly).
+
+# %%
+def pixel_errors(counts):
+    return np.sqrt(np.clip(counts, 0, None) + read_noise**2)
+
+
+t0 = time.perf_counter()
+first = L.fit(fake_data, errors=pixel_errors(fake_data))
+errors = pixel_errors(first.model)
+result = L.fit(fake_data, errors=errors)
+w, w_err = result.weights, result.weights_err
+t_lfit = time.perf_counter() - t0
+print(f"two weighted fits with uncertainties ({result.solver}): {t_lfit:.3f} s")
+dof = result.n_pixels - nsources
+print(f"reduced chi2 = {result.chi2:.1f} / {dof:,} = {result.chi2 / dof:.3f}")
+
+# %% [markdown]
+# If the errors are right, the *pulls* $(w - w_\mathrm{true}) / \sigma_w$ follow a unit
+# Gaussian, for faint and bright stars alike, and the reduced χ² is close to 1:
+
+# %%
+pull = (w - source_brightness) / w_err
+print(f"pull std: {pull.std():.3f} (all stars), {pull[bright].std():.3f} (brighter than 1000)")
+print(f"{np.mean(np.abs(pull) < 1):.1%} of the stars are within 1 sigma of the truth (unit Gaussian: 68.3%)")
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
+neg = w <= 0
+ax1.errorbar(source_brightness[~neg], w[~neg], w_err[~neg], fmt=".", ms=2, c="k", ecolor="0.7", label="measured > 0")
+ax1.errorbar(source_brightness[neg], w[neg], w_err[neg], fmt=".", ms=2, c="C1", ecolor="C1", alpha=0.4,
+             label=f"measured ≤ 0 ({neg.sum():,} stars)")
+line = np.geomspace(source_brightness.min(), max(source_brightness.max(), w.max()), 100)
+ax1.plot(line, line, c="r", ls="--", label="measured = truth")
+ax1.set_xscale("log")
+ax1.set_yscale("symlog", linthresh=np.median(w_err))  # linear within ±1 typical error, so w ≤ 0 shows
+ax1.set(xlabel="true brightness", ylabel="measured brightness ± 1σ (symlog)", title="L.fit: truth vs measured")
+ax1.legend()
+bins = np.linspace(-5, 5, 51)
+ax2.hist(np.clip(pull, -5, 5), bins=bins, density=True, histtype="step", label="all stars")
+ax2.hist(np.clip(pull[bright], -5, 5), bins=bins, density=True, histtype="step", label="brighter than 1000")
+x = np.linspace(-5, 5, 200)
+ax2.plot(x, np.exp(-x**2 / 2) / np.sqrt(2 * np.pi), c="k", ls="--", label="unit Gaussian")
+ax2.set(xlabel="pull (measured − truth) / error", ylabel="density", title="Pulls")
+ax2.legend()
+
+# %% [markdown]
 # In this exercise the model is perfect because we made the data with it. With real images
 # the point spread function and the star positions are only approximately known, but the
 # procedure is the same: build a design array, convert it, fit.
@@ -264,5 +328,6 @@ for label, seconds in [
     ("model image (L.dot)", t_dot),
     ("L.tocsr()", t_csr),
     ("fit (spsolve)", t_fit),
+    ("two weighted fits + errors (L.fit)", t_lfit),
 ]:
-    print(f"{label:<32} {seconds:8.3f} s")
+    print(f"{label:<36} {seconds:8.3f} s")
