@@ -473,43 +473,77 @@ class Sparse3D(NDArrayOperatorsMixin):
 
         return ROISparse3D(self, corners, size)
 
-    def fit(self, data, errors=None, prior_mu=None, prior_sigma=None, mask=None) -> FitResult:
+    def fit(
+        self,
+        data,
+        errors=None,
+        prior_mu=None,
+        prior_sigma=None,
+        mask=None,
+        *,
+        background=None,
+        dq=None,
+        bad_bits=None,
+        saturation=None,
+    ) -> FitResult:
         """Least-squares weights (brightnesses) of every source, for one image or many frames.
 
-        Solves ``min_w Σ ((data - S·w) / errors)² + Σ ((w - prior_mu) / prior_sigma)²`` over the
-        unmasked pixels through the normal equations, factorised **once** (sparse Cholesky:
-        CHOLMOD from ``cvxopt`` when installed, SciPy's SuperLU otherwise) for all frames.
+        Solves ``min Σ ((data - S·w - sky) / errors)² + Σ ((w - prior_mu) / prior_sigma)²`` over
+        the unmasked pixels through the normal equations, factorised **once** (sparse Cholesky:
+        CHOLMOD from ``cvxopt`` when installed, SciPy's SuperLU otherwise) for all frames that
+        share an error map and mask. See :func:`sparse3d.fit.fit_design` for every detail.
 
         Parameters
         ----------
-        data : numpy.ndarray, shape (H, W) or (H, W, k)
+        data : array_like, shape (H, W) or (H, W, k)
             An image or a stack of ``k`` frames (the layout ``np.dot(S, w)`` returns, so
-            ``S.fit(S @ w).weights`` recovers ``w``). A Dask array gives lazy weights.
-        errors : numpy.ndarray, optional
+            ``S.fit(S @ w).weights`` recovers ``w``). A ``numpy.ma.MaskedArray`` (its mask is
+            honoured), an astropy ``Quantity`` or an ``NDData``/``CCDData``-like object
+            (``.data``, ``.mask``, ``.uncertainty``, ``.unit``) is read accordingly. A Dask
+            array gives lazy weights (without the keyword-only options below).
+        errors : array_like, optional
             Per-pixel 1-σ uncertainties, shape ``(H, W)`` (shared by all frames, one
-            factorisation) or the shape of ``data``: weighted least squares.
+            factorisation) or the shape of ``data``; ``np.inf`` masks a pixel.
         prior_mu, prior_sigma : float or numpy.ndarray, optional
             Per-source Gaussian priors (scalars or ``(nsources,)``); they also regularise
             sources with little or no data.
         mask : numpy.ndarray of bool, optional
-            ``(H, W)``; True marks pixels to ignore (bad or saturated).
+            ``(H, W)`` or per frame ``(H, W, k)``; True marks pixels to ignore.
+        background : optional
+            Sky fitted jointly: ``"constant"``, ``"plane"``, ``("poly", n)``,
+            ``sparse3d.fit.BilinearGrid(tile=(64, 64))``, ... (one per frame of a stack).
+        dq, bad_bits : optional
+            Integer data-quality array and the bits that mark bad pixels.
+        saturation : float, optional
+            Pixels at or above this level are masked and their sources flagged.
 
         Returns
         -------
         FitResult
             ``.weights`` ``(nsources,)`` or ``(nsources, k)``; ``.weights_err`` (1-σ, the
             diagonal of the inverse normal matrix by selected inversion — no dense inverse);
-            ``.model`` (best-fit image(s)); ``.chi2``. Sources with no unmasked pixel and no
-            prior get NaN and one warning that counts them.
+            ``.background``, ``.background_err``, ``.background_image``; ``.model``,
+            ``.residuals``; ``.chi2``, ``.source_chi2``, ``.flags``; ``.covariance()``;
+            ``.to_xarray()``, ``.to_table()``. Sources with no unmasked pixel and no prior get
+            NaN and one warning that counts them.
 
         Raises
         ------
         sparse3d.SingularNormalMatrixError
             When sources that do have data are degenerate (e.g. identical stamps); the
             exception lists them in ``.sources``.
+        NotImplementedError
+            For Dask data with ``background``, ``dq``, ``bad_bits`` or ``saturation``.
         """
         backend = _functions.lazy_backend(data)
         if backend is not None:  # lazy weights on Dask frames; see sparse3d.dask.fit
+            extra = {"background": background, "dq": dq, "bad_bits": bad_bits, "saturation": saturation}
+            given = [k for k, v in extra.items() if v is not None]
+            if given:
+                raise NotImplementedError(
+                    f"S.fit on Dask frames does not support {', '.join(given)}; compute the frames "
+                    "(np.asarray) and fit them eagerly, or fit without these options"
+                )
             return backend.fit(self, data, errors, prior_mu, prior_sigma, mask)
         from .fit import fit_design
 
@@ -521,6 +555,10 @@ class Sparse3D(NDArrayOperatorsMixin):
             prior_mu=prior_mu,
             prior_sigma=prior_sigma,
             mask=mask,
+            background=background,
+            dq=dq,
+            bad_bits=bad_bits,
+            saturation=saturation,
         )
 
 

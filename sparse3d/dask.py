@@ -603,6 +603,9 @@ def fit(
     if is_dask_array(errors) or is_dask_array(mask):
         errors = None if errors is None else np.asarray(errors)
         mask = None if mask is None else np.asarray(mask)
+    if errors is not None and np.any(np.isposinf(errors)):  # errors = inf masks the pixel, as eagerly
+        inf = np.isposinf(errors)
+        mask = inf if mask is None else (np.asarray(mask, dtype=bool) | inf)
     H, W = S.imshape
     if data.ndim not in (2, 3) or tuple(data.shape[:2]) != (H, W):
         raise ValueError(f"data must have shape (H, W) = {(H, W)} or (H, W, k), got {data.shape}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -452,6 +453,226 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
             "source(s) are linearly dependent on other sources",
         ),
     ]
+
+    # ---- the fit on real data: background, masks, uncertainties, units, diagnostics ----------
+    def _img():
+        return np.ones((10, 10))
+
+    def _duck_nddata(unc_type="std", unit=None, unc_unit=None):
+        unc = types.SimpleNamespace(array=np.ones((10, 10)), uncertainty_type=unc_type, unit=unc_unit)
+        return types.SimpleNamespace(data=_img(), mask=None, unit=unit, uncertainty=unc)
+
+    def _stack_fit(**kw):
+        rng = np.random.default_rng(0)
+        return _S().fit(rng.normal(size=(10, 10, 2)), errors=rng.uniform(1, 2, (10, 10, 2)), **kw)
+
+    def _polynomial(*args, **kw):
+        from sparse3d.fit import Polynomial
+
+        return Polynomial(*args, **kw)
+
+    def _grid(*args, **kw):
+        from sparse3d.fit import BilinearGrid
+
+        return BilinearGrid(*args, **kw)
+
+    CASES += [
+        Case(
+            "fit-background-spec",
+            '`S.fit(data, background="sky")`',
+            lambda: _S().fit(_img(), background="sky"),
+            ValueError,
+            "background must be None, 'constant', 'plane', ('poly', order)",
+        ),
+        Case(
+            "fit-background-order",
+            '`Polynomial(order=-1)` (or `background=("poly", -1)`)',
+            lambda: _polynomial(-1),
+            ValueError,
+            "background polynomial order must be an int >= 0",
+        ),
+        Case(
+            "fit-background-tile",
+            "`BilinearGrid(tile=0)`",
+            lambda: _grid(0),
+            ValueError,
+            "background tile must be an int or a pair of ints >= 1",
+        ),
+        Case(
+            "fit-background-prior",
+            "`Polynomial(1, prior_mu=1)` without `prior_sigma`",
+            lambda: _polynomial(1, prior_mu=1.0),
+            ValueError,
+            "background prior_mu requires prior_sigma",
+        ),
+        Case(
+            "fit-mask-dq-like",
+            "`S.fit(data, mask=m)`, `m` integers other than 0/1",
+            lambda: _S().fit(_img(), mask=np.full((10, 10), 4)),
+            ValueError,
+            "look like a data-quality bitmask: pass it as dq=array with bad_bits=",
+        ),
+        Case(
+            "fit-mask-dtype",
+            "`S.fit(data, mask=m)`, `m` float",
+            lambda: _S().fit(_img(), mask=np.zeros((10, 10))),
+            ValueError,
+            "mask must be a boolean array",
+        ),
+        Case(
+            "fit-mask-frames",
+            "`S.fit(image, mask=m)`, `m` of shape `(H, W, k)` for one image",
+            lambda: _S().fit(_img(), mask=np.zeros((10, 10, 3), bool)),
+            ValueError,
+            "mask must have shape (H, W) = (10, 10)",
+        ),
+        Case(
+            "fit-dq-without-bits",
+            "`S.fit(data, dq=dq)` without `bad_bits`",
+            lambda: _S().fit(_img(), dq=np.zeros((10, 10), int)),
+            ValueError,
+            "dq requires bad_bits",
+        ),
+        Case(
+            "fit-bits-without-dq",
+            "`S.fit(data, bad_bits=4)` without `dq`",
+            lambda: _S().fit(_img(), bad_bits=4),
+            ValueError,
+            "bad_bits requires dq",
+        ),
+        Case(
+            "fit-dq-dtype",
+            "`S.fit(data, dq=dq, bad_bits=1)`, `dq` float",
+            lambda: _S().fit(_img(), dq=np.zeros((10, 10)), bad_bits=1),
+            ValueError,
+            "dq must be an integer data-quality array",
+        ),
+        Case(
+            "fit-bad-bits",
+            "`S.fit(data, dq=dq, bad_bits=0)`",
+            lambda: _S().fit(_img(), dq=np.zeros((10, 10), int), bad_bits=0),
+            ValueError,
+            "bad_bits must be a positive int",
+        ),
+        Case(
+            "fit-errors-twice",
+            "`S.fit(nddata, errors=e)`, `nddata.uncertainty` set too",
+            lambda: _S().fit(_duck_nddata(), errors=_img()),
+            ValueError,
+            "errors given twice",
+        ),
+        Case(
+            "fit-uncertainty-type",
+            "`S.fit(nddata)`, `nddata.uncertainty.uncertainty_type` not std/var/ivar",
+            lambda: _S().fit(_duck_nddata("mad")),
+            ValueError,
+            "uncertainty_type 'std', 'var' or 'ivar'",
+        ),
+        Case(
+            "fit-uncertainty-unit",
+            "`S.fit(nddata)`, uncertainty has a unit but data has none",
+            lambda: _S().fit(_duck_nddata(unc_unit="adu")),
+            ValueError,
+            "data.uncertainty has unit adu but data has no unit",
+        ),
+        Case(
+            "fit-saturation",
+            '`S.fit(data, saturation="high")`',
+            lambda: _S().fit(_img(), saturation="high"),
+            ValueError,
+            "saturation must be a real number",
+        ),
+        Case(
+            "fit-covariance-frame",
+            "`res.covariance()` of a stack fitted with several normal matrices",
+            lambda: _stack_fit().covariance(),
+            ValueError,
+            "pass frame= to covariance()",
+        ),
+        Case(
+            "fit-covariance-frame-range",
+            "`res.covariance(frame=5)` of a 2-frame stack",
+            lambda: _stack_fit().covariance(frame=5),
+            ValueError,
+            "frame must be in [0, 2)",
+        ),
+        Case(
+            "fit-blended-threshold",
+            "`res.blended(threshold=1.5)`",
+            lambda: _S().fit(_img()).blended(1.5),
+            ValueError,
+            "threshold must be in [0, 1)",
+        ),
+        Case(
+            "fit-to-xarray-part",
+            '`res.to_xarray("frames")`',
+            lambda: _S().fit(_img()).to_xarray("frames"),
+            ValueError,
+            "part must be 'sources' or 'background'",
+        ),
+        Case(
+            "fit-to-xarray-background",
+            '`res.to_xarray("background")` of a fit without background',
+            lambda: _S().fit(_img()).to_xarray("background"),
+            ValueError,
+            "this fit has no background model",
+        ),
+        Case(
+            "roi-fit-background",
+            '`roi.fit(data, background="constant")`',
+            lambda: _S().roi([(0, 0)], (4, 4)).fit(np.ones((1, 4, 4)), background="constant"),
+            NotImplementedError,
+            "ROISparse3D.fit does not support background",
+        ),
+    ]
+
+    if importlib.util.find_spec("dask") is not None:
+
+        def _dask_fit(**kw):
+            import dask.array as da
+
+            return _S().fit(da.ones((10, 10, 2), chunks=(10, 10, 1)), **kw)
+
+        CASES += [
+            Case(
+                "dask-fit-background",
+                "`S.fit(dask_frames, background=..., dq=..., saturation=...)`",
+                lambda: _dask_fit(background="plane", saturation=3.0),
+                NotImplementedError,
+                "S.fit on Dask frames does not support background, saturation",
+            ),
+        ]
+
+    if importlib.util.find_spec("astropy") is not None:
+
+        def _u():
+            import astropy.units as u
+
+            return u
+
+        CASES += [
+            Case(
+                "fit-units-plain-errors",
+                "`S.fit(data * u.adu, errors=e)`, `e` a plain array",
+                lambda: _S().fit(_img() * _u().adu, errors=_img()),
+                ValueError,
+                "data has unit adu but errors is a plain array",
+            ),
+            Case(
+                "fit-units-mismatch",
+                "`S.fit(data * u.adu, errors=e * u.s)`",
+                lambda: _S().fit(_img() * _u().adu, errors=_img() * _u().s),
+                ValueError,
+                "errors has unit s, which does not convert to the unit adu",
+            ),
+            Case(
+                "fit-units-errors-only",
+                "`S.fit(data, errors=e * u.adu)`, data without unit",
+                lambda: _S().fit(_img(), errors=_img() * _u().adu),
+                ValueError,
+                "errors has unit adu but data has none",
+            ),
+        ]
 
 
 # ---- sub-pixel models: sparse3d.psf, S.shift, np.gradient -----------------------------------

@@ -23,8 +23,11 @@ Where each concept lives
     :func:`fit_design`, the driver: validate, group frames by error map, factorise once
     per map, solve all frames, assemble the result.
 ``normal.py``
-    :class:`NormalEquations` and :func:`prepare_normal_equations`: the normal matrix of
-    one design and one error map, factorised once; design formats and row scaling.
+    :func:`normal_matrix` (the lower triangle of ``A^T diag(ivar) A``, straight from the
+    stamps of a regular :class:`~sparse3d.Sparse3D` through a compiled kernel in
+    ``_stamp_kernels.py``, else SciPy's product), :class:`NormalEquations` and
+    :func:`prepare_normal_equations`: the normal matrix of one design and one error map,
+    factorised once; design formats and row scaling.
 ``factor.py``
     The factorisations behind one interface (``solve``, ``inv_diag``, ``portable``):
     CHOLMOD, SuperLU, triangular, empty; :func:`available_solvers`; singular diagnosis.
@@ -33,6 +36,16 @@ Where each concept lives
 ``result.py``
     :class:`FitResult`, :class:`SingularNormalMatrixError`,
     :class:`UnconstrainedSourceWarning`; chi-square and weight uncertainties.
+``background.py``
+    The background (sky) models fitted jointly with the sources: :class:`BackgroundModel`,
+    :class:`Polynomial`, :class:`BilinearGrid` and :func:`as_background` (their design
+    columns over the image).
+``diagnostics.py``
+    Residuals, chi-square per frame and per source, :class:`FitFlags`, blending, and the
+    covariance on the normal matrix's pattern (selected inversion).
+``_inputs.py``
+    The astronomer's containers read into plain arrays: masked arrays, NDData-like
+    objects, Quantities and units, ``errors=inf``, data-quality bitmasks.
 ``_checks.py``
     Input validation (shapes, masks, errors, priors, solver names).
 
@@ -40,18 +53,27 @@ This package imports SciPy; ``import sparse3d`` does not import it (the names ab
 loaded on first use).
 """
 
+from .background import BackgroundModel, BilinearGrid, Polynomial, as_background
+from .diagnostics import BLEND_THRESHOLD, FitFlags
 from .factor import PIVOT_RTOL, available_solvers
-from .normal import NormalEquations, prepare_normal_equations
+from .normal import NormalEquations, normal_matrix, prepare_normal_equations
 from .result import FitResult, SingularNormalMatrixError, UnconstrainedSourceWarning
 from .solve import fit_design
 
 __all__ = [
+    "BLEND_THRESHOLD",
     "PIVOT_RTOL",
+    "BackgroundModel",
+    "BilinearGrid",
+    "FitFlags",
     "FitResult",
+    "Polynomial",
+    "as_background",
     "NormalEquations",
     "SingularNormalMatrixError",
     "UnconstrainedSourceWarning",
     "available_solvers",
     "fit_design",
+    "normal_matrix",
     "prepare_normal_equations",
 ]

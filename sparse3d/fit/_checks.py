@@ -21,16 +21,20 @@ def _as_source_vector(value: Any, n: int, name: str) -> np.ndarray:
 
 
 def _rows_all(test: Callable[[np.ndarray], np.ndarray], X: np.ndarray, keep: np.ndarray | None) -> bool:
-    """Whether ``test(X)`` holds for every row of ``X`` kept by ``keep``.
+    """Whether ``test(X)`` holds on every entry of ``X`` ``(npix, c)`` kept by ``keep``.
 
-    Works in blocks of rows so that no temporary of the size of ``X`` (a
-    whole frame stack) is allocated.
+    ``keep`` is ``(npix,)`` (shared by the columns), ``(npix, 1)`` or ``(npix, k)`` (per
+    frame; then ``X`` has 1 or ``k`` columns).  Works in blocks of rows so that no
+    temporary of the size of ``X`` (a whole frame stack) is allocated.
     """
-    chunk = max(256, (1 << 18) // max(1, X.shape[1]))
+    if keep is not None and keep.ndim == 1:
+        keep = keep[:, None]
+    cols = max(X.shape[1], 1 if keep is None else keep.shape[1])
+    chunk = max(256, (1 << 18) // cols)
     for i in range(0, X.shape[0], chunk):
-        ok = test(X[i : i + chunk]).all(axis=1)
+        ok = test(X[i : i + chunk])
         if keep is not None:
-            ok |= ~keep[i : i + chunk]
+            ok = ok | ~keep[i : i + chunk]
         if not ok.all():
             return False
     return True
@@ -64,16 +68,24 @@ def _check_design(A: Any, npix: int, imshape: Any) -> None:
         raise ValueError(f"A must have H * W = {npix} rows for imshape={imshape!r}, got shape {A.shape}")
 
 
-def _check_mask(mask: Any, H: int, W: int) -> np.ndarray | None:
-    """``~mask`` raveled, or None when no pixel is masked."""
+def _check_mask(mask: Any, H: int, W: int, k: int | None = None) -> np.ndarray | None:
+    """``~mask`` as ``(npix, 1)`` or, for a per-frame mask of a ``k``-frame stack, ``(npix, k)``.
+
+    None when no pixel is masked.  ``k`` None: only an ``(H, W)`` mask is accepted.
+    """
     if mask is None:
         return None
     mask = np.asarray(mask)
     if mask.dtype != bool:
         raise ValueError(f"mask must be a boolean array, got dtype {mask.dtype}")
-    if mask.shape != (H, W):
-        raise ValueError(f"mask must have shape (H, W) = {(H, W)}, got {mask.shape}")
-    return ~mask.ravel() if mask.any() else None
+    if mask.shape == (H, W):
+        keep = ~mask.reshape(H * W, 1)
+    elif k is not None and mask.shape == (H, W, k):
+        keep = ~mask.reshape(H * W, k)
+    else:
+        allowed = f"(H, W) = {(H, W)}" + ("" if k is None else f" or (H, W, k) = {(H, W, k)}")
+        raise ValueError(f"mask must have shape {allowed}, got {mask.shape}")
+    return None if keep.all() else keep
 
 
 def _check_data_finite(D: np.ndarray, keep: np.ndarray | None) -> None:
@@ -87,33 +99,41 @@ def _check_errors(E: np.ndarray, keep: np.ndarray | None) -> None:
 
 
 def _inverse_variance(E: np.ndarray | None, keep: np.ndarray | None) -> np.ndarray | None:
-    """``(npix, g)`` inverse variances of the error maps ``E``, 0 where masked.
+    """Inverse variances of the error maps ``E`` ``(npix, g)``, 0 where masked.
 
-    None for unit errors (``E`` None) without a mask.
+    ``keep`` is ``(npix, 1)`` or ``(npix, k)`` (then ``E`` has 1 or ``k`` columns and the
+    result ``k``).  None for unit errors (``E`` None) without a mask.
     """
     if E is None:
-        return None if keep is None else keep.astype(np.float64)[:, None]
+        return None if keep is None else keep.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         ivar = 1.0 / E**2
     if keep is not None:
-        ivar[~keep] = 0.0
+        if keep.shape[1] != ivar.shape[1]:
+            ivar = np.broadcast_to(ivar, (ivar.shape[0], max(ivar.shape[1], keep.shape[1]))).copy()
+        ivar[~np.broadcast_to(keep, ivar.shape)] = 0.0
     return ivar
 
 
-def _check_prior(prior_mu: Any, prior_sigma: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Prior precisions ``1 / prior_sigma**2`` and means (0 where there is no prior)."""
+def _check_prior(
+    prior_mu: Any, prior_sigma: Any, n: int, what: str = "prior"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Prior precisions ``1 / prior_sigma**2`` and means (0 where there is no prior).
+
+    ``what`` names the arguments in messages (``"background prior"`` for a background model).
+    """
     if prior_mu is not None and prior_sigma is None:
-        raise ValueError("prior_mu requires prior_sigma")
+        raise ValueError(f"{what}_mu requires {what}_sigma")
     prior_prec = np.zeros(n)
     mu = np.zeros(n)
     if prior_sigma is not None:
-        sig = _as_source_vector(prior_sigma, n, "prior_sigma")
+        sig = _as_source_vector(prior_sigma, n, f"{what}_sigma")
         if not np.all(sig > 0):  # also rejects NaN
-            raise ValueError("prior_sigma must be > 0 (np.inf for no prior)")
+            raise ValueError(f"{what}_sigma must be > 0 (np.inf for no prior)")
         prior_prec = 1.0 / sig**2
         if prior_mu is not None:
-            mu = _as_source_vector(prior_mu, n, "prior_mu")
+            mu = _as_source_vector(prior_mu, n, f"{what}_mu")
             if not np.all(np.isfinite(mu[prior_prec > 0])):
-                raise ValueError("prior_mu must be finite")
+                raise ValueError(f"{what}_mu must be finite")
             mu = np.where(prior_prec > 0, mu, 0.0)
     return prior_prec, mu

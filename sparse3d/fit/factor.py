@@ -63,6 +63,10 @@ class Factor(Protocol):
         """Return ``diag(N^-1)``, shape ``(n,)``."""
         ...
 
+    def inv_entries(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Return the entries ``N^-1[i, j]`` for pairs on the pattern of ``N`` (selected inversion)."""
+        ...
+
     def portable(self) -> Factor:
         """This factor as plain NumPy/SciPy arrays: picklable, no solver library objects."""
         ...
@@ -137,6 +141,10 @@ class _SupernodalFactor:
         d = np.empty(self.n)
         d[self.perm] = self._supernodal().inv_diag()
         return d
+
+    def inv_entries(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Return ``N^-1[i, j]`` by supernodal selected inversion (pairs on the pattern of ``N``)."""
+        return _inv_entries(self._supernodal(), self.perm, self.solve, i, j)
 
     def portable(self) -> _SupernodalFactor:
         """This factor as supernodal blocks only (picklable, no solver library objects)."""
@@ -284,6 +292,10 @@ class _TriangularFactor:
         d[self.perm] = _Supernodal(_close_pattern(self.lower.tocsc())).inv_diag()
         return d
 
+    def inv_entries(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        sup = _Supernodal(_close_pattern(self.lower.tocsc()))
+        return _inv_entries(sup, self.perm, self.solve, i, j)
+
     def portable(self) -> _TriangularFactor:
         return self
 
@@ -299,8 +311,31 @@ class _EmptyFactor:
     def inv_diag(self) -> np.ndarray:
         return np.zeros(0)
 
+    def inv_entries(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return np.zeros(np.size(i))
+
     def portable(self) -> _EmptyFactor:
         return self
+
+
+def _inv_entries(sup: _Supernodal, perm: np.ndarray, solve: Any, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """``N^-1[i, j]`` from the supernodal factor of ``N[perm][:, perm]``.
+
+    Pairs on the factor's pattern come from the selected inversion; the rare pairs of
+    ``N``'s pattern that a factor dropped (an entry that cancelled to exactly 0) are read
+    from solves with the unit vectors of their columns.
+    """
+    iperm = np.empty_like(perm)
+    iperm[perm] = np.arange(perm.size)
+    values, found = sup.inv_entries(iperm[np.asarray(i)], iperm[np.asarray(j)])
+    if not found.all():
+        miss = np.flatnonzero(~found)
+        cols, inv = np.unique(np.asarray(j)[miss], return_inverse=True)
+        E = np.zeros((perm.size, cols.size))
+        E[cols, np.arange(cols.size)] = 1.0
+        Z = solve(E)
+        values[miss] = Z[np.asarray(i)[miss], inv]
+    return values
 
 
 def _factorize(N: scipy.sparse.csr_matrix, solver: str) -> _SupernodalFactor | _EmptyFactor:
