@@ -65,8 +65,13 @@ def run_photutils(r, c, f0, data, err, mask):
     psf.x_0.fixed = True
     psf.y_0.fixed = True
     fwhm = psf.fwhm.value
-    phot = PSFPhotometry(psf, (FIT, FIT), grouper=SourceGrouper(min_separation=2.5 * fwhm),
-                         aperture_radius=3, group_warning_threshold=10**9)
+    phot = PSFPhotometry(
+        psf,
+        (FIT, FIT),
+        grouper=SourceGrouper(min_separation=2.5 * fwhm),
+        aperture_radius=3,
+        group_warning_threshold=10**9,
+    )
     init = Table({"x_init": c, "y_init": r, "flux_init": f0})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -103,9 +108,12 @@ def main(argv=None):
     bright = snr > 10
     ngroups = int(len(np.unique(phot.results["group_id"]))) if hasattr(phot, "results") else None
     out = {
-        "imsize": a.imsize, "nsources": a.nsources, "masked_pixels": int(mask.sum()),
+        "imsize": a.imsize,
+        "nsources": a.nsources,
+        "masked_pixels": int(mask.sum()),
         "photutils_groups": ngroups,
-        "time_sparse3d_s": float(np.median(t_s)), "time_photutils_s": float(np.median(t_p)),
+        "time_sparse3d_s": float(np.median(t_s)),
+        "time_photutils_s": float(np.median(t_p)),
         "time_ratio_photutils_over_sparse3d": float(np.median(t_p) / np.median(t_s)),
         "median_rel_flux_err_sparse3d": float(np.nanmedian(rel_s)),
         "median_rel_flux_err_photutils": float(np.nanmedian(rel_p)),
@@ -119,10 +127,12 @@ def main(argv=None):
         "photutils_nan_fluxes": int(np.isnan(fp).sum()),
         "targets": {"time_ratio": ">= 100", "flux errors": "sparse3d <= photutils"},
     }
-    out["pass"] = bool(out["time_ratio_photutils_over_sparse3d"] >= 100
-                       and out["median_rel_flux_err_sparse3d"] <= out["median_rel_flux_err_photutils"] * 1.001
-                       and out["normalised_flux_scatter_sparse3d_snr10"]
-                       <= out["normalised_flux_scatter_photutils_snr10"] * 1.001)
+    out["pass"] = bool(
+        out["time_ratio_photutils_over_sparse3d"] >= 100
+        and out["median_rel_flux_err_sparse3d"] <= out["median_rel_flux_err_photutils"] * 1.001
+        and out["normalised_flux_scatter_sparse3d_snr10"]
+        <= out["normalised_flux_scatter_photutils_snr10"] * 1.001
+    )
     print(json.dumps(out, indent=1), file=sys.stderr)
     if a.json:
         with open(a.json, "w") as fh:

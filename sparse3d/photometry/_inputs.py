@@ -111,7 +111,9 @@ def check_positions(row: Any, col: Any) -> tuple[np.ndarray, np.ndarray]:
     for name, v in (("row", row), ("col", col)):
         a = np.array(v, dtype=np.float64)  # a copy: the fits update positions in place
         if a.ndim != 1:
-            raise ValueError(f"{name} must be a 1-D array of source positions (nsources,), got shape {a.shape}")
+            raise ValueError(
+                f"{name} must be a 1-D array of source positions (nsources,), got shape {a.shape}"
+            )
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{name} must be finite (source positions in pixels); got NaN or inf")
         out.append(a)

@@ -34,7 +34,9 @@ def design_at(
     """``L`` (and ``dL/drow``, ``dL/dcol`` when ``derivatives``) at the positions ``row, col``."""
     if not derivatives:
         return psf.design(row, col, imshape, stamp_shape=stamp_shape, imcorner=imcorner), None, None
-    L, d = psf.design(row, col, imshape, stamp_shape=stamp_shape, imcorner=imcorner, derivatives=("row", "col"))
+    L, d = psf.design(
+        row, col, imshape, stamp_shape=stamp_shape, imcorner=imcorner, derivatives=("row", "col")
+    )
     return L, d["row"], d["col"]
 
 

@@ -223,8 +223,9 @@ def fit_jitter(
     def factorise(shift):
         nonlocal n_fact
         L, _, _ = design_at(psf, r + shift[0], c + shift[1], *geometry, False)
-        ne = prepare_normal_equations(L.tocsc(), imshape=(H, W), errors=pw.fit_errors, mask=pw.fit_mask,
-                                      solver=solver)
+        ne = prepare_normal_equations(
+            L.tocsc(), imshape=(H, W), errors=pw.fit_errors, mask=pw.fit_mask, solver=solver
+        )
         n_fact += 1
         return ne
 
@@ -246,6 +247,7 @@ def fit_jitter(
             X, steps = _pcg(apply_N, ne.factor.solve, B, cg_tol, cg_maxiter)
             cg_steps.append(steps)
             return X
+
         return solve
 
     def frame_chi2(frames, F):
@@ -332,7 +334,14 @@ def fit_jitter(
     flux_err = np.full((n, K), np.nan)
     flux_err[free] = np.sqrt(ne.factor.inv_diag())[:, None]
     return JitterFitResult(
-        shifts=s, shifts_err=shifts_err, flux=full_flux(F), flux_err=flux_err, chi2=chi2,
-        chi2_history=np.asarray(history), converged=converged, n_iter=n_iter, n_factorizations=n_fact,
+        shifts=s,
+        shifts_err=shifts_err,
+        flux=full_flux(F),
+        flux_err=flux_err,
+        chi2=chi2,
+        chi2_history=np.asarray(history),
+        converged=converged,
+        n_iter=n_iter,
+        n_factorizations=n_fact,
         cg_iterations=np.asarray(cg_steps, dtype=int),
     )

@@ -30,7 +30,6 @@ _MAX_HALVINGS = 5
 _SNR_LEVELS, _SETTLED, _STAGE_ITER = (1000.0, 100.0, 30.0), 0.01, 3
 
 
-
 @dataclass(frozen=True, eq=False)
 class PositionFitResult:
     """Result of :func:`fit_positions`.
@@ -70,6 +69,11 @@ class PositionFitResult:
         Unmasked pixels used.
     design : Sparse3D
         The PSF model at the fitted positions (unit flux per source).
+    background, background_err : numpy.ndarray or None
+        The sky coefficients of the ``background`` model and their 1-sigma uncertainties
+        (None without one).
+    background_image : numpy.ndarray or None
+        The fitted sky, ``(H, W)``.
     """
 
     row: np.ndarray
@@ -87,11 +91,21 @@ class PositionFitResult:
     n_rejected: np.ndarray
     n_pixels: int
     design: Sparse3D
+    background: np.ndarray | None = None
+    background_err: np.ndarray | None = None
+    background_image: np.ndarray | None = None
 
     @cached_property
     def model(self) -> np.ndarray:
-        """The best-fit image ``design @ flux`` (unconstrained sources contribute nothing)."""
-        return self.design.dot(np.nan_to_num(self.flux))
+        """The best-fit image ``design @ flux`` plus the sky (unconstrained sources contribute nothing)."""
+        model = self.design.dot(np.nan_to_num(self.flux))
+        return model if self.background_image is None else model + self.background_image
+
+
+def _sky(res: Any) -> np.ndarray | float:
+    """The fitted background image of a fit-layer result (0.0 without a background model)."""
+    img = getattr(res, "background_image", None)
+    return 0.0 if img is None else np.asarray(img)
 
 
 def _approaching(
@@ -137,7 +151,7 @@ def fit_positions(
     min_snr: float = 5.0,
     min_separation: float = 0.5,
     max_step: float = 1.0,
-    max_iter: int = 20,
+    max_iter: int = 30,
     tol: float = 1e-4,
     rtol: float = 0.05,
     solver: str = "auto",
@@ -173,9 +187,11 @@ def fit_positions(
         Per-pixel 1-sigma uncertainties ``(H, W)``; ``np.inf`` masks a pixel. None: unit.
     mask : numpy.ndarray of bool, optional
         ``(H, W)``, True marks pixels to ignore.
-    background : None
-        Reserved for the joint sky terms of the fit layer (issue 12, section 1); only None
-        is accepted until they land.
+    background : optional
+        The sky, solved jointly in every iteration: anything
+        :func:`sparse3d.fit.fit_design` takes (``"constant"``, ``"plane"``,
+        ``("poly", order)``, ``("grid", tile)`` or a
+        :class:`~sparse3d.fit.BackgroundModel`).
     flux_prior_mu, flux_prior_sigma : float or numpy.ndarray, optional
         Gaussian prior on the fluxes, as in :meth:`Sparse3D.fit`.
     position_prior_sigma : float or numpy.ndarray, optional
@@ -231,11 +247,6 @@ def fit_positions(
     """
     from ..fit import UnconstrainedSourceWarning, fit_design
 
-    if background is not None:
-        raise ValueError(
-            "background= is not supported by fit_positions yet (it will pass through to the fit "
-            "layer's joint sky terms); subtract the sky first or pass background=None"
-        )
     pw = pixel_weights(data, errors, mask, ndim=2)
     D, ivar = pw.data, pw.ivar
     H, W = check_imshape(imshape, D)
@@ -253,32 +264,44 @@ def fit_positions(
     else:
         fix = np.asarray(fix)
         if fix.dtype != bool or fix.shape != (n,):
-            raise ValueError(f"fix must be a boolean array of shape (nsources,) = ({n},), got {fix.dtype} {fix.shape}")
-    for name, v in (("min_snr", min_snr), ("min_separation", min_separation), ("max_step", max_step),
-                    ("tol", tol), ("rtol", rtol)):
+            raise ValueError(
+                f"fix must be a boolean array of shape (nsources,) = ({n},), got {fix.dtype} {fix.shape}"
+            )
+    for name, v in (
+        ("min_snr", min_snr),
+        ("min_separation", min_separation),
+        ("max_step", max_step),
+        ("tol", tol),
+        ("rtol", rtol),
+    ):
         zero_ok = name in ("min_snr", "min_separation", "rtol")
         if not (np.isfinite(v) and v >= 0 and (zero_ok or v > 0)):
-            raise ValueError(f"{name} must be a finite {'non-negative' if zero_ok else 'positive'} number, "
-                             f"got {v!r}")
+            raise ValueError(
+                f"{name} must be a finite {'non-negative' if zero_ok else 'positive'} number, got {v!r}"
+            )
     if int(max_iter) != max_iter or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
     geometry = dict(imshape=(H, W), stamp_shape=tuple(stamp_shape), imcorner=tuple(imcorner))
-    fit_kw = dict(imshape=(H, W), errors=pw.fit_errors, mask=pw.fit_mask, solver=solver)
+    fit_kw = dict(
+        imshape=(H, W), errors=pw.fit_errors, mask=pw.fit_mask, background=background, solver=solver
+    )
     flux_sigma = np.full(n, np.inf) if fps is None else fps
     flux_mu = np.zeros(n) if fpmu is None else fpmu
 
     def design(rr, cc, derivatives):
-        return design_at(psf, rr, cc, geometry["imshape"], geometry["stamp_shape"], geometry["imcorner"],
-                         derivatives)
+        return design_at(
+            psf, rr, cc, geometry["imshape"], geometry["stamp_shape"], geometry["imcorner"], derivatives
+        )
 
     # ---- start: fluxes at the start positions -------------------------------------------
     L, dR, dC = design(r, c, True)
     start = fit_design(L.tocsc(), D, prior_mu=fpmu, prior_sigma=fps, **fit_kw)
     f = start.weights
+    sky = _sky(start)
     # marginal flux uncertainties at the start (blends included): a faint star inside a bright
     # one's core has a large one, however large its flux looks while the bright star is off
     flux_sigma0 = start.weights_err
-    chi2_img = weighted_chi2_image(D, L.dot(np.nan_to_num(f)), ivar)
+    chi2_img = weighted_chi2_image(D, L.dot(np.nan_to_num(f)) + sky, ivar)
     history = [float(chi2_img.sum())]
     rejected: list[int] = []
     lam = np.full(n, _LAM_START)
@@ -319,10 +342,12 @@ def fit_positions(
             sig = np.concatenate([flux_sigma, 1.0 / np.sqrt(prec[0]), 1.0 / np.sqrt(prec[1])])
         any_prior = bool(np.any(np.isfinite(sig)))
         return fit_design(
-            J, D,
+            J,
+            D,
             prior_mu=np.concatenate([flux_mu, mu[0], mu[1]]) if any_prior else None,
             prior_sigma=sig if any_prior else None,
-            return_errors=return_errors, **fit_kw,
+            return_errors=return_errors,
+            **fit_kw,
         )
 
     # ---- damped Gauss-Newton -------------------------------------------------------------
@@ -341,7 +366,8 @@ def fit_positions(
                 break
             n_iter += 1
             m = moving.size
-            sol = solve(L, dR, dC, f, moving, lam, False).weights
+            gn = solve(L, dR, dC, f, moving, lam, False)
+            sol, sky_t = gn.weights, _sky(gn)
             f_t = sol[:n]
             dr = np.nan_to_num(sol[n : n + m])
             dc = np.nan_to_num(sol[n + m :])
@@ -368,8 +394,9 @@ def fit_positions(
                 r_t[moving] += alpha * dr * scale
                 c_t[moving] += alpha * dc * scale
                 f_try = f + alpha * (f_t - f)
+                sky_try = sky + alpha * (sky_t - sky)
                 L_t, _, _ = design(r_t, c_t, False)
-                chi2_t = weighted_chi2_image(D, L_t.dot(np.nan_to_num(f_try)), ivar)
+                chi2_t = weighted_chi2_image(D, L_t.dot(np.nan_to_num(f_try)) + sky_try, ivar)
                 if float(chi2_t.sum()) <= history[-1] * (1 + 1e-12) or np.all(alpha * step < tol_k):
                     accepted = True
                     break
@@ -377,7 +404,7 @@ def fit_positions(
                 raised |= stamp_sum(L, chi2_t)[moving] > old_k + np.maximum(1.0, 1e-6 * old_k)
                 alpha /= 2
             if accepted:
-                r, c, f = r_t, c_t, f_try
+                r, c, f, sky = r_t, c_t, f_try, sky_try
                 lam[moving] *= _LAM_DOWN
                 prev_dr[:] = 0.0
                 prev_dc[:] = 0.0
@@ -393,7 +420,7 @@ def fit_positions(
             last_step[moving] = step / tol_k  # in units of each source's tolerance
             rejected.append(int(raised_idx.size))
             L, dR, dC = design(r, c, True)
-            chi2_img = weighted_chi2_image(D, L.dot(np.nan_to_num(f)), ivar)
+            chi2_img = weighted_chi2_image(D, L.dot(np.nan_to_num(f)) + sky, ivar)
             history.append(float(chi2_img.sum()))
             stage_iter += 1
             settled = accepted and np.all(step < _SETTLED)
@@ -424,9 +451,22 @@ def fit_positions(
     moved = np.zeros(n, dtype=bool)
     moved[moving] = True
     return PositionFitResult(
-        row=r, col=c, row_err=row_err, col_err=col_err,
-        flux=res.weights[:n], flux_err=err[:n],
-        moved=moved, source_converged=src_conv, converged=bool(converged), n_iter=n_iter,
-        chi2=history[-1], chi2_history=np.asarray(history), n_rejected=np.asarray(rejected, dtype=int),
-        n_pixels=pw.n_pixels, design=L,
+        row=r,
+        col=c,
+        row_err=row_err,
+        col_err=col_err,
+        flux=res.weights[:n],
+        flux_err=err[:n],
+        moved=moved,
+        source_converged=src_conv,
+        converged=bool(converged),
+        n_iter=n_iter,
+        chi2=history[-1],
+        chi2_history=np.asarray(history),
+        n_rejected=np.asarray(rejected, dtype=int),
+        n_pixels=pw.n_pixels,
+        design=L,
+        background=getattr(res, "background", None),
+        background_err=getattr(res, "background_err", None) if background is not None else None,
+        background_image=None if background is None else _sky(res),
     )
