@@ -19,7 +19,7 @@ STAMP = (11, 11)
 
 
 def dense_image(row, col, flux, imshape, imcorner=(0, 0), sigma=1.0, stamp=STAMP, derivs=False):
-    """Stars on their stamps (nearest pixel +- stamp // 2), summed densely. Optionally d/drow, d/dcol per star."""
+    """Stars on their stamps (nearest pixel +- stamp // 2), summed densely; optionally d/drow, d/dcol."""
     H, W = imshape
     out = np.zeros((H, W))
     dR = np.zeros((H, W, len(row)))
