@@ -117,7 +117,7 @@ def _approaching(
     dc: np.ndarray,
     min_sep: float,
 ) -> np.ndarray:
-    """Boolean ``(len(moving),)``: the step ends within ``min_sep`` of a brighter source, nearer than before."""
+    """Boolean ``(len(moving),)``: the step ends within ``min_sep`` of a brighter source (and nearer)."""
     if min_sep <= 0 or r.size < 2:
         return np.zeros(moving.size, dtype=bool)
     from scipy.spatial import cKDTree
