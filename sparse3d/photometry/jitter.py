@@ -96,7 +96,8 @@ class _Frames:
         self.g = []  # (npix, 2) per frame: dL/drow f, dL/dcol f
         for t, (sr, sc) in enumerate(shifts):
             L, dR, dC = design_at(psf, row + sr, col + sc, *geometry, derivatives)
-            self.L.append(L.tocsr()[:, free])
+            csr = L.tocsr()
+            self.L.append(csr if free.all() else csr[:, free])
             if derivatives and flux is not None:
                 ft = np.nan_to_num(flux[:, t])
                 self.g.append(np.stack([dR.dot(ft).ravel(), dC.dot(ft).ravel()], axis=1))
