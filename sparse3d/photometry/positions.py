@@ -112,6 +112,17 @@ def _sky(res: Any) -> np.ndarray | float:
     return 0.0 if img is None else np.asarray(img)
 
 
+def _shadowed(r: np.ndarray, c: np.ndarray, flux: np.ndarray, min_sep: float) -> np.ndarray:
+    """Boolean ``(nsources,)``: a brighter source lies within ``min_sep`` (the position is degenerate)."""
+    if min_sep <= 0 or r.size < 2:
+        return np.zeros(r.size, dtype=bool)
+    from scipy.spatial import cKDTree
+
+    dist, nbr = cKDTree(np.c_[r, c]).query(np.c_[r, c], k=2)
+    bright = np.abs(np.nan_to_num(flux))
+    return (dist[:, 1] < min_sep) & (bright[nbr[:, 1]] > bright)
+
+
 def _approaching(
     r: np.ndarray,
     c: np.ndarray,
@@ -213,7 +224,8 @@ def fit_positions(
         A step that would bring a source closer than this (pixels) to a brighter source,
         and closer than it was, is not taken: coincident sources are degenerate and
         their fluxes would run off as a +-inf pair. The brighter source is never held
-        back by a fainter one; sources given closer than this may still separate.
+        back by a fainter one. A source already closer than this to a brighter one keeps
+        its position (its flux is still fitted).
     max_step : float
         Largest position change per iteration, pixels (a longer step is shortened).
     max_iter : int
@@ -323,7 +335,7 @@ def fit_positions(
         """Sources whose positions are fitted now: not fixed, flux S/N at least ``level``."""
         with np.errstate(invalid="ignore", divide="ignore"):
             snr = np.nan_to_num(f / flux_sigma0)
-        return np.flatnonzero(~fix & (snr >= level))
+        return np.flatnonzero(~fix & (snr >= level) & ~_shadowed(r, c, f, min_separation))
 
     # Brightest first: a faint star next to a bright one whose position is still off
     # absorbs the bright star's residual and looks significant; it would then walk into it.
