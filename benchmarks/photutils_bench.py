@@ -5,7 +5,8 @@ photutils' ``CircularGaussianPSF`` and ``sparse3d.psf.Gaussian``), the same fixe
 error map and mask (saturated star cores), fitted by
 
 * photutils ``PSFPhotometry`` with a ``SourceGrouper`` (the grouped fit: blended stars are
-  fitted together, each group by astropy's Levenberg-Marquardt), positions fixed;
+  fitted together, each group by astropy's ``LevMarLSQFitter``; the default
+  ``TRFLSQFitter`` fails on faint stars whose flux crosses 0), positions fixed;
 * sparse3d: ``Gaussian(...).design(...).fit(data, errors=..., mask=...)`` -- every star in
   one sparse linear solve.
 
@@ -58,6 +59,7 @@ def run_sparse3d(r, c, data, err, mask):
 
 
 def run_photutils(r, c, f0, data, err, mask):
+    from astropy.modeling.fitting import LevMarLSQFitter
     from astropy.table import Table
     from photutils.psf import CircularGaussianPSF, PSFPhotometry, SourceGrouper
 
