@@ -68,10 +68,13 @@ def run_photutils(r, c, f0, data, err, mask):
     psf.y_0.fixed = True
     psf.fwhm.fixed = True  # only the fluxes are free, as in the sparse solve
     fwhm = psf.fwhm.value
+    # LevMarLSQFitter, not the default TRFLSQFitter: with photutils 3.0 the TRF fit of a faint
+    # star whose flux crosses 0 fails (the analytic derivative d/dflux = g / flux is NaN there)
     phot = PSFPhotometry(
         psf,
         (FIT, FIT),
         grouper=SourceGrouper(min_separation=2.5 * fwhm),
+        fitter=LevMarLSQFitter(),
         aperture_radius=3,
         group_warning_threshold=10**9,
     )
