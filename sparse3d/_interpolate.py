@@ -50,9 +50,11 @@ def sinc_matrix(n: int, frac) -> np.ndarray:
         Fractional shift(s); an array of shape ``(m,)`` gives ``m`` matrices ``(m, n, n)``.
     """
     i = np.arange(n)
-    t = (i[:, None] - i[None, :]).astype(float)
+    lag = i[:, None] - i[None, :]  # the matrix is Toeplitz: only 2n - 1 distinct lags
     frac = np.asarray(frac, dtype=float)
-    return np.sinc(t - frac[..., None, None])
+    lags = np.arange(-(n - 1), n, dtype=float)
+    values = np.sinc(lags - frac[..., None])  # (..., 2n - 1): sin evaluated 2n - 1 times per fraction
+    return values[..., lag + (n - 1)]
 
 
 def split_shift(delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -109,16 +111,25 @@ def _shift_arg(shift, nsources: int) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
+_BLAS_CONTROLLER = []  # a threadpoolctl.ThreadpoolController, found once (it scans loaded libraries)
+
+
 def _single_threaded_blas():
     """One BLAS thread: the products here have an inner dimension of a stamp side (~10), which
     is memory-bound, and on a busy machine threaded BLAS spins (measured 3-7x slower)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+    if not _BLAS_CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS_CONTROLLER.append(ThreadpoolController())
+        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+            _BLAS_CONTROLLER.append(None)
+    controller = _BLAS_CONTROLLER[0]
+    if controller is None:  # pragma: no cover
         import contextlib
 
         return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+    return controller.limit(limits=1, user_api="blas")
 
 
 def _resample_axis(values: np.ndarray, frac: np.ndarray, axis: int) -> np.ndarray:
@@ -154,10 +165,13 @@ def shift_stamps(S, shift):
         out = S.translate((int(wr), int(wc)))
     elif not (wr.any() or wc.any()):
         out = S
-    else:
-        whole_r = np.broadcast_to(wr, (S.nsources,)).astype(np.int64)
-        whole_c = np.broadcast_to(wc, (S.nsources,)).astype(np.int64)
-        out = Sparse3D(S.data, S.row + whole_r, S.col + whole_c, S.imshape, S.imcorner)
+    else:  # per-source whole-pixel moves: new positions, same values (shared, read-only)
+        from ._structure import StampStructure, as_position_array
+
+        shape = S.stamp_shape
+        row = as_position_array(S.row + np.broadcast_to(wr, (S.nsources,)).astype(np.int64), "row", shape)
+        col = as_position_array(S.col + np.broadcast_to(wc, (S.nsources,)).astype(np.int64), "col", shape)
+        out = Sparse3D._from_parts(S.data, StampStructure(row, col, S.imshape, S.imcorner))
     if not (fr.any() or fc.any()):
         return out
     if not _is_regular(S):

@@ -311,7 +311,8 @@ class Sparse3D(NDArrayOperatorsMixin):
         Accuracy, against the PSF re-evaluated at the moved position: for a Gaussian with
         σ ≥ 1 px whose stamp contains it (≳ 5σ on each side) and ``|shift| ≤ 0.5`` px, the
         error is ≤ 7e-3 of the peak at σ = 1 px (the aliasing limit of the samples) and
-        ≲ 1e-4 at σ = 1.5 px. Flux that the move would bring in from outside the stamp is
+        ≲ 1e-4 at σ = 1.5 px; a Moffat's sharper core needs α ≳ 3.5 px (β = 3.5) for 1e-2.
+        Flux that the move would bring in from outside the stamp is
         missing and values near an edge that is not ≈ 0 ring (sinc): shift stamps that hold a
         whole, decaying PSF. Fractional shifts need upright stamps (built as
         ``R[:, :, None] + row``). Integer and boolean values become float64.

@@ -675,6 +675,116 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
         ]
 
 
+# ---- the demo (python -m sparse3d demo; the command line turns these into usage errors) ----
+CASES += [
+    Case(
+        "demo-seed",
+        "`run_demo(seed=-1)` (`python -m sparse3d demo --seed -1`)",
+        lambda: _run_demo()(imshape=(8, 8), nsources=1, seed=-1, plots=False),
+        ValueError,
+        "seed must be a non-negative integer",
+    ),
+    Case(
+        "demo-nsources",
+        "`run_demo(nsources=0)` (`--nsources 0`)",
+        lambda: _run_demo()(imshape=(8, 8), nsources=0, plots=False),
+        ValueError,
+        "nsources must be a positive integer",
+    ),
+    Case(
+        "demo-imshape",
+        "`run_demo(imshape=(64, -3))` (`--imshape 64 -3`)",
+        lambda: _run_demo()(imshape=(64, -3), nsources=1, plots=False),
+        ValueError,
+        "imshape must be two positive integers",
+    ),
+    Case(
+        "demo-output",
+        "`run_demo(output=path)`, `path` not creatable or not writable (`--output`)",
+        lambda: _run_demo()(imshape=(8, 8), nsources=1, output=Path(__file__) / "figures"),
+        OSError,
+        "is not writable",
+    ),
+]
+
+
+def _run_demo():
+    from sparse3d._demo import run_demo
+
+    return run_demo
+
+
+if importlib.util.find_spec("sparse3d.legacy") is not None:
+    from sparse3d import legacy
+
+    def _L():
+        S = _S()
+        return legacy.ROISparse3D(S.data, S.row, S.col, S.imshape, 1, (4, 4), [(0, 0)])
+
+    def _moved(L):
+        L.translate((1, 0))
+        return L
+
+    CASES += [
+        Case(
+            "legacy-2d",
+            "`legacy.Sparse3D(np.ones((3, 3)), ...)`",
+            lambda: legacy.Sparse3D(np.ones((3, 3)), np.ones((3, 3)), np.ones((3, 3)), (5, 5)),
+            ValueError,
+            "data, row and col must be 3-D",
+        ),
+        Case(
+            "legacy-nsubimages",
+            "`legacy.Sparse3D(data, row, col, ...)`, 2 vs 1 subimages",
+            lambda: legacy.Sparse3D(np.ones((3, 3, 2)), np.ones((3, 3, 1)), np.ones((3, 3, 2)), (5, 5)),
+            ValueError,
+            "data has 2, row 1, col 2",
+        ),
+        Case(
+            "legacy-roi-corners",
+            "`legacy.ROISparse3D(..., nROIs=2, ROI_corners=[(0, 0)])`",
+            lambda: legacy.ROISparse3D(ONE, ONE, ONE, (5, 5), 2, (2, 2), [(0, 0)]),
+            ValueError,
+            "ROI_corners has 1 entries for nROIs=2",
+        ),
+        Case(
+            "legacy-operand-shape",
+            "`L + np.ones((2, 2, 2))` (not the stamp shape)",
+            lambda: _L() + np.ones((2, 2, 2)),
+            ValueError,
+            "does not broadcast against the stamp shape (3, 3, 2)",
+        ),
+        Case(
+            "legacy-offsets",
+            "`L1 + L2`, translated to different offsets",
+            lambda: _moved(_L()) + _L(),
+            ValueError,
+            "operands are translated to different offsets",
+        ),
+        Case(
+            "legacy-stack-offsets",
+            "`legacy.stack([L1, L2])`, different offsets",
+            lambda: legacy.stack([_moved(_L()), _L()]),
+            ValueError,
+            "Can only stack arrays translated to the same offset",
+        ),
+        Case(
+            "legacy-dot-type",
+            '`L.to_Sparse3D().dot("w")`',
+            lambda: _L().to_Sparse3D().dot("w"),
+            NotImplementedError,
+            "pass the weights as a numpy.ndarray",
+        ),
+        Case(
+            "legacy-index",
+            "`L[0, :, 1]`",
+            lambda: _L()[0, :, 1],
+            IndexError,
+            "Only full slices (:) are allowed for the first two dimensions",
+        ),
+    ]
+
+
 # ---- sub-pixel models: sparse3d.psf, S.shift, np.gradient -----------------------------------
 def _transposed():
     """Stamps whose axis 0 runs along image columns."""
@@ -832,45 +942,6 @@ def _psf_cases():
 
 CASES += _psf_cases()
 
-# ---- the demo (python -m sparse3d demo; the command line turns these into usage errors) ----
-CASES += [
-    Case(
-        "demo-seed",
-        "`run_demo(seed=-1)` (`python -m sparse3d demo --seed -1`)",
-        lambda: _run_demo()(imshape=(8, 8), nsources=1, seed=-1, plots=False),
-        ValueError,
-        "seed must be a non-negative integer",
-    ),
-    Case(
-        "demo-nsources",
-        "`run_demo(nsources=0)` (`--nsources 0`)",
-        lambda: _run_demo()(imshape=(8, 8), nsources=0, plots=False),
-        ValueError,
-        "nsources must be a positive integer",
-    ),
-    Case(
-        "demo-imshape",
-        "`run_demo(imshape=(64, -3))` (`--imshape 64 -3`)",
-        lambda: _run_demo()(imshape=(64, -3), nsources=1, plots=False),
-        ValueError,
-        "imshape must be two positive integers",
-    ),
-    Case(
-        "demo-output",
-        "`run_demo(output=path)`, `path` not creatable or not writable (`--output`)",
-        lambda: _run_demo()(imshape=(8, 8), nsources=1, output=Path(__file__) / "figures"),
-        OSError,
-        "is not writable",
-    ),
-]
-
-
-def _run_demo():
-    from sparse3d._demo import run_demo
-
-    return run_demo
-
-
 # ---- scene fits: sparse3d.photometry (positions, jitter) -------------------------------------
 def _photometry_cases():
     from sparse3d.photometry import fit_jitter, fit_positions
@@ -928,6 +999,7 @@ def _photometry_cases():
 
 
 CASES += _photometry_cases()
+
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

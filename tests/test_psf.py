@@ -432,3 +432,15 @@ def test_gradient_refusals(call, error, match):
     _, _, L = _scene(1.0, (6, 6), n=2)
     with pytest.raises(error, match=match):
         call(L)
+
+
+def test_layering_core_does_not_import_psf():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sparse3d; bad = [m for m in sys.modules if m.startswith(('sparse3d.psf', "
+        "'sparse3d._interpolate', 'scipy'))]; assert not bad, bad; import sparse3d.psf; "
+        "assert not [m for m in sys.modules if m.startswith('scipy')]"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

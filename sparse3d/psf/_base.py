@@ -222,7 +222,8 @@ class PSFModel:
             The design ``L``; with ``derivatives``, also ``{name: dL/dname}``, each with the
             same structure as ``L`` (so ``np.concatenate([L, d["row"], d["col"]], axis=2)``
             is a valid design). ``d["row"]`` is the derivative with respect to each source's
-            own row position.
+            own row position; ``d["sigma"]`` with respect to each source's own σ, so for one
+            σ shared by the field the image derivative is ``d["sigma"].dot(w)``.
         """
         wanted = () if derivatives is None else self._wanted(derivatives)
         p = place(row, col, stamp_shape)
