@@ -344,7 +344,7 @@ def fit_positions(
     levels = [lv for lv in _SNR_LEVELS if lv > min_snr] + [min_snr]
     stage, stage_iter = 0, 0
 
-    def solve(L, dR, dC, f, moving, lam, return_errors):
+    def solve(L, dR, dC, f, moving, lam, return_errors, flux_damping=_LAM_MIN):
         J = gauss_newton_design(L, dR, dC, f, moving)
         fm2 = np.nan_to_num(f[moving]) ** 2
         prec, mu = [], []
@@ -354,13 +354,21 @@ def fit_positions(
             prec.append(p)
             with np.errstate(invalid="ignore", divide="ignore"):
                 mu.append(np.where(p > 0, pprec[moving] * off[moving] / p, 0.0))
-        with np.errstate(divide="ignore"):
-            sig = np.concatenate([flux_sigma, 1.0 / np.sqrt(prec[0]), 1.0 / np.sqrt(prec[1])])
+        # the fluxes are damped too (towards their current values, by flux_damping times the
+        # diagonal) while iterating: a faint star that a bright one walks over makes its flux
+        # column all but dependent on the bright star's position columns
+        fprec_user = 1.0 / flux_sigma**2
+        fprec = fprec_user + flux_damping * stamp_sum(L, ivar, power=2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fmu = np.where(
+                fprec > 0, (fprec_user * flux_mu + (fprec - fprec_user) * np.nan_to_num(f)) / fprec, 0.0
+            )
+            sig = np.concatenate([1.0 / np.sqrt(fprec), 1.0 / np.sqrt(prec[0]), 1.0 / np.sqrt(prec[1])])
         any_prior = bool(np.any(np.isfinite(sig)))
         return fit_design(
             J,
             D,
-            prior_mu=np.concatenate([flux_mu, mu[0], mu[1]]) if any_prior else None,
+            prior_mu=np.concatenate([fmu, mu[0], mu[1]]) if any_prior else None,
             prior_sigma=sig if any_prior else None,
             return_errors=return_errors,
             **fit_kw,
@@ -459,7 +467,7 @@ def fit_positions(
         # ---- uncertainties: one undamped linearisation at the final positions ------------
         m = moving.size
         try:
-            res = solve(L, dR, dC, f, moving, np.zeros(n), True)
+            res = solve(L, dR, dC, f, moving, np.zeros(n), True, flux_damping=0.0)
         except SingularNormalMatrixError:
             # a blend so close that position and flux trade off exactly: report the
             # uncertainties of the (barely) damped system instead, and say so
