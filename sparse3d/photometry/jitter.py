@@ -25,6 +25,16 @@ blocked triangular solve with ``3 * nframes`` columns per CG step. CG converges 
 steps (``N_bar^-1 N_t`` is close to the identity); the result is the exact Gauss-Newton
 step, unlike using ``N_bar`` in place of ``N_t`` (a bordered solve at the mean pointing),
 whose fixed point is biased by the mismatch.
+
+Measured (``benchmarks/photometry_bench.py jitter``: 256², 500 stars, 100 frames, 0.3 px rms):
+light-curve scatter 1.001x that of a flux fit at the true shifts, in 5 iterations with 35-55
+CG steps each when the error map is shared by all frames (it is not shift-invariant: bright
+stars move across their own noise), 1-3 with uniform errors. The bordered solve with
+``N_bar`` in place of ``N_t`` did not converge in 30 iterations (shift errors 0.025 px,
+scatter 3.6x). With only hundreds of stars a factorisation is cheap, and factorising every
+frame would be faster than the CG steps there (fit_jitter 30.6 s against 4.2 s for one flux
+fit per frame at known shifts, same run); the single factorisation is meant for scenes where
+the factorisation dominates (many crowded stars), which has not been measured yet.
 """
 
 from __future__ import annotations
