@@ -59,6 +59,18 @@ def stamp_sum(S: Sparse3D, image: np.ndarray, power: int = 0) -> np.ndarray:
     return v.sum(axis=(0, 1))
 
 
+def column_norms(ivar: np.ndarray, *arrays: Sparse3D) -> list[np.ndarray]:
+    """Per-source ``sum(ivar * S.data**2)`` of each of ``arrays``, which share one structure.
+
+    The weights are read at the stamp pixels once for all of them (the PSF layer hands out
+    the model and its derivatives with the same structure).
+    """
+    if not arrays:
+        return []
+    w = stamp_values(arrays[0], ivar)
+    return [(w * S.data**2).sum(axis=(0, 1)) for S in arrays]
+
+
 def gauss_newton_design(
     L: Sparse3D, dR: Sparse3D, dC: Sparse3D, flux: np.ndarray, moving: np.ndarray
 ) -> scipy.sparse.csc_matrix:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..core import Sparse3D
 from ._inputs import check_imshape, check_positions, check_source_vector, pixel_weights
-from ._linearise import design_at, gauss_newton_design, stamp_sum, weighted_chi2_image
+from ._linearise import column_norms, design_at, gauss_newton_design, stamp_sum, weighted_chi2_image
 
 #: Levenberg-Marquardt damping of a source's position columns: its first value, and the
 #: factors applied after an accepted / rejected step. The damping adds ``lam * N_jj`` to
@@ -311,6 +311,7 @@ def fit_positions(
 
     # ---- start: fluxes at the start positions -------------------------------------------
     L, dR, dC = design(r, c, True)
+    nL, nR, nC = column_norms(ivar, L, dR, dC)  # sum(L^2 / err^2) etc. per source
     start = fit_design(L.tocsc(), D, prior_mu=fpmu, prior_sigma=fps, **fit_kw)
     f = start.weights
     sky = _sky(start)
@@ -325,9 +326,9 @@ def fit_positions(
     prev_dr, prev_dc = np.zeros(n), np.zeros(n)
     last_step = np.zeros(n)
 
-    def pos_sigma(dR, dC, f):
+    def pos_sigma(f):
         """Position uncertainty of every source alone (no blending): ``1 / sqrt(f^2 sum(dL^2 / err^2))``."""
-        info = np.nan_to_num(f) ** 2 * np.minimum(stamp_sum(dR, ivar, power=2), stamp_sum(dC, ivar, power=2))
+        info = np.nan_to_num(f) ** 2 * np.minimum(nR, nC)
         with np.errstate(divide="ignore"):
             return 1.0 / np.sqrt(info)
 
@@ -348,8 +349,8 @@ def fit_positions(
         J = gauss_newton_design(L, dR, dC, f, moving)
         fm2 = np.nan_to_num(f[moving]) ** 2
         prec, mu = [], []
-        for dX, off in ((dR, r0 - r), (dC, c0 - c)):
-            njj = fm2 * stamp_sum(dX, ivar, power=2)[moving]
+        for nX, off in ((nR, r0 - r), (nC, c0 - c)):
+            njj = fm2 * nX[moving]
             p = lam[moving] * njj + pprec[moving]
             prec.append(p)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -358,7 +359,7 @@ def fit_positions(
         # diagonal) while iterating: a faint star that a bright one walks over makes its flux
         # column all but dependent on the bright star's position columns
         fprec_user = 1.0 / flux_sigma**2
-        fprec = fprec_user + flux_damping * stamp_sum(L, ivar, power=2)
+        fprec = fprec_user + flux_damping * nL
         with np.errstate(invalid="ignore", divide="ignore"):
             fmu = np.where(
                 fprec > 0, (fprec_user * flux_mu + (fprec - fprec_user) * np.nan_to_num(f)) / fprec, 0.0
@@ -396,7 +397,7 @@ def fit_positions(
             dr = np.nan_to_num(sol[n : n + m])
             dc = np.nan_to_num(sol[n + m :])
             step = np.hypot(dr, dc)
-            tol_k = np.maximum(tol, rtol * pos_sigma(dR, dC, f)[moving])
+            tol_k = np.maximum(tol, rtol * pos_sigma(f)[moving])
             # per-source clamp on the step length, halved whenever the source turns back
             # (an oscillating faint star settles instead of pulling its neighbours about)
             turned = dr * prev_dr[moving] + dc * prev_dc[moving] < 0
@@ -444,6 +445,7 @@ def fit_positions(
             last_step[moving] = step / tol_k  # in units of each source's tolerance
             rejected.append(int(raised_idx.size))
             L, dR, dC = design(r, c, True)
+            nL, nR, nC = column_norms(ivar, L, dR, dC)
             chi2_img = weighted_chi2_image(D, L.dot(np.nan_to_num(f)) + sky, ivar)
             history.append(float(chi2_img.sum()))
             stage_iter += 1
