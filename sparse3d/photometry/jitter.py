@@ -46,7 +46,7 @@ import numpy as np
 import scipy.sparse
 
 from ._inputs import check_imshape, check_positions, pixel_weights
-from ._linearise import design_at
+from ._linearise import column_norms, design_at
 
 _MAX_HALVINGS = 6
 
@@ -238,24 +238,42 @@ def fit_jitter(
             L.tocsc(), imshape=(H, W), errors=pw.fit_errors, mask=pw.fit_mask, solver=solver
         )
         n_fact += 1
-        return ne
+        # diag(N_bar) on the free sources, for the per-frame diagonal rescaling below
+        ne_diag = column_norms(
+            np.where(pw.fit_mask, 0.0, pw.fit_errors**-2.0)
+            if pw.fit_mask is not None
+            else pw.fit_errors**-2.0,
+            L,
+        )[0]
+        return ne, ne_diag[ne.free]
 
     def flux_solver(frames, ne):
         """``N_t^-1`` on ``per`` columns per frame, by PCG preconditioned by ``N_bar``.
 
         The ``N_t`` are formed once (sparse, ``n x n`` each) and applied as one
-        block-diagonal product to all frames' columns.
+        block-diagonal product to all frames' columns. The preconditioner of frame ``t`` is
+        ``S_t N_bar^-1 S_t`` with ``S_t = sqrt(diag(N_bar) / diag(N_t))``: each star's own
+        weight changes most from frame to frame (it moves across the error map), and the
+        rescaling takes that out at no cost.
         """
-        Nblk = scipy.sparse.block_diag(
-            [(Lt.T @ scipy.sparse.diags(w(t)) @ Lt) for t, Lt in enumerate(frames.L)], format="csr"
-        )
+        ne, nbar_diag = ne
+        Nts = [(Lt.T @ scipy.sparse.diags(w(t)) @ Lt) for t, Lt in enumerate(frames.L)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scale = np.stack([np.sqrt(nbar_diag / Nt.diagonal()) for Nt in Nts], axis=1)  # (nf, K)
+        scale[~np.isfinite(scale)] = 1.0
+        Nblk = scipy.sparse.block_diag(Nts, format="csr")
 
         def solve(B, per):
             def apply_N(X):
                 Xs = X.reshape(nf, K, per).transpose(1, 0, 2).reshape(K * nf, per)
                 return (Nblk @ Xs).reshape(K, nf, per).transpose(1, 0, 2).reshape(nf, K * per)
 
-            X, steps = _pcg(apply_N, ne.factor.solve, B, cg_tol, cg_maxiter)
+            sc = np.repeat(scale, per, axis=1)  # column j of B belongs to frame j // per
+
+            def precond(R):
+                return sc * ne.factor.solve(sc * R)
+
+            X, steps = _pcg(apply_N, precond, B, cg_tol, cg_maxiter)
             cg_steps.append(steps)
             return X
 
@@ -270,7 +288,7 @@ def fit_jitter(
 
     # ---- start: fluxes at the start shifts --------------------------------------------
     ne = factorise(s.mean(axis=0))
-    free = ne.free
+    free = ne[0].free
     nf = int(free.sum())
     frames = _Frames(psf, r, c, s, geometry, free, False)
     B = np.stack([Lt.T @ (w(t) * Dm[:, t]) for t, Lt in enumerate(frames.L)], axis=1)
@@ -343,7 +361,7 @@ def fit_jitter(
             break
 
     flux_err = np.full((n, K), np.nan)
-    flux_err[free] = np.sqrt(ne.factor.inv_diag())[:, None]
+    flux_err[free] = np.sqrt(ne[0].factor.inv_diag())[:, None]
     return JitterFitResult(
         shifts=s,
         shifts_err=shifts_err,
