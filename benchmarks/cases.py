@@ -72,13 +72,19 @@ CASES: dict[str, str] = {
     "xarray_sel": "L.to_xarray().sel(source=i), materialised",
     "fit": "fit brightnesses to the noisy image",
     "fit_frames100": "fit brightnesses to 100 noisy frames (H, W, 100) at once",
+    "fit_weights_err": "res.weights_err after L.fit(image) (the fit itself untimed)",
+    "fit_superlu": "L.fit(image, solver='superlu') (SciPy's SuperLU; solver comparison)",
+    "fit_cholmod": "L.fit(image, solver='cholmod') (opt-in GPL CHOLMOD; solver comparison)",
+    "fit_csr": "fit_design(L.tocsr(), image): the general path (SciPy A^T A), default solver",
     "psf_gaussian": "sparse3d.psf.Gaussian(sigma).design(row, col, imshape, stamp): the same scene's L",
     "psf_gaussian_derivs": "Gaussian design plus d/drow, d/dcol, d/dsigma stamps (4 arrays, one structure)",
     "shift": "L.shift((0.3, -0.2)): fractional move of every stamp (sinc resampling)",
 }
 
 #: Cases that need ``scene.fake_data``.
-NEEDS_FAKE_DATA = frozenset({"tensordot", "fit", "fit_frames100"})
+NEEDS_FAKE_DATA = frozenset(
+    {"tensordot", "fit", "fit_frames100", "fit_weights_err", "fit_superlu", "fit_cholmod", "fit_csr"}
+)
 
 
 def summarize(arr: np.ndarray) -> dict:

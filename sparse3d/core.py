@@ -567,9 +567,10 @@ class Sparse3D(NDArrayOperatorsMixin):
         """Least-squares weights (brightnesses) of every source, for one image or many frames.
 
         Solves ``min Σ ((data - S·w - sky) / errors)² + Σ ((w - prior_mu) / prior_sigma)²`` over
-        the unmasked pixels through the normal equations, factorised **once** (sparse Cholesky:
-        CHOLMOD from ``cvxopt`` when installed, SciPy's SuperLU otherwise) for all frames that
-        share an error map and mask. See :func:`sparse3d.fit.fit_design` for every detail.
+        the unmasked pixels through the normal equations, factorised **once** (a sparse
+        ``L D L^T`` from ``qdldl``; see :func:`sparse3d.fit.fit_design` for the other solvers)
+        for all frames that share an error map and mask. With regular stamps the normal matrix
+        is built from the stamps directly.
 
         Parameters
         ----------
@@ -626,7 +627,7 @@ class Sparse3D(NDArrayOperatorsMixin):
         from .fit import fit_design
 
         return fit_design(
-            self.tocsc(),
+            self,
             data,
             imshape=self.imshape,
             errors=errors,

@@ -577,6 +577,34 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
             _singular_error(),
             "source(s) are linearly dependent on other sources",
         ),
+        Case(
+            "fit-complex-data",
+            "`S.fit(data)`, complex `data`",
+            lambda: _S().fit(np.ones((10, 10)) * (1 + 1j)),
+            TypeError,
+            "data must be real; got complex dtype complex128",
+        ),
+        Case(
+            "fit-complex-design",
+            "`S.fit(data)`, complex stamp values",
+            lambda: (_S() * 1j).fit(np.ones((10, 10))),
+            TypeError,
+            "A must be real; got complex dtype complex128",
+        ),
+        Case(
+            "fit-complex-errors",
+            "`S.fit(data, errors=e)`, complex `e`",
+            lambda: _S().fit(np.ones((10, 10)), errors=np.ones((10, 10)) * (1 + 1j)),
+            TypeError,
+            "errors must be real",
+        ),
+        Case(
+            "fit-solver",
+            "`fit_design(A, data, imshape=..., solver='cholmod')` without `cvxopt`",
+            lambda: _missing_solver(),
+            ValueError,
+            "solver='cholmod' needs the optional dependency cvxopt (GPL-3.0-or-later)",
+        ),
     ]
 
     # ---- the fit on real data: background, masks, uncertainties, units, diagnostics ----------
@@ -590,6 +618,11 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
     def _stack_fit(**kw):
         rng = np.random.default_rng(0)
         return _S().fit(rng.normal(size=(10, 10, 2)), errors=rng.uniform(1, 2, (10, 10, 2)), **kw)
+
+    def _no_errors_fit():
+        from sparse3d.fit import fit_design
+
+        return fit_design(_S(), _img(), imshape=(10, 10), return_errors=False)
 
     def _polynomial(*args, **kw):
         from sparse3d.fit import Polynomial
@@ -629,6 +662,38 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
             lambda: _polynomial(1, prior_mu=1.0),
             ValueError,
             "background prior_mu requires prior_sigma",
+        ),
+        Case(
+            "fit-background-prior-shape",
+            "`S.fit(data, background=Polynomial(1, prior_sigma=[1, 2]))` (3 coefficients)",
+            lambda: _S().fit(_img(), background=_polynomial(1, prior_sigma=[1.0, 2.0])),
+            ValueError,
+            "background prior_sigma must be a scalar or have shape (ncoefficients,) = (3,)",
+        ),
+        Case(
+            "fit-masks-incompatible",
+            "`S.fit(masked_stack, dq=dq, bad_bits=1)`, masks of different frame counts",
+            lambda: _S().fit(
+                np.ma.MaskedArray(np.ones((10, 10, 2)), mask=False),
+                dq=np.zeros((10, 10, 3), int),
+                bad_bits=1,
+            ),
+            ValueError,
+            "have incompatible shapes (10, 10, 2) and (10, 10, 3)",
+        ),
+        Case(
+            "fit-saturation-nan",
+            "`S.fit(data, saturation=np.nan)`",
+            lambda: _S().fit(_img(), saturation=np.nan),
+            ValueError,
+            "saturation must not be NaN",
+        ),
+        Case(
+            "fit-covariance-no-errors",
+            "`fit_design(..., return_errors=False).covariance()`",
+            lambda: _no_errors_fit().covariance(),
+            ValueError,
+            "covariance() needs the factorisation: fit with return_errors=True",
         ),
         Case(
             "fit-mask-dq-like",
@@ -753,6 +818,11 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
 
     if importlib.util.find_spec("dask") is not None:
 
+        def _masked_dask():
+            import dask.array as da
+
+            return da.from_array(np.ma.MaskedArray(np.ones((10, 10, 2)), mask=False), chunks=(10, 10, 1))
+
         def _dask_fit(**kw):
             import dask.array as da
 
@@ -765,6 +835,13 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
                 lambda: _dask_fit(background="plane", saturation=3.0),
                 NotImplementedError,
                 "S.fit on Dask frames does not support background, saturation",
+            ),
+            Case(
+                "dask-fit-masked",
+                "`S.fit(dask_frames)`, the chunks masked arrays",
+                lambda: _S().fit(_masked_dask()),
+                NotImplementedError,
+                "S.fit on masked Dask frames is not supported",
             ),
         ]
 
@@ -797,7 +874,24 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
                 ValueError,
                 "errors has unit adu but data has none",
             ),
+            Case(
+                "fit-saturation-quantity",
+                "`S.fit(data * u.adu, saturation=6e4 * u.adu)`",
+                lambda: _S().fit(_img() * _u().adu, saturation=6e4 * _u().adu),
+                ValueError,
+                "saturation must be a plain number in the data's unit",
+            ),
         ]
+
+    def _missing_solver():
+        from sparse3d.fit import factor, fit_design
+
+        saved = factor._CHOLMOD_TRIED, factor._cholmod
+        factor._CHOLMOD_TRIED, factor._cholmod = True, None  # as if cvxopt were not installed
+        try:
+            fit_design(_S().tocsr(), np.ones((10, 10)), imshape=(10, 10), solver="cholmod")
+        finally:
+            factor._CHOLMOD_TRIED, factor._cholmod = saved
 
 
 # ---- the demo (python -m sparse3d demo; the command line turns these into usage errors) ----

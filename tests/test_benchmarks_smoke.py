@@ -117,3 +117,18 @@ def test_compat_jitter_loop_smoke(tmp_path):
     for r in results:
         assert math.isfinite(r["ratios"]["legacy / 2.x"]) and r["ratios"]["legacy / 2.x"] > 0
         assert max(r["max_rel_difference"].values()) <= 1e-12
+
+
+def test_fit_sky_smoke():
+    """benchmarks.fit_sky runs and prints a ratio for every sky model and diagnostic."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fit_sky", "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for what in ('background="plane"', "BilinearGrid(64)", ".source_chi2", ".flags", ".covariance()"):
+        line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith(what))
+        assert math.isfinite(float(line.split()[-1])), line

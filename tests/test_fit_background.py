@@ -28,7 +28,7 @@ from sparse3d.fit import (
 pytestmark = pytest.mark.filterwarnings("ignore::sparse3d.fit.UnconstrainedSourceWarning")
 
 
-@pytest.fixture(params=["cholmod", "superlu"])
+@pytest.fixture(params=["qdldl", "superlu", "cholmod"])
 def solver(request):
     if request.param not in available_solvers():
         pytest.skip("needs cvxopt")
@@ -315,3 +315,28 @@ def test_float32_and_integer_data_with_background(solver):
     p = _joint_reference(A, Polynomial(0).columns((H, W)).toarray(), d.astype(float), None, None)[0]
     close(res_i.background, p[-1:])
     close(res_f.weights, p[:-1])
+
+
+def test_prepare_normal_equations_with_background_solves_weights_then_sky(solver):
+    from sparse3d.fit import prepare_normal_equations
+
+    sc = scene("basic", seed=5)
+    A = dense_design(sc)
+    H, W = sc.imshape
+    rng = np.random.default_rng(6)
+    err = rng.uniform(0.5, 2.0, (H, W))
+    D = rng.normal(10, 2, (H * W, 3))
+    ne = prepare_normal_equations(
+        scipy.sparse.csr_matrix(A), imshape=(H, W), errors=err, background="plane", solver=solver
+    )
+    assert ne.n_params == A.shape[1] + 3
+    got = ne.solve(D)
+    Bd = Polynomial(1).columns((H, W)).toarray()
+    for f in range(3):
+        p = _joint_reference(A, Bd, D[:, f], err, None)[0]
+        close(got[:, f], p)
+        np.testing.assert_allclose(
+            ne.chi2(D[:, f : f + 1], got[:, f : f + 1]),
+            _joint_reference(A, Bd, D[:, f], err, None)[2],
+            rtol=1e-9,
+        )

@@ -15,7 +15,7 @@ from sparse3d.fit import BLEND_THRESHOLD, FitFlags, Polynomial, available_solver
 pytestmark = pytest.mark.filterwarnings("ignore::sparse3d.fit.UnconstrainedSourceWarning")
 
 
-@pytest.fixture(params=["cholmod", "superlu"])
+@pytest.fixture(params=["qdldl", "superlu", "cholmod"])
 def solver(request):
     if request.param not in available_solvers():
         pytest.skip("needs cvxopt")
@@ -257,3 +257,22 @@ def test_masked_core_is_the_brightest_pixel_only():
     assert S.fit(d, mask=wing).flags[0] == FitFlags.PARTLY_MASKED
     assert S.fit(d).flags[0] == 0
     assert S.fit(d, saturation=d[2, 3] - 1e-9, mask=~np.isfinite(d)).flags[0] & FitFlags.SATURATED
+
+
+def test_flags_and_table_of_a_stack_follow_each_frame():
+    stamp = np.array([[1.0, 2.0, 1.0], [2.0, 9.0, 2.0], [1.0, 2.0, 0.5]])[:, :, None]
+    R, C = np.mgrid[:3, :3]
+    S = Sparse3D(np.repeat(stamp, 2, axis=2), R[:, :, None] + [2, 2], C[:, :, None] + [3, 4], (8, 9))
+    d = np.random.default_rng(1).normal(5, 1, (8, 9, 3))
+    M = np.zeros((8, 9, 3), bool)
+    M[3, 4, 1] = True  # frame 1: source 0's core (and source 1's edge)
+    res = S.fit(d, mask=M)
+    assert res.flags.shape == (2, 3)
+    assert res.flags[0, 1] == FitFlags.MASKED_CORE | FitFlags.PARTLY_MASKED | FitFlags.BLENDED
+    assert res.flags[0, 0] == res.flags[0, 2] == FitFlags.BLENDED
+    assert res.flags[1, 1] == FitFlags.PARTLY_MASKED | FitFlags.BLENDED
+    np.testing.assert_array_equal(res.source_npix, [[9, 8, 9], [9, 8, 9]])
+    pytest.importorskip("astropy")
+    t = res.to_table()
+    assert t["weights"].shape == (2, 3) and t["flags"].shape == (2, 3)
+    assert t["weights_err"].shape == (2, 3)  # per-frame masks: per-frame normal matrices

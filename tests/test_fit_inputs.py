@@ -295,3 +295,29 @@ def test_dask_fit_reads_errors_inf_as_masked_and_refuses_the_new_options(problem
     for kw in (dict(background="plane"), dict(dq=np.zeros(d.shape, int), bad_bits=1), dict(saturation=1.0)):
         with pytest.raises(NotImplementedError, match="on Dask frames does not support"):
             S.fit(da.from_array(D), **kw)
+    masked = da.from_array(np.ma.MaskedArray(D, mask=np.zeros(D.shape, bool)), chunks=(13, 17, 1))
+    with pytest.raises(NotImplementedError, match="masked Dask frames"):
+        S.fit(masked)
+
+
+def test_astropy_masked_quantity_mask_is_honoured(problem):
+    from astropy.utils.masked import Masked
+
+    S, A, d, err, mask = problem
+    dm = Masked(np.where(mask, 1e30, d) * u.adu, mask=mask)
+    res = S.fit(dm, errors=err * u.adu)
+    ref = S.fit(d, errors=err, mask=mask)
+    close(res.weights.value, ref.weights, rtol=1e-12)
+    assert res.unit == u.adu
+
+
+def test_duck_nddata_with_a_unit_string(problem):
+    S, A, d, err, mask = problem
+    duck = types.SimpleNamespace(
+        data=d,
+        mask=None,
+        unit="adu",
+        uncertainty=types.SimpleNamespace(array=err**2, uncertainty_type="var", unit="adu2"),
+    )
+    res = S.fit(duck)
+    close(res.weights.to_value(u.adu), S.fit(d, errors=err).weights, rtol=1e-12)

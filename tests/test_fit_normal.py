@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse
 
 from sparse3d import Sparse3D
-from sparse3d.fit.normal import _regular_corners, _scaled_normal_matrix, normal_matrix
+from sparse3d.fit.assemble import _regular_corners, _scaled_normal_matrix, normal_matrix
 from sparse3d.testing import dense_reference, random_scene
 
 
@@ -49,10 +49,9 @@ def test_stamp_kernel_matches_dense(seed, imcorner, dtype, weighted):
 
 
 def test_irregular_stamps_take_the_general_path():
-    # stamps whose axis 0 runs along image columns (main no longer allows repeated positions,
-    # which is how this test made its irregular stamps before)
     sc = random_scene(3, nsources=9)
-    S = Sparse3D(*(a.transpose(1, 0, 2) for a in (sc.data, sc.row, sc.col)), sc.imshape)
+    # rows of each stamp in reverse order: not a regular rectangle (repeated positions are refused)
+    S = Sparse3D(sc.data, sc.row[::-1], sc.col, sc.imshape)
     assert _regular_corners(S) is None
     A = _dense(S)
     np.testing.assert_allclose(normal_matrix(S).toarray(), _lower_reference(A, None), rtol=1e-12, atol=1e-12)
@@ -94,3 +93,12 @@ def test_column_scale_keeps_tiny_and_huge_stamps_representable(scale):
         d[3] *= scale
         ref = ref * d[:, None] * d[None, :]
         np.testing.assert_allclose(Ns.toarray(), ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+
+
+def test_sources_spread_beyond_an_int64_grid_take_the_general_path():
+    R, C = np.mgrid[:2, :2]
+    row = R[:, :, None] + np.array([0, 2**40, 1])
+    col = C[:, :, None] + np.array([0, 2**40, 1])
+    S = Sparse3D(np.ones((2, 2, 3)), row, col, (4, 4))
+    ref = np.tril(_dense(S).T @ _dense(S))
+    np.testing.assert_allclose(normal_matrix(S).toarray(), ref)

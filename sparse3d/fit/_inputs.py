@@ -3,7 +3,8 @@
 :func:`_read_inputs` turns what a user passes to ``fit`` into plain NumPy arrays, a boolean
 mask and a unit, and refuses what it cannot read unambiguously:
 
-- ``numpy.ma.MaskedArray`` data (or errors): the mask is honoured, OR-ed with ``mask=``;
+- ``numpy.ma.MaskedArray`` data (or errors), and astropy's ``Masked`` arrays/quantities: the
+  mask is honoured, OR-ed with ``mask=``;
 - astropy ``NDData``/``CCDData``-like data (duck-typed: ``.data``, ``.mask``,
   ``.uncertainty`` with ``.array`` and ``uncertainty_type`` ``"std"``, ``"var"`` or
   ``"ivar"``, ``.unit``); astropy is never imported unless the input carries a unit;
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ._checks import _check_real
 
 
 @dataclass
@@ -135,6 +138,8 @@ def _read_inputs(data: Any, errors: Any, mask: Any, dq: Any = None, bad_bits: An
     if _is_nddata(data):
         nd = data
         unit = nd.unit
+        if isinstance(unit, str):  # a duck-typed NDData may hold a unit string
+            unit = _units().Unit(unit)
         data = nd.data
         if nd.mask is not None:
             masks.append(_check_mask_values(nd.mask, "data.mask"))
@@ -143,20 +148,15 @@ def _read_inputs(data: Any, errors: Any, mask: Any, dq: Any = None, bad_bits: An
                 raise ValueError("errors given twice: as errors= and as data.uncertainty; pass one of them")
             errors = _read_uncertainty(nd.uncertainty, unit)
             errors_in_unit = True
-    if np.ma.isMaskedArray(data):
-        masks.append(np.ma.getmaskarray(data))
-        data = data.data
+    data = _unmask(data, masks)
     if _is_quantity(data):
         unit = data.unit
         data = data.value
     data = np.asarray(data)
-    if data.dtype.kind not in "fiub":
-        raise ValueError(f"data must be numeric, got dtype {data.dtype}")
+    _check_real(data, "data")
 
     if errors is not None:
-        if np.ma.isMaskedArray(errors):
-            masks.append(np.ma.getmaskarray(errors))
-            errors = errors.data
+        errors = _unmask(errors, masks)
         if _is_quantity(errors):
             if unit is None:
                 raise ValueError(
@@ -168,7 +168,9 @@ def _read_inputs(data: Any, errors: Any, mask: Any, dq: Any = None, bad_bits: An
                 f"data has unit {unit} but errors is a plain array; give errors the same unit "
                 "(e.g. errors * data.unit)"
             )
-        errors = np.asarray(errors, dtype=np.float64)
+        errors = np.asarray(errors)
+        _check_real(errors, "errors")
+        errors = errors.astype(np.float64, copy=False)
         inf = np.isposinf(errors)  # errors = inf: the pixel carries no information
         if inf.any():
             masks.append(inf)
@@ -180,6 +182,18 @@ def _read_inputs(data: Any, errors: Any, mask: Any, dq: Any = None, bad_bits: An
     for m in masks:
         combined = _or_masks(combined, m)
     return _Inputs(data, errors, combined, unit)
+
+
+def _unmask(x: Any, masks: list) -> Any:
+    """``x`` without its mask, the mask appended to ``masks``: NumPy masked arrays and astropy's
+    ``Masked`` arrays and quantities (``.unmasked``, ``.mask``)."""
+    if np.ma.isMaskedArray(x):
+        masks.append(np.ma.getmaskarray(x))
+        return x.data
+    if hasattr(x, "unmasked") and hasattr(x, "mask"):
+        masks.append(np.asarray(x.mask, dtype=bool))
+        return x.unmasked
+    return x
 
 
 def _dq_mask(dq: Any, bad_bits: Any) -> np.ndarray:

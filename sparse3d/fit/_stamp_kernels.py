@@ -1,6 +1,6 @@
 """Numba kernels that build the normal matrix straight from regular stamps.
 
-Imported lazily (numba costs ~0.5 s to import) by :func:`sparse3d.fit.normal.normal_matrix`;
+Imported lazily (numba costs ~0.5 s to import) by :func:`sparse3d.fit.assemble.normal_matrix`;
 compiled once and cached on disk (``cache=True``).
 
 A *regular* stamp array has, for every source ``k``, ``row[:, :, k] = r0[k] + arange(nr)[:, None]``

@@ -103,10 +103,14 @@ class Polynomial(BackgroundModel):
         u = _normalised(H)
         v = _normalised(W)
         powers = self._powers()
-        B = np.empty((H, W, len(powers)))
+        nb = len(powers)
+        B = np.empty((H, W, nb))
         for t, (i, j) in enumerate(powers):
             B[:, :, t] = np.outer(u**i, v**j)
-        return scipy.sparse.csr_matrix(B.reshape(H * W, len(powers)))
+        # every pixel has every term: the CSR arrays directly (zeros at u = 0 or v = 0 stay stored)
+        indptr = np.arange(0, H * W * nb + 1, nb, dtype=np.int64)
+        indices = np.tile(np.arange(nb, dtype=np.int64), H * W)
+        return scipy.sparse.csr_matrix((B.ravel(), indices, indptr), shape=(H * W, nb))
 
     def __repr__(self) -> str:
         return f"Polynomial(order={self.order})"

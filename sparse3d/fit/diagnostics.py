@@ -62,25 +62,30 @@ def _squared_residual_blocks(
     ivar: np.ndarray | None,
     col_of_frame: np.ndarray | None,
     keep: np.ndarray | None,
+    err_scale: float = 1.0,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield ``(i, j, r)``: ``r = ((D - model) / errors)**2`` over pixel rows ``i:j``, 0 where masked.
 
     ``wz`` ``(n + nb, k)`` holds the weights then the background coefficients (no NaN);
     ``ivar`` ``(npix, g)`` the inverse variances of the distinct maps, ``col_of_frame`` the
     map of each frame (None: column 0, or unit errors when ``ivar`` is None); ``keep``
-    ``(npix,)``, ``(npix, 1)`` or ``(npix, k)``, True on used pixels (None: all).
+    ``(npix,)``, ``(npix, 1)`` or ``(npix, k)``, True on used pixels (None: all).  ``ivar``
+    may hold the scaled ``(err_scale / errors)**2`` of the normal equations: the residuals
+    are divided by ``err_scale`` first.
     """
     npix, k = D.shape
     n = A.shape[1]
     if keep is not None and keep.ndim == 1:
         keep = keep[:, None]
-    chunk = max(256, (1 << 18) // k)
+    chunk = max(256, (1 << 18) // max(1, k))
     for i in range(0, npix, chunk):
         j = min(i + chunk, npix)
         r = _row_block(A, i, j) @ wz[:n]
         if B is not None:
             r += _row_block(B, i, j) @ wz[n:]
         np.subtract(D[i:j], r, out=r)
+        if err_scale != 1.0:
+            r /= err_scale
         if keep is not None:
             r[~np.broadcast_to(keep[i:j], r.shape)] = 0.0
         np.square(r, out=r)
@@ -97,10 +102,11 @@ def _chi2(
     col_of_frame: np.ndarray | None,
     keep: np.ndarray | None,
     B: scipy.sparse.csr_matrix | None = None,
+    err_scale: float = 1.0,
 ) -> np.ndarray:
     """Chi-square of each frame of ``D`` ``(npix, k)``: shape ``(k,)`` (arguments as above)."""
     out = np.zeros(D.shape[1])
-    for _, _, r in _squared_residual_blocks(A, B, wz, D, ivar, col_of_frame, keep):
+    for _, _, r in _squared_residual_blocks(A, B, wz, D, ivar, col_of_frame, keep, err_scale):
         out += r.sum(axis=0)
     return out
 
@@ -110,9 +116,10 @@ class _Group:
     """One distinct normal matrix: its frames, Gram matrix, free parameters and factor."""
 
     frames: np.ndarray
-    gram: scipy.sparse.csr_matrix  # [A, B]^T C^-1 [A, B], (n + nb, n + nb), no prior
+    gram: scipy.sparse.csr_matrix  # lower triangle of the scaled [A, B]^T C^-1 [A, B], no prior
     free: np.ndarray  # (n + nb,) bool
-    factor: Any  # None when the fit did not keep it (return_errors=False)
+    factor: Any  # of the scaled N'; None when the fit did not keep it (return_errors=False)
+    scale: np.ndarray  # (n + nb,): err_scale * col_scale, N^-1 = diag(scale) N'^-1 diag(scale)
 
 
 class _FitContext:
@@ -131,6 +138,7 @@ class _FitContext:
         saturated: np.ndarray | None,
         groups: list[_Group],
         wz: np.ndarray,
+        err_scale: float = 1.0,
     ) -> None:
         self.A, self.B, self.D = A, B, D
         self.imshape, self.stack = imshape, stack
@@ -139,6 +147,8 @@ class _FitContext:
         self.groups = groups
         self.wz = wz
         self.n = A.shape[1]
+        self.err_scale = err_scale  # ivar holds (err_scale / errors)**2
+        self._P: scipy.sparse.csr_matrix | None = None
 
     # -- images ------------------------------------------------------------------------------
     def _image(self, flat: np.ndarray) -> np.ndarray:
@@ -161,10 +171,12 @@ class _FitContext:
 
     # -- per-source statistics ---------------------------------------------------------------
     def _pattern(self) -> scipy.sparse.csr_matrix:
-        """The design's pattern: 1 where a source has a (non-zero) pixel."""
-        P = self.A.copy()
-        P.data = (P.data != 0).astype(np.float64)
-        return P
+        """The design's pattern: 1 where a source has a (non-zero) pixel (built once)."""
+        if self._P is None:
+            P = self.A.copy()
+            P.data = (P.data != 0).astype(np.float64)
+            self._P = P
+        return self._P
 
     def source_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-source chi-square over its pixels and number of unmasked pixels: ``(n, k)`` each."""
@@ -172,7 +184,7 @@ class _FitContext:
         k = self.D.shape[1]
         chi2 = np.zeros((self.n, k))
         blocks = _squared_residual_blocks(
-            self.A, self.B, self.wz, self.D, self.ivar, self.col_of_frame, self.keep
+            self.A, self.B, self.wz, self.D, self.ivar, self.col_of_frame, self.keep, self.err_scale
         )
         for i, j, r in blocks:
             chi2 += _row_block(P, i, j).T @ r
@@ -230,7 +242,7 @@ class _FitContext:
             rows, cols = rows[ok], cols[ok]
         else:
             rows = cols = idx
-        vals = g.factor.inv_entries(pos[rows], pos[cols])
+        vals = g.factor.inv_entries(pos[rows], pos[cols]) * g.scale[rows] * g.scale[cols]
         off = rows != cols
         C = scipy.sparse.coo_matrix(
             (
@@ -243,7 +255,11 @@ class _FitContext:
 
 
 def _max_overlap(gram: scipy.sparse.csr_matrix, n: int) -> np.ndarray:
-    """Per source, the largest ``|G_ij| / sqrt(G_ii G_jj)`` over the other sources ``j < n``."""
+    """Per source, the largest ``|G_ij| / sqrt(G_ii G_jj)`` over the other sources ``j < n``.
+
+    ``gram`` may be the full symmetric matrix or one triangle, and scaled by any positive
+    diagonal (the ratio is invariant).
+    """
     G = scipy.sparse.coo_matrix(gram)
     d = G.diagonal()
     sel = (G.row < n) & (G.col < n) & (G.row != G.col)
@@ -253,6 +269,7 @@ def _max_overlap(gram: scipy.sparse.csr_matrix, n: int) -> np.ndarray:
         ov = np.where(den > 0, np.abs(v) / den, 0.0)
     out = np.zeros(n)
     np.maximum.at(out, r, ov)
+    np.maximum.at(out, c, ov)
     return out
 
 

@@ -48,8 +48,9 @@ class FitResult:
     the background model, if any (:mod:`sparse3d.fit.background`); both come from one
     solve of the same normal equations.  Everything image-sized or costly (model,
     residuals, uncertainties, per-source statistics, flags, covariances) is computed on
-    first access, so the result keeps references to the design, the frames and the
-    factorisations until then.
+    first access, so the result keeps references to the design, the frames (a float64 copy
+    when they were not float64), the masks and the factorisations while it lives (with
+    ``return_errors=False`` the factorisations are freed at once).
 
     Attributes
     ----------
@@ -72,7 +73,7 @@ class FitResult:
     n_unconstrained : int
         ``unconstrained.sum()``.
     solver : str
-        Sparse solver used, ``"cholmod"`` or ``"superlu"``.
+        Sparse solver used: ``"qdldl"``, ``"superlu"`` or ``"cholmod"``.
     n_factorizations : int
         Number of normal matrices factorised (one per distinct error map and mask).
     weights_err : numpy.ndarray or None
@@ -82,7 +83,8 @@ class FitResult:
         selected inversion of the Cholesky factor.  None with ``return_errors=False``.
     background : numpy.ndarray or None
         Background coefficients ``(nb,)`` or ``(nb, k)`` (one background per frame); None
-        without a background model.
+        without a background model.  NaN for a coefficient without data and prior (a grid
+        node over a fully masked area; it then contributes nothing to the images).
     background_err : numpy.ndarray or None
         Their 1-sigma uncertainties, shaped like ``weights_err``.
     background_image : numpy.ndarray or None
@@ -365,8 +367,12 @@ def _warn_unconstrained(unconstrained: np.ndarray, stacklevel: int) -> None:
         )
 
 
-def _weights_err(factor: Any, free: np.ndarray) -> np.ndarray:
-    """``sqrt(diag(N^-1))`` from the factor of ``N`` over the ``free`` sources; NaN elsewhere."""
+def _weights_err(factor: Any, free: np.ndarray, scale: np.ndarray | float = 1.0) -> np.ndarray:
+    """``scale * sqrt(diag(N'^-1))`` from the factor of ``N'`` over the ``free`` sources; NaN elsewhere.
+
+    ``scale`` (``(n,)`` or a float) undoes the scaling of the normal matrix.
+    """
     err = np.full(free.size, np.nan)
     err[free] = np.sqrt(factor.inv_diag())
+    err *= scale
     return err

@@ -130,7 +130,7 @@ class _Supernodal:
                         raise RuntimeError("internal error: singular diagonal block")
                 self.linv.append(linv)
                 self.lbelow.append(block[k:])
-                rows = ind[ptr[f] + k : ptr[f + 1]]
+                rows = ind[ptr[f] + k : ptr[f + 1]].copy()  # do not pin L's index array
                 self.rows.append(rows)
                 if rows.size:
                     parent[s_] = sup_of_col[rows[0]]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
+from ..core import Sparse3D
 from ._checks import (
     _check_data_finite,
     _check_design,
@@ -24,17 +25,19 @@ from ._checks import (
     _check_mask,
     _check_prior,
     _check_solver,
+    _error_scale,
     _inverse_variance,
 )
 from ._inputs import _read_inputs
+from .assemble import _design_csr
 from .background import as_background
-from .diagnostics import _chi2, _FitContext, _Group
-from .normal import NormalEquations, _design_formats
+from .diagnostics import _FitContext, _Group
+from .normal import NormalEquations
 from .result import FitResult, _warn_unconstrained, _weights_err
 
 
 def fit_design(
-    A: scipy.sparse.spmatrix | scipy.sparse.sparray,
+    A: Sparse3D | scipy.sparse.spmatrix | scipy.sparse.sparray,
     data: Any,
     *,
     imshape: tuple[int, int],
@@ -60,7 +63,7 @@ def fit_design(
 
     Parameters
     ----------
-    A : scipy.sparse matrix or array, shape (H * W, n)
+    A : Sparse3D or scipy.sparse matrix or array, shape (H * W, n)
         Design matrix; column ``j`` is the image of source ``j`` with unit
         weight, raveled in C order.
     data : array_like, shape (H, W) or (H, W, k)
@@ -159,8 +162,7 @@ def fit_design(
     solver = _check_solver(solver)
     H, W = _check_imshape(imshape)
     npix = H * W
-    _check_design(A, npix, imshape)
-    n = A.shape[1]
+    n = _check_design(A, npix, imshape)
 
     inputs = _read_inputs(data, errors, mask, dq, bad_bits)
     data, errors = inputs.data, inputs.errors
@@ -200,9 +202,11 @@ def fit_design(
 
     if E is not None:
         _check_errors(E, keep)
-    # (npix, g) inverse variances, 0 where masked, one column per distinct map; None: unit, no mask
-    ivar = _inverse_variance(E, keep)
-    groups = [np.arange(k)]
+    # (npix, g) scaled inverse variances (err_scale / errors)**2, 0 where masked, one column per
+    # distinct map and mask; None: unit errors, no mask
+    err_scale = _error_scale(E, keep)
+    ivar = _inverse_variance(E, keep, err_scale)
+    groups = [] if (ivar is not None and ivar.shape[1] == 0) else [np.arange(k)]  # no frames
     if ivar is not None and ivar.shape[1] > 1:
         groups = _frame_groups(ivar)
         ivar = ivar[:, [int(g[0]) for g in groups]]
@@ -218,34 +222,35 @@ def fit_design(
     if B is not None:
         bprec, bmu = bg.prior(B.shape[1])
         prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
-    A_csr, A_csc = _design_formats(A)
+    A_csr = _design_csr(A)
     m = n if B is None else n + B.shape[1]
 
     # ---- one factorisation per distinct error map and mask --------------
-    params = np.full((m, k), np.nan)
+    params = np.full((m, k), np.nan) if len(groups) != 1 else None
+    chi2 = np.zeros(k)
     fit_groups: list[_Group] = []
     unconstrained = np.zeros(n, dtype=bool)
     for gi, frames in enumerate(groups):
         keep_g = None
         if keep is not None:
             keep_g = keep[:, int(frames[0])] if per_frame_mask else keep[:, 0]
-        ne = NormalEquations._build(
-            A_csr, A_csc, None if ivar is None else ivar[:, gi], keep_g, prior_prec, mu, solver, B
-        )
+        ivar_g = None if ivar is None else ivar[:, gi]
+        ne = NormalEquations._build(A, A_csr, ivar_g, keep_g, prior_prec, mu, solver, err_scale, B)
         unconstrained |= ne.unconstrained
         if len(groups) == 1:
-            params = ne.solve(D)
+            params, chi2 = ne.solve(D, return_chi2=True)
         else:
-            params[:, frames] = ne.solve(D[:, frames])
-        fit_groups.append(_Group(frames, ne.gram, ne.free, ne.factor if return_errors else None))
+            params[:, frames], chi2[frames] = ne.solve(D[:, frames], return_chi2=True)
+        factor = ne.factor if return_errors else None
+        fit_groups.append(_Group(frames, ne.gram, ne.free, factor, err_scale * ne.col_scale))
         del ne  # the weighted design matrix; the factor lives on in fit_groups
-    del A_csc
     _warn_unconstrained(unconstrained, stacklevel=3)  # via Sparse3D.fit / ROISparse3D.fit
 
-    # ---- chi-square, model --------------------------------------------
+    # ---- model, diagnostics (chi-square came with the solution) ---------
     wz = np.where(np.isnan(params), 0.0, params)
-    chi2 = _chi2(A_csr, wz, D, ivar, col_of_frame, keep, B)
-    context = _FitContext(A_csr, B, D, (H, W), stack, ivar, col_of_frame, keep, saturated, fit_groups, wz)
+    context = _FitContext(
+        A_csr, B, D, (H, W), stack, ivar, col_of_frame, keep, saturated, fit_groups, wz, err_scale
+    )
 
     def model_fn() -> np.ndarray:
         M = A_csr @ (wz[:n] if stack else wz[:n, 0])
@@ -296,7 +301,7 @@ def _frame_groups(ivar: np.ndarray) -> list[np.ndarray]:
     """
     npix, k = ivar.shape
     same = np.ones(k, dtype=bool)
-    chunk = max(256, (1 << 18) // k)
+    chunk = max(256, (1 << 18) // max(1, k))
     for i in range(0, npix, chunk):
         block = ivar[i : i + chunk]
         same &= (block == block[:, :1]).all(axis=0)
@@ -326,10 +331,10 @@ def _errors_fn(groups: list[_Group], m: int, k: int) -> Callable[[], np.ndarray]
 
     def fn() -> np.ndarray:
         if len(groups) == 1:
-            return _weights_err(groups[0].factor, groups[0].free)
+            return _weights_err(groups[0].factor, groups[0].free, groups[0].scale)
         out = np.empty((m, k))
         for g in groups:
-            out[:, g.frames] = _weights_err(g.factor, g.free)[:, None]
+            out[:, g.frames] = _weights_err(g.factor, g.free, g.scale)[:, None]
         return out
 
     return fn
