@@ -246,7 +246,7 @@ def fit_jitter(
             else pw.fit_errors**-2.0,
             L,
         )[0]
-        return ne, ne_diag[ne.free]
+        return ne, ne_diag[ne.free[:n]]
 
     def flux_solver(frames, ne):
         """``N_t^-1`` on ``per`` columns per frame, by PCG preconditioned by ``N_bar``.
@@ -258,6 +258,7 @@ def fit_jitter(
         rescaling takes that out at no cost.
         """
         ne, nbar_diag = ne
+        dcol = ne.col_scale[: ne.n_sources][ne.free[: ne.n_sources]][:, None]
         Nts = [(Lt.T @ scipy.sparse.diags(w(t)) @ Lt) for t, Lt in enumerate(frames.L)]
         with np.errstate(divide="ignore", invalid="ignore"):
             scale = np.stack([np.sqrt(nbar_diag / Nt.diagonal()) for Nt in Nts], axis=1)  # (nf, K)
@@ -272,7 +273,10 @@ def fit_jitter(
             sc = np.repeat(scale, per, axis=1)  # column j of B belongs to frame j // per
 
             def precond(R):
-                return sc * ne.factor.solve(sc * R)
+                # N_bar^-1 = s^2 D N'^-1 D for the factor of the scaled N' = s^2 D N_bar D
+                # (sparse3d.fit.NormalEquations: col_scale = diag(D), err_scale = s)
+                z = sc * dcol
+                return (ne.err_scale**2) * z * ne.factor.solve(z * R)
 
             X, steps = _pcg(apply_N, precond, B, cg_tol, cg_maxiter)
             cg_steps.append(steps)
@@ -289,7 +293,7 @@ def fit_jitter(
 
     # ---- start: fluxes at the start shifts --------------------------------------------
     ne = factorise(s.mean(axis=0))
-    free = ne[0].free
+    free = ne[0].free[:n]
     nf = int(free.sum())
     frames = _Frames(psf, r, c, s, geometry, free, False)
     B = np.stack([Lt.T @ (w(t) * Dm[:, t]) for t, Lt in enumerate(frames.L)], axis=1)
@@ -362,7 +366,7 @@ def fit_jitter(
             break
 
     flux_err = np.full((n, K), np.nan)
-    flux_err[free] = np.sqrt(ne[0].factor.inv_diag())[:, None]
+    flux_err[:] = ne[0].weights_err()[:n, None]
     return JitterFitResult(
         shifts=s,
         shifts_err=shifts_err,
