@@ -60,7 +60,7 @@ def test_amalgamation_merges_supernodes():
     assert etree_parent(L.indptr, L.indices).shape == (n,)
 
 
-@pytest.mark.parametrize("k", [1, 7])
+@pytest.mark.parametrize("k", [1, 7, 16, 41])
 def test_qdldl_factor_solves_before_and_after_the_blocks(k):
     rng = np.random.default_rng(5)
     n = 80

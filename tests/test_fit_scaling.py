@@ -184,3 +184,24 @@ def test_chi2_of_bright_scenes_and_perfect_fits(noise, solver):
         np.testing.assert_allclose(
             res.chi2[i], chi2, rtol=1e-6, atol=1e-9 * np.sum(frames[..., i] ** 2) ** 0.5
         )
+
+
+@pytest.mark.parametrize("prior", [False, True])
+def test_chi2_of_an_ill_conditioned_fit(prior, solver):
+    # two sources whose stamps differ by 1e-4: the weights are ill determined (condition
+    # ~1e8), the chi-square is not, and the normal-equation form must get it right
+    rng, S = _scene(6, nsources=6)
+    values, row, col = np.array(S.data), np.array(S.row), np.array(S.col)
+    row[..., 5], col[..., 5] = row[..., 2], col[..., 2]
+    values[..., 5] = values[..., 2] * (1 + 1e-4 * rng.normal(size=values[..., 2].shape))
+    S2 = Sparse3D(values, row, col, S.imshape)
+    A = _dense(S2)
+    d = (A @ rng.uniform(1, 5, 6) + rng.normal(0, 0.1, A.shape[0])).reshape(S.imshape)
+    frames = np.stack([d, 2 * d], axis=-1)
+    kw = {"prior_mu": 1.0, "prior_sigma": 10.0} if prior else {}
+    res = fit_design(S2, frames, imshape=S.imshape, solver=solver, **kw)
+    for i in range(2):
+        r = frames[..., i].ravel() - A @ np.nan_to_num(res.weights[:, i])
+        np.testing.assert_allclose(res.chi2[i], np.sum(r**2), rtol=1e-6)  # at its own weights
+        if not prior:
+            np.testing.assert_allclose(res.chi2[i], _reference(A, frames[..., i])[2], rtol=1e-6)

@@ -44,8 +44,7 @@ def _weighted_square_sum(
         block = D[i : i + chunk]
         if keep is not None:
             block = np.where(keep[i : i + chunk, None], block, 0.0)
-        sq = block * scale
-        sq *= sq
+        sq = block * block if scale == 1.0 else np.square(block * scale)
         out += (sq.T @ ivar[i : i + chunk]) if ivar is not None else sq.sum(axis=0)
     return out
 
@@ -124,6 +123,7 @@ class NormalEquations:
         self.ivar = ivar
         self.keep = keep
         self.prior_rhs = prior_rhs
+        self._prior_prec: np.ndarray | None = None  # scaled prior precision (with prior_rhs)
         self.free = free
         self.factor = factor
         self.solver = solver
@@ -177,6 +177,7 @@ class NormalEquations:
         del Nmat
         out = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale, background)
         out.gram = gram
+        out._prior_prec = pp if has_prior else None
         return out
 
     # -- facts -----------------------------------------------------------
@@ -222,9 +223,9 @@ class NormalEquations:
         unmasked ones are not checked (see :meth:`check_data`).
 
         The chi-square comes from the normal equations, without a second product with
-        ``A``: ``d^T C^-1 d - 2 x^T b + x^T G x`` (scaled ``x``, ``b`` and ``G``), whose
-        relative rounding error is ~1e-16 times ``d^T C^-1 d / chi2``; frames where that
-        ratio exceeds 1e9 are recomputed from the residuals.
+        ``A`` (see :meth:`_chi2_from_normal`); its relative rounding error is ~1e-16 times
+        ``d^T C^-1 d / chi2``, and frames where that ratio exceeds 1e9 are recomputed from
+        the residuals.
         """
         one = D.ndim == 1
         c = self.col_scale if one else self.col_scale[:, None]
@@ -252,25 +253,30 @@ class NormalEquations:
 
     def _chi2_from_normal(self, D: np.ndarray, x: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Chi-square per frame from the scaled solution ``x`` (free parameters) and the data
-        right-hand side ``b`` (every parameter, scaled)."""
-        if self.gram is None:  # e.g. unpickled on a worker
-            return self.chi2(D, self._unscale(x))
+        right-hand side ``b`` (every parameter, scaled).
+
+        At the solution ``G x = b + P mu' - P x`` (``G`` the data's normal matrix, ``P`` the
+        scaled prior precision), so ``chi2 = d^T C^-1 d - x^T b + x^T (P mu' - P x)``: no product
+        with ``A`` or ``G``. Its error is the solve's residual times ``x`` -- backward-stable
+        factorisations keep it at rounding level whatever the conditioning -- plus the
+        cancellation of the difference, ~1e-16 ``d^T C^-1 d``.
+        """
         if self._idx is not None:  # unconstrained parameters: no data, weight 0 here
             full = np.zeros((self.n_params, x.shape[1]))
             full[self._idx] = x
             x = full
         # in units of the errors (divided by err_scale): no overflow or underflow for
         # data and errors in the same extreme unit
-        G, s = self.gram, self.err_scale
-        xs, bs = x / s, b / s
+        s = self.err_scale
+        xs, bs = (x, b) if s == 1.0 else (x / s, b / s)
         dCd = _weighted_square_sum(D, self.ivar, self.keep, 1.0 / s)
         with np.errstate(invalid="ignore"):  # inf - inf: a chi-square beyond float range
-            # x^T G x = 2 x^T tril(G) x - x^T diag(G) x: one product with the stored triangle
-            xGx = 2.0 * np.einsum("ij,ij->j", xs, G @ xs) - np.einsum("i,ij->j", G.diagonal(), xs * xs)
-            xb = np.einsum("ij,ij->j", xs, bs)
-            chi2 = dCd - 2.0 * xb + xGx
-        # the difference carries a rounding error of ~1e-16 dCd: where it cancels more than
-        # nine digits (a perfect fit, errors far below the noise) recompute it from residuals
+            chi2 = dCd - np.einsum("ij,ij->j", xs, bs)
+            if self.prior_rhs is not None:
+                pr = self.prior_rhs / s
+                chi2 += pr @ xs - np.einsum("i,ij,ij->j", self._prior_prec, xs, xs)
+        # where the difference cancels more than nine digits (a perfect fit, errors far
+        # below the noise) recompute it from the residuals
         bad = ~(chi2 > 1e-9 * dCd)
         if np.any(bad):
             cols = np.flatnonzero(bad)
@@ -315,7 +321,7 @@ class NormalEquations:
         :meth:`weights_err` is called, triangular CSR factors, which solve
         faster.  Solving with them gives the same weights.
         """
-        return NormalEquations(
+        out = NormalEquations(
             self.design,
             self.ivar,
             self.keep,
@@ -327,6 +333,8 @@ class NormalEquations:
             self.err_scale,
             self.background,
         )
+        out._prior_prec = self._prior_prec
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
