@@ -31,6 +31,9 @@ __all__ = [
     "gather",
     "min_max",
     "equal",
+    "loaded",
+    "sorted_scatter",
+    "roi_scatter",
     "KERNEL_DTYPES",
     "MIN_ELEMENTS",
 ]
@@ -126,6 +129,84 @@ def _block(n: int, image_bytes: int) -> int:
     return max(n, 1) if image_bytes <= CACHE_IMAGE_BYTES else 32
 
 
+# Indices into ``out`` and ``w`` are made unsigned: numba then skips its negative-index
+# wraparound test, which costs the sorted loops ~1.8x (they are never negative here).
+def _sorted_scatter_loop(srow, scol, ssrc, svals, start, stop, r0, c0, W, w, out):  # pragma: no cover
+    m = w.shape[1]
+    wf = w.ravel()
+    um = np.uint64(m)
+    for e in range(start, stop):
+        c = scol[e] - c0
+        if c < 0 or c >= W:
+            continue
+        p = np.uint64((srow[e] - r0) * W + c) * um  # flat index into out (H * W * m,)
+        v = svals[e]
+        k = np.uint64(ssrc[e]) * um
+        for q in range(m):
+            uq = np.uint64(q)
+            out[p + uq] += v * wf[k + uq]
+
+
+def _sorted_rows_loop(scol, ssrc, svals, rowptr, u0, u1, rlo, r0, c0, W, w, out):  # pragma: no cover
+    m = w.shape[1]
+    wf = w.ravel()
+    um = np.uint64(m)
+    for u in range(u0, u1):  # stored rows that land inside the image
+        lo = rowptr[u - rlo]
+        hi = rowptr[u - rlo + 1]
+        while lo < hi and scol[lo] < c0:  # a row's elements are sorted by column
+            lo += 1
+        while hi > lo and scol[hi - 1] >= c0 + W:
+            hi -= 1
+        base = (u - r0) * W - c0
+        for e in range(lo, hi):
+            p = np.uint64(base + scol[e]) * um
+            v = svals[e]
+            k = np.uint64(ssrc[e]) * um
+            for q in range(m):
+                uq = np.uint64(q)
+                out[p + uq] += v * wf[k + uq]
+
+
+def _lower_bound(srow, scol, r, c):  # pragma: no cover - runs compiled
+    lo = 0
+    hi = srow.size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if srow[mid] < r or (srow[mid] == r and scol[mid] < c):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+#: The compiled :func:`_lower_bound`, set by :func:`_compiled` before the ROI loop compiles.
+_lower_bound_c = None
+
+
+def _roi_scatter_loop(srow, scol, ssrc, svals, corners, dr, dc, r0, c0, H, W, w, out):  # pragma: no cover
+    nrois, h, wd, m = out.shape
+    for j in range(nrois):
+        cr = corners[j, 0]
+        cc = corners[j, 1]
+        ca = max(cc, c0)  # window columns inside the image, translated frame
+        cb = min(cc + wd, c0 + W)
+        if ca >= cb:
+            continue
+        for a in range(h):
+            R = cr + a
+            if R < r0 or R >= r0 + H:
+                continue
+            lo = _lower_bound_c(srow, scol, R - dr, ca - dc)
+            hi = _lower_bound_c(srow, scol, R - dr, cb - dc)
+            for e in range(lo, hi):
+                b = scol[e] + dc - cc
+                v = svals[e]
+                k = ssrc[e]
+                for q in range(m):
+                    out[j, a, b, q] += v * w[k, q]
+
+
 def _min_max_loop(a):  # pragma: no cover - runs compiled
     lo = a[0]
     hi = a[0]
@@ -175,9 +256,92 @@ def _compiled(name: str):
     if fn is None:
         import numba
 
+        if name == "_roi_scatter_loop":  # calls the compiled binary search
+            globals()["_lower_bound_c"] = _compiled("_lower_bound")
         fn = numba.njit(cache=True, nogil=True)(globals()[name])
         _COMPILED[name] = fn
     return fn
+
+
+def loaded() -> bool:
+    """Whether this process has already paid for numba (a kernel was compiled or loaded)."""
+    return bool(_COMPILED)
+
+
+def sorted_scatter(order, svals, root_corner, imshape, w, dtype, rows=None) -> np.ndarray:
+    """:func:`scatter` over stamp elements sorted by pixel: ``(H, W, m)``.
+
+    ``order`` is ``(srow, scol, ssrc)``: the stored positions and sources sorted by
+    ``(row, col, source)`` (:meth:`~sparse3d._structure.StampStructure.sorted_order`),
+    ``svals`` the values in that order. ``root_corner`` is image pixel ``[0, 0]`` in the
+    coordinates of the stored positions (``imcorner - offset``): the image rows are one
+    contiguous run of the order, and the writes stream through the image in pixel order.
+    ``rows`` is ``(rowptr, rlo)``, where each stored row starts in the order
+    (:meth:`~sparse3d._structure.StampStructure.sorted_rows`); with it no element outside
+    the image's rows is visited. Each pixel sums its sources in ascending order, as a CSR
+    product does (float64: the same bits).
+    """
+    srow, scol, ssrc = order
+    dtype = np.dtype(dtype)
+    (H, W), (r0, c0) = imshape, root_corner
+    out = np.zeros((H, W, w.shape[1]), dtype=dtype)
+    if srow.size == 0 or w.shape[1] == 0:
+        return out
+    w = np.ascontiguousarray(w, dtype=dtype)
+    if rows is not None:
+        rowptr, rlo = rows
+        u0, u1 = max(r0, rlo), min(r0 + H, rlo + rowptr.size - 1)
+        if u1 > u0:
+            _compiled("_sorted_rows_loop")(
+                scol,
+                ssrc,
+                svals,
+                rowptr,
+                int(u0),
+                int(u1),
+                int(rlo),
+                int(r0),
+                int(c0),
+                int(W),
+                w,
+                out.reshape(-1),
+            )
+        return out
+    start, stop = _run(srow, r0), _run(srow, r0 + H)
+    if stop > start:
+        _compiled("_sorted_scatter_loop")(
+            srow, scol, ssrc, svals, start, stop, int(r0), int(c0), int(W), w, out.reshape(-1)
+        )
+    return out
+
+
+def _run(sorted_rows: np.ndarray, value: int) -> int:
+    """``np.searchsorted(sorted_rows, value)`` for a Python int of any size."""
+    info = np.iinfo(sorted_rows.dtype)
+    if value <= info.min:
+        return 0
+    if value > info.max:
+        return sorted_rows.size
+    return int(np.searchsorted(sorted_rows, sorted_rows.dtype.type(value)))  # no upcast copy
+
+
+def roi_scatter(order, svals, offset, imcorner, imshape, corners, size, w, dtype) -> np.ndarray:
+    """The model in windows ``(nrois, h, w, m)`` of stamps translated by ``offset``.
+
+    For every window row, the stamp elements landing on it are one contiguous run of the
+    sorted order (two binary searches); window pixels outside the image stay 0.
+    """
+    srow, scol, ssrc = order
+    dtype = np.dtype(dtype)
+    h, wd = size
+    out = np.zeros((corners.shape[0], h, wd, w.shape[1]), dtype=dtype)
+    if srow.size:
+        w = np.ascontiguousarray(w, dtype=dtype)
+        (dr, dc), (r0, c0), (H, W) = offset, imcorner, imshape
+        _compiled("_roi_scatter_loop")(
+            srow, scol, ssrc, svals, corners, int(dr), int(dc), int(r0), int(c0), int(H), int(W), w, out
+        )
+    return out
 
 
 def scatter(row, col, values, w, imcorner, imshape, dtype) -> np.ndarray:

@@ -144,8 +144,9 @@ def _on_stamps(arr3: np.ndarray, structure) -> np.ndarray:
         return arr3  # per-source (or scalar-like): broadcasts over the stamp block directly
     # image-dependent operand: gather it at every stamp pixel (int64 offsets: positions may
     # be stored as int32 while the image corner lies beyond 2**31)
-    r = np.subtract(structure.row, structure.imcorner[0], dtype=np.int64) if arr3.shape[0] > 1 else 0
-    c = np.subtract(structure.col, structure.imcorner[1], dtype=np.int64) if arr3.shape[1] > 1 else 0
+    r0, c0 = structure.root_corner  # stored positions minus it: pixel offsets (no shifted copy)
+    r = np.subtract(structure._row, r0, dtype=np.int64) if arr3.shape[0] > 1 else 0
+    c = np.subtract(structure._col, c0, dtype=np.int64) if arr3.shape[1] > 1 else 0
     k = np.arange(structure.nsources) if arr3.shape[2] != 1 else 0
     m = structure.in_image
     if not structure.all_in_image:

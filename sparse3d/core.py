@@ -324,10 +324,10 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by values and positions."""
-        if self._structure.grouped:
-            return self._values.nbytes + sum(g.row.nbytes + g.col.nbytes for g in self._structure.groups)
-        return self._values.nbytes + self.row.nbytes + self.col.nbytes
+        """Bytes held by values and positions (the stored ones: a translation shares them)."""
+        s = self._structure
+        groups = s.groups if s.grouped else (s,)
+        return self._values.nbytes + sum(g._row.nbytes + g._col.nbytes for g in groups)
 
     @property
     def real(self) -> Sparse3D:
@@ -429,7 +429,18 @@ class Sparse3D(NDArrayOperatorsMixin):
         drow, dcol = _as_pair(position, "position", positive=False)
         if drow == 0 and dcol == 0:
             return self
-        return Sparse3D._from_parts(self._values, self._structure.translated(drow, dcol))
+        moved = Sparse3D._from_parts(self._values, self._structure.translated(drow, dcol))
+        moved.__dict__["_family"] = self._family  # same values, same stored positions
+        return moved
+
+    @cached_property
+    def _family(self) -> dict:
+        """Caches shared by this array and its translations (same values, same stored positions).
+
+        ``"nproducts"``/``"elements"`` count the family's products; ``"sorted_values"`` holds
+        the values in the structure's :meth:`~sparse3d._structure.StampStructure.sorted_order`.
+        """
+        return {}
 
     def shift(self, shift) -> Sparse3D:
         """A new array with every stamp moved by fractional pixels ``(drow, dcol)``.
@@ -612,8 +623,8 @@ class Sparse3D(NDArrayOperatorsMixin):
             return s.assemble([g.todense(force=True) for g in self.groups], axis=2)
         out = np.zeros(self.shape, dtype=self.dtype)
         m = s.in_image
-        r = np.subtract(s.row[m], s.imcorner[0], dtype=np.int64)
-        c = np.subtract(s.col[m], s.imcorner[1], dtype=np.int64)
+        r = np.subtract(s._row[m], s.root_corner[0], dtype=np.int64)
+        c = np.subtract(s._col[m], s.root_corner[1], dtype=np.int64)
         k = np.broadcast_to(np.arange(self.nsources), self.stamp_shape)[m]
         np.add.at(out, (r, c, k), self._values[m])
         return out

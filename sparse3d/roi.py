@@ -18,10 +18,12 @@ parent array has no content there).
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import _functions
 from ._functions import scatter_sum, scipy_values
 from ._options import check_dense_allocation
 from ._structure import _as_pair, check_position_range, index_dtype, readonly_view
@@ -102,16 +104,35 @@ class ROISparse3D:
         self.array = array
         self._corners = _as_corners(corners)
         self.size = _as_pair(size, "size", positive=True)
-        self._source_of = None  # the source of every mapped element (grouped arrays)
-        if array._structure.grouped:  # every group mapped alone; elements in the flat values
-            s = array._structure
-            maps = [ROISparse3D(g, self._corners, self.size) for g in array.groups]
-            eo = s.element_offsets
-            self._elements = _readonly(np.concatenate([m._elements + eo[i] for i, m in enumerate(maps)]))
-            self._pixels = np.concatenate([m._pixels for m in maps])
-            self._source_of = np.concatenate([idx[m._sources()] for m, idx in zip(maps, s.sources)])
-        else:
-            self._elements, self._pixels = self._map()
+
+    @cached_property
+    def _mapping(self) -> tuple[np.ndarray, ...]:
+        # built on first use: products of translated arrays read the windows through the
+        # structure's pixel-sorted order instead (see dot), so translate stays O(1)
+        if self.array._structure.grouped:
+            return self._grouped_map()
+        return self._map()
+
+    def _grouped_map(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(elements, pixels, sources)`` of a grouped array: every group mapped alone.
+
+        Elements index the flat values of the array; sources go through the groups' maps.
+        """
+        s = self.array._structure
+        maps = [ROISparse3D(g, self._corners, self.size) for g in self.array.groups]
+        eo = s.element_offsets
+        elements = _readonly(np.concatenate([m._elements + eo[i] for i, m in enumerate(maps)]))
+        pixels = np.concatenate([m._pixels for m in maps])
+        sources = np.concatenate([idx[m._sources()] for m, idx in zip(maps, s.sources)])
+        return elements, pixels, sources
+
+    @property
+    def _elements(self) -> np.ndarray:
+        return self._mapping[0]
+
+    @property
+    def _pixels(self) -> np.ndarray:
+        return self._mapping[1]
 
     # -- facts --------------------------------------------------------------------------
     @property
@@ -215,8 +236,8 @@ class ROISparse3D:
         return elements, pixels.astype(np.int64)
 
     def _sources(self) -> np.ndarray:
-        if self._source_of is not None:
-            return self._source_of
+        if self.array._structure.grouped:
+            return self._mapping[2]
         return self._elements % max(self.nsources, 1)
 
     def _values(self) -> np.ndarray:
@@ -237,6 +258,28 @@ class ROISparse3D:
         if w.ndim not in (1, 2) or w.shape[0] != n:
             raise ValueError(f"weights must be (nsources,) or (nsources, k) with nsources={n}; got {w.shape}")
         dtype = np.result_type(self.dtype, w.dtype)
+        if (
+            not self.array._structure.grouped
+            and _functions._fast_product(self.array, dtype, w.dtype) is not None
+        ):
+            from . import _kernels
+
+            k = 1 if w.ndim == 1 else w.shape[1]
+            check_dense_allocation(self.npixels * k * dtype.itemsize, f"a model of {self.nrois} windows")
+            s = self.array._structure
+            order = s.sorted_order()[1:]
+            out = _kernels.roi_scatter(
+                order,
+                _functions.sorted_values(self.array),
+                s.offset,
+                s.imcorner,
+                s.imshape,
+                self._corners,
+                self.size,
+                w.reshape(n, -1),
+                dtype,
+            )
+            return out[..., 0] if w.ndim == 1 else out
         vals = self._values()
         src = self._sources()
         shape = (self.nrois, *self.size)

@@ -1168,6 +1168,65 @@ def _psf_cases():
 
 CASES += _psf_cases()
 
+# ---- scene fits: sparse3d.photometry (positions, jitter) -------------------------------------
+def _photometry_cases():
+    from sparse3d.photometry import fit_jitter, fit_positions
+    from sparse3d.psf import Gaussian
+
+    G = Gaussian(1.0)
+    img = np.ones((12, 12))
+    stack = np.ones((12, 12, 3))
+    r, c = np.array([5.0]), np.array([6.0])
+
+    def pos(**kw):
+        args = dict(data=img, row=r, col=c)
+        args.update(kw)
+        return lambda: fit_positions(G, args.pop("data"), args.pop("row"), args.pop("col"), **args)
+
+    nan_img = img.copy()
+    nan_img[3, 3] = np.nan
+    return [
+        Case("positions-data-ndim", "`fit_positions(psf, stack_3d, row, col)`", pos(data=stack),
+             ValueError, "data must have shape (H, W)"),
+        Case("positions-data-nan", "`fit_positions(psf, image_with_nan, ...)`, NaN not masked",
+             pos(data=nan_img), ValueError, "data contains non-finite values in unmasked pixels"),
+        Case("positions-row-nan", "`fit_positions(psf, image, [np.nan], col)`", pos(row=np.array([np.nan])),
+             ValueError, "row must be finite"),
+        Case("positions-row-col-length", "`fit_positions(psf, image, row, col)`, lengths differ",
+             pos(col=np.array([1.0, 2.0])), ValueError, "row and col must have the same length"),
+        Case("positions-errors", "`fit_positions(..., errors=e)`, `e` with 0, negative or NaN values",
+             pos(errors=np.zeros((12, 12))), ValueError,
+             "errors must be positive (np.inf marks a masked pixel)"),
+        Case("positions-errors-shape", "`fit_positions(..., errors=e)`, `e` of the wrong shape",
+             pos(errors=np.ones((3, 3))), ValueError, "errors must have shape (12, 12)"),
+        Case("positions-mask-dtype", "`fit_positions(..., mask=m)`, `m` not boolean",
+             pos(mask=np.zeros((12, 12))), ValueError, "mask must be a boolean array"),
+        Case("positions-fix", "`fit_positions(..., fix=f)`, `f` not boolean `(nsources,)`",
+             pos(fix=np.array([1, 0])), ValueError, "fix must be a boolean array of shape (nsources,)"),
+        Case("positions-prior", "`fit_positions(..., position_prior_sigma=0)`",
+             pos(position_prior_sigma=0.0), ValueError, "position_prior_sigma must be > 0"),
+        Case("positions-flux-prior", "`fit_positions(..., flux_prior_mu=m)` without `flux_prior_sigma`",
+             pos(flux_prior_mu=1.0), ValueError, "flux_prior_mu requires flux_prior_sigma"),
+        Case("positions-tol", "`fit_positions(..., tol=0)` (also `max_step`; `min_snr`, `rtol` < 0)",
+             pos(tol=0.0), ValueError, "tol must be a finite positive number"),
+        Case("positions-max-iter", "`fit_positions(..., max_iter=-1)`", pos(max_iter=-1),
+             ValueError, "max_iter must be a non-negative integer"),
+        Case("positions-imshape", "`fit_positions(..., imshape=(H, W))` not the shape of the image",
+             pos(imshape=(10, 12)), ValueError, "imshape (10, 12) does not match the shape of data"),
+        Case("jitter-data-ndim", "`fit_jitter(psf, image_2d, row, col)`",
+             lambda: fit_jitter(G, img, r, c), ValueError, "data must have shape (H, W, nframes)"),
+        Case("jitter-shifts", "`fit_jitter(..., shifts=s)`, `s` not finite `(nframes, 2)`",
+             lambda: fit_jitter(G, stack, r, c, shifts=np.zeros((2, 2))), ValueError,
+             "shifts must be finite with shape (nframes, 2) = (3, 2)"),
+        Case("jitter-cg-tol", "`fit_jitter(..., cg_tol=0)`",
+             lambda: fit_jitter(G, stack, r, c, cg_tol=0.0), ValueError,
+             "cg_tol must be a finite positive number"),
+    ]
+
+
+CASES += _photometry_cases()
+
+
 
 # ---- stamp groups (several stamp shapes in one array) ----------------------------------------
 def _grouped():

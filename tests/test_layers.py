@@ -191,3 +191,22 @@ np.testing.assert_allclose(res.weights.compute(), ref, rtol=1e-6, atol=1e-8)
 print("ok")
 """
     assert _run(code).stdout.strip() == "ok"
+
+
+# the scene fits sit on top: they use the core, the fit and the PSF models by their public
+# package names only (sparse3d.fit, never sparse3d.fit.solve), and nothing below imports them
+PHOTOMETRY_ALLOWED = {"sparse3d.core", "sparse3d.fit", "sparse3d.psf"}
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "photometry").glob("*.py")), ids=lambda p: p.name)
+def test_photometry_uses_public_apis_of_the_layers_below(path):
+    below = {m for _, m in imports(path) if m.startswith("sparse3d.") and not _within(m, ["photometry"])}
+    assert below <= PHOTOMETRY_ALLOWED, f"{path.name} imports {sorted(below - PHOTOMETRY_ALLOWED)}"
+    assert len(path.read_text(encoding="utf-8").splitlines()) < 600, path.name
+
+
+def test_nothing_below_imports_photometry():
+    for path in PKG.rglob("*.py"):
+        if "photometry" in path.parts:
+            continue
+        assert not any(_within(m, ["photometry"]) for _, m in imports(path)), path
