@@ -901,12 +901,14 @@ def join_sources(arrays, dtype=None, casting="same_kind"):
     return build_grouped(pieces, out_dtype)
 
 
-def build_grouped(pieces, dtype=None):
+def build_grouped(pieces, dtype=None, values=None):
     """One Sparse3D from single-shape ``pieces`` ``[(array, global source indices), ...]``.
 
     The global indices of all pieces partition ``range(nsources)``; pieces with equal stamp
     shapes are merged into one group (in the order given, which must be ascending in the
-    global index within a shape). One stamp shape gives a single-block array.
+    global index within a shape). One stamp shape gives a single-block array. ``values``: the
+    groups' values already laid out one after the other in this 1-D array (pieces of
+    distinct shapes, in order), so that no copy is needed.
     """
     from ._structure import GroupedStructure, StampStructure
 
@@ -923,15 +925,16 @@ def build_grouped(pieces, dtype=None):
         if len(run) == 1:
             blocks.append(run[0] if run[0].dtype == dtype else run[0].astype(dtype))
             continue
-        values = np.concatenate([x._values for x in run], axis=2, dtype=dtype, casting="unsafe")
+        merged = np.concatenate([x._values for x in run], axis=2, dtype=dtype, casting="unsafe")
         row = np.concatenate([x.row for x in run], axis=2)
         col = np.concatenate([x.col for x in run], axis=2)
         row.flags.writeable = col.flags.writeable = False
-        blocks.append(Sparse3D._from_parts(values, StampStructure(row, col, run[0].imshape, run[0].imcorner)))
+        blocks.append(Sparse3D._from_parts(merged, StampStructure(row, col, run[0].imshape, run[0].imcorner)))
     if len(blocks) == 1:
         return blocks[0]
-    values = _pool.empty((sum(b._values.size for b in blocks),), dtype)
-    np.concatenate([b._values.ravel() for b in blocks], out=values)
+    if values is None:
+        values = _pool.empty((sum(b._values.size for b in blocks),), dtype)
+        np.concatenate([b._values.ravel() for b in blocks], out=values)
     return Sparse3D._from_parts(values, GroupedStructure([b._structure for b in blocks], sources))
 
 

@@ -151,6 +151,66 @@ class Sparse3D(NDArrayOperatorsMixin):
         self._structure = structure_from_positions(row, col, values.shape, imshape, imcorner)
 
     @classmethod
+    def from_groups(cls, data, row, col, imshape, imcorner=(0, 0)) -> Sparse3D:
+        """One array from stamp blocks of different shapes: ``np.concatenate`` without the copy.
+
+        Equal to ``np.concatenate([Sparse3D(d, r, c, imshape, imcorner) for d, r, c in
+        zip(data, row, col)], axis=2)`` (sources in that order, one stamp group per stamp
+        shape), but every block's values are copied once, straight into the array.
+
+        Parameters
+        ----------
+        data, row, col : sequence of array_like
+            One ``(nr_i, nc_i, n_i)`` block of values per piece and its positions (as for
+            :class:`Sparse3D`; ``row[i]``/``col[i]`` broadcast to ``data[i].shape``).
+        imshape, imcorner : tuple of int
+            The image bounds shared by every piece.
+        """
+        from ._functions import build_grouped
+
+        if not (
+            isinstance(data, (list, tuple))
+            and isinstance(row, (list, tuple))
+            and isinstance(col, (list, tuple))
+        ):
+            raise TypeError("from_groups takes sequences (lists or tuples) of blocks: data, row and col")
+        if not data or not len(data) == len(row) == len(col):
+            raise ValueError(
+                f"from_groups needs one row and one col per data block; got {len(data)} data, "
+                f"{len(row)} row and {len(col)} col"
+            )
+        blocks = []
+        for i, d in enumerate(data):
+            arr = _checked_values(np.asarray(d), f"data[{i}]")
+            if arr.ndim != 3:
+                raise ValueError(f"data[{i}] must be 3-D (nr, nc, nsources); got shape {arr.shape}")
+            blocks.append(arr)
+        shapes = [b.shape[:2] for b in blocks if b.shape[2]]
+        if len(set(shapes)) < len([b for b in blocks if b.shape[2]]) or len(set(shapes)) < 2:
+            # repeated stamp shapes (merged into one group) or a single shape: concatenate
+            return np.concatenate(
+                [cls(b, r, c, imshape, imcorner) for b, r, c in zip(blocks, row, col)], axis=2
+            )
+        dtype = np.result_type(*blocks)
+        structures = [
+            structure_from_positions(r, c, b.shape, imshape, imcorner) for b, r, c in zip(blocks, row, col)
+        ]
+        keep = [i for i, b in enumerate(blocks) if b.shape[2]]
+        values = _pool.empty((sum(blocks[i].size for i in keep),), dtype)
+        views, start = [], 0
+        for i in keep:  # every block copied once, into its place
+            b = blocks[i]
+            views.append(values[start : start + b.size].reshape(b.shape))
+            np.copyto(views[-1], b, casting="unsafe")
+            start += b.size
+        offsets = np.cumsum([0] + [b.shape[2] for b in blocks])
+        pieces = [
+            (cls._from_parts(v, structures[i]), np.arange(offsets[i], offsets[i + 1]))
+            for v, i in zip(views, keep)
+        ]
+        return build_grouped(pieces, dtype, values=values)
+
+    @classmethod
     def _from_parts(cls, values: np.ndarray, structure: StampStructure) -> Sparse3D:
         """Internal constructor: ``values`` must be a fresh or read-only array we own.
 

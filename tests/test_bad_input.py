@@ -1265,6 +1265,13 @@ def _grouped_cases():
             "operands have different stamp structures (stamp groups differ",
         ),
         Case(
+            "from-groups-lengths",
+            "`Sparse3D.from_groups([d0, d1], [r0], [c0, c1], imshape)`",
+            lambda: Sparse3D.from_groups([np.ones((2, 2, 1))] * 2, [0], [0, 0], (4, 4)),
+            ValueError,
+            "from_groups needs one row and one col per data block; got 2 data, 1 row and 2 col",
+        ),
+        Case(
             "psf-stamp-sizes-length",
             "`G.design(row, col, imshape, stamp_shape=np.array([5, 7, 9]))` for 2 sources",
             lambda: G.design([3.0, 4.0], [3.0, 4.0], (10, 10), stamp_shape=np.array([5, 7, 9])),

@@ -404,3 +404,26 @@ def test_fractional_shift_moves_every_group_with_its_sources(gscene):
             :, :, np.argsort(np.concatenate(S.group_sources))
         ],
     )
+
+
+def test_from_groups_equals_concatenate(gscene):
+    parts = gscene.parts
+    S = Sparse3D.from_groups(
+        [p.data for p in parts],
+        [p.row for p in parts],
+        [p.col for p in parts],
+        gscene.imshape,
+        gscene.imcorner,
+    )
+    T = gscene.build()
+    assert S.dtype == T.dtype and S.stamp_shapes == T.stamp_shapes
+    assert S._structure.equals(T._structure)
+    _same(S, gscene.dense())
+    _same(S * 2 - 1, (T * 2 - 1).todense())
+
+
+def test_from_groups_refusals():
+    with pytest.raises(TypeError, match="sequences"):
+        Sparse3D.from_groups(np.ones((2, 2, 1)), 0, 0, (4, 4))
+    with pytest.raises(ValueError, match="one row and one col per data block"):
+        Sparse3D.from_groups([np.ones((2, 2, 1))], [0, 1], [0], (4, 4))
