@@ -4,8 +4,9 @@ The scene of issue 13: a 1024² image, 49,000 faint sources on 11 × 11 stamps a
 bright ones on 41 × 41. Three ways to compute the tutorial pipeline (construct ``X`` and
 ``Y``, the Gaussian expression for ``L``, ``L.dot(w)``) and a fit of the model image:
 
-* ``grouped``: ``X``, ``Y`` of each size concatenated into one array with two stamp groups,
-  then the pipeline and ``L.fit(image)`` on it, exactly as for a single-shape array;
+* ``grouped``: ``X``, ``Y`` of each size concatenated into one array with two stamp groups
+  (``np.concatenate``, or ``Sparse3D.from_groups`` which copies the values once instead of
+  twice), then the pipeline and ``L.fit(image)`` on it, exactly as for a single-shape array;
 * ``separate``: the pipeline and the fit on each size's sources alone, times summed
   (the target: ``grouped`` costs at most 1.1× this);
 * ``all41``: every source on 41 × 41 stamps (what one shape for everyone costs).
@@ -113,6 +114,18 @@ def main(argv=None) -> None:
         Y = np.concatenate([Ys, Yb], axis=2)
         return _model(X, Y, both["rp"], both["cp"]).dot(both["w"])
 
+    def pipeline_from_groups():
+        from sparse3d import Sparse3D
+
+        parts = (small, big)
+        X = Sparse3D.from_groups(
+            [p["x3d"] for p in parts], [p["row3d"] for p in parts], [p["col3d"] for p in parts], imshape
+        )
+        Y = Sparse3D.from_groups(
+            [p["y3d"] for p in parts], [p["row3d"] for p in parts], [p["col3d"] for p in parts], imshape
+        )
+        return _model(X, Y, both["rp"], both["cp"]).dot(both["w"])
+
     def pipeline_one(p):
         X, Y = _xy(p, imshape)
         return _model(X, Y, p["rp"], p["cp"]).dot(p["w"])
@@ -122,6 +135,7 @@ def main(argv=None) -> None:
 
     # the same image from both ways (checked once, outside the timings)
     np.testing.assert_allclose(pipeline_grouped(), pipeline_separate(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(pipeline_from_groups(), pipeline_separate(), rtol=1e-10, atol=1e-12)
 
     Xs, Ys = _xy(small, imshape)
     Xb, Yb = _xy(big, imshape)
@@ -153,7 +167,15 @@ def main(argv=None) -> None:
         image41 = L41.dot(everyone41["w"]) + np.random.default_rng(1).normal(0, 0.01, size=imshape)
         if not args.no_fit41:
             t_f41 = _best(lambda: L41.fit(image41), args.repeat)
-    rows = [("pipeline", t_pg, t_psb, r_p, t_p41), ("fit", t_fg, t_fsb, r_f, t_f41)]
+    pipeline_from_groups()
+    t_pf, t_psb2, r_pf = _interleaved(
+        pipeline_from_groups, [lambda: pipeline_one(small), lambda: pipeline_one(big)], args.repeat
+    )
+    rows = [
+        ("pipeline (np.concatenate)", t_pg, t_psb, r_p, t_p41),
+        ("pipeline (Sparse3D.from_groups)", t_pf, t_psb2, r_pf, t_p41),
+        ("fit", t_fg, t_fsb, r_f, t_f41),
+    ]
     print(
         f"{args.small:,} sources on 11x11 + {args.big:,} on 41x41, image {imshape}; best of {args.repeat}\n"
     )
