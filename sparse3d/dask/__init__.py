@@ -39,6 +39,9 @@ Where each concept lives
     :func:`dot`, :func:`project`, :func:`tensordot`: the NumPy functions with Dask operands.
 ``frames.py``
     :func:`fit` and :class:`DaskFitResult`: frame stacks of one in-memory scene.
+``scene.py``
+    :func:`fit_scene` (:meth:`SourceChunked.fit`), :class:`SceneFitResult`: one scene too
+    large for one process, fitted over image tiles by distributed conjugate gradients.
 """
 
 from __future__ import annotations
@@ -48,13 +51,16 @@ from ._graph import SCATTER_BYTES, _pickled_nbytes, _shared, _token, is_dask_arr
 from .chunked import SourceChunked, from_function, to_dask
 from .frames import DaskFitResult, _FrameSolver, fit  # noqa: F401
 from .products import dot, project, tensordot
+from .scene import SceneFitResult, fit_scene
 
 __all__ = [
     "SCATTER_BYTES",
     "DaskFitResult",
+    "SceneFitResult",
     "SourceChunked",
     "dot",
     "fit",
+    "fit_scene",
     "from_function",
     "is_dask_array",
     "project",

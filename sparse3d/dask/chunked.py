@@ -54,9 +54,20 @@ class SourceChunked:
         Image bounds shared by every part.
     dtype : dtype
         Dtype of the stamp values.
+    stamp_shape : tuple of int, optional
+        ``(nr, nc)`` of every stamp, when known (the default ``halo`` of :meth:`fit` is two
+        stamps).
     """
 
-    def __init__(self, parts: Sequence, chunks: Sequence[int], imshape, imcorner=(0, 0), dtype=np.float64):
+    def __init__(
+        self,
+        parts: Sequence,
+        chunks: Sequence[int],
+        imshape,
+        imcorner=(0, 0),
+        dtype=np.float64,
+        stamp_shape: tuple[int, int] | None = None,
+    ):
         if len(parts) != len(chunks):
             raise ValueError(f"{len(parts)} parts but {len(chunks)} chunk sizes")
         self.parts = list(parts)
@@ -64,6 +75,7 @@ class SourceChunked:
         self.imshape = tuple(int(v) for v in imshape)
         self.imcorner = tuple(int(v) for v in imcorner)
         self.dtype = np.dtype(dtype)
+        self.stamp_shape = None if stamp_shape is None else (int(stamp_shape[0]), int(stamp_shape[1]))
 
     # -- constructors --------------------------------------------------------------------
     @classmethod
@@ -78,7 +90,7 @@ class SourceChunked:
                 _shared(S[:, :, a:b], "sparse3d-chunk", tokenize(tok, a, b), owner=S)
                 for a, b in _bounds(sizes)
             ]
-        return cls(parts, sizes, S.imshape, S.imcorner, S.dtype)
+        return cls(parts, sizes, S.imshape, S.imcorner, S.dtype, S.stamp_shape[:2])
 
     @classmethod
     def from_function(
@@ -135,7 +147,7 @@ class SourceChunked:
             pi = {k: v[i] for k, v in pparams.items()}
             build = dask.delayed(_build_chunk, pure=True, name=f"sparse3d-from-{name}")
             parts.append(build(func, pi, prow[i], pcol[i], tuple(imshape), tuple(imcorner), dtype))
-        return cls(parts, sizes, imshape, imcorner, dtype)
+        return cls(parts, sizes, imshape, imcorner, dtype, tuple(np.shape(row)[:2]))
 
     # -- facts ----------------------------------------------------------------------------
     @property
@@ -153,11 +165,90 @@ class SourceChunked:
     def __repr__(self) -> str:
         return f"<{self.shape} SourceChunked Sparse3D, {self.npartitions} source chunks, dtype {self.dtype}>"
 
+    # -- fitting ---------------------------------------------------------------------------
+    def fit(
+        self,
+        data,
+        errors=None,
+        mask=None,
+        prior_mu=None,
+        prior_sigma=None,
+        *,
+        tile_size: int | tuple[int, int] | None = None,
+        halo: int | None = None,
+        tol: float = 1e-4,
+        max_iter: int = 100,
+        solver: str = "auto",
+        client: Any = None,
+    ):
+        """Fit the scene to an image ``(H, W)`` or frames ``(H, W, k)``, distributed over image tiles.
+
+        Never holds the whole design matrix, normal matrix or image in one process: the image
+        is cut into tiles of ``tile_size`` pixels; each tile's sources (by stamp centre) and
+        those within ``halo`` pixels of it are regrouped on a worker, which factorises their
+        normal matrix once. Conjugate gradients on the global normal equations, with the
+        products and the preconditioner computed tile by tile, then converge to the eager
+        fit (:meth:`Sparse3D.fit`); the method and its costs are described in
+        :mod:`sparse3d.dask.scene`.
+
+        Parameters
+        ----------
+        data : numpy.ndarray or dask.array.Array
+            ``(H, W)`` or ``(H, W, k)``; a Dask array is cut into tiles on the workers (use
+            one for images larger than the client's memory).
+        errors : array_like, optional
+            One ``(H, W)`` map of 1-sigma errors shared by all frames (NumPy or Dask).
+        mask : array_like of bool, optional
+            ``(H, W)``, True for pixels to ignore.
+        prior_mu, prior_sigma : float or array_like, optional
+            Gaussian priors on the weights, scalars or ``(nsources,)``.
+        tile_size : int or (int, int), optional
+            Tile side in pixels (default 2048, clipped to the image); at least one stamp.
+        halo : int, optional
+            Pixels around a tile whose sources it also holds; at least one stamp wide
+            (default: two stamps). Larger halos cost more per tile and fewer iterations.
+        tol : float
+            Stop when the estimated remaining change of every weight is below ``tol`` times
+            its 1-sigma error (in every frame).
+        max_iter : int
+            Most conjugate-gradient iterations (a ``RuntimeWarning`` if not converged).
+        solver : str
+            Sparse solver of each tile, as in :func:`sparse3d.fit.fit_design`.
+        client : distributed.Client or str, optional
+            A ``dask.distributed`` client or a scheduler address (``"tcp://host:8786"``,
+            connected for this fit and closed after); default: the default client if one is
+            active, else this process (threads).
+
+        Returns
+        -------
+        SceneFitResult
+            NumPy ``weights`` ``(nsources[, k])``, ``weights_err`` ``(nsources,)``, ``chi2``,
+            ``n_iterations``, ``n_tiles``, ``converged``.
+        """
+        from .scene import fit_scene
+
+        return fit_scene(
+            self,
+            data,
+            errors,
+            mask,
+            prior_mu,
+            prior_sigma,
+            tile_size=tile_size,
+            halo=halo,
+            tol=tol,
+            max_iter=max_iter,
+            solver=solver,
+            client=client,
+        )
+
     # -- Dask ------------------------------------------------------------------------------
     def persist(self, **kwargs) -> SourceChunked:
         """Compute the chunks and keep them in (cluster) memory; returns a new SourceChunked."""
         parts = dask.persist(*self.parts, **kwargs)
-        return SourceChunked(list(parts), self.chunks, self.imshape, self.imcorner, self.dtype)
+        return SourceChunked(
+            list(parts), self.chunks, self.imshape, self.imcorner, self.dtype, self.stamp_shape
+        )
 
     def compute(self, **kwargs) -> Sparse3D:
         """The whole array in local memory (a :class:`Sparse3D`)."""

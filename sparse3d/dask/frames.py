@@ -125,8 +125,8 @@ def fit(
     matrix shipped once, and ``weights_err`` is lazy ``(nsources, k)``. ``mask`` ``(H, W)``.
     Returns a :class:`DaskFitResult`.
     """
-    if isinstance(S, SourceChunked):
-        raise NotImplementedError("fitting a SourceChunked scene is not supported; fit a Sparse3D")
+    if isinstance(S, SourceChunked):  # one scene too large for one process: fit over tiles
+        return S.fit(data, errors, mask, prior_mu, prior_sigma, solver=solver)
     if not is_dask_array(data):
         data = da.from_array(np.asarray(data))
     if errors is not None and np.ndim(errors) == 3 and data.ndim == 3:
