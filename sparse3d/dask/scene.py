@@ -161,6 +161,9 @@ class _Tile:
     def __init__(self, pieces, box, core, data, errors, mask, prior_mu, prior_sigma, solver):
         from ..fit import prepare_normal_equations
 
+        if not pieces:  # no source near this tile: it still answers for its pixels' chi-square
+            empty = np.zeros((1, 1, 0))
+            pieces = [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), empty, empty, empty)]
         ids = np.concatenate([p[0] for p in pieces])
         order = np.argsort(ids, kind="stable")
         self.ids = ids[order]
@@ -168,8 +171,8 @@ class _Tile:
         (r0, c0), (h, w) = box
         S = Sparse3D(
             np.concatenate([p[2] for p in pieces], axis=2)[:, :, order],
-            np.concatenate([p[3] for p in pieces], axis=2)[:, :, order],
-            np.concatenate([p[4] for p in pieces], axis=2)[:, :, order],
+            np.concatenate([p[3] for p in pieces], axis=2)[:, :, order].astype(np.int64),
+            np.concatenate([p[4] for p in pieces], axis=2)[:, :, order].astype(np.int64),
             imshape=(h, w),
             imcorner=(r0, c0),
         )
@@ -301,7 +304,7 @@ class SceneFitResult(DaskFitResult):
     Attributes (besides those of :class:`DaskFitResult`, here all computed)
     ----------
     n_tiles : int
-        Tiles that own at least one source (``n_factorizations`` is the same number).
+        Number of tiles (``n_factorizations`` is the same number).
     n_iterations : int
         Conjugate-gradient iterations after the halo fits.
     converged : bool
@@ -428,7 +431,7 @@ def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_
     redges = np.concatenate([[ir0], geom.row_edges, [ir0 + H]])
     cedges = np.concatenate([[ic0], geom.col_edges, [ic0 + W]])
     build = []
-    for t in sorted(tiles_of):
+    for t in range(geom.grid[0] * ntc):  # every tile, for the chi-square of its pixels
         i, j = divmod(t, ntc)
         core = ((int(redges[i]), int(redges[i + 1])), (int(cedges[j]), int(cedges[j + 1])))
         # every extended source's stamp lies within halo + one stamp of the core
@@ -438,7 +441,7 @@ def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_
         c1 = min(ic0 + W, core[1][1] + geom.halo + extent[1])
         sl = (slice(r0 - ir0, r1 - ir0), slice(c0 - ic0, c1 - ic0))
         piece = dask.delayed(_piece, pure=False)
-        pieces = [piece(runner.as_delayed(splits[c]), t) for c in tiles_of[t]]
+        pieces = [piece(runner.as_delayed(splits[c]), t) for c in tiles_of.get(t, [])]
         build.append(
             dask.delayed(_Tile, pure=False)(
                 pieces,
@@ -508,8 +511,8 @@ def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_
         from ..fit import UnconstrainedSourceWarning
 
         warnings.warn(
-            f"{int(np.count_nonzero(~free))} source(s) have no unmasked pixel and no prior: their "
-            "weights and errors are NaN",
+            f"{int(np.count_nonzero(~free))} of {n} source(s) have no unmasked pixel in the image and no "
+            "prior; their weights and weights_err are NaN.",
             UnconstrainedSourceWarning,
             stacklevel=4,
         )
