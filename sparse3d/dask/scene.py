@@ -43,8 +43,9 @@ owned rows of another: two round trips per iteration.
 from __future__ import annotations
 
 import math
+import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
@@ -59,6 +60,10 @@ __all__ = ["SceneFitResult", "fit_scene"]
 #: Default tile side in pixels (clipped to the image): a few tens of thousands of sources
 #: per tile in a crowded field, so each tile's factorisation takes about a second.
 DEFAULT_TILE_SIZE = 2048
+
+#: Per-iteration vectors up to this many bytes in all travel inside the tasks, larger ones
+#: are scattered first (Dask warns about task graphs above 10 MB).
+_INLINE_BYTES = 4 * 2**20
 
 
 # -------------------------------------------------------------------------------------------
@@ -277,7 +282,10 @@ class _Runner:
         if args is None:
             futures = c.map(_call, names, objs, pure=False)
         else:
-            futures = c.map(_call, names, objs, c.scatter(args, hash=False), pure=False)
+            # small arguments ride in the tasks (one round trip fewer); big ones are scattered
+            if sum(getattr(a, "nbytes", 0) for a in args) > _INLINE_BYTES:
+                args = c.scatter(args, hash=False)
+            futures = c.map(_call, names, objs, args, pure=False)
         return c.gather(futures)
 
 
@@ -309,11 +317,15 @@ class SceneFitResult(DaskFitResult):
         Conjugate-gradient iterations after the halo fits.
     converged : bool
         Whether ``max |z| / σ < tol`` was reached for every frame within ``max_iter``.
+    timings : dict
+        Wall seconds of each phase: ``"regroup"`` (stamps computed and regrouped by tile),
+        ``"tiles"`` (tile data, factorisations, halo fits, errors), ``"iterations"``.
     """
 
     n_tiles: int = 0
     n_iterations: int = 0
     converged: bool = True
+    timings: dict = field(default_factory=dict)
 
 
 def _check_scene_inputs(SC, data, errors, mask, tile_size, halo, tol, max_iter):
@@ -409,6 +421,8 @@ def _assemble(n: int, k: int, ids: list, parts: list) -> np.ndarray:
 def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_iter, solver, runner):
     n = SC.nsources
     stack = data.ndim == 3
+    timings = {}
+    t0 = time.perf_counter()
     # 1. regroup the source chunks by tile, on the workers
     offsets = np.concatenate([[0], np.cumsum(SC.chunks)[:-1]]).astype(int)
     split = dask.delayed(_split_chunk, pure=False)
@@ -419,6 +433,7 @@ def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_
         raise ValueError(
             f"halo must be at least one stamp wide: the largest stamp spans {extent} pixels; got {geom.halo}"
         )
+    timings["regroup"] = time.perf_counter() - t0
     tiles_of: dict[int, list[int]] = {}
     for i, (_, keys) in enumerate(summaries):
         for t in keys:
@@ -468,6 +483,8 @@ def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_
         x[o], b[o], sigma[o], free[o] = x0, rhs, err, fr
     del starts
     x[~free] = 0.0
+    timings["tiles"] = time.perf_counter() - t0 - timings["regroup"]
+    t0 = time.perf_counter()
 
     def matvec(v):
         return _assemble(n, k, own, runner.map("matvec", tiles, [v[e] for e in ext_ids]))
@@ -506,6 +523,7 @@ def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_
             stacklevel=4,
         )
     chi2 = np.sum(runner.map("chi2", tiles, [x[e] for e in ext_ids]), axis=0)
+    timings["iterations"] = time.perf_counter() - t0
     x[~free] = np.nan
     if not free.all():
         from ..fit import UnconstrainedSourceWarning
@@ -529,4 +547,5 @@ def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_
         n_tiles=len(tiles),
         n_iterations=it,
         converged=converged,
+        timings=timings,
     )
