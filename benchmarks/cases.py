@@ -72,6 +72,9 @@ CASES: dict[str, str] = {
     "xarray_sel": "L.to_xarray().sel(source=i), materialised",
     "fit": "fit brightnesses to the noisy image",
     "fit_frames100": "fit brightnesses to 100 noisy frames (H, W, 100) at once",
+    "psf_gaussian": "sparse3d.psf.Gaussian(sigma).design(row, col, imshape, stamp): the same scene's L",
+    "psf_gaussian_derivs": "Gaussian design plus d/drow, d/dcol, d/dsigma stamps (4 arrays, one structure)",
+    "shift": "L.shift((0.3, -0.2)): fractional move of every stamp (sinc resampling)",
 }
 
 #: Cases that need ``scene.fake_data``.

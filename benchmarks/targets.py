@@ -41,6 +41,15 @@ TARGETS: list[Target] = [
     Target("xarray_sel", "sparse3d", "sparse3d", 1.5, base_case="dot_ones"),
     Target("fit", "sparse3d", "numpy", 0.5, label=">= 2x faster than the tutorial's spsolve recipe"),
     Target("fit_frames100", "sparse3d", "sparse3d", 3.0, base_case="fit", label="100 frames <= 3x one"),
+    Target(
+        "psf_gaussian",
+        "sparse3d",
+        "sparse3d",
+        1.0,
+        base_case="build_L",
+        label="psf.Gaussian design <= the tutorial's expression on Sparse3D",
+    ),
+    Target("shift", "sparse3d", "sparse3d", 3.0, base_case="op_mul", label="fractional shift <= 3x a ufunc"),
 ]
 
 
@@ -114,6 +123,11 @@ def time_rows(results: dict) -> list[Row]:
         for impl in ("sparse3d", "pydata"):
             rows += _row(results, case, impl, impl, "dot_ones", targets)
     rows += _row(results, "fit_frames100", "sparse3d", "sparse3d", "fit", targets)
+    rows += _row(results, "psf_gaussian", "sparse3d", "sparse3d", "build_L", targets)
+    rows += _row(results, "psf_gaussian", "sparse3d", "sparse3d", "pipeline", targets)
+    rows += _row(results, "psf_gaussian_derivs", "sparse3d", "sparse3d", "build_L", targets)
+    for base in ("op_mul", "op_exp"):
+        rows += _row(results, "shift", "sparse3d", "sparse3d", base, targets)
     return rows
 
 

@@ -1018,3 +1018,53 @@ def getitem(S, key):
         shape = (max(rhi - rlo, 0), max(chi - clo, 0), sub.nsources)
         return np.zeros(shape, dtype=S.dtype)[rel_r, rel_c, rel_s]
     return sub.todense()[rel_r, rel_c, rel_s]
+
+
+# -------------------------------------------------------------------------------------------
+# Derivatives across stamps
+# -------------------------------------------------------------------------------------------
+@implements(np.gradient)
+def _gradient(f, *varargs, axis=None, edge_order=1):
+    """``np.gradient`` across each stamp (stamp semantics) → Sparse3D, or a tuple of them.
+
+    Equal to ``np.gradient`` of every stamp block (``S.data``) along stamp axis 0 (rows)
+    and/or 1 (columns), with the same structure as ``f`` — not the gradient of the logical
+    array, whose implicit zeros would put steps at every stamp edge. ``axis`` must be 0, 1
+    or ``(0, 1)`` (the source axis has no derivative); spacings are scalars, one for all
+    axes or one per axis; ``edge_order`` is NumPy's (1 or 2).
+    """
+    Sparse3D = _S()
+    if not isinstance(f, Sparse3D):
+        raise TypeError("np.gradient on Sparse3D: the array must be the first argument")
+    if axis is None:
+        raise ValueError(
+            "np.gradient on a Sparse3D needs axis=0, 1 or (0, 1): the derivative across each stamp "
+            "(the source axis 2 has no derivative)"
+        )
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    try:
+        norm = tuple(operator.index(a) for a in axes)
+    except TypeError:
+        raise TypeError(f"np.gradient: axis must be 0, 1 or (0, 1); got {axis!r}") from None
+    if not norm or any(a not in (0, 1, -3, -2) for a in norm):
+        raise ValueError(
+            f"np.gradient on a Sparse3D: axis must be 0, 1 or (0, 1) (derivatives across each stamp); "
+            f"got {axis!r}"
+        )
+    norm = tuple(a % 3 for a in norm)
+    if len(set(norm)) != len(norm):
+        raise ValueError(f"np.gradient: repeated axis in {axis!r}")
+    for v in varargs:
+        if np.ndim(v) != 0:
+            raise TypeError(
+                "np.gradient on a Sparse3D takes scalar spacings only (one for all axes or one per "
+                "axis); coordinate arrays are not supported"
+            )
+    if len(varargs) not in (0, 1, len(norm)):
+        raise TypeError(
+            f"np.gradient: got {len(varargs)} spacings for {len(norm)} axes; pass 1 or {len(norm)}"
+        )
+    values = np.gradient(f._values, *varargs, axis=norm, edge_order=edge_order)
+    if len(norm) == 1:
+        return Sparse3D._from_parts(values, f._structure)
+    return tuple(Sparse3D._from_parts(v, f._structure) for v in values)

@@ -40,7 +40,7 @@ _GROUPS: dict[str, str] = {
     """,
     "statistics and cumulative operations are not implemented with stamp semantics; use np.sum / "
     "np.mean / np.max along an axis, or S.to_sparse()": """
-        average cov corrcoef cumprod cumsum cumulative_prod cumulative_sum diff ediff1d gradient
+        average cov corrcoef cumprod cumsum cumulative_prod cumulative_sum diff ediff1d
         histogram histogram2d histogram_bin_edges histogramdd bincount nancumprod nancumsum nanprod
         nanstd nanvar ptp std var trapezoid interp unwrap
     """,

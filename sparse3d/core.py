@@ -292,6 +292,36 @@ class Sparse3D(NDArrayOperatorsMixin):
             return self
         return Sparse3D._from_parts(self._values, self._structure.translated(drow, dcol))
 
+    def shift(self, shift) -> Sparse3D:
+        """A new array with every stamp moved by fractional pixels ``(drow, dcol)``.
+
+        The whole-pixel part (the nearest integer, ties up) moves the stamps exactly as
+        :meth:`translate`; the remaining fraction in ``[-0.5, 0.5)`` resamples the values inside
+        each stamp by band-limited (sinc) interpolation over all the stamp's samples, with zeros
+        outside it. Integer coordinates are pixel centres (see :mod:`sparse3d.psf`).
+
+        Parameters
+        ----------
+        shift : tuple
+            ``(drow, dcol)``: two numbers (one move for every source) or two ``(nsources,)``
+            arrays (one move per source).
+
+        Notes
+        -----
+        Accuracy, against the PSF re-evaluated at the moved position: for a Gaussian with
+        σ ≥ 1 px whose stamp contains it (≳ 5σ on each side) and ``|shift| ≤ 0.5`` px, the
+        error is ≤ 7e-3 of the peak at σ = 1 px (the aliasing limit of the samples) and
+        ≲ 1e-4 at σ = 1.5 px; a Moffat's sharper core needs α ≳ 3.5 px (β = 3.5) for 1e-2.
+        Flux that the move would bring in from outside the stamp is
+        missing and values near an edge that is not ≈ 0 ring (sinc): shift stamps that hold a
+        whole, decaying PSF. Fractional shifts need upright stamps (built as
+        ``R[:, :, None] + row``). Integer and boolean values become float64.
+        See :mod:`sparse3d._interpolate` for the kernel.
+        """
+        from ._interpolate import shift_stamps
+
+        return shift_stamps(self, shift)
+
     def __getitem__(self, key):
         return _functions.getitem(self, key)
 

@@ -582,6 +582,235 @@ def _run_demo():
     return run_demo
 
 
+if importlib.util.find_spec("sparse3d.legacy") is not None:
+    from sparse3d import legacy
+
+    def _L():
+        S = _S()
+        return legacy.ROISparse3D(S.data, S.row, S.col, S.imshape, 1, (4, 4), [(0, 0)])
+
+    def _moved(L):
+        L.translate((1, 0))
+        return L
+
+    CASES += [
+        Case(
+            "legacy-2d",
+            "`legacy.Sparse3D(np.ones((3, 3)), ...)`",
+            lambda: legacy.Sparse3D(np.ones((3, 3)), np.ones((3, 3)), np.ones((3, 3)), (5, 5)),
+            ValueError,
+            "data, row and col must be 3-D",
+        ),
+        Case(
+            "legacy-nsubimages",
+            "`legacy.Sparse3D(data, row, col, ...)`, 2 vs 1 subimages",
+            lambda: legacy.Sparse3D(np.ones((3, 3, 2)), np.ones((3, 3, 1)), np.ones((3, 3, 2)), (5, 5)),
+            ValueError,
+            "data has 2, row 1, col 2",
+        ),
+        Case(
+            "legacy-roi-corners",
+            "`legacy.ROISparse3D(..., nROIs=2, ROI_corners=[(0, 0)])`",
+            lambda: legacy.ROISparse3D(ONE, ONE, ONE, (5, 5), 2, (2, 2), [(0, 0)]),
+            ValueError,
+            "ROI_corners has 1 entries for nROIs=2",
+        ),
+        Case(
+            "legacy-operand-shape",
+            "`L + np.ones((2, 2, 2))` (not the stamp shape)",
+            lambda: _L() + np.ones((2, 2, 2)),
+            ValueError,
+            "does not broadcast against the stamp shape (3, 3, 2)",
+        ),
+        Case(
+            "legacy-offsets",
+            "`L1 + L2`, translated to different offsets",
+            lambda: _moved(_L()) + _L(),
+            ValueError,
+            "operands are translated to different offsets",
+        ),
+        Case(
+            "legacy-stack-offsets",
+            "`legacy.stack([L1, L2])`, different offsets",
+            lambda: legacy.stack([_moved(_L()), _L()]),
+            ValueError,
+            "Can only stack arrays translated to the same offset",
+        ),
+        Case(
+            "legacy-dot-type",
+            '`L.to_Sparse3D().dot("w")`',
+            lambda: _L().to_Sparse3D().dot("w"),
+            NotImplementedError,
+            "pass the weights as a numpy.ndarray",
+        ),
+        Case(
+            "legacy-index",
+            "`L[0, :, 1]`",
+            lambda: _L()[0, :, 1],
+            IndexError,
+            "Only full slices (:) are allowed for the first two dimensions",
+        ),
+    ]
+
+
+# ---- sub-pixel models: sparse3d.psf, S.shift, np.gradient -----------------------------------
+def _transposed():
+    """Stamps whose axis 0 runs along image columns."""
+    return Sparse3D(np.ones((3, 3, 1)), np.arange(3)[None, :, None], np.arange(3)[:, None, None], (5, 5))
+
+
+def _psf_cases():
+    from sparse3d.psf import EllipticalGaussian, Gaussian, GriddedPSF, ImagePSF, Moffat
+
+    G = Gaussian(1.0)
+    img = np.ones((9, 9))
+    return [
+        Case(
+            "psf-nan-position",
+            "`Gaussian(1).design([np.nan], [3.0], (10, 10))`",
+            lambda: G.design([np.nan], [3.0], (10, 10)),
+            ValueError,
+            "row must hold finite source positions",
+        ),
+        Case(
+            "psf-row-col-length",
+            "`model.design(row, col, ...)`, lengths differ",
+            lambda: G.design([1.0, 2.0], [1.0], (10, 10)),
+            ValueError,
+            "row and col must have the same length",
+        ),
+        Case(
+            "psf-sigma-nonpositive",
+            "`Gaussian(sigma=0)` (or any σ ≤ 0 in a per-source array)",
+            lambda: Gaussian(sigma=[1.0, 0.0]),
+            ValueError,
+            "sigma must be > 0",
+        ),
+        Case(
+            "psf-sigma-nan",
+            "`Gaussian(sigma=np.nan)`",
+            lambda: Gaussian(sigma=np.nan),
+            ValueError,
+            "sigma must be finite",
+        ),
+        Case(
+            "psf-moffat-beta",
+            "`Moffat(alpha=2, beta=1)` (β ≤ 1 does not integrate)",
+            lambda: Moffat(2.0, 1.0),
+            ValueError,
+            "beta must be > 1",
+        ),
+        Case(
+            "psf-param-lengths",
+            "`EllipticalGaussian(sigma=[1, 2], ratio=[.5, .5, .5])`",
+            lambda: EllipticalGaussian([1.0, 2.0], [0.5, 0.5, 0.5]),
+            ValueError,
+            "per-source shape parameters must have the same length; sigma has 2, ratio has 3",
+        ),
+        Case(
+            "psf-param-nsources",
+            "`Gaussian(sigma=[1, 1, 1]).design(row, col, ...)` with 2 sources",
+            lambda: Gaussian([1.0, 1.0, 1.0]).design([1.0, 2.0], [1.0, 2.0], (10, 10)),
+            ValueError,
+            "sigma has 3 values but row and col give 2 sources",
+        ),
+        Case(
+            "psf-stamp-shape",
+            "`model.design(..., stamp_shape=(0, 5))` (or non-integers)",
+            lambda: G.design([1.0], [1.0], (10, 10), stamp_shape=(0, 5)),
+            ValueError,
+            "stamp_shape must be two positive integers",
+        ),
+        Case(
+            "psf-derivative-name",
+            '`Gaussian(1).design(..., derivatives=("flux",))`',
+            lambda: G.design([1.0], [1.0], (10, 10), derivatives=("flux",)),
+            ValueError,
+            "derivatives: Gaussian has no derivative 'flux'",
+        ),
+        Case(
+            "image-psf-ndim",
+            "`ImagePSF(np.ones(9))`",
+            lambda: ImagePSF(np.ones(9)),
+            ValueError,
+            "data must be a 2-D PSF image",
+        ),
+        Case(
+            "image-psf-nan",
+            "`ImagePSF(data)`, data with NaN",
+            lambda: ImagePSF(np.full((9, 9), np.nan)),
+            ValueError,
+            "data must be finite",
+        ),
+        Case(
+            "image-psf-oversampling",
+            "`ImagePSF(data, oversampling=2.5)` (or 0)",
+            lambda: ImagePSF(img, oversampling=2.5),
+            ValueError,
+            "oversampling must be a positive integer",
+        ),
+        Case(
+            "gridded-psf-grid",
+            "`GriddedPSF(data, grid_positions)`, positions not a full rectangular grid",
+            lambda: GriddedPSF(np.ones((3, 9, 9)), [(0, 0), (0, 10), (10, 0)]),
+            ValueError,
+            "grid_positions must form a full rectangular grid",
+        ),
+        Case(
+            "gridded-psf-positions",
+            "`GriddedPSF(data, grid_positions)`, one position per image missing",
+            lambda: GriddedPSF(np.ones((2, 9, 9)), [(0, 0)]),
+            ValueError,
+            "grid_positions must be finite (row, col) pairs, one per PSF image",
+        ),
+        Case(
+            "shift-not-pair",
+            "`S.shift(0.5)`",
+            lambda: _S().shift(0.5),
+            ValueError,
+            "shift must be a pair (drow, dcol)",
+        ),
+        Case(
+            "shift-length",
+            "`S.shift((drow, dcol))`, `drow` with 3 values for 2 sources",
+            lambda: _S().shift((np.zeros(3), 0.0)),
+            ValueError,
+            "shift: drow must be a number or have one value per source (2)",
+        ),
+        Case(
+            "shift-nan",
+            "`S.shift((np.nan, 0))`",
+            lambda: _S().shift((np.nan, 0.0)),
+            ValueError,
+            "shift: drow must be finite",
+        ),
+        Case(
+            "shift-not-upright",
+            "`S.shift((0.3, 0))`, stamps not laid out as `R[:, :, None] + row`",
+            lambda: _transposed().shift((0.3, 0.0)),
+            ValueError,
+            "shift: fractional shifts need upright stamps",
+        ),
+        Case(
+            "gradient-axis",
+            "`np.gradient(S)` (no axis, or axis=2)",
+            lambda: np.gradient(_S()),
+            ValueError,
+            "np.gradient on a Sparse3D needs axis=0, 1 or (0, 1)",
+        ),
+        Case(
+            "gradient-coordinates",
+            "`np.gradient(S, x, axis=0)` with a coordinate array",
+            lambda: np.gradient(_S(), np.arange(3.0), axis=0),
+            TypeError,
+            "np.gradient on a Sparse3D takes scalar spacings only",
+        ),
+    ]
+
+
+CASES += _psf_cases()
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case):
     with pytest.raises(case.error) as info:

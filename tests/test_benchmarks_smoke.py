@@ -91,3 +91,29 @@ def test_optional_cases_are_ratios_when_available(smoke):
 def test_import_time_is_measured(smoke):
     imp = smoke["imports"]["sparse3d"]
     assert imp["status"] == "ok" and 0 < imp["cumulative_s"] < 30
+
+
+def test_psf_and_shift_cases_have_ratios(smoke):
+    for case in ("psf_gaussian", "psf_gaussian_derivs", "shift"):
+        assert smoke["results"][case]["sparse3d"]["status"] == "ok", smoke["results"][case]
+    rows = {(r["case"], r["baseline"]): r for r in smoke["ratios"] if r["impl"] == "sparse3d"}
+    for key in (("psf_gaussian", "sparse3d:build_L"), ("shift", "sparse3d:op_mul")):
+        assert rows[key]["target"] is not None and math.isfinite(rows[key]["ratio"]), rows[key]
+
+
+def test_compat_jitter_loop_smoke(tmp_path):
+    """benchmarks.compat: legacy and 2.x loops run, agree, and give finite ratios (no 1.2.11)."""
+    out = tmp_path / "compat.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compat", "--smoke", "--repeats", "2", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r["case"] for r in results] == ["scene", "roiscene"]
+    for r in results:
+        assert math.isfinite(r["ratios"]["legacy / 2.x"]) and r["ratios"]["legacy / 2.x"] > 0
+        assert max(r["max_rel_difference"].values()) <= 1e-12

@@ -104,3 +104,35 @@ def test_installation_extras_table_lists_every_extra():
     text = (ROOT / "docs" / "installation.md").read_text(encoding="utf-8")
     for name in extras:
         assert f"| `{name}` |" in text, f"docs/installation.md's extras table omits {name}"
+
+
+def _python_blocks(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_migration_guide_code_runs():
+    """Every ```python block of docs/migration.md runs, in order, in one namespace."""
+    blocks = _python_blocks(ROOT / "docs" / "migration.md")
+    assert len(blocks) >= 8
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        try:
+            exec(compile(block, f"docs/migration.md block {i}", "exec"), namespace)
+        except Exception as exc:  # pragma: no cover - the message is the report
+            raise AssertionError(f"docs/migration.md block {i} failed:\n{block}") from exc
+
+
+def test_migration_guide_names_every_1x_name():
+    """The guide's tables mention every public name of the 1.x classes (kept in sparse3d.legacy)."""
+    text = (ROOT / "docs" / "migration.md").read_text(encoding="utf-8")
+    from sparse3d import legacy
+
+    names = {"ROISparse3D", "Sparse3D", "stack", "translate", "reset", "clear", "dot", "multiply", "tocoo"}
+    names |= {"tocsr", "tocsc", "toarray", "to_ROISparse3D", "to_Sparse3D", "copy", "coord", "cooshape"}
+    names |= {"nsubimages", "subshape", "subdata", "subrow", "subcol", "subdepth", "nROIs", "ROI_size"}
+    names |= {"ROI_corners", "get_ROI_mask"}
+    missing = sorted(n for n in names if f"`{n}" not in text and f".{n}" not in text)
+    assert not missing
+    assert set(legacy.__all__) <= names
+    assert "is coming" not in text

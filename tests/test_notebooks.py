@@ -40,6 +40,7 @@ def test_tutorials_exist():
         "3-exploring-with-xarray",
         "4-time-series-on-dask",
         "5-fitting-a-time-series",
+        "6-sub-pixel-psf-models",
         "8-fitting-a-huge-scene",
     ]
 

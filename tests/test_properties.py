@@ -622,6 +622,29 @@ def test_xarray_netcdf_round_trip(sc, tmp_path):
     _assert_identical(Sparse3D.from_xarray(back), S)
 
 
+@given(
+    sc=scenes(dtypes=["float64", "float32", "int64"]),
+    axis=st.sampled_from([0, 1, -3, (0, 1)]),
+    edge_order=st.sampled_from([1, 2]),
+    spacing=st.sampled_from([None, 0.5]),
+)
+def test_gradient_per_stamp(sc, axis, edge_order, spacing):
+    """np.gradient of every stamp block, placed like the stamps (not the logical array's)."""
+    axes = (axis,) if isinstance(axis, int) else axis
+    assume(all(sc.data.shape[a % 3] > edge_order for a in axes))
+    args = () if spacing is None else (spacing,)
+    with np.errstate(all="ignore"):
+        result = np.gradient(sc.build(), *args, axis=axis, edge_order=edge_order)
+        expected = np.gradient(sc.data, *args, axis=tuple(a % 3 for a in axes), edge_order=edge_order)
+    if isinstance(axis, int):
+        result, expected = (result,), (expected,)
+    assert isinstance(result, tuple) and len(result) == len(expected)
+    for got, exp in zip(result, expected):
+        assert isinstance(got, Sparse3D)
+        with np.errstate(all="ignore"):  # inf - inf in the stamps, summed by the dense reference
+            _assert_same(got, _ref(sc, exp))
+
+
 # ---- completeness: every registered NumPy function has a property test ----------------------
 PROPERTY_TESTS = {
     np.sum: "test_reductions",
@@ -667,6 +690,7 @@ PROPERTY_TESTS = {
     np.iscomplexobj: "test_array_facts_and_transpose",
     np.isrealobj: "test_array_facts_and_transpose",
     np.transpose: "test_array_facts_and_transpose",
+    np.gradient: "test_gradient_per_stamp",
 }
 
 

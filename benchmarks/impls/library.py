@@ -158,6 +158,44 @@ def _fit_canon(scene: Scene, result: Any) -> np.ndarray:
     return np.asarray(result[0] if isinstance(result, tuple) else result)
 
 
+def _source_positions(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Float source positions of the scene (integer part from the stamp's centre pixel)."""
+    c = scene.spec.stamp // 2
+    return scene.row3d[c, c, :] + scene.row_phase, scene.col3d[c, c, :] + scene.col_phase
+
+
+def _psf_gaussian(derivatives: tuple[str, ...] | None) -> Factory:
+    def factory(scene: Scene) -> Prepared:
+        try:
+            from sparse3d.psf import Gaussian
+        except ImportError:
+            raise Unsupported("sparse3d.psf does not exist") from None
+        row, col = _source_positions(scene)
+        model, stamp = Gaussian(scene.sigma), (scene.spec.stamp, scene.spec.stamp)
+        note = "ratio vs build_L (the tutorial expression on prebuilt X, Y): construction included here"
+
+        def run() -> Any:
+            return model.design(row, col, scene.imshape, stamp, derivatives=derivatives)
+
+        def canon(result: Any) -> np.ndarray:
+            L = result if derivatives is None else result[0]
+            return np.asarray(L.dot(scene.brightness))
+
+        return Prepared(run, canon=canon, note=note)
+
+    return factory
+
+
+def _shift(scene: Scene) -> Prepared:
+    if not hasattr(_sparse3d().Sparse3D, "shift"):
+        raise Unsupported("Sparse3D.shift does not exist")
+    X, Y = build_xy(scene)
+    L = build_L(scene, X, Y)
+    L.shift((0.3, -0.2))  # warm the per-structure layout check
+    note = "ratio vs op_mul (X * 2.5, one elementwise ufunc on an array of the same size)"
+    return Prepared(lambda: L.shift((0.3, -0.2)), canon=_image_canon(scene), note=note)
+
+
 def cases(legacy: bool = False) -> dict[str, Factory]:
     """Case factories for the ``sparse3d`` API.
 
@@ -195,6 +233,9 @@ def cases(legacy: bool = False) -> dict[str, Factory]:
         "xarray_sel": _xarray(select=True),
         "fit": _fit,
         "fit_frames100": _fit_frames,
+        "psf_gaussian": _psf_gaussian(None),
+        "psf_gaussian_derivs": _psf_gaussian(("row", "col", "sigma")),
+        "shift": _shift,
     }
     if legacy:
         out["dot_k10"] = _with_L(

@@ -1,0 +1,287 @@
+"""The downstream jitter loop: ``sparse3d.legacy`` against 1.2.11 and against the 2.x API.
+
+A scene model (a PSF design ``X`` and its two gradient designs ``dX0``, ``dX1``, as
+pandora-psf's ``Scene`` builds them) is evaluated at 20 integer jitter offsets, each for a
+few frames, the way 1.x code wrote it::
+
+    for offset, frames in groups:                    # 1.x / sparse3d.legacy
+        X.translate(offset); dX0.translate(offset); dX1.translate(offset)   # absolute, in place
+        model[frames] = X.dot(f) + dX0.dot(f * j0) + dX1.dot(f * j1)        # (k, H, W)
+
+and the same loop written with the 2.x API (relative translate from the untranslated arrays,
+``(H, W, k)`` results). Three implementations, timed as ratios measured in one run:
+
+* ``1.2.11``: ``sparse3d==1.2.11`` from PyPI (installed by :mod:`benchmarks.legacy`) in a
+  worker process whose ``sys.path`` starts with the cached install;
+* ``legacy``: ``sparse3d.legacy`` (this repository), same code as 1.2.11's;
+* ``2.x``: ``sparse3d.Sparse3D`` (this repository).
+
+``legacy`` and ``2.x`` are interleaved in one worker. Targets (issue 14): 1.2.11 / legacy
+>= 10; legacy / 2.x <= 1.2. Every run checks that the three models agree (1e-12).
+
+    python -m benchmarks.compat              # both cases, a few minutes
+    python -m benchmarks.compat --smoke      # tiny scene, no 1.2.11, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+#: ``scene``: pandora-psf's ``Scene`` loop (full-frame models); ``roiscene``: its ``ROIScene``
+#: loop (models read in ``nrois`` windows of ``roi_size``).
+FULL = {
+    "scene": dict(imshape=(512, 512), nsources=3000, stamp=15, noffsets=20, frames_per_offset=3, seed=14),
+    "roiscene": dict(
+        imshape=(2048, 2048),
+        nsources=5000,
+        stamp=15,
+        noffsets=20,
+        frames_per_offset=3,
+        seed=14,
+        nrois=50,
+        roi_size=(30, 30),
+    ),
+}
+SMOKE = {
+    "scene": dict(imshape=(96, 80), nsources=40, stamp=7, noffsets=20, frames_per_offset=2, seed=14),
+    "roiscene": dict(
+        imshape=(96, 80),
+        nsources=40,
+        stamp=7,
+        noffsets=20,
+        frames_per_offset=2,
+        seed=14,
+        nrois=4,
+        roi_size=(12, 10),
+    ),
+}
+
+
+def make_scene(imshape, nsources, stamp, noffsets, frames_per_offset, seed, nrois=0, roi_size=(1, 1)) -> dict:
+    """Seeded Gaussian PSF stamps with gradients, fluxes, and jitter split into offset groups."""
+    rng = np.random.default_rng(seed)
+    corners = [
+        tuple(int(v) for v in c) for c in rng.integers(0, min(imshape) - min(roi_size), size=(nrois, 2))
+    ]
+    H, W = imshape
+    half = stamp // 2
+    centre = rng.uniform([-5, -5], [H + 5, W + 5], size=(nsources, 2))
+    base = np.floor(centre).astype(int)
+    R, C = np.mgrid[-half : half + 1, -half : half + 1]
+    row = R[:, :, None] + base[:, 0]
+    col = C[:, :, None] + base[:, 1]
+    dr = row + 0.5 - centre[:, 0]
+    dc = col + 0.5 - centre[:, 1]
+    psf = np.exp(-0.5 * (dr**2 + dc**2) / 1.5**2)
+    psf /= psf.sum(axis=(0, 1))
+    offsets = rng.integers(-6, 7, size=(noffsets, 2))
+    frames = noffsets * frames_per_offset
+    return {
+        "imshape": tuple(imshape),
+        "corners": corners,
+        "roi_size": tuple(roi_size),
+        "row": row,
+        "col": col,
+        "data": psf,
+        "grad0": psf * dr / 1.5**2,
+        "grad1": psf * dc / 1.5**2,
+        "flux": 10 ** rng.uniform(1, 3, size=(nsources, frames)),
+        "jitter": rng.uniform(-0.5, 0.5, size=(2, frames)),
+        "groups": [
+            (tuple(int(v) for v in o), np.arange(i * frames_per_offset, (i + 1) * frames_per_offset))
+            for i, o in enumerate(offsets)
+        ],
+    }
+
+
+def loop_1x(mod, s: dict, roi: bool = False):
+    """The loop as 1.x code wrote it (runs on 1.2.11 and on ``sparse3d.legacy``)."""
+    args = (s["row"], s["col"], s["imshape"])
+    if roi:
+        kw = dict(nROIs=len(s["corners"]), ROI_size=s["roi_size"], ROI_corners=s["corners"])
+        X, dX0, dX1 = (mod.ROISparse3D(s[name], *args, **kw) for name in ("data", "grad0", "grad1"))
+    else:
+        X, dX0, dX1 = (mod.Sparse3D(s[name], *args) for name in ("data", "grad0", "grad1"))
+
+    def run():
+        flux, jit = s["flux"], s["jitter"]
+        if roi:
+            out = np.zeros((len(s["corners"]), flux.shape[1], *s["roi_size"]))
+        else:
+            out = np.zeros((flux.shape[1], *s["imshape"]))
+        for offset, idx in s["groups"]:
+            X.translate(offset)
+            dX0.translate(offset)
+            dX1.translate(offset)
+            f = flux[:, idx]
+            model = X.dot(f) + dX0.dot(f * -jit[0, idx]) + dX1.dot(f * -jit[1, idx])
+            if roi:
+                out[:, idx] = model
+            else:
+                out[idx] = model
+        return out
+
+    return run
+
+
+def loop_2x(mod, s: dict, roi: bool = False):
+    """The same loop with the 2.x API: relative translate from the untranslated arrays."""
+    args = (s["row"], s["col"], s["imshape"])
+    X, dX0, dX1 = (mod.Sparse3D(s[name], *args) for name in ("data", "grad0", "grad1"))
+    if roi:
+        X, dX0, dX1 = (A.roi(s["corners"], s["roi_size"]) for A in (X, dX0, dX1))
+
+    def run():
+        flux, jit = s["flux"], s["jitter"]
+        if roi:
+            out = np.zeros((len(s["corners"]), *s["roi_size"], flux.shape[1]))  # (nrois, h, w, k)
+        else:
+            out = np.zeros((*s["imshape"], flux.shape[1]))  # (H, W, k)
+        for offset, idx in s["groups"]:
+            Xo, d0, d1 = X.translate(offset), dX0.translate(offset), dX1.translate(offset)
+            f = flux[:, idx]
+            out[..., idx] = Xo.dot(f) + d0.dot(f * -jit[0, idx]) + d1.dot(f * -jit[1, idx])
+        return np.moveaxis(out, -1, 1 if roi else 0)  # the 1.x layout, for the comparison
+
+    return run
+
+
+def _time(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Interleaved: one warm-up each, then ``repeats`` rounds; median seconds and results."""
+    results = {name: fn() for name, fn in fns.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}, results
+
+
+def worker(which: str, case: str, params: dict, repeats: int, out_path: str) -> None:
+    """Time ``which`` (``"1.2.11"`` or ``"current"``) on ``case``; write seconds and results."""
+    s = make_scene(**params)
+    roi = case == "roiscene"
+    if which == "1.2.11":
+        import sparse3d
+
+        if not sparse3d.__version__.startswith("1."):
+            raise SystemExit(f"expected sparse3d 1.2.11, imported {sparse3d.__version__}")
+        fns = {"1.2.11": loop_1x(sparse3d, s, roi)}
+    else:
+        import sparse3d
+        import sparse3d.legacy
+
+        fns = {"legacy": loop_1x(sparse3d.legacy, s, roi), "2.x": loop_2x(sparse3d, s, roi)}
+    seconds, results = _time(fns, repeats)
+    path = Path(out_path)
+    np.savez(path.with_suffix(".npz"), **results)
+    path.write_text(json.dumps({"seconds": seconds}))
+
+
+def _run_worker(which: str, case: str, params: dict, repeats: int, tmp: Path, path_first: str | None) -> dict:
+    out = tmp / f"{which}-{case}.json"
+    code = (
+        "import sys, json; "
+        + (f"sys.path.insert(0, {path_first!r}); " if path_first else "")
+        + f"sys.path.append({str(REPO_ROOT)!r}); "
+        + "from benchmarks.compat import worker; "
+        + f"worker({which!r}, {case!r}, json.loads({json.dumps(params)!r}), {repeats}, {str(out)!r})"
+    )
+    cwd = tmp if path_first else REPO_ROOT  # 1.2.11: keep the repository's sparse3d off the path
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{which} worker failed:\n{proc.stderr[-3000:]}")
+    info = json.loads(out.read_text())
+    with np.load(out.with_suffix(".npz")) as z:
+        info["results"] = {k: z[k] for k in z.files}
+    return info
+
+
+def run_case(case: str, smoke: bool = False, repeats: int = 5, with_1x: bool = True) -> dict:
+    """One case; returns seconds per implementation, the ratios and the agreement."""
+    params = dict((SMOKE if smoke else FULL)[case])
+    seconds: dict[str, float] = {}
+    results: dict[str, np.ndarray] = {}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        cur = _run_worker("current", case, params, repeats, tmp, None)
+        seconds.update(cur["seconds"])
+        results.update(cur["results"])
+        if with_1x:
+            from benchmarks.legacy import ensure_legacy
+
+            old = _run_worker("1.2.11", case, params, max(1, min(repeats, 3)), tmp, str(ensure_legacy()))
+            seconds.update(old["seconds"])
+            results.update(old["results"])
+    ref = results["legacy"]
+    scale = float(np.abs(ref).max()) or 1.0
+    agree = {name: float(np.abs(r - ref).max() / scale) for name, r in results.items()}
+    ratios = {"legacy / 2.x": seconds["legacy"] / seconds["2.x"]}
+    if "1.2.11" in seconds:
+        ratios["1.2.11 / legacy"] = seconds["1.2.11"] / seconds["legacy"]
+    return {"case": case, "scene": params, "seconds": seconds, "ratios": ratios, "max_rel_difference": agree}
+
+
+def report(res: dict) -> str:
+    """Markdown summary of one case with the targets of issue 14."""
+    p = res["scene"]
+    where = f"{p['nrois']} windows of {tuple(p['roi_size'])}" if res["case"] == "roiscene" else "full frame"
+    lines = [
+        f"### {res['case']}: {p['nsources']} sources, {p['stamp']}x{p['stamp']} stamps, image "
+        f"{tuple(p['imshape'])}, {where}; {p['noffsets']} offsets x {p['frames_per_offset']} frames; "
+        "X + dX0 + dX1",
+        "",
+        "| implementation | median s |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {v:.4f} |" for k, v in res["seconds"].items()]
+    lines += ["", "| ratio | value | target |", "|---|---|---|"]
+    targets = {
+        "1.2.11 / legacy": (">= 10", lambda r: r >= 10),
+        "legacy / 2.x": ("<= 1.2", lambda r: r <= 1.2),
+    }
+    for name, value in res["ratios"].items():
+        text, ok = targets[name]
+        lines.append(f"| {name} | {value:.2f} | {text}: {'met' if ok(value) else 'missed'} |")
+    worst = max(res["max_rel_difference"].values())
+    lines += ["", f"models agree to {worst:.1e} (max |difference| / max |model|)", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny scenes, skip 1.2.11")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cases", nargs="+", default=list(FULL), choices=list(FULL))
+    ap.add_argument("--no-legacy", action="store_true", help="skip sparse3d==1.2.11")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    results = []
+    for case in args.cases:
+        res = run_case(
+            case, smoke=args.smoke, repeats=args.repeats, with_1x=not (args.smoke or args.no_legacy)
+        )
+        print(report(res), flush=True)
+        results.append(res)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    if max(max(r["max_rel_difference"].values()) for r in results) > 1e-12:
+        raise SystemExit("the implementations disagree")
+
+
+if __name__ == "__main__":
+    main()

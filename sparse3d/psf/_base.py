@@ -1,0 +1,238 @@
+"""Stamp placement and the PSF model protocol shared by every model.
+
+A model only has to say how it evaluates on a stamp grid (:meth:`PSFModel._evaluate`); this
+module validates source positions and shape parameters, places one stamp per source on its
+nearest pixel, and wraps values and derivatives as :class:`~sparse3d.Sparse3D` arrays that
+share one structure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core import Sparse3D
+
+__all__ = ["PSFModel", "Placement", "place"]
+
+
+def _as_stamp_shape(stamp_shape) -> tuple[int, int]:
+    if isinstance(stamp_shape, (int, np.integer)) and not isinstance(stamp_shape, bool):
+        stamp_shape = (stamp_shape, stamp_shape)
+    try:
+        items = tuple(stamp_shape)
+    except TypeError:
+        items = ()
+    ok = len(items) == 2 and all(
+        isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v > 0 for v in items
+    )
+    if not ok:
+        raise ValueError(f"stamp_shape must be two positive integers (nr, nc); got {stamp_shape!r}")
+    return int(items[0]), int(items[1])
+
+
+def _as_positions(value, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an array of source positions (numbers); got {value!r}") from None
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D (one position per source); got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must hold finite source positions; found NaN or inf")
+    return arr
+
+
+def stamp_offsets(n: int) -> np.ndarray:
+    """Pixel offsets of a stamp of ``n`` pixels from its centre pixel: ``-(n // 2) … n - 1 - n // 2``.
+
+    An even stamp has its extra pixel on the low side (``n = 10`` gives ``-5 … 4``, the
+    tutorial's ``np.mgrid[:10] - 10 // 2``).
+    """
+    return np.arange(n) - n // 2
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the stamps of a set of sources go.
+
+    Attributes
+    ----------
+    row, col : numpy.ndarray of int, shapes (nr, 1, n) and (1, nc, n)
+        Absolute pixel of every stamp row / column (broadcast by :class:`Sparse3D`).
+    dr, dc : numpy.ndarray of float, shapes (nr, 1, n) and (1, nc, n)
+        Pixel centre minus source position, along rows / columns.
+    source_row, source_col : numpy.ndarray of float, shape (n,)
+        The source positions.
+    """
+
+    row: np.ndarray
+    col: np.ndarray
+    dr: np.ndarray
+    dc: np.ndarray
+    source_row: np.ndarray
+    source_col: np.ndarray
+
+    @property
+    def nsources(self) -> int:
+        return self.row.shape[2]
+
+
+def place(row, col, stamp_shape) -> Placement:
+    """Stamps of ``stamp_shape`` centred on each source's nearest pixel (ties go up).
+
+    A source at ``row = 10.5`` is placed on pixel 11 (``floor(row + 0.5)``), so its offset
+    from the stamp's centre pixel lies in ``[-0.5, 0.5)``.
+    """
+    nr, nc = _as_stamp_shape(stamp_shape)
+    r = _as_positions(row, "row")
+    c = _as_positions(col, "col")
+    if r.shape != c.shape:
+        raise ValueError(f"row and col must have the same length; got {r.size} and {c.size}")
+    ir = np.floor(r + 0.5)
+    ic = np.floor(c + 0.5)
+    orow = stamp_offsets(nr)[:, None, None]
+    ocol = stamp_offsets(nc)[None, :, None]
+    return Placement(
+        row=orow + ir.astype(np.int64),
+        col=ocol + ic.astype(np.int64),
+        dr=orow - (r - ir),
+        dc=ocol - (c - ic),
+        source_row=r,
+        source_col=c,
+    )
+
+
+def as_shape_param(value, name: str, *, low: float | None = 0.0, strict: bool = True) -> np.ndarray:
+    """A shape parameter: a finite number or 1-D array, above ``low`` (``None``: any value)."""
+    try:
+        arr = np.array(value, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number or a 1-D array of numbers; got {value!r}") from None
+    if arr.ndim > 1:
+        raise ValueError(
+            f"{name} must be a number or a 1-D array (one value per source); got shape {arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be finite; found NaN or inf")
+    if low is not None and ((arr <= low).any() if strict else (arr < low).any()):
+        bad = arr[arr <= low] if strict else arr[arr < low]
+        sign = ">" if strict else ">="
+        raise ValueError(f"{name} must be {sign} {low:g}; got {bad.ravel()[0]!r}")
+    arr.flags.writeable = False
+    return arr
+
+
+class PSFModel:
+    """Protocol of every PSF model: shape parameters plus :meth:`design`.
+
+    Subclasses set :attr:`params` (the names of their shape parameters, in order) and
+    implement ``_evaluate(placement, params, wanted)``. Shape parameters are numbers or
+    ``(nsources,)`` arrays; arrays must all have the same length.
+    """
+
+    #: Names of the shape parameters, e.g. ``("sigma",)``.
+    params: tuple[str, ...] = ()
+    #: Whether derivatives with respect to the shape parameters are available.
+    _shape_derivatives = True
+
+    def _set_params(self, **values: np.ndarray) -> None:
+        lengths = {k: v.shape[0] for k, v in values.items() if v.ndim == 1}
+        if len(set(lengths.values())) > 1:
+            desc = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+            raise ValueError(f"per-source shape parameters must have the same length; {desc} values")
+        self._values = values
+
+    def __getattr__(self, name: str):
+        values = self.__dict__.get("_values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __repr__(self) -> str:
+        def fmt(v):
+            return f"{float(v):g}" if v.ndim == 0 else f"array(shape={v.shape})"
+
+        args = ", ".join(f"{k}={fmt(v)}" for k, v in self._values.items())
+        return f"{type(self).__name__}({args})"
+
+    @property
+    def derivative_names(self) -> tuple[str, ...]:
+        """What :meth:`design` can differentiate with respect to."""
+        return ("row", "col", *(self.params if self._shape_derivatives else ()))
+
+    def _param_values(self, nsources: int) -> dict[str, np.ndarray]:
+        for k, v in self._values.items():
+            if v.ndim == 1 and v.shape[0] != nsources:
+                raise ValueError(
+                    f"{k} has {v.shape[0]} values but row and col give {nsources} sources; "
+                    "pass a number or one value per source"
+                )
+        return self._values
+
+    def _wanted(self, derivatives) -> tuple[str, ...]:
+        if isinstance(derivatives, str):
+            derivatives = (derivatives,)
+        if not isinstance(derivatives, Iterable):
+            raise TypeError(f"derivatives must be a tuple of names from {self.derivative_names}")
+        wanted = tuple(derivatives)
+        bad = [d for d in wanted if d not in self.derivative_names]
+        if bad:
+            raise ValueError(
+                f"derivatives: {type(self).__name__} has no derivative {bad[0]!r}; "
+                f"choose from {self.derivative_names}"
+            )
+        return wanted
+
+    def design(
+        self,
+        row,
+        col,
+        imshape: tuple[int, int],
+        stamp_shape: tuple[int, int] = (11, 11),
+        imcorner: tuple[int, int] = (0, 0),
+        derivatives: Iterable[str] | None = None,
+    ) -> Sparse3D | tuple[Sparse3D, dict[str, Sparse3D]]:
+        """The model of every source on its stamp, as a ``(H, W, nsources)`` design.
+
+        Parameters
+        ----------
+        row, col : array_like of float, shape (nsources,)
+            Source positions in absolute pixel coordinates; integer coordinates are pixel
+            centres (see :mod:`sparse3d.psf`).
+        imshape : tuple of int
+            ``(H, W)`` of the image.
+        stamp_shape : tuple of int, optional
+            ``(nr, nc)`` of every stamp (an int for a square one). Each stamp is centred on
+            the source's nearest pixel (``floor(row + 0.5)``: ties go up); an even size puts
+            its extra pixel on the low side (10 → offsets ``-5 … 4``).
+        imcorner : tuple of int, optional
+            Absolute position of image pixel ``[0, 0]``.
+        derivatives : tuple of str, optional
+            Names from :attr:`derivative_names` — ``"row"``, ``"col"`` (the source position)
+            and, for analytic models, the shape parameters in :attr:`params`.
+
+        Returns
+        -------
+        Sparse3D, or (Sparse3D, dict)
+            The design ``L``; with ``derivatives``, also ``{name: dL/dname}``, each with the
+            same structure as ``L`` (so ``np.concatenate([L, d["row"], d["col"]], axis=2)``
+            is a valid design). ``d["row"]`` is the derivative with respect to each source's
+            own row position; ``d["sigma"]`` with respect to each source's own σ, so for one
+            σ shared by the field the image derivative is ``d["sigma"].dot(w)``.
+        """
+        wanted = () if derivatives is None else self._wanted(derivatives)
+        p = place(row, col, stamp_shape)
+        values, derivs = self._evaluate(p, self._param_values(p.nsources), wanted)
+        L = Sparse3D(values, p.row, p.col, imshape, imcorner)
+        if derivatives is None:
+            return L
+        return L, {name: L.with_data(derivs[name]) for name in wanted}
+
+    def _evaluate(self, p: Placement, params: dict, wanted: tuple[str, ...]):  # pragma: no cover - abstract
+        """``(values, {name: derivative})`` on the stamp grid of ``p``; arrays ``(nr, nc, n)``."""
+        raise NotImplementedError
