@@ -195,11 +195,17 @@ class _Tile:
         self.k = 1 if D.ndim == 2 else D.shape[2]
         D = D.reshape(h * w, self.k)
         self.ne.check_data(D)
-        # the pixels this tile answers for (its core, disjoint from the other tiles' cores)
+        # data term of the chi-square on the pixels this tile answers for (its core, disjoint
+        # from the other tiles' cores): the client completes it with the weights (see _chi2)
         (cr0, cr1), (cc0, cc1) = core
-        rr, cc = np.mgrid[cr0 - r0 : cr1 - r0, cc0 - c0 : cc1 - c0]
-        self.core = (rr * w + cc).ravel()
-        self.data_core = D[self.core]
+        rows = slice(cr0 - r0, cr1 - r0)
+        cols = slice(cc0 - c0, cc1 - c0)
+        Dc = D.reshape(h, w, self.k)[rows, cols].reshape(-1, self.k)
+        ivar = ne_ivar = self.ne.ivar
+        if ne_ivar is not None:
+            ivar = ne_ivar.reshape(h, w)[rows, cols].reshape(-1, 1)
+            Dc = np.where(ivar > 0, Dc, 0.0)
+        self.dd = np.einsum("pk,pk->k", Dc, Dc if ivar is None else Dc * ivar)
         self._start = self._fit_with_halo(D)
 
     # -- what the client asks for -------------------------------------------------------
@@ -210,10 +216,10 @@ class _Tile:
             rhs += ne.prior_rhs[:, None]
         x0 = ne.solve(D)
         err = ne.weights_err()
-        return self.ids, o, x0[o], rhs[o], err[o], ne.free[o]
+        return self.ids, o, x0[o], rhs[o], err[o], ne.free[o], self.dd
 
     def start(self):
-        """``(extended ids, owned, halo-fit weights, right-hand side, errors, free)``; once."""
+        """``(extended ids, owned, halo-fit weights, right-hand side, errors, free, dᵀC⁻¹d)``; once."""
         out, self._start = self._start, None
         return out
 
@@ -233,14 +239,6 @@ class _Tile:
         z = np.zeros_like(b)
         z[ne.free] = ne.factor.solve(b[ne.free])
         return z[self.owned]
-
-    def chi2(self, x: np.ndarray) -> np.ndarray:
-        """Chi-square of the tile's core pixels for weights ``x`` on the extended set: ``(k,)``."""
-        ne = self.ne
-        resid = self.data_core - ne.design[self.core] @ x
-        if ne.ivar is not None:
-            resid = resid * np.sqrt(ne.ivar[self.core])[:, None]
-        return np.einsum("pk,pk->k", resid, resid)
 
 
 def _call(method: str, obj, *args):
@@ -418,6 +416,20 @@ def _assemble(n: int, k: int, ids: list, parts: list) -> np.ndarray:
     return out
 
 
+def _chi2(dd, x, b, Nx, n, prior_mu, prior_sigma) -> np.ndarray:
+    """``Σ ((d − A x) / σ)²`` per frame without the pixels: ``dᵀC⁻¹d − 2 xᵀAᵀC⁻¹d + xᵀAᵀC⁻¹A x``.
+
+    ``dd`` is ``dᵀC⁻¹d`` (summed over the tiles), ``b = AᵀC⁻¹d + Pμ`` and ``Nx = (AᵀC⁻¹A + P) x``
+    (the CG recurrence keeps ``b − r = N x``); the prior terms are taken out again.
+    """
+    Atd, AtAx = b, Nx
+    if prior_sigma is not None:
+        prec = np.broadcast_to(1.0 / np.asarray(prior_sigma, dtype=float) ** 2, (n,))[:, None]
+        mu = np.broadcast_to(np.asarray(0.0 if prior_mu is None else prior_mu, dtype=float), (n,))[:, None]
+        Atd, AtAx = b - prec * mu, Nx - prec * x
+    return dd - 2 * np.einsum("sk,sk->k", x, Atd) + np.einsum("sk,sk->k", x, AtAx)
+
+
 def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_iter, solver, runner):
     n = SC.nsources
     stack = data.ndim == 3
@@ -478,9 +490,11 @@ def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_
     x, b = np.zeros((n, k)), np.zeros((n, k))
     sigma = np.full(n, np.nan)
     free = np.zeros(n, dtype=bool)
-    for ids, owned, x0, rhs, err, fr in starts:
+    dd = np.zeros(k)
+    for ids, owned, x0, rhs, err, fr, dd_t in starts:
         o = ids[owned]
         x[o], b[o], sigma[o], free[o] = x0, rhs, err, fr
+        dd += dd_t
     del starts
     x[~free] = 0.0
     timings["tiles"] = time.perf_counter() - t0 - timings["regroup"]
@@ -522,7 +536,7 @@ def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_
             RuntimeWarning,
             stacklevel=4,
         )
-    chi2 = np.sum(runner.map("chi2", tiles, [x[e] for e in ext_ids]), axis=0)
+    chi2 = _chi2(dd, x, b, b - r, n, prior_mu, prior_sigma)
     timings["iterations"] = time.perf_counter() - t0
     x[~free] = np.nan
     if not free.all():
