@@ -21,7 +21,8 @@ Modes (each in its own process, so that peak memory is measured per process):
 
     python benchmarks/distributed_fit.py --mode check --imsize 2048 --nsources 200000
     python benchmarks/distributed_fit.py --mode eager --imsize 2048 --nsources 200000
-    python benchmarks/distributed_fit.py --imsize 16384 --nsources 2000000 --memory-limit 6GiB
+    python benchmarks/distributed_fit.py --imsize 16384 --nsources 2000000 --memory-limit 6GiB \
+        --baseline 2048:200000     # then the eager fit of 200,000 sources, side by side
     python benchmarks/distributed_fit.py --smoke        # 256 x 256, 4,000 sources, seconds
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
 import sys
 import time
 import warnings
@@ -221,6 +223,12 @@ def main(argv=None) -> int:
     p.add_argument(
         "--smoke", action="store_true", help="256 x 256, 4,000 sources, 64-pixel tiles, check mode"
     )
+    p.add_argument(
+        "--baseline",
+        metavar="IMSIZE:NSOURCES",
+        help="after the distributed run, the eager fit of this scene in a fresh process (e.g. 2048:200000); "
+        "reports the ratio of the times per source",
+    )
     p.add_argument("--json", help="append the result (one JSON line) to this file")
     args = p.parse_args(argv)
     if args.smoke:
@@ -249,6 +257,13 @@ def main(argv=None) -> int:
             "ok": bool(dw.max(initial=0) < 1e-3 and de.max(initial=0) < 1e-2),
         }
     out = {k: v for k, v in out.items() if not k.startswith("_")}
+    if args.baseline and args.mode == "distributed":
+        size, count = args.baseline.split(":")
+        cmd = [sys.executable, __file__, "--mode", "eager", "--imsize", size, "--nsources", count]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        base = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["eager_baseline"] = base
+        out["us_per_source_ratio"] = out["us_per_source"] / base["us_per_source"]
     line = json.dumps(out)
     print(line)
     if args.json:
