@@ -28,7 +28,11 @@ iteration stops when ``max |z| / σ < tol`` for every frame (``σ`` the 1-σ err
 The 1-σ errors are ``sqrt(diag((N_EE⁻¹)_OO))`` from each tile's selected inversion: within
 a fraction of a per cent of the global ``sqrt(diag(N⁻¹))`` when the halo is a couple of
 stamps wide (the default is two), because what lies beyond the halo barely correlates with
-an owned source.
+an owned source. Measured on a 256² scene with 2,000 sources, 7 × 7 stamps and 16 tiles
+(largest relative error difference; CG iterations to ``tol=1e-4``): halo of one stamp
+2e-7, 6 iterations; two stamps 4e-13, 1 iteration; three stamps 5e-14, none. On 2048² with
+200,000 sources (10 × 10 stamps, 4 tiles, halo of two stamps): 3e-12, 10 iterations, fluxes
+within 6e-5 σ of the eager fit (``benchmarks/distributed_fit.py --mode check``).
 
 Where the data live
 -------------------
@@ -266,6 +270,12 @@ class _Runner:
             return obj
         return dask.delayed(self.client.scatter(obj, hash=False))
 
+    def cut(self, image, sl):
+        """``image[sl]``: a Dask array stays lazy (cut on the workers); a NumPy cut is scattered."""
+        if image is None or is_dask_array(image):
+            return None if image is None else image[sl]
+        return self.share(np.ascontiguousarray(image[sl]))
+
     def map(self, method: str, objs: list, args: list | None = None) -> list:
         """``obj.method(arg)`` for every persisted ``obj`` (``args`` aligned): results, in order."""
         if self.client is None:
@@ -474,9 +484,9 @@ def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_
                 pieces,
                 ((r0, c0), (r1 - r0, c1 - c0)),
                 core,
-                data[sl],
-                None if errors is None else errors[sl],
-                None if mask is None else mask[sl],
+                runner.cut(data, sl),
+                runner.cut(errors, sl),
+                runner.cut(mask, sl),
                 mu,
                 sigma_p,
                 solver,
