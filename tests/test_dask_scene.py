@@ -117,8 +117,17 @@ def test_scene_fit_with_the_default_client_and_stamps_computed_on_workers(cluste
         "y3d": g["y3d"],
     }
     SC = SourceChunked.from_function(_gauss, params, g["row3d"], g["col3d"], g["imshape"], chunks=400)
-    with distributed.Client(cluster) as client:
+    def refuse(*args, **kwargs):
+        raise AssertionError("the client process must not build stamps, designs or normal matrices")
+
+    with distributed.Client(cluster) as client, pytest.MonkeyPatch.context() as mp:
         assert distributed.default_client() is client
+        # the workers are other processes: these patches only bite if the client does the work
+        import sparse3d.fit
+
+        for name in ("tocsr", "tocsc", "__init__"):
+            mp.setattr(Sparse3D, name, refuse)
+        mp.setattr(sparse3d.fit, "prepare_normal_equations", refuse)
         res = SC.fit(da.from_array(data, chunks=(50, 150)), errors=errors, tile_size=48, halo=10)
     _assert_matches_eager(res, eager)
 

@@ -210,6 +210,7 @@ class _Tile:
             ivar = ne_ivar.reshape(h, w)[rows, cols].reshape(-1, 1)
             Dc = np.where(ivar > 0, Dc, 0.0)
         self.dd = np.einsum("pk,pk->k", Dc, Dc if ivar is None else Dc * ivar)
+        self.n_core = Dc.shape[0] if ivar is None else int(np.count_nonzero(ivar))
         self._start = self._fit_with_halo(D)
 
     # -- what the client asks for -------------------------------------------------------
@@ -220,10 +221,10 @@ class _Tile:
             rhs += ne.prior_rhs[:, None]
         x0 = ne.solve(D)
         err = ne.weights_err()
-        return self.ids, o, x0[o], rhs[o], err[o], ne.free[o], self.dd
+        return self.ids, o, x0[o], rhs[o], err[o], ne.free[o], self.dd, self.n_core
 
     def start(self):
-        """``(extended ids, owned, halo-fit weights, right-hand side, errors, free, dᵀC⁻¹d)``; once."""
+        """``(ids, owned, halo-fit weights, right-hand side, errors, free, dᵀC⁻¹d, pixels)``; once."""
         out, self._start = self._start, None
         return out
 
@@ -501,10 +502,12 @@ def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_
     sigma = np.full(n, np.nan)
     free = np.zeros(n, dtype=bool)
     dd = np.zeros(k)
-    for ids, owned, x0, rhs, err, fr, dd_t in starts:
+    n_pixels = 0
+    for ids, owned, x0, rhs, err, fr, dd_t, npix in starts:
         o = ids[owned]
         x[o], b[o], sigma[o], free[o] = x0, rhs, err, fr
         dd += dd_t
+        n_pixels += npix
     del starts
     x[~free] = 0.0
     timings["tiles"] = time.perf_counter() - t0 - timings["regroup"]
@@ -558,7 +561,6 @@ def _fit_tiles(SC, data, errors, mask, prior_mu, prior_sigma, geom, k, tol, max_
             UnconstrainedSourceWarning,
             stacklevel=4,
         )
-    n_pixels = H * W if mask is None else int(H * W - np.count_nonzero(np.asarray(mask)))
     return SceneFitResult(
         x if stack else x[:, 0],
         chi2 if stack else chi2[0],
