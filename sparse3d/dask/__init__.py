@@ -26,7 +26,8 @@ stay small, and an array reused by several computations is sent once.
 :class:`SourceChunked` splits a scene along the source axis, for scenes whose stamps do not
 fit in one process: ``dot`` sums the chunk images lazily, and :meth:`SourceChunked.from_function`
 computes stamp values chunk by chunk from per-source parameters, so the full stamp array is
-never assembled anywhere.
+never assembled anywhere; :meth:`SourceChunked.fit` fits such a scene over image tiles on the
+workers, converging to the eager fit (see :mod:`sparse3d.dask.scene`).
 
 Where each concept lives
 ------------------------
