@@ -4,7 +4,8 @@ The scene is generated where it is used, so that no process ever holds all of it
 is cut into square cells; the sources of a cell (positions, fluxes, 10 x 10 Gaussian stamps)
 follow from a seed and the cell index. Each source chunk is one cell (its stamps computed on
 a worker by ``SourceChunked.from_function``), and each block of the Dask image is the model of
-the sources of its cell and the eight around it plus unit Gaussian noise. Errors are unit.
+the sources of its cell and the eight around it plus unit Gaussian noise, stored as float32.
+Errors are unit.
 
 Modes (each in its own process, so that peak memory is measured per process):
 
@@ -113,7 +114,7 @@ class Scene:
                 ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
                 np.add.at(out, (rr[ok], cc[ok]), v[ok])
         rng = np.random.default_rng([self.seed, 1, i, j])
-        return out + rng.normal(size=(h, w))
+        return (out + rng.normal(size=(h, w))).astype(np.float32)  # half the memory on the workers
 
     def image(self):
         import dask.array as da
@@ -126,7 +127,7 @@ class Scene:
             + ((self.imsize % self.cell,) if self.imsize % self.cell else ())
             for _ in range(2)
         )
-        return da.map_blocks(block, chunks=chunks, dtype=np.float64)
+        return da.map_blocks(block, chunks=chunks, dtype=np.float32)
 
     def sparse3d(self):
         from sparse3d import Sparse3D
