@@ -66,7 +66,7 @@ Return types of the reductions (`np.sum`, `np.mean`, `np.max`, `np.min`, `np.pro
 | `2` (sources) | dense image `ndarray (H, W)` |
 | `(0, 1)` (pixels) | dense `ndarray (nsources,)` |
 | `(0, 2)` / `(1, 2)` | dense `ndarray (W,)` / `(H,)` |
-| `0` / `1` | `sparse.COO` `(W, nsources)` / `(H, nsources)` |
+| `0` / `1` | dense `ndarray (W, nsources)` / `(H, nsources)` |
 """
 
 MISSING = "*(no description yet: the implementation has no docstring)*"

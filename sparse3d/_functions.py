@@ -72,6 +72,17 @@ def _S():
     return Sparse3D
 
 
+def axis_index(axis, ndim: int) -> int:
+    """``axis`` as an index in ``[0, ndim)``; NumPy's ``AxisError`` when out of range.
+
+    The one normalisation used by every function taking an axis (reductions, tensordot,
+    concatenate, transpose, size): axes are never taken modulo ``ndim``.
+    """
+    from numpy.lib.array_utils import normalize_axis_index
+
+    return normalize_axis_index(operator.index(axis), ndim)
+
+
 def _refuse_out(out, name: str) -> None:
     if out is not None:
         raise TypeError(f"{name}(..., out=...) is not supported on Sparse3D: arrays are immutable")
@@ -155,6 +166,15 @@ def scatter_sum(
     return out
 
 
+def scipy_values(values: np.ndarray) -> np.ndarray:
+    """``values`` in a dtype ``scipy.sparse`` supports: float16 becomes float32, else unchanged.
+
+    SciPy has no float16 sparse matrices; every conversion to SciPy (``tocsr``, ``tocsc``,
+    ``tocoo``, ROI designs) therefore returns float32 for float16 arrays.
+    """
+    return values.astype(np.float32) if values.dtype == np.float16 else values
+
+
 def _scatter_image(structure, weights: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Sum stamp-shaped ``weights`` into the image ``(H, W)`` of ``structure``."""
     H, W = structure.imshape
@@ -180,22 +200,6 @@ def _as_weights(b, name: str):
     if b.dtype.kind not in "biufc":
         raise TypeError(f"{name}: weights must be numeric; got an array of dtype {b.dtype}")
     return b
-
-
-def _logical_values(S):
-    """``S`` with each (pixel, source)'s duplicates summed (in ``S.dtype``) into one element.
-
-    For operations that are not linear in the stored elements (bool sums saturate, counts of
-    non-zeros): the other duplicates become 0, off-image elements 0. ``S`` itself when no
-    stamp covers a pixel twice.
-    """
-    s = S._structure
-    if not s.has_duplicates:
-        return S
-    take, _, starts = s.coo_order
-    values = np.zeros(S._values.size, dtype=S.dtype)
-    values[take[starts]] = s.canonical(S._values)
-    return type(S)._from_parts(values.reshape(S.stamp_shape), s)
 
 
 def dot(a, b, out=None):
@@ -225,8 +229,6 @@ def dot(a, b, out=None):
     if b.ndim > 2:
         raise ValueError(f"weights must be (nsources,) or (nsources, k); got {b.ndim}-D shape {b.shape}")
     dtype = np.result_type(a.dtype, b.dtype)
-    if a.dtype == bool:
-        a = _logical_values(a)  # a bool stamp covering a pixel twice is True there, not 2
     s = a._structure
     H, W = a.imshape
     if b.ndim == 1:
@@ -234,7 +236,9 @@ def dot(a, b, out=None):
     else:
         k = b.shape[1]
         check_dense_allocation(H * W * k * dtype.itemsize, f"a model cube of shape {(H, W, k)}")
-        if k <= 4 or dtype.kind not in "fc":
+        if k == 0:
+            result = np.zeros((H, W, 0), dtype=dtype)
+        elif k <= 4 or dtype.kind not in "fc":
             result = np.stack([_scatter_image(s, a._values * b[:, j], dtype) for j in range(k)], axis=-1)
             result = result.reshape(H, W, k)
         else:
@@ -268,8 +272,6 @@ def _project(S, image: np.ndarray) -> np.ndarray:
     """``Aᵀ·y``: per-source sums of ``S * image``; image ``(H, W)`` → ``(n,)``, ``(H, W, m)`` → ``(n, m)``."""
     H, W = S.imshape
     dtype = np.result_type(S.dtype, image.dtype)
-    if S.dtype == bool:
-        S = _logical_values(S)
     if image.ndim == 2:
         ext = np.zeros(H * W + 1, dtype=image.dtype)
         ext[: H * W] = image.ravel()
@@ -283,13 +285,46 @@ def _project(S, image: np.ndarray) -> np.ndarray:
     return res.reshape((S.nsources, *m))
 
 
+def _gram(a, b) -> np.ndarray:
+    """``tensordot(a, b, axes=([0, 1], [0, 1]))``: the ``(n, m)`` matrix ``Aᵀ·B`` over pixels.
+
+    Computed with SciPy on the pixels either array touches (nothing image-sized); the dense
+    ``(n, m)`` result is refused above ``max_dense_bytes``.
+    """
+    from scipy import sparse as sp
+
+    if a.imshape != b.imshape:
+        raise ValueError(f"tensordot: shape-mismatch for sum: imshape {a.imshape} vs {b.imshape}")
+    dtype = np.result_type(a.dtype, b.dtype)
+    n, m = a.nsources, b.nsources
+    check_dense_allocation(n * m * dtype.itemsize, f"the ({n}, {m}) result of tensordot over pixels")
+    ia, pa = a._structure.csc_indices
+    ib, pb = b._structure.csc_indices
+    npix = a._structure.npixels
+    used = None if npix <= 4 * (ia.size + ib.size) else np.unique(np.concatenate([ia, ib]))
+    work = np.int64 if dtype.kind == "b" else (np.float32 if dtype == np.float16 else dtype)
+
+    def compressed(S, indices, indptr):
+        data = S._structure.source_major(S._values).astype(work)
+        if used is None:  # a small image: pixel indices as they are
+            return sp.csc_matrix((data, indices, indptr), shape=(npix, S.nsources))
+        return sp.csc_matrix((data, np.searchsorted(used, indices), indptr), shape=(used.size, S.nsources))
+
+    product = compressed(a, ia, pa).T @ compressed(b, ib, pb)
+    result = np.asarray(product.toarray())
+    return (result != 0) if dtype.kind == "b" else result.astype(dtype, copy=False)
+
+
 @implements(np.tensordot)
 def tensordot(a, b, axes=2):
     """``np.tensordot`` with a Sparse3D operand.
 
     Fast paths: ``axes=([0, 1], [0, 1])`` against an image ``(H, W[, m])`` (the per-source
     projection ``Aᵀ·y`` → ``(nsources[, m])``) and ``axes=([2], [0])`` / ``axes=1`` against
-    weights (the model, as :func:`dot`). Other contractions go through ``sparse.COO``.
+    weights (the model, as :func:`dot`); two Sparse3D over ``([0, 1], [0, 1])`` give the
+    ``(n, m)`` matrix ``Aᵀ·B`` (see :func:`_gram`). Other contractions go through
+    ``sparse.COO``. Off-stamp entries are structural zeros: NaN or inf in the other operand
+    does not spread to them (dense NumPy gives NaN there, ``0 * nan``).
     """
     Sparse3D = _S()
     if isinstance(axes, (int, np.integer)):
@@ -305,6 +340,10 @@ def tensordot(a, b, axes=2):
     if len(axes_a) != len(axes_b):
         raise ValueError(f"tensordot: axes lists must have equal lengths; got {axes_a} and {axes_b}")
     if isinstance(a, Sparse3D) and isinstance(b, Sparse3D):
+        axes_a = [axis_index(x, 3) for x in axes_a]
+        axes_b = [axis_index(x, 3) for x in axes_b]
+        if sorted(zip(axes_a, axes_b)) == [(0, 0), (1, 1)]:
+            return _gram(a, b)
         return np.tensordot(a.coo, b.coo, axes=(axes_a, axes_b))
     if not isinstance(a, Sparse3D):
         # tensordot(x, S): compute with S first, then put x's free axes in front
@@ -321,8 +360,8 @@ def tensordot(a, b, axes=2):
         return backend.tensordot(a, b, axes=(axes_a, axes_b))
     b_mag, unit = _split_unit(b)
     b_arr = _as_weights(b_mag, "np.tensordot")
-    axes_a = [int(x) % 3 for x in axes_a]
-    axes_b = [int(x) % max(b_arr.ndim, 1) for x in axes_b]
+    axes_a = [axis_index(x, 3) for x in axes_a]
+    axes_b = [axis_index(x, b_arr.ndim) for x in axes_b]
     pairs = sorted(zip(axes_a, axes_b))
     sa = [p[0] for p in pairs]
     sb = [p[1] for p in pairs]
@@ -407,12 +446,7 @@ def _normalize_axes(axis) -> tuple[int, ...]:
     if axis is None:
         return (0, 1, 2)
     items = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    out = []
-    for ax in items:
-        ax = operator.index(ax)
-        if not -3 <= ax < 3:
-            raise np.exceptions.AxisError(ax, 3)
-        out.append(ax % 3)
+    out = [axis_index(ax, 3) for ax in items]
     if len(set(out)) != len(out):
         raise ValueError(f"duplicate value in 'axis': {axis!r}")
     return tuple(sorted(out))
@@ -430,7 +464,7 @@ def _finish(result, S, axes: tuple[int, ...], keepdims: bool):
 
 
 def _reduce_canonical(S, ufunc: np.ufunc, axes: tuple[int, ...], dtype):
-    """Any reduction, from the canonical (deduplicated, sorted) elements into a dense result.
+    """Any reduction, from the canonical (sorted, in-image) elements into a dense result.
 
     Cells of the result start at the ufunc's identity (or the neutral element of an
     extremum); every stored element is folded in with ``ufunc.at``; cells that also cover
@@ -452,7 +486,7 @@ def _reduce_canonical(S, ufunc: np.ufunc, axes: tuple[int, ...], dtype):
     )
     data = data.astype(out_dtype, copy=False)
     if ufunc.identity is not None:
-        init = ufunc.identity
+        init = ufunc.reduce(np.zeros(0, dtype=out_dtype))  # the identity in out_dtype (-1 → 255)
     elif ufunc in _EXTREMA and out_dtype.kind in "biuf":
         init = _neutral(_EXTREMA[ufunc], out_dtype)
     else:
@@ -465,7 +499,14 @@ def _reduce_canonical(S, ufunc: np.ufunc, axes: tuple[int, ...], dtype):
     reduced = int(np.prod([S.shape[i] for i in axes]))
     counts = np.bincount(flat, minlength=size)
     zero = np.zeros((), dtype=out_dtype)
-    out = np.where(counts < reduced, ufunc(out, zero), out)
+    if ufunc is np.multiply and out_dtype.kind in "fc":
+        # an implicit zero makes the product exactly 0, even when the stored product
+        # overflowed to inf (inf * 0 would be NaN); only a stored NaN or inf makes it NaN
+        nonfinite = np.bincount(flat, weights=~np.isfinite(data), minlength=size) > 0
+        implicit = np.where(nonfinite, out_dtype.type(np.nan), zero)
+    else:
+        implicit = ufunc(out, zero)
+    out = np.where(counts < reduced, implicit, out)
     return out.reshape(out_shape)
 
 
@@ -486,13 +527,20 @@ def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoVal
     if where is not True and where is not _NoValue:
         raise TypeError(f"np.{ufunc.__name__}.reduce(..., where=...) is not supported on Sparse3D")
     axes = _normalize_axes(axis)
-    if axes == ():
-        result = S.astype(dtype) if dtype is not None else S
-        return result if initial is _NoValue else ufunc(result, initial)
+    if axes == ():  # every element is its own reduction: NumPy's dtype rules still apply
+        kw = {} if dtype is None else {"dtype": dtype}
+        out_dtype = ufunc.reduce(np.zeros((1, 1), dtype=S.dtype), axis=(), **kw).dtype
+        result = S.astype(out_dtype)
+        if initial is _NoValue:
+            return result
+        if ufunc(np.zeros((), dtype=out_dtype), initial) != 0:
+            raise ValueError(
+                f"np.{ufunc.__name__}.reduce(S, axis=(), initial={initial!r}) would be non-zero on every "
+                "off-stamp element (a dense result); apply it to a cutout's todense()"
+            )
+        return ufunc(result, initial)
     if ufunc.identity is None and initial is _NoValue and 0 in [S.shape[i] for i in axes]:
         raise ValueError(f"zero-size array to reduction operation {ufunc.__name__} which has no identity")
-    if ufunc is np.add and S.dtype == bool:
-        S = _logical_values(S)
     s = S._structure
     v = S._values
     m = None if s.all_in_image else s.in_image
@@ -505,7 +553,7 @@ def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoVal
         elif axes == (2,):
             out_dtype = np.sum(np.zeros(1, dtype=v.dtype), dtype=dtype).dtype
             result = _scatter_image(s, v, out_dtype)
-    elif ufunc in _EXTREMA and dtype is None and v.dtype.kind in "biuf" and not s.has_duplicates:
+    elif ufunc in _EXTREMA and dtype is None and v.dtype.kind in "biuf":
         kind = _EXTREMA[ufunc]
         neutral = _neutral(kind, v.dtype)
         zero = np.zeros((), dtype=v.dtype)
@@ -552,7 +600,11 @@ def _sum(a, axis=None, dtype=None, out=None, keepdims=False, initial=_NoValue, w
 
 @implements(np.prod)
 def _prod(a, axis=None, dtype=None, out=None, keepdims=False, initial=_NoValue, where=True):
-    """``np.prod`` of the logical array: zero wherever an implicit zero is reduced."""
+    """``np.prod`` of the logical array: exactly 0 wherever an implicit zero is reduced.
+
+    That holds even when the stored values' product overflows (NumPy's own result then
+    depends on the order of the elements); a stored NaN or inf in the slice gives NaN.
+    """
     _refuse_out(out, "np.prod")
     return _reduce(a, np.multiply, axis, dtype=dtype, keepdims=keepdims, initial=initial, where=where)
 
@@ -575,14 +627,14 @@ def _min(a, axis=None, out=None, keepdims=False, initial=_NoValue, where=True):
 def _any(a, axis=None, out=None, keepdims=False, *, where=True):
     """``np.any``: whether any logical element is non-zero."""
     _refuse_out(out, "np.any")
-    return _reduce(_logical_values(a).astype(bool), np.logical_or, axis, keepdims=keepdims, where=where)
+    return _reduce(a.astype(bool), np.logical_or, axis, keepdims=keepdims, where=where)
 
 
 @implements(np.all)
 def _all(a, axis=None, out=None, keepdims=False, *, where=True):
     """``np.all``: whether every logical element is non-zero (off-stamp zeros make it False)."""
     _refuse_out(out, "np.all")
-    return _reduce(_logical_values(a).astype(bool), np.logical_and, axis, keepdims=keepdims, where=where)
+    return _reduce(a.astype(bool), np.logical_and, axis, keepdims=keepdims, where=where)
 
 
 @implements(np.mean)
@@ -591,7 +643,12 @@ def _mean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=True):
     _refuse_out(out, "np.mean")
     axes = _normalize_axes(axis)
     count = int(np.prod([a.shape[i] for i in axes]))
-    sum_dtype = dtype if dtype is not None else (np.float64 if a.dtype.kind in "biu" else a.dtype)
+    if dtype is not None:
+        sum_dtype = dtype
+    elif a.dtype.kind in "biu":
+        sum_dtype = np.float64
+    else:  # NumPy sums float16 in float32 (float16 overflows at 65504)
+        sum_dtype = np.float32 if a.dtype == np.float16 else a.dtype
     total = _reduce(a, np.add, axes, dtype=sum_dtype, keepdims=keepdims, where=where)
     result = total / count
     if dtype is not None or a.dtype.kind in "fc":
@@ -607,7 +664,6 @@ def _without_nan(a):
 @implements(np.nansum)
 def _nansum(a, axis=None, dtype=None, out=None, keepdims=False, initial=_NoValue, where=True):
     """``np.nansum``: NaN stamp values count as zero."""
-    a = _logical_values(a)  # duplicates summed first: a NaN in a pixel's sum makes it NaN
     return _sum(
         _without_nan(a), axis=axis, dtype=dtype, out=out, keepdims=keepdims, initial=initial, where=where
     )
@@ -628,7 +684,7 @@ def _all_nan_to_nan(a, result, axis, keepdims, initial):
         return result
     axes = _normalize_axes(axis)
     count = int(np.prod([a.shape[i] for i in axes]))
-    nans = _reduce(np.isnan(_logical_values(a)), np.add, axes, dtype=np.intp, keepdims=keepdims)
+    nans = _reduce(np.isnan(a), np.add, axes, dtype=np.intp, keepdims=keepdims)
     out = np.where(nans == count, a.dtype.type(np.nan), result)
     return out[()] if out.ndim == 0 else out
 
@@ -650,7 +706,6 @@ def _nanmean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=True):
     count = int(np.prod([a.shape[i] for i in axes]))
     if a.dtype.kind not in "fc":
         return _mean(a, axis=axes, dtype=dtype, keepdims=keepdims, where=where)
-    a = _logical_values(a)  # NaN-ness of each logical element (duplicates summed)
     nans = _reduce(np.isnan(a), np.add, axes, dtype=np.intp, keepdims=keepdims)
     total = _reduce(_without_nan(a), np.add, axes, dtype=dtype, keepdims=keepdims)
     result = total / (count - nans)
@@ -660,8 +715,8 @@ def _nanmean(a, axis=None, dtype=None, out=None, keepdims=False, *, where=True):
 
 @implements(np.count_nonzero)
 def _count_nonzero(a, axis=None, *, keepdims=False):
-    """Logical non-zeros (duplicates summed first); the same return types as ``np.sum``."""
-    return _reduce(_logical_values(a).astype(bool), np.add, axis, dtype=np.intp, keepdims=keepdims)
+    """Logical non-zeros; the same return types as ``np.sum``."""
+    return _reduce(a.astype(bool), np.add, axis, dtype=np.intp, keepdims=keepdims)
 
 
 # -------------------------------------------------------------------------------------------
@@ -677,7 +732,7 @@ def _concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
     arrays = list(arrays)
     if not arrays or not all(isinstance(x, Sparse3D) for x in arrays):
         raise TypeError("np.concatenate on Sparse3D needs a non-empty sequence of Sparse3D arrays")
-    if axis is None or operator.index(axis) % 3 != 2:
+    if axis is None or axis_index(axis, 3) != 2:
         raise ValueError(
             f"Sparse3D arrays can only be concatenated along the source axis (axis=2 or -1); got axis={axis}"
         )
@@ -703,6 +758,10 @@ def _stack(arrays, axis=0, out=None, *, dtype=None, casting="same_kind"):
 
     Sparse3D = _S()
     _refuse_out(out, "np.stack")
+    arrays = list(arrays)
+    shapes = {tuple(np.shape(x)) for x in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"np.stack: all input arrays must have the same shape; got shapes {sorted(shapes)}")
     arrays = [x.coo if isinstance(x, Sparse3D) else x for x in arrays]
     result = sparse.stack(arrays, axis=axis)
     return result if dtype is None else result.astype(dtype, casting=casting)
@@ -713,12 +772,34 @@ def _stack(arrays, axis=0, out=None, *, dtype=None, casting="same_kind"):
 # -------------------------------------------------------------------------------------------
 @implements(np.where)
 def _where(condition, x=_NoValue, y=_NoValue):
-    """``np.where(cond, x, y)`` on stamp values → Sparse3D; ``np.where(cond)`` → coordinates."""
+    """``np.where(cond, x, y)`` on stamp values → Sparse3D; ``np.where(cond)`` → coordinates.
+
+    A NaN fill that the off-stamp elements would take (``np.where(cond, S, np.nan)``, which
+    is xarray's ``da.where(cond)``) is refused: the logical result would be NaN on every
+    off-stamp element, a dense array, and stamp semantics would silently keep 0 there.
+    """
     if x is _NoValue and y is _NoValue:
         return _nonzero(condition)
     if x is _NoValue or y is _NoValue:
         raise ValueError("either both or neither of x and y should be given")
     Sparse3D = _S()
+    # the branch that off-stamp elements take: a Sparse3D condition is False there, a
+    # sparse.COO one its fill value; any other condition may pick either
+    off_stamp = (y,) if isinstance(condition, Sparse3D) else (x, y)
+    if type(condition).__module__.startswith("sparse") and hasattr(condition, "coords"):
+        # a mask as sparse.COO (e.g. ~isnan(S), xarray's notnull): its values at the stamps
+        anchor = next((v for v in (x, y) if isinstance(v, Sparse3D)), None)
+        if anchor is not None:
+            off_stamp = (x,) if condition.fill_value else (y,)
+            condition = anchor.with_data(_coo_at_stamps(condition, anchor._structure))
+    for value in off_stamp:
+        if _holds_nan(value):
+            raise ValueError(
+                "np.where(cond, x, y) with NaN in the branch that off-stamp elements take would be NaN "
+                "on every off-stamp element: a dense result that a Sparse3D cannot hold. Fill with a "
+                "number instead (np.where(cond, S, 0); with xarray da.where(cond, 0)), or densify a "
+                "cutout first (S[r0:r1, c0:c1].todense())"
+            )
     if isinstance(condition, Sparse3D):
         # cheap when the mask is constant (xarray's NaN handling: np.where(isnan(S), 0, S))
         pick = None
@@ -730,6 +811,58 @@ def _where(condition, x=_NoValue, y=_NoValue):
             dtype = np.result_type(x, y)
             return pick if pick.dtype == dtype else pick.astype(dtype)
     return apply_elementwise(np.where, (condition, x, y), name="np.where")
+
+
+def _coo_at_stamps(coo, structure) -> np.ndarray:
+    """The values of a ``sparse.COO`` of the logical shape at every stamp element.
+
+    Off-image stamp elements get 0 (they are not array contents), like any image operand.
+    """
+    if tuple(coo.shape) != structure.shape:
+        raise ValueError(
+            f"a sparse.COO operand must have the logical shape {structure.shape}; got {coo.shape}"
+        )
+    H, W, n = structure.shape
+    check_dense_allocation(0 if H * W * (n + 1) < 2**62 else 2**63, "linear indices of a sparse operand")
+    lin = np.ravel_multi_index(tuple(coo.coords), coo.shape)
+    order = np.argsort(lin, kind="stable")
+    lin, data = lin[order], np.asarray(coo.data)[order]
+    want = structure.pixel.astype(np.int64) * n + np.arange(n)  # off-image: pixel H*W, beyond all
+    pos = np.searchsorted(lin, want)
+    found = pos < lin.size
+    found[found] = lin[pos[found]] == want[found]
+    out = np.full(structure.stamp_shape, coo.fill_value, dtype=coo.dtype)
+    out[found] = data[pos[found]]
+    if not structure.all_in_image:
+        out[~structure.in_image] = 0
+    return out
+
+
+def _holds_nan(x) -> bool:
+    """Whether a non-Sparse3D operand holds a NaN."""
+    if isinstance(x, _S()) or isinstance(x, (bool, int)):
+        return False
+    try:
+        arr = np.asarray(x)
+    except Exception:  # noqa: BLE001 - not array-like: not our concern here
+        return False
+    return arr.dtype.kind in "fc" and bool(np.isnan(arr).any())
+
+
+def logical_complement(a):
+    """``np.logical_not(S)`` (and ``~S`` for boolean ``S``): the logical complement.
+
+    Negating a mask must negate its implicit zeros too (xarray's ``notnull()`` is
+    ``~isnull()``, and ``count()`` sums ``logical_not(isnull())``), so this is the one
+    elementwise operation without stamp semantics: it returns a boolean ``sparse.COO``
+    whose fill value is True, True wherever the logical array is zero.
+    """
+    s = a._structure
+    data = ~s.canonical(a._values).astype(bool)
+    from ._mask import LogicalMask
+
+    coords = s.coo_order[1]
+    return LogicalMask(coords, data, shape=a.shape, sorted=True, has_duplicates=False, fill_value=True)
 
 
 @implements(np.nonzero)
@@ -830,36 +963,47 @@ def _logical_operands(a, b):
 
 
 def _stored_pair(a, b):
-    """Stored values of two Sparse3D sharing a structure without duplicates, else None."""
+    """In-image stored values of two Sparse3D sharing a structure, else None."""
     Sparse3D = _S()
     if isinstance(a, Sparse3D) and isinstance(b, Sparse3D) and a._structure.equals(b._structure):
         s = a._structure
-        if not s.has_duplicates:
-            if s.all_in_image:
-                return a._values, b._values
-            return a._values[s.in_image], b._values[s.in_image]
+        if s.all_in_image:
+            return a._values, b._values
+        return a._values[s.in_image], b._values[s.in_image]
     return None
 
 
 @implements(np.allclose)
 def _allclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
-    """Whether the logical arrays are close everywhere (zeros off the stamps included)."""
+    """Whether the logical arrays are close everywhere (zeros off the stamps included).
+
+    NumPy's ``isclose`` rule on every logical element (``b`` is made inexact, so
+    ``abs(int64.min)`` cannot overflow; a finite value is never close to an infinity).
+    Against a scalar only the stored values and, once, an implicit zero are compared, so
+    nothing image-sized is allocated; against an ndarray the array is densified (refused
+    above ``max_dense_bytes``).
+    """
+    Sparse3D = _S()
+    kw = {"rtol": rtol, "atol": atol, "equal_nan": equal_nan}
     pair = _stored_pair(a, b)
     if pair is not None:
-        return bool(np.allclose(*pair, rtol=rtol, atol=atol, equal_nan=equal_nan))
+        return bool(np.allclose(*pair, **kw))
+    for S, x, first in ((a, b, True), (b, a, False)):
+        if isinstance(S, Sparse3D) and not isinstance(x, Sparse3D) and np.ndim(x) == 0:
+            s = S._structure
+            v = S._values if s.all_in_image else S._values[s.in_image]
+            if not np.all(np.isclose(*((v, x) if first else (x, v)), **kw)):
+                return False
+            z = np.zeros((), dtype=S.dtype)
+            return S.nnz == S.size or bool(np.isclose(*((z, x) if first else (x, z)), **kw))
     ca, cb = _logical_operands(a, b)
     if isinstance(ca, np.ndarray) or isinstance(cb, np.ndarray):
-        da = ca.todense() if hasattr(ca, "todense") else ca
-        db = cb.todense() if hasattr(cb, "todense") else cb
-        return bool(np.allclose(da, db, rtol=rtol, atol=atol, equal_nan=equal_nan))
-    diff = abs(ca - cb)
+        da = a.todense() if isinstance(a, Sparse3D) else (ca.todense() if hasattr(ca, "todense") else ca)
+        db = b.todense() if isinstance(b, Sparse3D) else (cb.todense() if hasattr(cb, "todense") else cb)
+        return bool(np.allclose(da, db, **kw))
     import sparse
 
-    # equal infinities are close (NumPy's rule), although their difference is NaN
-    ok = sparse.elemwise(np.logical_or, diff <= atol + rtol * abs(cb), ca == cb)
-    if equal_nan:
-        ok = sparse.elemwise(np.logical_or, ok, sparse.elemwise(np.logical_and, np.isnan(ca), np.isnan(cb)))
-    return bool(ok.all())
+    return bool(sparse.elemwise(np.isclose, ca, cb, **kw).all())
 
 
 @implements(np.array_equal)
@@ -902,7 +1046,7 @@ def _ndim(a):
 @implements(np.size)
 def _size(a, axis=None):
     """``H * W * nsources``, or the length of ``axis``."""
-    return a.size if axis is None else a.shape[axis]
+    return a.size if axis is None else a.shape[axis_index(axis, 3)]
 
 
 @implements(np.result_type)
@@ -960,6 +1104,36 @@ def _bounding(k, n: int, axis: int):
     return lo, int(idx.max()) + 1, idx - lo
 
 
+def _is_bool_scalar(k) -> bool:
+    return isinstance(k, (bool, np.bool_)) or (isinstance(k, np.ndarray) and k.dtype == bool and k.ndim == 0)
+
+
+def _index_items(key) -> list:
+    """The key as a list: sequences become arrays (an empty list is an integer index)."""
+    items = []
+    for k in key if isinstance(key, tuple) else (key,):
+        if k is None:
+            raise IndexError(
+                "np.newaxis (None) is not supported when indexing a Sparse3D; index, then reshape"
+            )
+        if isinstance(k, (list, tuple, np.ndarray)):
+            a = np.asarray(k)
+            if a.size == 0 and not isinstance(k, np.ndarray):
+                a = a.astype(np.intp)  # NumPy: an empty list selects nothing
+            if a.dtype != bool and not np.issubdtype(a.dtype, np.integer):
+                raise IndexError(
+                    f"arrays used as indices must be of integer (or boolean) type; got dtype {a.dtype}"
+                )
+            k = a
+        elif not (k is Ellipsis or isinstance(k, (slice, int, np.integer)) or _is_bool_scalar(k)):
+            raise IndexError(
+                "only integers, slices (`:`), ellipsis (`...`), integer or boolean arrays are valid "
+                f"indices; got {k!r}"
+            )
+        items.append(k)
+    return items
+
+
 def getitem(S, key):
     """NumPy indexing with NumPy's shape rules.
 
@@ -967,57 +1141,101 @@ def getitem(S, key):
       ``imcorner`` change, stamps are kept) and a slice, integer array or boolean mask on
       the source axis selects sources: the result is a Sparse3D.
     * Everything else — an integer on any axis (``S[:, :, i]`` is the dense image of source
-      ``i``), strided or reversed slices, integer arrays on ``row``/``col`` — gives a dense
-      ``ndarray``, computed from the smallest cutout that holds it (refused above
-      ``max_dense_bytes``).
+      ``i``), strided or reversed slices, integer arrays or boolean masks on ``row``/``col``
+      (also masks over several axes), boolean scalars (``S[True]`` adds an axis, as in
+      NumPy) — gives a dense ``ndarray``. It is computed by applying the key, translated to
+      the smallest cutout that holds the selection, to that cutout's dense array, so NumPy
+      itself decides the result's shape and axis order (refused above ``max_dense_bytes``).
     """
     Sparse3D = _S()
-    if not isinstance(key, tuple):
-        key = (key,)
-    if any(k is None for k in key):
-        raise IndexError("np.newaxis (None) is not supported when indexing a Sparse3D; index, then reshape")
-    if sum(k is Ellipsis for k in key) > 1:
+    items = _index_items(key)
+    if sum(k is Ellipsis for k in items) > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
-    if any(k is Ellipsis for k in key):
-        i = next(j for j, k in enumerate(key) if k is Ellipsis)
-        key = key[:i] + (slice(None),) * (3 - (len(key) - 1)) + key[i + 1 :]
-    if len(key) > 3:
-        raise IndexError(f"too many indices for a 3-D Sparse3D: {len(key)} were given")
-    key = key + (slice(None),) * (3 - len(key))
-    kr, kc, ks = key
-    H, W = S.imshape
-    n = S.nsources
-    if not isinstance(ks, (slice, int, np.integer)):
-        ks = np.asarray(ks)
-        if ks.dtype == bool and ks.shape != (n,):
-            raise IndexError(f"boolean index for the source axis must have shape ({n},); got {ks.shape}")
-        if ks.dtype != bool and not np.issubdtype(ks.dtype, np.integer):
-            raise IndexError(f"source index must be an int, slice, int array or boolean mask; got {key[2]!r}")
-    rlo, rhi, rel_r = _bounding(kr, H, 0)
-    clo, chi, rel_c = _bounding(kc, W, 1)
+
+    def consumed(k) -> int:
+        if k is Ellipsis or _is_bool_scalar(k):
+            return 0
+        return k.ndim if isinstance(k, np.ndarray) and k.dtype == bool else 1
+
+    total = sum(consumed(k) for k in items)
+    if total > 3:
+        raise IndexError(f"too many indices for a 3-D Sparse3D: {total} were given")
+    if any(_is_bool_scalar(k) and not k for k in items):
+        # a False scalar selects nothing: NumPy's (empty) result from a zero-strided stand-in,
+        # with NumPy's own checks (it skips bounds checks of indices that select nothing)
+        return np.broadcast_to(np.zeros((), dtype=S.dtype), S.shape)[tuple(items)].copy()
+    lo, hi = [0, 0, 0], list(S.shape)
+    sel = slice(None)  # the sources taken before densifying
+    rel_items = []
+    per_axis = [slice(None)] * 3  # the component on each axis (None: part of a multi-axis mask)
+    ax = 0
+    for k in items:
+        if k is Ellipsis:
+            ax += 3 - total
+            rel_items.append(k)
+            continue
+        if _is_bool_scalar(k):
+            rel_items.append(k)
+            continue
+        if isinstance(k, np.ndarray) and k.dtype == bool and k.ndim != 1:
+            axes = range(ax, ax + k.ndim)
+            if k.shape != tuple(S.shape[i] for i in axes):
+                raise IndexError(
+                    f"boolean index of shape {k.shape} does not match the indexed axes {tuple(axes)} "
+                    f"of shape {tuple(S.shape[i] for i in axes)}"
+                )
+            nz = np.nonzero(k)
+            for i, idx in zip(axes, nz):
+                lo[i], hi[i] = (int(idx.min()), int(idx.max()) + 1) if idx.size else (0, 0)
+                per_axis[i] = None
+            rel_items.append(k[tuple(slice(lo[i], hi[i]) for i in axes)])
+            if 2 in axes:
+                sel = slice(lo[2], hi[2])
+            ax += k.ndim
+            continue
+        n = S.shape[ax]
+        per_axis[ax] = k
+        if ax == 2 and isinstance(k, np.ndarray):  # select exactly these sources
+            idx = np.arange(n)[k]
+            sel = idx.ravel()
+            lo[2], hi[2] = 0, sel.size
+            rel = np.ones(sel.size, bool) if k.dtype == bool else np.arange(sel.size).reshape(idx.shape)
+            rel_items.append(rel)
+        elif ax == 2 and isinstance(k, slice):
+            sel = k
+            lo[2], hi[2] = 0, len(range(*k.indices(n)))
+            rel_items.append(slice(None))
+        else:
+            lo[ax], hi[ax], rel = _bounding(k, n, ax)
+            if ax == 2:
+                sel = slice(lo[2], hi[2])
+            rel_items.append(rel)
+        ax += 1
     s = S._structure
+    H, W = S.imshape
+    rlo, rhi, clo, chi = lo[0], hi[0], lo[1], hi[1]
     if rhi > rlo and chi > clo and (rlo, rhi, clo, chi) != (0, H, 0, W):
         s = s.with_bounds((rhi - rlo, chi - clo), (s.imcorner[0] + rlo, s.imcorner[1] + clo))
-    structured = _unit_slice(kr) and _unit_slice(kc) and rhi > rlo and chi > clo
-    if isinstance(ks, (int, np.integer)):
-        _bounding(ks, n, 2)  # bounds check
-        sel, rel_s = [operator.index(ks)], 0
-    elif isinstance(ks, slice):
-        sel, rel_s = ks, slice(None)
-    else:
-        sel = np.arange(n)[ks]
-        rel_s = np.arange(sel.size).reshape(sel.shape)
-        sel = sel.ravel()
     if isinstance(sel, slice) and sel == slice(None):
         sub = Sparse3D._from_parts(S._values, s)
     else:
         sub = Sparse3D._from_parts(np.ascontiguousarray(S._values[:, :, sel]), s.take_sources(sel))
-    if structured and not isinstance(ks, (int, np.integer)) and np.ndim(rel_s) <= 1:
+    kr, kc, ks = per_axis
+    structured = (
+        _unit_slice(kr)
+        and _unit_slice(kc)
+        and rhi > rlo
+        and chi > clo
+        and (isinstance(ks, slice) or (isinstance(ks, np.ndarray) and ks.ndim == 1))
+        and not any(_is_bool_scalar(k) for k in items)
+    )
+    if structured:
         return sub
+    rel = tuple(rel_items)
     if rhi <= rlo or chi <= clo:  # empty selection on the image axes
         shape = (max(rhi - rlo, 0), max(chi - clo, 0), sub.nsources)
-        return np.zeros(shape, dtype=S.dtype)[rel_r, rel_c, rel_s]
-    return sub.todense()[rel_r, rel_c, rel_s]
+        return np.zeros(shape, dtype=S.dtype)[rel]
+    return sub.todense()[rel]
 
 
 # -------------------------------------------------------------------------------------------
@@ -1043,15 +1261,14 @@ def _gradient(f, *varargs, axis=None, edge_order=1):
         )
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
     try:
-        norm = tuple(operator.index(a) for a in axes)
+        norm = tuple(axis_index(a, 3) for a in axes)  # AxisError when out of range, as NumPy
     except TypeError:
         raise TypeError(f"np.gradient: axis must be 0, 1 or (0, 1); got {axis!r}") from None
-    if not norm or any(a not in (0, 1, -3, -2) for a in norm):
+    if not norm or any(a not in (0, 1) for a in norm):
         raise ValueError(
             f"np.gradient on a Sparse3D: axis must be 0, 1 or (0, 1) (derivatives across each stamp); "
             f"got {axis!r}"
         )
-    norm = tuple(a % 3 for a in norm)
     if len(set(norm)) != len(norm):
         raise ValueError(f"np.gradient: repeated axis in {axis!r}")
     for v in varargs:

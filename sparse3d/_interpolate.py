@@ -166,9 +166,11 @@ def shift_stamps(S, shift):
     elif not (wr.any() or wc.any()):
         out = S
     else:  # per-source whole-pixel moves: new positions, same values (shared, read-only)
-        from ._structure import StampStructure, as_position_array
+        from ._structure import StampStructure, as_position_array, check_position_range
 
         shape = S.stamp_shape
+        for name, w in (("drow", wr), ("dcol", wc)):  # so that the int64 sums below cannot wrap
+            check_position_range(int(np.min(w, initial=0)), int(np.max(w, initial=0)), f"shift {name}")
         row = as_position_array(S.row + np.broadcast_to(wr, (S.nsources,)).astype(np.int64), "row", shape)
         col = as_position_array(S.col + np.broadcast_to(wc, (S.nsources,)).astype(np.int64), "col", shape)
         out = Sparse3D._from_parts(S.data, StampStructure(row, col, S.imshape, S.imcorner))

@@ -9,7 +9,10 @@ from collections.abc import Iterator
 __all__ = ["DenseAllocationError", "get_options", "set_options"]
 
 _DEFAULTS = {"max_dense_bytes": 2 * 1024**3}
-_state = threading.local()
+# Process-wide (not thread-local): the limits must reach Dask workers' threads and any
+# thread pool the caller uses. The lock makes each update atomic.
+_LOCK = threading.Lock()
+_options = dict(_DEFAULTS)
 
 
 class DenseAllocationError(MemoryError):
@@ -21,20 +24,27 @@ class DenseAllocationError(MemoryError):
 
 
 def get_options() -> dict:
-    """The options in force in this thread (a copy)."""
-    return dict(getattr(_state, "options", _DEFAULTS))
+    """The options in force (a copy); they are process-wide, shared by all threads."""
+    return dict(_options)
 
 
 @contextlib.contextmanager
 def _restore(previous: dict) -> Iterator[None]:
+    global _options
     try:
         yield
     finally:
-        _state.options = previous
+        with _LOCK:
+            _options = previous
 
 
 def set_options(*, max_dense_bytes: int | None = None) -> contextlib.AbstractContextManager:
     """Set library options; use as a plain call or as a context manager.
+
+    Options are **process-wide**: they apply in every thread (Dask's threaded scheduler,
+    thread pools), not only in the calling one. Used as a context manager, the previous
+    options are restored on exit; two threads changing options at the same time therefore
+    see each other's settings.
 
     Parameters
     ----------
@@ -48,13 +58,15 @@ def set_options(*, max_dense_bytes: int | None = None) -> contextlib.AbstractCon
     >>> with sparse3d.set_options(max_dense_bytes=2**34):
     ...     pass
     """
+    global _options
     current = get_options()
     options = {}
     if max_dense_bytes is not None:
         if isinstance(max_dense_bytes, bool) or not isinstance(max_dense_bytes, int) or max_dense_bytes < 0:
             raise ValueError(f"max_dense_bytes must be a non-negative int; got {max_dense_bytes!r}")
         options["max_dense_bytes"] = max_dense_bytes
-    _state.options = {**current, **options}
+    with _LOCK:
+        _options = {**current, **options}
     return _restore(current)
 
 

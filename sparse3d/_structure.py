@@ -11,9 +11,15 @@ everything that does not change under elementwise operations::
                └──────────────────────────────────┼────┘  │ kept (translate can bring them
                                                   └───────┘ back) but are not array contents
 
+Positions within one source's stamp are distinct (checked once, when a structure is built
+from user input), so every stored in-image element is exactly one logical element.
 Derived index arrays (the in-image mask, the flat pixel index, the CSC/CSR orderings and
-the deduplicated COO coordinates) are computed lazily, **once per structure**, and then
-shared by every array built on it. All arrays exposed here are read-only.
+the sorted COO coordinates) are computed lazily, **once per structure**, and then shared by
+every array built on it. All arrays exposed here are read-only.
+
+Positions, image corners and image ends are limited to ``|value| <= 2**61`` and images to
+``H * W <= 2**62`` pixels, so that every offset and flat pixel index ``r * W + c`` is exact
+in int64 arithmetic; larger values are refused with a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -29,11 +35,45 @@ from ._options import check_dense_allocation
 __all__ = ["StampStructure", "structure_from_positions"]
 
 _INT32_MAX = np.iinfo(np.int32).max
+POSITION_LIMIT = 2**61  # |positions|, |image corners and ends|: differences stay inside int64
+PIXEL_LIMIT = 2**62  # H * W: flat pixel indices r * W + c stay inside int64
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
     a.flags.writeable = False
     return a
+
+
+def readonly_view(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a`` for handing out.
+
+    ``a`` must be read-only at its base (an array we own): NumPy then refuses to set
+    ``writeable=True`` on the view, so the caller cannot undo the protection.
+    """
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def check_position_range(lo: int, hi: int, name: str) -> None:
+    """Refuse positions (Python ints) outside ``±POSITION_LIMIT`` instead of wrapping them."""
+    if lo < -POSITION_LIMIT or hi > POSITION_LIMIT:
+        bad = lo if lo < -POSITION_LIMIT else hi
+        raise ValueError(
+            f"{name} holds the position {bad}, beyond the supported range |position| <= 2**61 "
+            "(pixel arithmetic must stay exact in int64)"
+        )
+
+
+def check_bounds(imshape: tuple[int, int], imcorner: tuple[int, int]) -> None:
+    """Refuse image bounds whose pixel arithmetic would overflow int64."""
+    (H, W), (r0, c0) = imshape, imcorner
+    if H * W > PIXEL_LIMIT:
+        raise ValueError(
+            f"imshape {imshape} has {H * W} pixels, above the supported 2**62 "
+            "(flat pixel indices r * W + c must fit in int64)"
+        )
+    check_position_range(min(r0, c0), max(r0 + H, c0 + W), "imcorner + imshape")
 
 
 def index_dtype(*sizes: int) -> np.dtype:
@@ -90,6 +130,7 @@ def as_position_array(a, name: str, shape: tuple[int, ...]) -> np.ndarray:
             raise ValueError(f"{name} must hold integer pixel positions; found fractional values")
     lo = int(arr.min()) if arr.size else 0
     hi = int(arr.max()) if arr.size else 0
+    check_position_range(lo, hi, name)
     dtype = index_dtype(abs(lo), abs(hi))
     return _readonly(np.array(arr, dtype=dtype, order="C", copy=True))
 
@@ -165,11 +206,11 @@ class StampStructure:
         operations (``np.bincount``, ``take``) run without a boolean mask.
         """
         (r0, c0), (H, W) = self.imcorner, self.imshape
-        pix = np.multiply(self.row, W, dtype=np.intp)
-        pix += self.col
-        offset = r0 * W + c0
-        if offset:
-            pix -= offset
+        # int64 offsets (positions may be stored as int32 while the corner is beyond 2**31);
+        # off-image elements may wrap here, but they are replaced by H*W below
+        pix = np.subtract(self.row, r0, dtype=np.int64)
+        pix *= W
+        pix += np.subtract(self.col, c0, dtype=np.int64)
         if not self.all_in_image:
             pix[~self.in_image] = H * W
         return _readonly(pix)
@@ -207,7 +248,7 @@ class StampStructure:
 
     @cached_property
     def csc_indices(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(indices, indptr)`` of the CSC matrix ``(H*W, nsources)`` (duplicates kept)."""
+        """``(indices, indptr)`` of the CSC matrix ``(H*W, nsources)``."""
         idt = index_dtype(self.npixels, self.nnz)
         indices = self.source_major(self.pixel).astype(idt)
         indptr = np.zeros(self.nsources + 1, dtype=idt)
@@ -219,7 +260,7 @@ class StampStructure:
         """``(take, indices, indptr)`` of the CSR matrix ``(H*W, nsources)``.
 
         ``take`` holds flat positions into C-order stamp values, ordered by pixel and then by
-        source (so column indices are sorted within each row). Duplicates are kept. The
+        source (so column indices are sorted within each row). The
         permutation comes from scipy's linear-time CSC→CSR conversion, not from a sort.
         """
         from scipy import sparse as sp
@@ -236,14 +277,13 @@ class StampStructure:
         return _readonly(take), _readonly(csr.indices.astype(idt)), _readonly(csr.indptr.astype(idt))
 
     @cached_property
-    def coo_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(take, coords, group_starts)`` for the canonical ``sparse.COO``.
+    def coo_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(take, coords)`` for the canonical ``sparse.COO``.
 
-        Elements are sorted by ``(row, col, source)``. ``take`` lists flat positions into the
-        stamp values; ``group_starts`` is ``None`` when no (pixel, source) pair repeats,
-        otherwise the start of each run of duplicates, to be summed with ``np.add.reduceat``.
-        On images too large for a CSR row pointer this sorts instead, so that nothing
-        image-sized is ever allocated.
+        In-image elements sorted by ``(row, col, source)`` (each is one logical element:
+        positions within a stamp are distinct). ``take`` lists flat positions into the stamp
+        values; ``coords`` is ``(3, nnz)`` int64. On images too large for a CSR row pointer
+        this sorts instead, so that nothing image-sized is ever allocated.
         """
         W = self.imshape[1]
         if self.npixels <= 4 * max(self.nnz, 1):
@@ -257,34 +297,12 @@ class StampStructure:
             src = self.source_of.astype(np.int64)
             order = np.lexsort((src, pix))
             pix, src, take = pix[order], src[order], flat_sm[order]
-        starts = None
-        if pix.size > 1:
-            new = np.empty(pix.size, dtype=bool)
-            new[0] = True
-            np.not_equal(pix[1:], pix[:-1], out=new[1:])
-            new[1:] |= src[1:] != src[:-1]
-            if not new.all():
-                starts = np.flatnonzero(new)
-                pix, src = pix[starts], src[starts]
         coords = np.stack([pix // W, pix % W, src])
-        return _readonly(take), _readonly(coords), None if starts is None else _readonly(starts)
-
-    @property
-    def has_duplicates(self) -> bool:
-        """Whether some source's stamp covers the same in-image pixel more than once."""
-        return self.coo_order[2] is not None
+        return _readonly(take), _readonly(coords)
 
     def canonical(self, values: np.ndarray) -> np.ndarray:
-        """The logical non-implicit elements of ``values``, in ``coo_order``'s sorted order.
-
-        In-image elements only, one per (pixel, source): duplicates are summed in
-        ``values.dtype`` (NumPy would promote a bool ``add.reduceat`` to int64).
-        """
-        take, _, starts = self.coo_order
-        data = values.ravel()[take]
-        if starts is not None and data.size:
-            data = np.add.reduceat(data, starts, dtype=data.dtype)
-        return data
+        """The in-image elements of ``values`` in ``coo_order``'s sorted order, 1-D."""
+        return values.ravel()[self.coo_order[0]]
 
     # -- new structures -----------------------------------------------------------------
     def with_bounds(self, imshape: tuple[int, int], imcorner: tuple[int, int]) -> StampStructure:
@@ -292,9 +310,17 @@ class StampStructure:
         return StampStructure(self.row, self.col, imshape, imcorner)
 
     def translated(self, drow: int, dcol: int) -> StampStructure:
-        """Every stamp shifted by whole pixels; the image bounds stay."""
-        row = as_position_array(self.row.astype(np.int64) + drow, "row", self.stamp_shape)
-        col = as_position_array(self.col.astype(np.int64) + dcol, "col", self.stamp_shape)
+        """Every stamp shifted by whole pixels; the image bounds stay.
+
+        Shifted positions are checked in Python ints first, so nothing wraps.
+        """
+
+        def shift(a: np.ndarray, d: int, name: str) -> np.ndarray:
+            if a.size:
+                check_position_range(int(a.min()) + d, int(a.max()) + d, f"{name} translated by {d}")
+            return as_position_array(np.add(a, d, dtype=np.int64), name, self.stamp_shape)
+
+        row, col = shift(self.row, drow, "row"), shift(self.col, dcol, "col")
         return StampStructure(row, col, self.imshape, self.imcorner)
 
     def take_sources(self, index) -> StampStructure:
@@ -321,7 +347,75 @@ class StampStructure:
         return same
 
     def __reduce__(self):
-        return (StampStructure, (self.row, self.col, self.imshape, self.imcorner))
+        return (structure_from_positions, (self.row, self.col, self.stamp_shape, self.imshape, self.imcorner))
+
+
+# -- distinct positions within each stamp ---------------------------------------------------
+def _strictly_monotone(a: np.ndarray, axis: int) -> bool:
+    """Whether ``a`` (``(nr, nc, n)``) is strictly increasing or decreasing along ``axis`` (per source)."""
+    d = np.diff(a, axis=axis)
+    return bool(((d > 0).all(axis=axis) | (d < 0).all(axis=axis)).all())
+
+
+def _is_grid(row: np.ndarray, col: np.ndarray) -> bool:
+    """Whether every stamp is a grid (the tutorial's layout): distinct by construction.
+
+    Row varies along one stamp axis only, strictly monotonically, and col along the other
+    (plain, flipped and transposed grids). Vectorised comparisons, no sort.
+    """
+    for ra, ca in ((0, 1), (1, 0)):
+        r0 = row[:, :1] if ca == 1 else row[:1]
+        c0 = col[:1] if ra == 0 else col[:, :1]
+        if (
+            _strictly_monotone(r0, ra)
+            and _strictly_monotone(c0, ca)
+            and (row == r0).all()
+            and (col == c0).all()
+        ):
+            return True
+    return False
+
+
+def check_distinct(row: np.ndarray, col: np.ndarray) -> None:
+    """Refuse stamps that cover one pixel more than once (``ValueError`` naming row/col).
+
+    Grid stamps pass a vectorised test; otherwise every source's positions are numbered
+    within the source's bounding box and sorted per source.
+    """
+    nr, nc, n = row.shape
+    if nr * nc <= 1 or n == 0 or _is_grid(row, col):
+        return
+    rmin, cmin = row.min(axis=(0, 1)).astype(np.int64), col.min(axis=(0, 1)).astype(np.int64)
+    rspan = row.max(axis=(0, 1)).astype(np.int64) - rmin + 1
+    cspan = col.max(axis=(0, 1)).astype(np.int64) - cmin + 1
+    boxes = float((rspan.astype(float) * cspan).max())
+    if boxes < 2.0**62:
+        # flat position within each source's bounding box, in place (int32 when it fits:
+        # positions beyond int32 wrap, but consistently modulo 2**32, and the true key is
+        # below 2**31, so the result is exact)
+        kd = np.int32 if boxes < 2.0**31 else np.int64
+        key = np.subtract(row, rmin.astype(kd), dtype=kd)
+        key *= cspan.astype(kd)
+        key += np.subtract(col, cmin.astype(kd), dtype=kd)
+        key = np.ascontiguousarray(key.reshape(nr * nc, n).T)
+        key.sort(axis=1)
+        dup_sources = np.flatnonzero((key[:, 1:] == key[:, :-1]).any(axis=1))
+    else:  # bounding boxes too large to number: sort the (row, col) pairs of every source
+        src = np.broadcast_to(np.arange(n), row.shape).ravel()
+        r, c = row.ravel(), col.ravel()
+        order = np.lexsort((c, r, src))
+        r, c, src = r[order], c[order], src[order]
+        same = (r[1:] == r[:-1]) & (c[1:] == c[:-1]) & (src[1:] == src[:-1])
+        dup_sources = np.unique(src[1:][same])
+    if dup_sources.size:
+        k = int(dup_sources[0])
+        pairs = np.stack([row[:, :, k].ravel(), col[:, :, k].ravel()], axis=1)
+        uniq, counts = np.unique(pairs, axis=0, return_counts=True)
+        r, c = (int(v) for v in uniq[np.argmax(counts > 1)])
+        raise ValueError(
+            f"row/col: stamp {k} covers pixel ({r}, {c}) more than once; positions within one "
+            f"source's stamp must be distinct ({dup_sources.size} source(s) affected)"
+        )
 
 
 # -- interning: arrays built from the very same position arrays share one structure ---------
@@ -339,6 +433,7 @@ def structure_from_positions(row, col, stamp_shape, imshape, imcorner) -> StampS
     """
     imshape = _as_pair(imshape, "imshape", positive=True)
     imcorner = _as_pair(imcorner, "imcorner", positive=False)
+    check_bounds(imshape, imcorner)
     stamp_shape = tuple(stamp_shape)
     key = (id(row), id(col), imshape, imcorner, stamp_shape)
     with _CACHE_LOCK:
@@ -353,12 +448,10 @@ def structure_from_positions(row, col, stamp_shape, imshape, imcorner) -> StampS
             break
         if np.array_equal(r, cand.row) and np.array_equal(c, cand.col):
             return cand
-    struct = StampStructure(
-        as_position_array(row, "row", stamp_shape),
-        as_position_array(col, "col", stamp_shape),
-        imshape,
-        imcorner,
-    )
+    row = as_position_array(row, "row", stamp_shape)
+    col = as_position_array(col, "col", stamp_shape)
+    check_distinct(row, col)
+    struct = StampStructure(row, col, imshape, imcorner)
     with _CACHE_LOCK:
         _RECENT[:] = [e for e in _RECENT if e[5]() is not None and e[:5] != key][-(_RECENT_MAX - 1) :]
         _RECENT.append((*key, weakref.ref(struct)))

@@ -3,7 +3,13 @@
 Policy
 ------
 * ``method="__call__"``: the ufunc is applied to the stored stamp values only; the result
-  has the same structure (off-stamp stays zero). All ufuncs, not a whitelist.
+  has the same structure (off-stamp stays zero). All ufuncs, not a whitelist, with one
+  exception: ``np.logical_not(S)`` and ``~S`` on a boolean ``S`` negate a mask, implicit
+  zeros included, and return a ``sparse.COO`` with fill value True (xarray's ``notnull``
+  and ``count`` rely on it).
+* An elementwise error (an integer to a negative power, ...) caused only by off-image
+  stamp pixels, which are not array contents, does not fail the operation: it is retried
+  on the contents, and the off-image results become 0.
 * Operands: Python/NumPy scalars; ndarrays (or array-likes) that broadcast against the
   *logical* shape ``(H, W, nsources)``; other :class:`~sparse3d.Sparse3D` arrays with an
   equal structure. Per-source operands (``(nsources,)``, ``(1, 1, nsources)``) broadcast
@@ -62,8 +68,17 @@ def stamp_operand(x, structure, name: str = "operand"):
     Sparse3D = _sparse3d_type()
     if isinstance(x, Sparse3D):
         return x._values
-    if isinstance(x, (numbers.Number, np.generic)) or x is None:
+    if x is None or isinstance(x, (bool, int, float, complex)):
         return x
+    if isinstance(x, np.generic):
+        if x.dtype.kind not in "biufc":
+            raise TypeError(f"{name} must be numeric; got a NumPy scalar of dtype {x.dtype}")
+        return x
+    if isinstance(x, numbers.Number):  # Fraction, Decimal, ...: NumPy would make object arrays
+        raise TypeError(
+            f"{name} is a {type(x).__name__}; Sparse3D arrays hold NumPy numeric dtypes, so "
+            "convert it first (e.g. float(x))"
+        )
     if hasattr(x, "unit") and hasattr(x, "value"):
         raise TypeError(
             f"{name} carries a unit ({x.unit}); elementwise operations on Sparse3D take plain numbers "
@@ -75,8 +90,8 @@ def stamp_operand(x, structure, name: str = "operand"):
             "build a Sparse3D with the same stamps (S.with_data) or convert S with to_sparse()"
         )
     arr = np.asarray(x)
-    if arr.dtype == object:
-        raise TypeError(f"{name} must be numeric; got an object array")
+    if arr.dtype.kind not in "biufc":
+        raise TypeError(f"{name} must be numeric; got an array of dtype {arr.dtype}")
     if arr.ndim == 0:
         return arr
     logical = structure.shape
@@ -98,10 +113,11 @@ def stamp_operand(x, structure, name: str = "operand"):
     arr3 = arr.reshape((1,) * (3 - arr.ndim) + arr.shape)
     if arr3.shape[0] == 1 and arr3.shape[1] == 1:
         return arr3  # per-source (or scalar-like): broadcasts over the stamp block directly
-    # image-dependent operand: gather it at every stamp pixel
-    r = (structure.row - structure.imcorner[0]) if arr3.shape[0] > 1 else 0
-    c = (structure.col - structure.imcorner[1]) if arr3.shape[1] > 1 else 0
-    k = np.arange(structure.nsources) if arr3.shape[2] > 1 else 0
+    # image-dependent operand: gather it at every stamp pixel (int64 offsets: positions may
+    # be stored as int32 while the image corner lies beyond 2**31)
+    r = np.subtract(structure.row, structure.imcorner[0], dtype=np.int64) if arr3.shape[0] > 1 else 0
+    c = np.subtract(structure.col, structure.imcorner[1], dtype=np.int64) if arr3.shape[1] > 1 else 0
+    k = np.arange(structure.nsources) if arr3.shape[2] != 1 else 0
     m = structure.in_image
     if not structure.all_in_image:
         r = np.where(m, r, 0) if arr3.shape[0] > 1 else r
@@ -124,10 +140,40 @@ def apply_elementwise(func, args, kwargs=None, name: str | None = None):
     structure = common_structure(arrays)
     label = name or getattr(func, "__name__", "function")
     ops = [stamp_operand(a, structure, name=f"operand {i} of {label}") for i, a in enumerate(args)]
-    result = func(*ops, **(kwargs or {}))
+    try:
+        result = func(*ops, **(kwargs or {}))
+    except (ValueError, ArithmeticError):
+        if structure.all_in_image:
+            raise
+        result = _on_content_only(func, ops, kwargs, structure)
     if isinstance(result, tuple):
         return tuple(_wrap(r, structure) for r in result)
     return _wrap(result, structure)
+
+
+def _on_content_only(func, ops, kwargs, structure):
+    """Retry ``func`` on the in-image elements only; off-image results become 0.
+
+    Off-image stamp pixels are stored (``translate`` can bring them back) but are not array
+    contents, so an error they alone cause (an integer to a negative power, say) must not
+    fail the operation. The error is re-raised when the array contents cause it too.
+    """
+    m = structure.in_image
+
+    def content(op):
+        if isinstance(op, np.ndarray) and op.ndim == 3:
+            return np.broadcast_to(op, structure.stamp_shape)[m]
+        return op
+
+    result = func(*[content(op) for op in ops], **(kwargs or {}))
+
+    def scatter(r):
+        r = np.asarray(r)
+        full = np.zeros(structure.stamp_shape, dtype=r.dtype)
+        full[m] = r
+        return full
+
+    return tuple(scatter(r) for r in result) if isinstance(result, tuple) else scatter(result)
 
 
 def _wrap(values, structure):
@@ -161,6 +207,15 @@ def array_ufunc(self, ufunc: np.ufunc, method: str, *inputs, **kwargs):
         if ufunc is np.matmul:
             return _functions.matmul(*inputs, **kwargs)
         raise TypeError(f"generalized ufunc np.{ufunc.__name__} is not supported on Sparse3D")
+    Sparse3D = _sparse3d_type()
+    if (ufunc is np.logical_not or (ufunc is np.invert and inputs[0].dtype == bool)) and isinstance(
+        inputs[0], Sparse3D
+    ):
+        if kwargs:
+            raise TypeError(
+                f"np.{ufunc.__name__} on Sparse3D takes no keyword arguments; got {sorted(kwargs)}"
+            )
+        return _functions.logical_complement(inputs[0])
     where = kwargs.pop("where", True)
     if where is not True:
         raise TypeError(

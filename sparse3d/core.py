@@ -16,7 +16,7 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from . import _functions, _ufuncs
 from ._options import check_dense_allocation
-from ._structure import StampStructure, _as_pair, index_dtype, structure_from_positions
+from ._structure import StampStructure, _as_pair, index_dtype, readonly_view, structure_from_positions
 
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
@@ -29,13 +29,38 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Sparse3D"]
 
 
+_UNSUPPORTED_DTYPES = {np.dtype(np.longdouble), np.dtype(np.clongdouble)} - {
+    np.dtype(np.float64),
+    np.dtype(np.complex128),
+}
+
+
+def _checked_values(arr: np.ndarray, name: str = "data") -> np.ndarray:
+    """``arr`` with a supported dtype in native byte order (converted), else ``TypeError``.
+
+    Every array's values pass here (the constructor and every internal result), so one rule
+    holds everywhere: numeric or boolean, native byte order (``>f8`` becomes ``float64``),
+    no ``longdouble`` (NumPy's ``bincount`` and SciPy cannot compute in it).
+    """
+    dt = arr.dtype
+    if dt.kind not in "biufc":
+        raise TypeError(f"{name} must be a numeric or boolean array; got dtype {dt}")
+    if not dt.isnative:
+        arr = arr.astype(dt.newbyteorder("="))
+    if arr.dtype in _UNSUPPORTED_DTYPES:
+        raise TypeError(
+            f"{name} of dtype {arr.dtype} (long double) is not supported: sums and products run in "
+            "float64/complex128; convert with .astype(np.float64) or np.complex128"
+        )
+    return arr
+
+
 def _owned_values(data, name: str = "data") -> np.ndarray:
     try:
         arr = np.array(data, copy=True, order="C")
     except ValueError as exc:  # ragged nested sequences
         raise ValueError(f"{name} must be a regular (non-ragged) numeric array: {exc}") from None
-    if arr.dtype == object or arr.dtype.kind in "USVMm":
-        raise TypeError(f"{name} must be a numeric or boolean array; got dtype {arr.dtype}")
+    arr = _checked_values(arr, name)
     arr.flags.writeable = False
     return arr
 
@@ -62,14 +87,24 @@ class Sparse3D(NDArrayOperatorsMixin):
     Parameters
     ----------
     data : array_like, shape (nr, nc, nsources)
-        Stamp values. Copied; the array is immutable.
+        Stamp values, numeric or boolean. Copied (in native byte order); the array is
+        immutable. ``longdouble`` is refused.
     row, col : array_like of int
         Absolute pixel positions of every stamp pixel; must broadcast to ``data.shape``
-        (``R[:, :, None] + row_int`` works). Integer-valued floats are accepted.
+        (``R[:, :, None] + row_int`` works). Integer-valued floats are accepted. Positions
+        within one source's stamp must be distinct, and ``|position| <= 2**61``.
     imshape : tuple of int
-        ``(H, W)``, the image size.
+        ``(H, W)``, the image size (``H * W <= 2**62``).
     imcorner : tuple of int, optional
         Absolute position of image pixel ``[0, 0]``. Default ``(0, 0)``.
+
+    Raises
+    ------
+    ValueError
+        If a stamp covers one pixel more than once, or positions or bounds are beyond the
+        range in which pixel arithmetic is exact in int64.
+    TypeError
+        If ``data`` is not numeric or boolean, or is ``longdouble``.
 
     Notes
     -----
@@ -104,8 +139,18 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @classmethod
     def _from_parts(cls, values: np.ndarray, structure: StampStructure) -> Sparse3D:
-        """Internal constructor: ``values`` must be a fresh or read-only array we own."""
+        """Internal constructor: ``values`` must be a fresh or read-only array we own.
+
+        The memory's owner is made read-only too, so that no view handed out can be made
+        writeable again.
+        """
+        values = _checked_values(values, "the result's values")
         obj = cls.__new__(cls)
+        base = values
+        while isinstance(base.base, np.ndarray):
+            base = base.base
+        if base.flags.writeable:
+            base.flags.writeable = False
         if values.flags.writeable:
             values.flags.writeable = False
         obj._values = values
@@ -130,25 +175,28 @@ class Sparse3D(NDArrayOperatorsMixin):
         return Sparse3D._from_parts(values, self._structure)
 
     # -- basic attributes ----------------------------------------------------------------
+    # Exposed arrays are read-only views of buffers that are read-only at their base, so
+    # ``S.data.flags.writeable = True`` raises instead of letting edits desync the caches
+    # and move the stamps of every array sharing the structure.
     @property
     def data(self) -> np.ndarray:
         """Stamp values, ``(nr, nc, nsources)``, read-only (off-image pixels included)."""
-        return self._values
+        return readonly_view(self._values)
 
     @property
     def row(self) -> np.ndarray:
         """Absolute row of every stamp pixel, ``(nr, nc, nsources)``, read-only."""
-        return self._structure.row
+        return readonly_view(self._structure.row)
 
     @property
     def col(self) -> np.ndarray:
         """Absolute column of every stamp pixel, ``(nr, nc, nsources)``, read-only."""
-        return self._structure.col
+        return readonly_view(self._structure.col)
 
     @property
     def in_image(self) -> np.ndarray:
-        """Boolean ``(nr, nc, nsources)``: which stamp pixels are inside the image."""
-        return self._structure.in_image
+        """Boolean ``(nr, nc, nsources)``: which stamp pixels are inside the image, read-only."""
+        return readonly_view(self._structure.in_image)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -264,7 +312,8 @@ class Sparse3D(NDArrayOperatorsMixin):
         dtype = np.dtype(dtype)
         if dtype == self.dtype and not copy:
             return self
-        return Sparse3D._from_parts(self._values.astype(dtype), self._structure)
+        values = _checked_values(self._values.astype(dtype), f"astype({dtype})")
+        return Sparse3D._from_parts(values, self._structure)
 
     def copy(self) -> Sparse3D:
         """A copy (arrays are immutable, so this is rarely needed)."""
@@ -331,7 +380,10 @@ class Sparse3D(NDArrayOperatorsMixin):
             axes = axes[0]
         if not axes:  # NumPy: no axes reverses them
             axes = (2, 1, 0)
-        if tuple(a % 3 for a in axes) == (0, 1, 2):
+        axes = tuple(_functions.axis_index(a, 3) for a in axes)
+        if sorted(axes) != [0, 1, 2]:
+            raise ValueError(f"axes don't match array: a permutation of (0, 1, 2) is needed; got {axes}")
+        if axes == (0, 1, 2):
             return self
         return self.coo.transpose(axes)
 
@@ -342,6 +394,10 @@ class Sparse3D(NDArrayOperatorsMixin):
         ``w (nsources,)`` gives the image ``(H, W)``; ``w (nsources, k)`` gives ``(H, W, k)``;
         a scalar scales the array. Weights with a ``.unit`` (astropy Quantity) give a result
         with that unit.
+
+        Off-stamp entries are structural zeros (as in ``scipy.sparse``): a NaN or inf weight
+        reaches only its source's stamp pixels, where dense NumPy would put NaN on every
+        pixel (``0 * nan``).
         """
         return _functions.dot(self, other)
 
@@ -360,13 +416,14 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     # -- conversions ----------------------------------------------------------------------
     def _csc_data(self) -> np.ndarray:
-        return self._structure.source_major(self._values)
+        return _functions.scipy_values(self._structure.source_major(self._values))
 
     def tocsc(self) -> scipy.sparse.csc_matrix:
         """scipy CSC matrix of shape ``(H*W, nsources)``; pixel index ``r * W + c``.
 
-        Duplicate stamp pixels (a stamp covering the same pixel twice) are stored as
-        separate entries, which scipy sums. Indices are int64 when ``H*W`` needs it.
+        Indices are int64 when ``H*W`` needs it; float16 values become float32 (SciPy has
+        no float16 sparse matrices; the same holds for :meth:`tocsr` and :meth:`tocoo`). The
+        matrix owns writable copies of its arrays, so scipy's in-place methods work on it.
         """
         from scipy import sparse as sp
 
@@ -374,7 +431,7 @@ class Sparse3D(NDArrayOperatorsMixin):
         # the index arrays are copied: the structure's are shared and read-only, while scipy's
         # in-place methods (eliminate_zeros, sum_duplicates, ...) must work on what we return
         return sp.csc_matrix(
-            (self._csc_data(), indices.copy(), indptr.copy()),
+            (_writable(self._csc_data()), indices.copy(), indptr.copy()),
             shape=(self._structure.npixels, self.nsources),
             copy=False,
         )
@@ -394,7 +451,7 @@ class Sparse3D(NDArrayOperatorsMixin):
         from scipy import sparse as sp
 
         take, indices, indptr = self._structure.csr_order
-        data = self._values.ravel()[take]
+        data = _functions.scipy_values(self._values.ravel()[take])
         data.flags.writeable = False  # internal cache: tocsr() hands out copies
         csr = sp.csr_matrix(
             (data, indices, indptr), shape=(self._structure.npixels, self.nsources), copy=False
@@ -403,30 +460,50 @@ class Sparse3D(NDArrayOperatorsMixin):
         return csr
 
     def tocoo(self) -> scipy.sparse.coo_matrix:
-        """scipy COO matrix of shape ``(H*W, nsources)``; nothing image-sized is allocated."""
+        """scipy COO matrix of shape ``(H*W, nsources)``; nothing image-sized is allocated.
+
+        The matrix owns writable copies of its arrays (scipy's in-place methods work).
+        """
         from scipy import sparse as sp
 
         s = self._structure
         idt = index_dtype(s.npixels, s.nsources)
         return sp.coo_matrix(
-            (self._csc_data(), (s.csc_indices[0].astype(idt), s.source_of.astype(idt))),
+            (_writable(self._csc_data()), (s.csc_indices[0].astype(idt), s.source_of.astype(idt))),
             shape=(s.npixels, self.nsources),
         )
 
     def to_sparse(self) -> sparse.COO:
-        """The ``sparse.COO`` of shape ``(H, W, nsources)``, fill value 0 (cached).
+        """The ``sparse.COO`` of shape ``(H, W, nsources)``, fill value 0, sorted coordinates.
 
-        Duplicate stamp pixels are summed; coordinates are sorted.
+        Built once and cached; every call returns a new ``sparse.COO`` object over read-only
+        views of the cached coordinates and values, so neither editing its arrays nor
+        rebinding its attributes can change ``S``.
         """
-        return self.coo
+        import sparse
+
+        c = self._coo
+        return sparse.COO(
+            readonly_view(c.coords),
+            readonly_view(c.data),
+            shape=c.shape,
+            sorted=True,
+            has_duplicates=False,
+            fill_value=c.fill_value,
+        )
+
+    @property
+    def coo(self) -> sparse.COO:
+        """The array as a canonical ``sparse.COO`` (see :meth:`to_sparse`)."""
+        return self.to_sparse()
 
     @cached_property
-    def coo(self) -> sparse.COO:
-        """The array as a canonical ``sparse.COO`` (cached; see :meth:`to_sparse`)."""
+    def _coo(self) -> sparse.COO:
         import sparse
 
         coords = self._structure.coo_order[1]
         data = self._structure.canonical(self._values)
+        data.flags.writeable = False
         return sparse.COO(
             coords, data, shape=self.shape, sorted=True, has_duplicates=False, fill_value=self.dtype.type(0)
         )
@@ -443,8 +520,8 @@ class Sparse3D(NDArrayOperatorsMixin):
         out = np.zeros(self.shape, dtype=self.dtype)
         s = self._structure
         m = s.in_image
-        r = s.row[m] - s.imcorner[0]
-        c = s.col[m] - s.imcorner[1]
+        r = np.subtract(s.row[m], s.imcorner[0], dtype=np.int64)
+        c = np.subtract(s.col[m], s.imcorner[1], dtype=np.int64)
         k = np.broadcast_to(np.arange(self.nsources), self.stamp_shape)[m]
         np.add.at(out, (r, c, k), self._values[m])
         return out
@@ -525,11 +602,20 @@ class Sparse3D(NDArrayOperatorsMixin):
         )
 
 
+def _writable(a: np.ndarray) -> np.ndarray:
+    """``a`` if it is a writable array of its own, else a copy (for handing to scipy)."""
+    return a if a.flags.writeable and a.flags.owndata else a.copy()
+
+
 def _rebuild(values, row, col, imshape, imcorner) -> Sparse3D:
-    """Unpickle: caches are not carried, only values and positions."""
-    for a in (values, row, col):
-        a.flags.writeable = False
-    return Sparse3D._from_parts(values, StampStructure(row, col, tuple(imshape), tuple(imcorner)))
+    """Unpickle: caches are not carried, only values and positions.
+
+    Everything is copied and validated: with pickle protocol 5 and out-of-band buffers the
+    arrays handed in may alias the caller's memory, which must not become ours.
+    """
+    values = _owned_values(values)
+    structure = structure_from_positions(row, col, values.shape, imshape, imcorner)
+    return Sparse3D._from_parts(values, structure)
 
 
 # In-place operators rebind instead of mutating: returning NotImplemented from ``__iadd__``

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._functions import scatter_sum
+from ._functions import scatter_sum, scipy_values
 from ._options import check_dense_allocation
-from ._structure import _as_pair, index_dtype
+from ._structure import _as_pair, check_position_range, index_dtype, readonly_view
 
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
@@ -47,9 +47,17 @@ def _as_corners(corners) -> np.ndarray:
             raise ValueError("corners must hold integer pixel positions")
     elif arr.dtype.kind not in "iu":
         raise TypeError(f"corners must hold integer pixel positions; got dtype {arr.dtype}")
+    if arr.size:
+        check_position_range(int(arr.min()), int(arr.max()), "corners")
     out = arr.astype(np.int64)
     out.flags.writeable = False
     return out
+
+
+def _ranks(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a`` and ``b`` replaced by their ranks among the distinct values of both (order kept)."""
+    u = np.unique(np.concatenate([a.ravel(), b.ravel()]))
+    return np.searchsorted(u, a), np.searchsorted(u, b)
 
 
 class ROISparse3D:
@@ -87,11 +95,16 @@ class ROISparse3D:
         if not isinstance(array, Sparse3D):
             raise TypeError(f"array must be a Sparse3D; got {type(array).__name__}")
         self.array = array
-        self.corners = _as_corners(corners)
+        self._corners = _as_corners(corners)
         self.size = _as_pair(size, "size", positive=True)
         self._elements, self._pixels = self._map()
 
     # -- facts --------------------------------------------------------------------------
+    @property
+    def corners(self) -> np.ndarray:
+        """Absolute ``(row, col)`` of every window's pixel ``[0, 0]``, ``(nrois, 2)``, read-only."""
+        return readonly_view(self._corners)
+
     @property
     def nrois(self) -> int:
         return self.corners.shape[0]
@@ -132,16 +145,16 @@ class ROISparse3D:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty
         inside = s.in_image
-        big = np.iinfo(np.int32).max
+        big = np.int64(np.iinfo(np.int64).max)  # an int64 sentinel: positions may exceed int32
         row = np.where(inside, s.row, big)
         col = np.where(inside, s.col, big)
         rmin, cmin = row.min(axis=(0, 1)), col.min(axis=(0, 1))
         row = np.where(inside, s.row, -big)
-        col = np.where(inside, s.col, -big)
+        col = np.where(inside, s.col, -big)  # (a Python-int sentinel would be cast to int32)
         rmax, cmax = row.max(axis=(0, 1)), col.max(axis=(0, 1))
         # sources whose in-image bounding box meets some window, in blocks of windows
         hit = np.zeros(n, dtype=bool)
-        cr, cc = self.corners[:, 0], self.corners[:, 1]
+        cr, cc = self._corners[:, 0], self._corners[:, 1]
         step = max(1, 2_000_000 // max(n, 1))
         for a in range(0, self.nrois, step):
             b = slice(a, a + step)
@@ -162,11 +175,17 @@ class ROISparse3D:
         er = s.row.ravel()[elements].astype(np.int64)
         ec = s.col.ravel()[elements].astype(np.int64)
         # window pixel keys, sorted, and a sorted search for every candidate element
-        lo_r = min(int(er.min()), int(cr.min()))
-        lo_c = min(int(ec.min()), int(cc.min()))
-        span = max(int(ec.max()), int(cc.max()) + w) - lo_c + 1
         R, C = np.mgrid[:h, :w]
-        keys = ((cr[:, None, None] + R - lo_r) * span + (cc[:, None, None] + C - lo_c)).ravel()
+        wr, wc = cr[:, None, None] + R, cc[:, None, None] + C
+        lo_r, lo_c = min(int(er.min()), int(cr.min())), min(int(ec.min()), int(cc.min()))
+        span_r = max(int(er.max()), int(cr.max()) + h) - lo_r + 1
+        span = max(int(ec.max()), int(cc.max()) + w) - lo_c + 1
+        if span_r * span >= 2**62:  # keys would overflow int64: number the rows/cols used instead
+            er, wr = _ranks(er, wr)
+            ec, wc = _ranks(ec, wc)
+            lo_r = lo_c = 0
+            span = int(max(ec.max(), wc.max())) + 1
+        keys = ((wr - lo_r) * span + (wc - lo_c)).ravel()
         order = np.argsort(keys, kind="stable")
         keys = keys[order]
         ekeys = (er - lo_r) * span + (ec - lo_c)
@@ -221,7 +240,7 @@ class ROISparse3D:
         from scipy import sparse as sp
 
         idt = index_dtype(self.npixels, self.nsources)
-        vals = self.array.data.ravel()[self._elements]
+        vals = scipy_values(self.array.data.ravel()[self._elements])
         coo = sp.coo_matrix(
             (vals, (self._pixels.astype(idt), self._sources().astype(idt))),
             shape=(self.npixels, self.nsources),

@@ -38,7 +38,7 @@ class Scene:
 
 
 def dense_reference(data, row, col, imshape, imcorner=(0, 0)) -> np.ndarray:
-    """Dense ``(H, W, nsources)`` array of stamps: in-image values summed, others dropped."""
+    """Dense ``(H, W, nsources)`` array of stamps (``np.add.at``): in-image values, others dropped."""
     data = np.asarray(data)
     row = np.broadcast_to(np.asarray(row), data.shape).astype(np.int64) - imcorner[0]
     col = np.broadcast_to(np.asarray(col), data.shape).astype(np.int64) - imcorner[1]
@@ -57,7 +57,6 @@ def random_scene(
     nsources: int = 6,
     imcorner: tuple[int, int] = (0, 0),
     dtype=np.float64,
-    duplicates: bool = False,
     zeros: bool = True,
 ) -> Scene:
     """A small random scene whose stamps overlap and hang over every image edge.
@@ -70,8 +69,6 @@ def random_scene(
         Image size, stamp size ``(nr, nc)``, number of sources, image corner.
     dtype : dtype
         Stamp value dtype (floats get values in [-2, 2); ints in [-5, 5); bools random).
-    duplicates : bool
-        Make each stamp cover one pixel twice (its last row repeats the first).
     zeros : bool
         Put explicit zeros in some stamp values.
     """
@@ -83,11 +80,6 @@ def random_scene(
     R, C = np.mgrid[:nr, :nc]
     row = R[:, :, None] + top
     col = C[:, :, None] + left
-    if duplicates and nr > 1:
-        row = row.copy()
-        row[-1] = row[0]
-        col = col.copy()
-        col[-1] = col[0]
     dtype = np.dtype(dtype)
     shape = (nr, nc, nsources)
     if dtype.kind == "f":

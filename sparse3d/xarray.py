@@ -108,6 +108,7 @@ def from_xarray(da: xr.DataArray) -> Sparse3D:
     Sparse3D
         Values, positions (off-image pixels included), bounds and dtype as saved.
     """
+    from ._structure import _as_pair
     from .core import Sparse3D
 
     if not hasattr(da, "dims") or not hasattr(da, "coords"):
@@ -133,6 +134,8 @@ def from_xarray(da: xr.DataArray) -> Sparse3D:
         values = values.astype(dtype)
     row = np.asarray(da.coords["row"].transpose(*STAMP_DIMS).values)
     col = np.asarray(da.coords["col"].transpose(*STAMP_DIMS).values)
-    imshape = tuple(int(v) for v in np.atleast_1d(da.attrs["imshape"]))
-    imcorner = tuple(int(v) for v in np.atleast_1d(da.attrs["imcorner"]))
+    # validated, never truncated: a fractional or non-numeric attribute is an error
+    attrs = {k: np.atleast_1d(da.attrs[k]).tolist() for k in ("imshape", "imcorner")}
+    imshape = _as_pair(attrs["imshape"], "the imshape attribute", positive=True)
+    imcorner = _as_pair(attrs["imcorner"], "the imcorner attribute", positive=False)
     return Sparse3D(values, row, col, imshape=imshape, imcorner=imcorner)

@@ -2,8 +2,9 @@
 
 Every expected value is built with :func:`sparse3d.testing.dense_reference` (``np.add.at``
 into a plain ndarray) applied to stamp values transformed with plain NumPy, i.e. with
-*stamp semantics*: an elementwise operation acts on every stored stamp element (duplicates
-included), and the logical array is the sum of the transformed elements per pixel.
+*stamp semantics*: an elementwise operation acts on every stored stamp element, and the
+logical array holds the transformed in-image elements (positions within a stamp are
+distinct: construction refuses repeats).
 
 Profiles (``tests/conftest.py``): ``HYPOTHESIS_PROFILE=long pytest tests/test_properties.py``.
 """
@@ -30,13 +31,13 @@ MAX_SOURCES = 40
 
 # ---- strategies ---------------------------------------------------------------------------
 @st.composite
-def scenes(draw, dtypes=DTYPES, nonfinite=True, duplicates=True, imshape=None, imcorner=None, stamp=None):
+def scenes(draw, dtypes=DTYPES, nonfinite=True, irregular=True, imshape=None, imcorner=None, stamp=None):
     """A random scene: sizes, corner, layout and value kinds are drawn by hypothesis; the
     values themselves come from a drawn seed (fast to generate, still reproducible).
 
-    Layouts: ``grid`` (a plain rectangular stamp), ``duplicates`` (the last stamp row
-    repeats the first, so each stamp covers some pixels twice) and ``scattered`` (every
-    stamp pixel anywhere in a small box: arbitrary overlaps and repeats).
+    Layouts: ``grid`` (a plain rectangular stamp), ``flipped`` (the grid upside down, so not
+    the grid fast path) and ``scattered`` (every stamp pixel at a distinct random place in a
+    box a little larger than the stamp).
     Stamps are placed anywhere from fully off the image (any side) to fully inside.
     """
     H, W = imshape or (draw(st.integers(1, 64)), draw(st.integers(1, 64)))
@@ -44,7 +45,7 @@ def scenes(draw, dtypes=DTYPES, nonfinite=True, duplicates=True, imshape=None, i
     n = draw(st.integers(0, MAX_SOURCES))
     r0, c0 = imcorner or (draw(st.integers(-70, 70)), draw(st.integers(-70, 70)))
     dtype = np.dtype(draw(st.sampled_from(dtypes)))
-    layout = draw(st.sampled_from(["grid", "duplicates", "scattered"] if duplicates else ["grid"]))
+    layout = draw(st.sampled_from(["grid", "flipped", "scattered"] if irregular else ["grid"]))
     special = nonfinite and dtype.kind == "f" and draw(st.booleans())
     zeros = draw(st.booleans())
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -53,14 +54,15 @@ def scenes(draw, dtypes=DTYPES, nonfinite=True, duplicates=True, imshape=None, i
     left = rng.integers(-nc - 3, W + 4, size=n) + c0
     R, C = np.mgrid[:nr, :nc]
     if layout == "scattered":
-        R = rng.integers(0, nr, size=(nr, nc, n))
-        C = rng.integers(0, nc, size=(nr, nc, n))
-        row, col = R + top, C + left
+        # nr*nc distinct cells of an (nr+1) x (nc+2) box, independently per source
+        box = (nr + 1) * (nc + 2)
+        cells = np.argsort(rng.random((box, n)), axis=0)[: nr * nc].reshape(nr, nc, n)
+        row, col = cells // (nc + 2) + top, cells % (nc + 2) + left
     else:
         row = R[:, :, None] + top
         col = C[:, :, None] + left
-        if layout == "duplicates" and nr > 1:
-            row[-1], col[-1] = row[0], col[0]
+        if layout == "flipped":
+            row = row[::-1].copy()
     shape = (nr, nc, n)
     if dtype.kind == "f":
         data = rng.uniform(-2, 2, size=shape).astype(dtype)
@@ -153,7 +155,6 @@ UNARY = [
     np.sin,
     np.square,
     np.sign,
-    np.logical_not,
     np.floor,
 ]
 
@@ -388,6 +389,139 @@ def test_source_selection(sc, data):
     _assert_same(result, expected)
 
 
+def _index_component(data, n: int, axis_len_key: str):
+    """One key element for an axis of length ``n``: int, slice, int list/array, 1-D mask."""
+    kind = data.draw(st.sampled_from(["int", "slice", "ints", "empty", "mask"]), label=axis_len_key)
+    if kind == "int":
+        assume(n > 0)
+        return data.draw(st.integers(-n, n - 1))
+    if kind == "slice":
+        lo = data.draw(st.integers(-n - 2, n + 2) | st.none())
+        hi = data.draw(st.integers(-n - 2, n + 2) | st.none())
+        step = data.draw(st.sampled_from([None, 1, 2, -1, -3]))
+        return slice(lo, hi, step)
+    if kind == "ints":
+        assume(n > 0)
+        return data.draw(st.lists(st.integers(-n, n - 1), min_size=1, max_size=4))
+    if kind == "empty":
+        return []
+    return np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
+
+
+@given(sc=scenes(), data=st.data())
+def test_indexing_follows_numpy(sc, data):
+    """Random keys (ints, slices, int lists, empty lists, 1-D and multi-axis masks, boolean
+    scalars, an Ellipsis anywhere) give NumPy's shape, axis order and values, or NumPy's error."""
+    S = sc.build()
+    dense = _ref(sc)
+    H, W, n = dense.shape
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    parts = []
+    axis = 0
+    while axis < 3 and data.draw(st.booleans()):
+        if axis < 2 and data.draw(st.integers(0, 5)) == 0:  # a mask over two axes
+            parts.append(rng.random(dense.shape[axis : axis + 2]) < 0.3)
+            axis += 2
+            continue
+        parts.append(_index_component(data, dense.shape[axis], f"axis{axis}"))
+        axis += 1
+    for extra in data.draw(st.lists(st.sampled_from([True, False, np.True_, Ellipsis]), max_size=2)):
+        if extra is Ellipsis and any(p is Ellipsis for p in parts):
+            continue
+        parts.insert(data.draw(st.integers(0, len(parts))), extra)
+    key = tuple(parts)
+    try:
+        expected = dense[key]
+    except IndexError:  # NumPy refuses (e.g. advanced indices not broadcasting): so do we
+        with pytest.raises(IndexError):
+            S[key]
+        return
+    result = S[key]
+    got = result.todense() if isinstance(result, Sparse3D) else result
+    assert got.shape == expected.shape, key
+    _assert_same(got, expected)
+
+
+@given(
+    nr=st.integers(1, 4),
+    nc=st.integers(1, 4),
+    n=st.integers(0, 6),
+    box=st.integers(1, 5),
+    seed=st.integers(0, 2**32 - 1),
+    layout=st.sampled_from(["box", "grid", "grid_with_repeat"]),
+)
+def test_repeated_positions_refused_exactly_when_present(nr, nc, n, box, seed, layout):
+    """Construction refuses a scene iff some source has two stamp pixels on one position
+    (checked here with Python sets), on the grid fast path and the general path alike."""
+    rng = np.random.default_rng(seed)
+    if layout == "box":  # anywhere in a small box: repeats are likely
+        row = rng.integers(0, box, size=(nr, nc, n)) + rng.integers(-3, 8, size=n)
+        col = rng.integers(0, box, size=(nr, nc, n)) - 2
+    else:  # a grid, possibly flipped or transposed (the check's fast path)
+        R, C = np.mgrid[:nr, :nc]
+        if rng.random() < 0.5:
+            R, C = C * 2, R  # row varies along stamp axis 1, with steps of 2
+        R = R[::-1] if rng.random() < 0.5 else R
+        C = C[:, ::-1] if rng.random() < 0.5 else C
+        row = R[:, :, None] + rng.integers(-3, 8, size=n)
+        col = C[:, :, None] + rng.integers(-3, 8, size=n)
+        if layout == "grid_with_repeat" and n and nr * nc > 1:
+            k = rng.integers(n)
+            i, j = np.unravel_index(rng.choice(nr * nc, size=2, replace=False), (nr, nc))
+            row[i[0], j[0], k], col[i[0], j[0], k] = row[i[1], j[1], k], col[i[1], j[1], k]
+    def distinct(k):
+        return len({(int(r), int(c)) for r, c in zip(row[..., k].ravel(), col[..., k].ravel())})
+
+    repeats = [k for k in range(n) if distinct(k) < nr * nc]
+    data = np.ones((nr, nc, n))
+    if repeats:
+        with pytest.raises(ValueError, match=f"stamp {repeats[0]} covers pixel"):
+            Sparse3D(data, row, col, (6, 6))
+    else:
+        S = Sparse3D(data, row, col, (6, 6))
+        _assert_same(S, dense_reference(data, row, col, (6, 6)))
+
+
+@given(sc=scenes(), seed=st.integers(0, 2**16), data=st.data())
+def test_allclose_across_structures_and_scalars(sc, seed, data):
+    """``np.allclose`` against a scalar, and against an array with other stamps, as NumPy's."""
+    S = sc.build()
+    dense = _ref(sc)
+    x = data.draw(st.sampled_from([0, 0.0, 1e-9, 1.5, -np.inf, np.inf, np.nan]))
+    kw = {"equal_nan": data.draw(st.booleans()), "atol": data.draw(st.sampled_from([1e-8, 3.0]))}
+    with np.errstate(all="ignore"):
+        assert np.allclose(S, x, **kw) == np.allclose(dense, x, **kw)
+        assert np.allclose(x, S, **kw) == np.allclose(x, dense, **kw)
+        dr, dc = data.draw(st.integers(-2, 2)), data.draw(st.integers(-2, 2))
+        T = S.translate((dr, dc))
+        Tdense = dense_reference(sc.data, sc.row + dr, sc.col + dc, sc.imshape, sc.imcorner)
+        assert np.allclose(S, T, **kw) == np.allclose(dense, Tdense, **kw)
+        assert np.allclose(T, S, **kw) == np.allclose(Tdense, dense, **kw)
+
+
+@given(sc=scenes(dtypes=["float64", "float32", "int64", "bool"]), data=st.data())
+def test_reduce_over_no_axes_and_product(sc, data):
+    """``ufunc.reduce(S, axis=())`` keeps NumPy's dtype rules; ``np.prod`` with implicit zeros."""
+    S = sc.build()
+    dense = _ref(sc)
+    ufunc = data.draw(st.sampled_from([np.add, np.multiply, np.logical_and, np.maximum, np.bitwise_or]))
+    try:
+        expected = ufunc.reduce(dense, axis=())
+    except TypeError:
+        with pytest.raises(TypeError):
+            ufunc.reduce(S, axis=())
+        return
+    result = ufunc.reduce(S, axis=())
+    assert result.dtype == expected.dtype
+    _assert_same(result, expected)
+    axis = data.draw(st.sampled_from(REDUCTION_AXES))
+    if dense.dtype.kind == "f":  # exact zeros decided from counts: compare where NumPy is exact
+        finite = np.isfinite(sc.data).all()
+        assume(finite)
+    with np.errstate(all="ignore"):
+        _assert_same(np.prod(S, axis=axis), np.prod(dense, axis=axis), n_terms=4 * dense.size)
+
+
 @given(sc=scenes(), dr=st.integers(-80, 80), dc=st.integers(-80, 80))
 def test_translate(sc, dr, dc):
     S = sc.build()
@@ -416,7 +550,6 @@ def test_conversions(sc):
     for m in (S.tocsr(), S.tocsc(), S.tocoo()):
         assert m.shape == (H * W, n)
         assert m.dtype == sc.data.dtype
-        # scipy sums the duplicate entries of a stamp, like the logical array
         _assert_same(m.toarray(), flat, n_terms=sc.data.shape[0])
     csr = S.tocsr()
     for i in range(csr.shape[0]):
@@ -570,11 +703,18 @@ def test_xarray_image_view(sc, data):
     np.testing.assert_array_equal(da["col"].values, sc.imcorner[1] + np.arange(W))
     with np.errstate(all="ignore"):
         _assert_same(da.sum("source", skipna=False).data, dense.sum(axis=2), n_terms=4 * max(n, 1))
-        # xarray's default skipna replaces NaN by 0 elementwise, i.e. per stored stamp element
-        # (stamp semantics), before the sum: where a stamp covers a pixel twice and one copy is
-        # NaN, this keeps the other copy (np.nansum(S) drops the whole NaN pixel sum instead)
-        no_nan = _ref(sc, np.where(np.isnan(sc.data), 0, sc.data)) if sc.data.dtype.kind == "f" else dense
-        _assert_same(da.sum("source").data, no_nan.sum(axis=2), n_terms=4 * max(n, 1))
+        # xarray's default skipna: NaN counts as 0 (every stored element is one logical element)
+        _assert_same(da.sum("source").data, np.nansum(dense, axis=2), n_terms=4 * max(n, 1))
+        # NaN-aware operations count every logical element, off-stamp zeros included
+        isnan = np.isnan(dense) if dense.dtype.kind == "f" else np.zeros(dense.shape, bool)
+        axis = data.draw(st.sampled_from([None, "source", ("row", "col")]))
+        dims = {"source": 2, ("row", "col"): (0, 1)}.get(axis)
+        _assert_same(_plain(da.count(axis)), np.sum(~isnan, axis=dims), dtype=False)
+        _assert_same(_plain(da.notnull().sum(axis)), np.sum(~isnan, axis=dims), dtype=False)
+        _assert_same(_plain(da.isnull().sum(axis)), np.sum(isnan, axis=dims), dtype=False)
+        if dense.dtype.kind == "f":
+            filled = np.where(isnan, 1.5, dense)
+            _assert_same(_plain(da.fillna(1.5).sum(axis)), filled.sum(axis=dims), n_terms=dense.size)
     a, b = sorted(data.draw(st.lists(st.integers(0, H), min_size=2, max_size=2)))
     c, d = sorted(data.draw(st.lists(st.integers(0, W), min_size=2, max_size=2)))
     assume(a < b and c < d)
@@ -585,6 +725,12 @@ def test_xarray_image_view(sc, data):
     if n:
         sel = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=5)))
         _assert_same(da.isel(source=sel).data, dense[:, :, sel])
+
+
+def _plain(da):
+    """A DataArray's values as an ndarray (densifying sparse.COO results)."""
+    x = da.data
+    return np.asarray(x.todense() if hasattr(x, "todense") else x)
 
 
 def _assert_identical(U, S):
@@ -681,7 +827,7 @@ PROPERTY_TESTS = {
     np.ones_like: "test_elementwise_functions",
     np.empty_like: "test_elementwise_functions",
     np.full_like: "test_elementwise_functions",
-    np.allclose: "test_comparisons",
+    np.allclose: "test_comparisons",  # and test_allclose_across_structures_and_scalars
     np.array_equal: "test_comparisons",
     np.shape: "test_array_facts_and_transpose",
     np.ndim: "test_array_facts_and_transpose",

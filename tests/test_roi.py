@@ -28,7 +28,7 @@ CORNERS = [(5, -3), (9, 0), (11, 2), (28, 20), (-20, -20), (6, 1)]  # overlaps, 
 
 @pytest.fixture
 def case():
-    sc = random_scene(60, imshape=(30, 25), nsources=25, stamp=(5, 4), imcorner=(5, -3), duplicates=True)
+    sc = random_scene(60, imshape=(30, 25), nsources=25, stamp=(5, 4), imcorner=(5, -3))
     return sc, sc.build().roi(CORNERS, (6, 7)), _windows(sc, CORNERS, (6, 7))
 
 

@@ -20,9 +20,9 @@ MB = 1024**2
 
 
 def _scene(seed=0):
-    """A mid-size scene with overlaps, edge-hanging stamps and duplicate pixels."""
+    """A mid-size scene with overlaps and edge-hanging stamps."""
     return random_scene(
-        seed, imshape=(120, 150), stamp=(5, 6), nsources=150, imcorner=(-3, 8), duplicates=True
+        seed, imshape=(120, 150), stamp=(5, 6), nsources=150, imcorner=(-3, 8)
     )
 
 
@@ -231,7 +231,7 @@ def test_huge_image_without_image_sized_allocations(side):
 
 # ---- float32 ------------------------------------------------------------------------------
 def test_float32_stays_float32():
-    sc = random_scene(9, dtype=np.float32, duplicates=True)
+    sc = random_scene(9, dtype=np.float32)
     S = sc.build()
     w = np.ones(S.nsources, dtype=np.float32)
     f32 = np.dtype(np.float32)
@@ -287,12 +287,20 @@ def test_float32_dot_accumulates_accurately():
     np.testing.assert_allclose(np.sum(S), total, rtol=1e-5)
 
 
-def test_dense_allocation_limit_is_per_thread_and_restored():
+def test_dense_allocation_limit_is_process_wide_and_restored():
     S, _, _ = _few_stamps(2000, 2000)
     S.dot(np.ones(S.nsources))
     with sparse3d.set_options(max_dense_bytes=1000):
         with pytest.raises(DenseAllocationError):
             S.dot(np.ones(S.nsources))
-        with ThreadPoolExecutor(1) as pool:  # another thread keeps the default
-            assert pool.submit(lambda: S.dot(np.ones(S.nsources)).shape).result() == (2000, 2000)
+        with ThreadPoolExecutor(1) as pool:  # the limit reaches other threads (Dask's, pools)
+            with pytest.raises(DenseAllocationError):
+                pool.submit(lambda: S.dot(np.ones(S.nsources))).result()
+        dask = pytest.importorskip("dask")
+        lazy = dask.delayed(lambda: S.dot(np.ones(S.nsources)))()
+        with pytest.raises(DenseAllocationError):
+            lazy.compute(scheduler="threads")
+    assert sparse3d.get_options()["max_dense_bytes"] == 2 * 1024**3
     assert S.dot(np.ones(S.nsources)).shape == (2000, 2000)
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(lambda: S.dot(np.ones(S.nsources)).shape).result() == (2000, 2000)

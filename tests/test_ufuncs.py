@@ -1,6 +1,7 @@
 """Every NumPy ufunc and Python operator against a dense NumPy reference (stamp semantics)."""
 
 import operator
+import pickle
 
 import numpy as np
 import pytest
@@ -48,7 +49,11 @@ SIMPLE_UFUNCS = [u for u in ALL_UFUNCS if _input_dtype(u) is not None]
 assert {u.__name__ for u in ALL_UFUNCS} - {u.__name__ for u in SIMPLE_UFUNCS} <= {"isnat", "ldexp"}
 
 
-@pytest.mark.parametrize("ufunc", [u for u in SIMPLE_UFUNCS if u.nin == 1], ids=lambda u: u.__name__)
+# np.logical_not (and ~ on booleans) negates a mask, implicit zeros included: tested below
+STAMP_UNARY = [u for u in SIMPLE_UFUNCS if u.nin == 1 and u is not np.logical_not]
+
+
+@pytest.mark.parametrize("ufunc", STAMP_UNARY, ids=lambda u: u.__name__)
 def test_unary_ufunc_acts_on_stamp_values(ufunc):
     sc = _scene_for(ufunc, imcorner=(-3, 5))
     with np.errstate(all="ignore"):
@@ -240,3 +245,35 @@ def test_out_where_and_other_methods_are_refused():
 def test_dtype_keyword_is_honoured():
     sc = random_scene(12)
     _check(np.add(sc.build(), 1, dtype=np.float32), np.add(sc.data, 1, dtype=np.float32), sc)
+
+
+@pytest.mark.parametrize("dtype", [bool, np.float64, np.int64])
+@pytest.mark.parametrize("negate", [np.logical_not, operator.invert], ids=["logical_not", "invert"])
+def test_negating_a_mask_negates_its_implicit_zeros(dtype, negate):
+    sc = random_scene(8, dtype=dtype, imcorner=(-2, 3))
+    S, dense = sc.build(), sc.dense()
+    if negate is operator.invert and dtype is np.float64:
+        with pytest.raises(TypeError):  # NumPy has no invert for floats
+            ~S
+        return
+    if negate is operator.invert and dtype is not bool:
+        _check(~S, ~sc.data, sc)  # bitwise on numbers: stamp semantics, like np.negative
+        return
+    result = negate(S)
+    assert result.dtype == bool and result.fill_value  # a sparse.COO that is True off the stamps
+    assert pickle.loads(pickle.dumps(result)).fill_value  # picklable (Dask ships it)
+    np.testing.assert_array_equal(result.todense(), np.logical_not(dense))
+    assert int(np.sum(result)) == int(np.logical_not(dense).sum())
+
+
+def test_integer_power_error_only_from_array_contents():
+    # an off-image stamp pixel holds a negative exponent: it is not array content, so it must
+    # not make the operation fail; the contents are computed as NumPy does
+    data = np.array([[[2], [3]], [[-1], [2]]])
+    row = np.array([[[0], [0]], [[-5], [1]]])  # the -1 sits off the image
+    col = np.array([[[0], [1]], [[0], [1]]])
+    E = Sparse3D(data, row, col, (2, 2))
+    result = np.power(2, E)
+    np.testing.assert_array_equal(result.todense()[:, :, 0], [[4, 8], [0, 4]])
+    with pytest.raises(ValueError, match="negative integer powers"):  # content: NumPy's error
+        np.power(2, E.translate((5, 0)))

@@ -111,7 +111,7 @@ ENGINES = ["scipy", "h5netcdf", "netcdf4"]
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int32, np.int64, bool])
 def test_netcdf_round_trip(tmp_path, engine, dtype):
     pytest.importorskip({"scipy": "scipy.io", "h5netcdf": "h5py", "netcdf4": "netCDF4"}[engine])
-    sc = random_scene(53, dtype=dtype, imcorner=(-3, 7), duplicates=True)
+    sc = random_scene(53, dtype=dtype, imcorner=(-3, 7))
     S = sc.build()
     path = tmp_path / f"scene-{engine}.nc"
     da = S.to_xarray(view="stamps", name="psf")
