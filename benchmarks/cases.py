@@ -54,6 +54,7 @@ Factory = Callable[[Scene], Prepared]
 #: Case name -> one-line description, in report order.
 CASES: dict[str, str] = {
     "pipeline": "construct X, Y + build L (tutorial expression) + L.dot(w)",
+    "pipeline_f32": "the pipeline on float32 offsets, phases and brightnesses",
     "construct_xy": "construct X and Y from the raw stamp arrays",
     "build_L": "L = exp(-0.5*((X-rp)**2/s**2 + (Y-cp)**2/s**2)) * 1/(2 pi s**2)",
     "build_L_hint": "hint variant: dX1, dY1 from arrays, exp(dX1 + dY1) * c",
@@ -72,13 +73,24 @@ CASES: dict[str, str] = {
     "xarray_sel": "L.to_xarray().sel(source=i), materialised",
     "fit": "fit brightnesses to the noisy image",
     "fit_frames100": "fit brightnesses to 100 noisy frames (H, W, 100) at once",
+    "fit_weights_err": "res.weights_err after L.fit(image) (the fit itself untimed)",
+    "fit_superlu": "L.fit(image, solver='superlu') (SciPy's SuperLU; solver comparison)",
+    "fit_cholmod": "L.fit(image, solver='cholmod') (opt-in GPL CHOLMOD; solver comparison)",
+    "fit_csr": "fit_design(L.tocsr(), image): the general path (SciPy A^T A), default solver",
     "psf_gaussian": "sparse3d.psf.Gaussian(sigma).design(row, col, imshape, stamp): the same scene's L",
     "psf_gaussian_derivs": "Gaussian design plus d/drow, d/dcol, d/dsigma stamps (4 arrays, one structure)",
     "shift": "L.shift((0.3, -0.2)): fractional move of every stamp (sinc resampling)",
 }
 
+#: Cases timed interleaved with a reference case, whose runs are stored as ``"<impl>@<case>"``
+#: (float32 against float64 in the same rounds: a ratio of two cases timed minutes apart
+#: on a shared machine says more about the load than about the code).
+PAIRED = {"pipeline_f32": "pipeline"}
+
 #: Cases that need ``scene.fake_data``.
-NEEDS_FAKE_DATA = frozenset({"tensordot", "fit", "fit_frames100"})
+NEEDS_FAKE_DATA = frozenset(
+    {"tensordot", "fit", "fit_frames100", "fit_weights_err", "fit_superlu", "fit_cholmod", "fit_csr"}
+)
 
 
 def summarize(arr: np.ndarray) -> dict:

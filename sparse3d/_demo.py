@@ -255,7 +255,8 @@ def run_demo(
 def _solver_name() -> str:
     from .fit import available_solvers
 
-    return "CHOLMOD" if "cholmod" in available_solvers() else "SciPy SuperLU"
+    names = {"qdldl": "qdldl", "superlu": "SciPy SuperLU", "cholmod": "CHOLMOD"}
+    return names[available_solvers()[0]]  # what solver="auto" picks
 
 
 def _figures(

@@ -14,9 +14,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
-from . import _functions, _ufuncs
+from . import _functions, _pool, _ufuncs
 from ._options import check_dense_allocation
-from ._structure import StampStructure, _as_pair, index_dtype, readonly_view, structure_from_positions
+from ._structure import (
+    StampStructure,
+    _as_pair,
+    index_dtype,
+    owned_copy,
+    readonly_view,
+    structure_from_positions,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
@@ -57,12 +64,11 @@ def _checked_values(arr: np.ndarray, name: str = "data") -> np.ndarray:
 
 def _owned_values(data, name: str = "data") -> np.ndarray:
     try:
-        arr = np.array(data, copy=True, order="C")
+        arr = np.asarray(data)
     except ValueError as exc:  # ragged nested sequences
         raise ValueError(f"{name} must be a regular (non-ragged) numeric array: {exc}") from None
-    arr = _checked_values(arr, name)
-    arr.flags.writeable = False
-    return arr
+    # a copy no one else can modify; broadcast inputs are copied compactly, not expanded
+    return owned_copy(_checked_values(arr, name))
 
 
 class Sparse3D(NDArrayOperatorsMixin):
@@ -157,6 +163,13 @@ class Sparse3D(NDArrayOperatorsMixin):
         obj._structure = structure
         return obj
 
+    def __del__(self):
+        # the values buffer of a dying array goes to the pool if no one else holds it
+        try:
+            _pool.give_back(self._values, 1)
+        except Exception:  # noqa: BLE001 - never raise from __del__ (interpreter shutdown, ...)
+            pass
+
     def with_data(self, data) -> Sparse3D:
         """A new array with the same stamps (positions, bounds) and new stamp values.
 
@@ -243,8 +256,9 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by values and positions."""
-        return self._values.nbytes + self.row.nbytes + self.col.nbytes
+        """Bytes held by values and positions (the stored ones: a translation shares them)."""
+        s = self._structure
+        return self._values.nbytes + s._row.nbytes + s._col.nbytes
 
     @property
     def real(self) -> Sparse3D:
@@ -339,7 +353,18 @@ class Sparse3D(NDArrayOperatorsMixin):
         drow, dcol = _as_pair(position, "position", positive=False)
         if drow == 0 and dcol == 0:
             return self
-        return Sparse3D._from_parts(self._values, self._structure.translated(drow, dcol))
+        moved = Sparse3D._from_parts(self._values, self._structure.translated(drow, dcol))
+        moved.__dict__["_family"] = self._family  # same values, same stored positions
+        return moved
+
+    @cached_property
+    def _family(self) -> dict:
+        """Caches shared by this array and its translations (same values, same stored positions).
+
+        ``"nproducts"``/``"elements"`` count the family's products; ``"sorted_values"`` holds
+        the values in the structure's :meth:`~sparse3d._structure.StampStructure.sorted_order`.
+        """
+        return {}
 
     def shift(self, shift) -> Sparse3D:
         """A new array with every stamp moved by fractional pixels ``(drow, dcol)``.
@@ -520,8 +545,8 @@ class Sparse3D(NDArrayOperatorsMixin):
         out = np.zeros(self.shape, dtype=self.dtype)
         s = self._structure
         m = s.in_image
-        r = np.subtract(s.row[m], s.imcorner[0], dtype=np.int64)
-        c = np.subtract(s.col[m], s.imcorner[1], dtype=np.int64)
+        r = np.subtract(s._row[m], s.root_corner[0], dtype=np.int64)
+        c = np.subtract(s._col[m], s.root_corner[1], dtype=np.int64)
         k = np.broadcast_to(np.arange(self.nsources), self.stamp_shape)[m]
         np.add.at(out, (r, c, k), self._values[m])
         return out
@@ -551,54 +576,93 @@ class Sparse3D(NDArrayOperatorsMixin):
 
         return ROISparse3D(self, corners, size)
 
-    def fit(self, data, errors=None, prior_mu=None, prior_sigma=None, mask=None) -> FitResult:
+    def fit(
+        self,
+        data,
+        errors=None,
+        prior_mu=None,
+        prior_sigma=None,
+        mask=None,
+        *,
+        background=None,
+        dq=None,
+        bad_bits=None,
+        saturation=None,
+    ) -> FitResult:
         """Least-squares weights (brightnesses) of every source, for one image or many frames.
 
-        Solves ``min_w Σ ((data - S·w) / errors)² + Σ ((w - prior_mu) / prior_sigma)²`` over the
-        unmasked pixels through the normal equations, factorised **once** (sparse Cholesky:
-        CHOLMOD from ``cvxopt`` when installed, SciPy's SuperLU otherwise) for all frames.
+        Solves ``min Σ ((data - S·w - sky) / errors)² + Σ ((w - prior_mu) / prior_sigma)²`` over
+        the unmasked pixels through the normal equations, factorised **once** (a sparse
+        ``L D L^T`` from ``qdldl``; see :func:`sparse3d.fit.fit_design` for the other solvers)
+        for all frames that share an error map and mask. With regular stamps the normal matrix
+        is built from the stamps directly.
 
         Parameters
         ----------
-        data : numpy.ndarray, shape (H, W) or (H, W, k)
+        data : array_like, shape (H, W) or (H, W, k)
             An image or a stack of ``k`` frames (the layout ``np.dot(S, w)`` returns, so
-            ``S.fit(S @ w).weights`` recovers ``w``). A Dask array gives lazy weights.
-        errors : numpy.ndarray, optional
+            ``S.fit(S @ w).weights`` recovers ``w``). A ``numpy.ma.MaskedArray`` (its mask is
+            honoured), an astropy ``Quantity`` or an ``NDData``/``CCDData``-like object
+            (``.data``, ``.mask``, ``.uncertainty``, ``.unit``) is read accordingly. A Dask
+            array gives lazy weights (without the keyword-only options below).
+        errors : array_like, optional
             Per-pixel 1-σ uncertainties, shape ``(H, W)`` (shared by all frames, one
-            factorisation) or the shape of ``data``: weighted least squares.
+            factorisation) or the shape of ``data``; ``np.inf`` masks a pixel.
         prior_mu, prior_sigma : float or numpy.ndarray, optional
             Per-source Gaussian priors (scalars or ``(nsources,)``); they also regularise
             sources with little or no data.
         mask : numpy.ndarray of bool, optional
-            ``(H, W)``; True marks pixels to ignore (bad or saturated).
+            ``(H, W)`` or per frame ``(H, W, k)``; True marks pixels to ignore.
+        background : optional
+            Sky fitted jointly: ``"constant"``, ``"plane"``, ``("poly", n)``,
+            ``sparse3d.fit.BilinearGrid(tile=(64, 64))``, ... (one per frame of a stack).
+        dq, bad_bits : optional
+            Integer data-quality array and the bits that mark bad pixels.
+        saturation : float, optional
+            Pixels at or above this level are masked and their sources flagged.
 
         Returns
         -------
         FitResult
             ``.weights`` ``(nsources,)`` or ``(nsources, k)``; ``.weights_err`` (1-σ, the
             diagonal of the inverse normal matrix by selected inversion — no dense inverse);
-            ``.model`` (best-fit image(s)); ``.chi2``. Sources with no unmasked pixel and no
-            prior get NaN and one warning that counts them.
+            ``.background``, ``.background_err``, ``.background_image``; ``.model``,
+            ``.residuals``; ``.chi2``, ``.source_chi2``, ``.flags``; ``.covariance()``;
+            ``.to_xarray()``, ``.to_table()``. Sources with no unmasked pixel and no prior get
+            NaN and one warning that counts them.
 
         Raises
         ------
         sparse3d.SingularNormalMatrixError
             When sources that do have data are degenerate (e.g. identical stamps); the
             exception lists them in ``.sources``.
+        NotImplementedError
+            For Dask data with ``background``, ``dq``, ``bad_bits`` or ``saturation``.
         """
         backend = _functions.lazy_backend(data)
         if backend is not None:  # lazy weights on Dask frames; see sparse3d.dask.fit
+            extra = {"background": background, "dq": dq, "bad_bits": bad_bits, "saturation": saturation}
+            given = [k for k, v in extra.items() if v is not None]
+            if given:
+                raise NotImplementedError(
+                    f"S.fit on Dask frames does not support {', '.join(given)}; compute the frames "
+                    "(np.asarray) and fit them eagerly, or fit without these options"
+                )
             return backend.fit(self, data, errors, prior_mu, prior_sigma, mask)
         from .fit import fit_design
 
         return fit_design(
-            self.tocsc(),
+            self,
             data,
             imshape=self.imshape,
             errors=errors,
             prior_mu=prior_mu,
             prior_sigma=prior_sigma,
             mask=mask,
+            background=background,
+            dq=dq,
+            bad_bits=bad_bits,
+            saturation=saturation,
         )
 
 

@@ -18,10 +18,12 @@ parent array has no content there).
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import _functions
 from ._functions import scatter_sum, scipy_values
 from ._options import check_dense_allocation
 from ._structure import _as_pair, check_position_range, index_dtype, readonly_view
@@ -97,7 +99,20 @@ class ROISparse3D:
         self.array = array
         self._corners = _as_corners(corners)
         self.size = _as_pair(size, "size", positive=True)
-        self._elements, self._pixels = self._map()
+
+    @cached_property
+    def _mapping(self) -> tuple[np.ndarray, np.ndarray]:
+        # built on first use: products of translated arrays read the windows through the
+        # structure's pixel-sorted order instead (see dot), so translate stays O(1)
+        return self._map()
+
+    @property
+    def _elements(self) -> np.ndarray:
+        return self._mapping[0]
+
+    @property
+    def _pixels(self) -> np.ndarray:
+        return self._mapping[1]
 
     # -- facts --------------------------------------------------------------------------
     @property
@@ -217,6 +232,25 @@ class ROISparse3D:
         if w.ndim not in (1, 2) or w.shape[0] != n:
             raise ValueError(f"weights must be (nsources,) or (nsources, k) with nsources={n}; got {w.shape}")
         dtype = np.result_type(self.dtype, w.dtype)
+        if _functions._fast_product(self.array, dtype, w.dtype) is not None:
+            from . import _kernels
+
+            k = 1 if w.ndim == 1 else w.shape[1]
+            check_dense_allocation(self.npixels * k * dtype.itemsize, f"a model of {self.nrois} windows")
+            s = self.array._structure
+            order = s.sorted_order()[1:]
+            out = _kernels.roi_scatter(
+                order,
+                _functions.sorted_values(self.array),
+                s.offset,
+                s.imcorner,
+                s.imshape,
+                self._corners,
+                self.size,
+                w.reshape(n, -1),
+                dtype,
+            )
+            return out[..., 0] if w.ndim == 1 else out
         vals = self.array.data.ravel()[self._elements]
         src = self._sources()
         shape = (self.nrois, *self.size)
@@ -277,49 +311,80 @@ class ROISparse3D:
         return ROISparse3D(self.array.translate(position), self.corners, self.size)
 
     # -- fitting and views ------------------------------------------------------------------------
-    def fit(self, data, errors=None, prior_mu=None, prior_sigma=None, mask=None) -> FitResult:
+    def fit(
+        self,
+        data,
+        errors=None,
+        prior_mu=None,
+        prior_sigma=None,
+        mask=None,
+        *,
+        background=None,
+        dq=None,
+        bad_bits=None,
+        saturation=None,
+    ) -> FitResult:
         """Fit every source's weight to data given in the window layout.
 
         Parameters
         ----------
-        data : numpy.ndarray, shape (nrois, h, w) or (nrois, h, w, k)
-            The windows' pixels (``k`` frames along the last axis).
-        errors, mask : numpy.ndarray, optional
-            Same layout as ``data`` (``mask`` and shared ``errors`` without the frame axis).
-        prior_mu, prior_sigma
-            Per-source Gaussian priors, as in :meth:`Sparse3D.fit`.
+        data : array_like, shape (nrois, h, w) or (nrois, h, w, k)
+            The windows' pixels (``k`` frames along the last axis); a masked array, a
+            ``Quantity`` or an NDData-like object is read as in :meth:`Sparse3D.fit`.
+        errors, mask, dq : numpy.ndarray, optional
+            Same layout as ``data`` (or without the frame axis, shared by every frame);
+            ``errors=np.inf`` masks a pixel; ``dq`` needs ``bad_bits``.
+        prior_mu, prior_sigma, bad_bits, saturation
+            As in :meth:`Sparse3D.fit`.
+        background : None
+            Not supported: the windows do not form one image on which a sky model is
+            defined (NotImplementedError); fit a constant per window as extra sources.
 
         Returns
         -------
         FitResult
-            As :meth:`Sparse3D.fit`, with ``model`` in the window layout. Sources whose
-            stamps miss every window are unconstrained (NaN) unless they have a prior.
+            As :meth:`Sparse3D.fit`, with ``model`` and ``residuals`` in the window layout.
+            Sources whose stamps miss every window are unconstrained (NaN) unless they
+            have a prior.
         """
         from .fit import fit_design
+        from .fit._inputs import _read_inputs
 
+        if background is not None:
+            raise NotImplementedError(
+                "ROISparse3D.fit does not support background: the windows do not form one image; "
+                "add a window of ones per ROI as extra sources, or fit the full image with Sparse3D.fit"
+            )
         h, w = self.size
         shape = (self.nrois, h, w)
+        inputs = _read_inputs(data, errors, mask, dq, bad_bits)
 
-        def flat(x, name, frames_ok=True):
+        def flat(x, name):
             if x is None:
                 return None
             x = np.asarray(x)
-            if x.shape[:3] != shape or x.ndim not in ((3, 4) if frames_ok else (3,)):
+            if x.shape[:3] != shape or x.ndim not in (3, 4):
                 raise ValueError(f"{name} must have the window layout {shape}[+ (k,)]; got {x.shape}")
             return x.reshape((self.nrois * h, w, *x.shape[3:]))
 
-        d = flat(data, "data")
+        d = flat(inputs.data, "data")
         res = fit_design(
             self.tocsc(),
             d,
             imshape=(self.nrois * h, w),
-            errors=flat(errors, "errors"),
+            errors=flat(inputs.errors, "errors"),
             prior_mu=prior_mu,
             prior_sigma=prior_sigma,
-            mask=flat(mask, "mask", frames_ok=False),
+            mask=flat(inputs.mask, "mask"),
+            saturation=saturation,
         )
         inner = res._model_fn
-        return dataclasses.replace(res, _model_fn=lambda: inner().reshape((*shape, *d.shape[2:])))
+
+        def layout(x):
+            return x.reshape((*shape, *x.shape[2:]))
+
+        res = dataclasses.replace(res, _model_fn=lambda: layout(inner()), _reshape=layout)
+        return res._with_unit(inputs.unit)
 
     def to_xarray(self, sources=None, name: str | None = None) -> xr.DataArray:
         """Labeled view ``(roi, roi_row, roi_col, source)`` backed by a ``sparse.COO``.

@@ -17,7 +17,7 @@ xarray is imported only when a view is asked for.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,8 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import xarray as xr
 
     from .core import Sparse3D
+    from .fit import FitResult
 
-__all__ = ["to_xarray", "from_xarray", "IMAGE_DIMS", "STAMP_DIMS"]
+__all__ = ["to_xarray", "from_xarray", "fit_result_to_xarray", "IMAGE_DIMS", "STAMP_DIMS"]
 
 IMAGE_DIMS = ("row", "col", "source")
 STAMP_DIMS = ("stamp_row", "stamp_col", "source")
@@ -139,3 +140,56 @@ def from_xarray(da: xr.DataArray) -> Sparse3D:
     imshape = _as_pair(attrs["imshape"], "the imshape attribute", positive=True)
     imcorner = _as_pair(attrs["imcorner"], "the imcorner attribute", positive=False)
     return Sparse3D(values, row, col, imshape=imshape, imcorner=imcorner)
+
+
+def fit_result_to_xarray(res: FitResult, part: str = "sources") -> xr.Dataset:
+    """The :class:`~sparse3d.fit.FitResult` as a Dataset; see :meth:`FitResult.to_xarray`."""
+    import xarray as xr
+
+    from .fit.diagnostics import FitFlags
+    from .fit.result import _plain
+
+    stack = np.ndim(_plain(res.weights)) == 2
+    attrs: dict[str, Any] = {"solver": res.solver, "n_factorizations": res.n_factorizations}
+    attrs.update({f"flag_{f.name}": int(f.value) for f in FitFlags})
+    if res.unit is not None:
+        attrs["unit"] = str(res.unit)
+
+    def dims(x: Any, first: str) -> tuple[str, ...]:
+        return (first, "frame") if np.ndim(x) == 2 else (first,)
+
+    if part == "background":
+        if res.background is None:
+            raise ValueError("to_xarray('background'): this fit has no background model")
+        b = _plain(res.background)
+        terms = res.background_labels
+        data = {"background": (dims(b, "term"), b)}
+        if res.background_err is not None:
+            be = _plain(res.background_err)
+            data["background_err"] = (dims(be, "term"), be)
+        return xr.Dataset(data, coords={"term": list(terms)}, attrs=attrs)
+    if part != "sources":
+        raise ValueError(f"part must be 'sources' or 'background', got {part!r}")
+    w = _plain(res.weights)
+    data = {"weights": (dims(w, "source"), w)}
+    if res.weights_err is not None:
+        we = _plain(res.weights_err)
+        data["weights_err"] = (dims(we, "source"), we)
+    if res._context is not None:
+        for name in ("source_chi2", "source_npix", "flags"):
+            v = getattr(res, name)
+            data[name] = (dims(v, "source"), v)
+    data["unconstrained"] = (("source",), res.unconstrained)
+    if stack:
+        data["chi2"] = (("frame",), np.asarray(res.chi2))
+        if np.ndim(res.n_pixels) == 1:
+            data["n_pixels"] = (("frame",), np.asarray(res.n_pixels))
+        else:
+            attrs["n_pixels"] = int(res.n_pixels)
+    else:
+        attrs["chi2"] = float(res.chi2)
+        attrs["n_pixels"] = int(res.n_pixels)
+    coords = {"source": np.arange(w.shape[0])}
+    if stack:
+        coords["frame"] = np.arange(w.shape[1])
+    return xr.Dataset(data, coords=coords, attrs=attrs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -454,6 +455,13 @@ CASES = [
         ValueError,
         "max_dense_bytes must be a non-negative",
     ),
+    Case(
+        "options-pool",
+        "`sparse3d.set_options(buffer_pool_bytes=1.5)`",
+        lambda: sparse3d.set_options(buffer_pool_bytes=1.5),
+        ValueError,
+        "buffer_pool_bytes must be a non-negative int; got 1.5",
+    ),
 ]
 
 if importlib.util.find_spec("sparse3d.xarray") is not None and importlib.util.find_spec("xarray") is not None:
@@ -576,7 +584,321 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
             _singular_error(),
             "source(s) are linearly dependent on other sources",
         ),
+        Case(
+            "fit-complex-data",
+            "`S.fit(data)`, complex `data`",
+            lambda: _S().fit(np.ones((10, 10)) * (1 + 1j)),
+            TypeError,
+            "data must be real; got complex dtype complex128",
+        ),
+        Case(
+            "fit-complex-design",
+            "`S.fit(data)`, complex stamp values",
+            lambda: (_S() * 1j).fit(np.ones((10, 10))),
+            TypeError,
+            "A must be real; got complex dtype complex128",
+        ),
+        Case(
+            "fit-complex-errors",
+            "`S.fit(data, errors=e)`, complex `e`",
+            lambda: _S().fit(np.ones((10, 10)), errors=np.ones((10, 10)) * (1 + 1j)),
+            TypeError,
+            "errors must be real",
+        ),
+        Case(
+            "fit-solver",
+            "`fit_design(A, data, imshape=..., solver='cholmod')` without `cvxopt`",
+            lambda: _missing_solver(),
+            ValueError,
+            "solver='cholmod' needs the optional dependency cvxopt (GPL-3.0-or-later)",
+        ),
     ]
+
+    # ---- the fit on real data: background, masks, uncertainties, units, diagnostics ----------
+    def _img():
+        return np.ones((10, 10))
+
+    def _duck_nddata(unc_type="std", unit=None, unc_unit=None):
+        unc = types.SimpleNamespace(array=np.ones((10, 10)), uncertainty_type=unc_type, unit=unc_unit)
+        return types.SimpleNamespace(data=_img(), mask=None, unit=unit, uncertainty=unc)
+
+    def _stack_fit(**kw):
+        rng = np.random.default_rng(0)
+        return _S().fit(rng.normal(size=(10, 10, 2)), errors=rng.uniform(1, 2, (10, 10, 2)), **kw)
+
+    def _no_errors_fit():
+        from sparse3d.fit import fit_design
+
+        return fit_design(_S(), _img(), imshape=(10, 10), return_errors=False)
+
+    def _polynomial(*args, **kw):
+        from sparse3d.fit import Polynomial
+
+        return Polynomial(*args, **kw)
+
+    def _grid(*args, **kw):
+        from sparse3d.fit import BilinearGrid
+
+        return BilinearGrid(*args, **kw)
+
+    CASES += [
+        Case(
+            "fit-background-spec",
+            '`S.fit(data, background="sky")`',
+            lambda: _S().fit(_img(), background="sky"),
+            ValueError,
+            "background must be None, 'constant', 'plane', ('poly', order)",
+        ),
+        Case(
+            "fit-background-order",
+            '`Polynomial(order=-1)` (or `background=("poly", -1)`)',
+            lambda: _polynomial(-1),
+            ValueError,
+            "background polynomial order must be an int >= 0",
+        ),
+        Case(
+            "fit-background-tile",
+            "`BilinearGrid(tile=0)`",
+            lambda: _grid(0),
+            ValueError,
+            "background tile must be an int or a pair of ints >= 1",
+        ),
+        Case(
+            "fit-background-prior",
+            "`Polynomial(1, prior_mu=1)` without `prior_sigma`",
+            lambda: _polynomial(1, prior_mu=1.0),
+            ValueError,
+            "background prior_mu requires prior_sigma",
+        ),
+        Case(
+            "fit-background-prior-shape",
+            "`S.fit(data, background=Polynomial(1, prior_sigma=[1, 2]))` (3 coefficients)",
+            lambda: _S().fit(_img(), background=_polynomial(1, prior_sigma=[1.0, 2.0])),
+            ValueError,
+            "background prior_sigma must be a scalar or have shape (ncoefficients,) = (3,)",
+        ),
+        Case(
+            "fit-masks-incompatible",
+            "`S.fit(masked_stack, dq=dq, bad_bits=1)`, masks of different frame counts",
+            lambda: _S().fit(
+                np.ma.MaskedArray(np.ones((10, 10, 2)), mask=False),
+                dq=np.zeros((10, 10, 3), int),
+                bad_bits=1,
+            ),
+            ValueError,
+            "have incompatible shapes (10, 10, 2) and (10, 10, 3)",
+        ),
+        Case(
+            "fit-saturation-nan",
+            "`S.fit(data, saturation=np.nan)`",
+            lambda: _S().fit(_img(), saturation=np.nan),
+            ValueError,
+            "saturation must not be NaN",
+        ),
+        Case(
+            "fit-covariance-no-errors",
+            "`fit_design(..., return_errors=False).covariance()`",
+            lambda: _no_errors_fit().covariance(),
+            ValueError,
+            "covariance() needs the factorisation: fit with return_errors=True",
+        ),
+        Case(
+            "fit-mask-dq-like",
+            "`S.fit(data, mask=m)`, `m` integers other than 0/1",
+            lambda: _S().fit(_img(), mask=np.full((10, 10), 4)),
+            ValueError,
+            "look like a data-quality bitmask: pass it as dq=array with bad_bits=",
+        ),
+        Case(
+            "fit-mask-dtype",
+            "`S.fit(data, mask=m)`, `m` float",
+            lambda: _S().fit(_img(), mask=np.zeros((10, 10))),
+            ValueError,
+            "mask must be a boolean array",
+        ),
+        Case(
+            "fit-mask-frames",
+            "`S.fit(image, mask=m)`, `m` of shape `(H, W, k)` for one image",
+            lambda: _S().fit(_img(), mask=np.zeros((10, 10, 3), bool)),
+            ValueError,
+            "mask must have shape (H, W) = (10, 10)",
+        ),
+        Case(
+            "fit-dq-without-bits",
+            "`S.fit(data, dq=dq)` without `bad_bits`",
+            lambda: _S().fit(_img(), dq=np.zeros((10, 10), int)),
+            ValueError,
+            "dq requires bad_bits",
+        ),
+        Case(
+            "fit-bits-without-dq",
+            "`S.fit(data, bad_bits=4)` without `dq`",
+            lambda: _S().fit(_img(), bad_bits=4),
+            ValueError,
+            "bad_bits requires dq",
+        ),
+        Case(
+            "fit-dq-dtype",
+            "`S.fit(data, dq=dq, bad_bits=1)`, `dq` float",
+            lambda: _S().fit(_img(), dq=np.zeros((10, 10)), bad_bits=1),
+            ValueError,
+            "dq must be an integer data-quality array",
+        ),
+        Case(
+            "fit-bad-bits",
+            "`S.fit(data, dq=dq, bad_bits=0)`",
+            lambda: _S().fit(_img(), dq=np.zeros((10, 10), int), bad_bits=0),
+            ValueError,
+            "bad_bits must be a positive int",
+        ),
+        Case(
+            "fit-errors-twice",
+            "`S.fit(nddata, errors=e)`, `nddata.uncertainty` set too",
+            lambda: _S().fit(_duck_nddata(), errors=_img()),
+            ValueError,
+            "errors given twice",
+        ),
+        Case(
+            "fit-uncertainty-type",
+            "`S.fit(nddata)`, `nddata.uncertainty.uncertainty_type` not std/var/ivar",
+            lambda: _S().fit(_duck_nddata("mad")),
+            ValueError,
+            "uncertainty_type 'std', 'var' or 'ivar'",
+        ),
+        Case(
+            "fit-uncertainty-unit",
+            "`S.fit(nddata)`, uncertainty has a unit but data has none",
+            lambda: _S().fit(_duck_nddata(unc_unit="adu")),
+            ValueError,
+            "data.uncertainty has unit adu but data has no unit",
+        ),
+        Case(
+            "fit-saturation",
+            '`S.fit(data, saturation="high")`',
+            lambda: _S().fit(_img(), saturation="high"),
+            ValueError,
+            "saturation must be a real number",
+        ),
+        Case(
+            "fit-covariance-frame",
+            "`res.covariance()` of a stack fitted with several normal matrices",
+            lambda: _stack_fit().covariance(),
+            ValueError,
+            "pass frame= to covariance()",
+        ),
+        Case(
+            "fit-covariance-frame-range",
+            "`res.covariance(frame=5)` of a 2-frame stack",
+            lambda: _stack_fit().covariance(frame=5),
+            ValueError,
+            "frame must be in [0, 2)",
+        ),
+        Case(
+            "fit-blended-threshold",
+            "`res.blended(threshold=1.5)`",
+            lambda: _S().fit(_img()).blended(1.5),
+            ValueError,
+            "threshold must be in [0, 1)",
+        ),
+        Case(
+            "fit-to-xarray-part",
+            '`res.to_xarray("frames")`',
+            lambda: _S().fit(_img()).to_xarray("frames"),
+            ValueError,
+            "part must be 'sources' or 'background'",
+        ),
+        Case(
+            "fit-to-xarray-background",
+            '`res.to_xarray("background")` of a fit without background',
+            lambda: _S().fit(_img()).to_xarray("background"),
+            ValueError,
+            "this fit has no background model",
+        ),
+        Case(
+            "roi-fit-background",
+            '`roi.fit(data, background="constant")`',
+            lambda: _S().roi([(0, 0)], (4, 4)).fit(np.ones((1, 4, 4)), background="constant"),
+            NotImplementedError,
+            "ROISparse3D.fit does not support background",
+        ),
+    ]
+
+    if importlib.util.find_spec("dask") is not None:
+
+        def _masked_dask():
+            import dask.array as da
+
+            return da.from_array(np.ma.MaskedArray(np.ones((10, 10, 2)), mask=False), chunks=(10, 10, 1))
+
+        def _dask_fit(**kw):
+            import dask.array as da
+
+            return _S().fit(da.ones((10, 10, 2), chunks=(10, 10, 1)), **kw)
+
+        CASES += [
+            Case(
+                "dask-fit-background",
+                "`S.fit(dask_frames, background=..., dq=..., saturation=...)`",
+                lambda: _dask_fit(background="plane", saturation=3.0),
+                NotImplementedError,
+                "S.fit on Dask frames does not support background, saturation",
+            ),
+            Case(
+                "dask-fit-masked",
+                "`S.fit(dask_frames)`, the chunks masked arrays",
+                lambda: _S().fit(_masked_dask()),
+                NotImplementedError,
+                "S.fit on masked Dask frames is not supported",
+            ),
+        ]
+
+    if importlib.util.find_spec("astropy") is not None:
+
+        def _u():
+            import astropy.units as u
+
+            return u
+
+        CASES += [
+            Case(
+                "fit-units-plain-errors",
+                "`S.fit(data * u.adu, errors=e)`, `e` a plain array",
+                lambda: _S().fit(_img() * _u().adu, errors=_img()),
+                ValueError,
+                "data has unit adu but errors is a plain array",
+            ),
+            Case(
+                "fit-units-mismatch",
+                "`S.fit(data * u.adu, errors=e * u.s)`",
+                lambda: _S().fit(_img() * _u().adu, errors=_img() * _u().s),
+                ValueError,
+                "errors has unit s, which does not convert to the unit adu",
+            ),
+            Case(
+                "fit-units-errors-only",
+                "`S.fit(data, errors=e * u.adu)`, data without unit",
+                lambda: _S().fit(_img(), errors=_img() * _u().adu),
+                ValueError,
+                "errors has unit adu but data has none",
+            ),
+            Case(
+                "fit-saturation-quantity",
+                "`S.fit(data * u.adu, saturation=6e4 * u.adu)`",
+                lambda: _S().fit(_img() * _u().adu, saturation=6e4 * _u().adu),
+                ValueError,
+                "saturation must be a plain number in the data's unit",
+            ),
+        ]
+
+    def _missing_solver():
+        from sparse3d.fit import factor, fit_design
+
+        saved = factor._CHOLMOD_TRIED, factor._cholmod
+        factor._CHOLMOD_TRIED, factor._cholmod = True, None  # as if cvxopt were not installed
+        try:
+            fit_design(_S().tocsr(), np.ones((10, 10)), imshape=(10, 10), solver="cholmod")
+        finally:
+            factor._CHOLMOD_TRIED, factor._cholmod = saved
 
 
 # ---- the distributed scene fit (SourceChunked.fit) ------------------------------------------
@@ -934,6 +1256,65 @@ def _psf_cases():
 
 
 CASES += _psf_cases()
+
+# ---- scene fits: sparse3d.photometry (positions, jitter) -------------------------------------
+def _photometry_cases():
+    from sparse3d.photometry import fit_jitter, fit_positions
+    from sparse3d.psf import Gaussian
+
+    G = Gaussian(1.0)
+    img = np.ones((12, 12))
+    stack = np.ones((12, 12, 3))
+    r, c = np.array([5.0]), np.array([6.0])
+
+    def pos(**kw):
+        args = dict(data=img, row=r, col=c)
+        args.update(kw)
+        return lambda: fit_positions(G, args.pop("data"), args.pop("row"), args.pop("col"), **args)
+
+    nan_img = img.copy()
+    nan_img[3, 3] = np.nan
+    return [
+        Case("positions-data-ndim", "`fit_positions(psf, stack_3d, row, col)`", pos(data=stack),
+             ValueError, "data must have shape (H, W)"),
+        Case("positions-data-nan", "`fit_positions(psf, image_with_nan, ...)`, NaN not masked",
+             pos(data=nan_img), ValueError, "data contains non-finite values in unmasked pixels"),
+        Case("positions-row-nan", "`fit_positions(psf, image, [np.nan], col)`", pos(row=np.array([np.nan])),
+             ValueError, "row must be finite"),
+        Case("positions-row-col-length", "`fit_positions(psf, image, row, col)`, lengths differ",
+             pos(col=np.array([1.0, 2.0])), ValueError, "row and col must have the same length"),
+        Case("positions-errors", "`fit_positions(..., errors=e)`, `e` with 0, negative or NaN values",
+             pos(errors=np.zeros((12, 12))), ValueError,
+             "errors must be positive (np.inf marks a masked pixel)"),
+        Case("positions-errors-shape", "`fit_positions(..., errors=e)`, `e` of the wrong shape",
+             pos(errors=np.ones((3, 3))), ValueError, "errors must have shape (12, 12)"),
+        Case("positions-mask-dtype", "`fit_positions(..., mask=m)`, `m` not boolean",
+             pos(mask=np.zeros((12, 12))), ValueError, "mask must be a boolean array"),
+        Case("positions-fix", "`fit_positions(..., fix=f)`, `f` not boolean `(nsources,)`",
+             pos(fix=np.array([1, 0])), ValueError, "fix must be a boolean array of shape (nsources,)"),
+        Case("positions-prior", "`fit_positions(..., position_prior_sigma=0)`",
+             pos(position_prior_sigma=0.0), ValueError, "position_prior_sigma must be > 0"),
+        Case("positions-flux-prior", "`fit_positions(..., flux_prior_mu=m)` without `flux_prior_sigma`",
+             pos(flux_prior_mu=1.0), ValueError, "flux_prior_mu requires flux_prior_sigma"),
+        Case("positions-tol", "`fit_positions(..., tol=0)` (also `max_step`; `min_snr`, `rtol` < 0)",
+             pos(tol=0.0), ValueError, "tol must be a finite positive number"),
+        Case("positions-max-iter", "`fit_positions(..., max_iter=-1)`", pos(max_iter=-1),
+             ValueError, "max_iter must be a non-negative integer"),
+        Case("positions-imshape", "`fit_positions(..., imshape=(H, W))` not the shape of the image",
+             pos(imshape=(10, 12)), ValueError, "imshape (10, 12) does not match the shape of data"),
+        Case("jitter-data-ndim", "`fit_jitter(psf, image_2d, row, col)`",
+             lambda: fit_jitter(G, img, r, c), ValueError, "data must have shape (H, W, nframes)"),
+        Case("jitter-shifts", "`fit_jitter(..., shifts=s)`, `s` not finite `(nframes, 2)`",
+             lambda: fit_jitter(G, stack, r, c, shifts=np.zeros((2, 2))), ValueError,
+             "shifts must be finite with shape (nframes, 2) = (3, 2)"),
+        Case("jitter-cg-tol", "`fit_jitter(..., cg_tol=0)`",
+             lambda: fit_jitter(G, stack, r, c, cg_tol=0.0), ValueError,
+             "cg_tol must be a finite positive number"),
+    ]
+
+
+CASES += _photometry_cases()
+
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -23,7 +23,7 @@ from sparse3d.fit import (
 from sparse3d.fit import factor as fit_factor
 from sparse3d.fit.selinv import _close_pattern
 
-SOLVERS = ["cholmod", "superlu"]
+SOLVERS = ["qdldl", "superlu", "cholmod"]
 
 
 @pytest.fixture(params=SOLVERS)
@@ -432,7 +432,8 @@ def test_solvers_agree_on_medium_scene():
         (dict(prior_mu=np.ones(4), prior_sigma=1.0), "prior_mu must be a scalar or have shape"),
         (dict(prior_mu=np.inf, prior_sigma=1.0), "prior_mu must be finite"),
         (dict(mask=np.zeros((14, 16), bool)), "mask must have shape"),
-        (dict(mask=np.zeros((14, 17), int)), "mask must be a boolean"),
+        (dict(mask=np.full((14, 17), 2)), "mask must be boolean"),
+        (dict(mask=np.zeros((14, 17), float)), "mask must be a boolean"),
         (dict(imshape=(14, 16)), "A must have H \\* W"),
         (dict(imshape=(14,)), "imshape must be"),
         (dict(solver="lapack"), "solver must be"),
@@ -448,7 +449,7 @@ def test_invalid_inputs(scene, kwargs, match):
 
 def test_invalid_design_and_nonfinite_data(scene):
     rng, imshape, A, data, err = scene
-    with pytest.raises(ValueError, match="A must be a 2-D scipy.sparse"):
+    with pytest.raises(ValueError, match="A must be a Sparse3D or a 2-D scipy.sparse"):
         fit_design(A, data, imshape=imshape)
     bad = data.copy()
     bad[2, 3] = np.nan
@@ -475,12 +476,12 @@ def test_nonfinite_design_rejected(scene):
 # ---------------------------------------------------------------------------
 
 
-def test_supernodal_on_superlu_factor_matches_dense():
+@pytest.mark.parametrize("factor_cls", [fit_factor._SuperLUFactor, fit_factor._QDLDLFactor])
+def test_supernodal_on_factor_matches_dense(factor_cls):
     rng = np.random.default_rng(11)
     A = dense_design(rng, (30, 30), nsources=220, half=4)
-    N = scipy.sparse.csr_matrix(A.T @ A + 1e-3 * np.eye(A.shape[1]))
-    fac = fit_factor._SuperLUFactor(N)
-    Nd = N.toarray()
+    Nd = A.T @ A + 1e-3 * np.eye(A.shape[1])
+    fac = factor_cls(scipy.sparse.csr_matrix(np.tril(Nd)))  # the factors take the lower triangle
     b = rng.normal(size=(A.shape[1], 3))
     np.testing.assert_allclose(fac.solve(b), np.linalg.solve(Nd, b), rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(fac.inv_diag(), np.diag(np.linalg.inv(Nd)), rtol=1e-9)
@@ -527,3 +528,18 @@ def test_error_maps_differing_only_in_masked_pixels_share_a_factorization(scene,
         ref = dense_reference(A, stack[..., i], err=err, mask=mask)
         np.testing.assert_allclose(res.weights[:, i], ref[0], rtol=1e-8, atol=1e-8)
         np.testing.assert_allclose(res.chi2[i], ref[2], rtol=1e-7)
+
+
+def test_portable_factor_solves_like_the_original(solver):
+    # the portable form is taken after the supernodal blocks exist, which may reorder the
+    # factor's permutation (qdldl's relaxed supernodes): it must use the final order
+    from sparse3d import Sparse3D
+    from sparse3d.fit import prepare_normal_equations
+    from sparse3d.testing import gaussian_scene
+
+    g = gaussian_scene((60, 60), nsources=400, stamp_size=9, seed=5)
+    r2 = (g["x3d"] - g["row_phase"]) ** 2 + (g["y3d"] - g["col_phase"]) ** 2
+    S = Sparse3D(np.exp(-0.5 * r2), g["row3d"], g["col3d"], g["imshape"])
+    D = np.random.default_rng(0).normal(size=(60 * 60, 3))
+    ne = prepare_normal_equations(S.tocsr(), imshape=(60, 60), prior_sigma=1e3, solver=solver)
+    np.testing.assert_allclose(ne.portable().solve(D), ne.solve(D), rtol=1e-8, atol=1e-8)

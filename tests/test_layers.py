@@ -28,6 +28,8 @@ CORE_LAZY_DELEGATION = {
 }
 # the fit sits on the core; the integrations sit on the fit, never the reverse
 ABOVE_FIT = ["dask", "roi", "xarray", "psf", "legacy", "photometry"]
+# the only imports of those in the fit: result methods that delegate to an integration on request
+FIT_LAZY_DELEGATION = {("FitResult.to_xarray", "sparse3d.xarray")}
 # third-party packages the core must not import (the function registry is Dask-free)
 CORE_FORBIDDEN_EXTERNAL = ["dask", "xarray", "distributed"]
 
@@ -131,6 +133,7 @@ def test_function_registry_and_ufunc_policy_never_name_dask():
 @pytest.mark.parametrize("path", sorted((PKG / "fit").glob("*.py")), ids=lambda p: p.name)
 def test_fit_imports_no_integration(path):
     upward = [(where, m) for where, m in imports(path) if _within(m, ABOVE_FIT)]
+    upward = [wm for wm in upward if wm not in FIT_LAZY_DELEGATION]
     external = [(where, m) for where, m in imports(path) if m.split(".")[0] in ("dask", "xarray")]
     assert not upward and not external, f"{path.name} imports {upward + external}"
 
@@ -188,3 +191,22 @@ np.testing.assert_allclose(res.weights.compute(), ref, rtol=1e-6, atol=1e-8)
 print("ok")
 """
     assert _run(code).stdout.strip() == "ok"
+
+
+# the scene fits sit on top: they use the core, the fit and the PSF models by their public
+# package names only (sparse3d.fit, never sparse3d.fit.solve), and nothing below imports them
+PHOTOMETRY_ALLOWED = {"sparse3d.core", "sparse3d.fit", "sparse3d.psf"}
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "photometry").glob("*.py")), ids=lambda p: p.name)
+def test_photometry_uses_public_apis_of_the_layers_below(path):
+    below = {m for _, m in imports(path) if m.startswith("sparse3d.") and not _within(m, ["photometry"])}
+    assert below <= PHOTOMETRY_ALLOWED, f"{path.name} imports {sorted(below - PHOTOMETRY_ALLOWED)}"
+    assert len(path.read_text(encoding="utf-8").splitlines()) < 600, path.name
+
+
+def test_nothing_below_imports_photometry():
+    for path in PKG.rglob("*.py"):
+        if "photometry" in path.parts:
+            continue
+        assert not any(_within(m, ["photometry"]) for _, m in imports(path)), path

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.cases import Factory, Prepared, Unsupported
-from benchmarks.scene import Scene
+from benchmarks.scene import Scene, as_float32
 
 
 def _sparse3d() -> Any:
@@ -65,6 +65,10 @@ def _pipeline(scene: Scene) -> Prepared:
         return build_L(scene, X, Y).dot(scene.brightness)
 
     return Prepared(run)
+
+
+def _pipeline_f32(scene: Scene) -> Prepared:
+    return _pipeline(as_float32(scene))
 
 
 def _construct_xy(scene: Scene) -> Prepared:
@@ -151,6 +155,50 @@ def _fit_frames(scene: Scene) -> Prepared:
     return _with_L(lambda s, L: L.fit(frames), canon=_fit_canon, note=note)(scene)
 
 
+def _fit_solver(solver: str) -> Factory:
+    """``fit_design(L, image, solver=...)``: the same fit with another factorisation."""
+
+    def factory(scene: Scene) -> Prepared:
+        try:
+            from sparse3d.fit import available_solvers, fit_design
+        except ImportError:
+            raise Unsupported("sparse3d.fit.fit_design does not exist") from None
+        if solver not in available_solvers():
+            raise Unsupported(f"solver {solver!r} is not installed")
+        return _with_L(
+            lambda s, L: fit_design(L, s.fake_data, imshape=L.imshape, solver=solver),
+            canon=_fit_canon,
+            note=f"solver={solver!r}",
+        )(scene)
+
+    return factory
+
+
+def _fit_csr(scene: Scene) -> Prepared:
+    try:
+        from sparse3d.fit import fit_design
+    except ImportError:
+        raise Unsupported("sparse3d.fit.fit_design does not exist") from None
+    note = "the general path: SciPy's A^T A of the CSR form instead of the stamp kernel"
+    return _with_L(
+        lambda s, L: fit_design(L.tocsr(), s.fake_data, imshape=L.imshape), canon=_fit_canon, note=note
+    )(scene)
+
+
+def _fit_weights_err(scene: Scene) -> Prepared:
+    """``res.weights_err`` (the selected inversion) on a fresh fit each call; the fit is untimed."""
+    if not hasattr(_sparse3d().Sparse3D, "fit"):
+        raise Unsupported("Sparse3D.fit does not exist")
+    X, Y = build_xy(scene)
+    L = build_L(scene, X, Y)
+    return Prepared(
+        lambda res: res.weights_err,
+        canon=lambda r: np.asarray(r),
+        note="selected inversion after a fit; ratio against the one-image fit of the same run",
+        setup=lambda: L.fit(scene.fake_data),
+    )
+
+
 def _fit_canon(scene: Scene, result: Any) -> np.ndarray:
     for attr in ("weights", "x", "coef_"):
         if hasattr(result, attr):
@@ -213,6 +261,7 @@ def cases(legacy: bool = False) -> dict[str, Factory]:
     fresh = not legacy  # 1.2.11 caches nothing per instance
     out: dict[str, Factory] = {
         "pipeline": _pipeline,
+        "pipeline_f32": _pipeline_f32,
         "construct_xy": _construct_xy,
         "build_L": _build_L,
         "build_L_hint": _build_L_hint,
@@ -233,6 +282,10 @@ def cases(legacy: bool = False) -> dict[str, Factory]:
         "xarray_sel": _xarray(select=True),
         "fit": _fit,
         "fit_frames100": _fit_frames,
+        "fit_weights_err": _fit_weights_err,
+        "fit_superlu": _fit_solver("superlu"),
+        "fit_cholmod": _fit_solver("cholmod"),
+        "fit_csr": _fit_csr,
         "psf_gaussian": _psf_gaussian(None),
         "psf_gaussian_derivs": _psf_gaussian(("row", "col", "sigma")),
         "shift": _shift,

@@ -122,13 +122,24 @@ def fit(
     ``errors`` is ``None``, one ``(H, W)`` map shared by all frames (one factorisation on
     the client), or per-frame maps of the shape of ``data`` (NumPy or Dask): then each chunk
     of frames is fitted on a worker with one factorisation per distinct map, the design
-    matrix shipped once, and ``weights_err`` is lazy ``(nsources, k)``. ``mask`` ``(H, W)``.
-    Returns a :class:`DaskFitResult`.
+    matrix shipped once, and ``weights_err`` is lazy ``(nsources, k)``. ``mask`` ``(H, W)``
+    (one map for every frame; ``errors=np.inf`` masks a pixel too). The options of the eager
+    fit for real data -- ``background``, ``dq``/``bad_bits``, ``saturation``, per-frame masks,
+    masked arrays -- are not supported here: :meth:`Sparse3D.fit` raises
+    ``NotImplementedError`` for the first three (compute the frames and fit them eagerly), and
+    an ``(H, W, k)`` mask is refused with a ValueError. Returns a :class:`DaskFitResult`.
+
+    A :class:`SourceChunked` scene is fitted over image tiles by :meth:`SourceChunked.fit`.
     """
     if isinstance(S, SourceChunked):  # one scene too large for one process: fit over tiles
         return S.fit(data, errors, mask, prior_mu, prior_sigma, solver=solver)
     if not is_dask_array(data):
         data = da.from_array(np.asarray(data))
+    if isinstance(getattr(data, "_meta", None), np.ma.MaskedArray):  # never drop a mask silently
+        raise NotImplementedError(
+            "S.fit on masked Dask frames is not supported (the mask could differ per frame); pass the "
+            "mask as mask= (one (H, W) map), or compute the frames and fit them eagerly"
+        )
     if errors is not None and np.ndim(errors) == 3 and data.ndim == 3:
         return _fit_per_frame_errors(S, data, errors, prior_mu, prior_sigma, mask, solver)
     if errors is not None and np.ndim(errors) != 2:
@@ -136,6 +147,9 @@ def fit(
     if is_dask_array(errors) or is_dask_array(mask):
         errors = None if errors is None else np.asarray(errors)
         mask = None if mask is None else np.asarray(mask)
+    if errors is not None and np.any(np.isposinf(errors)):  # errors = inf masks the pixel, as eagerly
+        inf = np.isposinf(errors)
+        mask = inf if mask is None else (np.asarray(mask, dtype=bool) | inf)
     H, W = S.imshape
     if data.ndim not in (2, 3) or tuple(data.shape[:2]) != (H, W):
         raise ValueError(f"data must have shape (H, W) = {(H, W)} or (H, W, k), got {data.shape}")
@@ -149,7 +163,7 @@ def fit(
     from ..fit import prepare_normal_equations
 
     normal = prepare_normal_equations(
-        S.tocsr(),
+        S,  # a Sparse3D: its normal matrix comes from the stamps (regular ones) directly
         imshape=S.imshape,
         errors=errors,
         prior_mu=prior_mu,

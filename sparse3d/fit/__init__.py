@@ -13,26 +13,46 @@ Cholesky factorisation and reused for every frame of a stack. The 1-sigma uncert
 inverse, by a supernodal selected inversion of the factor, on the first access of
 :attr:`FitResult.weights_err`.
 
-Solvers: ``"cholmod"`` (CHOLMOD's supernodal Cholesky, when the optional ``cvxopt`` is
-importable) and ``"superlu"`` (SciPy's SuperLU in symmetric mode, ``L D L^T``, no
-pivoting); :func:`available_solvers` lists those usable here.
+Solvers: ``"qdldl"`` (the default: ``qdldl``'s ``L D L^T`` with AMD ordering, Apache-2.0),
+``"superlu"`` (SciPy's SuperLU in symmetric mode, ``L D L^T``, no pivoting) and ``"cholmod"``
+(CHOLMOD's supernodal Cholesky through the optional, GPL-licensed ``cvxopt``:
+``pip install "sparse3d[cholmod]"``); :func:`available_solvers` lists those usable here.
 
 Where each concept lives
 ------------------------
 ``solve.py``
     :func:`fit_design`, the driver: validate, group frames by error map, factorise once
     per map, solve all frames, assemble the result.
+``assemble.py``
+    :func:`normal_matrix` (the lower triangle of ``A^T diag(ivar) A``, straight from the
+    stamps of a regular :class:`~sparse3d.Sparse3D` through a compiled kernel in
+    ``_stamp_kernels.py``, else SciPy's product) and its power-of-two column scaling;
+    design formats and row scaling.
 ``normal.py``
-    :class:`NormalEquations` and :func:`prepare_normal_equations`: the normal matrix of
-    one design and one error map, factorised once; design formats and row scaling.
+    :class:`NormalEquations` and :func:`prepare_normal_equations`: the normal equations of
+    one design and one error map, factorised once; the chi-square from them.
 ``factor.py``
     The factorisations behind one interface (``solve``, ``inv_diag``, ``portable``):
-    CHOLMOD, SuperLU, triangular, empty; :func:`available_solvers`; singular diagnosis.
+    qdldl, SuperLU, CHOLMOD, triangular, empty; :func:`available_solvers`; singular
+    diagnosis. ``_factor_kernels.py``: postorder and relaxed supernodes (numba) for qdldl.
 ``selinv.py``
     The supernodal Cholesky blocks: blocked solves and the selected inversion.
 ``result.py``
     :class:`FitResult`, :class:`SingularNormalMatrixError`,
     :class:`UnconstrainedSourceWarning`; chi-square and weight uncertainties.
+``_joint.py``
+    The joint normal matrix of the sources and a background model's columns (the
+    background block, with its own power-of-two column scale).
+``background.py``
+    The background (sky) models fitted jointly with the sources: :class:`BackgroundModel`,
+    :class:`Polynomial`, :class:`BilinearGrid` and :func:`as_background` (their design
+    columns over the image).
+``diagnostics.py``
+    Residuals, chi-square per frame and per source, :class:`FitFlags`, blending, and the
+    covariance on the normal matrix's pattern (selected inversion).
+``_inputs.py``
+    The astronomer's containers read into plain arrays: masked arrays, NDData-like
+    objects, Quantities and units, ``errors=inf``, data-quality bitmasks.
 ``_checks.py``
     Input validation (shapes, masks, errors, priors, solver names).
 
@@ -40,18 +60,28 @@ This package imports SciPy; ``import sparse3d`` does not import it (the names ab
 loaded on first use).
 """
 
+from .assemble import normal_matrix
+from .background import BackgroundModel, BilinearGrid, Polynomial, as_background
+from .diagnostics import BLEND_THRESHOLD, FitFlags
 from .factor import PIVOT_RTOL, available_solvers
 from .normal import NormalEquations, prepare_normal_equations
 from .result import FitResult, SingularNormalMatrixError, UnconstrainedSourceWarning
 from .solve import fit_design
 
 __all__ = [
+    "BLEND_THRESHOLD",
     "PIVOT_RTOL",
+    "BackgroundModel",
+    "BilinearGrid",
+    "FitFlags",
     "FitResult",
+    "Polynomial",
+    "as_background",
     "NormalEquations",
     "SingularNormalMatrixError",
     "UnconstrainedSourceWarning",
     "available_solvers",
     "fit_design",
+    "normal_matrix",
     "prepare_normal_equations",
 ]

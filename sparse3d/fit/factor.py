@@ -1,14 +1,20 @@
 """Factorisations of the normal matrix behind one small interface.
 
-``_factorize(N, solver)`` returns a :class:`Factor`: ``solve(b)`` for one or many
-right-hand sides (``b`` of shape ``(n,)`` or ``(n, k)``), ``inv_diag()`` for
-``diag(N^-1)`` and ``portable()`` for a picklable copy (plain NumPy/SciPy arrays) to ship
-to workers. Implementations:
+``_factorize(N, solver)`` takes the **lower triangle** of ``N`` (CSR, as
+:func:`~sparse3d.fit.assemble.normal_matrix` returns it) and returns a :class:`Factor`:
+``solve(b)`` for one or many right-hand sides (``b`` of shape ``(n,)`` or ``(n, k)``),
+``inv_diag()`` for ``diag(N^-1)`` and ``portable()`` for a picklable copy (plain
+NumPy/SciPy arrays) to ship to workers. Implementations:
 
+``_QDLDLFactor``
+    ``qdldl`` (Apache-2.0): AMD ordering and an ``L D L^T`` factorisation, one column at a
+    time; its factor is postordered and amalgamated into relaxed supernodes
+    (:mod:`._factor_kernels`) for the blocked solves and the selected inversion. The default.
 ``_CholmodFactor``
-    CHOLMOD's supernodal Cholesky through the optional ``cvxopt``.
+    CHOLMOD's supernodal Cholesky through the optional ``cvxopt`` (GPL-3.0-or-later: the
+    extra ``sparse3d[cholmod]``, for users who accept that licence).
 ``_SuperLUFactor``
-    SciPy's SuperLU in symmetric mode, no pivoting: ``L D L^T``.
+    SciPy's SuperLU in symmetric mode, no pivoting: ``L D L^T``. The fallback.
 ``_SupernodalFactor`` / ``_TriangularFactor``
     The portable forms: supernodal blocks, or SciPy triangular CSR factors.
 ``_EmptyFactor``
@@ -31,12 +37,10 @@ import scipy.sparse.linalg
 from .result import SingularNormalMatrixError
 from .selinv import _close_pattern, _single_threaded_blas, _Supernodal
 
-try:  # optional accelerator: CHOLMOD through cvxopt's PyPI wheels
-    from cvxopt import cholmod as _cholmod
-    from cvxopt import matrix as _cvx_matrix
-    from cvxopt import spmatrix as _cvx_spmatrix
-except ImportError:  # pragma: no cover - depends on the environment
-    _cholmod = None
+_cholmod: Any = None  # cvxopt.cholmod, imported on first use (see _load_cholmod)
+_cvx_matrix: Any = None
+_cvx_spmatrix: Any = None
+_CHOLMOD_TRIED = False
 
 #: A source whose Cholesky pivot is below ``PIVOT_RTOL`` times its diagonal
 #: entry of the normal matrix is treated as linearly dependent on the others.
@@ -63,9 +67,34 @@ class Factor(Protocol):
         """Return ``diag(N^-1)``, shape ``(n,)``."""
         ...
 
+    def inv_entries(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Return the entries ``N^-1[i, j]`` for pairs on the pattern of ``N`` (selected inversion)."""
+        ...
+
     def portable(self) -> Factor:
         """This factor as plain NumPy/SciPy arrays: picklable, no solver library objects."""
         ...
+
+
+def _load_cholmod() -> bool:
+    """Import CHOLMOD from the optional ``cvxopt`` (GPL) once; whether it is available."""
+    global _cholmod, _cvx_matrix, _cvx_spmatrix, _CHOLMOD_TRIED
+    if not _CHOLMOD_TRIED:
+        _CHOLMOD_TRIED = True
+        try:
+            from cvxopt import cholmod, matrix, spmatrix
+        except ImportError:  # pragma: no cover - depends on the environment
+            return False
+        _cholmod, _cvx_matrix, _cvx_spmatrix = cholmod, matrix, spmatrix
+    return _cholmod is not None
+
+
+def _has_qdldl() -> bool:
+    try:
+        import qdldl  # noqa: F401
+    except ImportError:  # pragma: no cover - qdldl is a runtime dependency
+        return False
+    return True
 
 
 def available_solvers() -> tuple[str, ...]:
@@ -74,10 +103,19 @@ def available_solvers() -> tuple[str, ...]:
     Returns
     -------
     tuple of str
-        ``("cholmod", "superlu")`` when ``cvxopt`` is installed, otherwise
-        ``("superlu",)``.
+        ``"qdldl"`` (the default; a runtime dependency), ``"superlu"`` (SciPy, always)
+        and ``"cholmod"`` when the optional ``cvxopt`` is installed
+        (``pip install "sparse3d[cholmod]"``; GPL-3.0-or-later).
     """
-    return ("cholmod", "superlu") if _cholmod is not None else ("superlu",)
+    names = ("qdldl",) if _has_qdldl() else ()
+    names += ("superlu",)
+    return names + (("cholmod",) if _load_cholmod() else ())
+
+
+def _full_from_lower(N: scipy.sparse.csr_matrix) -> scipy.sparse.csc_matrix:
+    """The symmetric matrix whose lower triangle is ``N``, as CSC."""
+    full = N + N.T - scipy.sparse.diags(N.diagonal())
+    return scipy.sparse.csc_matrix(full)
 
 
 class _NotPositiveDefinite(Exception):
@@ -138,9 +176,14 @@ class _SupernodalFactor:
         d[self.perm] = self._supernodal().inv_diag()
         return d
 
+    def inv_entries(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Return ``N^-1[i, j]`` by supernodal selected inversion (pairs on the pattern of ``N``)."""
+        return _inv_entries(self._supernodal(), self.perm, self.solve, i, j)
+
     def portable(self) -> _SupernodalFactor:
         """This factor as supernodal blocks only (picklable, no solver library objects)."""
-        return _SupernodalFactor(self.perm, self._supernodal())
+        sup = self._supernodal()  # first: building the blocks may reorder self.perm (qdldl)
+        return _SupernodalFactor(self.perm, sup)
 
 
 class _CholmodFactor(_SupernodalFactor):
@@ -151,7 +194,8 @@ class _CholmodFactor(_SupernodalFactor):
     def __init__(self, N: scipy.sparse.csr_matrix) -> None:
         n = N.shape[0]
         self.n = n
-        low = scipy.sparse.tril(N, format="coo")
+        _load_cholmod()
+        low = N.tocoo()
         C = _cvx_spmatrix(low.data, low.row.astype(np.int64), low.col.astype(np.int64), (n, n))
         with _CHOLMOD_LOCK:
             old = _cholmod.options.get("supernodal", 2)
@@ -204,6 +248,87 @@ class _CholmodFactor(_SupernodalFactor):
         return out.reshape(b.shape)
 
 
+class _QDLDLFactor(_SupernodalFactor):
+    """``qdldl``'s ``L D L^T`` (AMD ordering), as relaxed supernodes for many solves and errors.
+
+    ``qdldl``'s own object is dropped as soon as its factor is exported; until the
+    supernodal blocks are needed (:meth:`inv_diag`, :meth:`portable`), solves run a
+    compiled sparse ``L D L^T`` solve over all right-hand sides at once.
+    """
+
+    name = "qdldl"
+
+    def __init__(self, N: scipy.sparse.csr_matrix) -> None:
+        import qdldl
+
+        n = N.shape[0]
+        self.n = n
+        # the lower triangle in CSR is the upper triangle in CSC: what qdldl takes, no copy
+        upper = scipy.sparse.csc_matrix((N.data, N.indices, N.indptr), shape=(n, n))
+        try:
+            F = qdldl.Solver(upper, upper=True)
+        except (ValueError, RuntimeError) as exc:  # a zero pivot
+            raise _NotPositiveDefinite() from exc
+        L, D, P = F.factors()
+        del F
+        self.perm = np.asarray(P, dtype=np.intp)
+        bad = _small_pivots(D, N.diagonal()[self.perm])
+        if bad.size:
+            raise _NotPositiveDefinite(self.perm[bad])
+        L = scipy.sparse.csc_matrix(L)
+        L.sort_indices()
+        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray] | None = (L, np.asarray(D, dtype=np.float64))
+        self._super = None
+
+    def _supernodal(self) -> _Supernodal:
+        if self._super is None:
+            assert self._LD is not None
+            L, D = self._LD
+            self._LD = None  # solves use the blocks from now on
+            post, Lsn = _relaxed_supernodal_factor(L, D)
+            del L
+            self.perm = self.perm[post]
+            self._super = _Supernodal(Lsn)
+        return self._super
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        if self._LD is None:
+            return self._blocked_solve(b)
+        from ._factor_kernels import ldlt_solve
+
+        L, D = self._LD
+        b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
+        x = np.ascontiguousarray(b2[self.perm])
+        ldlt_solve(L.indptr, L.indices, L.data, D, x)
+        out = np.empty(x.shape)
+        out[self.perm] = x
+        return out.reshape(b.shape)
+
+
+def _relaxed_supernodal_factor(L: scipy.sparse.csc_matrix, D: np.ndarray) -> tuple[np.ndarray, Any]:
+    """The Cholesky factor ``(L + I) sqrt(D)`` of a unit ``L D L^T``, ready for :class:`_Supernodal`.
+
+    ``L`` is strictly lower (CSC, sorted, closed pattern). Returns ``(post, Lsn)``: ``Lsn``
+    is the factor of ``N[post][:, post]`` (in the factor's own order), its columns in a
+    postorder ``post`` of the elimination tree and amalgamated into relaxed supernodes with
+    explicit zeros (see :mod:`._factor_kernels`).
+    """
+    from ._factor_kernels import NRELAX, ZRELAX, amalgamate, etree_parent, postorder
+
+    n = L.shape[0]
+    indptr, indices, data = L.indptr, L.indices, L.data
+    post = postorder(etree_parent(indptr, indices))
+    if not np.array_equal(post, np.arange(n)):  # AMD's orders are usually postordered already
+        ipost = np.empty(n, dtype=np.int64)
+        ipost[post] = np.arange(n)
+        Lp = scipy.sparse.csc_matrix((data, ipost[indices], indptr), shape=(n, n))[:, post]
+        Lp.sort_indices()
+        indptr, indices, data, D = Lp.indptr, Lp.indices, Lp.data, D[post]
+        del Lp
+    optr, oind, odat = amalgamate(indptr, indices, data, D, np.array(NRELAX), np.array(ZRELAX))
+    return post, scipy.sparse.csc_matrix((odat, oind, optr), shape=(n, n))
+
+
 class _SuperLUFactor(_SupernodalFactor):
     """SuperLU ``L D L^T`` factorisation (symmetric mode, no pivoting)."""
 
@@ -212,7 +337,7 @@ class _SuperLUFactor(_SupernodalFactor):
     def __init__(self, N: scipy.sparse.csr_matrix) -> None:
         n = N.shape[0]
         self.n = n
-        Nc = N.tocsc()
+        Nc = _full_from_lower(N)
         try:
             lu = _splu_ldlt(Nc)
         except RuntimeError as exc:  # "Factor is exactly singular"
@@ -284,6 +409,10 @@ class _TriangularFactor:
         d[self.perm] = _Supernodal(_close_pattern(self.lower.tocsc())).inv_diag()
         return d
 
+    def inv_entries(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        sup = _Supernodal(_close_pattern(self.lower.tocsc()))
+        return _inv_entries(sup, self.perm, self.solve, i, j)
+
     def portable(self) -> _TriangularFactor:
         return self
 
@@ -299,28 +428,53 @@ class _EmptyFactor:
     def inv_diag(self) -> np.ndarray:
         return np.zeros(0)
 
+    def inv_entries(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return np.zeros(np.size(i))
+
     def portable(self) -> _EmptyFactor:
         return self
 
 
+def _inv_entries(sup: _Supernodal, perm: np.ndarray, solve: Any, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """``N^-1[i, j]`` from the supernodal factor of ``N[perm][:, perm]``.
+
+    Pairs on the factor's pattern come from the selected inversion; the rare pairs of
+    ``N``'s pattern that a factor dropped (an entry that cancelled to exactly 0) are read
+    from solves with the unit vectors of their columns.
+    """
+    iperm = np.empty_like(perm)
+    iperm[perm] = np.arange(perm.size)
+    values, found = sup.inv_entries(iperm[np.asarray(i)], iperm[np.asarray(j)])
+    if not found.all():
+        miss = np.flatnonzero(~found)
+        cols, inv = np.unique(np.asarray(j)[miss], return_inverse=True)
+        E = np.zeros((perm.size, cols.size))
+        E[cols, np.arange(cols.size)] = 1.0
+        Z = solve(E)
+        values[miss] = Z[np.asarray(i)[miss], inv]
+    return values
+
+
 def _factorize(N: scipy.sparse.csr_matrix, solver: str) -> _SupernodalFactor | _EmptyFactor:
-    """Factorise the SPD matrix ``N``; raise ``_NotPositiveDefinite``."""
+    """Factorise the SPD matrix whose lower triangle is ``N``; raise ``_NotPositiveDefinite``."""
     if N.shape[0] == 0:
         return _EmptyFactor()
+    if solver == "qdldl":
+        return _QDLDLFactor(N)
     if solver == "cholmod":
         return _CholmodFactor(N)
     return _SuperLUFactor(N)
 
 
 def _diagnose_singular(N: scipy.sparse.csr_matrix) -> np.ndarray:
-    """Find the columns responsible for the singularity of PSD matrix ``N``.
+    """Find the columns responsible for the singularity of the PSD matrix with lower triangle ``N``.
 
     The matrix is shifted by a tiny multiple of its diagonal, which keeps it
     positive definite, and factorised; the dependent columns are those with
     pivots of the order of the shift.
     """
     d = N.diagonal()
-    shifted = (N + scipy.sparse.diags(1e-13 * d)).tocsc()
+    shifted = _full_from_lower(N + scipy.sparse.diags(1e-13 * d))
     try:
         lu = _splu_ldlt(shifted)
     except RuntimeError:

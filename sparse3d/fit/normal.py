@@ -2,8 +2,8 @@
 
 ``(A^T C^-1 A + P) w = A^T C^-1 d + P mu`` restricted to the sources that have data or a
 prior: :class:`NormalEquations` (built by :func:`prepare_normal_equations`) solves any
-number of frames with one factorisation and pickles compactly for Dask workers. Also the
-design-matrix formats it needs (canonical CSR and CSC, row scaling by the weights).
+number of frames with one factorisation and pickles compactly for Dask workers. The normal
+matrix itself is assembled in :mod:`.assemble`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
+from ..core import Sparse3D
 from ._checks import (
     _check_data_finite,
     _check_design,
@@ -21,46 +22,31 @@ from ._checks import (
     _check_mask,
     _check_prior,
     _check_solver,
+    _error_scale,
     _inverse_variance,
 )
+from ._inputs import _check_mask_values
+from .assemble import _design_csr, _row_scale, _scaled_normal_matrix
+from .background import as_background
+from .diagnostics import _chi2
 from .factor import _factorize_or_raise
-from .result import _chi2, _warn_unconstrained, _weights_err
+from .result import _warn_unconstrained, _weights_err
 
 
-def _row_scale(M: scipy.sparse.csr_matrix | scipy.sparse.csc_matrix, scale: np.ndarray) -> Any:
-    """Return ``diag(scale) @ M`` in the format of ``M``, dropping zeroed rows."""
-    if M.format == "csr":
-        data = M.data * np.repeat(scale, np.diff(M.indptr))
-    else:
-        data = M.data * scale[M.indices]
-    if np.all(scale != 0):
-        return M.__class__((data, M.indices, M.indptr), shape=M.shape)
-    # eliminate_zeros works in place: do not let it touch M's index arrays
-    out = M.__class__((data, M.indices.copy(), M.indptr.copy()), shape=M.shape)
-    out.eliminate_zeros()
+def _weighted_square_sum(
+    D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None, scale: float = 1.0
+) -> np.ndarray:
+    """``sum_p ivar_p (scale D_p)**2`` per column of ``D`` ``(npix, k)``, masked pixels skipped."""
+    npix, k = D.shape
+    out = np.zeros(k)
+    chunk = max(256, (1 << 18) // max(1, k))
+    for i in range(0, npix, chunk):
+        block = D[i : i + chunk]
+        if keep is not None:
+            block = np.where(keep[i : i + chunk, None], block, 0.0)
+        sq = block * block if scale == 1.0 else np.square(block * scale)
+        out += (sq.T @ ivar[i : i + chunk]) if ivar is not None else sq.sum(axis=0)
     return out
-
-
-def _canonical(M: scipy.sparse.spmatrix) -> scipy.sparse.spmatrix:
-    """Return ``M`` as float64 with sorted indices and no duplicates."""
-    if M.dtype != np.float64:
-        M = M.astype(np.float64)
-    if not M.has_canonical_format:
-        M = M.copy()
-        M.sum_duplicates()
-    return M
-
-
-def _design_formats(A: Any) -> tuple[scipy.sparse.csr_matrix, scipy.sparse.csc_matrix]:
-    """``A`` in CSR and CSC, canonical, float64; ValueError if it holds non-finite values.
-
-    CSR serves ``A @ x`` and (as ``A_csr.T``) ``A^T @ X``; ``A_csc.T @ A_csr``
-    is the normal matrix without any format conversion.
-    """
-    A_csr = _canonical(scipy.sparse.csr_matrix(A))
-    if not np.all(np.isfinite(A_csr.data)):
-        raise ValueError("A contains non-finite values")
-    return A_csr, _canonical(scipy.sparse.csc_matrix(A))
 
 
 class NormalEquations:
@@ -76,27 +62,46 @@ class NormalEquations:
     in its portable form (see :meth:`portable`): no solver library object
     and no weighted copy of the design matrix, which is rebuilt on first use.
 
+    **Scaling.** What is factorised is ``N' = s^2 D N D`` with ``s`` a power of two close to
+    the typical error (``err_scale``) and ``D = diag(col_scale)`` powers of two that bring
+    every weighted column of ``A`` to a largest entry near 1 (see
+    :func:`_scaled_normal_matrix`): errors of ``1e-160`` or ``1e160`` and sources with tiny
+    stamp values neither overflow nor underflow, the pivot test of the singularity
+    diagnosis is invariant under it, and unscaling is exact. ``w = D N'^-1 D' rhs``.
+
     Attributes
     ----------
     design : scipy.sparse.csr_matrix
         The design matrix ``A``, shape ``(npix, n)``, float64 with canonical
         indices, unweighted and unmasked (for models and chi-square).
     ivar : numpy.ndarray or None
-        Inverse variances ``diag(C^-1)``, shape ``(npix,)``, 0 on masked
-        pixels; None for unit errors without a mask.
+        Scaled inverse variances ``s^2 diag(C^-1)`` = ``(err_scale / errors)**2``, shape
+        ``(npix,)``, 0 on masked pixels; None for unit errors without a mask.
     keep : numpy.ndarray or None
         Boolean ``(npix,)``, True on the pixels used; None when none is masked.
     prior_rhs : numpy.ndarray or None
-        ``P mu``, shape ``(n,)``; None without priors.
+        The prior's part of the scaled right-hand side, ``s^2 D P mu``, shape ``(n,)``;
+        None without priors.
     free : numpy.ndarray
-        Boolean ``(n,)``: the sources in the system (``~unconstrained``).
+        Boolean ``(n + nb,)``: the parameters in the system (sources with data or a prior,
+        then the background coefficients with data or a prior).
     factor : object
-        Cholesky factor of the normal matrix restricted to the free sources:
+        Factor of the scaled normal matrix ``N'`` restricted to the free sources:
         ``factor.solve(b)`` for ``b`` of shape ``(nfree,)`` or ``(nfree, k)``
         (all columns at once) and ``factor.inv_diag()`` for
-        ``diag(N^-1)``.
+        ``diag(N'^-1)``.
     solver : str
-        ``"cholmod"`` or ``"superlu"``: the solver that factorised ``N``.
+        ``"qdldl"``, ``"superlu"`` or ``"cholmod"``: the solver that factorised ``N'``.
+    col_scale : numpy.ndarray
+        ``(n + nb,)`` powers of two, the diagonal of ``D``.
+    err_scale : float
+        ``s``, a power of two (1.0 for unit errors).
+    background : scipy.sparse.csr_matrix or None
+        Background design columns ``B``, shape ``(npix, nb)`` (see
+        :mod:`sparse3d.fit.background`), solved jointly with the sources; None without.
+    gram : scipy.sparse.csr_matrix or None
+        Lower triangle of the scaled ``s^2 D [A, B]^T C^-1 [A, B] D`` (no prior, every
+        parameter), when built by the fit (for diagnostics); not pickled.
     """
 
     def __init__(
@@ -108,53 +113,83 @@ class NormalEquations:
         free: np.ndarray,
         factor: Any,
         solver: str,
+        col_scale: np.ndarray | None = None,
+        err_scale: float = 1.0,
+        background: scipy.sparse.csr_matrix | None = None,
     ) -> None:
         self.design = design
+        self.background = background
+        self.gram: scipy.sparse.csr_matrix | None = None
         self.ivar = ivar
         self.keep = keep
         self.prior_rhs = prior_rhs
+        self._prior_prec: np.ndarray | None = None  # scaled prior precision (with prior_rhs)
         self.free = free
         self.factor = factor
         self.solver = solver
+        nb = 0 if background is None else background.shape[1]
+        self.col_scale = np.ones(design.shape[1] + nb) if col_scale is None else col_scale
+        self.err_scale = float(err_scale)
         self._idx = None if free.all() else np.flatnonzero(free)
         self._weighted: scipy.sparse.csr_matrix | None = None
+        self._weighted_background: scipy.sparse.csr_matrix | None = None
 
     @classmethod
     def _build(
         cls,
+        design: Sparse3D | scipy.sparse.csr_matrix,
         A_csr: scipy.sparse.csr_matrix,
-        A_csc: scipy.sparse.csc_matrix,
         ivar: np.ndarray | None,
         keep: np.ndarray | None,
         prior_prec: np.ndarray,
         mu: np.ndarray,
         solver: str,
+        err_scale: float = 1.0,
+        background: scipy.sparse.csr_matrix | None = None,
     ) -> NormalEquations:
-        """Form and factorise ``N`` from validated inputs (``A`` in both formats)."""
-        if ivar is None:
-            As_csr, As_csc = A_csr, A_csc
-        else:
-            sw = np.sqrt(ivar)
-            As_csr, As_csc = _row_scale(A_csr, sw), _row_scale(A_csc, sw)
-        G = scipy.sparse.csr_matrix(As_csc.T @ As_csr)
-        del As_csr, As_csc
+        """Form and factorise the scaled ``N'`` from validated inputs.
+
+        ``design`` is what :func:`normal_matrix` takes (a Sparse3D uses the stamp kernel),
+        ``A_csr`` its canonical CSR, ``ivar`` the inverse variances already multiplied by
+        ``err_scale**2``.  ``background`` (``(npix, nb)`` CSR) appends the columns ``B`` of a
+        background model (:func:`._joint._with_background_block`); ``prior_prec`` and ``mu`` then
+        have ``n + nb`` entries.
+        """
+        G, c = _scaled_normal_matrix(design, ivar)
+        if background is not None:
+            from ._joint import _with_background_block
+
+            G, c = _with_background_block(G, c, A_csr, background, ivar)
+        gram = G
         has_prior = bool(np.any(prior_prec > 0))
         free = (G.diagonal() > 0) | (prior_prec > 0)
-        Nmat = G + scipy.sparse.diags(prior_prec) if has_prior else G
+        prior_rhs = None
+        if has_prior:
+            with np.errstate(over="ignore"):  # a prior 1e300 times tighter than the data: capped
+                pp = np.minimum(prior_prec * err_scale * err_scale * c * c, 1e300)
+            prior_rhs = pp * mu / c
         idx = None if free.all() else np.flatnonzero(free)
-        if idx is not None:
-            Nmat = Nmat[idx][:, idx]
-        Nmat = scipy.sparse.csr_matrix(Nmat)
+        Nmat = G if idx is None else scipy.sparse.csr_matrix(G[idx][:, idx])
         del G
+        if has_prior:
+            Nmat = Nmat + scipy.sparse.diags(pp if idx is None else pp[idx], format="csr")
         factor = _factorize_or_raise(Nmat, idx, solver)
-        prior_rhs = prior_prec * mu if has_prior else None
-        return cls(A_csr, ivar, keep, prior_rhs, free, factor, solver)
+        del Nmat
+        out = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale, background)
+        out.gram = gram
+        out._prior_prec = pp if has_prior else None
+        return out
 
     # -- facts -----------------------------------------------------------
     @property
     def n_sources(self) -> int:
         """Number of sources ``n`` (columns of the design matrix)."""
         return self.design.shape[1]
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters: sources, then background coefficients."""
+        return self.n_sources + (0 if self.background is None else self.background.shape[1])
 
     @property
     def n_pixels(self) -> int:
@@ -164,7 +199,7 @@ class NormalEquations:
     @property
     def unconstrained(self) -> np.ndarray:
         """Boolean ``(n,)``: sources with no unmasked pixel and no prior."""
-        return ~self.free
+        return ~self.free[: self.n_sources]
 
     @property
     def weighted_design(self) -> scipy.sparse.csr_matrix:
@@ -178,34 +213,97 @@ class NormalEquations:
         """Raise ValueError when ``D`` ``(npix, k)`` has non-finite unmasked pixels."""
         _check_data_finite(D, self.keep)
 
-    def solve(self, D: np.ndarray) -> np.ndarray:
+    def solve(self, D: np.ndarray, return_chi2: bool = False) -> Any:
         """Best-fit weights for the frames ``D``, shape ``(npix,)`` or ``(npix, k)``.
 
-        Returns shape ``(n,)`` or ``(n, k)``, NaN for unconstrained sources.
+        Returns shape ``(n_params,)`` or ``(n_params, k)`` (the source weights, then the
+        background coefficients), NaN for unconstrained parameters; with ``return_chi2``
+        (``D`` 2-D), also the chi-square of each frame, ``(k,)``.
         Masked pixels of ``D`` are ignored (they may be non-finite); the
         unmasked ones are not checked (see :meth:`check_data`).
+
+        The chi-square comes from the normal equations, without a second product with
+        ``A`` (see :meth:`_chi2_from_normal`); its relative rounding error is ~1e-16 times
+        ``d^T C^-1 d / chi2``, and frames where that ratio exceeds 1e9 are recomputed from
+        the residuals.
         """
+        one = D.ndim == 1
+        c = self.col_scale if one else self.col_scale[:, None]
         rhs = self.weighted_design.T @ D
+        if self.background is not None:
+            if self._weighted_background is None:
+                B = self.background
+                self._weighted_background = B if self.ivar is None else _row_scale(B, self.ivar)
+            rhs = np.concatenate([rhs, self._weighted_background.T @ D])
+        rhs *= c
+        data_rhs = rhs.copy() if return_chi2 and self.prior_rhs is not None else rhs
         if self.prior_rhs is not None:
-            rhs += self.prior_rhs if D.ndim == 1 else self.prior_rhs[:, None]
+            rhs += self.prior_rhs if one else self.prior_rhs[:, None]
+        x = self.factor.solve(rhs if self._idx is None else rhs[self._idx])
         if self._idx is None:
-            return self.factor.solve(rhs)
-        out = np.full((self.n_sources, *D.shape[1:]), np.nan)
-        out[self._idx] = self.factor.solve(rhs[self._idx])
+            out = x * c
+        else:
+            out = np.full((self.n_params, *D.shape[1:]), np.nan)
+            out[self._idx] = x * c[self._idx]
+        if not return_chi2:
+            return out
+        assert not one
+        chi2 = self._chi2_from_normal(D, x, data_rhs)
+        return out, chi2
+
+    def _chi2_from_normal(self, D: np.ndarray, x: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Chi-square per frame from the scaled solution ``x`` (free parameters) and the data
+        right-hand side ``b`` (every parameter, scaled).
+
+        At the solution ``G x = b + P mu' - P x`` (``G`` the data's normal matrix, ``P`` the
+        scaled prior precision), so ``chi2 = d^T C^-1 d - x^T b + x^T (P mu' - P x)``: no product
+        with ``A`` or ``G``. Its error is the solve's residual times ``x`` -- backward-stable
+        factorisations keep it at rounding level whatever the conditioning -- plus the
+        cancellation of the difference, ~1e-16 ``d^T C^-1 d``.
+        """
+        if self._idx is not None:  # unconstrained parameters: no data, weight 0 here
+            full = np.zeros((self.n_params, x.shape[1]))
+            full[self._idx] = x
+            x = full
+        # in units of the errors (divided by err_scale): no overflow or underflow for
+        # data and errors in the same extreme unit
+        s = self.err_scale
+        xs, bs = (x, b) if s == 1.0 else (x / s, b / s)
+        dCd = _weighted_square_sum(D, self.ivar, self.keep, 1.0 / s)
+        with np.errstate(invalid="ignore"):  # inf - inf: a chi-square beyond float range
+            chi2 = dCd - np.einsum("ij,ij->j", xs, bs)
+            if self.prior_rhs is not None:
+                pr = self.prior_rhs / s
+                chi2 += pr @ xs - np.einsum("i,ij,ij->j", self._prior_prec, xs, xs)
+        # where the difference cancels more than nine digits (a perfect fit, errors far
+        # below the noise) recompute it from the residuals
+        bad = ~(chi2 > 1e-9 * dCd)
+        if np.any(bad):
+            cols = np.flatnonzero(bad)
+            chi2[cols] = self.chi2(D[:, cols], x[:, cols] * self.col_scale[:, None])
+        return chi2
+
+    def _unscale(self, x: np.ndarray) -> np.ndarray:
+        """Weights ``(n_params, k)`` from the scaled free-parameter solution ``x``; NaN if unconstrained."""
+        if self._idx is None:
+            return x * self.col_scale[:, None]
+        out = np.full((self.n_params, x.shape[1]), np.nan)
+        out[self._idx] = x * self.col_scale[self._idx, None]
         return out
 
     def chi2(self, D: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """``sum(((D - A w) / errors)**2)`` over the unmasked pixels, per frame: ``(k,)``.
 
-        ``D`` is ``(npix, k)`` and ``weights`` ``(n, k)``; NaN weights count as 0.
+        ``D`` is ``(npix, k)`` and ``weights`` ``(n_params, k)`` (as :meth:`solve` returns
+        them); NaN weights count as 0.
         """
         wz = np.where(np.isnan(weights), 0.0, weights)
         ivar = None if self.ivar is None else self.ivar[:, None]
-        return _chi2(self.design, wz, D, ivar, [np.arange(D.shape[1])], self.keep)
+        return _chi2(self.design, wz, D, ivar, None, self.keep, self.background, self.err_scale)
 
     def weights_err(self) -> np.ndarray:
-        """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n,)``; NaN for unconstrained sources."""
-        return _weights_err(self.factor, self.free)
+        """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n_params,)``; NaN where unconstrained."""
+        return _weights_err(self.factor, self.free, self.err_scale * self.col_scale)
 
     def warn_if_unconstrained(self, stacklevel: int = 2) -> None:
         """Issue one :class:`UnconstrainedSourceWarning` counting the unconstrained sources, if any.
@@ -223,19 +321,32 @@ class NormalEquations:
         :meth:`weights_err` is called, triangular CSR factors, which solve
         faster.  Solving with them gives the same weights.
         """
-        return NormalEquations(
-            self.design, self.ivar, self.keep, self.prior_rhs, self.free, self.factor.portable(), self.solver
+        out = NormalEquations(
+            self.design,
+            self.ivar,
+            self.keep,
+            self.prior_rhs,
+            self.free,
+            self.factor.portable(),
+            self.solver,
+            self.col_scale,
+            self.err_scale,
+            self.background,
         )
+        out._prior_prec = self._prior_prec
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["factor"] = self.factor.portable()
         state["_weighted"] = None
+        state["_weighted_background"] = None
+        state["gram"] = None
         return state
 
 
 def prepare_normal_equations(
-    A: scipy.sparse.spmatrix | scipy.sparse.sparray,
+    A: Sparse3D | scipy.sparse.spmatrix | scipy.sparse.sparray,
     *,
     imshape: tuple[int, int],
     errors: np.ndarray | None = None,
@@ -243,13 +354,16 @@ def prepare_normal_equations(
     prior_sigma: float | np.ndarray | None = None,
     mask: np.ndarray | None = None,
     solver: str = "auto",
+    background: Any = None,
 ) -> NormalEquations:
     """Validate the inputs, form the normal matrix and factorise it, once.
 
     The set-up shared by every frame fitted with one error map: what
     :func:`fit_design` does before it touches the data.  Arguments are those
     of :func:`fit_design`, except that ``errors`` is one map of shape
-    ``(H, W)`` (or None).
+    ``(H, W)`` (or None) and ``mask`` one ``(H, W)`` boolean map.  With a
+    ``background``, :meth:`NormalEquations.solve` returns the source weights
+    followed by the background coefficients.
 
     Returns
     -------
@@ -274,8 +388,8 @@ def prepare_normal_equations(
     solver = _check_solver(solver)
     H, W = _check_imshape(imshape)
     npix = H * W
-    _check_design(A, npix, imshape)
-    keep = _check_mask(mask, H, W)
+    n = _check_design(A, npix, imshape)
+    keep = _check_mask(None if mask is None else _check_mask_values(mask), H, W)
     E = None
     if errors is not None:
         errors = np.asarray(errors, dtype=np.float64)
@@ -283,9 +397,15 @@ def prepare_normal_equations(
             raise ValueError(f"errors must have shape (H, W) = {(H, W)}, got {errors.shape}")
         E = errors.reshape(npix, 1)
         _check_errors(E, keep)
-    ivar = _inverse_variance(E, keep)
-    prior_prec, mu = _check_prior(prior_mu, prior_sigma, A.shape[1])
-    A_csr, A_csc = _design_formats(A)
-    return NormalEquations._build(
-        A_csr, A_csc, None if ivar is None else ivar[:, 0], keep, prior_prec, mu, solver
-    )
+    err_scale = _error_scale(E, keep)
+    ivar = _inverse_variance(E, keep, err_scale)
+    prior_prec, mu = _check_prior(prior_mu, prior_sigma, n)
+    bg = as_background(background)
+    B = None if bg is None else bg.columns((H, W))
+    if B is not None:
+        bprec, bmu = bg.prior(B.shape[1])
+        prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
+    A_csr = _design_csr(A)
+    ivar1 = None if ivar is None else ivar[:, 0]
+    keep1 = None if keep is None else keep[:, 0]
+    return NormalEquations._build(A, A_csr, ivar1, keep1, prior_prec, mu, solver, err_scale, B)

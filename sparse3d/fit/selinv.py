@@ -130,7 +130,7 @@ class _Supernodal:
                         raise RuntimeError("internal error: singular diagonal block")
                 self.linv.append(linv)
                 self.lbelow.append(block[k:])
-                rows = ind[ptr[f] + k : ptr[f + 1]]
+                rows = ind[ptr[f] + k : ptr[f + 1]].copy()  # do not pin L's index array
                 self.rows.append(rows)
                 if rows.size:
                     parent[s_] = sup_of_col[rows[0]]
@@ -175,8 +175,27 @@ class _Supernodal:
         with _single_threaded_blas():
             return self._inv_diag()
 
-    def _inv_diag(self) -> np.ndarray:
+    def inv_entries(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Entries ``Z[i, j]`` of ``Z = (L L^T)^-1`` on the factor's pattern (permuted indices).
+
+        The same sweep as :meth:`inv_diag`: every front ``Z[F, F]`` holds the entries of
+        the inverse on the pattern of its columns.  Returns ``(values, found)``: pairs
+        outside the pattern of ``L + L^T`` are not computed (``found`` False, value 0).
+        """
+        lo = np.minimum(i, j).astype(np.int64)
+        hi = np.maximum(i, j).astype(np.int64)
+        with _single_threaded_blas():
+            values, found = np.zeros(lo.size), np.zeros(lo.size, dtype=bool)
+            self._inv_diag((lo, hi, values, found))
+        return values, found
+
+    def _inv_diag(self, pairs: tuple | None = None) -> np.ndarray:
         nsup = self.starts.size
+        if pairs is not None:  # group the requested (row >= col) pairs by the column's supernode
+            lo, hi, values, found = pairs
+            sup_of_col = np.repeat(np.arange(nsup), self.ends - self.starts)
+            order = np.argsort(sup_of_col[lo], kind="stable")
+            bounds = np.searchsorted(sup_of_col[lo][order], np.arange(nsup + 1))
         diag = np.empty(self.n)
         nchild = np.bincount(self.parent[self.parent >= 0], minlength=nsup)
         fronts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -200,6 +219,18 @@ class _Supernodal:
                 if nchild[p] == 0:
                     del fronts[p]
             diag[f:e] = np.diagonal(zss)
+            if pairs is not None and bounds[s + 1] > bounds[s]:
+                req = order[bounds[s] : bounds[s + 1]]
+                c, r = lo[req] - f, hi[req]
+                inside = r < e
+                values[req[inside]] = zss[r[inside] - f, c[inside]]
+                found[req[inside]] = True
+                out = req[~inside]
+                if out.size and rows.size:
+                    pos = np.minimum(np.searchsorted(rows, r[~inside]), rows.size - 1)
+                    hit = rows[pos] == r[~inside]
+                    values[out[hit]] = zrs[pos[hit], c[~inside][hit]]
+                    found[out[hit]] = True
             if nchild[s]:
                 m = rows.size
                 front = np.empty((ns + m, ns + m))

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from functools import partial
+from typing import Any
 
 import numpy as np
 import scipy.sparse
 
+from ..core import Sparse3D
 from ._checks import (
     _check_data_finite,
     _check_design,
@@ -24,63 +25,93 @@ from ._checks import (
     _check_mask,
     _check_prior,
     _check_solver,
+    _error_scale,
     _inverse_variance,
 )
-from .normal import NormalEquations, _design_formats
-from .result import FitResult, _chi2, _warn_unconstrained, _weights_err
+from ._inputs import _read_inputs
+from .assemble import _design_csr
+from .background import as_background
+from .diagnostics import _FitContext, _Group
+from .normal import NormalEquations
+from .result import FitResult, _warn_unconstrained, _weights_err
 
 
 def fit_design(
-    A: scipy.sparse.spmatrix | scipy.sparse.sparray,
-    data: np.ndarray,
+    A: Sparse3D | scipy.sparse.spmatrix | scipy.sparse.sparray,
+    data: Any,
     *,
     imshape: tuple[int, int],
-    errors: np.ndarray | None = None,
+    errors: Any = None,
     prior_mu: float | np.ndarray | None = None,
     prior_sigma: float | np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    background: Any = None,
+    dq: np.ndarray | None = None,
+    bad_bits: int | None = None,
+    saturation: float | None = None,
     return_errors: bool = True,
     solver: str = "auto",
 ) -> FitResult:
-    """Fit the weights of a sparse design matrix to an image or a frame stack.
+    """Fit the weights of a sparse design matrix (and a background) to an image or a frame stack.
 
     Solves the weighted linear least-squares problem
-    ``min_w sum(((d - A w) / errors)**2) + sum(((w - prior_mu) / prior_sigma)**2)``
-    over the unmasked pixels, through the normal equations
-    ``(A^T C^-1 A + P) w = A^T C^-1 d + P prior_mu`` with a sparse Cholesky
-    factorisation that is computed once and reused for every frame.
+    ``min sum(((d - A w - B b) / errors)**2) + sum(((w - prior_mu) / prior_sigma)**2)``
+    over the unmasked pixels, through the normal equations of the joint design ``[A, B]``
+    (``B``: the columns of the background model, if any), with a sparse Cholesky
+    factorisation that is computed once per distinct error map and mask and reused for
+    every frame.
 
     Parameters
     ----------
-    A : scipy.sparse matrix or array, shape (H * W, n)
+    A : Sparse3D or scipy.sparse matrix or array, shape (H * W, n)
         Design matrix; column ``j`` is the image of source ``j`` with unit
         weight, raveled in C order.
-    data : numpy.ndarray, shape (H, W) or (H, W, k)
-        One image, or a stack of ``k`` frames along the last axis.
+    data : array_like, shape (H, W) or (H, W, k)
+        One image, or a stack of ``k`` frames along the last axis.  Also accepted: a
+        ``numpy.ma.MaskedArray`` (its mask is honoured, combined with ``mask``), an
+        astropy ``Quantity`` (the weights then carry its unit), and an astropy
+        ``NDData``/``CCDData``-like object (duck-typed: ``.data``, ``.mask``,
+        ``.uncertainty`` of type ``"std"``, ``"var"`` or ``"ivar"``, ``.unit``).
     imshape : tuple of int
         ``(H, W)``, the shape of one image.
-    errors : numpy.ndarray, optional
+    errors : array_like, optional
         Per-pixel 1-sigma uncertainties, shape ``(H, W)`` (shared by all
-        frames) or the shape of ``data``; all unmasked values must be
-        positive and finite.  None means unit errors (ordinary least
-        squares).  The normal matrix depends on the errors, so a stack whose
-        frames have *different* error maps needs one factorisation per
-        distinct map (frames with identical maps are grouped); errors shared
-        by all frames are the fast path, with a single factorisation.
+        frames) or the shape of ``data``; positive, and finite or ``np.inf``
+        (``np.inf`` masks the pixel).  A ``Quantity`` when the data has a unit (it is
+        converted to the data's unit; a plain array next to unit data is refused).  None
+        means unit errors (ordinary least squares).  A stack whose frames have different
+        error maps needs one factorisation per distinct map (frames with identical maps
+        are grouped); errors shared by all frames are the fast path.
     prior_mu : float or numpy.ndarray, optional
         Mean of the Gaussian prior on each weight, scalar or shape ``(n,)``.
         Defaults to 0 when ``prior_sigma`` is given; requires ``prior_sigma``.
     prior_sigma : float or numpy.ndarray, optional
         Standard deviation of the Gaussian prior on each weight, scalar or
         shape ``(n,)``; must be positive, ``np.inf`` meaning no prior for that
-        source.  Priors also constrain sources with little or no data.
+        source.  Priors also constrain sources with little or no data.  The
+        background coefficients get no prior unless their model has one.
     mask : numpy.ndarray of bool, optional
-        Shape ``(H, W)``; True marks pixels to *ignore* (shared by all
-        frames).  Masked pixels may hold non-finite data or errors.
+        Shape ``(H, W)`` (shared by all frames) or ``(H, W, k)`` (per frame: one
+        factorisation per distinct mask); True marks pixels to *ignore*.  Masked pixels
+        may hold non-finite data or errors.  Integers are accepted only as 0/1: a
+        data-quality bitmask goes to ``dq``.
+    background : optional
+        The sky, solved jointly with the weights: None (default), ``"constant"``,
+        ``"plane"``, ``("poly", order)``, ``("grid", tile)`` or a
+        :class:`~sparse3d.fit.BackgroundModel` (:class:`~sparse3d.fit.Polynomial`,
+        :class:`~sparse3d.fit.BilinearGrid`).  A stack gets one background per frame.
+    dq : numpy.ndarray of int, optional
+        Data-quality bitmask, shape ``(H, W)`` or that of ``data``; pixels with
+        ``dq & bad_bits != 0`` are masked.  Requires ``bad_bits``.
+    bad_bits : int, optional
+        The bits of ``dq`` that mark bad pixels (e.g. ``0b1010``).
+    saturation : float, optional
+        Saturation level: pixels with ``data >= saturation`` are masked, and the sources
+        touching them flagged ``SATURATED``.
     return_errors : bool, optional
-        If True (default) ``FitResult.weights_err`` is available; it is
-        computed on first access and keeps the factorisation alive until
-        then.  If False it is None and the factorisation is freed.
+        If True (default) ``weights_err``, ``background_err`` and :meth:`FitResult.covariance`
+        are available; they are computed on first access and keep the factorisation
+        alive.  If False they are None and the factorisation is freed.
     solver : {"auto", "cholmod", "superlu"}, optional
         Sparse solver.  ``"auto"`` uses CHOLMOD when ``cvxopt`` is installed
         and SciPy's SuperLU otherwise.
@@ -88,20 +119,21 @@ def fit_design(
     Returns
     -------
     FitResult
-        Weights, model, chi-square and (lazily) the weight uncertainties.
+        Weights, background, chi-square and (lazily) the model, residuals, uncertainties,
+        per-source chi-square, flags and covariances.
 
     Raises
     ------
     ValueError
-        If an argument has the wrong shape or invalid values (the message
-        names the argument).
+        If an argument has the wrong shape, invalid values, or is ambiguous (the message
+        names the argument), and when the units of data and errors disagree.
     SingularNormalMatrixError
-        If the normal matrix is singular although every source has data,
-        e.g. two sources with identical columns and no prior.  A source
+        If the normal matrix is singular although every parameter has data,
+        e.g. two sources with identical columns and no prior.  A parameter
         whose Cholesky pivot is below ``PIVOT_RTOL`` (1e-10) times its
         diagonal entry of the normal matrix counts as dependent; the
-        exception's ``sources`` attribute lists them.  Subclass of
-        :class:`numpy.linalg.LinAlgError`.
+        exception's ``sources`` attribute lists them (indices ``>= n`` are
+        background coefficients).  Subclass of :class:`numpy.linalg.LinAlgError`.
 
     Warns
     -----
@@ -113,26 +145,27 @@ def fit_design(
     Notes
     -----
     The uncertainties are ``sqrt(diag(N^-1))`` with ``N`` the normal matrix
-    above (including the prior precision), computed exactly by supernodal
-    selected inversion of the Cholesky factor -- no dense inverse is formed.
+    above (including the prior precision and the background block), computed
+    exactly by supernodal selected inversion of the Cholesky factor -- no
+    dense inverse is formed.
 
     Examples
     --------
     >>> import numpy as np, scipy.sparse
     >>> A = scipy.sparse.random(16, 3, density=0.6, random_state=0, format="csr")
     >>> truth = np.array([1.0, 2.0, 3.0])
-    >>> res = fit_design(A, (A @ truth).reshape(4, 4), imshape=(4, 4))
-    >>> np.allclose(res.weights, truth)
-    True
+    >>> res = fit_design(A, (A @ truth).reshape(4, 4) + 5.0, imshape=(4, 4), background="constant")
+    >>> np.allclose(res.weights, truth), np.allclose(res.background, [5.0])
+    (True, True)
     """
     # ---- validate -------------------------------------------------------
     solver = _check_solver(solver)
     H, W = _check_imshape(imshape)
     npix = H * W
-    _check_design(A, npix, imshape)
-    n = A.shape[1]
+    n = _check_design(A, npix, imshape)
 
-    data = np.asarray(data)
+    inputs = _read_inputs(data, errors, mask, dq, bad_bits)
+    data, errors = inputs.data, inputs.errors
     if data.ndim not in (2, 3) or data.shape[:2] != (H, W):
         raise ValueError(f"data must have shape (H, W) = {(H, W)} or (H, W, k), got {data.shape}")
     stack = data.ndim == 3
@@ -141,14 +174,8 @@ def fit_design(
     if D.dtype != np.float64:
         D = D.astype(np.float64)
 
-    keep = _check_mask(mask, H, W)
-    n_pixels = npix if keep is None else int(keep.sum())
-    _check_data_finite(D, keep)
-
     E: np.ndarray | None = None
-    groups = [np.arange(k)]
     if errors is not None:
-        errors = np.asarray(errors, dtype=np.float64)
         if errors.shape == (H, W):
             E = errors.reshape(npix, 1)
         elif errors.shape == data.shape:
@@ -157,49 +184,89 @@ def fit_design(
             raise ValueError(
                 f"errors must have shape {(H, W)} or the shape of data {data.shape}, got {errors.shape}"
             )
+
+    keep = _check_mask(inputs.mask, H, W, k if stack else None)  # (npix, 1 or k); None: all pixels
+    saturated = None
+    if saturation is not None:
+        level = _check_saturation(saturation)
+        with np.errstate(invalid="ignore"):
+            sat = D >= level
+        if sat.any():
+            saturated = sat
+            keep = ~sat if keep is None else keep & ~sat
+    per_frame_mask = keep is not None and keep.shape[1] > 1
+    n_pixels: int | np.ndarray = npix if keep is None else int(keep[:, 0].sum())
+    if per_frame_mask:
+        n_pixels = keep.sum(axis=0)
+    _check_data_finite(D, keep)
+
+    if E is not None:
         _check_errors(E, keep)
-        if E.shape[1] > 1:
-            groups = _frame_groups(E, keep)
-            E = E[:, [int(g[0]) for g in groups]]
-    ivar = _inverse_variance(E, keep)  # (npix, g), 0 where masked; None: unit, no mask
+    # (npix, g) scaled inverse variances (err_scale / errors)**2, 0 where masked, one column per
+    # distinct map and mask; None: unit errors, no mask
+    err_scale = _error_scale(E, keep)
+    ivar = _inverse_variance(E, keep, err_scale)
+    groups = [] if (ivar is not None and ivar.shape[1] == 0) else [np.arange(k)]  # no frames
+    if ivar is not None and ivar.shape[1] > 1:
+        groups = _frame_groups(ivar)
+        ivar = ivar[:, [int(g[0]) for g in groups]]
+    col_of_frame = None
+    if len(groups) > 1:
+        col_of_frame = np.empty(k, dtype=np.intp)
+        for gi, frames in enumerate(groups):
+            col_of_frame[frames] = gi
 
+    bg = as_background(background)
+    B = None if bg is None else bg.columns((H, W))
     prior_prec, mu = _check_prior(prior_mu, prior_sigma, n)
-    A_csr, A_csc = _design_formats(A)
+    if B is not None:
+        bprec, bmu = bg.prior(B.shape[1])
+        prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
+    A_csr = _design_csr(A)
+    m = n if B is None else n + B.shape[1]
 
-    # ---- one factorisation per distinct error map -----------------------
-    weights = np.full((n, k), np.nan)
-    err_fns: list[tuple[np.ndarray, Callable[[], np.ndarray]]] = []
+    # ---- one factorisation per distinct error map and mask --------------
+    params = np.full((m, k), np.nan) if len(groups) != 1 else None
+    chi2 = np.zeros(k)
+    fit_groups: list[_Group] = []
     unconstrained = np.zeros(n, dtype=bool)
     for gi, frames in enumerate(groups):
-        ne = NormalEquations._build(
-            A_csr, A_csc, None if ivar is None else ivar[:, gi], keep, prior_prec, mu, solver
-        )
-        if gi == 0:
-            unconstrained = ne.unconstrained
+        keep_g = None
+        if keep is not None:
+            keep_g = keep[:, int(frames[0])] if per_frame_mask else keep[:, 0]
+        ivar_g = None if ivar is None else ivar[:, gi]
+        ne = NormalEquations._build(A, A_csr, ivar_g, keep_g, prior_prec, mu, solver, err_scale, B)
+        unconstrained |= ne.unconstrained
         if len(groups) == 1:
-            weights = ne.solve(D)
+            params, chi2 = ne.solve(D, return_chi2=True)
         else:
-            weights[:, frames] = ne.solve(D[:, frames])
-        if return_errors:
-            err_fns.append((frames, partial(_weights_err, ne.factor, ne.free)))
-        del ne  # the weighted design matrix; the factor lives on in err_fns
-    del A_csc
+            params[:, frames], chi2[frames] = ne.solve(D[:, frames], return_chi2=True)
+        factor = ne.factor if return_errors else None
+        fit_groups.append(_Group(frames, ne.gram, ne.free, factor, err_scale * ne.col_scale))
+        del ne  # the weighted design matrix; the factor lives on in fit_groups
     _warn_unconstrained(unconstrained, stacklevel=3)  # via Sparse3D.fit / ROISparse3D.fit
 
-    # ---- chi-square, model --------------------------------------------
-    wz = np.where(np.isnan(weights), 0.0, weights)
-    chi2 = _chi2(A_csr, wz, D, ivar, groups, keep)
+    # ---- model, diagnostics (chi-square came with the solution) ---------
+    wz = np.where(np.isnan(params), 0.0, params)
+    context = _FitContext(
+        A_csr, B, D, (H, W), stack, ivar, col_of_frame, keep, saturated, fit_groups, wz, err_scale
+    )
 
     def model_fn() -> np.ndarray:
-        M = A_csr @ (wz if stack else wz[:, 0])
+        M = A_csr @ (wz[:n] if stack else wz[:n, 0])
+        if B is not None:
+            M += B @ (wz[n:] if stack else wz[n:, 0])
         return M.reshape(H, W, k) if stack else M.reshape(H, W)
 
     weights_err_fn = None
     if return_errors:
-        weights_err_fn = _combine_err_fns(err_fns, n, k)
+        weights_err_fn = _errors_fn(fit_groups, m, k)
 
-    return FitResult(
-        weights=weights if stack else weights[:, 0],
+    def one(x: np.ndarray) -> np.ndarray:
+        return x if stack else x[:, 0]
+
+    result = FitResult(
+        weights=one(params[:n]),
         chi2=chi2 if stack else float(chi2[0]),
         n_pixels=n_pixels,
         unconstrained=unconstrained,
@@ -207,24 +274,37 @@ def fit_design(
         n_factorizations=len(groups),
         _model_fn=model_fn,
         _weights_err_fn=weights_err_fn,
+        background=None if B is None else one(params[n:]),
+        background_model=bg,
+        _context=context,
     )
+    return result._with_unit(inputs.unit)
 
 
-def _frame_groups(err: np.ndarray, keep: np.ndarray | None) -> list[np.ndarray]:
-    """Group the frames of an ``(npix, k)`` error stack by identical maps.
+def _check_saturation(saturation: Any) -> float:
+    if hasattr(saturation, "unit"):
+        raise ValueError("saturation must be a plain number in the data's unit, not a Quantity")
+    try:
+        level = float(saturation)
+    except (TypeError, ValueError):
+        raise ValueError(f"saturation must be a real number, got {saturation!r}") from None
+    if np.isnan(level):
+        raise ValueError("saturation must not be NaN")
+    return level
 
-    Only unmasked pixels (``keep``) are compared.  The common case, every
-    frame equal to the first, is detected in one pass over row blocks.
+
+def _frame_groups(ivar: np.ndarray) -> list[np.ndarray]:
+    """Group the frames of an ``(npix, k)`` inverse-variance stack by identical columns.
+
+    The columns are 0 on masked pixels, so frames group by error map *and* mask.  The
+    common case, every frame equal to the first, is detected in one pass over row blocks.
     """
-    npix, k = err.shape
+    npix, k = ivar.shape
     same = np.ones(k, dtype=bool)
-    chunk = max(256, (1 << 18) // k)
+    chunk = max(256, (1 << 18) // max(1, k))
     for i in range(0, npix, chunk):
-        block = err[i : i + chunk]
-        eq = block == block[:, :1]
-        if keep is not None:
-            eq |= ~keep[i : i + chunk, None]
-        same &= eq.all(axis=0)
+        block = ivar[i : i + chunk]
+        same &= (block == block[:, :1]).all(axis=0)
         if not same.any():
             break
     if same.all():
@@ -233,9 +313,7 @@ def _frame_groups(err: np.ndarray, keep: np.ndarray | None) -> list[np.ndarray]:
     out: list[list[int]] = []
     cols: dict[int, np.ndarray] = {}
     for i in range(k):
-        col = np.array(err[:, i], dtype=np.float64)
-        if keep is not None:
-            col[~keep] = 1.0
+        col = np.ascontiguousarray(ivar[:, i], dtype=np.float64)
         key = hashlib.blake2b(col.view(np.uint8), digest_size=16).digest()
         for g in buckets.get(key, []):
             if np.array_equal(col, cols[g]):
@@ -248,20 +326,15 @@ def _frame_groups(err: np.ndarray, keep: np.ndarray | None) -> list[np.ndarray]:
     return [np.asarray(g, dtype=np.intp) for g in out]
 
 
-def _combine_err_fns(
-    err_fns: list[tuple[np.ndarray, Callable[[], np.ndarray]]], n: int, k: int
-) -> Callable[[], np.ndarray]:
-    """Merge the per-error-map uncertainty callbacks: (n,) or (n, k) result."""
-    holder = list(err_fns)
+def _errors_fn(groups: list[_Group], m: int, k: int) -> Callable[[], np.ndarray]:
+    """The parameters' uncertainties on demand: ``(m,)``, or ``(m, k)`` for several groups."""
 
     def fn() -> np.ndarray:
-        if len(holder) == 1:
-            out = holder[0][1]()
-        else:
-            out = np.empty((n, k))
-            for frames, f in holder:
-                out[:, frames] = f()[:, None]
-        holder.clear()
+        if len(groups) == 1:
+            return _weights_err(groups[0].factor, groups[0].free, groups[0].scale)
+        out = np.empty((m, k))
+        for g in groups:
+            out[:, g.frames] = _weights_err(g.factor, g.free, g.scale)[:, None]
         return out
 
     return fn

@@ -1,0 +1,193 @@
+"""Numba kernels that reshape a sparse Cholesky factor for the supernodal machinery.
+
+Imported lazily by :mod:`sparse3d.fit.factor`; compiled once and cached on disk.
+
+A simplicial factor (one column at a time, as ``qdldl`` produces) has thousands of tiny
+*fundamental* supernodes (runs of columns with nested patterns). The supernodal solve and the
+selected inversion of :mod:`sparse3d.fit.selinv` loop over supernodes in Python, so
+:func:`amalgamate` merges each supernode into its parent when that adds few explicit zeros
+(*relaxed supernodes*, as CHOLMOD does), after :func:`postorder` has made every subtree of
+the elimination tree a contiguous range of columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# CHOLMOD's relaxed-amalgamation defaults: a merged supernode of at most NRELAX[i] columns
+# may hold a fraction of explicit zeros below ZRELAX[i]; up to NRELAX[0] columns always merge.
+NRELAX = (4, 16, 48)
+ZRELAX = (0.8, 0.1, 0.05)
+
+
+@njit(cache=True, nogil=True)
+def etree_parent(indptr, indices):  # pragma: no cover - compiled
+    """Parent of every column in the elimination tree of a *strictly* lower factor (CSC, sorted)."""
+    n = indptr.size - 1
+    parent = np.full(n, -1, dtype=np.int64)
+    for j in range(n):
+        if indptr[j + 1] > indptr[j]:
+            parent[j] = indices[indptr[j]]
+    return parent
+
+
+@njit(cache=True, nogil=True)
+def postorder(parent):  # pragma: no cover - compiled
+    """A postorder of the forest ``parent`` (children in increasing order, -1 for roots)."""
+    n = parent.size
+    head = np.full(n, -1, dtype=np.int64)
+    nxt = np.full(n, -1, dtype=np.int64)
+    for j in range(n - 1, -1, -1):
+        p = parent[j]
+        if p >= 0:
+            nxt[j] = head[p]
+            head[p] = j
+    post = np.empty(n, dtype=np.int64)
+    stack = np.empty(n, dtype=np.int64)
+    k = 0
+    for r in range(n):
+        if parent[r] >= 0:
+            continue
+        top = 0
+        stack[0] = r
+        while top >= 0:
+            j = stack[top]
+            c = head[j]
+            if c == -1:
+                top -= 1
+                post[k] = j
+                k += 1
+            else:
+                head[j] = nxt[c]
+                top += 1
+                stack[top] = c
+    return post
+
+
+@njit(cache=True, nogil=True)
+def amalgamate(indptr, indices, data, dvec, nrelax, zrelax):  # pragma: no cover - compiled
+    """Relaxed supernodes of a postordered ``L D L^T``, as a padded Cholesky factor.
+
+    ``(indptr, indices, data)`` is the *strictly* lower part of a unit lower factor ``L``
+    in CSC with sorted rows and a pattern closed under its elimination tree, whose columns
+    are in a postorder of that tree; ``dvec`` is ``D``. Returns CSC arrays of the Cholesky
+    factor ``(L + I) sqrt(D)`` in which each merged supernode ``[f, e)`` with rows ``R``
+    below it stores, in column ``c``, the rows ``c..e-1`` and ``R`` (the diagonal first;
+    zeros where ``L`` had no entry).
+    """
+    n = indptr.size - 1
+    # fundamental supernodes: column j continues j - 1 when its pattern is j - 1's without j
+    starts = np.empty(n + 1, dtype=np.int64)
+    ns = 0
+    for j in range(n):
+        cont = False
+        if j > 0:
+            cprev = indptr[j] - indptr[j - 1]
+            if cprev > 0 and cprev == indptr[j + 1] - indptr[j] + 1 and indices[indptr[j - 1]] == j:
+                cont = True
+        if not cont:
+            starts[ns] = j
+            ns += 1
+    starts[ns] = n
+    # greedy merging along the chain child -> parent when the child immediately precedes it
+    gstart = np.empty(ns + 1, dtype=np.int64)  # merged groups [gstart[g], gstart[g + 1])
+    ng = 0
+    zeros = 0  # explicit zeros of the current group
+    entries = 0  # stored entries of the current group
+    for s in range(ns):
+        f = starts[s]
+        e = starts[s + 1]
+        k = e - f
+        mrows = indptr[f + 1] - indptr[f] + 1 - k  # rows below the diagonal block
+        own = k * (k + 1) // 2 + k * mrows
+        merged = False
+        if ng > 0:
+            gf = gstart[ng - 1]
+            last = f - 1  # last column of the previous group
+            if indptr[last + 1] > indptr[last] and indices[indptr[last]] == f:
+                # the previous group's parent is this supernode's first column
+                gk = f - gf
+                gm = indptr[gf + 1] - indptr[gf] + 1 - gk  # its rows below
+                add = gk * (k + mrows - gm)  # zeros added to the group's columns
+                tk = gk + k
+                tz = zeros + add
+                te = entries + own + add
+                frac = tz / te
+                ok = tk <= nrelax[0]
+                if not ok:
+                    if tk <= nrelax[1]:
+                        ok = frac < zrelax[0]
+                    elif tk <= nrelax[2]:
+                        ok = frac < zrelax[1]
+                    else:
+                        ok = frac < zrelax[2]
+                if ok:
+                    merged = True
+                    zeros = tz
+                    entries = te
+        if not merged:
+            gstart[ng] = f
+            ng += 1
+            zeros = 0
+            entries = own
+    gstart[ng] = n
+    # padded Cholesky factor
+    counts = np.zeros(n + 1, dtype=np.int64)
+    for g in range(ng):
+        f = gstart[g]
+        e = gstart[g + 1]
+        top = e - 1
+        m = indptr[top + 1] - indptr[top]  # rows below the group = rows below its last column
+        for c in range(f, e):
+            counts[c + 1] = (e - c) + m
+    optr = np.cumsum(counts)
+    oind = np.empty(optr[n], dtype=np.int64)
+    odat = np.zeros(optr[n], dtype=np.float64)
+    for g in range(ng):
+        f = gstart[g]
+        e = gstart[g + 1]
+        top = e - 1
+        below = indices[indptr[top] : indptr[top + 1]]
+        for c in range(f, e):
+            o = optr[c]
+            h = e - c
+            for t in range(h):
+                oind[o + t] = c + t
+            for t in range(below.size):
+                oind[o + h + t] = below[t]
+            sd = np.sqrt(dvec[c])
+            odat[o] = sd
+            # scatter column c of L into the padded pattern (both sorted)
+            q = o + 1
+            end = optr[c + 1]
+            for p in range(indptr[c], indptr[c + 1]):
+                r = indices[p]
+                while q < end and oind[q] != r:
+                    q += 1
+                if q == end:
+                    raise ValueError("factor pattern is not closed under its elimination tree")
+                odat[q] = data[p] * sd
+    return optr, oind, odat
+
+
+@njit(cache=True, nogil=True)
+def ldlt_solve(indptr, indices, data, dvec, x):  # pragma: no cover - compiled
+    """Solve ``(L + I) D (L + I)^T y = x`` in place; ``L`` strictly lower CSC, ``x`` ``(n, k)``."""
+    n, k = x.shape
+    for j in range(n):
+        for p in range(indptr[j], indptr[j + 1]):
+            i = indices[p]
+            v = data[p]
+            for t in range(k):
+                x[i, t] -= v * x[j, t]
+    for j in range(n):
+        inv = 1.0 / dvec[j]
+        for t in range(k):
+            x[j, t] *= inv
+    for j in range(n - 1, -1, -1):
+        for p in range(indptr[j], indptr[j + 1]):
+            i = indices[p]
+            v = data[p]
+            for t in range(k):
+                x[j, t] -= v * x[i, t]

@@ -1,0 +1,161 @@
+"""Numba kernels that build the normal matrix straight from regular stamps.
+
+Imported lazily (numba costs ~0.5 s to import) by :func:`sparse3d.fit.assemble.normal_matrix`;
+compiled once and cached on disk (``cache=True``).
+
+A *regular* stamp array has, for every source ``k``, ``row[:, :, k] = r0[k] + arange(nr)[:, None]``
+and ``col[:, :, k] = c0[k] + arange(nc)``: an ``nr x nc`` rectangle of image pixels at corner
+``(r0[k], c0[k])``. Two sources then share pixels only if ``|r0[i] - r0[j]| < nr`` and
+``|c0[i] - c0[j]| < nc``, so the sources are sorted into a grid of stamp-sized cells and each one
+only looks at the 3 x 3 cells around its own; the entry ``N[i, j]`` is a dot product over the
+overlap of the two rectangles.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def regular_corners(row, col):  # pragma: no cover - compiled
+    """``(ok, r0, c0)``: whether the stamps are regular rectangles, and their corners (int64)."""
+    nr, nc, n = row.shape
+    r0 = np.empty(n, dtype=np.int64)
+    c0 = np.empty(n, dtype=np.int64)
+    for k in range(n):
+        r0[k] = row[0, 0, k]
+        c0[k] = col[0, 0, k]
+    for a in range(nr):
+        for b in range(nc):
+            for k in range(n):
+                if row[a, b, k] != r0[k] + a or col[a, b, k] != c0[k] + b:
+                    return False, r0, c0
+    return True, r0, c0
+
+
+@njit(cache=True, nogil=True)
+def cell_order(r0, c0, nr, nc):  # pragma: no cover - compiled
+    """Sources sorted by stamp-sized cell (row-major cells, index order within a cell)."""
+    rmin = r0.min()
+    cmin = c0.min()
+    cr = (r0 - rmin) // nr
+    cc = (c0 - cmin) // nc
+    ncc = cc.max() + 3
+    key = (cr + 1) * ncc + (cc + 1)
+    order = np.argsort(key, kind="mergesort")
+    return order, key[order], ncc
+
+
+@njit(cache=True, nogil=True)
+def weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc):  # pragma: no cover
+    """``B[p, a, b] = values[a, b, order[p]] * sqrt(ivar)`` at the stamp pixel; 0 off the image.
+
+    The stamps are copied in the order ``order`` (cell order: neighbours are then close in
+    memory). ``sqrt_ivar`` is the flat ``(H * W,)`` map (ignored unless ``has_ivar``);
+    ``(imr, imc)`` is the image corner. Also returns ``colmax[p] = max |B[p]|``.
+    """
+    nr, nc, n = values.shape
+    pos = np.empty(n, dtype=np.int64)
+    for p in range(n):
+        pos[order[p]] = p
+    B = np.zeros((n, nr, nc), dtype=np.float64)
+    colmax = np.zeros(n, dtype=np.float64)
+    blk = 16  # sources read together: consecutive in values' last axis
+    for k0 in range(0, n, blk):
+        k1 = min(k0 + blk, n)
+        for a in range(nr):
+            for b in range(nc):
+                for k in range(k0, k1):
+                    r = r0[k] + a - imr
+                    c = c0[k] + b - imc
+                    if r < 0 or r >= H or c < 0 or c >= W:
+                        continue
+                    v = np.float64(values[a, b, k])
+                    if has_ivar:
+                        v *= sqrt_ivar[r * W + c]
+                    p = pos[k]
+                    B[p, a, b] = v
+                    if abs(v) > colmax[p]:
+                        colmax[p] = abs(v)
+    return B, colmax
+
+
+@njit(cache=True, nogil=True)
+def scale_rows(B, scale):  # pragma: no cover - compiled
+    """``B[p] *= scale[p]`` in place."""
+    n, nr, nc = B.shape
+    for k in range(n):
+        s = scale[k]
+        if s != 1.0:
+            for a in range(nr):
+                for b in range(nc):
+                    B[k, a, b] *= s
+
+
+@njit(cache=True, nogil=True)
+def _neighbours(p, i, order, skey, ncc, r0, c0, nr, nc, buf, store):  # pragma: no cover
+    """Count the sources ``j <= i`` whose stamps overlap source ``i`` (at cell position ``p``).
+
+    With ``store``, also fill ``buf`` with their cell positions, sorted by source index
+    (``buf`` must hold the count).
+    """
+    m = 0
+    key = skey[p]
+    for dr in range(-1, 2):
+        lo_key = key + dr * ncc - 1
+        q = np.searchsorted(skey, lo_key)
+        while q < skey.size and skey[q] <= lo_key + 2:
+            j = order[q]
+            if j <= i and abs(r0[j] - r0[i]) < nr and abs(c0[j] - c0[i]) < nc:
+                if store:
+                    t = m  # insertion sort by source index: the list is short
+                    while t > 0 and order[buf[t - 1]] > j:
+                        buf[t] = buf[t - 1]
+                        t -= 1
+                    buf[t] = q
+                m += 1
+            q += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def normal_lower(B, order, skey, ncc, r0, c0):  # pragma: no cover - compiled
+    """Lower triangle of ``N[i, j] = sum B_i * B_j`` over shared pixels, as CSR arrays.
+
+    ``B`` is ``(n, nr, nc)``, the weighted stamps in cell order (``B[p]`` is source
+    ``order[p]``; see :func:`cell_order`), 0 off the image. Returns ``(indptr, indices,
+    data)`` over source indices, with sorted column indices.
+    """
+    n, nr, nc = B.shape
+    counts = np.zeros(n + 1, dtype=np.int64)
+    buf = np.empty(0, dtype=np.int64)
+    for p in range(n):
+        i = order[p]
+        counts[i + 1] = _neighbours(p, i, order, skey, ncc, r0, c0, nr, nc, buf, False)
+    buf = np.empty(max(1, counts.max()), dtype=np.int64)
+    indptr = np.cumsum(counts)
+    indices = np.empty(indptr[n], dtype=np.int64)
+    data = np.empty(indptr[n], dtype=np.float64)
+    for p in range(n):
+        i = order[p]
+        m = _neighbours(p, i, order, skey, ncc, r0, c0, nr, nc, buf, True)
+        base = indptr[i]
+        Bi = B[p]
+        for t in range(m):
+            q = buf[t]
+            j = order[q]
+            Bj = B[q]
+            dr = r0[j] - r0[i]
+            dc = c0[j] - c0[i]
+            a0 = max(0, dr)
+            a1 = min(nr, nr + dr)
+            b0 = max(0, dc)
+            b1 = min(nc, nc + dc)
+            s = 0.0
+            for a in range(a0, a1):
+                for b in range(b0, b1):
+                    s += Bi[a, b] * Bj[a - dr, b - dc]
+            indices[base + t] = j
+            data[base + t] = s
+    return indptr, indices, data

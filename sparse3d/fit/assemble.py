@@ -1,0 +1,190 @@
+"""Assembling the normal matrix ``A^T diag(ivar) A`` of a design: :func:`normal_matrix`.
+
+From the stamps of a regular :class:`~sparse3d.Sparse3D` through the compiled kernel of
+:mod:`._stamp_kernels`, else SciPy's ``A^T A`` of the canonical CSR form; the power-of-two
+column scaling that keeps it representable. Also the design formats (canonical CSR, row
+scaling by the weights). The background block of a sky model is appended in :mod:`._joint`.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from ..core import Sparse3D
+
+
+def _row_scale(M: scipy.sparse.csr_matrix | scipy.sparse.csc_matrix, scale: np.ndarray) -> Any:
+    """Return ``diag(scale) @ M`` in the format of ``M``, dropping zeroed rows."""
+    if M.format == "csr":
+        data = M.data * np.repeat(scale, np.diff(M.indptr))
+    else:
+        data = M.data * scale[M.indices]
+    if np.all(scale != 0):
+        return M.__class__((data, M.indices, M.indptr), shape=M.shape)
+    # eliminate_zeros works in place: do not let it touch M's index arrays
+    out = M.__class__((data, M.indices.copy(), M.indptr.copy()), shape=M.shape)
+    out.eliminate_zeros()
+    return out
+
+
+def _canonical(M: scipy.sparse.spmatrix) -> scipy.sparse.spmatrix:
+    """Return ``M`` as float64 with sorted indices and no duplicates."""
+    if M.dtype != np.float64:
+        M = M.astype(np.float64)
+    if not M.has_canonical_format:
+        M = M.copy()
+        M.sum_duplicates()
+    return M
+
+
+def _design_csr(A: Any) -> scipy.sparse.csr_matrix:
+    """``A`` (a Sparse3D or a SciPy matrix) in canonical float64 CSR; ValueError if non-finite.
+
+    CSR serves ``A @ x`` and (as ``A_csr.T``) ``A^T @ X``. A Sparse3D's cached CSR is used
+    without a copy when it is already canonical.
+    """
+    A_csr = _canonical(A._csr if isinstance(A, Sparse3D) else scipy.sparse.csr_matrix(A))
+    if not np.all(np.isfinite(A_csr.data)):
+        raise ValueError("A contains non-finite values")
+    return A_csr
+
+
+# -- the normal matrix ---------------------------------------------------------------------
+# Whether a structure's stamps are regular rectangles, and their corners: computed once per
+# structure (a pass over all positions), shared by every array built on it.
+_REGULAR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _regular_corners(S: Sparse3D) -> tuple[np.ndarray, np.ndarray] | None:
+    """Corners ``(r0, c0)`` (int64, ``(n,)``) if every stamp of ``S`` is a regular rectangle, else None."""
+    st = S._structure
+    hit = _REGULAR.get(st)
+    if hit is None:
+        nr, nc, n = st.stamp_shape
+        if n == 0 or nr * nc == 0:
+            hit = (False, None, None)
+        else:
+            from ._stamp_kernels import regular_corners
+
+            hit = regular_corners(st.row, st.col)
+        _REGULAR[st] = hit
+    ok, r0, c0 = hit
+    return (r0, c0) if ok else None
+
+
+def _grid_fits(S: Sparse3D, r0: np.ndarray, c0: np.ndarray) -> bool:
+    """Whether the grid of stamp-sized cells over the corners has int64-addressable cells."""
+    nr, nc, _ = S._values.shape
+    rows = (int(r0.max()) - int(r0.min())) // nr + 3
+    cols = (int(c0.max()) - int(c0.min())) // nc + 3
+    return rows * cols < 2**62
+
+
+def _pow2_scale(colmax: np.ndarray) -> np.ndarray:
+    """Powers of two ``c ~ 1 / colmax`` (exact to apply and undo); 1 where ``colmax`` is 0."""
+    c = np.ones(colmax.shape)
+    nz = colmax > 0
+    c[nz] = np.exp2(-np.round(np.log2(colmax[nz])))
+    return c
+
+
+def _scaled_normal_matrix(
+    design: Sparse3D | scipy.sparse.csr_matrix, ivar: np.ndarray | None
+) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
+    """``(N, c)``: the lower triangle of ``diag(c) A^T diag(ivar) A diag(c)`` and the column scale.
+
+    ``c[j]`` is the power of two nearest ``1 / max_i |A_ij| sqrt(ivar_i)`` (1 for an empty
+    column): every column of the weighted design then has its largest entry in ``[0.7, 1.4]``,
+    so no product underflows or overflows whatever the units of the stamps and errors, and
+    scaling and unscaling are exact. Dispatches like :func:`normal_matrix`.
+    """
+    corners = _regular_corners(design) if isinstance(design, Sparse3D) else None
+    if corners is not None and not _grid_fits(design, *corners):
+        corners = None  # stamps spread over > 2**62 cells: the general path
+    if corners is not None:
+        from ._stamp_kernels import cell_order, normal_lower, scale_rows, weighted_stamps
+
+        S = design
+        r0, c0 = corners
+        nr, nc, n = S._values.shape
+        values = S._values
+        if values.dtype not in (np.float64, np.float32):
+            values = values.astype(np.float64)
+        (H, W), (imr, imc) = S.imshape, S.imcorner
+        has_ivar = ivar is not None
+        sqrt_ivar = np.sqrt(ivar) if has_ivar else np.zeros(0)
+        order, skey, ncc = cell_order(r0, c0, nr, nc)
+        B, colmax = weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc)
+        del sqrt_ivar
+        cp = _pow2_scale(colmax)  # in cell order
+        scale_rows(B, cp)
+        indptr, indices, data = normal_lower(B, order, skey, ncc, r0, c0)
+        del B
+        c = np.empty(n)
+        c[order] = cp
+        idx_dtype = np.int32 if max(n, data.size) < 2**31 else np.int64
+        N = scipy.sparse.csr_matrix(
+            (data, indices.astype(idx_dtype), indptr.astype(idx_dtype)), shape=(n, n), copy=False
+        )
+        return N, c
+    A = design.tocsr() if isinstance(design, Sparse3D) else design
+    A = _canonical(scipy.sparse.csr_matrix(A))
+    As = A if ivar is None else _row_scale(A, np.sqrt(ivar))
+    colmax = np.zeros(A.shape[1])
+    if As.nnz:
+        np.maximum.at(colmax, As.indices, np.abs(As.data))
+    c = _pow2_scale(colmax)
+    As = As @ scipy.sparse.diags(c, format="csr")
+    G = scipy.sparse.tril(As.T @ As, format="csr")
+    G.sort_indices()
+    return G, c
+
+
+def normal_matrix(
+    design: Sparse3D | scipy.sparse.spmatrix | scipy.sparse.sparray, ivar: np.ndarray | None = None
+) -> scipy.sparse.csr_matrix:
+    """The normal matrix ``A^T diag(ivar) A`` of a design, as its **lower triangle** (CSR).
+
+    Parameters
+    ----------
+    design : Sparse3D or scipy.sparse matrix/array
+        The design ``A`` of shape ``(H * W, n)``: a :class:`~sparse3d.Sparse3D` (its logical
+        ``(H, W, n)`` array raveled over the image; off-image stamp pixels do not count) or a
+        2-D SciPy sparse matrix.
+    ivar : numpy.ndarray, optional
+        Inverse variances ``1 / errors**2`` per image pixel, shape ``(H * W,)``, 0 on masked
+        pixels. None means 1 everywhere.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix
+        Shape ``(n, n)``, float64: the entries ``N[i, j]`` with ``j <= i`` (diagonal
+        included), canonical (sorted column indices, no duplicates). Entries of pairs of
+        sources that share a pixel are stored even when their value is 0. The full matrix is
+        ``N + N.T - diag(N.diagonal())``; the lower triangle in CSR is the upper triangle in
+        CSC, which is what the factorisations take.
+
+    Notes
+    -----
+    A Sparse3D whose stamps are regular ``nr x nc`` rectangles (``row[:, :, k] = r0[k] +
+    arange(nr)[:, None]``, likewise ``col``) is multiplied stamp by stamp (a compiled kernel
+    visits the sources on a grid of stamp-sized cells and multiplies overlapping stamps over
+    their shared pixels); anything else goes through SciPy's ``A^T A`` of the CSR form.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse
+    >>> A = scipy.sparse.csr_matrix(np.array([[1.0, 0.0], [2.0, 1.0], [0.0, 3.0]]))
+    >>> normal_matrix(A).toarray()
+    array([[ 5.,  0.],
+           [ 2., 10.]])
+    """
+    N, c = _scaled_normal_matrix(design, ivar)
+    if np.any(c != 1.0):
+        inv = 1.0 / c
+        N.data *= inv[N.indices] * np.repeat(inv, np.diff(N.indptr))
+    return N

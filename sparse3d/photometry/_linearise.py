@@ -1,0 +1,96 @@
+"""The linearised scene: a PSF model and its position derivatives around current positions.
+
+A scene ``model = sum_k f_k PSF(x - r_k, y - c_k)`` is linear in the fluxes ``f`` and not in
+the positions. Around positions ``(r, c)`` it is, to first order,
+
+    model(f', r + dr, c + dc) ~ L f' + (f * dL/drow) dr + (f * dL/dcol) dc
+
+so one weighted linear least-squares solve with the design columns
+``[L, f * dL/drow, f * dL/dcol]`` gives new fluxes and position offsets together: one
+Gauss-Newton step. This module builds those columns from the PSF layer's public API
+(``psf.design(..., derivatives=("row", "col"))``) and holds the per-source stamp sums the
+damping needs (column norms, chi-square over each stamp).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse
+
+from ..core import Sparse3D
+
+
+def design_at(
+    psf: Any,
+    row: np.ndarray,
+    col: np.ndarray,
+    imshape: tuple[int, int],
+    stamp_shape: tuple[int, int],
+    imcorner: tuple[int, int],
+    derivatives: bool,
+) -> tuple[Sparse3D, Sparse3D | None, Sparse3D | None]:
+    """``L`` (and ``dL/drow``, ``dL/dcol`` when ``derivatives``) at the positions ``row, col``."""
+    if not derivatives:
+        return psf.design(row, col, imshape, stamp_shape=stamp_shape, imcorner=imcorner), None, None
+    L, d = psf.design(
+        row, col, imshape, stamp_shape=stamp_shape, imcorner=imcorner, derivatives=("row", "col")
+    )
+    return L, d["row"], d["col"]
+
+
+def stamp_values(S: Sparse3D, image: np.ndarray) -> np.ndarray:
+    """``image`` (``(H, W)``, in the array's pixel frame) read at every stamp pixel of ``S``.
+
+    Returns ``(nr, nc, nsources)``; 0 on stamp pixels outside the image.
+    """
+    H, W = S.imshape
+    r = np.clip(S.row - S.imcorner[0], 0, H - 1)
+    c = np.clip(S.col - S.imcorner[1], 0, W - 1)
+    return np.where(S.in_image, image[r, c], 0.0)
+
+
+def stamp_sum(S: Sparse3D, image: np.ndarray, power: int = 0) -> np.ndarray:
+    """Per-source ``sum(S.data**power * image)`` over each stamp's in-image pixels, ``(nsources,)``."""
+    v = stamp_values(S, image)
+    if power:
+        v = v * S.data**power
+    return v.sum(axis=(0, 1))
+
+
+def column_norms(ivar: np.ndarray, *arrays: Sparse3D) -> list[np.ndarray]:
+    """Per-source ``sum(ivar * S.data**2)`` of each of ``arrays``, which share one structure.
+
+    The weights are read at the stamp pixels once for all of them (the PSF layer hands out
+    the model and its derivatives with the same structure).
+    """
+    if not arrays:
+        return []
+    w = stamp_values(arrays[0], ivar)
+    return [(w * S.data**2).sum(axis=(0, 1)) for S in arrays]
+
+
+def gauss_newton_design(
+    L: Sparse3D, dR: Sparse3D, dC: Sparse3D, flux: np.ndarray, moving: np.ndarray
+) -> scipy.sparse.csc_matrix:
+    """The Gauss-Newton design ``[L, f dL/drow, f dL/dcol]`` as CSC.
+
+    The derivative columns are kept only for the sources in ``moving`` (integer indices),
+    so the solve's unknowns are all fluxes, then the row offsets, then the column offsets
+    of the moving sources.
+    """
+    f = np.nan_to_num(flux)
+    cols = [L.tocsc()]
+    if moving.size:
+        cols.append((dR * f).tocsc()[:, moving])
+        cols.append((dC * f).tocsc()[:, moving])
+    return scipy.sparse.hstack(cols, format="csc")
+
+
+def weighted_chi2_image(data: np.ndarray, model: np.ndarray, ivar: np.ndarray) -> np.ndarray:
+    """``ivar * (data - model)**2``, the chi-square of every pixel."""
+    r = data - model
+    r *= r
+    r *= ivar
+    return r
