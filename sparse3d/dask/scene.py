@@ -190,38 +190,57 @@ class _Tile:
         sig = None if prior_sigma is None else np.asarray(prior_sigma, dtype=float)
         mu = mu[self.ids] if mu is not None and mu.ndim else mu
         sig = sig[self.ids] if sig is not None and sig.ndim else sig
+        if errors is not None:
+            errors = np.asarray(errors, dtype=np.float64)
+            if np.any(np.isposinf(errors)):  # errors = inf masks the pixel, as in the eager fit
+                mask = (
+                    np.isposinf(errors)
+                    if mask is None
+                    else (np.asarray(mask, dtype=bool) | np.isposinf(errors))
+                )
+        # the fit layer: this tile's normal equations, factorised once (halo fit, errors and
+        # the preconditioner's solves); the products with N below use only the design matrix
         self.ne = prepare_normal_equations(
-            S.tocsr(), imshape=(h, w), errors=errors, prior_mu=mu, prior_sigma=sig, mask=mask, solver=solver
+            S, imshape=(h, w), errors=errors, prior_mu=mu, prior_sigma=sig, mask=mask, solver=solver
         )
         del S
-        self.prior_prec = None if sig is None else np.broadcast_to(1.0 / np.asarray(sig) ** 2, (n,))
+        self.A = self.ne.design
+        self.ivar = None  # inverse variances of the box's pixels, 0 where masked
+        if errors is not None or mask is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                iv = np.ones((h, w)) if errors is None else 1.0 / errors**2
+            self.ivar = (iv if mask is None else np.where(mask, 0.0, iv)).ravel()
+        self.prior_prec = None if sig is None else np.broadcast_to(1.0 / sig**2, (n,))
+        self.prior_rhs = None
+        if sig is not None:
+            self.prior_rhs = self.prior_prec * np.broadcast_to(0.0 if mu is None else mu, (n,))
         D = np.asarray(data, dtype=np.float64)
         self.k = 1 if D.ndim == 2 else D.shape[2]
         D = D.reshape(h * w, self.k)
         self.ne.check_data(D)
+        if self.ivar is not None:
+            D = np.where(self.ivar[:, None] > 0, D, 0.0)  # masked pixels may hold anything
         # data term of the chi-square on the pixels this tile answers for (its core, disjoint
         # from the other tiles' cores): the client completes it with the weights (see _chi2)
         (cr0, cr1), (cc0, cc1) = core
-        rows = slice(cr0 - r0, cr1 - r0)
-        cols = slice(cc0 - c0, cc1 - c0)
+        rows, cols = slice(cr0 - r0, cr1 - r0), slice(cc0 - c0, cc1 - c0)
         Dc = D.reshape(h, w, self.k)[rows, cols].reshape(-1, self.k)
-        ivar = ne_ivar = self.ne.ivar
-        if ne_ivar is not None:
-            ivar = ne_ivar.reshape(h, w)[rows, cols].reshape(-1, 1)
-            Dc = np.where(ivar > 0, Dc, 0.0)
-        self.dd = np.einsum("pk,pk->k", Dc, Dc if ivar is None else Dc * ivar)
-        self.n_core = Dc.shape[0] if ivar is None else int(np.count_nonzero(ivar))
+        if self.ivar is None:
+            self.dd, self.n_core = np.einsum("pk,pk->k", Dc, Dc), Dc.shape[0]
+        else:
+            ivc = self.ivar.reshape(h, w)[rows, cols].reshape(-1, 1)
+            self.dd, self.n_core = np.einsum("pk,pk->k", Dc, Dc * ivc), int(np.count_nonzero(ivc))
         self._start = self._fit_with_halo(D)
 
     # -- what the client asks for -------------------------------------------------------
     def _fit_with_halo(self, D):
         ne, o = self.ne, self.owned
-        rhs = ne.weighted_design.T @ D
-        if ne.prior_rhs is not None:
-            rhs += ne.prior_rhs[:, None]
-        x0 = ne.solve(D)
-        err = ne.weights_err()
-        return self.ids, o, x0[o], rhs[o], err[o], ne.free[o], self.dd, self.n_core
+        rhs = self.A.T @ (D if self.ivar is None else self.ivar[:, None] * D)
+        if self.prior_rhs is not None:
+            rhs += self.prior_rhs[:, None]
+        x0 = ne.solve(D)[: self.ids.size]
+        err = ne.weights_err()[: self.ids.size]
+        return self.ids, o, x0[o], rhs[o], err[o], ne.free[: self.ids.size][o], self.dd, self.n_core
 
     def start(self):
         """``(ids, owned, halo-fit weights, right-hand side, errors, free, dᵀC⁻¹d, pixels)``; once."""
@@ -229,21 +248,18 @@ class _Tile:
         return out
 
     def matvec(self, p: np.ndarray) -> np.ndarray:
-        """Owned rows of ``N p`` from ``p`` on the extended set, ``(nE, k)`` → ``(nO, k)``."""
-        ne = self.ne
-        q = ne.weighted_design.T @ (ne.design @ p)
+        """Owned rows of ``N p = (AᵀC⁻¹A + P) p`` from ``p`` on the extended set: ``(nO, k)``."""
+        Ap = self.A @ p
+        q = self.A.T @ (Ap if self.ivar is None else self.ivar[:, None] * Ap)
         if self.prior_prec is not None:
             q += self.prior_prec[:, None] * p
         return q[self.owned]
 
     def precondition(self, r: np.ndarray) -> np.ndarray:
         """``(N_EE⁻¹)_OO r`` for owned ``r`` ``(nO, k)``: one solve with the tile's factor."""
-        ne = self.ne
         b = np.zeros((self.ids.size, r.shape[1]))
         b[self.owned] = r
-        z = np.zeros_like(b)
-        z[ne.free] = ne.factor.solve(b[ne.free])
-        return z[self.owned]
+        return self.ne.solve_normal(b)[self.owned]
 
 
 def _call(method: str, obj, *args):
