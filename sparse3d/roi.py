@@ -260,7 +260,7 @@ class ROISparse3D:
         dtype = np.result_type(self.dtype, w.dtype)
         if (
             not self.array._structure.grouped
-            and _functions._fast_product(self.array, dtype, w.dtype) is not None
+            and _functions.products._fast_product(self.array, dtype, w.dtype) is not None
         ):
             from . import _kernels
 
@@ -270,7 +270,7 @@ class ROISparse3D:
             order = s.sorted_order()[1:]
             out = _kernels.roi_scatter(
                 order,
-                _functions.sorted_values(self.array),
+                _functions.products.sorted_values(self.array),
                 s.offset,
                 s.imcorner,
                 s.imshape,

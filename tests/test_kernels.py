@@ -24,13 +24,13 @@ def kernels_always(monkeypatch):
 def _spy(monkeypatch):
     """Record which path each product takes."""
     seen = []
-    orig = _functions._fast_product
+    orig = _functions.products._fast_product
 
     def spy(*args):
         seen.append(orig(*args))
         return seen[-1]
 
-    monkeypatch.setattr(_functions, "_fast_product", spy)
+    monkeypatch.setattr(_functions.products, "_fast_product", spy)
     return seen
 
 

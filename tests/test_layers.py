@@ -14,7 +14,8 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "sparse3d"
 
-# the array core: structure, options, ufunc policy, function registry, Sparse3D
+# the array core: structure, options, ufunc policy, function registry, Sparse3D (a name is a
+# module ``sparse3d/NAME.py`` or a subpackage ``sparse3d/NAME/``, every file of which is core)
 CORE = ["_structure", "_options", "_ufuncs", "_functions", "_unsupported", "core"]
 # what the core must not import: the layers above it and the integrations beside it
 ABOVE_CORE = ["fit", "dask", "roi", "xarray", "psf", "legacy", "photometry"]
@@ -83,6 +84,17 @@ def imports(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def _files(name: str) -> list[Path]:
+    """The source files of the module or subpackage ``sparse3d.NAME``."""
+    module = PKG / f"{name}.py"
+    files = [module] if module.exists() else sorted((PKG / name).glob("*.py"))
+    assert files, f"sparse3d.{name} has no source file"
+    return files
+
+
+CORE_FILES = [path for name in CORE for path in _files(name)]
+
+
 def _within(module: str, names: list[str], root: str = "sparse3d") -> bool:
     return any(module == f"{root}.{n}" or module.startswith(f"{root}.{n}.") for n in names)
 
@@ -111,9 +123,10 @@ def test_the_import_reader_sees_function_level_and_relative_imports(tmp_path):
     assert not any(m == "sparse3d.roi" for _, m in found)  # TYPE_CHECKING only
 
 
-@pytest.mark.parametrize("name", CORE)
-def test_core_imports_nothing_above_it(name):
-    found = imports(PKG / f"{name}.py")
+@pytest.mark.parametrize("path", CORE_FILES, ids=lambda p: str(p.relative_to(PKG)))
+def test_core_imports_nothing_above_it(path):
+    name = _module_name(path).removeprefix("sparse3d.")
+    found = imports(path)
     assert found, "the reader found no import at all"
     upward = {(where, m) for where, m in found if _within(m, ABOVE_CORE)}
     external = {(where, m) for where, m in found if m.split(".")[0] in CORE_FORBIDDEN_EXTERNAL}
@@ -126,8 +139,8 @@ def test_core_imports_nothing_above_it(name):
 
 
 def test_function_registry_and_ufunc_policy_never_name_dask():
-    for name in ("_functions", "_ufuncs"):
-        assert not any("dask" in m for _, m in imports(PKG / f"{name}.py"))
+    for path in _files("_functions") + _files("_ufuncs"):
+        assert not any("dask" in m for _, m in imports(path)), path.name
 
 
 @pytest.mark.parametrize("path", sorted((PKG / "fit").glob("*.py")), ids=lambda p: p.name)

@@ -85,13 +85,13 @@ def test_translate_range_is_checked_without_wrapping():
 def test_jitter_loop_kernels_match_dense(monkeypatch, imcorner, dtype):
     monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
     seen = []
-    orig = _functions._fast_product
+    orig = _functions.products._fast_product
 
     def spy(*args):
         seen.append(orig(*args))
         return seen[-1]
 
-    monkeypatch.setattr(_functions, "_fast_product", spy)
+    monkeypatch.setattr(_functions.products, "_fast_product", spy)
     rng = np.random.default_rng(5)
     sc = random_scene(rng, imcorner=imcorner, nsources=9, dtype=dtype)
     S = sc.build()
