@@ -1,0 +1,223 @@
+"""Positions: validation of user positions and image bounds, the int64 range limits, index
+dtypes, read-only views and owned copies, and the distinct-positions check."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _kernels, _pool
+
+_INT32_MAX = np.iinfo(np.int32).max
+POSITION_LIMIT = 2**61  # |positions|, |image corners and ends|: differences stay inside int64
+PIXEL_LIMIT = 2**62  # H * W: flat pixel indices r * W + c stay inside int64
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+def readonly_view(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a`` for handing out.
+
+    ``a`` must be read-only at its base (an array we own): NumPy then refuses to set
+    ``writeable=True`` on the view, so the caller cannot undo the protection.
+    """
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def check_position_range(lo: int, hi: int, name: str) -> None:
+    """Refuse positions (Python ints) outside ``±POSITION_LIMIT`` instead of wrapping them."""
+    if lo < -POSITION_LIMIT or hi > POSITION_LIMIT:
+        bad = lo if lo < -POSITION_LIMIT else hi
+        raise ValueError(
+            f"{name} holds the position {bad}, beyond the supported range |position| <= 2**61 "
+            "(pixel arithmetic must stay exact in int64)"
+        )
+
+
+def check_bounds(imshape: tuple[int, int], imcorner: tuple[int, int]) -> None:
+    """Refuse image bounds whose pixel arithmetic would overflow int64."""
+    (H, W), (r0, c0) = imshape, imcorner
+    if H * W > PIXEL_LIMIT:
+        raise ValueError(
+            f"imshape {imshape} has {H * W} pixels, above the supported 2**62 "
+            "(flat pixel indices r * W + c must fit in int64)"
+        )
+    check_position_range(min(r0, c0), max(r0 + H, c0 + W), "imcorner + imshape")
+
+
+def index_dtype(*sizes: int) -> np.dtype:
+    """Smallest of int32/int64 that can index every one of ``sizes``."""
+    return np.dtype(np.int32) if max(sizes, default=0) <= _INT32_MAX else np.dtype(np.int64)
+
+
+def _as_pair(value, name: str, *, positive: bool) -> tuple[int, int]:
+    """Validate ``imshape``/``imcorner``-like input as a pair of Python ints."""
+    what = "two positive integers" if positive else "two integers"
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be {what} (H, W); got {value!r}") from None
+    if len(items) != 2:
+        raise ValueError(f"{name} must be {what}; got {len(items)} values: {value!r}")
+    out = []
+    for v in items:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer, float, np.floating)):
+            raise TypeError(f"{name} must be {what}; got {value!r}")
+        if not float(v).is_integer():
+            raise ValueError(f"{name} must be {what}; got non-integer {v!r} in {value!r}")
+        iv = int(v)
+        if positive and iv <= 0:
+            raise ValueError(f"{name} must be {what}; got {value!r}")
+        out.append(iv)
+    return out[0], out[1]
+
+
+def as_position_array(a, name: str, shape: tuple[int, ...], extent: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Validate a ``row``/``col`` argument and return an owned, read-only integer array.
+
+    Integer arrays and integer-valued float arrays are accepted; anything else (fractional,
+    NaN/inf, bool, object) is rejected with an error naming ``name``. The stored type is
+    :func:`position_dtype` of the values and of ``extent`` (the image's positions along
+    this axis); broadcast inputs stay broadcast (:func:`owned_copy`).
+    """
+    try:
+        arr = np.asarray(a)
+    except ValueError as exc:  # ragged nested sequences
+        raise ValueError(f"{name} must be a regular (non-ragged) integer array: {exc}") from None
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise TypeError(f"{name} must hold integer pixel positions; got dtype {arr.dtype}")
+    try:
+        arr = np.broadcast_to(arr, shape)
+    except ValueError:
+        raise ValueError(
+            f"{name} with shape {np.shape(a)} does not broadcast to the stamp shape {shape} of data"
+        ) from None
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise ValueError(f"{name} must hold finite pixel positions; found NaN or inf")
+        if not (arr == np.floor(arr)).all():
+            raise ValueError(f"{name} must hold integer pixel positions; found fractional values")
+    lo, hi = _kernels.min_max(arr) if arr.size else (0, 0)
+    check_position_range(lo, hi, name)
+    return owned_copy(arr, position_dtype(lo, hi, extent))
+
+
+def position_dtype(lo: int, hi: int, extent: tuple[int, int] = (0, 0)) -> np.dtype:
+    """Smallest safe integer type (int16, int32 or int64) for positions in ``[lo, hi]``.
+
+    ``extent`` is the range of the image's own positions along the same axis
+    (``(r0, r0 + H)``): int16 is chosen only when positions and image bounds both fit, so
+    positions relative to the image fit too; int32 and int64 depend on the positions alone.
+    The library computes pixel indices in int64.
+    """
+    a, b = min(lo, *extent), max(hi, *extent)
+    if np.iinfo(np.int16).min <= a and b <= np.iinfo(np.int16).max:
+        return np.dtype(np.int16)
+    if np.iinfo(np.int32).min <= lo and hi <= np.iinfo(np.int32).max:
+        return np.dtype(np.int32)
+    return np.dtype(np.int64)
+
+
+def owned_copy(arr: np.ndarray, dtype=None) -> np.ndarray:
+    """A read-only copy of ``arr`` (cast to ``dtype``) that no one else can modify.
+
+    Broadcast inputs are not expanded: only the distinct elements (the axes with a non-zero
+    stride) are copied, and the copy is broadcast back to ``arr.shape`` as a read-only view
+    whose owner is read-only too. Everything else becomes a C-contiguous copy.
+    """
+    dtype = arr.dtype if dtype is None else np.dtype(dtype)
+    if arr.ndim and arr.size > 1 and 0 in arr.strides:
+        index = tuple(slice(0, 1) if st == 0 else slice(None) for st in arr.strides)
+        compact = _readonly(np.array(arr[index], dtype=dtype, order="C", copy=True))
+        return np.broadcast_to(compact, arr.shape)  # read-only; its base is read-only
+    buf = _pool.take(arr.shape, dtype) if arr.nbytes >= _pool.MIN_BYTES else None
+    if buf is None:
+        return _readonly(np.array(arr, dtype=dtype, order="C", copy=True))
+    np.copyto(buf, arr, casting="unsafe")  # overwrites all of the pooled buffer
+    return _readonly(buf)
+
+
+
+def _inside(a: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Boolean ``lo <= a < hi`` for integer ``a`` and Python-int bounds of any size (no wrap)."""
+    info = np.iinfo(a.dtype)
+    if lo > info.max or hi <= info.min or hi <= lo:
+        return np.zeros(a.shape, dtype=bool)
+    mask = np.greater_equal(a, max(lo, info.min))
+    if hi <= info.max:
+        mask &= a < hi
+    return mask
+
+
+# -- distinct positions within each stamp ---------------------------------------------------
+def _strictly_monotone(a: np.ndarray, axis: int) -> bool:
+    """Whether ``a`` (``(nr, nc, n)``) is strictly increasing or decreasing along ``axis`` (per source)."""
+    d = np.diff(a, axis=axis)
+    return bool(((d > 0).all(axis=axis) | (d < 0).all(axis=axis)).all())
+
+
+def _is_grid(row: np.ndarray, col: np.ndarray) -> bool:
+    """Whether every stamp is a grid (the tutorial's layout): distinct by construction.
+
+    Row varies along one stamp axis only, strictly monotonically, and col along the other
+    (plain, flipped and transposed grids). Vectorised comparisons, no sort.
+    """
+    for ra, ca in ((0, 1), (1, 0)):
+        r0 = row[:, :1] if ca == 1 else row[:1]
+        c0 = col[:1] if ra == 0 else col[:, :1]
+        if (
+            _strictly_monotone(r0, ra)
+            and _strictly_monotone(c0, ca)
+            and (row == r0).all()
+            and (col == c0).all()
+        ):
+            return True
+    return False
+
+
+def check_distinct(row: np.ndarray, col: np.ndarray) -> None:
+    """Refuse stamps that cover one pixel more than once (``ValueError`` naming row/col).
+
+    Grid stamps pass a vectorised test; otherwise every source's positions are numbered
+    within the source's bounding box and sorted per source.
+    """
+    nr, nc, n = row.shape
+    if nr * nc <= 1 or n == 0 or _is_grid(row, col):
+        return
+    rmin, cmin = row.min(axis=(0, 1)).astype(np.int64), col.min(axis=(0, 1)).astype(np.int64)
+    rspan = row.max(axis=(0, 1)).astype(np.int64) - rmin + 1
+    cspan = col.max(axis=(0, 1)).astype(np.int64) - cmin + 1
+    boxes = float((rspan.astype(float) * cspan).max())
+    if boxes < 2.0**62:
+        # flat position within each source's bounding box, in place (int32 when it fits:
+        # positions beyond int32 wrap, but consistently modulo 2**32, and the true key is
+        # below 2**31, so the result is exact)
+        kd = np.int32 if boxes < 2.0**31 else np.int64
+        key = np.subtract(row, rmin.astype(kd), dtype=kd)
+        key *= cspan.astype(kd)
+        key += np.subtract(col, cmin.astype(kd), dtype=kd)
+        key = np.ascontiguousarray(key.reshape(nr * nc, n).T)
+        key.sort(axis=1)
+        dup_sources = np.flatnonzero((key[:, 1:] == key[:, :-1]).any(axis=1))
+    else:  # bounding boxes too large to number: sort the (row, col) pairs of every source
+        src = np.broadcast_to(np.arange(n), row.shape).ravel()
+        r, c = row.ravel(), col.ravel()
+        order = np.lexsort((c, r, src))
+        r, c, src = r[order], c[order], src[order]
+        same = (r[1:] == r[:-1]) & (c[1:] == c[:-1]) & (src[1:] == src[:-1])
+        dup_sources = np.unique(src[1:][same])
+    if dup_sources.size:
+        k = int(dup_sources[0])
+        pairs = np.stack([row[:, :, k].ravel(), col[:, :, k].ravel()], axis=1)
+        uniq, counts = np.unique(pairs, axis=0, return_counts=True)
+        r, c = (int(v) for v in uniq[np.argmax(counts > 1)])
+        raise ValueError(
+            f"row/col: stamp {k} covers pixel ({r}, {c}) more than once; positions within one "
+            f"source's stamp must be distinct ({dup_sources.size} source(s) affected)"
+        )
