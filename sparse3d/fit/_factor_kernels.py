@@ -20,6 +20,15 @@ from numba import njit
 NRELAX = (4, 16, 48)
 ZRELAX = (0.8, 0.1, 0.05)
 
+# the one signature of each kernel (see sparse3d._compiled): callers pass exactly these types
+_I = "intp[::1]"
+SIGNATURES = {
+    "etree_parent": f"({_I}, {_I})",
+    "postorder": f"({_I},)",
+    "amalgamate": f"({_I}, {_I}, float64[::1], float64[::1], {_I}, float64[::1])",
+    "ldlt_solve": f"({_I}, {_I}, float64[::1], float64[::1], float64[:, ::1])",
+}
+
 
 @njit(cache=True, nogil=True)
 def etree_parent(indptr, indices):  # pragma: no cover - compiled

@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 
+from .. import _compiled
 from .result import SingularNormalMatrixError
 from .selinv import _close_pattern, _single_threaded_blas, _Supernodal
 
@@ -277,8 +278,17 @@ class _QDLDLFactor(_SupernodalFactor):
             raise _NotPositiveDefinite(self.perm[bad])
         L = scipy.sparse.csc_matrix(L)
         L.sort_indices()
-        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray] | None = (L, np.asarray(D, dtype=np.float64))
+        D = np.asarray(D, dtype=np.float64)
+        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray] | None = None
         self._super = None
+        if L.nnz < _compiled.COMPILED_MIN_NNZ:
+            # small: NumPy supernodes of the factor as it is (no compiled kernels, no numba import)
+            self._super = _Supernodal(_cholesky_from_ldlt(L, D))
+            return
+        # one compiled signature: intp indices, cast once
+        L.indptr = L.indptr.astype(np.intp, copy=False)
+        L.indices = L.indices.astype(np.intp, copy=False)
+        self._LD = (L, D)
 
     def _supernodal(self) -> _Supernodal:
         if self._super is None:
@@ -299,7 +309,7 @@ class _QDLDLFactor(_SupernodalFactor):
         L, D = self._LD
         b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
         x = np.ascontiguousarray(b2[self.perm])
-        ldlt_solve(L.indptr, L.indices, L.data, D, x)
+        ldlt_solve(L.indptr, L.indices, np.ascontiguousarray(L.data, dtype=np.float64), D, x)
         out = np.empty(x.shape)
         out[self.perm] = x
         return out.reshape(b.shape)
@@ -316,17 +326,44 @@ def _relaxed_supernodal_factor(L: scipy.sparse.csc_matrix, D: np.ndarray) -> tup
     from ._factor_kernels import NRELAX, ZRELAX, amalgamate, etree_parent, postorder
 
     n = L.shape[0]
-    indptr, indices, data = L.indptr, L.indices, L.data
+    indptr = L.indptr.astype(np.intp, copy=False)
+    indices = L.indices.astype(np.intp, copy=False)
+    data = np.ascontiguousarray(L.data, dtype=np.float64)
     post = postorder(etree_parent(indptr, indices))
     if not np.array_equal(post, np.arange(n)):  # AMD's orders are usually postordered already
-        ipost = np.empty(n, dtype=np.int64)
+        ipost = np.empty(n, dtype=np.intp)
         ipost[post] = np.arange(n)
         Lp = scipy.sparse.csc_matrix((data, ipost[indices], indptr), shape=(n, n))[:, post]
         Lp.sort_indices()
-        indptr, indices, data, D = Lp.indptr, Lp.indices, Lp.data, D[post]
+        indptr = Lp.indptr.astype(np.intp, copy=False)
+        indices = Lp.indices.astype(np.intp, copy=False)
+        data, D = Lp.data, np.ascontiguousarray(D[post])
         del Lp
-    optr, oind, odat = amalgamate(indptr, indices, data, D, np.array(NRELAX), np.array(ZRELAX))
+    optr, oind, odat = amalgamate(
+        indptr, indices, data, D, np.array(NRELAX, dtype=np.intp), np.array(ZRELAX, dtype=np.float64)
+    )
     return post, scipy.sparse.csc_matrix((odat, oind, optr), shape=(n, n))
+
+
+def _cholesky_from_ldlt(L: scipy.sparse.csc_matrix, D: np.ndarray) -> scipy.sparse.csc_matrix:
+    """``(L + I) sqrt(D)`` for a strictly lower ``L`` (CSC, sorted), keeping its explicit zeros.
+
+    NumPy only (the small-problem path); the diagonal comes first in every column, and the
+    pattern (closed under the elimination tree for a symbolic factor) is kept as it is.
+    """
+    n = L.shape[0]
+    counts = np.diff(L.indptr)
+    indptr = L.indptr.astype(np.int64) + np.arange(n + 1)
+    is_diag = np.zeros(indptr[-1], dtype=bool)
+    is_diag[indptr[:-1]] = True
+    sd = np.sqrt(D)
+    indices = np.empty(indptr[-1], dtype=np.int64)
+    data = np.empty(indptr[-1])
+    indices[is_diag] = np.arange(n)
+    data[is_diag] = sd
+    indices[~is_diag] = L.indices
+    data[~is_diag] = L.data * np.repeat(sd, counts)
+    return scipy.sparse.csc_matrix((data, indices, indptr), shape=(n, n))
 
 
 class _SuperLUFactor(_SupernodalFactor):
