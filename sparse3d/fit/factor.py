@@ -259,18 +259,29 @@ class _QDLDLFactor(_SupernodalFactor):
 
     name = "qdldl"
 
-    def __init__(self, N: scipy.sparse.csr_matrix) -> None:
+    def __init__(
+        self, N: scipy.sparse.csr_matrix, reuse: _QDLDLFactor | None = None, keep_symbolic: bool = False
+    ) -> None:
         import qdldl
 
         n = N.shape[0]
         self.n = n
         # the lower triangle in CSR is the upper triangle in CSC: what qdldl takes, no copy
         upper = scipy.sparse.csc_matrix((N.data, N.indices, N.indptr), shape=(n, n))
+        # qdldl's object holds the symbolic analysis (AMD ordering, elimination tree): taken
+        # over from ``reuse`` when N's pattern is the same, refactorised numerically only
+        symbolic = None if reuse is None else reuse._take_symbolic(N)
         try:
-            F = qdldl.Solver(upper, upper=True)
+            if symbolic is not None:
+                F = symbolic
+                F.update(upper, upper=True)
+            else:
+                F = qdldl.Solver(upper, upper=True)
         except (ValueError, RuntimeError) as exc:  # a zero pivot
             raise _NotPositiveDefinite() from exc
+        self.reused_symbolic = symbolic is not None
         L, D, P = F.factors()
+        self._symbolic = (F, N.indptr.copy(), N.indices.copy()) if keep_symbolic else None
         del F
         self.perm = np.asarray(P, dtype=np.intp)
         bad = _small_pivots(D, N.diagonal()[self.perm])
@@ -289,6 +300,17 @@ class _QDLDLFactor(_SupernodalFactor):
         L.indptr = L.indptr.astype(np.intp, copy=False)
         L.indices = L.indices.astype(np.intp, copy=False)
         self._LD = (L, D)
+
+    def _take_symbolic(self, N: scipy.sparse.csr_matrix) -> Any:
+        """qdldl's solver object (its symbolic analysis) if ``N`` has the pattern it was built
+        for, handed over (this factor keeps its own numeric factor); else None."""
+        if self._symbolic is None:
+            return None
+        F, indptr, indices = self._symbolic
+        if not (np.array_equal(indptr, N.indptr) and np.array_equal(indices, N.indices)):
+            return None
+        self._symbolic = None
+        return F
 
     def _supernodal(self) -> _Supernodal:
         if self._super is None:
@@ -492,12 +514,20 @@ def _inv_entries(sup: _Supernodal, perm: np.ndarray, solve: Any, i: np.ndarray, 
     return values
 
 
-def _factorize(N: scipy.sparse.csr_matrix, solver: str) -> _SupernodalFactor | _EmptyFactor:
-    """Factorise the SPD matrix whose lower triangle is ``N``; raise ``_NotPositiveDefinite``."""
+def _factorize(
+    N: scipy.sparse.csr_matrix, solver: str, reuse: Any = None
+) -> _SupernodalFactor | _EmptyFactor:
+    """Factorise the SPD matrix whose lower triangle is ``N``; raise ``_NotPositiveDefinite``.
+
+    ``reuse``: a previous factor whose symbolic analysis is taken over when ``N`` has its
+    pattern (qdldl only), or True; either way the new factor keeps its own analysis for the
+    next one. None: neither.
+    """
     if N.shape[0] == 0:
         return _EmptyFactor()
     if solver == "qdldl":
-        return _QDLDLFactor(N)
+        prev = reuse if isinstance(reuse, _QDLDLFactor) else None
+        return _QDLDLFactor(N, reuse=prev, keep_symbolic=reuse is not None and reuse is not False)
     if solver == "cholmod":
         return _CholmodFactor(N)
     return _SuperLUFactor(N)
@@ -520,13 +550,15 @@ def _diagnose_singular(N: scipy.sparse.csr_matrix) -> np.ndarray:
     return np.sort(perm[_small_pivots(lu.U.diagonal(), d[perm])])
 
 
-def _factorize_or_raise(N: scipy.sparse.csr_matrix, idx: np.ndarray | None, solver: str) -> Any:
-    """``_factorize(N)``, raising :class:`SingularNormalMatrixError` naming the sources.
+def _factorize_or_raise(
+    N: scipy.sparse.csr_matrix, idx: np.ndarray | None, solver: str, reuse: Any = None
+) -> Any:
+    """``_factorize(N, solver, reuse)``, raising :class:`SingularNormalMatrixError` naming the sources.
 
     ``idx`` maps the rows of ``N`` to sources (None: the identity).
     """
     try:
-        return _factorize(N, solver)
+        return _factorize(N, solver, reuse)
     except _NotPositiveDefinite as exc:
         cols = exc.columns if exc.columns is not None else _diagnose_singular(N)
         cols = np.sort(cols if idx is None else idx[cols])
