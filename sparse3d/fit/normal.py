@@ -210,6 +210,31 @@ class NormalEquations:
             self._weighted = self.design if self.ivar is None else _row_scale(self.design, self.ivar)
         return self._weighted
 
+    def _data_rhs(self, D: np.ndarray) -> np.ndarray:
+        """``A^T C^-1 D`` for ``D`` ``(npix,)`` or ``(npix, k)``; masked pixels of ``D`` ignored.
+
+        Weights the data, not the design: ``A^T (ivar * D)``, so that no row-weighted copy of
+        ``A`` (as large as ``A`` itself: 0.8 GB at a million 10 x 10 stamps) is made for a
+        single image. When the frames outweigh the design (``npix * k > 4 nnz(A)``: many frames
+        on a small design) the weighted copy is made once and kept.
+        """
+        if self.ivar is None:
+            return self.design.T @ D
+        if self._weighted is not None:
+            return self._weighted.T @ D
+        k = 1 if D.ndim == 1 else D.shape[1]
+        npix = D.shape[0]
+        nnz = self.design.nnz
+        if k > 1 and npix * k > 4 * nnz:
+            return self.weighted_design.T @ D
+        AT = self.design.T
+        w = self.ivar if D.ndim == 1 else self.ivar[:, None]
+        if self.keep is None:
+            return AT @ (w * D)
+        keep = self.keep if D.ndim == 1 else self.keep[:, None]
+        # masked pixels may hold NaN or inf: zeroed, not multiplied by 0
+        return AT @ (w * np.where(keep, D, 0.0))
+
     # -- fitting ---------------------------------------------------------
     def check_data(self, D: np.ndarray) -> None:
         """Raise ValueError when ``D`` ``(npix, k)`` has non-finite unmasked pixels."""
@@ -231,7 +256,7 @@ class NormalEquations:
         """
         one = D.ndim == 1
         c = self.col_scale if one else self.col_scale[:, None]
-        rhs = self.weighted_design.T @ D
+        rhs = self._data_rhs(D)
         if self.background is not None:
             if self._weighted_background is None:
                 B = self.background
