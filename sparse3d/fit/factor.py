@@ -296,9 +296,8 @@ class _QDLDLFactor(_SupernodalFactor):
             # small: NumPy supernodes of the factor as it is (no compiled kernels, no numba import)
             self._super = _Supernodal(_cholesky_from_ldlt(L, D))
             return
-        # one compiled signature: intp indices, cast once
-        L.indptr = L.indptr.astype(np.intp, copy=False)
-        L.indices = L.indices.astype(np.intp, copy=False)
+        # one compiled signature: int32 indices (what qdldl gives; cast once otherwise)
+        L.indptr, L.indices = _factor_index(L.indptr, L.nnz), _factor_index(L.indices, L.nnz)
         self._LD = (L, D)
 
     def _take_symbolic(self, N: scipy.sparse.csr_matrix) -> Any:
@@ -348,8 +347,7 @@ def _relaxed_supernodal_factor(L: scipy.sparse.csc_matrix, D: np.ndarray) -> tup
     from ._factor_kernels import NRELAX, ZRELAX, amalgamate, etree_parent, postorder
 
     n = L.shape[0]
-    indptr = L.indptr.astype(np.intp, copy=False)
-    indices = L.indices.astype(np.intp, copy=False)
+    indptr, indices = _factor_index(L.indptr, L.nnz), _factor_index(L.indices, L.nnz)
     data = np.ascontiguousarray(L.data, dtype=np.float64)
     post = postorder(etree_parent(indptr, indices))
     if not np.array_equal(post, np.arange(n)):  # AMD's orders are usually postordered already
@@ -357,14 +355,18 @@ def _relaxed_supernodal_factor(L: scipy.sparse.csc_matrix, D: np.ndarray) -> tup
         ipost[post] = np.arange(n)
         Lp = scipy.sparse.csc_matrix((data, ipost[indices], indptr), shape=(n, n))[:, post]
         Lp.sort_indices()
-        indptr = Lp.indptr.astype(np.intp, copy=False)
-        indices = Lp.indices.astype(np.intp, copy=False)
+        indptr, indices = _factor_index(Lp.indptr, Lp.nnz), _factor_index(Lp.indices, Lp.nnz)
         data, D = Lp.data, np.ascontiguousarray(D[post])
         del Lp
     optr, oind, odat = amalgamate(
         indptr, indices, data, D, np.array(NRELAX, dtype=np.intp), np.array(ZRELAX, dtype=np.float64)
     )
     return post, scipy.sparse.csc_matrix((odat, oind, optr), shape=(n, n))
+
+
+def _factor_index(a: np.ndarray, nnz: int) -> np.ndarray:
+    """A factor's index array as the compiled kernels take it: int32 (intp from 2**31 entries)."""
+    return np.ascontiguousarray(a, dtype=np.int32 if nnz < 2**31 - 1 else np.intp)
 
 
 def _cholesky_from_ldlt(L: scipy.sparse.csc_matrix, D: np.ndarray) -> scipy.sparse.csc_matrix:
