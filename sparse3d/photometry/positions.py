@@ -312,7 +312,7 @@ def fit_positions(
     # ---- start: fluxes at the start positions -------------------------------------------
     L, dR, dC = design(r, c, True)
     nL, nR, nC = column_norms(ivar, L, dR, dC)  # sum(L^2 / err^2) etc. per source
-    start = fit_design(L.tocsc(), D, prior_mu=fpmu, prior_sigma=fps, **fit_kw)
+    start = fit_design(L, D, prior_mu=fpmu, prior_sigma=fps, **fit_kw)
     f = start.weights
     sky = _sky(start)
     # marginal flux uncertainties at the start (blends included): a faint star inside a bright
