@@ -61,12 +61,16 @@ class PositionFitResult:
         flux-position covariance of the joint fit). NaN for unconstrained sources.
     moved : numpy.ndarray
         Boolean ``(nsources,)``: sources whose positions were fitted (not in ``fix``, flux
-        S/N at least ``min_snr``).
+        S/N at least ``min_snr``, not held: a source whose step was blocked twice from
+        walking onto a brighter neighbour keeps its position from then on).
     source_converged : numpy.ndarray
         Boolean ``(nsources,)``: the source's last step was below its tolerance (``tol``
         or ``rtol`` times its position uncertainty; True for sources that did not move).
     converged : bool
-        Every moving source converged within ``max_iter`` iterations.
+        Within ``max_iter`` iterations, every moving source converged, or the chi-square
+        stagnated (dropped by less than ``max(1, 1e-5 chi2)`` over three iterations) with at
+        most 1 % of the moving sources still stepping (those are False in
+        ``source_converged``).
     n_iter : int
         Gauss-Newton iterations run (one sparse solve each, plus the final one for the
         uncertainties).
@@ -235,7 +239,8 @@ def fit_positions(
         and closer than it was, is not taken: coincident sources are degenerate and
         their fluxes would run off as a +-inf pair. The brighter source is never held
         back by a fainter one. A source already closer than this to a brighter one keeps
-        its position (its flux is still fitted).
+        its position (its flux is still fitted), and so does one whose step was blocked
+        twice.
     max_step : float
         Largest position change per iteration, pixels (a longer step is shortened).
     max_iter : int
