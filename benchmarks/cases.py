@@ -54,6 +54,7 @@ Factory = Callable[[Scene], Prepared]
 #: Case name -> one-line description, in report order.
 CASES: dict[str, str] = {
     "pipeline": "construct X, Y + build L (tutorial expression) + L.dot(w)",
+    "pipeline_f32": "the pipeline on float32 offsets, phases and brightnesses",
     "construct_xy": "construct X and Y from the raw stamp arrays",
     "build_L": "L = exp(-0.5*((X-rp)**2/s**2 + (Y-cp)**2/s**2)) * 1/(2 pi s**2)",
     "build_L_hint": "hint variant: dX1, dY1 from arrays, exp(dX1 + dY1) * c",
@@ -80,6 +81,11 @@ CASES: dict[str, str] = {
     "psf_gaussian_derivs": "Gaussian design plus d/drow, d/dcol, d/dsigma stamps (4 arrays, one structure)",
     "shift": "L.shift((0.3, -0.2)): fractional move of every stamp (sinc resampling)",
 }
+
+#: Cases timed interleaved with a reference case, whose runs are stored as ``"<impl>@<case>"``
+#: (float32 against float64 in the same rounds: a ratio of two cases timed minutes apart
+#: on a shared machine says more about the load than about the code).
+PAIRED = {"pipeline_f32": "pipeline"}
 
 #: Cases that need ``scene.fake_data``.
 NEEDS_FAKE_DATA = frozenset(

@@ -109,7 +109,10 @@ def absolute_table(checks: list[dict]) -> str:
     """Table of the targets on absolute numbers."""
     body = []
     for c in checks:
-        unit = fmt_time if "scaling" not in c["name"] else (lambda v: f"{v:.3g}x")
+        if "peak RSS" in c["name"]:
+            unit = lambda v: "-" if v is None else f"{v / 1e9:.2f} GB"  # noqa: E731
+        else:
+            unit = fmt_time if "scaling" not in c["name"] else (lambda v: f"{v:.3g}x")
         rel = c.get("vs_numpy_growth")
         med = c.get("growth_median")
         body.append(

@@ -66,6 +66,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling", action="store_true", help="run the scaling series")
     p.add_argument("--scaling-max-sources", type=int, default=1_000_000)
     p.add_argument("--plot", type=Path, help="write the scaling plot here (implies --scaling)")
+    p.add_argument(
+        "--scale",
+        action="store_true",
+        help="run the lean pipeline at scale in a guarded process (default 10M sources on 16384^2, "
+        "~17 GB: see benchmarks/scale.py)",
+    )
+    p.add_argument("--scale-sources", type=int, default=10_000_000)
+    p.add_argument("--scale-imshape", type=int, nargs=2, default=(16384, 16384), metavar=("H", "W"))
+    p.add_argument("--scale-dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument(
+        "--scale-limit-gb", type=float, default=20.0, help="kill the scale run above this RSS (GB = 1e9 B)"
+    )
     p.add_argument("--json", type=Path, help="write the results as JSON here")
     p.add_argument("--markdown", type=Path, help="write the report as Markdown here")
     p.add_argument("--nsources", type=int, help="override the scene's number of sources")
@@ -147,6 +159,10 @@ def _fill(results: dict, out: dict, cases: list[str], impls: list[str], rename: 
             else:
                 entry = out["results"].get(case, {}).get(impl, {"status": "missing"})
             results.setdefault(case, {})[name] = entry
+            paired = f"{impl}@"  # a reference case timed in the same rounds (cases.PAIRED)
+            for key, value in out.get("results", {}).get(case, {}).items():
+                if key.startswith(paired) and not rename:
+                    results[case][key] = value
 
 
 def time_cases(
@@ -265,7 +281,14 @@ def run_scaling_series(args, env: dict, repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Run the suite; returns 0 even when targets are missed (see the report)."""
     from benchmarks.report import full_report
-    from benchmarks.targets import absolute_checks, cold_rows, memory_rows, time_rows
+    from benchmarks.targets import (
+        absolute_checks,
+        cold_rows,
+        limit_rows,
+        memory_rows,
+        spread_rows,
+        time_rows,
+    )
 
     args = parse_args(argv)
     spec = scene_spec(args)
@@ -288,10 +311,19 @@ def main(argv: list[str] | None = None) -> int:
     memory = measure_memory(spec, mem_cases, impls + ["legacy"], env, legacy_path)
     imports = {} if args.no_imports else measure_imports(args, env, legacy_path)
     scaling = run_scaling_series(args, env, repeats) if args.scaling else None
+    scale = None
+    if args.scale:
+        from benchmarks.scale import run_guarded
+
+        print(f"== scale: {args.scale_sources} sources on {args.scale_imshape}", file=sys.stderr, flush=True)
+        limit = int(args.scale_limit_gb * 1e9)
+        scale = run_guarded(args.scale_sources, tuple(args.scale_imshape), 10, args.scale_dtype, limit, env)
+        scale["limit_bytes"] = limit
 
     reported = impls + (["legacy", "numpy@legacy"] if legacy_on else [])
-    ratios = time_rows(results) + memory_rows(memory) + cold_rows(memory)
-    absolute = absolute_checks(results, imports, scaling)
+    ratios = time_rows(results) + limit_rows(results, out.get("limit")) + spread_rows(results)
+    ratios += memory_rows(memory) + cold_rows(memory)
+    absolute = absolute_checks(results, imports, scaling, scale)
     verdicts = [r.passed for r in ratios if r.passed is not None]
     verdicts += [c["passed"] for c in absolute if c["passed"] is not None]
     data = {
@@ -313,11 +345,13 @@ def main(argv: list[str] | None = None) -> int:
             "versions": out.get("versions"),
             "library": out.get("library"),
             "legacy": legacy_info,
+            "limit": out.get("limit"),
         },
         "results": results,
         "memory": memory,
         "imports": imports,
         "scaling": scaling,
+        "scale": scale,
         "ratios": [r.to_dict() for r in ratios],
         "absolute": absolute,
         "summary": {"passed": sum(map(bool, verdicts)), "missed": sum(not v for v in verdicts)},

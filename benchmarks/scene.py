@@ -169,3 +169,23 @@ def add_fake_data(scene: Scene, model_image: np.ndarray) -> np.ndarray:
     noise = rng.normal(0, 3, size=model_image.shape).astype(int)
     scene.fake_data = (rng.poisson(model_image) + noise).astype(float)
     return scene.fake_data
+
+
+def as_float32(scene: Scene) -> Scene:
+    """The same scene with float32 stamp offsets, phases and brightnesses (positions unchanged).
+
+    The ``sigma`` stays a Python float, so NumPy keeps float32 results (NEP 50).
+    """
+    f32 = lambda a: None if a is None else np.asarray(a, dtype=np.float32)  # noqa: E731
+    return Scene(
+        spec=scene.spec,
+        row3d=scene.row3d,
+        col3d=scene.col3d,
+        x3d=f32(scene.x3d),
+        y3d=f32(scene.y3d),
+        row_phase=f32(scene.row_phase),
+        col_phase=f32(scene.col_phase),
+        brightness=f32(scene.brightness),
+        w2=f32(scene.w2),
+        fake_data=f32(scene.fake_data),
+    )

@@ -30,8 +30,16 @@ class Target:
     label: str = ""
 
 
+#: Cases whose run-to-run spread (max / min over SPREAD_RUNS timed runs) is reported.
+SPREAD_CASES = ("pipeline",)
+SPREAD_RUNS = 11
+SPREAD_TARGET = 1.3
+LIMIT_TARGET = 6.0  # pipeline time / (minimum bytes / measured bandwidth)
+
 TARGETS: list[Target] = [
-    Target("pipeline", "sparse3d", "numpy", 0.8),
+    Target("pipeline", "sparse3d", "numpy", 0.25, label="issue 15 (issue 5: <= 0.8x)"),
+    Target("dot_cached", "sparse3d", "numpy", 1.0, label="reused L vs cached CSR @ w"),
+    Target("pipeline_f32", "sparse3d", "sparse3d", 0.6, label="float32 vs float64, interleaved"),
     Target("pipeline", "sparse3d", "legacy", 0.1, label=">= 10x faster than 1.2.11"),
     Target("pipeline", "sparse3d", "numpy", 1.2, kind="memory"),
     *(Target(op, "sparse3d", "numpy", 1.3) for op in ("op_sub", "op_pow", "op_exp", "op_mul")),
@@ -132,6 +140,43 @@ def time_rows(results: dict) -> list[Row]:
     rows += _row(results, "psf_gaussian_derivs", "sparse3d", "sparse3d", "build_L", targets)
     for base in ("op_mul", "op_exp"):
         rows += _row(results, "shift", "sparse3d", "sparse3d", base, targets)
+    for impl in ("sparse3d", "numpy"):
+        rows += _row(results, "pipeline_f32", impl, f"{impl}@pipeline", "pipeline_f32", targets)
+    return rows
+
+
+def limit_rows(results: dict, limit: dict | None) -> list[Row]:
+    """``pipeline`` time over its physical limit (minimum bytes / measured bandwidth)."""
+    if not limit or not limit.get("pipeline_limit_s"):
+        return []
+    rows = []
+    for impl in ("sparse3d", "numpy"):
+        value = _median(results, "pipeline", impl)
+        if value is None:
+            continue
+        base = limit["pipeline_limit_s"]
+        row = Row("pipeline", impl, "physical limit", "time", value, base, value / base)
+        row.label = f"{limit['pipeline_bytes'] / 1e6:.0f} MB at {limit['bytes_per_s'] / 1e9:.1f} GB/s"
+        if impl == "sparse3d":
+            row.target, row.passed = LIMIT_TARGET, row.ratio <= LIMIT_TARGET
+        rows.append(row)
+    return rows
+
+
+def spread_rows(results: dict) -> list[Row]:
+    """Run-to-run spread: slowest / fastest of the first ``SPREAD_RUNS`` timed runs."""
+    rows = []
+    for case in SPREAD_CASES:
+        for impl in ("sparse3d", "numpy"):
+            entry = results.get(case, {}).get(impl) or {}
+            times = (entry.get("times") or [])[:SPREAD_RUNS]
+            if entry.get("status") != "ok" or len(times) < 2:
+                continue
+            row = Row(case, impl, impl, "spread", max(times), min(times), max(times) / min(times))
+            row.label = f"max/min over {len(times)} runs"
+            if impl == "sparse3d":
+                row.target, row.passed = SPREAD_TARGET, row.ratio <= SPREAD_TARGET
+            rows.append(row)
     return rows
 
 
@@ -185,9 +230,23 @@ def memory_rows(memory: dict) -> list[Row]:
     return rows
 
 
-def absolute_checks(results: dict, imports: dict, scaling: dict | None) -> list[dict]:
-    """Targets on absolute numbers: ``sel`` time, import time, scaling."""
+def absolute_checks(
+    results: dict, imports: dict, scaling: dict | None, scale: dict | None = None
+) -> list[dict]:
+    """Targets on absolute numbers: ``sel`` time, import time, scaling, the pipeline at scale."""
     out = []
+    if scale:
+        H, W = scale["imshape"]
+        name = f"pipeline, {scale['nsources']:,} sources on {H}x{W} (lean inputs): peak RSS"
+        peak = scale.get("peak_rss_bytes") if scale.get("status") == "ok" else None
+        out.append(
+            {
+                "name": name if peak else f"{name}: {scale.get('status')} ({scale.get('reason', '')})",
+                "value": peak,
+                "target": scale.get("limit_bytes"),
+                "passed": None if peak is None and scale.get("status") == "skipped" else bool(peak),
+            }
+        )
     sel = _median(results, "xarray_sel", "sparse3d")
     if sel is not None:
         out.append(

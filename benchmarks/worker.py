@@ -99,19 +99,24 @@ def _time_case(case: str, spec: dict, scene: Any, factories: dict[str, dict]) ->
     Everything the case built is released when this function returns, so no
     array (and no cached index structure) survives into the next case.
     """
-    from benchmarks.cases import Prepared
+    from benchmarks.cases import PAIRED, Prepared
     from benchmarks.timing import time_interleaved
 
     prepared = {impl: _prepare(impl, case, scene, f) for impl, f in factories.items()}
+    if case in PAIRED:  # the reference case, interleaved with this one: "<impl>@<reference>"
+        for impl, f in factories.items():
+            prepared[f"{impl}@{PAIRED[case]}"] = _prepare(impl, PAIRED[case], scene, f)
     runnable = {k: p for k, p in prepared.items() if isinstance(p, Prepared)}
     checks: dict[str, Any] = {}
 
     def keep(name: str, result: Any) -> None:
         checks[name] = _canon_summary(prepared[name], result)
 
-    timings = time_interleaved(
-        runnable, spec["repeats"], spec["warmup"], keep, min_total_s=spec.get("min_total_s", 0.0)
-    )
+    from benchmarks.targets import SPREAD_CASES, SPREAD_RUNS
+
+    repeats = max(spec["repeats"], SPREAD_RUNS) if case in SPREAD_CASES else spec["repeats"]
+    min_total_s = spec.get("min_total_s", 0.0)
+    timings = time_interleaved(runnable, repeats, spec["warmup"], keep, min_total_s=min_total_s)
     out = {}
     for impl, p in prepared.items():
         if isinstance(p, Prepared):
@@ -183,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     if spec["mode"] == "memory":
         out["results"] = run_memory(spec, scene, factories) if factories else {}
     else:
+        if "pipeline" in spec["cases"]:
+            from benchmarks.limits import measure_bandwidth, pipeline_bytes
+
+            bw = measure_bandwidth()
+            nbytes = pipeline_bytes(scene)
+            out["limit"] = {**bw, "pipeline_bytes": nbytes, "pipeline_limit_s": nbytes / bw["bytes_per_s"]}
+            gc.collect()
         out["results"] = run_time(spec, scene, factories)
     out["versions"] = _versions()
     out["wall_s"] = time.perf_counter() - t0

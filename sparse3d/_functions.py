@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _kernels
 from ._options import check_dense_allocation
 from ._ufuncs import apply_elementwise
 from ._unsupported import UNSUPPORTED_FUNCTIONS, function_key
@@ -231,11 +232,25 @@ def dot(a, b, out=None):
     dtype = np.result_type(a.dtype, b.dtype)
     s = a._structure
     H, W = a.imshape
-    if b.ndim == 1:
+    k = 1 if b.ndim == 1 else b.shape[1]
+    what = f"an image of shape {(H, W)}" if b.ndim == 1 else f"a model cube of shape {(H, W, k)}"
+    check_dense_allocation(H * W * k * max(dtype.itemsize, 8 if b.ndim == 1 else 1), what)
+    fast = _fast_product(a, dtype, b.dtype)
+    if fast == "csr":
+        result = np.asarray(a._csr @ b).astype(dtype, copy=False).reshape((H, W, k)[: 1 + b.ndim])
+    elif fast == "kernel":
+        w2 = b.reshape(n, k)
+        result = _kernels.scatter(s._row, s._col, a._values, w2, s.root_corner, s.imshape, dtype)
+        result = result.reshape((H, W, k)[: 1 + b.ndim])
+    elif fast == "sorted":
+        order = s.sorted_order()[1:]
+        w2 = b.reshape(n, k)
+        rows = s.sorted_rows()
+        result = _kernels.sorted_scatter(order, sorted_values(a), s.root_corner, s.imshape, w2, dtype, rows)
+        result = result.reshape((H, W, k)[: 1 + b.ndim])
+    elif b.ndim == 1:
         result = _scatter_image(s, a._values * b, dtype)
     else:
-        k = b.shape[1]
-        check_dense_allocation(H * W * k * dtype.itemsize, f"a model cube of shape {(H, W, k)}")
         if k == 0:
             result = np.zeros((H, W, 0), dtype=dtype)
         elif k <= 4 or dtype.kind not in "fc":
@@ -247,6 +262,68 @@ def dot(a, b, out=None):
 
 
 implements(np.dot)(dot)
+
+
+def _fast_product(a, dtype, *other_dtypes) -> str | None:
+    """How a product of ``a`` is computed: ``"csr"``, ``"kernel"``, ``"sorted"`` or ``None`` (NumPy).
+
+    The first product of an array runs the compiled scatter/gather of
+    :mod:`sparse3d._kernels` (nothing index-sized allocated). From the second product on the
+    same array its CSR matrix is built once and cached, as any derived view: a pixel-sorted
+    CSR product streams memory, where the stamp-ordered scatter writes pixels at random.
+    Translations of an array (a jitter loop) are new arrays, but they share one
+    pixel-sorted order of the stored positions: from the family's second product on they
+    take ``"sorted"`` (:func:`sparse3d._kernels.sorted_scatter`; callers without a sorted
+    kernel use ``"kernel"``). Arrays below ``MIN_ELEMENTS`` use the kernels only when the
+    family repeats products (:func:`_repeated`).
+    """
+    fam = a._family
+    fam["nproducts"] = calls = fam.get("nproducts", 0) + 1
+    size = a._values.size
+    fam["elements"] = fam.get("elements", 0) + size
+    if size < _kernels.MIN_ELEMENTS and not _repeated(fam, size):
+        return None
+    if not _kernels.use_kernel(max(size, _kernels.MIN_ELEMENTS), dtype, a.dtype, *other_dtypes):
+        return None
+    cache = a.__dict__
+    if "_csr" in cache:
+        return "csr"
+    own = cache.get("_nproducts", 0) + 1
+    cache["_nproducts"] = own
+    if own >= 2:
+        return "csr"
+    return "sorted" if calls >= 2 else "kernel"
+
+
+#: A family (an array and its translations) below ``MIN_ELEMENTS`` uses the kernels once it
+#: has run products over this many stamp elements in all (NumPy's path costs ~15 ns per
+#: element and weight column, numba ~1.5 s to load per process), or, once numba is loaded
+#: in the process, from its second product on when it has at least ``REPEAT_MIN_ELEMENTS``.
+REPEAT_ELEMENTS = 20_000_000
+REPEAT_MIN_ELEMENTS = 100_000
+
+
+def _repeated(fam: dict, size: int) -> bool:
+    if size < min(REPEAT_MIN_ELEMENTS, _kernels.MIN_ELEMENTS):
+        return False
+    if fam["elements"] >= REPEAT_ELEMENTS:
+        return True
+    return fam["nproducts"] >= 2 and _kernels.loaded()
+
+
+def sorted_values(a) -> np.ndarray:
+    """``a``'s values in its structure's pixel-sorted order (cached for the family)."""
+    fam = a._family
+    got = fam.get("sorted_values")
+    if got is None:
+        take = a._structure.sorted_order()[0]
+        got = fam.setdefault("sorted_values", _readonly_array(a._values.ravel()[take]))
+    return got
+
+
+def _readonly_array(x: np.ndarray) -> np.ndarray:
+    x.flags.writeable = False
+    return x
 
 
 def matmul(a, b, out=None, **kwargs):
@@ -272,6 +349,15 @@ def _project(S, image: np.ndarray) -> np.ndarray:
     """``Aᵀ·y``: per-source sums of ``S * image``; image ``(H, W)`` → ``(n,)``, ``(H, W, m)`` → ``(n, m)``."""
     H, W = S.imshape
     dtype = np.result_type(S.dtype, image.dtype)
+    fast = _fast_product(S, dtype, image.dtype)
+    if fast in ("kernel", "sorted"):
+        s = S._structure
+        img3 = image.reshape(H, W, -1)
+        res = _kernels.gather(s._row, s._col, S._values, img3, s.root_corner, dtype)
+        return res.reshape((S.nsources, *image.shape[2:]))
+    if fast == "csr":
+        res = np.asarray(S._csr.T @ image.reshape(H * W, -1)).astype(dtype, copy=False)
+        return res.reshape((S.nsources, *image.shape[2:]))
     if image.ndim == 2:
         ext = np.zeros(H * W + 1, dtype=image.dtype)
         ext[: H * W] = image.ravel()

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 __all__ = ["DenseAllocationError", "get_options", "set_options"]
 
-_DEFAULTS = {"max_dense_bytes": 2 * 1024**3}
+_DEFAULTS = {"max_dense_bytes": 2 * 1024**3, "buffer_pool_bytes": 256 * 1024**2}
 # Process-wide (not thread-local): the limits must reach Dask workers' threads and any
 # thread pool the caller uses. The lock makes each update atomic.
 _LOCK = threading.Lock()
@@ -38,7 +38,9 @@ def _restore(previous: dict) -> Iterator[None]:
             _options = previous
 
 
-def set_options(*, max_dense_bytes: int | None = None) -> contextlib.AbstractContextManager:
+def set_options(
+    *, max_dense_bytes: int | None = None, buffer_pool_bytes: int | None = None
+) -> contextlib.AbstractContextManager:
     """Set library options; use as a plain call or as a context manager.
 
     Options are **process-wide**: they apply in every thread (Dask's threaded scheduler,
@@ -51,6 +53,10 @@ def set_options(*, max_dense_bytes: int | None = None) -> contextlib.AbstractCon
     max_dense_bytes : int
         Largest dense allocation (in bytes) that an operation may make implicitly: the
         image of a ``dot``, a CSR row pointer, ``todense()``. Default 2 GiB.
+    buffer_pool_bytes : int
+        Bytes of value buffers of dead arrays kept for reuse by new arrays of the same shape
+        and dtype (no fresh page faults; see :mod:`sparse3d._pool`). Buffers above a quarter
+        of it are never kept. Default 256 MiB; 0 disables the pool.
 
     Examples
     --------
@@ -61,10 +67,12 @@ def set_options(*, max_dense_bytes: int | None = None) -> contextlib.AbstractCon
     global _options
     current = get_options()
     options = {}
-    if max_dense_bytes is not None:
-        if isinstance(max_dense_bytes, bool) or not isinstance(max_dense_bytes, int) or max_dense_bytes < 0:
-            raise ValueError(f"max_dense_bytes must be a non-negative int; got {max_dense_bytes!r}")
-        options["max_dense_bytes"] = max_dense_bytes
+    for name, value in (("max_dense_bytes", max_dense_bytes), ("buffer_pool_bytes", buffer_pool_bytes)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int; got {value!r}")
+        options[name] = value
     with _LOCK:
         _options = {**current, **options}
     return _restore(current)

@@ -17,6 +17,12 @@ Derived index arrays (the in-image mask, the flat pixel index, the CSC/CSR order
 the sorted COO coordinates) are computed lazily, **once per structure**, and then shared by
 every array built on it. All arrays exposed here are read-only.
 
+A translated structure shares the positions it came from and stores the whole-pixel
+``offset`` (translate is O(1): no copy, no validation pass); everything derived reads the
+stored positions against ``imcorner - offset``, and shifted ``row``/``col`` are materialised
+only when asked for. Facts about the stored positions alone (their range, their
+pixel-sorted order for the products of a jitter loop) are shared by all such structures.
+
 Positions, image corners and image ends are limited to ``|value| <= 2**61`` and images to
 ``H * W <= 2**62`` pixels, so that every offset and flat pixel index ``r * W + c`` is exact
 in int64 arithmetic; larger values are refused with a ``ValueError``.
@@ -30,6 +36,7 @@ from functools import cached_property
 
 import numpy as np
 
+from . import _kernels, _pool
 from ._options import check_dense_allocation
 
 __all__ = ["StampStructure", "structure_from_positions"]
@@ -103,11 +110,13 @@ def _as_pair(value, name: str, *, positive: bool) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def as_position_array(a, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def as_position_array(a, name: str, shape: tuple[int, ...], extent: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Validate a ``row``/``col`` argument and return an owned, read-only integer array.
 
     Integer arrays and integer-valued float arrays are accepted; anything else (fractional,
-    NaN/inf, bool, object) is rejected with an error naming ``name``.
+    NaN/inf, bool, object) is rejected with an error naming ``name``. The stored type is
+    :func:`position_dtype` of the values and of ``extent`` (the image's positions along
+    this axis); broadcast inputs stay broadcast (:func:`owned_copy`).
     """
     try:
         arr = np.asarray(a)
@@ -128,11 +137,44 @@ def as_position_array(a, name: str, shape: tuple[int, ...]) -> np.ndarray:
             raise ValueError(f"{name} must hold finite pixel positions; found NaN or inf")
         if not (arr == np.floor(arr)).all():
             raise ValueError(f"{name} must hold integer pixel positions; found fractional values")
-    lo = int(arr.min()) if arr.size else 0
-    hi = int(arr.max()) if arr.size else 0
+    lo, hi = _kernels.min_max(arr) if arr.size else (0, 0)
     check_position_range(lo, hi, name)
-    dtype = index_dtype(abs(lo), abs(hi))
-    return _readonly(np.array(arr, dtype=dtype, order="C", copy=True))
+    return owned_copy(arr, position_dtype(lo, hi, extent))
+
+
+def position_dtype(lo: int, hi: int, extent: tuple[int, int] = (0, 0)) -> np.dtype:
+    """Smallest safe integer type (int16, int32 or int64) for positions in ``[lo, hi]``.
+
+    ``extent`` is the range of the image's own positions along the same axis
+    (``(r0, r0 + H)``): int16 is chosen only when positions and image bounds both fit, so
+    positions relative to the image fit too; int32 and int64 depend on the positions alone.
+    The library computes pixel indices in int64.
+    """
+    a, b = min(lo, *extent), max(hi, *extent)
+    if np.iinfo(np.int16).min <= a and b <= np.iinfo(np.int16).max:
+        return np.dtype(np.int16)
+    if np.iinfo(np.int32).min <= lo and hi <= np.iinfo(np.int32).max:
+        return np.dtype(np.int32)
+    return np.dtype(np.int64)
+
+
+def owned_copy(arr: np.ndarray, dtype=None) -> np.ndarray:
+    """A read-only copy of ``arr`` (cast to ``dtype``) that no one else can modify.
+
+    Broadcast inputs are not expanded: only the distinct elements (the axes with a non-zero
+    stride) are copied, and the copy is broadcast back to ``arr.shape`` as a read-only view
+    whose owner is read-only too. Everything else becomes a C-contiguous copy.
+    """
+    dtype = arr.dtype if dtype is None else np.dtype(dtype)
+    if arr.ndim and arr.size > 1 and 0 in arr.strides:
+        index = tuple(slice(0, 1) if st == 0 else slice(None) for st in arr.strides)
+        compact = _readonly(np.array(arr[index], dtype=dtype, order="C", copy=True))
+        return np.broadcast_to(compact, arr.shape)  # read-only; its base is read-only
+    buf = _pool.take(arr.shape, dtype) if arr.nbytes >= _pool.MIN_BYTES else None
+    if buf is None:
+        return _readonly(np.array(arr, dtype=dtype, order="C", copy=True))
+    np.copyto(buf, arr, casting="unsafe")  # overwrites all of the pooled buffer
+    return _readonly(buf)
 
 
 class StampStructure:
@@ -146,6 +188,10 @@ class StampStructure:
         ``(H, W)`` of the image.
     imcorner : tuple of int
         Absolute position of image pixel ``[0, 0]``.
+    offset : tuple of int, optional
+        Whole-pixel shift added to ``row``/``col`` (a translated structure shares the
+        positions of the one it came from); the range of the shifted positions must have
+        been checked (:meth:`translated` does).
 
     Notes
     -----
@@ -153,22 +199,154 @@ class StampStructure:
     input: it validates and re-uses an existing structure built from the same arrays.
     """
 
-    def __init__(self, row: np.ndarray, col: np.ndarray, imshape: tuple[int, int], imcorner: tuple[int, int]):
-        self.row = row
-        self.col = col
+    def __init__(
+        self,
+        row: np.ndarray,
+        col: np.ndarray,
+        imshape: tuple[int, int],
+        imcorner: tuple[int, int],
+        offset: tuple[int, int] = (0, 0),
+    ):
+        # ``_row``/``_col`` are the positions as validated once (shared by every translated
+        # structure); ``offset`` is the whole-pixel shift added to them, so a translated
+        # structure costs O(1) and shifted positions are materialised only when asked for
+        self._row = row
+        self._col = col
+        self.offset = (int(offset[0]), int(offset[1]))
         self.imshape = imshape
         self.imcorner = imcorner
         self._equal_to: weakref.WeakSet = weakref.WeakSet()
+        self._translations: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+        # facts about the stored positions alone (their range, their pixel-sorted order),
+        # shared with every structure over the same stored positions (translations, cutouts)
+        self._shared: dict = {}
+
+    def __del__(self):
+        # positions no one else holds (no other structure, no view) go to the buffer pool
+        try:
+            _pool.give_back(self._row, 1)
+            _pool.give_back(self._col, 1)
+        except Exception:  # noqa: BLE001 - never raise from __del__
+            pass
+
+    # -- positions: stored ones plus an offset ---------------------------------------------
+    @property
+    def row(self) -> np.ndarray:
+        """Absolute row of every stamp pixel (the stored rows shifted by ``offset``), read-only."""
+        return self._row if self.offset[0] == 0 else self._shifted[0]
+
+    @property
+    def col(self) -> np.ndarray:
+        """Absolute column of every stamp pixel (the stored columns shifted by ``offset``), read-only."""
+        return self._col if self.offset[1] == 0 else self._shifted[1]
+
+    @cached_property
+    def _shifted(self) -> tuple[np.ndarray, np.ndarray]:
+        (dr, dc), (H, W), (r0, c0) = self.offset, self.imshape, self.imcorner
+        (rlo, rhi), (clo, chi) = self.position_range
+
+        def shift(a, d, lo, hi, extent):
+            if d == 0:
+                return a
+            return _readonly(np.add(a, d, dtype=position_dtype(lo + d, hi + d, extent)))  # exact
+
+        return shift(self._row, dr, rlo, rhi, (r0, r0 + H)), shift(self._col, dc, clo, chi, (c0, c0 + W))
+
+    @property
+    def position_range(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """``((min, max) of the stored rows, (min, max) of the stored columns)`` as Python ints.
+
+        Of the stored positions (without ``offset``); ``(0, 0)`` for empty stamps. One pass,
+        once per set of stored positions.
+        """
+        rng = self._shared.get("range")
+        if rng is None:
+            if self._row.size == 0:
+                rng = (0, 0), (0, 0)
+            else:
+                rng = _kernels.min_max(self._row), _kernels.min_max(self._col)
+            self._shared["range"] = rng
+        return rng
+
+    def sorted_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(take, srow, scol, ssrc)``: every stamp element sorted by stored ``(row, col, source)``.
+
+        ``take`` holds flat positions into C-order stamp values; ``srow``/``scol`` are the
+        stored positions (their own dtype) and ``ssrc`` the source in that order. Off-image
+        elements are included: a shift does not change the order, so one sort serves every
+        translation (the image rows are a contiguous run of it). Computed once per set of
+        stored positions (a stable sort of pixel keys, in source-major order so that one
+        pixel's sources come out ascending).
+        """
+        with self._lock:
+            got = self._shared.get("sorted")
+        if got is not None:
+            return got
+        nr, nc, n = self.stamp_shape
+        size = nr * nc * n
+        flat = np.arange(size, dtype=index_dtype(size)).reshape(nr, nc, n).transpose(2, 0, 1).ravel()
+        r = self._row.transpose(2, 0, 1).ravel()
+        c = self._col.transpose(2, 0, 1).ravel()
+        (rlo, rhi), (clo, chi) = self.position_range
+        span = chi - clo + 1
+        if size == 0:
+            order = np.zeros(0, dtype=np.intp)
+        elif (rhi - rlo + 1) * span < 2**62:
+            key = np.subtract(r, rlo, dtype=np.int64)
+            key *= span
+            key += np.subtract(c, clo, dtype=np.int64)
+            order = np.argsort(key, kind="stable")
+        else:
+            order = np.lexsort((c, r))  # stable: ties keep source-major order
+        take = flat[order]
+        got = tuple(
+            _readonly(a)
+            for a in (take, r[order], c[order], (take % max(n, 1)).astype(index_dtype(n)))
+        )
+        with self._lock:
+            self._shared.setdefault("sorted", got)
+            return self._shared["sorted"]
+
+    def sorted_rows(self) -> tuple[np.ndarray, int] | None:
+        """``(rowptr, rlo)``: stored row ``u`` is ``sorted_order()[u - rlo : u - rlo + 1]`` of rowptr.
+
+        ``rowptr[u - rlo]`` is where stored row ``u`` starts in :meth:`sorted_order`
+        (int64, ``rhi - rlo + 2`` entries). ``None`` when the rows span more than four times
+        the number of stamp elements (the pointer would outgrow the order itself).
+        """
+        with self._lock:
+            if "rows" in self._shared:
+                return self._shared["rows"]
+        srow = self.sorted_order()[1]
+        (rlo, rhi), _ = self.position_range
+        got = None
+        if srow.size and rhi - rlo + 2 <= 4 * srow.size + 1024:
+            bounds = np.arange(rlo, rhi + 2, dtype=np.int64)
+            got = (_readonly(np.searchsorted(srow.astype(np.int64), bounds).astype(np.int64)), rlo)
+        with self._lock:
+            return self._shared.setdefault("rows", got)
+
+    @property
+    def root_corner(self) -> tuple[int, int]:
+        """Image pixel ``[0, 0]`` in the coordinates of the stored positions: ``imcorner - offset``.
+
+        A stamp element is inside the image exactly when its *stored* position minus this
+        corner lies in ``[0, H) × [0, W)``, so products read ``_row``/``_col`` directly.
+        Python ints; every difference ``stored - root_corner`` is exact in int64 (the
+        translated positions and the corner are both within ``±2**61``).
+        """
+        return (self.imcorner[0] - self.offset[0], self.imcorner[1] - self.offset[1])
 
     # -- basic facts -------------------------------------------------------------------
     @property
     def stamp_shape(self) -> tuple[int, int, int]:
         """``(nr, nc, nsources)``."""
-        return self.row.shape
+        return self._row.shape
 
     @property
     def nsources(self) -> int:
-        return self.row.shape[2]
+        return self._row.shape[2]
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -182,12 +360,8 @@ class StampStructure:
     @cached_property
     def in_image(self) -> np.ndarray:
         """Boolean ``(nr, nc, nsources)``: which stamp pixels fall inside the image."""
-        (r0, c0), (H, W) = self.imcorner, self.imshape
-        mask = np.greater_equal(self.row, r0)
-        mask &= self.row < r0 + H
-        mask &= self.col >= c0
-        mask &= self.col < c0 + W
-        return _readonly(mask)
+        (r0, c0), (H, W) = self.root_corner, self.imshape
+        return _readonly(_inside(self._row, r0, r0 + H) & _inside(self._col, c0, c0 + W))
 
     @cached_property
     def all_in_image(self) -> bool:
@@ -205,12 +379,12 @@ class StampStructure:
         ``intp``, shape ``(nr, nc, nsources)``. The extra bin ``H*W`` lets scatter/gather
         operations (``np.bincount``, ``take``) run without a boolean mask.
         """
-        (r0, c0), (H, W) = self.imcorner, self.imshape
+        (r0, c0), (H, W) = self.root_corner, self.imshape
         # int64 offsets (positions may be stored as int32 while the corner is beyond 2**31);
         # off-image elements may wrap here, but they are replaced by H*W below
-        pix = np.subtract(self.row, r0, dtype=np.int64)
+        pix = np.subtract(self._row, r0, dtype=np.int64)
         pix *= W
-        pix += np.subtract(self.col, c0, dtype=np.int64)
+        pix += np.subtract(self._col, c0, dtype=np.int64)
         if not self.all_in_image:
             pix[~self.in_image] = H * W
         return _readonly(pix)
@@ -307,40 +481,59 @@ class StampStructure:
     # -- new structures -----------------------------------------------------------------
     def with_bounds(self, imshape: tuple[int, int], imcorner: tuple[int, int]) -> StampStructure:
         """The same stamps inside other image bounds (a cutout or an enlarged canvas)."""
-        return StampStructure(self.row, self.col, imshape, imcorner)
+        return self._sibling(self._row, self._col, imshape, imcorner, self.offset)
+
+    def _sibling(self, row, col, imshape, imcorner, offset) -> StampStructure:
+        new = StampStructure(row, col, imshape, imcorner, offset)
+        if row is self._row and col is self._col:
+            new._shared = self._shared  # same stored positions: same range, same sorted order
+        return new
 
     def translated(self, drow: int, dcol: int) -> StampStructure:
-        """Every stamp shifted by whole pixels; the image bounds stay.
+        """Every stamp shifted by whole pixels; the image bounds stay. O(1).
 
-        Shifted positions are checked in Python ints first, so nothing wraps.
+        The result shares the stored positions and adds the shift to its ``offset``. The
+        shifted range is checked in Python ints from the stored positions' min and max
+        (computed once per set of stored positions), so nothing wraps. Results still alive
+        are re-used (weakly referenced), so arrays of one structure (a design and its
+        gradients) translated by one offset share one structure and its derived indices,
+        while nothing is kept alive for it.
         """
-
-        def shift(a: np.ndarray, d: int, name: str) -> np.ndarray:
-            if a.size:
-                check_position_range(int(a.min()) + d, int(a.max()) + d, f"{name} translated by {d}")
-            return as_position_array(np.add(a, d, dtype=np.int64), name, self.stamp_shape)
-
-        row, col = shift(self.row, drow, "row"), shift(self.col, dcol, "col")
-        return StampStructure(row, col, self.imshape, self.imcorner)
+        key = (int(drow), int(dcol))
+        with self._lock:
+            hit = self._translations.get(key)
+        if hit is not None:
+            return hit
+        dr, dc = self.offset[0] + key[0], self.offset[1] + key[1]
+        if self._row.size:
+            (rlo, rhi), (clo, chi) = self.position_range
+            check_position_range(rlo + dr, rhi + dr, f"row translated by {key[0]}")
+            check_position_range(clo + dc, chi + dc, f"col translated by {key[1]}")
+        new = self._sibling(self._row, self._col, self.imshape, self.imcorner, (dr, dc))
+        with self._lock:
+            return self._translations.setdefault(key, new)
 
     def take_sources(self, index) -> StampStructure:
         """A structure holding only the sources selected by ``index`` (along axis 2)."""
-        row = _readonly(np.ascontiguousarray(self.row[:, :, index]))
-        col = _readonly(np.ascontiguousarray(self.col[:, :, index]))
-        return StampStructure(row, col, self.imshape, self.imcorner)
+        row = _readonly(np.ascontiguousarray(self._row[:, :, index]))
+        col = _readonly(np.ascontiguousarray(self._col[:, :, index]))
+        return StampStructure(row, col, self.imshape, self.imcorner, self.offset)
 
     # -- comparison ---------------------------------------------------------------------
     def equals(self, other: StampStructure) -> bool:
         """Whether two structures describe the same stamps in the same image bounds."""
         if other is self or other in self._equal_to:
             return True
-        same = (
-            self.imshape == other.imshape
-            and self.imcorner == other.imcorner
-            and self.row.shape == other.row.shape
-            and np.array_equal(self.row, other.row)
-            and np.array_equal(self.col, other.col)
-        )
+        if self.imshape != other.imshape or self.imcorner != other.imcorner:
+            return False
+        if self._row is other._row and self._col is other._col:
+            same = self.offset == other.offset  # stored positions shared: only the shifts differ
+        else:
+            same = (
+                self.stamp_shape == other.stamp_shape
+                and np.array_equal(self.row, other.row)
+                and np.array_equal(self.col, other.col)
+            )
         if same:
             self._equal_to.add(other)
             other._equal_to.add(self)
@@ -348,6 +541,17 @@ class StampStructure:
 
     def __reduce__(self):
         return (structure_from_positions, (self.row, self.col, self.stamp_shape, self.imshape, self.imcorner))
+
+
+def _inside(a: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Boolean ``lo <= a < hi`` for integer ``a`` and Python-int bounds of any size (no wrap)."""
+    info = np.iinfo(a.dtype)
+    if lo > info.max or hi <= info.min or hi <= lo:
+        return np.zeros(a.shape, dtype=bool)
+    mask = np.greater_equal(a, max(lo, info.min))
+    if hi <= info.max:
+        mask &= a < hi
+    return mask
 
 
 # -- distinct positions within each stamp ---------------------------------------------------
@@ -446,10 +650,11 @@ def structure_from_positions(row, col, stamp_shape, imshape, imcorner) -> StampS
             c = np.broadcast_to(np.asarray(col), stamp_shape)
         except ValueError:
             break
-        if np.array_equal(r, cand.row) and np.array_equal(c, cand.col):
+        if _kernels.equal(r, cand.row) and _kernels.equal(c, cand.col):
             return cand
-    row = as_position_array(row, "row", stamp_shape)
-    col = as_position_array(col, "col", stamp_shape)
+    (H, W), (r0, c0) = imshape, imcorner
+    row = as_position_array(row, "row", stamp_shape, (r0, r0 + H))
+    col = as_position_array(col, "col", stamp_shape, (c0, c0 + W))
     check_distinct(row, col)
     struct = StampStructure(row, col, imshape, imcorner)
     with _CACHE_LOCK:

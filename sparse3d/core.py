@@ -14,9 +14,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
-from . import _functions, _ufuncs
+from . import _functions, _pool, _ufuncs
 from ._options import check_dense_allocation
-from ._structure import StampStructure, _as_pair, index_dtype, readonly_view, structure_from_positions
+from ._structure import (
+    StampStructure,
+    _as_pair,
+    index_dtype,
+    owned_copy,
+    readonly_view,
+    structure_from_positions,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
@@ -57,12 +64,11 @@ def _checked_values(arr: np.ndarray, name: str = "data") -> np.ndarray:
 
 def _owned_values(data, name: str = "data") -> np.ndarray:
     try:
-        arr = np.array(data, copy=True, order="C")
+        arr = np.asarray(data)
     except ValueError as exc:  # ragged nested sequences
         raise ValueError(f"{name} must be a regular (non-ragged) numeric array: {exc}") from None
-    arr = _checked_values(arr, name)
-    arr.flags.writeable = False
-    return arr
+    # a copy no one else can modify; broadcast inputs are copied compactly, not expanded
+    return owned_copy(_checked_values(arr, name))
 
 
 class Sparse3D(NDArrayOperatorsMixin):
@@ -157,6 +163,13 @@ class Sparse3D(NDArrayOperatorsMixin):
         obj._structure = structure
         return obj
 
+    def __del__(self):
+        # the values buffer of a dying array goes to the pool if no one else holds it
+        try:
+            _pool.give_back(self._values, 1)
+        except Exception:  # noqa: BLE001 - never raise from __del__ (interpreter shutdown, ...)
+            pass
+
     def with_data(self, data) -> Sparse3D:
         """A new array with the same stamps (positions, bounds) and new stamp values.
 
@@ -243,8 +256,9 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by values and positions."""
-        return self._values.nbytes + self.row.nbytes + self.col.nbytes
+        """Bytes held by values and positions (the stored ones: a translation shares them)."""
+        s = self._structure
+        return self._values.nbytes + s._row.nbytes + s._col.nbytes
 
     @property
     def real(self) -> Sparse3D:
@@ -339,7 +353,18 @@ class Sparse3D(NDArrayOperatorsMixin):
         drow, dcol = _as_pair(position, "position", positive=False)
         if drow == 0 and dcol == 0:
             return self
-        return Sparse3D._from_parts(self._values, self._structure.translated(drow, dcol))
+        moved = Sparse3D._from_parts(self._values, self._structure.translated(drow, dcol))
+        moved.__dict__["_family"] = self._family  # same values, same stored positions
+        return moved
+
+    @cached_property
+    def _family(self) -> dict:
+        """Caches shared by this array and its translations (same values, same stored positions).
+
+        ``"nproducts"``/``"elements"`` count the family's products; ``"sorted_values"`` holds
+        the values in the structure's :meth:`~sparse3d._structure.StampStructure.sorted_order`.
+        """
+        return {}
 
     def shift(self, shift) -> Sparse3D:
         """A new array with every stamp moved by fractional pixels ``(drow, dcol)``.
@@ -520,8 +545,8 @@ class Sparse3D(NDArrayOperatorsMixin):
         out = np.zeros(self.shape, dtype=self.dtype)
         s = self._structure
         m = s.in_image
-        r = np.subtract(s.row[m], s.imcorner[0], dtype=np.int64)
-        c = np.subtract(s.col[m], s.imcorner[1], dtype=np.int64)
+        r = np.subtract(s._row[m], s.root_corner[0], dtype=np.int64)
+        c = np.subtract(s._col[m], s.root_corner[1], dtype=np.int64)
         k = np.broadcast_to(np.arange(self.nsources), self.stamp_shape)[m]
         np.add.at(out, (r, c, k), self._values[m])
         return out

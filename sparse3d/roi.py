@@ -18,10 +18,12 @@ parent array has no content there).
 from __future__ import annotations
 
 import dataclasses
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import _functions
 from ._functions import scatter_sum, scipy_values
 from ._options import check_dense_allocation
 from ._structure import _as_pair, check_position_range, index_dtype, readonly_view
@@ -97,7 +99,20 @@ class ROISparse3D:
         self.array = array
         self._corners = _as_corners(corners)
         self.size = _as_pair(size, "size", positive=True)
-        self._elements, self._pixels = self._map()
+
+    @cached_property
+    def _mapping(self) -> tuple[np.ndarray, np.ndarray]:
+        # built on first use: products of translated arrays read the windows through the
+        # structure's pixel-sorted order instead (see dot), so translate stays O(1)
+        return self._map()
+
+    @property
+    def _elements(self) -> np.ndarray:
+        return self._mapping[0]
+
+    @property
+    def _pixels(self) -> np.ndarray:
+        return self._mapping[1]
 
     # -- facts --------------------------------------------------------------------------
     @property
@@ -217,6 +232,25 @@ class ROISparse3D:
         if w.ndim not in (1, 2) or w.shape[0] != n:
             raise ValueError(f"weights must be (nsources,) or (nsources, k) with nsources={n}; got {w.shape}")
         dtype = np.result_type(self.dtype, w.dtype)
+        if _functions._fast_product(self.array, dtype, w.dtype) is not None:
+            from . import _kernels
+
+            k = 1 if w.ndim == 1 else w.shape[1]
+            check_dense_allocation(self.npixels * k * dtype.itemsize, f"a model of {self.nrois} windows")
+            s = self.array._structure
+            order = s.sorted_order()[1:]
+            out = _kernels.roi_scatter(
+                order,
+                _functions.sorted_values(self.array),
+                s.offset,
+                s.imcorner,
+                s.imshape,
+                self._corners,
+                self.size,
+                w.reshape(n, -1),
+                dtype,
+            )
+            return out[..., 0] if w.ndim == 1 else out
         vals = self.array.data.ravel()[self._elements]
         src = self._sources()
         shape = (self.nrois, *self.size)

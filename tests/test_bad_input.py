@@ -461,6 +461,13 @@ CASES = [
         ValueError,
         "max_dense_bytes must be a non-negative",
     ),
+    Case(
+        "options-pool",
+        "`sparse3d.set_options(buffer_pool_bytes=1.5)`",
+        lambda: sparse3d.set_options(buffer_pool_bytes=1.5),
+        ValueError,
+        "buffer_pool_bytes must be a non-negative int; got 1.5",
+    ),
 ]
 
 if importlib.util.find_spec("sparse3d.xarray") is not None and importlib.util.find_spec("xarray") is not None:

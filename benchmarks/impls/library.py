@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.cases import Factory, Prepared, Unsupported
-from benchmarks.scene import Scene
+from benchmarks.scene import Scene, as_float32
 
 
 def _sparse3d() -> Any:
@@ -65,6 +65,10 @@ def _pipeline(scene: Scene) -> Prepared:
         return build_L(scene, X, Y).dot(scene.brightness)
 
     return Prepared(run)
+
+
+def _pipeline_f32(scene: Scene) -> Prepared:
+    return _pipeline(as_float32(scene))
 
 
 def _construct_xy(scene: Scene) -> Prepared:
@@ -257,6 +261,7 @@ def cases(legacy: bool = False) -> dict[str, Factory]:
     fresh = not legacy  # 1.2.11 caches nothing per instance
     out: dict[str, Factory] = {
         "pipeline": _pipeline,
+        "pipeline_f32": _pipeline_f32,
         "construct_xy": _construct_xy,
         "build_L": _build_L,
         "build_L_hint": _build_L_hint,

@@ -17,7 +17,7 @@ import scipy.sparse
 import scipy.sparse.linalg
 
 from benchmarks.cases import Factory, Prepared, Unsupported
-from benchmarks.scene import Scene
+from benchmarks.scene import Scene, as_float32
 
 
 @dataclass
@@ -111,6 +111,10 @@ def _pipeline(scene: Scene) -> Prepared:
     return Prepared(run)
 
 
+def _pipeline_f32(scene: Scene) -> Prepared:
+    return _pipeline(as_float32(scene))
+
+
 def _construct_xy(scene: Scene) -> Prepared:
     st = structure(scene)
     canon = _image_canon(scene, st)
@@ -180,6 +184,7 @@ def cases(legacy: bool = False) -> dict[str, Factory]:
     """
     return {
         "pipeline": _pipeline,
+        "pipeline_f32": _pipeline_f32,
         "construct_xy": _construct_xy,
         "build_L": _block(psf_values),
         "build_L_hint": _block(psf_values_hint),
