@@ -921,6 +921,95 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
             factor._CHOLMOD_TRIED, factor._cholmod = saved
 
 
+# ---- the distributed scene fit (SourceChunked.fit) ------------------------------------------
+def _scene_fit(**kw):
+    SC = _S().to_dask(source_chunks=1)
+    data = kw.pop("data", np.ones((10, 10)))
+    return SC.fit(data, **kw)
+
+
+def _bare_scene_fit():
+    from sparse3d.dask import SourceChunked
+
+    SC = _S().to_dask(source_chunks=1)
+    return SourceChunked(SC.parts, SC.chunks, SC.imshape).fit(np.ones((10, 10)))
+
+
+if importlib.util.find_spec("dask") is not None and importlib.util.find_spec("distributed") is not None:
+    CASES += [
+        Case(
+            "scene-halo",
+            "`SC.fit(data, halo=1)`, 3 x 3 stamps (`SC` a `SourceChunked`)",
+            lambda: _scene_fit(halo=1),
+            ValueError,
+            "halo must be at least one stamp wide",
+        ),
+        Case(
+            "scene-halo-unknown",
+            "`SC.fit(data)`, `SC` built without `stamp_shape` and no `halo`",
+            _bare_scene_fit,
+            ValueError,
+            "halo must be given",
+        ),
+        Case(
+            "scene-tile",
+            "`SC.fit(data, tile_size=2)`, 3 x 3 stamps",
+            lambda: _scene_fit(tile_size=2),
+            ValueError,
+            "tile_size must be at least the stamp size",
+        ),
+        Case(
+            "scene-tile-type",
+            "`SC.fit(data, tile_size=(8, 8, 8))`",
+            lambda: _scene_fit(tile_size=(8, 8, 8)),
+            ValueError,
+            "tile_size must be an int or a pair of ints",
+        ),
+        Case(
+            "scene-errors",
+            "`SC.fit(frames, errors=per_frame_maps)` (errors of shape `(H, W, k)`)",
+            lambda: _scene_fit(data=np.ones((10, 10, 2)), errors=np.ones((10, 10, 2))),
+            ValueError,
+            "errors must have shape (H, W) = (10, 10) (one map shared by every frame)",
+        ),
+        Case(
+            "scene-data",
+            "`SC.fit(np.ones((9, 10)))`, image 10 x 10",
+            lambda: _scene_fit(data=np.ones((9, 10))),
+            ValueError,
+            "data must have shape (H, W) = (10, 10) or (H, W, k)",
+        ),
+        Case(
+            "scene-tol",
+            "`SC.fit(data, tol=0)`",
+            lambda: _scene_fit(tol=0),
+            ValueError,
+            "tol must be a positive number",
+        ),
+        Case(
+            "scene-max-iter",
+            "`SC.fit(data, max_iter=-1)`",
+            lambda: _scene_fit(max_iter=-1),
+            ValueError,
+            "max_iter must be a non-negative int",
+        ),
+        Case(
+            "scene-prior",
+            "`SC.fit(data, prior_sigma=np.ones(3))`, 2 sources",
+            lambda: _scene_fit(prior_sigma=np.ones(3)),
+            ValueError,
+            "prior_sigma must be a scalar or have shape (nsources,) = (2,)",
+        ),
+        Case(
+            "scene-client",
+            "`SC.fit(data, client=8786)`",
+            lambda: _scene_fit(client=8786),
+            TypeError,
+            "client must be a distributed.Client, a scheduler address or None",
+        ),
+    ]
+
+
 # ---- the demo (python -m sparse3d demo; the command line turns these into usage errors) ----
 CASES += [
     Case(

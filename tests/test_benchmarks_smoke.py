@@ -155,6 +155,25 @@ def test_compat_jitter_loop_smoke(tmp_path):
         assert max(r["max_rel_difference"].values()) <= 1e-12
 
 
+def test_distributed_scene_fit_smoke():
+    """benchmarks/distributed_fit.py --smoke: the distributed fit of its generated scene on a
+    LocalCluster equals the eager fit (the script exits 1 otherwise) and reports memory."""
+    pytest.importorskip("distributed")
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.distributed_fit", "--smoke"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ok"] and out["max_dw_over_sigma"] < 1e-3 and out["max_rel_err_diff"] < 1e-2
+    dist = out["distributed"]
+    assert dist["n_tiles"] == 16 and len(dist["worker_peak_mib"]) == 2
+    assert all(math.isfinite(v) for v in dist["timings_s"].values())
+
+
 def test_fit_sky_smoke():
     """benchmarks.fit_sky runs and prints a ratio for every sky model and diagnostic."""
     proc = subprocess.run(

@@ -352,7 +352,7 @@ def test_small_arrays_and_other_schedulers_stay_embedded(client, gscene):
     import sparse3d.dask as sdask
 
     with dask.config.set(scheduler="threads"), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sdask, "SCATTER_BYTES", 0)
+        mp.setattr(sdask._graph, "SCATTER_BYTES", 0)
         threaded = S.dot(da.from_array(W, chunks=(S.nsources, 2)))  # not for the cluster
         assert len(_values(threaded.__dask_graph__(), Sparse3D)) == 1
         np.testing.assert_allclose(threaded.compute(), S.dot(W), rtol=1e-12)

@@ -42,6 +42,7 @@ def test_tutorials_exist():
         "5-fitting-a-time-series",
         "6-sub-pixel-psf-models",
         "7-sky-positions-jitter",
+        "8-fitting-a-huge-scene",
     ]
 
 

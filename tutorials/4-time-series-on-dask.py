@@ -196,8 +196,8 @@ plt.show()
 # Above, the stamps themselves (`S`) fit in memory and only the frames were streamed. When
 # the stamps do not fit either, `SourceChunked.from_function` computes them chunk by chunk
 # from per-source parameters, on the workers; `persist()` keeps the chunks in the cluster's
-# memory, and `dot` sums the chunk images lazily. Here the same Gaussian stars in chunks of
-# a few thousand:
+# memory, and `dot` sums the chunk images lazily (tutorial 8 *fits* such a scene, tile by
+# tile on the workers). Here the same Gaussian stars in chunks of a few thousand:
 
 # %%
 star_row_d = da.from_array(star_row, chunks=max(1, nsources // 4))

@@ -376,6 +376,26 @@ class NormalEquations:
         """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n_params,)``; NaN where unconstrained."""
         return _weights_err(self.factor, self.free, self.err_scale * self.col_scale)
 
+    def solve_normal(self, b: np.ndarray) -> np.ndarray:
+        """Solve the normal equations ``N x = b`` for given right-hand sides ``b``.
+
+        ``N = A^T C^-1 A + P`` is the (unscaled) normal matrix, prior included, restricted to
+        the free parameters; ``b`` has shape ``(n_params,)`` or ``(n_params, k)``, in the units
+        of ``A^T C^-1 d``. Returns ``x`` of the shape of ``b``, 0 for unconstrained parameters
+        (their rows of ``b`` are ignored). With ``b = A^T C^-1 d + P mu`` this is :meth:`solve`;
+        other right-hand sides serve iterative solvers that use this factorisation, e.g. as
+        the preconditioner of the distributed scene fit (:mod:`sparse3d.dask.scene`).
+        """
+        b = np.asarray(b, dtype=np.float64)
+        c = self.col_scale if b.ndim == 1 else self.col_scale[:, None]
+        rhs = (self.err_scale * self.err_scale) * c * b  # N^-1 = s^2 D N'^-1 D
+        out = np.zeros(b.shape)
+        if self._idx is None:
+            out[...] = self.factor.solve(rhs) * c
+        else:
+            out[self._idx] = self.factor.solve(rhs[self._idx]) * c[self._idx]
+        return out
+
     def warn_if_unconstrained(self, stacklevel: int = 2) -> None:
         """Issue one :class:`UnconstrainedSourceWarning` counting the unconstrained sources, if any.
 
