@@ -1,8 +1,10 @@
 """The compiled (numba) kernels of the package: one registry, the size threshold, :func:`precompile`.
 
-Every module of the package whose name ends in ``_kernels.py`` is a *kernel module*: it imports
-numba, defines its kernels with ``@njit(cache=True)`` and lists them in a module-level dict
-``SIGNATURES`` mapping each kernel's name to its one argument signature (a numba type string).
+Every module of the package whose name ends in ``_kernels.py`` is a *kernel module*: it defines
+its kernels with ``@njit(cache=True)`` and lists them in a module-level dict ``SIGNATURES``
+mapping each kernel's name to its one argument signature (a numba type string), or, when its
+kernels are generic over dtypes (the array core's ``sparse3d/_kernels.py``), offers a function
+``precompile_kernels()`` that compiles the common combinations.
 Callers cast their arguments to exactly those types (float64 values, ``intp`` indices,
 C-contiguous arrays), so each kernel is compiled once per environment and then loaded from
 numba's on-disk cache; :func:`precompile` compiles them all ahead of the first use.
@@ -65,11 +67,17 @@ def precompile(verbose: bool = False) -> dict[str, float]:
     for name in kernel_modules():
         t0 = time.perf_counter()
         module = importlib.import_module(name)
-        for kernel, signature in module.SIGNATURES.items():
-            getattr(module, kernel).compile(signature)
+        signatures = getattr(module, "SIGNATURES", None)
+        if signatures is not None:
+            for kernel, signature in signatures.items():
+                getattr(module, kernel).compile(signature)
+            what = f"{len(signatures)} kernels"
+        else:
+            module.precompile_kernels()
+            what = "kernels"
         times[name] = time.perf_counter() - t0
         if verbose:
-            print(f"{name}: {len(module.SIGNATURES)} kernels in {times[name]:.2f} s")
+            print(f"{name}: {what} in {times[name]:.2f} s")
     times["total"] = time.perf_counter() - t_start
     if verbose:
         print(f"total: {times['total']:.2f} s")

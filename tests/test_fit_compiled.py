@@ -65,7 +65,10 @@ def test_kernel_registry_lists_the_fit_kernels():
 
     for name in names:
         module = importlib.import_module(name)
-        assert module.SIGNATURES and all(callable(getattr(module, k)) for k in module.SIGNATURES)
+        if hasattr(module, "SIGNATURES"):
+            assert module.SIGNATURES and all(callable(getattr(module, k)) for k in module.SIGNATURES)
+        else:  # generic over dtypes: a hook compiles the common combinations
+            assert callable(module.precompile_kernels)
 
 
 def test_one_signature_per_kernel_after_fits(compiled_kernels):
@@ -81,7 +84,7 @@ def test_one_signature_per_kernel_after_fits(compiled_kernels):
         S.fit(np.ones((*sc.imshape, 4)))
     for name in _compiled.kernel_modules():
         module = importlib.import_module(name)
-        for kernel in module.SIGNATURES:
+        for kernel in getattr(module, "SIGNATURES", ()):
             assert len(getattr(module, kernel).signatures) == 1, (name, kernel)
 
 

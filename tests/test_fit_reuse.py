@@ -47,8 +47,8 @@ def test_solve_rhs_is_the_inverse_normal_matrix(units, fit_path):
     rng = np.random.default_rng(7)
     S = _scene(rng)
     errors = rng.uniform(0.5, 2.0, S.imshape) * units
-    ne = prepare_normal_equations(S, imshape=S.imshape, errors=errors, prior_sigma=3.0 * np.ones(20) / units)
-    N = _dense_normal(S, errors, 3.0 / units)
+    ne = prepare_normal_equations(S, imshape=S.imshape, errors=errors, prior_sigma=3.0 * np.ones(20) * units)
+    N = _dense_normal(S, errors, 3.0 * units)
     b = rng.normal(size=(20, 3)) / units**2
     np.testing.assert_allclose(ne.solve_rhs(b), np.linalg.solve(N, b), rtol=1e-8)
     np.testing.assert_allclose(ne.solve_rhs(b[:, 0]), np.linalg.solve(N, b[:, 0]), rtol=1e-8)
@@ -71,6 +71,7 @@ def test_solve_rhs_with_unconstrained_sources():
     b = rng.normal(size=7)
     x = ne.solve_rhs(b)
     assert np.isnan(x[6])
+    np.testing.assert_array_equal(ne.solve_normal(b), np.where(np.isnan(x), 0.0, x))  # the same, 0-filled
     np.testing.assert_allclose(x[:6], np.linalg.solve(N, b[:6]), rtol=1e-9)
     np.testing.assert_allclose(ne.solve_rhs(b[:6]), np.linalg.solve(N, b[:6]), rtol=1e-9)
 

@@ -278,7 +278,7 @@ class NormalEquations:
         chi2 = self._chi2_from_normal(D, x, data_rhs)
         return out, chi2
 
-    def solve_rhs(self, b: np.ndarray) -> np.ndarray:
+    def solve_rhs(self, b: np.ndarray, fill: float = np.nan) -> np.ndarray:
         """Solve ``N x = b`` with the factorised normal matrix ``N = A^T C^-1 A + P``.
 
         ``b`` and ``x`` are in the original (unscaled) units: ``N^-1 b``, whatever the
@@ -290,6 +290,9 @@ class NormalEquations:
             Shape ``(n_params,)`` or ``(n_params, k)`` (every parameter; the rows of the
             unconstrained ones are ignored and come back NaN), or ``(n_free,)`` /
             ``(n_free, k)`` with ``n_free = free.sum()`` (the free parameters, in order).
+        fill : float, default NaN
+            The value returned for the unconstrained parameters (with a full-length ``b``);
+            :meth:`solve_normal` is this method with ``fill=0``.
 
         Returns
         -------
@@ -315,10 +318,11 @@ class NormalEquations:
         bf = b[self.free] if full else b
         cf = self.col_scale[self.free]
         cf = cf if b.ndim == 1 else cf[:, None]
-        x = (self.err_scale**2) * cf * self.factor.solve(cf * bf)
+        # s^2 D b is in the factor's own (scaled) units: no underflow for extreme errors
+        x = self.factor.solve((self.err_scale * self.err_scale) * cf * bf) * cf
         if not full:
             return x
-        out = np.full(b.shape, np.nan)
+        out = np.full(b.shape, fill)
         out[self.free] = x
         return out
 
@@ -386,15 +390,7 @@ class NormalEquations:
         other right-hand sides serve iterative solvers that use this factorisation, e.g. as
         the preconditioner of the distributed scene fit (:mod:`sparse3d.dask.scene`).
         """
-        b = np.asarray(b, dtype=np.float64)
-        c = self.col_scale if b.ndim == 1 else self.col_scale[:, None]
-        rhs = (self.err_scale * self.err_scale) * c * b  # N^-1 = s^2 D N'^-1 D
-        out = np.zeros(b.shape)
-        if self._idx is None:
-            out[...] = self.factor.solve(rhs) * c
-        else:
-            out[self._idx] = self.factor.solve(rhs[self._idx]) * c[self._idx]
-        return out
+        return self.solve_rhs(b, fill=0.0)
 
     def warn_if_unconstrained(self, stacklevel: int = 2) -> None:
         """Issue one :class:`UnconstrainedSourceWarning` counting the unconstrained sources, if any.
