@@ -25,6 +25,7 @@ __all__ = [
     "Sparse3D",
     "UnconstrainedSourceWarning",
     "get_options",
+    "precompile",
     "set_options",
     "__version__",
 ]
@@ -32,6 +33,18 @@ __all__ = [
 __version__ = "2.0.0.dev0"
 
 _FROM_FIT = ("FitResult", "SingularNormalMatrixError", "UnconstrainedSourceWarning")
+
+
+def precompile(verbose: bool = False) -> dict[str, float]:
+    """Compile every numba kernel of sparse3d into numba's on-disk cache (see :mod:`sparse3d._compiled`).
+
+    The first large fit in a fresh environment otherwise compiles its kernels (seconds, once
+    per environment); ``python -m sparse3d precompile`` does the same from the command line.
+    Returns the seconds spent per kernel module and ``"total"``.
+    """
+    from ._compiled import precompile as _precompile
+
+    return _precompile(verbose=verbose)
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Command line of sparse3d: python -m sparse3d demo [options] (or the sparse3d script)."""
+"""Command line of sparse3d: python -m sparse3d demo [options] | precompile (or the sparse3d script)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the comparison with the seed tutorial's scipy spsolve recipe",
     )
     demo.set_defaults(subparser=demo)  # errors found after parsing print the demo's usage line
+    sub.add_parser(
+        "precompile",
+        help="compile every numba kernel into the cache once after installing (else the first large "
+        "fit compiles them)",
+        description="Compile every numba kernel of sparse3d into numba's on-disk cache (NUMBA_CACHE_DIR, "
+        "else next to the package) and print the time per kernel module.",
+    )
     return parser
 
 
@@ -92,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
+    if args.command == "precompile":
+        from ._compiled import precompile
+
+        precompile(verbose=True)
+    elif args.command == "demo":
         from ._demo import check_output_folder, run_demo
 
         if not args.no_plots:

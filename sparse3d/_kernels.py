@@ -545,3 +545,41 @@ def shift(values: np.ndarray, frow: np.ndarray, fcol: np.ndarray, out: np.ndarra
     fn = _compiled("_shift_loop")
     fn(values, np.ascontiguousarray(frow), np.ascontiguousarray(fcol), out, SHIFT_BLOCK)
     return out
+
+
+def precompile_kernels() -> None:
+    """Compile (or load from the cache) the loops for the common dtype combinations.
+
+    The hook of :func:`sparse3d.precompile` (see :mod:`sparse3d._compiled`): these loops take
+    any integer positions and float/complex values, so there is no single signature to list;
+    this runs the real entry points on tiny arrays for float64 and float32 values with int16
+    and int32 positions (what images up to 32767 pixels, and larger ones, give).
+    """
+    if not available():
+        return
+    from ._functions import sorted_values
+    from .core import Sparse3D
+
+    global MIN_ELEMENTS
+    saved = MIN_ELEMENTS
+    MIN_ELEMENTS = 0
+    try:
+        R, C = np.mgrid[:3, :3]
+        for corner in ((0, 0), (40_000, 0)):  # int16, then int32 positions
+            row = R[:, :, None] + corner[0] + np.array([1, 4])
+            col = C[:, :, None] + corner[1] + np.array([2, 5])
+            for dtype in (np.float64, np.float32):
+                S = Sparse3D(np.ones((3, 3, 2), dtype=dtype), row, col, (8, 8), corner)
+                s = S._structure
+                w = np.ones((2, 1), dtype=dtype)
+                scatter(s._row, s._col, S._values, w, s.root_corner, s.imshape, dtype)
+                order = s.sorted_order()[1:]
+                sorted_scatter(order, sorted_values(S), s.root_corner, s.imshape, w, dtype, s.sorted_rows())
+                sorted_scatter(order, sorted_values(S), s.root_corner, s.imshape, w, dtype)
+                gather(s._row, s._col, S._values, np.ones((8, 8, 1), dtype=dtype), corner, dtype)
+            for a in (s._row, row.astype(np.int64)):
+                flat = np.ascontiguousarray(a)
+                min_max(flat)
+                equal(flat, flat)
+    finally:
+        MIN_ELEMENTS = saved

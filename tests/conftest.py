@@ -65,3 +65,21 @@ settings.register_profile(
     "long", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def compiled_kernels(monkeypatch):
+    """Force the compiled (numba) fit paths whatever the problem size."""
+    import sparse3d._compiled
+
+    monkeypatch.setattr(sparse3d._compiled, "COMPILED_MIN_NNZ", 0)
+
+
+@pytest.fixture(params=["numpy", "compiled"])
+def fit_path(request, monkeypatch):
+    """Run a test on the small-problem NumPy/SciPy path and on the compiled (numba) path."""
+    import sparse3d._compiled
+
+    threshold = 0 if request.param == "compiled" else 2**62
+    monkeypatch.setattr(sparse3d._compiled, "COMPILED_MIN_NNZ", threshold)
+    return request.param

@@ -44,6 +44,12 @@ def _other_structure():
     return Sparse3D(np.ones(S.stamp_shape), S.row + 1, S.col, S.imshape)
 
 
+def _prepare(**kw):
+    from sparse3d.fit import prepare_normal_equations
+
+    return prepare_normal_equations(_S(), imshape=(10, 10), **kw)
+
+
 def _huge():
     return _S(imshape=(60000, 60000))
 
@@ -611,6 +617,20 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
             lambda: _missing_solver(),
             ValueError,
             "solver='cholmod' needs the optional dependency cvxopt (GPL-3.0-or-later)",
+        ),
+        Case(
+            "normal-reuse",
+            "`prepare_normal_equations(A, imshape=..., reuse=fit_result)` (not a NormalEquations)",
+            lambda: _prepare(reuse="previous"),
+            ValueError,
+            "reuse must be None, True or the NormalEquations of a previous call, got str",
+        ),
+        Case(
+            "normal-solve-rhs-shape",
+            "`ne.solve_rhs(b)`, `b` neither `(n_params,)` nor `(n_free,)` long",
+            lambda: _prepare().solve_rhs(np.ones(5)),
+            ValueError,
+            "b must have shape (n_params,) = (2,) or (n_free,) = (2,)",
         ),
     ]
 

@@ -42,7 +42,7 @@ def test_relaxed_supernodal_factor_of_any_order(seed):
     np.testing.assert_allclose(sn.solve(b), np.linalg.solve(Np, b), rtol=1e-8, atol=1e-10)
 
 
-def test_amalgamation_merges_supernodes():
+def test_amalgamation_merges_supernodes(compiled_kernels):
     rng = np.random.default_rng(3)
     n = 120
     N = _spd(rng, n, 0.03)
@@ -61,11 +61,12 @@ def test_amalgamation_merges_supernodes():
 
 
 @pytest.mark.parametrize("k", [1, 7, 16, 41])
-def test_qdldl_factor_solves_before_and_after_the_blocks(k):
+def test_qdldl_factor_solves_before_and_after_the_blocks(k, fit_path):
     rng = np.random.default_rng(5)
     n = 80
     N = _spd(rng, n, 0.05)
     fac = fit_factor._QDLDLFactor(scipy.sparse.csr_matrix(np.tril(N)))
+    assert (fac._LD is not None) == (fit_path == "compiled")
     b = rng.normal(size=(n, k))
     np.testing.assert_allclose(fac.solve(b), np.linalg.solve(N, b), rtol=1e-8, atol=1e-10)  # compiled LDL^T
     np.testing.assert_allclose(fac.solve(b[:, 0]), np.linalg.solve(N, b[:, 0]), rtol=1e-8, atol=1e-10)

@@ -27,7 +27,7 @@ def _lower_reference(A, ivar):
 @pytest.mark.parametrize("imcorner", [(0, 0), (-7, 12)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int16])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_stamp_kernel_matches_dense(seed, imcorner, dtype, weighted):
+def test_stamp_kernel_matches_dense(seed, imcorner, dtype, weighted, compiled_kernels):
     rng = np.random.default_rng(seed)
     sc = random_scene(
         rng, imshape=(13, 17), stamp=(3, 4), nsources=int(rng.integers(1, 40)), imcorner=imcorner, dtype=dtype
@@ -58,7 +58,7 @@ def test_irregular_stamps_take_the_general_path():
 
 
 @pytest.mark.parametrize("n", [0, 1])
-def test_zero_and_one_source(n):
+def test_zero_and_one_source(n, fit_path):
     R, C = np.mgrid[:3, :3]
     S = Sparse3D(np.ones((3, 3, n)), R[:, :, None] + np.arange(n), C[:, :, None] + 0 * np.arange(n), (5, 5))
     N = normal_matrix(S)
@@ -66,7 +66,7 @@ def test_zero_and_one_source(n):
     np.testing.assert_allclose(N.toarray(), np.full((n, n), 9.0))
 
 
-def test_source_entirely_off_the_image():
+def test_source_entirely_off_the_image(fit_path):
     R, C = np.mgrid[:2, :2]
     S = Sparse3D(
         np.ones((2, 2, 2)), R[:, :, None] + np.array([0, 50]), C[:, :, None] + np.array([0, 50]), (4, 4)
@@ -76,7 +76,7 @@ def test_source_entirely_off_the_image():
 
 
 @pytest.mark.parametrize("scale", [1e-200, 1e200])
-def test_column_scale_keeps_tiny_and_huge_stamps_representable(scale):
+def test_column_scale_keeps_tiny_and_huge_stamps_representable(scale, fit_path):
     sc = random_scene(5, nsources=10, zeros=False)
     data = np.array(sc.data)
     data[..., 3] *= scale
@@ -95,7 +95,7 @@ def test_column_scale_keeps_tiny_and_huge_stamps_representable(scale):
         np.testing.assert_allclose(Ns.toarray(), ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
 
 
-def test_sources_spread_beyond_an_int64_grid_take_the_general_path():
+def test_sources_spread_beyond_an_int64_grid_take_the_general_path(compiled_kernels):
     R, C = np.mgrid[:2, :2]
     row = R[:, :, None] + np.array([0, 2**40, 1])
     col = C[:, :, None] + np.array([0, 2**40, 1])

@@ -20,6 +20,19 @@ from numba import njit
 NRELAX = (4, 16, 48)
 ZRELAX = (0.8, 0.1, 0.05)
 
+# the one signature of each kernel (see sparse3d._compiled): callers pass exactly these types.
+# The factor's index arrays are int32, as SciPy and qdldl hand them out (casting a factor of
+# 10^8 entries to intp would cost 0.4 GB per array); a factor of 2**31 entries or more, beyond
+# this machine class, would compile an int64 variant on first use.
+_I = "intp[::1]"
+_L = "int32[::1]"
+SIGNATURES = {
+    "etree_parent": f"({_L}, {_L})",
+    "postorder": f"({_I},)",
+    "amalgamate": f"({_L}, {_L}, float64[::1], float64[::1], {_I}, float64[::1])",
+    "ldlt_solve": f"({_L}, {_L}, float64[::1], float64[::1], float64[:, ::1])",
+}
+
 
 @njit(cache=True, nogil=True)
 def etree_parent(indptr, indices):  # pragma: no cover - compiled

@@ -16,22 +16,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-
-@njit(cache=True, nogil=True)
-def regular_corners(row, col):  # pragma: no cover - compiled
-    """``(ok, r0, c0)``: whether the stamps are regular rectangles, and their corners (int64)."""
-    nr, nc, n = row.shape
-    r0 = np.empty(n, dtype=np.int64)
-    c0 = np.empty(n, dtype=np.int64)
-    for k in range(n):
-        r0[k] = row[0, 0, k]
-        c0[k] = col[0, 0, k]
-    for a in range(nr):
-        for b in range(nc):
-            for k in range(n):
-                if row[a, b, k] != r0[k] + a or col[a, b, k] != c0[k] + b:
-                    return False, r0, c0
-    return True, r0, c0
+# the one signature of each kernel (see sparse3d._compiled): callers pass exactly these types
+_I = "intp[::1]"
+SIGNATURES = {
+    "cell_order": f"({_I}, {_I}, intp, intp)",
+    # the stamp values arrive read-only (a Sparse3D's values are immutable)
+    "weighted_stamps": (
+        f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, {_I}, float64[::1], boolean, "
+        "intp, intp, intp, intp)"
+    ),
+    "scale_rows": "(float64[:, :, ::1], float64[::1])",
+    "normal_lower": f"(float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I})",
+}
 
 
 @njit(cache=True, nogil=True)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
+from .. import _compiled
 from ..core import Sparse3D
 
 
@@ -60,19 +61,28 @@ _REGULAR: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _regular_corners(S: Sparse3D) -> tuple[np.ndarray, np.ndarray] | None:
-    """Corners ``(r0, c0)`` (int64, ``(n,)``) if every stamp of ``S`` is a regular rectangle, else None."""
+    """Corners ``(r0, c0)`` (intp, ``(n,)``) if every stamp of ``S`` is a regular rectangle, else None.
+
+    NumPy, one pass of ``(n,)`` comparisons per stamp pixel (no compiled kernel: small fits
+    must not import numba).
+    """
     st = S._structure
     if st.grouped:  # several stamp shapes: the general CSR path (A^T A by SciPy)
         return None
     hit = _REGULAR.get(st)
     if hit is None:
         nr, nc, n = st.stamp_shape
-        if n == 0 or nr * nc == 0:
-            hit = (False, None, None)
-        else:
-            from ._stamp_kernels import regular_corners
-
-            hit = regular_corners(st.row, st.col)
+        hit = (False, None, None)
+        if n and nr * nc:
+            row, col = st.row, st.col
+            r0 = row[0, 0].astype(np.intp)
+            c0 = col[0, 0].astype(np.intp)
+            ok = all(
+                np.array_equal(row[a, b], r0 + a) and np.array_equal(col[a, b], c0 + b)
+                for a in range(nr)
+                for b in range(nc)
+            )
+            hit = (ok, r0, c0)
         _REGULAR[st] = hit
     ok, r0, c0 = hit
     return (r0, c0) if ok else None
@@ -106,7 +116,9 @@ def _scaled_normal_matrix(
     """
     if isinstance(design, Sparse3D) and design._structure.grouped:
         return _grouped_normal_matrix(design, ivar)
-    corners = _regular_corners(design) if isinstance(design, Sparse3D) else None
+    corners = None
+    if isinstance(design, Sparse3D) and design._values.size >= _compiled.COMPILED_MIN_NNZ:
+        corners = _regular_corners(design)  # small designs: SciPy, no numba import
     if corners is not None and not _grid_fits(design, *corners):
         corners = None  # stamps spread over > 2**62 cells: the general path
     if corners is not None:
@@ -115,12 +127,12 @@ def _scaled_normal_matrix(
         S = design
         r0, c0 = corners
         nr, nc, n = S._values.shape
-        values = S._values
-        if values.dtype not in (np.float64, np.float32):
-            values = values.astype(np.float64)
+        # one compiled signature: float64, C order, read-only (a view: the caller's flags stay)
+        values = np.ascontiguousarray(S._values, dtype=np.float64).view()
+        values.flags.writeable = False
         (H, W), (imr, imc) = S.imshape, S.imcorner
         has_ivar = ivar is not None
-        sqrt_ivar = np.sqrt(ivar) if has_ivar else np.zeros(0)
+        sqrt_ivar = np.sqrt(np.asarray(ivar, dtype=np.float64)) if has_ivar else np.zeros(0)
         order, skey, ncc = cell_order(r0, c0, nr, nc)
         B, colmax = weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc)
         del sqrt_ivar

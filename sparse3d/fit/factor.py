@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
 
+from .. import _compiled
 from .result import SingularNormalMatrixError
 from .selinv import _close_pattern, _single_threaded_blas, _Supernodal
 
@@ -258,18 +259,29 @@ class _QDLDLFactor(_SupernodalFactor):
 
     name = "qdldl"
 
-    def __init__(self, N: scipy.sparse.csr_matrix) -> None:
+    def __init__(
+        self, N: scipy.sparse.csr_matrix, reuse: _QDLDLFactor | None = None, keep_symbolic: bool = False
+    ) -> None:
         import qdldl
 
         n = N.shape[0]
         self.n = n
         # the lower triangle in CSR is the upper triangle in CSC: what qdldl takes, no copy
         upper = scipy.sparse.csc_matrix((N.data, N.indices, N.indptr), shape=(n, n))
+        # qdldl's object holds the symbolic analysis (AMD ordering, elimination tree): taken
+        # over from ``reuse`` when N's pattern is the same, refactorised numerically only
+        symbolic = None if reuse is None else reuse._take_symbolic(N)
         try:
-            F = qdldl.Solver(upper, upper=True)
+            if symbolic is not None:
+                F = symbolic
+                F.update(upper, upper=True)
+            else:
+                F = qdldl.Solver(upper, upper=True)
         except (ValueError, RuntimeError) as exc:  # a zero pivot
             raise _NotPositiveDefinite() from exc
+        self.reused_symbolic = symbolic is not None
         L, D, P = F.factors()
+        self._symbolic = (F, N.indptr.copy(), N.indices.copy()) if keep_symbolic else None
         del F
         self.perm = np.asarray(P, dtype=np.intp)
         bad = _small_pivots(D, N.diagonal()[self.perm])
@@ -277,8 +289,27 @@ class _QDLDLFactor(_SupernodalFactor):
             raise _NotPositiveDefinite(self.perm[bad])
         L = scipy.sparse.csc_matrix(L)
         L.sort_indices()
-        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray] | None = (L, np.asarray(D, dtype=np.float64))
+        D = np.asarray(D, dtype=np.float64)
+        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray] | None = None
         self._super = None
+        if L.nnz < _compiled.COMPILED_MIN_NNZ:
+            # small: NumPy supernodes of the factor as it is (no compiled kernels, no numba import)
+            self._super = _Supernodal(_cholesky_from_ldlt(L, D))
+            return
+        # one compiled signature: int32 indices (what qdldl gives; cast once otherwise)
+        L.indptr, L.indices = _factor_index(L.indptr, L.nnz), _factor_index(L.indices, L.nnz)
+        self._LD = (L, D)
+
+    def _take_symbolic(self, N: scipy.sparse.csr_matrix) -> Any:
+        """qdldl's solver object (its symbolic analysis) if ``N`` has the pattern it was built
+        for, handed over (this factor keeps its own numeric factor); else None."""
+        if self._symbolic is None:
+            return None
+        F, indptr, indices = self._symbolic
+        if not (np.array_equal(indptr, N.indptr) and np.array_equal(indices, N.indices)):
+            return None
+        self._symbolic = None
+        return F
 
     def _supernodal(self) -> _Supernodal:
         if self._super is None:
@@ -299,7 +330,7 @@ class _QDLDLFactor(_SupernodalFactor):
         L, D = self._LD
         b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
         x = np.ascontiguousarray(b2[self.perm])
-        ldlt_solve(L.indptr, L.indices, L.data, D, x)
+        ldlt_solve(L.indptr, L.indices, np.ascontiguousarray(L.data, dtype=np.float64), D, x)
         out = np.empty(x.shape)
         out[self.perm] = x
         return out.reshape(b.shape)
@@ -316,17 +347,47 @@ def _relaxed_supernodal_factor(L: scipy.sparse.csc_matrix, D: np.ndarray) -> tup
     from ._factor_kernels import NRELAX, ZRELAX, amalgamate, etree_parent, postorder
 
     n = L.shape[0]
-    indptr, indices, data = L.indptr, L.indices, L.data
+    indptr, indices = _factor_index(L.indptr, L.nnz), _factor_index(L.indices, L.nnz)
+    data = np.ascontiguousarray(L.data, dtype=np.float64)
     post = postorder(etree_parent(indptr, indices))
     if not np.array_equal(post, np.arange(n)):  # AMD's orders are usually postordered already
-        ipost = np.empty(n, dtype=np.int64)
+        ipost = np.empty(n, dtype=np.intp)
         ipost[post] = np.arange(n)
         Lp = scipy.sparse.csc_matrix((data, ipost[indices], indptr), shape=(n, n))[:, post]
         Lp.sort_indices()
-        indptr, indices, data, D = Lp.indptr, Lp.indices, Lp.data, D[post]
+        indptr, indices = _factor_index(Lp.indptr, Lp.nnz), _factor_index(Lp.indices, Lp.nnz)
+        data, D = Lp.data, np.ascontiguousarray(D[post])
         del Lp
-    optr, oind, odat = amalgamate(indptr, indices, data, D, np.array(NRELAX), np.array(ZRELAX))
+    optr, oind, odat = amalgamate(
+        indptr, indices, data, D, np.array(NRELAX, dtype=np.intp), np.array(ZRELAX, dtype=np.float64)
+    )
     return post, scipy.sparse.csc_matrix((odat, oind, optr), shape=(n, n))
+
+
+def _factor_index(a: np.ndarray, nnz: int) -> np.ndarray:
+    """A factor's index array as the compiled kernels take it: int32 (intp from 2**31 entries)."""
+    return np.ascontiguousarray(a, dtype=np.int32 if nnz < 2**31 - 1 else np.intp)
+
+
+def _cholesky_from_ldlt(L: scipy.sparse.csc_matrix, D: np.ndarray) -> scipy.sparse.csc_matrix:
+    """``(L + I) sqrt(D)`` for a strictly lower ``L`` (CSC, sorted), keeping its explicit zeros.
+
+    NumPy only (the small-problem path); the diagonal comes first in every column, and the
+    pattern (closed under the elimination tree for a symbolic factor) is kept as it is.
+    """
+    n = L.shape[0]
+    counts = np.diff(L.indptr)
+    indptr = L.indptr.astype(np.int64) + np.arange(n + 1)
+    is_diag = np.zeros(indptr[-1], dtype=bool)
+    is_diag[indptr[:-1]] = True
+    sd = np.sqrt(D)
+    indices = np.empty(indptr[-1], dtype=np.int64)
+    data = np.empty(indptr[-1])
+    indices[is_diag] = np.arange(n)
+    data[is_diag] = sd
+    indices[~is_diag] = L.indices
+    data[~is_diag] = L.data * np.repeat(sd, counts)
+    return scipy.sparse.csc_matrix((data, indices, indptr), shape=(n, n))
 
 
 class _SuperLUFactor(_SupernodalFactor):
@@ -455,12 +516,20 @@ def _inv_entries(sup: _Supernodal, perm: np.ndarray, solve: Any, i: np.ndarray, 
     return values
 
 
-def _factorize(N: scipy.sparse.csr_matrix, solver: str) -> _SupernodalFactor | _EmptyFactor:
-    """Factorise the SPD matrix whose lower triangle is ``N``; raise ``_NotPositiveDefinite``."""
+def _factorize(
+    N: scipy.sparse.csr_matrix, solver: str, reuse: Any = None
+) -> _SupernodalFactor | _EmptyFactor:
+    """Factorise the SPD matrix whose lower triangle is ``N``; raise ``_NotPositiveDefinite``.
+
+    ``reuse``: a previous factor whose symbolic analysis is taken over when ``N`` has its
+    pattern (qdldl only), or True; either way the new factor keeps its own analysis for the
+    next one. None: neither.
+    """
     if N.shape[0] == 0:
         return _EmptyFactor()
     if solver == "qdldl":
-        return _QDLDLFactor(N)
+        prev = reuse if isinstance(reuse, _QDLDLFactor) else None
+        return _QDLDLFactor(N, reuse=prev, keep_symbolic=reuse is not None and reuse is not False)
     if solver == "cholmod":
         return _CholmodFactor(N)
     return _SuperLUFactor(N)
@@ -483,13 +552,15 @@ def _diagnose_singular(N: scipy.sparse.csr_matrix) -> np.ndarray:
     return np.sort(perm[_small_pivots(lu.U.diagonal(), d[perm])])
 
 
-def _factorize_or_raise(N: scipy.sparse.csr_matrix, idx: np.ndarray | None, solver: str) -> Any:
-    """``_factorize(N)``, raising :class:`SingularNormalMatrixError` naming the sources.
+def _factorize_or_raise(
+    N: scipy.sparse.csr_matrix, idx: np.ndarray | None, solver: str, reuse: Any = None
+) -> Any:
+    """``_factorize(N, solver, reuse)``, raising :class:`SingularNormalMatrixError` naming the sources.
 
     ``idx`` maps the rows of ``N`` to sources (None: the identity).
     """
     try:
-        return _factorize(N, solver)
+        return _factorize(N, solver, reuse)
     except _NotPositiveDefinite as exc:
         cols = exc.columns if exc.columns is not None else _diagnose_singular(N)
         cols = np.sort(cols if idx is None else idx[cols])

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import scipy.sparse
 
 from ..core import Sparse3D
 
@@ -73,19 +72,22 @@ def column_norms(ivar: np.ndarray, *arrays: Sparse3D) -> list[np.ndarray]:
 
 def gauss_newton_design(
     L: Sparse3D, dR: Sparse3D, dC: Sparse3D, flux: np.ndarray, moving: np.ndarray
-) -> scipy.sparse.csc_matrix:
-    """The Gauss-Newton design ``[L, f dL/drow, f dL/dcol]`` as CSC.
+) -> Sparse3D:
+    """The Gauss-Newton design ``[L, f dL/drow, f dL/dcol]`` as one :class:`~sparse3d.Sparse3D`.
 
     The derivative columns are kept only for the sources in ``moving`` (integer indices),
     so the solve's unknowns are all fluxes, then the row offsets, then the column offsets
-    of the moving sources.
+    of the moving sources. ``L``, ``dR`` and ``dC`` share one structure (the PSF layer's), so
+    the design is their stamps stacked along the source axis: the fit then builds its normal
+    matrix straight from the stamps (no SciPy ``A^T A``).
     """
-    f = np.nan_to_num(flux)
-    cols = [L.tocsc()]
-    if moving.size:
-        cols.append((dR * f).tocsc()[:, moving])
-        cols.append((dC * f).tocsc()[:, moving])
-    return scipy.sparse.hstack(cols, format="csc")
+    if moving.size == 0:
+        return L
+    fm = np.nan_to_num(flux)[moving]
+    data = np.concatenate([L.data, dR.data[..., moving] * fm, dC.data[..., moving] * fm], axis=2)
+    row = np.concatenate([L.row, L.row[..., moving], L.row[..., moving]], axis=2)
+    col = np.concatenate([L.col, L.col[..., moving], L.col[..., moving]], axis=2)
+    return Sparse3D(data, row, col, L.imshape, L.imcorner)
 
 
 def weighted_chi2_image(data: np.ndarray, model: np.ndarray, ivar: np.ndarray) -> np.ndarray:

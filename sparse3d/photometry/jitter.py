@@ -236,7 +236,7 @@ def fit_jitter(
         nonlocal n_fact
         L, _, _ = design_at(psf, r + shift[0], c + shift[1], *geometry, False)
         ne = prepare_normal_equations(
-            L.tocsc(), imshape=(H, W), errors=pw.fit_errors, mask=pw.fit_mask, solver=solver
+            L, imshape=(H, W), errors=pw.fit_errors, mask=pw.fit_mask, solver=solver
         )
         n_fact += 1
         # diag(N_bar) on the free sources, for the per-frame diagonal rescaling below
@@ -258,7 +258,6 @@ def fit_jitter(
         rescaling takes that out at no cost.
         """
         ne, nbar_diag = ne
-        dcol = ne.col_scale[: ne.n_sources][ne.free[: ne.n_sources]][:, None]
         Nts = [(Lt.T @ scipy.sparse.diags(w(t)) @ Lt) for t, Lt in enumerate(frames.L)]
         with np.errstate(divide="ignore", invalid="ignore"):
             scale = np.stack([np.sqrt(nbar_diag / Nt.diagonal()) for Nt in Nts], axis=1)  # (nf, K)
@@ -273,10 +272,8 @@ def fit_jitter(
             sc = np.repeat(scale, per, axis=1)  # column j of B belongs to frame j // per
 
             def precond(R):
-                # N_bar^-1 = s^2 D N'^-1 D for the factor of the scaled N' = s^2 D N_bar D
-                # (sparse3d.fit.NormalEquations: col_scale = diag(D), err_scale = s)
-                z = sc * dcol
-                return (ne.err_scale**2) * z * ne.factor.solve(z * R)
+                # S_t N_bar^-1 S_t on the free sources (solve_rhs takes and returns original units)
+                return sc * ne.solve_rhs(sc * R)
 
             X, steps = _pcg(apply_N, precond, B, cg_tol, cg_maxiter)
             cg_steps.append(steps)
