@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _pool
 from ._options import check_dense_allocation
 from ._ufuncs import apply_elementwise
 from ._unsupported import UNSUPPORTED_FUNCTIONS, function_key
@@ -56,9 +56,29 @@ def implements(*numpy_functions: Callable) -> Callable:
     return decorator
 
 
+#: Registry functions that are not (yet) defined on arrays with several stamp groups; they
+#: refuse grouped arrays with a TypeError naming ``S.groups``. Everything else in the registry
+#: works on grouped arrays through the flat element space or a loop over the groups.
+GROUPED_UNSUPPORTED: set[Callable] = set()
+
+
+def _holds_grouped(args) -> bool:
+    Sparse3D = _S()
+    for a in args:
+        items = a if isinstance(a, (list, tuple)) else (a,)
+        if any(isinstance(x, Sparse3D) and x._structure.grouped for x in items):
+            return True
+    return False
+
+
 def array_function(self, func, types, args, kwargs):
     """``Sparse3D.__array_function__``: dispatch to the registry or refuse clearly."""
     impl = HANDLED_FUNCTIONS.get(func)
+    if impl is not None and func in GROUPED_UNSUPPORTED and _holds_grouped(args):
+        raise TypeError(
+            f"{function_key(func)} is not supported on Sparse3D arrays with several stamp groups; "
+            "apply it to each of S.groups"
+        )
     if impl is None:
         reason = UNSUPPORTED_FUNCTIONS.get(
             function_key(func), "it is not implemented for Sparse3D; convert with S.to_sparse() or S.tocsr()"
@@ -235,6 +255,12 @@ def dot(a, b, out=None):
     k = 1 if b.ndim == 1 else b.shape[1]
     what = f"an image of shape {(H, W)}" if b.ndim == 1 else f"a model cube of shape {(H, W, k)}"
     check_dense_allocation(H * W * k * max(dtype.itemsize, 8 if b.ndim == 1 else 1), what)
+    if s.grouped:  # the sum of every group's model with its sources' weights
+        result = None
+        for i, g in enumerate(a.groups):
+            part = dot(g, s.take(b, i))
+            result = part.astype(dtype, copy=False) if result is None else np.add(result, part, out=result)
+        return result if unit is None else result * unit
     fast = _fast_product(a, dtype, b.dtype)
     if fast == "csr":
         result = np.asarray(a._csr @ b).astype(dtype, copy=False).reshape((H, W, k)[: 1 + b.ndim])
@@ -347,6 +373,8 @@ implements(np.matmul)(matmul)
 
 def _project(S, image: np.ndarray) -> np.ndarray:
     """``Aᵀ·y``: per-source sums of ``S * image``; image ``(H, W)`` → ``(n,)``, ``(H, W, m)`` → ``(n, m)``."""
+    if S._structure.grouped:  # every group's sources in their places
+        return S._structure.assemble([_project(g, image) for g in S.groups], axis=0)
     H, W = S.imshape
     dtype = np.result_type(S.dtype, image.dtype)
     fast = _fast_product(S, dtype, image.dtype)
@@ -628,6 +656,11 @@ def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoVal
     if ufunc.identity is None and initial is _NoValue and 0 in [S.shape[i] for i in axes]:
         raise ValueError(f"zero-size array to reduction operation {ufunc.__name__} which has no identity")
     s = S._structure
+    if s.grouped:
+        result = _reduce_grouped(S, ufunc, axes, dtype)
+        if initial is not _NoValue:
+            result = ufunc(result, initial)
+        return _finish(result, S, axes, keepdims)
     v = S._values
     m = None if s.all_in_image else s.in_image
     result = None
@@ -667,6 +700,22 @@ def _reduce(S, ufunc: np.ufunc, axis, dtype=None, keepdims=False, initial=_NoVal
     if initial is not _NoValue:
         result = ufunc(result, initial)
     return _finish(result, S, axes, keepdims)
+
+
+def _reduce_grouped(S, ufunc: np.ufunc, axes: tuple[int, ...], dtype):
+    """A reduction of a grouped array: every group reduced, then combined.
+
+    Over the source axis the groups' results are combined with ``ufunc`` itself (each group
+    covers the whole image); otherwise they are the groups' slices of the source axis.
+    """
+    parts = [np.asarray(_reduce(g, ufunc, axes, dtype=dtype, keepdims=True)) for g in S.groups]
+    if 2 in axes:
+        result = parts[0]
+        for p in parts[1:]:
+            result = ufunc(result, p)
+    else:
+        result = S._structure.assemble(parts, axis=2)
+    return result.reshape(tuple(S.shape[i] for i in range(3) if i not in axes))
 
 
 def ufunc_reduce(ufunc, array, axis=0, dtype=None, out=None, keepdims=False, initial=_NoValue, where=True):
@@ -810,9 +859,12 @@ def _count_nonzero(a, axis=None, *, keepdims=False):
 # -------------------------------------------------------------------------------------------
 @implements(np.concatenate)
 def _concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
-    """Concatenate Sparse3D arrays along the source axis (``axis=2`` or ``-1``) → Sparse3D."""
-    from ._structure import StampStructure
+    """Concatenate Sparse3D arrays along the source axis (``axis=2`` or ``-1``) → Sparse3D.
 
+    The arrays must share ``imshape`` and ``imcorner``. Arrays with different stamp shapes
+    give one array with several stamp groups (see :attr:`Sparse3D.groups`): adjacent pieces
+    with the same stamp shape form one group; the source order is the concatenation order.
+    """
     Sparse3D = _S()
     _refuse_out(out, "np.concatenate")
     arrays = list(arrays)
@@ -826,15 +878,88 @@ def _concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
     for x in arrays[1:]:
         if x.imshape != first.imshape or x.imcorner != first.imcorner:
             raise ValueError("np.concatenate: all arrays must share imshape and imcorner")
-        if x.stamp_shape[:2] != first.stamp_shape[:2]:
-            raise ValueError(
-                f"np.concatenate: stamp shapes differ ({first.stamp_shape[:2]} vs {x.stamp_shape[:2]})"
+    return join_sources(arrays, dtype=dtype, casting=casting)
+
+
+def join_sources(arrays, dtype=None, casting="same_kind"):
+    """The sources of ``arrays`` (Sparse3D, equal image bounds) in order, as one Sparse3D.
+
+    Sources with equal stamp shapes form one stamp group, wherever they are in the order
+    (see :func:`build_grouped`); a single stamp shape gives a single-block array.
+    """
+    out_dtype = np.dtype(dtype) if dtype is not None else np.result_type(*[x.dtype for x in arrays])
+    for x in arrays:
+        if not np.can_cast(x.dtype, out_dtype, casting=casting):
+            raise TypeError(
+                f"np.concatenate: cannot cast array data from {x.dtype} to {out_dtype} "
+                f"according to the rule {casting!r}"
             )
-    values = np.concatenate([x._values for x in arrays], axis=2, dtype=dtype, casting=casting)
-    row = np.concatenate([x.row for x in arrays], axis=2)
-    col = np.concatenate([x.col for x in arrays], axis=2)
-    row.flags.writeable = col.flags.writeable = False
-    return Sparse3D._from_parts(values, StampStructure(row, col, first.imshape, first.imcorner))
+    pieces, offset = [], 0
+    for x in arrays:
+        pieces += [(g, idx + offset) for g, idx in zip(x.groups, x.group_sources)]
+        offset += x.nsources
+    return build_grouped(pieces, out_dtype)
+
+
+def build_grouped(pieces, dtype=None, values=None):
+    """One Sparse3D from single-shape ``pieces`` ``[(array, global source indices), ...]``.
+
+    The global indices of all pieces partition ``range(nsources)``; pieces with equal stamp
+    shapes are merged into one group (in the order given, which must be ascending in the
+    global index within a shape). One stamp shape gives a single-block array. ``values``: the
+    groups' values already laid out one after the other in this 1-D array (pieces of
+    distinct shapes, in order), so that no copy is needed.
+    """
+    from ._structure import GroupedStructure, StampStructure
+
+    Sparse3D = _S()
+    dtype = np.result_type(*[p.dtype for p, _ in pieces]) if dtype is None else np.dtype(dtype)
+    pieces = [(p, i) for p, i in pieces if p.nsources] or pieces[:1]
+    by_shape: dict = {}
+    for p, idx in pieces:
+        by_shape.setdefault(p.stamp_shape[:2], []).append((p, idx))
+    blocks, sources = [], []
+    for items in by_shape.values():
+        run = [p for p, _ in items]
+        sources.append(np.concatenate([np.asarray(i, dtype=np.int64) for _, i in items]))
+        if len(run) == 1:
+            blocks.append(run[0] if run[0].dtype == dtype else run[0].astype(dtype))
+            continue
+        merged = np.concatenate([x._values for x in run], axis=2, dtype=dtype, casting="unsafe")
+        row = np.concatenate([x.row for x in run], axis=2)
+        col = np.concatenate([x.col for x in run], axis=2)
+        row.flags.writeable = col.flags.writeable = False
+        blocks.append(Sparse3D._from_parts(merged, StampStructure(row, col, run[0].imshape, run[0].imcorner)))
+    if len(blocks) == 1:
+        return blocks[0]
+    if values is None:
+        values = _pool.empty((sum(b._values.size for b in blocks),), dtype)
+        np.concatenate([b._values.ravel() for b in blocks], out=values)
+    return Sparse3D._from_parts(values, GroupedStructure([b._structure for b in blocks], sources))
+
+
+def regroup(parts, structure):
+    """Single-shape ``parts``, one per group of the grouped ``structure``, as one Sparse3D."""
+    return build_grouped(list(zip(parts, structure.sources)))
+
+
+def select_sources(S, sel):
+    """The sources ``sel`` (a slice or 1-D integer/boolean array) of ``S``, in that order → Sparse3D."""
+    Sparse3D = _S()
+    s = S._structure
+    if not s.grouped:
+        return Sparse3D._from_parts(np.ascontiguousarray(S._values[:, :, sel]), s.take_sources(sel))
+    idx = np.arange(S.nsources)[sel].ravel()
+    if idx.size == 0:
+        return select_sources(S.groups[0], idx)
+    group, local = s.group_of
+    gsel = group[idx]
+    pieces = []
+    for j, g in enumerate(S.groups):
+        pos = np.flatnonzero(gsel == j)
+        if pos.size:
+            pieces.append((select_sources(g, local[idx[pos]]), pos))
+    return build_grouped(pieces)
 
 
 @implements(np.stack)
@@ -877,7 +1002,7 @@ def _where(condition, x=_NoValue, y=_NoValue):
         anchor = next((v for v in (x, y) if isinstance(v, Sparse3D)), None)
         if anchor is not None:
             off_stamp = (x,) if condition.fill_value else (y,)
-            condition = anchor.with_data(_coo_at_stamps(condition, anchor._structure))
+            condition = anchor._from_parts(_coo_at_stamps(condition, anchor._structure), anchor._structure)
     for value in off_stamp:
         if _holds_nan(value):
             raise ValueError(
@@ -913,15 +1038,24 @@ def _coo_at_stamps(coo, structure) -> np.ndarray:
     lin = np.ravel_multi_index(tuple(coo.coords), coo.shape)
     order = np.argsort(lin, kind="stable")
     lin, data = lin[order], np.asarray(coo.data)[order]
-    want = structure.pixel.astype(np.int64) * n + np.arange(n)  # off-image: pixel H*W, beyond all
+    want = structure.pixel.astype(np.int64) * n + element_sources(structure)  # off-image: beyond all
     pos = np.searchsorted(lin, want)
     found = pos < lin.size
     found[found] = lin[pos[found]] == want[found]
-    out = np.full(structure.stamp_shape, coo.fill_value, dtype=coo.dtype)
+    out = np.full(structure.block_shape, coo.fill_value, dtype=coo.dtype)
     out[found] = data[pos[found]]
     if not structure.all_in_image:
         out[~structure.in_image] = 0
     return out
+
+
+def element_sources(structure) -> np.ndarray:
+    """The source of every stored element, broadcastable against the values block."""
+    if not structure.grouped:
+        return np.arange(structure.nsources)
+    return np.concatenate(
+        [np.broadcast_to(idx, g.block_shape).ravel() for idx, g in zip(structure.sources, structure.groups)]
+    )
 
 
 def _holds_nan(x) -> bool:
@@ -1011,7 +1145,8 @@ def _like(a, fill, dtype, shape, name):
     if shape is not None and tuple(np.atleast_1d(shape)) != a.shape:
         raise ValueError(f"{name} on a Sparse3D cannot change the shape")
     dtype = a.dtype if dtype is None else np.dtype(dtype)
-    values = np.zeros(a.stamp_shape, dtype=dtype) if fill == 0 else np.full(a.stamp_shape, fill, dtype=dtype)
+    shape = a._values.shape  # the values block (1-D for grouped arrays)
+    values = np.zeros(shape, dtype=dtype) if fill == 0 else np.full(shape, fill, dtype=dtype)
     return a._from_parts(values, a._structure)
 
 
@@ -1302,10 +1437,9 @@ def getitem(S, key):
     rlo, rhi, clo, chi = lo[0], hi[0], lo[1], hi[1]
     if rhi > rlo and chi > clo and (rlo, rhi, clo, chi) != (0, H, 0, W):
         s = s.with_bounds((rhi - rlo, chi - clo), (s.imcorner[0] + rlo, s.imcorner[1] + clo))
-    if isinstance(sel, slice) and sel == slice(None):
-        sub = Sparse3D._from_parts(S._values, s)
-    else:
-        sub = Sparse3D._from_parts(np.ascontiguousarray(S._values[:, :, sel]), s.take_sources(sel))
+    sub = Sparse3D._from_parts(S._values, s)
+    if not (isinstance(sel, slice) and sel == slice(None)):
+        sub = select_sources(sub, sel)
     kr, kc, ks = per_axis
     structured = (
         _unit_slice(kr)
@@ -1367,6 +1501,11 @@ def _gradient(f, *varargs, axis=None, edge_order=1):
         raise TypeError(
             f"np.gradient: got {len(varargs)} spacings for {len(norm)} axes; pass 1 or {len(norm)}"
         )
+    if f._structure.grouped:  # across each group's stamps
+        parts = [_gradient(g, *varargs, axis=axis, edge_order=edge_order) for g in f.groups]
+        if len(norm) == 1:
+            return regroup(parts, f._structure)
+        return tuple(regroup(list(p), f._structure) for p in zip(*parts))
     values = np.gradient(f._values, *varargs, axis=norm, edge_order=edge_order)
     if len(norm) == 1:
         return Sparse3D._from_parts(values, f._structure)

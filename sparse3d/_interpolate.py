@@ -30,6 +30,8 @@ import weakref
 
 import numpy as np
 
+from . import _kernels, _pool
+
 __all__ = ["BSpline3Image", "bspline3_weights", "shift_stamps", "sinc_matrix", "split_shift"]
 
 
@@ -154,11 +156,33 @@ def _resample_axis(values: np.ndarray, frac: np.ndarray, axis: int) -> np.ndarra
     return np.einsum("kij,rjk->rik", A, values, optimize=True)
 
 
+def _shift_compiled(values: np.ndarray, fr: np.ndarray, fc: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Both 1-D sinc passes in one compiled sweep (:func:`sparse3d._kernels.shift`): the
+    stamp block is read once and the result written once, into a pooled buffer if one of
+    that shape is free (a dead array's, already paged in)."""
+    out = None
+    if values.size * dtype.itemsize >= _pool.MIN_BYTES:
+        out = _pool.take(values.shape, dtype)  # overwritten whole by the kernel
+    if out is None:
+        out = np.empty(values.shape, dtype=dtype)
+    return _kernels.shift(values, np.atleast_1d(fr), np.atleast_1d(fc), out)
+
+
 def shift_stamps(S, shift):
     """``S`` moved by ``(drow, dcol)`` pixels; see :meth:`sparse3d.Sparse3D.shift`."""
     from .core import Sparse3D
 
     drow, dcol = _shift_arg(shift, S.nsources)
+    if S._structure.grouped:  # stamp groups move one by one, each with its sources' shifts
+        from ._functions import regroup
+
+        s = S._structure
+
+        def part(d, i):
+            return d if d.ndim == 0 else s.take(d, i)
+
+        moved = [shift_stamps(g, (part(drow, i), part(dcol, i))) for i, g in enumerate(S.groups)]
+        return regroup(moved, s)
     wr, fr = split_shift(drow)
     wc, fc = split_shift(dcol)
     if drow.ndim == 0 and dcol.ndim == 0:
@@ -184,11 +208,14 @@ def shift_stamps(S, shift):
         )
     values = S.data
     dtype = values.dtype if values.dtype.kind in "fc" else np.dtype(np.float64)
-    with _single_threaded_blas():
-        if fr.any():
-            values = _resample_axis(values, fr, 0)
-        if fc.any():
-            values = _resample_axis(values, fc, 1)
+    if dtype.kind == "f" and _kernels.use_kernel(values.size, dtype, values.dtype):
+        values = _shift_compiled(values, fr, fc, dtype)
+    else:
+        with _single_threaded_blas():
+            if fr.any():
+                values = _resample_axis(values, fr, 0)
+            if fc.any():
+                values = _resample_axis(values, fc, 1)
     # the values are a fresh array: no copy needed to make them the new array's own
     result = Sparse3D._from_parts(values.astype(dtype, copy=False), out._structure)
     _REGULAR[result._structure] = True

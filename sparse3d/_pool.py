@@ -48,6 +48,13 @@ def clear() -> None:
         _BUFFERS.clear()
 
 
+def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A pooled buffer (see :func:`take`) when one fits, else a new ``np.empty``; overwrite all of it."""
+    dtype = np.dtype(dtype)
+    buf = take(shape, dtype) if int(np.prod(shape)) * dtype.itemsize >= MIN_BYTES else None
+    return np.empty(shape, dtype=dtype) if buf is None else buf
+
+
 def take(shape: tuple[int, ...], dtype) -> np.ndarray | None:
     """A writeable pooled C-contiguous array of ``shape`` and ``dtype``, or ``None``.
 

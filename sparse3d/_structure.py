@@ -39,7 +39,7 @@ import numpy as np
 from . import _kernels, _pool
 from ._options import check_dense_allocation
 
-__all__ = ["StampStructure", "structure_from_positions"]
+__all__ = ["GroupedStructure", "StampStructure", "structure_from_positions"]
 
 _INT32_MAX = np.iinfo(np.int32).max
 POSITION_LIMIT = 2**61  # |positions|, |image corners and ends|: differences stay inside int64
@@ -177,7 +177,81 @@ def owned_copy(arr: np.ndarray, dtype=None) -> np.ndarray:
     return _readonly(buf)
 
 
-class StampStructure:
+class _Orderings:
+    """Derived orderings shared by single-block and grouped structures.
+
+    They need only the flat element space: ``block_shape`` (the values' shape), ``nelements``,
+    ``pixel`` (flat pixel per element, ``H*W`` off the image), ``source_counts`` and
+    ``source_major`` (in-image elements in source-major order).
+    """
+
+    grouped = False
+
+    @cached_property
+    def source_of(self) -> np.ndarray:
+        """Source index of every in-image element, in source-major (CSC) order."""
+        counts = self.source_counts
+        return _readonly(np.repeat(np.arange(self.nsources, dtype=index_dtype(self.nsources)), counts))
+
+    @cached_property
+    def csc_indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, indptr)`` of the CSC matrix ``(H*W, nsources)``."""
+        idt = index_dtype(self.npixels, self.nnz)
+        indices = self.source_major(self.pixel).astype(idt)
+        indptr = np.zeros(self.nsources + 1, dtype=idt)
+        np.cumsum(self.source_counts, out=indptr[1:])
+        return _readonly(indices), _readonly(indptr)
+
+    @cached_property
+    def csr_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(take, indices, indptr)`` of the CSR matrix ``(H*W, nsources)``.
+
+        ``take`` holds flat positions into C-order stamp values, ordered by pixel and then by
+        source (so column indices are sorted within each row). The
+        permutation comes from scipy's linear-time CSC→CSR conversion, not from a sort.
+        """
+        from scipy import sparse as sp
+
+        check_dense_allocation(
+            (self.npixels + 1) * 8, f"the CSR row pointer of an image with {self.npixels} pixels"
+        )
+        n, nel = self.nsources, self.nelements
+        flat_sm = self.source_major(np.arange(nel, dtype=np.int64).reshape(self.block_shape))
+        indices, indptr = self.csc_indices
+        csr = sp.csc_matrix((flat_sm, indices, indptr), shape=(self.npixels, n)).tocsr()
+        idt = index_dtype(self.npixels, self.nnz, self.nsources)
+        take = csr.data.astype(index_dtype(nel))
+        return _readonly(take), _readonly(csr.indices.astype(idt)), _readonly(csr.indptr.astype(idt))
+
+    @cached_property
+    def coo_order(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(take, coords)`` for the canonical ``sparse.COO``.
+
+        In-image elements sorted by ``(row, col, source)`` (each is one logical element:
+        positions within a stamp are distinct). ``take`` lists flat positions into the stamp
+        values; ``coords`` is ``(3, nnz)`` int64. On images too large for a CSR row pointer
+        this sorts instead, so that nothing image-sized is ever allocated.
+        """
+        W = self.imshape[1]
+        if self.npixels <= 4 * max(self.nnz, 1):
+            take, src, indptr = self.csr_order
+            pix = np.repeat(np.arange(self.npixels, dtype=np.int64), np.diff(indptr))
+            src = src.astype(np.int64)
+        else:
+            flat_sm = self.source_major(np.arange(self.nelements, dtype=np.int64).reshape(self.block_shape))
+            pix = self.csc_indices[0].astype(np.int64)
+            src = self.source_of.astype(np.int64)
+            order = np.lexsort((src, pix))
+            pix, src, take = pix[order], src[order], flat_sm[order]
+        coords = np.stack([pix // W, pix % W, src])
+        return _readonly(take), _readonly(coords)
+
+    def canonical(self, values: np.ndarray) -> np.ndarray:
+        """The in-image elements of ``values`` in ``coo_order``'s sorted order, 1-D."""
+        return values.ravel()[self.coo_order[0]]
+
+
+class StampStructure(_Orderings):
     """Positions of every stamp pixel plus the image bounds, with cached derived indices.
 
     Parameters
@@ -301,8 +375,7 @@ class StampStructure:
             order = np.lexsort((c, r))  # stable: ties keep source-major order
         take = flat[order]
         got = tuple(
-            _readonly(a)
-            for a in (take, r[order], c[order], (take % max(n, 1)).astype(index_dtype(n)))
+            _readonly(a) for a in (take, r[order], c[order], (take % max(n, 1)).astype(index_dtype(n)))
         )
         with self._lock:
             self._shared.setdefault("sorted", got)
@@ -343,6 +416,16 @@ class StampStructure:
     def stamp_shape(self) -> tuple[int, int, int]:
         """``(nr, nc, nsources)``."""
         return self._row.shape
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        """Shape of the values block, ``(nr, nc, nsources)``."""
+        return self._row.shape
+
+    @property
+    def nelements(self) -> int:
+        """Number of stored stamp elements (off-image ones included)."""
+        return self._row.size
 
     @property
     def nsources(self) -> int:
@@ -390,12 +473,6 @@ class StampStructure:
         return _readonly(pix)
 
     @cached_property
-    def source_of(self) -> np.ndarray:
-        """Source index of every in-image element, in source-major (CSC) order."""
-        counts = self.source_counts
-        return _readonly(np.repeat(np.arange(self.nsources, dtype=index_dtype(self.nsources)), counts))
-
-    @cached_property
     def source_counts(self) -> np.ndarray:
         """Number of in-image stamp elements per source, ``(nsources,)``."""
         return _readonly(np.count_nonzero(self.in_image, axis=(0, 1)).astype(np.int64))
@@ -419,64 +496,6 @@ class StampStructure:
         if self.csc_take is None:
             return values.transpose(2, 0, 1).ravel()
         return values.ravel()[self.csc_take]
-
-    @cached_property
-    def csc_indices(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(indices, indptr)`` of the CSC matrix ``(H*W, nsources)``."""
-        idt = index_dtype(self.npixels, self.nnz)
-        indices = self.source_major(self.pixel).astype(idt)
-        indptr = np.zeros(self.nsources + 1, dtype=idt)
-        np.cumsum(self.source_counts, out=indptr[1:])
-        return _readonly(indices), _readonly(indptr)
-
-    @cached_property
-    def csr_order(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(take, indices, indptr)`` of the CSR matrix ``(H*W, nsources)``.
-
-        ``take`` holds flat positions into C-order stamp values, ordered by pixel and then by
-        source (so column indices are sorted within each row). The
-        permutation comes from scipy's linear-time CSC→CSR conversion, not from a sort.
-        """
-        from scipy import sparse as sp
-
-        check_dense_allocation(
-            (self.npixels + 1) * 8, f"the CSR row pointer of an image with {self.npixels} pixels"
-        )
-        nr, nc, n = self.stamp_shape
-        flat_sm = self.source_major(np.arange(nr * nc * n, dtype=np.int64).reshape(nr, nc, n))
-        indices, indptr = self.csc_indices
-        csr = sp.csc_matrix((flat_sm, indices, indptr), shape=(self.npixels, n)).tocsr()
-        idt = index_dtype(self.npixels, self.nnz, self.nsources)
-        take = csr.data.astype(index_dtype(nr * nc * n))
-        return _readonly(take), _readonly(csr.indices.astype(idt)), _readonly(csr.indptr.astype(idt))
-
-    @cached_property
-    def coo_order(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(take, coords)`` for the canonical ``sparse.COO``.
-
-        In-image elements sorted by ``(row, col, source)`` (each is one logical element:
-        positions within a stamp are distinct). ``take`` lists flat positions into the stamp
-        values; ``coords`` is ``(3, nnz)`` int64. On images too large for a CSR row pointer
-        this sorts instead, so that nothing image-sized is ever allocated.
-        """
-        W = self.imshape[1]
-        if self.npixels <= 4 * max(self.nnz, 1):
-            take, src, indptr = self.csr_order
-            pix = np.repeat(np.arange(self.npixels, dtype=np.int64), np.diff(indptr))
-            src = src.astype(np.int64)
-        else:
-            nr, nc, n = self.stamp_shape
-            flat_sm = self.source_major(np.arange(nr * nc * n, dtype=np.int64).reshape(nr, nc, n))
-            pix = self.csc_indices[0].astype(np.int64)
-            src = self.source_of.astype(np.int64)
-            order = np.lexsort((src, pix))
-            pix, src, take = pix[order], src[order], flat_sm[order]
-        coords = np.stack([pix // W, pix % W, src])
-        return _readonly(take), _readonly(coords)
-
-    def canonical(self, values: np.ndarray) -> np.ndarray:
-        """The in-image elements of ``values`` in ``coo_order``'s sorted order, 1-D."""
-        return values.ravel()[self.coo_order[0]]
 
     # -- new structures -----------------------------------------------------------------
     def with_bounds(self, imshape: tuple[int, int], imcorner: tuple[int, int]) -> StampStructure:
@@ -524,6 +543,8 @@ class StampStructure:
         """Whether two structures describe the same stamps in the same image bounds."""
         if other is self or other in self._equal_to:
             return True
+        if other.grouped:
+            return False
         if self.imshape != other.imshape or self.imcorner != other.imcorner:
             return False
         if self._row is other._row and self._col is other._col:
@@ -541,6 +562,219 @@ class StampStructure:
 
     def __reduce__(self):
         return (structure_from_positions, (self.row, self.col, self.stamp_shape, self.imshape, self.imcorner))
+
+
+GROUPED_HINT = "select one stamp group with S.groups[i] (see S.stamp_shapes)"
+
+
+class GroupedStructure(_Orderings):
+    """Several stamp groups (one :class:`StampStructure` each) in one image: mixed stamp sizes.
+
+    Group ``i`` holds the sources ``sources[i]`` (ascending global source indices; together
+    the groups partition ``range(nsources)``), so one group per stamp shape serves any source
+    order. The values of a grouped array are **one 1-D block**: every group's C-order
+    ``(nr_g, nc_g, n_g)`` values, one after the other (``element_offsets``). The derived
+    indices (in-image mask, flat pixel index, source counts, CSC/CSR/COO orderings) are
+    defined over that flat element space, with sources in their global order, so conversions
+    and products go through the same code as a single-block structure::
+
+        values:  [ group 0: nr0*nc0*n0 | group 1: nr1*nc1*n1 | ... ]
+        sources:   sources[0] (e.g. 0, 2, 3, ...) | sources[1] (1, 4, ...) | ...
+
+    Parameters
+    ----------
+    groups : sequence of StampStructure
+        At least two, with equal image bounds.
+    sources : sequence of int arrays, optional
+        The global source index of every group's sources. Default: consecutive.
+    """
+
+    grouped = True
+
+    def __init__(self, groups, sources=None):
+        groups = tuple(groups)
+        if len(groups) < 2 or any(g.grouped for g in groups):
+            raise ValueError("a grouped structure holds two or more single-block structures")
+        first = groups[0]
+        for g in groups[1:]:
+            if g.imshape != first.imshape or g.imcorner != first.imcorner:
+                raise ValueError(
+                    f"stamp groups must share image bounds; got imshape {first.imshape} at {first.imcorner} "
+                    f"and {g.imshape} at {g.imcorner}"
+                )
+        n = sum(g.nsources for g in groups)
+        if sources is None:
+            o = np.cumsum([0] + [g.nsources for g in groups])
+            sources = [np.arange(o[i], o[i + 1]) for i in range(len(groups))]
+        sources = tuple(_readonly(np.asarray(x, dtype=np.int64).copy()) for x in sources)
+        if [x.size for x in sources] != [g.nsources for g in groups]:
+            raise ValueError("every stamp group needs the global index of each of its sources")
+        cat = np.concatenate(sources)
+        self.contiguous = bool(np.array_equal(cat, np.arange(n)))
+        if not self.contiguous and not np.array_equal(np.sort(cat), np.arange(n)):
+            raise ValueError("the groups' sources must partition range(nsources)")
+        self.groups = groups
+        self.sources = sources
+        self.imshape = first.imshape
+        self.imcorner = first.imcorner
+        self._nsources = n
+        self.element_offsets = tuple(int(v) for v in np.cumsum([0] + [g.nelements for g in groups]))
+        self._equal_to: weakref.WeakSet = weakref.WeakSet()
+
+    @cached_property
+    def group_of(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(group, local)``: the group of every source and its index within the group."""
+        group = np.empty(self._nsources, dtype=np.intp)
+        local = np.empty(self._nsources, dtype=np.intp)
+        for i, idx in enumerate(self.sources):
+            group[idx] = i
+            local[idx] = np.arange(idx.size)
+        return _readonly(group), _readonly(local)
+
+    def take(self, x: np.ndarray, i: int, axis: int = 0) -> np.ndarray:
+        """The entries of group ``i``'s sources along ``axis`` of a per-source array ``x``."""
+        if self.contiguous:
+            o = self.sources[i]
+            sl = slice(int(o[0]), int(o[-1]) + 1) if o.size else slice(0, 0)
+            return x[(slice(None),) * (axis % x.ndim) + (sl,)]
+        return np.take(x, self.sources[i], axis=axis)
+
+    def assemble(self, parts, axis: int = 0) -> np.ndarray:
+        """The per-source array whose group ``i`` entries along ``axis`` are ``parts[i]``."""
+        if self.contiguous:
+            return np.concatenate(parts, axis=axis)
+        parts = [np.moveaxis(np.asarray(p), axis, 0) for p in parts]
+        dtype = np.result_type(*parts)
+        out = np.empty((self._nsources, *parts[0].shape[1:]), dtype=dtype)
+        for idx, p in zip(self.sources, parts):
+            out[idx] = p
+        return np.moveaxis(out, 0, axis)
+
+    # -- basic facts -------------------------------------------------------------------
+    @property
+    def block_shape(self) -> tuple[int]:
+        """Shape of the (1-D) values block, ``(nelements,)``."""
+        return (self.element_offsets[-1],)
+
+    @property
+    def nelements(self) -> int:
+        return self.element_offsets[-1]
+
+    @property
+    def stamp_shapes(self) -> tuple[tuple[int, int], ...]:
+        """``(nr, nc)`` of every group."""
+        return tuple(g.stamp_shape[:2] for g in self.groups)
+
+    @property
+    def nsources(self) -> int:
+        return self._nsources
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.imshape[0], self.imshape[1], self.nsources)
+
+    @property
+    def npixels(self) -> int:
+        return self.imshape[0] * self.imshape[1]
+
+    def _single_block(self, what: str):
+        raise ValueError(
+            f"{what} needs a single stamp shape, but this array has stamp groups of shapes "
+            f"{list(self.stamp_shapes)}; {GROUPED_HINT}"
+        )
+
+    @property
+    def stamp_shape(self):
+        self._single_block("stamp_shape")
+
+    @property
+    def row(self):
+        self._single_block("row")
+
+    @property
+    def col(self):
+        self._single_block("col")
+
+    def split(self, values: np.ndarray) -> list[np.ndarray]:
+        """The blocks ``(nr_g, nc_g, n_g)`` of every group, as views of the 1-D ``values``."""
+        eo = self.element_offsets
+        return [values[eo[i] : eo[i + 1]].reshape(g.block_shape) for i, g in enumerate(self.groups)]
+
+    def _concat(self, name: str) -> np.ndarray:
+        return _readonly(np.concatenate([getattr(g, name).ravel() for g in self.groups]))
+
+    @cached_property
+    def in_image(self) -> np.ndarray:
+        """Boolean ``(nelements,)``: which stored elements fall inside the image."""
+        return self._concat("in_image")
+
+    @cached_property
+    def all_in_image(self) -> bool:
+        return all(g.all_in_image for g in self.groups)
+
+    @cached_property
+    def nnz(self) -> int:
+        return sum(g.nnz for g in self.groups)
+
+    @cached_property
+    def pixel(self) -> np.ndarray:
+        """Flat pixel of every stored element (``H*W`` off the image), ``(nelements,)``."""
+        return self._concat("pixel")
+
+    @cached_property
+    def source_counts(self) -> np.ndarray:
+        """In-image elements per source, ``(nsources,)`` in global source order."""
+        return _readonly(self.assemble([g.source_counts for g in self.groups]).astype(np.int64))
+
+    @cached_property
+    def _source_major_dest(self) -> np.ndarray | None:
+        """Where each element of the groups' source-major runs goes in global source order."""
+        if self.contiguous:
+            return None
+        starts = np.zeros(self._nsources + 1, dtype=np.int64)
+        np.cumsum(self.source_counts, out=starts[1:])
+        dest = []
+        for idx, g in zip(self.sources, self.groups):
+            counts = g.source_counts
+            local_start = np.zeros(idx.size, dtype=np.int64)
+            np.cumsum(counts[:-1], out=local_start[1:])
+            shift = np.repeat(starts[idx] - local_start, counts)  # per element: global - local start
+            dest.append(np.arange(int(counts.sum()), dtype=np.int64) + shift)
+        return _readonly(np.concatenate(dest))
+
+    def source_major(self, values: np.ndarray) -> np.ndarray:
+        """In-image elements of the 1-D ``values`` in source-major order (global source order)."""
+        runs = np.concatenate([g.source_major(v) for g, v in zip(self.groups, self.split(values))])
+        dest = self._source_major_dest
+        if dest is None:
+            return runs
+        out = np.empty_like(runs)
+        out[dest] = runs
+        return out
+
+    # -- new structures -----------------------------------------------------------------
+    def with_bounds(self, imshape: tuple[int, int], imcorner: tuple[int, int]) -> GroupedStructure:
+        return GroupedStructure([g.with_bounds(imshape, imcorner) for g in self.groups], self.sources)
+
+    def translated(self, drow: int, dcol: int) -> GroupedStructure:
+        return GroupedStructure([g.translated(drow, dcol) for g in self.groups], self.sources)
+
+    def equals(self, other) -> bool:
+        if other is self or other in self._equal_to:
+            return True
+        same = (
+            other.grouped
+            and len(other.groups) == len(self.groups)
+            and all(np.array_equal(a, b) for a, b in zip(self.sources, other.sources))
+            and all(a.equals(b) for a, b in zip(self.groups, other.groups))
+        )
+        if same:
+            self._equal_to.add(other)
+            other._equal_to.add(self)
+        return same
+
+    def __reduce__(self):
+        return (GroupedStructure, (self.groups, self.sources))
 
 
 def _inside(a: np.ndarray, lo: int, hi: int) -> np.ndarray:

@@ -53,7 +53,11 @@ def _sparse3d_type():
 
 
 def _describe_difference(a, b) -> str:
-    if a.stamp_shape != b.stamp_shape:
+    if a.grouped or b.grouped:
+        shapes = [list(x.stamp_shapes) if x.grouped else [x.stamp_shape[:2]] for x in (a, b)]
+        if shapes[0] != shapes[1] or a.nsources != b.nsources:
+            return f"stamp groups differ: shapes {shapes[0]} vs {shapes[1]}"
+    elif a.stamp_shape != b.stamp_shape:
         return f"stamp shapes differ: {a.stamp_shape} vs {b.stamp_shape}"
     if a.imshape != b.imshape or a.imcorner != b.imcorner:
         return f"image bounds differ: imshape {a.imshape} at {a.imcorner} vs {b.imshape} at {b.imcorner}"
@@ -107,6 +111,14 @@ def stamp_operand(x, structure, name: str = "operand"):
         raise TypeError(f"{name} must be numeric; got an array of dtype {arr.dtype}")
     if arr.ndim == 0:
         return arr
+    arr3 = _logical_operand(arr, structure, name)
+    if structure.grouped:  # split by stamp group in _apply_grouped
+        return arr3
+    return _on_stamps(arr3, structure)
+
+
+def _logical_operand(arr: np.ndarray, structure, name: str) -> np.ndarray:
+    """``arr`` checked against the logical shape ``(H, W, nsources)``, as a 3-D view."""
     logical = structure.shape
     try:
         out_shape = np.broadcast_shapes(arr.shape, logical)
@@ -114,7 +126,7 @@ def stamp_operand(x, structure, name: str = "operand"):
         out_shape = None
     if out_shape != logical:
         hint = ""
-        if arr.shape == structure.stamp_shape:
+        if not structure.grouped and arr.shape == structure.stamp_shape:
             hint = (
                 "; this looks like stamp-shaped values (nr, nc, nsources): use S.with_data(values) to "
                 "build an array with the same stamps"
@@ -123,7 +135,11 @@ def stamp_operand(x, structure, name: str = "operand"):
             f"{name} with shape {arr.shape} does not broadcast against the array's logical shape "
             f"{logical} (H, W, nsources){hint}"
         )
-    arr3 = arr.reshape((1,) * (3 - arr.ndim) + arr.shape)
+    return arr.reshape((1,) * (3 - arr.ndim) + arr.shape)
+
+
+def _on_stamps(arr3: np.ndarray, structure) -> np.ndarray:
+    """A 3-D logical operand as something that broadcasts against the stamp block."""
     if arr3.shape[0] == 1 and arr3.shape[1] == 1:
         return arr3  # per-source (or scalar-like): broadcasts over the stamp block directly
     # image-dependent operand: gather it at every stamp pixel (int64 offsets: positions may
@@ -155,6 +171,10 @@ def apply_elementwise(func, args, kwargs=None, name: str | None = None, reuse=No
     arrays = [a for a in args if isinstance(a, Sparse3D)]
     structure = common_structure(arrays)
     label = name or getattr(func, "__name__", "function")
+    if structure.grouped and any(
+        not isinstance(a, Sparse3D) and not _scalar_like(a) for a in args
+    ):  # array operands: split by stamp group
+        return _apply_grouped(func, args, kwargs, label, structure)
     ops = [stamp_operand(a, structure, name=f"operand {i} of {label}") for i, a in enumerate(args)]
     if reuse is not None and _result_dtype(func, ops) == reuse.dtype:
         buf = reuse._values
@@ -167,8 +187,8 @@ def apply_elementwise(func, args, kwargs=None, name: str | None = None, reuse=No
     out = None
     if isinstance(func, np.ufunc) and func.nout == 1 and not kwargs:
         dtype = _result_dtype(func, ops)
-        if dtype is not None and np.prod(structure.stamp_shape) * dtype.itemsize >= _pool.MIN_BYTES:
-            out = _pool.take(structure.stamp_shape, dtype)  # a dead array's buffer, rewritten whole
+        if dtype is not None and structure.nelements * dtype.itemsize >= _pool.MIN_BYTES:
+            out = _pool.take(structure.block_shape, dtype)  # a dead array's buffer, rewritten whole
     try:
         result = func(*ops, **(kwargs or {})) if out is None else func(*ops, out=out)
     except (ValueError, ArithmeticError):
@@ -190,26 +210,96 @@ def _on_content_only(func, ops, kwargs, structure):
     m = structure.in_image
 
     def content(op):
-        if isinstance(op, np.ndarray) and op.ndim == 3:
-            return np.broadcast_to(op, structure.stamp_shape)[m]
+        if isinstance(op, np.ndarray) and op.ndim == len(structure.block_shape):
+            return np.broadcast_to(op, structure.block_shape)[m]
         return op
 
     result = func(*[content(op) for op in ops], **(kwargs or {}))
 
     def scatter(r):
         r = np.asarray(r)
-        full = np.zeros(structure.stamp_shape, dtype=r.dtype)
+        full = np.zeros(structure.block_shape, dtype=r.dtype)
         full[m] = r
         return full
 
     return tuple(scatter(r) for r in result) if isinstance(result, tuple) else scatter(result)
 
 
+def _scalar_like(x) -> bool:
+    """Operands that broadcast onto any values block unchanged (no per-source or image axis)."""
+    if x is None or isinstance(x, (bool, int, float, complex, np.generic)):
+        return True
+    return isinstance(x, np.ndarray) and x.ndim == 0
+
+
+def _apply_grouped(func, args, kwargs, label: str, structure):
+    """:func:`apply_elementwise` on a grouped structure with array operands: group by group.
+
+    Per-source operands are taken at each group's sources and image-shaped ones gathered at
+    each group's stamps; each group's result is written into its part of one
+    1-D values block (ufuncs write there directly).
+    """
+    Sparse3D = _sparse3d_type()
+    groups = structure.groups
+    columns = []
+    for i, x in enumerate(args):
+        name = f"operand {i} of {label}"
+        if isinstance(x, Sparse3D):
+            columns.append(structure.split(x._values))
+        elif _scalar_like(x):
+            columns.append([stamp_operand(x, structure, name)] * len(groups))
+        else:
+            op = stamp_operand(x, structure, name)  # checked; 3-D when it has axes to split
+            if isinstance(op, np.ndarray) and op.ndim == 3:
+                columns.append(
+                    [
+                        _on_stamps(op if op.shape[2] == 1 else structure.take(op, j, axis=2), g)
+                        for j, g in enumerate(groups)
+                    ]
+                )
+            else:
+                columns.append([op] * len(groups))
+    per_group = list(zip(*columns))
+    dtype = _result_dtype(func, per_group[0]) if _simple_ufunc(func, kwargs) else None
+    if dtype is not None:
+        out = _pool.empty(structure.block_shape, dtype)
+        for ops, g, view in zip(per_group, groups, structure.split(out)):
+            try:
+                func(*ops, out=view)
+            except (ValueError, ArithmeticError):
+                if g.all_in_image:
+                    raise
+                view[...] = _on_content_only(func, ops, kwargs, g)
+        return _wrap(out, structure)
+    results = []
+    for ops, g in zip(per_group, groups):
+        try:
+            r = func(*ops, **(kwargs or {}))
+        except (ValueError, ArithmeticError):
+            if g.all_in_image:
+                raise
+            r = _on_content_only(func, ops, kwargs, g)
+        results.append(r if isinstance(r, tuple) else (r,))
+
+    def join(parts):
+        return np.concatenate(
+            [np.broadcast_to(np.asarray(p), g.block_shape).ravel() for p, g in zip(parts, groups)]
+        )
+
+    joined = [_wrap(join(parts), structure) for parts in zip(*results)]
+    return tuple(joined) if len(joined) > 1 else joined[0]
+
+
+def _simple_ufunc(func, kwargs) -> bool:
+    """A single-output ufunc called without keywords (it can write into ``out=``)."""
+    return isinstance(func, np.ufunc) and func.nout == 1 and not kwargs
+
+
 def _wrap(values, structure):
     Sparse3D = _sparse3d_type()
     values = np.asarray(values)
-    if values.shape != structure.stamp_shape:
-        values = np.broadcast_to(values, structure.stamp_shape).copy()
+    if values.shape != structure.block_shape:
+        values = np.broadcast_to(values, structure.block_shape).copy()
     if not values.flags.c_contiguous:
         values = np.ascontiguousarray(values)
     return Sparse3D._from_parts(values, structure)

@@ -114,6 +114,13 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     Notes
     -----
+    **Stamp groups.** ``np.concatenate`` of arrays with different stamp shapes (and PSF
+    designs with per-source stamp sizes) gives one array whose sources are grouped by stamp
+    shape: see :attr:`groups`, :attr:`stamp_shapes` and :attr:`group_sources`. It behaves as
+    any other array; only the single-block attributes (:attr:`data`, :attr:`row`,
+    :attr:`col`, :attr:`in_image`, :attr:`stamp_shape`) raise a ``ValueError`` naming
+    ``S.groups``.
+
     Arrays are immutable values: methods return new arrays (``translate`` included) and
     in-place operators rebind (``S += 1`` is ``S = S + 1``). Arrays built from the same or
     equal ``row``/``col`` share one structure and can be combined elementwise.
@@ -142,6 +149,66 @@ class Sparse3D(NDArrayOperatorsMixin):
             )
         self._values = values
         self._structure = structure_from_positions(row, col, values.shape, imshape, imcorner)
+
+    @classmethod
+    def from_groups(cls, data, row, col, imshape, imcorner=(0, 0)) -> Sparse3D:
+        """One array from stamp blocks of different shapes: ``np.concatenate`` without the copy.
+
+        Equal to ``np.concatenate([Sparse3D(d, r, c, imshape, imcorner) for d, r, c in
+        zip(data, row, col)], axis=2)`` (sources in that order, one stamp group per stamp
+        shape), but every block's values are copied once, straight into the array.
+
+        Parameters
+        ----------
+        data, row, col : sequence of array_like
+            One ``(nr_i, nc_i, n_i)`` block of values per piece and its positions (as for
+            :class:`Sparse3D`; ``row[i]``/``col[i]`` broadcast to ``data[i].shape``).
+        imshape, imcorner : tuple of int
+            The image bounds shared by every piece.
+        """
+        from ._functions import build_grouped
+
+        if not (
+            isinstance(data, (list, tuple))
+            and isinstance(row, (list, tuple))
+            and isinstance(col, (list, tuple))
+        ):
+            raise TypeError("from_groups takes sequences (lists or tuples) of blocks: data, row and col")
+        if not data or not len(data) == len(row) == len(col):
+            raise ValueError(
+                f"from_groups needs one row and one col per data block; got {len(data)} data, "
+                f"{len(row)} row and {len(col)} col"
+            )
+        blocks = []
+        for i, d in enumerate(data):
+            arr = _checked_values(np.asarray(d), f"data[{i}]")
+            if arr.ndim != 3:
+                raise ValueError(f"data[{i}] must be 3-D (nr, nc, nsources); got shape {arr.shape}")
+            blocks.append(arr)
+        shapes = [b.shape[:2] for b in blocks if b.shape[2]]
+        if len(set(shapes)) < len([b for b in blocks if b.shape[2]]) or len(set(shapes)) < 2:
+            # repeated stamp shapes (merged into one group) or a single shape: concatenate
+            return np.concatenate(
+                [cls(b, r, c, imshape, imcorner) for b, r, c in zip(blocks, row, col)], axis=2
+            )
+        dtype = np.result_type(*blocks)
+        structures = [
+            structure_from_positions(r, c, b.shape, imshape, imcorner) for b, r, c in zip(blocks, row, col)
+        ]
+        keep = [i for i, b in enumerate(blocks) if b.shape[2]]
+        values = _pool.empty((sum(blocks[i].size for i in keep),), dtype)
+        views, start = [], 0
+        for i in keep:  # every block copied once, into its place
+            b = blocks[i]
+            views.append(values[start : start + b.size].reshape(b.shape))
+            np.copyto(views[-1], b, casting="unsafe")
+            start += b.size
+        offsets = np.cumsum([0] + [b.shape[2] for b in blocks])
+        pieces = [
+            (cls._from_parts(v, structures[i]), np.arange(offsets[i], offsets[i + 1]))
+            for v, i in zip(views, keep)
+        ]
+        return build_grouped(pieces, dtype, values=values)
 
     @classmethod
     def _from_parts(cls, values: np.ndarray, structure: StampStructure) -> Sparse3D:
@@ -182,33 +249,89 @@ class Sparse3D(NDArrayOperatorsMixin):
         data : array_like, shape ``S.stamp_shape``
             The new stamp values (copied).
         """
+        s = self._structure
+        if s.grouped:
+            blocks = list(data) if isinstance(data, (list, tuple)) else None
+            if blocks is None or len(blocks) != len(s.groups):
+                raise ValueError(
+                    f"with_data on an array with {len(s.groups)} stamp groups takes a list of "
+                    f"{len(s.groups)} blocks, one per group (shapes {[g.block_shape for g in s.groups]})"
+                )
+            parts = [g.with_data(b) for g, b in zip(self.groups, blocks)]
+            dtype = np.result_type(*[p.dtype for p in parts])
+            values = np.concatenate([p._values.ravel() for p in parts]).astype(dtype, copy=False)
+            return Sparse3D._from_parts(values, s)
         values = _owned_values(data)
         if values.shape != self.stamp_shape:
             raise ValueError(f"data must have the stamp shape {self.stamp_shape}; got {values.shape}")
         return Sparse3D._from_parts(values, self._structure)
 
-    # -- basic attributes ----------------------------------------------------------------
-    # Exposed arrays are read-only views of buffers that are read-only at their base, so
-    # ``S.data.flags.writeable = True`` raises instead of letting edits desync the caches
-    # and move the stamps of every array sharing the structure.
+    # -- stamp groups ----------------------------------------------------------------------
+    @property
+    def groups(self) -> tuple[Sparse3D, ...]:
+        """The stamp groups: one single-shape Sparse3D per stamp shape, in source order.
+
+        An array built by ``np.concatenate`` of arrays with different stamp shapes (or by a
+        PSF model with per-source stamp sizes) holds several groups; its sources are the
+        groups' sources in order. Each group is a view (values shared, read-only) with the
+        same image bounds. A single-shape array has one group, itself.
+        """
+        if not self._structure.grouped:
+            return (self,)
+        return self._group_views
+
+    @cached_property
+    def _group_views(self) -> tuple[Sparse3D, ...]:
+        s = self._structure
+        return tuple(Sparse3D._from_parts(v, g) for v, g in zip(s.split(self._values), s.groups))
+
+    @property
+    def stamp_shapes(self) -> tuple[tuple[int, int], ...]:
+        """``(nr, nc)`` of every stamp group (one entry for a single-shape array)."""
+        s = self._structure
+        return s.stamp_shapes if s.grouped else (s.stamp_shape[:2],)
+
+    @property
+    def group_sources(self) -> tuple[np.ndarray, ...]:
+        """The (global) sources of every stamp group, ascending int64 arrays, read-only.
+
+        ``S.groups[i]`` holds the sources ``S.group_sources[i]`` of ``S``, in that order; the
+        groups partition ``range(nsources)``. A single-shape array has one group of all
+        sources.
+        """
+        s = self._structure
+        if s.grouped:
+            return tuple(readonly_view(x) for x in s.sources)
+        return (np.arange(s.nsources),)
+
     @property
     def data(self) -> np.ndarray:
-        """Stamp values, ``(nr, nc, nsources)``, read-only (off-image pixels included)."""
+        """Stamp values, ``(nr, nc, nsources)``, read-only (off-image pixels included).
+
+        Grouped arrays (several stamp shapes) raise ``ValueError``: use ``S.groups[i].data``.
+        """
+        if self._structure.grouped:
+            self._structure._single_block("data")
         return readonly_view(self._values)
 
     @property
     def row(self) -> np.ndarray:
-        """Absolute row of every stamp pixel, ``(nr, nc, nsources)``, read-only."""
+        """Absolute row of every stamp pixel, ``(nr, nc, nsources)``, read-only (single shape only)."""
         return readonly_view(self._structure.row)
 
     @property
     def col(self) -> np.ndarray:
-        """Absolute column of every stamp pixel, ``(nr, nc, nsources)``, read-only."""
+        """Absolute column of every stamp pixel, ``(nr, nc, nsources)``, read-only (single shape only)."""
         return readonly_view(self._structure.col)
 
     @property
     def in_image(self) -> np.ndarray:
-        """Boolean ``(nr, nc, nsources)``: which stamp pixels are inside the image, read-only."""
+        """Boolean ``(nr, nc, nsources)``: which stamp pixels are inside the image, read-only.
+
+        Single shape only (grouped arrays: ``S.groups[i].in_image``).
+        """
+        if self._structure.grouped:
+            self._structure._single_block("in_image")
         return readonly_view(self._structure.in_image)
 
     @property
@@ -251,14 +374,20 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @property
     def stamp_shape(self) -> tuple[int, int, int]:
-        """``(nr, nc, nsources)``, the shape of :attr:`data`, :attr:`row`, :attr:`col`."""
+        """``(nr, nc, nsources)``, the shape of :attr:`data`, :attr:`row`, :attr:`col`.
+
+        Grouped arrays raise ``ValueError``: see :attr:`stamp_shapes` and :attr:`groups`.
+        """
+        if self._structure.grouped:
+            self._structure._single_block("stamp_shape")
         return self._values.shape
 
     @property
     def nbytes(self) -> int:
         """Bytes held by values and positions (the stored ones: a translation shares them)."""
         s = self._structure
-        return self._values.nbytes + s._row.nbytes + s._col.nbytes
+        groups = s.groups if s.grouped else (s,)
+        return self._values.nbytes + sum(g._row.nbytes + g._col.nbytes for g in groups)
 
     @property
     def real(self) -> Sparse3D:
@@ -300,7 +429,12 @@ class Sparse3D(NDArrayOperatorsMixin):
             ("shape", self.shape),
             ("dtype", self.dtype),
             ("nnz (in-image)", f"{self.nnz:,}"),
-            ("stamp shape", self.stamp_shape),
+            (
+                "stamp shape" if len(self.stamp_shapes) == 1 else "stamp groups",
+                ", ".join(
+                    f"{nr}×{nc} × {idx.size}" for (nr, nc), idx in zip(self.stamp_shapes, self.group_sources)
+                ),
+            ),
             ("image rows", f"{r0} … {r0 + H - 1}"),
             ("image cols", f"{c0} … {c0 + W - 1}"),
             ("memory", f"{self.nbytes / 1024**2:.1f} MiB"),
@@ -341,6 +475,8 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     def __reduce__(self):
         s = self._structure
+        if s.grouped:
+            return (_rebuild_grouped, (list(self.groups), s.sources))
         return (_rebuild, (self._values, s.row, s.col, s.imshape, s.imcorner))
 
     # -- geometry -------------------------------------------------------------------------
@@ -542,8 +678,10 @@ class Sparse3D(NDArrayOperatorsMixin):
         nbytes = self.size * self.dtype.itemsize
         if not force:
             check_dense_allocation(nbytes, f"todense() of a {self.shape} array")
-        out = np.zeros(self.shape, dtype=self.dtype)
         s = self._structure
+        if s.grouped:
+            return s.assemble([g.todense(force=True) for g in self.groups], axis=2)
+        out = np.zeros(self.shape, dtype=self.dtype)
         m = s.in_image
         r = np.subtract(s._row[m], s.root_corner[0], dtype=np.int64)
         c = np.subtract(s._col[m], s.root_corner[1], dtype=np.int64)
@@ -664,6 +802,15 @@ class Sparse3D(NDArrayOperatorsMixin):
             bad_bits=bad_bits,
             saturation=saturation,
         )
+
+
+def _rebuild_grouped(groups, sources) -> Sparse3D:
+    """Unpickle a grouped array from its (single-shape) groups and their sources."""
+    from ._structure import GroupedStructure
+
+    dtype = np.result_type(*[g.dtype for g in groups])
+    values = np.concatenate([g._values.ravel() for g in groups]).astype(dtype, copy=False)
+    return Sparse3D._from_parts(values, GroupedStructure([g._structure for g in groups], sources))
 
 
 def _writable(a: np.ndarray) -> np.ndarray:

@@ -38,6 +38,11 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ROISparse3D"]
 
 
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
 def _as_corners(corners) -> np.ndarray:
     arr = np.asarray(corners)
     if arr.ndim == 1 and arr.shape == (2,):
@@ -101,10 +106,25 @@ class ROISparse3D:
         self.size = _as_pair(size, "size", positive=True)
 
     @cached_property
-    def _mapping(self) -> tuple[np.ndarray, np.ndarray]:
+    def _mapping(self) -> tuple[np.ndarray, ...]:
         # built on first use: products of translated arrays read the windows through the
         # structure's pixel-sorted order instead (see dot), so translate stays O(1)
+        if self.array._structure.grouped:
+            return self._grouped_map()
         return self._map()
+
+    def _grouped_map(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(elements, pixels, sources)`` of a grouped array: every group mapped alone.
+
+        Elements index the flat values of the array; sources go through the groups' maps.
+        """
+        s = self.array._structure
+        maps = [ROISparse3D(g, self._corners, self.size) for g in self.array.groups]
+        eo = s.element_offsets
+        elements = _readonly(np.concatenate([m._elements + eo[i] for i, m in enumerate(maps)]))
+        pixels = np.concatenate([m._pixels for m in maps])
+        sources = np.concatenate([idx[m._sources()] for m, idx in zip(maps, s.sources)])
+        return elements, pixels, sources
 
     @property
     def _elements(self) -> np.ndarray:
@@ -216,7 +236,13 @@ class ROISparse3D:
         return elements, pixels.astype(np.int64)
 
     def _sources(self) -> np.ndarray:
+        if self.array._structure.grouped:
+            return self._mapping[2]
         return self._elements % max(self.nsources, 1)
+
+    def _values(self) -> np.ndarray:
+        """The stored values of the mapped elements."""
+        return self.array._values.ravel()[self._elements]
 
     # -- products and conversions -----------------------------------------------------------
     def dot(self, weights) -> np.ndarray:
@@ -232,7 +258,10 @@ class ROISparse3D:
         if w.ndim not in (1, 2) or w.shape[0] != n:
             raise ValueError(f"weights must be (nsources,) or (nsources, k) with nsources={n}; got {w.shape}")
         dtype = np.result_type(self.dtype, w.dtype)
-        if _functions._fast_product(self.array, dtype, w.dtype) is not None:
+        if (
+            not self.array._structure.grouped
+            and _functions._fast_product(self.array, dtype, w.dtype) is not None
+        ):
             from . import _kernels
 
             k = 1 if w.ndim == 1 else w.shape[1]
@@ -251,7 +280,7 @@ class ROISparse3D:
                 dtype,
             )
             return out[..., 0] if w.ndim == 1 else out
-        vals = self.array.data.ravel()[self._elements]
+        vals = self._values()
         src = self._sources()
         shape = (self.nrois, *self.size)
         if w.ndim == 1:
@@ -274,7 +303,7 @@ class ROISparse3D:
         from scipy import sparse as sp
 
         idt = index_dtype(self.npixels, self.nsources)
-        vals = scipy_values(self.array.data.ravel()[self._elements])
+        vals = scipy_values(self._values())
         coo = sp.coo_matrix(
             (vals, (self._pixels.astype(idt), self._sources().astype(idt))),
             shape=(self.npixels, self.nsources),

@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Scene", "random_scene", "gaussian_scene", "dense_reference", "assert_equal_dense"]
+__all__ = [
+    "Scene",
+    "GroupedScene",
+    "random_scene",
+    "random_grouped_scene",
+    "gaussian_scene",
+    "dense_reference",
+    "assert_equal_dense",
+]
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,50 @@ def random_scene(
     if zeros and data.size:
         data[rng.random(shape) < 0.15] = 0
     return Scene(data, row, col, (H, W), tuple(imcorner))
+
+
+@dataclass(frozen=True)
+class GroupedScene:
+    """Several :class:`Scene` parts with equal image bounds and different stamp shapes.
+
+    ``build()`` concatenates the parts' arrays along the source axis (an array with stamp
+    groups); ``dense()`` concatenates their independent dense references.
+    """
+
+    parts: tuple[Scene, ...]
+
+    @property
+    def imshape(self) -> tuple[int, int]:
+        return self.parts[0].imshape
+
+    @property
+    def imcorner(self) -> tuple[int, int]:
+        return self.parts[0].imcorner
+
+    def build(self):
+        """The grouped :class:`~sparse3d.Sparse3D` (``np.concatenate`` of the parts)."""
+        return np.concatenate([p.build() for p in self.parts], axis=2)
+
+    def dense(self, data=None) -> np.ndarray:
+        """Dense reference; ``data`` optionally gives other stamp values, one block per part."""
+        data = [None] * len(self.parts) if data is None else data
+        return np.concatenate([p.dense(d) for p, d in zip(self.parts, data)], axis=2)
+
+
+def random_grouped_scene(
+    rng: np.random.Generator | int | None = None,
+    imshape: tuple[int, int] = (13, 17),
+    stamps: tuple[tuple[int, int], ...] = ((3, 4), (2, 2), (5, 3)),
+    nsources: tuple[int, ...] = (3, 2, 4),
+    imcorner: tuple[int, int] = (0, 0),
+    dtype=np.float64,
+    zeros: bool = True,
+) -> GroupedScene:
+    """A :func:`random_scene` per stamp shape, in one image (see :class:`GroupedScene`)."""
+    rng = np.random.default_rng(rng)
+    return GroupedScene(
+        tuple(random_scene(rng, imshape, st, n, imcorner, dtype, zeros) for st, n in zip(stamps, nsources))
+    )
 
 
 def gaussian_scene(

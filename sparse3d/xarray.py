@@ -12,6 +12,15 @@ Two views:
   (``da.sel(source=12).plot()``) and saves (``da.to_netcdf(path)``);
   :func:`from_xarray` rebuilds the exact array from it.
 
+**Stamp groups.** The image view of an array with several stamp shapes is the same lazy
+``(row, col, source)`` view. Its stamp view is an ``xarray.Dataset`` with **one variable per
+stamp group**: ``stamps_i`` with dims ``(stamp_row_i, stamp_col_i, source_i)``, coordinates
+``row_i``/``col_i`` (positions), ``source_i`` (the group's source labels) and
+``source_index_i`` (the group's sources' places in the array, ``S.group_sources[i]``); the
+dataset attributes carry ``imshape``, ``imcorner``, the dtype and the number of groups.
+Nothing is padded, so no fill value is needed, and :func:`from_xarray` (also after
+``ds.to_netcdf(path)`` and ``xr.open_dataset(path)``) rebuilds the exact array.
+
 xarray is imported only when a view is asked for.
 """
 
@@ -83,6 +92,8 @@ def to_xarray(S: Sparse3D, sources=None, name: str | None = None, view: str = "i
     if view == "image":
         coords = {"row": r0 + np.arange(H), "col": c0 + np.arange(W), "source": labels}
         return xr.DataArray(S, dims=IMAGE_DIMS, coords=coords, name=name, attrs=attrs)
+    if view == "stamps" and S._structure.grouped:
+        return _grouped_stamp_view(S, labels, name, attrs)
     if view == "stamps":
         coords = {
             "source": labels,
@@ -92,6 +103,55 @@ def to_xarray(S: Sparse3D, sources=None, name: str | None = None, view: str = "i
         attrs[_DTYPE_ATTR] = str(S.dtype)
         return xr.DataArray(np.array(S.data), dims=STAMP_DIMS, coords=coords, name=name, attrs=attrs)
     raise ValueError(f"view must be 'image' or 'stamps'; got {view!r}")
+
+
+_GROUPS_ATTR = "sparse3d_groups"
+
+
+def _grouped_stamp_view(S: Sparse3D, labels: np.ndarray, name: str | None, attrs: dict) -> xr.Dataset:
+    """The stamp view of an array with several stamp groups: one variable per group."""
+    import xarray as xr
+
+    data_vars = {}
+    for i, (g, idx) in enumerate(zip(S.groups, S.group_sources)):
+        dims = (f"stamp_row_{i}", f"stamp_col_{i}", f"source_{i}")
+        coords = {
+            f"source_{i}": labels[idx],
+            f"source_index_{i}": (dims[2], np.asarray(idx)),
+            f"row_{i}": (dims, np.asarray(g.row)),
+            f"col_{i}": (dims, np.asarray(g.col)),
+        }
+        data_vars[f"stamps_{i}"] = xr.DataArray(np.array(g.data), dims=dims, coords=coords)
+    attrs = {**attrs, _DTYPE_ATTR: str(S.dtype), _GROUPS_ATTR: len(S.groups)}
+    if name is not None:
+        attrs["name"] = name
+    return xr.Dataset(data_vars, attrs=attrs)
+
+
+def _from_grouped_dataset(ds: xr.Dataset) -> Sparse3D:
+    from ._functions import build_grouped
+
+    pieces = []
+    for i in range(int(np.atleast_1d(ds.attrs[_GROUPS_ATTR])[0])):
+        if f"stamps_{i}" not in ds:
+            raise ValueError(f"from_xarray: the grouped stamp view lacks the variable stamps_{i}")
+        v = ds[f"stamps_{i}"]
+        da = v.rename(
+            {
+                f"stamp_row_{i}": "stamp_row",
+                f"stamp_col_{i}": "stamp_col",
+                f"source_{i}": "source",
+                f"row_{i}": "row",
+                f"col_{i}": "col",
+            }
+        )
+        da.attrs = {k: ds.attrs[k] for k in ("imshape", "imcorner", _DTYPE_ATTR) if k in ds.attrs}
+        idx = np.asarray(v.coords[f"source_index_{i}"].values, dtype=np.int64)
+        pieces.append((from_xarray(da), idx))
+    n = sum(idx.size for _, idx in pieces)
+    if not np.array_equal(np.sort(np.concatenate([idx for _, idx in pieces])), np.arange(n)):
+        raise ValueError("from_xarray: the groups' source_index coordinates must partition range(nsources)")
+    return build_grouped(pieces)
 
 
 def from_xarray(da: xr.DataArray) -> Sparse3D:
@@ -112,6 +172,8 @@ def from_xarray(da: xr.DataArray) -> Sparse3D:
     from ._structure import _as_pair
     from .core import Sparse3D
 
+    if hasattr(da, "data_vars") and _GROUPS_ATTR in getattr(da, "attrs", {}):
+        return _from_grouped_dataset(da)  # the stamp view of an array with stamp groups
     if not hasattr(da, "dims") or not hasattr(da, "coords"):
         raise TypeError(f"from_xarray needs an xarray.DataArray; got {type(da).__name__}")
     if set(da.dims) == set(IMAGE_DIMS) and isinstance(da.data, Sparse3D):

@@ -5,7 +5,7 @@ import zlib
 import numpy as np
 import pytest
 
-from sparse3d.testing import random_scene
+from sparse3d.testing import random_grouped_scene, random_scene
 
 SCENE_PARAMS = {
     "basic": dict(),
@@ -23,6 +23,28 @@ SCENE_PARAMS = {
 def scene(request):
     return random_scene(
         np.random.default_rng(zlib.crc32(request.param.encode())), **SCENE_PARAMS[request.param]
+    )
+
+
+# arrays with several stamp groups (mixed stamp sizes): corners, float32, groups of one
+# source, an empty part, equal shapes adjacent and apart (one group), big and small stamps
+GROUPED_PARAMS = {
+    "basic": dict(),
+    "corner_neg": dict(imcorner=(-7, 4)),
+    "corner_pos": dict(imcorner=(100, 250)),
+    "float32": dict(dtype=np.float32),
+    "one_source_groups": dict(nsources=(1, 1, 1)),
+    "empty_part": dict(nsources=(3, 0, 4)),
+    "same_shape_adjacent": dict(stamps=((3, 4), (3, 4), (2, 2)), nsources=(2, 3, 2)),
+    "same_shape_apart": dict(stamps=((3, 4), (2, 2), (3, 4)), nsources=(2, 3, 2)),
+    "big_and_small": dict(stamps=((7, 7), (2, 3)), nsources=(2, 8), imshape=(9, 8)),
+}
+
+
+@pytest.fixture(params=sorted(GROUPED_PARAMS), ids=sorted(GROUPED_PARAMS))
+def gscene(request):
+    return random_grouped_scene(
+        np.random.default_rng(zlib.crc32(request.param.encode())), **GROUPED_PARAMS[request.param]
     )
 
 

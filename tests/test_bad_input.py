@@ -1337,6 +1337,76 @@ CASES += _photometry_cases()
 
 
 
+# ---- stamp groups (several stamp shapes in one array) ----------------------------------------
+def _grouped():
+    """A 3x3 and a 2x2 stamp group in one array."""
+    small = Sparse3D(
+        np.ones((2, 2, 1)), np.arange(2)[:, None, None] + 4, np.arange(2)[None, :, None], (10, 10)
+    )
+    return np.concatenate([_S(), small], axis=2)
+
+
+def _grouped_cases():
+    from sparse3d.psf import Gaussian, stamp_sizes_by_flux
+
+    G = Gaussian(1.0)
+    return [
+        Case(
+            "grouped-data",
+            "`S.data` (also `row`, `col`, `stamp_shape`, `in_image`) of an array with several stamp shapes",
+            lambda: _grouped().data,
+            ValueError,
+            "data needs a single stamp shape, but this array has stamp groups of shapes [(3, 3), (2, 2)]; "
+            "select one stamp group with S.groups[i]",
+        ),
+        Case(
+            "grouped-with-data",
+            "`S.with_data(values)` with one block for a grouped array",
+            lambda: _grouped().with_data(np.ones((3, 3, 3))),
+            ValueError,
+            "with_data on an array with 2 stamp groups takes a list of 2 blocks, one per group",
+        ),
+        Case(
+            "grouped-operand-structure",
+            "`S + T`: grouped arrays with different stamp groups",
+            lambda: _grouped() + np.concatenate([_S(), _S()[:, :, :1]], axis=2),
+            ValueError,
+            "operands have different stamp structures (stamp groups differ",
+        ),
+        Case(
+            "from-groups-lengths",
+            "`Sparse3D.from_groups([d0, d1], [r0], [c0, c1], imshape)`",
+            lambda: Sparse3D.from_groups([np.ones((2, 2, 1))] * 2, [0], [0, 0], (4, 4)),
+            ValueError,
+            "from_groups needs one row and one col per data block; got 2 data, 1 row and 2 col",
+        ),
+        Case(
+            "psf-stamp-sizes-length",
+            "`G.design(row, col, imshape, stamp_shape=np.array([5, 7, 9]))` for 2 sources",
+            lambda: G.design([3.0, 4.0], [3.0, 4.0], (10, 10), stamp_shape=np.array([5, 7, 9])),
+            ValueError,
+            "stamp_shape: per-source stamp sizes must have shape (2,) or (2, 2)",
+        ),
+        Case(
+            "psf-stamp-sizes-dtype",
+            "`stamp_shape=np.array([5.0, 7.0])` (float per-source sizes)",
+            lambda: G.design([3.0, 4.0], [3.0, 4.0], (10, 10), stamp_shape=np.array([5.0, 7.0])),
+            TypeError,
+            "stamp_shape: per-source stamp sizes must be integers",
+        ),
+        Case(
+            "stamp-sizes-by-flux",
+            "`stamp_sizes_by_flux(flux, edges=[1e4], sizes=[11])`",
+            lambda: stamp_sizes_by_flux([1.0], edges=[1e4], sizes=[11]),
+            ValueError,
+            "sizes must be 2 positive integers (one more than edges)",
+        ),
+    ]
+
+
+CASES += _grouped_cases()
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case):
     with pytest.raises(case.error) as info:

@@ -845,3 +845,233 @@ def test_every_registered_function_has_a_property_test():
     assert not missing, f"add a property test for these registered functions: {missing}"
     for func, name in PROPERTY_TESTS.items():
         assert callable(globals().get(name)), f"{func.__name__} maps to a missing test {name!r}"
+
+
+# ---- stamp groups (several stamp shapes in one array) ---------------------------------------
+from sparse3d.testing import GroupedScene  # noqa: E402
+
+
+@st.composite
+def grouped_scenes(draw, dtypes=DTYPES, nonfinite=True):
+    """2-3 random scenes in one image (equal bounds and dtype), each with its own stamp shape
+    (equal shapes and empty parts happen too: equal shapes form one group, wherever they are)."""
+    H, W = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    corner = (draw(st.integers(-70, 70)), draw(st.integers(-70, 70)))
+    dtype = draw(st.sampled_from(dtypes))
+    k = draw(st.integers(2, 3))
+    parts = tuple(
+        draw(scenes(dtypes=[dtype], nonfinite=nonfinite, imshape=(H, W), imcorner=corner)) for _ in range(k)
+    )
+    return GroupedScene(parts)
+
+
+def _gref(gs: GroupedScene, values=None) -> np.ndarray:
+    values = [None] * len(gs.parts) if values is None else values
+    return np.concatenate([_ref(p, v) for p, v in zip(gs.parts, values)], axis=2)
+
+
+def _offsets(gs: GroupedScene) -> np.ndarray:
+    return np.cumsum([0] + [p.data.shape[2] for p in gs.parts])
+
+
+@given(gs=grouped_scenes())
+def test_grouped_structure_and_dense(gs):
+    S = gs.build()
+    dense = _gref(gs)
+    _assert_same(S, dense)
+    assert S.nnz == sum(p.build().nnz for p in gs.parts)
+    shapes = [p.data.shape[:2] for p in gs.parts if p.data.shape[2]] or [gs.parts[0].data.shape[:2]]
+    merged = list(dict.fromkeys(shapes))  # one group per stamp shape, in order of appearance
+    assert list(S.stamp_shapes) == merged
+    assert len(S.groups) == len(merged)
+    assert S.nsources == dense.shape[2]
+    assert np.array_equal(np.sort(np.concatenate(S.group_sources)), np.arange(S.nsources))
+    for g, idx in zip(S.groups, S.group_sources):
+        _assert_same(g, dense[:, :, idx])
+    if len(merged) > 1:
+        for attr in ("data", "row", "col", "stamp_shape", "in_image"):
+            with pytest.raises(ValueError, match=r"S\.groups"):
+                getattr(S, attr)
+
+
+@given(gs=grouped_scenes(), ufunc=st.sampled_from(UNARY))
+def test_grouped_unary_ufuncs(gs, ufunc):
+    S = gs.build()
+    ok, _ = _expect_or_raise(lambda: ufunc(gs.parts[0].data))
+    if not ok:
+        return
+    with np.errstate(all="ignore"):
+        expected = [ufunc(p.data) for p in gs.parts]
+        result = ufunc(S)
+    assert isinstance(result, Sparse3D) and result.stamp_shapes == S.stamp_shapes
+    _assert_same(result, _gref(gs, expected), n_terms=9)
+
+
+@given(
+    gs=grouped_scenes(),
+    op=st.sampled_from(BINARY),
+    kind=st.sampled_from(OPERAND_KINDS),
+    reflected=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_grouped_binary_ufuncs_and_operators(gs, op, kind, reflected, seed):
+    S = gs.build()
+    rng = np.random.default_rng(seed)
+    o = _offsets(gs)
+    if kind == "scalar":
+        operand, at = 1.5, [1.5] * len(gs.parts)
+    elif kind == "vector":
+        operand = rng.uniform(-2, 2, size=o[-1])
+        at = [operand[o[i] : o[i + 1]] for i in range(len(gs.parts))]
+    elif kind == "image":
+        operand = rng.uniform(-2, 2, size=(*gs.imshape, 1))
+        at = [_gather(p, operand) for p in gs.parts]
+    else:
+        at = [rng.uniform(-2, 2, size=p.data.shape).astype(p.data.dtype) for p in gs.parts]
+        operand = GroupedScene(
+            tuple(Scene(v, p.row.copy(), p.col.copy(), p.imshape, p.imcorner) for v, p in zip(at, gs.parts))
+        ).build()
+        reflected = False
+    with np.errstate(all="ignore"):
+        ok, _ = _expect_or_raise(
+            lambda: [op(a, p.data) if reflected else op(p.data, a) for a, p in zip(at, gs.parts)]
+        )
+        if not ok:
+            return
+        expected = [op(a, p.data) if reflected else op(p.data, a) for a, p in zip(at, gs.parts)]
+        result = op(operand, S) if reflected else op(S, operand)
+    assert isinstance(result, Sparse3D)
+    _assert_same(result, _gref(gs, expected), n_terms=9)
+
+
+@given(
+    gs=grouped_scenes(),
+    func=st.sampled_from([np.sum, np.mean, np.max, np.min, np.nansum, np.nanmax, np.count_nonzero, np.any]),
+    axis=st.sampled_from([*REDUCTION_AXES, (1, 2), (0, 2)]),
+)
+def test_grouped_reductions(gs, func, axis):
+    S = gs.build()
+    dense = _gref(gs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ok, expected = _expect_or_raise(lambda: func(dense, axis=axis))
+        if not ok:
+            with pytest.raises(expected):
+                func(S, axis=axis)
+            return
+        with np.errstate(all="ignore"):
+            result = func(S, axis=axis)
+    reduced = dense.size // max(np.size(expected), 1)
+    _assert_same(result, expected, n_terms=reduced * 4)
+
+
+@given(gs=grouped_scenes(nonfinite=False), k=st.sampled_from([None, 1, 3, 6]), seed=st.integers(0, 2**16))
+def test_grouped_products(gs, k, seed):
+    S = gs.build()
+    n = S.nsources
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(-1, 1, size=(n,) if k is None else (n, k))
+    dense = _gref(gs)
+    rt = np.result_type(dense.dtype, w.dtype)
+    expected = np.tensordot(dense.astype(rt), w, axes=([2], [0]))
+    for r in (S.dot(w), S @ w, np.dot(S, w), np.tensordot(S, w, axes=([2], [0]))):
+        _assert_same(r, expected, n_terms=4 * max(n, 1), tol_dtype=_least_precise(dense.dtype))
+    image = rng.uniform(-1, 1, size=gs.imshape)
+    proj = np.tensordot(S, image, axes=([0, 1], [0, 1]))
+    _assert_same(
+        proj,
+        np.tensordot(dense.astype(rt), image, axes=([0, 1], [0, 1])),
+        n_terms=4 * dense.shape[0] * dense.shape[1],
+        tol_dtype=_least_precise(dense.dtype),
+    )
+    if dense.dtype.kind == "f":
+        gram = np.tensordot(S, S, axes=([0, 1], [0, 1]))
+        _assert_same(
+            gram,
+            np.tensordot(dense, dense, axes=([0, 1], [0, 1])),
+            n_terms=4 * dense.shape[0] * dense.shape[1],
+        )
+
+
+@given(gs=grouped_scenes())
+def test_grouped_conversions_and_pickle(gs):
+    S = gs.build()
+    dense = _gref(gs)
+    H, W, n = dense.shape
+    flat = dense.reshape(H * W, n)
+    if dense.dtype.kind == "f":
+        for m in (S.tocsr(), S.tocsc(), S.tocoo()):
+            np.testing.assert_array_equal(m.toarray(), flat)
+    np.testing.assert_array_equal(S.to_sparse().todense(), dense)
+    back = pickle.loads(pickle.dumps(S))
+    assert back.stamp_shapes == S.stamp_shapes
+    np.testing.assert_array_equal(back.todense(), dense)
+    assert np.array_equal(back, S, equal_nan=True)
+
+
+@given(gs=grouped_scenes(), data=st.data())
+def test_grouped_indexing(gs, data):
+    S = gs.build()
+    dense = _gref(gs)
+    H, W, n = dense.shape
+    idx = data.draw(st.lists(st.integers(0, max(n - 1, 0)), max_size=12)) if n else []
+    sub = S[:, :, np.asarray(idx, dtype=np.intp)]
+    assert isinstance(sub, Sparse3D)
+    _assert_same(sub, dense[:, :, idx])
+    r0 = data.draw(st.integers(0, H - 1))
+    r1 = data.draw(st.integers(r0 + 1, H))
+    c0 = data.draw(st.integers(0, W - 1))
+    c1 = data.draw(st.integers(c0 + 1, W))
+    a = data.draw(st.integers(0, n))
+    b = data.draw(st.integers(a, n))
+    _assert_same(S[r0:r1, c0:c1, a:b], dense[r0:r1, c0:c1, a:b])
+    if n:
+        k = data.draw(st.integers(0, n - 1))
+        _assert_same(S[:, :, k], dense[:, :, k])
+        mask = np.asarray(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+        _assert_same(S[..., mask], dense[..., mask])
+
+
+@given(gs=grouped_scenes(), dr=st.integers(-50, 50), dc=st.integers(-50, 50), seed=st.integers(0, 2**16))
+def test_grouped_translate_and_whole_pixel_shift(gs, dr, dc, seed):
+    S = gs.build()
+    moved = GroupedScene(
+        tuple(Scene(p.data, p.row + dr, p.col + dc, p.imshape, p.imcorner) for p in gs.parts)
+    )
+    _assert_same(S.translate((dr, dc)), _gref(moved))
+    _assert_same(S.translate((dr, dc)).translate((-dr, -dc)), _gref(gs))
+    rng = np.random.default_rng(seed)
+    o = _offsets(gs)
+    d = rng.integers(-4, 5, size=(2, o[-1]))
+    per = GroupedScene(
+        tuple(
+            Scene(p.data, p.row + d[0, o[i] : o[i + 1]], p.col + d[1, o[i] : o[i + 1]], p.imshape, p.imcorner)
+            for i, p in enumerate(gs.parts)
+        )
+    )
+    _assert_same(S.shift((d[0].astype(float), d[1].astype(float))), _gref(per))
+
+
+@given(gs=grouped_scenes(dtypes=["float64", "float32"]), seed=st.integers(0, 2**16))
+def test_grouped_elementwise_functions(gs, seed):
+    S = gs.build()
+    rng = np.random.default_rng(seed)
+    with np.errstate(all="ignore"):
+        _assert_same(np.clip(S, -1, 1), _gref(gs, [np.clip(p.data, -1, 1) for p in gs.parts]))
+        _assert_same(np.round(S, 1), _gref(gs, [np.round(p.data, 1) for p in gs.parts]))
+        _assert_same(np.nan_to_num(S), _gref(gs, [np.nan_to_num(p.data) for p in gs.parts]))
+        _assert_same(np.where(S > 0, S, 0), _gref(gs, [np.where(p.data > 0, p.data, 0) for p in gs.parts]))
+        _assert_same(np.zeros_like(S), np.zeros_like(_gref(gs)))
+        _assert_same(np.ones_like(S), _gref(gs, [np.ones_like(p.data) for p in gs.parts]))
+        v = rng.uniform(-1, 1, size=S.nsources)
+        o = _offsets(gs)
+        _assert_same(
+            np.where(S > 0, S, v),
+            _gref(gs, [np.where(p.data > 0, p.data, v[o[i] : o[i + 1]]) for i, p in enumerate(gs.parts)]),
+        )
+        if all(min(p.data.shape[:2]) > 1 for p in gs.parts):  # np.gradient needs 2 samples
+            for axis in (0, 1):
+                expected = _gref(gs, [np.gradient(p.data, axis=axis) for p in gs.parts])
+                _assert_same(np.gradient(S, axis=axis), expected)
+    _assert_same(np.logical_not(S > 0), np.logical_not(_gref(gs) > 0))
+    assert np.allclose(S, S, equal_nan=True)

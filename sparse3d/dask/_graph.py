@@ -29,7 +29,8 @@ def _token(S: Sparse3D) -> str:
     """Content token of ``S`` (values, positions, bounds), cached on the immutable array."""
     tok = S.__dict__.get("_dask_token")
     if tok is None:
-        tok = tokenize(S._values, S.row, S.col, S.imshape, S.imcorner)
+        positions = [(g.row, g.col) for g in S.groups]  # one pair per stamp group
+        tok = tokenize(S._values, positions, [np.asarray(x) for x in S.group_sources], S.imshape, S.imcorner)
         S.__dict__["_dask_token"] = tok
     return tok
 

@@ -76,6 +76,7 @@ class SourceChunked:
         self.imcorner = tuple(int(v) for v in imcorner)
         self.dtype = np.dtype(dtype)
         self.stamp_shape = None if stamp_shape is None else (int(stamp_shape[0]), int(stamp_shape[1]))
+        self.grouped = False  # chunks of an array with several stamp groups (see from_sparse3d)
 
     # -- constructors --------------------------------------------------------------------
     @classmethod
@@ -90,7 +91,11 @@ class SourceChunked:
                 _shared(S[:, :, a:b], "sparse3d-chunk", tokenize(tok, a, b), owner=S)
                 for a, b in _bounds(sizes)
             ]
-        return cls(parts, sizes, S.imshape, S.imcorner, S.dtype, S.stamp_shape[:2])
+        # the largest stamp of any group (the default halo of the scene fit is two stamps)
+        stamp = tuple(int(v) for v in np.max(np.array(S.stamp_shapes), axis=0))
+        out = cls(parts, sizes, S.imshape, S.imcorner, S.dtype, stamp)
+        out.grouped = len(S.stamp_shapes) > 1
+        return out
 
     @classmethod
     def from_function(

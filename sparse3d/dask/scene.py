@@ -354,6 +354,11 @@ class SceneFitResult(DaskFitResult):
 
 
 def _check_scene_inputs(SC, data, errors, mask, tile_size, halo, tol, max_iter):
+    if getattr(SC, "grouped", False):
+        raise NotImplementedError(
+            "the tiled scene fit does not handle arrays with several stamp groups yet; fit the frames "
+            "with S.fit (eager or on Dask frames), which does"
+        )
     H, W = SC.imshape
     if data.ndim not in (2, 3) or tuple(data.shape[:2]) != (H, W):
         raise ValueError(f"data must have shape (H, W) = {(H, W)} or (H, W, k); got {tuple(data.shape)}")

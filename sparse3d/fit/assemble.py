@@ -67,6 +67,8 @@ def _regular_corners(S: Sparse3D) -> tuple[np.ndarray, np.ndarray] | None:
     must not import numba).
     """
     st = S._structure
+    if st.grouped:  # several stamp shapes: the general CSR path (A^T A by SciPy)
+        return None
     hit = _REGULAR.get(st)
     if hit is None:
         nr, nc, n = st.stamp_shape
@@ -112,6 +114,8 @@ def _scaled_normal_matrix(
     so no product underflows or overflows whatever the units of the stamps and errors, and
     scaling and unscaling are exact. Dispatches like :func:`normal_matrix`.
     """
+    if isinstance(design, Sparse3D) and design._structure.grouped:
+        return _grouped_normal_matrix(design, ivar)
     corners = None
     if isinstance(design, Sparse3D) and design._values.size >= _compiled.COMPILED_MIN_NNZ:
         corners = _regular_corners(design)  # small designs: SciPy, no numba import
@@ -154,6 +158,57 @@ def _scaled_normal_matrix(
     G = scipy.sparse.tril(As.T @ As, format="csr")
     G.sort_indices()
     return G, c
+
+
+def _grouped_normal_matrix(
+    design: Sparse3D, ivar: np.ndarray | None
+) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
+    """:func:`_scaled_normal_matrix` of an array with several stamp groups.
+
+    Every group's own block comes from its stamps (the compiled kernel when they are regular);
+    the blocks between two groups are SciPy products of their scaled, weighted CSR forms.
+    Entries are placed at the groups' global source indices (ascending within a group, so a
+    group's lower triangle stays lower).
+    """
+    s = design._structure
+    n = s.nsources
+    parts = [_scaled_normal_matrix(g, ivar) for g in design.groups]
+    c = s.assemble([cg for _, cg in parts])
+    rows, cols, vals = [], [], []
+    for idx, (N, _) in zip(s.sources, parts):
+        coo = N.tocoo()
+        rows.append(idx[coo.row])
+        cols.append(idx[coo.col])
+        vals.append(coo.data)
+    sq = None if ivar is None else np.sqrt(ivar)
+    weighted = []  # diag(sqrt(ivar)) A_g diag(c_g), CSR
+    for g, (_, cg) in zip(design.groups, parts):
+        A = _canonical(g._csr)
+        data = A.data * cg[A.indices]
+        if sq is not None:
+            data *= np.repeat(sq, np.diff(A.indptr))
+        weighted.append(scipy.sparse.csr_matrix((data, A.indices, A.indptr), shape=A.shape))
+    for i in range(len(parts)):
+        for j in range(i + 1, len(parts)):
+            # transpose the group with fewer elements (SciPy converts the transposed factor)
+            if weighted[i].nnz <= weighted[j].nnz:
+                cross = (weighted[i].T @ weighted[j]).tocoo()  # (n_i, n_j)
+                ri, cj = cross.row, cross.col
+            else:
+                cross = (weighted[j].T @ weighted[i]).tocoo()  # (n_j, n_i)
+                ri, cj = cross.col, cross.row
+            a, b = s.sources[i][ri], s.sources[j][cj]
+            rows.append(np.maximum(a, b))
+            cols.append(np.minimum(a, b))
+            vals.append(cross.data)
+    N = scipy.sparse.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    ).tocsr()
+    N.sum_duplicates()
+    N.sort_indices()
+    idx_dtype = np.int32 if max(n, N.nnz) < 2**31 else np.int64
+    N.indices, N.indptr = N.indices.astype(idx_dtype), N.indptr.astype(idx_dtype)
+    return N, c
 
 
 def normal_matrix(

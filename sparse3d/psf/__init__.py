@@ -27,9 +27,13 @@ the analytic models, each shape parameter) — as :class:`~sparse3d.Sparse3D` ar
 same structure as ``L``, so ``np.concatenate([L, d["row"], d["col"]], axis=2)`` is the
 linearised design of a position fit. To move stamps whose values are known only as numbers,
 use :meth:`Sparse3D.shift <sparse3d.Sparse3D.shift>`.
+
+**Stamp sizes per source.** ``stamp_shape`` may be a NumPy array of per-source sizes
+(``(nsources,)`` squares or ``(nsources, 2)``), e.g. from :func:`stamp_sizes_by_flux`:
+bright stars on big stamps, faint ones on small, in one array with one stamp group per size.
 """
 
-from ._base import PSFModel, place, stamp_offsets
+from ._base import PSFModel, place, stamp_offsets, stamp_sizes_by_flux
 from .analytic import EllipticalGaussian, Gaussian, IntegratedGaussian, Moffat
 from .image import GriddedPSF, ImagePSF
 
@@ -43,4 +47,5 @@ __all__ = [
     "PSFModel",
     "place",
     "stamp_offsets",
+    "stamp_sizes_by_flux",
 ]

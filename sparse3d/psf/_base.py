@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core import Sparse3D
 
-__all__ = ["PSFModel", "Placement", "place"]
+__all__ = ["PSFModel", "Placement", "place", "stamp_sizes_by_flux"]
 
 
 def _as_stamp_shape(stamp_shape) -> tuple[int, int]:
@@ -31,6 +31,61 @@ def _as_stamp_shape(stamp_shape) -> tuple[int, int]:
     if not ok:
         raise ValueError(f"stamp_shape must be two positive integers (nr, nc); got {stamp_shape!r}")
     return int(items[0]), int(items[1])
+
+
+def _per_source_shapes(stamp_shape, nsources: int) -> np.ndarray | None:
+    """``(nsources, 2)`` stamp shapes when ``stamp_shape`` is a NumPy array, else None.
+
+    An ndarray means per-source sizes: ``(nsources,)`` square sizes or ``(nsources, 2)``
+    shapes; an int or a pair (tuple/list) is one shape for every source.
+    """
+    if not isinstance(stamp_shape, np.ndarray):
+        return None
+    arr = stamp_shape
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"stamp_shape: per-source stamp sizes must be integers; got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = np.stack([arr, arr], axis=1)
+    if arr.shape != (nsources, 2):
+        raise ValueError(
+            f"stamp_shape: per-source stamp sizes must have shape ({nsources},) or ({nsources}, 2) "
+            f"(one per source); got {stamp_shape.shape}"
+        )
+    if arr.size and arr.min() <= 0:
+        raise ValueError("stamp_shape: per-source stamp sizes must be positive")
+    return arr.astype(np.int64)
+
+
+def stamp_sizes_by_flux(flux, edges, sizes) -> np.ndarray:
+    """Per-source square stamp sizes from fluxes, for ``design(..., stamp_shape=...)``.
+
+    A source with ``edges[i - 1] <= flux < edges[i]`` gets ``sizes[i]`` (fainter than
+    ``edges[0]``: ``sizes[0]``; at least ``edges[-1]``: ``sizes[-1]``).
+
+    Parameters
+    ----------
+    flux : array_like, shape (nsources,)
+        Source fluxes (any unit, as ``edges``).
+    edges : array_like, ascending, shape (m,)
+    sizes : array_like of int, shape (m + 1,)
+
+    Examples
+    --------
+    >>> stamp_sizes_by_flux([10.0, 5e4, 300.0], edges=[1e4], sizes=[11, 41])
+    array([11, 41, 11])
+    """
+    flux = np.asarray(flux, dtype=float)
+    edges = np.asarray(edges, dtype=float)
+    sizes = np.asarray(sizes)
+    if edges.ndim != 1 or np.any(np.diff(edges) <= 0):
+        raise ValueError("stamp_sizes_by_flux: edges must be a 1-D ascending array")
+    if sizes.shape != (edges.size + 1,) or not np.issubdtype(sizes.dtype, np.integer) or (sizes <= 0).any():
+        raise ValueError(
+            f"stamp_sizes_by_flux: sizes must be {edges.size + 1} positive integers (one more than edges)"
+        )
+    if not np.isfinite(flux).all():
+        raise ValueError("stamp_sizes_by_flux: flux must be finite")
+    return sizes[np.searchsorted(edges, flux, side="right")].astype(np.int64)
 
 
 def _as_positions(value, name: str) -> np.ndarray:
@@ -206,10 +261,14 @@ class PSFModel:
             centres (see :mod:`sparse3d.psf`).
         imshape : tuple of int
             ``(H, W)`` of the image.
-        stamp_shape : tuple of int, optional
-            ``(nr, nc)`` of every stamp (an int for a square one). Each stamp is centred on
-            the source's nearest pixel (``floor(row + 0.5)``: ties go up); an even size puts
-            its extra pixel on the low side (10 → offsets ``-5 … 4``).
+        stamp_shape : tuple of int or numpy.ndarray, optional
+            ``(nr, nc)`` of every stamp (an int for a square one), or **per source** a NumPy
+            integer array: ``(nsources,)`` square sizes or ``(nsources, 2)`` shapes (see
+            :func:`stamp_sizes_by_flux` for sizes from fluxes). Per-source sizes give an array
+            with one stamp group per distinct shape (:attr:`Sparse3D.groups`), sources in the
+            order given. Each stamp is centred on the source's nearest pixel
+            (``floor(row + 0.5)``: ties go up); an even size puts its extra pixel on the low
+            side (10 → offsets ``-5 … 4``).
         imcorner : tuple of int, optional
             Absolute position of image pixel ``[0, 0]``.
         derivatives : tuple of str, optional
@@ -226,12 +285,41 @@ class PSFModel:
             σ shared by the field the image derivative is ``d["sigma"].dot(w)``.
         """
         wanted = () if derivatives is None else self._wanted(derivatives)
+        r = _as_positions(row, "row")
+        shapes = _per_source_shapes(stamp_shape, r.size)
+        if shapes is not None:
+            return self._grouped_design(
+                r, _as_positions(col, "col"), imshape, shapes, imcorner, wanted, derivatives
+            )
         p = place(row, col, stamp_shape)
         values, derivs = self._evaluate(p, self._param_values(p.nsources), wanted)
         L = Sparse3D(values, p.row, p.col, imshape, imcorner)
         if derivatives is None:
             return L
         return L, {name: L.with_data(derivs[name]) for name in wanted}
+
+    def _grouped_design(self, r, c, imshape, shapes, imcorner, wanted, derivatives):
+        """:meth:`design` with per-source stamp shapes: one stamp group per distinct shape."""
+        from .._functions import build_grouped
+
+        if r.shape != c.shape:
+            raise ValueError(f"row and col must have the same length; got {r.size} and {c.size}")
+        params = self._param_values(r.size)
+        uniq, first = np.unique(shapes, axis=0, return_index=True)
+        pieces, dpieces = [], {name: [] for name in wanted}
+        for shape in uniq[np.argsort(first)] if r.size else [np.array([1, 1])]:
+            idx = np.flatnonzero((shapes == shape).all(axis=1)) if r.size else np.zeros(0, np.int64)
+            p = place(r[idx], c[idx], (int(shape[0]), int(shape[1])))
+            sub = {k: (v[idx] if v.ndim == 1 else v) for k, v in params.items()}
+            values, derivs = self._evaluate(p, sub, wanted)
+            L = Sparse3D(values, p.row, p.col, imshape, imcorner)
+            pieces.append((L, idx))
+            for name in wanted:
+                dpieces[name].append((L.with_data(derivs[name]), idx))
+        L = build_grouped(pieces)
+        if derivatives is None:
+            return L
+        return L, {name: build_grouped(dpieces[name]) for name in wanted}
 
     def _evaluate(self, p: Placement, params: dict, wanted: tuple[str, ...]):  # pragma: no cover - abstract
         """``(values, {name: derivative})`` on the stamp grid of ``p``; arrays ``(nr, nc, n)``."""

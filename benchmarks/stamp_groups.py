@@ -1,0 +1,197 @@
+"""Mixed stamp sizes: one grouped array against its groups done separately and one big size.
+
+The scene of issue 13: a 1024² image, 49,000 faint sources on 11 × 11 stamps and 1,000
+bright ones on 41 × 41. Three ways to compute the tutorial pipeline (construct ``X`` and
+``Y``, the Gaussian expression for ``L``, ``L.dot(w)``) and a fit of the model image:
+
+* ``grouped``: ``X``, ``Y`` of each size concatenated into one array with two stamp groups
+  (``np.concatenate``, or ``Sparse3D.from_groups`` which copies the values once instead of
+  twice), then the pipeline and ``L.fit(image)`` on it, exactly as for a single-shape array;
+* ``separate``: the pipeline and the fit on each size's sources alone, times summed
+  (the target: ``grouped`` costs at most 1.1× this);
+* ``all41``: every source on 41 × 41 stamps (what one shape for everyone costs).
+
+Best of ``--repeat`` runs, all in one process, so ratios are side by side::
+
+    python benchmarks/stamp_groups.py                  # the issue's scene
+    python benchmarks/stamp_groups.py --small 4900 --big 100 --repeat 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def _interleaved(grouped, parts, repeat: int) -> tuple[float, float, float]:
+    """``(best grouped, best sum of parts, median per-round ratio)``, rounds interleaved.
+
+    Each round times ``grouped`` and then every function of ``parts``, so load changes on a
+    shared machine hit both sides alike; the ratio of each round is grouped / sum of parts.
+    """
+    tg, ts = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        grouped()
+        tg.append(time.perf_counter() - t0)
+        total = 0.0
+        for f in parts:
+            t0 = time.perf_counter()
+            f()
+            total += time.perf_counter() - t0
+        ts.append(total)
+    return min(tg), min(ts), float(np.median(np.array(tg) / np.array(ts)))
+
+
+def _best(func, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _inputs(rng, n: int, size: int, imshape, pos=None, w=None):
+    """Stamp offsets, positions and phases of ``n`` sources on ``size`` × ``size`` stamps."""
+    pos = rng.uniform(0, 1, size=(n, 2)) * np.array(imshape) if pos is None else pos
+    ri, ci = np.floor(pos).astype(int).T
+    R, C = np.mgrid[:size, :size] - size // 2
+    return {
+        "row3d": R[:, :, None] + ri,
+        "col3d": C[:, :, None] + ci,
+        "x3d": R[:, :, None] * np.ones(n),
+        "y3d": C[:, :, None] * np.ones(n),
+        "rp": pos[:, 0] % 1,
+        "cp": pos[:, 1] % 1,
+        "w": 10 ** rng.normal(0, 1.5, size=n) if w is None else w,
+        "pos": pos,
+    }
+
+
+def _xy(p, imshape):
+    from sparse3d import Sparse3D
+
+    X = Sparse3D(p["x3d"], p["row3d"], p["col3d"], imshape)
+    Y = Sparse3D(p["y3d"], p["row3d"], p["col3d"], imshape)
+    return X, Y
+
+
+def _model(X, Y, rp, cp, sigma=1.5):
+    return np.exp(-0.5 * ((X - rp) ** 2 / sigma**2 + (Y - cp) ** 2 / sigma**2)) * 1 / (2 * np.pi * sigma**2)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--imsize", type=int, default=1024)
+    parser.add_argument("--small", type=int, default=49_000, help="sources on 11 x 11 stamps")
+    parser.add_argument("--big", type=int, default=1_000, help="sources on 41 x 41 stamps")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--no-all41", action="store_true", help="skip every-source-on-41x41 (needs ~6 GB at full size)"
+    )
+    parser.add_argument(
+        "--no-fit41",
+        action="store_true",
+        help="skip the fit with every source on 41 x 41 (its normal matrix needs several GB at full size)",
+    )
+    args = parser.parse_args(argv)
+    imshape = (args.imsize, args.imsize)
+    rng = np.random.default_rng(0)
+    small = _inputs(rng, args.small, 11, imshape)
+    big = _inputs(rng, args.big, 41, imshape)
+    both = {k: np.concatenate([small[k], big[k]], axis=-1) for k in ("rp", "cp", "w")}
+    # the same sources, every one on a 41 x 41 stamp
+    pos = np.concatenate([small["pos"], big["pos"]])
+    everyone41 = _inputs(None, args.small + args.big, 41, imshape, pos=pos, w=both["w"])
+
+    def pipeline_grouped():
+        Xs, Ys = _xy(small, imshape)
+        Xb, Yb = _xy(big, imshape)
+        X = np.concatenate([Xs, Xb], axis=2)
+        Y = np.concatenate([Ys, Yb], axis=2)
+        return _model(X, Y, both["rp"], both["cp"]).dot(both["w"])
+
+    def pipeline_from_groups():
+        from sparse3d import Sparse3D
+
+        parts = (small, big)
+        X = Sparse3D.from_groups(
+            [p["x3d"] for p in parts], [p["row3d"] for p in parts], [p["col3d"] for p in parts], imshape
+        )
+        Y = Sparse3D.from_groups(
+            [p["y3d"] for p in parts], [p["row3d"] for p in parts], [p["col3d"] for p in parts], imshape
+        )
+        return _model(X, Y, both["rp"], both["cp"]).dot(both["w"])
+
+    def pipeline_one(p):
+        X, Y = _xy(p, imshape)
+        return _model(X, Y, p["rp"], p["cp"]).dot(p["w"])
+
+    def pipeline_separate():
+        return pipeline_one(small) + pipeline_one(big)
+
+    # the same image from both ways (checked once, outside the timings)
+    np.testing.assert_allclose(pipeline_grouped(), pipeline_separate(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(pipeline_from_groups(), pipeline_separate(), rtol=1e-10, atol=1e-12)
+
+    Xs, Ys = _xy(small, imshape)
+    Xb, Yb = _xy(big, imshape)
+    Ls = _model(Xs, Ys, small["rp"], small["cp"])
+    Lb = _model(Xb, Yb, big["rp"], big["cp"])
+    del Xs, Ys, Xb, Yb
+    L = np.concatenate([Ls, Lb], axis=2)
+    image = L.dot(both["w"]) + np.random.default_rng(1).normal(0, 0.01, size=imshape)
+
+    pipeline_grouped()  # warm: compiled kernels, buffer pool
+    t_pg, t_psb, r_p = _interleaved(
+        pipeline_grouped, [lambda: pipeline_one(small), lambda: pipeline_one(big)], args.repeat
+    )
+    L.fit(image)
+    t_fg, t_fsb, r_f = _interleaved(
+        lambda: L.fit(image), [lambda: Ls.fit(image), lambda: Lb.fit(image)], args.repeat
+    )
+    nbytes = L.nbytes
+    L = Ls = Lb = None  # free them before the 41 x 41 arrays
+    # everyone on 41 x 41 (the largest arrays: built last, alone)
+    t_p41 = t_f41 = np.nan
+    nbytes41 = np.nan
+    if not args.no_all41:
+        t_p41 = _best(lambda: pipeline_one(everyone41), args.repeat)
+        X41, Y41 = _xy(everyone41, imshape)
+        L41 = _model(X41, Y41, everyone41["rp"], everyone41["cp"])
+        del X41, Y41
+        nbytes41 = L41.nbytes
+        image41 = L41.dot(everyone41["w"]) + np.random.default_rng(1).normal(0, 0.01, size=imshape)
+        if not args.no_fit41:
+            t_f41 = _best(lambda: L41.fit(image41), args.repeat)
+    pipeline_from_groups()
+    t_pf, t_psb2, r_pf = _interleaved(
+        pipeline_from_groups, [lambda: pipeline_one(small), lambda: pipeline_one(big)], args.repeat
+    )
+    rows = [
+        ("pipeline (np.concatenate)", t_pg, t_psb, r_p, t_p41),
+        ("pipeline (Sparse3D.from_groups)", t_pf, t_psb2, r_pf, t_p41),
+        ("fit", t_fg, t_fsb, r_f, t_f41),
+    ]
+    print(
+        f"{args.small:,} sources on 11x11 + {args.big:,} on 41x41, image {imshape}; best of {args.repeat}\n"
+    )
+    print(
+        "| step | grouped | separate (sum) | grouped / separate (best; median of rounds) "
+        "| all on 41x41 | grouped / all41 |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, g, s, r, a in rows:
+        print(
+            f"| {name} | {g * 1e3:.0f} ms | {s * 1e3:.0f} ms | {g / s:.2f}; {r:.2f} "
+            f"| {a * 1e3:.0f} ms | {g / a:.2f} |"
+        )
+    print("(nan: skipped with --no-all41 / --no-fit41)")
+    print(f"\nmemory of L: grouped {nbytes / 2**20:.0f} MiB, all on 41x41 {nbytes41 / 2**20:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
