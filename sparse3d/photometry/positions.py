@@ -32,6 +32,16 @@ _MAX_HALVINGS = 5
 #: S/N thresholds of the bright-first stages (then ``min_snr``), the step (px) below which a
 #: stage has settled, and the most iterations one stage may take.
 _SNR_LEVELS, _SETTLED, _STAGE_ITER = (1000.0, 100.0, 30.0), 0.01, 3
+#: A source whose step is blocked (it would walk onto a brighter neighbour) this many times
+#: has its position held from then on: the pair is degenerate at this separation and the
+#: source would otherwise keep every later iteration from converging.
+_MAX_BLOCKED = 2
+#: Stagnation: in the last stage, once the chi-square has dropped by less than
+#: ``max(_STALL_DCHI2, _STALL_RTOL * chi2)`` over the last _STALL_ITER iterations, the fit stops
+#: (converged); the few sources still stepping (they trade flux and position with a neighbour
+#: along a flat valley) are flagged in ``source_converged``; at most _STALL_FRAC of the moving
+#: sources may be left so.
+_STALL_DCHI2, _STALL_RTOL, _STALL_ITER, _STALL_FRAC = 1.0, 1e-5, 3, 0.01
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,12 +61,16 @@ class PositionFitResult:
         flux-position covariance of the joint fit). NaN for unconstrained sources.
     moved : numpy.ndarray
         Boolean ``(nsources,)``: sources whose positions were fitted (not in ``fix``, flux
-        S/N at least ``min_snr``).
+        S/N at least ``min_snr``, not held: a source whose step was blocked twice from
+        walking onto a brighter neighbour keeps its position from then on).
     source_converged : numpy.ndarray
         Boolean ``(nsources,)``: the source's last step was below its tolerance (``tol``
         or ``rtol`` times its position uncertainty; True for sources that did not move).
     converged : bool
-        Every moving source converged within ``max_iter`` iterations.
+        Within ``max_iter`` iterations, every moving source converged, or the chi-square
+        stagnated (dropped by less than ``max(1, 1e-5 chi2)`` over three iterations) with at
+        most 1 % of the moving sources still stepping (those are False in
+        ``source_converged``).
     n_iter : int
         Gauss-Newton iterations run (one sparse solve each, plus the final one for the
         uncertainties).
@@ -225,7 +239,8 @@ def fit_positions(
         and closer than it was, is not taken: coincident sources are degenerate and
         their fluxes would run off as a +-inf pair. The brighter source is never held
         back by a fainter one. A source already closer than this to a brighter one keeps
-        its position (its flux is still fitted).
+        its position (its flux is still fitted), and so does one whose step was blocked
+        twice.
     max_step : float
         Largest position change per iteration, pixels (a longer step is shortened).
     max_iter : int
@@ -325,6 +340,8 @@ def fit_positions(
     clamp = np.full(n, float(max_step))
     prev_dr, prev_dc = np.zeros(n), np.zeros(n)
     last_step = np.zeros(n)
+    n_blocked = np.zeros(n, dtype=int)
+    held = np.zeros(n, dtype=bool)  # positions held after _MAX_BLOCKED blocked steps
 
     def pos_sigma(f):
         """Position uncertainty of every source alone (no blending): ``1 / sqrt(f^2 sum(dL^2 / err^2))``."""
@@ -336,7 +353,7 @@ def fit_positions(
         """Sources whose positions are fitted now: not fixed, flux S/N at least ``level``."""
         with np.errstate(invalid="ignore", divide="ignore"):
             snr = np.nan_to_num(f / flux_sigma0)
-        return np.flatnonzero(~fix & (snr >= level) & ~_shadowed(r, c, f, min_separation))
+        return np.flatnonzero(~fix & ~held & (snr >= level) & ~_shadowed(r, c, f, min_separation))
 
     # Brightest first: a faint star next to a bright one whose position is still off
     # absorbs the bright star's residual and looks significant; it would then walk into it.
@@ -409,12 +426,16 @@ def fit_positions(
             if blocked.any():
                 scale[blocked] = 0.0
                 lam[moving[blocked]] = np.minimum(lam[moving[blocked]] * _LAM_UP, _LAM_MAX)
-            # line search on the total chi-square: the whole step, else halved; sources whose
-            # chi-square over their stamp rose are damped harder for the next iteration
+                n_blocked[moving[blocked]] += 1
+                held[moving[blocked & (n_blocked[moving] >= _MAX_BLOCKED)]] = True
+            # line search on the total chi-square: the whole step; if chi-square rose, the
+            # steps of the sources whose chi-square over their stamp rose are withdrawn (they
+            # are damped harder for the next iteration) and the others' tried again; when no
+            # single source is to blame, every step is halved
             alpha = 1.0
             accepted = False
             raised = np.zeros(m, dtype=bool)
-            for _ in range(_MAX_HALVINGS + 1):
+            for _ in range(_MAX_HALVINGS + 2):
                 r_t, c_t = r.copy(), c.copy()
                 r_t[moving] += alpha * dr * scale
                 c_t[moving] += alpha * dc * scale
@@ -426,8 +447,14 @@ def fit_positions(
                     accepted = True
                     break
                 old_k = stamp_sum(L, chi2_img)[moving]
-                raised |= stamp_sum(L, chi2_t)[moving] > old_k + np.maximum(1.0, 1e-6 * old_k)
-                alpha /= 2
+                new_raised = (stamp_sum(L, chi2_t)[moving] > old_k + np.maximum(1.0, 1e-6 * old_k)) & ~raised
+                new_raised &= scale > 0
+                if new_raised.any() and new_raised.sum() < m:
+                    raised |= new_raised
+                    scale[new_raised] = 0.0
+                else:
+                    raised |= new_raised
+                    alpha /= 2
             if accepted:
                 r, c, f, sky = r_t, c_t, f_try, sky_try
                 lam[moving] = np.maximum(lam[moving] * _LAM_DOWN, _LAM_MIN)
@@ -440,7 +467,10 @@ def fit_positions(
             if not accepted:
                 lam[moving] = np.minimum(lam[moving] * _LAM_UP, _LAM_MAX)
             if accepted:
-                step = step * alpha
+                # the step taken (a source's step shrinks with its clamp while it oscillates:
+                # a trust region below the tolerance counts as converged)
+                step = step * alpha * scale
+                step[raised | blocked] = np.inf  # withdrawn: not converged this iteration
             last_step[:] = 0.0
             last_step[moving] = step / tol_k  # in units of each source's tolerance
             rejected.append(int(raised_idx.size))
@@ -455,12 +485,15 @@ def fit_positions(
             new_moving = who_moves(f, levels[stage])
             # converged: last stage, every step below its tolerance while (almost) undamped,
             # and no source newly above the threshold (one that drops below it stops moving)
-            if (
-                stage == len(levels) - 1
-                and accepted
-                and np.all(step < tol_k)
-                and np.all(lam[moving] <= 1.0)
-                and np.isin(new_moving, moving).all()
+            last_stage = stage == len(levels) - 1 and np.isin(new_moving, moving).all()
+            stalled = (
+                stage_iter >= _STALL_ITER
+                and len(history) > _STALL_ITER
+                and history[-1 - _STALL_ITER] - history[-1] < max(_STALL_DCHI2, _STALL_RTOL * history[-1])
+                and np.sum(~(step < tol_k)) <= _STALL_FRAC * m
+            )
+            if last_stage and (
+                (accepted and np.all(step < tol_k) and np.all(lam[moving] <= 1.0)) or stalled
             ):
                 converged = True
                 break
