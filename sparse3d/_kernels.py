@@ -577,6 +577,8 @@ def precompile_kernels() -> None:
                 sorted_scatter(order, sorted_values(S), s.root_corner, s.imshape, w, dtype, s.sorted_rows())
                 sorted_scatter(order, sorted_values(S), s.root_corner, s.imshape, w, dtype)
                 gather(s._row, s._col, S._values, np.ones((8, 8, 1), dtype=dtype), corner, dtype)
+                S.shift((0.25, -0.25))  # the shared-shift loop
+                S.shift((np.array([0.25, -0.5]), np.array([0.0, 0.25])))  # the per-source loop
             for a in (s._row, row.astype(np.int64)):
                 flat = np.ascontiguousarray(a)
                 min_max(flat)
