@@ -31,6 +31,7 @@ import weakref
 import numpy as np
 
 from . import _kernels, _pool
+from ._blas import single_threaded_blas
 
 __all__ = ["BSpline3Image", "bspline3_weights", "shift_stamps", "sinc_matrix", "split_shift"]
 
@@ -113,27 +114,6 @@ def _shift_arg(shift, nsources: int) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
-_BLAS_CONTROLLER = []  # a threadpoolctl.ThreadpoolController, found once (it scans loaded libraries)
-
-
-def _single_threaded_blas():
-    """One BLAS thread: the products here have an inner dimension of a stamp side (~10), which
-    is memory-bound, and on a busy machine threaded BLAS spins (measured 3-7x slower)."""
-    if not _BLAS_CONTROLLER:
-        try:
-            from threadpoolctl import ThreadpoolController
-
-            _BLAS_CONTROLLER.append(ThreadpoolController())
-        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-            _BLAS_CONTROLLER.append(None)
-    controller = _BLAS_CONTROLLER[0]
-    if controller is None:  # pragma: no cover
-        import contextlib
-
-        return contextlib.nullcontext()
-    return controller.limit(limits=1, user_api="blas")
-
-
 def _resample_axis(values: np.ndarray, frac: np.ndarray, axis: int) -> np.ndarray:
     """Move ``values`` ``(nr, nc, n)`` by ``frac`` samples along stamp ``axis`` (0 or 1).
 
@@ -211,7 +191,7 @@ def shift_stamps(S, shift):
     if dtype.kind == "f" and _kernels.use_kernel(values.size, dtype, values.dtype):
         values = _shift_compiled(values, fr, fc, dtype)
     else:
-        with _single_threaded_blas():
+        with single_threaded_blas():
             if fr.any():
                 values = _resample_axis(values, fr, 0)
             if fc.any():

@@ -35,8 +35,9 @@ import scipy.sparse
 import scipy.sparse.linalg
 
 from .. import _compiled
+from .._blas import single_threaded_blas
 from .result import SingularNormalMatrixError
-from .selinv import _close_pattern, _single_threaded_blas, _Supernodal
+from .selinv import _close_pattern, _Supernodal
 
 _cholmod: Any = None  # cvxopt.cholmod, imported on first use (see _load_cholmod)
 _cvx_matrix: Any = None
@@ -430,7 +431,7 @@ class _SuperLUFactor(_SupernodalFactor):
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         if self._lu is not None:
-            with _single_threaded_blas():  # several times faster for many columns
+            with single_threaded_blas():  # several times faster for many columns
                 return self._lu.solve(np.asarray(b, dtype=np.float64))
         return self._blocked_solve(b)
 

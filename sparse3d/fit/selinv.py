@@ -8,28 +8,11 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any
-
 import numpy as np
 import scipy.sparse
 from scipy.linalg import lapack
 
-try:  # optional: keeps BLAS single-threaded in loops of small products
-    from threadpoolctl import threadpool_limits as _threadpool_limits
-except ImportError:  # pragma: no cover - depends on the environment
-    _threadpool_limits = None
-
-
-def _single_threaded_blas() -> contextlib.AbstractContextManager[Any]:
-    """Limit BLAS to one thread (if threadpoolctl is installed).
-
-    The supernodal loops issue thousands of small matrix products, for which
-    BLAS threading costs far more than it gains.
-    """
-    if _threadpool_limits is None:
-        return contextlib.nullcontext()
-    return _threadpool_limits(limits=1, user_api="blas")
+from .._blas import single_threaded_blas
 
 
 def _close_pattern(L: scipy.sparse.csc_matrix) -> scipy.sparse.csc_matrix:
@@ -116,7 +99,7 @@ class _Supernodal:
         self.linv: list[np.ndarray] = []  # inverse of the diagonal block
         self.lbelow: list[np.ndarray] = []  # block of L below the diagonal
         parent = np.full(starts.size, -1, dtype=np.int64)
-        with _single_threaded_blas():
+        with single_threaded_blas():
             for s_, (f, k, h, o) in enumerate(
                 zip(starts.tolist(), ns.tolist(), height.tolist(), offsets.tolist())
             ):
@@ -139,7 +122,7 @@ class _Supernodal:
     def solve(self, b: np.ndarray) -> np.ndarray:
         """Solve ``L L^T x = b`` (``b`` in the factor's permuted order)."""
         x = np.array(b, dtype=np.float64, order="C", copy=True)
-        with _single_threaded_blas():
+        with single_threaded_blas():
             self._solve_inplace(x)
         return x
 
@@ -172,7 +155,7 @@ class _Supernodal:
         ``Z[F, F]`` (``F`` = columns and rows of the supernode) until all of
         its children are done.  Cost is about that of the factorisation.
         """
-        with _single_threaded_blas():
+        with single_threaded_blas():
             return self._inv_diag()
 
     def inv_entries(self, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +167,7 @@ class _Supernodal:
         """
         lo = np.minimum(i, j).astype(np.int64)
         hi = np.maximum(i, j).astype(np.int64)
-        with _single_threaded_blas():
+        with single_threaded_blas():
             values, found = np.zeros(lo.size), np.zeros(lo.size, dtype=bool)
             self._inv_diag((lo, hi, values, found))
         return values, found
