@@ -27,6 +27,10 @@ SIGNATURES = {
     ),
     "scale_rows": "(float64[:, :, ::1], float64[::1])",
     "normal_lower": f"(float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I})",
+    "normal_cross": (
+        f"(float64[:, :, ::1], {_I}, {_I}, {_I}, float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I})"
+    ),
+    "lower_csr": "(intp, int64[::1], int64[::1], float64[::1])",
 }
 
 
@@ -155,3 +159,118 @@ def normal_lower(B, order, skey, ncc, r0, c0):  # pragma: no cover - compiled
             indices[base + t] = j
             data[base + t] = s
     return indptr, indices, data
+
+
+@njit(cache=True, nogil=True)
+def _cross_pass(
+    Bg, order_g, r0g, c0g, skey_h, ncc_h, rmin_h, cmin_h, nrh, nch, r0h, c0h, Bh, out_i, out_j, out_v, store
+):  # pragma: no cover - compiled
+    """One pass of :func:`normal_cross`: count the overlapping pairs, or (``store``) fill them."""
+    ng, nrg, ncg = Bg.shape
+    nh = skey_h.size
+    crmax = (r0h.max() - rmin_h) // nrh
+    ccmax = ncc_h - 3
+    m = 0
+    for p in range(ng):
+        i = order_g[p]
+        ri = r0g[i]
+        ci = c0g[i]
+        # group h's corners that can overlap: rj in (ri - nrh, ri + nrg), likewise columns
+        cr0 = max(0, (ri - nrh + 1 - rmin_h) // nrh)
+        cr1 = min(crmax, (ri + nrg - 1 - rmin_h) // nrh)
+        cc0 = max(0, (ci - nch + 1 - cmin_h) // nch)
+        cc1 = min(ccmax, (ci + ncg - 1 - cmin_h) // nch)
+        if cc0 > cc1:
+            continue
+        for cr in range(cr0, cr1 + 1):
+            lo = (cr + 1) * ncc_h + cc0 + 1
+            hi = (cr + 1) * ncc_h + cc1 + 1
+            q = np.searchsorted(skey_h, lo)
+            while q < nh and skey_h[q] <= hi:
+                rj = r0h[q]
+                cj = c0h[q]
+                a0 = max(ri, rj)
+                a1 = min(ri + nrg, rj + nrh)
+                b0 = max(ci, cj)
+                b1 = min(ci + ncg, cj + nch)
+                if a0 < a1 and b0 < b1:
+                    if store:
+                        s = 0.0
+                        for r in range(a0, a1):
+                            for c in range(b0, b1):
+                                s += Bg[p, r - ri, c - ci] * Bh[q, r - rj, c - cj]
+                        out_i[m] = i
+                        out_j[m] = q
+                        out_v[m] = s
+                    m += 1
+                q += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def normal_cross(Bg, order_g, r0g, c0g, Bh, order_h, skey_h, ncc_h, r0h, c0h):  # pragma: no cover
+    """The block ``N[i, j] = sum Bg_i * Bh_j`` between two stamp groups of different shapes.
+
+    ``Bg`` ``(ng, nrg, ncg)`` and ``Bh`` ``(nh, nrh, nch)`` are the weighted stamps of the two
+    groups in their cell orders (:func:`weighted_stamps`), ``skey_h``/``ncc_h`` group h's grid
+    (:func:`cell_order`, cells of h's stamp size). Every source of g looks up the cells of h
+    whose stamps can overlap it and multiplies over the shared pixels. Returns ``(i, j, v)``:
+    local source indices of g and h and the entry, one per overlapping pair.
+    """
+    nh, nrh, nch = Bh.shape
+    # h's corners in cell order (the kernel walks h's grid)
+    r0s = np.empty(nh, dtype=np.intp)
+    c0s = np.empty(nh, dtype=np.intp)
+    for q in range(nh):
+        r0s[q] = r0h[order_h[q]]
+        c0s[q] = c0h[order_h[q]]
+    rmin = r0h.min()
+    cmin = c0h.min()
+    e_i = np.empty(0, dtype=np.int64)
+    e_v = np.empty(0, dtype=np.float64)
+    args = (Bg, order_g, r0g, c0g, skey_h, ncc_h, rmin, cmin, nrh, nch, r0s, c0s, Bh)
+    m = _cross_pass(*args, e_i, e_i, e_v, False)
+    out_i = np.empty(m, dtype=np.int64)
+    out_q = np.empty(m, dtype=np.int64)
+    out_v = np.empty(m, dtype=np.float64)
+    _cross_pass(*args, out_i, out_q, out_v, True)
+    out_j = np.empty(m, dtype=np.int64)
+    for t in range(m):
+        out_j[t] = order_h[out_q[t]]
+    return out_i, out_j, out_v
+
+
+@njit(cache=True, nogil=True)
+def lower_csr(n, rows, cols, data):  # pragma: no cover - compiled
+    """CSR arrays ``(indptr, indices, data)`` of ``n x n`` COO entries (no duplicates), sorted.
+
+    The entries are placed row by row in the order given, then every row is insertion-sorted
+    by column: linear when the entries of each row arrive (nearly) sorted, as the caller
+    gives them (the cross-group entries of a row, then its group's own sorted entries).
+    """
+    m = rows.size
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    for t in range(m):
+        indptr[rows[t] + 1] += 1
+    for k in range(n):
+        indptr[k + 1] += indptr[k]
+    fill = indptr[:-1].copy()
+    indices = np.empty(m, dtype=np.int64)
+    out = np.empty(m, dtype=np.float64)
+    for t in range(m):
+        r = rows[t]
+        indices[fill[r]] = cols[t]
+        out[fill[r]] = data[t]
+        fill[r] += 1
+    for r in range(n):
+        for t in range(indptr[r] + 1, indptr[r + 1]):
+            c = indices[t]
+            v = out[t]
+            u = t
+            while u > indptr[r] and indices[u - 1] > c:
+                indices[u] = indices[u - 1]
+                out[u] = out[u - 1]
+                u -= 1
+            indices[u] = c
+            out[u] = v
+    return indptr, indices, out
