@@ -114,7 +114,11 @@ def _scaled_normal_matrix(
     stamp groups are all regular goes through the compiled stamp kernels
     (:func:`_stamp_normal_matrix`), anything else through SciPy's ``A^T A``.
     """
-    if isinstance(design, Sparse3D) and design._values.size >= _compiled.COMPILED_MIN_NNZ:
+    if (
+        isinstance(design, Sparse3D)
+        and design.nsources
+        and design._values.size >= _compiled.COMPILED_MIN_NNZ
+    ):
         corners = [_kernel_corners(g) for g in design.groups]  # small designs: no numba import
         if all(x is not None for x in corners):
             return _stamp_normal_matrix(design, corners, ivar)
