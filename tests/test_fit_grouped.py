@@ -177,3 +177,15 @@ def test_grouped_fit_against_lstsq(fit_path, options):
     r = S.fit(data, **kw)
     close(r.weights, p, rtol=1e-7)
     close(r.weights_err, e, rtol=1e-7)
+
+
+def test_normal_matrix_with_long_cross_rows(fit_path):
+    """Big stamps over many small ones: rows with ~70 unsorted cross-group entries."""
+    rng = np.random.default_rng(12)
+    a = random_scene(rng, (16, 15), (2, 2), 150, (-1, 3))
+    b = random_scene(rng, (16, 15), (13, 14), 3, (-1, 3))
+    S = np.concatenate([b.build(), a.build(), b.build()], axis=2)
+    N = normal_matrix(S)
+    assert np.diff(N.indptr).max() > 60  # longer than the largest Shell-sort gap
+    D = np.concatenate([b.dense(), a.dense(), b.dense()], axis=2)
+    _check_normal(S, D, _ivar(rng, (16, 15), "masked"))

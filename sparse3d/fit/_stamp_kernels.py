@@ -28,9 +28,12 @@ SIGNATURES = {
     "scale_rows": "(float64[:, :, ::1], float64[::1])",
     "normal_lower": f"(float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I})",
     "normal_cross": (
-        f"(float64[:, :, ::1], {_I}, {_I}, {_I}, float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I})"
+        f"(float64[:, :, ::1], {_I}, {_I}, {_I}, int64[::1], "
+        f"float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I}, int64[::1])"
     ),
-    "lower_csr": "(intp, int64[::1], int64[::1], float64[::1])",
+    "place_csr": "(int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], float64[::1], int64[::1])",
+    "place_coo": "(int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], float64[::1])",
+    "sort_rows": "(int64[::1], int64[::1], float64[::1])",
 }
 
 
@@ -208,14 +211,17 @@ def _cross_pass(
 
 
 @njit(cache=True, nogil=True)
-def normal_cross(Bg, order_g, r0g, c0g, Bh, order_h, skey_h, ncc_h, r0h, c0h):  # pragma: no cover
+def normal_cross(
+    Bg, order_g, r0g, c0g, gidx_g, Bh, order_h, skey_h, ncc_h, r0h, c0h, gidx_h
+):  # pragma: no cover - compiled
     """The block ``N[i, j] = sum Bg_i * Bh_j`` between two stamp groups of different shapes.
 
     ``Bg`` ``(ng, nrg, ncg)`` and ``Bh`` ``(nh, nrh, nch)`` are the weighted stamps of the two
     groups in their cell orders (:func:`weighted_stamps`), ``skey_h``/``ncc_h`` group h's grid
-    (:func:`cell_order`, cells of h's stamp size). Every source of g looks up the cells of h
-    whose stamps can overlap it and multiplies over the shared pixels. Returns ``(i, j, v)``:
-    local source indices of g and h and the entry, one per overlapping pair.
+    (:func:`cell_order`, cells of h's stamp size), ``gidx_*`` the global index of every
+    source of a group. Every source of g looks up the cells of h whose stamps can overlap it
+    and multiplies over the shared pixels. Returns ``(rows, cols, v)``, one entry per
+    overlapping pair, in the lower triangle (``rows > cols``, global indices).
     """
     nh, nrh, nch = Bh.shape
     # h's corners in cell order (the kernel walks h's grid)
@@ -234,43 +240,65 @@ def normal_cross(Bg, order_g, r0g, c0g, Bh, order_h, skey_h, ncc_h, r0h, c0h):  
     out_q = np.empty(m, dtype=np.int64)
     out_v = np.empty(m, dtype=np.float64)
     _cross_pass(*args, out_i, out_q, out_v, True)
-    out_j = np.empty(m, dtype=np.int64)
     for t in range(m):
-        out_j[t] = order_h[out_q[t]]
-    return out_i, out_j, out_v
+        a = gidx_g[out_i[t]]
+        b = gidx_h[order_h[out_q[t]]]
+        out_i[t] = max(a, b)
+        out_q[t] = min(a, b)
+    return out_i, out_q, out_v
 
 
 @njit(cache=True, nogil=True)
-def lower_csr(n, rows, cols, data):  # pragma: no cover - compiled
-    """CSR arrays ``(indptr, indices, data)`` of ``n x n`` COO entries (no duplicates), sorted.
+def place_csr(fill, indices, data, ip, ind, dat, gidx):  # pragma: no cover - compiled
+    """Append the rows of a group's block (local CSR ``ip, ind, dat``) to a CSR being filled.
 
-    The entries are placed row by row in the order given, then every row is insertion-sorted
-    by column: linear when the entries of each row arrive (nearly) sorted, as the caller
-    gives them (the cross-group entries of a row, then its group's own sorted entries).
+    Local source ``k`` is global ``gidx[k]``; ``fill[r]`` is the next free slot of row ``r``.
     """
-    m = rows.size
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    for t in range(m):
-        indptr[rows[t] + 1] += 1
-    for k in range(n):
-        indptr[k + 1] += indptr[k]
-    fill = indptr[:-1].copy()
-    indices = np.empty(m, dtype=np.int64)
-    out = np.empty(m, dtype=np.float64)
-    for t in range(m):
+    for k in range(ip.size - 1):
+        r = gidx[k]
+        f = fill[r]
+        for t in range(ip[k], ip[k + 1]):
+            indices[f] = gidx[ind[t]]
+            data[f] = dat[t]
+            f += 1
+        fill[r] = f
+
+
+@njit(cache=True, nogil=True)
+def place_coo(fill, indices, data, rows, cols, vals):  # pragma: no cover - compiled
+    """Append COO entries (global ``rows``, ``cols``) to a CSR being filled (see :func:`place_csr`)."""
+    for t in range(rows.size):
         r = rows[t]
         indices[fill[r]] = cols[t]
-        out[fill[r]] = data[t]
+        data[fill[r]] = vals[t]
         fill[r] += 1
-    for r in range(n):
-        for t in range(indptr[r] + 1, indptr[r + 1]):
-            c = indices[t]
-            v = out[t]
-            u = t
-            while u > indptr[r] and indices[u - 1] > c:
-                indices[u] = indices[u - 1]
-                out[u] = out[u - 1]
-                u -= 1
-            indices[u] = c
-            out[u] = v
-    return indptr, indices, out
+
+
+@njit(cache=True, nogil=True)
+def sort_rows(indptr, indices, data):  # pragma: no cover - compiled
+    """Sort the column indices of every row of a CSR in place (with their data).
+
+    Sorted rows cost one pass; unsorted ones are Shell-sorted (gaps 57, 23, 10, 4, 1: the last
+    pass is an insertion sort, linear on nearly sorted rows).
+    """
+    for r in range(indptr.size - 1):
+        lo = indptr[r]
+        hi = indptr[r + 1]
+        ok = True
+        for t in range(lo + 1, hi):
+            if indices[t] < indices[t - 1]:
+                ok = False
+                break
+        if ok:
+            continue
+        for gap in (57, 23, 10, 4, 1):
+            for t in range(lo + gap, hi):
+                c = indices[t]
+                v = data[t]
+                u = t
+                while u - gap >= lo and indices[u - gap] > c:
+                    indices[u] = indices[u - gap]
+                    data[u] = data[u - gap]
+                    u -= gap
+                indices[u] = c
+                data[u] = v

@@ -114,11 +114,7 @@ def _scaled_normal_matrix(
     stamp groups are all regular goes through the compiled stamp kernels
     (:func:`_stamp_normal_matrix`), anything else through SciPy's ``A^T A``.
     """
-    if (
-        isinstance(design, Sparse3D)
-        and design.nsources
-        and design._values.size >= _compiled.COMPILED_MIN_NNZ
-    ):
+    if isinstance(design, Sparse3D) and design.nsources and design._values.size >= _compiled.COMPILED_MIN_NNZ:
         corners = [_kernel_corners(g) for g in design.groups]  # small designs: no numba import
         if all(x is not None for x in corners):
             return _stamp_normal_matrix(design, corners, ivar)
@@ -187,10 +183,10 @@ def _stamp_normal_matrix(
     Every group's own block comes from :func:`._stamp_kernels.normal_lower`; with several
     groups, the block between two groups from :func:`._stamp_kernels.normal_cross` (the
     sources of the group with the smaller stamps look up the grid of the other's), and the
-    entries, at the groups' global source indices, are sorted into one CSR matrix
-    (:func:`._stamp_kernels.lower_csr`).
+    entries, at the groups' global source indices, are placed row by row into one CSR matrix
+    and sorted (:func:`._stamp_kernels.place_coo`, ``place_csr``, ``sort_rows``).
     """
-    from ._stamp_kernels import lower_csr, normal_cross, normal_lower
+    from ._stamp_kernels import normal_cross, normal_lower, place_coo, place_csr, sort_rows
 
     n = design.nsources
     has_ivar = ivar is not None
@@ -206,8 +202,9 @@ def _stamp_normal_matrix(
         indptr, indices, data = normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0)
         c = x.c
     else:
-        rows, cols, vals = [], [], []  # the cross-group entries first (see lower_csr)
-        gidx = design.group_sources
+        gidx = [np.ascontiguousarray(x, dtype=np.int64) for x in design.group_sources]
+        counts = np.zeros(n, dtype=np.int64)  # entries per row
+        cross = []
         for a in range(len(cells)):
             for b in range(a + 1, len(cells)):
                 if cells[a] is None or cells[b] is None:
@@ -215,21 +212,24 @@ def _stamp_normal_matrix(
                 # walk the grid of the group with the larger stamps (few cells per lookup)
                 g, h = (a, b) if cells[a].B[0].size <= cells[b].B[0].size else (b, a)
                 xg, xh = cells[g], cells[h]
-                i, j, v = normal_cross(
-                    xg.B, xg.order, xg.r0, xg.c0, xh.B, xh.order, xh.skey, xh.ncc, xh.r0, xh.c0
-                )
-                gi, gj = gidx[g][i], gidx[h][j]
-                rows.append(np.maximum(gi, gj))
-                cols.append(np.minimum(gi, gj))
-                vals.append(v)
+                args_g = (xg.B, xg.order, xg.r0, xg.c0, gidx[g])
+                cross.append(normal_cross(*args_g, xh.B, xh.order, xh.skey, xh.ncc, xh.r0, xh.c0, gidx[h]))
+                counts += np.bincount(cross[-1][0], minlength=n)
+        own = []
         for x, idx in zip(cells, gidx):
-            if x is None:
-                continue
-            ip, ind, dat = normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0)
-            rows.append(np.repeat(idx, np.diff(ip)))  # ascending global indices: lower stays lower
-            cols.append(idx[ind])
-            vals.append(dat)
-        indptr, indices, data = lower_csr(n, np.concatenate(rows), np.concatenate(cols), np.concatenate(vals))
+            if x is not None:
+                own.append((normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0), idx))
+                counts[idx] += np.diff(own[-1][0][0])
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        fill = indptr[:-1].copy()
+        indices = np.empty(int(indptr[-1]), dtype=np.int64)
+        data = np.empty(int(indptr[-1]))
+        for rows, cols, vals in cross:  # first: in the two-group case they precede the row's own
+            place_coo(fill, indices, data, rows, cols, vals)
+        for (ip, ind, dat), idx in own:
+            place_csr(fill, indices, data, ip, ind, dat, idx)
+        sort_rows(indptr, indices, data)
         c = design._structure.assemble([np.ones(0) if x is None else x.c for x in cells])
     idx_dtype = np.int32 if max(n, data.size) < 2**31 else np.int64
     N = scipy.sparse.csr_matrix(
