@@ -1,7 +1,8 @@
 """Assembling the normal matrix ``A^T diag(ivar) A`` of a design: :func:`normal_matrix`.
 
-From the stamps of a regular :class:`~sparse3d.Sparse3D` through the compiled kernel of
-:mod:`._stamp_kernels`, else SciPy's ``A^T A`` of the canonical CSR form; the power-of-two
+From the stamps of a regular :class:`~sparse3d.Sparse3D` (every stamp group regular, for an
+array with several) through the compiled kernels of :mod:`._stamp_kernels`, else SciPy's
+``A^T A`` of the canonical CSR form; the power-of-two
 column scaling that keeps it representable. Also the design formats (canonical CSR, row
 scaling by the weights). The background block of a sky model is appended in :mod:`._joint`.
 """
@@ -267,7 +268,10 @@ def normal_matrix(
     A Sparse3D whose stamps are regular ``nr x nc`` rectangles (``row[:, :, k] = r0[k] +
     arange(nr)[:, None]``, likewise ``col``) is multiplied stamp by stamp (a compiled kernel
     visits the sources on a grid of stamp-sized cells and multiplies overlapping stamps over
-    their shared pixels); anything else goes through SciPy's ``A^T A`` of the CSR form.
+    their shared pixels); so is an array with several stamp groups whose groups are all
+    regular (each group's own block as above; the block between two groups by the sources of
+    one looking up the grid of the other). Anything else goes through SciPy's ``A^T A`` of
+    the CSR form.
 
     Examples
     --------
