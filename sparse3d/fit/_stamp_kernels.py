@@ -9,6 +9,12 @@ and ``col[:, :, k] = c0[k] + arange(nc)``: an ``nr x nc`` rectangle of image pix
 ``|c0[i] - c0[j]| < nc``, so the sources are sorted into a grid of stamp-sized cells and each one
 only looks at the 3 x 3 cells around its own; the entry ``N[i, j]`` is a dot product over the
 overlap of the two rectangles.
+
+Arrays with several stamp groups (mixed stamp sizes): each group's own block as above; the block
+between two groups by :func:`normal_cross` (every source of the group with the smaller stamps
+looks up the few cells of the other group's grid that can overlap it); the entries are placed
+into one CSR matrix row by row (:func:`place_coo`, :func:`place_csr`) and its rows sorted
+(:func:`sort_rows`).
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 From the stamps of a regular :class:`~sparse3d.Sparse3D` (every stamp group regular, for an
 array with several) through the compiled kernels of :mod:`._stamp_kernels`, else SciPy's
-``A^T A`` of the canonical CSR form; the power-of-two
-column scaling that keeps it representable. Also the design formats (canonical CSR, row
-scaling by the weights). The background block of a sky model is appended in :mod:`._joint`.
+``A^T A`` of the canonical CSR form; the power-of-two column scaling that keeps it
+representable. Also the design formats (canonical CSR, row scaling by the weights). The
+background block of a sky model is appended in :mod:`._joint`.
 """
 
 from __future__ import annotations
