@@ -203,7 +203,7 @@ def _stamp_normal_matrix(
         indptr, indices, data = normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0)
         c = x.c
     else:
-        gidx = [np.ascontiguousarray(x, dtype=np.int64) for x in design.group_sources]
+        gidx = [np.array(x, dtype=np.int64) for x in design.group_sources]  # writeable: one signature
         counts = np.zeros(n, dtype=np.int64)  # entries per row
         cross = []
         for a in range(len(cells)):
