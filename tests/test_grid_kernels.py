@@ -1,0 +1,198 @@
+"""Grid stamps (pixel ``(i, j)`` at ``corner + (i, j)``): detection and the row-wise scatter of
+``dot``, against dense NumPy references.
+
+``MIN_ELEMENTS`` is lowered to 0 so that the compiled loops run on these small scenes.
+"""
+
+import numpy as np
+import pytest
+
+from sparse3d import Sparse3D, _grid_kernels, _kernels
+from sparse3d.testing import random_grouped_scene, random_scene
+
+pytestmark = pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
+
+CORNERS = [(0, 0), (-7, 12), (40_000, -3)]
+
+
+@pytest.fixture(autouse=True)
+def kernels_always(monkeypatch):
+    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
+
+
+def _model(D, w):
+    """``Σ_k D[:, :, k] w[k]`` in complex128 (an independent reference)."""
+    return np.tensordot(D.astype(np.complex128), np.asarray(w).astype(np.complex128), axes=([2], [0]))
+
+
+def _check(got, D, w, dtype):
+    ref = _model(D, w)
+    tol = 1e-5 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-12
+    np.testing.assert_allclose(got, ref if np.iscomplexobj(got) else ref.real, rtol=tol, atol=tol)
+
+
+def _grid_used(monkeypatch):
+    calls = []
+    orig = _grid_kernels.scatter
+
+    def spy(*args):
+        calls.append(True)
+        return orig(*args)
+
+    monkeypatch.setattr(_grid_kernels, "scatter", spy)
+    return calls
+
+
+@pytest.mark.parametrize("imcorner", CORNERS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
+@pytest.mark.parametrize("k", [None, 1, 3])
+def test_grid_dot_matches_dense(monkeypatch, imcorner, dtype, k):
+    """Stamps hanging over every edge, several blocks of sources (block lowered to 4)."""
+    monkeypatch.setattr(_grid_kernels, "SCATTER_BLOCK", 4)
+    rng = np.random.default_rng(7)
+    sc = random_scene(rng, imcorner=imcorner, dtype=dtype, nsources=23, stamp=(4, 3))
+    S = sc.build()
+    assert S._structure.grid_corners() is not None
+    w = rng.normal(size=23 if k is None else (23, k)).astype(dtype)
+    calls = _grid_used(monkeypatch)
+    got = S.dot(w)
+    assert calls and got.dtype == np.dtype(dtype)
+    assert got.shape == (sc.imshape if k is None else (*sc.imshape, k))
+    _check(got, sc.dense(), w, dtype)
+
+
+def test_float32_sums_in_float32_and_repeat_bit_identically(monkeypatch):
+    rng = np.random.default_rng(3)
+    sc = random_scene(rng, dtype=np.float32, nsources=60, imshape=(7, 8), stamp=(4, 4))
+    w = rng.uniform(size=60).astype(np.float32)
+    first = sc.build().dot(w)
+    again = sc.build().dot(w)  # a fresh array: the kernel again
+    assert first.dtype == np.float32
+    np.testing.assert_array_equal(first, again)
+    # float32 accumulation: the sum of float32 products in source order, as NumPy would
+    D = sc.dense()
+    ref = np.zeros(sc.imshape, np.float32)
+    for kk in range(60):
+        ref += D[:, :, kk] * w[kk]
+    np.testing.assert_array_equal(first, ref)
+
+
+@pytest.mark.parametrize("dtype", [bool, np.int32, np.float32])
+def test_mixed_value_and_weight_dtypes(monkeypatch, dtype):
+    rng = np.random.default_rng(5)
+    sc = random_scene(rng, dtype=dtype, nsources=12)
+    w = rng.normal(size=12)  # float64 weights: a float64 result
+    got = sc.build().dot(w)
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, _model(sc.dense(), w).real, rtol=1e-12, atol=1e-12)
+
+
+def test_off_image_nan_never_reaches_the_image(monkeypatch):
+    R, C = np.mgrid[:3, :3]
+    row = R[:, :, None] + np.array([-1, 4, 6, 7])
+    col = C[:, :, None] + np.array([2, -2, 5, 7])
+    data = np.ones((3, 3, 4))
+    data[0, :, 0] = np.nan  # row -1
+    data[:, 0, 1] = np.inf  # col -2
+    data[1:, :, 3] = np.nan  # rows 8, 9 of an 8-row image
+    data[:, 1:, 3] = -np.inf  # cols 8, 9
+    S = Sparse3D(data, row, col, imshape=(8, 8))
+    assert S._structure.grid_corners() is not None
+    img = S.dot(np.ones(4))
+    np.testing.assert_array_equal(img, _model(np.nan_to_num(S.todense(force=True)), np.ones(4)).real)
+    assert np.isfinite(img).all() and img.sum() == 6 + 3 + 6 + 1
+
+
+def test_zero_and_one_source(monkeypatch):
+    empty = Sparse3D(np.zeros((2, 2, 0)), np.zeros((2, 2, 0), int), np.zeros((2, 2, 0), int), (4, 5))
+    np.testing.assert_array_equal(empty.dot(np.zeros(0)), np.zeros((4, 5)))
+    np.testing.assert_array_equal(empty.dot(np.zeros((0, 2))), np.zeros((4, 5, 2)))
+    R, C = np.mgrid[:2, :3]
+    one = Sparse3D(np.arange(6.0).reshape(2, 3, 1), R[:, :, None] + 3, C[:, :, None] + 3, (4, 5))
+    ref = np.zeros((4, 5))
+    ref[3, 3:5] = [0.0, 2.0]  # row 4 and column 5 are off the image
+    np.testing.assert_array_equal(one.dot(np.array([2.0])), ref)
+    zero_w = one.dot(np.zeros((1, 0)))
+    assert zero_w.shape == (4, 5, 0)
+
+
+@pytest.mark.parametrize("shift", [(0, 0), (3, -4), (-20, 0)])
+def test_translated_arrays_use_the_shared_corners(monkeypatch, shift):
+    rng = np.random.default_rng(1)
+    sc = random_scene(rng, imcorner=(-2, 5), nsources=15)
+    S = sc.build()
+    T = S.translate(shift)
+    assert T._structure.grid_corners() is S._structure.grid_corners()
+    w = rng.normal(size=15)
+    D = random_scene_dense(sc, shift)
+    _check(T.dot(w), D, w, np.float64)
+
+
+def random_scene_dense(sc, shift):
+    from sparse3d.testing import dense_reference
+
+    return dense_reference(sc.data, sc.row + shift[0], sc.col + shift[1], sc.imshape, sc.imcorner)
+
+
+def test_grouped_arrays(monkeypatch):
+    rng = np.random.default_rng(9)
+    gs = random_grouped_scene(rng, imcorner=(3, -2))
+    S = gs.build()
+    n = S.nsources
+    w = rng.normal(size=(n, 2))
+    calls = _grid_used(monkeypatch)
+    got = S.dot(w)
+    assert len(calls) == len(gs.parts)
+    _check(got, gs.dense(), w, np.float64)
+
+
+def _layouts(rng, n):
+    """Stamp layouts that are distinct but not a grid: flipped, transposed, scattered."""
+    R, C = np.mgrid[:3, :4]
+    top = rng.integers(-2, 10, n)
+    left = rng.integers(-3, 12, n)
+    yield R[::-1, :, None] + top, C[:, :, None] + left  # rows flipped
+    yield R[:, :, None] + top, C[:, ::-1, None] + left  # columns flipped
+    R3, C3 = np.mgrid[:3, :3]
+    yield C3[:, :, None] + top, R3[:, :, None] + left  # transposed: row varies along j
+    perm = rng.permutation(12).reshape(3, 4)
+    yield (perm // 4)[:, :, None] + top, (perm % 4)[:, :, None] + left  # shuffled pixels
+    row = R[:, :, None] + top
+    row = row.copy()
+    row[:, :, -1] = row[::-1, :, -1]  # one source flipped among grid ones
+    yield row, C[:, :, None] + left
+
+
+def test_non_grid_layouts_use_the_element_scatter(monkeypatch):
+    rng = np.random.default_rng(2)
+    from sparse3d.testing import dense_reference
+
+    for row, col in _layouts(rng, 11):
+        data = rng.normal(size=row.shape)
+        S = Sparse3D(data, row, col, imshape=(10, 12), imcorner=(0, 0))
+        assert S._structure.grid_corners() is None
+        calls = _grid_used(monkeypatch)
+        w = rng.normal(size=11)
+        got = S.dot(w)
+        assert not calls
+        _check(got, dense_reference(data, row, col, (10, 12)), w, np.float64)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_is_grid_matches_a_numpy_rule(monkeypatch, compiled):
+    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0 if compiled else 10**9)
+    rng = np.random.default_rng(4)
+    for row, col in _layouts(rng, 5):
+        row, col = np.broadcast_arrays(row, col)
+        assert not _grid_kernels.is_grid(row, col)
+    R, C = np.mgrid[:3, :4]
+    for dtype in (np.int16, np.int32, np.int64):
+        top, left = rng.integers(-100, 100, 6), rng.integers(-100, 100, 6)
+        row = (R[:, :, None] + top).astype(dtype)
+        col = (C[:, :, None] + left).astype(dtype)
+        assert _grid_kernels.is_grid(row, col)
+        assert not _grid_kernels.is_grid(row.transpose(1, 0, 2)[:3], col.transpose(1, 0, 2)[:3])
+        # a single stamp pixel 1 off
+        bad = row.copy()
+        bad[2, 1, 3] += 1
+        assert not _grid_kernels.is_grid(bad, col)
