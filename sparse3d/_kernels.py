@@ -211,24 +211,36 @@ def _roi_scatter_loop(srow, scol, ssrc, svals, corners, dr, dc, r0, c0, H, W, w,
 def _min_max_loop(a):  # pragma: no cover - runs compiled
     lo = a[0]
     hi = a[0]
-    for x in a:
-        if x < lo:
-            lo = x
-        elif x > hi:
-            hi = x
+    for x in a:  # branch-free: the loop vectorises
+        lo = min(lo, x)
+        hi = max(hi, x)
     return lo, hi
 
 
 def _equal_loop(a, b):  # pragma: no cover - runs compiled
-    for i in range(a.size):
-        if a[i] != b[i]:
+    # xor of the values widened to 64 bits is 0 exactly when they are equal (uint64 excluded);
+    # fixed-size chunks vectorise, and the loop stops at the first chunk with a difference
+    n = a.size
+    nchunks = n // 4096
+    for q in range(nchunks):
+        x = a[q * 4096 : (q + 1) * 4096]
+        y = b[q * 4096 : (q + 1) * 4096]
+        diff = 0
+        for i in range(4096):
+            diff |= x[i] ^ y[i]
+        if diff != 0:
             return False
-    return True
+    diff = 0
+    for i in range(nchunks * 4096, n):
+        diff |= a[i] ^ b[i]
+    return diff == 0
 
 
 def _flat_integers(a: np.ndarray) -> np.ndarray | None:
     """``a`` as a 1-D view when it is a contiguous native integer array worth a kernel."""
     if a.size < MIN_ELEMENTS or a.dtype.kind not in "iu" or not a.dtype.isnative or not a.flags.c_contiguous:
+        return None
+    if a.dtype == np.uint64:  # mixed with signed types, numba would compute in float64
         return None
     return a.reshape(-1) if available() else None
 

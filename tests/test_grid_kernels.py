@@ -196,3 +196,65 @@ def test_is_grid_matches_a_numpy_rule(monkeypatch, compiled):
         bad = row.copy()
         bad[2, 1, 3] += 1
         assert not _grid_kernels.is_grid(bad, col)
+
+
+def _positions_cases(rng, imcorner):
+    """``(name, row, col, is a grid)`` for many kinds of position input, offset by ``imcorner``."""
+    R, C = np.mgrid[:3, :4]
+    top = rng.integers(-3, 12, 7) + imcorner[0]
+    left = rng.integers(-4, 15, 7) + imcorner[1]
+    row, col = R[:, :, None] + top, C[:, :, None] + left
+    yield "grid int64", row, col, True
+    if abs(top).max() < 30_000:
+        yield "grid int16", row.astype(np.int16), col.astype(np.int16), True
+    if top.min() >= 0:
+        yield "grid uint16 rows", row.astype(np.uint16), col, True
+    yield "grid, Fortran order", np.asfortranarray(row), np.asfortranarray(col), True
+    yield "grid, strided", np.repeat(row, 2, axis=2)[:, :, ::2], np.repeat(col, 2, axis=2)[:, :, ::2], True
+    yield "grid beyond int16", row + 40_000, col, True
+    yield "flipped rows", row[::-1], col, False
+    yield "float positions", row.astype(float), col.astype(float), True
+    yield "broadcast", R[:, :, None] + top, C[:, :, None] + left[None, None, :], True
+
+
+@pytest.mark.parametrize("imcorner", [(0, 0), (-5, 3), (40_000, 0)])
+def test_construction_from_many_position_inputs(imcorner):
+    """One pass copies, ranges and grid-tests the positions; same arrays as the general path."""
+    from sparse3d.testing import dense_reference
+
+    rng = np.random.default_rng(12)
+    for name, row, col, grid in _positions_cases(rng, imcorner):
+        data = rng.normal(size=row.shape)
+        S = Sparse3D(data, row, col, imshape=(9, 11), imcorner=imcorner)
+        np.testing.assert_array_equal(S.row, row, err_msg=name)
+        np.testing.assert_array_equal(S.col, col, err_msg=name)
+        s = S._structure
+        expect_range = ((int(row.min()), int(row.max())), (int(col.min()), int(col.max())))
+        assert s.position_range == expect_range, name
+        assert (s.grid_corners() is not None) == grid, name
+        assert not s._row.flags.writeable and not s._col.flags.writeable
+        w = rng.normal(size=row.shape[2])
+        _check(S.dot(w), dense_reference(data, row, col, (9, 11), imcorner), w, np.float64)
+
+
+def test_construction_still_refuses_repeated_pixels():
+    R, C = np.mgrid[:3, :3]
+    row = R[:, :, None] + np.array([0, 5])
+    col = C[:, :, None] + np.array([0, 5])
+    row = row.copy()
+    row[2, 2, 1] = row[0, 2, 1]  # source 1 covers a pixel twice
+    with pytest.raises(ValueError, match="stamp 1 covers pixel"):
+        Sparse3D(np.ones(row.shape), row, col, imshape=(10, 10))
+
+
+def test_reinterning_after_the_fast_pass_sees_changed_positions():
+    R, C = np.mgrid[:3, :4]
+    row = R[:, :, None] + np.arange(5)
+    col = C[:, :, None] + np.arange(5)
+    X = Sparse3D(np.ones(row.shape), row, col, imshape=(12, 12))
+    Y = Sparse3D(np.ones(row.shape), row, col, imshape=(12, 12))
+    assert Y._structure is X._structure
+    row[1, 1, 2] += 7  # no longer a grid, and no longer the same positions
+    Z = Sparse3D(np.ones(row.shape), row, col, imshape=(12, 12))
+    assert Z._structure is not X._structure and Z._structure.grid_corners() is None
+    np.testing.assert_array_equal(Z.row, row)

@@ -50,6 +50,7 @@ from .positions import (
     owned_copy,
     position_dtype,
     readonly_view,
+    validated_positions,
 )
 from .stamp import StampStructure
 
@@ -70,4 +71,5 @@ __all__ = [
     "owned_copy",
     "position_dtype",
     "readonly_view",
+    "validated_positions",
 ]

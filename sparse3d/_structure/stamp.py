@@ -171,11 +171,14 @@ class StampStructure(_Orderings):
     def _grid_from_positions(self) -> tuple[np.ndarray, np.ndarray]:
         return _readonly(self._row[0, 0].astype(np.int64)), _readonly(self._col[0, 0].astype(np.int64))
 
-    def _note_grid(self, grid: bool) -> None:
-        """Record the grid test made while validating the positions (:meth:`grid_corners`)."""
-        got = self._grid_from_positions() if grid and self._row.size else None
+    def _note_validation(self, ranges, grid: bool | None) -> None:
+        """Record what validating the positions learnt: their :attr:`position_range` and
+        the grid test of :meth:`grid_corners` (``None``: not known)."""
         with self._lock:
-            self._shared.setdefault("grid", got)
+            if ranges is not None:
+                self._shared.setdefault("range", ranges)
+            if grid is not None:
+                self._shared.setdefault("grid", self._grid_from_positions() if grid and self._row.size else None)
 
     def sorted_rows(self) -> tuple[np.ndarray, int] | None:
         """``(rowptr, rlo)``: stored row ``u`` is ``sorted_order()[u - rlo : u - rlo + 1]`` of rowptr.
