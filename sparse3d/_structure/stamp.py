@@ -178,7 +178,8 @@ class StampStructure(_Orderings):
             if ranges is not None:
                 self._shared.setdefault("range", ranges)
             if grid is not None:
-                self._shared.setdefault("grid", self._grid_from_positions() if grid and self._row.size else None)
+                corners = self._grid_from_positions() if grid and self._row.size else None
+                self._shared.setdefault("grid", corners)
 
     def sorted_rows(self) -> tuple[np.ndarray, int] | None:
         """``(rowptr, rlo)``: stored row ``u`` is ``sorted_order()[u - rlo : u - rlo + 1]`` of rowptr.
