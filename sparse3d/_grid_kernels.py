@@ -6,9 +6,10 @@ position::
 
     narrow    positions → int16 copy, their (min, max) and the grid test, in one pass
     grid      whether stored positions are a grid along one stamp axis
-    scatter   out[r0 + i, c0 + j : c0 + j + nc, :] += values[i, :, k] * w[k, :]
+    scatter   out[r0 + i, c0 : c0 + nc, :] += values[i, :, k] * w[k, :]        (dot)
+    gather    out[k, :] += Σ_j values[i, j, k] * image[r0 + i, c0 + j, :]     (projection)
 
-The scatter takes the stamp block (source axis innermost) ``block`` sources at a time,
+The scatter (and the gather) takes the stamp block (source axis innermost) ``block`` sources at a time,
 transposes them into a small buffer and adds each source's stamp rows to contiguous image
 rows: its image accesses are ``nr`` short runs per source instead of ``nr · nc`` single
 pixels. Sums accumulate in the result dtype (float32 stays float32), serially in source
@@ -24,7 +25,7 @@ import numpy as np
 
 from . import _kernels
 
-__all__ = ["narrow", "is_grid", "scatter", "SCATTER_BLOCK"]
+__all__ = ["narrow", "is_grid", "scatter", "gather", "SCATTER_BLOCK"]
 
 #: Sources per block of the scatter: the transposed buffer (``block × nr × nc``) stays in L2.
 SCATTER_BLOCK = 128
@@ -117,6 +118,49 @@ def _scatter_loop(values, row0, col0, w, r0, c0, out, block):  # pragma: no cove
                         o[j * m + q] += v * wk[q]
 
 
+def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no cover - runs compiled
+    """``out[k, q] = Σ_{i, j} values[i, j, k] * image[row0[k] - r0 + i, (col0[k] - c0 + j) * m + q]``.
+
+    ``image`` is ``(H, W * m)`` rows; pixels off the image are skipped. Each source sums
+    its stamp in ``(i, j)`` order.
+    """
+    nr, nc, n = values.shape
+    H = image.shape[0]
+    m = out.shape[1]
+    W = image.shape[1] // max(m, 1)
+    tmp = np.empty((block, nr, nc), dtype=out.dtype)
+    for k0 in range(0, n, block):
+        nb = min(block, n - k0)
+        for i in range(nr):
+            for j in range(nc):
+                src = values[i, j, k0 : k0 + nb]
+                for b in range(nb):
+                    tmp[b, i, j] = src[b]
+        for b in range(nb):
+            k = k0 + b
+            r = np.int64(row0[k]) - r0
+            c = np.int64(col0[k]) - c0
+            if m == 1 and r >= 0 and c >= 0 and r + nr <= H and c + nc <= W:
+                acc = out[k, 0]
+                for i in range(nr):
+                    g = image[r + i, c : c + nc]
+                    t = tmp[b, i]
+                    for j in range(nc):
+                        acc += t[j] * g[j]
+                out[k, 0] = acc
+                continue
+            i0, i1 = max(0, -r), min(nr, H - r)
+            j0, j1 = max(0, -c), min(nc, W - c)
+            acc_row = out[k]
+            for i in range(i0, i1):
+                g = image[r + i, (c + j0) * m : (c + j1) * m]
+                t = tmp[b, i, j0:j1]
+                for j in range(j1 - j0):
+                    v = t[j]
+                    for q in range(m):
+                        acc_row[q] += v * g[j * m + q]
+
+
 def _compiled(name: str):
     """The compiled loop ``name`` (registered with the array core's kernels, so
     :func:`sparse3d._kernels.loaded` knows numba is paid for)."""
@@ -191,6 +235,24 @@ def scatter(values, row0, col0, w, root_corner, imshape, dtype) -> np.ndarray:
     return out
 
 
+def gather(values, row0, col0, image, root_corner, dtype) -> np.ndarray:
+    """The projection ``(n, m)`` of grid stamps: ``Σ_{pixels} values[..., k] * image[pixel, :]``.
+
+    ``image`` is ``(H, W, m)`` and C-contiguous; the other arguments are as for
+    :func:`scatter`. Sums accumulate in ``dtype``, each source's in the same order as
+    :func:`sparse3d._kernels.gather` (real values: the same bits).
+    """
+    dtype = np.dtype(dtype)
+    H, W, m = image.shape
+    n = values.shape[2]
+    out = np.zeros((n, m), dtype=dtype)
+    if values.size and m:
+        block = max(1, min(SCATTER_BLOCK, n))
+        r0, c0 = int(root_corner[0]), int(root_corner[1])
+        _compiled("_gather_loop")(values, row0, col0, image.reshape(H, W * m), r0, c0, out, block)
+    return out
+
+
 def precompile_kernels() -> None:
     """Compile (or load from the cache) the loops for float64/float32 values and int16/int32
     positions (the :func:`sparse3d.precompile` hook)."""
@@ -207,3 +269,6 @@ def precompile_kernels() -> None:
             vals = np.ones(row.shape, dtype=dtype)
             w = np.ones((2, 1), dtype=dtype)
             _compiled("_scatter_loop")(vals, row0, col0, w, 0, 0, np.zeros((8, 8), dtype), 2)
+            _compiled("_gather_loop")(
+                vals, row0, col0, np.ones((8, 8), dtype), 0, 0, np.zeros((2, 1), dtype), 2
+            )

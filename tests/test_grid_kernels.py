@@ -258,3 +258,50 @@ def test_reinterning_after_the_fast_pass_sees_changed_positions():
     Z = Sparse3D(np.ones(row.shape), row, col, imshape=(12, 12))
     assert Z._structure is not X._structure and Z._structure.grid_corners() is None
     np.testing.assert_array_equal(Z.row, row)
+
+
+@pytest.mark.parametrize("imcorner", CORNERS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
+@pytest.mark.parametrize("frames", [None, 1, 3])
+def test_grid_projection_matches_dense(monkeypatch, imcorner, dtype, frames):
+    monkeypatch.setattr(_grid_kernels, "SCATTER_BLOCK", 4)
+    rng = np.random.default_rng(8)
+    sc = random_scene(rng, imcorner=imcorner, dtype=dtype, nsources=19, stamp=(3, 5))
+    shape = sc.imshape if frames is None else (*sc.imshape, frames)
+    image = rng.normal(size=shape).astype(dtype)
+    calls = []
+    orig = _grid_kernels.gather
+    monkeypatch.setattr(_grid_kernels, "gather", lambda *a: calls.append(1) or orig(*a))
+    got = np.tensordot(sc.build(), image, axes=([0, 1], [0, 1]))
+    assert calls and got.dtype == np.dtype(dtype)
+    D = sc.dense().astype(np.complex128)
+    ref = np.tensordot(D, image.astype(np.complex128), axes=([0, 1], [0, 1]))
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got, ref if np.iscomplexobj(got) else ref.real, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize(
+    "dtypes", [(np.float64, np.float64), (np.float32, np.float32), (np.float32, np.float64)]
+)
+def test_grid_projection_has_the_bits_of_the_element_gather(dtypes):
+    rng = np.random.default_rng(10)
+    sc = random_scene(rng, imcorner=(4, -6), dtype=dtypes[0], nsources=40)
+    S = sc.build()
+    s = S._structure
+    image = rng.normal(size=(*sc.imshape, 2)).astype(dtypes[1])
+    dtype = np.result_type(*dtypes)
+    a = _grid_kernels.gather(S._values, *s.grid_corners(), image, s.root_corner, dtype)
+    b = _kernels.gather(s._row, s._col, S._values, image, s.root_corner, dtype)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_projection_of_a_strided_image_uses_the_element_gather(monkeypatch):
+    rng = np.random.default_rng(5)
+    sc = random_scene(rng, nsources=7)
+    image = rng.normal(size=(sc.imshape[1], sc.imshape[0])).T  # not C-contiguous
+    calls = []
+    orig = _grid_kernels.gather
+    monkeypatch.setattr(_grid_kernels, "gather", lambda *a: calls.append(1) or orig(*a))
+    got = np.tensordot(sc.build(), image, axes=([0, 1], [0, 1]))
+    assert not calls
+    np.testing.assert_allclose(got, np.tensordot(sc.dense(), image, axes=([0, 1], [0, 1])), atol=1e-12)

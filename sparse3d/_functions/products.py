@@ -241,7 +241,11 @@ def _project(S, image: np.ndarray) -> np.ndarray:
     if fast in ("kernel", "sorted"):
         s = S._structure
         img3 = image.reshape(H, W, -1)
-        res = _kernels.gather(s._row, s._col, S._values, img3, s.root_corner, dtype)
+        grid = s.grid_corners() if img3.flags.c_contiguous else None
+        if grid is not None:  # one corner per stamp: stamp rows against image rows
+            res = _grid_kernels.gather(S._values, *grid, img3, s.root_corner, dtype)
+        else:
+            res = _kernels.gather(s._row, s._col, S._values, img3, s.root_corner, dtype)
         return res.reshape((S.nsources, *image.shape[2:]))
     if fast == "csr":
         res = np.asarray(S._csr.T @ image.reshape(H * W, -1)).astype(dtype, copy=False)
