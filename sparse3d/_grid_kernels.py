@@ -193,11 +193,14 @@ def narrow(src: np.ndarray, dst: np.ndarray, axis: int) -> tuple[int, int, bool]
 def is_grid(row: np.ndarray, col: np.ndarray) -> bool:
     """Whether ``row[i, j, k] == row[0, 0, k] + i`` and ``col[i, j, k] == col[0, 0, k] + j``.
 
-    ``row``/``col`` are non-empty ``(nr, nc, n)`` integer arrays; one pass over each (a
-    compiled loop for large native arrays, vectorised NumPy otherwise).
+    ``row``/``col`` are non-empty ``(nr, nc, n)`` integer arrays; one pass over the distinct
+    elements of each (a compiled loop for large native arrays, vectorised NumPy otherwise).
     """
-    nr, nc, _ = row.shape
-    for a, axis, steps in ((row, 0, np.arange(nr)[:, None, None]), (col, 1, np.arange(nc)[None, :, None])):
+    for a, axis in ((row, 0), (col, 1)):
+        a = _distinct_part(a, axis)
+        if a is None:
+            return False
+        steps = np.arange(a.shape[axis]).reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
         if a.size >= _kernels.MIN_ELEMENTS and a.dtype.isnative and _kernels.available():
             ok = _compiled("_grid_loop")(a, axis)
         else:
@@ -205,6 +208,20 @@ def is_grid(row: np.ndarray, col: np.ndarray) -> bool:
         if not ok:
             return False
     return True
+
+
+def _distinct_part(a: np.ndarray, axis: int) -> np.ndarray | None:
+    """``a`` without its broadcast (stride-0) axes, which hold copies (positions stored
+    compactly); ``None`` when ``a`` is constant along its grid ``axis`` (not a grid)."""
+    index = []
+    for ax, (size, stride) in enumerate(zip(a.shape, a.strides)):
+        if stride == 0 and size > 1:
+            if ax == axis:
+                return None
+            index.append(slice(0, 1))
+        else:
+            index.append(slice(None))
+    return a[tuple(index)]
 
 
 def scatter(values, row0, col0, w, root_corner, imshape, dtype) -> np.ndarray:

@@ -305,3 +305,22 @@ def test_projection_of_a_strided_image_uses_the_element_gather(monkeypatch):
     got = np.tensordot(sc.build(), image, axes=([0, 1], [0, 1]))
     assert not calls
     np.testing.assert_allclose(got, np.tensordot(sc.dense(), image, axes=([0, 1], [0, 1])), atol=1e-12)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_is_grid_of_broadcast_positions(monkeypatch, compiled):
+    """Positions stored compactly (stride-0 axes) are tested on their distinct elements."""
+    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0 if compiled else 10**9)
+    R, C = np.mgrid[:3, :4]
+    top, left = np.arange(5) * 7, np.arange(5) * 3
+    row = np.broadcast_to((R[:, :1] + top)[:, :, None].reshape(3, 1, 5), (3, 4, 5))
+    col = np.broadcast_to((C[:1] + left[:, None, None]).transpose(1, 2, 0), (3, 4, 5))
+    assert 0 in row.strides and 0 in col.strides
+    assert _grid_kernels.is_grid(row, col)
+    assert not _grid_kernels.is_grid(col.transpose(1, 0, 2)[:3, :3], row[:3, :3])
+    flat_rows = np.broadcast_to(top, (3, 4, 5))  # every stamp pixel on one row: not a grid
+    assert not _grid_kernels.is_grid(flat_rows, col)
+    S = Sparse3D(np.ones((3, 4, 5)), row, col, imshape=(40, 30))
+    assert S._structure._row.base is not None  # stored compactly
+    np.testing.assert_array_equal(S._structure.grid_corners()[0], top)
+    np.testing.assert_array_equal(S.dot(np.arange(5.0)), _model(S.todense(force=True), np.arange(5.0)).real)
