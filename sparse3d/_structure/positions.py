@@ -136,7 +136,7 @@ def _narrowed(a, name: str, shape, extent, axis: int):
         return None
     if position_dtype(extent[0], extent[0], extent) != np.int16:
         return None  # the image's own positions need more than int16
-    if a.size < _kernels.MIN_ELEMENTS or 0 in a.strides:
+    if a.size < _kernels.MIN_ELEMENTS or 0 in a.strides or not a.dtype.isnative or not _kernels.available():
         return None
     buf = _pool.empty(a.shape, np.int16)
     got = _grid_kernels.narrow(a, buf, axis)  # writes all of buf, or nothing (None)
