@@ -443,23 +443,23 @@ def _tile4s(src, s, ss, dst, d, ds, w, p, m, init):  # pragma: no cover - runs c
     w10, w11, w12, w13 = w[p + 4], w[p + 5], w[p + 6], w[p + 7]
     w20, w21, w22, w23 = w[p + 8], w[p + 9], w[p + 10], w[p + 11]
     w30, w31, w32, w33 = w[p + 12], w[p + 13], w[p + 14], w[p + 15]
-    keep = 0 if init else 1
-    for kk in range(m):
-        u = np.uint64(kk)
-        x0, x1, x2, x3 = src[i0 + u], src[i1 + u], src[i2 + u], src[i3 + u]
-        a0 = w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
-        a1 = w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
-        a2 = w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
-        a3 = w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
-        if keep:
-            a0 += dst[o0 + u]
-            a1 += dst[o1 + u]
-            a2 += dst[o2 + u]
-            a3 += dst[o3 + u]
-        dst[o0 + u] = a0
-        dst[o1 + u] = a1
-        dst[o2 + u] = a2
-        dst[o3 + u] = a3
+    if init:  # two loops, not a test inside one: a conditional load stops the vectoriser
+        for kk in range(m):
+            u = np.uint64(kk)
+            x0, x1, x2, x3 = src[i0 + u], src[i1 + u], src[i2 + u], src[i3 + u]
+            dst[o0 + u] = w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+            dst[o1 + u] = w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+            dst[o2 + u] = w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+            dst[o3 + u] = w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
+    else:
+        for kk in range(m):
+            u = np.uint64(kk)
+            x0, x1, x2, x3 = src[i0 + u], src[i1 + u], src[i2 + u], src[i3 + u]
+            a0, a1, a2, a3 = dst[o0 + u], dst[o1 + u], dst[o2 + u], dst[o3 + u]
+            dst[o0 + u] = a0 + w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3
+            dst[o1 + u] = a1 + w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3
+            dst[o2 + u] = a2 + w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3
+            dst[o3 + u] = a3 + w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3
 
 
 def _tile5s(src, s, ss, dst, d, ds, w, p, m, init):  # pragma: no cover - runs compiled
@@ -479,26 +479,25 @@ def _tile5s(src, s, ss, dst, d, ds, w, p, m, init):  # pragma: no cover - runs c
     w20, w21, w22, w23, w24 = w[p + 10], w[p + 11], w[p + 12], w[p + 13], w[p + 14]
     w30, w31, w32, w33, w34 = w[p + 15], w[p + 16], w[p + 17], w[p + 18], w[p + 19]
     w40, w41, w42, w43, w44 = w[p + 20], w[p + 21], w[p + 22], w[p + 23], w[p + 24]
-    keep = 0 if init else 1
-    for kk in range(m):
-        u = np.uint64(kk)
-        x0, x1, x2, x3, x4 = src[i0 + u], src[i1 + u], src[i2 + u], src[i3 + u], src[i4 + u]
-        a0 = w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3 + w04 * x4
-        a1 = w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3 + w14 * x4
-        a2 = w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3 + w24 * x4
-        a3 = w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3 + w34 * x4
-        a4 = w40 * x0 + w41 * x1 + w42 * x2 + w43 * x3 + w44 * x4
-        if keep:
-            a0 += dst[o0 + u]
-            a1 += dst[o1 + u]
-            a2 += dst[o2 + u]
-            a3 += dst[o3 + u]
-            a4 += dst[o4 + u]
-        dst[o0 + u] = a0
-        dst[o1 + u] = a1
-        dst[o2 + u] = a2
-        dst[o3 + u] = a3
-        dst[o4 + u] = a4
+    if init:  # two loops (see _tile4s)
+        for kk in range(m):
+            u = np.uint64(kk)
+            x0, x1, x2, x3, x4 = src[i0 + u], src[i1 + u], src[i2 + u], src[i3 + u], src[i4 + u]
+            dst[o0 + u] = w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3 + w04 * x4
+            dst[o1 + u] = w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3 + w14 * x4
+            dst[o2 + u] = w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3 + w24 * x4
+            dst[o3 + u] = w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3 + w34 * x4
+            dst[o4 + u] = w40 * x0 + w41 * x1 + w42 * x2 + w43 * x3 + w44 * x4
+    else:
+        for kk in range(m):
+            u = np.uint64(kk)
+            x0, x1, x2, x3, x4 = src[i0 + u], src[i1 + u], src[i2 + u], src[i3 + u], src[i4 + u]
+            a0, a1, a2, a3, a4 = dst[o0 + u], dst[o1 + u], dst[o2 + u], dst[o3 + u], dst[o4 + u]
+            dst[o0 + u] = a0 + w00 * x0 + w01 * x1 + w02 * x2 + w03 * x3 + w04 * x4
+            dst[o1 + u] = a1 + w10 * x0 + w11 * x1 + w12 * x2 + w13 * x3 + w14 * x4
+            dst[o2 + u] = a2 + w20 * x0 + w21 * x1 + w22 * x2 + w23 * x3 + w24 * x4
+            dst[o3 + u] = a3 + w30 * x0 + w31 * x1 + w32 * x2 + w33 * x3 + w34 * x4
+            dst[o4 + u] = a4 + w40 * x0 + w41 * x1 + w42 * x2 + w43 * x3 + w44 * x4
 
 
 def _pass_shared(src, s0, ss, dst, d0, ds, m, w, goff, coff, T):  # pragma: no cover - runs compiled
@@ -602,25 +601,27 @@ def _tile4v(src, s, ss, dst, d, ds, w, q, B, m, init):  # pragma: no cover - run
     rp1 = np.uint64((q + 1) * B)
     rp2 = np.uint64((q + 2) * B)
     rp3 = np.uint64((q + 3) * B)
-    keep = 0 if init else 1
-    for kk in range(m):
-        u = np.uint64(kk)
-        x0, x1, x2, x3 = src[i0 + u], src[i1 + u], src[i2 + u], src[i3 + u]
-        vm3, vm2, vm1, v0 = w[rm3 + u], w[rm2 + u], w[rm1 + u], w[r0 + u]
-        vp1, vp2, vp3 = w[rp1 + u], w[rp2 + u], w[rp3 + u]
-        a0 = v0 * x0 + vm1 * x1 + vm2 * x2 + vm3 * x3
-        a1 = vp1 * x0 + v0 * x1 + vm1 * x2 + vm2 * x3
-        a2 = vp2 * x0 + vp1 * x1 + v0 * x2 + vm1 * x3
-        a3 = vp3 * x0 + vp2 * x1 + vp1 * x2 + v0 * x3
-        if keep:
-            a0 += dst[o0 + u]
-            a1 += dst[o1 + u]
-            a2 += dst[o2 + u]
-            a3 += dst[o3 + u]
-        dst[o0 + u] = a0
-        dst[o1 + u] = a1
-        dst[o2 + u] = a2
-        dst[o3 + u] = a3
+    if init:  # two loops (see _tile4s)
+        for kk in range(m):
+            u = np.uint64(kk)
+            x0, x1, x2, x3 = src[i0 + u], src[i1 + u], src[i2 + u], src[i3 + u]
+            vm3, vm2, vm1, v0 = w[rm3 + u], w[rm2 + u], w[rm1 + u], w[r0 + u]
+            vp1, vp2, vp3 = w[rp1 + u], w[rp2 + u], w[rp3 + u]
+            dst[o0 + u] = v0 * x0 + vm1 * x1 + vm2 * x2 + vm3 * x3
+            dst[o1 + u] = vp1 * x0 + v0 * x1 + vm1 * x2 + vm2 * x3
+            dst[o2 + u] = vp2 * x0 + vp1 * x1 + v0 * x2 + vm1 * x3
+            dst[o3 + u] = vp3 * x0 + vp2 * x1 + vp1 * x2 + v0 * x3
+    else:
+        for kk in range(m):
+            u = np.uint64(kk)
+            x0, x1, x2, x3 = src[i0 + u], src[i1 + u], src[i2 + u], src[i3 + u]
+            vm3, vm2, vm1, v0 = w[rm3 + u], w[rm2 + u], w[rm1 + u], w[r0 + u]
+            vp1, vp2, vp3 = w[rp1 + u], w[rp2 + u], w[rp3 + u]
+            a0, a1, a2, a3 = dst[o0 + u], dst[o1 + u], dst[o2 + u], dst[o3 + u]
+            dst[o0 + u] = a0 + v0 * x0 + vm1 * x1 + vm2 * x2 + vm3 * x3
+            dst[o1 + u] = a1 + vp1 * x0 + v0 * x1 + vm1 * x2 + vm2 * x3
+            dst[o2 + u] = a2 + vp2 * x0 + vp1 * x1 + v0 * x2 + vm1 * x3
+            dst[o3 + u] = a3 + vp3 * x0 + vp2 * x1 + vp1 * x2 + v0 * x3
 
 
 def _pass_per_source(src, s0, ss, dst, d0, ds, m, w, B, L, goff, T):  # pragma: no cover - runs compiled
@@ -698,7 +699,7 @@ def _tile_size(L: int, shared: bool) -> int:
         return 1
     if not shared:
         return 4
-    cost = {T: -(-L // T) ** 2 * T * T for T in (4, 5)}
+    cost = {T: ((L + T - 1) // T * T) ** 2 for T in (4, 5)}  # multiply-adds per line, overlap included
     return 5 if cost[5] < cost[4] else 4
 
 
