@@ -256,13 +256,13 @@ def equal(a: np.ndarray, b: np.ndarray) -> bool:
 _CALLEES = {
     "_roi_scatter_loop": ("_lower_bound",),
     "_pass_shared": ("_tile1s", "_tile4s", "_tile5s"),
-    "_pass_per_source": ("_tile1v", "_tile4v"),
+    "_pass_per_source": ("_tile1v", "_tile4v", "_tile5v"),
     "_shift_shared_loop": ("_pass_shared",),
     "_shift_loop": ("_sinc_weights", "_pass_per_source"),
 }
 #: Kernels whose ``a * b + c`` may become one fused multiply-add (the shift tiles: rounding
 #: differs from NumPy's by ~1 ulp per term, deterministic on a given machine).
-_FMA_KERNELS = frozenset({"_tile1s", "_tile4s", "_tile5s", "_tile1v", "_tile4v"})
+_FMA_KERNELS = frozenset({"_tile1s", "_tile4s", "_tile5s", "_tile1v", "_tile4v", "_tile5v"})
 #: Kernels that divide: no ZeroDivisionError checks in their loops (they never divide by 0).
 _NUMPY_ERRORS = frozenset({"_sinc_weights", "_shift_shared_loop", "_shift_loop"})
 
@@ -410,7 +410,7 @@ def gather(row, col, values, image, imcorner, dtype) -> np.ndarray:
 # with the partial sums in registers, so the loops run near the FMA throughput; a
 # one-output-at-a-time loop would load and store its partial sum for every input.
 # Indices are unsigned, as in the scatter loops above: no negative-index test in the loops.
-_tile4s_c = _tile5s_c = _tile1s_c = _tile4v_c = _tile1v_c = None  # compiled tiles, set by _compiled
+_tile4s_c = _tile5s_c = _tile1s_c = _tile4v_c = _tile5v_c = _tile1v_c = None  # set by _compiled
 _pass_shared_c = _pass_per_source_c = _sinc_weights_c = None  # compiled helpers, set by _compiled
 
 
@@ -550,22 +550,20 @@ def _shift_shared_loop(values, out, nr, nc, wc, gc, cc, tc, wr, gr, cr, tr, bloc
                     _pass_shared_c(values, j * n + k0, nc * n, out, j * n + k0, nc * n, m, wr, gr, cr, tr)
 
 
-def _sinc_weights(frac, k, n, w, kk):  # pragma: no cover - runs compiled
-    """``w[l + n - 1, kk] = sinc(l - frac[k])`` for lags ``l`` in ``(-n, n)``.
+def _sinc_weights(frac, k0, m, L, w, s):  # pragma: no cover - runs compiled
+    """``w[l + L - 1, kk] = sinc(l - frac[k0 + kk])`` for lags ``l`` in ``(-L, L)``, ``kk < m``.
 
-    ``sin(π(l - f)) = -(-1)^l sin(πf)``: one sine per source and axis, not one per lag.
+    ``sin(π(l - f)) = -(-1)^l sin(πf)``: one sine per source (into the scratch ``s``), then a
+    vectorised division per lag; ``l - f = 0`` (no shift) gives weight 1.
     """
-    f = frac[k]
-    if f == 0.0:
-        for q in range(2 * n - 1):
-            w[q, kk] = 0.0
-        w[n - 1, kk] = 1.0
-        return
-    s = np.sin(np.pi * f) / np.pi
-    for q in range(2 * n - 1):
-        lag = q - (n - 1)
-        sign = 1.0 if lag % 2 else -1.0  # (-1)^(l + 1)
-        w[q, kk] = sign * s / (lag - f)
+    for kk in range(m):
+        s[kk] = np.sin(np.pi * frac[k0 + kk]) / np.pi
+    for q in range(2 * L - 1):
+        lag = q - (L - 1)
+        sign = 1.0 if (q + L) % 2 == 0 else -1.0  # (-1)^(l + 1)
+        for kk in range(m):
+            d = lag - frac[k0 + kk]
+            w[q, kk] = sign * s[kk] / d if d != 0.0 else 1.0
 
 
 def _tile1v(src, s, dst, d, w, q, B, m, init):  # pragma: no cover - runs compiled
@@ -624,16 +622,66 @@ def _tile4v(src, s, ss, dst, d, ds, w, q, B, m, init):  # pragma: no cover - run
             dst[o3 + u] = a3 + vp3 * x0 + vp2 * x1 + vp1 * x2 + v0 * x3
 
 
+def _tile5v(src, s, ss, dst, d, ds, w, q, B, m, init):  # pragma: no cover - runs compiled
+    """:func:`_tile4v` with 5 outputs and 5 inputs (9 weight rows around row ``q``)."""
+    i0 = np.uint64(s)
+    i1 = np.uint64(s + 1 * ss)
+    i2 = np.uint64(s + 2 * ss)
+    i3 = np.uint64(s + 3 * ss)
+    i4 = np.uint64(s + 4 * ss)
+    o0 = np.uint64(d)
+    o1 = np.uint64(d + 1 * ds)
+    o2 = np.uint64(d + 2 * ds)
+    o3 = np.uint64(d + 3 * ds)
+    o4 = np.uint64(d + 4 * ds)
+    rm4 = np.uint64((q - 4) * B)
+    rm3 = np.uint64((q - 3) * B)
+    rm2 = np.uint64((q - 2) * B)
+    rm1 = np.uint64((q - 1) * B)
+    r0 = np.uint64(q * B)
+    rp1 = np.uint64((q + 1) * B)
+    rp2 = np.uint64((q + 2) * B)
+    rp3 = np.uint64((q + 3) * B)
+    rp4 = np.uint64((q + 4) * B)
+    if init:  # two loops (see _tile4s)
+        for kk in range(m):
+            u = np.uint64(kk)
+            x0, x1, x2, x3, x4 = src[i0 + u], src[i1 + u], src[i2 + u], src[i3 + u], src[i4 + u]
+            vm4, vm3, vm2, vm1, v0 = w[rm4 + u], w[rm3 + u], w[rm2 + u], w[rm1 + u], w[r0 + u]
+            vp1, vp2, vp3, vp4 = w[rp1 + u], w[rp2 + u], w[rp3 + u], w[rp4 + u]
+            dst[o0 + u] = v0 * x0 + vm1 * x1 + vm2 * x2 + vm3 * x3 + vm4 * x4
+            dst[o1 + u] = vp1 * x0 + v0 * x1 + vm1 * x2 + vm2 * x3 + vm3 * x4
+            dst[o2 + u] = vp2 * x0 + vp1 * x1 + v0 * x2 + vm1 * x3 + vm2 * x4
+            dst[o3 + u] = vp3 * x0 + vp2 * x1 + vp1 * x2 + v0 * x3 + vm1 * x4
+            dst[o4 + u] = vp4 * x0 + vp3 * x1 + vp2 * x2 + vp1 * x3 + v0 * x4
+    else:
+        for kk in range(m):
+            u = np.uint64(kk)
+            x0, x1, x2, x3, x4 = src[i0 + u], src[i1 + u], src[i2 + u], src[i3 + u], src[i4 + u]
+            vm4, vm3, vm2, vm1, v0 = w[rm4 + u], w[rm3 + u], w[rm2 + u], w[rm1 + u], w[r0 + u]
+            vp1, vp2, vp3, vp4 = w[rp1 + u], w[rp2 + u], w[rp3 + u], w[rp4 + u]
+            a0, a1, a2, a3, a4 = dst[o0 + u], dst[o1 + u], dst[o2 + u], dst[o3 + u], dst[o4 + u]
+            dst[o0 + u] = a0 + v0 * x0 + vm1 * x1 + vm2 * x2 + vm3 * x3 + vm4 * x4
+            dst[o1 + u] = a1 + vp1 * x0 + v0 * x1 + vm1 * x2 + vm2 * x3 + vm3 * x4
+            dst[o2 + u] = a2 + vp2 * x0 + vp1 * x1 + v0 * x2 + vm1 * x3 + vm2 * x4
+            dst[o3 + u] = a3 + vp3 * x0 + vp2 * x1 + vp1 * x2 + v0 * x3 + vm1 * x4
+            dst[o4 + u] = a4 + vp4 * x0 + vp3 * x1 + vp2 * x2 + vp1 * x3 + v0 * x4
+
+
 def _pass_per_source(src, s0, ss, dst, d0, ds, m, w, B, L, goff, T):  # pragma: no cover - runs compiled
     """One axis of the per-source product over ``m`` sources (layout as :func:`_pass_shared`).
 
     ``w[(l + L - 1)·B + kk]`` is the weight of lag ``l`` for source ``kk`` of the run. Output
-    groups of ``T`` start at ``goff``; inputs go 4 at a time, the rest one at a time.
+    groups of ``T`` start at ``goff``; inputs go ``T`` at a time, the rest one at a time.
     """
     for g in range(goff.shape[0]):
         j0 = goff[g]
         b = 0
-        if T == 4:
+        if T == 5:
+            while b + 5 <= L:
+                _tile5v_c(src, s0 + b * ss, ss, dst, d0 + j0 * ds, ds, w, j0 - b + L - 1, B, m, b == 0)
+                b += 5
+        elif T == 4:
             while b + 4 <= L:
                 _tile4v_c(src, s0 + b * ss, ss, dst, d0 + j0 * ds, ds, w, j0 - b + L - 1, B, m, b == 0)
                 b += 4
@@ -656,15 +704,15 @@ def _shift_loop(values, out, nr, nc, frow, fcol, gr, gc, tr, tc, block):  # prag
     tmp = np.empty(nr * nc * block if cols and rows else 0, dtype=out.dtype)
     wr2 = np.empty((2 * nr - 1, block), dtype=out.dtype)
     wc2 = np.empty((2 * nc - 1, block), dtype=out.dtype)
+    sines = np.empty(block)
     wr = wr2.reshape(wr2.size)
     wc = wc2.reshape(wc2.size)
     for k0 in range(0, n, block):
         m = min(block, n - k0)
-        for kk in range(m):
-            if rows:
-                _sinc_weights_c(frow, k0 + kk, nr, wr2, kk)
-            if cols:
-                _sinc_weights_c(fcol, k0 + kk, nc, wc2, kk)
+        if rows:
+            _sinc_weights_c(frow, k0, m, nr, wr2, sines)
+        if cols:
+            _sinc_weights_c(fcol, k0, m, nc, wc2, sines)
         if cols:
             for a in range(nr):
                 if rows:
@@ -694,13 +742,19 @@ SHIFT_BUFFER_BYTES = 2 * 2**20
 
 
 def _tile_size(L: int, shared: bool) -> int:
-    """Tile side for a stamp axis of length ``L``: fewest multiply-adds including the overlap."""
+    """Tile side (4 or 5; 1 below 4) for a stamp axis of length ``L``: the cheaper in
+    multiply-adds per line, counting the recomputed outputs of the last group and, with
+    per-source weights, the leftover inputs (one at a time: ~3x the cost of a tiled one)."""
     if L < 4:
         return 1
-    if not shared:
-        return 4
-    cost = {T: ((L + T - 1) // T * T) ** 2 for T in (4, 5)}  # multiply-adds per line, overlap included
-    return 5 if cost[5] < cost[4] else 4
+
+    def cost(T):
+        groups = (L + T - 1) // T
+        if shared:
+            return (groups * T) ** 2  # the last input tile overlaps too (zero weights)
+        return groups * T * ((L // T) * T + 3 * (L % T))
+
+    return 5 if cost(5) < cost(4) else 4
 
 
 def _groups(L: int, T: int) -> np.ndarray:
