@@ -14,7 +14,7 @@ Two kernels, each used where it is accurate:
   one along the rows, each a small dense ``L × L`` matrix (``L`` the stamp side) applied to
   every line of every stamp, 2·L multiply-adds per stored value whatever the fraction. Small
   arrays use NumPy (one BLAS product over the stamp block for a shared shift); large ones
-  the compiled passes of :func:`sparse3d._kernels.shift`, which run the products in
+  the compiled passes of :func:`sparse3d._shift_kernels.shift`, which run the products in
   register tiles over runs of contiguous sources (the source axis is innermost), skip an
   axis whose fraction is 0, and agree with NumPy to rounding (they fuse multiply-adds).
 * **Cubic B-spline interpolation** of an oversampled PSF image — :class:`BSpline3Image`,
@@ -141,15 +141,17 @@ def _resample_axis(values: np.ndarray, frac: np.ndarray, axis: int) -> np.ndarra
 
 
 def _shift_compiled(values: np.ndarray, fr: np.ndarray, fc: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Both 1-D sinc passes in one compiled sweep (:func:`sparse3d._kernels.shift`): the
+    """Both 1-D sinc passes in one compiled sweep (:func:`sparse3d._shift_kernels.shift`): the
     stamp block is read once and the result written once (the intermediate stays in cache),
     into a pooled buffer if one of that shape is free (a dead array's, already paged in)."""
+    from . import _shift_kernels  # imports numba
+
     out = None
     if values.size * dtype.itemsize >= _pool.MIN_BYTES:
         out = _pool.take(values.shape, dtype)  # overwritten whole by the kernel
     if out is None:
         out = np.empty(values.shape, dtype=dtype)
-    return _kernels.shift(values, np.atleast_1d(fr), np.atleast_1d(fc), out)
+    return _shift_kernels.shift(values, np.atleast_1d(fr), np.atleast_1d(fc), out)
 
 
 def shift_stamps(S, shift):
