@@ -240,3 +240,75 @@ def test_legacy_translated_dot_cubes_match_dense(forced, dtype, nsources):
             kept.append((got, got.copy()))
     for got, snapshot in kept:
         np.testing.assert_array_equal(got, snapshot)
+
+
+# -- constant weights: windows of one canvas model ----------------------------------------
+@needs_numba
+@pytest.mark.parametrize("imcorner", CORNERS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("nsources", [0, 1, 9])
+def test_constant_weights_loop_matches_dense_and_the_csr_bits(forced, monkeypatch, imcorner, dtype, nsources):
+    calls = []
+    orig = _functions.products._window
+    monkeypatch.setattr(_functions.products, "_window", lambda *a: calls.append(1) or orig(*a))
+    rng = np.random.default_rng(20 + nsources)
+    sc = random_scene(rng, imcorner=imcorner, nsources=nsources, dtype=dtype)
+    S = sc.build()
+    w = rng.normal(size=(nsources, 3)).astype(dtype)
+    kept = []
+    for d in OFFSETS + [(-1, 3), (40, 40), (-2, -2)]:
+        T = S.translate(d)
+        got = T.dot(w)
+        _check(got, _model(_dense_at(sc, d), w), dtype)
+        if forced[-1] == "sorted":  # pixel-sorted sums, as the CSR product's: the same bits
+            np.testing.assert_array_equal(got, np.asarray(T.tocsr() @ w).reshape(got.shape))
+        kept.append((got, got.copy()))
+    for got, snapshot in kept:
+        np.testing.assert_array_equal(got, snapshot)
+    if nsources:
+        assert calls  # the loop took windows of the canvas model
+
+
+@needs_numba
+def test_canvas_is_keyed_by_the_weights_content_not_their_identity(forced):
+    rng = np.random.default_rng(21)
+    sc = random_scene(rng, imcorner=(5, -6), nsources=7)
+    S = sc.build()
+    w = rng.normal(size=(7, 2))
+    S.dot(w)
+    for i, d in enumerate([(1, 0), (0, 2), (-1, -1), (3, 1), (2, 2)]):
+        if i == 3:
+            w[2, 1] += 1.0  # the same array object, new content
+        if i == 4:
+            w[0, 0] = -0.0 if w[0, 0] == 0 else w[0, 0]
+        got = S.translate(d).dot(w)
+        np.testing.assert_allclose(got, _model(_dense_at(sc, d), w).real, atol=1e-12)
+    legacy_w = w.copy()
+    from sparse3d import legacy
+
+    full = np.broadcast_to
+    L = legacy.Sparse3D(
+        sc.data, full(sc.row, sc.data.shape), full(sc.col, sc.data.shape), sc.imshape, sc.imcorner
+    )
+    for d in [(1, 1), (0, -3), (2, 0), (1, 1)]:
+        L.translate(d)
+        got = L.dot(legacy_w)
+        ref = np.moveaxis(_model(_dense_at(sc, d), legacy_w).real, -1, 0)
+        np.testing.assert_allclose(got, ref, atol=1e-12)
+        assert got.flags.c_contiguous
+
+
+@needs_numba
+def test_canvas_is_skipped_when_stamps_spread_far_beyond_the_image(forced):
+    rng = np.random.default_rng(22)
+    sc = random_scene(rng, imcorner=(0, 0), nsources=6)
+    row = np.broadcast_to(sc.row, sc.data.shape).copy()
+    row[:, :, 0] += 500  # a canvas 40x the image
+    col = np.broadcast_to(sc.col, sc.data.shape)
+    S = sparse3d.Sparse3D(sc.data, row, col, sc.imshape, sc.imcorner)
+    w = rng.normal(size=(6, 2))
+    for d in [(0, 1), (1, 0), (-500, 2), (2, 2)]:
+        got = S.translate(d).dot(w)
+        D = dense_reference(sc.data, row + d[0], col + d[1], sc.imshape, sc.imcorner)
+        np.testing.assert_allclose(got, _model(D, w).real, atol=1e-12)
+    assert S._family.get("canvas") is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _kernels, _pool
-from .._options import check_dense_allocation
+from .._options import check_dense_allocation, get_options
 from ._registry import (
     _S,
     _refuse_out,
@@ -184,6 +184,10 @@ def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarr
     """
     s = a._structure
     H, W = a.imshape
+    canvas = _canvas_model(a, w2, dtype)
+    if canvas is not None:  # the same weights as before: a window of the canvas model
+        out = _pool.lend((H, W, w2.shape[1]), dtype) if into is None else into
+        return _window(canvas, s, out)
     direct = into is not None and into.flags.c_contiguous
     buf = into if direct else _pool.lend((H, W, w2.shape[1]), dtype)  # dot() checked max_dense_bytes
     order = s.sorted_order()[1:]
@@ -194,6 +198,70 @@ def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarr
         return result
     np.copyto(into, result)
     return into
+
+
+#: The canvas model of :func:`_canvas_model` is kept only while it is at most this many times
+#: the size of the image's model (stamps spread far beyond the image would make it large).
+CANVAS_MAX_RATIO = 4
+
+
+def _canvas_model(a, w2: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+    """The model of ``a``'s untranslated stamps on a canvas holding every stored stamp pixel.
+
+    For whole-pixel translations the model of ``a.translate(d)`` with weights ``w`` is a
+    window of this one canvas model (zero outside it), with the same bits: each canvas
+    pixel sums the same elements in the same order as the image pixel it lands on. The
+    family (an array and its translations) remembers the last weights it was given (a copy,
+    compared by value, never by identity) and builds the canvas model when the same weights
+    come again: a jitter loop at constant weights then copies windows instead of scattering
+    every stamp. Returns ``None`` when the weights are new (they are remembered), when the
+    canvas would exceed ``CANVAS_MAX_RATIO`` times the image's model or ``max_dense_bytes``,
+    or when the structure has no row pointer.
+    """
+    fam = a._family
+    s = a._structure
+    (rlo, rhi), (clo, chi) = s.position_range
+    CH, CW = rhi - rlo + 1, chi - clo + 1
+    H, W = a.imshape
+    k = w2.shape[1]
+    if s.nelements == 0 or CH * CW > CANVAS_MAX_RATIO * H * W or s.sorted_rows() is None:
+        return None
+    if CH * CW * k * dtype.itemsize > get_options()["max_dense_bytes"]:
+        return None
+    w2 = np.ascontiguousarray(w2)
+    last = fam.get("canvas")  # (weights, result dtype, canvas model or None)
+    if last is not None and last[1] == dtype and last[0].dtype == w2.dtype and last[0].shape == w2.shape:
+        same = last[0].tobytes() == w2.tobytes()  # bit for bit: -0.0 and NaN payloads included
+    else:
+        same = False
+    if same:
+        if last[2] is None:
+            order = s.sorted_order()[1:]
+            canvas = _kernels.sorted_scatter(
+                order, sorted_values(a), (rlo, clo), (CH, CW), w2, dtype, s.sorted_rows()
+            )
+            last = (last[0], dtype, _readonly_array(canvas))
+            fam["canvas"] = last
+        return last[2]
+    fam["canvas"] = (_readonly_array(np.array(w2, copy=True)), dtype, None)
+    return None
+
+
+def _window(canvas: np.ndarray, s, out: np.ndarray) -> np.ndarray:
+    """``out`` (H, W, k) = the part of ``canvas`` the image of structure ``s`` covers, else 0."""
+    (rlo, _), (clo, _) = s.position_range
+    r0, c0 = s.root_corner  # image pixel [0, 0] in stored coordinates
+    H, W = s.imshape
+    CH, CW = canvas.shape[:2]
+    ra, rb = max(0, rlo - r0), min(H, rlo + CH - r0)  # image rows the canvas covers
+    ca, cb = max(0, clo - c0), min(W, clo + CW - c0)
+    if ra >= rb or ca >= cb:
+        out[...] = 0
+        return out
+    if (ra, rb, ca, cb) != (0, H, 0, W):
+        out[...] = 0
+    out[ra:rb, ca:cb] = canvas[ra + r0 - rlo : rb + r0 - rlo, ca + c0 - clo : cb + c0 - clo]
+    return out
 
 
 def _fast_product(a, dtype, *other_dtypes) -> str | None:
