@@ -43,6 +43,8 @@ MIN_BYTES = 1 << 20
 _LOCK = threading.Lock()
 _BUFFERS: list[np.ndarray] = []  # oldest first
 _LENT: list[np.ndarray] = []  # buffers handed out by lend(), least recently lent first
+#: Whether ``sys.getrefcount`` counts every holder (what :func:`lend` relies on).
+_EXACT_REFCOUNTS = sys.implementation.name == "cpython" and sys.version_info < (3, 14)
 
 
 def pooled_bytes() -> int:
@@ -116,13 +118,15 @@ def lend(shape: tuple[int, ...], dtype) -> np.ndarray:
     Re-uses a buffer lent before when no one but the pool holds it any more (its reference
     count says no result, view or memoryview of it is alive, and no weak reference points
     at it); otherwise a new ``np.empty``, which the pool keeps track of. Buffers below
-    ``MIN_BYTES`` or above a quarter of ``buffer_pool_bytes`` are not tracked.
+    ``MIN_BYTES`` or above a quarter of ``buffer_pool_bytes`` are not tracked, and nothing
+    is on interpreters whose reference counts can omit holders (CPython 3.14's borrowed stack
+    references, PyPy): there a buffer could look free while it is held.
     """
     dtype = np.dtype(dtype)
     shape = tuple(int(n) for n in shape)
     nbytes = int(np.prod(shape)) * dtype.itemsize
     cap = get_options().get("buffer_pool_bytes", 0)
-    if nbytes < MIN_BYTES or nbytes > cap // 4:
+    if nbytes < MIN_BYTES or nbytes > cap // 4 or not _EXACT_REFCOUNTS:
         return np.empty(shape, dtype=dtype)
     with _LOCK:
         for i in range(len(_LENT)):  # no enumerate: its cached tuple would hold a reference

@@ -99,7 +99,8 @@ def test_dropped_models_are_reused_and_fully_overwritten(forced):
         addresses.add(got.__array_interface__["data"][0])
         del got  # dropped: its buffer may serve the next model
     assert forced[1:] == ["sorted"] * 5
-    assert len(addresses) == 1  # one buffer served every model
+    if _pool._EXACT_REFCOUNTS:
+        assert len(addresses) == 1  # one buffer served every model
 
 
 @needs_numba
@@ -163,6 +164,7 @@ def _address(a):
     return a.__array_interface__["data"][0]
 
 
+@pytest.mark.skipif(not _pool._EXACT_REFCOUNTS, reason="lending is off on this interpreter")
 def test_lend_reuses_only_buffers_no_one_holds(small_pool):
     a = _pool.lend((4, 5), np.float64)
     where = _address(a)
