@@ -314,3 +314,16 @@ def test_canvas_is_skipped_when_stamps_spread_far_beyond_the_image(forced):
         D = dense_reference(sc.data, row + d[0], col + d[1], sc.imshape, sc.imcorner)
         np.testing.assert_allclose(got, _model(D, w).real, atol=1e-12)
     assert S._family.get("canvas") is None
+
+
+@needs_numba
+def test_large_weights_are_not_remembered(forced, monkeypatch):
+    monkeypatch.setattr(_functions.products, "CANVAS_MAX_WEIGHT_BYTES", 8)
+    rng = np.random.default_rng(23)
+    sc = random_scene(rng, nsources=5)
+    S = sc.build()
+    w = rng.normal(size=(5, 2))
+    for d in [(0, 1), (1, 0), (1, 1)]:
+        got = S.translate(d).dot(w)
+        np.testing.assert_allclose(got, _model(_dense_at(sc, d), w).real, atol=1e-12)
+    assert S._family.get("canvas") is None

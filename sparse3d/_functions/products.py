@@ -203,6 +203,8 @@ def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarr
 #: The canvas model of :func:`_canvas_model` is kept only while it is at most this many times
 #: the size of the image's model (stamps spread far beyond the image would make it large).
 CANVAS_MAX_RATIO = 4
+#: Weights larger than this are not remembered for :func:`_canvas_model` (a copy per call).
+CANVAS_MAX_WEIGHT_BYTES = 16 * 2**20
 
 
 def _canvas_model(a, w2: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
@@ -216,7 +218,8 @@ def _canvas_model(a, w2: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
     come again: a jitter loop at constant weights then copies windows instead of scattering
     every stamp. Returns ``None`` when the weights are new (they are remembered), when the
     canvas would exceed ``CANVAS_MAX_RATIO`` times the image's model or ``max_dense_bytes``,
-    or when the structure has no row pointer.
+    when the weights exceed ``CANVAS_MAX_WEIGHT_BYTES``, or when the structure has no row
+    pointer.
     """
     fam = a._family
     s = a._structure
@@ -226,7 +229,7 @@ def _canvas_model(a, w2: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
     k = w2.shape[1]
     if s.nelements == 0 or CH * CW > CANVAS_MAX_RATIO * H * W or s.sorted_rows() is None:
         return None
-    if CH * CW * k * dtype.itemsize > get_options()["max_dense_bytes"]:
+    if CH * CW * k * dtype.itemsize > get_options()["max_dense_bytes"] or w2.nbytes > CANVAS_MAX_WEIGHT_BYTES:
         return None
     w2 = np.ascontiguousarray(w2)
     last = fam.get("canvas")  # (weights, result dtype, canvas model or None)
