@@ -92,6 +92,28 @@ class _Supernodal:
         buf = np.zeros(int(offsets[-1]))
         buf[dest] = dat
         del dest
+        rows = [ind[ptr[f] + k : ptr[f + 1]].copy() for f, k in zip(starts.tolist(), ns.tolist())]
+        self._init_blocks(n, starts, offsets, buf, rows)
+
+    @classmethod
+    def from_blocks(
+        cls, starts: np.ndarray, offsets: np.ndarray, buf: np.ndarray, rows: list[np.ndarray]
+    ) -> _Supernodal:
+        """The factor from its blocks: supernode ``s`` has columns ``starts[s]:starts[s + 1]``
+        (``starts`` has ``nsup + 1`` entries), the rows ``rows[s]`` below them, and its
+        ``(k + m, k)`` block in column-major order at ``buf[offsets[s]:offsets[s + 1]]``
+        (zeros above the diagonal)."""
+        self = cls.__new__(cls)
+        self._init_blocks(int(starts[-1]), np.asarray(starts[:-1]), offsets, buf, rows)
+        return self
+
+    def _init_blocks(
+        self, n: int, starts: np.ndarray, offsets: np.ndarray, buf: np.ndarray, rows: list[np.ndarray]
+    ) -> None:
+        ends = np.append(starts[1:], n)
+        ns = ends - starts
+        height = ns + np.array([r.size for r in rows], dtype=np.int64)
+        sup_of_col = np.repeat(np.arange(starts.size), ns)
         self.n = n
         self.starts = starts
         self.ends = ends
@@ -113,10 +135,10 @@ class _Supernodal:
                         raise RuntimeError("internal error: singular diagonal block")
                 self.linv.append(linv)
                 self.lbelow.append(block[k:])
-                rows = ind[ptr[f] + k : ptr[f + 1]].copy()  # do not pin L's index array
-                self.rows.append(rows)
-                if rows.size:
-                    parent[s_] = sup_of_col[rows[0]]
+                r = rows[s_]
+                self.rows.append(r)
+                if r.size:
+                    parent[s_] = sup_of_col[r[0]]
         self.parent = parent
 
     def solve(self, b: np.ndarray) -> np.ndarray:
