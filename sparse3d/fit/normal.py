@@ -29,7 +29,8 @@ from ._inputs import _check_mask_values
 from .assemble import _design_csr, _row_scale, _scaled_normal_matrix
 from .background import as_background
 from .diagnostics import _chi2
-from .factor import _factorize_or_raise
+from .factor import _factorize_or_raise, _solver_name
+from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
 
 
@@ -91,7 +92,7 @@ class NormalEquations:
         (all columns at once) and ``factor.inv_diag()`` for
         ``diag(N'^-1)``.
     solver : str
-        ``"qdldl"``, ``"superlu"`` or ``"cholmod"``: the solver that factorised ``N'``.
+        ``"nd"``, ``"qdldl"``, ``"superlu"`` or ``"cholmod"``: the solver that factorised ``N'``.
     col_scale : numpy.ndarray
         ``(n + nb,)`` powers of two, the diagonal of ``D``.
     err_scale : float
@@ -175,7 +176,9 @@ class NormalEquations:
         if has_prior:
             Nmat = Nmat + scipy.sparse.diags(pp if idx is None else pp[idx], format="csr")
         prev = reuse.factor if isinstance(reuse, NormalEquations) else (reuse or None)
-        factor = _factorize_or_raise(Nmat, idx, solver, prev)
+        boxes = stamp_boxes(design, idx) if solver in ("auto", "nd") else None
+        factor = _factorize_or_raise(Nmat, idx, solver, prev, boxes)
+        solver = _solver_name(factor, solver)
         del Nmat
         out = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale, background)
         out.gram = gram

@@ -112,9 +112,11 @@ def fit_design(
         If True (default) ``weights_err``, ``background_err`` and :meth:`FitResult.covariance`
         are available; they are computed on first access and keep the factorisation
         alive.  If False they are None and the factorisation is freed.
-    solver : {"auto", "cholmod", "superlu"}, optional
-        Sparse solver.  ``"auto"`` uses CHOLMOD when ``cvxopt`` is installed
-        and SciPy's SuperLU otherwise.
+    solver : {"auto", "nd", "qdldl", "superlu", "cholmod"}, optional
+        Sparse solver.  ``"auto"`` uses the built-in ``"nd"`` (nested dissection from the
+        stamp positions, supernodal Cholesky) for a large design of regular stamps, else
+        ``"qdldl"`` (AMD ordering); ``"superlu"`` is SciPy's; ``"cholmod"`` needs the
+        optional, GPL-licensed ``cvxopt``.
 
     Returns
     -------
@@ -230,6 +232,7 @@ def fit_design(
     chi2 = np.zeros(k)
     fit_groups: list[_Group] = []
     unconstrained = np.zeros(n, dtype=bool)
+    used = solver
     for gi, frames in enumerate(groups):
         keep_g = None
         if keep is not None:
@@ -237,6 +240,7 @@ def fit_design(
         ivar_g = None if ivar is None else ivar[:, gi]
         ne = NormalEquations._build(A, A_csr, ivar_g, keep_g, prior_prec, mu, solver, err_scale, B)
         unconstrained |= ne.unconstrained
+        used = ne.solver  # "auto" resolved by the first factorisation
         if len(groups) == 1:
             params, chi2 = ne.solve(D, return_chi2=True)
         else:
@@ -270,7 +274,7 @@ def fit_design(
         chi2=chi2 if stack else float(chi2[0]),
         n_pixels=n_pixels,
         unconstrained=unconstrained,
-        solver=solver,
+        solver=used,
         n_factorizations=len(groups),
         _model_fn=model_fn,
         _weights_err_fn=weights_err_fn,
