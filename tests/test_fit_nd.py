@@ -150,9 +150,9 @@ def _fill(overlap, order):
 
 def test_nested_dissection_order_reduces_fill():
     rng = np.random.default_rng(5)
-    n = 600
-    r0, c0 = rng.integers(0, 120, n), rng.integers(0, 120, n)
-    boxes = tuple(np.ascontiguousarray(b, dtype=np.intp) for b in (r0, r0 + 6, c0, c0 + 6))
+    n = 2000  # on 200 x 200 pixels, 10 x 10 stamps: ~20 neighbours each
+    r0, c0 = rng.integers(0, 200, n), rng.integers(0, 200, n)
+    boxes = tuple(np.ascontiguousarray(b, dtype=np.intp) for b in (r0, r0 + 10, c0, c0 + 10))
     perm = nested_dissection_order(boxes, n + 2)
     assert np.array_equal(np.sort(perm), np.arange(n + 2))
     assert list(perm[-2:]) == [n, n + 1]  # parameters without a box come last
@@ -166,4 +166,4 @@ def test_nested_dissection_order_reduces_fill():
     nd = _fill(overlap, perm[:n])
     given = _fill(overlap, np.arange(n))  # random positions: no locality
     by_row = _fill(overlap, np.lexsort((c0, r0)))  # a banded order
-    assert nd < 0.5 * given and nd < by_row
+    assert nd < 0.2 * given and nd < 0.8 * by_row  # measured: 0.11x and 0.72x
