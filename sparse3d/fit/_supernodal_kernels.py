@@ -36,11 +36,13 @@ SIGNATURES = {
     "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, float64[:, ::1])",
 }
 
-# a frontal update of fewer multiply-adds than this runs in loops (np.dot's call and
-# allocation cost more than the arithmetic for small blocks)
-_DOT_MIN_FLOPS = 4096
+# a front of fewer than this many multiply-adds (k h^2) is factorised in loops: np.dot's calls
+# and allocations cost more than the arithmetic of small blocks
+_LOOP_MAX_FLOPS = 1 << 20
 # panel width of the partial factorisation of a front
-_PANEL = 32
+_PANEL = 64
+# column blocks of a trailing update: only the blocks on and below the diagonal are formed
+_GEMM_BLOCK = 96
 
 
 @njit(cache=True, nogil=True)
@@ -320,40 +322,10 @@ def multifrontal(sstart, sptr, srows, cptr, cind, cval, sizes):  # pragma: no co
                 base = top + a * mc
                 for b in range(a, mc):
                     T[pa, pos[srows[sptr[c] + b]]] += stack[base + b]
-        # partial factorisation of the first k columns, in panels
-        for p0 in range(0, k, _PANEL):
-            p1 = min(p0 + _PANEL, k)
-            for c in range(p0, p1):
-                d = T[c, c]
-                pivots[f + c] = d
-                if not d > 0.0:
-                    return offsets, buf, pivots, f + c
-                lv = np.sqrt(d)
-                inv = 1.0 / lv
-                T[c, c] = lv
-                for r in range(c + 1, h):
-                    T[c, r] *= inv
-                for c2 in range(c + 1, p1):
-                    v = T[c, c2]
-                    if v != 0.0:
-                        for r in range(c2, h):
-                            T[c2, r] -= v * T[c, r]
-            w = h - p1
-            if w > 0:
-                bw = p1 - p0
-                if bw * w * w < _DOT_MIN_FLOPS:
-                    for c in range(p0, p1):
-                        for a in range(p1, h):
-                            v = T[c, a]
-                            if v != 0.0:
-                                for r in range(a, h):
-                                    T[a, r] -= v * T[c, r]
-                else:
-                    P = np.ascontiguousarray(T[p0:p1, p1:h])
-                    G = np.dot(P.T, P)
-                    for a in range(w):
-                        for r in range(a, w):
-                            T[p1 + a, p1 + r] -= G[a, r]
+        # partial factorisation of the first k columns
+        bad = _partial_cholesky(T, k, h, pivots, f)
+        if bad >= 0:
+            return offsets, buf, pivots, bad
         # the factor's columns, then this supernode's update matrix onto the stack
         o = offsets[s]
         for c in range(k):
@@ -368,6 +340,83 @@ def multifrontal(sstart, sptr, srows, cptr, cind, cval, sizes):  # pragma: no co
             pending[npend] = s
             npend += 1
     return offsets, buf, pivots, -1
+
+
+@njit(cache=True, nogil=True)
+def _partial_cholesky(T, k, h, pivots, f):  # pragma: no cover - compiled
+    """Factorise the first ``k`` columns of the front ``F`` (``T[c, r] = F[r, c]``, ``r >= c``)
+    in place and leave the Schur complement in ``T[k:, k:]``.
+
+    Small fronts run in loops (right-looking, column by column). Large ones go in panels of
+    ``_PANEL`` columns: the panel's diagonal block is factorised and inverted in loops, the
+    rows below it are ``L21^T = L11^-1 F21^T`` and the trailing update ``L21 L21^T`` (the
+    blocks on and below the diagonal), both dense products in BLAS. Records the pivots
+    ``L[j, j]**2`` at ``pivots[f + j]``; returns -1, or the column ``f + j`` of the first
+    pivot that is not positive.
+    """
+    if k * h * h < _LOOP_MAX_FLOPS:
+        for c in range(k):
+            d = T[c, c]
+            pivots[f + c] = d
+            if not d > 0.0:
+                return f + c
+            lv = np.sqrt(d)
+            inv = 1.0 / lv
+            T[c, c] = lv
+            for r in range(c + 1, h):
+                T[c, r] *= inv
+            for c2 in range(c + 1, h):
+                v = T[c, c2]
+                if v != 0.0:
+                    for r in range(c2, h):
+                        T[c2, r] -= v * T[c, r]
+        return -1
+    linv = np.empty((_PANEL, _PANEL), dtype=np.float64)
+    for p0 in range(0, k, _PANEL):
+        p1 = min(p0 + _PANEL, k)
+        bw = p1 - p0
+        # the diagonal block: Cholesky, then its inverse (lower), in loops
+        for c in range(p0, p1):
+            d = T[c, c]
+            pivots[f + c] = d
+            if not d > 0.0:
+                return f + c
+            lv = np.sqrt(d)
+            inv = 1.0 / lv
+            T[c, c] = lv
+            for r in range(c + 1, p1):
+                T[c, r] *= inv
+            for c2 in range(c + 1, p1):
+                v = T[c, c2]
+                if v != 0.0:
+                    for r in range(c2, p1):
+                        T[c2, r] -= v * T[c, r]
+        Li = linv[:bw, :bw]
+        Li[:, :] = 0.0
+        for j in range(bw):  # column j of L11^-1: forward substitution with e_j
+            Li[j, j] = 1.0 / T[p0 + j, p0 + j]
+            for r in range(j + 1, bw):
+                acc = 0.0
+                for q in range(j, r):
+                    acc += T[p0 + q, p0 + r] * Li[q, j]  # L11[r, q] = T[q, r]
+                Li[r, j] = -acc / T[p0 + r, p0 + r]
+        w = h - p1
+        if w == 0:
+            continue
+        # rows below the panel: T[p0:p1, p1:] holds F21^T; L21^T = L11^-1 F21^T
+        X = np.ascontiguousarray(T[p0:p1, p1:h])
+        Y = np.dot(np.ascontiguousarray(Li), X)
+        T[p0:p1, p1:h] = Y
+        # trailing update, the lower triangle of Q Q^T (Q = L21, (w, bw)) in column blocks:
+        # G_j = Q[j:j+nb] Q[j:]^T, both operands contiguous
+        Q = np.ascontiguousarray(Y.T)
+        for j0 in range(0, w, _GEMM_BLOCK):
+            j1 = min(j0 + _GEMM_BLOCK, w)
+            G = np.dot(Q[j0:j1], Q[j0:].T)
+            for a in range(j1 - j0):
+                for r in range(a, w - j0):
+                    T[p1 + j0 + a, p1 + j0 + r] -= G[a, r]
+    return -1
 
 
 @njit(cache=True, nogil=True)
