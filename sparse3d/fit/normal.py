@@ -26,7 +26,7 @@ from ._checks import (
     _inverse_variance,
 )
 from ._inputs import _check_mask_values
-from .assemble import _design_csr, _row_scale, _scaled_normal_matrix
+from .assemble import _design_matrix, _row_scale, _scaled_normal_matrix
 from .background import as_background
 from .diagnostics import _chi2
 from .factor import _factorize_or_raise, _solver_name
@@ -508,7 +508,7 @@ def prepare_normal_equations(
     if B is not None:
         bprec, bmu = bg.prior(B.shape[1])
         prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
-    A_csr = _design_csr(A)
+    A_csr = _design_matrix(A)
     ivar1 = None if ivar is None else ivar[:, 0]
     keep1 = None if keep is None else keep[:, 0]
     if not (reuse is None or isinstance(reuse, (bool, NormalEquations))):

@@ -29,7 +29,7 @@ from ._checks import (
     _inverse_variance,
 )
 from ._inputs import _read_inputs
-from .assemble import _design_csr
+from .assemble import _design_matrix
 from .background import as_background
 from .diagnostics import _FitContext, _Group
 from .normal import NormalEquations
@@ -224,7 +224,7 @@ def fit_design(
     if B is not None:
         bprec, bmu = bg.prior(B.shape[1])
         prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
-    A_csr = _design_csr(A)
+    A_csr = _design_matrix(A)
     m = n if B is None else n + B.shape[1]
 
     # ---- one factorisation per distinct error map and mask --------------
