@@ -167,3 +167,27 @@ def test_nested_dissection_order_reduces_fill():
     given = _fill(overlap, np.arange(n))  # random positions: no locality
     by_row = _fill(overlap, np.lexsort((c0, r0)))  # a banded order
     assert nd < 0.2 * given and nd < 0.8 * by_row  # measured: 0.11x and 0.72x
+
+
+def test_nd_large_fronts_match_dense():
+    # a scene dense enough that the top separators' fronts take the panel/BLAS path
+    # (k h^2 above _supernodal_kernels._LOOP_MAX_FLOPS), with one and several right-hand sides
+    from sparse3d.fit import _supernodal_kernels as K
+
+    rng = np.random.default_rng(8)
+    n, size = 2500, 160
+    r0, c0 = rng.integers(0, size, n), rng.integers(0, size, n)
+    R, C = np.mgrid[:10, :10]
+    S = Sparse3D(rng.uniform(0.1, 1, (10, 10, n)), R[:, :, None] + r0, C[:, :, None] + c0, (size, size))
+    G = normal_matrix(S, None)
+    G = (G + scipy.sparse.diags(np.full(n, 0.05 * G.diagonal().max()), format="csr")).tocsr()
+    F = _NDFactor(G, stamp_boxes(S, None))
+    sstart, sptr = F._blocks[0], F._blocks[1]
+    k = np.diff(sstart)
+    assert np.any(k * (k + np.diff(sptr)) ** 2 >= K._LOOP_MAX_FLOPS)
+    assert np.any(k > K._PANEL)  # several panels in one front
+    full = (G + G.T - scipy.sparse.diags(G.diagonal())).toarray()
+    for b in (rng.normal(size=n), rng.normal(size=(n, 3))):
+        ref = np.linalg.solve(full, b)
+        np.testing.assert_allclose(F.solve(b), ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
+    np.testing.assert_allclose(F.inv_diag(), np.diag(np.linalg.inv(full)), rtol=1e-10)

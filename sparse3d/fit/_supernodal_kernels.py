@@ -423,6 +423,9 @@ def _partial_cholesky(T, k, h, pivots, f):  # pragma: no cover - compiled
 def block_solve(sstart, sptr, srows, offsets, buf, x):  # pragma: no cover - compiled
     """Solve ``L L^T y = x`` in place (``x`` ``(n, k)``, permuted order) with the blocks of
     :func:`multifrontal`."""
+    if x.shape[1] == 1:
+        _block_solve_one(sstart, sptr, srows, offsets, buf, x[:, 0])
+        return
     nsup = sstart.size - 1
     nk = x.shape[1]
     for s in range(nsup):
@@ -465,3 +468,39 @@ def block_solve(sstart, sptr, srows, offsets, buf, x):  # pragma: no cover - com
             inv = 1.0 / buf[col + c]
             for t in range(nk):
                 x[f + c, t] *= inv
+
+
+@njit(cache=True, nogil=True)
+def _block_solve_one(sstart, sptr, srows, offsets, buf, x):  # pragma: no cover - compiled
+    """:func:`block_solve` for one right-hand side (``x`` 1-D)."""
+    nsup = sstart.size - 1
+    for s in range(nsup):
+        f = sstart[s]
+        k = sstart[s + 1] - f
+        q = sptr[s]
+        m = sptr[s + 1] - q
+        h = k + m
+        o = offsets[s]
+        for c in range(k):
+            col = o + c * h
+            xc = x[f + c] / buf[col + c]
+            x[f + c] = xc
+            for r in range(c + 1, k):
+                x[f + r] -= buf[col + r] * xc
+            for a in range(m):
+                x[srows[q + a]] -= buf[col + k + a] * xc
+    for s in range(nsup - 1, -1, -1):
+        f = sstart[s]
+        k = sstart[s + 1] - f
+        q = sptr[s]
+        m = sptr[s + 1] - q
+        h = k + m
+        o = offsets[s]
+        for c in range(k - 1, -1, -1):
+            col = o + c * h
+            acc = x[f + c]
+            for a in range(m):
+                acc -= buf[col + k + a] * x[srows[q + a]]
+            for r in range(c + 1, k):
+                acc -= buf[col + r] * x[f + r]
+            x[f + c] = acc / buf[col + c]
