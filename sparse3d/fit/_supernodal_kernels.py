@@ -422,7 +422,11 @@ def _partial_cholesky(T, k, h, pivots, f):  # pragma: no cover - compiled
 @njit(cache=True, nogil=True)
 def block_solve(sstart, sptr, srows, offsets, buf, x):  # pragma: no cover - compiled
     """Solve ``L L^T y = x`` in place (``x`` ``(n, k)``, permuted order) with the blocks of
-    :func:`multifrontal`."""
+    :func:`multifrontal`.
+
+    One right-hand side runs in loops; several go supernode by supernode, the products with
+    the rows below each diagonal block in BLAS when they are large enough to pay.
+    """
     if x.shape[1] == 1:
         _block_solve_one(sstart, sptr, srows, offsets, buf, x[:, 0])
         return
@@ -431,43 +435,79 @@ def block_solve(sstart, sptr, srows, offsets, buf, x):  # pragma: no cover - com
     for s in range(nsup):
         f = sstart[s]
         k = sstart[s + 1] - f
-        m = sptr[s + 1] - sptr[s]
+        q = sptr[s]
+        m = sptr[s + 1] - q
         h = k + m
         o = offsets[s]
-        for c in range(k):
-            col = o + c * h
-            inv = 1.0 / buf[col + c]
-            for t in range(nk):
-                x[f + c, t] *= inv
-            for r in range(c + 1, k):
-                v = buf[col + r]
-                for t in range(nk):
-                    x[f + r, t] -= v * x[f + c, t]
+        _diag_forward(buf, o, h, k, x, f, nk)
+        if m == 0:
+            continue
+        if k * m * nk < _LOOP_MAX_FLOPS // 64:
+            for c in range(k):
+                col = o + c * h
+                for a in range(m):
+                    v = buf[col + k + a]
+                    i = srows[q + a]
+                    for t in range(nk):
+                        x[i, t] -= v * x[f + c, t]
+        else:
+            Bt = np.ascontiguousarray(buf[o : o + k * h].reshape(k, h)[:, k:])  # L_below^T, (k, m)
+            U = np.dot(Bt.T, x[f : f + k])
             for a in range(m):
-                v = buf[col + k + a]
-                i = srows[sptr[s] + a]
+                i = srows[q + a]
                 for t in range(nk):
-                    x[i, t] -= v * x[f + c, t]
+                    x[i, t] -= U[a, t]
     for s in range(nsup - 1, -1, -1):
         f = sstart[s]
         k = sstart[s + 1] - f
-        m = sptr[s + 1] - sptr[s]
+        q = sptr[s]
+        m = sptr[s + 1] - q
         h = k + m
         o = offsets[s]
-        for c in range(k - 1, -1, -1):
-            col = o + c * h
-            for a in range(m):
-                v = buf[col + k + a]
-                i = srows[sptr[s] + a]
-                for t in range(nk):
-                    x[f + c, t] -= v * x[i, t]
-            for r in range(c + 1, k):
-                v = buf[col + r]
-                for t in range(nk):
-                    x[f + c, t] -= v * x[f + r, t]
-            inv = 1.0 / buf[col + c]
+        if m:
+            if k * m * nk < _LOOP_MAX_FLOPS // 64:
+                for c in range(k):
+                    col = o + c * h
+                    for a in range(m):
+                        v = buf[col + k + a]
+                        i = srows[q + a]
+                        for t in range(nk):
+                            x[f + c, t] -= v * x[i, t]
+            else:
+                Bt = np.ascontiguousarray(buf[o : o + k * h].reshape(k, h)[:, k:])
+                Xr = np.empty((m, nk), dtype=np.float64)
+                for a in range(m):
+                    Xr[a, :] = x[srows[q + a], :]
+                x[f : f + k] -= np.dot(Bt, Xr)
+        _diag_backward(buf, o, h, k, x, f, nk)
+
+
+@njit(cache=True, nogil=True)
+def _diag_forward(buf, o, h, k, x, f, nk):  # pragma: no cover - compiled
+    """``x[f:f+k] = L_ss^-1 x[f:f+k]`` for the diagonal block at ``buf[o:]`` (column-major, height h)."""
+    for c in range(k):
+        col = o + c * h
+        inv = 1.0 / buf[col + c]
+        for t in range(nk):
+            x[f + c, t] *= inv
+        for r in range(c + 1, k):
+            v = buf[col + r]
             for t in range(nk):
-                x[f + c, t] *= inv
+                x[f + r, t] -= v * x[f + c, t]
+
+
+@njit(cache=True, nogil=True)
+def _diag_backward(buf, o, h, k, x, f, nk):  # pragma: no cover - compiled
+    """``x[f:f+k] = L_ss^-T x[f:f+k]``."""
+    for c in range(k - 1, -1, -1):
+        col = o + c * h
+        for r in range(c + 1, k):
+            v = buf[col + r]
+            for t in range(nk):
+                x[f + c, t] -= v * x[f + r, t]
+        inv = 1.0 / buf[col + c]
+        for t in range(nk):
+            x[f + c, t] *= inv
 
 
 @njit(cache=True, nogil=True)
