@@ -82,7 +82,8 @@ class _NDFactor(_SupernodalFactor):
 
         b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
         x = np.ascontiguousarray(b2[self.perm])
-        block_solve(*self._blocks, x)
+        with single_threaded_blas():  # many small products: threads only synchronise
+            block_solve(*self._blocks, x)
         out = np.empty(x.shape)
         out[self.perm] = x
         return out.reshape(b.shape)
