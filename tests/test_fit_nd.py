@@ -38,7 +38,8 @@ def _reference(A, d, err, keep, prec, mu):
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("frames", [0, 3])
-def test_nd_fit_matches_dense(seed, dtype, frames):
+def test_nd_fit_matches_dense(seed, dtype, frames, compiled_kernels):
+    # compiled_kernels: the stamp paths (normal matrix, right-hand side from the stamps)
     rng = np.random.default_rng(seed)
     S = _scene(rng, 150, dtype=dtype)
     A = _dense(S)
@@ -58,7 +59,7 @@ def test_nd_fit_matches_dense(seed, dtype, frames):
     np.testing.assert_allclose(res.chi2, auto.chi2, rtol=1e-9)
 
 
-def test_nd_with_background_and_unconstrained_sources():
+def test_nd_with_background_and_unconstrained_sources(compiled_kernels):
     rng = np.random.default_rng(3)
     S = _scene(rng, 120)
     d = rng.normal(size=S.imshape)
@@ -191,3 +192,32 @@ def test_nd_large_fronts_match_dense():
         ref = np.linalg.solve(full, b)
         np.testing.assert_allclose(F.solve(b), ref, rtol=1e-10, atol=1e-12 * np.abs(ref).max())
     np.testing.assert_allclose(F.inv_diag(), np.diag(np.linalg.inv(full)), rtol=1e-10)
+
+
+def test_stamp_right_hand_side_refuses_nonfinite_stamps(compiled_kernels):
+    # with the right-hand side from the stamps no sparse matrix checks the values: the normal
+    # matrix does
+    rng = np.random.default_rng(9)
+    S = _scene(rng, 50)
+    vals = S.data.copy()
+    inside = np.flatnonzero(
+        (S.row[1, 1] >= S.imcorner[0])
+        & (S.row[1, 1] < S.imcorner[0] + S.imshape[0])
+        & (S.col[1, 1] >= S.imcorner[1])
+        & (S.col[1, 1] < S.imcorner[1] + S.imshape[1])
+    )
+    vals[1, 1, inside[0]] = np.nan
+    S2 = Sparse3D(vals, S.row, S.col, S.imshape, S.imcorner)
+    with pytest.raises(ValueError, match="non-finite"):
+        fit_design(S2, rng.normal(size=S.imshape), imshape=S.imshape)
+
+
+def test_stamp_right_hand_side_model_and_residuals(compiled_kernels):
+    rng = np.random.default_rng(10)
+    S = _scene(rng, 80)
+    A = _dense(S)
+    d = rng.normal(size=S.imshape)
+    res = fit_design(S, d, imshape=S.imshape, errors=np.full(S.imshape, 0.7))
+    np.testing.assert_allclose(res.model.ravel(), A @ res.weights, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(res.residuals.ravel(), d.ravel() - A @ res.weights, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(res.chi2, np.sum(((d.ravel() - A @ res.weights) / 0.7) ** 2), rtol=1e-9)

@@ -146,15 +146,24 @@ class _FitContext:
         wz: np.ndarray,
         err_scale: float = 1.0,
     ) -> None:
-        self.A, self.B, self.D = A, B, D
+        # the design, or a function that builds it (a Sparse3D fit's, made on first use)
+        self._A = A
+        self.B, self.D = B, D
         self.imshape, self.stack = imshape, stack
         self.ivar, self.col_of_frame, self.keep = ivar, col_of_frame, keep
         self.saturated = saturated  # (npix, 1 or k) bool, or None
         self.groups = groups
         self.wz = wz
-        self.n = A.shape[1]
+        self.n = wz.shape[0] - (0 if B is None else B.shape[1])
         self.err_scale = err_scale  # ivar holds (err_scale / errors)**2
         self._P: scipy.sparse.csr_matrix | None = None
+
+    @property
+    def A(self) -> scipy.sparse.spmatrix:
+        """The design matrix (built on first use when the fit had none)."""
+        if callable(self._A):
+            self._A = self._A()
+        return self._A
 
     # -- images ------------------------------------------------------------------------------
     def _image(self, flat: np.ndarray) -> np.ndarray:
