@@ -79,7 +79,6 @@ class _Supernodal:
         ends = np.append(starts[1:], n)
         ns = ends - starts
         height = cnt[starts]  # ns + m
-        sup_of_col = np.repeat(np.arange(starts.size), ns)
         # Copy L into one flat buffer holding the (ns + m, ns) blocks one after
         # the other, each in column-major order: the entries of a column are
         # then contiguous, starting at its diagonal.
@@ -122,9 +121,7 @@ class _Supernodal:
         self.lbelow: list[np.ndarray] = []  # block of L below the diagonal
         parent = np.full(starts.size, -1, dtype=np.int64)
         with single_threaded_blas():
-            for s_, (f, k, h, o) in enumerate(
-                zip(starts.tolist(), ns.tolist(), height.tolist(), offsets.tolist())
-            ):
+            for s_, (k, h, o) in enumerate(zip(ns.tolist(), height.tolist(), offsets.tolist())):
                 block = buf[o : o + h * k].reshape(k, h).T
                 if k == 1:
                     linv = 1.0 / block[:1]

@@ -233,6 +233,7 @@ def fit_design(
         if not made:
             made.append(_design_matrix(A_fit) if isinstance(A_fit, Sparse3D) else A_fit)
         return made[0]
+
     m = n if B is None else n + B.shape[1]
 
     # ---- one factorisation per distinct error map and mask --------------
