@@ -28,15 +28,18 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc):  # pragma: no cover - compiled
     nr, nc, n = values.shape
     m = U.shape[1]
     out = np.zeros((n, m), dtype=np.float64)
-    for a in range(nr):
-        for b in range(nc):
-            for k in range(n):
-                r = r0[k] + a - imr
-                c = c0[k] + b - imc
-                if r < 0 or r >= H or c < 0 or c >= W:
-                    continue
-                v = values[a, b, k]
-                p = r * W + c
-                for t in range(m):
-                    out[k, t] += v * U[p, t]
+    blk = 16  # sources read together: consecutive in values' last axis (one cache line)
+    for k0 in range(0, n, blk):
+        k1 = min(k0 + blk, n)
+        for a in range(nr):
+            for b in range(nc):  # a stamp row's pixels are adjacent in U
+                for k in range(k0, k1):
+                    r = r0[k] + a - imr
+                    c = c0[k] + b - imc
+                    if r < 0 or r >= H or c < 0 or c >= W:
+                        continue
+                    v = values[a, b, k]
+                    p = r * W + c
+                    for t in range(m):
+                        out[k, t] += v * U[p, t]
     return out
