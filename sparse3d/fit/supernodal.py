@@ -74,7 +74,7 @@ class _NDFactor(_SupernodalFactor):
         if self._super is None:
             sstart, sptr, srows, offsets, buf = self._blocks
             rows = np.split(srows, sptr[1:-1])
-            self._super = _Supernodal.from_blocks(sstart, offsets, buf, rows)
+            self._super = _Supernodal.from_blocks(sstart, offsets, buf, rows, invert=False)
         return self._super
 
     def solve(self, b: np.ndarray) -> np.ndarray:
