@@ -492,8 +492,9 @@ def prepare_normal_equations(
     factorisation reuses its symbolic analysis (the fill-reducing ordering and elimination
     tree; about 40 % of a ``qdldl`` factorisation) and only refactorises numerically; else it
     starts afresh. ``reuse=True`` on the first call keeps that analysis for the next one.
-    Only the ``"qdldl"`` solver reuses; the others ignore it. The previous equations stay
-    valid (they keep their own numeric factor).
+    Only the ``"qdldl"`` solver reuses (with ``reuse``, ``solver="auto"`` picks it rather
+    than ``"nd"``); the others ignore it. The previous equations stay valid (they keep their
+    own numeric factor).
 
     Returns
     -------
