@@ -28,6 +28,24 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc):  # pragma: no cover - compiled
     nr, nc, n = values.shape
     m = U.shape[1]
     out = np.zeros((n, m), dtype=np.float64)
+    if m > 1:  # many frames: a row of U per stamp pixel, accumulated per source
+        acc = np.empty(m, dtype=np.float64)
+        for k in range(n):
+            acc[:] = 0.0
+            for a in range(nr):
+                r = r0[k] + a - imr
+                if r < 0 or r >= H:
+                    continue
+                for b in range(nc):
+                    c = c0[k] + b - imc
+                    if c < 0 or c >= W:
+                        continue
+                    v = values[a, b, k]
+                    u = U[r * W + c]
+                    for t in range(m):
+                        acc[t] += v * u[t]
+            out[k] = acc
+        return out
     blk = 16  # sources read together: consecutive in values' last axis (one cache line)
     for k0 in range(0, n, blk):
         k1 = min(k0 + blk, n)
@@ -38,8 +56,5 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc):  # pragma: no cover - compiled
                     c = c0[k] + b - imc
                     if r < 0 or r >= H or c < 0 or c >= W:
                         continue
-                    v = values[a, b, k]
-                    p = r * W + c
-                    for t in range(m):
-                        out[k, t] += v * U[p, t]
+                    out[k, 0] += values[a, b, k] * U[r * W + c, 0]
     return out
