@@ -560,7 +560,7 @@ def _regular_stamps(A: Any) -> tuple | None:
 
     ``values`` float64, C order, read-only (the one compiled signature).
     """
-    if not isinstance(A, Sparse3D) or A._values.size < _compiled.COMPILED_MIN_NNZ:
+    if not isinstance(A, Sparse3D) or A._structure.grouped or A._values.size < _compiled.COMPILED_MIN_NNZ:
         return None
     corners = _regular_corners(A)
     if corners is None:

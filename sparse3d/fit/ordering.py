@@ -30,8 +30,8 @@ def stamp_boxes(design: object, idx: np.ndarray | None) -> Boxes | None:
     otherwise). ``idx`` (None: all) are the free parameters; those beyond the sources
     (background columns) have no box and are not included: they come last.
     """
-    if not isinstance(design, Sparse3D):
-        return None
+    if not isinstance(design, Sparse3D) or design._structure.grouped:
+        return None  # several stamp shapes: qdldl (a joint order of groups is future work)
     corners = _regular_corners(design)
     if corners is None:
         return None
