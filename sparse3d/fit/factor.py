@@ -37,7 +37,7 @@ import scipy.sparse.linalg
 from .. import _compiled
 from .._blas import single_threaded_blas
 from .result import SingularNormalMatrixError
-from .selinv import _close_pattern, _Supernodal
+from .selinv import _close_pattern, _inv_entries, _Supernodal
 
 _cholmod: Any = None  # cvxopt.cholmod, imported on first use (see _load_cholmod)
 _cvx_matrix: Any = None
@@ -495,26 +495,6 @@ class _EmptyFactor:
 
     def portable(self) -> _EmptyFactor:
         return self
-
-
-def _inv_entries(sup: _Supernodal, perm: np.ndarray, solve: Any, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """``N^-1[i, j]`` from the supernodal factor of ``N[perm][:, perm]``.
-
-    Pairs on the factor's pattern come from the selected inversion; the rare pairs of
-    ``N``'s pattern that a factor dropped (an entry that cancelled to exactly 0) are read
-    from solves with the unit vectors of their columns.
-    """
-    iperm = np.empty_like(perm)
-    iperm[perm] = np.arange(perm.size)
-    values, found = sup.inv_entries(iperm[np.asarray(i)], iperm[np.asarray(j)])
-    if not found.all():
-        miss = np.flatnonzero(~found)
-        cols, inv = np.unique(np.asarray(j)[miss], return_inverse=True)
-        E = np.zeros((perm.size, cols.size))
-        E[cols, np.arange(cols.size)] = 1.0
-        Z = solve(E)
-        values[miss] = Z[np.asarray(i)[miss], inv]
-    return values
 
 
 def _resolve_auto(N: scipy.sparse.csr_matrix, boxes: Any) -> str:

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.linalg
 import scipy.sparse
@@ -274,3 +276,23 @@ class _Supernodal:
                     front[ns:, ns:] = zrr
                 fronts[s] = (np.concatenate([np.arange(f, e), rows]), front)
         return diag
+
+
+def _inv_entries(sup: _Supernodal, perm: np.ndarray, solve: Any, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """``N^-1[i, j]`` from the supernodal factor of ``N[perm][:, perm]``.
+
+    Pairs on the factor's pattern come from the selected inversion; the rare pairs of
+    ``N``'s pattern that a factor dropped (an entry that cancelled to exactly 0) are read
+    from solves with the unit vectors of their columns.
+    """
+    iperm = np.empty_like(perm)
+    iperm[perm] = np.arange(perm.size)
+    values, found = sup.inv_entries(iperm[np.asarray(i)], iperm[np.asarray(j)])
+    if not found.all():
+        miss = np.flatnonzero(~found)
+        cols, inv = np.unique(np.asarray(j)[miss], return_inverse=True)
+        E = np.zeros((perm.size, cols.size))
+        E[cols, np.arange(cols.size)] = 1.0
+        Z = solve(E)
+        values[miss] = Z[np.asarray(i)[miss], inv]
+    return values
