@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _kernels
+from .. import _grid_kernels, _kernels
 from .._options import check_dense_allocation
 from ._registry import (
     _S,
@@ -122,7 +122,11 @@ def dot(a, b, out=None):
         result = np.asarray(a._csr @ b).astype(dtype, copy=False).reshape((H, W, k)[: 1 + b.ndim])
     elif fast == "kernel":
         w2 = b.reshape(n, k)
-        result = _kernels.scatter(s._row, s._col, a._values, w2, s.root_corner, s.imshape, dtype)
+        grid = s.grid_corners()
+        if grid is not None:  # one corner per stamp: stamp rows added to image rows
+            result = _grid_kernels.scatter(a._values, *grid, w2, s.root_corner, s.imshape, dtype)
+        else:
+            result = _kernels.scatter(s._row, s._col, a._values, w2, s.root_corner, s.imshape, dtype)
         result = result.reshape((H, W, k)[: 1 + b.ndim])
     elif fast == "sorted":
         order = s.sorted_order()[1:]
@@ -237,7 +241,11 @@ def _project(S, image: np.ndarray) -> np.ndarray:
     if fast in ("kernel", "sorted"):
         s = S._structure
         img3 = image.reshape(H, W, -1)
-        res = _kernels.gather(s._row, s._col, S._values, img3, s.root_corner, dtype)
+        grid = s.grid_corners() if img3.flags.c_contiguous else None
+        if grid is not None:  # one corner per stamp: stamp rows against image rows
+            res = _grid_kernels.gather(S._values, *grid, img3, s.root_corner, dtype)
+        else:
+            res = _kernels.gather(s._row, s._col, S._values, img3, s.root_corner, dtype)
         return res.reshape((S.nsources, *image.shape[2:]))
     if fast == "csr":
         res = np.asarray(S._csr.T @ image.reshape(H * W, -1)).astype(dtype, copy=False)
