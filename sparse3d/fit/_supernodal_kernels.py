@@ -11,13 +11,17 @@ three compiled steps, all on the lower triangle of ``N`` (CSR, as the fit assemb
    :mod:`._factor_kernels`) and their row structures (:func:`supernode_rows`);
 2. numeric: a multifrontal ``L L^T`` (:func:`multifrontal`): every supernode's frontal
    matrix is assembled from ``N`` and its children's update matrices (a stack), its
-   columns are factorised in panels whose trailing updates are dense products (BLAS
-   through ``np.dot``), and its columns land directly in the flat block buffer that
+   columns are factorised in loops, or, for the few large fronts, by LAPACK and BLAS in
+   :mod:`sparse3d.fit.supernodal`, and land directly in the flat block buffer that
    :class:`~sparse3d.fit.selinv._Supernodal` reads (the factor is written once);
 3. solves over that buffer for any number of right-hand sides (:func:`block_solve`).
 """
 
 from __future__ import annotations
+
+# Plain loops only: NumPy functions inside a kernel (np.dot, np.sort, array expressions) cost
+# seconds of compilation each on a cold cache; the dense work of large fronts and blocks runs
+# in the callers, through SciPy's LAPACK/BLAS.
 
 import numpy as np
 from numba import njit
@@ -32,17 +36,13 @@ SIGNATURES = {
     "column_counts": f"({_I}, {_I}, {_I})",
     "supernodes": f"({_I}, {_I})",
     "supernode_rows": f"({_I}, {_I}, {_I}, {_I}, {_I})",
-    "multifrontal": f"({_I}, {_I}, {_I}, {_I}, {_I}, {_F}, {_I})",
+    "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, {_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I})",
     "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, float64[:, ::1])",
 }
 
 # a front of fewer than this many multiply-adds (k h^2) is factorised in loops: np.dot's calls
 # and allocations cost more than the arithmetic of small blocks
 _LOOP_MAX_FLOPS = 1 << 20
-# panel width of the partial factorisation of a front
-_PANEL = 64
-# column blocks of a trailing update: only the blocks on and below the diagonal are formed
-_GEMM_BLOCK = 96
 
 
 @njit(cache=True, nogil=True)
@@ -252,171 +252,108 @@ def supernode_rows(sstart, cc, cptr, cind, parent):  # pragma: no cover - compil
 
 
 @njit(cache=True, nogil=True)
-def multifrontal(sstart, sptr, srows, cptr, cind, cval, sizes):  # pragma: no cover - compiled
-    """Multifrontal Cholesky ``L L^T`` of the permuted ``N`` (lower part by columns, ``cptr``...).
+def multifrontal(
+    s0, sstart, sptr, srows, cptr, cind, cval, offsets, buf, pivots, front, stack, pos, pending, nchild, ctr
+):  # pragma: no cover - compiled
+    """Multifrontal Cholesky ``L L^T`` of the permuted ``N`` (lower part by columns, ``cptr``...),
+    from supernode ``s0`` on; the caller factorises the large fronts (BLAS, LAPACK).
 
-    ``sizes = (stack_size, hmax)`` from :func:`supernode_rows`. Returns ``(offsets, buf,
-    pivots, bad)``: supernode ``s`` (columns ``[f, e)``, ``k = e - f``, rows below ``R``,
-    ``h = k + |R|``) is the ``(h, k)`` block of ``L`` in column-major order at
-    ``buf[offsets[s]:offsets[s + 1]]`` (rows ``f..e-1`` then ``R``, zeros above the
-    diagonal); ``pivots`` the pivots ``L[j, j]**2``; ``bad`` -1, or the first column whose
-    pivot was not positive (the factorisation stopped there).
+    ``offsets`` (from :func:`block_offsets`) place supernode ``s`` (columns ``[f, e)``,
+    ``k = e - f``, rows below ``R``, ``h = k + |R|``) as the ``(h, k)`` block of ``L`` in
+    column-major order at ``buf[offsets[s]:offsets[s + 1]]`` (rows ``f..e-1`` then ``R``, zeros
+    above the diagonal); ``pivots`` receives the pivots ``L[j, j]**2``. The state: ``front``
+    (``hmax^2``), ``stack`` (the update matrices), ``pos`` (``n``), ``pending`` (supernodes whose
+    update matrices are on the stack), ``nchild`` (children of every supernode), ``ctr`` (the
+    stack's end and the number of pending supernodes, both 0 at the start).
+
+    Fronts of fewer than ``_LOOP_MAX_FLOPS`` multiply-adds (``k h^2``) are factorised here in
+    loops. At a larger one the kernel returns ``s`` with the front assembled in
+    ``front[:h * h]`` (``T[c, r] = F[r, c]`` for ``r >= c``, row-major ``(h, h)``); the
+    caller factorises its first ``k`` columns in place and calls again with ``s0 = -s - 1``:
+    the front is then stored and the sweep goes on. Returns ``nsup`` when done, or
+    ``-col - 1`` for the first column whose pivot was not positive.
     """
     nsup = sstart.size - 1
-    n = sstart[nsup]
-    stack_size = sizes[0]
-    hmax = sizes[1]
-    offsets = np.zeros(nsup + 1, dtype=np.intp)
-    for s in range(nsup):
-        k = sstart[s + 1] - sstart[s]
-        offsets[s + 1] = offsets[s] + k * (k + sptr[s + 1] - sptr[s])
-    buf = np.zeros(offsets[nsup], dtype=np.float64)
-    pivots = np.zeros(n, dtype=np.float64)
-    pos = np.empty(n, dtype=np.intp)
-    front = np.empty(hmax * hmax, dtype=np.float64)
-    stack = np.empty(max(stack_size, 1), dtype=np.float64)
-    top = 0  # end of the stack
-    # children of each supernode, to pop from the stack in reverse push order
-    sparent = np.full(nsup, -1, dtype=np.intp)
-    nchild = np.zeros(nsup, dtype=np.intp)
-    for s in range(nsup):
-        if sptr[s + 1] > sptr[s]:
-            r = srows[sptr[s]]
-            # supernode of column r: binary search in sstart
-            lo = 0
-            hi = nsup
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if sstart[mid] <= r:
-                    lo = mid
-                else:
-                    hi = mid
-            sparent[s] = lo
-            nchild[lo] += 1
-    pending = np.empty(nsup, dtype=np.intp)  # supernodes whose updates are on the stack
-    npend = 0
-    for s in range(nsup):
+    s = s0
+    if s0 < 0:
+        s = -s0 - 1
+        _store_front(s, sstart, sptr, front, offsets, buf, stack, pending, ctr)
+        s += 1
+    while s < nsup:
         f = sstart[s]
         e = sstart[s + 1]
         k = e - f
         m = sptr[s + 1] - sptr[s]
         h = k + m
-        T = front[: h * h].reshape(h, h)  # T[c, r] = F[r, c] for r >= c
-        T[:, :] = 0.0
+        for q in range(h * h):
+            front[q] = 0.0
         for a in range(k):
             pos[f + a] = a
         for a in range(m):
             pos[srows[sptr[s] + a]] = k + a
         for j in range(f, e):
-            cj = j - f
+            cj = (j - f) * h
             for p in range(cptr[j], cptr[j + 1]):
-                T[cj, pos[cind[p]]] += cval[p]
+                front[cj + pos[cind[p]]] += cval[p]
         # extend-add the children's update matrices (the last nchild entries of the stack)
+        top = ctr[0]
         for _ in range(nchild[s]):
-            npend -= 1
-            c = pending[npend]
+            ctr[1] -= 1
+            c = pending[ctr[1]]
             mc = sptr[c + 1] - sptr[c]
             top -= mc * mc
             for a in range(mc):
-                pa = pos[srows[sptr[c] + a]]
+                pa = pos[srows[sptr[c] + a]] * h
                 base = top + a * mc
                 for b in range(a, mc):
-                    T[pa, pos[srows[sptr[c] + b]]] += stack[base + b]
-        # partial factorisation of the first k columns
-        bad = _partial_cholesky(T, k, h, pivots, f)
-        if bad >= 0:
-            return offsets, buf, pivots, bad
-        # the factor's columns, then this supernode's update matrix onto the stack
-        o = offsets[s]
+                    front[pa + pos[srows[sptr[c] + b]]] += stack[base + b]
+        ctr[0] = top
+        if k * h * h >= _LOOP_MAX_FLOPS:
+            return s
+        # right-looking partial factorisation of the first k columns, column by column
         for c in range(k):
-            for r in range(c, h):
-                buf[o + c * h + r] = T[c, r]
-        if m:
-            for a in range(m):
-                base = top + a * m
-                for b in range(a, m):
-                    stack[base + b] = T[k + a, k + b]
-            top += m * m
-            pending[npend] = s
-            npend += 1
-    return offsets, buf, pivots, -1
+            cc = c * h
+            d = front[cc + c]
+            pivots[f + c] = d
+            if not d > 0.0:
+                return -(f + c) - 1
+            lv = np.sqrt(d)
+            inv = 1.0 / lv
+            front[cc + c] = lv
+            for r in range(c + 1, h):
+                front[cc + r] *= inv
+            for c2 in range(c + 1, h):
+                v = front[cc + c2]
+                if v != 0.0:
+                    c2h = c2 * h
+                    for r in range(c2, h):
+                        front[c2h + r] -= v * front[cc + r]
+        _store_front(s, sstart, sptr, front, offsets, buf, stack, pending, ctr)
+        s += 1
+    return nsup
 
 
 @njit(cache=True, nogil=True)
-def _partial_cholesky(T, k, h, pivots, f):  # pragma: no cover - compiled
-    """Factorise the first ``k`` columns of the front ``F`` (``T[c, r] = F[r, c]``, ``r >= c``)
-    in place and leave the Schur complement in ``T[k:, k:]``.
-
-    Small fronts run in loops (right-looking, column by column). Large ones go in panels of
-    ``_PANEL`` columns: the panel's diagonal block is factorised and inverted in loops, the
-    rows below it are ``L21^T = L11^-1 F21^T`` and the trailing update ``L21 L21^T`` (the
-    blocks on and below the diagonal), both dense products in BLAS. Records the pivots
-    ``L[j, j]**2`` at ``pivots[f + j]``; returns -1, or the column ``f + j`` of the first
-    pivot that is not positive.
-    """
-    if k * h * h < _LOOP_MAX_FLOPS:
-        for c in range(k):
-            d = T[c, c]
-            pivots[f + c] = d
-            if not d > 0.0:
-                return f + c
-            lv = np.sqrt(d)
-            inv = 1.0 / lv
-            T[c, c] = lv
-            for r in range(c + 1, h):
-                T[c, r] *= inv
-            for c2 in range(c + 1, h):
-                v = T[c, c2]
-                if v != 0.0:
-                    for r in range(c2, h):
-                        T[c2, r] -= v * T[c, r]
-        return -1
-    linv = np.empty((_PANEL, _PANEL), dtype=np.float64)
-    for p0 in range(0, k, _PANEL):
-        p1 = min(p0 + _PANEL, k)
-        bw = p1 - p0
-        # the diagonal block: Cholesky, then its inverse (lower), in loops
-        for c in range(p0, p1):
-            d = T[c, c]
-            pivots[f + c] = d
-            if not d > 0.0:
-                return f + c
-            lv = np.sqrt(d)
-            inv = 1.0 / lv
-            T[c, c] = lv
-            for r in range(c + 1, p1):
-                T[c, r] *= inv
-            for c2 in range(c + 1, p1):
-                v = T[c, c2]
-                if v != 0.0:
-                    for r in range(c2, p1):
-                        T[c2, r] -= v * T[c, r]
-        Li = linv[:bw, :bw]
-        Li[:, :] = 0.0
-        for j in range(bw):  # column j of L11^-1: forward substitution with e_j
-            Li[j, j] = 1.0 / T[p0 + j, p0 + j]
-            for r in range(j + 1, bw):
-                acc = 0.0
-                for q in range(j, r):
-                    acc += T[p0 + q, p0 + r] * Li[q, j]  # L11[r, q] = T[q, r]
-                Li[r, j] = -acc / T[p0 + r, p0 + r]
-        w = h - p1
-        if w == 0:
-            continue
-        # rows below the panel: T[p0:p1, p1:] holds F21^T; L21^T = L11^-1 F21^T
-        X = np.ascontiguousarray(T[p0:p1, p1:h])
-        Y = np.dot(np.ascontiguousarray(Li), X)
-        T[p0:p1, p1:h] = Y
-        # trailing update, the lower triangle of Q Q^T (Q = L21, (w, bw)) in column blocks:
-        # G_j = Q[j:j+nb] Q[j:]^T, both operands contiguous
-        Q = np.ascontiguousarray(Y.T)
-        for j0 in range(0, w, _GEMM_BLOCK):
-            j1 = min(j0 + _GEMM_BLOCK, w)
-            G = np.dot(Q[j0:j1], Q[j0:].T)
-            for a in range(j1 - j0):
-                for r in range(a, w - j0):
-                    T[p1 + j0 + a, p1 + j0 + r] -= G[a, r]
-    return -1
+def _store_front(s, sstart, sptr, front, offsets, buf, stack, pending, ctr):  # pragma: no cover
+    """Copy the factorised columns of supernode ``s``'s front into ``buf`` and push its update
+    matrix (the Schur complement) onto the stack."""
+    k = sstart[s + 1] - sstart[s]
+    m = sptr[s + 1] - sptr[s]
+    h = k + m
+    o = offsets[s]
+    for c in range(k):
+        for r in range(c, h):
+            buf[o + c * h + r] = front[c * h + r]
+    if m:
+        top = ctr[0]
+        for a in range(m):
+            base = top + a * m
+            src = (k + a) * h + k
+            for b in range(a, m):
+                stack[base + b] = front[src + b]
+        ctr[0] = top + m * m
+        pending[ctr[1]] = s
+        ctr[1] += 1
 
 
 @njit(cache=True, nogil=True)

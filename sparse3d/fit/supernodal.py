@@ -17,6 +17,70 @@ from .ordering import Boxes, nested_dissection_order
 from .selinv import _Supernodal
 
 
+def _multifrontal(sstart, sptr, srows, sparent, cptr, cind, cval, stack_size, hmax):  # type: ignore[no-untyped-def]
+    """The numeric factorisation: :func:`._supernodal_kernels.multifrontal` runs the sweep and
+    hands the large fronts back, whose first ``k`` columns are factorised here by LAPACK
+    (``potrf``) and BLAS (``trsm``, ``syrk``). Returns ``(offsets, buf, pivots)``; raises
+    :class:`_NotPositiveDefinite` at a pivot that is not positive."""
+    from scipy.linalg import blas, lapack
+
+    from ._supernodal_kernels import multifrontal
+
+    nsup = sstart.size - 1
+    n = int(sstart[-1])
+    k = np.diff(sstart)
+    offsets = np.zeros(nsup + 1, dtype=np.intp)
+    np.cumsum(k * (k + np.diff(sptr)), out=offsets[1:])
+    buf = np.zeros(int(offsets[-1]))
+    pivots = np.zeros(n)
+    front = np.empty(max(int(hmax), 1) ** 2)
+    stack = np.empty(max(int(stack_size), 1))
+    pos = np.empty(n, dtype=np.intp)
+    pending = np.empty(nsup, dtype=np.intp)
+    nchild = np.bincount(sparent[sparent >= 0], minlength=nsup).astype(np.intp)
+    ctr = np.zeros(2, dtype=np.intp)
+    args = (
+        sstart,
+        sptr,
+        srows,
+        cptr,
+        cind,
+        cval,
+        offsets,
+        buf,
+        pivots,
+        front,
+        stack,
+        pos,
+        pending,
+        nchild,
+        ctr,
+    )
+    s = 0
+    with single_threaded_blas():
+        while True:
+            s = multifrontal(s, *args)
+            if s < 0:
+                raise _NotPositiveDefinite()
+            if s == nsup:
+                return offsets, buf, pivots
+            f, ks = int(sstart[s]), int(k[s])
+            h = ks + int(sptr[s + 1] - sptr[s])
+            T = front[: h * h].reshape(h, h)  # T[c, r] = F[r, c], r >= c: the upper triangle of F
+            # F11 = U^T U with U = L11^T (upper), read as T's upper triangle
+            U, info = lapack.dpotrf(T[:ks, :ks], lower=0, clean=1)
+            if info != 0:
+                raise _NotPositiveDefinite()
+            T[:ks, :ks] = U
+            pivots[f : f + ks] = np.diagonal(U) ** 2
+            if h > ks:
+                # T[:k, k:] = F21^T; L21^T = U^-T F21^T; the Schur complement F22 - L21 L21^T
+                Y = blas.dtrsm(1.0, U, T[:ks, ks:], lower=0, trans_a=1)
+                T[:ks, ks:] = Y
+                T[ks:, ks:] -= blas.dsyrk(1.0, Y, trans=1, lower=0)
+            s = -s - 1
+
+
 class _NDFactor(_SupernodalFactor):
     """``N[p][:, p] = L L^T``: nested-dissection order ``p``, multifrontal supernodal ``L``."""
 
@@ -47,14 +111,9 @@ class _NDFactor(_SupernodalFactor):
         cc = K.column_counts(rptr, rind, parent)
         del rptr, rind
         sstart = K.supernodes(parent, cc)
-        sptr, srows, _, stack, hmax = K.supernode_rows(sstart, cc, cptr, cind, parent)
-        with single_threaded_blas():
-            offsets, buf, pivots, bad = K.multifrontal(
-                sstart, sptr, srows, cptr, cind, cval, np.array([stack, hmax], dtype=np.intp)
-            )
+        sptr, srows, sparent, stack, hmax = K.supernode_rows(sstart, cc, cptr, cind, parent)
+        offsets, buf, pivots = _multifrontal(sstart, sptr, srows, sparent, cptr, cind, cval, stack, hmax)
         del cptr, cind, cval
-        if bad >= 0:
-            raise _NotPositiveDefinite()
         small = _small_pivots(pivots, N.diagonal()[perm])
         if small.size:
             raise _NotPositiveDefinite(perm[small])
