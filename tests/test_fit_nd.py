@@ -174,7 +174,7 @@ def test_nested_dissection_order_reduces_fill():
 
 def test_nd_large_fronts_match_dense():
     # a scene dense enough that the top separators' fronts take the panel/BLAS path
-    # (k h^2 above _supernodal_kernels._LOOP_MAX_FLOPS: LAPACK and BLAS), with one and several right-hand sides
+    # (k h^2 above _supernodal_kernels._LOOP_MAX_FLOPS: LAPACK and BLAS), one and several right-hand sides
     from sparse3d.fit import _supernodal_kernels as K
 
     rng = np.random.default_rng(8)

@@ -17,11 +17,10 @@ three compiled steps, all on the lower triangle of ``N`` (CSR, as the fit assemb
 3. solves over that buffer for any number of right-hand sides (:func:`block_solve`).
 """
 
-from __future__ import annotations
-
 # Plain loops only: NumPy functions inside a kernel (np.dot, np.sort, array expressions) cost
 # seconds of compilation each on a cold cache; the dense work of large fronts and blocks runs
 # in the callers, through SciPy's LAPACK/BLAS.
+from __future__ import annotations
 
 import numpy as np
 from numba import njit
@@ -36,7 +35,9 @@ SIGNATURES = {
     "column_counts": f"({_I}, {_I}, {_I})",
     "supernodes": f"({_I}, {_I})",
     "supernode_rows": f"({_I}, {_I}, {_I}, {_I}, {_I})",
-    "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, {_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I})",
+    # s0, the symbolic arrays, N's lower part, then the factor and the sweep's state
+    "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, "
+    f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I})",
     "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, float64[:, ::1])",
 }
 
@@ -223,7 +224,7 @@ def supernode_rows(sstart, cc, cptr, cind, parent):  # pragma: no cover - compil
             c = nxt[c]
         if q != sptr[s + 1]:
             raise ValueError("internal error: supernode row count differs from the column count")
-        srows[sptr[s] : q] = np.sort(srows[sptr[s] : q])
+        _sort(srows, sptr[s], q)
         if q > sptr[s]:
             ps = sup_of_col[srows[sptr[s]]]
             sparent[s] = ps
@@ -481,3 +482,42 @@ def _block_solve_one(sstart, sptr, srows, offsets, buf, x):  # pragma: no cover 
             for r in range(c + 1, k):
                 acc -= buf[col + r] * x[f + r]
             x[f + c] = acc / buf[col + c]
+
+
+@njit(cache=True, nogil=True)
+def _sort(v, lo, hi):  # pragma: no cover - compiled
+    """Sort ``v[lo:hi]`` in place: insertion sort for short ranges, heapsort for long ones."""
+    m = hi - lo
+    if m <= 32:
+        for i in range(lo + 1, hi):
+            x = v[i]
+            j = i - 1
+            while j >= lo and v[j] > x:
+                v[j + 1] = v[j]
+                j -= 1
+            v[j + 1] = x
+        return
+    for start in range(m // 2 - 1, -1, -1):
+        _sift(v, lo, start, m)
+    for end in range(m - 1, 0, -1):
+        x = v[lo]
+        v[lo] = v[lo + end]
+        v[lo + end] = x
+        _sift(v, lo, 0, end)
+
+
+@njit(cache=True, nogil=True)
+def _sift(v, lo, root, end):  # pragma: no cover - compiled
+    """Move ``v[lo + root]`` down the max-heap ``v[lo:lo + end]``."""
+    x = v[lo + root]
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            break
+        if child + 1 < end and v[lo + child + 1] > v[lo + child]:
+            child += 1
+        if v[lo + child] <= x:
+            break
+        v[lo + root] = v[lo + child]
+        root = child
+    v[lo + root] = x
