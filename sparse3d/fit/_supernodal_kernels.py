@@ -38,12 +38,15 @@ SIGNATURES = {
     # s0, the symbolic arrays, N's lower part, then the factor and the sweep's state
     "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, "
     f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I})",
-    "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, float64[:, ::1])",
+    "block_solve": f"(intp, boolean, intp, {_I}, {_I}, {_I}, {_I}, {_F}, float64[:, ::1])",
 }
 
-# a front of fewer than this many multiply-adds (k h^2) is factorised in loops: np.dot's calls
-# and allocations cost more than the arithmetic of small blocks
+# a front of fewer than this many multiply-adds (k h^2) is factorised in loops: LAPACK's and
+# BLAS's calls (from Python) cost more than the arithmetic of small blocks
 _LOOP_MAX_FLOPS = 1 << 20
+# a supernode of fewer than this many multiply-adds (k h times the right-hand sides) is solved
+# in loops, larger ones by BLAS (from Python)
+_SOLVE_LOOP_MAX = 1 << 17
 
 
 @njit(cache=True, nogil=True)
@@ -358,29 +361,34 @@ def _store_front(s, sstart, sptr, front, offsets, buf, stack, pending, ctr):  # 
 
 
 @njit(cache=True, nogil=True)
-def block_solve(sstart, sptr, srows, offsets, buf, x):  # pragma: no cover - compiled
-    """Solve ``L L^T y = x`` in place (``x`` ``(n, k)``, permuted order) with the blocks of
-    :func:`multifrontal`.
+def block_solve(s0, backward, big, sstart, sptr, srows, offsets, buf, x):  # pragma: no cover - compiled
+    """One sweep of ``L L^T y = x`` in place (``x`` ``(n, k)``, permuted order) over the blocks
+    of :func:`multifrontal`, from supernode ``s0`` on: forward (``L^-1``, ``s0`` up) or
+    ``backward`` (``L^-T``, ``s0`` down).
 
-    One right-hand side runs in loops; several go supernode by supernode, the products with
-    the rows below each diagonal block in BLAS when they are large enough to pay.
+    Supernodes of fewer than ``big`` multiply-adds (``k h`` times the right-hand sides) run in
+    loops; at a larger one the kernel returns its index and the caller applies it (BLAS) and
+    calls again from the next one. Returns ``nsup`` (forward) or -1 (backward) when done. One
+    right-hand side runs entirely in loops (``big`` is ignored).
     """
-    if x.shape[1] == 1:
-        _block_solve_one(sstart, sptr, srows, offsets, buf, x[:, 0])
-        return
     nsup = sstart.size - 1
     nk = x.shape[1]
-    for s in range(nsup):
+    if nk == 1:
+        _block_solve_one(sstart, sptr, srows, offsets, buf, x[:, 0], backward)
+        return -1 if backward else nsup
+    step = -1 if backward else 1
+    s = s0
+    while 0 <= s < nsup:
         f = sstart[s]
         k = sstart[s + 1] - f
         q = sptr[s]
         m = sptr[s + 1] - q
         h = k + m
+        if k * h * nk >= big:
+            return s
         o = offsets[s]
-        _diag_forward(buf, o, h, k, x, f, nk)
-        if m == 0:
-            continue
-        if k * m * nk < _LOOP_MAX_FLOPS // 64:
+        if not backward:
+            _diag_forward(buf, o, h, k, x, f, nk)
             for c in range(k):
                 col = o + c * h
                 for a in range(m):
@@ -389,35 +397,16 @@ def block_solve(sstart, sptr, srows, offsets, buf, x):  # pragma: no cover - com
                     for t in range(nk):
                         x[i, t] -= v * x[f + c, t]
         else:
-            Bt = np.ascontiguousarray(buf[o : o + k * h].reshape(k, h)[:, k:])  # L_below^T, (k, m)
-            U = np.dot(Bt.T, x[f : f + k])
-            for a in range(m):
-                i = srows[q + a]
-                for t in range(nk):
-                    x[i, t] -= U[a, t]
-    for s in range(nsup - 1, -1, -1):
-        f = sstart[s]
-        k = sstart[s + 1] - f
-        q = sptr[s]
-        m = sptr[s + 1] - q
-        h = k + m
-        o = offsets[s]
-        if m:
-            if k * m * nk < _LOOP_MAX_FLOPS // 64:
-                for c in range(k):
-                    col = o + c * h
-                    for a in range(m):
-                        v = buf[col + k + a]
-                        i = srows[q + a]
-                        for t in range(nk):
-                            x[f + c, t] -= v * x[i, t]
-            else:
-                Bt = np.ascontiguousarray(buf[o : o + k * h].reshape(k, h)[:, k:])
-                Xr = np.empty((m, nk), dtype=np.float64)
+            for c in range(k):
+                col = o + c * h
                 for a in range(m):
-                    Xr[a, :] = x[srows[q + a], :]
-                x[f : f + k] -= np.dot(Bt, Xr)
-        _diag_backward(buf, o, h, k, x, f, nk)
+                    v = buf[col + k + a]
+                    i = srows[q + a]
+                    for t in range(nk):
+                        x[f + c, t] -= v * x[i, t]
+            _diag_backward(buf, o, h, k, x, f, nk)
+        s += step
+    return s
 
 
 @njit(cache=True, nogil=True)
@@ -449,24 +438,26 @@ def _diag_backward(buf, o, h, k, x, f, nk):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _block_solve_one(sstart, sptr, srows, offsets, buf, x):  # pragma: no cover - compiled
-    """:func:`block_solve` for one right-hand side (``x`` 1-D)."""
+def _block_solve_one(sstart, sptr, srows, offsets, buf, x, backward):  # pragma: no cover - compiled
+    """:func:`block_solve` for one right-hand side (``x`` 1-D), all supernodes."""
     nsup = sstart.size - 1
-    for s in range(nsup):
-        f = sstart[s]
-        k = sstart[s + 1] - f
-        q = sptr[s]
-        m = sptr[s + 1] - q
-        h = k + m
-        o = offsets[s]
-        for c in range(k):
-            col = o + c * h
-            xc = x[f + c] / buf[col + c]
-            x[f + c] = xc
-            for r in range(c + 1, k):
-                x[f + r] -= buf[col + r] * xc
-            for a in range(m):
-                x[srows[q + a]] -= buf[col + k + a] * xc
+    if not backward:
+        for s in range(nsup):
+            f = sstart[s]
+            k = sstart[s + 1] - f
+            q = sptr[s]
+            m = sptr[s + 1] - q
+            h = k + m
+            o = offsets[s]
+            for c in range(k):
+                col = o + c * h
+                xc = x[f + c] / buf[col + c]
+                x[f + c] = xc
+                for r in range(c + 1, k):
+                    x[f + r] -= buf[col + r] * xc
+                for a in range(m):
+                    x[srows[q + a]] -= buf[col + k + a] * xc
+        return
     for s in range(nsup - 1, -1, -1):
         f = sstart[s]
         k = sstart[s + 1] - f
