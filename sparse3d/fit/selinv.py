@@ -296,3 +296,58 @@ def _inv_entries(sup: _Supernodal, perm: np.ndarray, solve: Any, i: np.ndarray, 
         Z = solve(E)
         values[miss] = Z[np.asarray(i)[miss], inv]
     return values
+
+
+def _blocks_inv_diag(
+    sstart: np.ndarray, sptr: np.ndarray, srows: np.ndarray, offsets: np.ndarray, buf: np.ndarray
+) -> np.ndarray:
+    """``diag((L L^T)^-1)`` for ``L`` in the flat block layout of the built-in factorisation
+    (:func:`._supernodal_kernels.multifrontal`): the sweep of :meth:`_Supernodal.inv_diag`
+    compiled (:func:`._supernodal_kernels.selinv_diag`), its large supernodes in BLAS here."""
+    from ._supernodal_kernels import selinv_diag
+
+    nsup = sstart.size - 1
+    k = np.diff(sstart)
+    m = np.diff(sptr)
+    h = k + m
+    sparent = np.full(nsup, -1, dtype=np.intp)
+    has = m > 0
+    sparent[has] = np.searchsorted(sstart, srows[sptr[:-1][has]], side="right") - 1
+    nleft = np.bincount(sparent[has], minlength=nsup).astype(np.intp)
+    # the stack holds the fronts (h^2) of the ancestors of the current supernode that have children
+    own = np.where(nleft > 0, h * h, 0).tolist()
+    path = [0] * nsup
+    par = sparent.tolist()
+    for s in range(nsup - 1, -1, -1):
+        path[s] = own[s] + (path[par[s]] if par[s] >= 0 else 0)
+    kmax = int(k.max(initial=1))
+    mmax = int(m.max(initial=1))
+    fstack = np.empty(max(max(path, default=0), 1))
+    fstart = np.zeros(nsup, dtype=np.intp)
+    ids = np.empty(nsup, dtype=np.intp)
+    ctr = np.zeros(2, dtype=np.intp)
+    wpos = np.empty(mmax, dtype=np.intp)
+    wl = np.empty(kmax * kmax)
+    wu = np.empty(mmax * kmax)
+    wzrr = np.empty(mmax * mmax)
+    wzrs = np.empty(mmax * kmax)
+    wzss = np.empty(kmax * kmax)
+    diag = np.empty(int(sstart[-1]))
+    state = (fstack, fstart, ids, ctr, wpos, wl, wu, wzrr, wzrs, wzss, diag)
+    s = nsup - 1
+    with single_threaded_blas():
+        while True:
+            s = selinv_diag(s, sstart, sptr, srows, offsets, buf, sparent, nleft, *state)
+            if s < 0:
+                return diag
+            ks, ms, o = int(k[s]), int(m[s]), int(offsets[s])
+            Bt = buf[o : o + ks * (ks + ms)].reshape(ks, ks + ms)  # (L_ss | L_Rs)^T
+            linv = _tri_inverse(np.ascontiguousarray(Bt[:, :ks].T))
+            zss = linv.T @ linv
+            if ms:
+                u = Bt[:, ks:].T @ linv
+                zrs = -(wzrr[: ms * ms].reshape(ms, ms) @ u)
+                zss -= u.T @ zrs
+                wzrs[: ms * ks] = zrs.ravel()
+            wzss[: ks * ks] = zss.ravel()
+            s = -s - 1

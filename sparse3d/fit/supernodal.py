@@ -14,7 +14,7 @@ import scipy.sparse
 from .._blas import single_threaded_blas
 from .factor import _NotPositiveDefinite, _small_pivots, _SupernodalFactor
 from .ordering import Boxes, nested_dissection_order
-from .selinv import _Supernodal
+from .selinv import _blocks_inv_diag, _Supernodal
 
 
 def _multifrontal(sstart, sptr, srows, sparent, cptr, cind, cval, stack_size, hmax):  # type: ignore[no-untyped-def]
@@ -135,6 +135,12 @@ class _NDFactor(_SupernodalFactor):
             rows = np.split(srows, sptr[1:-1])
             self._super = _Supernodal.from_blocks(sstart, offsets, buf, rows, invert=False)
         return self._super
+
+    def inv_diag(self) -> np.ndarray:
+        """Return ``diag(N^-1)`` by the compiled selected inversion over the factor's blocks."""
+        d = np.empty(self.n)
+        d[self.perm] = _blocks_inv_diag(*self._blocks)
+        return d
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
