@@ -46,7 +46,9 @@ SIGNATURES = {
 
 # a front of fewer than this many multiply-adds (k h^2) is factorised in loops: LAPACK's and
 # BLAS's calls (from Python) cost more than the arithmetic of small blocks
-_LOOP_MAX_FLOPS = 1 << 20
+_LOOP_MAX_FLOPS = 1 << 18
+# a supernode of fewer than this many multiply-adds (k h^2) is inverted in loops (selinv_diag)
+_SELINV_LOOP_MAX = 1 << 18
 # a supernode of fewer than this many multiply-adds (k h times the right-hand sides) is solved
 # in loops, larger ones by BLAS (from Python)
 _SOLVE_LOOP_MAX = 1 << 17
@@ -549,7 +551,7 @@ def selinv_diag(
     where ``Z_RR`` is read from the parent's front ``Z[F, F]`` (``F`` = its columns and rows),
     kept on the stack ``fstack`` (offsets ``fstart``, supernodes ``ids``, ``ctr`` = stack end
     and depth) until all of its children (``nleft``, counted down) have read it. Supernodes of
-    fewer than ``_LOOP_MAX_FLOPS`` multiply-adds (``k h^2``) run in loops; at a larger one the
+    fewer than ``_SELINV_LOOP_MAX`` multiply-adds (``k h^2``) run in loops; at a larger one the
     kernel gathers ``Z_RR`` into ``wzrr`` and returns ``s``: the caller puts ``Z_ss`` into
     ``wzss`` and ``Z_Rs`` into ``wzrs`` (row-major) and calls again with ``s0 = -s - 1``.
     Returns -1 when done. ``wpos``, ``wl``, ``wu``: work space for the positions of ``R`` in the
@@ -588,7 +590,7 @@ def selinv_diag(
                     pa = base + wpos[a] * hp
                     for b in range(m):
                         wzrr[a * m + b] = fstack[pa + wpos[b]]
-            if k * h * h >= _LOOP_MAX_FLOPS:
+            if k * h * h >= _SELINV_LOOP_MAX:
                 return s
             # L_ss^-1 (row-major, lower), L[r, c] = buf[o + c h + r]
             for c in range(k):
@@ -609,13 +611,15 @@ def selinv_diag(
                     wzss[a * k + b] = acc
                     wzss[b * k + a] = acc
             if m:
-                # U = L_Rs L_ss^-1 (m, k)
-                for i in range(m):
-                    for c in range(k):
-                        acc = 0.0
-                        for r in range(c, k):
-                            acc += buf[o + r * h + k + i] * wl[r * k + c]
-                        wu[i * k + c] = acc
+                # U = L_Rs L_ss^-1 (m, k), by rows of L_ss^-1 (contiguous inner loops)
+                for q2 in range(m * k):
+                    wu[q2] = 0.0
+                for r in range(k):
+                    col = o + r * h + k
+                    for i in range(m):
+                        v = buf[col + i]
+                        for c in range(r + 1):
+                            wu[i * k + c] += v * wl[r * k + c]
                 # Z_Rs = -Z_RR U
                 for i in range(m):
                     for c in range(k):
