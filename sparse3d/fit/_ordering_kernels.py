@@ -59,7 +59,39 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
                 cen[q - a] = 0.5 * (rlo[i] + rhi[i])
             else:
                 cen[q - a] = 0.5 * (clo[i] + chi[i])
-        cut = np.int64(np.ceil(_median(cen, m)))
+        # the median of cen[:m] (as np.median): Hoare's quickselect of the element h = m // 2
+        h = m // 2
+        lo = 0
+        hi = m
+        while hi - lo > 1:
+            pivot = cen[(lo + hi) // 2]
+            i = lo
+            j = hi - 1
+            while i <= j:
+                while cen[i] < pivot:
+                    i += 1
+                while cen[j] > pivot:
+                    j -= 1
+                if i <= j:
+                    t = cen[i]
+                    cen[i] = cen[j]
+                    cen[j] = t
+                    i += 1
+                    j -= 1
+            # now cen[lo:j+1] <= pivot <= cen[i:hi] and cen[j+1:i] == pivot
+            if h <= j:
+                hi = j + 1
+            elif h >= i:
+                lo = i
+            else:
+                break
+        med = cen[h]
+        if m % 2 == 0:  # the mean of the two middle values: the largest before h, and cen[h]
+            below = cen[0]
+            for q in range(1, h):
+                below = max(below, cen[q])
+            med = (below + med) / 2.0
+        cut = np.int64(np.ceil(med))
         nl = 0
         nr = 0
         for q in range(a, b):
@@ -96,46 +128,3 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
         sb[top + 1] = a + nl + nr
         top += 2
     return order
-
-
-@njit(cache=True, nogil=True)
-def _select(v, lo, hi, k):  # pragma: no cover - compiled
-    """Reorder ``v[lo:hi]`` so that ``v[k]`` is its ``k - lo``-th smallest value, smaller ones
-    before it and larger ones after it (Hoare's quickselect, middle pivot); returns ``v[k]``."""
-    while hi - lo > 1:
-        pivot = v[(lo + hi) // 2]
-        i = lo
-        j = hi - 1
-        while i <= j:
-            while v[i] < pivot:
-                i += 1
-            while v[j] > pivot:
-                j -= 1
-            if i <= j:
-                t = v[i]
-                v[i] = v[j]
-                v[j] = t
-                i += 1
-                j -= 1
-        # now v[lo:j+1] <= pivot <= v[i:hi], and v[j+1:i] == pivot
-        if k <= j:
-            hi = j + 1
-        elif k >= i:
-            lo = i
-        else:
-            break
-    return v[k]
-
-
-@njit(cache=True, nogil=True)
-def _median(v, m):  # pragma: no cover - compiled
-    """The median of ``v[:m]`` (``m > 0``) as ``np.median`` gives it; reorders ``v[:m]``."""
-    h = m // 2
-    upper = _select(v, 0, m, h)
-    if m % 2:
-        return upper
-    lower = v[0]
-    for q in range(1, h):  # the largest of the values before the selected one
-        if v[q] > lower:
-            lower = v[q]
-    return (lower + upper) / 2.0

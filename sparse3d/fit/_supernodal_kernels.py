@@ -39,6 +39,7 @@ SIGNATURES = {
     "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, "
     f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I})",
     "block_solve": f"(intp, boolean, intp, {_I}, {_I}, {_I}, {_I}, {_F}, float64[:, ::1])",
+    "solve_one": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_F}, boolean)",
     # s0, the blocks, sparent, nleft, the front stack and its state, work arrays, diag
     "selinv_diag": f"(intp, {_I}, {_I}, {_I}, {_I}, {_F}, {_I}, {_I}, {_F}, {_I}, {_I}, {_I}, "
     f"{_I}, {_F}, {_F}, {_F}, {_F}, {_F}, {_F})",
@@ -232,7 +233,20 @@ def supernode_rows(sstart, cc, cptr, cind, parent):  # pragma: no cover - compil
             c = nxt[c]
         if q != sptr[s + 1]:
             raise ValueError("internal error: supernode row count differs from the column count")
-        _sort(srows, sptr[s], q)
+        # sort srows[sptr[s]:q]: Shell sort (gaps 3g + 1), plain loops
+        lo = sptr[s]
+        gap = 1
+        while 3 * gap + 1 < q - lo:
+            gap = 3 * gap + 1
+        while gap > 0:
+            for i in range(lo + gap, q):
+                x = srows[i]
+                j = i
+                while j - gap >= lo and srows[j - gap] > x:
+                    srows[j] = srows[j - gap]
+                    j -= gap
+                srows[j] = x
+            gap //= 3
         if q > sptr[s]:
             ps = sup_of_col[srows[sptr[s]]]
             sparent[s] = ps
@@ -284,85 +298,77 @@ def multifrontal(
     """
     nsup = sstart.size - 1
     s = s0
-    if s0 < 0:
+    resume = s0 < 0
+    if resume:
         s = -s0 - 1
-        _store_front(s, sstart, sptr, front, offsets, buf, stack, pending, ctr)
-        s += 1
     while s < nsup:
         f = sstart[s]
         e = sstart[s + 1]
         k = e - f
         m = sptr[s + 1] - sptr[s]
         h = k + m
-        for q in range(h * h):
-            front[q] = 0.0
-        for a in range(k):
-            pos[f + a] = a
-        for a in range(m):
-            pos[srows[sptr[s] + a]] = k + a
-        for j in range(f, e):
-            cj = (j - f) * h
-            for p in range(cptr[j], cptr[j + 1]):
-                front[cj + pos[cind[p]]] += cval[p]
-        # extend-add the children's update matrices (the last nchild entries of the stack)
-        top = ctr[0]
-        for _ in range(nchild[s]):
-            ctr[1] -= 1
-            c = pending[ctr[1]]
-            mc = sptr[c + 1] - sptr[c]
-            top -= mc * mc
-            for a in range(mc):
-                pa = pos[srows[sptr[c] + a]] * h
-                base = top + a * mc
-                for b in range(a, mc):
-                    front[pa + pos[srows[sptr[c] + b]]] += stack[base + b]
-        ctr[0] = top
-        if k * h * h >= _LOOP_MAX_FLOPS:
-            return s
-        # right-looking partial factorisation of the first k columns, column by column
+        if not resume:
+            for q in range(h * h):
+                front[q] = 0.0
+            for a in range(k):
+                pos[f + a] = a
+            for a in range(m):
+                pos[srows[sptr[s] + a]] = k + a
+            for j in range(f, e):
+                cj = (j - f) * h
+                for p in range(cptr[j], cptr[j + 1]):
+                    front[cj + pos[cind[p]]] += cval[p]
+            # extend-add the children's update matrices (the last nchild entries of the stack)
+            top = ctr[0]
+            for _ in range(nchild[s]):
+                ctr[1] -= 1
+                c = pending[ctr[1]]
+                mc = sptr[c + 1] - sptr[c]
+                top -= mc * mc
+                for a in range(mc):
+                    pa = pos[srows[sptr[c] + a]] * h
+                    base = top + a * mc
+                    for b in range(a, mc):
+                        front[pa + pos[srows[sptr[c] + b]]] += stack[base + b]
+            ctr[0] = top
+            if k * h * h >= _LOOP_MAX_FLOPS:
+                return s
+            # right-looking partial factorisation of the first k columns, column by column
+            for c in range(k):
+                cc = c * h
+                d = front[cc + c]
+                pivots[f + c] = d
+                if not d > 0.0:
+                    return -(f + c) - 1
+                lv = np.sqrt(d)
+                inv = 1.0 / lv
+                front[cc + c] = lv
+                for r in range(c + 1, h):
+                    front[cc + r] *= inv
+                for c2 in range(c + 1, h):
+                    v = front[cc + c2]
+                    if v != 0.0:
+                        c2h = c2 * h
+                        for r in range(c2, h):
+                            front[c2h + r] -= v * front[cc + r]
+        resume = False
+        # the factor's columns, then this supernode's update matrix onto the stack
+        o = offsets[s]
         for c in range(k):
-            cc = c * h
-            d = front[cc + c]
-            pivots[f + c] = d
-            if not d > 0.0:
-                return -(f + c) - 1
-            lv = np.sqrt(d)
-            inv = 1.0 / lv
-            front[cc + c] = lv
-            for r in range(c + 1, h):
-                front[cc + r] *= inv
-            for c2 in range(c + 1, h):
-                v = front[cc + c2]
-                if v != 0.0:
-                    c2h = c2 * h
-                    for r in range(c2, h):
-                        front[c2h + r] -= v * front[cc + r]
-        _store_front(s, sstart, sptr, front, offsets, buf, stack, pending, ctr)
+            for r in range(c, h):
+                buf[o + c * h + r] = front[c * h + r]
+        if m:
+            top = ctr[0]
+            for a in range(m):
+                base = top + a * m
+                src = (k + a) * h + k
+                for b in range(a, m):
+                    stack[base + b] = front[src + b]
+            ctr[0] = top + m * m
+            pending[ctr[1]] = s
+            ctr[1] += 1
         s += 1
     return nsup
-
-
-@njit(cache=True, nogil=True)
-def _store_front(s, sstart, sptr, front, offsets, buf, stack, pending, ctr):  # pragma: no cover
-    """Copy the factorised columns of supernode ``s``'s front into ``buf`` and push its update
-    matrix (the Schur complement) onto the stack."""
-    k = sstart[s + 1] - sstart[s]
-    m = sptr[s + 1] - sptr[s]
-    h = k + m
-    o = offsets[s]
-    for c in range(k):
-        for r in range(c, h):
-            buf[o + c * h + r] = front[c * h + r]
-    if m:
-        top = ctr[0]
-        for a in range(m):
-            base = top + a * m
-            src = (k + a) * h + k
-            for b in range(a, m):
-                stack[base + b] = front[src + b]
-        ctr[0] = top + m * m
-        pending[ctr[1]] = s
-        ctr[1] += 1
 
 
 @njit(cache=True, nogil=True)
@@ -374,13 +380,10 @@ def block_solve(s0, backward, big, sstart, sptr, srows, offsets, buf, x):  # pra
     Supernodes of fewer than ``big`` multiply-adds (``k h`` times the right-hand sides) run in
     loops; at a larger one the kernel returns its index and the caller applies it (BLAS) and
     calls again from the next one. Returns ``nsup`` (forward) or -1 (backward) when done. One
-    right-hand side runs entirely in loops (``big`` is ignored).
+    right-hand side: :func:`solve_one`.
     """
     nsup = sstart.size - 1
     nk = x.shape[1]
-    if nk == 1:
-        _block_solve_one(sstart, sptr, srows, offsets, buf, x[:, 0], backward)
-        return -1 if backward else nsup
     step = -1 if backward else 1
     s = s0
     while 0 <= s < nsup:
@@ -393,7 +396,15 @@ def block_solve(s0, backward, big, sstart, sptr, srows, offsets, buf, x):  # pra
             return s
         o = offsets[s]
         if not backward:
-            _diag_forward(buf, o, h, k, x, f, nk)
+            for c in range(k):  # x_s = L_ss^-1 x_s
+                col = o + c * h
+                inv = 1.0 / buf[col + c]
+                for t in range(nk):
+                    x[f + c, t] *= inv
+                for r in range(c + 1, k):
+                    v = buf[col + r]
+                    for t in range(nk):
+                        x[f + r, t] -= v * x[f + c, t]
             for c in range(k):
                 col = o + c * h
                 for a in range(m):
@@ -409,42 +420,23 @@ def block_solve(s0, backward, big, sstart, sptr, srows, offsets, buf, x):  # pra
                     i = srows[q + a]
                     for t in range(nk):
                         x[f + c, t] -= v * x[i, t]
-            _diag_backward(buf, o, h, k, x, f, nk)
+            for c in range(k - 1, -1, -1):  # x_s = L_ss^-T x_s
+                col = o + c * h
+                for r in range(c + 1, k):
+                    v = buf[col + r]
+                    for t in range(nk):
+                        x[f + c, t] -= v * x[f + r, t]
+                inv = 1.0 / buf[col + c]
+                for t in range(nk):
+                    x[f + c, t] *= inv
         s += step
     return s
 
 
 @njit(cache=True, nogil=True)
-def _diag_forward(buf, o, h, k, x, f, nk):  # pragma: no cover - compiled
-    """``x[f:f+k] = L_ss^-1 x[f:f+k]`` for the diagonal block at ``buf[o:]`` (column-major, height h)."""
-    for c in range(k):
-        col = o + c * h
-        inv = 1.0 / buf[col + c]
-        for t in range(nk):
-            x[f + c, t] *= inv
-        for r in range(c + 1, k):
-            v = buf[col + r]
-            for t in range(nk):
-                x[f + r, t] -= v * x[f + c, t]
-
-
-@njit(cache=True, nogil=True)
-def _diag_backward(buf, o, h, k, x, f, nk):  # pragma: no cover - compiled
-    """``x[f:f+k] = L_ss^-T x[f:f+k]``."""
-    for c in range(k - 1, -1, -1):
-        col = o + c * h
-        for r in range(c + 1, k):
-            v = buf[col + r]
-            for t in range(nk):
-                x[f + c, t] -= v * x[f + r, t]
-        inv = 1.0 / buf[col + c]
-        for t in range(nk):
-            x[f + c, t] *= inv
-
-
-@njit(cache=True, nogil=True)
-def _block_solve_one(sstart, sptr, srows, offsets, buf, x, backward):  # pragma: no cover - compiled
-    """:func:`block_solve` for one right-hand side (``x`` 1-D), all supernodes."""
+def solve_one(sstart, sptr, srows, offsets, buf, x, backward):  # pragma: no cover - compiled
+    """One sweep of ``L L^T y = x`` in place for one right-hand side (``x`` 1-D, permuted order),
+    all supernodes in loops: forward (``L^-1``) or ``backward`` (``L^-T``)."""
     nsup = sstart.size - 1
     if not backward:
         for s in range(nsup):
@@ -478,45 +470,6 @@ def _block_solve_one(sstart, sptr, srows, offsets, buf, x, backward):  # pragma:
             for r in range(c + 1, k):
                 acc -= buf[col + r] * x[f + r]
             x[f + c] = acc / buf[col + c]
-
-
-@njit(cache=True, nogil=True)
-def _sort(v, lo, hi):  # pragma: no cover - compiled
-    """Sort ``v[lo:hi]`` in place: insertion sort for short ranges, heapsort for long ones."""
-    m = hi - lo
-    if m <= 32:
-        for i in range(lo + 1, hi):
-            x = v[i]
-            j = i - 1
-            while j >= lo and v[j] > x:
-                v[j + 1] = v[j]
-                j -= 1
-            v[j + 1] = x
-        return
-    for start in range(m // 2 - 1, -1, -1):
-        _sift(v, lo, start, m)
-    for end in range(m - 1, 0, -1):
-        x = v[lo]
-        v[lo] = v[lo + end]
-        v[lo + end] = x
-        _sift(v, lo, 0, end)
-
-
-@njit(cache=True, nogil=True)
-def _sift(v, lo, root, end):  # pragma: no cover - compiled
-    """Move ``v[lo + root]`` down the max-heap ``v[lo:lo + end]``."""
-    x = v[lo + root]
-    while True:
-        child = 2 * root + 1
-        if child >= end:
-            break
-        if child + 1 < end and v[lo + child + 1] > v[lo + child]:
-            child += 1
-        if v[lo + child] <= x:
-            break
-        v[lo + root] = v[lo + child]
-        root = child
-    v[lo + root] = x
 
 
 @njit(cache=True, nogil=True)

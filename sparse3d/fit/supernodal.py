@@ -158,9 +158,13 @@ def _block_solve(blocks: tuple, x: np.ndarray) -> None:
     applied here by BLAS."""
     from scipy.linalg import blas
 
-    from ._supernodal_kernels import _SOLVE_LOOP_MAX, block_solve
+    from ._supernodal_kernels import _SOLVE_LOOP_MAX, block_solve, solve_one
 
     sstart, sptr, srows, offsets, buf = blocks
+    if x.shape[1] == 1:
+        for backward in (False, True):
+            solve_one(*blocks, x[:, 0], backward)
+        return
     nsup = sstart.size - 1
     for backward in (False, True):
         s = nsup - 1 if backward else 0
