@@ -506,7 +506,7 @@ def selinv_diag(
     and depth) until all of its children (``nleft``, counted down) have read it. Supernodes of
     fewer than ``_SELINV_LOOP_MAX`` multiply-adds (``k h^2``) run in loops; at a larger one the
     kernel gathers ``Z_RR`` into ``wzrr`` and returns ``s``: the caller puts ``Z_ss`` into
-    ``wzss`` and ``Z_Rs`` into ``wzrs`` (row-major) and calls again with ``s0 = -s - 1``.
+    ``wzss`` and ``Z_Rs^T`` into ``wzrs`` (row-major) and calls again with ``s0 = -s - 1``.
     Returns -1 when done. ``wpos``, ``wl``, ``wu``: work space for the positions of ``R`` in the
     parent's front, ``L_ss^-1`` and ``U``.
     """
@@ -564,29 +564,35 @@ def selinv_diag(
                     wzss[a * k + b] = acc
                     wzss[b * k + a] = acc
             if m:
-                # U = L_Rs L_ss^-1 (m, k), by rows of L_ss^-1 (contiguous inner loops)
+                # U^T = (L_Rs L_ss^-1)^T (k, m): the inner loops run over R (long, contiguous)
                 for q2 in range(m * k):
                     wu[q2] = 0.0
                 for r in range(k):
                     col = o + r * h + k
-                    for i in range(m):
-                        v = buf[col + i]
-                        for c in range(r + 1):
-                            wu[i * k + c] += v * wl[r * k + c]
-                # Z_Rs = -Z_RR U
-                for i in range(m):
-                    for c in range(k):
-                        wzrs[i * k + c] = 0.0
+                    for c in range(r + 1):
+                        w = wl[r * k + c]
+                        uc = c * m
+                        for i in range(m):
+                            wu[uc + i] += w * buf[col + i]
+                # Z_Rs^T = -U^T Z_RR (k, m; Z_RR symmetric)
+                for q2 in range(m * k):
+                    wzrs[q2] = 0.0
+                for c in range(k):
+                    uc = c * m
                     for j in range(m):
-                        z = wzrr[i * m + j]
-                        for c in range(k):
-                            wzrs[i * k + c] -= z * wu[j * k + c]
+                        u = wu[uc + j]
+                        zj = j * m
+                        for i in range(m):
+                            wzrs[uc + i] -= u * wzrr[zj + i]
                 # Z_ss -= U^T Z_Rs
-                for i in range(m):
-                    for a in range(k):
-                        u = wu[i * k + a]
-                        for b in range(k):
-                            wzss[a * k + b] -= u * wzrs[i * k + b]
+                for a in range(k):
+                    for b in range(a, k):
+                        acc = 0.0
+                        for i in range(m):
+                            acc += wu[a * m + i] * wzrs[b * m + i]
+                        wzss[a * k + b] -= acc
+                        if b != a:
+                            wzss[b * k + a] -= acc
         resume = False
         for c in range(k):
             diag[f + c] = wzss[c * k + c]
@@ -600,7 +606,7 @@ def selinv_diag(
                     fstack[top + a * h + b] = wzss[a * k + b]
             for i in range(m):
                 for c in range(k):
-                    z = wzrs[i * k + c]
+                    z = wzrs[c * m + i]
                     fstack[top + (k + i) * h + c] = z
                     fstack[top + c * h + k + i] = z
                 for j in range(m):

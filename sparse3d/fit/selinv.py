@@ -348,6 +348,6 @@ def _blocks_inv_diag(
                 u = Bt[:, ks:].T @ linv
                 zrs = -(wzrr[: ms * ms].reshape(ms, ms) @ u)
                 zss -= u.T @ zrs
-                wzrs[: ms * ks] = zrs.ravel()
+                wzrs[: ms * ks] = zrs.T.ravel()
             wzss[: ks * ks] = zss.ravel()
             s = -s - 1
