@@ -67,13 +67,15 @@ def bench_positions(imsize=1024, nsources=50_000, seed=0, offset=0.3, stamp=11, 
 
     snr = f / ref_err
     sel = (snr > 100) & res.moved
+    crb_err = crb_flux_err(psf, data, err, r, c, f, res.moved, stamp)
     dpos = np.hypot(res.row - r, res.col - c)[sel]
     pulls = np.concatenate([((res.row - r) / res.row_err)[sel], ((res.col - c) / res.col_err)[sel]])
     e_fit = (res.flux - f)[sel] / ref_err[sel]
     e_ref = (ref.weights - f)[sel] / ref_err[sel]
 
-    def robust_std(x):
-        return 1.4826 * np.median(np.abs(x - np.median(x)))
+    robust_std = _robust_std
+    crb_ratio = crb_err[sel] / ref_err[sel]
+    fit_ratio = res.flux_err[sel] / ref_err[sel]
 
     out = {
         "case": "positions",
@@ -102,6 +104,15 @@ def bench_positions(imsize=1024, nsources=50_000, seed=0, offset=0.3, stamp=11, 
         "flux_pull_std_robust": float(robust_std(((res.flux - f) / res.flux_err)[sel])),
         "flux_pull_outliers_5sigma": int(np.sum(np.abs((res.flux - f) / res.flux_err)[sel] > 5)),
         "flux_err_ratio_reported_rms": float(np.sqrt(np.mean((res.flux_err[sel] / ref_err[sel]) ** 2))),
+        # the information bound: flux sigma of the joint flux + position fit at the TRUE positions
+        # and fluxes (the same moving sources), over the flux-only fit's. "implied": the robust
+        # scatter ratio above that an efficient unbiased estimator would show (Monte Carlo over
+        # the per-star sigma ratios): the floor of flux_scatter_ratio_robust
+        "crb_flux_err_ratio_median": float(np.median(crb_ratio)),
+        "crb_flux_err_ratio_rms": float(np.sqrt(np.mean(crb_ratio**2))),
+        "crb_implied_scatter_ratio_robust": implied_robust_scatter(crb_ratio),
+        "fit_implied_scatter_ratio_robust": implied_robust_scatter(fit_ratio),
+        "n_snr100_crb_ratio_above_1.1": int(np.sum(crb_ratio > 1.1)),
         "position_prior_sigma": position_prior,
         "time_fit_positions_s": t_fit,
         "time_flux_fit_true_positions_s": t_ref,
@@ -115,6 +126,30 @@ def bench_positions(imsize=1024, nsources=50_000, seed=0, offset=0.3, stamp=11, 
         and out["flux_scatter_ratio_robust"] <= 1.1
     )
     return out
+
+
+def _robust_std(x):
+    """1.4826 x the median absolute deviation: the std of a Gaussian, blind to a few outliers."""
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
+
+
+def crb_flux_err(psf, data, err, r, c, f, moving, stamp):
+    """Flux sigma of every source from the Fisher information of the joint flux + position fit
+    (positions of ``moving``) at the true positions and fluxes: the Cramer-Rao bound."""
+    from sparse3d.fit import fit_design
+    from sparse3d.photometry._linearise import design_at, gauss_newton_design
+
+    L, dR, dC = design_at(psf, r, c, data.shape, (stamp, stamp), (0, 0), True)
+    J = gauss_newton_design(L, dR, dC, f, np.flatnonzero(moving))
+    return fit_design(J, data, imshape=data.shape, errors=err).weights_err[: r.size]
+
+
+def implied_robust_scatter(ratio, draws=200, seed=0):
+    """Expected robust std of ``z * ratio`` (``z`` standard normal per star): the robust scatter,
+    in units of the reference sigma, of an estimator whose errors are ``ratio`` x the reference's."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((draws, ratio.size))
+    return float(np.mean([_robust_std(zi * ratio) / _robust_std(zi) for zi in z]))
 
 
 def jitter_scene(imsize=256, nsources=500, nframes=100, jitter=0.3, seed=1, stamp=11):
