@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..core import Sparse3D
-from ._inputs import check_imshape, check_positions, check_source_vector, pixel_weights
+from ._inputs import check_positions, check_source_vector, pixel_weights
 from ._linearise import column_norms, design_at, gauss_newton_design, stamp_sum, weighted_chi2_image
 
 #: Levenberg-Marquardt damping of a source's position columns: its first value, and the
@@ -172,6 +172,8 @@ def fit_positions(
     imcorner: tuple[int, int] = (0, 0),
     errors: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    dq: np.ndarray | None = None,
+    bad_bits: int | None = None,
     background: Any = None,
     flux_prior_mu: float | np.ndarray | None = None,
     flux_prior_sigma: float | np.ndarray | None = None,
@@ -202,8 +204,11 @@ def fit_positions(
         Anything with the :mod:`sparse3d.psf` method
         ``design(row, col, imshape, stamp_shape=..., imcorner=..., derivatives=("row", "col"))``,
         e.g. ``sparse3d.psf.Gaussian(sigma=1.0)``.
-    data : numpy.ndarray or numpy.ma.MaskedArray, shape (H, W)
-        The image. A masked array's mask is honoured (combined with ``mask``).
+    data : array_like, shape (H, W)
+        The image: an array, a ``numpy.ma.MaskedArray`` (its mask is honoured, combined with
+        ``mask``) or an astropy ``NDData``/``CCDData``-like object (its mask and uncertainty
+        are read; fluxes come out in its unit, as plain numbers): whatever
+        :func:`sparse3d.fit.check_inputs` accepts.
     row, col : numpy.ndarray, shape (nsources,)
         Start positions, absolute pixel coordinates (integers are pixel centres).
     imshape : tuple of int, optional
@@ -216,6 +221,10 @@ def fit_positions(
         Per-pixel 1-sigma uncertainties ``(H, W)``; ``np.inf`` masks a pixel. None: unit.
     mask : numpy.ndarray of bool, optional
         ``(H, W)``, True marks pixels to ignore.
+    dq : numpy.ndarray of int, optional
+        Data-quality bitmask ``(H, W)``: pixels with ``dq & bad_bits != 0`` are masked.
+    bad_bits : int, optional
+        The bits of ``dq`` that mark bad pixels; required with ``dq``.
     background : optional
         The sky, solved jointly in every iteration: anything
         :func:`sparse3d.fit.fit_design` takes (``"constant"``, ``"plane"``,
@@ -283,9 +292,9 @@ def fit_positions(
         prepare_normal_equations,
     )
 
-    pw = pixel_weights(data, errors, mask, ndim=2)
+    pw = pixel_weights(data, errors, mask, ndim=2, dq=dq, bad_bits=bad_bits, imshape=imshape)
     D, ivar = pw.data, pw.ivar
-    H, W = check_imshape(imshape, D)
+    H, W = D.shape
     r, c = check_positions(row, col)
     r0, c0 = r.copy(), c.copy()
     n = r.size
