@@ -113,6 +113,14 @@ def bench_positions(imsize=1024, nsources=50_000, seed=0, offset=0.3, stamp=11, 
         "crb_implied_scatter_ratio_robust": implied_robust_scatter(crb_ratio),
         "fit_implied_scatter_ratio_robust": implied_robust_scatter(fit_ratio),
         "n_snr100_crb_ratio_above_1.1": int(np.sum(crb_ratio > 1.1)),
+        # the measured scatter over its floor (1.0: as good as any unbiased estimator can be), and
+        # the scatter ratio of the stars whose bound is below 1.05 (isolated: no excess expected)
+        "flux_scatter_over_crb_floor": float(
+            robust_std(e_fit) / robust_std(e_ref) / implied_robust_scatter(crb_ratio)
+        ),
+        "flux_scatter_ratio_robust_crb_below_1.05": float(
+            robust_std(e_fit[crb_ratio < 1.05]) / robust_std(e_ref[crb_ratio < 1.05])
+        ),
         "position_prior_sigma": position_prior,
         "time_fit_positions_s": t_fit,
         "time_flux_fit_true_positions_s": t_ref,
