@@ -80,6 +80,7 @@ CASES: dict[str, str] = {
     "psf_gaussian": "sparse3d.psf.Gaussian(sigma).design(row, col, imshape, stamp): the same scene's L",
     "psf_gaussian_derivs": "Gaussian design plus d/drow, d/dcol, d/dsigma stamps (4 arrays, one structure)",
     "shift": "L.shift((0.3, -0.2)): fractional move of every stamp (sinc resampling)",
+    "shift_per_source": "L.shift((drow, dcol)) with one seeded shift in [-0.5, 0.5) per source",
 }
 
 #: Cases timed interleaved with a reference case, whose runs are stored as ``"<impl>@<case>"``

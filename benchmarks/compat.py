@@ -19,7 +19,14 @@ and the same loop written with the 2.x API (relative translate from the untransl
 ``legacy`` and ``2.x`` are interleaved in one worker. Targets (issue 14): 1.2.11 / legacy
 >= 10; legacy / 2.x <= 1.2. Every run checks that the three models agree (1e-12).
 
+By default 1.2.11 runs in its own worker after the others, so on a shared machine its ratio
+moves with the load between the two workers. ``--interleaved`` times all three in one worker,
+round by round: the cached 1.2.11 install is copied under another package name
+(``sparse3d_1x``; its modules import each other relatively), so both versions load in one
+process and every ratio is measured under the same load.
+
     python -m benchmarks.compat              # both cases, a few minutes
+    python -m benchmarks.compat --interleaved
     python -m benchmarks.compat --smoke      # tiny scene, no 1.2.11, seconds
 """
 
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -172,10 +180,27 @@ def _time(fns: dict, repeats: int) -> tuple[dict, dict]:
 
 
 def worker(which: str, case: str, params: dict, repeats: int, out_path: str) -> None:
-    """Time ``which`` (``"1.2.11"`` or ``"current"``) on ``case``; write seconds and results."""
+    """Time ``which`` on ``case``; write seconds and results.
+
+    ``"1.2.11"`` (the 1.x package first on ``sys.path``), ``"current"`` (legacy and 2.x) or
+    ``"all"`` (the three interleaved; 1.2.11 imported as ``sparse3d_1x``).
+    """
     s = make_scene(**params)
     roi = case == "roiscene"
-    if which == "1.2.11":
+    if which == "all":
+        import sparse3d_1x
+
+        import sparse3d
+        import sparse3d.legacy
+
+        if sparse3d_1x.Sparse3D.__module__ != "sparse3d_1x.sparse3d" or sparse3d.__version__.startswith("1."):
+            raise SystemExit("expected sparse3d_1x to be 1.2.11 and sparse3d this repository")
+        fns = {
+            "1.2.11": loop_1x(sparse3d_1x, s, roi),
+            "legacy": loop_1x(sparse3d.legacy, s, roi),
+            "2.x": loop_2x(sparse3d, s, roi),
+        }
+    elif which == "1.2.11":
         import sparse3d
 
         if not sparse3d.__version__.startswith("1."):
@@ -192,12 +217,15 @@ def worker(which: str, case: str, params: dict, repeats: int, out_path: str) -> 
     path.write_text(json.dumps({"seconds": seconds}))
 
 
-def _run_worker(which: str, case: str, params: dict, repeats: int, tmp: Path, path_first: str | None) -> dict:
+def _run_worker(
+    which: str, case: str, params: dict, repeats: int, tmp: Path, path_first: str | None, extra_path=None
+) -> dict:
     out = tmp / f"{which}-{case}.json"
     code = (
         "import sys, json; "
         + (f"sys.path.insert(0, {path_first!r}); " if path_first else "")
         + f"sys.path.append({str(REPO_ROOT)!r}); "
+        + (f"sys.path.append({extra_path!r}); " if extra_path else "")
         + "from benchmarks.compat import worker; "
         + f"worker({which!r}, {case!r}, json.loads({json.dumps(params)!r}), {repeats}, {str(out)!r})"
     )
@@ -211,16 +239,34 @@ def _run_worker(which: str, case: str, params: dict, repeats: int, tmp: Path, pa
     return info
 
 
-def run_case(case: str, smoke: bool = False, repeats: int = 5, with_1x: bool = True) -> dict:
+def _renamed_1x(tmp: Path) -> Path:
+    """A copy of the cached 1.2.11 package named ``sparse3d_1x``; returns its parent directory."""
+    from benchmarks.legacy import ensure_legacy
+
+    src = Path(ensure_legacy()) / "sparse3d"
+    dest = tmp / "renamed"
+    shutil.copytree(src, dest / "sparse3d_1x", ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def run_case(
+    case: str, smoke: bool = False, repeats: int = 5, with_1x: bool = True, interleaved: bool = False
+) -> dict:
     """One case; returns seconds per implementation, the ratios and the agreement."""
     params = dict((SMOKE if smoke else FULL)[case])
     seconds: dict[str, float] = {}
     results: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cur = _run_worker("current", case, params, repeats, tmp, None)
-        seconds.update(cur["seconds"])
-        results.update(cur["results"])
+        if with_1x and interleaved:
+            both = _run_worker("all", case, params, repeats, tmp, None, extra_path=str(_renamed_1x(tmp)))
+            seconds.update(both["seconds"])
+            results.update(both["results"])
+            with_1x = False
+        else:
+            cur = _run_worker("current", case, params, repeats, tmp, None)
+            seconds.update(cur["seconds"])
+            results.update(cur["results"])
         if with_1x:
             from benchmarks.legacy import ensure_legacy
 
@@ -233,7 +279,15 @@ def run_case(case: str, smoke: bool = False, repeats: int = 5, with_1x: bool = T
     ratios = {"legacy / 2.x": seconds["legacy"] / seconds["2.x"]}
     if "1.2.11" in seconds:
         ratios["1.2.11 / legacy"] = seconds["1.2.11"] / seconds["legacy"]
-    return {"case": case, "scene": params, "seconds": seconds, "ratios": ratios, "max_rel_difference": agree}
+    how = "interleaved" if interleaved and "1.2.11" in seconds else "own worker"
+    return {
+        "case": case,
+        "scene": params,
+        "seconds": seconds,
+        "ratios": ratios,
+        "max_rel_difference": agree,
+        "timing_1x": how,
+    }
 
 
 def report(res: dict) -> str:
@@ -249,6 +303,10 @@ def report(res: dict) -> str:
         "|---|---|",
     ]
     lines += [f"| {k} | {v:.4f} |" for k, v in res["seconds"].items()]
+    if "1.2.11" in res["seconds"]:
+        how = res.get("timing_1x", "own worker")
+        where_1x = "in the same worker, round by round" if how == "interleaved" else "in its own worker"
+        lines += ["", f"1.2.11 timed {where_1x}."]
     lines += ["", "| ratio | value | target |", "|---|---|---|"]
     targets = {
         "1.2.11 / legacy": (">= 10", lambda r: r >= 10),
@@ -268,12 +326,19 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cases", nargs="+", default=list(FULL), choices=list(FULL))
     ap.add_argument("--no-legacy", action="store_true", help="skip sparse3d==1.2.11")
+    ap.add_argument(
+        "--interleaved", action="store_true", help="time 1.2.11 in the same worker, round by round"
+    )
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     results = []
     for case in args.cases:
         res = run_case(
-            case, smoke=args.smoke, repeats=args.repeats, with_1x=not (args.smoke or args.no_legacy)
+            case,
+            smoke=args.smoke,
+            repeats=args.repeats,
+            with_1x=not (args.smoke or args.no_legacy),
+            interleaved=args.interleaved,
         )
         print(report(res), flush=True)
         results.append(res)

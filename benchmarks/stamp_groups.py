@@ -11,6 +11,12 @@ bright ones on 41 × 41. Three ways to compute the tutorial pipeline (construct 
   (the target: ``grouped`` costs at most 1.1× this);
 * ``all41``: every source on 41 × 41 stamps (what one shape for everyone costs).
 
+The fit is also split into its two big steps, each grouped against separate: the normal
+matrix ``A^T A`` (the grouped one has the cross-group block on top of the groups' own blocks)
+and its factorisation. The joint factorisation is the inherent extra cost of fitting the
+groups together: its matrix has the cross terms (bright stamps overlap the faint ones), so its
+factor has more fill-in and more flops than the two separate factors together.
+
 Best of ``--repeat`` runs, all in one process, so ratios are side by side::
 
     python benchmarks/stamp_groups.py                  # the issue's scene
@@ -153,6 +159,25 @@ def main(argv=None) -> None:
     t_fg, t_fsb, r_f = _interleaved(
         lambda: L.fit(image), [lambda: Ls.fit(image), lambda: Lb.fit(image)], args.repeat
     )
+    # the fit's two big steps, grouped against separate
+    from sparse3d.fit._checks import _check_solver
+    from sparse3d.fit.assemble import _scaled_normal_matrix
+    from sparse3d.fit.factor import _factorize_or_raise
+
+    solver = _check_solver("auto")
+    t_ng, t_nsb, r_n = _interleaved(
+        lambda: _scaled_normal_matrix(L, None),
+        [lambda: _scaled_normal_matrix(Ls, None), lambda: _scaled_normal_matrix(Lb, None)],
+        args.repeat,
+    )
+    nm = {k: _scaled_normal_matrix(x, None)[0] for k, x in (("g", L), ("s", Ls), ("b", Lb))}
+    t_cg, t_csb, r_c = _interleaved(
+        lambda: _factorize_or_raise(nm["g"], None, solver),
+        [lambda k=k: _factorize_or_raise(nm[k], None, solver) for k in ("s", "b")],
+        args.repeat,
+    )
+    nnz = (nm["g"].nnz, nm["s"].nnz + nm["b"].nnz)
+    nm.clear()
     nbytes = L.nbytes
     L = Ls = Lb = None  # free them before the 41 x 41 arrays
     # everyone on 41 x 41 (the largest arrays: built last, alone)
@@ -175,6 +200,8 @@ def main(argv=None) -> None:
         ("pipeline (np.concatenate)", t_pg, t_psb, r_p, t_p41),
         ("pipeline (Sparse3D.from_groups)", t_pf, t_psb2, r_pf, t_p41),
         ("fit", t_fg, t_fsb, r_f, t_f41),
+        ("fit: normal matrix", t_ng, t_nsb, r_n, np.nan),
+        (f"fit: factorisation ({solver})", t_cg, t_csb, r_c, np.nan),
     ]
     print(
         f"{args.small:,} sources on 11x11 + {args.big:,} on 41x41, image {imshape}; best of {args.repeat}\n"
@@ -190,6 +217,7 @@ def main(argv=None) -> None:
             f"| {a * 1e3:.0f} ms | {g / a:.2f} |"
         )
     print("(nan: skipped with --no-all41 / --no-fit41)")
+    print(f"normal matrix (lower triangle): {nnz[0]:,} entries grouped, {nnz[1]:,} in the two separate ones")
     print(f"\nmemory of L: grouped {nbytes / 2**20:.0f} MiB, all on 41x41 {nbytes41 / 2**20:.0f} MiB")
 
 

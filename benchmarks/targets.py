@@ -59,6 +59,14 @@ TARGETS: list[Target] = [
         label="psf.Gaussian design <= the tutorial's expression on Sparse3D",
     ),
     Target("shift", "sparse3d", "sparse3d", 3.0, base_case="op_mul", label="fractional shift <= 3x a ufunc"),
+    Target(
+        "shift_per_source",
+        "sparse3d",
+        "sparse3d",
+        6.0,
+        base_case="op_mul",
+        label="one fractional shift per source <= 6x a ufunc",
+    ),
 ]
 
 
@@ -138,8 +146,9 @@ def time_rows(results: dict) -> list[Row]:
     rows += _row(results, "psf_gaussian", "sparse3d", "sparse3d", "build_L", targets)
     rows += _row(results, "psf_gaussian", "sparse3d", "sparse3d", "pipeline", targets)
     rows += _row(results, "psf_gaussian_derivs", "sparse3d", "sparse3d", "build_L", targets)
-    for base in ("op_mul", "op_exp"):
-        rows += _row(results, "shift", "sparse3d", "sparse3d", base, targets)
+    for case in ("shift", "shift_per_source"):
+        for base in ("op_mul", "op_exp"):
+            rows += _row(results, case, "sparse3d", "sparse3d", base, targets)
     for impl in ("sparse3d", "numpy"):
         rows += _row(results, "pipeline_f32", impl, f"{impl}@pipeline", "pipeline_f32", targets)
     return rows

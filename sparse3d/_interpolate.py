@@ -10,9 +10,13 @@ Two kernels, each used where it is accurate:
   Lanczos-4 by ~1.6 %. The sinc series over every sample of the stamp, with zeros outside
   it, is the band-limited reconstruction; its error is set by the aliasing of the sampled
   PSF alone (≤ 4·Q(πσ) per axis for a Gaussian, Q the normal tail: 3.4e-3 of the peak at
-  σ = 1 px, 1e-5 at σ = 1.5 px). Because the weights depend only on the stamp size and the
-  fractional shift, a shift shared by all sources is two small dense matrix products over
-  the stamp block (BLAS), whatever the kernel's length.
+  σ = 1 px, 1e-5 at σ = 1.5 px). The kernel is separable: one pass along the stamp columns,
+  one along the rows, each a small dense ``L × L`` matrix (``L`` the stamp side) applied to
+  every line of every stamp, 2·L multiply-adds per stored value whatever the fraction. Small
+  arrays use NumPy (one BLAS product over the stamp block for a shared shift); large ones
+  the compiled passes of :func:`sparse3d._shift_kernels.shift`, which run the products in
+  register tiles over runs of contiguous sources (the source axis is innermost), skip an
+  axis whose fraction is 0, and agree with NumPy to rounding (they fuse multiply-adds).
 * **Cubic B-spline interpolation** of an oversampled PSF image — :class:`BSpline3Image`,
   behind :class:`sparse3d.psf.ImagePSF` and :class:`sparse3d.psf.GriddedPSF`. An
   interpolating cubic spline (coefficients from the exact recursive prefilter, the image
@@ -137,15 +141,17 @@ def _resample_axis(values: np.ndarray, frac: np.ndarray, axis: int) -> np.ndarra
 
 
 def _shift_compiled(values: np.ndarray, fr: np.ndarray, fc: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Both 1-D sinc passes in one compiled sweep (:func:`sparse3d._kernels.shift`): the
-    stamp block is read once and the result written once, into a pooled buffer if one of
-    that shape is free (a dead array's, already paged in)."""
+    """Both 1-D sinc passes in one compiled sweep (:func:`sparse3d._shift_kernels.shift`): the
+    stamp block is read once and the result written once (the intermediate stays in cache),
+    into a pooled buffer if one of that shape is free (a dead array's, already paged in)."""
+    from . import _shift_kernels  # imports numba
+
     out = None
     if values.size * dtype.itemsize >= _pool.MIN_BYTES:
         out = _pool.take(values.shape, dtype)  # overwritten whole by the kernel
     if out is None:
         out = np.empty(values.shape, dtype=dtype)
-    return _kernels.shift(values, np.atleast_1d(fr), np.atleast_1d(fc), out)
+    return _shift_kernels.shift(values, np.atleast_1d(fr), np.atleast_1d(fc), out)
 
 
 def shift_stamps(S, shift):

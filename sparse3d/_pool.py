@@ -15,6 +15,14 @@ array is built on it, so no value of a dead array can show through.
 The pool is bounded by the option ``buffer_pool_bytes`` (default 256 MiB; 0 disables it);
 buffers larger than a quarter of it are never pooled, so at scale nothing extra stays
 resident.
+
+Results handed out as plain ``ndarray`` (a model image or cube from ``dot``) die without
+telling anyone, so they are *lent* instead (:func:`lend`): the pool keeps a reference to the
+buffer it handed out and gives it out again once that reference is the only one left (the
+caller dropped the result and every view of it). A jitter loop's models then land in the
+same few already-faulted buffers instead of a fresh ``mmap`` per call. Lent buffers are
+bounded by half of ``buffer_pool_bytes``; beyond that the oldest are forgotten (their
+holders keep them, the pool no longer reuses them).
 """
 
 from __future__ import annotations
@@ -27,13 +35,16 @@ import numpy as np
 
 from ._options import get_options
 
-__all__ = ["take", "give_back", "clear", "pooled_bytes"]
+__all__ = ["take", "give_back", "clear", "pooled_bytes", "lend", "lent_bytes"]
 
 #: Buffers smaller than this are left to the allocator (their page-fault cost is small).
 MIN_BYTES = 1 << 20
 
 _LOCK = threading.Lock()
 _BUFFERS: list[np.ndarray] = []  # oldest first
+_LENT: list[np.ndarray] = []  # buffers handed out by lend(), least recently lent first
+#: Whether ``sys.getrefcount`` counts every holder (what :func:`lend` relies on).
+_EXACT_REFCOUNTS = sys.implementation.name == "cpython" and sys.version_info < (3, 14)
 
 
 def pooled_bytes() -> int:
@@ -42,10 +53,17 @@ def pooled_bytes() -> int:
         return sum(b.nbytes for b in _BUFFERS)
 
 
+def lent_bytes() -> int:
+    """Bytes of the buffers :func:`lend` keeps track of (held by callers or free for reuse)."""
+    with _LOCK:
+        return sum(b.nbytes for b in _LENT)
+
+
 def clear() -> None:
-    """Release every pooled buffer."""
+    """Release every pooled buffer and forget every lent one."""
     with _LOCK:
         _BUFFERS.clear()
+        _LENT.clear()
 
 
 def empty(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -92,3 +110,37 @@ def give_back(values: np.ndarray, extra_refs: int) -> None:
         total = sum(b.nbytes for b in _BUFFERS)
         while total > cap and _BUFFERS:
             total -= _BUFFERS.pop(0).nbytes
+
+
+def lend(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A writeable C-contiguous array to return to a caller as a result; overwrite all of it.
+
+    Re-uses a buffer lent before when no one but the pool holds it any more (its reference
+    count says no result, view or memoryview of it is alive, and no weak reference points
+    at it); otherwise a new ``np.empty``, which the pool keeps track of. Buffers below
+    ``MIN_BYTES`` or above a quarter of ``buffer_pool_bytes`` are not tracked, and nothing
+    is on interpreters whose reference counts can omit holders (CPython 3.14's borrowed stack
+    references, PyPy): there a buffer could look free while it is held.
+    """
+    dtype = np.dtype(dtype)
+    shape = tuple(int(n) for n in shape)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    cap = get_options().get("buffer_pool_bytes", 0)
+    if nbytes < MIN_BYTES or nbytes > cap // 4 or not _EXACT_REFCOUNTS:
+        return np.empty(shape, dtype=dtype)
+    with _LOCK:
+        for i in range(len(_LENT)):  # no enumerate: its cached tuple would hold a reference
+            buf = _LENT[i]
+            # 3 references: the list, ``buf`` and getrefcount's argument
+            if buf.shape == shape and buf.dtype == dtype and sys.getrefcount(buf) == 3:
+                if not weakref.getweakrefcount(buf):
+                    del _LENT[i]
+                    _LENT.append(buf)  # most recently lent last
+                    buf.flags.writeable = True
+                    return buf
+        buf = np.empty(shape, dtype=dtype)
+        _LENT.append(buf)
+        total = sum(b.nbytes for b in _LENT)
+        while total > cap // 2 and len(_LENT) > 1:
+            total -= _LENT.pop(0).nbytes  # forgotten, not freed: its holder may still use it
+    return buf

@@ -130,10 +130,11 @@ def test_scale_case_runs_tiny(smoke):
 
 
 def test_psf_and_shift_cases_have_ratios(smoke):
-    for case in ("psf_gaussian", "psf_gaussian_derivs", "shift"):
+    for case in ("psf_gaussian", "psf_gaussian_derivs", "shift", "shift_per_source"):
         assert smoke["results"][case]["sparse3d"]["status"] == "ok", smoke["results"][case]
     rows = {(r["case"], r["baseline"]): r for r in smoke["ratios"] if r["impl"] == "sparse3d"}
-    for key in (("psf_gaussian", "sparse3d:build_L"), ("shift", "sparse3d:op_mul")):
+    keys = ("psf_gaussian", "sparse3d:build_L"), ("shift", "sparse3d:op_mul")
+    for key in (*keys, ("shift_per_source", "sparse3d:op_mul")):
         assert rows[key]["target"] is not None and math.isfinite(rows[key]["ratio"]), rows[key]
 
 

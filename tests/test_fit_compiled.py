@@ -82,6 +82,11 @@ def test_one_signature_per_kernel_after_fits(compiled_kernels):
         res = S.fit(np.ones(sc.imshape), errors=np.full(sc.imshape, 2.0))
         res.weights_err
         S.fit(np.ones((*sc.imshape, 4)))
+        # an array with two stamp groups (the cross-group kernels), sources interleaved
+        big = random_scene(np.random.default_rng(5), imshape=(30, 30), stamp=(7, 6), nsources=4, dtype=dtype)
+        B = Sparse3D(big.data, big.row.astype(index_dtype), big.col.astype(index_dtype), big.imshape)
+        G = np.concatenate([S[:, :, :10], B, S[:, :, 10:]], axis=2)
+        G.fit(np.ones(sc.imshape), errors=np.full(sc.imshape, 2.0)).weights_err
     for name in _compiled.kernel_modules():
         module = importlib.import_module(name)
         for kernel in getattr(module, "SIGNATURES", ()):

@@ -209,3 +209,17 @@ def test_reinterning_sees_positions_changed_in_place():
     Cc = Sparse3D(sc.data, row, sc.col, imshape=sc.imshape)
     assert Cc._structure is not A._structure
     np.testing.assert_array_equal(Cc.row, row)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int64, np.uint8, np.uint64])
+def test_equal_finds_a_difference_in_any_chunk(dtype):
+    """The compiled comparison works in chunks of 4096: a difference anywhere counts."""
+    rng = np.random.default_rng(6)
+    a = rng.integers(0, 100, size=(3, 5, 1000)).astype(dtype)  # 15,000: 3 chunks + a tail
+    b = a.astype(np.int64)
+    assert _kernels.equal(a, b)
+    for flat in (0, 4095, 4096, 9000, 12_288, 14_999):
+        c = b.copy()
+        c.ravel()[flat] += 1
+        assert not _kernels.equal(a, c) and not _kernels.equal(c, a)
+    assert _kernels.min_max(a) == (int(a.min()), int(a.max()))

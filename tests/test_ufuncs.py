@@ -277,3 +277,30 @@ def test_integer_power_error_only_from_array_contents():
     np.testing.assert_array_equal(result.todense()[:, :, 0], [[4, 8], [0, 4]])
     with pytest.raises(ValueError, match="negative integer powers"):  # content: NumPy's error
         np.power(2, E.translate((5, 0)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128, np.int64])
+def test_power_operator_follows_numpy_arrays(dtype):
+    """``S ** 2`` is NumPy's ``a ** 2`` (``np.square`` for float/complex: other bits than
+    ``np.power`` for complex), while ``np.power(S, 2)`` stays ``np.power``."""
+    sc = random_scene(11, dtype=dtype, nsources=30)
+    S, v = sc.build(), sc.data
+    for got, ref in ((S**2, v**2), (np.power(S, 2), np.power(v, 2)), (S**3, v**3), (S**2.0, v**2.0)):
+        assert got.dtype == ref.dtype
+        np.testing.assert_array_equal(got.data.view(np.uint8), ref.view(np.uint8))
+    x = S
+    x **= 2  # rebinds through the same operator
+    np.testing.assert_array_equal(x.data.view(np.uint8), (v**2).view(np.uint8))
+
+
+def test_power_operator_warns_as_numpy_does():
+    sc = random_scene(2, nsources=10, zeros=False)
+    S, v = sc.build() * 1e200, sc.data * 1e200
+    for op in (lambda a: a**2, lambda a: np.power(a, 2)):
+        with pytest.warns(RuntimeWarning) as got:
+            op(S)
+        with pytest.warns(RuntimeWarning) as ref:
+            op(v)
+        assert [str(w.message) for w in got] == [str(w.message) for w in ref]
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError, match="square"):
+        S**2

@@ -234,14 +234,23 @@ def _psf_gaussian(derivatives: tuple[str, ...] | None) -> Factory:
     return factory
 
 
-def _shift(scene: Scene) -> Prepared:
-    if not hasattr(_sparse3d().Sparse3D, "shift"):
-        raise Unsupported("Sparse3D.shift does not exist")
-    X, Y = build_xy(scene)
-    L = build_L(scene, X, Y)
-    L.shift((0.3, -0.2))  # warm the per-structure layout check
-    note = "ratio vs op_mul (X * 2.5, one elementwise ufunc on an array of the same size)"
-    return Prepared(lambda: L.shift((0.3, -0.2)), canon=_image_canon(scene), note=note)
+def _shift(per_source: bool) -> Factory:
+    """``L.shift``: one ``(0.3, -0.2)`` for all sources, or one seeded shift per source."""
+
+    def factory(scene: Scene) -> Prepared:
+        if not hasattr(_sparse3d().Sparse3D, "shift"):
+            raise Unsupported("Sparse3D.shift does not exist")
+        X, Y = build_xy(scene)
+        L = build_L(scene, X, Y)
+        d: tuple = (0.3, -0.2)
+        if per_source:
+            rng = np.random.default_rng(scene.spec.seed + 11)
+            d = (rng.uniform(-0.5, 0.5, scene.nsources), rng.uniform(-0.5, 0.5, scene.nsources))
+        L.shift(d)  # warm the per-structure layout check
+        note = "ratio vs op_mul (X * 2.5, one elementwise ufunc on an array of the same size)"
+        return Prepared(lambda: L.shift(d), canon=_image_canon(scene), note=note)
+
+    return factory
 
 
 def cases(legacy: bool = False) -> dict[str, Factory]:
@@ -288,7 +297,8 @@ def cases(legacy: bool = False) -> dict[str, Factory]:
         "fit_csr": _fit_csr,
         "psf_gaussian": _psf_gaussian(None),
         "psf_gaussian_derivs": _psf_gaussian(("row", "col", "sigma")),
-        "shift": _shift,
+        "shift": _shift(per_source=False),
+        "shift_per_source": _shift(per_source=True),
     }
     if legacy:
         out["dot_k10"] = _with_L(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _kernels
-from .._options import check_dense_allocation
+from .. import _grid_kernels, _kernels, _pool
+from .._options import check_dense_allocation, get_options
 from ._registry import (
     _S,
     _refuse_out,
@@ -79,11 +79,16 @@ def _as_weights(b, name: str):
     return b
 
 
-def dot(a, b, out=None):
+def dot(a, b, out=None, *, _into=None):
     """``np.dot(S, w)``: contract the source axis of ``S`` with the first axis of ``w``.
 
     ``w (nsources,)`` → image ``ndarray (H, W)``; ``w (nsources, k)`` → ``ndarray (H, W, k)``;
     scalar ``w`` → ``S * w`` (a Sparse3D).
+
+    ``_into`` (internal; NumPy's ``out=`` stays refused): for ``(nsources, k)`` weights
+    without a unit, an ``(H, W, k)`` array of the result dtype (any strides, e.g. the
+    transpose of a ``(k, H, W)`` array: sparse3d 1.x's layout) to write the model into and
+    return.
     """
     Sparse3D = _S()
     _refuse_out(out, "np.dot")
@@ -97,6 +102,8 @@ def dot(a, b, out=None):
         return backend.dot(a, b)
     b, unit = _split_unit(b)
     b = _as_weights(b, "np.dot")
+    if _into is not None and (b.ndim != 2 or unit is not None):
+        raise ValueError("dot(..., _into=) needs (nsources, k) weights without a unit")
     if b.ndim == 0:
         result = a * b[()]
         return result if unit is None else result * unit
@@ -111,25 +118,30 @@ def dot(a, b, out=None):
     k = 1 if b.ndim == 1 else b.shape[1]
     what = f"an image of shape {(H, W)}" if b.ndim == 1 else f"a model cube of shape {(H, W, k)}"
     check_dense_allocation(H * W * k * max(dtype.itemsize, 8 if b.ndim == 1 else 1), what)
+    if _into is not None:
+        _check_into(_into, (H, W, k), dtype)
     if s.grouped:  # the sum of every group's model with its sources' weights
         result = None
         for i, g in enumerate(a.groups):
             part = dot(g, s.take(b, i))
             result = part.astype(dtype, copy=False) if result is None else np.add(result, part, out=result)
+        result = _write_into(result, _into)
         return result if unit is None else result * unit
     fast = _fast_product(a, dtype, b.dtype)
     if fast == "csr":
         result = np.asarray(a._csr @ b).astype(dtype, copy=False).reshape((H, W, k)[: 1 + b.ndim])
     elif fast == "kernel":
         w2 = b.reshape(n, k)
-        result = _kernels.scatter(s._row, s._col, a._values, w2, s.root_corner, s.imshape, dtype)
+        grid = s.grid_corners()
+        if grid is not None:  # one corner per stamp: stamp rows added to image rows
+            result = _grid_kernels.scatter(a._values, *grid, w2, s.root_corner, s.imshape, dtype)
+        else:
+            result = _kernels.scatter(s._row, s._col, a._values, w2, s.root_corner, s.imshape, dtype)
         result = result.reshape((H, W, k)[: 1 + b.ndim])
     elif fast == "sorted":
-        order = s.sorted_order()[1:]
-        w2 = b.reshape(n, k)
-        rows = s.sorted_rows()
-        result = _kernels.sorted_scatter(order, sorted_values(a), s.root_corner, s.imshape, w2, dtype, rows)
-        result = result.reshape((H, W, k)[: 1 + b.ndim])
+        result = _translated_model(a, b.reshape(n, k), dtype, _into if b.ndim == 2 else None)
+        if b.ndim == 1:
+            result = result.reshape(H, W)
     elif b.ndim == 1:
         result = _scatter_image(s, a._values * b, dtype)
     else:
@@ -140,10 +152,123 @@ def dot(a, b, out=None):
             result = result.reshape(H, W, k)
         else:
             result = np.asarray(a._csr @ b).astype(dtype, copy=False).reshape(H, W, k)
+    result = _write_into(result, _into)
     return result if unit is None else result * unit
 
 
 implements(np.dot)(dot)
+
+
+def _write_into(result: np.ndarray, into) -> np.ndarray:
+    """``into`` holding ``result`` (``result`` itself when ``into`` is None or already it)."""
+    if into is None or result is into:
+        return result
+    _check_into(into, result.shape, result.dtype)
+    np.copyto(into, result)
+    return into
+
+
+def _check_into(into, shape: tuple, dtype: np.dtype) -> None:
+    if not isinstance(into, np.ndarray) or into.shape != shape or into.dtype != dtype:
+        raise ValueError(
+            f"dot(..., _into=) needs an ndarray of shape {shape} and dtype {dtype}; got "
+            f"{type(into).__name__} {getattr(into, 'shape', None)} {getattr(into, 'dtype', None)}"
+        )
+
+
+def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarray:
+    """``(H, W, k)`` model of a family's later products (a jitter loop): the pixel-sorted scatter.
+
+    The scatter sums into a buffer lent by :func:`sparse3d._pool.lend` (or into ``into``
+    itself when it is C-contiguous): a loop's models re-use a few buffers whose pages are
+    already mapped, instead of faulting in a fresh one per call (~1 ms per 6 MB model on a
+    VM, more than the scatter's arithmetic). ``into`` in another layout (sparse3d 1.x's
+    ``(k, H, W)``, as a transposed view) receives one copy of the result, and the scratch
+    buffer goes back to the pool. Same bits as without ``into``.
+    """
+    s = a._structure
+    H, W = a.imshape
+    canvas = _canvas_model(a, w2, dtype)
+    if canvas is not None:  # the same weights as before: a window of the canvas model
+        out = _pool.lend((H, W, w2.shape[1]), dtype) if into is None else into
+        return _window(canvas, s, out)
+    direct = into is not None and into.flags.c_contiguous
+    buf = into if direct else _pool.lend((H, W, w2.shape[1]), dtype)  # dot() checked max_dense_bytes
+    order = s.sorted_order()[1:]
+    result = _kernels.sorted_scatter(
+        order, sorted_values(a), s.root_corner, s.imshape, w2, dtype, s.sorted_rows(), out=buf
+    )
+    if into is None or direct:
+        return result
+    np.copyto(into, result)
+    return into
+
+
+#: The canvas model of :func:`_canvas_model` is kept only while it is at most this many times
+#: the size of the image's model (stamps spread far beyond the image would make it large).
+CANVAS_MAX_RATIO = 4
+#: Weights larger than this are not remembered for :func:`_canvas_model` (a copy per call).
+CANVAS_MAX_WEIGHT_BYTES = 16 * 2**20
+
+
+def _canvas_model(a, w2: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
+    """The model of ``a``'s untranslated stamps on a canvas holding every stored stamp pixel.
+
+    For whole-pixel translations the model of ``a.translate(d)`` with weights ``w`` is a
+    window of this one canvas model (zero outside it), with the same bits: each canvas
+    pixel sums the same elements in the same order as the image pixel it lands on. The
+    family (an array and its translations) remembers the last weights it was given (a copy,
+    compared by value, never by identity) and builds the canvas model when the same weights
+    come again: a jitter loop at constant weights then copies windows instead of scattering
+    every stamp. Returns ``None`` when the weights are new (they are remembered), when the
+    canvas would exceed ``CANVAS_MAX_RATIO`` times the image's model or ``max_dense_bytes``,
+    when the weights exceed ``CANVAS_MAX_WEIGHT_BYTES``, or when the structure has no row
+    pointer.
+    """
+    fam = a._family
+    s = a._structure
+    (rlo, rhi), (clo, chi) = s.position_range
+    CH, CW = rhi - rlo + 1, chi - clo + 1
+    H, W = a.imshape
+    k = w2.shape[1]
+    if s.nelements == 0 or CH * CW > CANVAS_MAX_RATIO * H * W or s.sorted_rows() is None:
+        return None
+    if CH * CW * k * dtype.itemsize > get_options()["max_dense_bytes"] or w2.nbytes > CANVAS_MAX_WEIGHT_BYTES:
+        return None
+    w2 = np.ascontiguousarray(w2)
+    last = fam.get("canvas")  # (weights, result dtype, canvas model or None)
+    if last is not None and last[1] == dtype and last[0].dtype == w2.dtype and last[0].shape == w2.shape:
+        same = last[0].tobytes() == w2.tobytes()  # bit for bit: -0.0 and NaN payloads included
+    else:
+        same = False
+    if same:
+        if last[2] is None:
+            order = s.sorted_order()[1:]
+            canvas = _kernels.sorted_scatter(
+                order, sorted_values(a), (rlo, clo), (CH, CW), w2, dtype, s.sorted_rows()
+            )
+            last = (last[0], dtype, _readonly_array(canvas))
+            fam["canvas"] = last
+        return last[2]
+    fam["canvas"] = (_readonly_array(np.array(w2, copy=True)), dtype, None)
+    return None
+
+
+def _window(canvas: np.ndarray, s, out: np.ndarray) -> np.ndarray:
+    """``out`` (H, W, k) = the part of ``canvas`` the image of structure ``s`` covers, else 0."""
+    (rlo, _), (clo, _) = s.position_range
+    r0, c0 = s.root_corner  # image pixel [0, 0] in stored coordinates
+    H, W = s.imshape
+    CH, CW = canvas.shape[:2]
+    ra, rb = max(0, rlo - r0), min(H, rlo + CH - r0)  # image rows the canvas covers
+    ca, cb = max(0, clo - c0), min(W, clo + CW - c0)
+    if ra >= rb or ca >= cb:
+        out[...] = 0
+        return out
+    if (ra, rb, ca, cb) != (0, H, 0, W):
+        out[...] = 0
+    out[ra:rb, ca:cb] = canvas[ra + r0 - rlo : rb + r0 - rlo, ca + c0 - clo : cb + c0 - clo]
+    return out
 
 
 def _fast_product(a, dtype, *other_dtypes) -> str | None:
@@ -237,7 +362,11 @@ def _project(S, image: np.ndarray) -> np.ndarray:
     if fast in ("kernel", "sorted"):
         s = S._structure
         img3 = image.reshape(H, W, -1)
-        res = _kernels.gather(s._row, s._col, S._values, img3, s.root_corner, dtype)
+        grid = s.grid_corners() if img3.flags.c_contiguous else None
+        if grid is not None:  # one corner per stamp: stamp rows against image rows
+            res = _grid_kernels.gather(S._values, *grid, img3, s.root_corner, dtype)
+        else:
+            res = _kernels.gather(s._row, s._col, S._values, img3, s.root_corner, dtype)
         return res.reshape((S.nsources, *image.shape[2:]))
     if fast == "csr":
         res = np.asarray(S._csr.T @ image.reshape(H * W, -1)).astype(dtype, copy=False)

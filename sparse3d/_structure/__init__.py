@@ -21,7 +21,9 @@ A translated structure shares the positions it came from and stores the whole-pi
 ``offset`` (translate is O(1): no copy, no validation pass); everything derived reads the
 stored positions against ``imcorner - offset``, and shifted ``row``/``col`` are materialised
 only when asked for. Facts about the stored positions alone (their range, their
-pixel-sorted order for the products of a jitter loop) are shared by all such structures.
+pixel-sorted order for the products of a jitter loop, and whether every stamp is a regular
+grid -- pixel ``(i, j)`` at its corner ``+ (i, j)`` -- with one corner per source, which the
+products use instead of per-pixel positions) are shared by all such structures.
 
 Positions, image corners and image ends are limited to ``|value| <= 2**61`` and images to
 ``H * W <= 2**62`` pixels, so that every offset and flat pixel index ``r * W + c`` is exact
@@ -50,6 +52,7 @@ from .positions import (
     owned_copy,
     position_dtype,
     readonly_view,
+    validated_positions,
 )
 from .stamp import StampStructure
 
@@ -70,4 +73,5 @@ __all__ = [
     "owned_copy",
     "position_dtype",
     "readonly_view",
+    "validated_positions",
 ]

@@ -11,9 +11,9 @@ import numpy as np
 from .. import _kernels
 from .positions import (
     _as_pair,
-    as_position_array,
     check_bounds,
     check_distinct,
+    validated_positions,
 )
 from .stamp import StampStructure
 
@@ -48,10 +48,11 @@ def structure_from_positions(row, col, stamp_shape, imshape, imcorner) -> StampS
         if _kernels.equal(r, cand.row) and _kernels.equal(c, cand.col):
             return cand
     (H, W), (r0, c0) = imshape, imcorner
-    row = as_position_array(row, "row", stamp_shape, (r0, r0 + H))
-    col = as_position_array(col, "col", stamp_shape, (c0, c0 + W))
-    check_distinct(row, col)
+    row, col, ranges, grid = validated_positions(row, col, stamp_shape, ((r0, r0 + H), (c0, c0 + W)))
+    if not grid:  # a grid is distinct by construction
+        check_distinct(row, col)
     struct = StampStructure(row, col, imshape, imcorner)
+    struct._note_validation(ranges, grid)
     with _CACHE_LOCK:
         _RECENT[:] = [e for e in _RECENT if e[5]() is not None and e[:5] != key][-(_RECENT_MAX - 1) :]
         _RECENT.append((*key, weakref.ref(struct)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _kernels, _pool
+from .. import _grid_kernels, _kernels, _pool
 
 _INT32_MAX = np.iinfo(np.int32).max
 POSITION_LIMIT = 2**61  # |positions|, |image corners and ends|: differences stay inside int64
@@ -106,6 +106,47 @@ def as_position_array(a, name: str, shape: tuple[int, ...], extent: tuple[int, i
     lo, hi = _kernels.min_max(arr) if arr.size else (0, 0)
     check_position_range(lo, hi, name)
     return owned_copy(arr, position_dtype(lo, hi, extent))
+
+
+def validated_positions(
+    row, col, shape: tuple[int, ...], extents: tuple[tuple[int, int], tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray, tuple | None, bool | None]:
+    """:func:`as_position_array` for ``row`` and ``col`` plus what the pass learnt about them.
+
+    Returns ``(row, col, ranges, grid)``: the owned positions, ``((rmin, rmax), (cmin,
+    cmax))`` when known, and whether every stamp is a regular grid (``row[i, j, k] ==
+    row[0, 0, k] + i``, ``col[i, j, k] == col[0, 0, k] + j``; ``None`` when not tested).
+    Large full integer arrays that fit int16 are copied, ranged and grid-tested in one
+    compiled pass each (:func:`sparse3d._grid_kernels.narrow`); anything else takes
+    :func:`as_position_array`.
+    """
+    got = []
+    for a, name, extent, axis in ((row, "row", extents[0], 0), (col, "col", extents[1], 1)):
+        fast = _narrowed(a, name, shape, extent, axis)
+        got.append(fast if fast is not None else (as_position_array(a, name, shape, extent), None, None))
+    (row, rrange, rgrid), (col, crange, cgrid) = got
+    ranges = (rrange, crange) if rrange is not None and crange is not None else None
+    grid = None if rgrid is None or cgrid is None else rgrid and cgrid
+    return row, col, ranges, grid
+
+
+def _narrowed(a, name: str, shape, extent, axis: int):
+    """``(int16 positions, (min, max), grid along axis)`` in one pass, or ``None``."""
+    if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype.kind not in "iu":
+        return None
+    if position_dtype(extent[0], extent[0], extent) != np.int16:
+        return None  # the image's own positions need more than int16
+    if a.size < _kernels.MIN_ELEMENTS or 0 in a.strides or not a.dtype.isnative or not _kernels.available():
+        return None
+    buf = _pool.empty(a.shape, np.int16)
+    got = _grid_kernels.narrow(a, buf, axis)  # writes all of buf, or nothing (None)
+    if got is None:
+        return None
+    lo, hi, grid = got
+    check_position_range(lo, hi, name)
+    if position_dtype(lo, hi, extent) != np.int16:
+        return None  # positions beyond int16: the general path (a second pass, rare)
+    return _readonly(buf), (lo, hi), grid
 
 
 def position_dtype(lo: int, hi: int, extent: tuple[int, int] = (0, 0)) -> np.dtype:

@@ -9,7 +9,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .. import _kernels, _pool
+from .. import _grid_kernels, _kernels, _pool
 from ._orderings import _Orderings
 from .positions import (
     _inside,
@@ -149,6 +149,37 @@ class StampStructure(_Orderings):
         with self._lock:
             self._shared.setdefault("sorted", got)
             return self._shared["sorted"]
+
+    def grid_corners(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(row0, col0)`` when every stamp is a regular grid, else ``None``.
+
+        A regular grid: stamp pixel ``(i, j)`` of source ``k`` is stored at
+        ``(row0[k] + i, col0[k] + j)`` (the tutorial's ``R[:, :, None] + row_int``). The
+        corners are the stored positions of pixel ``(0, 0)`` (int64, read-only; translations
+        share them, their ``root_corner`` places them). Tested once per set of stored
+        positions (a structure built from user input knows it from validation).
+        """
+        with self._lock:
+            if "grid" in self._shared:
+                return self._shared["grid"]
+        got = None
+        if self._row.size and _grid_kernels.is_grid(self._row, self._col):
+            got = self._grid_from_positions()
+        with self._lock:
+            return self._shared.setdefault("grid", got)
+
+    def _grid_from_positions(self) -> tuple[np.ndarray, np.ndarray]:
+        return _readonly(self._row[0, 0].astype(np.int64)), _readonly(self._col[0, 0].astype(np.int64))
+
+    def _note_validation(self, ranges, grid: bool | None) -> None:
+        """Record what validating the positions learnt: their :attr:`position_range` and
+        the grid test of :meth:`grid_corners` (``None``: not known)."""
+        with self._lock:
+            if ranges is not None:
+                self._shared.setdefault("range", ranges)
+            if grid is not None:
+                corners = self._grid_from_positions() if grid and self._row.size else None
+                self._shared.setdefault("grid", corners)
 
     def sorted_rows(self) -> tuple[np.ndarray, int] | None:
         """``(rowptr, rlo)``: stored row ``u`` is ``sorted_order()[u - rlo : u - rlo + 1]`` of rowptr.

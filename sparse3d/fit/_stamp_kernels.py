@@ -9,6 +9,12 @@ and ``col[:, :, k] = c0[k] + arange(nc)``: an ``nr x nc`` rectangle of image pix
 ``|c0[i] - c0[j]| < nc``, so the sources are sorted into a grid of stamp-sized cells and each one
 only looks at the 3 x 3 cells around its own; the entry ``N[i, j]`` is a dot product over the
 overlap of the two rectangles.
+
+Arrays with several stamp groups (mixed stamp sizes): each group's own block as above; the block
+between two groups by :func:`normal_cross` (every source of the group with the smaller stamps
+looks up the few cells of the other group's grid that can overlap it); the entries are placed
+into one CSR matrix row by row (:func:`place_coo`, :func:`place_csr`) and its rows sorted
+(:func:`sort_rows`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,13 @@ SIGNATURES = {
     ),
     "scale_rows": "(float64[:, :, ::1], float64[::1])",
     "normal_lower": f"(float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I})",
+    "normal_cross": (
+        f"(float64[:, :, ::1], {_I}, {_I}, {_I}, int64[::1], "
+        f"float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I}, int64[::1])"
+    ),
+    "place_csr": "(int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], float64[::1], int64[::1])",
+    "place_coo": "(int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], float64[::1])",
+    "sort_rows": "(int64[::1], int64[::1], float64[::1])",
 }
 
 
@@ -155,3 +168,143 @@ def normal_lower(B, order, skey, ncc, r0, c0):  # pragma: no cover - compiled
             indices[base + t] = j
             data[base + t] = s
     return indptr, indices, data
+
+
+@njit(cache=True, nogil=True)
+def _cross_pass(
+    Bg, order_g, r0g, c0g, skey_h, ncc_h, rmin_h, cmin_h, nrh, nch, r0h, c0h, Bh, out_i, out_j, out_v, store
+):  # pragma: no cover - compiled
+    """One pass of :func:`normal_cross`: count the overlapping pairs, or (``store``) fill them."""
+    ng, nrg, ncg = Bg.shape
+    nh = skey_h.size
+    crmax = (r0h.max() - rmin_h) // nrh
+    ccmax = ncc_h - 3
+    m = 0
+    for p in range(ng):
+        i = order_g[p]
+        ri = r0g[i]
+        ci = c0g[i]
+        # group h's corners that can overlap: rj in (ri - nrh, ri + nrg), likewise columns
+        cr0 = max(0, (ri - nrh + 1 - rmin_h) // nrh)
+        cr1 = min(crmax, (ri + nrg - 1 - rmin_h) // nrh)
+        cc0 = max(0, (ci - nch + 1 - cmin_h) // nch)
+        cc1 = min(ccmax, (ci + ncg - 1 - cmin_h) // nch)
+        if cc0 > cc1:
+            continue
+        for cr in range(cr0, cr1 + 1):
+            lo = (cr + 1) * ncc_h + cc0 + 1
+            hi = (cr + 1) * ncc_h + cc1 + 1
+            q = np.searchsorted(skey_h, lo)
+            while q < nh and skey_h[q] <= hi:
+                rj = r0h[q]
+                cj = c0h[q]
+                a0 = max(ri, rj)
+                a1 = min(ri + nrg, rj + nrh)
+                b0 = max(ci, cj)
+                b1 = min(ci + ncg, cj + nch)
+                if a0 < a1 and b0 < b1:
+                    if store:
+                        s = 0.0
+                        for r in range(a0, a1):
+                            for c in range(b0, b1):
+                                s += Bg[p, r - ri, c - ci] * Bh[q, r - rj, c - cj]
+                        out_i[m] = i
+                        out_j[m] = q
+                        out_v[m] = s
+                    m += 1
+                q += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def normal_cross(
+    Bg, order_g, r0g, c0g, gidx_g, Bh, order_h, skey_h, ncc_h, r0h, c0h, gidx_h
+):  # pragma: no cover - compiled
+    """The block ``N[i, j] = sum Bg_i * Bh_j`` between two stamp groups of different shapes.
+
+    ``Bg`` ``(ng, nrg, ncg)`` and ``Bh`` ``(nh, nrh, nch)`` are the weighted stamps of the two
+    groups in their cell orders (:func:`weighted_stamps`), ``skey_h``/``ncc_h`` group h's grid
+    (:func:`cell_order`, cells of h's stamp size), ``gidx_*`` the global index of every
+    source of a group. Every source of g looks up the cells of h whose stamps can overlap it
+    and multiplies over the shared pixels. Returns ``(rows, cols, v)``, one entry per
+    overlapping pair, in the lower triangle (``rows > cols``, global indices).
+    """
+    nh, nrh, nch = Bh.shape
+    # h's corners in cell order (the kernel walks h's grid)
+    r0s = np.empty(nh, dtype=np.intp)
+    c0s = np.empty(nh, dtype=np.intp)
+    for q in range(nh):
+        r0s[q] = r0h[order_h[q]]
+        c0s[q] = c0h[order_h[q]]
+    rmin = r0h.min()
+    cmin = c0h.min()
+    e_i = np.empty(0, dtype=np.int64)
+    e_v = np.empty(0, dtype=np.float64)
+    args = (Bg, order_g, r0g, c0g, skey_h, ncc_h, rmin, cmin, nrh, nch, r0s, c0s, Bh)
+    m = _cross_pass(*args, e_i, e_i, e_v, False)
+    out_i = np.empty(m, dtype=np.int64)
+    out_q = np.empty(m, dtype=np.int64)
+    out_v = np.empty(m, dtype=np.float64)
+    _cross_pass(*args, out_i, out_q, out_v, True)
+    for t in range(m):
+        a = gidx_g[out_i[t]]
+        b = gidx_h[order_h[out_q[t]]]
+        out_i[t] = max(a, b)
+        out_q[t] = min(a, b)
+    return out_i, out_q, out_v
+
+
+@njit(cache=True, nogil=True)
+def place_csr(fill, indices, data, ip, ind, dat, gidx):  # pragma: no cover - compiled
+    """Append the rows of a group's block (local CSR ``ip, ind, dat``) to a CSR being filled.
+
+    Local source ``k`` is global ``gidx[k]``; ``fill[r]`` is the next free slot of row ``r``.
+    """
+    for k in range(ip.size - 1):
+        r = gidx[k]
+        f = fill[r]
+        for t in range(ip[k], ip[k + 1]):
+            indices[f] = gidx[ind[t]]
+            data[f] = dat[t]
+            f += 1
+        fill[r] = f
+
+
+@njit(cache=True, nogil=True)
+def place_coo(fill, indices, data, rows, cols, vals):  # pragma: no cover - compiled
+    """Append COO entries (global ``rows``, ``cols``) to a CSR being filled (see :func:`place_csr`)."""
+    for t in range(rows.size):
+        r = rows[t]
+        indices[fill[r]] = cols[t]
+        data[fill[r]] = vals[t]
+        fill[r] += 1
+
+
+@njit(cache=True, nogil=True)
+def sort_rows(indptr, indices, data):  # pragma: no cover - compiled
+    """Sort the column indices of every row of a CSR in place (with their data).
+
+    Sorted rows cost one pass; unsorted ones are Shell-sorted (gaps 57, 23, 10, 4, 1: the last
+    pass is an insertion sort, linear on nearly sorted rows).
+    """
+    for r in range(indptr.size - 1):
+        lo = indptr[r]
+        hi = indptr[r + 1]
+        ok = True
+        for t in range(lo + 1, hi):
+            if indices[t] < indices[t - 1]:
+                ok = False
+                break
+        if ok:
+            continue
+        for gap in (57, 23, 10, 4, 1):
+            for t in range(lo + gap, hi):
+                c = indices[t]
+                v = data[t]
+                u = t
+                while u - gap >= lo and indices[u - gap] > c:
+                    indices[u] = indices[u - gap]
+                    data[u] = data[u - gap]
+                    u -= gap
+                indices[u] = c
+                data[u] = v

@@ -1,15 +1,16 @@
 """Assembling the normal matrix ``A^T diag(ivar) A`` of a design: :func:`normal_matrix`.
 
-From the stamps of a regular :class:`~sparse3d.Sparse3D` through the compiled kernel of
-:mod:`._stamp_kernels`, else SciPy's ``A^T A`` of the canonical CSR form; the power-of-two
-column scaling that keeps it representable. Also the design formats (canonical CSR, row
-scaling by the weights). The background block of a sky model is appended in :mod:`._joint`.
+From the stamps of a regular :class:`~sparse3d.Sparse3D` (every stamp group regular, for an
+array with several) through the compiled kernels of :mod:`._stamp_kernels`, else SciPy's
+``A^T A`` of the canonical CSR form; the power-of-two column scaling that keeps it
+representable. Also the design formats (canonical CSR, row scaling by the weights). The
+background block of a sky model is appended in :mod:`._joint`.
 """
 
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse
@@ -67,8 +68,6 @@ def _regular_corners(S: Sparse3D) -> tuple[np.ndarray, np.ndarray] | None:
     must not import numba).
     """
     st = S._structure
-    if st.grouped:  # several stamp shapes: the general CSR path (A^T A by SciPy)
-        return None
     hit = _REGULAR.get(st)
     if hit is None:
         nr, nc, n = st.stamp_shape
@@ -112,41 +111,14 @@ def _scaled_normal_matrix(
     ``c[j]`` is the power of two nearest ``1 / max_i |A_ij| sqrt(ivar_i)`` (1 for an empty
     column): every column of the weighted design then has its largest entry in ``[0.7, 1.4]``,
     so no product underflows or overflows whatever the units of the stamps and errors, and
-    scaling and unscaling are exact. Dispatches like :func:`normal_matrix`.
+    scaling and unscaling are exact. Dispatches like :func:`normal_matrix`: a Sparse3D whose
+    stamp groups are all regular goes through the compiled stamp kernels
+    (:func:`_stamp_normal_matrix`), anything else through SciPy's ``A^T A``.
     """
-    if isinstance(design, Sparse3D) and design._structure.grouped:
-        return _grouped_normal_matrix(design, ivar)
-    corners = None
-    if isinstance(design, Sparse3D) and design._values.size >= _compiled.COMPILED_MIN_NNZ:
-        corners = _regular_corners(design)  # small designs: SciPy, no numba import
-    if corners is not None and not _grid_fits(design, *corners):
-        corners = None  # stamps spread over > 2**62 cells: the general path
-    if corners is not None:
-        from ._stamp_kernels import cell_order, normal_lower, scale_rows, weighted_stamps
-
-        S = design
-        r0, c0 = corners
-        nr, nc, n = S._values.shape
-        # one compiled signature: float64, C order, read-only (a view: the caller's flags stay)
-        values = np.ascontiguousarray(S._values, dtype=np.float64).view()
-        values.flags.writeable = False
-        (H, W), (imr, imc) = S.imshape, S.imcorner
-        has_ivar = ivar is not None
-        sqrt_ivar = np.sqrt(np.asarray(ivar, dtype=np.float64)) if has_ivar else np.zeros(0)
-        order, skey, ncc = cell_order(r0, c0, nr, nc)
-        B, colmax = weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc)
-        del sqrt_ivar
-        cp = _pow2_scale(colmax)  # in cell order
-        scale_rows(B, cp)
-        indptr, indices, data = normal_lower(B, order, skey, ncc, r0, c0)
-        del B
-        c = np.empty(n)
-        c[order] = cp
-        idx_dtype = np.int32 if max(n, data.size) < 2**31 else np.int64
-        N = scipy.sparse.csr_matrix(
-            (data, indices.astype(idx_dtype), indptr.astype(idx_dtype)), shape=(n, n), copy=False
-        )
-        return N, c
+    if isinstance(design, Sparse3D) and design.nsources and design._values.size >= _compiled.COMPILED_MIN_NNZ:
+        corners = [_kernel_corners(g) for g in design.groups]  # small designs: no numba import
+        if all(x is not None for x in corners):
+            return _stamp_normal_matrix(design, corners, ivar)
     A = design.tocsr() if isinstance(design, Sparse3D) else design
     A = _canonical(scipy.sparse.csr_matrix(A))
     As = A if ivar is None else _row_scale(A, np.sqrt(ivar))
@@ -160,54 +132,110 @@ def _scaled_normal_matrix(
     return G, c
 
 
-def _grouped_normal_matrix(
-    design: Sparse3D, ivar: np.ndarray | None
-) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
-    """:func:`_scaled_normal_matrix` of an array with several stamp groups.
+_EMPTY = (np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp))
 
-    Every group's own block comes from its stamps (the compiled kernel when they are regular);
-    the blocks between two groups are SciPy products of their scaled, weighted CSR forms.
-    Entries are placed at the groups' global source indices (ascending within a group, so a
-    group's lower triangle stays lower).
+
+def _kernel_corners(S: Sparse3D) -> tuple[np.ndarray, np.ndarray] | None:
+    """The corners of the single-shape ``S`` if the stamp kernels can take it (regular stamps
+    on an int64-addressable grid; ``_EMPTY`` for no source), else None."""
+    if S.nsources == 0:
+        return _EMPTY
+    corners = _regular_corners(S)
+    if corners is None or not _grid_fits(S, *corners):
+        return None
+    return corners
+
+
+class _Cells(NamedTuple):
+    """One regular stamp group, weighted and column-scaled, in cell order (see ``_stamp_kernels``)."""
+
+    B: np.ndarray  # (n, nr, nc) weighted, scaled stamps; B[p] is source order[p]
+    order: np.ndarray
+    skey: np.ndarray
+    ncc: int
+    r0: np.ndarray  # corners, in source order
+    c0: np.ndarray
+    c: np.ndarray  # the column scale, in source order
+
+
+def _cells(S: Sparse3D, r0: np.ndarray, c0: np.ndarray, sqrt_ivar: np.ndarray, has_ivar: bool) -> _Cells:
+    """The weighted stamps of the single-shape, regular ``S`` in cell order, scaled to ``[0.7, 1.4]``."""
+    from ._stamp_kernels import cell_order, scale_rows, weighted_stamps
+
+    nr, nc, n = S._values.shape
+    # one compiled signature: float64, C order, read-only (a view: the caller's flags stay)
+    values = np.ascontiguousarray(S._values, dtype=np.float64).view()
+    values.flags.writeable = False
+    (H, W), (imr, imc) = S.imshape, S.imcorner
+    order, skey, ncc = cell_order(r0, c0, nr, nc)
+    B, colmax = weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc)
+    cp = _pow2_scale(colmax)  # in cell order
+    scale_rows(B, cp)
+    c = np.empty(n)
+    c[order] = cp
+    return _Cells(B, order, skey, int(ncc), r0, c0, c)
+
+
+def _stamp_normal_matrix(
+    design: Sparse3D, corners: list[tuple[np.ndarray, np.ndarray]], ivar: np.ndarray | None
+) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
+    """:func:`_scaled_normal_matrix` of a Sparse3D whose stamp groups are all regular.
+
+    Every group's own block comes from :func:`._stamp_kernels.normal_lower`; with several
+    groups, the block between two groups from :func:`._stamp_kernels.normal_cross` (the
+    sources of the group with the smaller stamps look up the grid of the other's), and the
+    entries, at the groups' global source indices, are placed row by row into one CSR matrix
+    and sorted (:func:`._stamp_kernels.place_coo`, ``place_csr``, ``sort_rows``).
     """
-    s = design._structure
-    n = s.nsources
-    parts = [_scaled_normal_matrix(g, ivar) for g in design.groups]
-    c = s.assemble([cg for _, cg in parts])
-    rows, cols, vals = [], [], []
-    for idx, (N, _) in zip(s.sources, parts):
-        coo = N.tocoo()
-        rows.append(idx[coo.row])
-        cols.append(idx[coo.col])
-        vals.append(coo.data)
-    sq = None if ivar is None else np.sqrt(ivar)
-    weighted = []  # diag(sqrt(ivar)) A_g diag(c_g), CSR
-    for g, (_, cg) in zip(design.groups, parts):
-        A = _canonical(g._csr)
-        data = A.data * cg[A.indices]
-        if sq is not None:
-            data *= np.repeat(sq, np.diff(A.indptr))
-        weighted.append(scipy.sparse.csr_matrix((data, A.indices, A.indptr), shape=A.shape))
-    for i in range(len(parts)):
-        for j in range(i + 1, len(parts)):
-            # transpose the group with fewer elements (SciPy converts the transposed factor)
-            if weighted[i].nnz <= weighted[j].nnz:
-                cross = (weighted[i].T @ weighted[j]).tocoo()  # (n_i, n_j)
-                ri, cj = cross.row, cross.col
-            else:
-                cross = (weighted[j].T @ weighted[i]).tocoo()  # (n_j, n_i)
-                ri, cj = cross.col, cross.row
-            a, b = s.sources[i][ri], s.sources[j][cj]
-            rows.append(np.maximum(a, b))
-            cols.append(np.minimum(a, b))
-            vals.append(cross.data)
-    N = scipy.sparse.coo_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
-    ).tocsr()
-    N.sum_duplicates()
-    N.sort_indices()
-    idx_dtype = np.int32 if max(n, N.nnz) < 2**31 else np.int64
-    N.indices, N.indptr = N.indices.astype(idx_dtype), N.indptr.astype(idx_dtype)
+    from ._stamp_kernels import normal_cross, normal_lower, place_coo, place_csr, sort_rows
+
+    n = design.nsources
+    has_ivar = ivar is not None
+    sqrt_ivar = np.sqrt(np.asarray(ivar, dtype=np.float64)) if has_ivar else np.zeros(0)
+    groups = design.groups
+    cells = [
+        None if g.nsources == 0 else _cells(g, r0, c0, sqrt_ivar, has_ivar)
+        for g, (r0, c0) in zip(groups, corners)
+    ]
+    del sqrt_ivar
+    if len(groups) == 1:
+        x = cells[0]
+        indptr, indices, data = normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0)
+        c = x.c
+    else:
+        gidx = [np.array(x, dtype=np.int64) for x in design.group_sources]  # writeable: one signature
+        counts = np.zeros(n, dtype=np.int64)  # entries per row
+        cross = []
+        for a in range(len(cells)):
+            for b in range(a + 1, len(cells)):
+                if cells[a] is None or cells[b] is None:
+                    continue
+                # walk the grid of the group with the larger stamps (few cells per lookup)
+                g, h = (a, b) if cells[a].B[0].size <= cells[b].B[0].size else (b, a)
+                xg, xh = cells[g], cells[h]
+                args_g = (xg.B, xg.order, xg.r0, xg.c0, gidx[g])
+                cross.append(normal_cross(*args_g, xh.B, xh.order, xh.skey, xh.ncc, xh.r0, xh.c0, gidx[h]))
+                counts += np.bincount(cross[-1][0], minlength=n)
+        own = []
+        for x, idx in zip(cells, gidx):
+            if x is not None:
+                own.append((normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0), idx))
+                counts[idx] += np.diff(own[-1][0][0])
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        fill = indptr[:-1].copy()
+        indices = np.empty(int(indptr[-1]), dtype=np.int64)
+        data = np.empty(int(indptr[-1]))
+        for rows, cols, vals in cross:  # first: in the two-group case they precede the row's own
+            place_coo(fill, indices, data, rows, cols, vals)
+        for (ip, ind, dat), idx in own:
+            place_csr(fill, indices, data, ip, ind, dat, idx)
+        sort_rows(indptr, indices, data)
+        c = design._structure.assemble([np.ones(0) if x is None else x.c for x in cells])
+    idx_dtype = np.int32 if max(n, data.size) < 2**31 else np.int64
+    N = scipy.sparse.csr_matrix(
+        (data, indices.astype(idx_dtype), indptr.astype(idx_dtype)), shape=(n, n), copy=False
+    )
     return N, c
 
 
@@ -240,7 +268,10 @@ def normal_matrix(
     A Sparse3D whose stamps are regular ``nr x nc`` rectangles (``row[:, :, k] = r0[k] +
     arange(nr)[:, None]``, likewise ``col``) is multiplied stamp by stamp (a compiled kernel
     visits the sources on a grid of stamp-sized cells and multiplies overlapping stamps over
-    their shared pixels); anything else goes through SciPy's ``A^T A`` of the CSR form.
+    their shared pixels); so is an array with several stamp groups whose groups are all
+    regular (each group's own block as above; the block between two groups by the sources of
+    one looking up the grid of the other). Anything else goes through SciPy's ``A^T A`` of
+    the CSR form.
 
     Examples
     --------

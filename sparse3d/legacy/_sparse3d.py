@@ -20,7 +20,7 @@ import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 from scipy import sparse as sp
 
-from .. import core
+from .. import _functions, _pool, core
 
 __all__ = ["Sparse3D"]
 
@@ -309,6 +309,12 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
                 f"dot products with type {type(other)} are not implemented; pass the weights as a "
                 "numpy.ndarray of shape (nsubimages,) or (nsubimages, k)"
             )
+        if type(other) is np.ndarray and other.ndim == 2 and other.dtype.kind in "biufc":
+            # 1.x's (k, H, W) layout, written directly by the 2.x product (no transposed copy)
+            H, W = self.imshape
+            cube = _pool.lend((other.shape[1], H, W), np.result_type(self.dtype, other.dtype))
+            _functions.dot(self._cur, other, _into=cube.transpose(1, 2, 0))
+            return cube
         result = self._cur.dot(other)
         if np.ndim(result) == 3:
             result = result.transpose(2, 0, 1)

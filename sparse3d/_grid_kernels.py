@@ -1,0 +1,291 @@
+"""Compiled loops for stamps on a regular grid: stamp pixel ``(i, j)`` of source ``k`` at
+``(row0[k] + i, col0[k] + j)`` (the tutorial's ``R[:, :, None] + row_int`` layout).
+
+Such a structure is described by one corner per source, so its products need no per-element
+position::
+
+    narrow    positions → int16 copy, their (min, max) and the grid test, in one pass
+    grid      whether stored positions are a grid along one stamp axis
+    scatter   out[r0 + i, c0 : c0 + nc, :] += values[i, :, k] * w[k, :]        (dot)
+    gather    out[k, :] += Σ_j values[i, j, k] * image[r0 + i, c0 + j, :]     (projection)
+
+The scatter (and the gather) takes the stamp block (source axis innermost) ``block`` sources at a time,
+transposes them into a small buffer and adds each source's stamp rows to contiguous image
+rows: its image accesses are ``nr`` short runs per source instead of ``nr · nc`` single
+pixels. Sums accumulate in the result dtype (float32 stays float32), serially in source
+order, so results are deterministic. Off-image stamp pixels are never read into a sum.
+
+numba is imported when a kernel is first needed; the compiled code is cached on disk.
+:func:`precompile_kernels` is this module's :func:`sparse3d.precompile` hook.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _kernels
+
+__all__ = ["narrow", "is_grid", "scatter", "gather", "SCATTER_BLOCK"]
+
+#: Sources per block of the scatter: the transposed buffer (``block × nr × nc``) stays in L2.
+SCATTER_BLOCK = 128
+
+
+# -- the loops (plain Python; compiled by numba on first use) ------------------------------
+def _narrow_loop(src, dst, axis):  # pragma: no cover - runs compiled
+    """``dst[...] = src`` (wrapping), and ``(min, max, grid)`` of ``src`` in the same pass.
+
+    ``grid``: ``src[i, j, k] - src[0, 0, k]`` is ``i`` (``axis == 0``) or ``j`` (``axis == 1``)
+    everywhere. ``src`` is non-empty.
+    """
+    nr, nc, n = src.shape
+    lo = src[0, 0, 0]
+    hi = lo
+    grid = True
+    first = src[0, 0]
+    for i in range(nr):
+        for j in range(nc):
+            step = i if axis == 0 else j
+            a = src[i, j]
+            d = dst[i, j]
+            ok = True
+            for k in range(n):
+                x = a[k]
+                d[k] = x
+                lo = min(lo, x)
+                hi = max(hi, x)
+                ok &= np.int64(x) - np.int64(first[k]) == step
+            grid &= ok
+    return lo, hi, grid
+
+
+def _grid_loop(src, axis):  # pragma: no cover - runs compiled
+    """Whether ``src[i, j, k] - src[0, 0, k]`` is ``i`` (axis 0) or ``j`` (axis 1) everywhere."""
+    nr, nc, n = src.shape
+    first = src[0, 0]
+    for i in range(nr):
+        for j in range(nc):
+            step = i if axis == 0 else j
+            a = src[i, j]
+            ok = True
+            for k in range(n):
+                ok &= np.int64(a[k]) - np.int64(first[k]) == step
+            if not ok:
+                return False
+    return True
+
+
+def _scatter_loop(values, row0, col0, w, r0, c0, out, block):  # pragma: no cover - runs compiled
+    """``out[(row0[k] - r0 + i), (col0[k] - c0 + j) * m + q] += values[i, j, k] * w[k, q]``.
+
+    ``out`` is the image as ``(H, W * m)`` rows; pixels off the image are skipped.
+    """
+    nr, nc, n = values.shape
+    H = out.shape[0]
+    m = w.shape[1]
+    W = out.shape[1] // max(m, 1)
+    tmp = np.empty((block, nr, nc), dtype=out.dtype)
+    for k0 in range(0, n, block):
+        nb = min(block, n - k0)
+        for i in range(nr):  # the block's stamps, source-major (reads stay in memory order)
+            for j in range(nc):
+                src = values[i, j, k0 : k0 + nb]
+                for b in range(nb):
+                    tmp[b, i, j] = src[b]
+        for b in range(nb):
+            k = k0 + b
+            r = np.int64(row0[k]) - r0
+            c = np.int64(col0[k]) - c0
+            # slices of the image rows: every index below is a non-negative loop counter,
+            # so numba drops its negative-index wraparound test (~4x on this loop)
+            if m == 1 and r >= 0 and c >= 0 and r + nr <= H and c + nc <= W:
+                wk = w[k, 0]  # the common case: one weight, a stamp inside the image
+                for i in range(nr):
+                    o = out[r + i, c : c + nc]
+                    t = tmp[b, i]
+                    for j in range(nc):
+                        o[j] += t[j] * wk
+                continue
+            i0, i1 = max(0, -r), min(nr, H - r)
+            j0, j1 = max(0, -c), min(nc, W - c)
+            wk = w[k]
+            for i in range(i0, i1):
+                o = out[r + i, (c + j0) * m : (c + j1) * m]
+                t = tmp[b, i, j0:j1]
+                for j in range(j1 - j0):
+                    v = t[j]
+                    for q in range(m):
+                        o[j * m + q] += v * wk[q]
+
+
+def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no cover - runs compiled
+    """``out[k, q] = Σ_{i, j} values[i, j, k] * image[row0[k] - r0 + i, (col0[k] - c0 + j) * m + q]``.
+
+    ``image`` is ``(H, W * m)`` rows; pixels off the image are skipped. Each source sums
+    its stamp in ``(i, j)`` order.
+    """
+    nr, nc, n = values.shape
+    H = image.shape[0]
+    m = out.shape[1]
+    W = image.shape[1] // max(m, 1)
+    tmp = np.empty((block, nr, nc), dtype=out.dtype)
+    for k0 in range(0, n, block):
+        nb = min(block, n - k0)
+        for i in range(nr):
+            for j in range(nc):
+                src = values[i, j, k0 : k0 + nb]
+                for b in range(nb):
+                    tmp[b, i, j] = src[b]
+        for b in range(nb):
+            k = k0 + b
+            r = np.int64(row0[k]) - r0
+            c = np.int64(col0[k]) - c0
+            if m == 1 and r >= 0 and c >= 0 and r + nr <= H and c + nc <= W:
+                acc = out[k, 0]
+                for i in range(nr):
+                    g = image[r + i, c : c + nc]
+                    t = tmp[b, i]
+                    for j in range(nc):
+                        acc += t[j] * g[j]
+                out[k, 0] = acc
+                continue
+            i0, i1 = max(0, -r), min(nr, H - r)
+            j0, j1 = max(0, -c), min(nc, W - c)
+            acc_row = out[k]
+            for i in range(i0, i1):
+                g = image[r + i, (c + j0) * m : (c + j1) * m]
+                t = tmp[b, i, j0:j1]
+                for j in range(j1 - j0):
+                    v = t[j]
+                    for q in range(m):
+                        acc_row[q] += v * g[j * m + q]
+
+
+def _compiled(name: str):
+    """The compiled loop ``name`` (registered with the array core's kernels, so
+    :func:`sparse3d._kernels.loaded` knows numba is paid for)."""
+    key = f"_grid_kernels.{name}"
+    fn = _kernels._COMPILED.get(key)
+    if fn is None:
+        import numba
+
+        fn = numba.njit(cache=True, nogil=True)(globals()[name])
+        _kernels._COMPILED[key] = fn
+    return fn
+
+
+# -- entry points ----------------------------------------------------------------------------
+def narrow(src: np.ndarray, dst: np.ndarray, axis: int) -> tuple[int, int, bool] | None:
+    """Copy integer positions ``src`` into the int16 array ``dst`` and test them, in one pass.
+
+    Returns ``(min, max, grid)`` (Python ints and a bool; see :func:`is_grid` for ``grid``),
+    or ``None`` when the kernel does not apply (small, empty, non-integer or non-native
+    ``src``, numba missing); ``dst`` is meaningful only when ``min`` and ``max`` fit int16.
+    """
+    if src.size < _kernels.MIN_ELEMENTS or src.ndim != 3 or 0 in src.strides:
+        return None
+    if src.dtype.kind not in "iu" or not src.dtype.isnative or not _kernels.available():
+        return None
+    lo, hi, grid = _compiled("_narrow_loop")(src, dst, axis)
+    return int(lo), int(hi), bool(grid)
+
+
+def is_grid(row: np.ndarray, col: np.ndarray) -> bool:
+    """Whether ``row[i, j, k] == row[0, 0, k] + i`` and ``col[i, j, k] == col[0, 0, k] + j``.
+
+    ``row``/``col`` are non-empty ``(nr, nc, n)`` integer arrays; one pass over the distinct
+    elements of each (a compiled loop for large native arrays, vectorised NumPy otherwise).
+    """
+    for a, axis in ((row, 0), (col, 1)):
+        a = _distinct_part(a, axis)
+        if a is None:
+            return False
+        steps = np.arange(a.shape[axis]).reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
+        if a.size >= _kernels.MIN_ELEMENTS and a.dtype.isnative and _kernels.available():
+            ok = _compiled("_grid_loop")(a, axis)
+        else:
+            ok = bool((np.subtract(a, a[:1, :1], dtype=np.int64) == steps).all())
+        if not ok:
+            return False
+    return True
+
+
+def _distinct_part(a: np.ndarray, axis: int) -> np.ndarray | None:
+    """``a`` without its broadcast (stride-0) axes, which hold copies (positions stored
+    compactly); ``None`` when ``a`` is constant along its grid ``axis`` (not a grid)."""
+    index = []
+    for ax, (size, stride) in enumerate(zip(a.shape, a.strides)):
+        if stride == 0 and size > 1:
+            if ax == axis:
+                return None
+            index.append(slice(0, 1))
+        else:
+            index.append(slice(None))
+    return a[tuple(index)]
+
+
+def scatter(values, row0, col0, w, root_corner, imshape, dtype) -> np.ndarray:
+    """The model ``(H, W, m)`` of grid stamps: ``Σ_k values[..., k] * w[k, :]`` on the image.
+
+    Parameters
+    ----------
+    values : numpy.ndarray, shape (nr, nc, n)
+        Stamp values (any strides, ``nr, nc >= 1``).
+    row0, col0 : numpy.ndarray of int64, shape (n,)
+        Stored position of every stamp's pixel ``(0, 0)`` (see
+        :meth:`~sparse3d._structure.StampStructure.grid_corners`).
+    w : numpy.ndarray, shape (n, m)
+        Weights; cast to ``dtype``.
+    root_corner, imshape : tuple of int
+        Image pixel ``[0, 0]`` in the coordinates of ``row0``/``col0``, and ``(H, W)``.
+    dtype : numpy.dtype
+        Result (and accumulation) dtype, one of :data:`sparse3d._kernels.KERNEL_DTYPES`.
+    """
+    dtype = np.dtype(dtype)
+    (H, W), m = imshape, w.shape[1]
+    out = np.zeros((H, W, m), dtype=dtype)
+    if values.size and m:
+        w = np.ascontiguousarray(w, dtype=dtype)
+        block = max(1, min(SCATTER_BLOCK, values.shape[2]))
+        r0, c0 = int(root_corner[0]), int(root_corner[1])
+        _compiled("_scatter_loop")(values, row0, col0, w, r0, c0, out.reshape(H, W * m), block)
+    return out
+
+
+def gather(values, row0, col0, image, root_corner, dtype) -> np.ndarray:
+    """The projection ``(n, m)`` of grid stamps: ``Σ_{pixels} values[..., k] * image[pixel, :]``.
+
+    ``image`` is ``(H, W, m)`` and C-contiguous; the other arguments are as for
+    :func:`scatter`. Sums accumulate in ``dtype``, each source's in the same order as
+    :func:`sparse3d._kernels.gather` (real values: the same bits).
+    """
+    dtype = np.dtype(dtype)
+    H, W, m = image.shape
+    n = values.shape[2]
+    out = np.zeros((n, m), dtype=dtype)
+    if values.size and m:
+        block = max(1, min(SCATTER_BLOCK, n))
+        r0, c0 = int(root_corner[0]), int(root_corner[1])
+        _compiled("_gather_loop")(values, row0, col0, image.reshape(H, W * m), r0, c0, out, block)
+    return out
+
+
+def precompile_kernels() -> None:
+    """Compile (or load from the cache) the loops for float64/float32 values and int16/int32
+    positions (the :func:`sparse3d.precompile` hook)."""
+    if not _kernels.available():
+        return
+    for pos in (np.int16, np.int32):
+        R, C = np.mgrid[:3, :3]
+        row = (R[:, :, None] + np.array([1, 4])).astype(pos)
+        col = (C[:, :, None] + np.array([2, 5])).astype(pos)
+        _compiled("_grid_loop")(row, 0)
+        _compiled("_narrow_loop")(row.astype(np.int64), np.empty(row.shape, np.int16), 0)
+        row0, col0 = row[0, 0].astype(np.int64), col[0, 0].astype(np.int64)
+        for dtype in (np.float64, np.float32):
+            vals = np.ones(row.shape, dtype=dtype)
+            w = np.ones((2, 1), dtype=dtype)
+            _compiled("_scatter_loop")(vals, row0, col0, w, 0, 0, np.zeros((8, 8), dtype), 2)
+            _compiled("_gather_loop")(
+                vals, row0, col0, np.ones((8, 8), dtype), 0, 0, np.zeros((2, 1), dtype), 2
+            )

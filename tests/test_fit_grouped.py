@@ -1,0 +1,191 @@
+"""The normal matrix and the fit of arrays with several stamp groups, against dense references.
+
+Both assembly paths run (``fit_path``): SciPy's ``A^T A`` of the CSR form and the compiled
+stamp kernels (each group's own block, the cross-group blocks of ``normal_cross`` and the merge
+of ``lower_csr``). References are dense NumPy arrays built independently from the stamps
+(:mod:`sparse3d.testing`) and ``numpy.linalg.lstsq``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fit_reference import close, lstsq_fit  # noqa: I001 - tests/ is on sys.path
+
+from sparse3d import Sparse3D
+from sparse3d._structure import GroupedStructure
+from sparse3d.fit import normal_matrix
+from sparse3d.testing import random_scene
+
+
+def _full(N) -> np.ndarray:
+    """The symmetric matrix of a lower triangle."""
+    L = N.toarray()
+    return L + L.T - np.diag(np.diag(L))
+
+
+def _check_normal(S: Sparse3D, D: np.ndarray, ivar: np.ndarray | None) -> None:
+    """``normal_matrix(S, ivar)`` against ``D^T diag(ivar) D`` of the dense ``D`` ``(H, W, n)``."""
+    H, W, n = D.shape
+    A = D.reshape(H * W, n).astype(np.float64)
+    ref = A.T @ (A if ivar is None else A * ivar[:, None])
+    N = normal_matrix(S, ivar)
+    assert N.shape == (n, n) and N.dtype == np.float64
+    assert N.has_canonical_format
+    assert np.array_equal(N.toarray(), np.tril(N.toarray()))  # lower triangle only
+    scale = max(1.0, np.abs(ref).max())
+    np.testing.assert_allclose(_full(N), ref, rtol=1e-12, atol=1e-12 * scale)
+    # every non-zero entry of the reference is stored
+    stored = np.zeros((n, n), bool)
+    coo = N.tocoo()
+    stored[coo.row, coo.col] = True
+    assert not np.any(np.tril(ref != 0) & ~stored)
+
+
+def _ivar(rng, imshape, kind):
+    if kind == "unit":
+        return None
+    ivar = rng.uniform(0.2, 3.0, size=imshape[0] * imshape[1])
+    if kind == "masked":
+        ivar[rng.random(ivar.size) < 0.3] = 0.0
+    return ivar
+
+
+@pytest.mark.parametrize("kind", ["unit", "weights", "masked"])
+def test_normal_matrix_of_grouped_scenes(gscene, fit_path, kind):
+    S = gscene.build()
+    ivar = _ivar(np.random.default_rng(5), gscene.imshape, kind)
+    _check_normal(S, gscene.dense(), ivar)
+
+
+def _interleaved(rng, imcorner=(0, 0), dtype=np.float64):
+    """Three stamp shapes whose sources alternate in the source order (non-contiguous groups),
+    stamps hanging over every edge, one group of a single source."""
+    imshape = (23, 19)
+    parts = [
+        random_scene(rng, imshape, (3, 3), 14, imcorner, dtype),
+        random_scene(rng, imshape, (7, 6), 5, imcorner, dtype),
+        random_scene(rng, imshape, (3, 3), 9, imcorner, dtype),
+        random_scene(rng, imshape, (1, 9), 1, imcorner, dtype),
+        random_scene(rng, imshape, (7, 6), 3, imcorner, dtype),
+    ]
+    S = np.concatenate([p.build() for p in parts], axis=2)
+    D = np.concatenate([p.dense() for p in parts], axis=2)
+    return S, D
+
+
+@pytest.mark.parametrize("imcorner", [(0, 0), (-4, 11)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["unit", "masked"])
+def test_normal_matrix_of_interleaved_groups(fit_path, imcorner, dtype, kind):
+    rng = np.random.default_rng(11)
+    S, D = _interleaved(rng, imcorner, dtype)
+    assert len(S.groups) == 3 and not np.array_equal(S.group_sources[0], np.arange(23))
+    _check_normal(S, D, _ivar(rng, S.imshape, kind))
+
+
+def test_normal_matrix_with_an_irregular_group(compiled_kernels):
+    """A group whose stamps are not regular rectangles takes SciPy's product for the whole design."""
+    rng = np.random.default_rng(2)
+    a = random_scene(rng, (15, 16), (3, 3), 12, (2, -1))
+    b = random_scene(rng, (15, 16), (4, 2), 6, (2, -1))
+    row = b.row.copy()
+    row[[0, 1]] = row[[1, 0]]  # rows swapped within each stamp: not a regular rectangle
+    Sb = Sparse3D(b.data, row, b.col, b.imshape, b.imcorner)
+    Db = np.zeros((*b.imshape, b.data.shape[2]))
+    for k in range(b.data.shape[2]):
+        for x in range(4):
+            for y in range(2):
+                r, c = row[x, y, k] - b.imcorner[0], b.col[x, y, k] - b.imcorner[1]
+                if 0 <= r < b.imshape[0] and 0 <= c < b.imshape[1]:
+                    Db[r, c, k] += b.data[x, y, k]
+    S = np.concatenate([a.build(), Sb], axis=2)
+    _check_normal(S, np.concatenate([a.dense(), Db], axis=2), _ivar(rng, a.imshape, "masked"))
+
+
+def test_normal_matrix_with_a_group_without_sources(fit_path):
+    rng = np.random.default_rng(8)
+    parts = [random_scene(rng, (12, 14), st, n, (1, 2)) for st, n in [((3, 3), 6), ((2, 5), 0), ((5, 4), 3)]]
+    arrays = [p.build() for p in parts]
+    values = np.concatenate([x._values.ravel() for x in arrays])
+    S = Sparse3D._from_parts(values, GroupedStructure([x._structure for x in arrays]))
+    assert [g.nsources for g in S.groups] == [6, 0, 3]
+    _check_normal(S, np.concatenate([p.dense() for p in parts], axis=2), _ivar(rng, (12, 14), "weights"))
+
+
+def test_cross_block_scale_of_tiny_and_huge_stamps(fit_path):
+    """Groups whose values differ by 1e200 get their own column scales: no under/overflow."""
+    rng = np.random.default_rng(9)
+    a = random_scene(rng, (14, 14), (3, 3), 10)
+    b = random_scene(rng, (14, 14), (6, 6), 4)
+    Sa = Sparse3D(a.data * 1e-150, a.row, a.col, a.imshape)
+    Sb = Sparse3D(b.data * 1e150, b.row, b.col, b.imshape)
+    S = np.concatenate([Sa, Sb], axis=2)
+    N = normal_matrix(S)
+    D = np.concatenate([a.dense() * 1e-150, b.dense() * 1e150], axis=2).reshape(14 * 14, -1)
+    ref = D.T @ D
+    assert np.all(np.isfinite(N.data))
+    na = a.data.shape[2]
+    cross = ref[na:, :na]  # O(1): the product of a tiny and a huge column
+    np.testing.assert_allclose(N.toarray()[na:, :na], cross, rtol=1e-12, atol=1e-12 * np.abs(cross).max())
+
+
+# ---- the fit, through both paths -------------------------------------------------------------
+def _positive(S: Sparse3D) -> Sparse3D:
+    S = abs(S.astype(np.float64)) + 0
+    return S + (S != 0) * 0.1
+
+
+@pytest.mark.filterwarnings("ignore::sparse3d.fit.UnconstrainedSourceWarning")  # sources off the image
+@pytest.mark.parametrize("options", ["errors", "mask", "priors", "background", "frames"])
+def test_grouped_fit_against_lstsq(fit_path, options):
+    rng = np.random.default_rng(21)
+    S, _ = _interleaved(rng, imcorner=(3, -2))
+    S = _positive(S)
+    D = S.todense()
+    H, W, n = D.shape
+    M = D.reshape(H * W, n)
+    w = rng.uniform(1, 2, size=n)
+    data = D @ w + rng.normal(0, 0.01, size=(H, W))
+    kw, ref = {}, {}
+    if options == "errors":
+        err = rng.uniform(0.5, 1.5, size=(H, W))
+        kw["errors"], ref["err"] = err, err.ravel()
+    elif options == "mask":
+        mask = rng.random((H, W)) < 0.2
+        kw["mask"], ref["mask"] = mask, mask.ravel()
+    elif options == "priors":
+        kw["prior_mu"], kw["prior_sigma"] = np.ones(n), np.full(n, 0.5)
+        ref["prior_mu"], ref["prior_sigma"] = np.ones(n), np.full(n, 0.5)
+    if options == "background":
+        data = data + 3.0
+        p, e, *_ = lstsq_fit(np.hstack([M, np.ones((H * W, 1))]), data.ravel())
+        r = S.fit(data, background="constant")
+        close(r.weights, p[:n], rtol=1e-7)
+        close(r.background, p[n:], rtol=1e-7)
+        close(r.weights_err, e[:n], rtol=1e-7)
+        return
+    if options == "frames":
+        frames = np.stack([data, 2 * data + rng.normal(0, 0.01, size=(H, W))], axis=-1)
+        r = S.fit(frames)
+        for f in range(2):
+            p, e, *_ = lstsq_fit(M, frames[:, :, f].ravel())
+            close(r.weights[:, f], p, rtol=1e-7)
+        close(r.weights_err, e, rtol=1e-7)
+        return
+    p, e, *_ = lstsq_fit(M, data.ravel(), **ref)
+    r = S.fit(data, **kw)
+    close(r.weights, p, rtol=1e-7)
+    close(r.weights_err, e, rtol=1e-7)
+
+
+def test_normal_matrix_with_long_cross_rows(fit_path):
+    """Big stamps over many small ones: rows with ~70 unsorted cross-group entries."""
+    rng = np.random.default_rng(12)
+    a = random_scene(rng, (16, 15), (2, 2), 150, (-1, 3))
+    b = random_scene(rng, (16, 15), (13, 14), 3, (-1, 3))
+    S = np.concatenate([b.build(), a.build(), b.build()], axis=2)
+    N = normal_matrix(S)
+    assert np.diff(N.indptr).max() > 60  # longer than the largest Shell-sort gap
+    D = np.concatenate([b.dense(), a.dense(), b.dense()], axis=2)
+    _check_normal(S, D, _ivar(rng, (16, 15), "masked"))

@@ -1,0 +1,329 @@
+"""Models of translated arrays (a jitter loop's products) against dense ``np.add.at`` references.
+
+The paths under test: the pixel-sorted scatter of a family's later products (its unrolled
+branches for 1-4 weight columns and the plain loop beyond), written into buffers lent by
+``sparse3d._pool.lend`` or into a caller's array (``dot(..., _into=)``, which the legacy
+namespace uses for 1.x's ``(k, H, W)`` layout). Kernels and lending are forced on the small
+scenes (``MIN_ELEMENTS = 0``, ``MIN_BYTES = 0``).
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import sparse3d
+from sparse3d import _functions, _kernels, _pool
+from sparse3d.testing import dense_reference, random_grouped_scene, random_scene
+
+needs_numba = pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
+
+CORNERS = [(0, 0), (-7, 12), (40_000, -3)]  # the last gives int32 positions
+# inside, hanging over every edge, entirely off the image, and back (a repeated offset)
+OFFSETS = [(1, 2), (-3, 0), (0, -5), (9, 11), (-40, 0), (0, 60), (1, 2), (0, 0), (2, -1)]
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """Kernels and lending on small arrays; records the product path of every call."""
+    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
+    seen: list = []
+    orig = _functions.products._fast_product
+
+    def spy(*args):
+        seen.append(orig(*args))
+        return seen[-1]
+
+    monkeypatch.setattr(_functions.products, "_fast_product", spy)
+    _pool.clear()
+    yield seen
+    _pool.clear()
+
+
+def _dense_at(sc, d, data=None):
+    data = sc.data if data is None else data
+    return dense_reference(data, sc.row + d[0], sc.col + d[1], sc.imshape, sc.imcorner)
+
+
+def _model(D, w):
+    """Dense model ``(H, W[, k])`` in complex128 (exact enough for every dtype here)."""
+    return np.tensordot(D.astype(np.complex128), w.astype(np.complex128), axes=([2], [0]))
+
+
+def _check(got, ref, dtype):
+    tol = 2e-5 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-12
+    ref = ref if np.iscomplexobj(got) else ref.real
+    assert got.shape == ref.shape and got.dtype == dtype
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+
+
+@needs_numba
+@pytest.mark.parametrize("imcorner", CORNERS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
+@pytest.mark.parametrize("nsources", [0, 1, 9])
+def test_translated_models_match_dense_and_survive_later_calls(forced, imcorner, dtype, nsources):
+    rng = np.random.default_rng(nsources + 10 * len(str(imcorner)))
+    sc = random_scene(rng, imcorner=imcorner, nsources=nsources, dtype=dtype)
+    S = sc.build()
+    kept = []  # every result stays alive: a lent buffer must never be handed out twice
+    for d in OFFSETS:
+        T = S.translate(d)
+        D = _dense_at(sc, d)
+        for k in (None, 1, 2, 3, 4, 5, 9):
+            shape = (nsources,) if k is None else (nsources, k)
+            w = rng.normal(size=shape).astype(dtype)
+            got = T.dot(w)
+            _check(got, _model(D, w), dtype)
+            kept.append((got, got.copy()))
+    for got, snapshot in kept:
+        np.testing.assert_array_equal(got, snapshot)
+    if nsources:
+        assert "sorted" in forced
+
+
+@needs_numba
+def test_dropped_models_are_reused_and_fully_overwritten(forced):
+    rng = np.random.default_rng(1)
+    sc = random_scene(rng, imcorner=(3, -2), nsources=7, imshape=(16, 19))
+    S = sc.build()
+    w = rng.normal(size=(7, 3))
+    S.dot(w)  # the family's first product: the kernel path
+    addresses = set()
+    for d in [(0, 1), (-2, 3), (30, 0), (4, -4), (0, 1)]:
+        got = S.translate(d).dot(w * (1 + d[0]))
+        np.testing.assert_allclose(got, _model(_dense_at(sc, d), w * (1 + d[0])).real, atol=1e-12)
+        addresses.add(got.__array_interface__["data"][0])
+        del got  # dropped: its buffer may serve the next model
+    assert forced[1:] == ["sorted"] * 5
+    if _pool._EXACT_REFCOUNTS:
+        assert len(addresses) == 1  # one buffer served every model
+
+
+@needs_numba
+@pytest.mark.parametrize("layout", ["planes", "c", "strided"])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_dot_into_a_callers_array_every_path(forced, layout, grouped):
+    rng = np.random.default_rng(2)
+    if grouped:
+        sc = random_grouped_scene(rng, imcorner=(-5, 4))
+    else:
+        sc = random_scene(rng, imcorner=(-5, 4), nsources=8)
+    S = sc.build()
+    n = S.nsources
+    H, W = S.imshape
+    w = rng.normal(size=(n, 3))
+    for d in [(0, 0), (0, 0), (1, -1), (1, -1), (2, 5), (-30, 0)]:
+        T = S.translate(d)  # (0, 0) is S itself: its second product takes the CSR path
+        if layout == "planes":  # sparse3d 1.x's (k, H, W)
+            target = np.full((3, H, W), np.nan)
+            into = target.transpose(1, 2, 0)
+        elif layout == "c":
+            target = into = np.full((H, W, 3), np.nan)
+        else:
+            target = np.full((H, W, 6), np.nan)
+            into = target[..., ::2]
+        got = _functions.dot(T, w, _into=into)
+        assert got is into
+        if grouped:
+            D = np.concatenate([_dense_at(p, d) for p in sc.parts], axis=2)
+        else:
+            D = _dense_at(sc, d)
+        np.testing.assert_allclose(into, _model(D, w).real, atol=1e-12)
+        if layout == "strided":
+            assert np.isnan(target[..., 1::2]).all()  # nothing written outside the view
+    if not grouped:
+        assert {"kernel", "sorted", "csr"} <= set(forced)  # every compiled product path
+
+
+def test_dot_into_refuses_what_it_cannot_fill():
+    rng = np.random.default_rng(3)
+    S = random_scene(rng, nsources=4).build()
+    H, W = S.imshape
+    with pytest.raises(ValueError, match="shape"):
+        _functions.dot(S, np.ones((4, 2)), _into=np.zeros((H, W, 3)))
+    with pytest.raises(ValueError, match="dtype"):
+        _functions.dot(S, np.ones((4, 2)), _into=np.zeros((H, W, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"\(nsources, k\) weights"):
+        _functions.dot(S, np.ones(4), _into=np.zeros((H, W)))
+
+
+# -- the pool's lent buffers --------------------------------------------------------------
+@pytest.fixture
+def small_pool(monkeypatch):
+    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
+    _pool.clear()
+    yield
+    _pool.clear()
+
+
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+@pytest.mark.skipif(not _pool._EXACT_REFCOUNTS, reason="lending is off on this interpreter")
+def test_lend_reuses_only_buffers_no_one_holds(small_pool):
+    a = _pool.lend((4, 5), np.float64)
+    where = _address(a)
+    b = _pool.lend((4, 5), np.float64)
+    assert _address(b) != where  # ``a`` is still held
+    view = a[1:]
+    del a
+    c = _pool.lend((4, 5), np.float64)
+    assert _address(c) not in (where, _address(b))  # the view keeps ``a``'s buffer
+    del view
+    d = _pool.lend((4, 5), np.float64)
+    assert _address(d) == where  # nothing reaches it any more
+    assert d.flags.writeable and d.flags.c_contiguous
+    assert _address(_pool.lend((5, 4), np.float64)) != where  # other shape: a new buffer
+    assert _pool.lent_bytes() > 0
+    _pool.clear()
+    assert _pool.lent_bytes() == 0
+
+
+@pytest.mark.parametrize("holder", ["memoryview", "weakref", "readonly-flag"])
+def test_lend_respects_every_kind_of_holder(small_pool, holder):
+    a = _pool.lend((3, 3), np.float64)
+    where = _address(a)
+    if holder == "memoryview":
+        keep = memoryview(a)
+    elif holder == "weakref":
+        keep = weakref.ref(a)
+        keep_strong = a  # noqa: F841 - a weakly referenced buffer is never reused, even once dropped
+    else:
+        a.flags.writeable = False
+        keep = a
+    del a
+    gc.collect()
+    b = _pool.lend((3, 3), np.float64)
+    assert _address(b) != where
+    del keep
+
+
+def test_lend_is_bounded_by_the_pool_option(small_pool):
+    with sparse3d.set_options(buffer_pool_bytes=4 * 800):
+        held = [_pool.lend((100,), np.float64) for _ in range(3)]  # 800 bytes each
+        assert _pool.lent_bytes() <= 2 * 800  # half the option; the oldest are forgotten
+        assert all(h.shape == (100,) for h in held)
+        big = _pool.lend((200,), np.float64)  # above a quarter of the option: not tracked
+        assert _pool.lent_bytes() <= 2 * 800 and big.shape == (200,)
+    with sparse3d.set_options(buffer_pool_bytes=0):
+        _pool.clear()
+        x = _pool.lend((10,), np.float64)
+        assert _pool.lent_bytes() == 0 and x.shape == (10,)
+
+
+# -- the legacy namespace's jitter loop ---------------------------------------------------
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("nsources", [0, 1, 6])
+def test_legacy_translated_dot_cubes_match_dense(forced, dtype, nsources):
+    from sparse3d import legacy
+
+    rng = np.random.default_rng(4 + nsources)
+    sc = random_scene(rng, imcorner=(2, -3), nsources=nsources, dtype=dtype)
+    full = np.broadcast_to
+    L = legacy.Sparse3D(
+        sc.data, full(sc.row, sc.data.shape), full(sc.col, sc.data.shape), sc.imshape, sc.imcorner
+    )
+    kept = []
+    for d in OFFSETS:
+        L.translate(d)
+        D = _dense_at(sc, d)
+        for k in (1, 3, 4, 7):
+            w = rng.normal(size=(nsources, k))
+            got = L.dot(w)
+            ref = np.moveaxis(_model(D, w), -1, 0)
+            _check(got, ref, np.result_type(dtype, np.float64))
+            assert got.flags.c_contiguous  # 1.x's (k, H, W), not a transposed view
+            kept.append((got, got.copy()))
+    for got, snapshot in kept:
+        np.testing.assert_array_equal(got, snapshot)
+
+
+# -- constant weights: windows of one canvas model ----------------------------------------
+@needs_numba
+@pytest.mark.parametrize("imcorner", CORNERS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("nsources", [0, 1, 9])
+def test_constant_weights_loop_matches_dense_and_the_csr_bits(forced, monkeypatch, imcorner, dtype, nsources):
+    calls = []
+    orig = _functions.products._window
+    monkeypatch.setattr(_functions.products, "_window", lambda *a: calls.append(1) or orig(*a))
+    rng = np.random.default_rng(20 + nsources)
+    sc = random_scene(rng, imcorner=imcorner, nsources=nsources, dtype=dtype)
+    S = sc.build()
+    w = rng.normal(size=(nsources, 3)).astype(dtype)
+    kept = []
+    for d in OFFSETS + [(-1, 3), (40, 40), (-2, -2)]:
+        T = S.translate(d)
+        got = T.dot(w)
+        _check(got, _model(_dense_at(sc, d), w), dtype)
+        if forced[-1] == "sorted":  # pixel-sorted sums, as the CSR product's: the same bits
+            np.testing.assert_array_equal(got, np.asarray(T.tocsr() @ w).reshape(got.shape))
+        kept.append((got, got.copy()))
+    for got, snapshot in kept:
+        np.testing.assert_array_equal(got, snapshot)
+    if nsources:
+        assert calls  # the loop took windows of the canvas model
+
+
+@needs_numba
+def test_canvas_is_keyed_by_the_weights_content_not_their_identity(forced):
+    rng = np.random.default_rng(21)
+    sc = random_scene(rng, imcorner=(5, -6), nsources=7)
+    S = sc.build()
+    w = rng.normal(size=(7, 2))
+    S.dot(w)
+    for i, d in enumerate([(1, 0), (0, 2), (-1, -1), (3, 1), (2, 2)]):
+        if i == 3:
+            w[2, 1] += 1.0  # the same array object, new content
+        if i == 4:
+            w[0, 0] = -0.0 if w[0, 0] == 0 else w[0, 0]
+        got = S.translate(d).dot(w)
+        np.testing.assert_allclose(got, _model(_dense_at(sc, d), w).real, atol=1e-12)
+    legacy_w = w.copy()
+    from sparse3d import legacy
+
+    full = np.broadcast_to
+    L = legacy.Sparse3D(
+        sc.data, full(sc.row, sc.data.shape), full(sc.col, sc.data.shape), sc.imshape, sc.imcorner
+    )
+    for d in [(1, 1), (0, -3), (2, 0), (1, 1)]:
+        L.translate(d)
+        got = L.dot(legacy_w)
+        ref = np.moveaxis(_model(_dense_at(sc, d), legacy_w).real, -1, 0)
+        np.testing.assert_allclose(got, ref, atol=1e-12)
+        assert got.flags.c_contiguous
+
+
+@needs_numba
+def test_canvas_is_skipped_when_stamps_spread_far_beyond_the_image(forced):
+    rng = np.random.default_rng(22)
+    sc = random_scene(rng, imcorner=(0, 0), nsources=6)
+    row = np.broadcast_to(sc.row, sc.data.shape).copy()
+    row[:, :, 0] += 500  # a canvas 40x the image
+    col = np.broadcast_to(sc.col, sc.data.shape)
+    S = sparse3d.Sparse3D(sc.data, row, col, sc.imshape, sc.imcorner)
+    w = rng.normal(size=(6, 2))
+    for d in [(0, 1), (1, 0), (-500, 2), (2, 2)]:
+        got = S.translate(d).dot(w)
+        D = dense_reference(sc.data, row + d[0], col + d[1], sc.imshape, sc.imcorner)
+        np.testing.assert_allclose(got, _model(D, w).real, atol=1e-12)
+    assert S._family.get("canvas") is None
+
+
+@needs_numba
+def test_large_weights_are_not_remembered(forced, monkeypatch):
+    monkeypatch.setattr(_functions.products, "CANVAS_MAX_WEIGHT_BYTES", 8)
+    rng = np.random.default_rng(23)
+    sc = random_scene(rng, nsources=5)
+    S = sc.build()
+    w = rng.normal(size=(5, 2))
+    for d in [(0, 1), (1, 0), (1, 1)]:
+        got = S.translate(d).dot(w)
+        np.testing.assert_allclose(got, _model(_dense_at(sc, d), w).real, atol=1e-12)
+    assert S._family.get("canvas") is None
