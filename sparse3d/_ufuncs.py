@@ -454,6 +454,41 @@ def _square_operator(self, ufunc: np.ufunc, inputs, kwargs) -> bool:
     return caller.f_code is _MIXIN_POW_CODE
 
 
+def _identity_result(self, ufunc: np.ufunc, inputs, kwargs):
+    """``S * 1``, ``1 * S`` or ``S / 1`` of a real or integer ``S``: an array sharing ``S``'s values.
+
+    Multiplying or dividing a real number by exactly one returns it bit for bit (NaN, inf
+    and -0.0 included) and raises no floating-point flag, so when NumPy's result dtype is
+    ``S``'s own the pass over the values is skipped and the immutable values buffer is
+    shared (reference counts then keep it out of in-place reuse and the pool while both
+    arrays hold it). Complex arrays are excluded (``inf * (1 + 0j)`` gives NaN), as are
+    keyword arguments and non-scalar operands. The tutorial's ``/ sigma**2`` with
+    ``sigma = 1`` and its ``* 1`` are such calls. Returns None when the call is not one.
+    """
+    if kwargs or len(inputs) != 2 or ufunc not in (np.multiply, np.true_divide):
+        return None
+    if inputs[0] is self:
+        one = inputs[1]
+    elif ufunc is np.multiply and inputs[1] is self:
+        one = inputs[0]
+    else:
+        return None
+    if self.dtype.kind not in "fiu":
+        return None
+    if type(one) in (int, float):
+        pass
+    elif isinstance(one, (np.generic, np.ndarray)) and one.shape == () and one.dtype.kind in "fiu":
+        pass
+    else:
+        return None
+    if one != 1:
+        return None
+    ops = (np.empty(0, self.dtype), one) if inputs[0] is self else (one, np.empty(0, self.dtype))
+    if _result_dtype(ufunc, ops) != self.dtype:
+        return None
+    return type(self)._from_parts(self._values, self._structure)
+
+
 #: Code of NumPy's mixin ``__pow__`` (shared by its forward binary operators; with
 #: ``np.power`` as the ufunc it can only be ``__pow__``).
 _MIXIN_POW_CODE = _mixins.NDArrayOperatorsMixin.__pow__.__code__
@@ -465,6 +500,10 @@ def array_ufunc(self, ufunc: np.ufunc, method: str, *inputs, **kwargs):
 
     if method == "__call__" and _square_operator(self, ufunc, inputs, kwargs):
         ufunc, inputs = np.square, inputs[:1]
+    if method == "__call__":
+        same = _identity_result(self, ufunc, inputs, kwargs)
+        if same is not None:
+            return same
     reuse = _reusable_temporary(self, ufunc, kwargs) if method == "__call__" else None
 
     out = kwargs.pop("out", None)

@@ -1360,9 +1360,11 @@ def _grouped():
 
 
 def _grouped_cases():
+    from sparse3d.photometry import fit_positions
     from sparse3d.psf import Gaussian, stamp_sizes_by_flux
 
     G = Gaussian(1.0)
+    xy = [3.0, 4.0]
     return [
         Case(
             "grouped-data",
@@ -1406,6 +1408,13 @@ def _grouped_cases():
             lambda: G.design([3.0, 4.0], [3.0, 4.0], (10, 10), stamp_shape=np.array([5.0, 7.0])),
             TypeError,
             "stamp_shape: per-source stamp sizes must be integers",
+        ),
+        Case(
+            "positions-stamp-sizes-length",
+            "`fit_positions(psf, image, row, col, stamp_shape=np.array([5, 7, 9]))` for 2 sources",
+            lambda: fit_positions(G, np.zeros((10, 10)), xy, xy, stamp_shape=np.array([5, 7, 9])),
+            ValueError,
+            "stamp_shape: per-source stamp sizes must have shape (2,) or (2, 2)",
         ),
         Case(
             "stamp-sizes-by-flux",

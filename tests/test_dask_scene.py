@@ -206,3 +206,64 @@ def test_stamps_wider_than_the_halo_are_refused_after_measuring():
         bare.fit(np.zeros((40, 40)))
     with pytest.raises(ValueError, match="the largest stamp spans"):
         bare.fit(np.zeros((40, 40)), halo=4)
+
+
+# ---- arrays with several stamp groups (mixed stamp sizes) --------------------------------------
+def _grouped_scene(imcorner=(5, -3), seed=11):
+    """5x5 faint stars, 11x11 bright ones and one 15x15 star, interleaved in source order; stamps
+    hang over every edge. Returns the grouped array and the permutation that interleaved it."""
+    parts = [
+        _scene(nsources=900, stamp=5, seed=seed, imcorner=imcorner),
+        _scene(nsources=60, stamp=11, seed=seed + 1, imcorner=imcorner),
+        _scene(nsources=1, stamp=15, seed=seed + 2, imcorner=imcorner),
+    ]
+    cat = np.concatenate(parts, axis=2)
+    perm = np.random.default_rng(seed).permutation(cat.nsources)
+    S = cat[:, :, perm]
+    assert sorted(S.stamp_shapes) == [(5, 5), (11, 11), (15, 15)]
+    assert not all(np.all(np.diff(g) == 1) for g in S.group_sources)  # groups interleaved
+    return S
+
+
+def test_grouped_scene_fit_equals_eager_grouped_fit():
+    """Mixed stamp sizes: the tiles' designs are grouped arrays in each tile's source order;
+    the default halo is two of the largest stamps. Weights to 1e-6 sigma with a tight ``tol``."""
+    S = _grouped_scene()
+    data, errors = _data(S, seed=12)
+    with pytest.warns(UnconstrainedSourceWarning):  # a few stamps lie wholly off the image
+        eager = S.fit(data, errors=errors)
+    SC = S.to_dask(source_chunks=250)
+    assert SC.stamp_shape == (15, 15)
+    with pytest.warns(UnconstrainedSourceWarning):
+        res = SC.fit(data, errors=errors, tile_size=64, tol=1e-8)
+    assert res.converged and res.n_tiles == 16
+    _assert_matches_eager(res, eager)
+    ok = np.isfinite(eager.weights_err)
+    assert np.max(np.abs(res.weights - eager.weights)[ok] / eager.weights_err[ok]) < 1e-6
+    # the single-shape path is the same code: one group of equal shapes gives the same answer
+    one = S.groups[0]
+    d1, e1 = _data(one, seed=13)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnconstrainedSourceWarning)
+        _assert_matches_eager(one.to_dask(300).fit(d1, errors=e1, tile_size=64), one.fit(d1, errors=e1))
+
+
+def test_grouped_scene_fit_on_a_cluster_with_frames_mask_prior(cluster):
+    S = _grouped_scene(imcorner=(-20, 40), seed=21)
+    data, errors = _data(S, k=2, seed=22)
+    rng = np.random.default_rng(23)
+    mask = rng.uniform(size=S.imshape) < 0.05
+    prior = rng.uniform(50, 500, S.nsources)
+    eager = S.fit(data, errors=errors, mask=mask, prior_mu=30.0, prior_sigma=prior)
+    with distributed.Client(cluster) as client:
+        res = S.to_dask(source_chunks=400).fit(
+            da.from_array(data, chunks=(100, 100, 2)),
+            errors=errors,
+            mask=mask,
+            prior_mu=30.0,
+            prior_sigma=prior,
+            tile_size=(100, 64),
+            client=client,
+        )
+    assert res.weights.shape == (S.nsources, 2)
+    _assert_matches_eager(res, eager)

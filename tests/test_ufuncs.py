@@ -304,3 +304,36 @@ def test_power_operator_warns_as_numpy_does():
         assert [str(w.message) for w in got] == [str(w.message) for w in ref]
     with np.errstate(over="raise"), pytest.raises(FloatingPointError, match="square"):
         S**2
+
+
+@pytest.mark.parametrize(
+    "dtype", [np.float64, np.float32, np.float16, np.int64, np.int8, np.uint16, bool, complex]
+)
+@pytest.mark.parametrize(
+    "one",
+    [1, 1.0, True, np.float64(1), np.float32(1), np.int8(1), np.array(1.0), np.array([1.0]), 1 + 0j, 1.5],
+    ids=repr,
+)
+@pytest.mark.parametrize("form", ["S*one", "one*S", "S/one"])
+def test_products_with_one_follow_numpy_bit_for_bit(dtype, one, form):
+    """``S * 1`` / ``1 * S`` / ``S / 1`` share S's values when that is exact: the result must be
+    NumPy's, bit for bit and dtype for dtype, whatever the operand and dtype (NaN, inf, -0.0
+    among the values); the shortcut must never apply to complex values or change a dtype."""
+    sc = random_scene(5, dtype=np.dtype(dtype), nsources=12)
+    v = sc.data.copy()
+    if v.dtype.kind == "f":
+        v.flat[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    elif v.dtype.kind == "c":
+        v.flat[:2] = [complex(np.inf, 1.0), complex(1.0, np.inf)]
+    S = type(sc)(v, sc.row, sc.col, sc.imshape, sc.imcorner).build()
+    with np.errstate(all="ignore"):
+        ref = eval(form, {}, {"S": v, "one": one})
+        got = eval(form, {}, {"S": S, "one": one})
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(got.data.view(np.uint8), np.ascontiguousarray(ref).view(np.uint8))
+    shared = np.shares_memory(got._values, S._values)
+    real_one = (
+        not isinstance(one, (bool, complex)) and np.ndim(one) == 0 and np.asarray(one).dtype.kind in "fiu"
+    )
+    exact = np.dtype(dtype).kind in "fiu" and real_one and one == 1 and ref.dtype == v.dtype
+    assert shared == exact

@@ -55,8 +55,8 @@ class SourceChunked:
     dtype : dtype
         Dtype of the stamp values.
     stamp_shape : tuple of int, optional
-        ``(nr, nc)`` of every stamp, when known (the default ``halo`` of :meth:`fit` is two
-        stamps).
+        ``(nr, nc)`` of every stamp, when known; for an array with several stamp groups the
+        largest extent over the groups (the default ``halo`` of :meth:`fit` is two stamps).
     """
 
     def __init__(
@@ -76,7 +76,6 @@ class SourceChunked:
         self.imcorner = tuple(int(v) for v in imcorner)
         self.dtype = np.dtype(dtype)
         self.stamp_shape = None if stamp_shape is None else (int(stamp_shape[0]), int(stamp_shape[1]))
-        self.grouped = False  # chunks of an array with several stamp groups (see from_sparse3d)
 
     # -- constructors --------------------------------------------------------------------
     @classmethod
@@ -93,9 +92,7 @@ class SourceChunked:
             ]
         # the largest stamp of any group (the default halo of the scene fit is two stamps)
         stamp = tuple(int(v) for v in np.max(np.array(S.stamp_shapes), axis=0))
-        out = cls(parts, sizes, S.imshape, S.imcorner, S.dtype, stamp)
-        out.grouped = len(S.stamp_shapes) > 1
-        return out
+        return cls(parts, sizes, S.imshape, S.imcorner, S.dtype, stamp)
 
     @classmethod
     def from_function(
@@ -211,7 +208,8 @@ class SourceChunked:
             Tile side in pixels (default 2048, clipped to the image); at least one stamp.
         halo : int, optional
             Pixels around a tile whose sources it also holds; at least one stamp wide
-            (default: two stamps). Larger halos cost more per tile and fewer iterations.
+            (default: two stamps; with mixed stamp sizes, two of the largest). Larger halos
+            cost more per tile and fewer iterations.
         tol : float
             Stop when the estimated remaining change of every weight is below ``tol`` times
             its 1-sigma error (in every frame).

@@ -42,6 +42,14 @@ the workers (:class:`~sparse3d.dask.SourceChunked`), regrouped by tile there, an
 (NumPy or, for images larger than the client, Dask) is cut into tile boxes as a dependency
 of each tile. Each iteration sends each tile its slice of one vector and gets back the
 owned rows of another: two round trips per iteration.
+
+Mixed stamp sizes
+-----------------
+An array with several stamp groups (:attr:`Sparse3D.groups`) is regrouped group by group:
+every piece a chunk sends a tile carries its group's stamp shape, and the tile joins the
+pieces of one shape into one block and the shapes into one grouped design, sources in
+ascending global order as for a single shape. The default halo is two of the largest
+stamps (``SourceChunked.stamp_shape`` is the largest extent over the groups).
 """
 
 from __future__ import annotations
@@ -124,32 +132,73 @@ def _as_pair(value, name: str) -> tuple[int, int]:
 # Worker side: regroup a source chunk by tile; build, start, multiply, precondition a tile
 # -------------------------------------------------------------------------------------------
 def _split_chunk(S: Sparse3D, offset: int, geom: _Geometry) -> dict:
-    """A source chunk regrouped by tile: ``{tile: (ids, owned, values, row, col)}``.
+    """A source chunk regrouped by tile: ``{tile: [(ids, owned, values, row, col), ...]}``.
 
+    One piece per stamp group of the chunk that has sources in the tile (arrays with mixed
+    stamp sizes hold several groups; each piece's blocks carry its group's stamp shape).
     Also ``{"extent": (rows, cols)}``: the largest stamp bounding box, to check the halo.
     """
-    n = S.nsources
     out: dict[Any, Any] = {"extent": (0, 0)}
-    if n == 0:
-        return out
-    row = S.row.reshape(-1, n)
-    col = S.col.reshape(-1, n)
-    rmin, rmax, cmin, cmax = row.min(0), row.max(0), col.min(0), col.max(0)
-    out["extent"] = (int((rmax - rmin).max()) + 1, int((cmax - cmin).max()) + 1)
-    src, tile, owned = geom.members((rmin + rmax) // 2, (cmin + cmax) // 2)
-    order = np.argsort(tile, kind="stable")
-    src, tile, owned = src[order], tile[order], owned[order]
-    cuts = np.flatnonzero(np.diff(tile)) + 1
-    values, r3, c3 = S.data, S.row, S.col
-    small = (
-        np.int32 if max(abs(int(row.min())), abs(int(row.max())), abs(int(col.min())), 1) < 2**31 else None
-    )
-    for s, t, o in zip(np.split(src, cuts), np.split(tile, cuts), np.split(owned, cuts)):
-        rr, cc = r3[:, :, s], c3[:, :, s]
-        if small is not None:
-            rr, cc = rr.astype(small), cc.astype(small)
-        out[int(t[0])] = (s + offset, o, values[:, :, s], rr, cc)
+    for G, idx in zip(S.groups, S.group_sources):
+        n = G.nsources
+        if n == 0:
+            continue
+        row = G.row.reshape(-1, n)
+        col = G.col.reshape(-1, n)
+        rmin, rmax, cmin, cmax = row.min(0), row.max(0), col.min(0), col.max(0)
+        ext = (int((rmax - rmin).max()) + 1, int((cmax - cmin).max()) + 1)
+        out["extent"] = tuple(max(a, b) for a, b in zip(out["extent"], ext))
+        src, tile, owned = geom.members((rmin + rmax) // 2, (cmin + cmax) // 2)
+        order = np.argsort(tile, kind="stable")
+        src, tile, owned = src[order], tile[order], owned[order]
+        cuts = np.flatnonzero(np.diff(tile)) + 1
+        values, r3, c3 = G.data, G.row, G.col
+        small = (
+            np.int32
+            if max(abs(int(row.min())), abs(int(row.max())), abs(int(col.min())), abs(int(col.max())), 1)
+            < 2**31
+            else None
+        )
+        for s, t, o in zip(np.split(src, cuts), np.split(tile, cuts), np.split(owned, cuts)):
+            rr, cc = r3[:, :, s], c3[:, :, s]
+            if small is not None:
+                rr, cc = rr.astype(small), cc.astype(small)
+            out.setdefault(int(t[0]), []).append((idx[s] + offset, o, values[:, :, s], rr, cc))
     return out
+
+
+def _tile_design(pieces, imshape, imcorner) -> tuple[Sparse3D, np.ndarray, np.ndarray]:
+    """The design of a tile's extended set from its pieces: ``(S, ids, owned)``, sources by id.
+
+    Pieces of one stamp shape are joined into one block; several shapes give an array with
+    one stamp group per shape (:func:`~sparse3d._functions.build_grouped`), in the same
+    ascending global order of sources as a single-shape tile.
+    """
+    from .._functions import build_grouped
+
+    if not pieces:  # no source near this tile: it still answers for its pixels' chi-square
+        empty = np.zeros((1, 1, 0))
+        return Sparse3D(empty, empty, empty, imshape, imcorner), np.zeros(0, np.int64), np.zeros(0, bool)
+    by_shape: dict = {}
+    for p in pieces:
+        by_shape.setdefault(p[2].shape[:2], []).append(p)
+    ids = np.sort(np.concatenate([p[0] for p in pieces]))
+    owned = np.zeros(ids.size, dtype=bool)
+    blocks = []
+    for same in by_shape.values():
+        gids = np.concatenate([p[0] for p in same])
+        order = np.argsort(gids, kind="stable")
+        where = np.searchsorted(ids, gids[order])
+        owned[where] = np.concatenate([p[1] for p in same])[order]
+        G = Sparse3D(
+            np.concatenate([p[2] for p in same], axis=2)[:, :, order],
+            np.concatenate([p[3] for p in same], axis=2)[:, :, order].astype(np.int64),
+            np.concatenate([p[4] for p in same], axis=2)[:, :, order].astype(np.int64),
+            imshape=imshape,
+            imcorner=imcorner,
+        )
+        blocks.append((G, where))
+    return build_grouped(blocks), ids, owned
 
 
 def _chunk_summary(split: dict) -> tuple[tuple[int, int], list[int]]:
@@ -170,21 +219,8 @@ class _Tile:
     def __init__(self, pieces, box, core, data, errors, mask, prior_mu, prior_sigma, solver):
         from ..fit import prepare_normal_equations
 
-        if not pieces:  # no source near this tile: it still answers for its pixels' chi-square
-            empty = np.zeros((1, 1, 0))
-            pieces = [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), empty, empty, empty)]
-        ids = np.concatenate([p[0] for p in pieces])
-        order = np.argsort(ids, kind="stable")
-        self.ids = ids[order]
-        self.owned = np.concatenate([p[1] for p in pieces])[order]
         (r0, c0), (h, w) = box
-        S = Sparse3D(
-            np.concatenate([p[2] for p in pieces], axis=2)[:, :, order],
-            np.concatenate([p[3] for p in pieces], axis=2)[:, :, order].astype(np.int64),
-            np.concatenate([p[4] for p in pieces], axis=2)[:, :, order].astype(np.int64),
-            imshape=(h, w),
-            imcorner=(r0, c0),
-        )
+        S, self.ids, self.owned = _tile_design([q for p in pieces for q in p], (h, w), (r0, c0))
         n = self.ids.size
         mu = None if prior_mu is None else np.asarray(prior_mu, dtype=float)
         sig = None if prior_sigma is None else np.asarray(prior_sigma, dtype=float)
@@ -354,11 +390,6 @@ class SceneFitResult(DaskFitResult):
 
 
 def _check_scene_inputs(SC, data, errors, mask, tile_size, halo, tol, max_iter):
-    if getattr(SC, "grouped", False):
-        raise NotImplementedError(
-            "the tiled scene fit does not handle arrays with several stamp groups yet; fit the frames "
-            "with S.fit (eager or on Dask frames), which does"
-        )
     H, W = SC.imshape
     if data.ndim not in (2, 3) or tuple(data.shape[:2]) != (H, W):
         raise ValueError(f"data must have shape (H, W) = {(H, W)} or (H, W, k); got {tuple(data.shape)}")

@@ -21,16 +21,28 @@ import numpy as np
 from ..core import Sparse3D
 
 
+def stamp_shape_arg(stamp_shape: Any) -> Any:
+    """``stamp_shape`` as the PSF layer takes it: one ``(nr, nc)`` pair (a tuple), or per-source
+    sizes (a NumPy integer array ``(nsources,)`` or ``(nsources, 2)``, kept as an array: the
+    designs are then arrays with one stamp group per shape)."""
+    if isinstance(stamp_shape, np.ndarray):
+        return stamp_shape.copy()
+    return tuple(stamp_shape) if isinstance(stamp_shape, (tuple, list)) else stamp_shape
+
+
 def design_at(
     psf: Any,
     row: np.ndarray,
     col: np.ndarray,
     imshape: tuple[int, int],
-    stamp_shape: tuple[int, int],
+    stamp_shape: Any,
     imcorner: tuple[int, int],
     derivatives: bool,
 ) -> tuple[Sparse3D, Sparse3D | None, Sparse3D | None]:
-    """``L`` (and ``dL/drow``, ``dL/dcol`` when ``derivatives``) at the positions ``row, col``."""
+    """``L`` (and ``dL/drow``, ``dL/dcol`` when ``derivatives``) at the positions ``row, col``.
+
+    ``stamp_shape`` is one ``(nr, nc)`` or per-source sizes (see :func:`stamp_shape_arg`).
+    """
     if not derivatives:
         return psf.design(row, col, imshape, stamp_shape=stamp_shape, imcorner=imcorner), None, None
     L, d = psf.design(
@@ -39,10 +51,22 @@ def design_at(
     return L, d["row"], d["col"]
 
 
+def _per_source(S: Sparse3D, per_group) -> np.ndarray:
+    """``(nsources,)`` from ``per_group(i, G)`` on every stamp group ``G = S.groups[i]``."""
+    groups = S.groups
+    if len(groups) == 1:
+        return per_group(0, S)
+    out = np.empty(S.nsources)
+    for i, (G, idx) in enumerate(zip(groups, S.group_sources)):
+        out[idx] = per_group(i, G)
+    return out
+
+
 def stamp_values(S: Sparse3D, image: np.ndarray) -> np.ndarray:
     """``image`` (``(H, W)``, in the array's pixel frame) read at every stamp pixel of ``S``.
 
-    Returns ``(nr, nc, nsources)``; 0 on stamp pixels outside the image.
+    Returns ``(nr, nc, nsources)``; 0 on stamp pixels outside the image. Single stamp shape
+    only (for an array with several stamp groups, call it on each of ``S.groups``).
     """
     H, W = S.imshape
     r = np.clip(S.row - S.imcorner[0], 0, H - 1)
@@ -51,23 +75,31 @@ def stamp_values(S: Sparse3D, image: np.ndarray) -> np.ndarray:
 
 
 def stamp_sum(S: Sparse3D, image: np.ndarray, power: int = 0) -> np.ndarray:
-    """Per-source ``sum(S.data**power * image)`` over each stamp's in-image pixels, ``(nsources,)``."""
-    v = stamp_values(S, image)
-    if power:
-        v = v * S.data**power
-    return v.sum(axis=(0, 1))
+    """Per-source ``sum(S.data**power * image)`` over each stamp's in-image pixels, ``(nsources,)``.
+
+    Arrays with several stamp groups: summed group by group, in the array's source order.
+    """
+
+    def one(_, G):
+        v = stamp_values(G, image)
+        if power:
+            v = v * G.data**power
+        return v.sum(axis=(0, 1))
+
+    return _per_source(S, one)
 
 
 def column_norms(ivar: np.ndarray, *arrays: Sparse3D) -> list[np.ndarray]:
     """Per-source ``sum(ivar * S.data**2)`` of each of ``arrays``, which share one structure.
 
     The weights are read at the stamp pixels once for all of them (the PSF layer hands out
-    the model and its derivatives with the same structure).
+    the model and its derivatives with the same structure; with several stamp groups, the
+    same groups), group by group.
     """
     if not arrays:
         return []
-    w = stamp_values(arrays[0], ivar)
-    return [(w * S.data**2).sum(axis=(0, 1)) for S in arrays]
+    weights = [stamp_values(G, ivar) for G in arrays[0].groups]
+    return [_per_source(S, lambda i, G: (weights[i] * G.data**2).sum(axis=(0, 1))) for S in arrays]
 
 
 def gauss_newton_design(
@@ -94,6 +126,8 @@ def gauss_newton_design(
     if moving.size == 0:
         return L
     fm = np.nan_to_num(flux)[moving]
+    if len(L.stamp_shapes) > 1:  # several stamp groups: the array API joins them, group by group
+        return np.concatenate([L, dR[:, :, moving] * fm, dC[:, :, moving] * fm], axis=2)
     data = np.concatenate([L.data, dR.data[..., moving] * fm, dC.data[..., moving] * fm], axis=2)
     n = L.nsources
     if (

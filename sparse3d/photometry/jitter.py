@@ -47,7 +47,7 @@ import numpy as np
 import scipy.sparse
 
 from ._inputs import check_positions, pixel_weights
-from ._linearise import column_norms, design_at
+from ._linearise import column_norms, design_at, stamp_shape_arg
 
 _MAX_HALVINGS = 6
 
@@ -154,7 +154,7 @@ def fit_jitter(
     col: np.ndarray,
     *,
     imshape: tuple[int, int] | None = None,
-    stamp_shape: tuple[int, int] = (11, 11),
+    stamp_shape: tuple[int, int] | np.ndarray = (11, 11),
     imcorner: tuple[int, int] = (0, 0),
     errors: np.ndarray | None = None,
     mask: np.ndarray | None = None,
@@ -230,7 +230,7 @@ def fit_jitter(
     for name, v in (("tol", tol), ("cg_tol", cg_tol)):
         if not (np.isfinite(v) and v > 0):
             raise ValueError(f"{name} must be a finite positive number, got {v!r}")
-    geometry = ((H, W), tuple(stamp_shape), tuple(imcorner))
+    geometry = ((H, W), stamp_shape_arg(stamp_shape), tuple(imcorner))
     npix = H * W
     Dm = D.reshape(npix, K)
     ivar = pw.ivar.reshape(npix, -1)  # (npix, 1) shared, or (npix, K)

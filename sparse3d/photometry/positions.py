@@ -17,7 +17,14 @@ import numpy as np
 
 from ..core import Sparse3D
 from ._inputs import check_positions, check_source_vector, pixel_weights
-from ._linearise import column_norms, design_at, gauss_newton_design, stamp_sum, weighted_chi2_image
+from ._linearise import (
+    column_norms,
+    design_at,
+    gauss_newton_design,
+    stamp_shape_arg,
+    stamp_sum,
+    weighted_chi2_image,
+)
 
 #: Levenberg-Marquardt damping of a source's position columns: its first value, and the
 #: factors applied after an accepted / rejected step. The damping adds ``lam * N_jj`` to
@@ -168,7 +175,7 @@ def fit_positions(
     col: np.ndarray,
     *,
     imshape: tuple[int, int] | None = None,
-    stamp_shape: tuple[int, int] = (11, 11),
+    stamp_shape: tuple[int, int] | np.ndarray = (11, 11),
     imcorner: tuple[int, int] = (0, 0),
     errors: np.ndarray | None = None,
     mask: np.ndarray | None = None,
@@ -213,8 +220,12 @@ def fit_positions(
         Start positions, absolute pixel coordinates (integers are pixel centres).
     imshape : tuple of int, optional
         ``(H, W)``; defaults to ``data.shape``.
-    stamp_shape : tuple of int
-        Stamp size of every source's model, passed to ``psf.design``.
+    stamp_shape : tuple of int or numpy.ndarray
+        Stamp size of every source's model, passed to ``psf.design``: one ``(nr, nc)``, or
+        per source a NumPy integer array (``(nsources,)`` square sizes or ``(nsources, 2)``
+        shapes, e.g. from :func:`sparse3d.psf.stamp_sizes_by_flux`: bright stars on big
+        stamps, faint ones on small). The designs then hold one stamp group per shape
+        (:attr:`Sparse3D.groups`) and so does ``design`` in the result.
     imcorner : tuple of int
         Absolute position of image pixel ``[0, 0]``.
     errors : numpy.ndarray, optional
@@ -326,7 +337,7 @@ def fit_positions(
             )
     if int(max_iter) != max_iter or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
-    geometry = dict(imshape=(H, W), stamp_shape=tuple(stamp_shape), imcorner=tuple(imcorner))
+    geometry = dict(imshape=(H, W), stamp_shape=stamp_shape_arg(stamp_shape), imcorner=tuple(imcorner))
     fit_kw = dict(
         imshape=(H, W), errors=pw.fit_errors, mask=pw.fit_mask, background=background, solver=solver
     )
