@@ -731,7 +731,8 @@ class Sparse3D(NDArrayOperatorsMixin):
 
         Solves ``min Σ ((data - S·w - sky) / errors)² + Σ ((w - prior_mu) / prior_sigma)²`` over
         the unmasked pixels through the normal equations, factorised **once** (a sparse
-        ``L D L^T`` from ``qdldl``; see :func:`sparse3d.fit.fit_design` for the other solvers)
+        Cholesky factorisation: the built-in nested-dissection supernodal one for large
+        scenes, else ``qdldl``'s; see :func:`sparse3d.fit.fit_design` for the solvers)
         for all frames that share an error map and mask. With regular stamps the normal matrix
         is built from the stamps directly.
 

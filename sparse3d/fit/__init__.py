@@ -13,7 +13,9 @@ Cholesky factorisation and reused for every frame of a stack. The 1-sigma uncert
 inverse, by a supernodal selected inversion of the factor, on the first access of
 :attr:`FitResult.weights_err`.
 
-Solvers: ``"qdldl"`` (the default: ``qdldl``'s ``L D L^T`` with AMD ordering, Apache-2.0),
+Solvers: ``"nd"`` (built in, the default for large designs of regular stamps: a nested-dissection
+ordering from the stamp positions and a multifrontal supernodal Cholesky in numba and BLAS),
+``"qdldl"`` (the default otherwise: ``qdldl``'s ``L D L^T`` with AMD ordering, Apache-2.0),
 ``"superlu"`` (SciPy's SuperLU in symmetric mode, ``L D L^T``, no pivoting) and ``"cholmod"``
 (CHOLMOD's supernodal Cholesky through the optional, GPL-licensed ``cvxopt``:
 ``pip install "sparse3d[cholmod]"``); :func:`available_solvers` lists those usable here.
@@ -35,6 +37,11 @@ Where each concept lives
     The factorisations behind one interface (``solve``, ``inv_diag``, ``portable``):
     qdldl, SuperLU, CHOLMOD, triangular, empty; :func:`available_solvers`; singular
     diagnosis. ``_factor_kernels.py``: postorder and relaxed supernodes (numba) for qdldl.
+``ordering.py``
+    The nested-dissection order from the stamp boxes (``_ordering_kernels.py``).
+``supernodal.py``
+    ``solver="nd"``: symbolic analysis, multifrontal numeric factorisation and solves
+    (``_supernodal_kernels.py``), the factor written once as the blocks of ``selinv.py``.
 ``selinv.py``
     The supernodal Cholesky blocks: blocked solves and the selected inversion.
 ``result.py``

@@ -43,9 +43,11 @@ def _rows_all(test: Callable[[np.ndarray], np.ndarray], X: np.ndarray, keep: np.
 def _check_solver(solver: str) -> str:
     """The solver name, ``"auto"`` resolved; ValueError when unknown or not installed."""
     if solver == "auto":
-        return available_solvers()[0]  # qdldl (a runtime dependency); SuperLU if it is missing
+        return solver  # resolved per normal matrix (fit.factor._resolve_auto)
+    if solver == "nd":
+        return solver  # built in (numba)
     if solver not in ("qdldl", "superlu", "cholmod"):
-        raise ValueError(f"solver must be 'auto', 'qdldl', 'superlu' or 'cholmod', got {solver!r}")
+        raise ValueError(f"solver must be 'auto', 'nd', 'qdldl', 'superlu' or 'cholmod', got {solver!r}")
     if solver not in available_solvers():
         extra = solver
         if solver == "cholmod":

@@ -43,16 +43,29 @@ def _canonical(M: scipy.sparse.spmatrix) -> scipy.sparse.spmatrix:
     return M
 
 
-def _design_csr(A: Any) -> scipy.sparse.csr_matrix:
-    """``A`` (a Sparse3D or a SciPy matrix) in canonical float64 CSR; ValueError if non-finite.
+def _design_matrix(A: Any) -> scipy.sparse.csr_matrix | scipy.sparse.csc_matrix:
+    """``A`` (a Sparse3D or a SciPy matrix) as a canonical float64 sparse matrix; ValueError if
+    non-finite.
 
-    CSR serves ``A @ x`` and (as ``A_csr.T``) ``A^T @ X``. A Sparse3D's cached CSR is used
-    without a copy when it is already canonical.
+    It serves ``A @ x`` and ``A.T @ X`` (both fast in CSR and CSC). A SciPy matrix becomes
+    CSR. A Sparse3D gives its cached CSR when it has one, else its CSC, which is its stamps in
+    source-major order (no pixel-major reordering: 0.45 s of a 50,000-source fit), not cached
+    on the array. Row blocks (the diagnostics) convert to CSR when they need it.
     """
-    A_csr = _canonical(A._csr if isinstance(A, Sparse3D) else scipy.sparse.csr_matrix(A))
-    if not np.all(np.isfinite(A_csr.data)):
+    if isinstance(A, Sparse3D):
+        if "_csr" in A.__dict__:
+            M = A._csr
+        else:
+            indices, indptr = A._structure.csc_indices
+            M = scipy.sparse.csc_matrix(
+                (A._csc_data(), indices, indptr), shape=(A._structure.npixels, A.nsources), copy=False
+            )
+        M = _canonical(M)
+    else:
+        M = _canonical(scipy.sparse.csr_matrix(A))
+    if not np.all(np.isfinite(M.data)):
         raise ValueError("A contains non-finite values")
-    return A_csr
+    return M
 
 
 # -- the normal matrix ---------------------------------------------------------------------

@@ -54,6 +54,11 @@ def _row_block(M: scipy.sparse.csr_matrix, i: int, j: int) -> scipy.sparse.csr_m
     )
 
 
+def _as_csr(M: scipy.sparse.spmatrix) -> scipy.sparse.csr_matrix:
+    """``M`` as CSR (itself when it is one): the row blocks below need rows."""
+    return M if M.format == "csr" else scipy.sparse.csr_matrix(M)
+
+
 def _squared_residual_blocks(
     A: scipy.sparse.csr_matrix,
     B: scipy.sparse.csr_matrix | None,
@@ -75,6 +80,7 @@ def _squared_residual_blocks(
     """
     npix, k = D.shape
     n = A.shape[1]
+    A = _as_csr(A)  # the fit's design may be CSC (a Sparse3D's, built without a conversion)
     if keep is not None and keep.ndim == 1:
         keep = keep[:, None]
     chunk = max(256, (1 << 18) // max(1, k))
@@ -140,15 +146,24 @@ class _FitContext:
         wz: np.ndarray,
         err_scale: float = 1.0,
     ) -> None:
-        self.A, self.B, self.D = A, B, D
+        # the design, or a function that builds it (a Sparse3D fit's, made on first use)
+        self._A = A
+        self.B, self.D = B, D
         self.imshape, self.stack = imshape, stack
         self.ivar, self.col_of_frame, self.keep = ivar, col_of_frame, keep
         self.saturated = saturated  # (npix, 1 or k) bool, or None
         self.groups = groups
         self.wz = wz
-        self.n = A.shape[1]
+        self.n = wz.shape[0] - (0 if B is None else B.shape[1])
         self.err_scale = err_scale  # ivar holds (err_scale / errors)**2
         self._P: scipy.sparse.csr_matrix | None = None
+
+    @property
+    def A(self) -> scipy.sparse.spmatrix:
+        """The design matrix (built on first use when the fit had none)."""
+        if callable(self._A):
+            self._A = self._A()
+        return self._A
 
     # -- images ------------------------------------------------------------------------------
     def _image(self, flat: np.ndarray) -> np.ndarray:
@@ -173,7 +188,7 @@ class _FitContext:
     def _pattern(self) -> scipy.sparse.csr_matrix:
         """The design's pattern: 1 where a source has a (non-zero) pixel (built once)."""
         if self._P is None:
-            P = self.A.copy()
+            P = _as_csr(self.A).copy()
             P.data = (P.data != 0).astype(np.float64)
             self._P = P
         return self._P

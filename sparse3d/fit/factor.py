@@ -37,7 +37,7 @@ import scipy.sparse.linalg
 from .. import _compiled
 from .._blas import single_threaded_blas
 from .result import SingularNormalMatrixError
-from .selinv import _close_pattern, _Supernodal
+from .selinv import _close_pattern, _inv_entries, _Supernodal
 
 _cholmod: Any = None  # cvxopt.cholmod, imported on first use (see _load_cholmod)
 _cvx_matrix: Any = None
@@ -497,37 +497,44 @@ class _EmptyFactor:
         return self
 
 
-def _inv_entries(sup: _Supernodal, perm: np.ndarray, solve: Any, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """``N^-1[i, j]`` from the supernodal factor of ``N[perm][:, perm]``.
+def _resolve_auto(N: scipy.sparse.csr_matrix, boxes: Any) -> str:
+    """The solver ``"auto"`` picks: the built-in ``"nd"`` for stamp geometry and a matrix
+    large enough for compiled kernels, else the first available (qdldl, else SuperLU)."""
+    if boxes is not None and N.nnz >= _compiled.COMPILED_MIN_NNZ:
+        return "nd"
+    return available_solvers()[0]
 
-    Pairs on the factor's pattern come from the selected inversion; the rare pairs of
-    ``N``'s pattern that a factor dropped (an entry that cancelled to exactly 0) are read
-    from solves with the unit vectors of their columns.
-    """
-    iperm = np.empty_like(perm)
-    iperm[perm] = np.arange(perm.size)
-    values, found = sup.inv_entries(iperm[np.asarray(i)], iperm[np.asarray(j)])
-    if not found.all():
-        miss = np.flatnonzero(~found)
-        cols, inv = np.unique(np.asarray(j)[miss], return_inverse=True)
-        E = np.zeros((perm.size, cols.size))
-        E[cols, np.arange(cols.size)] = 1.0
-        Z = solve(E)
-        values[miss] = Z[np.asarray(i)[miss], inv]
-    return values
+
+def _solver_name(factor: Any, requested: str) -> str:
+    """The solver that made ``factor`` (``"auto"`` resolved; an empty factor: the default)."""
+    name = getattr(factor, "name", "")
+    if name in ("nd", "qdldl", "superlu", "cholmod"):
+        return name
+    return available_solvers()[0] if requested in ("auto", "nd") else requested
 
 
 def _factorize(
-    N: scipy.sparse.csr_matrix, solver: str, reuse: Any = None
+    N: scipy.sparse.csr_matrix, solver: str, reuse: Any = None, boxes: Any = None
 ) -> _SupernodalFactor | _EmptyFactor:
     """Factorise the SPD matrix whose lower triangle is ``N``; raise ``_NotPositiveDefinite``.
 
     ``reuse``: a previous factor whose symbolic analysis is taken over when ``N`` has its
     pattern (qdldl only), or True; either way the new factor keeps its own analysis for the
-    next one. None: neither.
+    next one. None: neither. ``boxes``: the stamp boxes of the parameters
+    (:func:`.ordering.stamp_boxes`) for the nested-dissection ordering of ``"nd"``; without
+    them ``"nd"`` falls back to qdldl.
     """
     if N.shape[0] == 0:
         return _EmptyFactor()
+    if solver == "auto":
+        # a reused symbolic analysis is qdldl's (prepare_normal_equations(..., reuse=))
+        solver = _resolve_auto(N, None if reuse is not None and reuse is not False else boxes)
+    if solver == "nd":
+        if boxes is not None:
+            from .supernodal import _NDFactor
+
+            return _NDFactor(N, boxes)
+        solver = available_solvers()[0]
     if solver == "qdldl":
         prev = reuse if isinstance(reuse, _QDLDLFactor) else None
         return _QDLDLFactor(N, reuse=prev, keep_symbolic=reuse is not None and reuse is not False)
@@ -554,14 +561,15 @@ def _diagnose_singular(N: scipy.sparse.csr_matrix) -> np.ndarray:
 
 
 def _factorize_or_raise(
-    N: scipy.sparse.csr_matrix, idx: np.ndarray | None, solver: str, reuse: Any = None
+    N: scipy.sparse.csr_matrix, idx: np.ndarray | None, solver: str, reuse: Any = None, boxes: Any = None
 ) -> Any:
-    """``_factorize(N, solver, reuse)``, raising :class:`SingularNormalMatrixError` naming the sources.
+    """``_factorize(N, solver, reuse, boxes)``, raising :class:`SingularNormalMatrixError` naming
+    the sources.
 
     ``idx`` maps the rows of ``N`` to sources (None: the identity).
     """
     try:
-        return _factorize(N, solver, reuse)
+        return _factorize(N, solver, reuse, boxes)
     except _NotPositiveDefinite as exc:
         cols = exc.columns if exc.columns is not None else _diagnose_singular(N)
         cols = np.sort(cols if idx is None else idx[cols])

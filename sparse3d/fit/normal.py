@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
+from .. import _compiled
 from ..core import Sparse3D
 from ._checks import (
     _check_data_finite,
@@ -26,10 +27,11 @@ from ._checks import (
     _inverse_variance,
 )
 from ._inputs import _check_mask_values
-from .assemble import _design_csr, _row_scale, _scaled_normal_matrix
+from .assemble import _design_matrix, _regular_corners, _row_scale, _scaled_normal_matrix
 from .background import as_background
 from .diagnostics import _chi2
-from .factor import _factorize_or_raise
+from .factor import _factorize_or_raise, _solver_name
+from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
 
 
@@ -71,9 +73,11 @@ class NormalEquations:
 
     Attributes
     ----------
-    design : scipy.sparse.csr_matrix
+    design : scipy.sparse.csr_matrix or scipy.sparse.csc_matrix
         The design matrix ``A``, shape ``(npix, n)``, float64 with canonical
-        indices, unweighted and unmasked (for models and chi-square).
+        indices, unweighted and unmasked (for models and chi-square). For a Sparse3D of
+        regular stamps it is built on first access only: the right-hand sides come from the
+        stamps directly.
     ivar : numpy.ndarray or None
         Scaled inverse variances ``s^2 diag(C^-1)`` = ``(err_scale / errors)**2``, shape
         ``(npix,)``, 0 on masked pixels; None for unit errors without a mask.
@@ -91,7 +95,7 @@ class NormalEquations:
         (all columns at once) and ``factor.inv_diag()`` for
         ``diag(N'^-1)``.
     solver : str
-        ``"qdldl"``, ``"superlu"`` or ``"cholmod"``: the solver that factorised ``N'``.
+        ``"nd"``, ``"qdldl"``, ``"superlu"`` or ``"cholmod"``: the solver that factorised ``N'``.
     col_scale : numpy.ndarray
         ``(n + nb,)`` powers of two, the diagonal of ``D``.
     err_scale : float
@@ -106,7 +110,7 @@ class NormalEquations:
 
     def __init__(
         self,
-        design: scipy.sparse.csr_matrix,
+        design: scipy.sparse.csr_matrix | scipy.sparse.csc_matrix | Sparse3D,
         ivar: np.ndarray | None,
         keep: np.ndarray | None,
         prior_rhs: np.ndarray | None,
@@ -117,7 +121,9 @@ class NormalEquations:
         err_scale: float = 1.0,
         background: scipy.sparse.csr_matrix | None = None,
     ) -> None:
-        self.design = design
+        # a Sparse3D of regular stamps: its sparse matrix is made on first access of .design
+        self._design = design
+        self._stamps = _regular_stamps(design)
         self.background = background
         self.gram: scipy.sparse.csr_matrix | None = None
         self.ivar = ivar
@@ -128,7 +134,8 @@ class NormalEquations:
         self.factor = factor
         self.solver = solver
         nb = 0 if background is None else background.shape[1]
-        self.col_scale = np.ones(design.shape[1] + nb) if col_scale is None else col_scale
+        nsrc = design.nsources if isinstance(design, Sparse3D) else design.shape[1]
+        self.col_scale = np.ones(nsrc + nb) if col_scale is None else col_scale
         self.err_scale = float(err_scale)
         self._idx = None if free.all() else np.flatnonzero(free)
         self._weighted: scipy.sparse.csr_matrix | None = None
@@ -157,9 +164,13 @@ class NormalEquations:
         have ``n + nb`` entries. ``reuse`` is :func:`prepare_normal_equations`'s.
         """
         G, c = _scaled_normal_matrix(design, ivar)
+        if isinstance(A_csr, Sparse3D) and not np.all(np.isfinite(G.data)):
+            raise ValueError("A contains non-finite values")  # no sparse matrix checked it
         if background is not None:
             from ._joint import _with_background_block
 
+            if isinstance(A_csr, Sparse3D):
+                A_csr = _design_matrix(A_csr)
             G, c = _with_background_block(G, c, A_csr, background, ivar)
         gram = G
         has_prior = bool(np.any(prior_prec > 0))
@@ -175,18 +186,28 @@ class NormalEquations:
         if has_prior:
             Nmat = Nmat + scipy.sparse.diags(pp if idx is None else pp[idx], format="csr")
         prev = reuse.factor if isinstance(reuse, NormalEquations) else (reuse or None)
-        factor = _factorize_or_raise(Nmat, idx, solver, prev)
+        boxes = stamp_boxes(design, idx) if solver in ("auto", "nd") else None
+        factor = _factorize_or_raise(Nmat, idx, solver, prev, boxes)
+        solver = _solver_name(factor, solver)
         del Nmat
         out = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale, background)
         out.gram = gram
         out._prior_prec = pp if has_prior else None
         return out
 
+    @property
+    def design(self) -> scipy.sparse.csr_matrix | scipy.sparse.csc_matrix:
+        """The design matrix ``A`` (see the class docstring), built on first access."""
+        if isinstance(self._design, Sparse3D):
+            self._design = _design_matrix(self._design)
+        return self._design
+
     # -- facts -----------------------------------------------------------
     @property
     def n_sources(self) -> int:
         """Number of sources ``n`` (columns of the design matrix)."""
-        return self.design.shape[1]
+        d = self._design
+        return d.nsources if isinstance(d, Sparse3D) else d.shape[1]
 
     @property
     def n_params(self) -> int:
@@ -196,7 +217,9 @@ class NormalEquations:
     @property
     def n_pixels(self) -> int:
         """Number of unmasked pixels."""
-        return self.design.shape[0] if self.keep is None else int(self.keep.sum())
+        d = self._design
+        npix = d._structure.npixels if isinstance(d, Sparse3D) else d.shape[0]
+        return npix if self.keep is None else int(self.keep.sum())
 
     @property
     def unconstrained(self) -> np.ndarray:
@@ -218,6 +241,11 @@ class NormalEquations:
         single image. When the frames outweigh the design (``npix * k > 4 nnz(A)``: many frames
         on a small design) the weighted copy is made once and kept.
         """
+        if self._stamps is not None and self._weighted is None:
+            U = D if self.ivar is None else (self.ivar if D.ndim == 1 else self.ivar[:, None]) * D
+            if self.keep is not None:  # masked pixels may hold NaN or inf: zeroed
+                U = np.where(self.keep if D.ndim == 1 else self.keep[:, None], U, 0.0)
+            return _stamp_rhs(self._stamps, U)
         if self.ivar is None:
             return self.design.T @ D
         if self._weighted is not None:
@@ -409,7 +437,7 @@ class NormalEquations:
         faster.  Solving with them gives the same weights.
         """
         out = NormalEquations(
-            self.design,
+            self._design,
             self.ivar,
             self.keep,
             self.prior_rhs,
@@ -425,6 +453,8 @@ class NormalEquations:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
+        state["_design"] = self.design  # the sparse matrix ships, not the stamps
+        state["_stamps"] = None
         state["factor"] = self.factor.portable()
         state["_weighted"] = None
         state["_weighted_background"] = None
@@ -462,8 +492,9 @@ def prepare_normal_equations(
     factorisation reuses its symbolic analysis (the fill-reducing ordering and elimination
     tree; about 40 % of a ``qdldl`` factorisation) and only refactorises numerically; else it
     starts afresh. ``reuse=True`` on the first call keeps that analysis for the next one.
-    Only the ``"qdldl"`` solver reuses; the others ignore it. The previous equations stay
-    valid (they keep their own numeric factor).
+    Only the ``"qdldl"`` solver reuses (with ``reuse``, ``solver="auto"`` picks it rather
+    than ``"nd"``); the others ignore it. The previous equations stay valid (they keep their
+    own numeric factor).
 
     Returns
     -------
@@ -505,7 +536,7 @@ def prepare_normal_equations(
     if B is not None:
         bprec, bmu = bg.prior(B.shape[1])
         prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
-    A_csr = _design_csr(A)
+    A_csr = _fit_design(A)
     ivar1 = None if ivar is None else ivar[:, 0]
     keep1 = None if keep is None else keep[:, 0]
     if not (reuse is None or isinstance(reuse, (bool, NormalEquations))):
@@ -513,3 +544,37 @@ def prepare_normal_equations(
             f"reuse must be None, True or the NormalEquations of a previous call, got {type(reuse).__name__}"
         )
     return NormalEquations._build(A, A_csr, ivar1, keep1, prior_prec, mu, solver, err_scale, B, reuse)
+
+
+def _fit_design(A: Any) -> Sparse3D | scipy.sparse.csr_matrix | scipy.sparse.csc_matrix:
+    """What a fit holds as its design: a Sparse3D of regular stamps large enough for the
+    compiled kernels as it is (right-hand sides from the stamps, its sparse matrix only on
+    demand), anything else as its sparse matrix (:func:`._design_matrix`)."""
+    if _regular_stamps(A) is not None:
+        return A
+    return _design_matrix(A)
+
+
+def _regular_stamps(A: Any) -> tuple | None:
+    """``(values, r0, c0, (H, W), (imr, imc))`` of a large Sparse3D of regular stamps, else None.
+
+    ``values`` float64, C order, read-only (the one compiled signature).
+    """
+    if not isinstance(A, Sparse3D) or A._structure.grouped or A._values.size < _compiled.COMPILED_MIN_NNZ:
+        return None
+    corners = _regular_corners(A)
+    if corners is None:
+        return None
+    values = np.ascontiguousarray(A._values, dtype=np.float64).view()
+    values.flags.writeable = False
+    return values, corners[0], corners[1], A.imshape, A.imcorner
+
+
+def _stamp_rhs(stamps: tuple, U: np.ndarray) -> np.ndarray:
+    """``A^T U`` (``U`` ``(npix,)`` or ``(npix, k)``) from the regular stamps ``stamps``."""
+    from ._rhs_kernels import stamp_rhs
+
+    values, r0, c0, (H, W), (imr, imc) = stamps
+    U2 = np.ascontiguousarray(np.asarray(U, dtype=np.float64).reshape(U.shape[0], -1))
+    out = stamp_rhs(values, r0, c0, U2, H, W, imr, imc)
+    return out[:, 0] if U.ndim == 1 else out

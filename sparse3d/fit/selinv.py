@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import scipy.linalg
 import scipy.sparse
 from scipy.linalg import lapack
 
@@ -51,6 +54,23 @@ def _close_pattern(L: scipy.sparse.csc_matrix) -> scipy.sparse.csc_matrix:
     return scipy.sparse.csc_matrix((np.concatenate(out_vals), np.concatenate(out_rows), indptr), shape=(n, n))
 
 
+def _tri_inverse(block: np.ndarray) -> np.ndarray:
+    """The inverse of a lower-triangular block (zeros above its diagonal)."""
+    if block.shape[0] == 1:
+        return 1.0 / block
+    # the strict upper part of the input is zero, so is the output's
+    linv, info = lapack.dtrtri(block, lower=1)
+    if info != 0:
+        raise RuntimeError("internal error: singular diagonal block")
+    return linv
+
+
+def _tri_solve(block: np.ndarray, x: np.ndarray, transpose: bool) -> np.ndarray:
+    """``block^-1 x`` (``block^-T x`` with ``transpose``) for a lower-triangular block."""
+    trans = 1 if transpose else 0
+    return scipy.linalg.solve_triangular(block, x, lower=True, trans=trans, check_finite=False)
+
+
 class _Supernodal:
     """Dense-block view of a lower Cholesky factor ``L`` (``N = L L^T``).
 
@@ -79,7 +99,6 @@ class _Supernodal:
         ends = np.append(starts[1:], n)
         ns = ends - starts
         height = cnt[starts]  # ns + m
-        sup_of_col = np.repeat(np.arange(starts.size), ns)
         # Copy L into one flat buffer holding the (ns + m, ns) blocks one after
         # the other, each in column-major order: the entries of a column are
         # then contiguous, starting at its diagonal.
@@ -92,31 +111,60 @@ class _Supernodal:
         buf = np.zeros(int(offsets[-1]))
         buf[dest] = dat
         del dest
+        rows = [ind[ptr[f] + k : ptr[f + 1]].copy() for f, k in zip(starts.tolist(), ns.tolist())]
+        self._init_blocks(n, starts, offsets, buf, rows)
+
+    @classmethod
+    def from_blocks(
+        cls,
+        starts: np.ndarray,
+        offsets: np.ndarray,
+        buf: np.ndarray,
+        rows: list[np.ndarray],
+        invert: bool = True,
+    ) -> _Supernodal:
+        """The factor from its blocks: supernode ``s`` has columns ``starts[s]:starts[s + 1]``
+        (``starts`` has ``nsup + 1`` entries), the rows ``rows[s]`` below them, and its
+        ``(k + m, k)`` block in column-major order at ``buf[offsets[s]:offsets[s + 1]]``
+        (zeros above the diagonal). ``invert=False`` keeps no inverse diagonal blocks (as
+        much memory as ``sum k^2``, 0.4 GB at a million sources): the selected inversion
+        inverts each once as it goes, and solves use triangular solves."""
+        self = cls.__new__(cls)
+        self._init_blocks(int(starts[-1]), np.asarray(starts[:-1]), offsets, buf, rows, invert)
+        return self
+
+    def _init_blocks(
+        self,
+        n: int,
+        starts: np.ndarray,
+        offsets: np.ndarray,
+        buf: np.ndarray,
+        rows: list[np.ndarray],
+        invert: bool = True,
+    ) -> None:
+        ends = np.append(starts[1:], n)
+        ns = ends - starts
+        height = ns + np.array([r.size for r in rows], dtype=np.int64)
+        sup_of_col = np.repeat(np.arange(starts.size), ns)
         self.n = n
         self.starts = starts
         self.ends = ends
         self.rows: list[np.ndarray] = []  # rows below the diagonal block
-        self.linv: list[np.ndarray] = []  # inverse of the diagonal block
+        # inverse of the diagonal block, or None where it is computed when needed (``invert``)
+        self.linv: list[np.ndarray | None] = []
+        self.ldiag: list[np.ndarray] = []  # the diagonal block (lower triangular)
         self.lbelow: list[np.ndarray] = []  # block of L below the diagonal
         parent = np.full(starts.size, -1, dtype=np.int64)
         with single_threaded_blas():
-            for s_, (f, k, h, o) in enumerate(
-                zip(starts.tolist(), ns.tolist(), height.tolist(), offsets.tolist())
-            ):
+            for s_, (k, h, o) in enumerate(zip(ns.tolist(), height.tolist(), offsets.tolist())):
                 block = buf[o : o + h * k].reshape(k, h).T
-                if k == 1:
-                    linv = 1.0 / block[:1]
-                else:
-                    # the strict upper part of the input is zero, so is the output's
-                    linv, info = lapack.dtrtri(block[:k], lower=1)
-                    if info != 0:
-                        raise RuntimeError("internal error: singular diagonal block")
-                self.linv.append(linv)
+                self.ldiag.append(block[:k])
+                self.linv.append(_tri_inverse(block[:k]) if invert or k == 1 else None)
                 self.lbelow.append(block[k:])
-                rows = ind[ptr[f] + k : ptr[f + 1]].copy()  # do not pin L's index array
-                self.rows.append(rows)
-                if rows.size:
-                    parent[s_] = sup_of_col[rows[0]]
+                r = rows[s_]
+                self.rows.append(r)
+                if r.size:
+                    parent[s_] = sup_of_col[r[0]]
         self.parent = parent
 
     def solve(self, b: np.ndarray) -> np.ndarray:
@@ -129,7 +177,8 @@ class _Supernodal:
     def _solve_inplace(self, x: np.ndarray) -> None:
         for s in range(self.starts.size):
             f, e = self.starts[s], self.ends[s]
-            xs = self.linv[s] @ x[f:e]
+            linv = self.linv[s]
+            xs = linv @ x[f:e] if linv is not None else _tri_solve(self.ldiag[s], x[f:e], False)
             x[f:e] = xs
             if self.rows[s].size:
                 r = self.rows[s]
@@ -139,7 +188,8 @@ class _Supernodal:
             xs = x[f:e]
             if self.rows[s].size:
                 xs = xs - self.lbelow[s].T @ x[self.rows[s]]
-            x[f:e] = self.linv[s].T @ xs
+            linv = self.linv[s]
+            x[f:e] = linv.T @ xs if linv is not None else _tri_solve(self.ldiag[s], xs, True)
 
     def inv_diag(self) -> np.ndarray:
         """Return ``diag((L L^T)^-1)`` by supernodal selected inversion.
@@ -186,6 +236,8 @@ class _Supernodal:
             f, e = int(self.starts[s]), int(self.ends[s])
             ns = e - f
             linv = self.linv[s]
+            if linv is None:
+                linv = _tri_inverse(self.ldiag[s])
             rows = self.rows[s]
             zss = linv.T @ linv
             if rows.size:
@@ -224,3 +276,23 @@ class _Supernodal:
                     front[ns:, ns:] = zrr
                 fronts[s] = (np.concatenate([np.arange(f, e), rows]), front)
         return diag
+
+
+def _inv_entries(sup: _Supernodal, perm: np.ndarray, solve: Any, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """``N^-1[i, j]`` from the supernodal factor of ``N[perm][:, perm]``.
+
+    Pairs on the factor's pattern come from the selected inversion; the rare pairs of
+    ``N``'s pattern that a factor dropped (an entry that cancelled to exactly 0) are read
+    from solves with the unit vectors of their columns.
+    """
+    iperm = np.empty_like(perm)
+    iperm[perm] = np.arange(perm.size)
+    values, found = sup.inv_entries(iperm[np.asarray(i)], iperm[np.asarray(j)])
+    if not found.all():
+        miss = np.flatnonzero(~found)
+        cols, inv = np.unique(np.asarray(j)[miss], return_inverse=True)
+        E = np.zeros((perm.size, cols.size))
+        E[cols, np.arange(cols.size)] = 1.0
+        Z = solve(E)
+        values[miss] = Z[np.asarray(i)[miss], inv]
+    return values

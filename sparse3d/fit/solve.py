@@ -29,10 +29,10 @@ from ._checks import (
     _inverse_variance,
 )
 from ._inputs import _read_inputs
-from .assemble import _design_csr
+from .assemble import _design_matrix
 from .background import as_background
 from .diagnostics import _FitContext, _Group
-from .normal import NormalEquations
+from .normal import NormalEquations, _fit_design
 from .result import FitResult, _warn_unconstrained, _weights_err
 
 
@@ -112,9 +112,11 @@ def fit_design(
         If True (default) ``weights_err``, ``background_err`` and :meth:`FitResult.covariance`
         are available; they are computed on first access and keep the factorisation
         alive.  If False they are None and the factorisation is freed.
-    solver : {"auto", "cholmod", "superlu"}, optional
-        Sparse solver.  ``"auto"`` uses CHOLMOD when ``cvxopt`` is installed
-        and SciPy's SuperLU otherwise.
+    solver : {"auto", "nd", "qdldl", "superlu", "cholmod"}, optional
+        Sparse solver.  ``"auto"`` uses the built-in ``"nd"`` (nested dissection from the
+        stamp positions, supernodal Cholesky) for a large design of regular stamps, else
+        ``"qdldl"`` (AMD ordering); ``"superlu"`` is SciPy's; ``"cholmod"`` needs the
+        optional, GPL-licensed ``cvxopt``.
 
     Returns
     -------
@@ -222,7 +224,16 @@ def fit_design(
     if B is not None:
         bprec, bmu = bg.prior(B.shape[1])
         prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
-    A_csr = _design_csr(A)
+    # a large Sparse3D of regular stamps stays one (right-hand sides from the stamps); its
+    # sparse matrix is made only if the model or a diagnostic asks for it
+    A_fit = _fit_design(A)
+    made: list = []
+
+    def design_matrix() -> Any:
+        if not made:
+            made.append(_design_matrix(A_fit) if isinstance(A_fit, Sparse3D) else A_fit)
+        return made[0]
+
     m = n if B is None else n + B.shape[1]
 
     # ---- one factorisation per distinct error map and mask --------------
@@ -230,13 +241,15 @@ def fit_design(
     chi2 = np.zeros(k)
     fit_groups: list[_Group] = []
     unconstrained = np.zeros(n, dtype=bool)
+    used = solver
     for gi, frames in enumerate(groups):
         keep_g = None
         if keep is not None:
             keep_g = keep[:, int(frames[0])] if per_frame_mask else keep[:, 0]
         ivar_g = None if ivar is None else ivar[:, gi]
-        ne = NormalEquations._build(A, A_csr, ivar_g, keep_g, prior_prec, mu, solver, err_scale, B)
+        ne = NormalEquations._build(A, A_fit, ivar_g, keep_g, prior_prec, mu, solver, err_scale, B)
         unconstrained |= ne.unconstrained
+        used = ne.solver  # "auto" resolved by the first factorisation
         if len(groups) == 1:
             params, chi2 = ne.solve(D, return_chi2=True)
         else:
@@ -249,11 +262,11 @@ def fit_design(
     # ---- model, diagnostics (chi-square came with the solution) ---------
     wz = np.where(np.isnan(params), 0.0, params)
     context = _FitContext(
-        A_csr, B, D, (H, W), stack, ivar, col_of_frame, keep, saturated, fit_groups, wz, err_scale
+        design_matrix, B, D, (H, W), stack, ivar, col_of_frame, keep, saturated, fit_groups, wz, err_scale
     )
 
     def model_fn() -> np.ndarray:
-        M = A_csr @ (wz[:n] if stack else wz[:n, 0])
+        M = design_matrix() @ (wz[:n] if stack else wz[:n, 0])
         if B is not None:
             M += B @ (wz[n:] if stack else wz[n:, 0])
         return M.reshape(H, W, k) if stack else M.reshape(H, W)
@@ -270,7 +283,7 @@ def fit_design(
         chi2=chi2 if stack else float(chi2[0]),
         n_pixels=n_pixels,
         unconstrained=unconstrained,
-        solver=solver,
+        solver=used,
         n_factorizations=len(groups),
         _model_fn=model_fn,
         _weights_err_fn=weights_err_fn,
