@@ -217,7 +217,10 @@ def _compiled(name: str):
 
         global _prefetch
         if isinstance(_prefetch, FunctionType):  # still the Python stub (numba freezes globals)
-            _prefetch = _prefetch_intrinsic()
+            try:
+                _prefetch = _prefetch_intrinsic()
+            except Exception:  # noqa: BLE001 - a hint only: an llvmlite without it gets a no-op
+                _prefetch = numba.njit(lambda a, j: None)
         fn = numba.njit(cache=True, nogil=True)(globals()[name])
         _kernels._COMPILED[key] = fn
     return fn
