@@ -223,3 +223,26 @@ def test_stamp_right_hand_side_model_and_residuals(compiled_kernels):
     np.testing.assert_allclose(res.model.ravel(), A @ res.weights, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(res.residuals.ravel(), d.ravel() - A @ res.weights, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(res.chi2, np.sum(((d.ravel() - A @ res.weights) / 0.7) ** 2), rtol=1e-9)
+
+
+def test_nd_kernels_compile_one_signature(compiled_kernels):
+    # precompile() compiles the signatures the nd path calls: a fit with one and several frames
+    # and weights_err (loops and BLAS supernodes) adds no second specialisation of any kernel
+    import importlib
+
+    import sparse3d
+
+    sparse3d.precompile()
+    rng = np.random.default_rng(9)
+    n, size = 1500, 120
+    r0, c0 = rng.integers(0, size, n), rng.integers(0, size, n)
+    R, C = np.mgrid[:10, :10]
+    S = Sparse3D(rng.uniform(0.1, 1, (10, 10, n)), R[:, :, None] + r0, C[:, :, None] + c0, (size, size))
+    prior = dict(prior_mu=np.zeros(n), prior_sigma=np.ones(n))
+    for d in (rng.normal(size=(size, size)), rng.normal(size=(size, size, 40))):
+        res = fit_design(S, d, imshape=S.imshape, solver="nd", **prior)
+        assert res.solver == "nd" and np.all(res.weights_err > 0)
+    for name in ("_ordering_kernels", "_supernodal_kernels", "_selinv_kernels"):
+        module = importlib.import_module(f"sparse3d.fit.{name}")
+        for kernel in module.SIGNATURES:
+            assert len(getattr(module, kernel).signatures) == 1, (name, kernel)

@@ -43,7 +43,8 @@ Where each concept lives
     ``solver="nd"``: symbolic analysis, multifrontal numeric factorisation and solves
     (``_supernodal_kernels.py``), the factor written once as the blocks of ``selinv.py``.
 ``selinv.py``
-    The supernodal Cholesky blocks: blocked solves and the selected inversion.
+    The supernodal Cholesky blocks: blocked solves and the selected inversion (compiled over
+    the ``"nd"`` factor's blocks in ``_selinv_kernels.py``).
 ``result.py``
     :class:`FitResult`, :class:`SingularNormalMatrixError`,
     :class:`UnconstrainedSourceWarning`; chi-square and weight uncertainties.

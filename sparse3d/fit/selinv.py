@@ -303,8 +303,8 @@ def _blocks_inv_diag(
 ) -> np.ndarray:
     """``diag((L L^T)^-1)`` for ``L`` in the flat block layout of the built-in factorisation
     (:func:`._supernodal_kernels.multifrontal`): the sweep of :meth:`_Supernodal.inv_diag`
-    compiled (:func:`._supernodal_kernels.selinv_diag`), its large supernodes in BLAS here."""
-    from ._supernodal_kernels import selinv_diag
+    compiled (:func:`._selinv_kernels.selinv_diag`), its large supernodes in BLAS here."""
+    from ._selinv_kernels import selinv_diag
 
     nsup = sstart.size - 1
     k = np.diff(sstart)
