@@ -17,7 +17,17 @@ from .ordering import Boxes, nested_dissection_order
 from .selinv import _blocks_inv_diag, _Supernodal
 
 
-def _multifrontal(sstart, sptr, srows, sparent, cptr, cind, cval, stack_size, hmax):  # type: ignore[no-untyped-def]
+def _multifrontal(
+    sstart: np.ndarray,
+    sptr: np.ndarray,
+    srows: np.ndarray,
+    sparent: np.ndarray,
+    cptr: np.ndarray,
+    cind: np.ndarray,
+    cval: np.ndarray,
+    stack_size: int,
+    hmax: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The numeric factorisation: :func:`._supernodal_kernels.multifrontal` runs the sweep and
     hands the large fronts back, whose first ``k`` columns are factorised here by LAPACK
     (``potrf``) and BLAS (``trsm``, ``syrk``). Returns ``(offsets, buf, pivots)``; raises
@@ -39,23 +49,8 @@ def _multifrontal(sstart, sptr, srows, sparent, cptr, cind, cval, stack_size, hm
     pending = np.empty(nsup, dtype=np.intp)
     nchild = np.bincount(sparent[sparent >= 0], minlength=nsup).astype(np.intp)
     ctr = np.zeros(2, dtype=np.intp)
-    args = (
-        sstart,
-        sptr,
-        srows,
-        cptr,
-        cind,
-        cval,
-        offsets,
-        buf,
-        pivots,
-        front,
-        stack,
-        pos,
-        pending,
-        nchild,
-        ctr,
-    )
+    state = (front, stack, pos, pending, nchild, ctr)
+    args = (sstart, sptr, srows, cptr, cind, cval, offsets, buf, pivots, *state)
     s = 0
     with single_threaded_blas():
         while True:
