@@ -223,3 +223,46 @@ def test_stamp_right_hand_side_model_and_residuals(compiled_kernels):
     np.testing.assert_allclose(res.model.ravel(), A @ res.weights, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(res.residuals.ravel(), d.ravel() - A @ res.weights, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(res.chi2, np.sum(((d.ravel() - A @ res.weights) / 0.7) ** 2), rtol=1e-9)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 200])
+@pytest.mark.parametrize("strip_bytes", [1, 1 << 19])  # 1: strips one stamp wide (many strips)
+def test_stamp_right_hand_side_many_frames(n, strip_bytes, monkeypatch, compiled_kernels):
+    # A^T U from the stamps (storage order for a few frames, strip order for many) against the
+    # dense product; each source's sums the same bits whatever the number of frames
+    from sparse3d.fit import normal
+
+    monkeypatch.setattr(normal, "_RHS_STRIP_BYTES", strip_bytes)
+    rng = np.random.default_rng(11 + n)
+    S = _scene(rng, n, stamp=(5, 3))
+    A = _dense(S) if n else np.zeros((np.prod(S.imshape), 0))
+    values = np.ascontiguousarray(S.data, dtype=np.float64)
+    values.flags.writeable = False  # the kernel's one compiled signature
+    r0, c0 = (np.ascontiguousarray(x[0, 0], dtype=np.intp) for x in (S.row, S.col))
+    stamps = (values, r0, c0, S.imshape, S.imcorner)
+    U = rng.normal(size=(A.shape[0], 100))
+    full = normal._stamp_rhs(stamps, U)
+    np.testing.assert_allclose(full, A.T @ U, rtol=1e-12, atol=1e-12)
+    one = normal._stamp_rhs(stamps, U[:, 7])
+    assert one.shape == (n,)
+    np.testing.assert_array_equal(one, full[:, 7])
+    for m in (1, 3, normal._RHS_ORDER_MIN_FRAMES - 1, normal._RHS_ORDER_MIN_FRAMES, 33):
+        np.testing.assert_array_equal(normal._stamp_rhs(stamps, U[:, -m:]), full[:, -m:])
+
+
+def test_stamp_right_hand_side_fit_of_many_frames(compiled_kernels):
+    # 33 and 100 frames through the whole fit (errors, mask, float32 stamps): the strip path
+    rng = np.random.default_rng(12)
+    S = _scene(rng, 120, dtype=np.float32)
+    A = _dense(S)
+    err = rng.uniform(0.5, 2.0, S.imshape)
+    mask = rng.random(S.imshape) < 0.1
+    for k in (33, 100):
+        d = rng.normal(size=(*S.imshape, k))
+        d[mask] = np.nan  # masked pixels may hold anything
+        res = fit_design(S, d, imshape=S.imshape, errors=err, mask=mask, solver="nd")
+        d0 = np.where(mask[:, :, None], 0.0, d)
+        w, _ = _reference(A, d0, err, ~mask.ravel(), np.zeros(S.nsources), 0.0)
+        np.testing.assert_allclose(res.weights, w, rtol=1e-9, atol=1e-11 * np.abs(w).max())
+        single = fit_design(S, d[:, :, 5], imshape=S.imshape, errors=err, mask=mask, solver="nd")
+        np.testing.assert_allclose(res.weights[:, 5], single.weights, rtol=1e-12, atol=1e-14)
