@@ -266,3 +266,22 @@ def test_stamp_right_hand_side_fit_of_many_frames(compiled_kernels):
         np.testing.assert_allclose(res.weights, w, rtol=1e-9, atol=1e-11 * np.abs(w).max())
         single = fit_design(S, d[:, :, 5], imshape=S.imshape, errors=err, mask=mask, solver="nd")
         np.testing.assert_allclose(res.weights[:, 5], single.weights, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_weighted_square_sum_kernel(weighted, masked):
+    # d^T C^-1 d per frame in one compiled pass (the chi-square of a fit from the stamps);
+    # masked pixels skipped whatever they hold; more pixels than one block of the kernel
+    from sparse3d.fit._rhs_kernels import weighted_square_sum
+
+    rng = np.random.default_rng(13)
+    D = rng.normal(size=(9000, 7))
+    ivar = rng.uniform(0.5, 2.0, 9000) if weighted else np.empty(0)
+    keep = rng.random(9000) > 0.2 if masked else np.empty(0, dtype=bool)
+    if masked:
+        D[~keep, 3] = np.nan
+    w = ivar if weighted else np.ones(9000)
+    k = keep if masked else np.ones(9000, dtype=bool)
+    ref = ((0.25 * D[k]) ** 2 * w[k, None]).sum(axis=0)
+    np.testing.assert_allclose(weighted_square_sum(D, ivar, keep, 0.25), ref, rtol=1e-13)

@@ -15,6 +15,7 @@ SIGNATURES = {
     "stamp_rhs": (
         f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, float64[:, ::1], intp, intp, intp, intp, {_I})"
     ),
+    "weighted_square_sum": "(float64[:, ::1], float64[::1], boolean[::1], float64)",
 }
 
 
@@ -74,4 +75,32 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order):  # pragma: no cover - c
                 for t in range(m):
                     acc[t] += v * u[t]
         out[k] = acc
+    return out
+
+
+@njit(cache=True, nogil=True)
+def weighted_square_sum(D, ivar, keep, scale):  # pragma: no cover - compiled
+    """``out[t] = sum over the kept pixels p of ivar[p] * (scale * D[p, t])**2``, in one pass.
+
+    ``ivar`` ``(npix,)`` or empty (unit weights); ``keep`` ``(npix,)`` or empty (every pixel;
+    masked pixels are skipped, whatever they hold). Sums per block of 4096 pixels, then the
+    blocks: the rounding of one long running sum is avoided.
+    """
+    npix, m = D.shape
+    out = np.zeros(m, dtype=np.float64)
+    part = np.empty(m, dtype=np.float64)
+    has_ivar = ivar.shape[0] > 0
+    has_keep = keep.shape[0] > 0
+    for p0 in range(0, npix, 4096):
+        part[:] = 0.0
+        for p in range(p0, min(p0 + 4096, npix)):
+            if has_keep and not keep[p]:
+                continue
+            w = ivar[p] if has_ivar else 1.0
+            d = D[p]
+            for t in range(m):
+                x = scale * d[t]
+                part[t] += w * (x * x)
+        for t in range(m):
+            out[t] += part[t]
     return out

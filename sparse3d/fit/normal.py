@@ -372,7 +372,15 @@ class NormalEquations:
         # data and errors in the same extreme unit
         s = self.err_scale
         xs, bs = (x, b) if s == 1.0 else (x / s, b / s)
-        dCd = _weighted_square_sum(D, self.ivar, self.keep, 1.0 / s)
+        if self._stamps is not None and D.dtype == np.float64 and D.flags.c_contiguous:
+            from ._rhs_kernels import weighted_square_sum  # numba is loaded: one pass, no temporaries
+
+            empty = np.empty(0)
+            ivar = empty if self.ivar is None else np.ascontiguousarray(self.ivar, dtype=np.float64)
+            keep = empty.astype(bool) if self.keep is None else np.ascontiguousarray(self.keep, dtype=bool)
+            dCd = weighted_square_sum(D, ivar, keep, 1.0 / s)
+        else:
+            dCd = _weighted_square_sum(D, self.ivar, self.keep, 1.0 / s)
         with np.errstate(invalid="ignore"):  # inf - inf: a chi-square beyond float range
             chi2 = dCd - np.einsum("ij,ij->j", xs, bs)
             if self.prior_rhs is not None:
