@@ -1279,6 +1279,7 @@ CASES += _psf_cases()
 
 # ---- scene fits: sparse3d.photometry (positions, jitter) -------------------------------------
 def _photometry_cases():
+    from sparse3d.fit import check_inputs
     from sparse3d.photometry import fit_jitter, fit_positions
     from sparse3d.psf import Gaussian
 
@@ -1305,7 +1306,7 @@ def _photometry_cases():
              pos(col=np.array([1.0, 2.0])), ValueError, "row and col must have the same length"),
         Case("positions-errors", "`fit_positions(..., errors=e)`, `e` with 0, negative or NaN values",
              pos(errors=np.zeros((12, 12))), ValueError,
-             "errors must be positive (np.inf marks a masked pixel)"),
+             "errors must be positive and finite in unmasked pixels"),
         Case("positions-errors-shape", "`fit_positions(..., errors=e)`, `e` of the wrong shape",
              pos(errors=np.ones((3, 3))), ValueError, "errors must have shape (12, 12)"),
         Case("positions-mask-dtype", "`fit_positions(..., mask=m)`, `m` not boolean",
@@ -1322,6 +1323,18 @@ def _photometry_cases():
              ValueError, "max_iter must be a non-negative integer"),
         Case("positions-imshape", "`fit_positions(..., imshape=(H, W))` not the shape of the image",
              pos(imshape=(10, 12)), ValueError, "imshape (10, 12) does not match the shape of data"),
+        Case("positions-dq-without-bits", "`fit_positions(..., dq=dq)` without `bad_bits`",
+             pos(dq=np.zeros((12, 12), dtype=np.uint16)), ValueError, "dq requires bad_bits"),
+        Case("positions-mask-dq-like", "`fit_positions(..., mask=dq)`, integers other than 0/1",
+             pos(mask=np.full((12, 12), 4)), ValueError, "look like a data-quality bitmask"),
+        Case("jitter-dq-shape", "`fit_jitter(..., dq=dq, bad_bits=b)`, `dq` of the wrong shape",
+             lambda: fit_jitter(G, stack, r, c, dq=np.zeros((3, 3), dtype=int), bad_bits=1), ValueError,
+             "mask must have shape"),
+        Case("check-inputs-ndim", "`sparse3d.fit.check_inputs(stack_3d, ndim=2)`",
+             lambda: check_inputs(stack, ndim=2), ValueError, "data must have shape (H, W), got 3-D"),
+        Case("check-inputs-imshape", "`sparse3d.fit.check_inputs(image, imshape=(H, W))`, another shape",
+             lambda: check_inputs(img, imshape=(3, 4)), ValueError,
+             "imshape (3, 4) does not match the shape of data"),
         Case("jitter-data-ndim", "`fit_jitter(psf, image_2d, row, col)`",
              lambda: fit_jitter(G, img, r, c), ValueError, "data must have shape (H, W, nframes)"),
         Case("jitter-shifts", "`fit_jitter(..., shifts=s)`, `s` not finite `(nframes, 2)`",

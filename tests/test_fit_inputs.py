@@ -321,3 +321,66 @@ def test_duck_nddata_with_a_unit_string(problem):
     )
     res = S.fit(duck)
     close(res.weights.to_value(u.adu), S.fit(d, errors=err).weights, rtol=1e-12)
+
+
+# ---- the public validator: sparse3d.fit.check_inputs -----------------------------------------
+def test_check_inputs_combines_every_mask_and_validates():
+    from sparse3d.fit import FitInputs, check_inputs
+
+    rng = np.random.default_rng(5)
+    H, W, K = 6, 7, 3
+    d = rng.normal(size=(H, W, K))
+    m_arg = np.zeros((H, W), dtype=bool)
+    m_arg[0, 0] = True
+    m_data = np.zeros((H, W, K), dtype=bool)
+    m_data[1, 2, 1] = True
+    err = np.ones((H, W))
+    err[2, 3] = np.inf
+    dq = np.zeros((H, W, K), dtype=np.uint8)
+    dq[4, 4, 2] = 0b10
+    dq[5, 5, 0] = 0b01  # not a bad bit
+    d[1, 2, 1] = np.nan  # masked by the data's own mask: allowed
+    inp = check_inputs(np.ma.MaskedArray(d, m_data), err, m_arg, dq=dq, bad_bits=0b10, ndim=3)
+    assert isinstance(inp, FitInputs) and inp.imshape == (H, W) and inp.unit is None
+    want = m_data | m_arg[:, :, None] | np.isinf(err)[:, :, None] | ((dq & 0b10) != 0)
+    assert inp.mask.dtype == bool and np.array_equal(inp.mask, want)
+    assert inp.data.dtype == np.float64 and np.array_equal(inp.data[~want], d[~want])
+    assert np.array_equal(inp.errors, err)
+    # nothing masked: mask None; a 2-D image
+    plain = check_inputs(d[:, :, 0])
+    assert plain.mask is None and plain.errors is None and plain.data.shape == (H, W)
+    # refusals
+    bad = d[:, :, 0].copy()
+    bad[3, 3] = np.inf
+    with pytest.raises(ValueError, match="data contains non-finite values in unmasked pixels"):
+        check_inputs(bad)
+    e0 = np.ones((H, W))
+    e0[1, 1] = 0.0
+    with pytest.raises(ValueError, match="errors must be positive and finite in unmasked pixels"):
+        check_inputs(d[:, :, 0], e0)
+    e0[1, 1] = np.nan
+    with pytest.raises(ValueError, match="errors must be positive and finite in unmasked pixels"):
+        check_inputs(d[:, :, 0], e0)
+    m0 = np.zeros((H, W), dtype=bool)
+    m0[1, 1] = True
+    check_inputs(d[:, :, 0], e0, m0)  # a NaN error on a masked pixel is fine
+    with pytest.raises(ValueError, match="errors must have shape"):
+        check_inputs(d, np.ones((H, W, 2)))
+    with pytest.raises(ValueError, match="data must have shape"):
+        check_inputs(np.ones(5))
+
+
+def test_check_inputs_nddata_with_units():
+    from sparse3d.fit import check_inputs
+
+    rng = np.random.default_rng(6)
+    d = rng.uniform(1, 2, (4, 5))
+    ivar = rng.uniform(1, 4, (4, 5))
+    ivar[0, 1] = 0.0  # no information: masked
+    nd = NDData(d * u.electron, uncertainty=InverseVariance(ivar / u.electron**2), unit=u.electron)
+    inp = check_inputs(nd)
+    assert inp.unit == u.electron
+    np.testing.assert_allclose(inp.errors[ivar > 0], 1 / np.sqrt(ivar[ivar > 0]))
+    assert inp.mask is not None and np.array_equal(inp.mask, ivar == 0)
+    with pytest.raises(ValueError, match="data has unit"):
+        check_inputs(d * u.electron, np.ones((4, 5)))

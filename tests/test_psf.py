@@ -444,3 +444,43 @@ def test_layering_core_does_not_import_psf():
         "assert not [m for m in sys.modules if m.startswith('scipy')]"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class _KeepsItsValues(Gaussian):
+    """A model that keeps a writeable handle on what it returns (a cache, say)."""
+
+    def _evaluate(self, p, params, wanted):
+        f, out = super()._evaluate(p, params, wanted)
+        self.kept = (f, out)
+        return f, out
+
+
+def test_designs_never_share_values_anyone_can_write_or_a_later_design_reuses():
+    """A design takes over the model's freshly computed buffers (no copy); that must never
+    let a model's own handle, or the buffer pool feeding the next design, change it."""
+    from sparse3d import _pool
+
+    rng = np.random.default_rng(4)
+    r, c = rng.uniform(-2, 30, 40), rng.uniform(-2, 30, 40)
+    with_pool = _pool.MIN_BYTES
+    _pool.MIN_BYTES = 0  # pool even these small buffers
+    try:
+        m = _KeepsItsValues(1.3)
+        L, d = m.design(r, c, (28, 28), (7, 7), derivatives=("row", "sigma"))
+        ref = (L.data.copy(), d["row"].data.copy(), d["sigma"].data.copy())
+        f, out = m.kept
+        f[...] = -1.0  # the model's handle is its own (the design copied)
+        out["row"][...] = -1.0
+        np.testing.assert_array_equal(L.data, ref[0])
+        np.testing.assert_array_equal(d["row"].data, ref[1])
+        g = Gaussian(1.3)
+        L1 = g.design(r, c, (28, 28), (7, 7))
+        keep = L1.data.copy()
+        for k in range(3):  # designs dying and being made: pooled buffers go round
+            g.design(r + k, c - k, (28, 28), (7, 7)).dot(np.ones(40))
+        np.testing.assert_array_equal(L1.data, keep)
+        assert not L1.data.flags.writeable and not L1._values.flags.writeable
+        dense = Gaussian(1.3).design(r, c, (28, 28), (7, 7)).todense()
+        np.testing.assert_array_equal(dense, L1.todense())
+    finally:
+        _pool.MIN_BYTES = with_pool

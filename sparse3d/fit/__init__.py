@@ -59,7 +59,9 @@ Where each concept lives
     covariance on the normal matrix's pattern (selected inversion).
 ``_inputs.py``
     The astronomer's containers read into plain arrays: masked arrays, NDData-like
-    objects, Quantities and units, ``errors=inf``, data-quality bitmasks.
+    objects, Quantities and units, ``errors=inf``, data-quality bitmasks;
+    :func:`check_inputs` (public: the layers above validate their images with it) returns
+    them validated as a :class:`FitInputs`.
 ``_checks.py``
     Input validation (shapes, masks, errors, priors, solver names).
 
@@ -67,6 +69,7 @@ This package imports SciPy; ``import sparse3d`` does not import it (the names ab
 loaded on first use).
 """
 
+from ._inputs import FitInputs, check_inputs
 from .assemble import normal_matrix
 from .background import BackgroundModel, BilinearGrid, Polynomial, as_background
 from .diagnostics import BLEND_THRESHOLD, FitFlags
@@ -81,6 +84,7 @@ __all__ = [
     "BackgroundModel",
     "BilinearGrid",
     "FitFlags",
+    "FitInputs",
     "FitResult",
     "Polynomial",
     "as_background",
@@ -88,6 +92,7 @@ __all__ = [
     "SingularNormalMatrixError",
     "UnconstrainedSourceWarning",
     "available_solvers",
+    "check_inputs",
     "fit_design",
     "normal_matrix",
     "prepare_normal_equations",

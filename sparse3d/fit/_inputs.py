@@ -14,6 +14,10 @@ mask and a unit, and refuses what it cannot read unambiguously:
 - integer data-quality arrays through ``dq=`` and ``bad_bits=``: a pixel is masked when
   ``dq & bad_bits != 0``.  An integer ``mask=`` that is not 0/1 is refused (it is almost
   certainly a DQ array).
+
+:func:`check_inputs` (public) adds the shape and value checks and returns a
+:class:`FitInputs`: the validation every fit of images does first, for the layers above
+(:mod:`sparse3d.photometry`) and for users' own fitting code.
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import _check_real
+from ._checks import (
+    _check_data_finite,
+    _check_errors,
+    _check_imshape,
+    _check_mask,
+    _check_real,
+)
 
 
 @dataclass
@@ -207,3 +217,117 @@ def _dq_mask(dq: Any, bad_bits: Any) -> np.ndarray:
     if isinstance(bad_bits, bool) or not isinstance(bad_bits, (int, np.integer)) or bad_bits <= 0:
         raise ValueError(f"bad_bits must be a positive int (a bitmask), got {bad_bits!r}")
     return (dq & int(bad_bits)) != 0
+
+
+@dataclass(frozen=True)
+class FitInputs:
+    """Images, uncertainties, mask and unit read and validated by :func:`check_inputs`.
+
+    Attributes
+    ----------
+    data : numpy.ndarray
+        float64, ``(H, W)`` or ``(H, W, k)`` (a stack along the last axis); plain values (no
+        mask, no unit). Masked pixels hold whatever the input held (possibly NaN).
+    errors : numpy.ndarray or None
+        float64 1-sigma uncertainties in the unit of ``data``, ``(H, W)`` or the shape of
+        ``data``; positive and finite on every unmasked pixel (``np.inf`` only where masked).
+        None: none given.
+    mask : numpy.ndarray or None
+        bool, ``(H, W)`` or ``(H, W, k)``, True = ignore: ``mask=``, the data's own mask,
+        ``errors=np.inf``, ``dq & bad_bits`` and an uncertainty's ``ivar == 0`` combined.
+        None when nothing is masked.
+    unit : astropy unit or None
+        The unit of ``data`` (and of ``errors``), if it carried one.
+    """
+
+    data: np.ndarray
+    errors: np.ndarray | None
+    mask: np.ndarray | None
+    unit: Any
+
+    @property
+    def imshape(self) -> tuple[int, int]:
+        """``(H, W)``."""
+        return self.data.shape[0], self.data.shape[1]
+
+
+def check_inputs(
+    data: Any,
+    errors: Any = None,
+    mask: Any = None,
+    *,
+    dq: Any = None,
+    bad_bits: int | None = None,
+    imshape: tuple[int, int] | None = None,
+    ndim: int | None = None,
+) -> FitInputs:
+    """Read and validate the image inputs of a fit: what :func:`fit_design` accepts.
+
+    Parameters
+    ----------
+    data : array_like, numpy.ma.MaskedArray, Quantity or NDData-like
+        One image ``(H, W)`` or a stack ``(H, W, k)``; a masked array's mask is honoured, an
+        ``NDData``/``CCDData``-like object's ``.mask``, ``.uncertainty`` and ``.unit`` are read
+        (see :func:`fit_design`).
+    errors : array_like, optional
+        1-sigma uncertainties, ``(H, W)`` or the shape of ``data``; ``np.inf`` masks a pixel.
+        A ``Quantity`` when the data has a unit.
+    mask : array_like of bool, optional
+        ``(H, W)`` or ``(H, W, k)``; True marks pixels to ignore (integers only as 0/1).
+    dq : array_like of int, optional
+        Data-quality bitmask, ``(H, W)`` or the shape of ``data``; requires ``bad_bits``.
+    bad_bits : int, optional
+        The bits of ``dq`` that mark bad pixels.
+    imshape : tuple of int, optional
+        ``(H, W)`` the data must have.
+    ndim : {2, 3}, optional
+        Require one image (2) or a stack (3).
+
+    Returns
+    -------
+    FitInputs
+
+    Raises
+    ------
+    ValueError
+        On a wrong shape, non-finite data in an unmasked pixel, errors that are not positive
+        and finite where unmasked, a non-boolean mask, contradictory units or an incomplete
+        ``dq``/``bad_bits`` pair; the message names the argument.
+    TypeError
+        On complex or non-numeric data or errors.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sparse3d.fit import check_inputs
+    >>> img = np.ma.masked_invalid([[1.0, np.nan], [3.0, 4.0]])
+    >>> inp = check_inputs(img, errors=np.ones((2, 2)))
+    >>> inp.mask.tolist(), inp.imshape
+    ([[False, True], [False, False]], (2, 2))
+    """
+    inputs = _read_inputs(data, errors, mask, dq, bad_bits)
+    D = np.asarray(inputs.data)
+    if ndim is not None and D.ndim != ndim:
+        want = "(H, W)" if ndim == 2 else "(H, W, nframes)"
+        raise ValueError(f"data must have shape {want}, got {D.ndim}-D shape {D.shape}")
+    if D.ndim not in (2, 3):
+        raise ValueError(f"data must have shape (H, W) or (H, W, k), got {D.ndim}-D shape {D.shape}")
+    D = D.astype(np.float64, copy=False)
+    H, W = D.shape[:2]
+    if imshape is not None and _check_imshape(imshape) != (H, W):
+        raise ValueError(f"imshape {tuple(imshape)} does not match the shape of data {D.shape}")
+    k = D.shape[2] if D.ndim == 3 else None
+    m = inputs.mask
+    if m is not None:
+        m = np.asarray(m, dtype=bool)
+        if k is not None and m.shape == (H, W, 1):
+            m = m[:, :, 0]
+    keep = _check_mask(m, H, W, k)  # (npix, 1 or k), None when nothing is masked
+    E = inputs.errors
+    if E is not None:
+        E = np.asarray(E, dtype=np.float64)
+        if E.shape not in ((H, W), D.shape):
+            raise ValueError(f"errors must have shape {(H, W)} or the shape of data {D.shape}, got {E.shape}")
+        _check_errors(E.reshape(H * W, -1), keep)
+    _check_data_finite(D.reshape(H * W, -1), keep)
+    return FitInputs(D, E, None if keep is None else m, inputs.unit)

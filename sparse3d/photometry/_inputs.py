@@ -1,9 +1,10 @@
 """Validation of what the scene fits take: images, error maps, masks, source positions.
 
-Every refusal names the argument and what was expected. The pixel weights the scene fits
-need for their own bookkeeping (per-source chi-square, column norms) are the inverse
-variances, 0 on masked pixels; what is handed down to :mod:`sparse3d.fit` is the
-equivalent ``errors``/``mask`` pair that layer accepts today.
+The images are read and validated by the fit layer's :func:`sparse3d.fit.check_inputs` (the
+one place that knows masked arrays, NDData, units, ``errors=inf`` and ``dq`` bitmasks); here
+they become the pixel weights the scene fits need for their own bookkeeping (per-source
+chi-square, column norms): the inverse variances, 0 on masked pixels, and the equivalent
+``errors``/``mask`` pair handed down to the fit layer. Every refusal names the argument.
 """
 
 from __future__ import annotations
@@ -41,61 +42,41 @@ class PixelWeights:
         return int(np.count_nonzero(self.ivar))
 
 
-def check_image(data: Any, *, ndim: int, name: str = "data") -> tuple[np.ndarray, np.ndarray | None]:
-    """``data`` as float64 with ``ndim`` dimensions, and the mask of a masked array (or None)."""
-    mask = None
-    if np.ma.isMaskedArray(data):
-        mask = np.ma.getmaskarray(data)
-        data = np.ma.getdata(data)
-    arr = np.asarray(data)
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
-    if arr.ndim != ndim:
-        shape = "(H, W)" if ndim == 2 else "(H, W, nframes)"
-        raise ValueError(f"{name} must have shape {shape}, got {arr.ndim}-D shape {arr.shape}")
-    return np.array(arr, dtype=np.float64), mask
+def pixel_weights(
+    data: Any,
+    errors: Any,
+    mask: Any,
+    *,
+    ndim: int,
+    dq: Any = None,
+    bad_bits: int | None = None,
+    imshape: Any = None,
+) -> PixelWeights:
+    """Validate the images (:func:`sparse3d.fit.check_inputs`) into :class:`PixelWeights`.
 
-
-def pixel_weights(data: Any, errors: Any, mask: Any, *, ndim: int) -> PixelWeights:
-    """Validate ``data`` (``ndim`` 2 or 3), ``errors`` and ``mask`` into :class:`PixelWeights`.
-
-    ``errors`` may be ``(H, W)`` or (for a stack) the shape of ``data``; ``np.inf`` marks a
-    pixel as masked. ``mask`` (True = ignore) may be ``(H, W)`` or the shape of ``data``; a
-    masked array's mask is combined with it. Non-finite data must be masked.
+    Everything the fit layer accepts is accepted here: ``data`` as an array, a masked array
+    or an ``NDData``-like object (its unit is dropped: fluxes come out in the data's unit),
+    ``errors`` ``(H, W)`` or the shape of ``data`` (``np.inf`` masks a pixel), ``mask``
+    ``(H, W)`` or the shape of ``data``, ``dq`` with ``bad_bits``.
     """
-    D, dmask = check_image(data, ndim=ndim)
+    from ..fit import check_inputs
+
+    inp = check_inputs(data, errors, mask, dq=dq, bad_bits=bad_bits, imshape=imshape, ndim=ndim)
+    D = np.array(inp.data, dtype=np.float64)  # a copy: masked pixels are zeroed below
     H, W = D.shape[:2]
-    allowed = {(H, W), D.shape}
-    bad = np.zeros(D.shape, dtype=bool) if dmask is None else dmask.copy()
-    if mask is not None:
-        m = np.asarray(mask)
-        if m.dtype != bool:
-            raise ValueError(f"mask must be a boolean array, got dtype {m.dtype}")
-        if m.shape not in allowed:
-            raise ValueError(f"mask must have shape {(H, W)} or the shape of data {D.shape}, got {m.shape}")
-        bad |= m if m.shape == D.shape else np.broadcast_to(m.reshape(m.shape + (1,) * (D.ndim - 2)), D.shape)
-    if errors is None:
-        E = np.ones((H, W))
-    else:
-        E = np.asarray(errors, dtype=np.float64)
-        if E.shape not in allowed:
-            raise ValueError(f"errors must have shape {(H, W)} or the shape of data {D.shape}, got {E.shape}")
-        if np.any(np.isnan(E)) or np.any(E <= 0):
-            raise ValueError("errors must be positive (np.inf marks a masked pixel); got NaN or values <= 0")
+    E = np.ones((H, W)) if inp.errors is None else inp.errors
+    m = np.zeros((H, W), dtype=bool) if inp.mask is None else inp.mask
     # one weight map per frame only when something differs between frames
-    per_frame = D.ndim == 3 and (E.shape == D.shape or dmask is not None or np.ndim(mask) == 3)
+    per_frame = D.ndim == 3 and (E.shape == D.shape or m.ndim == 3)
     if per_frame:
         Efull = np.broadcast_to(E if E.shape == D.shape else E[:, :, None], D.shape)
-        bad = bad | ~np.isfinite(Efull)
+        bad = np.broadcast_to(m if m.ndim == 3 else m[:, :, None], D.shape)
         with np.errstate(divide="ignore"):
             ivar = np.where(bad, 0.0, 1.0 / Efull**2)
     else:
-        bad2 = (bad if bad.ndim == 2 else bad.any(axis=2)) | ~np.isfinite(E)
         with np.errstate(divide="ignore"):
-            ivar = np.where(bad2, 0.0, 1.0 / E**2)
-        bad = bad2 if D.ndim == 2 else np.broadcast_to(bad2[:, :, None], D.shape)
-    if not np.all(np.isfinite(D[~bad])):
-        raise ValueError("data contains non-finite values in unmasked pixels (mask them)")
+            ivar = np.where(m, 0.0, 1.0 / E**2)
+        bad = m if D.ndim == 2 else np.broadcast_to(m[:, :, None], D.shape)
     D[bad] = 0.0
     # one (H, W) map for the fit layer: the mean weight over frames (exact when shared)
     iv2 = ivar if ivar.ndim == 2 else ivar.mean(axis=2)
@@ -134,16 +115,3 @@ def check_source_vector(value: Any, n: int, name: str, *, positive: bool = False
     if positive and not np.all(a > 0):
         raise ValueError(f"{name} must be > 0 (np.inf for none)")
     return a
-
-
-def check_imshape(imshape: Any, data: np.ndarray) -> tuple[int, int]:
-    """``imshape`` (default: the first two axes of ``data``), which must match ``data``."""
-    if imshape is None:
-        return data.shape[0], data.shape[1]
-    try:
-        H, W = (int(v) for v in imshape)
-    except (TypeError, ValueError):
-        raise ValueError(f"imshape must be a pair of ints (H, W), got {imshape!r}") from None
-    if (H, W) != data.shape[:2]:
-        raise ValueError(f"imshape {(H, W)} does not match the shape of data {data.shape}")
-    return H, W

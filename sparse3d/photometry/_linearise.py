@@ -103,7 +103,12 @@ def column_norms(ivar: np.ndarray, *arrays: Sparse3D) -> list[np.ndarray]:
 
 
 def gauss_newton_design(
-    L: Sparse3D, dR: Sparse3D, dC: Sparse3D, flux: np.ndarray, moving: np.ndarray
+    L: Sparse3D,
+    dR: Sparse3D,
+    dC: Sparse3D,
+    flux: np.ndarray,
+    moving: np.ndarray,
+    previous: Sparse3D | None = None,
 ) -> Sparse3D:
     """The Gauss-Newton design ``[L, f dL/drow, f dL/dcol]`` as one :class:`~sparse3d.Sparse3D`.
 
@@ -112,6 +117,11 @@ def gauss_newton_design(
     of the moving sources. ``L``, ``dR`` and ``dC`` share one structure (the PSF layer's), so
     the design is their stamps stacked along the source axis: the fit then builds its normal
     matrix straight from the stamps (no SciPy ``A^T A``).
+
+    ``previous``, the design of an earlier iteration: when it has exactly these stamps (same
+    moving sources, no stamp moved by a pixel) the new design shares its stamp structure
+    (:meth:`Sparse3D.with_data`), so the orderings the fit derives from a structure (its CSR
+    order, its stamp cells) are not computed again.
     """
     if moving.size == 0:
         return L
@@ -119,6 +129,18 @@ def gauss_newton_design(
     if len(L.stamp_shapes) > 1:  # several stamp groups: the array API joins them, group by group
         return np.concatenate([L, dR[:, :, moving] * fm, dC[:, :, moving] * fm], axis=2)
     data = np.concatenate([L.data, dR.data[..., moving] * fm, dC.data[..., moving] * fm], axis=2)
+    n = L.nsources
+    if (
+        previous is not None
+        and previous.shape[2] == n + 2 * moving.size
+        and previous.imshape == L.imshape
+        and previous.imcorner == L.imcorner
+        and np.array_equal(previous.row[..., :n], L.row)
+        and np.array_equal(previous.col[..., :n], L.col)
+        and np.array_equal(previous.row[..., n : n + moving.size], L.row[..., moving])
+        and np.array_equal(previous.col[..., n : n + moving.size], L.col[..., moving])
+    ):
+        return previous.with_data(data)
     row = np.concatenate([L.row, L.row[..., moving], L.row[..., moving]], axis=2)
     col = np.concatenate([L.col, L.col[..., moving], L.col[..., moving]], axis=2)
     return Sparse3D(data, row, col, L.imshape, L.imcorner)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from ._inputs import check_imshape, check_positions, pixel_weights
+from ._inputs import check_positions, pixel_weights
 from ._linearise import column_norms, design_at, stamp_shape_arg
 
 _MAX_HALVINGS = 6
@@ -158,6 +158,8 @@ def fit_jitter(
     imcorner: tuple[int, int] = (0, 0),
     errors: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    dq: np.ndarray | None = None,
+    bad_bits: int | None = None,
     shifts: np.ndarray | None = None,
     max_iter: int = 20,
     tol: float = 1e-5,
@@ -171,8 +173,10 @@ def fit_jitter(
     ----------
     psf : PSF model
         Anything with the :mod:`sparse3d.psf` ``design(..., derivatives=("row", "col"))``.
-    data : numpy.ndarray or numpy.ma.MaskedArray, shape (H, W, nframes)
-        The frames, stacked along the last axis (the layout ``S.dot(lightcurves)`` gives).
+    data : array_like, shape (H, W, nframes)
+        The frames, stacked along the last axis (the layout ``S.dot(lightcurves)`` gives): an
+        array, a masked array or an ``NDData``-like object, as :func:`sparse3d.fit.check_inputs`
+        accepts (fluxes come out in its unit, as plain numbers).
     row, col : numpy.ndarray, shape (nsources,)
         Star positions at zero shift (absolute pixels; integers are pixel centres).
     imshape, stamp_shape, imcorner
@@ -181,6 +185,11 @@ def fit_jitter(
         1-sigma uncertainties, ``(H, W)`` or the shape of ``data``; ``np.inf`` masks.
     mask : numpy.ndarray of bool, optional
         ``(H, W)`` or the shape of ``data``; True marks pixels to ignore.
+    dq : numpy.ndarray of int, optional
+        Data-quality bitmask, ``(H, W)`` or the shape of ``data``: pixels with
+        ``dq & bad_bits != 0`` are masked.
+    bad_bits : int, optional
+        The bits of ``dq`` that mark bad pixels; required with ``dq``.
     shifts : numpy.ndarray, optional
         ``(nframes, 2)`` start shifts; zeros by default. Gauss-Newton on a PSF of width
         ``sigma`` converges from anywhere within about ``sigma`` of the truth.
@@ -204,9 +213,9 @@ def fit_jitter(
     """
     from ..fit import prepare_normal_equations
 
-    pw = pixel_weights(data, errors, mask, ndim=3)
+    pw = pixel_weights(data, errors, mask, ndim=3, dq=dq, bad_bits=bad_bits, imshape=imshape)
     D = pw.data
-    H, W = check_imshape(imshape, D)
+    H, W = D.shape[:2]
     K = D.shape[2]
     r, c = check_positions(row, col)
     n = r.size

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..core import Sparse3D
-from ._inputs import check_imshape, check_positions, check_source_vector, pixel_weights
+from ._inputs import check_positions, check_source_vector, pixel_weights
 from ._linearise import (
     column_norms,
     design_at,
@@ -179,6 +179,8 @@ def fit_positions(
     imcorner: tuple[int, int] = (0, 0),
     errors: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    dq: np.ndarray | None = None,
+    bad_bits: int | None = None,
     background: Any = None,
     flux_prior_mu: float | np.ndarray | None = None,
     flux_prior_sigma: float | np.ndarray | None = None,
@@ -209,8 +211,11 @@ def fit_positions(
         Anything with the :mod:`sparse3d.psf` method
         ``design(row, col, imshape, stamp_shape=..., imcorner=..., derivatives=("row", "col"))``,
         e.g. ``sparse3d.psf.Gaussian(sigma=1.0)``.
-    data : numpy.ndarray or numpy.ma.MaskedArray, shape (H, W)
-        The image. A masked array's mask is honoured (combined with ``mask``).
+    data : array_like, shape (H, W)
+        The image: an array, a ``numpy.ma.MaskedArray`` (its mask is honoured, combined with
+        ``mask``) or an astropy ``NDData``/``CCDData``-like object (its mask and uncertainty
+        are read; fluxes come out in its unit, as plain numbers): whatever
+        :func:`sparse3d.fit.check_inputs` accepts.
     row, col : numpy.ndarray, shape (nsources,)
         Start positions, absolute pixel coordinates (integers are pixel centres).
     imshape : tuple of int, optional
@@ -227,6 +232,10 @@ def fit_positions(
         Per-pixel 1-sigma uncertainties ``(H, W)``; ``np.inf`` masks a pixel. None: unit.
     mask : numpy.ndarray of bool, optional
         ``(H, W)``, True marks pixels to ignore.
+    dq : numpy.ndarray of int, optional
+        Data-quality bitmask ``(H, W)``: pixels with ``dq & bad_bits != 0`` are masked.
+    bad_bits : int, optional
+        The bits of ``dq`` that mark bad pixels; required with ``dq``.
     background : optional
         The sky, solved jointly in every iteration: anything
         :func:`sparse3d.fit.fit_design` takes (``"constant"``, ``"plane"``,
@@ -287,11 +296,16 @@ def fit_positions(
     >>> from sparse3d.psf import Gaussian                                      # doctest: +SKIP
     >>> res = fit_positions(Gaussian(1.0), image, row0, col0, errors=err)     # doctest: +SKIP
     """
-    from ..fit import SingularNormalMatrixError, UnconstrainedSourceWarning, fit_design
+    from ..fit import (
+        SingularNormalMatrixError,
+        UnconstrainedSourceWarning,
+        fit_design,
+        prepare_normal_equations,
+    )
 
-    pw = pixel_weights(data, errors, mask, ndim=2)
+    pw = pixel_weights(data, errors, mask, ndim=2, dq=dq, bad_bits=bad_bits, imshape=imshape)
     D, ivar = pw.data, pw.ivar
-    H, W = check_imshape(imshape, D)
+    H, W = D.shape
     r, c = check_positions(row, col)
     r0, c0 = r.copy(), c.copy()
     n = r.size
@@ -327,6 +341,7 @@ def fit_positions(
     fit_kw = dict(
         imshape=(H, W), errors=pw.fit_errors, mask=pw.fit_mask, background=background, solver=solver
     )
+    D_flat = D.reshape(-1)
     flux_sigma = np.full(n, np.inf) if fps is None else fps
     flux_mu = np.zeros(n) if fpmu is None else fpmu
 
@@ -353,6 +368,7 @@ def fit_positions(
     last_step = np.zeros(n)
     n_blocked = np.zeros(n, dtype=int)
     held = np.zeros(n, dtype=bool)  # positions held after _MAX_BLOCKED blocked steps
+    prev_J: list[Sparse3D | None] = [None]  # the last Gauss-Newton design (its structure is reused)
 
     def pos_sigma(f):
         """Position uncertainty of every source alone (no blending): ``1 / sqrt(f^2 sum(dL^2 / err^2))``."""
@@ -373,8 +389,14 @@ def fit_positions(
     levels = [lv for lv in _SNR_LEVELS if lv > min_snr] + [min_snr]
     stage, stage_iter = 0, 0
 
-    def solve(L, dR, dC, f, moving, lam, return_errors, flux_damping=_LAM_MIN):
-        J = gauss_newton_design(L, dR, dC, f, moving)
+    def solve(L, dR, dC, f, moving, lam, return_errors, flux_damping=_LAM_MIN, reuse=None):
+        """One Gauss-Newton solve. Iterations (``return_errors`` False) return ``(x, sky, ne)``:
+        the unknowns (fluxes, row then column offsets of ``moving``), the sky image and the
+        factorised normal equations, whose symbolic analysis the next call takes over through
+        ``reuse`` when the moving set (hence the matrix pattern) is unchanged. The last solve
+        returns the fit layer's result, with uncertainties."""
+        J = gauss_newton_design(L, dR, dC, f, moving, previous=prev_J[0])
+        prev_J[0] = J
         fm2 = np.nan_to_num(f[moving]) ** 2
         prec, mu = [], []
         for nX, off in ((nR, r0 - r), (nC, c0 - c)):
@@ -394,19 +416,26 @@ def fit_positions(
             )
             sig = np.concatenate([1.0 / np.sqrt(fprec), 1.0 / np.sqrt(prec[0]), 1.0 / np.sqrt(prec[1])])
         any_prior = bool(np.any(np.isfinite(sig)))
-        return fit_design(
-            J,
-            D,
+        prior = dict(
             prior_mu=np.concatenate([fmu, mu[0], mu[1]]) if any_prior else None,
             prior_sigma=sig if any_prior else None,
-            return_errors=return_errors,
-            **fit_kw,
         )
+        if return_errors:
+            return fit_design(J, D, return_errors=True, **prior, **fit_kw)
+        ne = prepare_normal_equations(J, reuse=True if reuse is None else reuse, **prior, **fit_kw)
+        x = ne.solve(D_flat)
+        ncol = J.shape[-1]
+        sky_t = 0.0 if ne.background is None else (ne.background @ x[ncol:]).reshape(H, W)
+        return x[:ncol], sky_t, ne
 
     # ---- damped Gauss-Newton -------------------------------------------------------------
+    # While the moving set is unchanged the Gauss-Newton matrix keeps its pattern: each
+    # factorisation then reuses the previous one's symbolic analysis, and the design reuses
+    # the previous one's stamp structure while no stamp has moved by a pixel.
     n_iter = 0
     converged = False
     moving = who_moves(f, levels[stage])
+    prev_ne, prev_moving = None, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnconstrainedSourceWarning)  # warned once above
         while n_iter < max_iter:
@@ -419,11 +448,10 @@ def fit_positions(
                 break
             n_iter += 1
             m = moving.size
-            gn = solve(L, dR, dC, f, moving, lam, False)
-            sol, sky_t = gn.weights, _sky(gn)
-            f_t = sol[:n]
-            dr = np.nan_to_num(sol[n : n + m])
-            dc = np.nan_to_num(sol[n + m :])
+            same = prev_moving is not None and np.array_equal(moving, prev_moving)
+            f_t, sky_t, prev_ne = solve(L, dR, dC, f, moving, lam, False, reuse=prev_ne if same else None)
+            prev_moving = moving
+            f_t, dr, dc = f_t[:n], np.nan_to_num(f_t[n : n + m]), np.nan_to_num(f_t[n + m :])
             step = np.hypot(dr, dc)
             tol_k = np.maximum(tol, rtol * pos_sigma(f)[moving])
             # per-source clamp on the step length, halved whenever the source turns back
@@ -442,7 +470,8 @@ def fit_positions(
             # line search on the total chi-square: the whole step; if chi-square rose, the
             # steps of the sources whose chi-square over their stamp rose are withdrawn (they
             # are damped harder for the next iteration) and the others' tried again; when no
-            # single source is to blame, every step is halved
+            # single source is to blame, every step is halved. The trial model comes with its
+            # derivatives: an accepted trial is the next linearisation.
             alpha = 1.0
             accepted = False
             raised = np.zeros(m, dtype=bool)
@@ -452,8 +481,8 @@ def fit_positions(
                 c_t[moving] += alpha * dc * scale
                 f_try = f + alpha * (f_t - f)
                 sky_try = sky + alpha * (sky_t - sky)
-                L_t, _, _ = design(r_t, c_t, False)
-                chi2_t = weighted_chi2_image(D, L_t.dot(np.nan_to_num(f_try)) + sky_try, ivar)
+                trial = design(r_t, c_t, True)
+                chi2_t = weighted_chi2_image(D, trial[0].dot(np.nan_to_num(f_try)) + sky_try, ivar)
                 if float(chi2_t.sum()) <= history[-1] * (1 + 1e-12) or np.all(alpha * step < tol_k):
                     accepted = True
                     break
@@ -473,6 +502,9 @@ def fit_positions(
                 prev_dc[:] = 0.0
                 prev_dr[moving] = alpha * dr * scale
                 prev_dc[moving] = alpha * dc * scale
+                L, dR, dC = trial
+                chi2_img = chi2_t
+                nL, nR, nC = column_norms(ivar, L, dR, dC)
             raised_idx = moving[raised]
             lam[raised_idx] = np.minimum(lam[raised_idx] * _LAM_UP / _LAM_DOWN, _LAM_MAX)
             if not accepted:
@@ -485,9 +517,6 @@ def fit_positions(
             last_step[:] = 0.0
             last_step[moving] = step / tol_k  # in units of each source's tolerance
             rejected.append(int(raised_idx.size))
-            L, dR, dC = design(r, c, True)
-            nL, nR, nC = column_norms(ivar, L, dR, dC)
-            chi2_img = weighted_chi2_image(D, L.dot(np.nan_to_num(f)) + sky, ivar)
             history.append(float(chi2_img.sum()))
             stage_iter += 1
             settled = accepted and np.all(step < _SETTLED)
@@ -530,9 +559,9 @@ def fit_positions(
     col_err = np.full(n, np.nan)
     row_err[moving] = err[n : n + m]
     col_err[moving] = err[n + m :]
-    src_conv = last_step < 1.0
     moved = np.zeros(n, dtype=bool)
     moved[moving] = True
+    src_conv = last_step < 1.0
     return PositionFitResult(
         row=r,
         col=c,

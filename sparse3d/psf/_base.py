@@ -8,11 +8,14 @@ share one structure.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _pool
+from .._structure import structure_from_positions
 from ..core import Sparse3D
 
 __all__ = ["PSFModel", "Placement", "place", "stamp_sizes_by_flux"]
@@ -162,6 +165,37 @@ def place(row, col, stamp_shape) -> Placement:
     )
 
 
+def _fresh(values) -> bool:
+    """Whether ``values`` is an array a model has just computed: it owns its C-contiguous
+    memory and nothing else refers to it. Counted references: the holder in :meth:`design`
+    (a local or the derivatives' dict), the adopting function's argument, this function's,
+    and getrefcount's. Only where reference counts are exact (CPython < 3.14)."""
+    return (
+        _pool._EXACT_REFCOUNTS
+        and isinstance(values, np.ndarray)
+        and values.ndim == 3
+        and values.flags.owndata
+        and values.flags.c_contiguous
+        and values.flags.writeable
+        and sys.getrefcount(values) <= 4
+    )
+
+
+def _adopt(values, row, col, imshape, imcorner) -> Sparse3D:
+    """``Sparse3D(values, row, col, imshape, imcorner)`` without copying ``values`` when a model
+    has just computed them (:func:`_fresh`): the design takes the buffer over (read-only)."""
+    if not _fresh(values):
+        return Sparse3D(values, row, col, imshape, imcorner)
+    return Sparse3D._from_parts(values, structure_from_positions(row, col, values.shape, imshape, imcorner))
+
+
+def _adopt_like(L: Sparse3D, values) -> Sparse3D:
+    """``L.with_data(values)`` without copying freshly computed values (see :func:`_adopt`)."""
+    if not _fresh(values) or values.shape != L.stamp_shape:
+        return L.with_data(values)
+    return Sparse3D._from_parts(values, L._structure)
+
+
 def as_shape_param(value, name: str, *, low: float | None = 0.0, strict: bool = True) -> np.ndarray:
     """A shape parameter: a finite number or 1-D array, above ``low`` (``None``: any value)."""
     try:
@@ -293,10 +327,13 @@ class PSFModel:
             )
         p = place(row, col, stamp_shape)
         values, derivs = self._evaluate(p, self._param_values(p.nsources), wanted)
-        L = Sparse3D(values, p.row, p.col, imshape, imcorner)
+        L = _adopt(values, p.row, p.col, imshape, imcorner)
         if derivatives is None:
             return L
-        return L, {name: L.with_data(derivs[name]) for name in wanted}
+        adopt = _pool._EXACT_REFCOUNTS and sys.getrefcount(derivs) == 2  # a dict no one else holds
+        return L, {
+            name: _adopt_like(L, derivs[name]) if adopt else L.with_data(derivs[name]) for name in wanted
+        }
 
     def _grouped_design(self, r, c, imshape, shapes, imcorner, wanted, derivatives):
         """:meth:`design` with per-source stamp shapes: one stamp group per distinct shape."""
@@ -312,10 +349,12 @@ class PSFModel:
             p = place(r[idx], c[idx], (int(shape[0]), int(shape[1])))
             sub = {k: (v[idx] if v.ndim == 1 else v) for k, v in params.items()}
             values, derivs = self._evaluate(p, sub, wanted)
-            L = Sparse3D(values, p.row, p.col, imshape, imcorner)
+            L = _adopt(values, p.row, p.col, imshape, imcorner)
             pieces.append((L, idx))
+            adopt = _pool._EXACT_REFCOUNTS and sys.getrefcount(derivs) == 2  # a dict no one else holds
             for name in wanted:
-                dpieces[name].append((L.with_data(derivs[name]), idx))
+                d = _adopt_like(L, derivs[name]) if adopt else L.with_data(derivs[name])
+                dpieces[name].append((d, idx))
         L = build_grouped(pieces)
         if derivatives is None:
             return L
