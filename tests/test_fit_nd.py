@@ -248,6 +248,17 @@ def test_stamp_right_hand_side_many_frames(n, strip_bytes, monkeypatch, compiled
     np.testing.assert_array_equal(one, full[:, 7])
     for m in (1, 3, normal._RHS_ORDER_MIN_FRAMES - 1, normal._RHS_ORDER_MIN_FRAMES, 33):
         np.testing.assert_array_equal(normal._stamp_rhs(stamps, U[:, -m:]), full[:, -m:])
+    # weights and mask inside the kernel: the bits of the product with a weighted, zeroed copy
+    ivar = rng.uniform(0.5, 2.0, A.shape[0])
+    keep = rng.random(A.shape[0]) > 0.2
+    Uw = np.where(keep[:, None], ivar[:, None] * U, 0.0)
+    U[~keep, 4] = np.nan  # masked pixels may hold anything
+    for m in (1, 3, 100):
+        got = normal._stamp_rhs(stamps, U[:, :m], ivar, keep)
+        np.testing.assert_array_equal(got, normal._stamp_rhs(stamps, Uw[:, :m]))
+        np.testing.assert_allclose(got, A.T @ Uw[:, :m], rtol=1e-12, atol=1e-12)
+    masked_only = normal._stamp_rhs(stamps, U, None, keep)[:, 4]
+    np.testing.assert_array_equal(masked_only, normal._stamp_rhs(stamps, np.where(keep, U[:, 4], 0.0)))
 
 
 def test_stamp_right_hand_side_fit_of_many_frames(compiled_kernels):

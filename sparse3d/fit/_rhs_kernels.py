@@ -13,18 +13,23 @@ from numba import njit
 _I = "intp[::1]"
 SIGNATURES = {
     "stamp_rhs": (
-        f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, float64[:, ::1], intp, intp, intp, intp, {_I})"
+        f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, float64[:, ::1], intp, intp, intp, intp, {_I}, "
+        "float64[::1], boolean[::1])"
     ),
     "weighted_square_sum": "(float64[:, ::1], float64[::1], boolean[::1], float64)",
 }
 
 
 @njit(cache=True, nogil=True)
-def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order):  # pragma: no cover - compiled
-    """``out[k, t] = sum over the in-image pixels p of stamp k of values[., ., k] * U[p, t]``.
+def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep):  # pragma: no cover - compiled
+    """``out[k, t] = sum over the kept in-image pixels p of stamp k of v[p] * (ivar[p] * U[p, t])``,
+    ``v`` the stamp's values ``values[., ., k]``.
 
     ``values`` ``(nr, nc, n)``: regular stamps with corners ``(r0, c0)``; ``U`` ``(H * W, m)``
-    over the image whose corner is ``(imr, imc)``.
+    over the image whose corner is ``(imr, imc)``. ``ivar`` ``(H * W,)``, or empty for unit
+    weights; ``keep`` ``(H * W,)``, or empty for every pixel: the masked pixels are skipped
+    whatever ``U`` holds there (NaN, inf). No weighted copy of ``U`` is made; each term is
+    ``v * (ivar * u)``, the bits of the product with a weighted copy.
 
     ``order``: the order in which the sources are visited, or empty for their storage order.
     With a few frames the stamps are read in storage order, 16 sources at a time (consecutive
@@ -39,6 +44,8 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order):  # pragma: no cover - c
     nr, nc, n = values.shape
     m = U.shape[1]
     out = np.zeros((n, m), dtype=np.float64)
+    has_ivar = ivar.shape[0] > 0
+    has_keep = keep.shape[0] > 0
     if order.shape[0] == 0:
         blk = 16
         for k0 in range(0, n, blk):
@@ -50,9 +57,15 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order):  # pragma: no cover - c
                         c = c0[k] + b - imc
                         if r < 0 or r >= H or c < 0 or c >= W:
                             continue
-                        v = values[a, b, k]
                         p = r * W + c
-                        if m == 1:
+                        if has_keep and not keep[p]:
+                            continue
+                        v = values[a, b, k]
+                        if has_ivar:
+                            w = ivar[p]
+                            for t in range(m):
+                                out[k, t] += v * (w * U[p, t])
+                        elif m == 1:
                             out[k, 0] += v * U[p, 0]
                         else:
                             for t in range(m):
@@ -70,10 +83,18 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order):  # pragma: no cover - c
                 c = c0[k] + b - imc
                 if c < 0 or c >= W:
                     continue
+                p = r * W + c
+                if has_keep and not keep[p]:
+                    continue
                 v = values[a, b, k]
-                u = U[r * W + c]
-                for t in range(m):
-                    acc[t] += v * u[t]
+                u = U[p]
+                if has_ivar:
+                    w = ivar[p]
+                    for t in range(m):
+                        acc[t] += v * (w * u[t])
+                else:
+                    for t in range(m):
+                        acc[t] += v * u[t]
         out[k] = acc
     return out
 

@@ -242,10 +242,8 @@ class NormalEquations:
         on a small design) the weighted copy is made once and kept.
         """
         if self._stamps is not None and self._weighted is None:
-            U = D if self.ivar is None else (self.ivar if D.ndim == 1 else self.ivar[:, None]) * D
-            if self.keep is not None:  # masked pixels may hold NaN or inf: zeroed
-                U = np.where(self.keep if D.ndim == 1 else self.keep[:, None], U, 0.0)
-            return _stamp_rhs(self._stamps, U)
+            # weights and mask applied in the kernel: no weighted copy of a frame stack
+            return _stamp_rhs(self._stamps, D, self.ivar, self.keep)
         if self.ivar is None:
             return self.design.T @ D
         if self._weighted is not None:
@@ -578,8 +576,14 @@ def _regular_stamps(A: Any) -> tuple | None:
     return values, corners[0], corners[1], A.imshape, A.imcorner
 
 
-def _stamp_rhs(stamps: tuple, U: np.ndarray) -> np.ndarray:
-    """``A^T U`` (``U`` ``(npix,)`` or ``(npix, k)``) from the regular stamps ``stamps``."""
+def _stamp_rhs(
+    stamps: tuple, U: np.ndarray, ivar: np.ndarray | None = None, keep: np.ndarray | None = None
+) -> np.ndarray:
+    """``A^T (ivar U)`` (``U`` ``(npix,)`` or ``(npix, k)``) from the regular stamps ``stamps``.
+
+    ``ivar`` ``(npix,)`` (None: unit weights); ``keep`` ``(npix,)`` (None: every pixel), the
+    masked pixels of ``U`` ignored whatever they hold.
+    """
     from ._rhs_kernels import stamp_rhs
 
     values, r0, c0, (H, W), (imr, imc) = stamps
@@ -587,7 +591,9 @@ def _stamp_rhs(stamps: tuple, U: np.ndarray) -> np.ndarray:
     nr, nc, _ = values.shape
     m = U2.shape[1]
     order = _strip_order(r0, c0, nr, nc, m) if m >= _RHS_ORDER_MIN_FRAMES else np.empty(0, dtype=np.intp)
-    out = stamp_rhs(values, r0, c0, U2, H, W, imr, imc, order)
+    ivar = np.empty(0) if ivar is None else np.ascontiguousarray(ivar, dtype=np.float64)
+    keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
+    out = stamp_rhs(values, r0, c0, U2, H, W, imr, imc, order, ivar, keep)
     return out[:, 0] if U.ndim == 1 else out
 
 
