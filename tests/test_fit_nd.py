@@ -230,9 +230,9 @@ def test_stamp_right_hand_side_model_and_residuals(compiled_kernels):
 def test_stamp_right_hand_side_many_frames(n, strip_bytes, monkeypatch, compiled_kernels):
     # A^T U from the stamps (storage order for a few frames, strip order for many) against the
     # dense product; each source's sums the same bits whatever the number of frames
-    from sparse3d.fit import normal
+    from sparse3d.fit import rhs
 
-    monkeypatch.setattr(normal, "_RHS_STRIP_BYTES", strip_bytes)
+    monkeypatch.setattr(rhs, "_RHS_STRIP_BYTES", strip_bytes)
     rng = np.random.default_rng(11 + n)
     S = _scene(rng, n, stamp=(5, 3))
     A = _dense(S) if n else np.zeros((np.prod(S.imshape), 0))
@@ -241,24 +241,24 @@ def test_stamp_right_hand_side_many_frames(n, strip_bytes, monkeypatch, compiled
     r0, c0 = (np.ascontiguousarray(x[0, 0], dtype=np.intp) for x in (S.row, S.col))
     stamps = (values, r0, c0, S.imshape, S.imcorner)
     U = rng.normal(size=(A.shape[0], 100))
-    full = normal._stamp_rhs(stamps, U)
+    full = rhs._stamp_rhs(stamps, U)
     np.testing.assert_allclose(full, A.T @ U, rtol=1e-12, atol=1e-12)
-    one = normal._stamp_rhs(stamps, U[:, 7])
+    one = rhs._stamp_rhs(stamps, U[:, 7])
     assert one.shape == (n,)
     np.testing.assert_array_equal(one, full[:, 7])
-    for m in (1, 3, normal._RHS_ORDER_MIN_FRAMES - 1, normal._RHS_ORDER_MIN_FRAMES, 33):
-        np.testing.assert_array_equal(normal._stamp_rhs(stamps, U[:, -m:]), full[:, -m:])
+    for m in (1, 3, rhs._RHS_ORDER_MIN_FRAMES - 1, rhs._RHS_ORDER_MIN_FRAMES, 33):
+        np.testing.assert_array_equal(rhs._stamp_rhs(stamps, U[:, -m:]), full[:, -m:])
     # weights and mask inside the kernel: the bits of the product with a weighted, zeroed copy
     ivar = rng.uniform(0.5, 2.0, A.shape[0])
     keep = rng.random(A.shape[0]) > 0.2
     Uw = np.where(keep[:, None], ivar[:, None] * U, 0.0)
     U[~keep, 4] = np.nan  # masked pixels may hold anything
     for m in (1, 3, 100):
-        got = normal._stamp_rhs(stamps, U[:, :m], ivar, keep)
-        np.testing.assert_array_equal(got, normal._stamp_rhs(stamps, Uw[:, :m]))
+        got = rhs._stamp_rhs(stamps, U[:, :m], ivar, keep)
+        np.testing.assert_array_equal(got, rhs._stamp_rhs(stamps, Uw[:, :m]))
         np.testing.assert_allclose(got, A.T @ Uw[:, :m], rtol=1e-12, atol=1e-12)
-    masked_only = normal._stamp_rhs(stamps, U, None, keep)[:, 4]
-    np.testing.assert_array_equal(masked_only, normal._stamp_rhs(stamps, np.where(keep, U[:, 4], 0.0)))
+    masked_only = rhs._stamp_rhs(stamps, U, None, keep)[:, 4]
+    np.testing.assert_array_equal(masked_only, rhs._stamp_rhs(stamps, np.where(keep, U[:, 4], 0.0)))
 
 
 def test_stamp_right_hand_side_fit_of_many_frames(compiled_kernels):

@@ -33,6 +33,7 @@ from .diagnostics import _chi2
 from .factor import _factorize_or_raise, _solver_name
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
+from .rhs import _stamp_rhs, _stamp_square_sum
 
 
 def _weighted_square_sum(
@@ -371,12 +372,7 @@ class NormalEquations:
         s = self.err_scale
         xs, bs = (x, b) if s == 1.0 else (x / s, b / s)
         if self._stamps is not None and D.dtype == np.float64 and D.flags.c_contiguous:
-            from ._rhs_kernels import weighted_square_sum  # numba is loaded: one pass, no temporaries
-
-            empty = np.empty(0)
-            ivar = empty if self.ivar is None else np.ascontiguousarray(self.ivar, dtype=np.float64)
-            keep = empty.astype(bool) if self.keep is None else np.ascontiguousarray(self.keep, dtype=bool)
-            dCd = weighted_square_sum(D, ivar, keep, 1.0 / s)
+            dCd = _stamp_square_sum(D, self.ivar, self.keep, 1.0 / s)  # numba is loaded: one pass
         else:
             dCd = _weighted_square_sum(D, self.ivar, self.keep, 1.0 / s)
         with np.errstate(invalid="ignore"):  # inf - inf: a chi-square beyond float range
@@ -574,47 +570,3 @@ def _regular_stamps(A: Any) -> tuple | None:
     values = np.ascontiguousarray(A._values, dtype=np.float64).view()
     values.flags.writeable = False
     return values, corners[0], corners[1], A.imshape, A.imcorner
-
-
-def _stamp_rhs(
-    stamps: tuple, U: np.ndarray, ivar: np.ndarray | None = None, keep: np.ndarray | None = None
-) -> np.ndarray:
-    """``A^T (ivar U)`` (``U`` ``(npix,)`` or ``(npix, k)``) from the regular stamps ``stamps``.
-
-    ``ivar`` ``(npix,)`` (None: unit weights); ``keep`` ``(npix,)`` (None: every pixel), the
-    masked pixels of ``U`` ignored whatever they hold.
-    """
-    from ._rhs_kernels import stamp_rhs
-
-    values, r0, c0, (H, W), (imr, imc) = stamps
-    U2 = np.ascontiguousarray(np.asarray(U, dtype=np.float64).reshape(U.shape[0], -1))
-    nr, nc, _ = values.shape
-    m = U2.shape[1]
-    order = _strip_order(r0, c0, nr, nc, m) if m >= _RHS_ORDER_MIN_FRAMES else np.empty(0, dtype=np.intp)
-    ivar = np.empty(0) if ivar is None else np.ascontiguousarray(ivar, dtype=np.float64)
-    keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
-    out = stamp_rhs(values, r0, c0, U2, H, W, imr, imc, order, ivar, keep)
-    return out[:, 0] if U.ndim == 1 else out
-
-
-#: From this many frames on, :func:`_stamp_rhs` visits the sources in strip order (below it,
-#: in storage order: the frames of a few bytes per pixel stay in cache anyway). Measured on the
-#: tutorial scene (50,000 random 10 x 10 stamps on 1024^2).
-_RHS_ORDER_MIN_FRAMES = 5
-#: Bytes of ``U`` one strip of stamp rows should occupy (about half an L2 cache).
-_RHS_STRIP_BYTES = 1 << 19
-
-
-def _strip_order(r0: np.ndarray, c0: np.ndarray, nr: int, nc: int, m: int) -> np.ndarray:
-    """The sources in spatial order: vertical strips of stamp corners, each swept top to bottom.
-
-    The strips are as wide as lets the ``nr`` image rows of ``m`` frames under a run of stamps
-    (``(width + nc) * nr * m`` values) fit in :data:`_RHS_STRIP_BYTES`, at least ``nc``, so the
-    frame stack is read from memory about once instead of once per overlapping stamp.
-    """
-    if r0.size == 0:
-        return np.empty(0, dtype=np.intp)
-    width = max(nc, _RHS_STRIP_BYTES // (8 * max(nr, 1) * m) - nc)
-    rmin, cmin = int(r0.min()), int(c0.min())
-    key = ((c0 - cmin) // width) * (int(r0.max()) - rmin + 1) + (r0 - rmin)
-    return np.argsort(key, kind="stable").astype(np.intp, copy=False)
