@@ -1,6 +1,6 @@
 """Numba kernel of the right-hand side ``A^T U`` straight from regular stamps.
 
-Imported lazily by :mod:`sparse3d.fit.normal`; compiled once and cached on disk. With it a fit
+Imported lazily by :mod:`sparse3d.fit.rhs`; compiled once and cached on disk. With it a fit
 of one image needs no sparse design matrix at all (its CSC would hold a source-major copy of
 every stamp value and an index per value: 1.2 GB at a million 10 x 10 stamps).
 """
