@@ -21,6 +21,8 @@ numba is imported when a kernel is first needed; the compiled code is cached on 
 
 from __future__ import annotations
 
+from types import FunctionType
+
 import numpy as np
 
 from . import _kernels
@@ -75,6 +77,41 @@ def _grid_loop(src, axis):  # pragma: no cover - runs compiled
     return True
 
 
+def _prefetch(a, j):  # pragma: no cover - replaced by a numba intrinsic before compiling
+    """Ask the CPU to start loading ``a[j]`` (1-D ``a``) into cache; changes no value."""
+
+
+def _prefetch_intrinsic():
+    """``_prefetch`` as a numba intrinsic: LLVM's ``llvm.prefetch`` (write, high locality)
+    of the address of ``a[j]``; no bounds check, no load, no value changes."""
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, a, j):
+        def codegen(context, builder, sig, args):
+            aryty = sig.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+            i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+            name = "llvm.prefetch.p0" if getattr(i8p.type, "is_opaque", False) else "llvm.prefetch.p0i8"
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, name)
+            builder.call(fn, [i8p, i32(1), i32(3), i32(1)])  # write, keep in all levels, data
+            return context.get_dummy_value()
+
+        return types.void(a, j), codegen
+
+    return prefetch
+
+
+#: How many sources ahead the scatter prefetches the image rows of a stamp (their lines
+#: are in L3 or memory: the row updates were latency-bound, 2-32 all measured ~18 % faster).
+PREFETCH_AHEAD = 8
+
+
 def _scatter_loop(values, row0, col0, w, r0, c0, out, block):  # pragma: no cover - runs compiled
     """``out[(row0[k] - r0 + i), (col0[k] - c0 + j) * m + q] += values[i, j, k] * w[k, q]``.
 
@@ -94,6 +131,15 @@ def _scatter_loop(values, row0, col0, w, r0, c0, out, block):  # pragma: no cove
                     tmp[b, i, j] = src[b]
         for b in range(nb):
             k = k0 + b
+            ka = k + PREFETCH_AHEAD  # start loading the image lines of a later stamp
+            if m == 1 and ka < n:
+                ra = np.int64(row0[ka]) - r0
+                ca = np.int64(col0[ka]) - c0
+                if ra >= 0 and ca >= 0 and ra + nr <= H and ca + nc <= W:
+                    for i in range(nr):
+                        line = out[ra + i]
+                        _prefetch(line, ca)  # the row's first and last pixel: its 1-2 lines
+                        _prefetch(line, ca + nc - 1)
             r = np.int64(row0[k]) - r0
             c = np.int64(col0[k]) - c0
             # slices of the image rows: every index below is a non-negative loop counter,
@@ -169,6 +215,12 @@ def _compiled(name: str):
     if fn is None:
         import numba
 
+        global _prefetch
+        if isinstance(_prefetch, FunctionType):  # still the Python stub (numba freezes globals)
+            try:
+                _prefetch = _prefetch_intrinsic()
+            except Exception:  # noqa: BLE001 - a hint only: an llvmlite without it gets a no-op
+                _prefetch = numba.njit(lambda a, j: None)
         fn = numba.njit(cache=True, nogil=True)(globals()[name])
         _kernels._COMPILED[key] = fn
     return fn

@@ -103,6 +103,28 @@ def test_off_image_nan_never_reaches_the_image(monkeypatch):
     assert np.isfinite(img).all() and img.sum() == 6 + 3 + 6 + 1
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_grid_dot_sums_each_pixel_in_source_order(dtype):
+    """Bit for bit the serial sum ``image[stamp] += values * w`` in source order (no FMA, no
+    reassociation), over many blocks of mostly interior stamps: the path whose image rows are
+    prefetched ``PREFETCH_AHEAD`` sources ahead, next to edge-hanging stamps."""
+    rng = np.random.default_rng(15)
+    n, (nr, nc), (H, W) = 700, (6, 10), (40, 57)
+    top = rng.integers(-3, H - 2, size=n)
+    left = rng.integers(-5, W - 4, size=n)
+    R, C = np.mgrid[:nr, :nc]
+    values = rng.normal(size=(nr, nc, n)).astype(dtype)
+    w = rng.normal(size=n).astype(dtype)
+    S = Sparse3D(values, R[:, :, None] + top, C[:, :, None] + left, (H, W))
+    assert S._structure.grid_corners() is not None and n > 4 * _grid_kernels.PREFETCH_AHEAD
+    ref = np.zeros((H + 2 * nr, W + 2 * nc), dtype=dtype)  # a margin holds the off-image pixels
+    for k in range(n):
+        ref[top[k] + nr : top[k] + 2 * nr, left[k] + nc : left[k] + 2 * nc] += values[:, :, k] * w[k]
+    got = S.dot(w)
+    assert got.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(got, ref[nr : nr + H, nc : nc + W])
+
+
 def test_zero_and_one_source(monkeypatch):
     empty = Sparse3D(np.zeros((2, 2, 0)), np.zeros((2, 2, 0), int), np.zeros((2, 2, 0), int), (4, 5))
     np.testing.assert_array_equal(empty.dot(np.zeros(0)), np.zeros((4, 5)))
