@@ -246,3 +246,76 @@ def test_nd_kernels_compile_one_signature(compiled_kernels):
         module = importlib.import_module(f"sparse3d.fit.{name}")
         for kernel in module.SIGNATURES:
             assert len(getattr(module, kernel).signatures) == 1, (name, kernel)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 200])
+@pytest.mark.parametrize("strip_bytes", [1, 1 << 19])  # 1: strips one stamp wide (many strips)
+def test_stamp_right_hand_side_many_frames(n, strip_bytes, monkeypatch, compiled_kernels):
+    # A^T U from the stamps (storage order for a few frames, strip order for many) against the
+    # dense product; each source's sums the same bits whatever the number of frames
+    from sparse3d.fit import rhs
+
+    monkeypatch.setattr(rhs, "_RHS_STRIP_BYTES", strip_bytes)
+    rng = np.random.default_rng(11 + n)
+    S = _scene(rng, n, stamp=(5, 3))
+    A = _dense(S) if n else np.zeros((np.prod(S.imshape), 0))
+    values = np.ascontiguousarray(S.data, dtype=np.float64)
+    values.flags.writeable = False  # the kernel's one compiled signature
+    r0, c0 = (np.ascontiguousarray(x[0, 0], dtype=np.intp) for x in (S.row, S.col))
+    stamps = (values, r0, c0, S.imshape, S.imcorner)
+    U = rng.normal(size=(A.shape[0], 100))
+    full = rhs._stamp_rhs(stamps, U)
+    np.testing.assert_allclose(full, A.T @ U, rtol=1e-12, atol=1e-12)
+    one = rhs._stamp_rhs(stamps, U[:, 7])
+    assert one.shape == (n,)
+    np.testing.assert_array_equal(one, full[:, 7])
+    for m in (1, 3, rhs._RHS_ORDER_MIN_FRAMES - 1, rhs._RHS_ORDER_MIN_FRAMES, 33):
+        np.testing.assert_array_equal(rhs._stamp_rhs(stamps, U[:, -m:]), full[:, -m:])
+    # weights and mask inside the kernel: the bits of the product with a weighted, zeroed copy
+    ivar = rng.uniform(0.5, 2.0, A.shape[0])
+    keep = rng.random(A.shape[0]) > 0.2
+    Uw = np.where(keep[:, None], ivar[:, None] * U, 0.0)
+    U[~keep, 4] = np.nan  # masked pixels may hold anything
+    for m in (1, 3, 100):
+        got = rhs._stamp_rhs(stamps, U[:, :m], ivar, keep)
+        np.testing.assert_array_equal(got, rhs._stamp_rhs(stamps, Uw[:, :m]))
+        np.testing.assert_allclose(got, A.T @ Uw[:, :m], rtol=1e-12, atol=1e-12)
+    masked_only = rhs._stamp_rhs(stamps, U, None, keep)[:, 4]
+    np.testing.assert_array_equal(masked_only, rhs._stamp_rhs(stamps, np.where(keep, U[:, 4], 0.0)))
+
+
+def test_stamp_right_hand_side_fit_of_many_frames(compiled_kernels):
+    # 33 and 100 frames through the whole fit (errors, mask, float32 stamps): the strip path
+    rng = np.random.default_rng(12)
+    S = _scene(rng, 120, dtype=np.float32)
+    A = _dense(S)
+    err = rng.uniform(0.5, 2.0, S.imshape)
+    mask = rng.random(S.imshape) < 0.1
+    for k in (33, 100):
+        d = rng.normal(size=(*S.imshape, k))
+        d[mask] = np.nan  # masked pixels may hold anything
+        res = fit_design(S, d, imshape=S.imshape, errors=err, mask=mask, solver="nd")
+        d0 = np.where(mask[:, :, None], 0.0, d)
+        w, _ = _reference(A, d0, err, ~mask.ravel(), np.zeros(S.nsources), 0.0)
+        np.testing.assert_allclose(res.weights, w, rtol=1e-9, atol=1e-11 * np.abs(w).max())
+        single = fit_design(S, d[:, :, 5], imshape=S.imshape, errors=err, mask=mask, solver="nd")
+        np.testing.assert_allclose(res.weights[:, 5], single.weights, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_weighted_square_sum_kernel(weighted, masked):
+    # d^T C^-1 d per frame in one compiled pass (the chi-square of a fit from the stamps);
+    # masked pixels skipped whatever they hold; more pixels than one block of the kernel
+    from sparse3d.fit._rhs_kernels import weighted_square_sum
+
+    rng = np.random.default_rng(13)
+    D = rng.normal(size=(9000, 7))
+    ivar = rng.uniform(0.5, 2.0, 9000) if weighted else np.empty(0)
+    keep = rng.random(9000) > 0.2 if masked else np.empty(0, dtype=bool)
+    if masked:
+        D[~keep, 3] = np.nan
+    w = ivar if weighted else np.ones(9000)
+    k = keep if masked else np.ones(9000, dtype=bool)
+    ref = ((0.25 * D[k]) ** 2 * w[k, None]).sum(axis=0)
+    np.testing.assert_allclose(weighted_square_sum(D, ivar, keep, 0.25), ref, rtol=1e-13)

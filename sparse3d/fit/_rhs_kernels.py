@@ -1,6 +1,6 @@
 """Numba kernel of the right-hand side ``A^T U`` straight from regular stamps.
 
-Imported lazily by :mod:`sparse3d.fit.normal`; compiled once and cached on disk. With it a fit
+Imported lazily by :mod:`sparse3d.fit.rhs`; compiled once and cached on disk. With it a fit
 of one image needs no sparse design matrix at all (its CSC would hold a source-major copy of
 every stamp value and an index per value: 1.2 GB at a million 10 x 10 stamps).
 """
@@ -13,48 +13,115 @@ from numba import njit
 _I = "intp[::1]"
 SIGNATURES = {
     "stamp_rhs": (
-        f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, float64[:, ::1], intp, intp, intp, intp)"
+        f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, float64[:, ::1], intp, intp, intp, intp, {_I}, "
+        "float64[::1], boolean[::1])"
     ),
+    "weighted_square_sum": "(float64[:, ::1], float64[::1], boolean[::1], float64)",
 }
 
 
 @njit(cache=True, nogil=True)
-def stamp_rhs(values, r0, c0, U, H, W, imr, imc):  # pragma: no cover - compiled
-    """``out[k, t] = sum over the in-image pixels p of stamp k of values[., ., k] * U[p, t]``.
+def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep):  # pragma: no cover - compiled
+    """``out[k, t] = sum over the kept in-image pixels p of stamp k of v[p] * (ivar[p] * U[p, t])``,
+    ``v`` the stamp's values ``values[., ., k]``.
 
     ``values`` ``(nr, nc, n)``: regular stamps with corners ``(r0, c0)``; ``U`` ``(H * W, m)``
-    over the image whose corner is ``(imr, imc)``.
+    over the image whose corner is ``(imr, imc)``. ``ivar`` ``(H * W,)``, or empty for unit
+    weights; ``keep`` ``(H * W,)``, or empty for every pixel: the masked pixels are skipped
+    whatever ``U`` holds there (NaN, inf). No weighted copy of ``U`` is made; each term is
+    ``v * (ivar * u)``, the bits of the product with a weighted copy.
+
+    ``order``: the order in which the sources are visited, or empty for their storage order.
+    With a few frames the stamps are read in storage order, 16 sources at a time (consecutive
+    in ``values``' last axis: one cache line), and ``U`` (a few bytes per pixel) stays in
+    cache whatever the sources' positions. With many frames ``U`` is the large array: the
+    caller passes a spatial order (:func:`sparse3d.fit.normal._strip_order`) so that the rows of
+    ``U`` a run of stamps touches stay in cache, and each source's ``m`` sums run over the
+    contiguous frame axis of ``U`` (vectorised). Either way each ``out[k, t]`` is the same sum
+    in the same order (stamp rows, then columns, from 0.0): the same bits for any frame count,
+    order and ``m``.
     """
     nr, nc, n = values.shape
     m = U.shape[1]
     out = np.zeros((n, m), dtype=np.float64)
-    if m > 1:  # many frames: a row of U per stamp pixel, accumulated per source
-        acc = np.empty(m, dtype=np.float64)
-        for k in range(n):
-            acc[:] = 0.0
+    has_ivar = ivar.shape[0] > 0
+    has_keep = keep.shape[0] > 0
+    if order.shape[0] == 0:
+        blk = 16
+        for k0 in range(0, n, blk):
+            k1 = min(k0 + blk, n)
             for a in range(nr):
-                r = r0[k] + a - imr
-                if r < 0 or r >= H:
+                for b in range(nc):  # a stamp row's pixels are adjacent in U
+                    for k in range(k0, k1):
+                        r = r0[k] + a - imr
+                        c = c0[k] + b - imc
+                        if r < 0 or r >= H or c < 0 or c >= W:
+                            continue
+                        p = r * W + c
+                        if has_keep and not keep[p]:
+                            continue
+                        v = values[a, b, k]
+                        if has_ivar:
+                            w = ivar[p]
+                            for t in range(m):
+                                out[k, t] += v * (w * U[p, t])
+                        elif m == 1:
+                            out[k, 0] += v * U[p, 0]
+                        else:
+                            for t in range(m):
+                                out[k, t] += v * U[p, t]
+        return out
+    acc = np.empty(m, dtype=np.float64)  # one source's sums: a contiguous buffer in L1
+    for i in range(order.shape[0]):
+        k = order[i]
+        acc[:] = 0.0
+        for a in range(nr):
+            r = r0[k] + a - imr
+            if r < 0 or r >= H:
+                continue
+            for b in range(nc):
+                c = c0[k] + b - imc
+                if c < 0 or c >= W:
                     continue
-                for b in range(nc):
-                    c = c0[k] + b - imc
-                    if c < 0 or c >= W:
-                        continue
-                    v = values[a, b, k]
-                    u = U[r * W + c]
+                p = r * W + c
+                if has_keep and not keep[p]:
+                    continue
+                v = values[a, b, k]
+                u = U[p]
+                if has_ivar:
+                    w = ivar[p]
+                    for t in range(m):
+                        acc[t] += v * (w * u[t])
+                else:
                     for t in range(m):
                         acc[t] += v * u[t]
-            out[k] = acc
-        return out
-    blk = 16  # sources read together: consecutive in values' last axis (one cache line)
-    for k0 in range(0, n, blk):
-        k1 = min(k0 + blk, n)
-        for a in range(nr):
-            for b in range(nc):  # a stamp row's pixels are adjacent in U
-                for k in range(k0, k1):
-                    r = r0[k] + a - imr
-                    c = c0[k] + b - imc
-                    if r < 0 or r >= H or c < 0 or c >= W:
-                        continue
-                    out[k, 0] += values[a, b, k] * U[r * W + c, 0]
+        out[k] = acc
+    return out
+
+
+@njit(cache=True, nogil=True)
+def weighted_square_sum(D, ivar, keep, scale):  # pragma: no cover - compiled
+    """``out[t] = sum over the kept pixels p of ivar[p] * (scale * D[p, t])**2``, in one pass.
+
+    ``ivar`` ``(npix,)`` or empty (unit weights); ``keep`` ``(npix,)`` or empty (every pixel;
+    masked pixels are skipped, whatever they hold). Sums per block of 4096 pixels, then the
+    blocks: the rounding of one long running sum is avoided.
+    """
+    npix, m = D.shape
+    out = np.zeros(m, dtype=np.float64)
+    part = np.empty(m, dtype=np.float64)
+    has_ivar = ivar.shape[0] > 0
+    has_keep = keep.shape[0] > 0
+    for p0 in range(0, npix, 4096):
+        part[:] = 0.0
+        for p in range(p0, min(p0 + 4096, npix)):
+            if has_keep and not keep[p]:
+                continue
+            w = ivar[p] if has_ivar else 1.0
+            d = D[p]
+            for t in range(m):
+                x = scale * d[t]
+                part[t] += w * (x * x)
+        for t in range(m):
+            out[t] += part[t]
     return out

@@ -33,6 +33,7 @@ from .diagnostics import _chi2
 from .factor import _factorize_or_raise, _solver_name
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
+from .rhs import _stamp_rhs, _stamp_square_sum
 
 
 def _weighted_square_sum(
@@ -242,10 +243,8 @@ class NormalEquations:
         on a small design) the weighted copy is made once and kept.
         """
         if self._stamps is not None and self._weighted is None:
-            U = D if self.ivar is None else (self.ivar if D.ndim == 1 else self.ivar[:, None]) * D
-            if self.keep is not None:  # masked pixels may hold NaN or inf: zeroed
-                U = np.where(self.keep if D.ndim == 1 else self.keep[:, None], U, 0.0)
-            return _stamp_rhs(self._stamps, U)
+            # weights and mask applied in the kernel: no weighted copy of a frame stack
+            return _stamp_rhs(self._stamps, D, self.ivar, self.keep)
         if self.ivar is None:
             return self.design.T @ D
         if self._weighted is not None:
@@ -372,7 +371,10 @@ class NormalEquations:
         # data and errors in the same extreme unit
         s = self.err_scale
         xs, bs = (x, b) if s == 1.0 else (x / s, b / s)
-        dCd = _weighted_square_sum(D, self.ivar, self.keep, 1.0 / s)
+        if self._stamps is not None and D.dtype == np.float64 and D.flags.c_contiguous:
+            dCd = _stamp_square_sum(D, self.ivar, self.keep, 1.0 / s)  # numba is loaded: one pass
+        else:
+            dCd = _weighted_square_sum(D, self.ivar, self.keep, 1.0 / s)
         with np.errstate(invalid="ignore"):  # inf - inf: a chi-square beyond float range
             chi2 = dCd - np.einsum("ij,ij->j", xs, bs)
             if self.prior_rhs is not None:
@@ -568,13 +570,3 @@ def _regular_stamps(A: Any) -> tuple | None:
     values = np.ascontiguousarray(A._values, dtype=np.float64).view()
     values.flags.writeable = False
     return values, corners[0], corners[1], A.imshape, A.imcorner
-
-
-def _stamp_rhs(stamps: tuple, U: np.ndarray) -> np.ndarray:
-    """``A^T U`` (``U`` ``(npix,)`` or ``(npix, k)``) from the regular stamps ``stamps``."""
-    from ._rhs_kernels import stamp_rhs
-
-    values, r0, c0, (H, W), (imr, imc) = stamps
-    U2 = np.ascontiguousarray(np.asarray(U, dtype=np.float64).reshape(U.shape[0], -1))
-    out = stamp_rhs(values, r0, c0, U2, H, W, imr, imc)
-    return out[:, 0] if U.ndim == 1 else out
