@@ -26,23 +26,37 @@ Boxes = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 def stamp_boxes(design: object, idx: np.ndarray | None) -> Boxes | None:
     """The pixel boxes ``[rlo, rhi) x [clo, chi)`` of the stamps of the parameters ``idx``.
 
-    Only for a :class:`~sparse3d.Sparse3D` with regular rectangular stamps (None
-    otherwise). ``idx`` (None: all) are the free parameters; those beyond the sources
-    (background columns) have no box and are not included: they come last.
+    Only for a :class:`~sparse3d.Sparse3D` whose stamps are all regular rectangles, of one
+    shape or of several (stamp groups: each source gets its own group's box); None otherwise.
+    ``idx`` (None: all) are the free parameters; those beyond the sources (background
+    columns) have no box and are not included: they come last.
     """
-    if not isinstance(design, Sparse3D) or design._structure.grouped:
-        return None  # several stamp shapes: qdldl (a joint order of groups is future work)
-    corners = _regular_corners(design)
-    if corners is None:
+    if not isinstance(design, Sparse3D):
         return None
-    r0, c0 = corners
-    nr, nc, n = design._values.shape
+    n = design.nsources
+    if design._structure.grouped:  # several stamp shapes: one box per source, in source order
+        rlo, rhi = np.empty(n, dtype=np.intp), np.empty(n, dtype=np.intp)
+        clo, chi = np.empty(n, dtype=np.intp), np.empty(n, dtype=np.intp)
+        for group, sources in zip(design.groups, design.group_sources):
+            corners = _regular_corners(group)
+            if corners is None and group.nsources:
+                return None
+            if group.nsources:
+                nr, nc, _ = group._values.shape
+                rlo[sources], clo[sources] = corners
+                rhi[sources], chi[sources] = corners[0] + nr, corners[1] + nc
+    else:
+        corners = _regular_corners(design)
+        if corners is None:
+            return None
+        nr, nc, _ = design._values.shape
+        rlo = np.asarray(corners[0], dtype=np.intp)
+        clo = np.asarray(corners[1], dtype=np.intp)
+        rhi, chi = rlo + nr, clo + nc
     if idx is not None:
         sel = idx[idx < n]
-        r0, c0 = r0[sel], c0[sel]
-    r0 = np.ascontiguousarray(r0, dtype=np.intp)
-    c0 = np.ascontiguousarray(c0, dtype=np.intp)
-    return r0, r0 + nr, c0, c0 + nc
+        rlo, rhi, clo, chi = rlo[sel], rhi[sel], clo[sel], chi[sel]
+    return tuple(np.ascontiguousarray(a, dtype=np.intp) for a in (rlo, rhi, clo, chi))
 
 
 def nested_dissection_order(boxes: Boxes, n: int) -> np.ndarray:
