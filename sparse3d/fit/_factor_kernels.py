@@ -34,6 +34,23 @@ SIGNATURES = {
 }
 
 
+@njit(cache=True, nogil=True, inline="always")
+def relaxed_merge(ncols, zeros, entries, nrelax, zrelax):  # pragma: no cover - compiled
+    """The relaxed-amalgamation rule: whether a merged supernode of ``ncols`` columns holding
+    ``zeros`` explicit zeros among ``entries`` stored entries stays merged (always up to
+    ``nrelax[0]`` columns; up to ``nrelax[i + 1]`` columns with a zero fraction below
+    ``zrelax[i]``; beyond, below ``zrelax[2]``). Inlined into :func:`amalgamate` and
+    :func:`._supernodal_kernels.supernodes`, the one place of the rule."""
+    if ncols <= nrelax[0]:
+        return True
+    frac = zeros / entries
+    if ncols <= nrelax[1]:
+        return frac < zrelax[0]
+    if ncols <= nrelax[2]:
+        return frac < zrelax[1]
+    return frac < zrelax[2]
+
+
 @njit(cache=True, nogil=True)
 def etree_parent(indptr, indices):  # pragma: no cover - compiled
     """Parent of every column in the elimination tree of a *strictly* lower factor (CSC, sorted)."""
@@ -126,16 +143,7 @@ def amalgamate(indptr, indices, data, dvec, nrelax, zrelax):  # pragma: no cover
                 tk = gk + k
                 tz = zeros + add
                 te = entries + own + add
-                frac = tz / te
-                ok = tk <= nrelax[0]
-                if not ok:
-                    if tk <= nrelax[1]:
-                        ok = frac < zrelax[0]
-                    elif tk <= nrelax[2]:
-                        ok = frac < zrelax[1]
-                    else:
-                        ok = frac < zrelax[2]
-                if ok:
+                if relaxed_merge(tk, tz, te, nrelax, zrelax):
                     merged = True
                     zeros = tz
                     entries = te

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._factor_kernels import NRELAX, ZRELAX
+from ._factor_kernels import NRELAX, ZRELAX, relaxed_merge
 
 _I = "intp[::1]"
 _F = "float64[::1]"
@@ -163,16 +163,7 @@ def supernodes(parent, cc):  # pragma: no cover - compiled
             tk = gk + k
             tz = zeros + add
             te = entries + own + add
-            frac = tz / te
-            ok = tk <= NRELAX[0]
-            if not ok:
-                if tk <= NRELAX[1]:
-                    ok = frac < ZRELAX[0]
-                elif tk <= NRELAX[2]:
-                    ok = frac < ZRELAX[1]
-                else:
-                    ok = frac < ZRELAX[2]
-            if ok:
+            if relaxed_merge(tk, tz, te, NRELAX, ZRELAX):
                 merged = True
                 zeros = tz
                 entries = te
