@@ -136,11 +136,11 @@ def _positive(S: Sparse3D) -> Sparse3D:
     return S + (S != 0) * 0.1
 
 
-@pytest.mark.filterwarnings("ignore::sparse3d.fit.UnconstrainedSourceWarning")  # sources off the image
-@pytest.mark.parametrize("options", ["errors", "mask", "priors", "background", "frames"])
-def test_grouped_fit_against_lstsq(fit_path, options):
-    rng = np.random.default_rng(21)
-    S, _ = _interleaved(rng, imcorner=(3, -2))
+def _fit_case(seed: int, imcorner, options: str):
+    """A grouped scene, noisy data and the fit options of ``options`` with their ``lstsq_fit``
+    counterparts: ``(S, M, data, kw, ref)``, ``M`` the dense design ``(npix, n)``."""
+    rng = np.random.default_rng(seed)
+    S, _ = _interleaved(rng, imcorner=imcorner)
     S = _positive(S)
     D = S.todense()
     H, W, n = D.shape
@@ -157,6 +157,15 @@ def test_grouped_fit_against_lstsq(fit_path, options):
     elif options == "priors":
         kw["prior_mu"], kw["prior_sigma"] = np.ones(n), np.full(n, 0.5)
         ref["prior_mu"], ref["prior_sigma"] = np.ones(n), np.full(n, 0.5)
+    return S, M, data, kw, ref
+
+
+@pytest.mark.filterwarnings("ignore::sparse3d.fit.UnconstrainedSourceWarning")  # sources off the image
+@pytest.mark.parametrize("options", ["errors", "mask", "priors", "background", "frames"])
+def test_grouped_fit_against_lstsq(fit_path, options):
+    S, M, data, kw, ref = _fit_case(21, (3, -2), options)
+    rng = np.random.default_rng(23)
+    (H, W), n = S.imshape, S.nsources
     if options == "background":
         data = data + 3.0
         p, e, *_ = lstsq_fit(np.hstack([M, np.ones((H * W, 1))]), data.ravel())
@@ -198,28 +207,12 @@ def test_grouped_fit_with_the_nested_dissection_solver(options):
     ordering from the boxes) solves them too: against ``lstsq`` of the dense design."""
     from sparse3d.fit import fit_design
 
-    rng = np.random.default_rng(22)
-    S, _ = _interleaved(rng, imcorner=(-4, 5))
-    S = _positive(S)
-    D = S.todense()
-    H, W, n = D.shape
-    M = D.reshape(H * W, n)
-    w = rng.uniform(1, 2, size=n)
-    data = D @ w + rng.normal(0, 0.01, size=(H, W))
-    kw, ref, cols = {}, {}, M
-    if options == "errors":
-        err = rng.uniform(0.5, 1.5, size=(H, W))
-        kw["errors"], ref["err"] = err, err.ravel()
-    elif options == "mask":
-        mask = rng.random((H, W)) < 0.2
-        kw["mask"], ref["mask"] = mask, mask.ravel()
-    elif options == "priors":
-        kw["prior_mu"], kw["prior_sigma"] = np.ones(n), np.full(n, 0.5)
-        ref["prior_mu"], ref["prior_sigma"] = np.ones(n), np.full(n, 0.5)
-    elif options == "background":
+    S, M, data, kw, ref = _fit_case(22, (-4, 5), options)
+    n, cols = S.nsources, M
+    if options == "background":
         data = data + 3.0
         kw["background"] = "constant"
-        cols = np.hstack([M, np.ones((H * W, 1))])
+        cols = np.hstack([M, np.ones((M.shape[0], 1))])
     p, e, *_ = lstsq_fit(cols, data.ravel(), **ref)
     r = fit_design(S, data, imshape=S.imshape, solver="nd", **kw)
     assert r.solver == "nd"
