@@ -388,14 +388,6 @@ class NormalEquations:
             chi2[cols] = self.chi2(D[:, cols], x[:, cols] * self.col_scale[:, None])
         return chi2
 
-    def _unscale(self, x: np.ndarray) -> np.ndarray:
-        """Weights ``(n_params, k)`` from the scaled free-parameter solution ``x``; NaN if unconstrained."""
-        if self._idx is None:
-            return x * self.col_scale[:, None]
-        out = np.full((self.n_params, x.shape[1]), np.nan)
-        out[self._idx] = x * self.col_scale[self._idx, None]
-        return out
-
     def chi2(self, D: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """``sum(((D - A w) / errors)**2)`` over the unmasked pixels, per frame: ``(k,)``.
 
