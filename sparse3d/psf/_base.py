@@ -168,8 +168,8 @@ def place(row, col, stamp_shape) -> Placement:
 def _fresh(values) -> bool:
     """Whether ``values`` is an array a model has just computed: it owns its C-contiguous
     memory and nothing else refers to it. Counted references: the holder in :meth:`design`
-    (a local or the derivatives' dict), the adopting function's argument, this function's,
-    and getrefcount's. Only where reference counts are exact (CPython < 3.14)."""
+    (a local, or the derivatives' dict and a loop name), the adopting function's argument,
+    this function's, and getrefcount's. Only where reference counts are exact (CPython < 3.14)."""
     return (
         _pool._EXACT_REFCOUNTS
         and isinstance(values, np.ndarray)
@@ -189,11 +189,19 @@ def _adopt(values, row, col, imshape, imcorner) -> Sparse3D:
     return Sparse3D._from_parts(values, structure_from_positions(row, col, values.shape, imshape, imcorner))
 
 
-def _adopt_like(L: Sparse3D, values) -> Sparse3D:
-    """``L.with_data(values)`` without copying freshly computed values (see :func:`_adopt`)."""
-    if not _fresh(values) or values.shape != L.stamp_shape:
-        return L.with_data(values)
-    return Sparse3D._from_parts(values, L._structure)
+def _adopt_derivatives(L: Sparse3D, derivs: dict, names) -> dict[str, Sparse3D]:
+    """``{name: L.with_data(derivs[name])}``, without copying the blocks a model has just
+    computed when no one else holds their dict (counted: its holder in :meth:`design`, this
+    argument and getrefcount's) and each block is :func:`_fresh`."""
+    own = _pool._EXACT_REFCOUNTS and sys.getrefcount(derivs) == 3
+    out = {}
+    for name in names:
+        d = derivs[name]  # held by the dict, this name, _fresh's argument and getrefcount's
+        if own and _fresh(d) and d.shape == L.stamp_shape:
+            out[name] = Sparse3D._from_parts(d, L._structure)
+        else:
+            out[name] = L.with_data(d)
+    return out
 
 
 def as_shape_param(value, name: str, *, low: float | None = 0.0, strict: bool = True) -> np.ndarray:
@@ -330,10 +338,7 @@ class PSFModel:
         L = _adopt(values, p.row, p.col, imshape, imcorner)
         if derivatives is None:
             return L
-        adopt = _pool._EXACT_REFCOUNTS and sys.getrefcount(derivs) == 2  # a dict no one else holds
-        return L, {
-            name: _adopt_like(L, derivs[name]) if adopt else L.with_data(derivs[name]) for name in wanted
-        }
+        return L, _adopt_derivatives(L, derivs, wanted)
 
     def _grouped_design(self, r, c, imshape, shapes, imcorner, wanted, derivatives):
         """:meth:`design` with per-source stamp shapes: one stamp group per distinct shape."""
@@ -351,9 +356,7 @@ class PSFModel:
             values, derivs = self._evaluate(p, sub, wanted)
             L = _adopt(values, p.row, p.col, imshape, imcorner)
             pieces.append((L, idx))
-            adopt = _pool._EXACT_REFCOUNTS and sys.getrefcount(derivs) == 2  # a dict no one else holds
-            for name in wanted:
-                d = _adopt_like(L, derivs[name]) if adopt else L.with_data(derivs[name])
+            for name, d in _adopt_derivatives(L, derivs, wanted).items():
                 dpieces[name].append((d, idx))
         L = build_grouped(pieces)
         if derivatives is None:
