@@ -17,12 +17,22 @@ from .positions import (
 class _Orderings:
     """Derived orderings shared by single-block and grouped structures.
 
-    They need only the flat element space: ``block_shape`` (the values' shape), ``nelements``,
-    ``pixel`` (flat pixel per element, ``H*W`` off the image), ``source_counts`` and
-    ``source_major`` (in-image elements in source-major order).
+    They need only the bounds (``imshape``, ``nsources``) and the flat element space:
+    ``block_shape`` (the values' shape), ``nelements``, ``pixel`` (flat pixel per element,
+    ``H*W`` off the image), ``source_counts`` and ``source_major`` (in-image elements in
+    source-major order).
     """
 
     grouped = False
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Logical shape ``(H, W, nsources)``."""
+        return (self.imshape[0], self.imshape[1], self.nsources)
+
+    @property
+    def npixels(self) -> int:
+        return self.imshape[0] * self.imshape[1]
 
     @cached_property
     def source_of(self) -> np.ndarray:

@@ -118,14 +118,6 @@ class GroupedStructure(_Orderings):
     def nsources(self) -> int:
         return self._nsources
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.imshape[0], self.imshape[1], self.nsources)
-
-    @property
-    def npixels(self) -> int:
-        return self.imshape[0] * self.imshape[1]
-
     def _single_block(self, what: str):
         raise ValueError(
             f"{what} needs a single stamp shape, but this array has stamp groups of shapes "

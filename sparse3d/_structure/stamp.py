@@ -231,15 +231,6 @@ class StampStructure(_Orderings):
     def nsources(self) -> int:
         return self._row.shape[2]
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """Logical shape ``(H, W, nsources)``."""
-        return (self.imshape[0], self.imshape[1], self.nsources)
-
-    @property
-    def npixels(self) -> int:
-        return self.imshape[0] * self.imshape[1]
-
     @cached_property
     def in_image(self) -> np.ndarray:
         """Boolean ``(nr, nc, nsources)``: which stamp pixels fall inside the image."""
