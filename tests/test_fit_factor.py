@@ -21,25 +21,84 @@ def _dense_ldlt(N):
     return np.tril(L, -1), d
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_relaxed_supernodal_factor_of_any_order(seed):
-    rng = np.random.default_rng(seed)
-    n = int(rng.integers(1, 60))
-    N = _spd(rng, n, 0.08)
+def _symbolic_ldlt(N):
+    """``(L, d)`` of the dense SPD ``N``: ``L`` strictly lower CSC on the symbolic pattern of the
+    factor (closed under the etree), its structural zeros kept as explicit entries."""
+    n = N.shape[0]
     Ls, d = _dense_ldlt(N)
-    # the symbolic pattern of L (closed under the etree) with structural zeros kept:
     pattern = np.linalg.cholesky(np.abs(N) + n * np.eye(n)) != 0
     rows, cols = np.nonzero(np.tril(pattern, -1))
     L = scipy.sparse.csc_matrix((Ls[rows, cols], (rows, cols)), shape=(n, n))  # zeros kept
     L.sort_indices()
+    return L, d
+
+
+def _numpy_supernodes(L, d):
+    return fit_factor._numpy_relaxed_supernodes(L, d)
+
+
+def _compiled_supernodes(L, d):
     post, Lsn = fit_factor._relaxed_supernodal_factor(L, d)
+    return post, _Supernodal(Lsn)
+
+
+@pytest.mark.parametrize("build", [_numpy_supernodes, _compiled_supernodes], ids=["numpy", "compiled"])
+@pytest.mark.parametrize("seed", range(6))
+def test_relaxed_supernodal_factor_of_any_order(seed, build):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60)) if seed else 1
+    N = _spd(rng, n, (0.0, 0.08, 0.3)[seed % 3])  # diagonal (no entries below), sparse, dense
+    L, d = _symbolic_ldlt(N)
+    post, sn = build(L, d)
     assert sorted(post.tolist()) == list(range(n))
     Np = N[np.ix_(post, post)]
-    np.testing.assert_allclose((Lsn @ Lsn.T).toarray(), Np, rtol=1e-10, atol=1e-10 * np.abs(N).max())
-    sn = _Supernodal(Lsn)
+    Lsn = np.zeros((n, n))
+    for s, (f, e) in enumerate(zip(sn.starts, sn.ends)):
+        Lsn[f:e, f:e] = sn.ldiag[s]
+        Lsn[sn.rows[s], f:e] = sn.lbelow[s]
+    np.testing.assert_allclose(Lsn @ Lsn.T, Np, rtol=1e-10, atol=1e-10 * np.abs(N).max())
     np.testing.assert_allclose(sn.inv_diag(), np.diag(np.linalg.inv(Np)), rtol=1e-9)
     b = rng.normal(size=(n, 3))
     np.testing.assert_allclose(sn.solve(b), np.linalg.solve(Np, b), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_numpy_relaxed_supernodes_equal_the_compiled_ones(seed):
+    """The NumPy path merges exactly as the compiled amalgamation (one rule, one postorder)."""
+    from sparse3d.fit._factor_kernels import postorder
+
+    rng = np.random.default_rng(10 + seed)
+    n = int(rng.integers(2, 150))
+    N = _spd(rng, n, float(rng.uniform(0.005, 0.06)))
+    perm = rng.permutation(n)  # an order that is not a postorder of the etree
+    L, d = _symbolic_ldlt(N[np.ix_(perm, perm)])
+    parent = np.full(n, -1, dtype=np.intp)
+    has = np.diff(L.indptr) > 0
+    parent[has] = L.indices[L.indptr[:-1][has]]
+    assert np.array_equal(fit_factor._etree_postorder(L.indptr, L.indices), postorder(parent))
+    post_np, sn_np = _numpy_supernodes(L, d)
+    post_c, sn_c = _compiled_supernodes(L, d)
+    assert np.array_equal(post_np, post_c)
+    assert np.array_equal(sn_np.starts, sn_c.starts)
+    for s in range(sn_c.starts.size):
+        assert np.array_equal(sn_np.rows[s], sn_c.rows[s])
+        np.testing.assert_allclose(sn_np.ldiag[s], sn_c.ldiag[s], rtol=1e-14, atol=0)
+        np.testing.assert_allclose(sn_np.lbelow[s], sn_c.lbelow[s], rtol=1e-14, atol=0)
+
+
+def test_numpy_relaxed_supernodes_merge_and_stay_exact():
+    """Fewer, larger blocks than the fundamental supernodes, with the same inverse diagonal."""
+    rng = np.random.default_rng(3)
+    n = 200
+    N = _spd(rng, n, 0.02)
+    L, d = _symbolic_ldlt(N)
+    post0, none = fit_factor._numpy_relaxed_supernodes(L, d, (1, 1, 1), (0.0, 0.0, 0.0))
+    post1, relaxed = fit_factor._numpy_relaxed_supernodes(L, d)
+    assert relaxed.starts.size < none.starts.size / 2
+    assert np.array_equal(post0, post1)
+    ref = np.diag(np.linalg.inv(N[np.ix_(post1, post1)]))
+    np.testing.assert_allclose(relaxed.inv_diag(), ref, rtol=1e-10)
+    np.testing.assert_allclose(none.inv_diag(), ref, rtol=1e-10)
 
 
 def test_amalgamation_merges_supernodes(compiled_kernels):
@@ -66,12 +125,34 @@ def test_qdldl_factor_solves_before_and_after_the_blocks(k, fit_path):
     n = 80
     N = _spd(rng, n, 0.05)
     fac = fit_factor._QDLDLFactor(scipy.sparse.csr_matrix(np.tril(N)))
-    assert (fac._LD is not None) == (fit_path == "compiled")
+    assert fac._super is None  # no blocks before they are needed
+    assert (fac._F is not None) == (fit_path == "numpy")  # small: qdldl's own solve
     b = rng.normal(size=(n, k))
     np.testing.assert_allclose(fac.solve(b), np.linalg.solve(N, b), rtol=1e-8, atol=1e-10)  # compiled LDL^T
     np.testing.assert_allclose(fac.solve(b[:, 0]), np.linalg.solve(N, b[:, 0]), rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(fac.inv_diag(), np.diag(np.linalg.inv(N)), rtol=1e-9)
     np.testing.assert_allclose(fac.solve(b), np.linalg.solve(N, b), rtol=1e-8, atol=1e-10)  # blocks
+
+
+@pytest.mark.parametrize("k", [1, 33])
+def test_qdldl_factor_handing_over_its_symbolic_analysis_keeps_solving(k, fit_path):
+    """The next factor refactorises qdldl's object in place: the one that handed it over still
+    solves its own matrix (small: it kept that object for its solves)."""
+    rng = np.random.default_rng(8)
+    n = 90
+    N1 = _spd(rng, n, 0.05)
+    N2 = N1 + np.diag(rng.uniform(1, 3, n))  # same pattern, other values
+    f1 = fit_factor._QDLDLFactor(scipy.sparse.csr_matrix(np.tril(N1)), keep_symbolic=True)
+    b = rng.normal(size=(n, k))
+    np.testing.assert_allclose(f1.solve(b), np.linalg.solve(N1, b), rtol=1e-10, atol=1e-12)
+    f2 = fit_factor._QDLDLFactor(scipy.sparse.csr_matrix(np.tril(N2)), reuse=f1, keep_symbolic=True)
+    assert f2.reused_symbolic
+    for N, f in ((N1, f1), (N2, f2)):
+        np.testing.assert_allclose(f.solve(b), np.linalg.solve(N, b), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(f.inv_diag(), np.diag(np.linalg.inv(N)), rtol=1e-10)
+        np.testing.assert_allclose(f.solve(b), np.linalg.solve(N, b), rtol=1e-10, atol=1e-12)
+        p = f.portable()
+        np.testing.assert_allclose(p.solve(b), np.linalg.solve(N, b), rtol=1e-10, atol=1e-12)
 
 
 def test_qdldl_factor_refuses_indefinite():

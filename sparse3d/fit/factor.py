@@ -56,6 +56,10 @@ _CHOLMOD_LOCK = threading.Lock()
 NRELAX = (4, 16, 48)
 ZRELAX = (0.8, 0.1, 0.05)
 
+# A small qdldl factor solves up to this many right-hand sides by qdldl's own C solve, one
+# column at a time; more use the blocked supernodal solve.
+_QDLDL_MAX_DIRECT_RHS = 32
+
 # With CHOLMOD, up to this many right-hand sides are solved by CHOLMOD itself
 # (which handles one column at a time); more use the blocked supernodal solve.
 _CHOLMOD_MAX_DIRECT_RHS = 32
@@ -278,9 +282,13 @@ class _CholmodFactor(_SupernodalFactor):
 class _QDLDLFactor(_SupernodalFactor):
     """``qdldl``'s ``L D L^T`` (AMD ordering), as relaxed supernodes for many solves and errors.
 
-    ``qdldl``'s own object is dropped as soon as its factor is exported; until the
-    supernodal blocks are needed (:meth:`inv_diag`, :meth:`portable`), solves run a
-    compiled sparse ``L D L^T`` solve over all right-hand sides at once.
+    Until the supernodal blocks are needed (:meth:`inv_diag`, :meth:`portable`, many
+    right-hand sides of a small factor), solves run without them: a large factor
+    (:data:`~sparse3d._compiled.COMPILED_MIN_NNZ` entries or more) drops ``qdldl``'s object and
+    runs a compiled sparse ``L D L^T`` solve over all right-hand sides at once; a small one
+    keeps ``qdldl``'s object and solves each of up to :data:`_QDLDL_MAX_DIRECT_RHS` columns
+    with its C solve (no numba import), and builds its relaxed supernodes in NumPy
+    (:func:`_numpy_relaxed_supernodes`) when the blocks are needed.
     """
 
     name = "qdldl"
@@ -308,7 +316,6 @@ class _QDLDLFactor(_SupernodalFactor):
         self.reused_symbolic = symbolic is not None
         L, D, P = F.factors()
         self._symbolic = (F, N.indptr.copy(), N.indices.copy()) if keep_symbolic else None
-        del F
         self.perm = np.asarray(P, dtype=np.intp)
         bad = _small_pivots(D, N.diagonal()[self.perm])
         if bad.size:
@@ -316,16 +323,15 @@ class _QDLDLFactor(_SupernodalFactor):
         L = scipy.sparse.csc_matrix(L)
         L.sort_indices()
         D = np.asarray(D, dtype=np.float64)
-        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray] | None = None
         self._super = None
-        if L.nnz < _compiled.COMPILED_MIN_NNZ:
-            # small: relaxed NumPy supernodes (no compiled kernels, no numba import)
-            post, self._super = _numpy_relaxed_supernodes(L, D)
-            self.perm = self.perm[post]
-            return
-        # one compiled signature: int32 indices (what qdldl gives; cast once otherwise)
-        L.indptr, L.indices = _factor_index(L.indptr, L.nnz), _factor_index(L.indices, L.nnz)
-        self._LD = (L, D)
+        self._small = L.nnz < _compiled.COMPILED_MIN_NNZ
+        # small: qdldl's own solve (its object is handed over with the symbolic analysis: see
+        # _take_symbolic); large: compiled kernels, one signature: int32 indices (cast once)
+        self._F: Any = F if self._small else None
+        del F
+        if not self._small:
+            L.indptr, L.indices = _factor_index(L.indptr, L.nnz), _factor_index(L.indices, L.nnz)
+        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray] | None = (L, D)
 
     def _take_symbolic(self, N: scipy.sparse.csr_matrix) -> Any:
         """qdldl's solver object (its symbolic analysis) if ``N`` has the pattern it was built
@@ -336,26 +342,38 @@ class _QDLDLFactor(_SupernodalFactor):
         if not (np.array_equal(indptr, N.indptr) and np.array_equal(indices, N.indices)):
             return None
         self._symbolic = None
+        self._F = None  # refactorised by its new owner: this factor solves with (L, D) from now on
         return F
 
     def _supernodal(self) -> _Supernodal:
         if self._super is None:
             assert self._LD is not None
             L, D = self._LD
-            self._LD = None  # solves use the blocks from now on
-            post, Lsn = _relaxed_supernodal_factor(L, D)
+            self._LD = None  # solves use the blocks from now on (or qdldl's object, if kept)
+            if self._small:  # NumPy only: no numba import
+                post, sup = _numpy_relaxed_supernodes(L, D)
+            else:
+                post, Lsn = _relaxed_supernodal_factor(L, D)
+                sup = _Supernodal(Lsn)
             del L
             self.perm = self.perm[post]
-            self._super = _Supernodal(Lsn)
+            self._super = sup
         return self._super
 
     def solve(self, b: np.ndarray) -> np.ndarray:
-        if self._LD is None:
+        b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
+        k = b2.shape[1]
+        if self._F is not None and k <= _QDLDL_MAX_DIRECT_RHS:
+            # qdldl's C solve, one column at a time (it allocates its own work: thread-safe)
+            out = np.empty((self.n, k))
+            for i in range(k):
+                out[:, i] = self._F.solve(b2[:, i])
+            return out.reshape(b.shape)
+        if self._LD is None or self._small:
             return self._blocked_solve(b)
         from ._factor_kernels import ldlt_solve
 
         L, D = self._LD
-        b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
         x = np.ascontiguousarray(b2[self.perm])
         ldlt_solve(L.indptr, L.indices, np.ascontiguousarray(L.data, dtype=np.float64), D, x)
         out = np.empty(x.shape)
