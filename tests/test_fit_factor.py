@@ -159,3 +159,26 @@ def test_qdldl_factor_refuses_indefinite():
     N = np.array([[1.0, 2.0], [2.0, 1.0]])
     with pytest.raises(fit_factor._NotPositiveDefinite):
         fit_factor._QDLDLFactor(scipy.sparse.csr_matrix(np.tril(N)))
+
+
+def test_selected_inversion_refuses_a_pattern_that_is_not_closed():
+    # L of a 4x4 arrow-like matrix with the fill entry (3, 1) dropped: row 3 of column 0 is not
+    # in the front of column 0's parent
+    L = scipy.sparse.csc_matrix(
+        np.array([[2.0, 0, 0, 0], [1.0, 2.0, 0, 0], [0, 0, 2.0, 0], [1.0, 0, 1.0, 2.0]])
+    )
+    with pytest.raises(RuntimeError, match="not closed"):
+        _Supernodal(L).inv_diag()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_qdldl_selected_inverse_on_the_pattern_matches_dense(seed, fit_path):
+    rng = np.random.default_rng(30 + seed)
+    n = 70
+    N = _spd(rng, n, 0.04)
+    fac = fit_factor._QDLDLFactor(scipy.sparse.csr_matrix(np.tril(N)))
+    i, j = np.nonzero(np.tril(N))
+    Z = np.linalg.inv(N)
+    np.testing.assert_allclose(fac.inv_entries(i, j), Z[i, j], rtol=1e-10, atol=1e-12 * np.abs(Z).max())
+    np.testing.assert_allclose(fac.inv_entries(j, i), Z[i, j], rtol=1e-10, atol=1e-12 * np.abs(Z).max())
+    np.testing.assert_allclose(fac.inv_diag(), np.diag(Z), rtol=1e-10)
