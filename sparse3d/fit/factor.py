@@ -648,6 +648,14 @@ def _resolve_auto(N: scipy.sparse.csr_matrix, boxes: Any) -> str:
     return available_solvers()[0]
 
 
+def _uses_boxes(N: scipy.sparse.csr_matrix, solver: str, reuse: Any = None) -> bool:
+    """Whether :func:`_factorize` of ``N`` with ``solver`` and ``reuse`` would use stamp boxes
+    (``"nd"``, or ``"auto"`` resolving to it): the caller computes them only then."""
+    if solver == "auto" and (reuse is None or reuse is False):
+        return N.shape[0] > 0 and _resolve_auto(N, True) == "nd"
+    return solver == "nd"
+
+
 def _solver_name(factor: Any, requested: str) -> str:
     """The solver that made ``factor`` (``"auto"`` resolved; an empty factor: the default)."""
     name = getattr(factor, "name", "")

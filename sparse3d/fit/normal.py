@@ -30,7 +30,7 @@ from ._inputs import _check_mask_values
 from .assemble import _design_matrix, _regular_corners, _row_scale, _scaled_normal_matrix
 from .background import as_background
 from .diagnostics import _chi2
-from .factor import _factorize_or_raise, _solver_name
+from .factor import _factorize_or_raise, _solver_name, _uses_boxes
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
 from .rhs import _stamp_rhs, _stamp_square_sum
@@ -164,7 +164,8 @@ class NormalEquations:
         background model (:func:`._joint._with_background_block`); ``prior_prec`` and ``mu`` then
         have ``n + nb`` entries. ``reuse`` is :func:`prepare_normal_equations`'s.
         """
-        G, c = _scaled_normal_matrix(design, ivar)
+        # a small design is already a sparse matrix (A_csr, from _fit_design): no second format
+        G, c = _scaled_normal_matrix(design if isinstance(A_csr, Sparse3D) else A_csr, ivar)
         if isinstance(A_csr, Sparse3D) and not np.all(np.isfinite(G.data)):
             raise ValueError("A contains non-finite values")  # no sparse matrix checked it
         if background is not None:
@@ -187,7 +188,7 @@ class NormalEquations:
         if has_prior:
             Nmat = Nmat + scipy.sparse.diags(pp if idx is None else pp[idx], format="csr")
         prev = reuse.factor if isinstance(reuse, NormalEquations) else (reuse or None)
-        boxes = stamp_boxes(design, idx) if solver in ("auto", "nd") else None
+        boxes = stamp_boxes(design, idx) if _uses_boxes(Nmat, solver, prev) else None
         factor = _factorize_or_raise(Nmat, idx, solver, prev, boxes)
         solver = _solver_name(factor, solver)
         del Nmat
