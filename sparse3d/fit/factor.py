@@ -460,17 +460,17 @@ def _relaxed_groups(
     linked = np.zeros(starts.size, dtype=bool)
     linked[1:] = first[starts[1:] - 1] == starts[1:]
     gstart = []
-    zeros = entries = gf = 0
+    zeros = entries = gf = gh = 0  # the current group's first column and its height (cnt + 1)
     for f, ks, ms, o, link in zip(starts.tolist(), k.tolist(), mrows.tolist(), own, linked.tolist()):
         if link:
             gk = f - gf
-            add = gk * (ks + ms - (int(cnt[gf]) + 1 - gk))  # zeros added to the group's columns
+            add = gk * (ks + ms - (gh - gk))  # zeros added to the group's columns
             if relaxed_merge(gk + ks, zeros + add, entries + o + add, nrelax, zrelax):
                 zeros += add
                 entries += o + add
                 continue
         gstart.append(f)
-        gf, zeros, entries = f, 0, o
+        gf, gh, zeros, entries = f, ks + ms, 0, o
     gstart.append(n)
     return np.array(gstart, dtype=np.int64)
 

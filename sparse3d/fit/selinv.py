@@ -144,28 +144,25 @@ class _Supernodal:
     ) -> None:
         ends = np.append(starts[1:], n)
         ns = ends - starts
-        height = ns + np.array([r.size for r in rows], dtype=np.int64)
-        sup_of_col = np.repeat(np.arange(starts.size), ns)
+        m = np.array([r.size for r in rows], dtype=np.int64)
         self.n = n
         self.starts = starts
         self.ends = ends
-        self.rows: list[np.ndarray] = []  # rows below the diagonal block
+        ks = ns.tolist()
+        hs, os_ = (ns + m).tolist(), offsets.tolist()
+        blocks = [buf[o : o + h * k].reshape(k, h).T for k, h, o in zip(ks, hs, os_)]
+        self.rows: list[np.ndarray] = list(rows)  # rows below the diagonal block
+        self.ldiag: list[np.ndarray] = [b[:k] for b, k in zip(blocks, ks)]  # the diagonal block (lower)
+        self.lbelow: list[np.ndarray] = [b[k:] for b, k in zip(blocks, ks)]  # block of L below the diagonal
         # inverse of the diagonal block, or None where it is computed when needed (``invert``)
-        self.linv: list[np.ndarray | None] = []
-        self.ldiag: list[np.ndarray] = []  # the diagonal block (lower triangular)
-        self.lbelow: list[np.ndarray] = []  # block of L below the diagonal
-        parent = np.full(starts.size, -1, dtype=np.int64)
         with single_threaded_blas():
-            for s_, (k, h, o) in enumerate(zip(ns.tolist(), height.tolist(), offsets.tolist())):
-                block = buf[o : o + h * k].reshape(k, h).T
-                self.ldiag.append(block[:k])
-                self.linv.append(_tri_inverse(block[:k]) if invert or k == 1 else None)
-                self.lbelow.append(block[k:])
-                r = rows[s_]
-                self.rows.append(r)
-                if r.size:
-                    parent[s_] = sup_of_col[r[0]]
-        self.parent = parent
+            self.linv: list[np.ndarray | None] = [
+                _tri_inverse(d) if invert or k == 1 else None for d, k in zip(self.ldiag, ks)
+            ]
+        # the parent supernode: the one holding the first row below
+        first = np.array([r[0] if r.size else 0 for r in rows], dtype=np.int64)
+        sup_of_col = np.repeat(np.arange(starts.size), ns)
+        self.parent = np.where(m > 0, sup_of_col[first], -1).astype(np.int64)
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         """Solve ``L L^T x = b`` (``b`` in the factor's permuted order)."""
@@ -248,7 +245,10 @@ class _Supernodal:
                 raise RuntimeError("internal error: factor pattern is not closed")
             pb = p[below]
             pos[below] = (self.ends[pb] - self.starts[pb]) + at - rstart[pb]
-        rel = np.split(pos, np.cumsum(m)[:-1]) if nsup else []
+        bounds = np.zeros(nsup + 1, dtype=np.int64)
+        np.cumsum(m, out=bounds[1:])
+        bl = bounds.tolist()
+        rel = [pos[a:b] for a, b in zip(bl[:-1], bl[1:])]
         self._rel = rel
         return rel
 
