@@ -1,4 +1,4 @@
-"""Factor internals against dense NumPy: relaxed supernodes, postorder, the sparse LDL^T solve."""
+"""Factor internals against dense NumPy: relaxed supernodes (NumPy and compiled), postorder, the solves."""
 
 import warnings
 
@@ -8,6 +8,7 @@ import pytest
 import scipy.sparse
 
 from sparse3d.fit import factor as fit_factor
+from sparse3d.fit import relaxed as fit_relaxed
 from sparse3d.fit.selinv import _Supernodal
 
 
@@ -37,11 +38,11 @@ def _symbolic_ldlt(N):
 
 
 def _numpy_supernodes(L, d):
-    return fit_factor._numpy_relaxed_supernodes(L, d)
+    return fit_relaxed._numpy_relaxed_supernodes(L, d)
 
 
 def _compiled_supernodes(L, d):
-    post, Lsn = fit_factor._relaxed_supernodal_factor(L, d)
+    post, Lsn = fit_relaxed._relaxed_supernodal_factor(L, d)
     return post, _Supernodal(Lsn)
 
 
@@ -78,7 +79,7 @@ def test_numpy_relaxed_supernodes_equal_the_compiled_ones(seed):
     parent = np.full(n, -1, dtype=np.intp)
     has = np.diff(L.indptr) > 0
     parent[has] = L.indices[L.indptr[:-1][has]]
-    assert np.array_equal(fit_factor._etree_postorder(L.indptr, L.indices), postorder(parent))
+    assert np.array_equal(fit_relaxed._etree_postorder(L.indptr, L.indices), postorder(parent))
     post_np, sn_np = _numpy_supernodes(L, d)
     post_c, sn_c = _compiled_supernodes(L, d)
     assert np.array_equal(post_np, post_c)
@@ -95,8 +96,8 @@ def test_numpy_relaxed_supernodes_merge_and_stay_exact():
     n = 200
     N = _spd(rng, n, 0.02)
     L, d = _symbolic_ldlt(N)
-    post0, none = fit_factor._numpy_relaxed_supernodes(L, d, (1, 1, 1), (0.0, 0.0, 0.0))
-    post1, relaxed = fit_factor._numpy_relaxed_supernodes(L, d)
+    post0, none = fit_relaxed._numpy_relaxed_supernodes(L, d, (1, 1, 1), (0.0, 0.0, 0.0))
+    post1, relaxed = fit_relaxed._numpy_relaxed_supernodes(L, d)
     assert relaxed.starts.size < none.starts.size / 2
     assert np.array_equal(post0, post1)
     ref = np.diag(np.linalg.inv(N[np.ix_(post1, post1)]))

@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# the relaxed-amalgamation defaults and rule live, numba-free, in .factor (the NumPy path uses them)
-from .factor import NRELAX, ZRELAX  # noqa: F401 - re-exported to ._supernodal_kernels
-from .factor import relaxed_merge as _relaxed_merge_rule
+# the relaxed-amalgamation defaults and rule live, numba-free, in .relaxed (the NumPy path uses them)
+from .relaxed import NRELAX, ZRELAX  # noqa: F401 - re-exported to ._supernodal_kernels
+from .relaxed import relaxed_merge as _relaxed_merge_rule
 
 # the one signature of each kernel (see sparse3d._compiled): callers pass exactly these types.
 # The factor's index arrays are int32, as SciPy and qdldl hand them out (casting a factor of
