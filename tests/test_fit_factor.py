@@ -110,7 +110,7 @@ def test_amalgamation_merges_supernodes(compiled_kernels):
     n = 120
     N = _spd(rng, n, 0.03)
     fac = fit_factor._QDLDLFactor(scipy.sparse.csr_matrix(np.tril(N)))
-    L, d = fac._LD
+    L, d, _ = fac._LD
     from sparse3d.fit._factor_kernels import amalgamate, etree_parent
 
     none = amalgamate(L.indptr, L.indices, L.data, d, np.array([1, 1, 1]), np.array([0.0, 0.0, 0.0]))
@@ -219,3 +219,22 @@ def test_small_sparse3d_fit_takes_the_lean_numpy_path_and_matches_dense(name, mo
     fit_reference.close(res.weights, p, rtol=1e-9)
     fit_reference.close(res.weights_err, e, rtol=1e-9)
     np.testing.assert_allclose(res.chi2, chi2, rtol=1e-9, atol=1e-12)
+
+
+def test_qdldl_factor_builds_its_blocks_once_under_threads(fit_path):
+    """Threads asking for errors and solves at once: one set of blocks, every answer exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(12)
+    n = 150
+    N = _spd(rng, n, 0.03)
+    b = rng.normal(size=(n, 40))  # more columns than qdldl's direct solve takes: the blocks
+    Z = np.linalg.inv(N)
+    for _ in range(3):
+        fac = fit_factor._QDLDLFactor(scipy.sparse.csr_matrix(np.tril(N)))
+        tasks = [fac.inv_diag, lambda: fac.solve(b), lambda: fac.solve(b[:, 0])] * 4
+        with ThreadPoolExecutor(4) as pool:
+            out = [f.result() for f in [pool.submit(t) for t in tasks]]
+        for i, got in enumerate(out):
+            want = (np.diag(Z), Z @ b, Z @ b[:, 0])[i % 3]
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)

@@ -309,7 +309,9 @@ class _QDLDLFactor(_SupernodalFactor):
         del F
         if not self._small:
             L.indptr, L.indices = _factor_index(L.indptr, L.nnz), _factor_index(L.indices, L.nnz)
-        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray] | None = (L, D)
+        # the factor, with the order it is in (building the blocks postorders self.perm)
+        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray, np.ndarray] | None = (L, D, self.perm)
+        self._lock = threading.Lock()
 
     def _take_symbolic(self, N: scipy.sparse.csr_matrix) -> Any:
         """qdldl's solver object (its symbolic analysis) if ``N`` has the pattern it was built
@@ -324,18 +326,19 @@ class _QDLDLFactor(_SupernodalFactor):
         return F
 
     def _supernodal(self) -> _Supernodal:
-        if self._super is None:
-            assert self._LD is not None
-            L, D = self._LD
-            self._LD = None  # solves use the blocks from now on (or qdldl's object, if kept)
-            if self._small:  # NumPy only: no numba import
-                post, sup = _numpy_relaxed_supernodes(L, D)
-            else:
-                post, Lsn = _relaxed_supernodal_factor(L, D)
-                sup = _Supernodal(Lsn)
-            del L
-            self.perm = self.perm[post]
-            self._super = sup
+        with self._lock:  # built once, also when several threads ask for errors at once
+            if self._super is None:
+                assert self._LD is not None
+                L, D, perm = self._LD
+                if self._small:  # NumPy only: no numba import
+                    post, sup = _numpy_relaxed_supernodes(L, D)
+                else:
+                    post, Lsn = _relaxed_supernodal_factor(L, D)
+                    sup = _Supernodal(Lsn)
+                del L
+                # perm and blocks change together; solves use the blocks from now on (or
+                # qdldl's object, if kept)
+                self.perm, self._super, self._LD = perm[post], sup, None
         return self._super
 
     def solve(self, b: np.ndarray) -> np.ndarray:
@@ -347,15 +350,16 @@ class _QDLDLFactor(_SupernodalFactor):
             for i in range(k):
                 out[:, i] = self._F.solve(b2[:, i])
             return out.reshape(b.shape)
-        if self._LD is None or self._small:
+        LD = self._LD  # read once: another thread may be building the blocks
+        if LD is None or self._small:
             return self._blocked_solve(b)
         from ._factor_kernels import ldlt_solve
 
-        L, D = self._LD
-        x = np.ascontiguousarray(b2[self.perm])
+        L, D, perm = LD
+        x = np.ascontiguousarray(b2[perm])
         ldlt_solve(L.indptr, L.indices, np.ascontiguousarray(L.data, dtype=np.float64), D, x)
         out = np.empty(x.shape)
-        out[self.perm] = x
+        out[perm] = x
         return out.reshape(b.shape)
 
 
