@@ -232,9 +232,9 @@ def test_qdldl_factor_builds_its_blocks_once_under_threads(fit_path):
     Z = np.linalg.inv(N)
     for _ in range(3):
         fac = fit_factor._QDLDLFactor(scipy.sparse.csr_matrix(np.tril(N)))
-        tasks = [fac.inv_diag, lambda: fac.solve(b), lambda: fac.solve(b[:, 0])] * 4
+        calls = [(fac.inv_diag,), (fac.solve, b), (fac.solve, b[:, 0])] * 4
         with ThreadPoolExecutor(4) as pool:
-            out = [f.result() for f in [pool.submit(t) for t in tasks]]
+            out = [f.result() for f in [pool.submit(*call) for call in calls]]
         for i, got in enumerate(out):
             want = (np.diag(Z), Z @ b, Z @ b[:, 0])[i % 3]
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
