@@ -19,6 +19,13 @@ from numba import njit
 from .relaxed import NRELAX, ZRELAX  # noqa: F401 - re-exported to ._supernodal_kernels
 from .relaxed import relaxed_merge as _relaxed_merge_rule
 
+#: numba's on-disk cache keys a kernel on the file that defines it: ``amalgamate`` inlines
+#: ``relaxed_merge`` from :mod:`.relaxed`, so a change there would leave stale cached code here.
+#: This digest of the rule and ``NRELAX``/``ZRELAX`` (recomputed by ``tests/test_fit_compiled.py``,
+#: like ``_supernodal_kernels.DEPENDENCY_DIGEST``) must follow any such change; updating it edits
+#: this file, which invalidates this module's cache.
+DEPENDENCY_DIGEST = "7a825d3b107a0ddf"
+
 # the one signature of each kernel (see sparse3d._compiled): callers pass exactly these types.
 # The factor's index arrays are int32, as SciPy and qdldl hand them out (casting a factor of
 # 10^8 entries to intp would cost 0.4 GB per array); a factor of 2**31 entries or more, beyond

@@ -9,7 +9,9 @@ postorder of the elimination tree has made every subtree a contiguous range of c
 :func:`relaxed_merge` is the one definition of the rule: plain Python here for the NumPy path
 (:func:`_numpy_relaxed_supernodes`, small factors: no numba import), compiled and inlined by
 :mod:`._factor_kernels` into its ``amalgamate`` (large qdldl factors) and into
-:mod:`._supernodal_kernels` (``solver="nd"``).
+:mod:`._supernodal_kernels` (``solver="nd"``). numba's cache does not see edits here: changing
+the rule or the defaults means updating ``DEPENDENCY_DIGEST`` in both kernel modules (the value
+``tests/test_fit_compiled.py`` prints), which invalidates their cached code.
 """
 
 from __future__ import annotations
