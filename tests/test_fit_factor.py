@@ -66,6 +66,11 @@ def test_relaxed_supernodal_factor_of_any_order(seed, build):
     np.testing.assert_allclose(sn.solve(b), np.linalg.solve(Np, b), rtol=1e-8, atol=1e-10)
 
 
+def test_numpy_relaxed_supernodes_of_an_empty_factor():
+    post, sn = fit_relaxed._numpy_relaxed_supernodes(scipy.sparse.csc_matrix((0, 0)), np.zeros(0))
+    assert post.shape == (0,) and sn.inv_diag().shape == (0,) and sn.solve(np.zeros((0, 2))).shape == (0, 2)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_numpy_relaxed_supernodes_equal_the_compiled_ones(seed):
     """The NumPy path merges exactly as the compiled amalgamation (one rule, one postorder)."""

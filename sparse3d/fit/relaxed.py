@@ -157,7 +157,8 @@ def _numpy_relaxed_supernodes(
     rows = [indices[a:b] for a, b in zip(below_ptr[0].tolist(), below_ptr[1].tolist())]
     below_start = np.zeros(f.size + 1, dtype=np.int64)
     np.cumsum(m, out=below_start[1:])
-    keys = np.repeat(np.arange(f.size) * n, m) + np.concatenate(rows)  # sorted: by group, then row
+    # sorted: by group, then row
+    keys = np.repeat(np.arange(f.size) * n, m) + np.concatenate([np.zeros(0, dtype=np.int64), *rows])
     out = ~inside
     gout = g[out]
     key = gout * n + indices[out]
