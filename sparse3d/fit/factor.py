@@ -344,11 +344,12 @@ class _QDLDLFactor(_SupernodalFactor):
     def solve(self, b: np.ndarray) -> np.ndarray:
         b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
         k = b2.shape[1]
-        if self._F is not None and k <= _QDLDL_MAX_DIRECT_RHS:
+        F = self._F  # read once: a later factor may take it over (_take_symbolic)
+        if F is not None and k <= _QDLDL_MAX_DIRECT_RHS:
             # qdldl's C solve, one column at a time (it allocates its own work: thread-safe)
             out = np.empty((self.n, k))
             for i in range(k):
-                out[:, i] = self._F.solve(b2[:, i])
+                out[:, i] = F.solve(b2[:, i])
             return out.reshape(b.shape)
         LD = self._LD  # read once: another thread may be building the blocks
         if LD is None or self._small:
