@@ -514,11 +514,15 @@ class Sparse3D(NDArrayOperatorsMixin):
         dtype = np.dtype(dtype)
         if dtype == self.dtype and not copy:
             return self
+        if self._pending_blocks is not None:  # group by group, still without joining them
+            return _join_groups([g.astype(dtype) for g in self.groups], self._structure)
         values = _checked_values(self._values.astype(dtype), f"astype({dtype})")
         return Sparse3D._from_parts(values, self._structure)
 
     def copy(self) -> Sparse3D:
         """A copy (arrays are immutable, so this is rarely needed)."""
+        if self._pending_blocks is not None:
+            return _join_groups([g.copy() for g in self.groups], self._structure)
         return Sparse3D._from_parts(self._values.copy(), self._structure)
 
     def __copy__(self) -> Sparse3D:
