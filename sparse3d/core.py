@@ -156,11 +156,13 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @classmethod
     def from_groups(cls, data, row, col, imshape, imcorner=(0, 0)) -> Sparse3D:
-        """One array from stamp blocks of different shapes: ``np.concatenate`` without the copy.
+        """One array from stamp blocks of different shapes, its values in one block.
 
         Equal to ``np.concatenate([Sparse3D(d, r, c, imshape, imcorner) for d, r, c in
         zip(data, row, col)], axis=2)`` (sources in that order, one stamp group per stamp
-        shape), but every block's values are copied once, straight into the array.
+        shape). Both copy every block's values once: ``np.concatenate`` keeps the pieces'
+        values as its groups' (joined into one 1-D block only when an operation needs one,
+        e.g. ``tocsr`` or ``fit``), ``from_groups`` copies them straight into that block.
 
         Parameters
         ----------
