@@ -258,9 +258,11 @@ class Sparse3D(NDArrayOperatorsMixin):
     def __getattr__(self, name: str):
         # reached only when the normal lookup fails: the values of a grouped array joined
         # without a copy, built on first use (one copy, then cached in the slot)
-        blocks = self.__dict__.get("_pending_blocks") if name == "_values" else None
-        if blocks is None:
+        if name != "_values":
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        blocks = self.__dict__.get("_pending_blocks")
+        if blocks is None:  # joined by another thread since the lookup (or never set: raises)
+            return object.__getattribute__(self, "_values")
         values = _pool.empty((self._structure.nelements,), blocks[0].dtype)
         np.concatenate([b.ravel() for b in blocks], out=values)
         values.flags.writeable = False

@@ -243,3 +243,19 @@ def test_dask_token_of_a_joined_array_is_its_content():
     assert _joined(a) and not _joined(b)
     assert _token(a) == _token(b)
     assert _token(a) != _token(gs.build() * 2.0)
+
+
+def test_joining_from_several_threads_at_once():
+    """Threads that need the 1-D block at the same time all see the same, complete values."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gs = random_grouped_scene(11, imshape=(30, 30), stamps=((4, 4), (7, 7)), nsources=(400, 30))
+    want = gs.dense().reshape(-1, 430)
+    for _ in range(3):
+        parts, snap, S = _fresh(gs)
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda T: T.tocsr().toarray(), [S] * 8))
+        for r in results:
+            _same(r, want)
+        _same(S, gs.dense())
+        _unchanged(parts, snap)
