@@ -441,7 +441,7 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by values and positions (the stored ones: a translation shares them)."""
+        """Bytes held by values and positions (the stored ones: translations, concatenations share them)."""
         s = self._structure
         groups = s.groups if s.grouped else (s,)
         values = sum(b.nbytes for b in self._group_blocks())
