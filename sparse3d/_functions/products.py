@@ -182,9 +182,12 @@ def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarr
     The scatter sums into a buffer lent by :func:`sparse3d._pool.lend` (or into ``into``
     itself when it is C-contiguous): a loop's models re-use a few buffers whose pages are
     already mapped, instead of faulting in a fresh one per call (~1 ms per 6 MB model on a
-    VM, more than the scatter's arithmetic). ``into`` in another layout (sparse3d 1.x's
-    ``(k, H, W)``, as a transposed view) receives one copy of the result, and the scratch
-    buffer goes back to the pool. Same bits as without ``into``.
+    VM, more than the scatter's arithmetic). ``into`` in sparse3d 1.x's ``(k, H, W)``
+    layout (the transposed view of a C-contiguous cube) is written in place by
+    :func:`sparse3d._grid_kernels.planes_scatter` when the stamps are a grid (no scratch
+    buffer, no transposing copy, no separate zeroing pass); in any other layout it receives
+    one copy of the result, and the scratch buffer goes back to the pool. Same bits as
+    without ``into``.
     """
     s = a._structure
     H, W = a.imshape
