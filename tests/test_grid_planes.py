@@ -177,3 +177,16 @@ def test_non_grid_stamps_keep_the_sorted_scatter(planes_calls):
         ref = _planes_ref(dense_reference(data, row + d[0], col + d[1], (9, 11)), w)
         _check(L.dot(w), ref, np.float64)
     assert not planes_calls
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.bool_, np.complex64])
+def test_integer_bool_and_complex_stamps(planes_calls, dtype):
+    rng = np.random.default_rng(1)
+    sc = random_scene(rng, imshape=(15, 12), stamp=(3, 4), nsources=7, dtype=dtype, imcorner=(3, -2))
+    L = _legacy(sc)
+    for d in [(1, 1), (0, -2), (3, 3), (-4, 14)]:
+        L.translate(d)
+        w = rng.normal(size=(7, 2))
+        got = L.dot(w)
+        _check(got, _planes_ref(_dense_at(sc, d), w), np.result_type(dtype, np.float64))
+    assert len(planes_calls) == 3  # every translation after the family's first product
