@@ -196,6 +196,34 @@ def test_nd_large_fronts_match_dense():
     np.testing.assert_allclose(F.inv_diag(), np.diag(np.linalg.inv(full)), rtol=1e-10)
 
 
+@pytest.mark.parametrize("nk", [0, 2, 5, 17])
+def test_nd_solve_of_many_right_hand_sides_matches_dense(nk, compiled_kernels):
+    # the one-call multi-right-hand-side solve (every supernode in loops, four rows per update,
+    # the remainders of 2, 5 and 17 columns, supernodes of fewer than four columns or rows)
+    # against the dense solve; each column equals the one-right-hand-side solve, b is not
+    # modified and may be a Fortran-ordered array
+    rng = np.random.default_rng(14)
+    n, size = 700, 90
+    r0, c0 = rng.integers(-5, size, n), rng.integers(-5, size, n)
+    R, C = np.mgrid[:7, :6]
+    S = Sparse3D(rng.uniform(0.1, 1, (7, 6, n)), R[:, :, None] + r0, C[:, :, None] + c0, (size, size))
+    G = normal_matrix(S, None)
+    G = (G + scipy.sparse.diags(np.full(n, 0.05 * G.diagonal().max()), format="csr")).tocsr()
+    F = _NDFactor(G, stamp_boxes(S, None))
+    k = np.diff(F._blocks[0])
+    assert k.max() >= 8 and np.any(k < 4)
+    full = (G + G.T - scipy.sparse.diags(G.diagonal())).toarray()
+    b = np.asfortranarray(rng.normal(size=(n, nk)))
+    b0 = b.copy()
+    got = F.solve(b)
+    np.testing.assert_array_equal(b, b0)
+    assert got.shape == (n, nk)
+    ref = np.linalg.solve(full, b) if nk else np.zeros((n, 0))
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12 * max(np.abs(ref).max(initial=0), 1))
+    for j in range(nk):
+        np.testing.assert_allclose(got[:, j], F.solve(b[:, j].copy()), rtol=1e-12, atol=1e-14)
+
+
 def test_stamp_right_hand_side_refuses_nonfinite_stamps(compiled_kernels):
     # with the right-hand side from the stamps no sparse matrix checks the values: the normal
     # matrix does
