@@ -419,9 +419,9 @@ def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out):  # pragma: no 
                 for t in range(nk):
                     xc[t] -= (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
                 a += 4
-            for a in range(a, m):
-                v0 = buf[col + k + a]
-                x0 = x[srows[q + a]]
+            for a2 in range(a, m):
+                v0 = buf[col + k + a2]
+                x0 = x[srows[q + a2]]
                 for t in range(nk):
                     xc[t] -= v0 * x0[t]
             _sub_rows(xc, buf, col, 1, x, f, c + 1, k)
@@ -450,9 +450,9 @@ def _sub_rows(y, buf, p0, stride, x, f, c0, c1):  # pragma: no cover - compiled
         for t in range(nk):
             y[t] -= (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
         c += 4
-    for c in range(c, c1):
-        v0 = buf[p0 + c * stride]
-        x0 = x[f + c]
+    for c2 in range(c, c1):
+        v0 = buf[p0 + c2 * stride]
+        x0 = x[f + c2]
         for t in range(nk):
             y[t] -= v0 * x0[t]
 
