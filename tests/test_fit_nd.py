@@ -277,15 +277,15 @@ def test_nd_kernels_compile_one_signature(compiled_kernels):
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 200])
-@pytest.mark.parametrize("strip_bytes", [1, 1 << 19])  # 1: strips one stamp wide (many strips)
-def test_stamp_right_hand_side_many_frames(n, strip_bytes, monkeypatch, compiled_kernels):
-    # A^T U from the stamps (storage order for a few frames, strip order for many) against the
-    # dense product; each source's sums the same bits whatever the number of frames
+@pytest.mark.parametrize("imcorner", [(-4, 7), (3, -2)])
+def test_stamp_right_hand_side_many_frames(n, imcorner, compiled_kernels):
+    # A^T U from the stamps (storage order for a few frames, an image sweep by stamp rows for
+    # many; stamps over every edge) against the dense product; each source's sums the same
+    # bits whatever the number of frames
     from sparse3d.fit import rhs
 
-    monkeypatch.setattr(rhs, "_RHS_STRIP_BYTES", strip_bytes)
     rng = np.random.default_rng(11 + n)
-    S = _scene(rng, n, stamp=(5, 3))
+    S = _scene(rng, n, imcorner=imcorner, stamp=(5, 3))
     A = _dense(S) if n else np.zeros((np.prod(S.imshape), 0))
     values = np.ascontiguousarray(S.data, dtype=np.float64)
     values.flags.writeable = False  # the kernel's one compiled signature
@@ -328,6 +328,32 @@ def test_stamp_right_hand_side_fit_of_many_frames(compiled_kernels):
         np.testing.assert_allclose(res.weights, w, rtol=1e-9, atol=1e-11 * np.abs(w).max())
         single = fit_design(S, d[:, :, 5], imshape=S.imshape, errors=err, mask=mask, solver="nd")
         np.testing.assert_allclose(res.weights[:, 5], single.weights, rtol=1e-12, atol=1e-14)
+
+
+def test_fit_of_many_frames_per_frame_masks_float32_matches_lstsq(compiled_kernels):
+    # 13 float32 frames given as a transposed (k, H, W) stack, a mask per frame (two distinct
+    # masks: two factorisations, each solving 5 or 8 frames: the image sweep of the right-hand
+    # side), stamps over the image edges, a non-zero imcorner: every frame against
+    # np.linalg.lstsq on its kept pixels
+    rng = np.random.default_rng(15)
+    S = _scene(rng, 90, imcorner=(5, -3))
+    A = _dense(S)
+    H, W = S.imshape
+    k = 13
+    stack = rng.normal(size=(k, H, W)).astype(np.float32)
+    frames = stack.transpose(1, 2, 0)  # (H, W, k), not contiguous
+    m1 = rng.random((H, W)) < 0.1
+    m2 = rng.random((H, W)) < 0.2
+    mask = np.stack([m1 if j % 3 else m2 for j in range(k)], axis=2)
+    d = np.where(mask, np.float32(np.nan), frames)  # masked pixels may hold anything
+    res = fit_design(S, d, imshape=S.imshape, mask=mask, solver="nd", errors=np.full((H, W), 0.5))
+    assert res.n_factorizations == 2 and res.weights.shape == (S.nsources, k)
+    for j in range(k):
+        kept = ~mask[:, :, j].ravel()
+        w, *_ = np.linalg.lstsq(A[kept], frames[:, :, j].ravel()[kept].astype(float), rcond=None)
+        np.testing.assert_allclose(res.weights[:, j], w, rtol=1e-8, atol=1e-10 * np.abs(w).max())
+        r = frames[:, :, j].ravel()[kept] - A[kept] @ w
+        np.testing.assert_allclose(res.chi2[j], np.sum((r / 0.5) ** 2), rtol=1e-8)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
