@@ -373,3 +373,44 @@ def test_weighted_square_sum_kernel(weighted, masked):
     k = keep if masked else np.ones(9000, dtype=bool)
     ref = ((0.25 * D[k]) ** 2 * w[k, None]).sum(axis=0)
     np.testing.assert_allclose(weighted_square_sum(D, ivar, keep, 0.25), ref, rtol=1e-13)
+
+
+@pytest.mark.parametrize("keep_kind", ["none", "shared", "per_frame"])
+def test_kept_all_finite_kernel(keep_kind, compiled_kernels):
+    # the fit's data check on the stamp path: one compiled pass over more rows than a block,
+    # against np.isfinite on the kept entries; NaN, inf and -inf, kept or masked
+    from sparse3d.fit.rhs import _kept_all_finite
+
+    rng = np.random.default_rng(16)
+    D = rng.normal(size=(9000, 6))
+    keep = {
+        "none": None,
+        "shared": rng.random((9000, 1)) > 0.3,
+        "per_frame": rng.random((9000, 6)) > 0.3,
+    }[keep_kind]
+    full = np.ones(D.shape, bool) if keep is None else np.broadcast_to(keep, D.shape)
+    assert _kept_all_finite(D, keep)
+    assert _kept_all_finite(D[:0], keep if keep is None else keep[:0])
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in (full, ~full):
+            idx = np.argwhere(where)
+            if idx.size == 0:
+                continue
+            p, t = idx[rng.integers(len(idx))]
+            D2 = D.copy()
+            D2[p, t] = bad
+            assert _kept_all_finite(D2, keep) == bool(np.isfinite(D2)[full].all())
+
+
+def test_stamp_path_refuses_nonfinite_unmasked_data(compiled_kernels):
+    # the compiled check of the stamp path raises the shared message; masked NaN pass
+    rng = np.random.default_rng(17)
+    S = _scene(rng, 60)
+    for shape in (S.imshape, (*S.imshape, 6)):
+        d = rng.normal(size=shape)
+        d[3, 4] = np.nan
+        with pytest.raises(ValueError, match="data contains non-finite values in unmasked pixels"):
+            fit_design(S, d, imshape=S.imshape, solver="nd")
+        mask = np.zeros(S.imshape, bool)
+        mask[3, 4] = True
+        assert np.all(np.isfinite(fit_design(S, d, imshape=S.imshape, mask=mask, solver="nd").weights))

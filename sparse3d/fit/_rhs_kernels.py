@@ -17,6 +17,7 @@ SIGNATURES = {
         "float64[::1], boolean[::1])"
     ),
     "weighted_square_sum": "(float64[:, ::1], float64[::1], boolean[::1], float64)",
+    "kept_all_finite": "(float64[:, ::1], boolean[:, ::1])",
 }
 
 
@@ -140,3 +141,34 @@ def weighted_square_sum(D, ivar, keep, scale):  # pragma: no cover - compiled
         for t in range(m):
             out[t] += part[t]
     return out
+
+
+@njit(cache=True, nogil=True)
+def kept_all_finite(D, keep):  # pragma: no cover - compiled
+    """Whether every kept entry of ``D`` ``(npix, m)`` is finite, in one pass without temporaries.
+
+    ``keep`` ``(npix, 1)`` (shared by the frames), ``(npix, m)`` (per frame) or ``(0, 0)`` (every
+    entry). ``d - d`` is 0 for a finite ``d`` and NaN otherwise: it is summed per frame
+    (vectorised, no branch per entry), and the pass stops after the first block of 4096 rows
+    whose sums are not all 0.
+    """
+    npix, m = D.shape
+    per_frame = keep.shape[0] > 0 and keep.shape[1] > 1
+    shared = keep.shape[0] > 0 and keep.shape[1] == 1
+    part = np.zeros(m, dtype=np.float64)  # one sum per frame: the loop over frames vectorises
+    for p0 in range(0, npix, 4096):
+        for p in range(p0, min(p0 + 4096, npix)):
+            if shared and not keep[p, 0]:
+                continue
+            d = D[p]
+            if per_frame:
+                kp = keep[p]
+                for t in range(m):
+                    part[t] += d[t] - d[t] if kp[t] else 0.0
+            else:
+                for t in range(m):
+                    part[t] += d[t] - d[t]
+        for t in range(m):
+            if part[t] != 0.0:
+                return False
+    return True

@@ -50,3 +50,12 @@ def _stamp_square_sum(
     ivar = np.empty(0) if ivar is None else np.ascontiguousarray(ivar, dtype=np.float64)
     keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     return weighted_square_sum(D, ivar, keep, scale)
+
+
+def _kept_all_finite(D: np.ndarray, keep: np.ndarray | None) -> bool:
+    """Whether the kept entries of the C-contiguous float64 ``D`` ``(npix, k)`` are all finite
+    (``keep`` None, ``(npix, 1)`` or ``(npix, k)``): one compiled pass, no temporaries."""
+    from ._rhs_kernels import kept_all_finite
+
+    keep = np.empty((0, 0), dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
+    return bool(kept_all_finite(D, keep))
