@@ -41,7 +41,7 @@ import weakref
 import numpy as np
 from numpy.lib import mixins as _mixins
 
-from . import _pool
+from . import _deferred, _pool
 
 __all__ = ["array_ufunc", "stamp_operand", "common_structure", "apply_elementwise"]
 
@@ -486,6 +486,8 @@ def _identity_result(self, ufunc: np.ufunc, inputs, kwargs):
     ops = (np.empty(0, self.dtype), one) if inputs[0] is self else (one, np.empty(0, self.dtype))
     if _result_dtype(ufunc, ops) != self.dtype:
         return None
+    if self._lazy is not None:  # deferred values: share the recorded expression
+        return type(self)._from_node(self._lazy, self._structure)
     return type(self)._from_parts(self._values, self._structure)
 
 
@@ -504,6 +506,9 @@ def array_ufunc(self, ufunc: np.ufunc, method: str, *inputs, **kwargs):
         same = _identity_result(self, ufunc, inputs, kwargs)
         if same is not None:
             return same
+        deferred = _deferred.defer(ufunc, inputs, kwargs, _sparse3d_type())
+        if deferred is not None:
+            return deferred
     reuse = _reusable_temporary(self, ufunc, kwargs) if method == "__call__" else None
 
     out = kwargs.pop("out", None)

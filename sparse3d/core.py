@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
-from . import _functions, _pool, _ufuncs
+from . import _deferred, _functions, _pool, _ufuncs
 from ._options import check_dense_allocation
 from ._structure import (
     StampStructure,
@@ -139,7 +139,9 @@ class Sparse3D(NDArrayOperatorsMixin):
     np.float64(27.0)
     """
 
-    __slots__ = ("_values", "_structure", "__dict__", "__weakref__")
+    #: ``_vals``: the values block, or None while the values are deferred (``_lazy``: the
+    #: recorded expression, :mod:`sparse3d._deferred`); read them through ``_values``.
+    __slots__ = ("_vals", "_lazy", "_structure", "__dict__", "__weakref__")
 
     def __init__(self, data, row, col, imshape, imcorner=(0, 0)):
         values = _owned_values(data)
@@ -210,6 +212,34 @@ class Sparse3D(NDArrayOperatorsMixin):
         ]
         return build_grouped(pieces, dtype, values=values)
 
+    @property
+    def _values(self) -> np.ndarray:
+        """The values block (read-only); a deferred expression is evaluated at the first access."""
+        values = self._vals
+        if values is None:
+            node = self._lazy
+            if node is None:  # evaluated by another thread meanwhile (_vals is set first)
+                return self._vals
+            values = _checked_values(_deferred.evaluate(node, self._structure.block_shape))
+            values.flags.writeable = False
+            self._vals = values
+            self._lazy = None
+        return values
+
+    @_values.setter
+    def _values(self, values: np.ndarray) -> None:
+        self._vals = values
+        self._lazy = None
+
+    @classmethod
+    def _from_node(cls, node, structure: StampStructure) -> Sparse3D:
+        """Internal constructor: an array whose values are the deferred expression ``node``."""
+        obj = cls.__new__(cls)
+        obj._vals = None
+        obj._lazy = node
+        obj._structure = structure
+        return obj
+
     @classmethod
     def _from_parts(cls, values: np.ndarray, structure: StampStructure) -> Sparse3D:
         """Internal constructor: ``values`` must be a fresh or read-only array we own.
@@ -233,7 +263,8 @@ class Sparse3D(NDArrayOperatorsMixin):
     def __del__(self):
         # the values buffer of a dying array goes to the pool if no one else holds it
         try:
-            _pool.give_back(self._values, 1)
+            if self._vals is not None:
+                _pool.give_back(self._vals, 1)
         except Exception:  # noqa: BLE001 - never raise from __del__ (interpreter shutdown, ...)
             pass
 
@@ -351,7 +382,8 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @property
     def dtype(self) -> np.dtype:
-        return self._values.dtype
+        node = self._lazy  # read before _vals: evaluation sets _vals first, then clears _lazy
+        return node.dtype if node is not None else self._vals.dtype
 
     @property
     def nnz(self) -> int:
@@ -380,7 +412,7 @@ class Sparse3D(NDArrayOperatorsMixin):
         """
         if self._structure.grouped:
             self._structure._single_block("stamp_shape")
-        return self._values.shape
+        return self._structure.block_shape
 
     @property
     def nbytes(self) -> int:
