@@ -53,9 +53,10 @@ __all__ = ["Node", "defer", "evaluate", "MIN_ELEMENTS", "MAX_NODES", "DEFERRED_U
 MIN_ELEMENTS = 1 << 18
 #: Operations recorded in one expression at most.
 MAX_NODES = 16
-#: Elements per chunk: each live intermediate holds one chunk (128 KiB in float64), so a
-#: chain's working set stays inside the L2 cache.
-CHUNK = 1 << 14
+#: Elements per chunk: each live intermediate holds one chunk (512 KiB in float64), so a
+#: chain's working set stays in the L2/L3 caches; smaller chunks cost more in per-call
+#: overhead than they gain (measured on the tutorial scene: 16K elements 1.3x slower).
+CHUNK = 1 << 16
 
 DEFERRED_UFUNCS = frozenset(
     (np.add, np.subtract, np.multiply, np.true_divide, np.negative, np.positive, np.square, np.exp)
@@ -204,6 +205,27 @@ def _leaf_bounds(S):
     return got
 
 
+def copy_with_bounds(arr: np.ndarray):
+    """``(copy, bounds)``: a read-only C-contiguous copy of the float array ``arr`` and the
+    finite ``(lo, hi)`` of its values (None if it holds NaN or inf), in one pass.
+
+    The copy is made a chunk at a time and each chunk's minimum and maximum are taken while
+    it is still in cache, so the bounds later operations need (:func:`defer`) cost no
+    second pass over memory. ``arr`` must be C-contiguous.
+    """
+    out = _pool.empty(arr.shape, arr.dtype)
+    src, dst = arr.reshape(-1), out.reshape(-1)
+    lo, hi, finite = 0.0, 0.0, True
+    for start in range(0, src.size, CHUNK):
+        part = dst[start : start + CHUNK]
+        np.copyto(part, src[start : start + CHUNK])
+        a, b = float(part.min()), float(part.max())  # NaN if the chunk holds one
+        finite = finite and math.isfinite(a) and math.isfinite(b)
+        lo, hi = (a, b) if start == 0 else (min(lo, a), max(hi, b))
+    out.flags.writeable = False
+    return out, ((lo, hi) if finite else None)
+
+
 def _array_bounds(a: np.ndarray):
     if a.size == 0:
         return (0.0, 0.0)
@@ -308,19 +330,7 @@ def _plan(root: Node):
     elementwise ufunc may write over its own input): the chain needs as many chunk buffers
     as it has intermediates alive at once.
     """
-    order: list[Node] = []
-    seen: set[int] = set()
-
-    def visit(nd):  # depth <= MAX_NODES
-        if id(nd) in seen:
-            return
-        seen.add(id(nd))
-        for a in nd.args:
-            if isinstance(a, Node):
-                visit(a)
-        order.append(nd)
-
-    visit(root)
+    order = _postorder(root)
     last = {}
     for i, nd in enumerate(order):
         for a in nd.args:
@@ -341,6 +351,28 @@ def _plan(root: Node):
             slots[id(nd)] = len(dtypes)
             dtypes.append(nd.dtype)
     return order, slots, dtypes
+
+
+def _postorder(root: Node) -> list[Node]:
+    """The distinct nodes of ``root``'s expression, every node after its operands.
+
+    Iterative (a recursive closure would be a reference cycle, keeping the leaves' buffers
+    alive until the garbage collector runs).
+    """
+    order: list[Node] = []
+    seen: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        nd, expanded = stack.pop()
+        if expanded:
+            order.append(nd)
+            continue
+        if id(nd) in seen:
+            continue
+        seen.add(id(nd))
+        stack.append((nd, True))
+        stack.extend((a, False) for a in reversed(nd.args) if isinstance(a, Node) and id(a) not in seen)
+    return order
 
 
 def _getter(a, slots, P, n):

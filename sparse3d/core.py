@@ -144,13 +144,27 @@ class Sparse3D(NDArrayOperatorsMixin):
     __slots__ = ("_vals", "_lazy", "_structure", "__dict__", "__weakref__")
 
     def __init__(self, data, row, col, imshape, imcorner=(0, 0)):
-        values = _owned_values(data)
+        bounds = False
+        arr = np.asarray(data) if isinstance(data, np.ndarray) else None
+        if (
+            arr is not None
+            and arr.ndim == 3
+            and arr.dtype in (np.float32, np.float64)
+            and arr.dtype.isnative
+            and arr.flags.c_contiguous
+            and arr.size >= _deferred.MIN_ELEMENTS
+        ):  # copied with the bounds later elementwise operations may need (one pass)
+            values, bounds = _deferred.copy_with_bounds(arr)
+        else:
+            values = _owned_values(data)
         if values.ndim != 3:
             raise ValueError(
                 f"data must be 3-D with shape (nr, nc, nsources); got {values.ndim}-D shape {values.shape}"
             )
         self._values = values
         self._structure = structure_from_positions(row, col, values.shape, imshape, imcorner)
+        if bounds is not False:
+            self.__dict__["_bounds"] = bounds
 
     @classmethod
     def from_groups(cls, data, row, col, imshape, imcorner=(0, 0)) -> Sparse3D:

@@ -166,3 +166,19 @@ def test_small_arrays_are_eager(monkeypatch):
     monkeypatch.setattr(_deferred, "MIN_ELEMENTS", 10**6)
     sc, X, Y, y = _scene_pair(8, np.float64, 5)
     assert (X + 1.0)._lazy is None
+
+
+def test_evaluation_releases_the_leaves():
+    """After evaluation nothing but their arrays holds the leaves' buffers (so the buffer pool
+    can take them back when the arrays die), and the copy in the constructor kept the bounds."""
+    import sys
+
+    sc, X, Y, y = _scene_pair(12, np.float64, 30)
+    L = _gaussian(X, Y, np.zeros(30), np.ones(30))
+    assert sys.getrefcount(X._vals) > 2  # the expression holds it
+    L.data
+    assert sys.getrefcount(X._vals) == 2 and sys.getrefcount(Y._vals) == 2
+    assert X.__dict__["_bounds"] == (float(sc.data.min()), float(sc.data.max()))
+    d = sc.data.copy()
+    d[0, 0, 0] = np.inf
+    assert Sparse3D(d, sc.row, sc.col, sc.imshape, sc.imcorner).__dict__["_bounds"] is None
