@@ -29,6 +29,14 @@ Every result is a new array, but a chain such as ``np.exp(-0.5 * (X - v) ** 2)``
 allocate a new buffer per step: when an operand of an operator is a *temporary* that no one
 can see again, its buffer is reused for the result (``out=``), as NumPy does for ndarray
 temporaries. See :func:`_reusable_temporary` for the conditions; they are conservative.
+
+Deferred chains
+---------------
+On large float arrays, the arithmetic ufuncs and ``exp`` with scalar, per-source or Sparse3D
+operands are not computed at once when they provably report nothing (no warning, no error):
+the result records the operation and the whole chain is evaluated in one chunked pass when
+its values are first used (:mod:`sparse3d._deferred`). Values, dtypes, warnings and errors
+are those of the eager path.
 """
 
 from __future__ import annotations
