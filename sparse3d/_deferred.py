@@ -45,7 +45,7 @@ import math
 
 import numpy as np
 
-from . import _pool
+from . import _kernels, _pool
 
 __all__ = ["Node", "defer", "evaluate", "MIN_ELEMENTS", "MAX_NODES", "DEFERRED_UFUNCS"]
 
@@ -294,6 +294,8 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
     P = nr * nc
     if out.size == 0:
         return out
+    if out.size >= COMPILED_MIN_ELEMENTS and _kernels.available():
+        node = _fused(node)
     order, slots, nscratch = _plan(node)
     out2 = out.reshape(P, n)
     if n >= CHUNK:
@@ -321,6 +323,154 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
                 target = out2[p0:p1, k0:k1] if slot is None else views[slot]
                 func(*ops, out=target)
     return out
+
+
+# -- compiled segments -------------------------------------------------------------------------
+#: Blocks at least this large run runs of cheap operations as one compiled loop (numba).
+COMPILED_MIN_ELEMENTS = 1 << 20
+#: The cheap operations a compiled segment runs, as Python expressions of its operands.
+_CHEAP = {
+    np.add: "{0} + {1}",
+    np.subtract: "{0} - {1}",
+    np.multiply: "{0} * {1}",
+    np.true_divide: "{0} / {1}",
+    np.negative: "-{0}",
+    np.positive: "{0}",
+    np.square: "{0} * {0}",
+}
+_SEGMENT_KERNELS: dict[str, object] = {}
+
+
+class _Segment:
+    """A compiled loop computing a run of cheap operations per element, called like a ufunc.
+
+    Each operation is the IEEE operation NumPy's loop performs in the same dtype (numba
+    without fast-math contracts nothing into fused multiply-adds), so the bits are NumPy's;
+    the intermediates stay in registers instead of passing through memory.
+    """
+
+    __slots__ = ("kernel", "scalars", "__name__")
+
+    def __init__(self, kernel, scalars):
+        self.kernel, self.scalars, self.__name__ = kernel, scalars, "segment"
+
+    def __call__(self, *ops, out):
+        shape = out.shape
+        flat = []
+        for a in ops:
+            if a.size != out.size:  # a per-source slice repeated over several rows
+                a = np.ascontiguousarray(np.broadcast_to(a, shape))
+            a = a.reshape(-1)
+            if a.flags.writeable:  # one type for every array argument: read-only
+                a = a.view()
+                a.flags.writeable = False
+            flat.append(a)
+        self.kernel(out.reshape(-1), *flat, *self.scalars)
+        return out
+
+
+def _fused(root: Node) -> Node:
+    """``root``'s expression with every run of two or more cheap operations of one dtype
+    (each used once) replaced by a node calling one compiled loop (:class:`_Segment`)."""
+    order = _postorder(root)
+    consumers: dict[int, int] = {}  # every use counts (``T + T`` uses T twice: not inlined)
+    for nd in order:
+        for a in nd.args:
+            if isinstance(a, Node):
+                consumers[id(a)] = consumers.get(id(a), 0) + 1
+    cheap = {id(nd) for nd in order if _compilable(nd)}
+    inlined = set()
+    for nd in order:
+        if id(nd) in cheap:
+            for a in nd.args:
+                if isinstance(a, Node) and id(a) in cheap and consumers[id(a)] == 1 and a.dtype == nd.dtype:
+                    inlined.add(id(a))
+    new: dict[int, Node] = {}
+    for nd in order:
+        if id(nd) in inlined:
+            continue
+        members = _members(nd, inlined) if id(nd) in cheap else [nd]
+        if len(members) < 2:
+            args = tuple(new.get(id(a), a) if isinstance(a, Node) else a for a in nd.args)
+            new[id(nd)] = Node(nd.func, args, nd.dtype, nd.bounds, nd.size)
+            continue
+        new[id(nd)] = _segment_node(members, new)
+    return new[id(root)]
+
+
+def _members(top: Node, inlined: set) -> list[Node]:
+    """``top`` and the nodes inlined into it, operands first (``top`` last)."""
+    out: list[Node] = []
+    stack: list[tuple[Node, bool]] = [(top, False)]
+    while stack:
+        nd, expanded = stack.pop()
+        if expanded:
+            out.append(nd)
+            continue
+        stack.append((nd, True))
+        stack.extend((a, False) for a in reversed(nd.args) if isinstance(a, Node) and id(a) in inlined)
+    return out
+
+
+def _compilable(nd: Node) -> bool:
+    """A cheap operation whose loop runs in its own dtype on float operands of that dtype."""
+    if nd.func not in _CHEAP:
+        return False
+    for a in nd.args:
+        if isinstance(a, (Node, np.ndarray)) and not (isinstance(a, np.ndarray) and a.ndim == 0):
+            if a.dtype != nd.dtype:
+                return False
+        elif type(a) is int and abs(a) > 2**53:
+            return False
+    dtypes = [type(a) if type(a) in (int, float) else a.dtype for a in nd.args]
+    try:
+        loop = nd.func.resolve_dtypes((*dtypes, None))
+    except (TypeError, ValueError):
+        return False
+    return all(d == nd.dtype for d in loop)
+
+
+def _segment_node(members: list[Node], new: dict) -> Node:
+    dtype = members[-1].dtype
+    inside = {id(m): i for i, m in enumerate(members)}
+    arrays: dict[int, int] = {}
+    args: list = []
+    scalars: list = []
+    lines = []
+    for i, m in enumerate(members):
+        refs = []
+        for a in m.args:
+            if isinstance(a, Node) and id(a) in inside:
+                refs.append(f"t{inside[id(a)]}")
+            elif isinstance(a, Node) or (isinstance(a, np.ndarray) and a.ndim > 0 and a.size > 1):
+                if id(a) not in arrays:
+                    arrays[id(a)] = len(args)
+                    args.append(new.get(id(a), a) if isinstance(a, Node) else a)
+                refs.append(f"a{arrays[id(a)]}[i]")
+            else:  # a scalar, cast to the loop dtype as NumPy casts it
+                if type(a) in (int, float):
+                    scalars.append(np.array(a, dtype=dtype)[()])
+                else:
+                    scalars.append(np.asarray(a).reshape(()).astype(dtype)[()])
+                refs.append(f"s{len(scalars) - 1}")
+        lines.append(f"        t{i} = " + _CHEAP[m.func].format(*refs))
+    params = ["out"] + [f"a{j}" for j in range(len(args))] + [f"s{j}" for j in range(len(scalars))]
+    source = "\n".join(
+        [f"def kernel({', '.join(params)}):", "    for i in range(out.shape[0]):", *lines,
+         f"        out[i] = t{len(members) - 1}"]
+    )
+    kernel = _SEGMENT_KERNELS.get(source)
+    if kernel is None:
+        import numba
+
+        namespace: dict = {}
+        exec(compile(source, "<sparse3d deferred segment>", "exec"), namespace)  # our own text
+        kernel = numba.njit(nogil=True, error_model="numpy")(namespace["kernel"])
+        if len(_SEGMENT_KERNELS) >= 64:
+            _SEGMENT_KERNELS.clear()
+        _SEGMENT_KERNELS[source] = kernel
+    top = members[-1]
+    return Node(_Segment(kernel, tuple(scalars)), tuple(args), dtype, top.bounds, top.size)
 
 
 def _plan(root: Node):

@@ -12,13 +12,21 @@ import warnings
 import numpy as np
 import pytest
 
-from sparse3d import Sparse3D, _deferred
+from sparse3d import Sparse3D, _deferred, _kernels
 from sparse3d.testing import random_scene
 
 
-@pytest.fixture(autouse=True)
-def defer_everything(monkeypatch):
+@pytest.fixture(autouse=True, params=["ufuncs", "compiled"])
+def defer_everything(request, monkeypatch):
+    """Every test runs twice: NumPy ufuncs only, and runs of cheap operations compiled (numba)."""
     monkeypatch.setattr(_deferred, "MIN_ELEMENTS", 0)
+    if request.param == "compiled":
+        if not _kernels.available():
+            pytest.skip("numba is not installed")
+        monkeypatch.setattr(_deferred, "COMPILED_MIN_ELEMENTS", 0)
+    else:
+        monkeypatch.setattr(_deferred, "COMPILED_MIN_ELEMENTS", 1 << 62)
+    return request.param
 
 
 def _bits(a):
@@ -186,3 +194,19 @@ def test_evaluation_releases_the_leaves():
     d = sc.data.copy()
     d[0, 0, 0] = np.inf
     assert Sparse3D(d, sc.row, sc.col, sc.imshape, sc.imcorner).__dict__["_bounds"] is None
+
+
+def test_segments_with_many_inputs_and_shared_results(monkeypatch, defer_everything):
+    monkeypatch.setattr(_deferred, "CHUNK", 16)
+    sc, X, Y, y = _scene_pair(9, np.float64, 5)
+    v = [np.random.default_rng(i).uniform(1, 2, 5) for i in range(6)]
+    Z = (X - v[0]) * (Y + v[1]) - (X * v[2] + v[3]) / (Y - v[4] + 5.0) * v[5]
+    ref = (sc.data - v[0]) * (y + v[1]) - (sc.data * v[2] + v[3]) / (y - v[4] + 5.0) * v[5]
+    np.testing.assert_array_equal(_bits(Z.data), _bits(ref))
+    E = np.exp(X - 1.0)  # a ufunc between two runs of cheap operations, read three times
+    W = E * E - E / 2.0 + np.square(Y)
+    ref = np.exp(sc.data - 1.0) * np.exp(sc.data - 1.0) - np.exp(sc.data - 1.0) / 2.0 + np.square(y)
+    np.testing.assert_array_equal(_bits(W.data), _bits(ref))
+    if defer_everything == "compiled":
+        steps = _deferred._postorder(_deferred._fused(((X - v[0]) * (Y + v[1]))._lazy))
+        assert len(steps) == 1 and isinstance(steps[0].func, _deferred._Segment)
