@@ -514,7 +514,9 @@ def array_ufunc(self, ufunc: np.ufunc, method: str, *inputs, **kwargs):
         same = _identity_result(self, ufunc, inputs, kwargs)
         if same is not None:
             return same
-        deferred = _deferred.defer(ufunc, inputs, kwargs, _sparse3d_type())
+        # (never while calibrating temporary elision: it must see the eager operator path)
+        calibrating = _CALIBRATING is not None
+        deferred = None if calibrating else _deferred.defer(ufunc, inputs, kwargs, _sparse3d_type())
         if deferred is not None:
             return deferred
     reuse = _reusable_temporary(self, ufunc, kwargs) if method == "__call__" else None

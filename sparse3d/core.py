@@ -236,6 +236,8 @@ class Sparse3D(NDArrayOperatorsMixin):
                 return self._vals
             values = _checked_values(_deferred.evaluate(node, self._structure.block_shape))
             values.flags.writeable = False
+            if node.bounds is not None:  # proven bounds of the values: no pass when used again
+                self.__dict__["_bounds"] = node.bounds
             self._vals = values
             self._lazy = None
         return values

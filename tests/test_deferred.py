@@ -7,6 +7,7 @@ chain computed by NumPy on the raw stamp values (bit for bit) and with the dense
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 import numpy as np
@@ -210,3 +211,14 @@ def test_segments_with_many_inputs_and_shared_results(monkeypatch, defer_everyth
     if defer_everything == "compiled":
         steps = _deferred._postorder(_deferred._fused(((X - v[0]) * (Y + v[1]))._lazy))
         assert len(steps) == 1 and isinstance(steps[0].func, _deferred._Segment)
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="temporary elision is off on Python >= 3.14")
+def test_elision_calibrates_on_the_eager_path_with_deferral_on(monkeypatch):
+    from sparse3d import _ufuncs
+
+    monkeypatch.setattr(_ufuncs, "_TEMPORARY_REFCOUNT", None)  # calibrate again, deferral on
+    sc, X, Y, y = _scene_pair(13, np.float64, 4)
+    Xi = Sparse3D(sc.data.astype(np.float16), sc.row, sc.col, sc.imshape, sc.imcorner)
+    (Xi + 1.0) * 2.0  # an eager operator (float16 is never deferred) triggers the calibration
+    assert _ufuncs._TEMPORARY_REFCOUNT  # calibrated, not disabled by deferred results
