@@ -302,6 +302,10 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
     P = nr * nc
     if out.size == 0:
         return out
+    if not any(isinstance(a, Node) for a in node.args):  # one operation: one call, no chunks
+        with np.errstate(all="ignore"):
+            node.func(*node.args, out=out)
+        return out
     if out.size >= COMPILED_MIN_ELEMENTS and _kernels.available():
         node = _fused(node)
     order, slots, nscratch = _plan(node)
