@@ -38,8 +38,9 @@ once, are evaluated on blocks of at least :data:`COMPILED_MIN_ELEMENTS` by one n
 generated for the run (:class:`_Segment`): the intermediates stay in registers. Its
 operations are the IEEE operations of NumPy's loops in the same dtype, compiled without
 fast-math (nothing is contracted into a fused multiply-add), so the bits do not change. A
-generated loop is compiled once per process and run shape (~0.3--0.4 s; it cannot use
-numba's disk cache, having no source file); ``exp`` stays NumPy's SIMD loop.
+generated loop's text is written to a file in :func:`segment_dir` so that numba caches its
+compiled code on disk: it is compiled once per machine and run shape (~0.3--0.4 s), then
+loaded; ``exp`` stays NumPy's SIMD loop.
 
 Which operations are deferred: :data:`DEFERRED_UFUNCS` (add, subtract, multiply, true
 division, negative, positive, square, exp) on float32/float64 arrays of at least
@@ -49,7 +50,13 @@ division, negative, positive, square, exp) on float32/float64 arrays of at least
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import math
+import os
+import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -475,14 +482,61 @@ def _segment_node(members: list[Node], new: dict) -> Node:
     if kernel is None:
         import numba
 
-        namespace: dict = {}
-        exec(compile(source, "<sparse3d deferred segment>", "exec"), namespace)  # our own text
-        kernel = numba.njit(nogil=True, error_model="numpy")(namespace["kernel"])
+        func, cached = _segment_function(source)
+        kernel = numba.njit(nogil=True, error_model="numpy", cache=cached)(func)
         if len(_SEGMENT_KERNELS) >= 64:
             _SEGMENT_KERNELS.clear()
         _SEGMENT_KERNELS[source] = kernel
     top = members[-1]
     return Node(_Segment(kernel, tuple(scalars)), tuple(args), dtype, top.bounds, top.size)
+
+
+def segment_dir() -> Path:
+    """Where generated segment kernels are written, so that numba can cache their code.
+
+    ``$NUMBA_CACHE_DIR/sparse3d_segments`` when that variable is set, else
+    ``sparse3d/segments`` under ``$XDG_CACHE_HOME`` (default ``~/.cache``).
+    """
+    numba_dir = os.environ.get("NUMBA_CACHE_DIR")
+    if numba_dir:
+        return Path(numba_dir) / "sparse3d_segments"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "sparse3d" / "segments"
+
+
+def _segment_function(source: str):
+    """The Python function of a generated kernel and whether numba may cache it on disk.
+
+    numba caches only functions that live in a source file, so the kernel's text goes to a
+    file named by its digest in :func:`segment_dir` (written once, atomically; read back and
+    compared before use, so a file that does not hold exactly this text is never run) and is
+    imported from there: later processes load its compiled code instead of compiling it
+    (~0.3 s). Where no such file can be written, the text is executed in memory, uncached.
+    """
+    digest = hashlib.sha256(source.encode()).hexdigest()[:24]
+    text = source + "\n"
+    try:
+        folder = segment_dir()
+        path = folder / f"segment_{digest}.py"
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".segment_{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        if path.read_text(encoding="utf-8") == text:
+            name = f"sparse3d_segment_{digest}"
+            module = sys.modules.get(name)
+            if module is None:  # registered: numba's cached code names its module on loading
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                sys.modules[name] = module
+            return module.kernel, True
+    except OSError:  # read-only or missing home: compile in memory
+        pass
+    namespace: dict = {}
+    exec(compile(source, "<sparse3d deferred segment>", "exec"), namespace)  # our own text
+    return namespace["kernel"], False
 
 
 def _plan(root: Node):

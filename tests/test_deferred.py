@@ -222,3 +222,64 @@ def test_elision_calibrates_on_the_eager_path_with_deferral_on(monkeypatch):
     Xi = Sparse3D(sc.data.astype(np.float16), sc.row, sc.col, sc.imshape, sc.imcorner)
     (Xi + 1.0) * 2.0  # an eager operator (float16 is never deferred) triggers the calibration
     assert _ufuncs._TEMPORARY_REFCOUNT  # calibrated, not disabled by deferred results
+
+
+_SOURCE = "\n".join(
+    [
+        "def kernel(out, a0, s0):",
+        "    for i in range(out.shape[0]):",
+        "        t0 = a0[i] * s0",
+        "        out[i] = t0",
+    ]
+)
+
+
+def test_segment_source_file_is_written_once_and_checked(monkeypatch, tmp_path):
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    func, cached = _deferred._segment_function(_SOURCE)
+    assert cached and func(np.zeros(3), np.arange(3.0), 2.0) is None
+    (path,) = _deferred.segment_dir().glob("segment_*.py")
+    assert path.read_text() == _SOURCE + "\n"
+    # a file that does not hold exactly the kernel's text is never run: compiled in memory
+    path.write_text(_SOURCE.replace("a0[i] * s0", "a0[i] + s0") + "\n")
+    monkeypatch.delitem(sys.modules, f"sparse3d_segment_{path.stem.split('_')[1]}", raising=False)
+    func, cached = _deferred._segment_function(_SOURCE)
+    out = np.zeros(3)
+    func(out, np.arange(3.0), 2.0)
+    assert not cached and out.tolist() == [0.0, 2.0, 4.0]
+
+
+def test_segment_without_a_writable_cache_dir_compiles_in_memory(monkeypatch, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker / "below"))
+    func, cached = _deferred._segment_function(_SOURCE)
+    out = np.zeros(2)
+    func(out, np.array([1.5, 2.5]), 2.0)
+    assert not cached and out.tolist() == [3.0, 5.0]
+
+
+def test_segment_kernels_are_loaded_from_numba_cache_in_a_new_process(tmp_path):
+    pytest.importorskip("numba")
+    import os
+    import subprocess
+
+    code = """
+import numpy as np
+from sparse3d import _deferred
+from sparse3d.testing import random_scene
+_deferred.MIN_ELEMENTS = _deferred.COMPILED_MIN_ELEMENTS = 1
+X = random_scene(5, nsources=30, imshape=(40, 40), stamp=(5, 5)).build()
+L = np.exp(-0.5 * ((X - 0.25) ** 2 + (X + 0.5) ** 2))
+ref = np.exp(-0.5 * ((X.data - 0.25) ** 2 + (X.data + 0.5) ** 2))
+assert np.array_equal(L.data, ref)
+(k,) = _deferred._SEGMENT_KERNELS.values()
+print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    runs = [
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
+    assert runs[0].stdout.split() == ["0", "1"]  # compiled and cached
+    assert runs[1].stdout.split() == ["1", "0"]  # loaded
