@@ -231,3 +231,13 @@ def test_nothing_below_imports_photometry():
         if "photometry" in path.parts:
             continue
         assert not any(_within(m, ["photometry"]) for _, m in imports(path)), path
+
+
+def test_every_module_stays_small():
+    """A module past ~600 lines holds more than one concept: split it into a subpackage."""
+    long = {
+        str(p.relative_to(PKG)): n
+        for p in PKG.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) >= 600
+    }
+    assert not long, long

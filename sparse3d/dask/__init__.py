@@ -43,6 +43,10 @@ Where each concept lives
 ``scene.py``
     :func:`fit_scene` (:meth:`SourceChunked.fit`), :class:`SceneFitResult`: one scene too
     large for one process, fitted over image tiles by distributed conjugate gradients.
+``tiles.py``
+    its tiles: geometry, a source chunk regrouped by tile, one tile's normal equations.
+``_runner.py``
+    where its tasks run: a distributed cluster or this process.
 """
 
 from __future__ import annotations
