@@ -35,12 +35,8 @@ Why the results and the behaviour are those of the eager path:
 
 Runs of two or more cheap operations (everything but ``exp``) of one dtype, each result used
 once, are evaluated on blocks of at least :data:`COMPILED_MIN_ELEMENTS` by one numba loop
-generated for the run (:class:`_Segment`): the intermediates stay in registers. Its
-operations are the IEEE operations of NumPy's loops in the same dtype, compiled without
-fast-math (nothing is contracted into a fused multiply-add), so the bits do not change. A
-generated loop's text is written to a file in :func:`segment_dir` so that numba caches its
-compiled code on disk: it is compiled once per machine and run shape (~0.3--0.4 s), then
-loaded; ``exp`` stays NumPy's SIMD loop.
+generated for the run (:mod:`sparse3d._segments`, the same bits); ``exp`` stays NumPy's SIMD
+loop.
 
 Which operations are deferred: :data:`DEFERRED_UFUNCS` (add, subtract, multiply, true
 division, negative, positive, square, exp) on float32/float64 arrays of at least
@@ -50,13 +46,7 @@ division, negative, positive, square, exp) on float32/float64 arrays of at least
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import math
-import os
-import sys
-import threading
-from pathlib import Path
 
 import numpy as np
 
@@ -314,7 +304,9 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
             node.func(*node.args, out=out)
         return out
     if out.size >= COMPILED_MIN_ELEMENTS and _kernels.available():
-        node = _fused(node)
+        from ._segments import fused
+
+        node = fused(node)
     order, slots, nscratch = _plan(node)
     out2 = out.reshape(P, n)
     if n >= CHUNK:
@@ -344,199 +336,8 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
     return out
 
 
-# -- compiled segments -------------------------------------------------------------------------
 #: Blocks at least this large run runs of cheap operations as one compiled loop (numba).
 COMPILED_MIN_ELEMENTS = 1 << 20
-#: The cheap operations a compiled segment runs, as Python expressions of its operands.
-_CHEAP = {
-    np.add: "{0} + {1}",
-    np.subtract: "{0} - {1}",
-    np.multiply: "{0} * {1}",
-    np.true_divide: "{0} / {1}",
-    np.negative: "-{0}",
-    np.positive: "{0}",
-    np.square: "{0} * {0}",
-}
-_SEGMENT_KERNELS: dict[str, object] = {}
-
-
-class _Segment:
-    """A compiled loop computing a run of cheap operations per element, called like a ufunc.
-
-    Each operation is the IEEE operation NumPy's loop performs in the same dtype (numba
-    without fast-math contracts nothing into fused multiply-adds), so the bits are NumPy's;
-    the intermediates stay in registers instead of passing through memory.
-    """
-
-    __slots__ = ("kernel", "scalars", "__name__")
-
-    def __init__(self, kernel, scalars):
-        self.kernel, self.scalars, self.__name__ = kernel, scalars, "segment"
-
-    def __call__(self, *ops, out):
-        shape = out.shape
-        flat = []
-        for a in ops:
-            if a.size != out.size:  # a per-source slice repeated over several rows
-                a = np.ascontiguousarray(np.broadcast_to(a, shape))
-            a = a.reshape(-1)
-            if a.flags.writeable:  # one type for every array argument: read-only
-                a = a.view()
-                a.flags.writeable = False
-            flat.append(a)
-        self.kernel(out.reshape(-1), *flat, *self.scalars)
-        return out
-
-
-def _fused(root: Node) -> Node:
-    """``root``'s expression with every run of two or more cheap operations of one dtype
-    (each used once) replaced by a node calling one compiled loop (:class:`_Segment`)."""
-    order = _postorder(root)
-    consumers: dict[int, int] = {}  # every use counts (``T + T`` uses T twice: not inlined)
-    for nd in order:
-        for a in nd.args:
-            if isinstance(a, Node):
-                consumers[id(a)] = consumers.get(id(a), 0) + 1
-    cheap = {id(nd) for nd in order if _compilable(nd)}
-    inlined = set()
-    for nd in order:
-        if id(nd) in cheap:
-            for a in nd.args:
-                if isinstance(a, Node) and id(a) in cheap and consumers[id(a)] == 1 and a.dtype == nd.dtype:
-                    inlined.add(id(a))
-    new: dict[int, Node] = {}
-    for nd in order:
-        if id(nd) in inlined:
-            continue
-        members = _members(nd, inlined) if id(nd) in cheap else [nd]
-        if len(members) < 2:
-            args = tuple(new.get(id(a), a) if isinstance(a, Node) else a for a in nd.args)
-            new[id(nd)] = Node(nd.func, args, nd.dtype, nd.bounds, nd.size)
-            continue
-        new[id(nd)] = _segment_node(members, new)
-    return new[id(root)]
-
-
-def _members(top: Node, inlined: set) -> list[Node]:
-    """``top`` and the nodes inlined into it, operands first (``top`` last)."""
-    out: list[Node] = []
-    stack: list[tuple[Node, bool]] = [(top, False)]
-    while stack:
-        nd, expanded = stack.pop()
-        if expanded:
-            out.append(nd)
-            continue
-        stack.append((nd, True))
-        stack.extend((a, False) for a in reversed(nd.args) if isinstance(a, Node) and id(a) in inlined)
-    return out
-
-
-def _compilable(nd: Node) -> bool:
-    """A cheap operation whose loop runs in its own dtype on float operands of that dtype."""
-    if nd.func not in _CHEAP:
-        return False
-    for a in nd.args:
-        if isinstance(a, (Node, np.ndarray)) and not (isinstance(a, np.ndarray) and a.ndim == 0):
-            if a.dtype != nd.dtype:
-                return False
-        elif type(a) is int and abs(a) > 2**53:
-            return False
-    dtypes = [type(a) if type(a) in (int, float) else a.dtype for a in nd.args]
-    try:
-        loop = nd.func.resolve_dtypes((*dtypes, None))
-    except (TypeError, ValueError):
-        return False
-    return all(d == nd.dtype for d in loop)
-
-
-def _segment_node(members: list[Node], new: dict) -> Node:
-    dtype = members[-1].dtype
-    inside = {id(m): i for i, m in enumerate(members)}
-    arrays: dict[int, int] = {}
-    args: list = []
-    scalars: list = []
-    lines = []
-    for i, m in enumerate(members):
-        refs = []
-        for a in m.args:
-            if isinstance(a, Node) and id(a) in inside:
-                refs.append(f"t{inside[id(a)]}")
-            elif isinstance(a, Node) or (isinstance(a, np.ndarray) and a.ndim > 0 and a.size > 1):
-                if id(a) not in arrays:
-                    arrays[id(a)] = len(args)
-                    args.append(new.get(id(a), a) if isinstance(a, Node) else a)
-                refs.append(f"a{arrays[id(a)]}[i]")
-            else:  # a scalar, cast to the loop dtype as NumPy casts it
-                if type(a) in (int, float):
-                    scalars.append(np.array(a, dtype=dtype)[()])
-                else:
-                    scalars.append(np.asarray(a).reshape(()).astype(dtype)[()])
-                refs.append(f"s{len(scalars) - 1}")
-        lines.append(f"        t{i} = " + _CHEAP[m.func].format(*refs))
-    params = ["out"] + [f"a{j}" for j in range(len(args))] + [f"s{j}" for j in range(len(scalars))]
-    source = "\n".join(
-        [f"def kernel({', '.join(params)}):", "    for i in range(out.shape[0]):", *lines,
-         f"        out[i] = t{len(members) - 1}"]
-    )
-    kernel = _SEGMENT_KERNELS.get(source)
-    if kernel is None:
-        import numba
-
-        func, cached = _segment_function(source)
-        kernel = numba.njit(nogil=True, error_model="numpy", cache=cached)(func)
-        if len(_SEGMENT_KERNELS) >= 64:
-            _SEGMENT_KERNELS.clear()
-        _SEGMENT_KERNELS[source] = kernel
-    top = members[-1]
-    return Node(_Segment(kernel, tuple(scalars)), tuple(args), dtype, top.bounds, top.size)
-
-
-def segment_dir() -> Path:
-    """Where generated segment kernels are written, so that numba can cache their code.
-
-    ``$NUMBA_CACHE_DIR/sparse3d_segments`` when that variable is set, else
-    ``sparse3d/segments`` under ``$XDG_CACHE_HOME`` (default ``~/.cache``).
-    """
-    numba_dir = os.environ.get("NUMBA_CACHE_DIR")
-    if numba_dir:
-        return Path(numba_dir) / "sparse3d_segments"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "sparse3d" / "segments"
-
-
-def _segment_function(source: str):
-    """The Python function of a generated kernel and whether numba may cache it on disk.
-
-    numba caches only functions that live in a source file, so the kernel's text goes to a
-    file named by its digest in :func:`segment_dir` (written once, atomically; read back and
-    compared before use, so a file that does not hold exactly this text is never run) and is
-    imported from there: later processes load its compiled code instead of compiling it
-    (~0.3 s). Where no such file can be written, the text is executed in memory, uncached.
-    """
-    digest = hashlib.sha256(source.encode()).hexdigest()[:24]
-    text = source + "\n"
-    try:
-        folder = segment_dir()
-        path = folder / f"segment_{digest}.py"
-        if not path.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = folder / f".segment_{digest}.{os.getpid()}.{threading.get_ident()}.tmp"
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-        if path.read_text(encoding="utf-8") == text:
-            name = f"sparse3d_segment_{digest}"
-            module = sys.modules.get(name)
-            if module is None:  # registered: numba's cached code names its module on loading
-                spec = importlib.util.spec_from_file_location(name, path)
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                sys.modules[name] = module
-            return module.kernel, True
-    except OSError:  # read-only or missing home: compile in memory
-        pass
-    namespace: dict = {}
-    exec(compile(source, "<sparse3d deferred segment>", "exec"), namespace)  # our own text
-    return namespace["kernel"], False
 
 
 def _plan(root: Node):

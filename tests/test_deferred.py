@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 
-from sparse3d import Sparse3D, _deferred, _kernels
+from sparse3d import Sparse3D, _deferred, _kernels, _segments
 from sparse3d.testing import random_scene
 
 
@@ -209,8 +209,8 @@ def test_segments_with_many_inputs_and_shared_results(monkeypatch, defer_everyth
     ref = np.exp(sc.data - 1.0) * np.exp(sc.data - 1.0) - np.exp(sc.data - 1.0) / 2.0 + np.square(y)
     np.testing.assert_array_equal(_bits(W.data), _bits(ref))
     if defer_everything == "compiled":
-        steps = _deferred._postorder(_deferred._fused(((X - v[0]) * (Y + v[1]))._lazy))
-        assert len(steps) == 1 and isinstance(steps[0].func, _deferred._Segment)
+        steps = _deferred._postorder(_segments.fused(((X - v[0]) * (Y + v[1]))._lazy))
+        assert len(steps) == 1 and isinstance(steps[0].func, _segments._Segment)
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 14), reason="temporary elision is off on Python >= 3.14")
@@ -236,14 +236,14 @@ _SOURCE = "\n".join(
 
 def test_segment_source_file_is_written_once_and_checked(monkeypatch, tmp_path):
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
-    func, cached = _deferred._segment_function(_SOURCE)
+    func, cached = _segments._segment_function(_SOURCE)
     assert cached and func(np.zeros(3), np.arange(3.0), 2.0) is None
-    (path,) = _deferred.segment_dir().glob("segment_*.py")
+    (path,) = _segments.segment_dir().glob("segment_*.py")
     assert path.read_text() == _SOURCE + "\n"
     # a file that does not hold exactly the kernel's text is never run: compiled in memory
     path.write_text(_SOURCE.replace("a0[i] * s0", "a0[i] + s0") + "\n")
     monkeypatch.delitem(sys.modules, f"sparse3d_segment_{path.stem.split('_')[1]}", raising=False)
-    func, cached = _deferred._segment_function(_SOURCE)
+    func, cached = _segments._segment_function(_SOURCE)
     out = np.zeros(3)
     func(out, np.arange(3.0), 2.0)
     assert not cached and out.tolist() == [0.0, 2.0, 4.0]
@@ -253,7 +253,7 @@ def test_segment_without_a_writable_cache_dir_compiles_in_memory(monkeypatch, tm
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker / "below"))
-    func, cached = _deferred._segment_function(_SOURCE)
+    func, cached = _segments._segment_function(_SOURCE)
     out = np.zeros(2)
     func(out, np.array([1.5, 2.5]), 2.0)
     assert not cached and out.tolist() == [3.0, 5.0]
@@ -266,14 +266,14 @@ def test_segment_kernels_are_loaded_from_numba_cache_in_a_new_process(tmp_path):
 
     code = """
 import numpy as np
-from sparse3d import _deferred
+from sparse3d import _deferred, _segments
 from sparse3d.testing import random_scene
 _deferred.MIN_ELEMENTS = _deferred.COMPILED_MIN_ELEMENTS = 1
 X = random_scene(5, nsources=30, imshape=(40, 40), stamp=(5, 5)).build()
 L = np.exp(-0.5 * ((X - 0.25) ** 2 + (X + 0.5) ** 2))
 ref = np.exp(-0.5 * ((X.data - 0.25) ** 2 + (X.data + 0.5) ** 2))
 assert np.array_equal(L.data, ref)
-(k,) = _deferred._SEGMENT_KERNELS.values()
+(k,) = _segments._SEGMENT_KERNELS.values()
 print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))
 """
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
