@@ -244,7 +244,12 @@ class NormalEquations:
         """
         if self._stamps is not None and self._weighted is None:
             # weights and mask applied in the kernel: no weighted copy of a frame stack
-            return _stamp_rhs(self._stamps, D, self.ivar, self.keep)
+            if len(self._stamps) == 1 and self._stamps[0][1] is None:
+                return _stamp_rhs(self._stamps[0][0], D, self.ivar, self.keep)
+            out = np.zeros((self.n_sources,) + D.shape[1:])
+            for stamps, sources in self._stamps:  # stamp groups: each group's sources
+                out[sources] = _stamp_rhs(stamps, D, self.ivar, self.keep)
+            return out
         if self.ivar is None:
             return self.design.T @ D
         if self._weighted is not None:
@@ -549,16 +554,24 @@ def _fit_design(A: Any) -> Sparse3D | scipy.sparse.csr_matrix | scipy.sparse.csc
     return _design_matrix(A)
 
 
-def _regular_stamps(A: Any) -> tuple | None:
-    """``(values, r0, c0, (H, W), (imr, imc))`` of a large Sparse3D of regular stamps, else None.
+def _regular_stamps(A: Any) -> list[tuple[tuple, np.ndarray | None]] | None:
+    """The regular stamps of a large Sparse3D whose stamp groups are all regular, else None.
 
-    ``values`` float64, C order, read-only (the one compiled signature).
+    One ``(stamps, sources)`` per non-empty stamp group: ``stamps`` is ``(values, r0, c0,
+    (H, W), (imr, imc))`` with ``values`` float64, C order, read-only (the one compiled
+    signature), ``sources`` the group's global source indices (None for a single-shape array).
     """
-    if not isinstance(A, Sparse3D) or A._structure.grouped or A._values.size < _compiled.COMPILED_MIN_NNZ:
+    if not isinstance(A, Sparse3D) or A._values.size < _compiled.COMPILED_MIN_NNZ:
         return None
-    corners = _regular_corners(A)
-    if corners is None:
-        return None
-    values = np.ascontiguousarray(A._values, dtype=np.float64).view()
-    values.flags.writeable = False
-    return values, corners[0], corners[1], A.imshape, A.imcorner
+    grouped = A._structure.grouped
+    out = []
+    for group, sources in zip(A.groups, A.group_sources):
+        if group.nsources == 0:
+            continue
+        corners = _regular_corners(group)
+        if corners is None:
+            return None
+        values = np.ascontiguousarray(group._values, dtype=np.float64).view()
+        values.flags.writeable = False
+        out.append(((values, corners[0], corners[1], A.imshape, A.imcorner), sources if grouped else None))
+    return out or None
