@@ -261,6 +261,44 @@ def supernode_rows(sstart, cc, cptr, cind, parent):  # pragma: no cover - compil
 
 
 @njit(cache=True, nogil=True)
+def _partial_cholesky(front, h, k):  # pragma: no cover - compiled
+    """Factorise the first ``k`` columns of the front ``F`` (``front[c * h + r] = F[r, c]``,
+    ``r >= c``, lower triangle only) in place and leave its update matrix (the Schur
+    complement ``F22 - L21 L21^T``) in the trailing ``h - k`` columns.
+
+    Left-looking: each of the ``k`` pivot columns takes the updates of the columns before it,
+    then every trailing column takes all ``k`` of them in one visit (``k`` axpys on a column
+    that stays in L1), instead of ``k`` sweeps over the whole trailing matrix. Returns -1, or
+    the first column whose pivot was not positive (its value left at ``front[c * h + c]``).
+    """
+    for c in range(k):
+        cc = c * h
+        for c0 in range(c):
+            v = front[c0 * h + c]
+            if v != 0.0:
+                src = c0 * h
+                for r in range(c, h):
+                    front[cc + r] -= v * front[src + r]
+        d = front[cc + c]
+        if not d > 0.0:
+            return c
+        lv = np.sqrt(d)
+        inv = 1.0 / lv
+        front[cc + c] = lv
+        for r in range(c + 1, h):
+            front[cc + r] *= inv
+    for c2 in range(k, h):
+        c2h = c2 * h
+        for c in range(k):
+            v = front[c * h + c2]
+            if v != 0.0:
+                src = c * h
+                for r in range(c2, h):
+                    front[c2h + r] -= v * front[src + r]
+    return -1
+
+
+@njit(cache=True, nogil=True)
 def multifrontal(
     s0, sstart, sptr, srows, cptr, cind, cval, offsets, buf, pivots, front, stack, pos, pending, nchild, ctr
 ):  # pragma: no cover - compiled
@@ -294,8 +332,9 @@ def multifrontal(
         m = sptr[s + 1] - sptr[s]
         h = k + m
         if not resume:
-            for q in range(h * h):
-                front[q] = 0.0
+            for c in range(h):  # only the lower triangle of the front is ever read
+                for q in range(c * h + c, (c + 1) * h):
+                    front[q] = 0.0
             for a in range(k):
                 pos[f + a] = a
             for a in range(m):
@@ -319,24 +358,11 @@ def multifrontal(
             ctr[0] = top
             if k * h * h >= _LOOP_MAX_FLOPS:
                 return s
-            # right-looking partial factorisation of the first k columns, column by column
+            d = _partial_cholesky(front, h, k)
+            if d >= 0:
+                return -(f + d) - 1
             for c in range(k):
-                cc = c * h
-                d = front[cc + c]
-                pivots[f + c] = d
-                if not d > 0.0:
-                    return -(f + c) - 1
-                lv = np.sqrt(d)
-                inv = 1.0 / lv
-                front[cc + c] = lv
-                for r in range(c + 1, h):
-                    front[cc + r] *= inv
-                for c2 in range(c + 1, h):
-                    v = front[cc + c2]
-                    if v != 0.0:
-                        c2h = c2 * h
-                        for r in range(c2, h):
-                            front[c2h + r] -= v * front[cc + r]
+                pivots[f + c] = front[c * h + c] ** 2
         resume = False
         # the factor's columns, then this supernode's update matrix onto the stack
         o = offsets[s]
