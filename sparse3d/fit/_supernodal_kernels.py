@@ -37,7 +37,7 @@ SIGNATURES = {
     "supernode_rows": f"({_I}, {_I}, {_I}, {_I}, {_I})",
     # s0, the symbolic arrays, N's lower part, then the factor and the sweep's state
     "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, "
-    f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I})",
+    f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I}, {_F})",
     "block_solve": f"(intp, boolean, intp, {_I}, {_I}, {_I}, {_I}, {_F}, float64[:, ::1])",
     "solve_one": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_F}, boolean)",
 }
@@ -300,7 +300,23 @@ def _partial_cholesky(front, h, k):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def multifrontal(
-    s0, sstart, sptr, srows, cptr, cind, cval, offsets, buf, pivots, front, stack, pos, pending, nchild, ctr
+    s0,
+    sstart,
+    sptr,
+    srows,
+    cptr,
+    cind,
+    cval,
+    offsets,
+    buf,
+    pivots,
+    front,
+    stack,
+    pos,
+    pending,
+    nchild,
+    ctr,
+    upd,
 ):  # pragma: no cover - compiled
     """Multifrontal Cholesky ``L L^T`` of the permuted ``N`` (lower part by columns, ``cptr``...),
     from supernode ``s0`` on; the caller factorises the large fronts (BLAS, LAPACK).
@@ -316,8 +332,10 @@ def multifrontal(
     Fronts of fewer than ``_LOOP_MAX_FLOPS`` multiply-adds (``k h^2``) are factorised here in
     loops. At a larger one the kernel returns ``s`` with the front assembled in
     ``front[:h * h]`` (``T[c, r] = F[r, c]`` for ``r >= c``, row-major ``(h, h)``); the
-    caller factorises its first ``k`` columns in place and calls again with ``s0 = -s - 1``:
-    the front is then stored and the sweep goes on. Returns ``nsup`` when done, or
+    caller factorises its first ``k`` columns in place, leaves ``L21 L21^T`` (``m x m``,
+    column-major, its lower triangle) in ``upd`` instead of updating ``F22`` (no temporary, no
+    pass of its own: it is subtracted here as the update matrix is stacked) and calls again with
+    ``s0 = -s - 1``: the front is then stored and the sweep goes on. Returns ``nsup`` when done, or
     ``-col - 1`` for the first column whose pivot was not positive.
     """
     nsup = sstart.size - 1
@@ -363,7 +381,6 @@ def multifrontal(
                 return -(f + d) - 1
             for c in range(k):
                 pivots[f + c] = front[c * h + c] ** 2
-        resume = False
         # the factor's columns, then this supernode's update matrix onto the stack
         o = offsets[s]
         for c in range(k):
@@ -374,11 +391,16 @@ def multifrontal(
             for a in range(m):
                 base = top + a * m
                 src = (k + a) * h + k
-                for b in range(a, m):
-                    stack[base + b] = front[src + b]
+                if resume:  # a large front: F22 - L21 L21^T, the product from the caller
+                    for b in range(a, m):
+                        stack[base + b] = front[src + b] - upd[a * m + b]
+                else:
+                    for b in range(a, m):
+                        stack[base + b] = front[src + b]
             ctr[0] = top + m * m
             pending[ctr[1]] = s
             ctr[1] += 1
+        resume = False
         s += 1
     return nsup
 

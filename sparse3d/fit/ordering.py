@@ -18,7 +18,7 @@ from ..core import Sparse3D
 from .assemble import _regular_corners
 
 #: sets of at most this many sources are not split further
-ND_LEAF = 32
+ND_LEAF = 16
 
 Boxes = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
