@@ -400,8 +400,35 @@ class NormalEquations:
         them); NaN weights count as 0.
         """
         wz = np.where(np.isnan(weights), 0.0, weights)
+        # no design matrix yet (a background model has made it: its block needs it)
+        stamps = self._stamps if isinstance(self._design, Sparse3D) and self.background is None else None
+        if stamps is not None and D.shape[1] <= _STAMP_CHI2_FRAMES:
+            return self._stamp_chi2(D, wz)
         ivar = None if self.ivar is None else self.ivar[:, None]
         return _chi2(self.design, wz, D, ivar, None, self.keep, self.background, self.err_scale)
+
+    def _stamp_chi2(self, D: np.ndarray, wz: np.ndarray) -> np.ndarray:
+        """:meth:`chi2` with the model from the stamps: a perfect fit of a few frames recomputes
+        its chi-square without building the design matrix. Float64 stamps: the array's own
+        (compiled) ``dot``; others through :func:`_stamp_model`, in float64."""
+        n = self.n_sources
+        A = self._design
+        out = np.empty(D.shape[1])
+        for t in range(D.shape[1]):
+            if A.dtype == np.float64:
+                r = np.array(A.dot(wz[:n, t]), dtype=np.float64).reshape(-1)  # a fresh, writable copy
+            else:
+                r = _stamp_model(self._stamps, wz[:n, t], D.shape[0])
+            np.subtract(D[:, t], r, out=r)
+            if self.err_scale != 1.0:
+                r /= self.err_scale
+            if self.keep is not None:
+                r[~self.keep] = 0.0
+            np.square(r, out=r)
+            if self.ivar is not None:
+                r *= self.ivar
+            out[t] = r.sum()
+        return out
 
     def weights_err(self) -> np.ndarray:
         """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n_params,)``; NaN where unconstrained."""
@@ -552,6 +579,25 @@ def _fit_design(A: Any) -> Sparse3D | scipy.sparse.csr_matrix | scipy.sparse.csc
     if _regular_stamps(A) is not None:
         return A
     return _design_matrix(A)
+
+
+#: :meth:`NormalEquations.chi2` of at most this many frames takes the model from the stamps
+#: (one ``bincount`` per frame); more share the design matrix, built once
+_STAMP_CHI2_FRAMES = 8
+
+
+def _stamp_model(parts: list[tuple[tuple, np.ndarray | None]], w: np.ndarray, npix: int) -> np.ndarray:
+    """``A @ w`` (float64, ``(npix,)``) from the regular stamps of :func:`_regular_stamps`."""
+    out = np.zeros(npix)
+    for (values, r0, c0, (H, W), (imr, imc)), sources in parts:
+        ws = w if sources is None else w[sources]
+        nr, nc, _ = values.shape
+        r = r0 + (np.arange(nr) - imr)[:, None, None]  # (nr, 1, n): the image rows of the stamps
+        c = c0 + (np.arange(nc) - imc)[None, :, None]
+        ok = (r >= 0) & (r < H) & (c >= 0) & (c < W)
+        pix = (r * W + c)[ok]
+        out += np.bincount(pix, weights=(values * ws)[ok], minlength=npix)
+    return out
 
 
 def _regular_stamps(A: Any) -> list[tuple[tuple, np.ndarray | None]] | None:
