@@ -104,3 +104,23 @@ def test_precompile_command_line():
         [sys.executable, "-m", "sparse3d", "precompile"], capture_output=True, text=True, check=True
     )
     assert "sparse3d.fit._stamp_kernels" in out.stdout and "total:" in out.stdout
+
+
+def test_cross_module_kernel_digest_is_current():
+    """Kernels that inline code from another module must bump their digest when it changes.
+
+    numba's cache does not see edits to an imported module; a stale digest here means
+    ``_supernodal_kernels`` could run cached code built with the old amalgamation rule.
+    """
+    import hashlib
+    import inspect
+
+    from sparse3d.fit import _factor_kernels as fk
+    from sparse3d.fit import _supernodal_kernels as sk
+
+    source = inspect.getsource(fk.relaxed_merge.py_func) + repr((fk.NRELAX, fk.ZRELAX))
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    assert sk.DEPENDENCY_DIGEST == digest, (
+        "sparse3d.fit._factor_kernels.relaxed_merge/NRELAX/ZRELAX changed: set "
+        f"_supernodal_kernels.DEPENDENCY_DIGEST = {digest!r} (this also invalidates its numba cache)"
+    )

@@ -27,6 +27,13 @@ from numba import njit
 
 from ._factor_kernels import NRELAX, ZRELAX, relaxed_merge
 
+#: numba's on-disk cache keys a kernel on the source file that defines it, not on the files it
+#: imports from: the kernels here inline ``relaxed_merge`` and freeze ``NRELAX``/``ZRELAX`` from
+#: :mod:`._factor_kernels`, so a change there would leave stale cached code here. This digest of
+#: those names (``tests/test_fit_compiled.py`` recomputes it) must be updated with any such change;
+#: updating it edits this file, which invalidates this module's cache.
+DEPENDENCY_DIGEST = "0f887cc4a1571fba"
+
 _I = "intp[::1]"
 _F = "float64[::1]"
 SIGNATURES = {
