@@ -200,7 +200,7 @@ def test_thinned_separator_still_separates(by_row, sizes):
     sep = np.flatnonzero((hi > cut) & (lo < cut))
     tmp = np.concatenate([first, second, sep]).astype(np.intp)
     order = np.empty(n, dtype=np.intp)
-    work = [np.empty(n, dtype=np.intp) for _ in range(3)]
+    work = [np.empty(n, dtype=np.intp) for _ in range(3)] + [np.empty((n, 3), dtype=np.intp)]
     na, nb = _thin_separator(*boxes, by_row, tmp, 0, first.size, second.size, n, order, *work)
     assert np.array_equal(np.sort(order), np.arange(n))
     A = order[: first.size + na]

@@ -33,6 +33,7 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
     side = np.empty(n, dtype=np.intp)  # separator thinning (_thin_separator)
     near = np.empty(n, dtype=np.intp)
     key = np.empty(n, dtype=np.intp)
+    span = np.empty((n, 3), dtype=np.intp)
     # work stack of segments [a, b) of ``order`` still to split
     sa = np.empty(2 * n + 2, dtype=np.intp)
     sb = np.empty(2 * n + 2, dtype=np.intp)
@@ -126,7 +127,7 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
             else:
                 tmp[qs] = i
                 qs += 1
-        na, nb = _thin_separator(rlo, rhi, clo, chi, by_row, tmp, a, nl, nr, b, order, side, near, key)
+        na, nb = _thin_separator(rlo, rhi, clo, chi, by_row, tmp, a, nl, nr, b, order, side, near, key, span)
         sa[top] = a
         sb[top] = a + nl + na
         sa[top + 1] = a + nl + na
@@ -136,15 +137,10 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _overlap(rlo, rhi, clo, chi, i, j):  # pragma: no cover - compiled
-    """Whether boxes ``i`` and ``j`` share a pixel."""
-    return rlo[i] < rhi[j] and rlo[j] < rhi[i] and clo[i] < chi[j] and clo[j] < chi[i]
-
-
-@njit(cache=True, nogil=True)
-def _sort_along(rlo, rhi, clo, chi, by_row, near, m, key):  # pragma: no cover - compiled
-    """Sort ``near[:m]`` by the boxes' start along the cut (``key[:m]`` receives the starts;
-    Shell sort, plain loops) and return their largest extent along it."""
+def _sort_along(rlo, rhi, clo, chi, by_row, near, m, key, span):  # pragma: no cover - compiled
+    """Sort ``near[:m]`` by the boxes' start along the cut (``key[:m]`` receives the starts,
+    ``span[:m]`` their end along the cut and their start and end across it; Shell sort, plain
+    loops) and return their largest extent along it."""
     ext = 0
     for t in range(m):
         i = near[t]
@@ -165,15 +161,22 @@ def _sort_along(rlo, rhi, clo, chi, by_row, near, m, key):  # pragma: no cover -
             key[u] = x
             near[u] = y
         gap //= 3
+    for t in range(m):  # the rest of each box beside its start, in this order: read in sequence
+        i = near[t]
+        span[t, 0] = chi[i] if by_row else rhi[i]
+        span[t, 1] = rlo[i] if by_row else clo[i]
+        span[t, 2] = rhi[i] if by_row else chi[i]
     return ext
 
 
 @njit(cache=True, nogil=True)
-def _hits(rlo, rhi, clo, chi, by_row, i, near, m, key, ext):  # pragma: no cover - compiled
-    """Whether box ``i`` overlaps one of ``near[:m]`` (sorted by :func:`_sort_along`): only
+def _hits(rlo, rhi, clo, chi, by_row, i, m, key, span, ext):  # pragma: no cover - compiled
+    """Whether box ``i`` overlaps one of the ``m`` boxes sorted by :func:`_sort_along`: only
     those starting along the cut in ``(start_i - ext, end_i)`` can."""
     lo = clo[i] if by_row else rlo[i]
     hi = chi[i] if by_row else rhi[i]
+    alo = rlo[i] if by_row else clo[i]
+    ahi = rhi[i] if by_row else chi[i]
     # the first t with key[t] > lo - ext (binary search)
     t0 = 0
     t1 = m
@@ -185,7 +188,7 @@ def _hits(rlo, rhi, clo, chi, by_row, i, near, m, key, ext):  # pragma: no cover
             t0 = mid + 1
     t = t0
     while t < m and key[t] < hi:
-        if _overlap(rlo, rhi, clo, chi, i, near[t]):
+        if lo < span[t, 0] and span[t, 1] < ahi and alo < span[t, 2]:
             return True
         t += 1
     return False
@@ -193,7 +196,7 @@ def _hits(rlo, rhi, clo, chi, by_row, i, near, m, key, ext):  # pragma: no cover
 
 @njit(cache=True, nogil=True)
 def _thin_separator(
-    rlo, rhi, clo, chi, by_row, tmp, a, nl, nr, b, order, side, near, key
+    rlo, rhi, clo, chi, by_row, tmp, a, nl, nr, b, order, side, near, key, span
 ):  # pragma: no cover - compiled
     """Write the split of ``tmp[a:b]`` (``nl`` boxes before the cut, ``nr`` after it, then the
     separator: the boxes that straddle it) into ``order[a:b]``, thinning the separator.
@@ -226,9 +229,9 @@ def _thin_separator(
                 near[m] = i
                 m += 1
         if ns * m <= _THIN_MAX_PAIRS:
-            ext = _sort_along(rlo, rhi, clo, chi, by_row, near, m, key)
+            ext = _sort_along(rlo, rhi, clo, chi, by_row, near, m, key, span)
             for q in range(s0, b):
-                side[q - s0] = 0 if _hits(rlo, rhi, clo, chi, by_row, tmp[q], near, m, key, ext) else -1
+                side[q - s0] = 0 if _hits(rlo, rhi, clo, chi, by_row, tmp[q], m, key, span, ext) else -1
             # the boxes before the cut that can reach the separator, then those moved there
             m = 0
             for q in range(a, a + nl):
@@ -241,9 +244,9 @@ def _thin_separator(
                     near[m] = tmp[q]
                     m += 1
             if ns * m <= _THIN_MAX_PAIRS:
-                ext = _sort_along(rlo, rhi, clo, chi, by_row, near, m, key)
+                ext = _sort_along(rlo, rhi, clo, chi, by_row, near, m, key, span)
                 for q in range(s0, b):
-                    if side[q - s0] == 0 and not _hits(rlo, rhi, clo, chi, by_row, tmp[q], near, m, key, ext):
+                    if side[q - s0] == 0 and not _hits(rlo, rhi, clo, chi, by_row, tmp[q], m, key, span, ext):
                         side[q - s0] = 1
         else:
             for q in range(ns):
