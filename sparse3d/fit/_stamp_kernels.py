@@ -63,30 +63,52 @@ def weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc):
     The stamps are copied in the order ``order`` (cell order: neighbours are then close in
     memory). ``sqrt_ivar`` is the flat ``(H * W,)`` map (ignored unless ``has_ivar``);
     ``(imr, imc)`` is the image corner. Also returns ``colmax[p] = max |B[p]|``.
+
+    A blocked transpose: ``blk`` sources are read together (consecutive in ``values``' last
+    axis) into a small tile, then each is written whole into its row of ``B``; a stamp inside
+    the image without weights is a plain copy, the others are checked pixel by pixel.
     """
     nr, nc, n = values.shape
+    npx = nr * nc
     pos = np.empty(n, dtype=np.int64)
     for p in range(n):
         pos[order[p]] = p
-    B = np.zeros((n, nr, nc), dtype=np.float64)
+    B = np.empty((n, nr, nc), dtype=np.float64)  # every entry is written below
+    flat = B.reshape(n, npx)
     colmax = np.zeros(n, dtype=np.float64)
-    blk = 16  # sources read together: consecutive in values' last axis
+    blk = 16
+    tile = np.empty((blk, npx), dtype=np.float64)
     for k0 in range(0, n, blk):
         k1 = min(k0 + blk, n)
         for a in range(nr):
             for b in range(nc):
+                q = a * nc + b
                 for k in range(k0, k1):
-                    r = r0[k] + a - imr
-                    c = c0[k] + b - imc
-                    if r < 0 or r >= H or c < 0 or c >= W:
-                        continue
-                    v = np.float64(values[a, b, k])
-                    if has_ivar:
-                        v *= sqrt_ivar[r * W + c]
-                    p = pos[k]
-                    B[p, a, b] = v
-                    if abs(v) > colmax[p]:
-                        colmax[p] = abs(v)
+                    tile[k - k0, q] = values[a, b, k]
+        for k in range(k0, k1):
+            p = pos[k]
+            t = k - k0
+            ra = r0[k] - imr
+            ca = c0[k] - imc
+            mx = 0.0
+            if not has_ivar and ra >= 0 and ra + nr <= H and ca >= 0 and ca + nc <= W:
+                for q in range(npx):
+                    v = tile[t, q]
+                    flat[p, q] = v
+                    mx = max(mx, abs(v))
+            else:
+                for a in range(nr):
+                    r = ra + a
+                    for b in range(nc):
+                        c = ca + b
+                        v = 0.0
+                        if 0 <= r < H and 0 <= c < W:
+                            v = tile[t, a * nc + b]
+                            if has_ivar:
+                                v *= sqrt_ivar[r * W + c]
+                        flat[p, a * nc + b] = v
+                        mx = max(mx, abs(v))
+            colmax[p] = mx
     return B, colmax
 
 
