@@ -201,7 +201,8 @@ def test_thinned_separator_still_separates(by_row, sizes):
     tmp = np.concatenate([first, second, sep]).astype(np.intp)
     order = np.empty(n, dtype=np.intp)
     work = [np.empty(n, dtype=np.intp) for _ in range(3)] + [np.empty((n, 3), dtype=np.intp)]
-    na, nb = _thin_separator(*boxes, by_row, tmp, 0, first.size, second.size, n, order, *work)
+    axes = boxes if by_row else (boxes[2], boxes[3], boxes[0], boxes[1])  # across the cut, then along it
+    na, nb = _thin_separator(*axes, tmp, 0, first.size, second.size, n, order, *work)
     assert np.array_equal(np.sort(order), np.arange(n))
     A = order[: first.size + na]
     B = order[first.size + na : first.size + na + second.size + nb]

@@ -127,7 +127,10 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
             else:
                 tmp[qs] = i
                 qs += 1
-        na, nb = _thin_separator(rlo, rhi, clo, chi, by_row, tmp, a, nl, nr, b, order, side, near, key, span)
+        if by_row:
+            na, nb = _thin_separator(rlo, rhi, clo, chi, tmp, a, nl, nr, b, order, side, near, key, span)
+        else:
+            na, nb = _thin_separator(clo, chi, rlo, rhi, tmp, a, nl, nr, b, order, side, near, key, span)
         sa[top] = a
         sb[top] = a + nl + na
         sa[top + 1] = a + nl + na
@@ -137,15 +140,16 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _sort_along(rlo, rhi, clo, chi, by_row, near, m, key, span):  # pragma: no cover - compiled
+def _sort_along(alo, ahi, olo, ohi, near, m, key, span):  # pragma: no cover - compiled
     """Sort ``near[:m]`` by the boxes' start along the cut (``key[:m]`` receives the starts,
     ``span[:m]`` their end along the cut and their start and end across it; Shell sort, plain
-    loops) and return their largest extent along it."""
+    loops) and return their largest extent along it. ``alo``/``ahi``: the boxes across the cut,
+    ``olo``/``ohi`` along it."""
     ext = 0
     for t in range(m):
         i = near[t]
-        key[t] = clo[i] if by_row else rlo[i]
-        ext = max(ext, (chi[i] - clo[i]) if by_row else (rhi[i] - rlo[i]))
+        key[t] = olo[i]
+        ext = max(ext, ohi[i] - olo[i])
     gap = 1
     while 3 * gap + 1 < m:
         gap = 3 * gap + 1
@@ -163,20 +167,18 @@ def _sort_along(rlo, rhi, clo, chi, by_row, near, m, key, span):  # pragma: no c
         gap //= 3
     for t in range(m):  # the rest of each box beside its start, in this order: read in sequence
         i = near[t]
-        span[t, 0] = chi[i] if by_row else rhi[i]
-        span[t, 1] = rlo[i] if by_row else clo[i]
-        span[t, 2] = rhi[i] if by_row else chi[i]
+        span[t, 0] = ohi[i]
+        span[t, 1] = alo[i]
+        span[t, 2] = ahi[i]
     return ext
 
 
 @njit(cache=True, nogil=True)
-def _hits(rlo, rhi, clo, chi, by_row, i, m, key, span, ext):  # pragma: no cover - compiled
+def _hits(alo, ahi, olo, ohi, i, m, key, span, ext):  # pragma: no cover - compiled
     """Whether box ``i`` overlaps one of the ``m`` boxes sorted by :func:`_sort_along`: only
     those starting along the cut in ``(start_i - ext, end_i)`` can."""
-    lo = clo[i] if by_row else rlo[i]
-    hi = chi[i] if by_row else rhi[i]
-    alo = rlo[i] if by_row else clo[i]
-    ahi = rhi[i] if by_row else chi[i]
+    lo = olo[i]
+    hi = ohi[i]
     # the first t with key[t] > lo - ext (binary search)
     t0 = 0
     t1 = m
@@ -188,20 +190,19 @@ def _hits(rlo, rhi, clo, chi, by_row, i, m, key, span, ext):  # pragma: no cover
             t0 = mid + 1
     t = t0
     while t < m and key[t] < hi:
-        if lo < span[t, 0] and span[t, 1] < ahi and alo < span[t, 2]:
+        if lo < span[t, 0] and span[t, 1] < ahi[i] and alo[i] < span[t, 2]:
             return True
         t += 1
     return False
 
 
 @njit(cache=True, nogil=True)
-def _thin_separator(
-    rlo, rhi, clo, chi, by_row, tmp, a, nl, nr, b, order, side, near, key, span
-):  # pragma: no cover - compiled
+def _thin_separator(alo, ahi, olo, ohi, tmp, a, nl, nr, b, order, side, near, key, span):  # pragma: no cover
     """Write the split of ``tmp[a:b]`` (``nl`` boxes before the cut, ``nr`` after it, then the
     separator: the boxes that straddle it) into ``order[a:b]``, thinning the separator.
 
-    A straddling box that overlaps no box after the cut does not couple the two halves: it
+    ``alo``/``ahi`` are the boxes' bounds across the cut, ``olo``/``ohi`` along it. A
+    straddling box that overlaps no box after the cut does not couple the two halves: it
     joins the first half; then one that overlaps no box of the (grown) first half joins the
     second. What is left still separates them, and is what the factor's fill grows with: on a
     random field of 10 x 10 stamps about one row in seven of the straddling band goes. Only the
@@ -215,38 +216,35 @@ def _thin_separator(
     na = 0
     nb = 0
     if ns > 0:
-        slo = rlo[tmp[s0]] if by_row else clo[tmp[s0]]
-        shi = rhi[tmp[s0]] if by_row else chi[tmp[s0]]
+        slo = alo[tmp[s0]]
+        shi = ahi[tmp[s0]]
         for q in range(s0, b):
-            i = tmp[q]
-            slo = min(slo, rlo[i] if by_row else clo[i])
-            shi = max(shi, rhi[i] if by_row else chi[i])
+            slo = min(slo, alo[tmp[q]])
+            shi = max(shi, ahi[tmp[q]])
         # the boxes after the cut that can reach the separator
         m = 0
         for q in range(a + nl, s0):
-            i = tmp[q]
-            if (rlo[i] if by_row else clo[i]) < shi:
-                near[m] = i
+            if alo[tmp[q]] < shi:
+                near[m] = tmp[q]
                 m += 1
         if ns * m <= _THIN_MAX_PAIRS:
-            ext = _sort_along(rlo, rhi, clo, chi, by_row, near, m, key, span)
+            ext = _sort_along(alo, ahi, olo, ohi, near, m, key, span)
             for q in range(s0, b):
-                side[q - s0] = 0 if _hits(rlo, rhi, clo, chi, by_row, tmp[q], m, key, span, ext) else -1
+                side[q - s0] = 0 if _hits(alo, ahi, olo, ohi, tmp[q], m, key, span, ext) else -1
             # the boxes before the cut that can reach the separator, then those moved there
             m = 0
             for q in range(a, a + nl):
-                i = tmp[q]
-                if (rhi[i] if by_row else chi[i]) > slo:
-                    near[m] = i
+                if ahi[tmp[q]] > slo:
+                    near[m] = tmp[q]
                     m += 1
             for q in range(s0, b):
                 if side[q - s0] == -1:
                     near[m] = tmp[q]
                     m += 1
             if ns * m <= _THIN_MAX_PAIRS:
-                ext = _sort_along(rlo, rhi, clo, chi, by_row, near, m, key, span)
+                ext = _sort_along(alo, ahi, olo, ohi, near, m, key, span)
                 for q in range(s0, b):
-                    if side[q - s0] == 0 and not _hits(rlo, rhi, clo, chi, by_row, tmp[q], m, key, span, ext):
+                    if side[q - s0] == 0 and not _hits(alo, ahi, olo, ohi, tmp[q], m, key, span, ext):
                         side[q - s0] = 1
         else:
             for q in range(ns):
