@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from .. import _compiled
 from ..core import Sparse3D
 from ._checks import (
     _check_data_finite,
@@ -27,13 +26,17 @@ from ._checks import (
     _inverse_variance,
 )
 from ._inputs import _check_mask_values
-from .assemble import _design_matrix, _regular_corners, _row_scale, _scaled_normal_matrix
+from .assemble import _design_matrix, _regular_stamps, _row_scale, _scaled_normal_matrix, _stamp_model
 from .background import as_background
 from .diagnostics import _chi2
 from .factor import _factorize_or_raise, _solver_name
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
 from .rhs import _stamp_rhs, _stamp_square_sum
+
+#: :meth:`NormalEquations.chi2` of at most this many frames takes the model from the stamps
+#: (a ``dot`` per frame); more share the design matrix, built once
+_STAMP_CHI2_FRAMES = 8
 
 
 def _weighted_square_sum(
@@ -579,45 +582,3 @@ def _fit_design(A: Any) -> Sparse3D | scipy.sparse.csr_matrix | scipy.sparse.csc
     if _regular_stamps(A) is not None:
         return A
     return _design_matrix(A)
-
-
-#: :meth:`NormalEquations.chi2` of at most this many frames takes the model from the stamps
-#: (one ``bincount`` per frame); more share the design matrix, built once
-_STAMP_CHI2_FRAMES = 8
-
-
-def _stamp_model(parts: list[tuple[tuple, np.ndarray | None]], w: np.ndarray, npix: int) -> np.ndarray:
-    """``A @ w`` (float64, ``(npix,)``) from the regular stamps of :func:`_regular_stamps`."""
-    out = np.zeros(npix)
-    for (values, r0, c0, (H, W), (imr, imc)), sources in parts:
-        ws = w if sources is None else w[sources]
-        nr, nc, _ = values.shape
-        r = r0 + (np.arange(nr) - imr)[:, None, None]  # (nr, 1, n): the image rows of the stamps
-        c = c0 + (np.arange(nc) - imc)[None, :, None]
-        ok = (r >= 0) & (r < H) & (c >= 0) & (c < W)
-        pix = (r * W + c)[ok]
-        out += np.bincount(pix, weights=(values * ws)[ok], minlength=npix)
-    return out
-
-
-def _regular_stamps(A: Any) -> list[tuple[tuple, np.ndarray | None]] | None:
-    """The regular stamps of a large Sparse3D whose stamp groups are all regular, else None.
-
-    One ``(stamps, sources)`` per non-empty stamp group: ``stamps`` is ``(values, r0, c0,
-    (H, W), (imr, imc))`` with ``values`` float64, C order, read-only (the one compiled
-    signature), ``sources`` the group's global source indices (None for a single-shape array).
-    """
-    if not isinstance(A, Sparse3D) or A._values.size < _compiled.COMPILED_MIN_NNZ:
-        return None
-    grouped = A._structure.grouped
-    out = []
-    for group, sources in zip(A.groups, A.group_sources):
-        if group.nsources == 0:
-            continue
-        corners = _regular_corners(group)
-        if corners is None:
-            return None
-        values = np.ascontiguousarray(group._values, dtype=np.float64).view()
-        values.flags.writeable = False
-        out.append(((values, corners[0], corners[1], A.imshape, A.imcorner), sources if grouped else None))
-    return out or None
