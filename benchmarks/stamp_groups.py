@@ -5,8 +5,9 @@ bright ones on 41 × 41. Three ways to compute the tutorial pipeline (construct 
 ``Y``, the Gaussian expression for ``L``, ``L.dot(w)``) and a fit of the model image:
 
 * ``grouped``: ``X``, ``Y`` of each size concatenated into one array with two stamp groups
-  (``np.concatenate``, or ``Sparse3D.from_groups`` which copies the values once instead of
-  twice), then the pipeline and ``L.fit(image)`` on it, exactly as for a single-shape array;
+  (``np.concatenate``, which shares the pieces' values, or ``Sparse3D.from_groups``, which
+  copies them into one block), then the pipeline and ``L.fit(image)`` on it, exactly as for
+  a single-shape array;
 * ``separate``: the pipeline and the fit on each size's sources alone, times summed
   (the target: ``grouped`` costs at most 1.1× this);
 * ``all41``: every source on 41 × 41 stamps (what one shape for everyone costs).

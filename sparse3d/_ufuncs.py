@@ -172,8 +172,8 @@ def apply_elementwise(func, args, kwargs=None, name: str | None = None, reuse=No
     structure = common_structure(arrays)
     label = name or getattr(func, "__name__", "function")
     if structure.grouped and any(
-        not isinstance(a, Sparse3D) and not _scalar_like(a) for a in args
-    ):  # array operands: split by stamp group
+        (a._pending_blocks is not None) if isinstance(a, Sparse3D) else not _scalar_like(a) for a in args
+    ):  # array operands, or values joined without a copy: group by group
         return _apply_grouped(func, args, kwargs, label, structure)
     ops = [stamp_operand(a, structure, name=f"operand {i} of {label}") for i, a in enumerate(args)]
     if reuse is not None and _result_dtype(func, ops) == reuse.dtype:
@@ -245,7 +245,7 @@ def _apply_grouped(func, args, kwargs, label: str, structure):
     for i, x in enumerate(args):
         name = f"operand {i} of {label}"
         if isinstance(x, Sparse3D):
-            columns.append(structure.split(x._values))
+            columns.append(x._group_blocks())  # views, never a joined copy
         elif _scalar_like(x):
             columns.append([stamp_operand(x, structure, name)] * len(groups))
         else:
@@ -403,6 +403,8 @@ def _reusable_temporary(self, ufunc: np.ufunc, kwargs: dict):
     user = caller.f_back
     if user is None or user.f_code.co_code[user.f_lasti] not in _OPERATOR_OPCODES:
         return None
+    if self._pending_blocks is not None:  # values shared with the arrays it joins
+        return None
     if sys.getrefcount(self._values) != 2:  # the attribute and getrefcount's argument
         return None
     if self._values.base is not None or not self._values.flags.owndata:
@@ -486,7 +488,7 @@ def _identity_result(self, ufunc: np.ufunc, inputs, kwargs):
     ops = (np.empty(0, self.dtype), one) if inputs[0] is self else (one, np.empty(0, self.dtype))
     if _result_dtype(ufunc, ops) != self.dtype:
         return None
-    return type(self)._from_parts(self._values, self._structure)
+    return self._with_structure(self._structure)
 
 
 #: Code of NumPy's mixin ``__pow__`` (shared by its forward binary operators; with

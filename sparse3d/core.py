@@ -141,6 +141,10 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     __slots__ = ("_values", "_structure", "__dict__", "__weakref__")
 
+    #: Grouped arrays joined without a copy (``np.concatenate``): every group's values block,
+    #: shared with the arrays joined; the 1-D ``_values`` is then built on first use only.
+    _pending_blocks: tuple[np.ndarray, ...] | None = None
+
     def __init__(self, data, row, col, imshape, imcorner=(0, 0)):
         values = _owned_values(data)
         if values.ndim != 3:
@@ -152,11 +156,13 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @classmethod
     def from_groups(cls, data, row, col, imshape, imcorner=(0, 0)) -> Sparse3D:
-        """One array from stamp blocks of different shapes: ``np.concatenate`` without the copy.
+        """One array from stamp blocks of different shapes, its values in one block.
 
         Equal to ``np.concatenate([Sparse3D(d, r, c, imshape, imcorner) for d, r, c in
         zip(data, row, col)], axis=2)`` (sources in that order, one stamp group per stamp
-        shape), but every block's values are copied once, straight into the array.
+        shape). Both copy every block's values once: ``np.concatenate`` keeps the pieces'
+        values as its groups' (joined into one 1-D block only when an operation needs one,
+        e.g. ``tocsr`` or ``fit``), ``from_groups`` copies them straight into that block.
 
         Parameters
         ----------
@@ -230,10 +236,62 @@ class Sparse3D(NDArrayOperatorsMixin):
         obj._structure = structure
         return obj
 
+    @classmethod
+    def _joined(cls, blocks, structure) -> Sparse3D:
+        """Internal constructor of a grouped array over its groups' values, without a copy.
+
+        ``blocks``: one read-only values block per group of the grouped ``structure`` (shape
+        ``structure.groups[i].block_shape``, one dtype), typically the values of the arrays
+        that ``np.concatenate`` joins. They are shared, never written; the 1-D values block
+        that most operations read (``_values``) is joined from them on first use only
+        (:meth:`__getattr__`), so a pipeline that works group by group never copies them.
+        """
+        blocks = tuple(blocks)
+        for b, g in zip(blocks, structure.groups, strict=True):
+            if b.shape != g.block_shape or b.dtype != blocks[0].dtype or b.flags.writeable:
+                raise AssertionError("joined blocks must be read-only, one dtype, of their groups' shapes")
+        obj = cls.__new__(cls)
+        obj._structure = structure
+        obj.__dict__["_pending_blocks"] = blocks
+        return obj
+
+    def __getattr__(self, name: str):
+        # reached only when the normal lookup fails: the values of a grouped array joined
+        # without a copy, built on first use (one copy, then cached in the slot)
+        if name != "_values":
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        blocks = self.__dict__.get("_pending_blocks")
+        if blocks is None:  # joined by another thread since the lookup (or never set: raises)
+            return object.__getattribute__(self, "_values")
+        values = _pool.empty((self._structure.nelements,), blocks[0].dtype)
+        np.concatenate([b.ravel() for b in blocks], out=values)
+        values.flags.writeable = False
+        self._values = values
+        # the groups become views of the joined block, so the joined arrays' buffers can go
+        self.__dict__.pop("_group_views", None)
+        self.__dict__.pop("_pending_blocks", None)
+        return values
+
+    def _group_blocks(self) -> list[np.ndarray]:
+        """The values block ``(nr_g, nc_g, n_g)`` of every stamp group (shared views, no copy)."""
+        blocks = self._pending_blocks
+        if blocks is not None:
+            return list(blocks)
+        s = self._structure
+        return s.split(self._values) if s.grouped else [self._values]
+
+    def _with_structure(self, structure) -> Sparse3D:
+        """An array with this array's values (shared) on an equally shaped ``structure``."""
+        blocks = self._pending_blocks
+        if blocks is not None:
+            return Sparse3D._joined(blocks, structure)
+        return Sparse3D._from_parts(self._values, structure)
+
     def __del__(self):
         # the values buffer of a dying array goes to the pool if no one else holds it
         try:
-            _pool.give_back(self._values, 1)
+            if self._pending_blocks is None:  # joined blocks belong to the arrays joined
+                _pool.give_back(self._values, 1)
         except Exception:  # noqa: BLE001 - never raise from __del__ (interpreter shutdown, ...)
             pass
 
@@ -258,9 +316,7 @@ class Sparse3D(NDArrayOperatorsMixin):
                     f"{len(s.groups)} blocks, one per group (shapes {[g.block_shape for g in s.groups]})"
                 )
             parts = [g.with_data(b) for g, b in zip(self.groups, blocks)]
-            dtype = np.result_type(*[p.dtype for p in parts])
-            values = np.concatenate([p._values.ravel() for p in parts]).astype(dtype, copy=False)
-            return Sparse3D._from_parts(values, s)
+            return _join_groups(parts, s)
         values = _owned_values(data)
         if values.shape != self.stamp_shape:
             raise ValueError(f"data must have the stamp shape {self.stamp_shape}; got {values.shape}")
@@ -283,7 +339,7 @@ class Sparse3D(NDArrayOperatorsMixin):
     @cached_property
     def _group_views(self) -> tuple[Sparse3D, ...]:
         s = self._structure
-        return tuple(Sparse3D._from_parts(v, g) for v, g in zip(s.split(self._values), s.groups))
+        return tuple(Sparse3D._from_parts(v, g) for v, g in zip(self._group_blocks(), s.groups))
 
     @property
     def stamp_shapes(self) -> tuple[tuple[int, int], ...]:
@@ -351,7 +407,8 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @property
     def dtype(self) -> np.dtype:
-        return self._values.dtype
+        blocks = self._pending_blocks
+        return self._values.dtype if blocks is None else blocks[0].dtype
 
     @property
     def nnz(self) -> int:
@@ -384,10 +441,11 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by values and positions (the stored ones: a translation shares them)."""
+        """Bytes held by values and positions (the stored ones: translations, concatenations share them)."""
         s = self._structure
         groups = s.groups if s.grouped else (s,)
-        return self._values.nbytes + sum(g._row.nbytes + g._col.nbytes for g in groups)
+        values = sum(b.nbytes for b in self._group_blocks())
+        return values + sum(g._row.nbytes + g._col.nbytes for g in groups)
 
     @property
     def real(self) -> Sparse3D:
@@ -460,11 +518,15 @@ class Sparse3D(NDArrayOperatorsMixin):
         dtype = np.dtype(dtype)
         if dtype == self.dtype and not copy:
             return self
+        if self._pending_blocks is not None:  # group by group, still without joining them
+            return _join_groups([g.astype(dtype) for g in self.groups], self._structure)
         values = _checked_values(self._values.astype(dtype), f"astype({dtype})")
         return Sparse3D._from_parts(values, self._structure)
 
     def copy(self) -> Sparse3D:
         """A copy (arrays are immutable, so this is rarely needed)."""
+        if self._pending_blocks is not None:
+            return _join_groups([g.copy() for g in self.groups], self._structure)
         return Sparse3D._from_parts(self._values.copy(), self._structure)
 
     def __copy__(self) -> Sparse3D:
@@ -489,7 +551,7 @@ class Sparse3D(NDArrayOperatorsMixin):
         drow, dcol = _as_pair(position, "position", positive=False)
         if drow == 0 and dcol == 0:
             return self
-        moved = Sparse3D._from_parts(self._values, self._structure.translated(drow, dcol))
+        moved = self._with_structure(self._structure.translated(drow, dcol))
         moved.__dict__["_family"] = self._family  # same values, same stored positions
         return moved
 
@@ -805,13 +867,20 @@ class Sparse3D(NDArrayOperatorsMixin):
         )
 
 
+def _join_groups(groups, structure) -> Sparse3D:
+    """The grouped array over the single-shape ``groups`` (one per group of ``structure``).
+
+    Their values are shared, not copied (cast first where their dtypes differ).
+    """
+    dtype = np.result_type(*[g.dtype for g in groups])
+    return Sparse3D._joined([g.astype(dtype, copy=False)._values for g in groups], structure)
+
+
 def _rebuild_grouped(groups, sources) -> Sparse3D:
     """Unpickle a grouped array from its (single-shape) groups and their sources."""
     from ._structure import GroupedStructure
 
-    dtype = np.result_type(*[g.dtype for g in groups])
-    values = np.concatenate([g._values.ravel() for g in groups]).astype(dtype, copy=False)
-    return Sparse3D._from_parts(values, GroupedStructure([g._structure for g in groups], sources))
+    return _join_groups(groups, GroupedStructure([g._structure for g in groups], sources))
 
 
 def _writable(a: np.ndarray) -> np.ndarray:

@@ -153,6 +153,7 @@ def test_compat_jitter_loop_smoke(tmp_path):
     assert [r["case"] for r in results] == ["scene", "roiscene"]
     for r in results:
         assert math.isfinite(r["ratios"]["legacy / 2.x"]) and r["ratios"]["legacy / 2.x"] > 0
+        assert math.isfinite(r["cpu_ratios"]["legacy / 2.x"]) and r["cpu_ratios"]["legacy / 2.x"] > 0
         assert max(r["max_rel_difference"].values()) <= 1e-12
 
 

@@ -110,17 +110,21 @@ def test_cross_module_kernel_digest_is_current():
     """Kernels that inline code from another module must bump their digest when it changes.
 
     numba's cache does not see edits to an imported module; a stale digest here means
-    ``_supernodal_kernels`` could run cached code built with the old amalgamation rule.
+    ``_factor_kernels`` or ``_supernodal_kernels`` could run cached code built with the old
+    amalgamation rule (defined, numba-free, in ``sparse3d.fit.relaxed``).
     """
     import hashlib
     import inspect
 
     from sparse3d.fit import _factor_kernels as fk
     from sparse3d.fit import _supernodal_kernels as sk
+    from sparse3d.fit import relaxed
 
-    source = inspect.getsource(fk.relaxed_merge.py_func) + repr((fk.NRELAX, fk.ZRELAX))
+    assert fk.relaxed_merge.py_func is relaxed.relaxed_merge  # one rule, compiled from its one source
+    source = inspect.getsource(relaxed.relaxed_merge) + repr((relaxed.NRELAX, relaxed.ZRELAX))
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    assert sk.DEPENDENCY_DIGEST == digest, (
-        "sparse3d.fit._factor_kernels.relaxed_merge/NRELAX/ZRELAX changed: set "
-        f"_supernodal_kernels.DEPENDENCY_DIGEST = {digest!r} (this also invalidates its numba cache)"
-    )
+    for module in (fk, sk):
+        assert module.DEPENDENCY_DIGEST == digest, (
+            "sparse3d.fit.relaxed.relaxed_merge/NRELAX/ZRELAX changed: set "
+            f"{module.__name__}.DEPENDENCY_DIGEST = {digest!r} (this also invalidates its numba cache)"
+        )

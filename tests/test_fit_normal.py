@@ -102,3 +102,25 @@ def test_sources_spread_beyond_an_int64_grid_take_the_general_path(compiled_kern
     S = Sparse3D(np.ones((2, 2, 3)), row, col, (4, 4))
     ref = np.tril(_dense(S).T @ _dense(S))
     np.testing.assert_allclose(normal_matrix(S).toarray(), ref)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "csc_array"])
+def test_general_path_formats_and_masked_overlaps(fmt, fit_path):
+    """The SciPy path from any format equals the dense product, and two stamps that overlap only
+    on masked pixels are not coupled (no stored entry, not even a zero)."""
+    R, C = np.mgrid[:2, :2]
+    # sources 0 and 1 share pixel (1, 1) only; source 2 overlaps source 1 on unmasked pixels
+    row = R[:, :, None] + np.array([0, 1, 2])
+    col = C[:, :, None] + np.array([0, 1, 1])
+    rng = np.random.default_rng(2)
+    S = Sparse3D(rng.uniform(1, 2, (2, 2, 3)), row, col, (5, 4))
+    ivar = rng.uniform(0.5, 2.0, 20)
+    ivar[1 * 4 + 1] = 0.0  # the shared pixel is masked
+    M = S.tocsc()
+    design = {"csr": M.tocsr(), "csc": M, "coo": M.tocoo(), "csc_array": scipy.sparse.csc_array(M)}[fmt]
+    N = normal_matrix(design, ivar)
+    ref = _lower_reference(_dense(S), ivar)
+    np.testing.assert_allclose(N.toarray(), ref, rtol=1e-13, atol=0)
+    assert ref[1, 0] == 0.0 and ref[2, 1] != 0.0
+    coords = {(int(i), int(j)) for i, j in zip(*N.tocoo().coords)}
+    assert (1, 0) not in coords and (2, 1) in coords

@@ -6,9 +6,6 @@ import operator
 
 import numpy as np
 
-from ._registry import (
-    _S,
-)
 from .joining import select_sources
 
 
@@ -85,7 +82,6 @@ def getitem(S, key):
       the smallest cutout that holds the selection, to that cutout's dense array, so NumPy
       itself decides the result's shape and axis order (refused above ``max_dense_bytes``).
     """
-    Sparse3D = _S()
     items = _index_items(key)
     if sum(k is Ellipsis for k in items) > 1:
         raise IndexError("an index can only have a single ellipsis ('...')")
@@ -154,7 +150,7 @@ def getitem(S, key):
     rlo, rhi, clo, chi = lo[0], hi[0], lo[1], hi[1]
     if rhi > rlo and chi > clo and (rlo, rhi, clo, chi) != (0, H, 0, W):
         s = s.with_bounds((rhi - rlo, chi - clo), (s.imcorner[0] + rlo, s.imcorner[1] + clo))
-    sub = Sparse3D._from_parts(S._values, s)
+    sub = S._with_structure(s)
     if not (isinstance(sel, slice) and sel == slice(None)):
         sub = select_sources(sub, sel)
     kr, kc, ks = per_axis

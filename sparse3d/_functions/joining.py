@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _pool
 from ._registry import (
     _S,
     _refuse_out,
@@ -66,9 +65,10 @@ def build_grouped(pieces, dtype=None, values=None):
 
     The global indices of all pieces partition ``range(nsources)``; pieces with equal stamp
     shapes are merged into one group (in the order given, which must be ascending in the
-    global index within a shape). One stamp shape gives a single-block array. ``values``: the
-    groups' values already laid out one after the other in this 1-D array (pieces of
-    distinct shapes, in order), so that no copy is needed.
+    global index within a shape). One stamp shape gives a single-block array. Several give a
+    grouped array that shares the values of the pieces alone in their shape (no copy; see
+    ``Sparse3D._joined``), unless ``values`` is given: the groups' values already laid out
+    one after the other in this 1-D array (pieces of distinct shapes, in order).
     """
     from .._structure import GroupedStructure, StampStructure
 
@@ -92,10 +92,10 @@ def build_grouped(pieces, dtype=None, values=None):
         blocks.append(Sparse3D._from_parts(merged, StampStructure(row, col, run[0].imshape, run[0].imcorner)))
     if len(blocks) == 1:
         return blocks[0]
-    if values is None:
-        values = _pool.empty((sum(b._values.size for b in blocks),), dtype)
-        np.concatenate([b._values.ravel() for b in blocks], out=values)
-    return Sparse3D._from_parts(values, GroupedStructure([b._structure for b in blocks], sources))
+    structure = GroupedStructure([b._structure for b in blocks], sources)
+    if values is None:  # the groups' values shared, not copied (joined on first use only)
+        return Sparse3D._joined([b._values for b in blocks], structure)
+    return Sparse3D._from_parts(values, structure)
 
 
 def regroup(parts, structure):

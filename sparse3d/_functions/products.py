@@ -182,9 +182,12 @@ def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarr
     The scatter sums into a buffer lent by :func:`sparse3d._pool.lend` (or into ``into``
     itself when it is C-contiguous): a loop's models re-use a few buffers whose pages are
     already mapped, instead of faulting in a fresh one per call (~1 ms per 6 MB model on a
-    VM, more than the scatter's arithmetic). ``into`` in another layout (sparse3d 1.x's
-    ``(k, H, W)``, as a transposed view) receives one copy of the result, and the scratch
-    buffer goes back to the pool. Same bits as without ``into``.
+    VM, more than the scatter's arithmetic). ``into`` in sparse3d 1.x's ``(k, H, W)``
+    layout (the transposed view of a C-contiguous cube) is written in place by
+    :func:`sparse3d._grid_kernels.planes_scatter` when the stamps are a grid (no scratch
+    buffer, no transposing copy, no separate zeroing pass); in any other layout it receives
+    one copy of the result, and the scratch buffer goes back to the pool. Same bits as
+    without ``into``.
     """
     s = a._structure
     H, W = a.imshape
@@ -192,6 +195,12 @@ def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarr
     if canvas is not None:  # the same weights as before: a window of the canvas model
         out = _pool.lend((H, W, w2.shape[1]), dtype) if into is None else into
         return _window(canvas, s, out)
+    planes = None if into is None else into.transpose(2, 0, 1)
+    if planes is not None and planes.flags.c_contiguous and s.grid_corners() is not None:
+        # (k, H, W) planes (sparse3d 1.x's layout) of grid stamps: written in place, band by band
+        svals, order, srow0 = _planes_inputs(a)
+        _grid_kernels.planes_scatter(svals, *s.grid_corners(), order, srow0, w2, s.root_corner, planes)
+        return into
     direct = into is not None and into.flags.c_contiguous
     buf = into if direct else _pool.lend((H, W, w2.shape[1]), dtype)  # dot() checked max_dense_bytes
     order = s.sorted_order()[1:]
@@ -325,6 +334,20 @@ def sorted_values(a) -> np.ndarray:
     if got is None:
         take = a._structure.sorted_order()[0]
         got = fam.setdefault("sorted_values", _readonly_array(a._values.ravel()[take]))
+    return got
+
+
+def _planes_inputs(a) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(svals, order, srow0)`` of :func:`sparse3d._grid_kernels.planes_scatter` for the grid
+    stamps of ``a``: the values source-major, the sources sorted by their stored corner row
+    and those rows (cached for the family: translations share values and corners)."""
+    fam = a._family
+    got = fam.get("planes")
+    if got is None:
+        row0 = a._structure.grid_corners()[0]
+        order = np.argsort(row0, kind="stable")
+        svals = np.ascontiguousarray(a._values.transpose(2, 0, 1))
+        got = fam.setdefault("planes", tuple(_readonly_array(x) for x in (svals, order, row0[order])))
     return got
 
 

@@ -22,7 +22,9 @@ class GroupedStructure(_Orderings):
     Group ``i`` holds the sources ``sources[i]`` (ascending global source indices; together
     the groups partition ``range(nsources)``), so one group per stamp shape serves any source
     order. The values of a grouped array are **one 1-D block**: every group's C-order
-    ``(nr_g, nc_g, n_g)`` values, one after the other (``element_offsets``). The derived
+    ``(nr_g, nc_g, n_g)`` values, one after the other (``element_offsets``); an array made by
+    ``np.concatenate`` holds its groups' blocks separately (the joined arrays' own values) and
+    builds that 1-D block on first use only (see ``Sparse3D._joined``). The derived
     indices (in-image mask, flat pixel index, source counts, CSC/CSR/COO orderings) are
     defined over that flat element space, with sources in their global order, so conversions
     and products go through the same code as a single-block structure::

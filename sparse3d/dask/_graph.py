@@ -30,7 +30,8 @@ def _token(S: Sparse3D) -> str:
     tok = S.__dict__.get("_dask_token")
     if tok is None:
         positions = [(g.row, g.col) for g in S.groups]  # one pair per stamp group
-        tok = tokenize(S._values, positions, [np.asarray(x) for x in S.group_sources], S.imshape, S.imcorner)
+        values = S._group_blocks()  # per group: never joins the values of a concatenation
+        tok = tokenize(values, positions, [np.asarray(x) for x in S.group_sources], S.imshape, S.imcorner)
         S.__dict__["_dask_token"] = tok
     return tok
 

@@ -41,6 +41,9 @@ Where each concept lives
     The factorisations behind one interface (``solve``, ``inv_diag``, ``portable``):
     qdldl, SuperLU, CHOLMOD, triangular, empty; :func:`available_solvers`; singular
     diagnosis. ``_factor_kernels.py``: postorder and relaxed supernodes (numba) for qdldl.
+``relaxed.py``
+    Relaxed supernodes: the one amalgamation rule (compiled by the kernels too) and its NumPy
+    implementation for small qdldl factors, written straight as the blocks of ``selinv.py``.
 ``ordering.py``
     The nested-dissection order from the stamp boxes (``_ordering_kernels.py``).
 ``supernodal.py``

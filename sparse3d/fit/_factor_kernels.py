@@ -15,10 +15,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# CHOLMOD's relaxed-amalgamation defaults: a merged supernode of at most NRELAX[i] columns
-# may hold a fraction of explicit zeros below ZRELAX[i]; up to NRELAX[0] columns always merge.
-NRELAX = (4, 16, 48)
-ZRELAX = (0.8, 0.1, 0.05)
+# the relaxed-amalgamation defaults and rule live, numba-free, in .relaxed (the NumPy path uses them)
+from .relaxed import NRELAX, ZRELAX  # noqa: F401 - re-exported to ._supernodal_kernels
+from .relaxed import relaxed_merge as _relaxed_merge_rule
+
+#: numba's on-disk cache keys a kernel on the file that defines it: ``amalgamate`` inlines
+#: ``relaxed_merge`` from :mod:`.relaxed`, so a change there would leave stale cached code here.
+#: This digest of the rule and ``NRELAX``/``ZRELAX`` (recomputed by ``tests/test_fit_compiled.py``,
+#: like ``_supernodal_kernels.DEPENDENCY_DIGEST``) must follow any such change; updating it edits
+#: this file, which invalidates this module's cache.
+DEPENDENCY_DIGEST = "7a825d3b107a0ddf"
 
 # the one signature of each kernel (see sparse3d._compiled): callers pass exactly these types.
 # The factor's index arrays are int32, as SciPy and qdldl hand them out (casting a factor of
@@ -34,21 +40,8 @@ SIGNATURES = {
 }
 
 
-@njit(cache=True, nogil=True, inline="always")
-def relaxed_merge(ncols, zeros, entries, nrelax, zrelax):  # pragma: no cover - compiled
-    """The relaxed-amalgamation rule: whether a merged supernode of ``ncols`` columns holding
-    ``zeros`` explicit zeros among ``entries`` stored entries stays merged (always up to
-    ``nrelax[0]`` columns; up to ``nrelax[i + 1]`` columns with a zero fraction below
-    ``zrelax[i]``; beyond, below ``zrelax[2]``). Inlined into :func:`amalgamate` and
-    :func:`._supernodal_kernels.supernodes`, the one place of the rule."""
-    if ncols <= nrelax[0]:
-        return True
-    frac = zeros / entries
-    if ncols <= nrelax[1]:
-        return frac < zrelax[0]
-    if ncols <= nrelax[2]:
-        return frac < zrelax[1]
-    return frac < zrelax[2]
+# inlined into amalgamate and ._supernodal_kernels.supernodes: one rule for every path
+relaxed_merge = njit(cache=True, nogil=True, inline="always")(_relaxed_merge_rule)
 
 
 @njit(cache=True, nogil=True)

@@ -32,7 +32,7 @@ from ._factor_kernels import NRELAX, ZRELAX, relaxed_merge
 #: :mod:`._factor_kernels`, so a change there would leave stale cached code here. This digest of
 #: those names (``tests/test_fit_compiled.py`` recomputes it) must be updated with any such change;
 #: updating it edits this file, which invalidates this module's cache.
-DEPENDENCY_DIGEST = "0f887cc4a1571fba"
+DEPENDENCY_DIGEST = "7a825d3b107a0ddf"
 
 _I = "intp[::1]"
 _F = "float64[::1]"

@@ -172,13 +172,18 @@ def _scaled_normal_matrix(
         if all(x is not None for x in corners):
             return _stamp_normal_matrix(design, corners, ivar)
     A = design.tocsr() if isinstance(design, Sparse3D) else design
-    A = _canonical(scipy.sparse.csr_matrix(A))
+    # CSC stays CSC (a fit's small Sparse3D design, source-major): one format conversion in the
+    # product below, none before it
+    fmt = scipy.sparse.csc_matrix if A.format == "csc" else scipy.sparse.csr_matrix
+    A = _canonical(fmt(A))
     As = A if ivar is None else _row_scale(A, np.sqrt(ivar))
-    colmax = np.zeros(A.shape[1])
+    n = A.shape[1]
+    cols = As.indices if As.format == "csr" else np.repeat(np.arange(n), np.diff(As.indptr))
+    colmax = np.zeros(n)
     if As.nnz:
-        np.maximum.at(colmax, As.indices, np.abs(As.data))
+        np.maximum.at(colmax, cols, np.abs(As.data))
     c = _pow2_scale(colmax)
-    As = As @ scipy.sparse.diags(c, format="csr")
+    As = fmt((As.data * c[cols], As.indices, As.indptr), shape=As.shape)  # exact: powers of two
     G = scipy.sparse.tril(As.T @ As, format="csr")
     G.sort_indices()
     return G, c

@@ -9,7 +9,9 @@ NumPy/SciPy arrays) to ship to workers. Implementations:
 ``_QDLDLFactor``
     ``qdldl`` (Apache-2.0): AMD ordering and an ``L D L^T`` factorisation, one column at a
     time; its factor is postordered and amalgamated into relaxed supernodes
-    (:mod:`._factor_kernels`) for the blocked solves and the selected inversion. The default.
+    (:mod:`.relaxed`: NumPy for small factors, :mod:`._factor_kernels` for large ones) for
+    the blocked solves and the selected inversion; small factors solve with qdldl's own C
+    solve. The default.
 ``_CholmodFactor``
     CHOLMOD's supernodal Cholesky through the optional ``cvxopt`` (GPL-3.0-or-later: the
     extra ``sparse3d[cholmod]``, for users who accept that licence).
@@ -36,6 +38,7 @@ import scipy.sparse.linalg
 
 from .. import _compiled
 from .._blas import single_threaded_blas
+from .relaxed import _factor_index, _numpy_relaxed_supernodes, _relaxed_supernodal_factor
 from .result import SingularNormalMatrixError
 from .selinv import _close_pattern, _inv_entries, _Supernodal
 
@@ -50,6 +53,10 @@ PIVOT_RTOL = 1e-10
 
 # cvxopt's CHOLMOD options are process-global: fits in several threads take turns setting them
 _CHOLMOD_LOCK = threading.Lock()
+
+# A small qdldl factor solves up to this many right-hand sides by qdldl's own C solve, one
+# column at a time; more use the blocked supernodal solve.
+_QDLDL_MAX_DIRECT_RHS = 32
 
 # With CHOLMOD, up to this many right-hand sides are solved by CHOLMOD itself
 # (which handles one column at a time); more use the blocked supernodal solve.
@@ -253,9 +260,13 @@ class _CholmodFactor(_SupernodalFactor):
 class _QDLDLFactor(_SupernodalFactor):
     """``qdldl``'s ``L D L^T`` (AMD ordering), as relaxed supernodes for many solves and errors.
 
-    ``qdldl``'s own object is dropped as soon as its factor is exported; until the
-    supernodal blocks are needed (:meth:`inv_diag`, :meth:`portable`), solves run a
-    compiled sparse ``L D L^T`` solve over all right-hand sides at once.
+    Until the supernodal blocks are needed (:meth:`inv_diag`, :meth:`portable`, many
+    right-hand sides of a small factor), solves run without them: a large factor
+    (:data:`~sparse3d._compiled.COMPILED_MIN_NNZ` entries or more) drops ``qdldl``'s object and
+    runs a compiled sparse ``L D L^T`` solve over all right-hand sides at once; a small one
+    keeps ``qdldl``'s object and solves each of up to :data:`_QDLDL_MAX_DIRECT_RHS` columns
+    with its C solve (no numba import), and builds its relaxed supernodes in NumPy
+    (:func:`_numpy_relaxed_supernodes`) when the blocks are needed.
     """
 
     name = "qdldl"
@@ -283,7 +294,6 @@ class _QDLDLFactor(_SupernodalFactor):
         self.reused_symbolic = symbolic is not None
         L, D, P = F.factors()
         self._symbolic = (F, N.indptr.copy(), N.indices.copy()) if keep_symbolic else None
-        del F
         self.perm = np.asarray(P, dtype=np.intp)
         bad = _small_pivots(D, N.diagonal()[self.perm])
         if bad.size:
@@ -291,15 +301,17 @@ class _QDLDLFactor(_SupernodalFactor):
         L = scipy.sparse.csc_matrix(L)
         L.sort_indices()
         D = np.asarray(D, dtype=np.float64)
-        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray] | None = None
         self._super = None
-        if L.nnz < _compiled.COMPILED_MIN_NNZ:
-            # small: NumPy supernodes of the factor as it is (no compiled kernels, no numba import)
-            self._super = _Supernodal(_cholesky_from_ldlt(L, D))
-            return
-        # one compiled signature: int32 indices (what qdldl gives; cast once otherwise)
-        L.indptr, L.indices = _factor_index(L.indptr, L.nnz), _factor_index(L.indices, L.nnz)
-        self._LD = (L, D)
+        self._small = L.nnz < _compiled.COMPILED_MIN_NNZ
+        # small: qdldl's own solve (its object is handed over with the symbolic analysis: see
+        # _take_symbolic); large: compiled kernels, one signature: int32 indices (cast once)
+        self._F: Any = F if self._small else None
+        del F
+        if not self._small:
+            L.indptr, L.indices = _factor_index(L.indptr, L.nnz), _factor_index(L.indices, L.nnz)
+        # the factor, with the order it is in (building the blocks postorders self.perm)
+        self._LD: tuple[scipy.sparse.csc_matrix, np.ndarray, np.ndarray] | None = (L, D, self.perm)
+        self._lock = threading.Lock()
 
     def _take_symbolic(self, N: scipy.sparse.csr_matrix) -> Any:
         """qdldl's solver object (its symbolic analysis) if ``N`` has the pattern it was built
@@ -310,85 +322,46 @@ class _QDLDLFactor(_SupernodalFactor):
         if not (np.array_equal(indptr, N.indptr) and np.array_equal(indices, N.indices)):
             return None
         self._symbolic = None
+        self._F = None  # refactorised by its new owner: this factor solves with (L, D) from now on
         return F
 
     def _supernodal(self) -> _Supernodal:
-        if self._super is None:
-            assert self._LD is not None
-            L, D = self._LD
-            self._LD = None  # solves use the blocks from now on
-            post, Lsn = _relaxed_supernodal_factor(L, D)
-            del L
-            self.perm = self.perm[post]
-            self._super = _Supernodal(Lsn)
+        with self._lock:  # built once, also when several threads ask for errors at once
+            if self._super is None:
+                assert self._LD is not None
+                L, D, perm = self._LD
+                if self._small:  # NumPy only: no numba import
+                    post, sup = _numpy_relaxed_supernodes(L, D)
+                else:
+                    post, Lsn = _relaxed_supernodal_factor(L, D)
+                    sup = _Supernodal(Lsn)
+                del L
+                # perm and blocks change together; solves use the blocks from now on (or
+                # qdldl's object, if kept)
+                self.perm, self._super, self._LD = perm[post], sup, None
         return self._super
 
     def solve(self, b: np.ndarray) -> np.ndarray:
-        if self._LD is None:
+        b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
+        k = b2.shape[1]
+        F = self._F  # read once: a later factor may take it over (_take_symbolic)
+        if F is not None and k <= _QDLDL_MAX_DIRECT_RHS:
+            # qdldl's C solve, one column at a time (it allocates its own work: thread-safe)
+            out = np.empty((self.n, k))
+            for i in range(k):
+                out[:, i] = F.solve(b2[:, i])
+            return out.reshape(b.shape)
+        LD = self._LD  # read once: another thread may be building the blocks
+        if LD is None or self._small:
             return self._blocked_solve(b)
         from ._factor_kernels import ldlt_solve
 
-        L, D = self._LD
-        b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
-        x = np.ascontiguousarray(b2[self.perm])
+        L, D, perm = LD
+        x = np.ascontiguousarray(b2[perm])
         ldlt_solve(L.indptr, L.indices, np.ascontiguousarray(L.data, dtype=np.float64), D, x)
         out = np.empty(x.shape)
-        out[self.perm] = x
+        out[perm] = x
         return out.reshape(b.shape)
-
-
-def _relaxed_supernodal_factor(L: scipy.sparse.csc_matrix, D: np.ndarray) -> tuple[np.ndarray, Any]:
-    """The Cholesky factor ``(L + I) sqrt(D)`` of a unit ``L D L^T``, ready for :class:`_Supernodal`.
-
-    ``L`` is strictly lower (CSC, sorted, closed pattern). Returns ``(post, Lsn)``: ``Lsn``
-    is the factor of ``N[post][:, post]`` (in the factor's own order), its columns in a
-    postorder ``post`` of the elimination tree and amalgamated into relaxed supernodes with
-    explicit zeros (see :mod:`._factor_kernels`).
-    """
-    from ._factor_kernels import NRELAX, ZRELAX, amalgamate, etree_parent, postorder
-
-    n = L.shape[0]
-    indptr, indices = _factor_index(L.indptr, L.nnz), _factor_index(L.indices, L.nnz)
-    data = np.ascontiguousarray(L.data, dtype=np.float64)
-    post = postorder(etree_parent(indptr, indices))
-    if not np.array_equal(post, np.arange(n)):  # AMD's orders are usually postordered already
-        ipost = np.empty(n, dtype=np.intp)
-        ipost[post] = np.arange(n)
-        Lp = scipy.sparse.csc_matrix((data, ipost[indices], indptr), shape=(n, n))[:, post]
-        Lp.sort_indices()
-        indptr, indices = _factor_index(Lp.indptr, Lp.nnz), _factor_index(Lp.indices, Lp.nnz)
-        data, D = Lp.data, np.ascontiguousarray(D[post])
-        del Lp
-    optr, oind, odat = amalgamate(
-        indptr, indices, data, D, np.array(NRELAX, dtype=np.intp), np.array(ZRELAX, dtype=np.float64)
-    )
-    return post, scipy.sparse.csc_matrix((odat, oind, optr), shape=(n, n))
-
-
-def _factor_index(a: np.ndarray, nnz: int) -> np.ndarray:
-    """A factor's index array as the compiled kernels take it: int32 (intp from 2**31 entries)."""
-    return np.ascontiguousarray(a, dtype=np.int32 if nnz < 2**31 - 1 else np.intp)
-
-
-def _cholesky_from_ldlt(L: scipy.sparse.csc_matrix, D: np.ndarray) -> scipy.sparse.csc_matrix:
-    """``(L + I) sqrt(D)`` for a strictly lower ``L`` (CSC, sorted), keeping its explicit zeros.
-
-    NumPy only (the small-problem path); the diagonal comes first in every column, and the
-    pattern (closed under the elimination tree for a symbolic factor) is kept as it is.
-    """
-    n = L.shape[0]
-    counts = np.diff(L.indptr)
-    indptr = L.indptr.astype(np.int64) + np.arange(n + 1)
-    is_diag = np.zeros(indptr[-1], dtype=bool)
-    is_diag[indptr[:-1]] = True
-    sd = np.sqrt(D)
-    indices = np.empty(indptr[-1], dtype=np.int64)
-    data = np.empty(indptr[-1])
-    indices[is_diag] = np.arange(n)
-    data[is_diag] = sd
-    indices[~is_diag] = L.indices
-    data[~is_diag] = L.data * np.repeat(sd, counts)
-    return scipy.sparse.csc_matrix((data, indices, indptr), shape=(n, n))
 
 
 class _SuperLUFactor(_SupernodalFactor):
@@ -503,6 +476,14 @@ def _resolve_auto(N: scipy.sparse.csr_matrix, boxes: Any) -> str:
     if boxes is not None and N.nnz >= _compiled.COMPILED_MIN_NNZ:
         return "nd"
     return available_solvers()[0]
+
+
+def _uses_boxes(N: scipy.sparse.csr_matrix, solver: str, reuse: Any = None) -> bool:
+    """Whether :func:`_factorize` of ``N`` with ``solver`` and ``reuse`` would use stamp boxes
+    (``"nd"``, or ``"auto"`` resolving to it): the caller computes them only then."""
+    if solver == "auto" and (reuse is None or reuse is False):
+        return N.shape[0] > 0 and _resolve_auto(N, True) == "nd"
+    return solver == "nd"
 
 
 def _solver_name(factor: Any, requested: str) -> str:

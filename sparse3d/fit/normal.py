@@ -8,11 +8,13 @@ matrix itself is assembled in :mod:`.assemble`.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
 import scipy.sparse
 
+from .._blas import single_threaded_blas
 from ..core import Sparse3D
 from ._checks import (
     _check_data_finite,
@@ -29,7 +31,7 @@ from ._inputs import _check_mask_values
 from .assemble import _design_matrix, _regular_stamps, _row_scale, _scaled_normal_matrix, _stamp_model
 from .background import as_background
 from .diagnostics import _chi2
-from .factor import _factorize_or_raise, _solver_name
+from .factor import _factorize_or_raise, _solver_name, _uses_boxes
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
 from .rhs import _stamp_rhs, _stamp_square_sum
@@ -46,12 +48,15 @@ def _weighted_square_sum(
     npix, k = D.shape
     out = np.zeros(k)
     chunk = max(256, (1 << 18) // max(1, k))
-    for i in range(0, npix, chunk):
-        block = D[i : i + chunk]
-        if keep is not None:
-            block = np.where(keep[i : i + chunk, None], block, 0.0)
-        sq = block * block if scale == 1.0 else np.square(block * scale)
-        out += (sq.T @ ivar[i : i + chunk]) if ivar is not None else sq.sum(axis=0)
+    # one BLAS thread below 2**24 values: threads gain nothing on these memory-bound products
+    # and, on a busy machine, spin (an image's gemv measured 20 ms instead of 0.05 ms)
+    with single_threaded_blas() if npix * k < 1 << 24 else contextlib.nullcontext():
+        for i in range(0, npix, chunk):
+            block = D[i : i + chunk]
+            if keep is not None:
+                block = np.where(keep[i : i + chunk, None], block, 0.0)
+            sq = block * block if scale == 1.0 else np.square(block * scale)
+            out += (sq.T @ ivar[i : i + chunk]) if ivar is not None else sq.sum(axis=0)
     return out
 
 
@@ -167,7 +172,8 @@ class NormalEquations:
         background model (:func:`._joint._with_background_block`); ``prior_prec`` and ``mu`` then
         have ``n + nb`` entries. ``reuse`` is :func:`prepare_normal_equations`'s.
         """
-        G, c = _scaled_normal_matrix(design, ivar)
+        # a small design is already a sparse matrix (A_csr, from _fit_design): no second format
+        G, c = _scaled_normal_matrix(design if isinstance(A_csr, Sparse3D) else A_csr, ivar)
         if isinstance(A_csr, Sparse3D) and not np.all(np.isfinite(G.data)):
             raise ValueError("A contains non-finite values")  # no sparse matrix checked it
         if background is not None:
@@ -190,7 +196,7 @@ class NormalEquations:
         if has_prior:
             Nmat = Nmat + scipy.sparse.diags(pp if idx is None else pp[idx], format="csr")
         prev = reuse.factor if isinstance(reuse, NormalEquations) else (reuse or None)
-        boxes = stamp_boxes(design, idx) if solver in ("auto", "nd") else None
+        boxes = stamp_boxes(design, idx) if _uses_boxes(Nmat, solver, prev) else None
         factor = _factorize_or_raise(Nmat, idx, solver, prev, boxes)
         solver = _solver_name(factor, solver)
         del Nmat

@@ -144,28 +144,25 @@ class _Supernodal:
     ) -> None:
         ends = np.append(starts[1:], n)
         ns = ends - starts
-        height = ns + np.array([r.size for r in rows], dtype=np.int64)
-        sup_of_col = np.repeat(np.arange(starts.size), ns)
+        m = np.array([r.size for r in rows], dtype=np.int64)
         self.n = n
         self.starts = starts
         self.ends = ends
-        self.rows: list[np.ndarray] = []  # rows below the diagonal block
+        ks = ns.tolist()
+        hs, os_ = (ns + m).tolist(), offsets.tolist()
+        blocks = [buf[o : o + h * k].reshape(k, h).T for k, h, o in zip(ks, hs, os_)]
+        self.rows: list[np.ndarray] = list(rows)  # rows below the diagonal block
+        self.ldiag: list[np.ndarray] = [b[:k] for b, k in zip(blocks, ks)]  # the diagonal block (lower)
+        self.lbelow: list[np.ndarray] = [b[k:] for b, k in zip(blocks, ks)]  # block of L below the diagonal
         # inverse of the diagonal block, or None where it is computed when needed (``invert``)
-        self.linv: list[np.ndarray | None] = []
-        self.ldiag: list[np.ndarray] = []  # the diagonal block (lower triangular)
-        self.lbelow: list[np.ndarray] = []  # block of L below the diagonal
-        parent = np.full(starts.size, -1, dtype=np.int64)
         with single_threaded_blas():
-            for s_, (k, h, o) in enumerate(zip(ns.tolist(), height.tolist(), offsets.tolist())):
-                block = buf[o : o + h * k].reshape(k, h).T
-                self.ldiag.append(block[:k])
-                self.linv.append(_tri_inverse(block[:k]) if invert or k == 1 else None)
-                self.lbelow.append(block[k:])
-                r = rows[s_]
-                self.rows.append(r)
-                if r.size:
-                    parent[s_] = sup_of_col[r[0]]
-        self.parent = parent
+            self.linv: list[np.ndarray | None] = [
+                _tri_inverse(d) if invert or k == 1 else None for d, k in zip(self.ldiag, ks)
+            ]
+        # the parent supernode: the one holding the first row below
+        first = np.array([r[0] if r.size else 0 for r in rows], dtype=np.int64)
+        sup_of_col = np.repeat(np.arange(starts.size), ns)
+        self.parent = np.where(m > 0, sup_of_col[first], -1).astype(np.int64)
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         """Solve ``L L^T x = b`` (``b`` in the factor's permuted order)."""
@@ -222,6 +219,39 @@ class _Supernodal:
             self._inv_diag((lo, hi, values, found))
         return values, found
 
+    def _front_positions(self) -> list[np.ndarray]:
+        """For every supernode, the positions of its rows below in its parent's front
+        ``F = [columns of the parent, rows below the parent]`` (computed once, vectorised).
+
+        Raises RuntimeError if the factor's pattern is not closed (a row missing from the
+        parent's front)."""
+        rel = getattr(self, "_rel", None)
+        if rel is not None:
+            return rel
+        nsup, n = self.starts.size, self.n
+        m = np.array([r.size for r in self.rows], dtype=np.int64)
+        allrows = np.concatenate([np.zeros(0, dtype=np.int64), *self.rows]).astype(np.int64)
+        owner = np.repeat(np.arange(nsup), m)
+        p = self.parent[owner]
+        pos = allrows - self.starts[p]  # inside the parent's diagonal block
+        below = allrows >= self.ends[p]
+        if below.any():
+            rstart = np.zeros(nsup + 1, dtype=np.int64)
+            np.cumsum(m, out=rstart[1:])
+            keys = owner * n + allrows  # sorted: by supernode, then row
+            query = p[below] * n + allrows[below]
+            at = np.searchsorted(keys, query)
+            if at.max() >= keys.size or np.any(keys[at] != query):
+                raise RuntimeError("internal error: factor pattern is not closed")
+            pb = p[below]
+            pos[below] = (self.ends[pb] - self.starts[pb]) + at - rstart[pb]
+        bounds = np.zeros(nsup + 1, dtype=np.int64)
+        np.cumsum(m, out=bounds[1:])
+        bl = bounds.tolist()
+        rel = [pos[a:b] for a, b in zip(bl[:-1], bl[1:])]
+        self._rel = rel
+        return rel
+
     def _inv_diag(self, pairs: tuple | None = None) -> np.ndarray:
         nsup = self.starts.size
         if pairs is not None:  # group the requested (row >= col) pairs by the column's supernode
@@ -229,31 +259,33 @@ class _Supernodal:
             sup_of_col = np.repeat(np.arange(nsup), self.ends - self.starts)
             order = np.argsort(sup_of_col[lo], kind="stable")
             bounds = np.searchsorted(sup_of_col[lo][order], np.arange(nsup + 1))
+        rel = self._front_positions()
         diag = np.empty(self.n)
-        nchild = np.bincount(self.parent[self.parent >= 0], minlength=nsup)
-        fronts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        nchild = np.bincount(self.parent[self.parent >= 0], minlength=nsup).tolist()
+        parent = self.parent.tolist()
+        starts, ends = self.starts.tolist(), self.ends.tolist()
+        fronts: dict[int, np.ndarray] = {}
         for s in range(nsup - 1, -1, -1):
-            f, e = int(self.starts[s]), int(self.ends[s])
+            f, e = starts[s], ends[s]
             ns = e - f
             linv = self.linv[s]
             if linv is None:
                 linv = _tri_inverse(self.ldiag[s])
             rows = self.rows[s]
+            m = rows.size
             zss = linv.T @ linv
-            if rows.size:
-                p = int(self.parent[s])
-                fp, zp = fronts[p]
-                idx = np.searchsorted(fp, rows)
-                if idx[-1] >= fp.size or np.any(fp[idx] != rows):
-                    raise RuntimeError("internal error: factor pattern is not closed")
-                zrr = zp[idx[:, None], idx]
+            if m:
+                p = parent[s]
+                idx = rel[s]
+                zrr = fronts[p].take(idx, 0).take(idx, 1)
                 u = self.lbelow[s] @ linv
-                zrs = -(zrr @ u)
+                zrs = zrr @ u
+                zrs *= -1.0
                 zss -= u.T @ zrs
                 nchild[p] -= 1
                 if nchild[p] == 0:
                     del fronts[p]
-            diag[f:e] = np.diagonal(zss)
+            diag[f:e] = zss.diagonal()
             if pairs is not None and bounds[s + 1] > bounds[s]:
                 req = order[bounds[s] : bounds[s + 1]]
                 c, r = lo[req] - f, hi[req]
@@ -261,20 +293,19 @@ class _Supernodal:
                 values[req[inside]] = zss[r[inside] - f, c[inside]]
                 found[req[inside]] = True
                 out = req[~inside]
-                if out.size and rows.size:
-                    pos = np.minimum(np.searchsorted(rows, r[~inside]), rows.size - 1)
+                if out.size and m:
+                    pos = np.minimum(np.searchsorted(rows, r[~inside]), m - 1)
                     hit = rows[pos] == r[~inside]
                     values[out[hit]] = zrs[pos[hit], c[~inside][hit]]
                     found[out[hit]] = True
-            if nchild[s]:
-                m = rows.size
+            if nchild[s]:  # the front Z[F, F], F = [columns of s, rows below s], for its children
                 front = np.empty((ns + m, ns + m))
                 front[:ns, :ns] = zss
                 if m:
                     front[ns:, :ns] = zrs
                     front[:ns, ns:] = zrs.T
                     front[ns:, ns:] = zrr
-                fronts[s] = (np.concatenate([np.arange(f, e), rows]), front)
+                fronts[s] = front
         return diag
 
 

@@ -1,0 +1,192 @@
+"""The planes scatter of grid stamps (``_grid_kernels.planes_scatter``): a jitter loop's models
+written straight into sparse3d 1.x's ``(k, H, W)`` layout, against dense NumPy references.
+
+Kernels and lending are forced on the small scenes (``MIN_ELEMENTS = 0``, ``MIN_BYTES = 0``).
+The references are ``np.add.at`` scatters (:func:`sparse3d.testing.dense_reference`) of the
+stamps at the translated positions, contracted in complex128.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sparse3d import _functions, _grid_kernels, _kernels, _pool, legacy
+from sparse3d.testing import dense_reference, random_scene
+
+pytestmark = pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
+
+CORNERS = [(0, 0), (-7, 12), (40_000, -3)]
+# inside, over each edge, entirely off the image on every side, and back
+OFFSETS = [(1, 2), (-3, 0), (0, -5), (9, 11), (-40, 0), (0, 60), (0, -60), (60, 0), (1, 2), (0, 0), (2, -1)]
+
+
+@pytest.fixture
+def planes_calls(monkeypatch):
+    """Kernels and lending on small arrays; counts the calls of the planes scatter."""
+    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
+    calls: list = []
+    orig = _grid_kernels.planes_scatter
+
+    def spy(*args):
+        calls.append(args[-1].shape)
+        return orig(*args)
+
+    monkeypatch.setattr(_grid_kernels, "planes_scatter", spy)
+    _pool.clear()
+    yield calls
+    _pool.clear()
+
+
+def _dense_at(sc, d):
+    return dense_reference(sc.data, sc.row + d[0], sc.col + d[1], sc.imshape, sc.imcorner)
+
+
+def _planes_ref(D, w):
+    """``(k, H, W)``: plane ``q`` is ``Σ_s D[:, :, s] w[s, q]`` (complex128, then moved)."""
+    m = np.tensordot(D.astype(np.complex128), np.asarray(w).astype(np.complex128), axes=([2], [0]))
+    return np.moveaxis(m, -1, 0) if m.ndim == 3 else m
+
+
+def _check(got, ref, dtype):
+    tol = 2e-5 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-12
+    ref = ref if np.iscomplexobj(got) else ref.real
+    assert got.shape == ref.shape and got.dtype == dtype
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+
+
+def _legacy(sc):
+    full = np.broadcast_to
+    return legacy.Sparse3D(
+        sc.data, full(sc.row, sc.data.shape), full(sc.col, sc.data.shape), sc.imshape, sc.imcorner
+    )
+
+
+@pytest.mark.parametrize("imcorner", CORNERS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("nsources", [0, 1, 9])
+def test_legacy_jitter_loop_matches_dense_with_1d_and_2d_weights(planes_calls, imcorner, dtype, nsources):
+    rng = np.random.default_rng(nsources + 3 * len(str(imcorner)))
+    sc = random_scene(rng, imshape=(23, 19), stamp=(5, 4), imcorner=imcorner, nsources=nsources, dtype=dtype)
+    L = _legacy(sc)
+    kept = []
+    for i, d in enumerate(OFFSETS):
+        L.translate(d)  # absolute: from the constructor's positions
+        D = _dense_at(sc, d)
+        # a translation's first product is the jitter loop's (later ones take the CSR matrix)
+        for k in ((1, 2, 3, 5)[i % 4], None):
+            w = rng.normal(size=(nsources,) if k is None else (nsources, k)).astype(dtype)
+            got = L.dot(w)
+            _check(got, _planes_ref(D, w), dtype)
+            if k is not None:
+                assert got.flags.c_contiguous  # (k, H, W) written in place, not a transposed view
+            kept.append((got, got.copy()))
+    for got, snapshot in kept:  # no later model overwrote an earlier one
+        np.testing.assert_array_equal(got, snapshot)
+    if nsources:
+        assert planes_calls  # the family's later 2-D products took the planes scatter
+
+
+@pytest.mark.parametrize("imcorner", CORNERS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
+@pytest.mark.parametrize("band_bytes", [1, 8 * 19 * 3, 2**20])
+def test_planes_scatter_has_the_bits_of_the_pixel_sorted_scatter(imcorner, dtype, band_bytes, monkeypatch):
+    """Every band height (one row, a few rows, the whole image): each pixel sums its sources
+    in ascending order, as the pixel-sorted scatter and the CSR product do."""
+    monkeypatch.setattr(_grid_kernels, "BAND_BYTES", band_bytes)
+    rng = np.random.default_rng(7)
+    sc = random_scene(rng, imshape=(21, 19), stamp=(6, 5), imcorner=imcorner, nsources=40, dtype=dtype)
+    S = sc.build()
+    s = S._structure
+    svals, order, srow0 = _functions.products._planes_inputs(S)
+    H, W = S.imshape
+    for d in OFFSETS:
+        T = S.translate(d)
+        w = rng.normal(size=(S.nsources, 3)).astype(dtype)
+        out = np.full((3, H, W), np.nan, dtype=dtype)  # any content: overwritten
+        got = _grid_kernels.planes_scatter(
+            svals, *s.grid_corners(), order, srow0, w, T._structure.root_corner, out
+        )
+        assert got is out
+        sorted_model = _kernels.sorted_scatter(
+            s.sorted_order()[1:], _functions.sorted_values(S), T._structure.root_corner, (H, W), w, dtype
+        )
+        np.testing.assert_array_equal(got, np.moveaxis(sorted_model, -1, 0))
+        _check(got, _planes_ref(_dense_at(sc, d), w), dtype)
+
+
+def test_mixed_dtypes_and_zero_columns(planes_calls):
+    rng = np.random.default_rng(3)
+    sc = random_scene(rng, imshape=(17, 13), stamp=(3, 4), imcorner=(-2, 5), nsources=7, dtype=np.float32)
+    S = sc.build()
+    H, W = S.imshape
+    for d in [(0, 1), (1, 1), (-2, 3)]:
+        T = S.translate(d)
+        for k in (3, 0):
+            w = rng.normal(size=(7, k))  # float32 stamps, float64 weights: a float64 model
+            target = np.full((k, H, W), np.nan)
+            into = target.transpose(1, 2, 0)
+            assert _functions.dot(T, w, _into=into) is into
+            _check(target, _planes_ref(_dense_at(sc, d), w), np.float64)
+    assert (3, H, W) in planes_calls
+
+
+def test_zero_sources_and_an_empty_stamp_block():
+    out = np.full((2, 4, 5), np.nan)
+    empty = np.zeros((0, 3, 3))
+    idx = np.zeros(0, dtype=np.int64)
+    got = _grid_kernels.planes_scatter(empty, idx, idx, idx, idx, np.zeros((0, 2)), (0, 0), out)
+    assert got is out
+    np.testing.assert_array_equal(out, 0)
+
+
+def test_off_image_nan_never_reaches_the_model(planes_calls):
+    rng = np.random.default_rng(5)
+    sc = random_scene(rng, imshape=(12, 10), stamp=(4, 4), nsources=8)
+    data = sc.data.copy()
+    D0 = _dense_at(sc, (0, 0))
+    L = _legacy(sc)
+    H, W = sc.imshape
+    off = (sc.row + 0 < 0) | (sc.row >= H) | (sc.col < 0) | (sc.col >= W)
+    assert off.any()
+    data[np.broadcast_to(off, data.shape)] = np.nan  # NaN only where the stamps leave the image
+    L = _legacy(type(sc)(data, sc.row, sc.col, sc.imshape, sc.imcorner))
+    L.translate((1, 0))
+    L.dot(rng.normal(size=(8, 2)))  # the family's first product (the grid scatter)
+    L.reset()
+    w = rng.normal(size=(8, 2))
+    got = L.dot(w)  # its second: the planes scatter
+    assert planes_calls
+    _check(got, _planes_ref(D0, w), np.float64)
+
+
+def test_non_grid_stamps_keep_the_sorted_scatter(planes_calls):
+    rng = np.random.default_rng(9)
+    perm = rng.permutation(12).reshape(3, 4)
+    top = rng.integers(-3, 10, size=5)
+    left = rng.integers(-4, 12, size=5)
+    row = (perm // 4)[:, :, None] + top  # every stamp's pixels shuffled: not a grid
+    col = (perm % 4)[:, :, None] + left
+    data = rng.normal(size=row.shape)
+    L = legacy.Sparse3D(data, row, col, (9, 11))
+    assert L.to_v2()._structure.grid_corners() is None
+    for d in [(0, 1), (1, 1), (2, -1), (-1, 0)]:
+        L.translate(d)
+        w = rng.normal(size=(5, 3))
+        ref = _planes_ref(dense_reference(data, row + d[0], col + d[1], (9, 11)), w)
+        _check(L.dot(w), ref, np.float64)
+    assert not planes_calls
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.bool_, np.complex64])
+def test_integer_bool_and_complex_stamps(planes_calls, dtype):
+    rng = np.random.default_rng(1)
+    sc = random_scene(rng, imshape=(15, 12), stamp=(3, 4), nsources=7, dtype=dtype, imcorner=(3, -2))
+    L = _legacy(sc)
+    for d in [(1, 1), (0, -2), (3, 3), (-4, 14)]:
+        L.translate(d)
+        w = rng.normal(size=(7, 2))
+        got = L.dot(w)
+        _check(got, _planes_ref(_dense_at(sc, d), w), np.result_type(dtype, np.float64))
+    assert len(planes_calls) == 3  # every translation after the family's first product
