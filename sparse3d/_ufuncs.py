@@ -29,6 +29,14 @@ Every result is a new array, but a chain such as ``np.exp(-0.5 * (X - v) ** 2)``
 allocate a new buffer per step: when an operand of an operator is a *temporary* that no one
 can see again, its buffer is reused for the result (``out=``), as NumPy does for ndarray
 temporaries. See :func:`_reusable_temporary` for the conditions; they are conservative.
+
+Deferred chains
+---------------
+On large float arrays, the arithmetic ufuncs and ``exp`` with scalar, per-source or Sparse3D
+operands are not computed at once when they provably report nothing (no warning, no error):
+the result records the operation and the whole chain is evaluated in one chunked pass when
+its values are first used (:mod:`sparse3d._deferred`). Values, dtypes, warnings and errors
+are those of the eager path.
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ import weakref
 import numpy as np
 from numpy.lib import mixins as _mixins
 
-from . import _pool
+from . import _deferred, _pool
 
 __all__ = ["array_ufunc", "stamp_operand", "common_structure", "apply_elementwise"]
 
@@ -488,6 +496,8 @@ def _identity_result(self, ufunc: np.ufunc, inputs, kwargs):
     ops = (np.empty(0, self.dtype), one) if inputs[0] is self else (one, np.empty(0, self.dtype))
     if _result_dtype(ufunc, ops) != self.dtype:
         return None
+    if self._lazy is not None:  # deferred values: share the recorded expression
+        return type(self)._from_node(self._lazy, self._structure)
     return self._with_structure(self._structure)
 
 
@@ -506,6 +516,11 @@ def array_ufunc(self, ufunc: np.ufunc, method: str, *inputs, **kwargs):
         same = _identity_result(self, ufunc, inputs, kwargs)
         if same is not None:
             return same
+        # (never while calibrating temporary elision: it must see the eager operator path)
+        calibrating = _CALIBRATING is not None
+        deferred = None if calibrating else _deferred.defer(ufunc, inputs, kwargs, _sparse3d_type())
+        if deferred is not None:
+            return deferred
     reuse = _reusable_temporary(self, ufunc, kwargs) if method == "__call__" else None
 
     out = kwargs.pop("out", None)

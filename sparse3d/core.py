@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
-from . import _functions, _pool, _ufuncs
+from . import _deferred, _functions, _pool, _ufuncs
 from ._options import check_dense_allocation
 from ._structure import (
     StampStructure,
@@ -139,20 +139,36 @@ class Sparse3D(NDArrayOperatorsMixin):
     np.float64(27.0)
     """
 
-    __slots__ = ("_values", "_structure", "__dict__", "__weakref__")
+    #: ``_vals``: the values block, or None while the values are deferred (``_lazy``: the
+    #: recorded expression, :mod:`sparse3d._deferred`); read them through ``_values``.
+    __slots__ = ("_vals", "_lazy", "_structure", "__dict__", "__weakref__")
 
     #: Grouped arrays joined without a copy (``np.concatenate``): every group's values block,
     #: shared with the arrays joined; the 1-D ``_values`` is then built on first use only.
     _pending_blocks: tuple[np.ndarray, ...] | None = None
 
     def __init__(self, data, row, col, imshape, imcorner=(0, 0)):
-        values = _owned_values(data)
+        bounds = False
+        arr = np.asarray(data) if isinstance(data, np.ndarray) else None
+        if (
+            arr is not None
+            and arr.ndim == 3
+            and arr.dtype in (np.float32, np.float64)
+            and arr.dtype.isnative
+            and arr.flags.c_contiguous
+            and arr.size >= _deferred.MIN_ELEMENTS
+        ):  # copied with the bounds later elementwise operations may need (one pass)
+            values, bounds = _deferred.copy_with_bounds(arr)
+        else:
+            values = _owned_values(data)
         if values.ndim != 3:
             raise ValueError(
                 f"data must be 3-D with shape (nr, nc, nsources); got {values.ndim}-D shape {values.shape}"
             )
         self._values = values
         self._structure = structure_from_positions(row, col, values.shape, imshape, imcorner)
+        if bounds is not False:
+            self.__dict__["_bounds"] = bounds
 
     @classmethod
     def from_groups(cls, data, row, col, imshape, imcorner=(0, 0)) -> Sparse3D:
@@ -216,6 +232,36 @@ class Sparse3D(NDArrayOperatorsMixin):
         ]
         return build_grouped(pieces, dtype, values=values)
 
+    @property
+    def _values(self) -> np.ndarray:
+        """The values block (read-only); a deferred expression is evaluated at the first access."""
+        values = self._vals
+        if values is None:
+            node = self._lazy
+            if node is None:  # evaluated by another thread meanwhile (_vals is set first)
+                return self._vals
+            values = _checked_values(_deferred.evaluate(node, self._structure.block_shape))
+            values.flags.writeable = False
+            if node.bounds is not None:  # proven bounds of the values: no pass when used again
+                self.__dict__["_bounds"] = node.bounds
+            self._vals = values
+            self._lazy = None
+        return values
+
+    @_values.setter
+    def _values(self, values: np.ndarray) -> None:
+        self._vals = values
+        self._lazy = None
+
+    @classmethod
+    def _from_node(cls, node, structure: StampStructure) -> Sparse3D:
+        """Internal constructor: an array whose values are the deferred expression ``node``."""
+        obj = cls.__new__(cls)
+        obj._vals = None
+        obj._lazy = node
+        obj._structure = structure
+        return obj
+
     @classmethod
     def _from_parts(cls, values: np.ndarray, structure: StampStructure) -> Sparse3D:
         """Internal constructor: ``values`` must be a fresh or read-only array we own.
@@ -252,6 +298,7 @@ class Sparse3D(NDArrayOperatorsMixin):
                 raise AssertionError("joined blocks must be read-only, one dtype, of their groups' shapes")
         obj = cls.__new__(cls)
         obj._structure = structure
+        obj._lazy = None  # (the _vals slot stays unset: _values is joined by __getattr__)
         obj.__dict__["_pending_blocks"] = blocks
         return obj
 
@@ -290,8 +337,9 @@ class Sparse3D(NDArrayOperatorsMixin):
     def __del__(self):
         # the values buffer of a dying array goes to the pool if no one else holds it
         try:
-            if self._pending_blocks is None:  # joined blocks belong to the arrays joined
-                _pool.give_back(self._values, 1)
+            # joined blocks belong to the arrays joined; deferred values do not exist yet
+            if self._pending_blocks is None and self._vals is not None:
+                _pool.give_back(self._vals, 1)
         except Exception:  # noqa: BLE001 - never raise from __del__ (interpreter shutdown, ...)
             pass
 
@@ -407,6 +455,9 @@ class Sparse3D(NDArrayOperatorsMixin):
 
     @property
     def dtype(self) -> np.dtype:
+        node = self._lazy  # read before _vals: evaluation sets _vals first, then clears _lazy
+        if node is not None:
+            return node.dtype
         blocks = self._pending_blocks
         return self._values.dtype if blocks is None else blocks[0].dtype
 
@@ -437,7 +488,7 @@ class Sparse3D(NDArrayOperatorsMixin):
         """
         if self._structure.grouped:
             self._structure._single_block("stamp_shape")
-        return self._values.shape
+        return self._structure.block_shape
 
     @property
     def nbytes(self) -> int:

@@ -236,6 +236,34 @@ def test_nd_large_fronts_match_dense():
     np.testing.assert_allclose(F.inv_diag(), np.diag(np.linalg.inv(full)), rtol=1e-10)
 
 
+@pytest.mark.parametrize("nk", [0, 2, 5, 17])
+def test_nd_solve_of_many_right_hand_sides_matches_dense(nk, compiled_kernels):
+    # the one-call multi-right-hand-side solve (every supernode in loops, four rows per update,
+    # the remainders of 2, 5 and 17 columns, supernodes of fewer than four columns or rows)
+    # against the dense solve; each column equals the one-right-hand-side solve, b is not
+    # modified and may be a Fortran-ordered array
+    rng = np.random.default_rng(14)
+    n, size = 700, 90
+    r0, c0 = rng.integers(-5, size, n), rng.integers(-5, size, n)
+    R, C = np.mgrid[:7, :6]
+    S = Sparse3D(rng.uniform(0.1, 1, (7, 6, n)), R[:, :, None] + r0, C[:, :, None] + c0, (size, size))
+    G = normal_matrix(S, None)
+    G = (G + scipy.sparse.diags(np.full(n, 0.05 * G.diagonal().max()), format="csr")).tocsr()
+    F = _NDFactor(G, stamp_boxes(S, None))
+    k = np.diff(F._blocks[0])
+    assert k.max() >= 8 and np.any(k < 4)
+    full = (G + G.T - scipy.sparse.diags(G.diagonal())).toarray()
+    b = np.asfortranarray(rng.normal(size=(n, nk)))
+    b0 = b.copy()
+    got = F.solve(b)
+    np.testing.assert_array_equal(b, b0)
+    assert got.shape == (n, nk)
+    ref = np.linalg.solve(full, b) if nk else np.zeros((n, 0))
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12 * max(np.abs(ref).max(initial=0), 1))
+    for j in range(nk):
+        np.testing.assert_allclose(got[:, j], F.solve(b[:, j].copy()), rtol=1e-12, atol=1e-14)
+
+
 def test_stamp_right_hand_side_refuses_nonfinite_stamps(compiled_kernels):
     # with the right-hand side from the stamps no sparse matrix checks the values: the normal
     # matrix does
@@ -289,15 +317,15 @@ def test_nd_kernels_compile_one_signature(compiled_kernels):
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 200])
-@pytest.mark.parametrize("strip_bytes", [1, 1 << 19])  # 1: strips one stamp wide (many strips)
-def test_stamp_right_hand_side_many_frames(n, strip_bytes, monkeypatch, compiled_kernels):
-    # A^T U from the stamps (storage order for a few frames, strip order for many) against the
-    # dense product; each source's sums the same bits whatever the number of frames
+@pytest.mark.parametrize("imcorner", [(-4, 7), (3, -2)])
+def test_stamp_right_hand_side_many_frames(n, imcorner, compiled_kernels):
+    # A^T U from the stamps (storage order for a few frames, an image sweep by stamp rows for
+    # many; stamps over every edge) against the dense product; each source's sums the same
+    # bits whatever the number of frames
     from sparse3d.fit import rhs
 
-    monkeypatch.setattr(rhs, "_RHS_STRIP_BYTES", strip_bytes)
     rng = np.random.default_rng(11 + n)
-    S = _scene(rng, n, stamp=(5, 3))
+    S = _scene(rng, n, imcorner=imcorner, stamp=(5, 3))
     A = _dense(S) if n else np.zeros((np.prod(S.imshape), 0))
     values = np.ascontiguousarray(S.data, dtype=np.float64)
     values.flags.writeable = False  # the kernel's one compiled signature
@@ -342,6 +370,32 @@ def test_stamp_right_hand_side_fit_of_many_frames(compiled_kernels):
         np.testing.assert_allclose(res.weights[:, 5], single.weights, rtol=1e-12, atol=1e-14)
 
 
+def test_fit_of_many_frames_per_frame_masks_float32_matches_lstsq(compiled_kernels):
+    # 13 float32 frames given as a transposed (k, H, W) stack, a mask per frame (two distinct
+    # masks: two factorisations, each solving 5 or 8 frames: the image sweep of the right-hand
+    # side), stamps over the image edges, a non-zero imcorner: every frame against
+    # np.linalg.lstsq on its kept pixels
+    rng = np.random.default_rng(15)
+    S = _scene(rng, 90, imcorner=(5, -3))
+    A = _dense(S)
+    H, W = S.imshape
+    k = 13
+    stack = rng.normal(size=(k, H, W)).astype(np.float32)
+    frames = stack.transpose(1, 2, 0)  # (H, W, k), not contiguous
+    m1 = rng.random((H, W)) < 0.1
+    m2 = rng.random((H, W)) < 0.2
+    mask = np.stack([m1 if j % 3 else m2 for j in range(k)], axis=2)
+    d = np.where(mask, np.float32(np.nan), frames)  # masked pixels may hold anything
+    res = fit_design(S, d, imshape=S.imshape, mask=mask, solver="nd", errors=np.full((H, W), 0.5))
+    assert res.n_factorizations == 2 and res.weights.shape == (S.nsources, k)
+    for j in range(k):
+        kept = ~mask[:, :, j].ravel()
+        w, *_ = np.linalg.lstsq(A[kept], frames[:, :, j].ravel()[kept].astype(float), rcond=None)
+        np.testing.assert_allclose(res.weights[:, j], w, rtol=1e-8, atol=1e-10 * np.abs(w).max())
+        r = frames[:, :, j].ravel()[kept] - A[kept] @ w
+        np.testing.assert_allclose(res.chi2[j], np.sum((r / 0.5) ** 2), rtol=1e-8)
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 def test_weighted_square_sum_kernel(weighted, masked):
@@ -359,3 +413,44 @@ def test_weighted_square_sum_kernel(weighted, masked):
     k = keep if masked else np.ones(9000, dtype=bool)
     ref = ((0.25 * D[k]) ** 2 * w[k, None]).sum(axis=0)
     np.testing.assert_allclose(weighted_square_sum(D, ivar, keep, 0.25), ref, rtol=1e-13)
+
+
+@pytest.mark.parametrize("keep_kind", ["none", "shared", "per_frame"])
+def test_kept_all_finite_kernel(keep_kind, compiled_kernels):
+    # the fit's data check on the stamp path: one compiled pass over more rows than a block,
+    # against np.isfinite on the kept entries; NaN, inf and -inf, kept or masked
+    from sparse3d.fit.rhs import _kept_all_finite
+
+    rng = np.random.default_rng(16)
+    D = rng.normal(size=(9000, 6))
+    keep = {
+        "none": None,
+        "shared": rng.random((9000, 1)) > 0.3,
+        "per_frame": rng.random((9000, 6)) > 0.3,
+    }[keep_kind]
+    full = np.ones(D.shape, bool) if keep is None else np.broadcast_to(keep, D.shape)
+    assert _kept_all_finite(D, keep)
+    assert _kept_all_finite(D[:0], keep if keep is None else keep[:0])
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in (full, ~full):
+            idx = np.argwhere(where)
+            if idx.size == 0:
+                continue
+            p, t = idx[rng.integers(len(idx))]
+            D2 = D.copy()
+            D2[p, t] = bad
+            assert _kept_all_finite(D2, keep) == bool(np.isfinite(D2)[full].all())
+
+
+def test_stamp_path_refuses_nonfinite_unmasked_data(compiled_kernels):
+    # the compiled check of the stamp path raises the shared message; masked NaN pass
+    rng = np.random.default_rng(17)
+    S = _scene(rng, 60)
+    for shape in (S.imshape, (*S.imshape, 6)):
+        d = rng.normal(size=shape)
+        d[3, 4] = np.nan
+        with pytest.raises(ValueError, match="data contains non-finite values in unmasked pixels"):
+            fit_design(S, d, imshape=S.imshape, solver="nd")
+        mask = np.zeros(S.imshape, bool)
+        mask[3, 4] = True
+        assert np.all(np.isfinite(fit_design(S, d, imshape=S.imshape, mask=mask, solver="nd").weights))

@@ -35,8 +35,9 @@ Where each concept lives
     one design and one error map, factorised once; the chi-square from them.
 ``rhs.py``
     The right-hand sides ``A^T C^-1 D`` and ``D^T C^-1 D`` of a fit straight from regular stamps
-    (``_rhs_kernels.py``): no design matrix, no weighted copy of the frames; many frames are
-    visited in strips of stamp corners so that a frame stack is read from memory about once.
+    (``_rhs_kernels.py``): no design matrix, no weighted copy of the frames; with many frames
+    the image is swept row by row (stamp rows by column), so a frame stack streams from memory
+    once; the data's finiteness check in one compiled pass.
 ``factor.py``
     The factorisations behind one interface (``solve``, ``inv_diag``, ``portable``):
     qdldl, SuperLU, CHOLMOD, triangular, empty; :func:`available_solvers`; singular

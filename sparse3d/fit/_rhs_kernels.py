@@ -17,6 +17,7 @@ SIGNATURES = {
         "float64[::1], boolean[::1])"
     ),
     "weighted_square_sum": "(float64[:, ::1], float64[::1], boolean[::1], float64)",
+    "kept_all_finite": "(float64[:, ::1], boolean[:, ::1])",
 }
 
 
@@ -31,15 +32,15 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep):  # pragma: 
     whatever ``U`` holds there (NaN, inf). No weighted copy of ``U`` is made; each term is
     ``v * (ivar * u)``, the bits of the product with a weighted copy.
 
-    ``order``: the order in which the sources are visited, or empty for their storage order.
-    With a few frames the stamps are read in storage order, 16 sources at a time (consecutive
-    in ``values``' last axis: one cache line), and ``U`` (a few bytes per pixel) stays in
-    cache whatever the sources' positions. With many frames ``U`` is the large array: the
-    caller passes a spatial order (:func:`sparse3d.fit.normal._strip_order`) so that the rows of
-    ``U`` a run of stamps touches stay in cache, and each source's ``m`` sums run over the
-    contiguous frame axis of ``U`` (vectorised). Either way each ``out[k, t]`` is the same sum
-    in the same order (stamp rows, then columns, from 0.0): the same bits for any frame count,
-    order and ``m``.
+    ``order`` empty: the sources are visited in storage order, 16 at a time (consecutive in
+    ``values``' last axis: one cache line), and ``U`` (a few bytes per pixel) stays in cache
+    whatever the sources' positions. ``order`` the sources sorted by ``c0`` (many frames:
+    ``U`` is the large array): the image is swept row by row and, in each row, the stamp rows
+    on it from left to right, so that ``U`` is read from memory once, in order, and stamp rows
+    that read the same pixels' ``m`` frames follow each other; each source's ``m`` sums run
+    over the contiguous frame axis of ``U`` (vectorised) into its row of ``out``. Either way
+    each ``out[k, t]`` is the same sum in the same order (stamp rows, then columns, from 0.0):
+    the same bits for any frame count, order and ``m``.
     """
     nr, nc, n = values.shape
     m = U.shape[1]
@@ -71,19 +72,35 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep):  # pragma: 
                             for t in range(m):
                                 out[k, t] += v * U[p, t]
         return out
-    acc = np.empty(m, dtype=np.float64)  # one source's sums: a contiguous buffer in L1
-    for i in range(order.shape[0]):
-        k = order[i]
-        acc[:] = 0.0
+    # the stamp rows on each image row (their sources), in the order given
+    start = np.zeros(H + 1, dtype=np.intp)
+    for k in range(n):
         for a in range(nr):
             r = r0[k] + a - imr
-            if r < 0 or r >= H:
-                continue
+            if 0 <= r < H:
+                start[r + 1] += 1
+    for r in range(H):
+        start[r + 1] += start[r]
+    ent = np.empty(start[H], dtype=np.intp)
+    fill = start[:H].copy()
+    for i in range(order.shape[0]):
+        k = order[i]
+        for a in range(nr):
+            r = r0[k] + a - imr
+            if 0 <= r < H:
+                ent[fill[r]] = k
+                fill[r] += 1
+    for r in range(H):
+        base = r * W
+        for e in range(start[r], start[r + 1]):
+            k = ent[e]
+            a = r + imr - r0[k]
+            acc = out[k]
             for b in range(nc):
                 c = c0[k] + b - imc
                 if c < 0 or c >= W:
                     continue
-                p = r * W + c
+                p = base + c
                 if has_keep and not keep[p]:
                     continue
                 v = values[a, b, k]
@@ -95,7 +112,6 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep):  # pragma: 
                 else:
                     for t in range(m):
                         acc[t] += v * u[t]
-        out[k] = acc
     return out
 
 
@@ -125,3 +141,34 @@ def weighted_square_sum(D, ivar, keep, scale):  # pragma: no cover - compiled
         for t in range(m):
             out[t] += part[t]
     return out
+
+
+@njit(cache=True, nogil=True)
+def kept_all_finite(D, keep):  # pragma: no cover - compiled
+    """Whether every kept entry of ``D`` ``(npix, m)`` is finite, in one pass without temporaries.
+
+    ``keep`` ``(npix, 1)`` (shared by the frames), ``(npix, m)`` (per frame) or ``(0, 0)`` (every
+    entry). ``d - d`` is 0 for a finite ``d`` and NaN otherwise: it is summed per frame
+    (vectorised, no branch per entry), and the pass stops after the first block of 4096 rows
+    whose sums are not all 0.
+    """
+    npix, m = D.shape
+    per_frame = keep.shape[0] > 0 and keep.shape[1] > 1
+    shared = keep.shape[0] > 0 and keep.shape[1] == 1
+    part = np.zeros(m, dtype=np.float64)  # one sum per frame: the loop over frames vectorises
+    for p0 in range(0, npix, 4096):
+        for p in range(p0, min(p0 + 4096, npix)):
+            if shared and not keep[p, 0]:
+                continue
+            d = D[p]
+            if per_frame:
+                kp = keep[p]
+                for t in range(m):
+                    part[t] += d[t] - d[t] if kp[t] else 0.0
+            else:
+                for t in range(m):
+                    part[t] += d[t] - d[t]
+        for t in range(m):
+            if part[t] != 0.0:
+                return False
+    return True

@@ -14,7 +14,8 @@ three compiled steps, all on the lower triangle of ``N`` (CSR, as the fit assemb
    columns are factorised in loops, or, for the few large fronts, by LAPACK and BLAS in
    :mod:`sparse3d.fit.supernodal`, and land directly in the flat block buffer that
    :class:`~sparse3d.fit.selinv._Supernodal` reads (the factor is written once);
-3. solves over that buffer for any number of right-hand sides (:func:`block_solve`).
+3. solves over that buffer: one right-hand side (:func:`solve_one`), or any number in one
+   compiled call (:func:`block_solve`).
 """
 
 # Plain loops only: NumPy functions inside a kernel (np.dot, np.sort, array expressions) cost
@@ -45,16 +46,13 @@ SIGNATURES = {
     # s0, the symbolic arrays, N's lower part, then the factor and the sweep's state
     "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, "
     f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I}, {_F})",
-    "block_solve": f"(intp, boolean, intp, {_I}, {_I}, {_I}, {_I}, {_F}, float64[:, ::1])",
+    "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_I}, float64[:, ::1], float64[:, ::1])",
     "solve_one": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_F}, boolean)",
 }
 
 # a front of fewer than this many multiply-adds (k h^2) is factorised in loops: LAPACK's and
 # BLAS's calls (from Python) cost more than the arithmetic of small blocks
 _LOOP_MAX_FLOPS = 1 << 18
-# a supernode of fewer than this many multiply-adds (k h times the right-hand sides) is solved
-# in loops, larger ones by BLAS (from Python)
-_SOLVE_LOOP_MAX = 1 << 17
 
 
 @njit(cache=True, nogil=True)
@@ -413,65 +411,98 @@ def multifrontal(
 
 
 @njit(cache=True, nogil=True)
-def block_solve(s0, backward, big, sstart, sptr, srows, offsets, buf, x):  # pragma: no cover - compiled
-    """One sweep of ``L L^T y = x`` in place (``x`` ``(n, k)``, permuted order) over the blocks
-    of :func:`multifrontal`, from supernode ``s0`` on: forward (``L^-1``, ``s0`` up) or
-    ``backward`` (``L^-T``, ``s0`` down).
+def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out):  # pragma: no cover - compiled
+    """``out = N^-1 b`` for ``N[perm][:, perm] = L L^T`` and any number of right-hand sides
+    (``b``, ``out`` ``(n, nk)``), over the blocks of :func:`multifrontal`, in one call: the
+    rows of ``b`` gathered into the permuted order, the forward sweep (``L^-1``, supernodes
+    up), the backward sweep (``L^-T``, down) and the scatter back into ``out``.
 
-    Supernodes of fewer than ``big`` multiply-adds (``k h`` times the right-hand sides) run in
-    loops; at a larger one the kernel returns its index and the caller applies it (BLAS) and
-    calls again from the next one. Returns ``nsup`` (forward) or -1 (backward) when done. One
-    right-hand side: :func:`solve_one`.
+    Every update is a row of ``x`` (the ``nk`` right-hand sides, contiguous) minus a sum of
+    four scaled rows, ``(v0 x0 + v1 x1) + (v2 x2 + v3 x3)``: one load and store of the updated
+    row per four multiply-adds, the loop over the right-hand sides vectorised. The diagonal
+    blocks are solved row by row in the same way (dot-product form), so that a supernode's
+    own rows need no second buffer. One right-hand side: :func:`solve_one`.
     """
+    n, nk = b.shape
     nsup = sstart.size - 1
-    nk = x.shape[1]
-    step = -1 if backward else 1
-    s = s0
-    while 0 <= s < nsup:
+    x = np.empty((n, nk), dtype=np.float64)
+    for i in range(n):
+        x[i, :] = b[perm[i], :]
+    for s in range(nsup):
+        f = sstart[s]
+        k = sstart[s + 1] - f
+        q = sptr[s]
+        h = k + sptr[s + 1] - q
+        o = offsets[s]
+        for r in range(k):  # x_r = (x_r - sum_{c < r} L[r, c] x_c) / L[r, r]
+            _sub_rows(x[f + r], buf, o + r, h, x, f, 0, r)
+            inv = 1.0 / buf[o + r * h + r]
+            xr = x[f + r]
+            for t in range(nk):
+                xr[t] *= inv
+        for a in range(h - k):  # x_i -= sum_c L[i, c] x_c for the rows i below
+            _sub_rows(x[srows[q + a]], buf, o + k + a, h, x, f, 0, k)
+    for s in range(nsup - 1, -1, -1):
         f = sstart[s]
         k = sstart[s + 1] - f
         q = sptr[s]
         m = sptr[s + 1] - q
         h = k + m
-        if k * h * nk >= big:
-            return s
         o = offsets[s]
-        if not backward:
-            for c in range(k):  # x_s = L_ss^-1 x_s
-                col = o + c * h
-                inv = 1.0 / buf[col + c]
+        for c in range(k - 1, -1, -1):
+            # x_c = (x_c - sum_i L[i, c] x_i - sum_{r > c} L[r, c] x_r) / L[c, c]
+            xc = x[f + c]
+            col = o + c * h
+            a = 0
+            while a + 4 <= m:
+                p = col + k + a
+                x0 = x[srows[q + a]]
+                x1 = x[srows[q + a + 1]]
+                x2 = x[srows[q + a + 2]]
+                x3 = x[srows[q + a + 3]]
+                v0 = buf[p]
+                v1 = buf[p + 1]
+                v2 = buf[p + 2]
+                v3 = buf[p + 3]
                 for t in range(nk):
-                    x[f + c, t] *= inv
-                for r in range(c + 1, k):
-                    v = buf[col + r]
-                    for t in range(nk):
-                        x[f + r, t] -= v * x[f + c, t]
-            for c in range(k):
-                col = o + c * h
-                for a in range(m):
-                    v = buf[col + k + a]
-                    i = srows[q + a]
-                    for t in range(nk):
-                        x[i, t] -= v * x[f + c, t]
-        else:
-            for c in range(k):
-                col = o + c * h
-                for a in range(m):
-                    v = buf[col + k + a]
-                    i = srows[q + a]
-                    for t in range(nk):
-                        x[f + c, t] -= v * x[i, t]
-            for c in range(k - 1, -1, -1):  # x_s = L_ss^-T x_s
-                col = o + c * h
-                for r in range(c + 1, k):
-                    v = buf[col + r]
-                    for t in range(nk):
-                        x[f + c, t] -= v * x[f + r, t]
-                inv = 1.0 / buf[col + c]
+                    xc[t] -= (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
+                a += 4
+            for a2 in range(a, m):
+                v0 = buf[col + k + a2]
+                x0 = x[srows[q + a2]]
                 for t in range(nk):
-                    x[f + c, t] *= inv
-        s += step
-    return s
+                    xc[t] -= v0 * x0[t]
+            _sub_rows(xc, buf, col, 1, x, f, c + 1, k)
+            inv = 1.0 / buf[col + c]
+            for t in range(nk):
+                xc[t] *= inv
+    for i in range(n):
+        out[perm[i], :] = x[i, :]
+
+
+@njit(cache=True, nogil=True)
+def _sub_rows(y, buf, p0, stride, x, f, c0, c1):  # pragma: no cover - compiled
+    """``y -= sum_{c0 <= c < c1} buf[p0 + c * stride] * x[f + c]``, four rows of ``x`` at a time."""
+    nk = y.shape[0]
+    c = c0
+    while c + 4 <= c1:
+        p = p0 + c * stride
+        v0 = buf[p]
+        v1 = buf[p + stride]
+        v2 = buf[p + 2 * stride]
+        v3 = buf[p + 3 * stride]
+        x0 = x[f + c]
+        x1 = x[f + c + 1]
+        x2 = x[f + c + 2]
+        x3 = x[f + c + 3]
+        for t in range(nk):
+            y[t] -= (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
+        c += 4
+    for c2 in range(c, c1):
+        v0 = buf[p0 + c2 * stride]
+        x0 = x[f + c2]
+        for t in range(nk):
+            y[t] -= v0 * x0[t]
 
 
 @njit(cache=True, nogil=True)

@@ -2,8 +2,9 @@
 
 The Python side of :mod:`._rhs_kernels` (imported lazily: these functions run only on the
 compiled path, where numba is loaded anyway): the order in which the sources are visited
-(spatial strips when the frames are many, so a frame stack is read from memory about once),
-and the weights and mask passed through without a weighted copy of the frames.
+(with many frames an image sweep, stamp rows by column, so that a frame stack is read from
+memory once, in order), and the weights and mask passed through without a weighted copy of
+the frames.
 """
 
 from __future__ import annotations
@@ -23,36 +24,20 @@ def _stamp_rhs(
 
     values, r0, c0, (H, W), (imr, imc) = stamps
     U2 = np.ascontiguousarray(np.asarray(U, dtype=np.float64).reshape(U.shape[0], -1))
-    nr, nc, _ = values.shape
     m = U2.shape[1]
-    order = _strip_order(r0, c0, nr, nc, m) if m >= _RHS_ORDER_MIN_FRAMES else np.empty(0, dtype=np.intp)
+    order = np.empty(0, dtype=np.intp)
+    if m >= _RHS_ORDER_MIN_FRAMES:
+        order = np.argsort(c0, kind="stable").astype(np.intp, copy=False)
     ivar = np.empty(0) if ivar is None else np.ascontiguousarray(ivar, dtype=np.float64)
     keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     out = stamp_rhs(values, r0, c0, U2, H, W, imr, imc, order, ivar, keep)
     return out[:, 0] if U.ndim == 1 else out
 
 
-#: From this many frames on, :func:`_stamp_rhs` visits the sources in strip order (below it,
-#: in storage order: the frames of a few bytes per pixel stay in cache anyway). Measured on the
-#: tutorial scene (50,000 random 10 x 10 stamps on 1024^2).
+#: From this many frames on, :func:`_stamp_rhs` sweeps the image row by row (stamp rows sorted
+#: by column; below it, the sources in storage order: the frames of a few bytes per pixel stay
+#: in cache anyway). Measured on the tutorial scene (50,000 random 10 x 10 stamps on 1024^2).
 _RHS_ORDER_MIN_FRAMES = 5
-#: Bytes of ``U`` one strip of stamp rows should occupy (about half an L2 cache).
-_RHS_STRIP_BYTES = 1 << 19
-
-
-def _strip_order(r0: np.ndarray, c0: np.ndarray, nr: int, nc: int, m: int) -> np.ndarray:
-    """The sources in spatial order: vertical strips of stamp corners, each swept top to bottom.
-
-    The strips are as wide as lets the ``nr`` image rows of ``m`` frames under a run of stamps
-    (``(width + nc) * nr * m`` values) fit in :data:`_RHS_STRIP_BYTES`, at least ``nc``, so the
-    frame stack is read from memory about once instead of once per overlapping stamp.
-    """
-    if r0.size == 0:
-        return np.empty(0, dtype=np.intp)
-    width = max(nc, _RHS_STRIP_BYTES // (8 * max(nr, 1) * m) - nc)
-    rmin, cmin = int(r0.min()), int(c0.min())
-    key = ((c0 - cmin) // width) * (int(r0.max()) - rmin + 1) + (r0 - rmin)
-    return np.argsort(key, kind="stable").astype(np.intp, copy=False)
 
 
 def _stamp_square_sum(
@@ -65,3 +50,12 @@ def _stamp_square_sum(
     ivar = np.empty(0) if ivar is None else np.ascontiguousarray(ivar, dtype=np.float64)
     keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     return weighted_square_sum(D, ivar, keep, scale)
+
+
+def _kept_all_finite(D: np.ndarray, keep: np.ndarray | None) -> bool:
+    """Whether the kept entries of the C-contiguous float64 ``D`` ``(npix, k)`` are all finite
+    (``keep`` None, ``(npix, 1)`` or ``(npix, k)``): one compiled pass, no temporaries."""
+    from ._rhs_kernels import kept_all_finite
+
+    keep = np.empty((0, 0), dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
+    return bool(kept_all_finite(D, keep))

@@ -34,6 +34,7 @@ from .background import as_background
 from .diagnostics import _FitContext, _Group
 from .normal import NormalEquations, _fit_design
 from .result import FitResult, _warn_unconstrained, _weights_err
+from .rhs import _kept_all_finite
 
 
 def fit_design(
@@ -200,7 +201,11 @@ def fit_design(
     n_pixels: int | np.ndarray = npix if keep is None else int(keep[:, 0].sum())
     if per_frame_mask:
         n_pixels = keep.sum(axis=0)
-    _check_data_finite(D, keep)
+    # a large Sparse3D of regular stamps stays one (right-hand sides from the stamps); its
+    # sparse matrix is made only if the model or a diagnostic asks for it
+    A_fit = _fit_design(A)
+    if not (isinstance(A_fit, Sparse3D) and D.flags.c_contiguous and _kept_all_finite(D, keep)):
+        _check_data_finite(D, keep)  # (numba is loaded on the stamp path: one compiled pass)
 
     if E is not None:
         _check_errors(E, keep)
@@ -224,9 +229,6 @@ def fit_design(
     if B is not None:
         bprec, bmu = bg.prior(B.shape[1])
         prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
-    # a large Sparse3D of regular stamps stays one (right-hand sides from the stamps); its
-    # sparse matrix is made only if the model or a diagnostic asks for it
-    A_fit = _fit_design(A)
     made: list = []
 
     def design_matrix() -> Any:

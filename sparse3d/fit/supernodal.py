@@ -142,48 +142,16 @@ class _NDFactor(_SupernodalFactor):
         return d
 
     def solve(self, b: np.ndarray) -> np.ndarray:
-        b2 = np.asarray(b, dtype=np.float64).reshape(self.n, -1)
-        x = np.ascontiguousarray(b2[self.perm])
-        with single_threaded_blas():  # many small products: threads only synchronise
-            _block_solve(self._blocks, x)
-        out = np.empty(x.shape)
-        out[self.perm] = x
+        """``N^-1 b`` for ``b`` ``(n,)`` or ``(n, k)``: every compiled sweep in one call."""
+        from ._supernodal_kernels import block_solve, solve_one
+
+        b2 = np.ascontiguousarray(np.asarray(b, dtype=np.float64).reshape(self.n, -1))
+        out = np.empty(b2.shape)
+        if b2.shape[1] == 1:
+            x = b2[self.perm, 0]
+            for backward in (False, True):
+                solve_one(*self._blocks, x, backward)
+            out[self.perm, 0] = x
+        else:
+            block_solve(*self._blocks, self.perm, b2, out)
         return out.reshape(b.shape)
-
-
-def _block_solve(blocks: tuple, x: np.ndarray) -> None:
-    """Solve ``L L^T y = x`` in place (``x`` ``(n, k)`` C-contiguous, permuted order):
-    :func:`._supernodal_kernels.block_solve` sweeps the small supernodes, the large ones are
-    applied here by BLAS."""
-    from scipy.linalg import blas
-
-    from ._supernodal_kernels import _SOLVE_LOOP_MAX, block_solve, solve_one
-
-    sstart, sptr, srows, offsets, buf = blocks
-    if x.shape[1] == 1:
-        for backward in (False, True):
-            solve_one(*blocks, x[:, 0], backward)
-        return
-    nsup = sstart.size - 1
-    for backward in (False, True):
-        s = nsup - 1 if backward else 0
-        while True:
-            s = block_solve(s, backward, _SOLVE_LOOP_MAX, *blocks, x)
-            if s < 0 or s >= nsup:
-                break
-            f, e, o = int(sstart[s]), int(sstart[s + 1]), int(offsets[s])
-            rows = srows[sptr[s] : sptr[s + 1]]
-            k = e - f
-            Bt = buf[o : o + k * (k + rows.size)].reshape(k, -1)  # (L_ss | L_Rs)^T, (k, h)
-            # x_s is C-contiguous (k, nk): its transpose is a Fortran array; L_ss^T = Bt[:, :k]
-            if not backward:
-                xs = blas.dtrsm(1.0, Bt[:, :k], x[f:e].T, side=1, lower=0, trans_a=0).T
-                x[f:e] = xs
-                if rows.size:
-                    x[rows] -= Bt[:, k:].T @ xs
-            else:
-                xs = x[f:e]
-                if rows.size:
-                    xs = xs - Bt[:, k:] @ x[rows]
-                x[f:e] = blas.dtrsm(1.0, Bt[:, :k], xs.T, side=1, lower=0, trans_a=1).T
-            s += -1 if backward else 1
