@@ -1,8 +1,9 @@
 """`Sparse3D`: stamp values on a shared :class:`~sparse3d._structure.StampStructure`.
 
-Conversions (``sparse.COO``, scipy CSR/CSC/COO, dense) are built lazily from structure and
-values and cached on the instance. Operators and ufuncs live in :mod:`sparse3d._ufuncs`;
-NumPy functions in the registry of :mod:`sparse3d._functions`.
+The class reads as one API; its parts live in their own files: how the values are held
+(:mod:`.values`), stamp groups (:mod:`.groups`) and conversions (:mod:`.conversions`).
+Operators and ufuncs live in :mod:`sparse3d._ufuncs`; NumPy functions in the registry of
+:mod:`sparse3d._functions`.
 """
 
 from __future__ import annotations
@@ -14,64 +15,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
-from . import _deferred, _functions, _pool, _ufuncs
-from ._options import check_dense_allocation
-from ._structure import (
-    StampStructure,
-    _as_pair,
-    index_dtype,
-    owned_copy,
-    readonly_view,
-    structure_from_positions,
-)
+from .. import _deferred, _functions, _ufuncs
+from .._structure import _as_pair, readonly_view, structure_from_positions
+from .conversions import _Conversions
+from .groups import _join_groups, _rebuild_grouped, _StampGroups
+from .values import _checked_values, _owned_values, _ValueStorage
 
 if TYPE_CHECKING:  # pragma: no cover
-    import scipy.sparse
-    import sparse
-    import xarray
+    from ..fit import FitResult
+    from ..roi import ROISparse3D
 
-    from .fit import FitResult
-    from .roi import ROISparse3D
-
-__all__ = ["Sparse3D"]
+__all__ = ["Sparse3D", "_rebuild", "_rebuild_grouped"]
 
 
-_UNSUPPORTED_DTYPES = {np.dtype(np.longdouble), np.dtype(np.clongdouble)} - {
-    np.dtype(np.float64),
-    np.dtype(np.complex128),
-}
-
-
-def _checked_values(arr: np.ndarray, name: str = "data") -> np.ndarray:
-    """``arr`` with a supported dtype in native byte order (converted), else ``TypeError``.
-
-    Every array's values pass here (the constructor and every internal result), so one rule
-    holds everywhere: numeric or boolean, native byte order (``>f8`` becomes ``float64``),
-    no ``longdouble`` (NumPy's ``bincount`` and SciPy cannot compute in it).
-    """
-    dt = arr.dtype
-    if dt.kind not in "biufc":
-        raise TypeError(f"{name} must be a numeric or boolean array; got dtype {dt}")
-    if not dt.isnative:
-        arr = arr.astype(dt.newbyteorder("="))
-    if arr.dtype in _UNSUPPORTED_DTYPES:
-        raise TypeError(
-            f"{name} of dtype {arr.dtype} (long double) is not supported: sums and products run in "
-            "float64/complex128; convert with .astype(np.float64) or np.complex128"
-        )
-    return arr
-
-
-def _owned_values(data, name: str = "data") -> np.ndarray:
-    try:
-        arr = np.asarray(data)
-    except ValueError as exc:  # ragged nested sequences
-        raise ValueError(f"{name} must be a regular (non-ragged) numeric array: {exc}") from None
-    # a copy no one else can modify; broadcast inputs are copied compactly, not expanded
-    return owned_copy(_checked_values(arr, name))
-
-
-class Sparse3D(NDArrayOperatorsMixin):
+class Sparse3D(_ValueStorage, _StampGroups, _Conversions, NDArrayOperatorsMixin):
     """A 3-D sparse array ``(row, col, source)`` made of small dense stamps, one per source.
 
     Each source ``k`` is non-zero only on its stamp: the ``nr × nc`` pixels at absolute
@@ -139,13 +96,10 @@ class Sparse3D(NDArrayOperatorsMixin):
     np.float64(27.0)
     """
 
-    #: ``_vals``: the values block, or None while the values are deferred (``_lazy``: the
-    #: recorded expression, :mod:`sparse3d._deferred`); read them through ``_values``.
+    #: ``_vals``: the values block, or None while the values are pending (``_lazy``: a
+    #: deferred expression, :mod:`sparse3d._deferred`; or joined groups, :mod:`.values`);
+    #: read them through ``_values``.
     __slots__ = ("_vals", "_lazy", "_structure", "__dict__", "__weakref__")
-
-    #: Grouped arrays joined without a copy (``np.concatenate``): every group's values block,
-    #: shared with the arrays joined; the 1-D ``_values`` is then built on first use only.
-    _pending_blocks: tuple[np.ndarray, ...] | None = None
 
     def __init__(self, data, row, col, imshape, imcorner=(0, 0)):
         bounds = False
@@ -169,179 +123,6 @@ class Sparse3D(NDArrayOperatorsMixin):
         self._structure = structure_from_positions(row, col, values.shape, imshape, imcorner)
         if bounds is not False:
             self.__dict__["_bounds"] = bounds
-
-    @classmethod
-    def from_groups(cls, data, row, col, imshape, imcorner=(0, 0)) -> Sparse3D:
-        """One array from stamp blocks of different shapes, its values in one block.
-
-        Equal to ``np.concatenate([Sparse3D(d, r, c, imshape, imcorner) for d, r, c in
-        zip(data, row, col)], axis=2)`` (sources in that order, one stamp group per stamp
-        shape). Both copy every block's values once: ``np.concatenate`` keeps the pieces'
-        values as its groups' (joined into one 1-D block only when an operation needs one,
-        e.g. ``tocsr`` or ``fit``), ``from_groups`` copies them straight into that block.
-
-        Parameters
-        ----------
-        data, row, col : sequence of array_like
-            One ``(nr_i, nc_i, n_i)`` block of values per piece and its positions (as for
-            :class:`Sparse3D`; ``row[i]``/``col[i]`` broadcast to ``data[i].shape``).
-        imshape, imcorner : tuple of int
-            The image bounds shared by every piece.
-        """
-        from ._functions import build_grouped
-
-        if not (
-            isinstance(data, (list, tuple))
-            and isinstance(row, (list, tuple))
-            and isinstance(col, (list, tuple))
-        ):
-            raise TypeError("from_groups takes sequences (lists or tuples) of blocks: data, row and col")
-        if not data or not len(data) == len(row) == len(col):
-            raise ValueError(
-                f"from_groups needs one row and one col per data block; got {len(data)} data, "
-                f"{len(row)} row and {len(col)} col"
-            )
-        blocks = []
-        for i, d in enumerate(data):
-            arr = _checked_values(np.asarray(d), f"data[{i}]")
-            if arr.ndim != 3:
-                raise ValueError(f"data[{i}] must be 3-D (nr, nc, nsources); got shape {arr.shape}")
-            blocks.append(arr)
-        shapes = [b.shape[:2] for b in blocks if b.shape[2]]
-        if len(set(shapes)) < len([b for b in blocks if b.shape[2]]) or len(set(shapes)) < 2:
-            # repeated stamp shapes (merged into one group) or a single shape: concatenate
-            return np.concatenate(
-                [cls(b, r, c, imshape, imcorner) for b, r, c in zip(blocks, row, col)], axis=2
-            )
-        dtype = np.result_type(*blocks)
-        structures = [
-            structure_from_positions(r, c, b.shape, imshape, imcorner) for b, r, c in zip(blocks, row, col)
-        ]
-        keep = [i for i, b in enumerate(blocks) if b.shape[2]]
-        values = _pool.empty((sum(blocks[i].size for i in keep),), dtype)
-        views, start = [], 0
-        for i in keep:  # every block copied once, into its place
-            b = blocks[i]
-            views.append(values[start : start + b.size].reshape(b.shape))
-            np.copyto(views[-1], b, casting="unsafe")
-            start += b.size
-        offsets = np.cumsum([0] + [b.shape[2] for b in blocks])
-        pieces = [
-            (cls._from_parts(v, structures[i]), np.arange(offsets[i], offsets[i + 1]))
-            for v, i in zip(views, keep)
-        ]
-        return build_grouped(pieces, dtype, values=values)
-
-    @property
-    def _values(self) -> np.ndarray:
-        """The values block (read-only); a deferred expression is evaluated at the first access."""
-        values = self._vals
-        if values is None:
-            node = self._lazy
-            if node is None:  # evaluated by another thread meanwhile (_vals is set first)
-                return self._vals
-            values = _checked_values(_deferred.evaluate(node, self._structure.block_shape))
-            values.flags.writeable = False
-            if node.bounds is not None:  # proven bounds of the values: no pass when used again
-                self.__dict__["_bounds"] = node.bounds
-            self._vals = values
-            self._lazy = None
-        return values
-
-    @_values.setter
-    def _values(self, values: np.ndarray) -> None:
-        self._vals = values
-        self._lazy = None
-
-    @classmethod
-    def _from_node(cls, node, structure: StampStructure) -> Sparse3D:
-        """Internal constructor: an array whose values are the deferred expression ``node``."""
-        obj = cls.__new__(cls)
-        obj._vals = None
-        obj._lazy = node
-        obj._structure = structure
-        return obj
-
-    @classmethod
-    def _from_parts(cls, values: np.ndarray, structure: StampStructure) -> Sparse3D:
-        """Internal constructor: ``values`` must be a fresh or read-only array we own.
-
-        The memory's owner is made read-only too, so that no view handed out can be made
-        writeable again.
-        """
-        values = _checked_values(values, "the result's values")
-        obj = cls.__new__(cls)
-        base = values
-        while isinstance(base.base, np.ndarray):
-            base = base.base
-        if base.flags.writeable:
-            base.flags.writeable = False
-        if values.flags.writeable:
-            values.flags.writeable = False
-        obj._values = values
-        obj._structure = structure
-        return obj
-
-    @classmethod
-    def _joined(cls, blocks, structure) -> Sparse3D:
-        """Internal constructor of a grouped array over its groups' values, without a copy.
-
-        ``blocks``: one read-only values block per group of the grouped ``structure`` (shape
-        ``structure.groups[i].block_shape``, one dtype), typically the values of the arrays
-        that ``np.concatenate`` joins. They are shared, never written; the 1-D values block
-        that most operations read (``_values``) is joined from them on first use only
-        (:meth:`__getattr__`), so a pipeline that works group by group never copies them.
-        """
-        blocks = tuple(blocks)
-        for b, g in zip(blocks, structure.groups, strict=True):
-            if b.shape != g.block_shape or b.dtype != blocks[0].dtype or b.flags.writeable:
-                raise AssertionError("joined blocks must be read-only, one dtype, of their groups' shapes")
-        obj = cls.__new__(cls)
-        obj._structure = structure
-        obj._lazy = None  # (the _vals slot stays unset: _values is joined by __getattr__)
-        obj.__dict__["_pending_blocks"] = blocks
-        return obj
-
-    def __getattr__(self, name: str):
-        # reached only when the normal lookup fails: the values of a grouped array joined
-        # without a copy, built on first use (one copy, then cached in the slot)
-        if name != "_values":
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        blocks = self.__dict__.get("_pending_blocks")
-        if blocks is None:  # joined by another thread since the lookup (or never set: raises)
-            return object.__getattribute__(self, "_values")
-        values = _pool.empty((self._structure.nelements,), blocks[0].dtype)
-        np.concatenate([b.ravel() for b in blocks], out=values)
-        values.flags.writeable = False
-        self._values = values
-        # the groups become views of the joined block, so the joined arrays' buffers can go
-        self.__dict__.pop("_group_views", None)
-        self.__dict__.pop("_pending_blocks", None)
-        return values
-
-    def _group_blocks(self) -> list[np.ndarray]:
-        """The values block ``(nr_g, nc_g, n_g)`` of every stamp group (shared views, no copy)."""
-        blocks = self._pending_blocks
-        if blocks is not None:
-            return list(blocks)
-        s = self._structure
-        return s.split(self._values) if s.grouped else [self._values]
-
-    def _with_structure(self, structure) -> Sparse3D:
-        """An array with this array's values (shared) on an equally shaped ``structure``."""
-        blocks = self._pending_blocks
-        if blocks is not None:
-            return Sparse3D._joined(blocks, structure)
-        return Sparse3D._from_parts(self._values, structure)
-
-    def __del__(self):
-        # the values buffer of a dying array goes to the pool if no one else holds it
-        try:
-            # joined blocks belong to the arrays joined; deferred values do not exist yet
-            if self._pending_blocks is None and self._vals is not None:
-                _pool.give_back(self._vals, 1)
-        except Exception:  # noqa: BLE001 - never raise from __del__ (interpreter shutdown, ...)
-            pass
 
     def with_data(self, data) -> Sparse3D:
         """A new array with the same stamps (positions, bounds) and new stamp values.
@@ -369,44 +150,6 @@ class Sparse3D(NDArrayOperatorsMixin):
         if values.shape != self.stamp_shape:
             raise ValueError(f"data must have the stamp shape {self.stamp_shape}; got {values.shape}")
         return Sparse3D._from_parts(values, self._structure)
-
-    # -- stamp groups ----------------------------------------------------------------------
-    @property
-    def groups(self) -> tuple[Sparse3D, ...]:
-        """The stamp groups: one single-shape Sparse3D per stamp shape, in source order.
-
-        An array built by ``np.concatenate`` of arrays with different stamp shapes (or by a
-        PSF model with per-source stamp sizes) holds several groups; its sources are the
-        groups' sources in order. Each group is a view (values shared, read-only) with the
-        same image bounds. A single-shape array has one group, itself.
-        """
-        if not self._structure.grouped:
-            return (self,)
-        return self._group_views
-
-    @cached_property
-    def _group_views(self) -> tuple[Sparse3D, ...]:
-        s = self._structure
-        return tuple(Sparse3D._from_parts(v, g) for v, g in zip(self._group_blocks(), s.groups))
-
-    @property
-    def stamp_shapes(self) -> tuple[tuple[int, int], ...]:
-        """``(nr, nc)`` of every stamp group (one entry for a single-shape array)."""
-        s = self._structure
-        return s.stamp_shapes if s.grouped else (s.stamp_shape[:2],)
-
-    @property
-    def group_sources(self) -> tuple[np.ndarray, ...]:
-        """The (global) sources of every stamp group, ascending int64 arrays, read-only.
-
-        ``S.groups[i]`` holds the sources ``S.group_sources[i]`` of ``S``, in that order; the
-        groups partition ``range(nsources)``. A single-shape array has one group of all
-        sources.
-        """
-        s = self._structure
-        if s.grouped:
-            return tuple(readonly_view(x) for x in s.sources)
-        return (np.arange(s.nsources),)
 
     @property
     def data(self) -> np.ndarray:
@@ -641,7 +384,7 @@ class Sparse3D(NDArrayOperatorsMixin):
         ``R[:, :, None] + row``). Integer and boolean values become float64.
         See :mod:`sparse3d._interpolate` for the kernel.
         """
-        from ._interpolate import shift_stamps
+        from .._interpolate import shift_stamps
 
         return shift_stamps(self, shift)
 
@@ -688,142 +431,9 @@ class Sparse3D(NDArrayOperatorsMixin):
     def min(self, axis=None, keepdims=False):
         return np.min(self, axis=axis, keepdims=keepdims)
 
-    # -- conversions ----------------------------------------------------------------------
-    def _csc_data(self) -> np.ndarray:
-        return _functions.scipy_values(self._structure.source_major(self._values))
-
-    def tocsc(self) -> scipy.sparse.csc_matrix:
-        """scipy CSC matrix of shape ``(H*W, nsources)``; pixel index ``r * W + c``.
-
-        Indices are int64 when ``H*W`` needs it; float16 values become float32 (SciPy has
-        no float16 sparse matrices; the same holds for :meth:`tocsr` and :meth:`tocoo`). The
-        matrix owns writable copies of its arrays, so scipy's in-place methods work on it.
-        """
-        from scipy import sparse as sp
-
-        indices, indptr = self._structure.csc_indices
-        # the index arrays are copied: the structure's are shared and read-only, while scipy's
-        # in-place methods (eliminate_zeros, sum_duplicates, ...) must work on what we return
-        return sp.csc_matrix(
-            (_writable(self._csc_data()), indices.copy(), indptr.copy()),
-            shape=(self._structure.npixels, self.nsources),
-            copy=False,
-        )
-
-    def tocsr(self) -> scipy.sparse.csr_matrix:
-        """scipy CSR matrix of shape ``(H*W, nsources)``, for linear algebra.
-
-        Row ``r * W + c`` is image pixel ``(r, c)``; column ``k`` is source ``k``. Column
-        indices are sorted within each row. The CSR ordering is computed once per structure
-        and the matrix is cached; each call returns an independent copy, so in-place scipy
-        methods on it (``eliminate_zeros``, ``data *= 2``, ...) never touch the cache.
-        """
-        return self._csr.copy()
-
-    @cached_property
-    def _csr(self) -> scipy.sparse.csr_matrix:
-        from scipy import sparse as sp
-
-        take, indices, indptr = self._structure.csr_order
-        data = _functions.scipy_values(self._values.ravel()[take])
-        data.flags.writeable = False  # internal cache: tocsr() hands out copies
-        csr = sp.csr_matrix(
-            (data, indices, indptr), shape=(self._structure.npixels, self.nsources), copy=False
-        )
-        csr.has_sorted_indices = True
-        return csr
-
-    def tocoo(self) -> scipy.sparse.coo_matrix:
-        """scipy COO matrix of shape ``(H*W, nsources)``; nothing image-sized is allocated.
-
-        The matrix owns writable copies of its arrays (scipy's in-place methods work).
-        """
-        from scipy import sparse as sp
-
-        s = self._structure
-        idt = index_dtype(s.npixels, s.nsources)
-        return sp.coo_matrix(
-            (_writable(self._csc_data()), (s.csc_indices[0].astype(idt), s.source_of.astype(idt))),
-            shape=(s.npixels, self.nsources),
-        )
-
-    def to_sparse(self) -> sparse.COO:
-        """The ``sparse.COO`` of shape ``(H, W, nsources)``, fill value 0, sorted coordinates.
-
-        Built once and cached; every call returns a new ``sparse.COO`` object over read-only
-        views of the cached coordinates and values, so neither editing its arrays nor
-        rebinding its attributes can change ``S``.
-        """
-        import sparse
-
-        c = self._coo
-        return sparse.COO(
-            readonly_view(c.coords),
-            readonly_view(c.data),
-            shape=c.shape,
-            sorted=True,
-            has_duplicates=False,
-            fill_value=c.fill_value,
-        )
-
-    @property
-    def coo(self) -> sparse.COO:
-        """The array as a canonical ``sparse.COO`` (see :meth:`to_sparse`)."""
-        return self.to_sparse()
-
-    @cached_property
-    def _coo(self) -> sparse.COO:
-        import sparse
-
-        coords = self._structure.coo_order[1]
-        data = self._structure.canonical(self._values)
-        data.flags.writeable = False
-        return sparse.COO(
-            coords, data, shape=self.shape, sorted=True, has_duplicates=False, fill_value=self.dtype.type(0)
-        )
-
-    def todense(self, force: bool = False) -> np.ndarray:
-        """Dense ``(H, W, nsources)`` ndarray.
-
-        Refuses with :class:`~sparse3d.DenseAllocationError` above ``max_dense_bytes``
-        (default 2 GiB, see :func:`sparse3d.set_options`) unless ``force=True``.
-        """
-        nbytes = self.size * self.dtype.itemsize
-        if not force:
-            check_dense_allocation(nbytes, f"todense() of a {self.shape} array")
-        s = self._structure
-        if s.grouped:
-            return s.assemble([g.todense(force=True) for g in self.groups], axis=2)
-        out = np.zeros(self.shape, dtype=self.dtype)
-        m = s.in_image
-        r = np.subtract(s._row[m], s.root_corner[0], dtype=np.int64)
-        c = np.subtract(s._col[m], s.root_corner[1], dtype=np.int64)
-        k = np.broadcast_to(np.arange(self.nsources), self.stamp_shape)[m]
-        np.add.at(out, (r, c, k), self._values[m])
-        return out
-
-    def to_xarray(self, *args, **kwargs) -> xarray.DataArray:
-        """Labeled xarray view; see :func:`sparse3d.xarray.to_xarray`."""
-        from .xarray import to_xarray
-
-        return to_xarray(self, *args, **kwargs)
-
-    def to_dask(self, source_chunks="auto"):
-        """Split into source chunks, one Dask graph key each; see :class:`sparse3d.dask.SourceChunked`."""
-        from .dask import to_dask
-
-        return to_dask(self, source_chunks)
-
-    @classmethod
-    def from_xarray(cls, da: xarray.DataArray) -> Sparse3D:
-        """Rebuild an array from its stamp view; see :func:`sparse3d.xarray.from_xarray`."""
-        from .xarray import from_xarray
-
-        return from_xarray(da)
-
     def roi(self, corners, size) -> ROISparse3D:
         """The model seen through windows; see :class:`sparse3d.roi.ROISparse3D`."""
-        from .roi import ROISparse3D
+        from ..roi import ROISparse3D
 
         return ROISparse3D(self, corners, size)
 
@@ -901,7 +511,7 @@ class Sparse3D(NDArrayOperatorsMixin):
                     "(np.asarray) and fit them eagerly, or fit without these options"
                 )
             return backend.fit(self, data, errors, prior_mu, prior_sigma, mask)
-        from .fit import fit_design
+        from ..fit import fit_design
 
         return fit_design(
             self,
@@ -916,27 +526,6 @@ class Sparse3D(NDArrayOperatorsMixin):
             bad_bits=bad_bits,
             saturation=saturation,
         )
-
-
-def _join_groups(groups, structure) -> Sparse3D:
-    """The grouped array over the single-shape ``groups`` (one per group of ``structure``).
-
-    Their values are shared, not copied (cast first where their dtypes differ).
-    """
-    dtype = np.result_type(*[g.dtype for g in groups])
-    return Sparse3D._joined([g.astype(dtype, copy=False)._values for g in groups], structure)
-
-
-def _rebuild_grouped(groups, sources) -> Sparse3D:
-    """Unpickle a grouped array from its (single-shape) groups and their sources."""
-    from ._structure import GroupedStructure
-
-    return _join_groups(groups, GroupedStructure([g._structure for g in groups], sources))
-
-
-def _writable(a: np.ndarray) -> np.ndarray:
-    """``a`` if it is a writable array of its own, else a copy (for handing to scipy)."""
-    return a if a.flags.writeable and a.flags.owndata else a.copy()
 
 
 def _rebuild(values, row, col, imshape, imcorner) -> Sparse3D:

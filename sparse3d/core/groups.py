@@ -1,0 +1,144 @@
+"""Stamp groups: one array holding sources of several stamp shapes.
+
+``np.concatenate`` of arrays with different stamp shapes, :meth:`Sparse3D.from_groups` and
+the PSF designs with per-source stamp sizes give a grouped array: its structure is a
+:class:`~sparse3d._structure.GroupedStructure` and its values one block per group (shared
+with the arrays joined until an operation needs the single block; see :mod:`.values`).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import _pool
+from .._structure import readonly_view, structure_from_positions
+from .values import _checked_values
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .array import Sparse3D
+
+
+class _StampGroups:
+    """Mixin of :class:`~sparse3d.Sparse3D`: constructing and reading stamp groups."""
+
+    __slots__ = ()
+
+    @classmethod
+    def from_groups(cls, data, row, col, imshape, imcorner=(0, 0)) -> Sparse3D:
+        """One array from stamp blocks of different shapes, its values in one block.
+
+        Equal to ``np.concatenate([Sparse3D(d, r, c, imshape, imcorner) for d, r, c in
+        zip(data, row, col)], axis=2)`` (sources in that order, one stamp group per stamp
+        shape). Both copy every block's values once: ``np.concatenate`` keeps the pieces'
+        values as its groups' (joined into one 1-D block only when an operation needs one,
+        e.g. ``tocsr`` or ``fit``), ``from_groups`` copies them straight into that block.
+
+        Parameters
+        ----------
+        data, row, col : sequence of array_like
+            One ``(nr_i, nc_i, n_i)`` block of values per piece and its positions (as for
+            :class:`Sparse3D`; ``row[i]``/``col[i]`` broadcast to ``data[i].shape``).
+        imshape, imcorner : tuple of int
+            The image bounds shared by every piece.
+        """
+        from .._functions import build_grouped
+
+        if not (
+            isinstance(data, (list, tuple))
+            and isinstance(row, (list, tuple))
+            and isinstance(col, (list, tuple))
+        ):
+            raise TypeError("from_groups takes sequences (lists or tuples) of blocks: data, row and col")
+        if not data or not len(data) == len(row) == len(col):
+            raise ValueError(
+                f"from_groups needs one row and one col per data block; got {len(data)} data, "
+                f"{len(row)} row and {len(col)} col"
+            )
+        blocks = []
+        for i, d in enumerate(data):
+            arr = _checked_values(np.asarray(d), f"data[{i}]")
+            if arr.ndim != 3:
+                raise ValueError(f"data[{i}] must be 3-D (nr, nc, nsources); got shape {arr.shape}")
+            blocks.append(arr)
+        shapes = [b.shape[:2] for b in blocks if b.shape[2]]
+        if len(set(shapes)) < len([b for b in blocks if b.shape[2]]) or len(set(shapes)) < 2:
+            # repeated stamp shapes (merged into one group) or a single shape: concatenate
+            return np.concatenate(
+                [cls(b, r, c, imshape, imcorner) for b, r, c in zip(blocks, row, col)], axis=2
+            )
+        dtype = np.result_type(*blocks)
+        structures = [
+            structure_from_positions(r, c, b.shape, imshape, imcorner) for b, r, c in zip(blocks, row, col)
+        ]
+        keep = [i for i, b in enumerate(blocks) if b.shape[2]]
+        values = _pool.empty((sum(blocks[i].size for i in keep),), dtype)
+        views, start = [], 0
+        for i in keep:  # every block copied once, into its place
+            b = blocks[i]
+            views.append(values[start : start + b.size].reshape(b.shape))
+            np.copyto(views[-1], b, casting="unsafe")
+            start += b.size
+        offsets = np.cumsum([0] + [b.shape[2] for b in blocks])
+        pieces = [
+            (cls._from_parts(v, structures[i]), np.arange(offsets[i], offsets[i + 1]))
+            for v, i in zip(views, keep)
+        ]
+        return build_grouped(pieces, dtype, values=values)
+
+    @property
+    def groups(self) -> tuple[Sparse3D, ...]:
+        """The stamp groups: one single-shape Sparse3D per stamp shape, in source order.
+
+        An array built by ``np.concatenate`` of arrays with different stamp shapes (or by a
+        PSF model with per-source stamp sizes) holds several groups; its sources are the
+        groups' sources in order. Each group is a view (values shared, read-only) with the
+        same image bounds. A single-shape array has one group, itself.
+        """
+        if not self._structure.grouped:
+            return (self,)
+        return self._group_views
+
+    @cached_property
+    def _group_views(self) -> tuple[Sparse3D, ...]:
+        s = self._structure
+        return tuple(type(self)._from_parts(v, g) for v, g in zip(self._group_blocks(), s.groups))
+
+    @property
+    def stamp_shapes(self) -> tuple[tuple[int, int], ...]:
+        """``(nr, nc)`` of every stamp group (one entry for a single-shape array)."""
+        s = self._structure
+        return s.stamp_shapes if s.grouped else (s.stamp_shape[:2],)
+
+    @property
+    def group_sources(self) -> tuple[np.ndarray, ...]:
+        """The (global) sources of every stamp group, ascending int64 arrays, read-only.
+
+        ``S.groups[i]`` holds the sources ``S.group_sources[i]`` of ``S``, in that order; the
+        groups partition ``range(nsources)``. A single-shape array has one group of all
+        sources.
+        """
+        s = self._structure
+        if s.grouped:
+            return tuple(readonly_view(x) for x in s.sources)
+        return (np.arange(s.nsources),)
+
+
+def _join_groups(groups, structure) -> Sparse3D:
+    """The grouped array over the single-shape ``groups`` (one per group of ``structure``).
+
+    Their values are shared, not copied (cast first where their dtypes differ).
+    """
+    from .array import Sparse3D
+
+    dtype = np.result_type(*[g.dtype for g in groups])
+    return Sparse3D._joined([g.astype(dtype, copy=False)._values for g in groups], structure)
+
+
+def _rebuild_grouped(groups, sources) -> Sparse3D:
+    """Unpickle a grouped array from its (single-shape) groups and their sources."""
+    from .._structure import GroupedStructure
+
+    return _join_groups(groups, GroupedStructure([g._structure for g in groups], sources))
