@@ -171,12 +171,17 @@ def main(argv=None) -> None:
         [lambda: _scaled_normal_matrix(Ls, None), lambda: _scaled_normal_matrix(Lb, None)],
         args.repeat,
     )
-    nm = {k: _scaled_normal_matrix(x, None)[0] for k, x in (("g", L), ("s", Ls), ("b", Lb))}
+    from sparse3d.fit.ordering import stamp_boxes
+
+    arrays = {"g": L, "s": Ls, "b": Lb}
+    nm = {k: _scaled_normal_matrix(x, None)[0] for k, x in arrays.items()}
+    boxes = {k: stamp_boxes(x, None) for k, x in arrays.items()}  # as a fit passes them ("nd")
     t_cg, t_csb, r_c = _interleaved(
-        lambda: _factorize_or_raise(nm["g"], None, solver),
-        [lambda k=k: _factorize_or_raise(nm[k], None, solver) for k in ("s", "b")],
+        lambda: _factorize_or_raise(nm["g"], None, solver, None, boxes["g"]),
+        [lambda k=k: _factorize_or_raise(nm[k], None, solver, None, boxes[k]) for k in ("s", "b")],
         args.repeat,
     )
+    solver = _factorize_or_raise(nm["g"], None, solver, None, boxes["g"]).name
     nnz = (nm["g"].nnz, nm["s"].nnz + nm["b"].nnz)
     nm.clear()
     nbytes = L.nbytes

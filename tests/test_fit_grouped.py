@@ -218,3 +218,79 @@ def test_grouped_fit_with_the_nested_dissection_solver(options):
     assert r.solver == "nd"
     close(r.weights, p[:n], rtol=1e-7)
     close(r.weights_err, e[:n], rtol=1e-7)
+
+
+@pytest.mark.filterwarnings("ignore::sparse3d.fit.UnconstrainedSourceWarning")  # sources off the image
+@pytest.mark.parametrize("grouped", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("options", ["errors", "mask", "background", "frames"])
+def test_chi2_of_near_perfect_fits_from_the_stamps(compiled_kernels, monkeypatch, grouped, dtype, options):
+    """Bright sources, little noise: the chi-square from the normal equations cancels ~18 digits,
+    so it is recomputed from the residuals, the model taken from the stamps (no design matrix;
+    the array's ``dot`` for float64, a float64 ``bincount`` else; with a background model the
+    design matrix exists and is used): against the dense residuals at the fit's own weights and
+    against ``lstsq``."""
+    from sparse3d.fit.normal import NormalEquations
+
+    calls = []
+    original = NormalEquations._stamp_chi2
+    monkeypatch.setattr(
+        NormalEquations, "_stamp_chi2", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    S, M, _, kw, ref = _fit_case(31, (-2, 5), options)
+    if not grouped:  # the largest group alone, as a single-shape array
+        big = max(range(len(S.groups)), key=lambda g: S.groups[g].nsources)
+        S, M = S.groups[big], M[:, S.group_sources[big]]
+    S = S.astype(dtype)
+    M = M.astype(dtype).astype(np.float64)
+    (H, W), n = S.imshape, S.nsources
+    rng = np.random.default_rng(32)
+    truth = rng.uniform(1e7, 2e7, n)
+    data = (M @ truth + rng.normal(0, 1e-2, H * W)).reshape(H, W)
+    cols = M
+    if options == "background":
+        data, kw["background"] = data + 5.0, "constant"
+        cols = np.hstack([M, np.ones((H * W, 1))])
+    if options == "mask":
+        data = np.where(kw["mask"], np.nan, data)  # masked pixels ignored, whatever they hold
+    frames = [data]
+    if options == "frames":
+        frames = [data, 0.5 * data + rng.normal(0, 1e-2, (H, W))]
+        data = np.stack(frames, axis=-1)
+    r = S.fit(data, **kw)
+    assert bool(calls) == (options != "background")  # the recomputation from the stamps ran
+    chi2 = np.atleast_1d(r.chi2)
+    weights = np.asarray(r.weights).reshape(n, -1)
+    bg = None if r.background is None else np.asarray(r.background).reshape(1, -1)
+    sw = 1.0 / ref["err"] if "err" in ref else np.ones(H * W)
+    keep = ~ref["mask"] if "mask" in ref else np.ones(H * W, bool)
+    for f, d in enumerate(frames):
+        p = np.nan_to_num(weights[:, f])
+        if bg is not None:
+            p = np.concatenate([p, bg[:, f]])
+        res = ((d.ravel() - cols @ p) * sw)[keep]
+        np.testing.assert_allclose(chi2[f], np.sum(res**2), rtol=1e-6)
+        want = lstsq_fit(cols, np.where(keep, d.ravel(), 0.0), **ref)[2]
+        np.testing.assert_allclose(chi2[f], want, rtol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore::sparse3d.fit.UnconstrainedSourceWarning")  # sources off the image
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_grouped_fit_of_many_frames_with_errors_and_mask(compiled_kernels, dtype):
+    """Right-hand sides from each group's stamps (strip order from five frames on), weighted and
+    masked in the kernel: every frame against ``lstsq`` of the dense design."""
+    S, M, data, _, _ = _fit_case(41, (5, -3), "plain")
+    S = S.astype(dtype)
+    M = M.astype(dtype).astype(np.float64)
+    H, W = S.imshape
+    rng = np.random.default_rng(42)
+    err = rng.uniform(0.5, 1.5, (H, W))
+    mask = rng.random((H, W)) < 0.15
+    frames = np.stack([data * (1 + 0.1 * f) + rng.normal(0, 0.01, (H, W)) for f in range(6)], axis=-1)
+    frames[mask] = np.nan
+    r = S.fit(frames, errors=err, mask=mask)
+    for f in range(frames.shape[2]):
+        d = np.nan_to_num(frames[:, :, f]).ravel()
+        p, _, chi2, *_ = lstsq_fit(M, d, err=err.ravel(), mask=mask.ravel())
+        close(r.weights[:, f], p, rtol=1e-7)
+        np.testing.assert_allclose(r.chi2[f], chi2, rtol=1e-7)

@@ -172,6 +172,46 @@ def test_nested_dissection_order_reduces_fill():
     assert nd < 0.2 * given and nd < 0.8 * by_row  # measured: 0.11x and 0.72x
 
 
+def _overlaps(boxes):
+    rlo, rhi, clo, chi = boxes
+    return (
+        (rlo[:, None] < rhi[None, :])
+        & (rlo[None, :] < rhi[:, None])
+        & (clo[:, None] < chi[None, :])
+        & (clo[None, :] < chi[:, None])
+    )
+
+
+@pytest.mark.parametrize("by_row", [True, False])
+@pytest.mark.parametrize("sizes", [(10,), (11, 41), (1, 3)])
+def test_thinned_separator_still_separates(by_row, sizes):
+    """The separator of a cut, thinned: the two grown halves share no pixel (checked against a
+    dense overlap table), only straddling boxes moved, and the separator got smaller."""
+    from sparse3d.fit._ordering_kernels import _thin_separator
+
+    rng = np.random.default_rng(len(sizes) + 7 * by_row)
+    n = 600
+    side = rng.choice(sizes, n)
+    r0, c0 = rng.integers(-5, 120, n), rng.integers(-5, 120, n)
+    boxes = tuple(np.ascontiguousarray(b, dtype=np.intp) for b in (r0, r0 + side, c0, c0 + side))
+    lo, hi = (boxes[0], boxes[1]) if by_row else (boxes[2], boxes[3])
+    cut = 60
+    first, second = np.flatnonzero(hi <= cut), np.flatnonzero(lo >= cut)
+    sep = np.flatnonzero((hi > cut) & (lo < cut))
+    tmp = np.concatenate([first, second, sep]).astype(np.intp)
+    order = np.empty(n, dtype=np.intp)
+    work = [np.empty(n, dtype=np.intp) for _ in range(3)] + [np.empty((n, 3), dtype=np.intp)]
+    axes = boxes if by_row else (boxes[2], boxes[3], boxes[0], boxes[1])  # across the cut, then along it
+    na, nb = _thin_separator(*axes, tmp, 0, first.size, second.size, n, order, *work)
+    assert np.array_equal(np.sort(order), np.arange(n))
+    A = order[: first.size + na]
+    B = order[first.size + na : first.size + na + second.size + nb]
+    S = order[first.size + na + second.size + nb :]
+    assert set(A) >= set(first) and set(B) >= set(second) and set(S) <= set(sep)
+    assert not _overlaps(boxes)[np.ix_(A, B)].any()
+    assert na + nb > 0 and S.size < sep.size
+
+
 def test_nd_large_fronts_match_dense():
     # a scene dense enough that the top separators' fronts take the panel/BLAS path
     # (k h^2 above _supernodal_kernels._LOOP_MAX_FLOPS: LAPACK and BLAS), one and several right-hand sides

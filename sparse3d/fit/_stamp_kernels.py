@@ -63,30 +63,52 @@ def weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc):
     The stamps are copied in the order ``order`` (cell order: neighbours are then close in
     memory). ``sqrt_ivar`` is the flat ``(H * W,)`` map (ignored unless ``has_ivar``);
     ``(imr, imc)`` is the image corner. Also returns ``colmax[p] = max |B[p]|``.
+
+    A blocked transpose: ``blk`` sources are read together (consecutive in ``values``' last
+    axis) into a small tile, then each is written whole into its row of ``B``; a stamp inside
+    the image without weights is a plain copy, the others are checked pixel by pixel.
     """
     nr, nc, n = values.shape
+    npx = nr * nc
     pos = np.empty(n, dtype=np.int64)
     for p in range(n):
         pos[order[p]] = p
-    B = np.zeros((n, nr, nc), dtype=np.float64)
+    B = np.empty((n, nr, nc), dtype=np.float64)  # every entry is written below
+    flat = B.reshape(n, npx)
     colmax = np.zeros(n, dtype=np.float64)
-    blk = 16  # sources read together: consecutive in values' last axis
+    blk = 16
+    tile = np.empty((blk, npx), dtype=np.float64)
     for k0 in range(0, n, blk):
         k1 = min(k0 + blk, n)
         for a in range(nr):
             for b in range(nc):
+                q = a * nc + b
                 for k in range(k0, k1):
-                    r = r0[k] + a - imr
-                    c = c0[k] + b - imc
-                    if r < 0 or r >= H or c < 0 or c >= W:
-                        continue
-                    v = np.float64(values[a, b, k])
-                    if has_ivar:
-                        v *= sqrt_ivar[r * W + c]
-                    p = pos[k]
-                    B[p, a, b] = v
-                    if abs(v) > colmax[p]:
-                        colmax[p] = abs(v)
+                    tile[k - k0, q] = values[a, b, k]
+        for k in range(k0, k1):
+            p = pos[k]
+            t = k - k0
+            ra = r0[k] - imr
+            ca = c0[k] - imc
+            mx = 0.0
+            if not has_ivar and ra >= 0 and ra + nr <= H and ca >= 0 and ca + nc <= W:
+                for q in range(npx):
+                    v = tile[t, q]
+                    flat[p, q] = v
+                    mx = max(mx, abs(v))
+            else:
+                for a in range(nr):
+                    r = ra + a
+                    for b in range(nc):
+                        c = ca + b
+                        v = 0.0
+                        if 0 <= r < H and 0 <= c < W:
+                            v = tile[t, a * nc + b]
+                            if has_ivar:
+                                v *= sqrt_ivar[r * W + c]
+                        flat[p, a * nc + b] = v
+                        mx = max(mx, abs(v))
+            colmax[p] = mx
     return B, colmax
 
 
@@ -103,20 +125,38 @@ def scale_rows(B, scale):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _neighbours(p, i, order, skey, ncc, r0, c0, nr, nc, buf, store):  # pragma: no cover
+def _cell_starts(skey, ncc):  # pragma: no cover - compiled
+    """``start[k]``: the first cell position whose key is ``>= k`` (``skey`` sorted), for every
+    key a 3 x 3 neighbourhood of an occupied cell can reach: a cell's sources are
+    ``start[k]:start[k + 1]``, no binary search."""
+    n = skey.size
+    nkeys = (skey[n - 1] if n else 0) + ncc + 3
+    start = np.empty(nkeys + 1, dtype=np.intp)
+    q = 0
+    for k in range(nkeys + 1):
+        while q < n and skey[q] < k:
+            q += 1
+        start[k] = q
+    return start
+
+
+@njit(cache=True, nogil=True)
+def _neighbours(p, i, order, skey, start, ncc, r0s, c0s, nr, nc, buf, store):  # pragma: no cover
     """Count the sources ``j <= i`` whose stamps overlap source ``i`` (at cell position ``p``).
 
-    With ``store``, also fill ``buf`` with their cell positions, sorted by source index
-    (``buf`` must hold the count).
+    ``start`` are the cell starts of :func:`_cell_starts`, ``r0s``, ``c0s`` the corners in
+    cell order. With ``store``, also fill ``buf`` with their cell positions, sorted by source
+    index (``buf`` must hold the count).
     """
     m = 0
     key = skey[p]
+    ri = r0s[p]
+    ci = c0s[p]
     for dr in range(-1, 2):
-        lo_key = key + dr * ncc - 1
-        q = np.searchsorted(skey, lo_key)
-        while q < skey.size and skey[q] <= lo_key + 2:
+        lo_key = key + dr * ncc - 1  # the three cells lo_key .. lo_key + 2 are contiguous
+        for q in range(start[lo_key], start[lo_key + 3]):
             j = order[q]
-            if j <= i and abs(r0[j] - r0[i]) < nr and abs(c0[j] - c0[i]) < nc:
+            if j <= i and abs(r0s[q] - ri) < nr and abs(c0s[q] - ci) < nc:
                 if store:
                     t = m  # insertion sort by source index: the list is short
                     while t > 0 and order[buf[t - 1]] > j:
@@ -124,7 +164,6 @@ def _neighbours(p, i, order, skey, ncc, r0, c0, nr, nc, buf, store):  # pragma: 
                         t -= 1
                     buf[t] = q
                 m += 1
-            q += 1
     return m
 
 
@@ -137,26 +176,32 @@ def normal_lower(B, order, skey, ncc, r0, c0):  # pragma: no cover - compiled
     data)`` over source indices, with sorted column indices.
     """
     n, nr, nc = B.shape
+    start = _cell_starts(skey, ncc)
+    r0s = np.empty(n, dtype=np.intp)  # the corners in cell order: read in sequence
+    c0s = np.empty(n, dtype=np.intp)
+    for p in range(n):
+        r0s[p] = r0[order[p]]
+        c0s[p] = c0[order[p]]
     counts = np.zeros(n + 1, dtype=np.int64)
     buf = np.empty(0, dtype=np.int64)
     for p in range(n):
         i = order[p]
-        counts[i + 1] = _neighbours(p, i, order, skey, ncc, r0, c0, nr, nc, buf, False)
+        counts[i + 1] = _neighbours(p, i, order, skey, start, ncc, r0s, c0s, nr, nc, buf, False)
     buf = np.empty(max(1, counts.max()), dtype=np.int64)
     indptr = np.cumsum(counts)
     indices = np.empty(indptr[n], dtype=np.int64)
     data = np.empty(indptr[n], dtype=np.float64)
     for p in range(n):
         i = order[p]
-        m = _neighbours(p, i, order, skey, ncc, r0, c0, nr, nc, buf, True)
+        m = _neighbours(p, i, order, skey, start, ncc, r0s, c0s, nr, nc, buf, True)
         base = indptr[i]
         Bi = B[p]
         for t in range(m):
             q = buf[t]
             j = order[q]
             Bj = B[q]
-            dr = r0[j] - r0[i]
-            dc = c0[j] - c0[i]
+            dr = r0s[q] - r0s[p]
+            dc = c0s[q] - c0s[p]
             a0 = max(0, dr)
             a1 = min(nr, nr + dr)
             b0 = max(0, dc)

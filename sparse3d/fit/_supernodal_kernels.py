@@ -45,7 +45,7 @@ SIGNATURES = {
     "supernode_rows": f"({_I}, {_I}, {_I}, {_I}, {_I})",
     # s0, the symbolic arrays, N's lower part, then the factor and the sweep's state
     "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, "
-    f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I})",
+    f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I}, {_F})",
     "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_I}, float64[:, ::1], float64[:, ::1])",
     "solve_one": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_F}, boolean)",
 }
@@ -266,8 +266,62 @@ def supernode_rows(sstart, cc, cptr, cind, parent):  # pragma: no cover - compil
 
 
 @njit(cache=True, nogil=True)
+def _partial_cholesky(front, h, k):  # pragma: no cover - compiled
+    """Factorise the first ``k`` columns of the front ``F`` (``front[c * h + r] = F[r, c]``,
+    ``r >= c``, lower triangle only) in place and leave its update matrix (the Schur
+    complement ``F22 - L21 L21^T``) in the trailing ``h - k`` columns.
+
+    Left-looking: each of the ``k`` pivot columns takes the updates of the columns before it,
+    then every trailing column takes all ``k`` of them in one visit (``k`` axpys on a column
+    that stays in L1), instead of ``k`` sweeps over the whole trailing matrix. Returns -1, or
+    the first column whose pivot was not positive (its value left at ``front[c * h + c]``).
+    """
+    for c in range(k):
+        cc = c * h
+        for c0 in range(c):
+            v = front[c0 * h + c]
+            if v != 0.0:
+                src = c0 * h
+                for r in range(c, h):
+                    front[cc + r] -= v * front[src + r]
+        d = front[cc + c]
+        if not d > 0.0:
+            return c
+        lv = np.sqrt(d)
+        inv = 1.0 / lv
+        front[cc + c] = lv
+        for r in range(c + 1, h):
+            front[cc + r] *= inv
+    for c2 in range(k, h):
+        c2h = c2 * h
+        for c in range(k):
+            v = front[c * h + c2]
+            if v != 0.0:
+                src = c * h
+                for r in range(c2, h):
+                    front[c2h + r] -= v * front[src + r]
+    return -1
+
+
+@njit(cache=True, nogil=True)
 def multifrontal(
-    s0, sstart, sptr, srows, cptr, cind, cval, offsets, buf, pivots, front, stack, pos, pending, nchild, ctr
+    s0,
+    sstart,
+    sptr,
+    srows,
+    cptr,
+    cind,
+    cval,
+    offsets,
+    buf,
+    pivots,
+    front,
+    stack,
+    pos,
+    pending,
+    nchild,
+    ctr,
+    upd,
 ):  # pragma: no cover - compiled
     """Multifrontal Cholesky ``L L^T`` of the permuted ``N`` (lower part by columns, ``cptr``...),
     from supernode ``s0`` on; the caller factorises the large fronts (BLAS, LAPACK).
@@ -283,8 +337,10 @@ def multifrontal(
     Fronts of fewer than ``_LOOP_MAX_FLOPS`` multiply-adds (``k h^2``) are factorised here in
     loops. At a larger one the kernel returns ``s`` with the front assembled in
     ``front[:h * h]`` (``T[c, r] = F[r, c]`` for ``r >= c``, row-major ``(h, h)``); the
-    caller factorises its first ``k`` columns in place and calls again with ``s0 = -s - 1``:
-    the front is then stored and the sweep goes on. Returns ``nsup`` when done, or
+    caller factorises its first ``k`` columns in place, leaves ``L21 L21^T`` (``m x m``,
+    column-major, its lower triangle) in ``upd`` instead of updating ``F22`` (no temporary, no
+    pass of its own: it is subtracted here as the update matrix is stacked) and calls again with
+    ``s0 = -s - 1``: the front is then stored and the sweep goes on. Returns ``nsup`` when done, or
     ``-col - 1`` for the first column whose pivot was not positive.
     """
     nsup = sstart.size - 1
@@ -299,8 +355,9 @@ def multifrontal(
         m = sptr[s + 1] - sptr[s]
         h = k + m
         if not resume:
-            for q in range(h * h):
-                front[q] = 0.0
+            for c in range(h):  # only the lower triangle of the front is ever read
+                for q in range(c * h + c, (c + 1) * h):
+                    front[q] = 0.0
             for a in range(k):
                 pos[f + a] = a
             for a in range(m):
@@ -324,25 +381,11 @@ def multifrontal(
             ctr[0] = top
             if k * h * h >= _LOOP_MAX_FLOPS:
                 return s
-            # right-looking partial factorisation of the first k columns, column by column
+            d = _partial_cholesky(front, h, k)
+            if d >= 0:
+                return -(f + d) - 1
             for c in range(k):
-                cc = c * h
-                d = front[cc + c]
-                pivots[f + c] = d
-                if not d > 0.0:
-                    return -(f + c) - 1
-                lv = np.sqrt(d)
-                inv = 1.0 / lv
-                front[cc + c] = lv
-                for r in range(c + 1, h):
-                    front[cc + r] *= inv
-                for c2 in range(c + 1, h):
-                    v = front[cc + c2]
-                    if v != 0.0:
-                        c2h = c2 * h
-                        for r in range(c2, h):
-                            front[c2h + r] -= v * front[cc + r]
-        resume = False
+                pivots[f + c] = front[c * h + c] ** 2
         # the factor's columns, then this supernode's update matrix onto the stack
         o = offsets[s]
         for c in range(k):
@@ -353,11 +396,16 @@ def multifrontal(
             for a in range(m):
                 base = top + a * m
                 src = (k + a) * h + k
-                for b in range(a, m):
-                    stack[base + b] = front[src + b]
+                if resume:  # a large front: F22 - L21 L21^T, the product from the caller
+                    for b in range(a, m):
+                        stack[base + b] = front[src + b] - upd[a * m + b]
+                else:
+                    for b in range(a, m):
+                        stack[base + b] = front[src + b]
             ctr[0] = top + m * m
             pending[ctr[1]] = s
             ctr[1] += 1
+        resume = False
         s += 1
     return nsup
 

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from .. import _compiled
 from .._blas import single_threaded_blas
 from ..core import Sparse3D
 from ._checks import (
@@ -29,13 +28,17 @@ from ._checks import (
     _inverse_variance,
 )
 from ._inputs import _check_mask_values
-from .assemble import _design_matrix, _regular_corners, _row_scale, _scaled_normal_matrix
+from .assemble import _design_matrix, _regular_stamps, _row_scale, _scaled_normal_matrix, _stamp_model
 from .background import as_background
 from .diagnostics import _chi2
 from .factor import _factorize_or_raise, _solver_name, _uses_boxes
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
 from .rhs import _stamp_rhs, _stamp_square_sum
+
+#: :meth:`NormalEquations.chi2` of at most this many frames takes the model from the stamps
+#: (a ``dot`` per frame); more share the design matrix, built once
+_STAMP_CHI2_FRAMES = 8
 
 
 def _weighted_square_sum(
@@ -250,7 +253,12 @@ class NormalEquations:
         """
         if self._stamps is not None and self._weighted is None:
             # weights and mask applied in the kernel: no weighted copy of a frame stack
-            return _stamp_rhs(self._stamps, D, self.ivar, self.keep)
+            if len(self._stamps) == 1 and self._stamps[0][1] is None:
+                return _stamp_rhs(self._stamps[0][0], D, self.ivar, self.keep)
+            out = np.zeros((self.n_sources,) + D.shape[1:])
+            for stamps, sources in self._stamps:  # stamp groups: each group's sources
+                out[sources] = _stamp_rhs(stamps, D, self.ivar, self.keep)
+            return out
         if self.ivar is None:
             return self.design.T @ D
         if self._weighted is not None:
@@ -401,8 +409,35 @@ class NormalEquations:
         them); NaN weights count as 0.
         """
         wz = np.where(np.isnan(weights), 0.0, weights)
+        # no design matrix yet (a background model has made it: its block needs it)
+        stamps = self._stamps if isinstance(self._design, Sparse3D) and self.background is None else None
+        if stamps is not None and D.shape[1] <= _STAMP_CHI2_FRAMES:
+            return self._stamp_chi2(D, wz)
         ivar = None if self.ivar is None else self.ivar[:, None]
         return _chi2(self.design, wz, D, ivar, None, self.keep, self.background, self.err_scale)
+
+    def _stamp_chi2(self, D: np.ndarray, wz: np.ndarray) -> np.ndarray:
+        """:meth:`chi2` with the model from the stamps: a perfect fit of a few frames recomputes
+        its chi-square without building the design matrix. Float64 stamps: the array's own
+        (compiled) ``dot``; others through :func:`_stamp_model`, in float64."""
+        n = self.n_sources
+        A = self._design
+        out = np.empty(D.shape[1])
+        for t in range(D.shape[1]):
+            if A.dtype == np.float64:
+                r = np.array(A.dot(wz[:n, t]), dtype=np.float64).reshape(-1)  # a fresh, writable copy
+            else:
+                r = _stamp_model(self._stamps, wz[:n, t], D.shape[0])
+            np.subtract(D[:, t], r, out=r)
+            if self.err_scale != 1.0:
+                r /= self.err_scale
+            if self.keep is not None:
+                r[~self.keep] = 0.0
+            np.square(r, out=r)
+            if self.ivar is not None:
+                r *= self.ivar
+            out[t] = r.sum()
+        return out
 
     def weights_err(self) -> np.ndarray:
         """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n_params,)``; NaN where unconstrained."""
@@ -553,18 +588,3 @@ def _fit_design(A: Any) -> Sparse3D | scipy.sparse.csr_matrix | scipy.sparse.csc
     if _regular_stamps(A) is not None:
         return A
     return _design_matrix(A)
-
-
-def _regular_stamps(A: Any) -> tuple | None:
-    """``(values, r0, c0, (H, W), (imr, imc))`` of a large Sparse3D of regular stamps, else None.
-
-    ``values`` float64, C order, read-only (the one compiled signature).
-    """
-    if not isinstance(A, Sparse3D) or A._structure.grouped or A._values.size < _compiled.COMPILED_MIN_NNZ:
-        return None
-    corners = _regular_corners(A)
-    if corners is None:
-        return None
-    values = np.ascontiguousarray(A._values, dtype=np.float64).view()
-    values.flags.writeable = False
-    return values, corners[0], corners[1], A.imshape, A.imcorner

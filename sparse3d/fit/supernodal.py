@@ -49,7 +49,8 @@ def _multifrontal(
     pending = np.empty(nsup, dtype=np.intp)
     nchild = np.bincount(sparent[sparent >= 0], minlength=nsup).astype(np.intp)
     ctr = np.zeros(2, dtype=np.intp)
-    state = (front, stack, pos, pending, nchild, ctr)
+    upd = np.empty(max(int(hmax), 1) ** 2)  # a large front's L21 L21^T (syrk's output, in place)
+    state = (front, stack, pos, pending, nchild, ctr, upd)
     args = (sstart, sptr, srows, cptr, cind, cval, offsets, buf, pivots, *state)
     s = 0
     with single_threaded_blas():
@@ -72,7 +73,10 @@ def _multifrontal(
                 # T[:k, k:] = F21^T; L21^T = U^-T F21^T; the Schur complement F22 - L21 L21^T
                 Y = blas.dtrsm(1.0, U, T[:ks, ks:], lower=0, trans_a=1)
                 T[:ks, ks:] = Y
-                T[ks:, ks:] -= blas.dsyrk(1.0, Y, trans=1, lower=0)
+                # the kernel subtracts it from F22 as it stacks the update matrix
+                m = h - ks
+                C = upd[: m * m].reshape(m, m, order="F")
+                blas.dsyrk(1.0, Y, beta=0.0, c=C, trans=1, lower=1, overwrite_c=1)
             s = -s - 1
 
 
