@@ -179,8 +179,12 @@ def apply_elementwise(func, args, kwargs=None, name: str | None = None, reuse=No
     arrays = [a for a in args if isinstance(a, Sparse3D)]
     structure = common_structure(arrays)
     label = name or getattr(func, "__name__", "function")
+    if structure.grouped:  # a plain ufunc: one ordinary call per group, results held per group
+        by_group = _per_group_arrays(func, args, kwargs, structure)
+        if by_group is not None:
+            return Sparse3D._joined(by_group, structure)
     if structure.grouped and any(
-        (a._pending_blocks is not None) if isinstance(a, Sparse3D) else not _scalar_like(a) for a in args
+        (a._pending_groups is not None) if isinstance(a, Sparse3D) else not _scalar_like(a) for a in args
     ):  # array operands, or values joined without a copy: group by group
         return _apply_grouped(func, args, kwargs, label, structure)
     ops = [stamp_operand(a, structure, name=f"operand {i} of {label}") for i, a in enumerate(args)]
@@ -298,6 +302,35 @@ def _apply_grouped(func, args, kwargs, label: str, structure):
     return tuple(joined) if len(joined) > 1 else joined[0]
 
 
+def _per_group_arrays(func, args, kwargs, structure):
+    """A plain ufunc call on a grouped array, as one call per group on its group arrays.
+
+    Taken when every operand is an array (of ``structure`` or an equal one, as
+    :func:`apply_elementwise` has checked), a scalar or a per-source vector
+    (``(nsources,)``, taken at each group's sources): each group's call is then an ordinary
+    call on a single-shape array (deferred when it would be, :mod:`sparse3d._deferred`), and
+    the results are held group by group (:meth:`Sparse3D._joined`). Returns None otherwise.
+    """
+    if not (isinstance(func, np.ufunc) and func.nout == 1 and not kwargs):
+        return None
+    Sparse3D = _sparse3d_type()
+    n = structure.nsources
+    for x in args:
+        if not isinstance(x, Sparse3D) and not _scalar_like(x) and not (
+            type(x) is np.ndarray and x.ndim == 1 and x.shape[0] == n and x.dtype.kind in "biufc"
+        ):
+            return None
+    columns = [
+        x.groups if isinstance(x, Sparse3D) else [x] * len(structure.groups) if _scalar_like(x) else
+        [x[idx] for idx in structure.sources]
+        for x in args
+    ]
+    results = [func(*ops) for ops in zip(*columns)]
+    if len({r.dtype for r in results}) != 1 or not all(isinstance(r, Sparse3D) for r in results):
+        return None
+    return results
+
+
 def _simple_ufunc(func, kwargs) -> bool:
     """A single-output ufunc called without keywords (it can write into ``out=``)."""
     return isinstance(func, np.ufunc) and func.nout == 1 and not kwargs
@@ -411,7 +444,7 @@ def _reusable_temporary(self, ufunc: np.ufunc, kwargs: dict):
     user = caller.f_back
     if user is None or user.f_code.co_code[user.f_lasti] not in _OPERATOR_OPCODES:
         return None
-    if self._pending_blocks is not None:  # values shared with the arrays it joins
+    if self._pending_groups is not None:  # values shared with the arrays it joins
         return None
     if sys.getrefcount(self._values) != 2:  # the attribute and getrefcount's argument
         return None

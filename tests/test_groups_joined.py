@@ -29,7 +29,7 @@ def _fresh(gscene):
 
 
 def _joined(S) -> bool:
-    return S._pending_blocks is not None
+    return S._pending_groups is not None
 
 
 def _unchanged(parts, snapshots):
@@ -259,3 +259,49 @@ def test_joining_from_several_threads_at_once():
             _same(r, want)
         _same(S, gs.dense())
         _unchanged(parts, snap)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_elementwise_chains_on_groups_defer_per_group(monkeypatch, dtype):
+    """The tutorial chain on a concatenation (and on from_groups) runs one ordinary call per
+    group: each group's result is deferred like a single-shape array's, the values stay held
+    group by group through ``dot``, and the bits equal those of the groups done apart."""
+    from sparse3d import _deferred
+
+    monkeypatch.setattr(_deferred, "MIN_ELEMENTS", 1)
+    rng = np.random.default_rng(8)
+    imshape, imcorner = (30, 27), (-3, 5)
+    pieces = []
+    for n, s in ((9, 3), (4, 7), (0, 5)):
+        R, C = np.mgrid[:s, :s] - s // 2
+        r0, c0 = rng.integers(-4, 32, n) + imcorner[0], rng.integers(-4, 30, n) + imcorner[1]
+        pieces.append(((R[:, :, None] * np.ones(n)).astype(dtype), (C[:, :, None] * np.ones(n)).astype(dtype),
+                       R[:, :, None] + r0, C[:, :, None] + c0))
+    rp, cp = rng.uniform(-0.5, 0.5, 13).astype(dtype), rng.uniform(-0.5, 0.5, 13).astype(dtype)
+    w = rng.uniform(1, 2, 13)
+
+    def chain(X, Y, a, b):
+        return np.exp(-0.5 * ((X - a) ** 2 + (Y - b) ** 2)) / (2 * np.pi)
+
+    Xs = [Sparse3D(x, r, c, imshape, imcorner) for x, _, r, c in pieces]
+    Ys = [Sparse3D(y, r, c, imshape, imcorner) for _, y, r, c in pieces]
+    for X, Y in (
+        (np.concatenate(Xs, axis=2), np.concatenate(Ys, axis=2)),
+        tuple(Sparse3D.from_groups([p[k] for p in pieces], [p[2] for p in pieces], [p[3] for p in pieces],
+                                   imshape, imcorner) for k in (0, 1)),
+    ):
+        L = chain(X, Y, rp, cp)
+        assert _joined(L) and all(g._lazy is not None for g in L.groups)  # deferred, per group
+        image = L.dot(w)
+        assert _joined(L)  # the product read the groups, never a joined block
+        # bit for bit the groups computed apart, and the dense reference
+        offsets = np.cumsum([0, 9, 4])
+        for g, (x, y, _, _), o in zip(L.groups, pieces[:2], offsets):
+            n = x.shape[2]
+            expect = np.exp(-0.5 * ((x - rp[o:o + n]) ** 2 + (y - cp[o:o + n]) ** 2)) / (2 * np.pi)
+            np.testing.assert_array_equal(g.data, expect.astype(dtype))
+        dense = np.concatenate([Sparse3D(chain(x, y, rp[o:o + x.shape[2]], cp[o:o + x.shape[2]]), r, c,
+                                         imshape, imcorner).todense() for (x, y, r, c), o in
+                                zip(pieces[:2], offsets)], axis=2)
+        np.testing.assert_allclose(image, dense @ w, rtol=1e-5 if dtype == np.float32 else 1e-12)
+        np.testing.assert_array_equal(L.todense(), dense)

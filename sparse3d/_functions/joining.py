@@ -60,15 +60,14 @@ def join_sources(arrays, dtype=None, casting="same_kind"):
     return build_grouped(pieces, out_dtype)
 
 
-def build_grouped(pieces, dtype=None, values=None):
+def build_grouped(pieces, dtype=None):
     """One Sparse3D from single-shape ``pieces`` ``[(array, global source indices), ...]``.
 
     The global indices of all pieces partition ``range(nsources)``; pieces with equal stamp
     shapes are merged into one group (in the order given, which must be ascending in the
     global index within a shape). One stamp shape gives a single-block array. Several give a
     grouped array that shares the values of the pieces alone in their shape (no copy; see
-    ``Sparse3D._joined``), unless ``values`` is given: the groups' values already laid out
-    one after the other in this 1-D array (pieces of distinct shapes, in order).
+    ``Sparse3D._joined``).
     """
     from .._structure import GroupedStructure, StampStructure
 
@@ -93,9 +92,7 @@ def build_grouped(pieces, dtype=None, values=None):
     if len(blocks) == 1:
         return blocks[0]
     structure = GroupedStructure([b._structure for b in blocks], sources)
-    if values is None:  # the groups' values shared, not copied (joined on first use only)
-        return Sparse3D._joined([b._values for b in blocks], structure)
-    return Sparse3D._from_parts(values, structure)
+    return Sparse3D._joined(blocks, structure)  # values shared, joined on first use only
 
 
 def regroup(parts, structure):

@@ -201,8 +201,8 @@ class Sparse3D(_ValueStorage, _StampGroups, _Conversions, NDArrayOperatorsMixin)
         node = self._lazy  # read before _vals: evaluation sets _vals first, then clears _lazy
         if node is not None:
             return node.dtype
-        blocks = self._pending_blocks
-        return self._values.dtype if blocks is None else blocks[0].dtype
+        groups = self._pending_groups
+        return self._values.dtype if groups is None else groups[0].dtype
 
     @property
     def nnz(self) -> int:
@@ -312,14 +312,14 @@ class Sparse3D(_ValueStorage, _StampGroups, _Conversions, NDArrayOperatorsMixin)
         dtype = np.dtype(dtype)
         if dtype == self.dtype and not copy:
             return self
-        if self._pending_blocks is not None:  # group by group, still without joining them
+        if self._pending_groups is not None:  # group by group, still without joining them
             return _join_groups([g.astype(dtype) for g in self.groups], self._structure)
         values = _checked_values(self._values.astype(dtype), f"astype({dtype})")
         return Sparse3D._from_parts(values, self._structure)
 
     def copy(self) -> Sparse3D:
         """A copy (arrays are immutable, so this is rarely needed)."""
-        if self._pending_blocks is not None:
+        if self._pending_groups is not None:
             return _join_groups([g.copy() for g in self.groups], self._structure)
         return Sparse3D._from_parts(self._values.copy(), self._structure)
 

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import _pool
-from .._structure import readonly_view, structure_from_positions
+from .._structure import readonly_view
 from .values import _checked_values
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,13 +27,13 @@ class _StampGroups:
 
     @classmethod
     def from_groups(cls, data, row, col, imshape, imcorner=(0, 0)) -> Sparse3D:
-        """One array from stamp blocks of different shapes, its values in one block.
+        """One array from stamp blocks of different shapes.
 
-        Equal to ``np.concatenate([Sparse3D(d, r, c, imshape, imcorner) for d, r, c in
-        zip(data, row, col)], axis=2)`` (sources in that order, one stamp group per stamp
-        shape). Both copy every block's values once: ``np.concatenate`` keeps the pieces'
-        values as its groups' (joined into one 1-D block only when an operation needs one,
-        e.g. ``tocsr`` or ``fit``), ``from_groups`` copies them straight into that block.
+        ``np.concatenate([Sparse3D(d, r, c, imshape, imcorner) for d, r, c in zip(data, row,
+        col)], axis=2)`` (sources in that order, one stamp group per stamp shape), with every
+        argument checked by name first. Every block's values are copied once; the array holds
+        them group by group, joined into one 1-D block only when an operation needs one
+        (e.g. ``tocsr`` or ``fit``).
 
         Parameters
         ----------
@@ -44,8 +43,6 @@ class _StampGroups:
         imshape, imcorner : tuple of int
             The image bounds shared by every piece.
         """
-        from .._functions import build_grouped
-
         if not (
             isinstance(data, (list, tuple))
             and isinstance(row, (list, tuple))
@@ -63,30 +60,9 @@ class _StampGroups:
             if arr.ndim != 3:
                 raise ValueError(f"data[{i}] must be 3-D (nr, nc, nsources); got shape {arr.shape}")
             blocks.append(arr)
-        shapes = [b.shape[:2] for b in blocks if b.shape[2]]
-        if len(set(shapes)) < len([b for b in blocks if b.shape[2]]) or len(set(shapes)) < 2:
-            # repeated stamp shapes (merged into one group) or a single shape: concatenate
-            return np.concatenate(
-                [cls(b, r, c, imshape, imcorner) for b, r, c in zip(blocks, row, col)], axis=2
-            )
-        dtype = np.result_type(*blocks)
-        structures = [
-            structure_from_positions(r, c, b.shape, imshape, imcorner) for b, r, c in zip(blocks, row, col)
-        ]
-        keep = [i for i, b in enumerate(blocks) if b.shape[2]]
-        values = _pool.empty((sum(blocks[i].size for i in keep),), dtype)
-        views, start = [], 0
-        for i in keep:  # every block copied once, into its place
-            b = blocks[i]
-            views.append(values[start : start + b.size].reshape(b.shape))
-            np.copyto(views[-1], b, casting="unsafe")
-            start += b.size
-        offsets = np.cumsum([0] + [b.shape[2] for b in blocks])
-        pieces = [
-            (cls._from_parts(v, structures[i]), np.arange(offsets[i], offsets[i + 1]))
-            for v, i in zip(views, keep)
-        ]
-        return build_grouped(pieces, dtype, values=values)
+        # each block checked and copied once by the constructor (with the value bounds that let
+        # elementwise chains defer), then held group by group: no second copy into one block
+        return np.concatenate([cls(b, r, c, imshape, imcorner) for b, r, c in zip(blocks, row, col)], axis=2)
 
     @property
     def groups(self) -> tuple[Sparse3D, ...]:
@@ -103,6 +79,9 @@ class _StampGroups:
 
     @cached_property
     def _group_views(self) -> tuple[Sparse3D, ...]:
+        pending = self._pending_groups
+        if pending is not None:  # held group by group: those arrays are the groups
+            return pending
         s = self._structure
         return tuple(type(self)._from_parts(v, g) for v, g in zip(self._group_blocks(), s.groups))
 
@@ -134,7 +113,7 @@ def _join_groups(groups, structure) -> Sparse3D:
     from .array import Sparse3D
 
     dtype = np.result_type(*[g.dtype for g in groups])
-    return Sparse3D._joined([g.astype(dtype, copy=False)._values for g in groups], structure)
+    return Sparse3D._joined([g.astype(dtype, copy=False) for g in groups], structure)
 
 
 def _rebuild_grouped(groups, sources) -> Sparse3D:

@@ -63,9 +63,11 @@ class _ValueStorage:
 
     __slots__ = ()
 
-    #: Grouped arrays joined without a copy (``np.concatenate``): every group's values block,
-    #: shared with the arrays joined; the 1-D ``_values`` is then built on first use only.
-    _pending_blocks: tuple[np.ndarray, ...] | None = None
+    #: Grouped arrays held group by group (``np.concatenate`` of arrays of several stamp
+    #: shapes, and elementwise results on such arrays): one single-shape array per group, on
+    #: the group structures of the grouped one, their values shared (and possibly deferred);
+    #: the 1-D ``_values`` is joined from theirs on first use only.
+    _pending_groups: tuple[Sparse3D, ...] | None = None
 
     @property
     def _values(self) -> np.ndarray:
@@ -95,16 +97,17 @@ class _ValueStorage:
             self._vals = values
             self._lazy = None
             return values
-        blocks = self.__dict__.get("_pending_blocks")
-        if blocks is None:  # computed or joined by another thread meanwhile
+        groups = self.__dict__.get("_pending_groups")
+        if groups is None:  # computed or joined by another thread meanwhile
             return self._vals
+        blocks = [g._values for g in groups]
         values = _pool.empty((self._structure.nelements,), blocks[0].dtype)
         np.concatenate([b.ravel() for b in blocks], out=values)
         values.flags.writeable = False
         self._vals = values
         # the groups become views of the joined block, so the joined arrays' buffers can go
         self.__dict__.pop("_group_views", None)
-        self.__dict__.pop("_pending_blocks", None)
+        self.__dict__.pop("_pending_groups", None)
         return values
 
     @classmethod
@@ -137,46 +140,51 @@ class _ValueStorage:
         return obj
 
     @classmethod
-    def _joined(cls, blocks, structure) -> Sparse3D:
-        """Internal constructor of a grouped array over its groups' values, without a copy.
+    def _joined(cls, groups, structure) -> Sparse3D:
+        """Internal constructor of a grouped array over its groups' arrays, without a copy.
 
-        ``blocks``: one read-only values block per group of the grouped ``structure`` (shape
-        ``structure.groups[i].block_shape``, one dtype), typically the values of the arrays
-        that ``np.concatenate`` joins. They are shared, never written; the 1-D values block
-        that most operations read (``_values``) is joined from them on first use only
-        (:meth:`_materialize`), so a pipeline that works group by group never copies them.
+        ``groups``: one single-shape array per group of the grouped ``structure`` (its stamp
+        shape, one dtype), typically the arrays that ``np.concatenate`` joins or the groups'
+        results of an elementwise operation (deferred ones stay deferred). Their values are
+        shared, never written; the 1-D values block that most operations read (``_values``)
+        is joined from them on first use only (:meth:`_materialize`), so a pipeline that
+        works group by group never copies them.
         """
-        blocks = tuple(blocks)
-        for b, g in zip(blocks, structure.groups, strict=True):
-            if b.shape != g.block_shape or b.dtype != blocks[0].dtype or b.flags.writeable:
-                raise AssertionError("joined blocks must be read-only, one dtype, of their groups' shapes")
+        groups = tuple(
+            g if g._structure is sg else g._with_structure(sg)
+            for g, sg in zip(groups, structure.groups, strict=True)
+        )
+        if any(g._structure.block_shape != sg.block_shape for g, sg in zip(groups, structure.groups)):
+            raise AssertionError("joined arrays must have their groups' stamp shapes")
+        if len({g.dtype for g in groups}) != 1:
+            raise AssertionError("joined arrays must share one dtype")
         obj = cls.__new__(cls)
         obj._structure = structure
-        obj._vals = None  # joined from the blocks on first use (_materialize)
+        obj._vals = None  # joined from the groups on first use (_materialize)
         obj._lazy = None
-        obj.__dict__["_pending_blocks"] = blocks
+        obj.__dict__["_pending_groups"] = groups
         return obj
 
     def _group_blocks(self) -> list[np.ndarray]:
         """The values block ``(nr_g, nc_g, n_g)`` of every stamp group (shared views, no copy)."""
-        blocks = self._pending_blocks
-        if blocks is not None:
-            return list(blocks)
+        groups = self._pending_groups
+        if groups is not None:
+            return [g._values for g in groups]
         s = self._structure
         return s.split(self._values) if s.grouped else [self._values]
 
     def _with_structure(self, structure) -> Sparse3D:
         """An array with this array's values (shared) on an equally shaped ``structure``."""
-        blocks = self._pending_blocks
-        if blocks is not None:
-            return self._joined(blocks, structure)
+        groups = self._pending_groups
+        if groups is not None:
+            return self._joined(groups, structure)
         return self._from_parts(self._values, structure)
 
     def __del__(self):
         # the values buffer of a dying array goes to the pool if no one else holds it
         try:
             # joined blocks belong to the arrays joined; deferred values do not exist yet
-            if self._pending_blocks is None and self._vals is not None:
+            if self._pending_groups is None and self._vals is not None:
                 _pool.give_back(self._vals, 1)
         except Exception:  # noqa: BLE001 - never raise from __del__ (interpreter shutdown, ...)
             pass
