@@ -549,12 +549,21 @@ def array_ufunc(self, ufunc: np.ufunc, method: str, *inputs, **kwargs):
         same = _identity_result(self, ufunc, inputs, kwargs)
         if same is not None:
             return same
+    reuse, tried = None, False
+    if method == "__call__":
         # (never while calibrating temporary elision: it must see the eager operator path)
         calibrating = _CALIBRATING is not None
-        deferred = None if calibrating else _deferred.defer(ufunc, inputs, kwargs, _sparse3d_type())
-        if deferred is not None:
-            return deferred
-    reuse = _reusable_temporary(self, ufunc, kwargs) if method == "__call__" else None
+        if not calibrating and self._lazy is None:
+            # a computed temporary no one else can reach takes the result in its own buffer:
+            # deferring instead would keep it alive beside a new block (the memory of a
+            # chain on lean, broadcast inputs, whose first operation cannot be deferred)
+            reuse, tried = _reusable_temporary(self, ufunc, kwargs), True
+        if reuse is None and not calibrating:
+            deferred = _deferred.defer(ufunc, inputs, kwargs, _sparse3d_type())
+            if deferred is not None:
+                return deferred
+        if not tried:
+            reuse = _reusable_temporary(self, ufunc, kwargs)
 
     out = kwargs.pop("out", None)
     if out is not None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from sparse3d import Sparse3D, _deferred, _kernels, _segments
-from sparse3d.testing import random_scene
+from sparse3d.testing import dense_reference, random_scene
 
 
 @pytest.fixture(autouse=True, params=["ufuncs", "compiled"])
@@ -283,3 +283,24 @@ print(sum(k.stats.cache_hits.values()), sum(k.stats.cache_misses.values()))
     ]
     assert runs[0].stdout.split() == ["0", "1"]  # compiled and cached
     assert runs[1].stdout.split() == ["1", "0"]  # loaded
+
+
+def test_computed_temporaries_take_results_in_place_instead_of_deferring(monkeypatch):
+    """A chain whose first operation is eager (an image operand here; broadcast inputs at scale)
+    continues in the temporary's own buffer: deferring would keep that block alive beside a
+    new one (peak memory of the 10M-source pipeline)."""
+    monkeypatch.setattr(_deferred, "MIN_ELEMENTS", 1)
+    sc = random_scene(11, nsources=25, imshape=(20, 18), stamp=(4, 5))
+    X, dense = sc.build(), sc.dense()
+    img = np.random.default_rng(3).normal(size=(20, 18))
+    T = (X - img[:, :, None]) ** 2  # the subtraction gathers the image (eager); the square reuses its block
+    assert T._lazy is None
+    r = np.broadcast_to(sc.row, sc.data.shape) - sc.imcorner[0]
+    c = np.broadcast_to(sc.col, sc.data.shape) - sc.imcorner[1]
+    inside = (r >= 0) & (r < 20) & (c >= 0) & (c < 18)
+    at = np.where(inside, img[np.clip(r, 0, 19), np.clip(c, 0, 17)], 0.0)  # the image at each stamp pixel
+    ref = dense_reference((sc.data - at) ** 2, sc.row, sc.col, sc.imshape, sc.imcorner)
+    np.testing.assert_allclose(T.todense(), ref, rtol=1e-13, atol=1e-13)
+    assert dense.shape == ref.shape
+    L = np.exp(-0.5 * (X - 0.25) ** 2)  # named leaves: deferred as before
+    assert L._lazy is not None
