@@ -181,13 +181,15 @@ def run_demo(
         ),
     )
     L = steps(
-        "Gaussian PSF design array L",
+        "Gaussian PSF design array L (recorded: evaluated in one pass at its first use)",
         lambda: (
             np.exp(-0.5 * ((X - sc["row_phase"]) ** 2 / sigma**2 + (Y - sc["col_phase"]) ** 2 / sigma**2))
             / (2 * np.pi * sigma**2)
         ),
     )
-    model = steps("model image L.dot(brightness)", lambda: L.dot(sc["brightness"]))
+    model = steps(
+        "model image L.dot(brightness) (evaluates L's values first)", lambda: L.dot(sc["brightness"])
+    )
     rng = np.random.default_rng(seed + 1)
     data = steps("noisy data (Poisson + read noise)", lambda: simulate_data(model, rng))
     Lc = steps("L.tocsr()", L.tocsr)
