@@ -80,6 +80,23 @@ def lstsq_fit(M, d, err=None, mask=None, prior_sigma=None, prior_mu=None):
     return p, e, chi2, cov, cols
 
 
+def fit_options(rng, options: str, imshape, n: int) -> tuple[dict, dict]:
+    """``(kw, ref)``: the fit keyword arguments of ``options`` ("plain", "errors", "mask" or
+    "priors") on an ``imshape`` image of ``n`` sources, and their :func:`lstsq_fit` counterparts."""
+    H, W = imshape
+    kw, ref = {}, {}
+    if options == "errors":
+        err = rng.uniform(0.5, 1.5, size=(H, W))
+        kw["errors"], ref["err"] = err, err.ravel()
+    elif options == "mask":
+        mask = rng.random((H, W)) < 0.2
+        kw["mask"], ref["mask"] = mask, mask.ravel()
+    elif options == "priors":
+        kw["prior_mu"], kw["prior_sigma"] = np.ones(n), np.full(n, 0.5)
+        ref["prior_mu"], ref["prior_sigma"] = np.ones(n), np.full(n, 0.5)
+    return kw, ref
+
+
 def close(a, b, rtol=1e-8):
     """NaN-aware allclose with an absolute floor relative to the largest value."""
     a, b = np.asarray(a, float), np.asarray(b, float)

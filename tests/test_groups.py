@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
-from fit_reference import close, lstsq_fit  # noqa: I001 - tests/ is on sys.path
+from fit_reference import close, fit_options, lstsq_fit  # noqa: I001 - tests/ is on sys.path
 
 from sparse3d import Sparse3D
 from sparse3d._functions import GROUPED_UNSUPPORTED, HANDLED_FUNCTIONS
@@ -224,17 +224,7 @@ def test_fit_against_stacked_least_squares(gscene, options):
     rng = np.random.default_rng(3)
     w = rng.uniform(1, 2, size=n)
     data = D @ w + rng.normal(0, 0.01, size=(H, W))
-    kw, ref = {}, {}
-    if options == "errors":
-        err = rng.uniform(0.5, 1.5, size=(H, W))
-        kw["errors"] = ref["err"] = err
-        ref["err"] = err.ravel()
-    elif options == "mask":
-        mask = rng.random((H, W)) < 0.2
-        kw["mask"], ref["mask"] = mask, mask.ravel()
-    elif options == "priors":
-        kw["prior_mu"], kw["prior_sigma"] = np.ones(n), np.full(n, 0.5)
-        ref["prior_mu"], ref["prior_sigma"] = np.ones(n), np.full(n, 0.5)
+    kw, ref = fit_options(rng, options, (H, W), n)
     p, e, chi2, _, _ = lstsq_fit(D.reshape(H * W, n), data.ravel(), **ref)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
