@@ -320,11 +320,14 @@ def _per_group_arrays(func, args, kwargs, structure):
             type(x) is np.ndarray and x.ndim == 1 and x.shape[0] == n and x.dtype.kind in "biufc"
         ):
             return None
-    columns = [
-        x.groups if isinstance(x, Sparse3D) else [x] * len(structure.groups) if _scalar_like(x) else
-        [x[idx] for idx in structure.sources]
-        for x in args
-    ]
+    columns = []  # every operand, one entry per group
+    for x in args:
+        if isinstance(x, Sparse3D):
+            columns.append(x.groups)
+        elif _scalar_like(x):
+            columns.append([x] * len(structure.groups))
+        else:  # per-source: each group's sources
+            columns.append([x[idx] for idx in structure.sources])
     results = [func(*ops) for ops in zip(*columns)]
     if len({r.dtype for r in results}) != 1 or not all(isinstance(r, Sparse3D) for r in results):
         return None
@@ -545,25 +548,25 @@ def array_ufunc(self, ufunc: np.ufunc, method: str, *inputs, **kwargs):
 
     if method == "__call__" and _square_operator(self, ufunc, inputs, kwargs):
         ufunc, inputs = np.square, inputs[:1]
+    reuse = None
     if method == "__call__":
         same = _identity_result(self, ufunc, inputs, kwargs)
         if same is not None:
             return same
-    reuse, tried = None, False
-    if method == "__call__":
-        # (never while calibrating temporary elision: it must see the eager operator path)
+        # A computed temporary no one else can reach takes the result in its own buffer:
+        # deferring instead would keep it alive beside a new block (the memory of a chain on
+        # lean, broadcast inputs, whose first operation cannot be deferred). A deferred one is
+        # tried only once its chain cannot grow (the test computes its values). Never defer
+        # while calibrating temporary elision: it must see the eager operator path.
         calibrating = _CALIBRATING is not None
-        if not calibrating and self._lazy is None:
-            # a computed temporary no one else can reach takes the result in its own buffer:
-            # deferring instead would keep it alive beside a new block (the memory of a
-            # chain on lean, broadcast inputs, whose first operation cannot be deferred)
-            reuse, tried = _reusable_temporary(self, ufunc, kwargs), True
+        if calibrating or self._lazy is None:
+            reuse = _reusable_temporary(self, ufunc, kwargs)
         if reuse is None and not calibrating:
             deferred = _deferred.defer(ufunc, inputs, kwargs, _sparse3d_type())
             if deferred is not None:
                 return deferred
-        if not tried:
-            reuse = _reusable_temporary(self, ufunc, kwargs)
+            if self._lazy is not None:
+                reuse = _reusable_temporary(self, ufunc, kwargs)
 
     out = kwargs.pop("out", None)
     if out is not None:
