@@ -215,13 +215,13 @@ def test_segments_with_many_inputs_and_shared_results(monkeypatch, defer_everyth
 
 @pytest.mark.skipif(sys.version_info >= (3, 14), reason="temporary elision is off on Python >= 3.14")
 def test_elision_calibrates_on_the_eager_path_with_deferral_on(monkeypatch):
-    from sparse3d import _ufuncs
+    from sparse3d import _elision
 
-    monkeypatch.setattr(_ufuncs, "_TEMPORARY_REFCOUNT", None)  # calibrate again, deferral on
+    monkeypatch.setattr(_elision, "_TEMPORARY_REFCOUNT", None)  # calibrate again, deferral on
     sc, X, Y, y = _scene_pair(13, np.float64, 4)
     Xi = Sparse3D(sc.data.astype(np.float16), sc.row, sc.col, sc.imshape, sc.imcorner)
     (Xi + 1.0) * 2.0  # an eager operator (float16 is never deferred) triggers the calibration
-    assert _ufuncs._TEMPORARY_REFCOUNT  # calibrated, not disabled by deferred results
+    assert _elision._TEMPORARY_REFCOUNT  # calibrated, not disabled by deferred results
 
 
 _SOURCE = "\n".join(

@@ -14,9 +14,20 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "sparse3d"
 
-# the array core: structure, options, ufunc policy, function registry, Sparse3D (a name is a
-# module ``sparse3d/NAME.py`` or a subpackage ``sparse3d/NAME/``, every file of which is core)
-CORE = ["_structure", "_options", "_ufuncs", "_functions", "_unsupported", "core"]
+# the array core: structure, options, ufunc policy (with temporary elision and deferred chains),
+# function registry, Sparse3D (a name is a module ``sparse3d/NAME.py`` or a subpackage
+# ``sparse3d/NAME/``, every file of which is core)
+CORE = [
+    "_structure",
+    "_options",
+    "_ufuncs",
+    "_elision",
+    "_deferred",
+    "_segments",
+    "_functions",
+    "_unsupported",
+    "core",
+]
 # what the core must not import: the layers above it and the integrations beside it
 ABOVE_CORE = ["fit", "dask", "roi", "xarray", "psf", "legacy", "photometry"]
 # the only imports of those in the core: methods of Sparse3D (and of its conversions mixin)
