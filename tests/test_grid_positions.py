@@ -96,23 +96,26 @@ def test_non_grid_and_wide_positions_take_the_general_path():
 
 @pytest.mark.parametrize("where", [(0, 0, 2), (0, 1, 0), (3, 2, 5), (1, 0, 3)])
 @pytest.mark.parametrize("axis", ["row", "col"])
-def test_interning_compares_with_the_grid_corners(where, axis):
+@pytest.mark.parametrize("imcorner", [(0, 0), (40_000, -5)])  # int16 (compact) and int32 positions
+def test_interning_compares_with_the_grid_corners(where, axis, imcorner):
     rng = np.random.default_rng(9)
-    row, col = _grid(rng, 6)
+    row, col = _grid(rng, 6, imcorner=imcorner)
     data = rng.normal(size=row.shape)
-    X = Sparse3D(data, row, col, imshape=(11, 13))
-    Y = Sparse3D(data * 2, row, col, imshape=(11, 13))
-    assert Y._structure is X._structure and _stored_compactly(X)
+    X = Sparse3D(data, row, col, imshape=(11, 13), imcorner=imcorner)
+    assert X._structure.grid_corners() is not None  # int32 positions: tested here, then known
+    Y = Sparse3D(data * 2, row, col, imshape=(11, 13), imcorner=imcorner)
+    assert Y._structure is X._structure and X._structure.known_grid_corners() is not None
+    assert _stored_compactly(X) == (imcorner == (0, 0))
     before = row.copy(), col.copy()
     changed = row if axis == "row" else col
     changed[where] += 20  # the same objects, other contents: a new structure
-    Z = Sparse3D(data, row, col, imshape=(11, 13))
+    Z = Sparse3D(data, row, col, imshape=(11, 13), imcorner=imcorner)
     assert Z._structure is not X._structure
     np.testing.assert_array_equal(Z.row, row)
     np.testing.assert_array_equal(Z.col, col)
     np.testing.assert_array_equal(X.row, before[0])  # X kept the positions it was built from
     np.testing.assert_array_equal(X.col, before[1])
-    ref = dense_reference(data, row, col, (11, 13))
+    ref = dense_reference(data, row, col, (11, 13), imcorner)
     np.testing.assert_allclose(Z.todense(), ref)
 
 
