@@ -298,7 +298,15 @@ def grid_match(a: np.ndarray, first: np.ndarray, axis: int) -> bool:
     ``first[k] + step`` fits int64 (the caller bounds ``first``). One read-only pass over
     ``a`` that stops at the first stamp plane that differs.
     """
-    return bool(_compiled("_grid_match_loop")(a, np.ascontiguousarray(first), axis))
+    a, first = _readonly_view(a), _readonly_view(np.ascontiguousarray(first))  # one compiled type
+    return bool(_compiled("_grid_match_loop")(a, first, axis))
+
+
+def _readonly_view(a: np.ndarray) -> np.ndarray:
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
 
 
 def _flat_integers(a: np.ndarray) -> np.ndarray | None:
