@@ -86,6 +86,15 @@ def test_non_grid_and_wide_positions_take_the_general_path():
     S = Sparse3D(data, bad, col, imshape=(11, 13))
     assert not _stored_compactly(S) and S._structure.grid_corners() is None
     np.testing.assert_array_equal(S.row, bad)
+    inner = row.copy()
+    inner[1, 1, 2] += 20  # off the grid inside a stamp: found by the full pass, not the last plane
+    S = Sparse3D(data, inner, col, imshape=(11, 13))
+    assert not _stored_compactly(S) and S._structure.grid_corners() is None
+    np.testing.assert_array_equal(S.row, inner)
+    cflip = Sparse3D(data, row, col[:, ::-1].copy(), imshape=(11, 13))  # a grid in row only
+    assert not _stored_compactly(cflip) and cflip._structure.grid_corners() is None
+    np.testing.assert_array_equal(cflip.col, col[:, ::-1])
+    np.testing.assert_array_equal(cflip.row, row)
     far = Sparse3D(data, row + 40_000, col, imshape=(11, 13), imcorner=(40_000, 0))  # beyond int16
     assert not _stored_compactly(far) and far._structure.grid_corners() is not None
     np.testing.assert_array_equal(far.row, row + 40_000)

@@ -158,26 +158,34 @@ def _grid_positions(row, col, shape, extents):
     first stamp plane that differs), the rows are stored as ``(nr, 1, n)`` and the columns as
     ``(1, nc, n)`` int16 arrays broadcast to ``shape`` (as broadcast inputs are), so no
     ``(nr, nc, n)`` copy is written. The values are those the general path stores.
-    Non-grid stamps are usually told apart on the second stamp plane (a few % of a pass).
+    Non-grid stamps are told apart before the full passes, on the last stamp plane of both
+    arrays (2/(nr*nc) of a pass): a layout that is a grid in ``row`` only does not pay a
+    full pass over ``row`` before the general path.
     """
     if 0 in shape or not (full_native_ints(row, shape) and full_native_ints(col, shape)):
         return None
     if any(position_dtype(e[0], e[0], e) != np.int16 for e in extents):
         return None
-    out, ranges = [], []
+    nr, nc, _ = shape
+    corners = []
     for a, extent, axis in ((row, extents[0], 0), (col, extents[1], 1)):
         first = a[0, 0]
         lo, hi = int(first.min()), int(first.max()) + shape[axis] - 1
         if position_dtype(lo, hi, extent) != np.int16:
             return None  # the general path (its checks and errors included)
-        first = first.astype(np.int16)  # fits: the test's int64 arithmetic is exact
+        first = first.astype(np.int16)  # fits, and so does first + step: int64 arithmetic is exact
+        last = (first + (nr - 1 if axis == 0 else nc - 1)).astype(np.int16)
+        if not _kernels.grid_match(a[nr - 1 :, nc - 1 :], last, axis):  # its plane has step 0
+            return None
+        corners.append((first, (lo, hi)))
+    out = []
+    for a, (first, _), axis in ((row, corners[0], 0), (col, corners[1], 1)):
         if not _kernels.grid_match(a, first, axis):
             return None
         steps = np.arange(shape[axis], dtype=np.int16).reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
         compact = _readonly(first[None, None, :] + steps)
         out.append(np.broadcast_to(compact, shape))  # read-only; its base is read-only
-        ranges.append((lo, hi))
-    return out[0], out[1], (ranges[0], ranges[1]), True
+    return out[0], out[1], (corners[0][1], corners[1][1]), True
 
 
 def _narrowed(a, name: str, shape, extent, axis: int):
