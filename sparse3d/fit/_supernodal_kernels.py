@@ -46,7 +46,7 @@ SIGNATURES = {
     # s0, the symbolic arrays, N's lower part, then the factor and the sweep's state
     "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, "
     f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I}, {_F})",
-    "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_I}, float64[:, ::1], float64[:, ::1])",
+    "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_I}, float64[:, ::1], float64[:, ::1], intp, intp)",
     "solve_one": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_F}, boolean)",
 }
 
@@ -411,11 +411,13 @@ def multifrontal(
 
 
 @njit(cache=True, nogil=True)
-def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out):  # pragma: no cover - compiled
-    """``out = N^-1 b`` for ``N[perm][:, perm] = L L^T`` and any number of right-hand sides
-    (``b``, ``out`` ``(n, nk)``), over the blocks of :func:`multifrontal`, in one call: the
-    rows of ``b`` gathered into the permuted order, the forward sweep (``L^-1``, supernodes
-    up), the backward sweep (``L^-T``, down) and the scatter back into ``out``.
+def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out, t0, t1):  # pragma: no cover - compiled
+    """``out[:, t0:t1] = N^-1 b[:, t0:t1]`` for ``N[perm][:, perm] = L L^T`` and any number of
+    right-hand sides (``b``, ``out`` ``(n, nk)``), over the blocks of :func:`multifrontal`, in
+    one call: the columns' rows of ``b`` gathered into the permuted order (a private, contiguous
+    copy), the forward sweep (``L^-1``, supernodes up), the backward sweep (``L^-T``, down) and
+    the scatter back into ``out``. Each column is the same operations whatever ``t0`` and
+    ``t1``: blocks of columns may run in parallel threads and give the same bits.
 
     Every update is a row of ``x`` (the ``nk`` right-hand sides, contiguous) minus a sum of
     four scaled rows, ``(v0 x0 + v1 x1) + (v2 x2 + v3 x3)``: one load and store of the updated
@@ -423,11 +425,15 @@ def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out):  # pragma: no 
     blocks are solved row by row in the same way (dot-product form), so that a supernode's
     own rows need no second buffer. One right-hand side: :func:`solve_one`.
     """
-    n, nk = b.shape
+    n = b.shape[0]
+    nk = t1 - t0
     nsup = sstart.size - 1
     x = np.empty((n, nk), dtype=np.float64)
     for i in range(n):
-        x[i, :] = b[perm[i], :]
+        bi = b[perm[i]]
+        xi = x[i]
+        for t in range(nk):
+            xi[t] = bi[t0 + t]
     for s in range(nsup):
         f = sstart[s]
         k = sstart[s + 1] - f
@@ -477,7 +483,10 @@ def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out):  # pragma: no 
             for t in range(nk):
                 xc[t] *= inv
     for i in range(n):
-        out[perm[i], :] = x[i, :]
+        oi = out[perm[i]]
+        xi = x[i]
+        for t in range(nk):
+            oi[t0 + t] = xi[t]
 
 
 @njit(cache=True, nogil=True)
