@@ -424,7 +424,8 @@ def test_weighted_square_sum_kernel(weighted, masked, monkeypatch):
             np.testing.assert_array_equal(again, got)
             # the exact order: a running sum per block of 4096 pixels, then over the blocks
             blocks = [np.cumsum((0.25 * D[i : i + 4096, 0]) ** 2)[-1] for i in range(0, 9000, 4096)]
-            np.testing.assert_array_equal(_stamp_square_sum(np.ascontiguousarray(D[:, :1]), None, None, 0.25), np.cumsum(blocks)[-1:])
+            one = _stamp_square_sum(np.ascontiguousarray(D[:, :1]), None, None, 0.25)
+            np.testing.assert_array_equal(one, np.cumsum(blocks)[-1:])
 
 
 @pytest.mark.parametrize("keep_kind", ["none", "shared", "per_frame"])

@@ -21,7 +21,9 @@ SIGNATURES = {
         f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, float64[:, ::1], intp, intp, intp, intp, {_I}, "
         f"{_I}, float64[::1], boolean[::1], intp, intp, float64[:, ::1])"
     ),
-    "weighted_square_sum": "(float64[:, ::1], float64[::1], boolean[::1], float64, intp, intp, float64[:, ::1])",
+    "weighted_square_sum": (
+        "(float64[:, ::1], float64[::1], boolean[::1], float64, intp, intp, float64[:, ::1])"
+    ),
     "kept_all_finite": "(float64[:, ::1], boolean[:, ::1], intp, intp)",
 }
 

@@ -56,7 +56,7 @@ def _banded_rhs(
 ) -> np.ndarray:
     """The image sweep of :func:`._rhs_kernels.stamp_rhs` in ``nt`` threads, each over a band of
     sources (by first stamp row; near-equal numbers of sources), into disjoint rows of ``out``."""
-    from ._rhs_kernels import stamp_row_index, stamp_rhs_band
+    from ._rhs_kernels import stamp_rhs_band, stamp_row_index
 
     (H, W), (imr, imc) = imshape, imcorner
     start, ent = stamp_row_index(r0, values.shape[0], H, imr, order)
