@@ -103,3 +103,55 @@ def _kept_all_finite(D: np.ndarray, keep: np.ndarray | None) -> bool:
     keep = np.empty((0, 0), dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     edges = _threads.split(D.shape[0], _threads.threads_for(D.size), align=4096)
     return all(_threads.run(kept_all_finite, [(D, keep, p0, p1) for p0, p1 in zip(edges[:-1], edges[1:])]))
+
+
+class _Ahead:
+    """The data's parts of a many-frame fit, computed ahead in a worker thread while the caller
+    assembles and factorises the normal matrix (they need only the data, weights and mask):
+    ``A^T C^-1 D`` from the stamps (:func:`_stamp_rhs`) and ``D^T C^-1 D`` per frame
+    (:func:`_stamp_square_sum` with ``scale = 1 / err_scale``). The same kernels as without it,
+    so the same bits; the results are taken once each, for this ``D`` only.
+    """
+
+    def __init__(
+        self, stamps: tuple, D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None, err_scale: float
+    ) -> None:
+        self.D = D
+        self._future = _threads.submit(self._compute, stamps, D, ivar, keep, 1.0 / err_scale)
+        self._taken: set[str] = set()
+
+    @staticmethod
+    def _compute(
+        stamps: tuple, D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None, scale: float
+    ) -> dict[str, np.ndarray]:
+        rhs = _stamp_rhs(stamps, D, ivar, keep)
+        return {"rhs": rhs, "square_sum": _stamp_square_sum(D, ivar, keep, scale)}
+
+    @classmethod
+    def start(
+        cls,
+        stamps: list | None,
+        D: np.ndarray,
+        ivar: np.ndarray | None,
+        keep: np.ndarray | None,
+        err_scale: float,
+    ) -> _Ahead | None:
+        """An :class:`_Ahead` when it pays: one regular stamp group (``stamps``, as
+        :func:`~.assemble._regular_stamps` gives them), enough frames for the image sweep, a
+        C-contiguous float64 ``D`` ``(npix, k)``, work enough for threads; else None."""
+        if stamps is None or len(stamps) != 1 or stamps[0][1] is not None:
+            return None
+        if D.ndim != 2 or D.dtype != np.float64 or not D.flags.c_contiguous:
+            return None
+        values = stamps[0][0][0]
+        if D.shape[1] < _RHS_ORDER_MIN_FRAMES or _threads.threads_for(values.size * D.shape[1]) < 2:
+            return None
+        return cls(stamps[0][0], D, ivar, keep, err_scale)
+
+    def take(self, what: str, D: np.ndarray) -> np.ndarray | None:
+        """The result ``what`` (``"rhs"`` or ``"square_sum"``) for ``D`` (waiting for it), once;
+        None for another array or a second time."""
+        if D is not self.D or what in self._taken:
+            return None
+        self._taken.add(what)
+        return self._future.result()[what]
