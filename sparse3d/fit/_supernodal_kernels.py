@@ -455,29 +455,35 @@ def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out, t0, t1):  # pra
         m = sptr[s + 1] - q
         h = k + m
         o = offsets[s]
-        for c in range(k - 1, -1, -1):
-            # x_c = (x_c - sum_i L[i, c] x_i - sum_{r > c} L[r, c] x_r) / L[c, c]
-            xc = x[f + c]
-            col = o + c * h
-            a = 0
-            while a + 4 <= m:
-                p = col + k + a
-                x0 = x[srows[q + a]]
-                x1 = x[srows[q + a + 1]]
-                x2 = x[srows[q + a + 2]]
-                x3 = x[srows[q + a + 3]]
+        # x_c = (x_c - sum_i L[i, c] x_i - sum_{r > c} L[r, c] x_r) / L[c, c]: the rows i below
+        # four at a time, each group read once for every column c of the supernode (the k rows
+        # x_c stay in cache); each x_c gets the same terms in the same order as column by column
+        a = 0
+        while a + 4 <= m:
+            x0 = x[srows[q + a]]
+            x1 = x[srows[q + a + 1]]
+            x2 = x[srows[q + a + 2]]
+            x3 = x[srows[q + a + 3]]
+            for c in range(k):
+                p = o + c * h + k + a
                 v0 = buf[p]
                 v1 = buf[p + 1]
                 v2 = buf[p + 2]
                 v3 = buf[p + 3]
+                xc = x[f + c]
                 for t in range(nk):
                     xc[t] -= (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
-                a += 4
-            for a2 in range(a, m):
-                v0 = buf[col + k + a2]
-                x0 = x[srows[q + a2]]
+            a += 4
+        for a2 in range(a, m):
+            x0 = x[srows[q + a2]]
+            for c in range(k):
+                v0 = buf[o + c * h + k + a2]
+                xc = x[f + c]
                 for t in range(nk):
                     xc[t] -= v0 * x0[t]
+        for c in range(k - 1, -1, -1):
+            col = o + c * h
+            xc = x[f + c]
             _sub_rows(xc, buf, col, 1, x, f, c + 1, k)
             inv = 1.0 / buf[col + c]
             for t in range(nk):
