@@ -247,3 +247,20 @@ def test_threaded_fit_of_zero_and_one_source(n, threaded):
         w, _, chi2, *_ = lstsq_fit(A, d[:, :, j].ravel())
         np.testing.assert_allclose(res.weights[:, j], w, rtol=1e-10)
         np.testing.assert_allclose(res.chi2[j], chi2, rtol=1e-10)
+
+
+def test_threaded_paths_compile_one_signature(threaded):
+    # the kernels that the threads call (bands, column blocks, block ranges) are called with the
+    # signatures precompile() compiles: no second specialisation
+    import importlib
+
+    sparse3d.precompile()
+    _, S = _scene(40, n=80)
+    d = np.random.default_rng(40).normal(size=(*S.imshape, 20))
+    for nt in (1, 2):
+        _fit(S, d, nt, errors=np.full(S.imshape, 0.5), mask=np.zeros(S.imshape, bool)).weights_err
+        _fit(S, d, nt)
+    for name in ("_rhs_kernels", "_supernodal_kernels"):
+        module = importlib.import_module(f"sparse3d.fit.{name}")
+        for kernel in module.SIGNATURES:
+            assert len(getattr(module, kernel).signatures) <= 1, (name, kernel)

@@ -86,12 +86,12 @@ def _stamp_square_sum(
     keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     npix, m = D.shape
     nblocks = -(-npix // SQUARE_SUM_BLOCK)
+    if nblocks == 0:
+        return np.zeros(m)
     parts = np.empty((nblocks, m))
     edges = _threads.split(nblocks, _threads.threads_for(D.size))
     blocks = [(D, ivar, keep, float(scale), b0, b1, parts) for b0, b1 in zip(edges[:-1], edges[1:])]
     _threads.run(weighted_square_sum, blocks)
-    if nblocks == 0:
-        return np.zeros(m)
     return np.cumsum(parts, axis=0)[-1]  # the blocks' sums added in order: the same bits for any split
 
 

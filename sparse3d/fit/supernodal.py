@@ -153,7 +153,7 @@ class _NDFactor(_SupernodalFactor):
             for backward in (False, True):
                 solve_one(*self._blocks, x, backward)
             out[self.perm, 0] = x
-        else:  # blocks of columns (multiples of 8: no shared cache line in b2's rows) in threads
+        else:  # blocks of columns in threads (cut at multiples of 8 columns: few shared cache lines)
             nk = b2.shape[1]
             edges = _threads.split(nk, _threads.threads_for(2 * self._blocks[4].size * nk), align=8)
             args = (*self._blocks, self.perm, b2, out)
