@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 __all__ = ["DenseAllocationError", "get_options", "set_options"]
 
-_DEFAULTS = {"max_dense_bytes": 2 * 1024**3, "buffer_pool_bytes": 256 * 1024**2}
+_DEFAULTS = {"max_dense_bytes": 2 * 1024**3, "buffer_pool_bytes": 256 * 1024**2, "num_threads": 0}
 # Process-wide (not thread-local): the limits must reach Dask workers' threads and any
 # thread pool the caller uses. The lock makes each update atomic.
 _LOCK = threading.Lock()
@@ -39,7 +39,10 @@ def _restore(previous: dict) -> Iterator[None]:
 
 
 def set_options(
-    *, max_dense_bytes: int | None = None, buffer_pool_bytes: int | None = None
+    *,
+    max_dense_bytes: int | None = None,
+    buffer_pool_bytes: int | None = None,
+    num_threads: int | None = None,
 ) -> contextlib.AbstractContextManager:
     """Set library options; use as a plain call or as a context manager.
 
@@ -57,6 +60,11 @@ def set_options(
         Bytes of value buffers of dead arrays kept for reuse by new arrays of the same shape
         and dtype (no fresh page faults; see :mod:`sparse3d._pool`). Buffers above a quarter
         of it are never kept. Default 256 MiB; 0 disables the pool.
+    num_threads : int
+        Threads that the compiled kernels of large many-frame fits may use (the right-hand
+        sides, the solves; see :mod:`sparse3d._threads`); results are the same bits whatever
+        the count. 0 (default): the environment variable ``SPARSE3D_NUM_THREADS`` if set,
+        else ``min(4, usable CPUs)``; 1 runs everything in the calling thread.
 
     Examples
     --------
@@ -67,7 +75,12 @@ def set_options(
     global _options
     current = get_options()
     options = {}
-    for name, value in (("max_dense_bytes", max_dense_bytes), ("buffer_pool_bytes", buffer_pool_bytes)):
+    given = (
+        ("max_dense_bytes", max_dense_bytes),
+        ("buffer_pool_bytes", buffer_pool_bytes),
+        ("num_threads", num_threads),
+    )
+    for name, value in given:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -56,6 +56,25 @@ def _huge():
 
 ONE = np.ones((1, 1, 1))
 
+
+def _thread_count_from_env(value):
+    """The thread count a large many-frame fit reads, with ``SPARSE3D_NUM_THREADS=value``."""
+    import os
+
+    from sparse3d import _threads
+
+    old = os.environ.get(_threads.ENV_VAR)
+    os.environ[_threads.ENV_VAR] = value
+    try:
+        with sparse3d.set_options(num_threads=0):
+            return _threads.num_threads()
+    finally:
+        if old is None:
+            del os.environ[_threads.ENV_VAR]
+        else:
+            os.environ[_threads.ENV_VAR] = old
+
+
 CASES = [
     # ---- construction -----------------------------------------------------------------
     Case(
@@ -467,6 +486,20 @@ CASES = [
         lambda: sparse3d.set_options(buffer_pool_bytes=1.5),
         ValueError,
         "buffer_pool_bytes must be a non-negative int; got 1.5",
+    ),
+    Case(
+        "options-threads",
+        "`sparse3d.set_options(num_threads=2.5)`",
+        lambda: sparse3d.set_options(num_threads=2.5),
+        ValueError,
+        "num_threads must be a non-negative int; got 2.5",
+    ),
+    Case(
+        "threads-env",
+        "environment `SPARSE3D_NUM_THREADS=two`, then a large many-frame fit",
+        lambda: _thread_count_from_env("two"),
+        ValueError,
+        "the environment variable SPARSE3D_NUM_THREADS must be a positive integer, got 'two'",
     ),
 ]
 

@@ -398,10 +398,13 @@ def test_fit_of_many_frames_per_frame_masks_float32_matches_lstsq(compiled_kerne
 
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_weighted_square_sum_kernel(weighted, masked):
+def test_weighted_square_sum_kernel(weighted, masked, monkeypatch):
     # d^T C^-1 d per frame in one compiled pass (the chi-square of a fit from the stamps);
-    # masked pixels skipped whatever they hold; more pixels than one block of the kernel
-    from sparse3d.fit._rhs_kernels import weighted_square_sum
+    # masked pixels skipped whatever they hold; more pixels than one block of the kernel; the
+    # same bits in 1, 2 and 3 threads (ranges of blocks)
+    import sparse3d
+    from sparse3d import _threads
+    from sparse3d.fit.rhs import _stamp_square_sum
 
     rng = np.random.default_rng(13)
     D = rng.normal(size=(9000, 7))
@@ -412,7 +415,17 @@ def test_weighted_square_sum_kernel(weighted, masked):
     w = ivar if weighted else np.ones(9000)
     k = keep if masked else np.ones(9000, dtype=bool)
     ref = ((0.25 * D[k]) ** 2 * w[k, None]).sum(axis=0)
-    np.testing.assert_allclose(weighted_square_sum(D, ivar, keep, 0.25), ref, rtol=1e-13)
+    got = _stamp_square_sum(D, ivar if weighted else None, keep if masked else None, 0.25)
+    np.testing.assert_allclose(got, ref, rtol=1e-13)
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
+    for nt in (1, 2, 3):
+        with sparse3d.set_options(num_threads=nt):
+            again = _stamp_square_sum(D, ivar if weighted else None, keep if masked else None, 0.25)
+            np.testing.assert_array_equal(again, got)
+            # the exact order: a running sum per block of 4096 pixels, then over the blocks
+            blocks = [np.cumsum((0.25 * D[i : i + 4096, 0]) ** 2)[-1] for i in range(0, 9000, 4096)]
+            one = _stamp_square_sum(np.ascontiguousarray(D[:, :1]), None, None, 0.25)
+            np.testing.assert_array_equal(one, np.cumsum(blocks)[-1:])
 
 
 @pytest.mark.parametrize("keep_kind", ["none", "shared", "per_frame"])

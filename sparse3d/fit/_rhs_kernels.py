@@ -16,9 +16,19 @@ SIGNATURES = {
         f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, float64[:, ::1], intp, intp, intp, intp, {_I}, "
         "float64[::1], boolean[::1])"
     ),
-    "weighted_square_sum": "(float64[:, ::1], float64[::1], boolean[::1], float64)",
-    "kept_all_finite": "(float64[:, ::1], boolean[:, ::1])",
+    "stamp_row_index": f"({_I}, intp, intp, intp, {_I})",
+    "stamp_rhs_band": (
+        f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, float64[:, ::1], intp, intp, intp, intp, {_I}, "
+        f"{_I}, float64[::1], boolean[::1], intp, intp, float64[:, ::1])"
+    ),
+    "weighted_square_sum": (
+        "(float64[:, ::1], float64[::1], boolean[::1], float64, intp, intp, float64[:, ::1])"
+    ),
+    "kept_all_finite": "(float64[:, ::1], boolean[:, ::1], intp, intp)",
 }
+
+#: :func:`weighted_square_sum` sums this many pixels per block, then the blocks in order.
+SQUARE_SUM_BLOCK = 4096
 
 
 @njit(cache=True, nogil=True)
@@ -72,9 +82,17 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep):  # pragma: 
                             for t in range(m):
                                 out[k, t] += v * U[p, t]
         return out
-    # the stamp rows on each image row (their sources), in the order given
+    start, ent = stamp_row_index(r0, nr, H, imr, order)
+    stamp_rhs_band(values, r0, c0, U, H, W, imr, imc, start, ent, ivar, keep, -(1 << 62), 1 << 62, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def stamp_row_index(r0, nr, H, imr, order):  # pragma: no cover - compiled
+    """The stamp rows on each image row: ``ent[start[r]:start[r + 1]]`` are the sources with a
+    stamp row on image row ``r`` (``0 <= r < H``), in the order ``order`` gives them."""
     start = np.zeros(H + 1, dtype=np.intp)
-    for k in range(n):
+    for k in range(r0.shape[0]):
         for a in range(nr):
             r = r0[k] + a - imr
             if 0 <= r < H:
@@ -90,11 +108,33 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep):  # pragma: 
             if 0 <= r < H:
                 ent[fill[r]] = k
                 fill[r] += 1
-    for r in range(H):
+    return start, ent
+
+
+@njit(cache=True, nogil=True)
+def stamp_rhs_band(
+    values, r0, c0, U, H, W, imr, imc, start, ent, ivar, keep, lo, hi, out
+):  # pragma: no cover - compiled
+    """:func:`stamp_rhs`'s image sweep for the sources whose first stamp row (relative to the
+    image) is in ``[lo, hi)``, added into their rows of ``out`` ``(n, m)`` (zeros on entry).
+
+    The image rows from ``max(lo, 0)`` to ``hi + nr - 1`` are swept in order and, on each, the
+    stamp rows of those sources (``start``, ``ent``: :func:`stamp_row_index`) left to right, so
+    that each source's sums are the same operations in the same order as in the sweep of the
+    whole image: bands of sources (disjoint rows of ``out``) may run in parallel threads and
+    give the same bits. Each band reads its image rows once, contiguously.
+    """
+    nr, nc, n = values.shape
+    m = U.shape[1]
+    has_ivar = ivar.shape[0] > 0
+    has_keep = keep.shape[0] > 0
+    for r in range(max(lo, 0), min(hi + nr - 1, H)):
         base = r * W
         for e in range(start[r], start[r + 1]):
             k = ent[e]
             a = r + imr - r0[k]
+            if r - a < lo or r - a >= hi:
+                continue
             acc = out[k]
             for b in range(nc):
                 c = c0[k] + b - imc
@@ -112,25 +152,25 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep):  # pragma: 
                 else:
                     for t in range(m):
                         acc[t] += v * u[t]
-    return out
 
 
 @njit(cache=True, nogil=True)
-def weighted_square_sum(D, ivar, keep, scale):  # pragma: no cover - compiled
-    """``out[t] = sum over the kept pixels p of ivar[p] * (scale * D[p, t])**2``, in one pass.
+def weighted_square_sum(D, ivar, keep, scale, b0, b1, parts):  # pragma: no cover - compiled
+    """``parts[j, t] = sum over the kept pixels p of block j of ivar[p] * (scale * D[p, t])**2``
+    for the blocks ``b0 <= j < b1`` of :data:`SQUARE_SUM_BLOCK` pixels (``parts`` ``(nblocks, m)``).
 
     ``ivar`` ``(npix,)`` or empty (unit weights); ``keep`` ``(npix,)`` or empty (every pixel;
-    masked pixels are skipped, whatever they hold). Sums per block of 4096 pixels, then the
-    blocks: the rounding of one long running sum is avoided.
+    masked pixels are skipped, whatever they hold). The caller adds the blocks' sums in order
+    (the rounding of one long running sum is avoided), so that ranges of blocks may run in
+    parallel threads and give the same bits.
     """
     npix, m = D.shape
-    out = np.zeros(m, dtype=np.float64)
-    part = np.empty(m, dtype=np.float64)
     has_ivar = ivar.shape[0] > 0
     has_keep = keep.shape[0] > 0
-    for p0 in range(0, npix, 4096):
+    for j in range(b0, b1):
+        part = parts[j]
         part[:] = 0.0
-        for p in range(p0, min(p0 + 4096, npix)):
+        for p in range(j * SQUARE_SUM_BLOCK, min((j + 1) * SQUARE_SUM_BLOCK, npix)):
             if has_keep and not keep[p]:
                 continue
             w = ivar[p] if has_ivar else 1.0
@@ -138,14 +178,12 @@ def weighted_square_sum(D, ivar, keep, scale):  # pragma: no cover - compiled
             for t in range(m):
                 x = scale * d[t]
                 part[t] += w * (x * x)
-        for t in range(m):
-            out[t] += part[t]
-    return out
 
 
 @njit(cache=True, nogil=True)
-def kept_all_finite(D, keep):  # pragma: no cover - compiled
-    """Whether every kept entry of ``D`` ``(npix, m)`` is finite, in one pass without temporaries.
+def kept_all_finite(D, keep, p0, p1):  # pragma: no cover - compiled
+    """Whether every kept entry of the rows ``p0 <= p < p1`` of ``D`` ``(npix, m)`` is finite, in
+    one pass without temporaries.
 
     ``keep`` ``(npix, 1)`` (shared by the frames), ``(npix, m)`` (per frame) or ``(0, 0)`` (every
     entry). ``d - d`` is 0 for a finite ``d`` and NaN otherwise: it is summed per frame
@@ -156,8 +194,8 @@ def kept_all_finite(D, keep):  # pragma: no cover - compiled
     per_frame = keep.shape[0] > 0 and keep.shape[1] > 1
     shared = keep.shape[0] > 0 and keep.shape[1] == 1
     part = np.zeros(m, dtype=np.float64)  # one sum per frame: the loop over frames vectorises
-    for p0 in range(0, npix, 4096):
-        for p in range(p0, min(p0 + 4096, npix)):
+    for q0 in range(p0, p1, 4096):
+        for p in range(q0, min(q0 + 4096, p1)):
             if shared and not keep[p, 0]:
                 continue
             d = D[p]

@@ -46,7 +46,7 @@ SIGNATURES = {
     # s0, the symbolic arrays, N's lower part, then the factor and the sweep's state
     "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, "
     f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I}, {_F})",
-    "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_I}, float64[:, ::1], float64[:, ::1])",
+    "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_I}, float64[:, ::1], float64[:, ::1], intp, intp)",
     "solve_one": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_F}, boolean)",
 }
 
@@ -411,11 +411,13 @@ def multifrontal(
 
 
 @njit(cache=True, nogil=True)
-def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out):  # pragma: no cover - compiled
-    """``out = N^-1 b`` for ``N[perm][:, perm] = L L^T`` and any number of right-hand sides
-    (``b``, ``out`` ``(n, nk)``), over the blocks of :func:`multifrontal`, in one call: the
-    rows of ``b`` gathered into the permuted order, the forward sweep (``L^-1``, supernodes
-    up), the backward sweep (``L^-T``, down) and the scatter back into ``out``.
+def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out, t0, t1):  # pragma: no cover - compiled
+    """``out[:, t0:t1] = N^-1 b[:, t0:t1]`` for ``N[perm][:, perm] = L L^T`` and any number of
+    right-hand sides (``b``, ``out`` ``(n, nk)``), over the blocks of :func:`multifrontal`, in
+    one call: the columns' rows of ``b`` gathered into the permuted order (a private, contiguous
+    copy), the forward sweep (``L^-1``, supernodes up), the backward sweep (``L^-T``, down) and
+    the scatter back into ``out``. Each column is the same operations whatever ``t0`` and
+    ``t1``: blocks of columns may run in parallel threads and give the same bits.
 
     Every update is a row of ``x`` (the ``nk`` right-hand sides, contiguous) minus a sum of
     four scaled rows, ``(v0 x0 + v1 x1) + (v2 x2 + v3 x3)``: one load and store of the updated
@@ -423,11 +425,15 @@ def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out):  # pragma: no 
     blocks are solved row by row in the same way (dot-product form), so that a supernode's
     own rows need no second buffer. One right-hand side: :func:`solve_one`.
     """
-    n, nk = b.shape
+    n = b.shape[0]
+    nk = t1 - t0
     nsup = sstart.size - 1
     x = np.empty((n, nk), dtype=np.float64)
     for i in range(n):
-        x[i, :] = b[perm[i], :]
+        bi = b[perm[i]]
+        xi = x[i]
+        for t in range(nk):
+            xi[t] = bi[t0 + t]
     for s in range(nsup):
         f = sstart[s]
         k = sstart[s + 1] - f
@@ -449,35 +455,44 @@ def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out):  # pragma: no 
         m = sptr[s + 1] - q
         h = k + m
         o = offsets[s]
-        for c in range(k - 1, -1, -1):
-            # x_c = (x_c - sum_i L[i, c] x_i - sum_{r > c} L[r, c] x_r) / L[c, c]
-            xc = x[f + c]
-            col = o + c * h
-            a = 0
-            while a + 4 <= m:
-                p = col + k + a
-                x0 = x[srows[q + a]]
-                x1 = x[srows[q + a + 1]]
-                x2 = x[srows[q + a + 2]]
-                x3 = x[srows[q + a + 3]]
+        # x_c = (x_c - sum_i L[i, c] x_i - sum_{r > c} L[r, c] x_r) / L[c, c]: the rows i below
+        # four at a time, each group read once for every column c of the supernode (the k rows
+        # x_c stay in cache); each x_c gets the same terms in the same order as column by column
+        a = 0
+        while a + 4 <= m:
+            x0 = x[srows[q + a]]
+            x1 = x[srows[q + a + 1]]
+            x2 = x[srows[q + a + 2]]
+            x3 = x[srows[q + a + 3]]
+            for c in range(k):
+                p = o + c * h + k + a
                 v0 = buf[p]
                 v1 = buf[p + 1]
                 v2 = buf[p + 2]
                 v3 = buf[p + 3]
+                xc = x[f + c]
                 for t in range(nk):
                     xc[t] -= (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
-                a += 4
-            for a2 in range(a, m):
-                v0 = buf[col + k + a2]
-                x0 = x[srows[q + a2]]
+            a += 4
+        for a2 in range(a, m):
+            x0 = x[srows[q + a2]]
+            for c in range(k):
+                v0 = buf[o + c * h + k + a2]
+                xc = x[f + c]
                 for t in range(nk):
                     xc[t] -= v0 * x0[t]
+        for c in range(k - 1, -1, -1):
+            col = o + c * h
+            xc = x[f + c]
             _sub_rows(xc, buf, col, 1, x, f, c + 1, k)
             inv = 1.0 / buf[col + c]
             for t in range(nk):
                 xc[t] *= inv
     for i in range(n):
-        out[perm[i], :] = x[i, :]
+        oi = out[perm[i]]
+        xi = x[i]
+        for t in range(nk):
+            oi[t0 + t] = xi[t]
 
 
 @njit(cache=True, nogil=True)

@@ -34,7 +34,7 @@ from .diagnostics import _chi2
 from .factor import _factorize_or_raise, _solver_name, _uses_boxes
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
-from .rhs import _stamp_rhs, _stamp_square_sum
+from .rhs import _Ahead, _stamp_rhs, _stamp_square_sum
 
 #: :meth:`NormalEquations.chi2` of at most this many frames takes the model from the stamps
 #: (a ``dot`` per frame); more share the design matrix, built once
@@ -149,6 +149,7 @@ class NormalEquations:
         self._idx = None if free.all() else np.flatnonzero(free)
         self._weighted: scipy.sparse.csr_matrix | None = None
         self._weighted_background: scipy.sparse.csr_matrix | None = None
+        self._ahead: _Ahead | None = None  # the data's parts computed ahead (fit_design)
 
     @classmethod
     def _build(
@@ -254,7 +255,8 @@ class NormalEquations:
         if self._stamps is not None and self._weighted is None:
             # weights and mask applied in the kernel: no weighted copy of a frame stack
             if len(self._stamps) == 1 and self._stamps[0][1] is None:
-                return _stamp_rhs(self._stamps[0][0], D, self.ivar, self.keep)
+                ahead = None if self._ahead is None else self._ahead.take("rhs", D)
+                return _stamp_rhs(self._stamps[0][0], D, self.ivar, self.keep) if ahead is None else ahead
             out = np.zeros((self.n_sources,) + D.shape[1:])
             for stamps, sources in self._stamps:  # stamp groups: each group's sources
                 out[sources] = _stamp_rhs(stamps, D, self.ivar, self.keep)
@@ -385,9 +387,10 @@ class NormalEquations:
         # data and errors in the same extreme unit
         s = self.err_scale
         xs, bs = (x, b) if s == 1.0 else (x / s, b / s)
-        if self._stamps is not None and D.dtype == np.float64 and D.flags.c_contiguous:
+        dCd = None if self._ahead is None else self._ahead.take("square_sum", D)  # made meanwhile
+        if dCd is None and self._stamps is not None and D.dtype == np.float64 and D.flags.c_contiguous:
             dCd = _stamp_square_sum(D, self.ivar, self.keep, 1.0 / s)  # numba is loaded: one pass
-        else:
+        elif dCd is None:
             dCd = _weighted_square_sum(D, self.ivar, self.keep, 1.0 / s)
         with np.errstate(invalid="ignore"):  # inf - inf: a chi-square beyond float range
             chi2 = dCd - np.einsum("ij,ij->j", xs, bs)
@@ -490,6 +493,7 @@ class NormalEquations:
         state = dict(self.__dict__)
         state["_design"] = self.design  # the sparse matrix ships, not the stamps
         state["_stamps"] = None
+        state["_ahead"] = None
         state["factor"] = self.factor.portable()
         state["_weighted"] = None
         state["_weighted_background"] = None

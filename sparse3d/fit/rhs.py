@@ -4,12 +4,16 @@ The Python side of :mod:`._rhs_kernels` (imported lazily: these functions run on
 compiled path, where numba is loaded anyway): the order in which the sources are visited
 (with many frames an image sweep, stamp rows by column, so that a frame stack is read from
 memory once, in order), and the weights and mask passed through without a weighted copy of
-the frames.
+the frames. Large many-frame problems run in threads (:mod:`sparse3d._threads`): the image
+sweep in bands of sources, the passes over all pixels in ranges of pixel blocks; every sum is
+the same operations in the same order whatever the thread count (the same bits).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .. import _threads
 
 
 def _stamp_rhs(
@@ -30,8 +34,39 @@ def _stamp_rhs(
         order = np.argsort(c0, kind="stable").astype(np.intp, copy=False)
     ivar = np.empty(0) if ivar is None else np.ascontiguousarray(ivar, dtype=np.float64)
     keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
-    out = stamp_rhs(values, r0, c0, U2, H, W, imr, imc, order, ivar, keep)
+    nt = _threads.threads_for(values.size * m) if order.size else 1
+    if nt > 1:
+        out = _banded_rhs(values, r0, c0, U2, (H, W), (imr, imc), order, ivar, keep, nt)
+    else:
+        out = stamp_rhs(values, r0, c0, U2, H, W, imr, imc, order, ivar, keep)
     return out[:, 0] if U.ndim == 1 else out
+
+
+def _banded_rhs(
+    values: np.ndarray,
+    r0: np.ndarray,
+    c0: np.ndarray,
+    U: np.ndarray,
+    imshape: tuple[int, int],
+    imcorner: tuple[int, int],
+    order: np.ndarray,
+    ivar: np.ndarray,
+    keep: np.ndarray,
+    nt: int,
+) -> np.ndarray:
+    """The image sweep of :func:`._rhs_kernels.stamp_rhs` in ``nt`` threads, each over a band of
+    sources (by first stamp row; near-equal numbers of sources), into disjoint rows of ``out``."""
+    from ._rhs_kernels import stamp_rhs_band, stamp_row_index
+
+    (H, W), (imr, imc) = imshape, imcorner
+    start, ent = stamp_row_index(r0, values.shape[0], H, imr, order)
+    first = np.sort(r0 - imr)
+    cuts = [int(first[len(first) * i // nt]) for i in range(1, nt)]
+    edges = [-(1 << 62), *sorted(set(cuts)), 1 << 62]
+    out = np.zeros((values.shape[2], U.shape[1]))
+    args = (values, r0, c0, U, H, W, imr, imc, start, ent, ivar, keep)
+    _threads.run(stamp_rhs_band, [(*args, lo, hi, out) for lo, hi in zip(edges[:-1], edges[1:])])
+    return out
 
 
 #: From this many frames on, :func:`_stamp_rhs` sweeps the image row by row (stamp rows sorted
@@ -45,11 +80,19 @@ def _stamp_square_sum(
 ) -> np.ndarray:
     """``sum_p ivar_p (scale D_p)**2`` per column of the C-contiguous float64 ``D`` ``(npix, k)``,
     masked pixels skipped: one compiled pass, no temporaries."""
-    from ._rhs_kernels import weighted_square_sum
+    from ._rhs_kernels import SQUARE_SUM_BLOCK, weighted_square_sum
 
     ivar = np.empty(0) if ivar is None else np.ascontiguousarray(ivar, dtype=np.float64)
     keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
-    return weighted_square_sum(D, ivar, keep, scale)
+    npix, m = D.shape
+    nblocks = -(-npix // SQUARE_SUM_BLOCK)
+    if nblocks == 0:
+        return np.zeros(m)
+    parts = np.empty((nblocks, m))
+    edges = _threads.split(nblocks, _threads.threads_for(D.size))
+    blocks = [(D, ivar, keep, float(scale), b0, b1, parts) for b0, b1 in zip(edges[:-1], edges[1:])]
+    _threads.run(weighted_square_sum, blocks)
+    return np.cumsum(parts, axis=0)[-1]  # the blocks' sums added in order: the same bits for any split
 
 
 def _kept_all_finite(D: np.ndarray, keep: np.ndarray | None) -> bool:
@@ -58,4 +101,57 @@ def _kept_all_finite(D: np.ndarray, keep: np.ndarray | None) -> bool:
     from ._rhs_kernels import kept_all_finite
 
     keep = np.empty((0, 0), dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
-    return bool(kept_all_finite(D, keep))
+    edges = _threads.split(D.shape[0], _threads.threads_for(D.size), align=4096)
+    return all(_threads.run(kept_all_finite, [(D, keep, p0, p1) for p0, p1 in zip(edges[:-1], edges[1:])]))
+
+
+class _Ahead:
+    """The data's parts of a many-frame fit, computed ahead in a worker thread while the caller
+    assembles and factorises the normal matrix (they need only the data, weights and mask):
+    ``A^T C^-1 D`` from the stamps (:func:`_stamp_rhs`) and ``D^T C^-1 D`` per frame
+    (:func:`_stamp_square_sum` with ``scale = 1 / err_scale``). The same kernels as without it,
+    so the same bits; the results are taken once each, for this ``D`` only.
+    """
+
+    def __init__(
+        self, stamps: tuple, D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None, err_scale: float
+    ) -> None:
+        self.D = D
+        self._future = _threads.submit(self._compute, stamps, D, ivar, keep, 1.0 / err_scale)
+        self._taken: set[str] = set()
+
+    @staticmethod
+    def _compute(
+        stamps: tuple, D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None, scale: float
+    ) -> dict[str, np.ndarray]:
+        rhs = _stamp_rhs(stamps, D, ivar, keep)
+        return {"rhs": rhs, "square_sum": _stamp_square_sum(D, ivar, keep, scale)}
+
+    @classmethod
+    def start(
+        cls,
+        stamps: list | None,
+        D: np.ndarray,
+        ivar: np.ndarray | None,
+        keep: np.ndarray | None,
+        err_scale: float,
+    ) -> _Ahead | None:
+        """An :class:`_Ahead` when it pays: one regular stamp group (``stamps``, as
+        :func:`~.assemble._regular_stamps` gives them), enough frames for the image sweep, a
+        C-contiguous float64 ``D`` ``(npix, k)``, work enough for threads; else None."""
+        if stamps is None or len(stamps) != 1 or stamps[0][1] is not None:
+            return None
+        if D.ndim != 2 or D.dtype != np.float64 or not D.flags.c_contiguous:
+            return None
+        values = stamps[0][0][0]
+        if D.shape[1] < _RHS_ORDER_MIN_FRAMES or _threads.threads_for(values.size * D.shape[1]) < 2:
+            return None
+        return cls(stamps[0][0], D, ivar, keep, err_scale)
+
+    def take(self, what: str, D: np.ndarray) -> np.ndarray | None:
+        """The result ``what`` (``"rhs"`` or ``"square_sum"``) for ``D`` (waiting for it), once;
+        None for another array or a second time."""
+        if D is not self.D or what in self._taken:
+            return None
+        self._taken.add(what)
+        return self._future.result()[what]

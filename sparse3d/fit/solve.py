@@ -29,12 +29,12 @@ from ._checks import (
     _inverse_variance,
 )
 from ._inputs import _read_inputs
-from .assemble import _design_matrix
+from .assemble import _design_matrix, _regular_stamps
 from .background import as_background
 from .diagnostics import _FitContext, _Group
 from .normal import NormalEquations, _fit_design
 from .result import FitResult, _warn_unconstrained, _weights_err
-from .rhs import _kept_all_finite
+from .rhs import _Ahead, _kept_all_finite
 
 
 def fit_design(
@@ -204,6 +204,7 @@ def fit_design(
     # a large Sparse3D of regular stamps stays one (right-hand sides from the stamps); its
     # sparse matrix is made only if the model or a diagnostic asks for it
     A_fit = _fit_design(A)
+    stamps = _regular_stamps(A_fit)
     if not (isinstance(A_fit, Sparse3D) and D.flags.c_contiguous and _kept_all_finite(D, keep)):
         _check_data_finite(D, keep)  # (numba is loaded on the stamp path: one compiled pass)
 
@@ -249,7 +250,10 @@ def fit_design(
         if keep is not None:
             keep_g = keep[:, int(frames[0])] if per_frame_mask else keep[:, 0]
         ivar_g = None if ivar is None else ivar[:, gi]
+        # many frames: their right-hand sides and square sums in a worker thread meanwhile
+        ahead = _Ahead.start(stamps, D, ivar_g, keep_g, err_scale) if len(groups) == 1 else None
         ne = NormalEquations._build(A, A_fit, ivar_g, keep_g, prior_prec, mu, solver, err_scale, B)
+        ne._ahead = ahead
         unconstrained |= ne.unconstrained
         used = ne.solver  # "auto" resolved by the first factorisation
         if len(groups) == 1:

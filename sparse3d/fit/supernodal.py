@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse
 
+from .. import _threads
 from .._blas import single_threaded_blas
 from .factor import _NotPositiveDefinite, _small_pivots, _SupernodalFactor
 from .ordering import Boxes, nested_dissection_order
@@ -152,6 +153,9 @@ class _NDFactor(_SupernodalFactor):
             for backward in (False, True):
                 solve_one(*self._blocks, x, backward)
             out[self.perm, 0] = x
-        else:
-            block_solve(*self._blocks, self.perm, b2, out)
+        else:  # blocks of columns in threads (cut at multiples of 8 columns: few shared cache lines)
+            nk = b2.shape[1]
+            edges = _threads.split(nk, _threads.threads_for(2 * self._blocks[4].size * nk), align=8)
+            args = (*self._blocks, self.perm, b2, out)
+            _threads.run(block_solve, [(*args, t0, t1) for t0, t1 in zip(edges[:-1], edges[1:])])
         return out.reshape(b.shape)

@@ -1,0 +1,121 @@
+"""Threads for the compiled kernels of large many-frame fits: how many, and how work is split.
+
+Work that is independent per frame column (the supernodal solves of many right-hand sides) or
+per band of image rows (the stamp right-hand sides) runs as contiguous blocks, one per thread,
+in Python threads: the numba kernels release the GIL (``nogil=True``). Every column, every
+source's sum, is computed by exactly the same sequence of operations whatever the split, so the
+results are the same bits for any thread count. Small problems (single images) stay in the
+calling thread: below :data:`PARALLEL_MIN_WORK` multiply-adds a thread costs more than it saves.
+
+The thread count is :func:`num_threads`: ``sparse3d.set_options(num_threads=N)``; 0 (the
+default) means the environment variable ``SPARSE3D_NUM_THREADS`` if set, else
+``min(MAX_DEFAULT_THREADS, usable CPUs)`` (the kernels are memory-bound: a few threads reach a
+socket's bandwidth). Inside one of this module's worker threads everything runs serially (no
+nested oversubscription).
+
+This module imports neither numba nor scipy.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from ._options import get_options
+
+__all__ = ["num_threads", "threads_for", "split", "run", "submit"]
+
+#: The default thread count is at most this many (and at most the usable CPUs).
+MAX_DEFAULT_THREADS = 4
+#: Work (multiply-adds, or values streamed) below which one thread does it all.
+PARALLEL_MIN_WORK = 1 << 22
+#: The environment variable read when the option ``num_threads`` is 0.
+ENV_VAR = "SPARSE3D_NUM_THREADS"
+
+_PREFIX = "sparse3d-worker"
+_LOCK = threading.Lock()
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def num_threads() -> int:
+    """The number of threads the compiled fit kernels may use (see the module docstring).
+
+    Raises ValueError when ``SPARSE3D_NUM_THREADS`` is consulted and is not a positive integer.
+    """
+    n = get_options()["num_threads"]
+    if n > 0:
+        return int(n)
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"the environment variable {ENV_VAR} must be a positive integer, got {env!r}")
+        return n
+    return min(MAX_DEFAULT_THREADS, _usable_cpus())
+
+
+def _in_worker() -> bool:
+    return threading.current_thread().name.startswith(_PREFIX)
+
+
+def threads_for(work: float) -> int:
+    """Threads for a task of ``work`` multiply-adds: 1 below :data:`PARALLEL_MIN_WORK` or
+    inside a worker thread, else :func:`num_threads`."""
+    if work < PARALLEL_MIN_WORK or _in_worker():
+        return 1
+    return num_threads()
+
+
+def split(total: int, parts: int, align: int = 1) -> list[int]:
+    """``parts + 1`` increasing edges from 0 to ``total`` cutting it into near-equal blocks whose
+    inner edges are multiples of ``align`` (fewer blocks when ``total`` is small; never empty)."""
+    parts = max(1, min(parts, total // max(align, 1)))
+    edges = [0]
+    for i in range(1, parts):
+        e = (total * i // parts) // align * align
+        if e > edges[-1]:
+            edges.append(e)
+    edges.append(total)
+    return edges if total > 0 else [0, 0]
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _LOCK:
+        if _POOL is None:  # threads are started on demand and then reused
+            _POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix=_PREFIX)
+        return _POOL
+
+
+def run(fn: Callable[..., Any], blocks: Sequence[tuple]) -> list[Any]:
+    """``[fn(*args) for args in blocks]``, the blocks in parallel: all but the last in worker
+    threads, the last in the calling thread. The first exception is raised once all are done."""
+    if len(blocks) <= 1:
+        return [fn(*args) for args in blocks]
+    futures = [_pool().submit(fn, *args) for args in blocks[:-1]]
+    try:
+        last = fn(*blocks[-1])
+    finally:
+        done = [f.exception() for f in futures]  # waits for every block
+    for err in done:
+        if err is not None:
+            raise err
+    return [f.result() for f in futures] + [last]
+
+
+def submit(fn: Callable[..., Any], *args: Any) -> Future:
+    """Start ``fn(*args)`` in a worker thread (work that overlaps the caller's); its future."""
+    return _pool().submit(fn, *args)

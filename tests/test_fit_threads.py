@@ -1,0 +1,266 @@
+"""Many-frame fits in threads (sparse3d._threads): the same bits for any thread count, and the
+dense least-squares answer per frame.
+
+The threads split work that is independent per frame column (the supernodal solve), per band
+of sources (the stamp right-hand side's image sweep) or per range of pixel blocks (the data
+check, the square sums), and the right-hand sides run ahead, in a worker thread, while the
+normal matrix is factorised. Every test forces the compiled paths and threads on small scenes.
+"""
+
+import dataclasses
+import threading
+import warnings
+
+import numpy as np
+import pytest
+from fit_reference import dense_design, lstsq_fit
+
+import sparse3d
+from sparse3d import Sparse3D, _threads
+from sparse3d.fit import UnconstrainedSourceWarning, fit_design, rhs
+from sparse3d.testing import random_scene
+
+
+@pytest.fixture
+def threaded(compiled_kernels, monkeypatch):
+    """Threads whatever the problem size (the compiled paths, every problem 'large')."""
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
+
+
+def _scene(seed, n=60, imshape=(23, 29), imcorner=(-3, 5), dtype=np.float64):
+    """Regular positive stamps over (and off) every image edge, a non-zero image corner."""
+    sc = random_scene(
+        np.random.default_rng(seed), imshape=imshape, stamp=(4, 3), nsources=n, imcorner=imcorner, dtype=dtype
+    )
+    sc = dataclasses.replace(sc, data=(np.abs(sc.data) + 0.1).astype(sc.data.dtype))
+    return sc, Sparse3D(sc.data, sc.row, sc.col, sc.imshape, sc.imcorner)
+
+
+def _fit(S, d, nt, **kw):
+    with sparse3d.set_options(num_threads=nt), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnconstrainedSourceWarning)
+        return fit_design(S, d, imshape=S.imshape, solver="nd", **kw)
+
+
+# ---- the thread count and the split -------------------------------------------------------
+
+
+def test_num_threads_from_option_environment_and_cpus(monkeypatch):
+    monkeypatch.delenv(_threads.ENV_VAR, raising=False)
+    default = _threads.num_threads()
+    assert 1 <= default <= _threads.MAX_DEFAULT_THREADS
+    monkeypatch.setenv(_threads.ENV_VAR, "3")
+    assert _threads.num_threads() == 3
+    with sparse3d.set_options(num_threads=5):
+        assert _threads.num_threads() == 5  # the option wins over the environment
+        assert sparse3d.get_options()["num_threads"] == 5
+    assert _threads.num_threads() == 3
+    for bad in ("0", "-2", "two"):
+        monkeypatch.setenv(_threads.ENV_VAR, bad)
+        with pytest.raises(ValueError, match=_threads.ENV_VAR):
+            _threads.num_threads()
+    with pytest.raises(ValueError, match="num_threads"):
+        sparse3d.set_options(num_threads=-1)
+
+
+def test_threads_for_small_work_and_inside_workers(monkeypatch):
+    with sparse3d.set_options(num_threads=3):
+        assert _threads.threads_for(_threads.PARALLEL_MIN_WORK - 1) == 1
+        assert _threads.threads_for(_threads.PARALLEL_MIN_WORK) == 3
+        # nested: a worker thread runs its own work serially
+        assert _threads.submit(_threads.threads_for, 1 << 40).result() == 1
+        assert (
+            threading.current_thread().name
+            != _threads.submit(lambda: threading.current_thread().name).result()
+        )
+
+
+@pytest.mark.parametrize("total", [0, 1, 7, 8, 17, 100, 4097])
+@pytest.mark.parametrize("parts", [1, 2, 3, 16])
+@pytest.mark.parametrize("align", [1, 8])
+def test_split_covers_in_aligned_nonempty_blocks(total, parts, align):
+    e = _threads.split(total, parts, align)
+    assert e[0] == 0 and e[-1] == total and len(e) - 1 <= parts
+    assert all(b > a for a, b in zip(e[:-1], e[1:])) or total == 0
+    assert all(x % align == 0 for x in e[1:-1])
+
+
+def test_run_returns_in_order_and_raises_the_error():
+    assert _threads.run(lambda a, b: a * b, [(1, 2), (3, 4), (5, 6)]) == [2, 12, 30]
+    assert _threads.run(lambda a: a, []) == []
+
+    def boom(i):
+        if i == 0:
+            raise KeyError("worker")
+        return i
+
+    with pytest.raises(KeyError, match="worker"):
+        _threads.run(boom, [(0,), (1,)])
+
+
+# ---- the same bits for any thread count ---------------------------------------------------
+
+
+def _stamps(S):
+    values = np.ascontiguousarray(S.data, dtype=np.float64)
+    values.flags.writeable = False
+    r0, c0 = (np.ascontiguousarray(x[0, 0], dtype=np.intp) for x in (S.row, S.col))
+    return values, r0, c0, S.imshape, S.imcorner
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 60])
+def test_banded_right_hand_side_is_bit_identical(n, threaded):
+    # the image sweep in bands of sources (1, 2, 3 and more threads than rows of sources),
+    # weights and a mask inside the kernel: the bits of one sweep, and the dense product
+    rng = np.random.default_rng(3 + n)
+    sc, S = _scene(3 + n, n=n)
+    stamps = _stamps(S)
+    A = dense_design(sc)
+    U = rng.normal(size=(A.shape[0], 9))
+    ivar = rng.uniform(0.5, 2.0, A.shape[0])
+    keep = rng.random(A.shape[0]) > 0.2
+    U[~keep, 2] = np.inf  # masked pixels may hold anything
+    with sparse3d.set_options(num_threads=1):
+        ref = rhs._stamp_rhs(stamps, U, ivar, keep)
+    np.testing.assert_allclose(
+        ref, A.T @ np.where(keep[:, None], ivar[:, None] * U, 0.0), rtol=1e-12, atol=1e-12
+    )
+    for nt in (2, 3, 40):
+        with sparse3d.set_options(num_threads=nt):
+            np.testing.assert_array_equal(rhs._stamp_rhs(stamps, U, ivar, keep), ref)
+
+
+def test_solve_kernel_column_blocks_are_bit_identical(compiled_kernels):
+    # block_solve over any range of columns: each column the bits of the whole call
+    from sparse3d.fit import normal_matrix
+    from sparse3d.fit._supernodal_kernels import block_solve
+    from sparse3d.fit.ordering import stamp_boxes
+    from sparse3d.fit.supernodal import _NDFactor
+
+    _, S = _scene(8, n=150, imshape=(40, 44))
+    G = normal_matrix(S, None)
+    import scipy.sparse
+
+    G = (G + scipy.sparse.diags(np.full(S.nsources, 0.05 * G.diagonal().max()), format="csr")).tocsr()
+    F = _NDFactor(G, stamp_boxes(S, None))
+    b = np.random.default_rng(2).normal(size=(S.nsources, 11))
+    whole = np.full(b.shape, np.nan)
+    block_solve(*F._blocks, F.perm, b, whole, 0, 11)
+    full = (G + G.T - scipy.sparse.diags(G.diagonal())).toarray()
+    np.testing.assert_allclose(whole, np.linalg.solve(full, b), rtol=1e-10, atol=1e-12)
+    for edges in ([0, 1, 11], [0, 3, 4, 9, 11], [0, 5, 6, 7, 8, 10, 11]):
+        out = np.full(b.shape, np.nan)
+        for t0, t1 in zip(edges[:-1], edges[1:]):
+            block_solve(*F._blocks, F.perm, b, out, t0, t1)
+        np.testing.assert_array_equal(out, whole)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 17, 100])
+@pytest.mark.parametrize("options", ["plain", "errors_mask"])
+def test_fit_of_k_frames_bit_identical_for_any_thread_count(k, options, threaded):
+    # the whole fit (ahead right-hand sides, banded sweep, column-block solve, threaded data
+    # check and square sums) in 1, 2 and 3 threads: weights, chi-square, errors the same bits
+    rng = np.random.default_rng(k)
+    _, S = _scene(k)
+    d = rng.normal(size=(*S.imshape, k))
+    kw = {}
+    if options == "errors_mask":
+        kw = dict(errors=rng.uniform(0.5, 2.0, S.imshape), mask=rng.random(S.imshape) < 0.15)
+        d[kw["mask"]] = np.nan
+    ref = _fit(S, d, 1, **kw)
+    for nt in (2, 3):
+        res = _fit(S, d, nt, **kw)
+        np.testing.assert_array_equal(res.weights, ref.weights)
+        np.testing.assert_array_equal(res.chi2, ref.chi2)
+        np.testing.assert_array_equal(res.weights_err, ref.weights_err)
+
+
+def test_fit_runs_the_right_hand_sides_ahead(threaded, monkeypatch):
+    # with threads and enough frames the right-hand sides are made in a worker thread while
+    # the normal matrix is factorised, and used (not recomputed); never with one thread
+    made, used = [], []
+    start, take = rhs._Ahead.start.__func__, rhs._Ahead.take
+
+    def counting_start(cls, *a):
+        out = start(cls, *a)
+        made.append(out is not None)
+        return out
+
+    def counting_take(self, what, D):
+        out = take(self, what, D)
+        used.append((what, out is not None))
+        return out
+
+    monkeypatch.setattr(rhs._Ahead, "start", classmethod(counting_start))
+    monkeypatch.setattr(rhs._Ahead, "take", counting_take)
+    _, S = _scene(5)
+    d = np.random.default_rng(5).normal(size=(*S.imshape, 12))
+    _fit(S, d, 2)
+    assert made == [True] and sorted(used) == [("rhs", True), ("square_sum", True)]
+    made.clear()
+    used.clear()
+    _fit(S, d, 1)
+    assert made == [False] and used == []
+
+
+# ---- against the dense least squares ------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 17])
+def test_threaded_fit_matches_lstsq_per_frame(k, threaded):
+    # float32 frames as an (H, W, k) stack, a mask per frame (two distinct masks: two
+    # factorisations), errors, stamps over every edge, a non-zero image corner: every frame
+    # against np.linalg.lstsq on its kept pixels, in 2 threads
+    rng = np.random.default_rng(20 + k)
+    sc, S = _scene(20 + k, n=50, dtype=np.float32)
+    A = dense_design(sc)
+    H, W = S.imshape
+    frames = rng.normal(size=(H, W, k)).astype(np.float32)
+    m1, m2 = rng.random((H, W)) < 0.1, rng.random((H, W)) < 0.25
+    mask = np.stack([m1 if j % 2 else m2 for j in range(k)], axis=2)
+    err = rng.uniform(0.5, 1.5, (H, W))
+    d = np.where(mask, np.float32(np.nan), frames)
+    res = _fit(S, d, 2, mask=mask, errors=err)
+    for j in range(k):
+        w, e, chi2, *_ = lstsq_fit(
+            A, frames[:, :, j].ravel().astype(float), err.ravel(), mask[:, :, j].ravel()
+        )
+        np.testing.assert_allclose(res.weights[:, j], w, rtol=1e-8, atol=1e-10 * np.nanmax(np.abs(w)))
+        np.testing.assert_allclose(res.chi2[j], chi2, rtol=1e-8)
+    # one mask for all frames (one factorisation, the ahead path) against the same reference
+    res = _fit(S, np.where(m1[:, :, None], np.nan, frames), 2, mask=m1, errors=err)
+    for j in range(k):
+        w, *_ = lstsq_fit(A, frames[:, :, j].ravel().astype(float), err.ravel(), m1.ravel())
+        np.testing.assert_allclose(res.weights[:, j], w, rtol=1e-8, atol=1e-10 * np.nanmax(np.abs(w)))
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_threaded_fit_of_zero_and_one_source(n, threaded):
+    sc, S = _scene(30, n=n, imshape=(9, 8), imcorner=(2, -1))
+    d = np.random.default_rng(30).normal(size=(*S.imshape, 6))
+    ref = _fit(S, d, 1)
+    res = _fit(S, d, 2)
+    np.testing.assert_array_equal(res.weights, ref.weights)
+    np.testing.assert_array_equal(res.chi2, ref.chi2)
+    A = dense_design(sc)
+    for j in range(6):
+        w, _, chi2, *_ = lstsq_fit(A, d[:, :, j].ravel())
+        np.testing.assert_allclose(res.weights[:, j], w, rtol=1e-10)
+        np.testing.assert_allclose(res.chi2[j], chi2, rtol=1e-10)
+
+
+def test_threaded_paths_compile_one_signature(threaded):
+    # the kernels that the threads call (bands, column blocks, block ranges) are called with the
+    # signatures precompile() compiles: no second specialisation
+    import importlib
+
+    sparse3d.precompile()
+    _, S = _scene(40, n=80)
+    d = np.random.default_rng(40).normal(size=(*S.imshape, 20))
+    for nt in (1, 2):
+        _fit(S, d, nt, errors=np.full(S.imshape, 0.5), mask=np.zeros(S.imshape, bool)).weights_err
+        _fit(S, d, nt)
+    for name in ("_rhs_kernels", "_supernodal_kernels"):
+        module = importlib.import_module(f"sparse3d.fit.{name}")
+        for kernel in module.SIGNATURES:
+            assert len(getattr(module, kernel).signatures) <= 1, (name, kernel)
