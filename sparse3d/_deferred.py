@@ -214,12 +214,13 @@ def copy_with_bounds(arr: np.ndarray):
     """``(copy, bounds)``: a read-only C-contiguous copy of the float array ``arr`` and the
     finite ``(lo, hi)`` of its values (None if it holds NaN or inf), in one pass.
 
-    The copy is made 512 KiB at a time and each chunk's minimum and maximum are taken while
-    it is still in cache, so the bounds later operations need (:func:`defer`) cost no
-    second pass over memory. Large arrays are copied in contiguous blocks of chunks, one
-    per thread when a thread count was asked for (a copy is bandwidth-bound:
-    :func:`sparse3d._kernels.streaming_threads`); the chunks' bounds are reduced at the end, as
-    with one thread. ``arr`` must be C-contiguous.
+    Large arrays are copied by one compiled loop that keeps the bounds in registers
+    (:mod:`sparse3d._copy_kernels`); otherwise the copy is made 512 KiB at a time and each
+    chunk's minimum and maximum are taken while it is still in cache. Either way the bounds
+    later operations need (:func:`defer`) cost no second pass over memory. The work is cut
+    into contiguous blocks, one per thread, when a thread count was asked for (a copy is
+    bandwidth-bound: :func:`sparse3d._kernels.streaming_threads`); the blocks' bounds are
+    reduced at the end. ``arr`` must be C-contiguous.
     """
     out = _pool.empty(arr.shape, arr.dtype)
     src, dst = arr.reshape(-1), out.reshape(-1)
@@ -234,7 +235,18 @@ def copy_with_bounds(arr: np.ndarray):
             highs.append(np.maximum.reduce(part))
         return lows, highs
 
-    got = _threads.run(copy_chunks, in_blocks(range(0, src.size, step), _kernels.streaming_threads(src.size)))
+    threads = _kernels.streaming_threads(src.size)
+    if src.size >= _kernels.MIN_ELEMENTS and _kernels.available():  # one compiled pass per block
+        from ._copy_kernels import copy_bounds
+
+        edges = _threads.split(src.size, threads)
+        spans = list(zip(edges[:-1], edges[1:]))
+        got = _threads.run(lambda a, b: copy_bounds(src[a:b], dst[a:b]), spans)
+        out.flags.writeable = False
+        if any(b is None for b in got):
+            return out, None
+        return out, (min(b[0] for b in got), max(b[1] for b in got))
+    got = _threads.run(copy_chunks, in_blocks(range(0, src.size, step), threads))
     lows = [v for block in got for v in block[0]]
     highs = [v for block in got for v in block[1]]
     out.flags.writeable = False

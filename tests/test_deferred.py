@@ -322,3 +322,24 @@ def test_copy_with_bounds_matches_numpy(dtype, bad, where):
         assert bounds == (float(a.min()), float(a.max()))
     else:
         assert bounds is None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 3, -1])
+@pytest.mark.parametrize("size", [1, 2, 17, 4099])
+def test_copy_with_bounds_compiled_matches_numpy(monkeypatch, dtype, bad, where, size):
+    """The compiled copy (sparse3d._copy_kernels): the same copy and bounds as NumPy, NaN and
+    infinities anywhere (the first value seeds the bounds), signed zeros, one value."""
+    if not _kernels.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
+    rng = np.random.default_rng(size)
+    a = rng.uniform(-1e30, 7, size=(1, 1, size)).astype(dtype)
+    a.reshape(-1)[size // 2] = -0.0
+    if bad is not None:
+        a.reshape(-1)[where % size] = bad
+    out, bounds = _deferred.copy_with_bounds(a)
+    np.testing.assert_array_equal(_bits(out), _bits(a))
+    assert not out.flags.writeable
+    assert bounds == (None if bad is not None else (float(a.min()), float(a.max())))

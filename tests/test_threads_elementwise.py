@@ -108,13 +108,16 @@ def test_long_chunks_per_source_operands_split(monkeypatch, blocks):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("bad", [None, np.nan, np.inf])
-def test_copy_with_bounds_threads(blocks, dtype, bad):
-    """Explicit thread counts split the copy; bounds reduced as with one thread; NaN/inf in a late block."""
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 450_000, -5])
+def test_copy_with_bounds_threads(blocks, dtype, bad, where):
+    """Explicit thread counts split the copy (compiled or chunked); bounds reduced as with one
+    thread; NaN/inf in the first, a middle or the last block."""
     rng = np.random.default_rng(2)
     a = rng.uniform(-3, 5, size=(3, 2, 150_001)).astype(dtype)  # several chunks, not a whole number
+    a.reshape(-1)[7] = -0.0
     if bad is not None:
-        a.reshape(-1)[-5] = bad
+        a.reshape(-1)[where] = bad
     for nt in THREADS:
         sparse3d.set_options(num_threads=nt)
         blocks.clear()
