@@ -218,8 +218,8 @@ def copy_with_bounds(arr: np.ndarray):
     (:mod:`sparse3d._copy_kernels`); otherwise the copy is made 512 KiB at a time and each
     chunk's minimum and maximum are taken while it is still in cache. Either way the bounds
     later operations need (:func:`defer`) cost no second pass over memory. The work is cut
-    into contiguous blocks, one per thread, when a thread count was asked for (a copy is
-    bandwidth-bound: :func:`sparse3d._kernels.streaming_threads`); the blocks' bounds are
+    into contiguous blocks, one per thread, when a thread count was asked for
+    (:func:`sparse3d._kernels.elementwise_threads`); the blocks' bounds are
     reduced at the end. ``arr`` must be C-contiguous.
     """
     out = _pool.empty(arr.shape, arr.dtype)
@@ -235,7 +235,7 @@ def copy_with_bounds(arr: np.ndarray):
             highs.append(np.maximum.reduce(part))
         return lows, highs
 
-    threads = _kernels.streaming_threads(src.size)
+    threads = _kernels.elementwise_threads(src.size)
     if src.size >= _kernels.MIN_ELEMENTS and _kernels.available():  # one compiled pass per block
         from ._copy_kernels import copy_bounds
 
@@ -327,12 +327,13 @@ def _result_bounds(ufunc, args, dtype, inputs):
 def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
     """The values of ``node``'s expression on a ``block_shape`` block, one chunk at a time.
 
-    Large blocks are evaluated in contiguous blocks of chunks, one per thread
-    (:mod:`sparse3d._threads`), each thread with its own chunk buffers: every element is
-    computed by the same operations whatever the split, so the bits do not depend on the
-    thread count. Every thread evaluates under ``np.errstate(all="ignore")`` (the error
-    state is per thread: the caller's does not reach a worker, and is not needed: nothing
-    reportable can be raised, see the module docstring).
+    When a thread count was asked for (:func:`sparse3d._kernels.elementwise_threads`),
+    large blocks are evaluated in contiguous blocks of chunks, one per thread, each thread
+    with its own chunk buffers: every element is computed by the same operations whatever
+    the split, so the bits do not depend on the thread count. Every thread evaluates under
+    ``np.errstate(all="ignore")`` (the error state is per thread: the caller's does not
+    reach a worker, and is not needed: nothing reportable can be raised, see the module
+    docstring).
     """
     out = _pool.empty(block_shape, node.dtype)
     nr, nc, n = block_shape
@@ -349,7 +350,7 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
                     p0, p1 = rows[0], rows[-1] + 1
                     node.func(*[g(p0, p1, 0, n, None) for g in getters], out=out2[p0:p1])
 
-        _threads.run(run_rows, in_blocks(range(P), _threads.threads_for(out.size)))
+        _threads.run(run_rows, in_blocks(range(P), _kernels.elementwise_threads(out.size)))
         return out
     if out.size >= COMPILED_MIN_ELEMENTS and _kernels.available():
         from ._segments import fused
@@ -383,7 +384,7 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
                     target = out2[p0:p1, k0:k1] if slot is None else views[slot]
                     func(*ops, out=target)
 
-    _threads.run(run_chunks, in_blocks(chunks, _threads.threads_for(out.size)))
+    _threads.run(run_chunks, in_blocks(chunks, _kernels.elementwise_threads(out.size)))
     return out
 
 

@@ -297,7 +297,7 @@ def grid_match(a: np.ndarray, first: np.ndarray, axis: int) -> bool:
     stamp plane). Compared in int64 arithmetic, i.e. modulo ``2**64``: exact when every
     ``first[k] + step`` fits int64 (the caller bounds ``first``). One read-only pass over
     ``a`` that stops at the first stamp plane that differs; large arrays are read in blocks
-    of stamp rows, one per thread (:func:`streaming_threads`), with the same kernel (along
+    of stamp rows, one per thread (:func:`elementwise_threads`), with the same kernel (along
     axis 0 a block starting at row ``i0`` is compared with ``first + i0`` in
     ``first``'s type; one block when that could wrap).
     """
@@ -305,7 +305,7 @@ def grid_match(a: np.ndarray, first: np.ndarray, axis: int) -> bool:
     loop = _compiled("_grid_match_loop")
     from . import _threads
 
-    edges = _threads.split(a.shape[0], streaming_threads(a.size))
+    edges = _threads.split(a.shape[0], elementwise_threads(a.size))
     if axis == 0 and first.size and int(first.max()) + a.shape[0] - 1 > np.iinfo(first.dtype).max:
         edges = [0, a.shape[0]]  # first + i0 would wrap in first's type: one block
     if len(edges) <= 2:
@@ -318,14 +318,16 @@ def grid_match(a: np.ndarray, first: np.ndarray, axis: int) -> bool:
     return all(_threads.run(rows, list(zip(edges[:-1], edges[1:]))))
 
 
-def streaming_threads(work: int) -> int:
-    """Threads for a bandwidth-bound pass over ``work`` values (a copy, a read-only check).
+def elementwise_threads(work: int) -> int:
+    """Threads for a pass of the elementwise pipeline over ``work`` values: a deferred chain's
+    evaluation, the copy of a constructor's values, the grid check of its positions.
 
     One unless a thread count was asked for (``sparse3d.set_options(num_threads=N)`` or
-    ``SPARSE3D_NUM_THREADS``), then :func:`sparse3d._threads.threads_for`: such a pass
-    streams memory at the bandwidth one core reaches on the machines measured (2 shared
-    cores: a copy or the grid check took 1.02-1.15x as long in two threads), while
-    compute-bound work (a deferred chain's ``exp``) gains from the default thread count.
+    ``SPARSE3D_NUM_THREADS``), then :func:`sparse3d._threads.threads_for`. Measured on the
+    tutorial scene on 2 shared cores, interleaved: the copy and the grid check stream memory
+    at the bandwidth one core reaches (1.02-1.15x as long in two threads); the chain's
+    ``exp`` gained (0.6x) only while the other core was idle, and lost (1.0-1.2x) and
+    widened the run-to-run spread while other processes ran there, so the default stays one.
     """
     import os
 

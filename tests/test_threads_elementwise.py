@@ -111,7 +111,7 @@ def test_long_chunks_per_source_operands_split(monkeypatch, blocks):
 @pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("where", [0, 450_000, -5])
 def test_copy_with_bounds_threads(blocks, dtype, bad, where):
-    """Explicit thread counts split the copy (compiled or chunked); bounds reduced as with one
+    """Thread counts split the copy (compiled or chunked); bounds reduced as with one
     thread; NaN/inf in the first, a middle or the last block."""
     rng = np.random.default_rng(2)
     a = rng.uniform(-3, 5, size=(3, 2, 150_001)).astype(dtype)  # several chunks, not a whole number
@@ -128,16 +128,21 @@ def test_copy_with_bounds_threads(blocks, dtype, bad, where):
         assert blocks == [nt]
 
 
-def test_streaming_passes_stay_serial_by_default(monkeypatch, blocks):
-    """Copies and the grid check use threads only when a thread count was asked for."""
+def test_elementwise_passes_stay_serial_by_default(monkeypatch, blocks):
+    """The chain, the copy and the grid check use threads only when a thread count was asked for."""
     monkeypatch.delenv(_threads.ENV_VAR, raising=False)
     sparse3d.set_options(num_threads=0)
-    assert _threads.threads_for(10**9) > 1 or _threads.num_threads() == 1
-    assert _kernels.streaming_threads(10**9) == 1
+    assert _kernels.elementwise_threads(10**9) == 1
     _deferred.copy_with_bounds(np.ones((2, 2, 300_000)))
-    assert blocks == [1]
+    sc = random_scene(1, nsources=30, stamp=(6, 5))
+    X = Sparse3D(sc.data, sc.row, sc.col, sc.imshape, sc.imcorner)
+    got = np.exp(X * 2.0 - 1.0).data
+    np.testing.assert_array_equal(_bits(got), _bits(np.exp(sc.data * 2.0 - 1.0)))
+    assert blocks and set(blocks) == {1}
     monkeypatch.setenv(_threads.ENV_VAR, "2")
-    assert _kernels.streaming_threads(10**9) == 2
+    assert _kernels.elementwise_threads(10**9) == 2
+    sparse3d.set_options(num_threads=3)
+    assert _kernels.elementwise_threads(10**9) == 3
 
 
 def _grid(rng, nr, nc, n, lo=-50, hi=50, dtype=np.int64):
