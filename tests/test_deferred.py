@@ -343,3 +343,24 @@ def test_copy_with_bounds_compiled_matches_numpy(monkeypatch, dtype, bad, where,
     np.testing.assert_array_equal(_bits(out), _bits(a))
     assert not out.flags.writeable
     assert bounds == (None if bad is not None else (float(a.min()), float(a.max())))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("divisor", [1.0, 4, 0.5, -8.0, 2.0**-100, 2.0**100, 3.0, 0.1, 2.0**-140])
+def test_division_by_powers_of_two_same_bits(dtype, divisor):
+    """Compiled segments multiply by the inverse of a power-of-two divisor: the same bits as
+    NumPy's division for every value (zeros, subnormal results, infinities, NaN, huge)."""
+    tiny = np.finfo(dtype).tiny
+    special = np.array([0.0, -0.0, tiny, -tiny * 3, tiny / 4, np.inf, -np.inf, np.nan,
+                        np.finfo(dtype).max, 1.5, -2.75, 1e-30], dtype=dtype)
+    sc, X, Y, y = _scene_pair(9, dtype, 12)
+    data = sc.data.copy()
+    data.reshape(-1)[: special.size] = special
+    S = Sparse3D(data, sc.row, sc.col, sc.imshape, sc.imcorner)
+    with np.errstate(all="ignore"):
+        Z = (S - 0.5) / divisor + (S * 3.0) / dtype(divisor)
+        assert Z._lazy is not None
+        got = Z.data
+        ref = (data - 0.5) / divisor + (data * 3.0) / dtype(divisor)
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(_bits(got), _bits(ref))
