@@ -295,3 +295,37 @@ def test_caller_error_state_does_not_change_a_threaded_chain(blocks):
         with np.errstate(over="raise"), pytest.raises(FloatingPointError):
             np.exp(X * 1000.0)
     assert max(blocks) == 3
+
+
+def test_grid_positions_in_a_lent_buffer_are_reused_only_after_death(monkeypatch):
+    """Grid positions share one lent buffer (sparse3d._pool.lend): a live array keeps its
+    positions while other grids are built, they are read-only, and once the
+    arrays die the next grid of that shape reuses the buffer."""
+    from sparse3d import _pool
+
+    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
+    rng = np.random.default_rng(21)
+    nr, nc, n = 4, 3, 50
+    R1, C1 = _grid(rng, nr, nc, n, lo=0, hi=30)
+    R2, C2 = _grid(rng, nr, nc, n, lo=0, hi=30)
+    data = rng.uniform(1, 2, size=(nr, nc, n))
+    S1 = Sparse3D(data, R1, C1, (40, 40))
+    s1 = S1._structure
+    if s1._row.base is None or s1._row.strides[1] != 0:
+        pytest.skip("positions not stored compactly (no numba)")
+    S2 = Sparse3D(data, R2, C2, (40, 40))
+    for S, R, C in ((S1, R1, C1), (S2, R2, C2)):
+        np.testing.assert_array_equal(S._structure._row, R)
+        np.testing.assert_array_equal(S._structure._col, C)
+        np.testing.assert_array_equal(S.todense(), dense_reference(data, R, C, (40, 40)))
+        assert not S._structure._row.flags.writeable and not S._structure._col.flags.writeable
+    buffers = {id(S1._structure._row.base), id(S2._structure._row.base)}
+    assert len(buffers) == 2  # S1's buffer was in use: S2 got another
+    del S1, S2, s1
+    import gc
+
+    gc.collect()
+    S3 = Sparse3D(data, R2, C2, (40, 40))
+    assert id(S3._structure._row.base) in buffers  # an already-faulted buffer again
+    np.testing.assert_array_equal(S3._structure._row, R2)
+    np.testing.assert_array_equal(S3.todense(), dense_reference(data, R2, C2, (40, 40)))
