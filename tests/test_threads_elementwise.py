@@ -312,7 +312,7 @@ def test_grid_positions_in_a_lent_buffer_are_reused_only_after_death(monkeypatch
     S1 = Sparse3D(data, R1, C1, (40, 40))
     s1 = S1._structure
     if s1._row.base is None or s1._row.strides[1] != 0:
-        pytest.skip("positions not stored compactly (no numba)")
+        pytest.skip("positions not stored compactly (grid kernels off)")
     S2 = Sparse3D(data, R2, C2, (40, 40))
     for S, R, C in ((S1, R1, C1), (S2, R2, C2)):
         np.testing.assert_array_equal(S._structure._row, R)
