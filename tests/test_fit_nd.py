@@ -172,6 +172,61 @@ def test_nested_dissection_order_reduces_fill():
     assert nd < 0.2 * given and nd < 0.8 * by_row  # measured: 0.11x and 0.72x
 
 
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cut_with_fewest_straddling_boxes(seed):
+    """The window's cut: the fewest boxes straddle it (dense count over every position), and
+    it is the one nearest the median cut among equals."""
+    from sparse3d.fit._ordering_kernels import _fewest_straddling
+
+    rng = np.random.default_rng(seed)
+    n = 300
+    size = rng.choice([1, 3, 11, 41], n)
+    lo = rng.integers(-20, 200, n).astype(np.intp)
+    hi = (lo + size).astype(np.intp)
+    order = rng.permutation(n + 10).astype(np.intp)
+    order = order[order < n]  # the kernel reads order[a:b] only
+    a, b = 20, 250
+    x0, x1, med = 60, 140, 101
+    diff = np.empty(x1 - x0 + 2, dtype=np.intp)
+    cut = _fewest_straddling(lo, hi, order, a, b, x0, x1, med, diff)
+    boxes = order[a:b]
+    xs = np.arange(x0, x1 + 1)
+    count = ((lo[boxes][None, :] < xs[:, None]) & (xs[:, None] < hi[boxes][None, :])).sum(axis=1)
+    best = xs[count == count.min()]
+    assert cut == best[np.argmin(np.abs(best - med))]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["coincident", "far_apart", "mixed_sizes", "single_pixels"],
+)
+def test_nested_dissection_order_is_a_permutation(case):
+    """Scenes where the cut window is empty (every centre equal), too wide (boxes far apart: the
+    median is the cut) or mixes box sizes: still a permutation, the boxeless parameters last."""
+    rng = np.random.default_rng(3)
+    n = 500
+    if case == "coincident":
+        r0 = c0 = np.full(n, 7)
+        size = np.full(n, 5)
+    elif case == "far_apart":
+        r0, c0 = rng.integers(-(10**9), 10**9, n), rng.integers(-(10**9), 10**9, n)
+        size = np.full(n, 11)
+    elif case == "mixed_sizes":
+        r0, c0 = rng.integers(-30, 300, n), rng.integers(-30, 300, n)
+        size = rng.choice([11, 41], n, p=[0.9, 0.1])
+    else:
+        r0, c0 = rng.integers(0, 40, n), rng.integers(0, 40, n)
+        size = np.ones(n, dtype=int)
+    boxes = tuple(np.ascontiguousarray(b, dtype=np.intp) for b in (r0, r0 + size, c0, c0 + size))
+    perm = nested_dissection_order(boxes, n + 3)
+    assert np.array_equal(np.sort(perm), np.arange(n + 3))
+    assert list(perm[-3:]) == [n, n + 1, n + 2]
+    if case == "mixed_sizes":  # fewer factor entries than the given (random) or a banded order
+        ov = _overlaps(boxes)
+        nd = _fill(ov, perm[:n])
+        assert nd < 0.7 * _fill(ov, np.arange(n)) and nd < 0.7 * _fill(ov, np.lexsort((c0, r0)))  # 0.50, 0.48
+
 def _overlaps(boxes):
     rlo, rhi, clo, chi = boxes
     return (
