@@ -282,7 +282,7 @@ def normal_cross(
     its cell order, looks up the few cells of g whose stamps can overlap it and multiplies
     over the shared pixels: h's stamp stays in cache while g's stamps stream past in
     sequence. Returns ``(rows, cols, v)``, one entry per overlapping pair, in the lower
-    triangle (``rows > cols``, global indices).
+    triangle (``rows > cols``, global indices), sorted by column.
     """
     ng = Bg.shape[0]
     r0s = np.empty(ng, dtype=np.intp)  # g's corners in cell order (the kernel walks g's grid)
@@ -302,12 +302,30 @@ def normal_cross(
     out_q = np.empty(m, dtype=np.int64)
     out_v = np.empty(m, dtype=np.float64)
     _cross_pass(*args, out_i, out_q, out_v, True)
+    ncol = 0
     for t in range(m):
         a = gidx_g[order_g[out_i[t]]]
         b = gidx_h[order_h[out_q[t]]]
         out_i[t] = max(a, b)
         out_q[t] = min(a, b)
-    return out_i, out_q, out_v
+        ncol = max(ncol, out_q[t] + 1)
+    # in column order (a counting sort): placed row by row, every row's entries then come sorted
+    first = np.zeros(ncol + 1, dtype=np.int64)
+    for t in range(m):
+        first[out_q[t] + 1] += 1
+    for c in range(ncol):
+        first[c + 1] += first[c]
+    rows = np.empty(m, dtype=np.int64)
+    cols = np.empty(m, dtype=np.int64)
+    vals = np.empty(m, dtype=np.float64)
+    for t in range(m):
+        c = out_q[t]
+        f = first[c]
+        rows[f] = out_i[t]
+        cols[f] = c
+        vals[f] = out_v[t]
+        first[c] = f + 1
+    return rows, cols, vals
 
 
 @njit(cache=True, nogil=True)

@@ -283,7 +283,10 @@ def _stamp_normal_matrix(
         fill = indptr[:-1].copy()
         indices = np.empty(int(indptr[-1]), dtype=np.int64)
         data = np.empty(int(indptr[-1]))
-        for rows, cols, vals in cross:  # first: in the two-group case they precede the row's own
+        # the cross entries first, each block in column order: with two groups each of which is a
+        # contiguous range of sources (np.concatenate) every row then comes sorted, and
+        # sort_rows only checks; it sorts the rows of interleaved groups or of several blocks
+        for rows, cols, vals in cross:
             place_coo(fill, indices, data, rows, cols, vals)
         for (ip, ind, dat), idx in own:
             place_csr(fill, indices, data, ip, ind, dat, idx)
