@@ -67,6 +67,14 @@ def _best(func, repeat: int) -> float:
     return min(times)
 
 
+def _factor_entries(factor) -> int | None:
+    """Entries of a Cholesky factor, diagonal included (``"nd"`` and ``"qdldl"``), else None."""
+    if hasattr(factor, "nnz"):  # "nd": its supernodal blocks
+        return factor.nnz
+    LD = getattr(factor, "_LD", None)  # "qdldl": its strictly lower L, and D
+    return None if LD is None else LD[0].nnz + LD[1].size
+
+
 def _inputs(rng, n: int, size: int, imshape, pos=None, w=None):
     """Stamp offsets, positions and phases of ``n`` sources on ``size`` × ``size`` stamps."""
     pos = rng.uniform(0, 1, size=(n, 2)) * np.array(imshape) if pos is None else pos
@@ -199,7 +207,7 @@ def main(argv=None) -> None:
     solver = factors["g"].name
     nnz = (nm["g"].nnz, nm["s"].nnz + nm["b"].nnz)
     # the factors' entries: the fill the cross-group coupling adds (see the module docstring)
-    lnz = [getattr(factors[k], "nnz", None) for k in ("g", "s", "b")]
+    lnz = [_factor_entries(factors[k]) for k in ("g", "s", "b")]
     lnz = None if None in lnz else (lnz[0], lnz[1] + lnz[2])
     factors.clear()
     nm.clear()
