@@ -267,6 +267,39 @@ def test_thinned_separator_still_separates(by_row, sizes):
     assert na + nb > 0 and S.size < sep.size
 
 
+
+@pytest.mark.parametrize("by_row", [True, False])
+@pytest.mark.parametrize("sizes", [(10,), (11, 41), (1, 100), (2, 5, 40)])
+def test_thinned_separator_moves_exactly_the_isolated_boxes(by_row, sizes):
+    """Which separator boxes move, against a dense overlap table: to the first half exactly those
+    that overlap no box after the cut; then to the second exactly those left that overlap no box
+    of the grown first half (tall separator boxes and long candidates take the direct path)."""
+    from sparse3d.fit._ordering_kernels import _thin_separator
+
+    rng = np.random.default_rng(len(sizes) + 11 * by_row)
+    n = 700
+    h, w = rng.choice(sizes, n), rng.choice(sizes, n)
+    r0, c0 = rng.integers(-5, 150, n), rng.integers(-5, 150, n)
+    boxes = tuple(np.ascontiguousarray(b, dtype=np.intp) for b in (r0, r0 + h, c0, c0 + w))
+    lo, hi = (boxes[0], boxes[1]) if by_row else (boxes[2], boxes[3])
+    cut = 70
+    first, second = np.flatnonzero(hi <= cut), np.flatnonzero(lo >= cut)
+    sep = np.flatnonzero((hi > cut) & (lo < cut))
+    ov = _overlaps(boxes)
+    to_first = sep[~ov[np.ix_(sep, second)].any(axis=1)]
+    rest = np.setdiff1d(sep, to_first)
+    grown = np.concatenate([first, to_first])
+    to_second = rest[~ov[np.ix_(rest, grown)].any(axis=1)]
+    tmp = np.concatenate([first, second, sep]).astype(np.intp)
+    order = np.empty(n, dtype=np.intp)
+    work = [np.empty(n, dtype=np.intp) for _ in range(3)] + [np.empty((n, 3), dtype=np.intp)]
+    axes = boxes if by_row else (boxes[2], boxes[3], boxes[0], boxes[1])
+    na, nb = _thin_separator(*axes, tmp, 0, first.size, second.size, n, order, *work)
+    k = first.size
+    assert set(order[k : k + na]) == set(to_first) and na == to_first.size
+    k += na + second.size
+    assert set(order[k : k + nb]) == set(to_second) and nb == to_second.size
+
 def test_nd_large_fronts_match_dense():
     # a scene dense enough that the top separators' fronts take the panel/BLAS path
     # (k h^2 above _supernodal_kernels._LOOP_MAX_FLOPS: LAPACK and BLAS), one and several right-hand sides
