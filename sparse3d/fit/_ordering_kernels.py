@@ -248,140 +248,6 @@ def _hits(alo, ahi, olo, ohi, i, m, key, span, ext):  # pragma: no cover - compi
 
 
 @njit(cache=True, nogil=True)
-def _touches(alo, ahi, olo, ohi, i, ids, m0, m1):  # pragma: no cover - compiled
-    """Whether box ``i`` overlaps one of the boxes ``ids[m0:m1]`` (direct comparisons)."""
-    for t in range(m0, m1):
-        j = ids[t]
-        if olo[j] < ohi[i] and olo[i] < ohi[j] and alo[j] < ahi[i] and alo[i] < ahi[j]:
-            return True
-    return False
-
-
-@njit(cache=True, nogil=True)
-def _isolated(alo, ahi, olo, ohi, tmp, c0, c1, extra, s0, b, side, moved, near, key, span):
-    # pragma: no cover - compiled
-    """Set ``side[q - s0] = moved`` for every separator box ``tmp[q]`` (``s0 <= q < b``) still
-    at side 0 that overlaps none of the candidates: the boxes ``tmp[c0:c1]`` and the separator
-    boxes at side ``extra`` (0: none). Returns False when the comparisons would exceed
-    ``_THIN_MAX_PAIRS`` (nothing is moved then).
-
-    Only the candidates that reach across the cut as far as a query are compared. The queries
-    of a common height across the cut (at most twice the lowest) look up the candidates
-    sorted along the cut (:func:`_sort_along`, :func:`_hits`); taller ones (41 x 41 stamps
-    among 11 x 11 ones), whose reach would widen that band for all, and candidates longer
-    along the cut than twice the shortest, which would widen every lookup window, are compared
-    directly: on the issue-13 scene this halves the thinning's time.
-    """
-    ns = b - s0
-    # the queries' heights across the cut and reach; the tall ones apart only if there are any
-    nq = 0
-    hmin = 0
-    hmax = 0
-    qlo = 0
-    qhi = 0
-    for q in range(s0, b):
-        if side[q - s0] == 0:
-            i = tmp[q]
-            h = ahi[i] - alo[i]
-            if nq == 0:
-                hmin = h
-                hmax = h
-                qlo = alo[i]
-                qhi = ahi[i]
-            else:
-                hmin = min(hmin, h)
-                hmax = max(hmax, h)
-                qlo = min(qlo, alo[i])
-                qhi = max(qhi, ahi[i])
-            nq += 1
-    if nq == 0:
-        return True
-    tall = 2 * max(hmin, 1)
-    tlo = 0
-    thi = 0
-    nt = 0
-    if hmax > tall:
-        nq = 0
-        for q in range(s0, b):
-            i = tmp[q]
-            if side[q - s0] != 0:
-                continue
-            if ahi[i] - alo[i] <= tall:
-                qlo = alo[i] if nq == 0 else min(qlo, alo[i])
-                qhi = ahi[i] if nq == 0 else max(qhi, ahi[i])
-                nq += 1
-            else:
-                tlo = alo[i] if nt == 0 else min(tlo, alo[i])
-                thi = ahi[i] if nt == 0 else max(thi, ahi[i])
-                nt += 1
-    # the candidates that can reach a common query; the long ones (along the cut) last
-    m = 0
-    if nq > 0:
-        for q in range(c0, c1):
-            i = tmp[q]
-            if alo[i] < qhi and ahi[i] > qlo:
-                near[m] = i
-                m += 1
-        if extra != 0:
-            for q in range(s0, b):
-                i = tmp[q]
-                if side[q - s0] == extra and alo[i] < qhi and ahi[i] > qlo:
-                    near[m] = i
-                    m += 1
-    if ns * m > _THIN_MAX_PAIRS:
-        return False
-    lmin = 0
-    lmax = 0
-    for t in range(m):
-        x = ohi[near[t]] - olo[near[t]]
-        lmin = x if t == 0 else min(lmin, x)
-        lmax = max(lmax, x)
-    long = 2 * max(lmin, 1)
-    mreg = m
-    if lmax > long:
-        t = 0
-        while t < mreg:  # partition: regular candidates near[:mreg], long ones near[mreg:m]
-            if ohi[near[t]] - olo[near[t]] > long:
-                mreg -= 1
-                x = near[t]
-                near[t] = near[mreg]
-                near[mreg] = x
-            else:
-                t += 1
-        if nq * (m - mreg) > _THIN_MAX_PAIRS:
-            mreg = m  # too many long ones: all sorted
-    ext = _sort_along(alo, ahi, olo, ohi, near, mreg, key, span)
-    for q in range(s0, b):
-        i = tmp[q]
-        if side[q - s0] == 0 and (nt == 0 or ahi[i] - alo[i] <= tall):
-            hit = _hits(alo, ahi, olo, ohi, i, mreg, key, span, ext)
-            if not (hit or (mreg < m and _touches(alo, ahi, olo, ohi, i, near, mreg, m))):
-                side[q - s0] = moved
-    if nt == 0:
-        return True
-    # the tall queries: every candidate that can reach one, compared directly (near is free again)
-    m = 0
-    for q in range(c0, c1):
-        i = tmp[q]
-        if alo[i] < thi and ahi[i] > tlo:
-            near[m] = i
-            m += 1
-    if extra != 0:
-        for q in range(s0, b):
-            i = tmp[q]
-            if side[q - s0] == extra and alo[i] < thi and ahi[i] > tlo:
-                near[m] = i
-                m += 1
-    if nt * m > _THIN_MAX_PAIRS:
-        return True  # the tall ones stay
-    for q in range(s0, b):
-        i = tmp[q]
-        if side[q - s0] == 0 and ahi[i] - alo[i] > tall and not _touches(alo, ahi, olo, ohi, i, near, 0, m):
-            side[q - s0] = moved
-    return True
-
-
-@njit(cache=True, nogil=True)
 def _thin_separator(alo, ahi, olo, ohi, tmp, a, nl, nr, b, order, side, near, key, span):  # pragma: no cover
     """Write the split of ``tmp[a:b]`` (``nl`` boxes before the cut, ``nr`` after it, then the
     separator: the boxes that straddle it) into ``order[a:b]``, thinning the separator.
@@ -391,8 +257,8 @@ def _thin_separator(alo, ahi, olo, ohi, tmp, a, nl, nr, b, order, side, near, ke
     joins the first half; then one that overlaps no box of the (grown) first half joins the
     second. What is left still separates them, and is what the factor's fill grows with: on a
     random field of 10 x 10 stamps about one row in seven of the straddling band goes. Only the
-    boxes near the cut can overlap the separator, so they alone are compared (:func:`_isolated`;
-    skipped when that would cost more than ``_THIN_MAX_PAIRS`` comparisons). Returns ``(na, nb)``: the boxes
+    boxes near the cut can overlap the separator, so they alone are compared (skipped when
+    that would cost more than ``_THIN_MAX_PAIRS`` comparisons). Returns ``(na, nb)``: the boxes
     moved to the first and to the second half. ``order[a:b]`` becomes: first half, the boxes
     moved there, second half, those moved there, the rest of the separator.
     """
@@ -400,13 +266,40 @@ def _thin_separator(alo, ahi, olo, ohi, tmp, a, nl, nr, b, order, side, near, ke
     ns = b - s0
     na = 0
     nb = 0
-    for q in range(ns):
-        side[q] = 0
     if ns > 0:
-        # the separator boxes that overlap no box after the cut move before it; then those that
-        # overlap no box before it (nor one just moved there) move after it
-        if _isolated(alo, ahi, olo, ohi, tmp, a + nl, s0, 0, s0, b, side, -1, near, key, span):
-            _isolated(alo, ahi, olo, ohi, tmp, a, a + nl, -1, s0, b, side, 1, near, key, span)
+        slo = alo[tmp[s0]]
+        shi = ahi[tmp[s0]]
+        for q in range(s0, b):
+            slo = min(slo, alo[tmp[q]])
+            shi = max(shi, ahi[tmp[q]])
+        # the boxes after the cut that can reach the separator
+        m = 0
+        for q in range(a + nl, s0):
+            if alo[tmp[q]] < shi:
+                near[m] = tmp[q]
+                m += 1
+        if ns * m <= _THIN_MAX_PAIRS:
+            ext = _sort_along(alo, ahi, olo, ohi, near, m, key, span)
+            for q in range(s0, b):
+                side[q - s0] = 0 if _hits(alo, ahi, olo, ohi, tmp[q], m, key, span, ext) else -1
+            # the boxes before the cut that can reach the separator, then those moved there
+            m = 0
+            for q in range(a, a + nl):
+                if ahi[tmp[q]] > slo:
+                    near[m] = tmp[q]
+                    m += 1
+            for q in range(s0, b):
+                if side[q - s0] == -1:
+                    near[m] = tmp[q]
+                    m += 1
+            if ns * m <= _THIN_MAX_PAIRS:
+                ext = _sort_along(alo, ahi, olo, ohi, near, m, key, span)
+                for q in range(s0, b):
+                    if side[q - s0] == 0 and not _hits(alo, ahi, olo, ohi, tmp[q], m, key, span, ext):
+                        side[q - s0] = 1
+        else:
+            for q in range(ns):
+                side[q] = 0
     for q in range(s0, b):
         if side[q - s0] == -1:
             na += 1
