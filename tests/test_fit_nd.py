@@ -273,7 +273,7 @@ def test_thinned_separator_still_separates(by_row, sizes):
 def test_thinned_separator_moves_exactly_the_isolated_boxes(by_row, sizes):
     """Which separator boxes move, against a dense overlap table: to the first half exactly those
     that overlap no box after the cut; then to the second exactly those left that overlap no box
-    of the grown first half (tall separator boxes and long candidates take the direct path)."""
+    of the grown first half; mixed sizes (41 x 41 among 11 x 11, 1 x 100) and every orientation."""
     from sparse3d.fit._ordering_kernels import _thin_separator
 
     rng = np.random.default_rng(len(sizes) + 11 * by_row)
