@@ -69,12 +69,15 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
             c0 = min(c0, clo[i])
             c1 = max(c1, chi[i])
         by_row = (r1 - r0) >= (c1 - c0)
+        # the boxes' bounds across the cut, gathered once in segment order (key and near are
+        # free until the separator's thinning): every later pass over them reads in sequence
         for q in range(a, b):
             i = order[q]
-            if by_row:
-                cen[q - a] = 0.5 * (rlo[i] + rhi[i])
-            else:
-                cen[q - a] = 0.5 * (clo[i] + chi[i])
+            lo = rlo[i] if by_row else clo[i]
+            hi = rhi[i] if by_row else chi[i]
+            key[q - a] = lo
+            near[q - a] = hi
+            cen[q - a] = 0.5 * (lo + hi)
         # the median of cen[:m] (as np.median)
         h = m // 2
         med = _select(cen, m, h)
@@ -90,17 +93,13 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
         x0 = np.int64(np.ceil(_select(cen, m, h0)))
         x1 = np.int64(np.floor(_select(cen, m, m - 1 - h0)))
         if x0 < x1 and x1 - x0 <= _WINDOW_MAX_PER_BOX * m:
-            lo_ax, hi_ax = (rlo, rhi) if by_row else (clo, chi)
-            cut = _fewest_straddling(lo_ax, hi_ax, order, a, b, x0, x1, cut, diff)
+            cut = _fewest_straddling(key, near, m, x0, x1, cut, diff)
         nl = 0
         nr = 0
-        for q in range(a, b):
-            i = order[q]
-            lo = rlo[i] if by_row else clo[i]
-            hi = rhi[i] if by_row else chi[i]
-            if hi <= cut:
+        for t in range(m):
+            if near[t] <= cut:
                 nl += 1
-            elif lo >= cut:
+            elif key[t] >= cut:
                 nr += 1
         if nl == 0 or nr == 0:
             continue
@@ -109,8 +108,8 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
         qs = a + nl + nr
         for q in range(a, b):
             i = order[q]
-            lo = rlo[i] if by_row else clo[i]
-            hi = rhi[i] if by_row else chi[i]
+            lo = key[q - a]
+            hi = near[q - a]
             if hi <= cut:
                 tmp[ql] = i
                 ql += 1
@@ -163,23 +162,22 @@ def _select(cen, m, h):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def _fewest_straddling(lo, hi, order, a, b, x0, x1, cut, diff):  # pragma: no cover - compiled
-    """The cut ``x`` in ``[x0, x1]`` that the fewest boxes ``order[a:b]`` straddle
-    (``lo < x < hi``), the one nearest ``cut`` among equals. ``diff`` is scratch space of at
-    least ``x1 - x0 + 2`` entries (straddle counts by a difference array: one pass over the
-    boxes, one over the window)."""
+def _fewest_straddling(lo, hi, m, x0, x1, cut, diff):  # pragma: no cover - compiled
+    """The cut ``x`` in ``[x0, x1]`` that the fewest of the boxes ``[lo[t], hi[t])``, ``t < m``,
+    straddle (``lo < x < hi``), the one nearest ``cut`` among equals. ``diff`` is scratch space
+    of at least ``x1 - x0 + 2`` entries (straddle counts by a difference array: one pass over
+    the boxes, one over the window)."""
     w = x1 - x0 + 1
     for t in range(w + 1):
         diff[t] = 0
-    for q in range(a, b):
-        i = order[q]
-        s = max(lo[i] + 1, x0) - x0  # the box straddles x in [lo + 1, hi - 1]
-        e = min(hi[i], x1 + 1) - x0
+    for t in range(m):
+        s = max(lo[t] + 1, x0) - x0  # the box straddles x in [lo + 1, hi - 1]
+        e = min(hi[t], x1 + 1) - x0
         if s < e:
             diff[s] += 1
             diff[e] -= 1
     best = cut
-    nbest = b - a + 1
+    nbest = m + 1
     run = 0
     for t in range(w):
         run += diff[t]
