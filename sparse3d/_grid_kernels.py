@@ -396,7 +396,8 @@ def planes_scatter(svals, row0, col0, order, srow0, w, root_corner, out) -> np.n
     order, srow0 : numpy.ndarray of int64, shape (n,)
         The sources sorted by ``row0`` (a stable sort) and ``row0[order]``.
     w : numpy.ndarray, shape (n, m)
-        Weights; cast to ``out.dtype``.
+        Weights; cast to ``out.dtype`` (C- or Fortran-contiguous weights of that dtype are
+        read in place: the loop is compiled for both orders).
     root_corner : tuple of int
         Image pixel ``[0, 0]`` in the coordinates of ``row0``/``col0``.
     out : numpy.ndarray, shape (m, H, W)
@@ -409,7 +410,8 @@ def planes_scatter(svals, row0, col0, order, srow0, w, root_corner, out) -> np.n
     if svals.size == 0 or m == 0 or H == 0 or W == 0:
         out[...] = 0
         return out
-    w = np.ascontiguousarray(w, dtype=out.dtype)
+    if w.dtype != out.dtype or not (w.flags.c_contiguous or w.flags.f_contiguous):
+        w = np.ascontiguousarray(w, dtype=out.dtype)  # a column slice (1.x's flux[:, frames]) stays as is
     band = max(1, BAND_BYTES // (W * m * out.itemsize))
     r0, c0 = int(root_corner[0]), int(root_corner[1])
     _compiled("_planes_loop")(svals, row0, col0, order, srow0, w, r0, c0, out, band, PREFETCH_AHEAD)
@@ -436,13 +438,7 @@ def precompile_kernels() -> None:
                 vals, row0, col0, np.ones((8, 8), dtype), 0, 0, np.zeros((2, 1), dtype), 2
             )
             order = np.argsort(row0, kind="stable")
-            planes_scatter(
-                np.ascontiguousarray(vals.transpose(2, 0, 1)),
-                row0,
-                col0,
-                order,
-                row0[order],
-                w,
-                (0, 0),
-                np.empty((1, 8, 8), dtype),
-            )
+            svals = np.ascontiguousarray(vals.transpose(2, 0, 1))
+            for wl in (w, np.asfortranarray(np.ones((2, 3), dtype=dtype))):  # C and F weights
+                out = np.empty((wl.shape[1], 8, 8), dtype)
+                planes_scatter(svals, row0, col0, order, row0[order], wl, (0, 0), out)

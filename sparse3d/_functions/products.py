@@ -244,12 +244,8 @@ def _canvas_model(a, w2: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
         return None
     if CH * CW * k * dtype.itemsize > get_options()["max_dense_bytes"] or w2.nbytes > CANVAS_MAX_WEIGHT_BYTES:
         return None
-    w2 = np.ascontiguousarray(w2)
     last = fam.get("canvas")  # (weights, result dtype, canvas model or None)
-    if last is not None and last[1] == dtype and last[0].dtype == w2.dtype and last[0].shape == w2.shape:
-        same = last[0].tobytes() == w2.tobytes()  # bit for bit: -0.0 and NaN payloads included
-    else:
-        same = False
+    same = last is not None and last[1] == dtype and _same_bits(last[0], w2)
     if same:
         if last[2] is None:
             order = s.sorted_order()[1:]
@@ -259,8 +255,20 @@ def _canvas_model(a, w2: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
             last = (last[0], dtype, _readonly_array(canvas))
             fam["canvas"] = last
         return last[2]
-    fam["canvas"] = (_readonly_array(np.array(w2, copy=True)), dtype, None)
+    # a copy in the weights' own memory order: column slices of a (nsources, nframes) array
+    # (1.x's ``flux[:, frames]``) are Fortran-ordered, and a C-ordered copy costs a transpose
+    fam["canvas"] = (_readonly_array(np.array(w2, copy=True, order="K")), dtype, None)
     return None
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` hold the same values bit for bit (-0.0 and NaN payloads
+    included), in any memory layouts; a differing first row answers without a full copy."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.size and a[:1].tobytes() != b[:1].tobytes():
+        return False  # new weights (a jitter loop's next frames) are told apart here
+    return a.tobytes() == b.tobytes()
 
 
 def _window(canvas: np.ndarray, s, out: np.ndarray) -> np.ndarray:
