@@ -17,10 +17,12 @@ pixels. Sums accumulate in the result dtype (float32 stays float32), serially in
 order, so results are deterministic. Off-image stamp pixels are never read into a sum.
 
 The planes scatter writes the model as ``m`` image planes ``(m, H, W)`` (sparse3d 1.x's
-``(k, H, W)`` layout) in bands of image rows: each band is zeroed and then receives, source
-by source in ascending order, the stamp rows that land on it, so it is written while it is
-in cache and every pixel sums its sources in ascending order (the bits of the pixel-sorted
-scatter and of the CSR product).
+``(k, H, W)`` layout). It reads the stamps in the order of their top rows (a copy of the
+values sorted once per family, so the reads stream through memory): the image rows it
+writes move down the image with the stamps, each row is zeroed just before the first stamp
+lands on it (while it is in cache, one pass) and the rows being summed stay in L2. Each pixel
+sums its sources in that order (top row, then source index): deterministic, and equal to the
+ascending-source sums of the other products to rounding.
 
 numba is imported when a kernel is first needed; the compiled code is cached on disk.
 :func:`precompile_kernels` is this module's :func:`sparse3d.precompile` hook.
@@ -34,12 +36,10 @@ import numpy as np
 
 from . import _kernels
 
-__all__ = ["narrow", "is_grid", "scatter", "gather", "planes_scatter", "SCATTER_BLOCK", "BAND_BYTES"]
+__all__ = ["narrow", "is_grid", "scatter", "gather", "planes_scatter", "planes_order", "SCATTER_BLOCK"]
 
 #: Sources per block of the scatter: the transposed buffer (``block × nr × nc``) stays in L2.
 SCATTER_BLOCK = 128
-#: Bytes of the result per band of image rows of :func:`planes_scatter` (the band stays in L2).
-BAND_BYTES = 256 * 2**10
 
 
 # -- the loops (plain Python; compiled by numba on first use) ------------------------------
@@ -216,56 +216,43 @@ def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no c
                         acc_row[q] += v * g[j * m + q]
 
 
-def _planes_loop(svals, row0, col0, order, srow0, w, r0, c0, out, band, ahead):  # pragma: no cover
-    """``out[q, row0[k] - r0 + i, col0[k] - c0 + j] = Σ_k svals[k, i, j] * w[k, q]`` (in-image only).
+def _planes_loop(svals, srow0, scol0, source, first, last, w, r0, c0, out):  # pragma: no cover
+    """``out[q, srow0[t] - r0 + i, scol0[t] - c0 + j] = Σ_t svals[t, i, j] * w[source[t], q]`` (in-image).
 
-    ``svals`` is the stamp block source-major ``(n, nr, nc)``; ``order`` the sources sorted
-    by ``row0`` (stable) and ``srow0 = row0[order]``. ``out`` ``(m, H, W)`` is overwritten
-    band by band (``band`` image rows): zeroed, then the stamp rows of the band's sources
-    added in ascending source order. ``ahead``: how many of the band's sources ahead the
-    stamp rows are prefetched (they are read at scattered addresses).
+    The stamps ``t`` are sorted by their top row ``srow0``; only ``first <= t < last`` can
+    reach the image. ``out`` ``(m, H, W)`` is overwritten: its rows are zeroed in order, each
+    just before the first stamp that lands on it, the rest after the last stamp.
     """
     n, nr, nc = svals.shape
     m, H, W = out.shape
-    flat = svals.reshape(n * nr * nc)
-    for y0 in range(0, H, band):
-        y1 = min(H, y0 + band)
-        for q in range(m):
-            for y in range(y0, y1):
-                o = out[q, y]
+    z = 0  # rows [0, z) of every plane are zeroed
+    for t in range(first, last):
+        r = srow0[t] - r0
+        c = scol0[t] - c0
+        i0, i1 = max(0, -r), min(nr, H - r)
+        j0, j1 = max(0, -c), min(nc, W - c)
+        if i1 <= i0 or j1 <= j0:
+            continue
+        while z < r + i1:  # r + i1 never decreases: the stamps come by top row
+            for q in range(m):
+                o = out[q, z]
                 for x in range(W):
                     o[x] = 0
-        # the band's sources: y0 - nr < row0 - r0 < y1, one run of the row-sorted order
-        a = np.searchsorted(srow0, y0 - nr + 1 + r0)
-        b = np.searchsorted(srow0, y1 + r0)
-        if b <= a:
-            continue
-        ks = np.sort(order[a:b])  # ascending sources: each pixel sums them in that order
-        cnt = b - a
-        for t in range(cnt):
-            if t + ahead < cnt:
-                kp = ks[t + ahead]
-                rp = row0[kp] - r0
-                e0 = (kp * nr + max(0, y0 - rp)) * nc  # the band's stamp rows: one run of svals
-                e1 = (kp * nr + min(nr, y1 - rp)) * nc
-                for e in range(e0, e1, 8):
-                    _prefetch(flat, e)
-                if e1 > e0:
-                    _prefetch(flat, e1 - 1)
-            k = ks[t]
-            r = row0[k] - r0
-            c = col0[k] - c0
-            i0, i1 = max(0, y0 - r), min(nr, y1 - r)
-            j0, j1 = max(0, -c), min(nc, W - c)
-            if i1 <= i0 or j1 <= j0:
-                continue
-            for i in range(i0, i1):
-                v = svals[k, i, j0:j1]
-                for q in range(m):
-                    wq = w[k, q]
-                    o = out[q, r + i, c + j0 : c + j1]
-                    for j in range(j1 - j0):
-                        o[j] += v[j] * wq
+            z += 1
+        k = source[t]
+        for i in range(i0, i1):
+            v = svals[t, i, j0:j1]
+            for q in range(m):
+                wq = w[k, q]
+                o = out[q, r + i, c + j0 : c + j1]
+                for j in range(j1 - j0):
+                    o[j] += v[j] * wq
+    while z < H:
+        for q in range(m):
+            o = out[q, z]
+            for x in range(W):
+                o[x] = 0
+        z += 1
 
 
 def _compiled(name: str):
@@ -383,28 +370,44 @@ def gather(values, row0, col0, image, root_corner, dtype) -> np.ndarray:
     return out
 
 
-def planes_scatter(svals, row0, col0, order, srow0, w, root_corner, out) -> np.ndarray:
+def planes_order(values, row0, col0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The inputs of :func:`planes_scatter` for grid stamps: ``(svals, srow0, scol0, source)``.
+
+    ``source`` sorts the stamps by their top row ``row0`` (a stable sort: equal rows keep
+    source order); ``svals`` ``(n, nr, nc)`` are the stamp values in that order, source-major
+    and C-contiguous; ``srow0``/``scol0`` the corners in that order. Built once for an array
+    and its translations (which share values and stored corners). Read-only.
+    """
+    source = np.argsort(row0, kind="stable")
+    svals = np.ascontiguousarray(np.moveaxis(values, 2, 0)[source])
+    got = (svals, np.ascontiguousarray(row0[source]), np.ascontiguousarray(col0[source]), source)
+    for a in got:  # shared by a family: read-only (and typed so by numba, as precompiled)
+        a.flags.writeable = False
+    return got
+
+
+def planes_scatter(svals, srow0, scol0, source, w, root_corner, out) -> np.ndarray:
     """Overwrite ``out`` ``(m, H, W)`` with the model of grid stamps: plane ``q`` is
     ``Σ_k values[..., k] * w[k, q]`` on the image.
 
     Parameters
     ----------
-    svals : numpy.ndarray, shape (n, nr, nc)
-        Stamp values, source-major and C-contiguous.
-    row0, col0 : numpy.ndarray of int64, shape (n,)
-        Stored position of every stamp's pixel ``(0, 0)``.
-    order, srow0 : numpy.ndarray of int64, shape (n,)
-        The sources sorted by ``row0`` (a stable sort) and ``row0[order]``.
-    w : numpy.ndarray, shape (n, m)
-        Weights; cast to ``out.dtype`` (C- or Fortran-contiguous weights of that dtype are
-        read in place: the loop is compiled for both orders).
+    svals, srow0, scol0, source : numpy.ndarray
+        The stamps sorted by top row, from :func:`planes_order`: values ``(n, nr, nc)``,
+        corners ``(n,)`` (stored positions of every stamp's pixel ``(0, 0)``, int64) and the
+        source index of each.
+    w : numpy.ndarray, shape (nsources, m)
+        Weights, indexed by source; cast to ``out.dtype`` (C- or Fortran-contiguous weights
+        of that dtype are read in place: the loop is compiled for both orders).
     root_corner : tuple of int
-        Image pixel ``[0, 0]`` in the coordinates of ``row0``/``col0``.
+        Image pixel ``[0, 0]`` in the coordinates of the corners.
     out : numpy.ndarray, shape (m, H, W)
         C-contiguous, of a :data:`sparse3d._kernels.KERNEL_DTYPES` dtype; any content.
 
-    Every pixel sums its sources in ascending order, in ``out.dtype``: the same bits as
-    :func:`sparse3d._kernels.sorted_scatter` (and the CSR product) in ``(H, W, m)``.
+    Sums accumulate in ``out.dtype``; each pixel sums its stamps in the order of
+    :func:`planes_order` (top row, then source), so results are deterministic; they equal
+    the ascending-source sums of :func:`sparse3d._kernels.sorted_scatter` to rounding.
+    Stamp pixels off the image are never read into a sum.
     """
     m, H, W = out.shape
     if svals.size == 0 or m == 0 or H == 0 or W == 0:
@@ -412,9 +415,11 @@ def planes_scatter(svals, row0, col0, order, srow0, w, root_corner, out) -> np.n
         return out
     if w.dtype != out.dtype or not (w.flags.c_contiguous or w.flags.f_contiguous):
         w = np.ascontiguousarray(w, dtype=out.dtype)  # a column slice (1.x's flux[:, frames]) stays as is
-    band = max(1, BAND_BYTES // (W * m * out.itemsize))
     r0, c0 = int(root_corner[0]), int(root_corner[1])
-    _compiled("_planes_loop")(svals, row0, col0, order, srow0, w, r0, c0, out, band, PREFETCH_AHEAD)
+    nr = svals.shape[1]
+    first = int(np.searchsorted(srow0, r0 - nr + 1))  # stamps wholly above the image: skipped
+    last = int(np.searchsorted(srow0, r0 + H))  # ... and wholly below it
+    _compiled("_planes_loop")(svals, srow0, scol0, source, first, last, w, r0, c0, out)
     return out
 
 
@@ -437,8 +442,6 @@ def precompile_kernels() -> None:
             _compiled("_gather_loop")(
                 vals, row0, col0, np.ones((8, 8), dtype), 0, 0, np.zeros((2, 1), dtype), 2
             )
-            order = np.argsort(row0, kind="stable")
-            svals = np.ascontiguousarray(vals.transpose(2, 0, 1))
+            inputs = planes_order(vals, row0, col0)
             for wl in (w, np.asfortranarray(np.ones((2, 3), dtype=dtype))):  # C and F weights
-                out = np.empty((wl.shape[1], 8, 8), dtype)
-                planes_scatter(svals, row0, col0, order, row0[order], wl, (0, 0), out)
+                planes_scatter(*inputs, wl, (0, 0), np.empty((wl.shape[1], 8, 8), dtype))

@@ -185,9 +185,10 @@ def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarr
     VM, more than the scatter's arithmetic). ``into`` in sparse3d 1.x's ``(k, H, W)``
     layout (the transposed view of a C-contiguous cube) is written in place by
     :func:`sparse3d._grid_kernels.planes_scatter` when the stamps are a grid (no scratch
-    buffer, no transposing copy, no separate zeroing pass); in any other layout it receives
-    one copy of the result, and the scratch buffer goes back to the pool. Same bits as
-    without ``into``.
+    buffer, no transposing copy, no separate zeroing pass; each pixel sums its stamps by top
+    row, equal to the other layouts' ascending-source sums to rounding); in any other layout
+    it receives one copy of the result (the same bits as without ``into``), and the scratch
+    buffer goes back to the pool.
     """
     s = a._structure
     H, W = a.imshape
@@ -197,9 +198,8 @@ def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarr
         return _window(canvas, s, out)
     planes = None if into is None else into.transpose(2, 0, 1)
     if planes is not None and planes.flags.c_contiguous and s.grid_corners() is not None:
-        # (k, H, W) planes (sparse3d 1.x's layout) of grid stamps: written in place, band by band
-        svals, order, srow0 = _planes_inputs(a)
-        _grid_kernels.planes_scatter(svals, *s.grid_corners(), order, srow0, w2, s.root_corner, planes)
+        # (k, H, W) planes (sparse3d 1.x's layout) of grid stamps: written in place, row by row
+        _grid_kernels.planes_scatter(*_planes_inputs(a), w2, s.root_corner, planes)
         return into
     direct = into is not None and into.flags.c_contiguous
     buf = into if direct else _pool.lend((H, W, w2.shape[1]), dtype)  # dot() checked max_dense_bytes
@@ -345,17 +345,14 @@ def sorted_values(a) -> np.ndarray:
     return got
 
 
-def _planes_inputs(a) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(svals, order, srow0)`` of :func:`sparse3d._grid_kernels.planes_scatter` for the grid
-    stamps of ``a``: the values source-major, the sources sorted by their stored corner row
-    and those rows (cached for the family: translations share values and corners)."""
+def _planes_inputs(a) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The stamps of ``a`` sorted by top row for :func:`sparse3d._grid_kernels.planes_scatter`
+    (:func:`sparse3d._grid_kernels.planes_order`), cached for the family: translations share
+    values and corners."""
     fam = a._family
     got = fam.get("planes")
     if got is None:
-        row0 = a._structure.grid_corners()[0]
-        order = np.argsort(row0, kind="stable")
-        svals = np.ascontiguousarray(a._values.transpose(2, 0, 1))
-        got = fam.setdefault("planes", tuple(_readonly_array(x) for x in (svals, order, row0[order])))
+        got = fam.setdefault("planes", _grid_kernels.planes_order(a._values, *a._structure.grid_corners()))
     return got
 
 
