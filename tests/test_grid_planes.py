@@ -120,6 +120,25 @@ def test_planes_scatter_matches_dense_at_every_offset(imcorner, dtype, order):
         np.testing.assert_allclose(got, np.moveaxis(sorted_model, -1, 0), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex64, np.complex128])
+@pytest.mark.parametrize("shift", [0, 1])
+def test_planes_scatter_rows_stream_out_at_any_alignment(dtype, shift):
+    """A tall image with many stamps (the ring of summed rows wraps many times), stamps of one
+    and of many rows, and a result starting ``shift`` items past an aligned address (the rows
+    are written by non-temporal 16-byte stores only where aligned)."""
+    rng = np.random.default_rng(2 + shift)
+    for stamp, imshape in [((5, 3), (61, 13)), ((1, 4), (17, 9)), ((7, 7), (5, 30))]:
+        sc = random_scene(rng, imshape=imshape, stamp=stamp, nsources=60, imcorner=(3, -4), dtype=dtype)
+        S = sc.build()
+        inputs = _functions.products._planes_inputs(S)
+        H, W = imshape
+        for d in [(0, 0), (2, -1), (-3, 5)]:
+            w = rng.normal(size=(60, 2)).astype(dtype)
+            out = np.full(2 * H * W + shift, np.nan, dtype=dtype)[shift:].reshape(2, H, W)
+            _grid_kernels.planes_scatter(*inputs, w, S.translate(d)._structure.root_corner, out)
+            _check(out, _planes_ref(_dense_at(sc, d), w), dtype)
+
+
 def test_planes_order_sorts_the_stamps_by_top_row():
     rng = np.random.default_rng(11)
     sc = random_scene(rng, imshape=(30, 20), stamp=(4, 3), nsources=25)
