@@ -8,7 +8,6 @@ position::
     grid      whether stored positions are a grid along one stamp axis
     scatter   out[r0 + i, c0 : c0 + nc, :] += values[i, :, k] * w[k, :]        (dot)
     gather    out[k, :] += Σ_j values[i, j, k] * image[r0 + i, c0 + j, :]     (projection)
-    planes    out[:, r0 + i, c0 : c0 + nc] += w[k, :, None] * values[i, :, k]  (dot into (m, H, W))
 
 The scatter (and the gather) takes the stamp block (source axis innermost) ``block`` sources at a time,
 transposes them into a small buffer and adds each source's stamp rows to contiguous image
@@ -16,15 +15,7 @@ rows: its image accesses are ``nr`` short runs per source instead of ``nr · nc`
 pixels. Sums accumulate in the result dtype (float32 stays float32), serially in source
 order, so results are deterministic. Off-image stamp pixels are never read into a sum.
 
-The planes scatter writes the model as ``m`` image planes ``(m, H, W)`` (sparse3d 1.x's
-``(k, H, W)`` layout). It reads the stamps in the order of their top rows (a copy of the
-values sorted once per family, so the reads stream through memory): the image rows being
-summed move down the image with the stamps and are kept in a small ring of rows (in cache);
-a row is zeroed there just before the first stamp lands on it, and streamed to the result
-with non-temporal stores once the stamps have passed it (the result is written once and never
-read into the cache). Each pixel
-sums its sources in that order (top row, then source index): deterministic, and equal to the
-ascending-source sums of the other products to rounding.
+The planes scatter (dot into sparse3d 1.x's ``(k, H, W)`` layout) is :mod:`sparse3d._planes_kernels`.
 
 numba is imported when a kernel is first needed; the compiled code is cached on disk.
 :func:`precompile_kernels` is this module's :func:`sparse3d.precompile` hook.
@@ -32,14 +23,13 @@ numba is imported when a kernel is first needed; the compiled code is cached on 
 
 from __future__ import annotations
 
-import threading
 from types import FunctionType
 
 import numpy as np
 
 from . import _kernels
 
-__all__ = ["narrow", "is_grid", "scatter", "gather", "planes_scatter", "planes_order", "SCATTER_BLOCK"]
+__all__ = ["narrow", "is_grid", "scatter", "gather", "SCATTER_BLOCK"]
 
 #: Sources per block of the scatter: the transposed buffer (``block × nr × nc``) stays in L2.
 SCATTER_BLOCK = 128
@@ -117,37 +107,6 @@ def _prefetch_intrinsic():
         return types.void(a, j), codegen
 
     return prefetch
-
-
-def _stream16(dst, i, src, j):  # pragma: no cover - replaced by a numba intrinsic before compiling
-    """``dst`` bytes ``[i*s, i*s + 16)`` = ``src``'s from ``j*s`` (``s`` the item size), written
-    around the caches; ``dst``'s address there is 16-byte aligned."""
-
-
-def _stream16_intrinsic():
-    """``_stream16`` as a numba intrinsic: one 16-byte store with LLVM's ``!nontemporal``
-    hint (``movntdq``): the line goes to memory without first being read into the cache."""
-    from llvmlite import ir
-    from numba.core import cgutils, types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def stream16(typingctx, dst, i, src, j):
-        def codegen(context, builder, sig, args):
-            dty, _, sty, _ = sig.args
-            vec = ir.VectorType(ir.IntType(64), 2)
-            da = context.make_array(dty)(context, builder, args[0])
-            sa = context.make_array(sty)(context, builder, args[2])
-            dptr = cgutils.get_item_pointer(context, builder, dty, da, [args[1]], wraparound=False)
-            sptr = cgutils.get_item_pointer(context, builder, sty, sa, [args[3]], wraparound=False)
-            value = builder.load(builder.bitcast(sptr, vec.as_pointer()), align=1)
-            store = builder.store(value, builder.bitcast(dptr, vec.as_pointer()), align=16)
-            store.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
-            return context.get_dummy_value()
-
-        return types.void(dst, i, src, j), codegen
-
-    return stream16
 
 
 #: How many sources ahead the scatter prefetches the image rows of a stamp (their lines
@@ -250,70 +209,6 @@ def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no c
                         acc_row[q] += v * g[j * m + q]
 
 
-def _planes_loop(svals, srow0, scol0, source, first, last, w, r0, c0, out, ring):  # pragma: no cover
-    """``out[q, srow0[t] - r0 + i, scol0[t] - c0 + j] = Σ_t svals[t, i, j] * w[source[t], q]`` (in-image).
-
-    The stamps ``t`` are sorted by their top row ``srow0``; only ``first <= t < last`` can
-    reach the image. Rows are summed in ``ring`` ``(m, nr, W)`` (image row ``y`` in ring row
-    ``y % nr``; it stays in cache), zeroed there just before the first stamp lands on them;
-    once the stamps have moved below a row, it is final and streamed to ``out`` ``(m, H, W)``
-    with non-temporal stores (no read of ``out`` into the cache). Rows no stamp reaches are
-    zeroed in ``out``.
-    """
-    n, nr, nc = svals.shape
-    m, H, W = out.shape
-    step = 16 // out.itemsize  # elements per 16-byte store
-    z = 0  # rows [0, z) are started: zeroed in the ring (or already written out)
-    f = 0  # rows [0, f) are written to out
-    for t in range(first, last + 1):
-        top = H  # after the last stamp: write out every row left
-        if t < last:
-            r = srow0[t] - r0
-            c = scol0[t] - c0
-            i0, i1 = max(0, -r), min(nr, H - r)
-            j0, j1 = max(0, -c), min(nc, W - c)
-            if i1 <= i0 or j1 <= j0:
-                continue
-            top = r + i0  # never decreases: the stamps come by top row
-        while f < top:  # rows above this stamp are final
-            for q in range(m):
-                o = out[q, f]
-                if f >= z:  # no stamp reached it
-                    for x in range(W):
-                        o[x] = 0
-                    continue
-                s = ring[q, f % nr]
-                x = 0
-                while x < W and (o.ctypes.data + x * out.itemsize) % 16 != 0:
-                    o[x] = s[x]
-                    x += 1
-                while x + step <= W:
-                    _stream16(o, x, s, x)
-                    x += step
-                while x < W:
-                    o[x] = s[x]
-                    x += 1
-            f += 1
-        if t == last:
-            break
-        z = max(z, f)
-        while z < r + i1:
-            for q in range(m):
-                o = ring[q, z % nr]
-                for x in range(W):
-                    o[x] = 0
-            z += 1
-        k = source[t]
-        for i in range(i0, i1):
-            v = svals[t, i, j0:j1]
-            y = (r + i) % nr
-            for q in range(m):
-                wq = w[k, q]
-                o = ring[q, y, c + j0 : c + j1]
-                for j in range(j1 - j0):
-                    o[j] += v[j] * wq
-
-
 def _compiled(name: str):
     """The compiled loop ``name`` (registered with the array core's kernels, so
     :func:`sparse3d._kernels.loaded` knows numba is paid for)."""
@@ -322,25 +217,15 @@ def _compiled(name: str):
     if fn is None:
         import numba
 
-        global _prefetch, _stream16
+        global _prefetch
         if isinstance(_prefetch, FunctionType):  # still the Python stub (numba freezes globals)
             try:
                 _prefetch = _prefetch_intrinsic()
             except Exception:  # noqa: BLE001 - a hint only: an llvmlite without it gets a no-op
                 _prefetch = numba.njit(lambda a, j: None)
-        if isinstance(_stream16, FunctionType):
-            try:
-                _stream16 = _stream16_intrinsic()
-            except Exception:  # noqa: BLE001 - an llvmlite without it: plain 16-byte copies
-                _stream16 = numba.njit(_copy16)
         fn = numba.njit(cache=True, nogil=True)(globals()[name])
         _kernels._COMPILED[key] = fn
     return fn
-
-
-def _copy16(dst, i, src, j):  # pragma: no cover - runs compiled (the fallback of _stream16)
-    for e in range(16 // dst.itemsize):
-        dst[i + e] = src[j + e]
 
 
 # -- entry points ----------------------------------------------------------------------------
@@ -439,74 +324,6 @@ def gather(values, row0, col0, image, root_corner, dtype) -> np.ndarray:
     return out
 
 
-def planes_order(values, row0, col0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The inputs of :func:`planes_scatter` for grid stamps: ``(svals, srow0, scol0, source)``.
-
-    ``source`` sorts the stamps by their top row ``row0`` (a stable sort: equal rows keep
-    source order); ``svals`` ``(n, nr, nc)`` are the stamp values in that order, source-major
-    and C-contiguous; ``srow0``/``scol0`` the corners in that order. Built once for an array
-    and its translations (which share values and stored corners). Read-only.
-    """
-    source = np.argsort(row0, kind="stable")
-    svals = np.ascontiguousarray(np.moveaxis(values, 2, 0)[source])
-    got = (svals, np.ascontiguousarray(row0[source]), np.ascontiguousarray(col0[source]), source)
-    for a in got:  # shared by a family: read-only (and typed so by numba, as precompiled)
-        a.flags.writeable = False
-    return got
-
-
-def planes_scatter(svals, srow0, scol0, source, w, root_corner, out) -> np.ndarray:
-    """Overwrite ``out`` ``(m, H, W)`` with the model of grid stamps: plane ``q`` is
-    ``Σ_k values[..., k] * w[k, q]`` on the image.
-
-    Parameters
-    ----------
-    svals, srow0, scol0, source : numpy.ndarray
-        The stamps sorted by top row, from :func:`planes_order`: values ``(n, nr, nc)``,
-        corners ``(n,)`` (stored positions of every stamp's pixel ``(0, 0)``, int64) and the
-        source index of each.
-    w : numpy.ndarray, shape (nsources, m)
-        Weights, indexed by source; cast to ``out.dtype`` (C- or Fortran-contiguous weights
-        of that dtype are read in place: the loop is compiled for both orders).
-    root_corner : tuple of int
-        Image pixel ``[0, 0]`` in the coordinates of the corners.
-    out : numpy.ndarray, shape (m, H, W)
-        C-contiguous, of a :data:`sparse3d._kernels.KERNEL_DTYPES` dtype; any content.
-
-    Sums accumulate in ``out.dtype``; each pixel sums its stamps in the order of
-    :func:`planes_order` (top row, then source), so results are deterministic; they equal
-    the ascending-source sums of :func:`sparse3d._kernels.sorted_scatter` to rounding.
-    Stamp pixels off the image are never read into a sum.
-    """
-    m, H, W = out.shape
-    if svals.size == 0 or m == 0 or H == 0 or W == 0:
-        out[...] = 0
-        return out
-    if w.dtype != out.dtype or not (w.flags.c_contiguous or w.flags.f_contiguous):
-        w = np.ascontiguousarray(w, dtype=out.dtype)  # a column slice (1.x's flux[:, frames]) stays as is
-    r0, c0 = int(root_corner[0]), int(root_corner[1])
-    nr = svals.shape[1]
-    first = int(np.searchsorted(srow0, r0 - nr + 1))  # stamps wholly above the image: skipped
-    last = int(np.searchsorted(srow0, r0 + H))  # ... and wholly below it
-    ring = _ring((m, nr, W), out.dtype)
-    _compiled("_planes_loop")(svals, srow0, scol0, source, first, last, w, r0, c0, out, ring)
-    return out
-
-
-_RINGS = threading.local()
-
-
-def _ring(shape: tuple[int, int, int], dtype) -> np.ndarray:
-    """This thread's scratch rows for :func:`planes_scatter` (kept: a new one per product
-    would fault in its pages every time)."""
-    key = (shape, np.dtype(dtype))
-    got = getattr(_RINGS, "ring", None)
-    if got is None or got[0] != key:
-        got = (key, np.empty(shape, dtype))
-        _RINGS.ring = got  # one per thread, the last shape used
-    return got[1]
-
-
 def precompile_kernels() -> None:
     """Compile (or load from the cache) the loops for float64/float32 values and int16/int32
     positions (the :func:`sparse3d.precompile` hook)."""
@@ -526,6 +343,3 @@ def precompile_kernels() -> None:
             _compiled("_gather_loop")(
                 vals, row0, col0, np.ones((8, 8), dtype), 0, 0, np.zeros((2, 1), dtype), 2
             )
-            inputs = planes_order(vals, row0, col0)
-            for wl in (w, np.asfortranarray(np.ones((2, 3), dtype=dtype))):  # C and F weights
-                planes_scatter(*inputs, wl, (0, 0), np.empty((wl.shape[1], 8, 8), dtype))

@@ -1,4 +1,4 @@
-"""The planes scatter of grid stamps (``_grid_kernels.planes_scatter``): a jitter loop's models
+"""The planes scatter of grid stamps (``_planes_kernels.planes_scatter``): a jitter loop's models
 written straight into sparse3d 1.x's ``(k, H, W)`` layout, against dense NumPy references.
 
 Kernels and lending are forced on the small scenes (``MIN_ELEMENTS = 0``, ``MIN_BYTES = 0``).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sparse3d import _functions, _grid_kernels, _kernels, _pool, legacy
+from sparse3d import _functions, _kernels, _planes_kernels, _pool, legacy
 from sparse3d.testing import dense_reference, random_scene
 
 pytestmark = pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
@@ -27,13 +27,13 @@ def planes_calls(monkeypatch):
     monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
     monkeypatch.setattr(_pool, "MIN_BYTES", 0)
     calls: list = []
-    orig = _grid_kernels.planes_scatter
+    orig = _planes_kernels.planes_scatter
 
     def spy(*args):
         calls.append(args[-1].shape)
         return orig(*args)
 
-    monkeypatch.setattr(_grid_kernels, "planes_scatter", spy)
+    monkeypatch.setattr(_planes_kernels, "planes_scatter", spy)
     _pool.clear()
     yield calls
     _pool.clear()
@@ -105,11 +105,13 @@ def test_planes_scatter_matches_dense_at_every_offset(imcorner, dtype, order):
         T = S.translate(d)
         w = rng.normal(size=(S.nsources, 3)).astype(dtype)
         out = np.full((3, H, W), np.nan, dtype=dtype)  # any content: overwritten
-        got = _grid_kernels.planes_scatter(*inputs, np.asarray(w, order=order), T._structure.root_corner, out)
+        got = _planes_kernels.planes_scatter(
+            *inputs, np.asarray(w, order=order), T._structure.root_corner, out
+        )
         assert got is out
         _check(got, _planes_ref(_dense_at(sc, d), w), dtype)
         other = np.empty_like(out)
-        _grid_kernels.planes_scatter(
+        _planes_kernels.planes_scatter(
             *inputs, np.asarray(w, order="F" if order == "C" else "C"), T._structure.root_corner, other
         )
         np.testing.assert_array_equal(got, other)
@@ -135,7 +137,7 @@ def test_planes_scatter_rows_stream_out_at_any_alignment(dtype, shift):
         for d in [(0, 0), (2, -1), (-3, 5)]:
             w = rng.normal(size=(60, 2)).astype(dtype)
             out = np.full(2 * H * W + shift, np.nan, dtype=dtype)[shift:].reshape(2, H, W)
-            _grid_kernels.planes_scatter(*inputs, w, S.translate(d)._structure.root_corner, out)
+            _planes_kernels.planes_scatter(*inputs, w, S.translate(d)._structure.root_corner, out)
             _check(out, _planes_ref(_dense_at(sc, d), w), dtype)
 
 
@@ -144,7 +146,7 @@ def test_planes_order_sorts_the_stamps_by_top_row():
     sc = random_scene(rng, imshape=(30, 20), stamp=(4, 3), nsources=25)
     S = sc.build()
     row0, col0 = S._structure.grid_corners()
-    svals, srow0, scol0, source = _grid_kernels.planes_order(S._values, row0, col0)
+    svals, srow0, scol0, source = _planes_kernels.planes_order(S._values, row0, col0)
     assert np.all(np.diff(srow0) >= 0) and sorted(source) == list(range(25))
     ties = np.diff(srow0) == 0
     assert np.all(np.diff(source)[ties] > 0)  # a stable sort: equal rows keep source order
@@ -173,7 +175,7 @@ def test_zero_sources_and_an_empty_stamp_block():
     out = np.full((2, 4, 5), np.nan)
     empty = np.zeros((0, 3, 3))
     idx = np.zeros(0, dtype=np.int64)
-    got = _grid_kernels.planes_scatter(empty, idx, idx, idx, np.zeros((0, 2)), (0, 0), out)
+    got = _planes_kernels.planes_scatter(empty, idx, idx, idx, np.zeros((0, 2)), (0, 0), out)
     assert got is out
     np.testing.assert_array_equal(out, 0)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _grid_kernels, _kernels, _pool
+from .. import _grid_kernels, _kernels, _planes_kernels, _pool
 from .._options import check_dense_allocation, get_options
 from ._registry import (
     _S,
@@ -184,7 +184,7 @@ def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarr
     already mapped, instead of faulting in a fresh one per call (~1 ms per 6 MB model on a
     VM, more than the scatter's arithmetic). ``into`` in sparse3d 1.x's ``(k, H, W)``
     layout (the transposed view of a C-contiguous cube) is written in place by
-    :func:`sparse3d._grid_kernels.planes_scatter` when the stamps are a grid (no scratch
+    :func:`sparse3d._planes_kernels.planes_scatter` when the stamps are a grid (no scratch
     buffer, no transposing copy, no separate zeroing pass; each pixel sums its stamps by top
     row, equal to the other layouts' ascending-source sums to rounding); in any other layout
     it receives one copy of the result (the same bits as without ``into``), and the scratch
@@ -199,7 +199,7 @@ def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarr
     planes = None if into is None else into.transpose(2, 0, 1)
     if planes is not None and planes.flags.c_contiguous and s.grid_corners() is not None:
         # (k, H, W) planes (sparse3d 1.x's layout) of grid stamps: written in place, row by row
-        _grid_kernels.planes_scatter(*_planes_inputs(a), w2, s.root_corner, planes)
+        _planes_kernels.planes_scatter(*_planes_inputs(a), w2, s.root_corner, planes)
         return into
     direct = into is not None and into.flags.c_contiguous
     buf = into if direct else _pool.lend((H, W, w2.shape[1]), dtype)  # dot() checked max_dense_bytes
@@ -346,13 +346,13 @@ def sorted_values(a) -> np.ndarray:
 
 
 def _planes_inputs(a) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The stamps of ``a`` sorted by top row for :func:`sparse3d._grid_kernels.planes_scatter`
-    (:func:`sparse3d._grid_kernels.planes_order`), cached for the family: translations share
+    """The stamps of ``a`` sorted by top row for :func:`sparse3d._planes_kernels.planes_scatter`
+    (:func:`sparse3d._planes_kernels.planes_order`), cached for the family: translations share
     values and corners."""
     fam = a._family
     got = fam.get("planes")
     if got is None:
-        got = fam.setdefault("planes", _grid_kernels.planes_order(a._values, *a._structure.grid_corners()))
+        got = fam.setdefault("planes", _planes_kernels.planes_order(a._values, *a._structure.grid_corners()))
     return got
 
 
