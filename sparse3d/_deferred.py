@@ -267,7 +267,7 @@ def _result_bounds(ufunc, args, dtype, inputs):
         got.append(b)
     try:
         if ufunc in (np.negative, np.positive, np.square, np.exp):
-            ((lo, hi),) = got
+            (lo, hi), = got
             if ufunc is np.negative:
                 return _widened(-hi, -lo, dtype)
             if ufunc is np.positive:

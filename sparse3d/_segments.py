@@ -150,12 +150,8 @@ def _segment_node(members: list[Node], new: dict) -> Node:
         lines.append(f"        t{i} = " + _CHEAP[m.func].format(*refs))
     params = ["out"] + [f"a{j}" for j in range(len(args))] + [f"s{j}" for j in range(len(scalars))]
     source = "\n".join(
-        [
-            f"def kernel({', '.join(params)}):",
-            "    for i in range(out.shape[0]):",
-            *lines,
-            f"        out[i] = t{len(members) - 1}",
-        ]
+        [f"def kernel({', '.join(params)}):", "    for i in range(out.shape[0]):", *lines,
+         f"        out[i] = t{len(members) - 1}"]
     )
     kernel = _SEGMENT_KERNELS.get(source)
     if kernel is None:

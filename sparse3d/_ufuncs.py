@@ -314,10 +314,8 @@ def _per_group_arrays(func, args, kwargs, structure):
     Sparse3D = _sparse3d_type()
     n = structure.nsources
     for x in args:
-        if (
-            not isinstance(x, Sparse3D)
-            and not _scalar_like(x)
-            and not (type(x) is np.ndarray and x.ndim == 1 and x.shape[0] == n and x.dtype.kind in "biufc")
+        if not isinstance(x, Sparse3D) and not _scalar_like(x) and not (
+            type(x) is np.ndarray and x.ndim == 1 and x.shape[0] == n and x.dtype.kind in "biufc"
         ):
             return None
     columns = []  # every operand, one entry per group

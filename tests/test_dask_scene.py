@@ -117,7 +117,6 @@ def test_scene_fit_with_the_default_client_and_stamps_computed_on_workers(cluste
         "y3d": g["y3d"],
     }
     SC = SourceChunked.from_function(_gauss, params, g["row3d"], g["col3d"], g["imshape"], chunks=400)
-
     def refuse(*args, **kwargs):
         raise AssertionError("the client process must not build stamps, designs or normal matrices")
 

@@ -184,7 +184,6 @@ def test_evaluation_releases_the_leaves():
 
     sc, X, Y, y = _scene_pair(12, np.float64, 30)
     L = _gaussian(X, Y, np.zeros(30), np.ones(30))
-
     def holders(S):  # outside an assert: pytest's rewriting would keep ``S._vals`` alive
         return sys.getrefcount(S._vals) - 1
 

@@ -275,14 +275,8 @@ def test_elementwise_chains_on_groups_defer_per_group(monkeypatch, dtype):
     for n, s in ((9, 3), (4, 7), (0, 5)):
         R, C = np.mgrid[:s, :s] - s // 2
         r0, c0 = rng.integers(-4, 32, n) + imcorner[0], rng.integers(-4, 30, n) + imcorner[1]
-        pieces.append(
-            (
-                (R[:, :, None] * np.ones(n)).astype(dtype),
-                (C[:, :, None] * np.ones(n)).astype(dtype),
-                R[:, :, None] + r0,
-                C[:, :, None] + c0,
-            )
-        )
+        pieces.append(((R[:, :, None] * np.ones(n)).astype(dtype), (C[:, :, None] * np.ones(n)).astype(dtype),
+                       R[:, :, None] + r0, C[:, :, None] + c0))
     rp, cp = rng.uniform(-0.5, 0.5, 13).astype(dtype), rng.uniform(-0.5, 0.5, 13).astype(dtype)
     w = rng.uniform(1, 2, 13)
 
@@ -293,12 +287,8 @@ def test_elementwise_chains_on_groups_defer_per_group(monkeypatch, dtype):
     Ys = [Sparse3D(y, r, c, imshape, imcorner) for _, y, r, c in pieces]
     for X, Y in (
         (np.concatenate(Xs, axis=2), np.concatenate(Ys, axis=2)),
-        tuple(
-            Sparse3D.from_groups(
-                [p[k] for p in pieces], [p[2] for p in pieces], [p[3] for p in pieces], imshape, imcorner
-            )
-            for k in (0, 1)
-        ),
+        tuple(Sparse3D.from_groups([p[k] for p in pieces], [p[2] for p in pieces], [p[3] for p in pieces],
+                                   imshape, imcorner) for k in (0, 1)),
     ):
         L = chain(X, Y, rp, cp)
         assert _joined(L) and all(g._lazy is not None for g in L.groups)  # deferred, per group
@@ -308,16 +298,10 @@ def test_elementwise_chains_on_groups_defer_per_group(monkeypatch, dtype):
         offsets = np.cumsum([0, 9, 4])
         for g, (x, y, _, _), o in zip(L.groups, pieces[:2], offsets):
             n = x.shape[2]
-            expect = np.exp(-0.5 * ((x - rp[o : o + n]) ** 2 + (y - cp[o : o + n]) ** 2)) / (2 * np.pi)
+            expect = np.exp(-0.5 * ((x - rp[o:o + n]) ** 2 + (y - cp[o:o + n]) ** 2)) / (2 * np.pi)
             np.testing.assert_array_equal(g.data, expect.astype(dtype))
-        dense = np.concatenate(
-            [
-                Sparse3D(
-                    chain(x, y, rp[o : o + x.shape[2]], cp[o : o + x.shape[2]]), r, c, imshape, imcorner
-                ).todense()
-                for (x, y, r, c), o in zip(pieces[:2], offsets)
-            ],
-            axis=2,
-        )
+        dense = np.concatenate([Sparse3D(chain(x, y, rp[o:o + x.shape[2]], cp[o:o + x.shape[2]]), r, c,
+                                         imshape, imcorner).todense() for (x, y, r, c), o in
+                                zip(pieces[:2], offsets)], axis=2)
         np.testing.assert_allclose(image, dense @ w, rtol=1e-5 if dtype == np.float32 else 1e-12)
         np.testing.assert_array_equal(L.todense(), dense)

@@ -469,7 +469,6 @@ def test_repeated_positions_refused_exactly_when_present(nr, nc, n, box, seed, l
             k = rng.integers(n)
             i, j = np.unravel_index(rng.choice(nr * nc, size=2, replace=False), (nr, nc))
             row[i[0], j[0], k], col[i[0], j[0], k] = row[i[1], j[1], k], col[i[1], j[1], k]
-
     def distinct(k):
         return len({(int(r), int(c)) for r, c in zip(row[..., k].ravel(), col[..., k].ravel())})
 

@@ -21,7 +21,9 @@ MB = 1024**2
 
 def _scene(seed=0):
     """A mid-size scene with overlaps and edge-hanging stamps."""
-    return random_scene(seed, imshape=(120, 150), stamp=(5, 6), nsources=150, imcorner=(-3, 8))
+    return random_scene(
+        seed, imshape=(120, 150), stamp=(5, 6), nsources=150, imcorner=(-3, 8)
+    )
 
 
 def _fresh(sc, data=None):

@@ -23,6 +23,8 @@ def _isclose(a, b, rtol=1e-05, atol=1e-08, equal_nan=False):
     return apply_elementwise(np.isclose, (a, b), kw, name="np.isclose")
 
 
+
+
 def _logical_operands(a, b):
     """Both operands as ``sparse.COO`` (Sparse3D) or ndarray, for a logical comparison."""
     Sparse3D = _S()

@@ -242,6 +242,7 @@ def owned_copy(arr: np.ndarray, dtype=None) -> np.ndarray:
     return _readonly(buf)
 
 
+
 def _inside(a: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Boolean ``lo <= a < hi`` for integer ``a`` and Python-int bounds of any size (no wrap)."""
     info = np.iinfo(a.dtype)

@@ -12,7 +12,6 @@ from .tiles import _chunk_summary
 #: are scattered first (Dask warns about task graphs above 10 MB).
 _INLINE_BYTES = 4 * 2**20
 
-
 def _call(method: str, obj, *args):
     return getattr(obj, method)(*args) if method != "summary" else _chunk_summary(obj)
 

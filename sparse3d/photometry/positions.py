@@ -532,7 +532,9 @@ def fit_positions(
                 and history[-1 - _STALL_ITER] - history[-1] < max(_STALL_DCHI2, _STALL_RTOL * history[-1])
                 and np.sum(~(step < tol_k)) <= _STALL_FRAC * m
             )
-            if last_stage and ((accepted and np.all(step < tol_k) and np.all(lam[moving] <= 1.0)) or stalled):
+            if last_stage and (
+                (accepted and np.all(step < tol_k) and np.all(lam[moving] <= 1.0)) or stalled
+            ):
                 converged = True
                 break
             moving = new_moving
