@@ -328,15 +328,20 @@ def test_copy_with_bounds_matches_numpy(dtype, bad, where):
 @pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("where", [0, 3, -1])
 @pytest.mark.parametrize("size", [1, 2, 17, 4099])
-def test_copy_with_bounds_compiled_matches_numpy(monkeypatch, dtype, bad, where, size):
+@pytest.mark.parametrize("sign", [1, -1])
+def test_copy_with_bounds_compiled_matches_numpy(sign, monkeypatch, dtype, bad, where, size):
     """The compiled copy (sparse3d._copy_kernels): the same copy and bounds as NumPy, NaN and
     infinities anywhere (the first value seeds the bounds), signed zeros, one value."""
     if not _kernels.available():
         pytest.skip("numba is not installed")
     monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
     rng = np.random.default_rng(size)
-    a = rng.uniform(-1e30, 7, size=(1, 1, size)).astype(dtype)
+    a = (sign * rng.uniform(-1e30, 7, size=(1, 1, size))).astype(dtype)
     a.reshape(-1)[size // 2] = -0.0
+    if size > 100:  # subnormals, the largest finite values, all-negative runs
+        tiny = np.finfo(dtype).smallest_subnormal
+        a.reshape(-1)[10:20] = [tiny, -tiny, 3 * tiny, -5 * tiny, np.finfo(dtype).max, -np.finfo(dtype).max,
+                                -1e-3, -2.5, 0.0, -0.0]
     if bad is not None:
         a.reshape(-1)[where % size] = bad
     out, bounds = _deferred.copy_with_bounds(a)
