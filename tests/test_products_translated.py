@@ -357,3 +357,36 @@ def test_large_weights_are_not_remembered(forced, monkeypatch):
         got = S.translate(d).dot(w)
         np.testing.assert_allclose(got, _model(_dense_at(sc, d), w).real, atol=1e-12)
     assert S._family.get("canvas") is None
+
+
+@needs_numba
+def test_numpy_products_amortise_numba_per_process(monkeypatch):
+    """Small arrays start on NumPy's path; once the *process* has run ``REPEAT_ELEMENTS``
+    stamp elements of products (counted over every family, as numba's load is paid once per
+    process) the next product takes the kernels, even a family's first. Every result stays
+    equal to the dense reference."""
+    products = _functions.products
+    rng = np.random.default_rng(5)
+    kw = dict(imshape=(25, 31), stamp=(4, 3), nsources=30, imcorner=(2, -3))
+    scenes = [random_scene(rng, **kw) for _ in range(3)]
+    arrays = [sparse3d.Sparse3D(sc.data, sc.row, sc.col, sc.imshape, imcorner=sc.imcorner) for sc in scenes]
+    size = arrays[0]._values.size
+    monkeypatch.setattr(products, "REPEAT_ELEMENTS", 3 * size)
+    monkeypatch.setattr(products, "REPEAT_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 10 * size)
+    monkeypatch.setattr(_kernels, "loaded", lambda: False)  # as in a fresh process
+    monkeypatch.setitem(products._PROCESS, "elements", 0)
+    seen: list = []
+    orig = products._fast_product
+
+    def spy(*args):
+        seen.append(orig(*args))
+        return seen[-1]
+
+    monkeypatch.setattr(products, "_fast_product", spy)
+    w = rng.normal(size=30)
+    for S, sc in zip(arrays, scenes):
+        got = S.dot(w)
+        np.testing.assert_allclose(got, _model(_dense_at(sc, (0, 0)), w).real, rtol=1e-12, atol=1e-12)
+    assert seen[:2] == [None, None]  # two first products, 2 * size elements in the process
+    assert seen[2] is not None  # the third family's first product: the process passed 3 * size

@@ -304,7 +304,7 @@ def _fast_product(a, dtype, *other_dtypes) -> str | None:
     fam = a._family
     fam["nproducts"] = calls = fam.get("nproducts", 0) + 1
     size = a._values.size
-    fam["elements"] = fam.get("elements", 0) + size
+    _PROCESS["elements"] += size
     if size < _kernels.MIN_ELEMENTS and not _repeated(fam, size):
         return None
     if not _kernels.use_kernel(max(size, _kernels.MIN_ELEMENTS), dtype, a.dtype, *other_dtypes):
@@ -319,18 +319,22 @@ def _fast_product(a, dtype, *other_dtypes) -> str | None:
     return "sorted" if calls >= 2 else "kernel"
 
 
-#: A family (an array and its translations) below ``MIN_ELEMENTS`` uses the kernels once it
-#: has run products over this many stamp elements in all (NumPy's path costs ~15 ns per
-#: element and weight column, numba ~1.5 s to load per process), or, once numba is loaded
-#: in the process, from its second product on when it has at least ``REPEAT_MIN_ELEMENTS``.
+#: An array below ``MIN_ELEMENTS`` (with at least ``REPEAT_MIN_ELEMENTS``) uses the kernels
+#: once the process has run products over this many stamp elements in all (NumPy's path
+#: costs ~15 ns per element and weight column; loading numba and the cached kernels is
+#: paid once per process, ~0.6 s), or, once numba is loaded, from its family's second
+#: product on. The count is per process, not per family: a jitter loop over three
+#: designs pays the one-time load after ~0.3 s of NumPy products, not three times that.
 REPEAT_ELEMENTS = 20_000_000
 REPEAT_MIN_ELEMENTS = 100_000
+#: Stamp elements of every product run in this process (see ``REPEAT_ELEMENTS``).
+_PROCESS = {"elements": 0}
 
 
 def _repeated(fam: dict, size: int) -> bool:
     if size < min(REPEAT_MIN_ELEMENTS, _kernels.MIN_ELEMENTS):
         return False
-    if fam["elements"] >= REPEAT_ELEMENTS:
+    if _PROCESS["elements"] >= REPEAT_ELEMENTS:
         return True
     return fam["nproducts"] >= 2 and _kernels.loaded()
 

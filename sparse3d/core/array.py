@@ -353,7 +353,7 @@ class Sparse3D(_ValueStorage, _StampGroups, _Conversions, NDArrayOperatorsMixin)
     def _family(self) -> dict:
         """Caches shared by this array and its translations (same values, same stored positions).
 
-        ``"nproducts"``/``"elements"`` count the family's products; ``"sorted_values"`` holds
+        ``"nproducts"`` counts the family's products; ``"sorted_values"`` holds
         the values in the structure's :meth:`~sparse3d._structure.StampStructure.sorted_order`.
         """
         return {}
