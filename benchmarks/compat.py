@@ -33,6 +33,13 @@ process and every ratio is measured under the same load.
     python -m benchmarks.compat              # both cases, a few minutes
     python -m benchmarks.compat --interleaved
     python -m benchmarks.compat --smoke      # tiny scene, no 1.2.11, seconds
+    python -m benchmarks.compat --interleaved --floor   # also the loop's own arithmetic
+
+The models compared are those of the last timed round (the steady state: a family's first
+products take the NumPy or plain scatter paths, its later ones the sorted/planes kernels).
+``--floor`` also times, in the same rounds, the loop without products (the result array, the
+adds of three fixed ``(k, H, W)`` models and the assignments): a cost every implementation's
+loop pays, which bounds ``1.2.11 / legacy`` from above.
 """
 
 from __future__ import annotations
@@ -171,9 +178,36 @@ def loop_2x(mod, s: dict, roi: bool = False):
     return run
 
 
+def loop_floor(s: dict, roi: bool = False):
+    """The 1.x loop's own arithmetic without products: the same result array, adds and
+    assignments on three fixed models of the 1.x layout (what any implementation's loop
+    pays on top of its ``translate`` and ``dot``; reported with ``--floor``)."""
+    flux = s["flux"]
+    k = len(s["groups"][0][1])
+    shape = (len(s["corners"]), k, *s["roi_size"]) if roi else (k, *s["imshape"])
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.uniform(size=shape) for _ in range(3))
+
+    def run():
+        if roi:
+            out = np.zeros((len(s["corners"]), flux.shape[1], *s["roi_size"]))
+        else:
+            out = np.zeros((flux.shape[1], *s["imshape"]))
+        for _, idx in s["groups"]:
+            model = a + b + c
+            if roi:
+                out[:, idx] = model
+            else:
+                out[idx] = model
+        return out
+
+    return run
+
+
 def _time(fns: dict, repeats: int) -> tuple[dict, dict, dict]:
     """Interleaved: one warm-up each, then ``repeats`` rounds; median wall-clock seconds,
-    median CPU seconds of this thread, and results."""
+    median CPU seconds of this thread, and the results of the last round (the steady state:
+    a family's first products take other paths than its later ones)."""
     results = {name: fn() for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     cpu: dict[str, list[float]] = {name: [] for name in fns}
@@ -182,14 +216,14 @@ def _time(fns: dict, repeats: int) -> tuple[dict, dict, dict]:
             gc.collect()
             c0 = time.thread_time()
             t0 = time.perf_counter()
-            fn()
+            results[name] = fn()
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.thread_time() - c0)
     median = statistics.median
     return {n: median(t) for n, t in times.items()}, {n: median(t) for n, t in cpu.items()}, results
 
 
-def worker(which: str, case: str, params: dict, repeats: int, out_path: str) -> None:
+def worker(which: str, case: str, params: dict, repeats: int, out_path: str, floor: bool = False) -> None:
     """Time ``which`` on ``case``; write seconds and results.
 
     ``"1.2.11"`` (the 1.x package first on ``sys.path``), ``"current"`` (legacy and 2.x) or
@@ -221,14 +255,24 @@ def worker(which: str, case: str, params: dict, repeats: int, out_path: str) -> 
         import sparse3d.legacy
 
         fns = {"legacy": loop_1x(sparse3d.legacy, s, roi), "2.x": loop_2x(sparse3d, s, roi)}
+    if floor and which != "1.2.11":
+        fns["loop arithmetic"] = loop_floor(s, roi)
     seconds, cpu_seconds, results = _time(fns, repeats)
+    results.pop("loop arithmetic", None)
     path = Path(out_path)
     np.savez(path.with_suffix(".npz"), **results)
     path.write_text(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds}))
 
 
 def _run_worker(
-    which: str, case: str, params: dict, repeats: int, tmp: Path, path_first: str | None, extra_path=None
+    which: str,
+    case: str,
+    params: dict,
+    repeats: int,
+    tmp: Path,
+    path_first: str | None,
+    extra_path=None,
+    floor: bool = False,
 ) -> dict:
     out = tmp / f"{which}-{case}.json"
     code = (
@@ -237,7 +281,7 @@ def _run_worker(
         + f"sys.path.append({str(REPO_ROOT)!r}); "
         + (f"sys.path.append({extra_path!r}); " if extra_path else "")
         + "from benchmarks.compat import worker; "
-        + f"worker({which!r}, {case!r}, json.loads({json.dumps(params)!r}), {repeats}, {str(out)!r})"
+        + f"worker({which!r}, {case!r}, json.loads({json.dumps(params)!r}), {repeats}, {str(out)!r}, {floor})"
     )
     cwd = tmp if path_first else REPO_ROOT  # 1.2.11: keep the repository's sparse3d off the path
     proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True)
@@ -260,7 +304,12 @@ def _renamed_1x(tmp: Path) -> Path:
 
 
 def run_case(
-    case: str, smoke: bool = False, repeats: int = 5, with_1x: bool = True, interleaved: bool = False
+    case: str,
+    smoke: bool = False,
+    repeats: int = 5,
+    with_1x: bool = True,
+    interleaved: bool = False,
+    floor: bool = False,
 ) -> dict:
     """One case; returns seconds per implementation, the ratios and the agreement."""
     params = dict((SMOKE if smoke else FULL)[case])
@@ -270,13 +319,15 @@ def run_case(
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if with_1x and interleaved:
-            both = _run_worker("all", case, params, repeats, tmp, None, extra_path=str(_renamed_1x(tmp)))
+            both = _run_worker(
+                "all", case, params, repeats, tmp, None, extra_path=str(_renamed_1x(tmp)), floor=floor
+            )
             seconds.update(both["seconds"])
             cpu.update(both["cpu_seconds"])
             results.update(both["results"])
             with_1x = False
         else:
-            cur = _run_worker("current", case, params, repeats, tmp, None)
+            cur = _run_worker("current", case, params, repeats, tmp, None, floor=floor)
             seconds.update(cur["seconds"])
             cpu.update(cur["cpu_seconds"])
             results.update(cur["results"])
@@ -290,6 +341,7 @@ def run_case(
     ref = results["legacy"]
     scale = float(np.abs(ref).max()) or 1.0
     agree = {name: float(np.abs(r - ref).max() / scale) for name, r in results.items()}
+    arithmetic = {"wall": seconds.pop("loop arithmetic", None), "cpu": cpu.pop("loop arithmetic", None)}
     ratios = {"legacy / 2.x": seconds["legacy"] / seconds["2.x"]}
     cpu_ratios = {"legacy / 2.x": cpu["legacy"] / cpu["2.x"]}
     if "1.2.11" in seconds:
@@ -305,6 +357,7 @@ def run_case(
         "cpu_ratios": cpu_ratios,
         "max_rel_difference": agree,
         "timing_1x": how,
+        "loop_arithmetic_seconds": arithmetic if arithmetic["wall"] is not None else None,
     }
 
 
@@ -339,6 +392,14 @@ def report(res: dict) -> str:
         c = res.get("cpu_ratios", {}).get(name)
         cpu_text = "" if c is None else f"{c:.2f}"
         lines.append(f"| {name} | {value:.2f} | {cpu_text} | {text}: {'met' if ok(value) else 'missed'} |")
+    arith = res.get("loop_arithmetic_seconds")
+    if arith:
+        lines += [
+            "",
+            f"The loop's own arithmetic (zeros, adds, assignments; no products): {arith['wall']:.4f} s, "
+            f"CPU {arith['cpu']:.4f} s. Every implementation pays it; 1.2.11 / legacy >= 10 leaves "
+            "legacy's translate + dot calls at most 1.2.11 / 10 minus this.",
+        ]
     worst = max(res["max_rel_difference"].values())
     lines += ["", f"models agree to {worst:.1e} (max |difference| / max |model|)", ""]
     return "\n".join(lines)
@@ -353,6 +414,9 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--interleaved", action="store_true", help="time 1.2.11 in the same worker, round by round"
     )
+    ap.add_argument(
+        "--floor", action="store_true", help="also time the loop's own arithmetic (no products), interleaved"
+    )
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     results = []
@@ -363,6 +427,7 @@ def main(argv=None) -> None:
             repeats=args.repeats,
             with_1x=not (args.smoke or args.no_legacy),
             interleaved=args.interleaved,
+            floor=args.floor,
         )
         print(report(res), flush=True)
         results.append(res)

@@ -8,7 +8,6 @@ position::
     grid      whether stored positions are a grid along one stamp axis
     scatter   out[r0 + i, c0 : c0 + nc, :] += values[i, :, k] * w[k, :]        (dot)
     gather    out[k, :] += Σ_j values[i, j, k] * image[r0 + i, c0 + j, :]     (projection)
-    planes    out[:, r0 + i, c0 : c0 + nc] += w[k, :, None] * values[i, :, k]  (dot into (m, H, W))
 
 The scatter (and the gather) takes the stamp block (source axis innermost) ``block`` sources at a time,
 transposes them into a small buffer and adds each source's stamp rows to contiguous image
@@ -16,11 +15,7 @@ rows: its image accesses are ``nr`` short runs per source instead of ``nr · nc`
 pixels. Sums accumulate in the result dtype (float32 stays float32), serially in source
 order, so results are deterministic. Off-image stamp pixels are never read into a sum.
 
-The planes scatter writes the model as ``m`` image planes ``(m, H, W)`` (sparse3d 1.x's
-``(k, H, W)`` layout) in bands of image rows: each band is zeroed and then receives, source
-by source in ascending order, the stamp rows that land on it, so it is written while it is
-in cache and every pixel sums its sources in ascending order (the bits of the pixel-sorted
-scatter and of the CSR product).
+The planes scatter (dot into sparse3d 1.x's ``(k, H, W)`` layout) is :mod:`sparse3d._planes_kernels`.
 
 numba is imported when a kernel is first needed; the compiled code is cached on disk.
 :func:`precompile_kernels` is this module's :func:`sparse3d.precompile` hook.
@@ -34,12 +29,10 @@ import numpy as np
 
 from . import _kernels
 
-__all__ = ["narrow", "is_grid", "scatter", "gather", "planes_scatter", "SCATTER_BLOCK", "BAND_BYTES"]
+__all__ = ["narrow", "is_grid", "scatter", "gather", "SCATTER_BLOCK"]
 
 #: Sources per block of the scatter: the transposed buffer (``block × nr × nc``) stays in L2.
 SCATTER_BLOCK = 128
-#: Bytes of the result per band of image rows of :func:`planes_scatter` (the band stays in L2).
-BAND_BYTES = 256 * 2**10
 
 
 # -- the loops (plain Python; compiled by numba on first use) ------------------------------
@@ -216,58 +209,6 @@ def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no c
                         acc_row[q] += v * g[j * m + q]
 
 
-def _planes_loop(svals, row0, col0, order, srow0, w, r0, c0, out, band, ahead):  # pragma: no cover
-    """``out[q, row0[k] - r0 + i, col0[k] - c0 + j] = Σ_k svals[k, i, j] * w[k, q]`` (in-image only).
-
-    ``svals`` is the stamp block source-major ``(n, nr, nc)``; ``order`` the sources sorted
-    by ``row0`` (stable) and ``srow0 = row0[order]``. ``out`` ``(m, H, W)`` is overwritten
-    band by band (``band`` image rows): zeroed, then the stamp rows of the band's sources
-    added in ascending source order. ``ahead``: how many of the band's sources ahead the
-    stamp rows are prefetched (they are read at scattered addresses).
-    """
-    n, nr, nc = svals.shape
-    m, H, W = out.shape
-    flat = svals.reshape(n * nr * nc)
-    for y0 in range(0, H, band):
-        y1 = min(H, y0 + band)
-        for q in range(m):
-            for y in range(y0, y1):
-                o = out[q, y]
-                for x in range(W):
-                    o[x] = 0
-        # the band's sources: y0 - nr < row0 - r0 < y1, one run of the row-sorted order
-        a = np.searchsorted(srow0, y0 - nr + 1 + r0)
-        b = np.searchsorted(srow0, y1 + r0)
-        if b <= a:
-            continue
-        ks = np.sort(order[a:b])  # ascending sources: each pixel sums them in that order
-        cnt = b - a
-        for t in range(cnt):
-            if t + ahead < cnt:
-                kp = ks[t + ahead]
-                rp = row0[kp] - r0
-                e0 = (kp * nr + max(0, y0 - rp)) * nc  # the band's stamp rows: one run of svals
-                e1 = (kp * nr + min(nr, y1 - rp)) * nc
-                for e in range(e0, e1, 8):
-                    _prefetch(flat, e)
-                if e1 > e0:
-                    _prefetch(flat, e1 - 1)
-            k = ks[t]
-            r = row0[k] - r0
-            c = col0[k] - c0
-            i0, i1 = max(0, y0 - r), min(nr, y1 - r)
-            j0, j1 = max(0, -c), min(nc, W - c)
-            if i1 <= i0 or j1 <= j0:
-                continue
-            for i in range(i0, i1):
-                v = svals[k, i, j0:j1]
-                for q in range(m):
-                    wq = w[k, q]
-                    o = out[q, r + i, c + j0 : c + j1]
-                    for j in range(j1 - j0):
-                        o[j] += v[j] * wq
-
-
 def _compiled(name: str):
     """The compiled loop ``name`` (registered with the array core's kernels, so
     :func:`sparse3d._kernels.loaded` knows numba is paid for)."""
@@ -383,39 +324,6 @@ def gather(values, row0, col0, image, root_corner, dtype) -> np.ndarray:
     return out
 
 
-def planes_scatter(svals, row0, col0, order, srow0, w, root_corner, out) -> np.ndarray:
-    """Overwrite ``out`` ``(m, H, W)`` with the model of grid stamps: plane ``q`` is
-    ``Σ_k values[..., k] * w[k, q]`` on the image.
-
-    Parameters
-    ----------
-    svals : numpy.ndarray, shape (n, nr, nc)
-        Stamp values, source-major and C-contiguous.
-    row0, col0 : numpy.ndarray of int64, shape (n,)
-        Stored position of every stamp's pixel ``(0, 0)``.
-    order, srow0 : numpy.ndarray of int64, shape (n,)
-        The sources sorted by ``row0`` (a stable sort) and ``row0[order]``.
-    w : numpy.ndarray, shape (n, m)
-        Weights; cast to ``out.dtype``.
-    root_corner : tuple of int
-        Image pixel ``[0, 0]`` in the coordinates of ``row0``/``col0``.
-    out : numpy.ndarray, shape (m, H, W)
-        C-contiguous, of a :data:`sparse3d._kernels.KERNEL_DTYPES` dtype; any content.
-
-    Every pixel sums its sources in ascending order, in ``out.dtype``: the same bits as
-    :func:`sparse3d._kernels.sorted_scatter` (and the CSR product) in ``(H, W, m)``.
-    """
-    m, H, W = out.shape
-    if svals.size == 0 or m == 0 or H == 0 or W == 0:
-        out[...] = 0
-        return out
-    w = np.ascontiguousarray(w, dtype=out.dtype)
-    band = max(1, BAND_BYTES // (W * m * out.itemsize))
-    r0, c0 = int(root_corner[0]), int(root_corner[1])
-    _compiled("_planes_loop")(svals, row0, col0, order, srow0, w, r0, c0, out, band, PREFETCH_AHEAD)
-    return out
-
-
 def precompile_kernels() -> None:
     """Compile (or load from the cache) the loops for float64/float32 values and int16/int32
     positions (the :func:`sparse3d.precompile` hook)."""
@@ -434,15 +342,4 @@ def precompile_kernels() -> None:
             _compiled("_scatter_loop")(vals, row0, col0, w, 0, 0, np.zeros((8, 8), dtype), 2)
             _compiled("_gather_loop")(
                 vals, row0, col0, np.ones((8, 8), dtype), 0, 0, np.zeros((2, 1), dtype), 2
-            )
-            order = np.argsort(row0, kind="stable")
-            planes_scatter(
-                np.ascontiguousarray(vals.transpose(2, 0, 1)),
-                row0,
-                col0,
-                order,
-                row0[order],
-                w,
-                (0, 0),
-                np.empty((1, 8, 8), dtype),
             )

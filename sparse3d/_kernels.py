@@ -31,6 +31,7 @@ __all__ = [
     "gather",
     "min_max",
     "equal",
+    "grid_match",
     "loaded",
     "sorted_scatter",
     "roi_scatter",
@@ -272,6 +273,42 @@ def _equal_loop(a, b):  # pragma: no cover - runs compiled
     return diff == 0
 
 
+def _grid_match_loop(a, first, axis):  # pragma: no cover - runs compiled
+    # a[i, j, k] == first[k] + (i if axis == 0 else j) everywhere, compared modulo 2**64 (the
+    # caller bounds ``first``); the xor-or of every plane vectorises, a differing plane stops it
+    nr, nc, n = a.shape
+    for i in range(nr):
+        for j in range(nc):
+            step = np.int64(i if axis == 0 else j)
+            x = a[i, j]
+            diff = np.int64(0)
+            for k in range(n):
+                diff |= (np.int64(x[k]) - np.int64(first[k])) ^ step
+            if diff != 0:
+                return False
+    return True
+
+
+def grid_match(a: np.ndarray, first: np.ndarray, axis: int) -> bool:
+    """Whether ``a[i, j, k] == first[k] + i`` (``axis`` 0) or ``+ j`` (``axis`` 1) everywhere.
+
+    ``a``: a C-contiguous native signed-integer ``(nr, nc, n)`` array; ``first``: ``n``
+    native signed integers, best in the narrowest type that holds them (it is read once per
+    stamp plane). Compared in int64 arithmetic, i.e. modulo ``2**64``: exact when every
+    ``first[k] + step`` fits int64 (the caller bounds ``first``). One read-only pass over
+    ``a`` that stops at the first stamp plane that differs.
+    """
+    a, first = _readonly_view(a), _readonly_view(np.ascontiguousarray(first))  # one compiled type
+    return bool(_compiled("_grid_match_loop")(a, first, axis))
+
+
+def _readonly_view(a: np.ndarray) -> np.ndarray:
+    if a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
 def _flat_integers(a: np.ndarray) -> np.ndarray | None:
     """``a`` as a 1-D view when it is a contiguous native integer array worth a kernel."""
     if a.size < MIN_ELEMENTS or a.dtype.kind not in "iu" or not a.dtype.isnative or not a.flags.c_contiguous:
@@ -470,5 +507,8 @@ def precompile_kernels() -> None:
                 flat = np.ascontiguousarray(a)
                 min_max(flat)
                 equal(flat, flat)
+            for pos in (np.int16, np.int32, np.int64):
+                for corner_dtype in (np.int16, np.int32):
+                    grid_match(np.ascontiguousarray(row, dtype=pos), row[0, 0].astype(corner_dtype), 0)
     finally:
         MIN_ELEMENTS = saved

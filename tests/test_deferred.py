@@ -304,3 +304,21 @@ def test_computed_temporaries_take_results_in_place_instead_of_deferring(monkeyp
     assert dense.shape == ref.shape
     L = np.exp(-0.5 * (X - 0.25) ** 2)  # named leaves: deferred as before
     assert L._lazy is not None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 70_000, -1])
+def test_copy_with_bounds_matches_numpy(dtype, bad, where):
+    """The chunked copy and its bounds: every chunk size boundary, NaN/inf in any chunk."""
+    rng = np.random.default_rng(1)
+    a = rng.uniform(-3, 5, size=(3, 2, 50_001)).astype(dtype)  # not a whole number of chunks
+    if bad is not None:
+        a.reshape(-1)[where] = bad
+    out, bounds = _deferred.copy_with_bounds(a)
+    np.testing.assert_array_equal(out, a)
+    assert out.flags.c_contiguous and not out.flags.writeable and out.dtype == a.dtype
+    if bad is None:
+        assert bounds == (float(a.min()), float(a.max()))
+    else:
+        assert bounds is None

@@ -191,6 +191,36 @@ def test_normal_matrix_with_long_cross_rows(fit_path):
     _check_normal(S, D, _ivar(rng, (16, 15), "masked"))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize(
+    "shapes", [((2, 12), (9, 3)), ((1, 1), (11, 11)), ((11, 11), (1, 1)), ((5, 5), (6, 5))]
+)
+def test_cross_blocks_of_tall_wide_and_one_pixel_stamps(fit_path, shapes, dtype):
+    """The cross block looked up on the grid of the group with the smaller stamps, whatever their
+    shapes (a tall group against a wide one, single pixels, nearly equal sizes), over every
+    edge with a non-zero image corner, float32 stamps and masked pixels."""
+    rng = np.random.default_rng(sum(a * b for a, b in shapes))
+    imshape, corner = (21, 18), (-3, 5)
+    a = random_scene(rng, imshape, shapes[0], 40, corner, dtype)
+    b = random_scene(rng, imshape, shapes[1], 9, corner, dtype)
+    S = np.concatenate([a.build(), b.build()], axis=2)
+    _check_normal(S, np.concatenate([a.dense(), b.dense()], axis=2), _ivar(rng, imshape, "masked"))
+
+
+def test_cross_block_of_groups_that_do_not_overlap(fit_path):
+    """Two groups in opposite corners of the image: no cross entries, each group's own block."""
+    rng = np.random.default_rng(4)
+    R, C = np.mgrid[:3, :3]
+    Ra, Ca = np.mgrid[:6, :7]
+    ra, ca = rng.integers(0, 5, 8), rng.integers(0, 5, 8)
+    rb, cb = rng.integers(30, 34, 4), rng.integers(30, 34, 4)
+    Sa = Sparse3D(rng.uniform(1, 2, (3, 3, 8)), R[:, :, None] + ra, C[:, :, None] + ca, (40, 40))
+    Sb = Sparse3D(rng.uniform(1, 2, (6, 7, 4)), Ra[:, :, None] + rb, Ca[:, :, None] + cb, (40, 40))
+    S = np.concatenate([Sa, Sb], axis=2)
+    N = normal_matrix(S)
+    assert not N.toarray()[8:, :8].any()
+    _check_normal(S, np.concatenate([Sa.todense(), Sb.todense()], axis=2), None)
+
 @pytest.mark.filterwarnings("ignore::sparse3d.fit.UnconstrainedSourceWarning")  # sources off the image
 @pytest.mark.parametrize("options", ["plain", "errors", "mask", "priors", "background"])
 def test_grouped_fit_with_the_nested_dissection_solver(options):

@@ -172,6 +172,58 @@ def test_nested_dissection_order_reduces_fill():
     assert nd < 0.2 * given and nd < 0.8 * by_row  # measured: 0.11x and 0.72x
 
 
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cut_with_fewest_straddling_boxes(seed):
+    """The window's cut: the fewest boxes straddle it (dense count over every position), and
+    it is the one nearest the median cut among equals."""
+    from sparse3d.fit._ordering_kernels import _fewest_straddling
+
+    rng = np.random.default_rng(seed)
+    n = 300
+    size = rng.choice([1, 3, 11, 41], n)
+    lo = rng.integers(-20, 200, n).astype(np.intp)
+    hi = (lo + size).astype(np.intp)
+    m = 250  # the kernel reads the first m boxes only
+    x0, x1, med = 60, 140, 101
+    diff = np.empty(x1 - x0 + 2, dtype=np.intp)
+    cut = _fewest_straddling(lo, hi, m, x0, x1, med, diff)
+    xs = np.arange(x0, x1 + 1)
+    count = ((lo[:m][None, :] < xs[:, None]) & (xs[:, None] < hi[:m][None, :])).sum(axis=1)
+    best = xs[count == count.min()]
+    assert cut == best[np.argmin(np.abs(best - med))]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["coincident", "far_apart", "mixed_sizes", "single_pixels"],
+)
+def test_nested_dissection_order_is_a_permutation(case):
+    """Scenes where the cut window is empty (every centre equal), too wide (boxes far apart: the
+    median is the cut) or mixes box sizes: still a permutation, the boxeless parameters last."""
+    rng = np.random.default_rng(3)
+    n = 500
+    if case == "coincident":
+        r0 = c0 = np.full(n, 7)
+        size = np.full(n, 5)
+    elif case == "far_apart":
+        r0, c0 = rng.integers(-(10**9), 10**9, n), rng.integers(-(10**9), 10**9, n)
+        size = np.full(n, 11)
+    elif case == "mixed_sizes":
+        r0, c0 = rng.integers(-30, 300, n), rng.integers(-30, 300, n)
+        size = rng.choice([11, 41], n, p=[0.9, 0.1])
+    else:
+        r0, c0 = rng.integers(0, 40, n), rng.integers(0, 40, n)
+        size = np.ones(n, dtype=int)
+    boxes = tuple(np.ascontiguousarray(b, dtype=np.intp) for b in (r0, r0 + size, c0, c0 + size))
+    perm = nested_dissection_order(boxes, n + 3)
+    assert np.array_equal(np.sort(perm), np.arange(n + 3))
+    assert list(perm[-3:]) == [n, n + 1, n + 2]
+    if case == "mixed_sizes":  # fewer factor entries than the given (random) or a banded order
+        ov = _overlaps(boxes)
+        nd = _fill(ov, perm[:n])
+        assert nd < 0.7 * _fill(ov, np.arange(n)) and nd < 0.7 * _fill(ov, np.lexsort((c0, r0)))  # 0.50, 0.48
+
 def _overlaps(boxes):
     rlo, rhi, clo, chi = boxes
     return (
@@ -211,6 +263,39 @@ def test_thinned_separator_still_separates(by_row, sizes):
     assert not _overlaps(boxes)[np.ix_(A, B)].any()
     assert na + nb > 0 and S.size < sep.size
 
+
+
+@pytest.mark.parametrize("by_row", [True, False])
+@pytest.mark.parametrize("sizes", [(10,), (11, 41), (1, 100), (2, 5, 40)])
+def test_thinned_separator_moves_exactly_the_isolated_boxes(by_row, sizes):
+    """Which separator boxes move, against a dense overlap table: to the first half exactly those
+    that overlap no box after the cut; then to the second exactly those left that overlap no box
+    of the grown first half; mixed sizes (41 x 41 among 11 x 11, 1 x 100) and every orientation."""
+    from sparse3d.fit._ordering_kernels import _thin_separator
+
+    rng = np.random.default_rng(len(sizes) + 11 * by_row)
+    n = 700
+    h, w = rng.choice(sizes, n), rng.choice(sizes, n)
+    r0, c0 = rng.integers(-5, 150, n), rng.integers(-5, 150, n)
+    boxes = tuple(np.ascontiguousarray(b, dtype=np.intp) for b in (r0, r0 + h, c0, c0 + w))
+    lo, hi = (boxes[0], boxes[1]) if by_row else (boxes[2], boxes[3])
+    cut = 70
+    first, second = np.flatnonzero(hi <= cut), np.flatnonzero(lo >= cut)
+    sep = np.flatnonzero((hi > cut) & (lo < cut))
+    ov = _overlaps(boxes)
+    to_first = sep[~ov[np.ix_(sep, second)].any(axis=1)]
+    rest = np.setdiff1d(sep, to_first)
+    grown = np.concatenate([first, to_first])
+    to_second = rest[~ov[np.ix_(rest, grown)].any(axis=1)]
+    tmp = np.concatenate([first, second, sep]).astype(np.intp)
+    order = np.empty(n, dtype=np.intp)
+    work = [np.empty(n, dtype=np.intp) for _ in range(3)] + [np.empty((n, 3), dtype=np.intp)]
+    axes = boxes if by_row else (boxes[2], boxes[3], boxes[0], boxes[1])
+    na, nb = _thin_separator(*axes, tmp, 0, first.size, second.size, n, order, *work)
+    k = first.size
+    assert set(order[k : k + na]) == set(to_first) and na == to_first.size
+    k += na + second.size
+    assert set(order[k : k + nb]) == set(to_second) and nb == to_second.size
 
 def test_nd_large_fronts_match_dense():
     # a scene dense enough that the top separators' fronts take the panel/BLAS path

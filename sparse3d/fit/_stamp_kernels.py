@@ -11,7 +11,7 @@ only looks at the 3 x 3 cells around its own; the entry ``N[i, j]`` is a dot pro
 overlap of the two rectangles.
 
 Arrays with several stamp groups (mixed stamp sizes): each group's own block as above; the block
-between two groups by :func:`normal_cross` (every source of the group with the smaller stamps
+between two groups by :func:`normal_cross` (every source of the group with the larger stamps
 looks up the few cells of the other group's grid that can overlap it); the entries are placed
 into one CSR matrix row by row (:func:`place_coo`, :func:`place_csr`) and its rows sorted
 (:func:`sort_rows`).
@@ -34,8 +34,8 @@ SIGNATURES = {
     "scale_rows": "(float64[:, :, ::1], float64[::1])",
     "normal_lower": f"(float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I})",
     "normal_cross": (
-        f"(float64[:, :, ::1], {_I}, {_I}, {_I}, int64[::1], "
-        f"float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I}, int64[::1])"
+        f"(float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I}, int64[::1], "
+        f"float64[:, :, ::1], {_I}, {_I}, {_I}, int64[::1])"
     ),
     "place_csr": "(int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], float64[::1], int64[::1])",
     "place_coo": "(int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], float64[::1])",
@@ -217,86 +217,115 @@ def normal_lower(B, order, skey, ncc, r0, c0):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def _cross_pass(
-    Bg, order_g, r0g, c0g, skey_h, ncc_h, rmin_h, cmin_h, nrh, nch, r0h, c0h, Bh, out_i, out_j, out_v, store
+    Bg, r0s, c0s, start, ncc_g, rmin_g, cmin_g, crmax, Bh, order_h, r0h, c0h, out_p, out_q, out_v, store
 ):  # pragma: no cover - compiled
-    """One pass of :func:`normal_cross`: count the overlapping pairs, or (``store``) fill them."""
+    """One pass of :func:`normal_cross`: count the overlapping pairs, or (``store``) fill them
+    (cell positions ``p`` in g, ``q`` in h, and the dot product over the shared pixels).
+
+    The stamps are read through flat views with unsigned offsets: no negative-index
+    wraparound per read, so the loop over a shared row compiles to a plain strided dot (1.8x
+    faster than indexing ``B[p, a, b]``; the same sums in the same order)."""
     ng, nrg, ncg = Bg.shape
-    nh = skey_h.size
-    crmax = (r0h.max() - rmin_h) // nrh
-    ccmax = ncc_h - 3
+    nh, nrh, nch = Bh.shape
+    ccmax = ncc_g - 3
+    Bg1 = Bg.reshape(-1)
+    Bh1 = Bh.reshape(-1)
+    npg = nrg * ncg
+    nph = nrh * nch
     m = 0
-    for p in range(ng):
-        i = order_g[p]
-        ri = r0g[i]
-        ci = c0g[i]
-        # group h's corners that can overlap: rj in (ri - nrh, ri + nrg), likewise columns
-        cr0 = max(0, (ri - nrh + 1 - rmin_h) // nrh)
-        cr1 = min(crmax, (ri + nrg - 1 - rmin_h) // nrh)
-        cc0 = max(0, (ci - nch + 1 - cmin_h) // nch)
-        cc1 = min(ccmax, (ci + ncg - 1 - cmin_h) // nch)
+    for q in range(nh):
+        j = order_h[q]
+        rj = r0h[j]
+        cj = c0h[j]
+        # group g's corners that can overlap: ri in (rj - nrg, rj + nrh), likewise columns
+        cr0 = max(0, (rj - nrg + 1 - rmin_g) // nrg)
+        cr1 = min(crmax, (rj + nrh - 1 - rmin_g) // nrg)
+        cc0 = max(0, (cj - ncg + 1 - cmin_g) // ncg)
+        cc1 = min(ccmax, (cj + nch - 1 - cmin_g) // ncg)
         if cc0 > cc1:
             continue
         for cr in range(cr0, cr1 + 1):
-            lo = (cr + 1) * ncc_h + cc0 + 1
-            hi = (cr + 1) * ncc_h + cc1 + 1
-            q = np.searchsorted(skey_h, lo)
-            while q < nh and skey_h[q] <= hi:
-                rj = r0h[q]
-                cj = c0h[q]
+            row = (cr + 1) * ncc_g + 1
+            for p in range(start[row + cc0], start[row + cc1 + 1]):  # the cells are contiguous
+                ri = r0s[p]
+                ci = c0s[p]
                 a0 = max(ri, rj)
                 a1 = min(ri + nrg, rj + nrh)
                 b0 = max(ci, cj)
                 b1 = min(ci + ncg, cj + nch)
                 if a0 < a1 and b0 < b1:
                     if store:
+                        w = np.uint64(b1 - b0)
                         s = 0.0
                         for r in range(a0, a1):
-                            for c in range(b0, b1):
-                                s += Bg[p, r - ri, c - ci] * Bh[q, r - rj, c - cj]
-                        out_i[m] = i
-                        out_j[m] = q
+                            u = np.uint64(p * npg + (r - ri) * ncg + b0 - ci)
+                            v = np.uint64(q * nph + (r - rj) * nch + b0 - cj)
+                            for t in range(w):
+                                s += Bg1[u + t] * Bh1[v + t]
+                        out_p[m] = p
+                        out_q[m] = q
                         out_v[m] = s
                     m += 1
-                q += 1
     return m
 
 
 @njit(cache=True, nogil=True)
 def normal_cross(
-    Bg, order_g, r0g, c0g, gidx_g, Bh, order_h, skey_h, ncc_h, r0h, c0h, gidx_h
+    Bg, order_g, skey_g, ncc_g, r0g, c0g, gidx_g, Bh, order_h, r0h, c0h, gidx_h
 ):  # pragma: no cover - compiled
     """The block ``N[i, j] = sum Bg_i * Bh_j`` between two stamp groups of different shapes.
 
     ``Bg`` ``(ng, nrg, ncg)`` and ``Bh`` ``(nh, nrh, nch)`` are the weighted stamps of the two
-    groups in their cell orders (:func:`weighted_stamps`), ``skey_h``/``ncc_h`` group h's grid
-    (:func:`cell_order`, cells of h's stamp size), ``gidx_*`` the global index of every
-    source of a group. Every source of g looks up the cells of h whose stamps can overlap it
-    and multiplies over the shared pixels. Returns ``(rows, cols, v)``, one entry per
-    overlapping pair, in the lower triangle (``rows > cols``, global indices).
+    groups in their cell orders (:func:`weighted_stamps`), ``skey_g``/``ncc_g`` group g's grid
+    (:func:`cell_order`, cells of g's stamp size: g should be the group with the smaller
+    stamps), ``gidx_*`` the global index of every source of a group. Every source of h, in
+    its cell order, looks up the few cells of g whose stamps can overlap it and multiplies
+    over the shared pixels: h's stamp stays in cache while g's stamps stream past in
+    sequence. Returns ``(rows, cols, v)``, one entry per overlapping pair, in the lower
+    triangle (``rows > cols``, global indices), sorted by column.
     """
-    nh, nrh, nch = Bh.shape
-    # h's corners in cell order (the kernel walks h's grid)
-    r0s = np.empty(nh, dtype=np.intp)
-    c0s = np.empty(nh, dtype=np.intp)
-    for q in range(nh):
-        r0s[q] = r0h[order_h[q]]
-        c0s[q] = c0h[order_h[q]]
-    rmin = r0h.min()
-    cmin = c0h.min()
+    ng = Bg.shape[0]
+    r0s = np.empty(ng, dtype=np.intp)  # g's corners in cell order (the kernel walks g's grid)
+    c0s = np.empty(ng, dtype=np.intp)
+    for p in range(ng):
+        r0s[p] = r0g[order_g[p]]
+        c0s[p] = c0g[order_g[p]]
+    rmin = r0g.min()
+    cmin = c0g.min()
+    crmax = (r0g.max() - rmin) // Bg.shape[1]
+    start = _cell_starts(skey_g, ncc_g)
     e_i = np.empty(0, dtype=np.int64)
     e_v = np.empty(0, dtype=np.float64)
-    args = (Bg, order_g, r0g, c0g, skey_h, ncc_h, rmin, cmin, nrh, nch, r0s, c0s, Bh)
+    args = (Bg, r0s, c0s, start, ncc_g, rmin, cmin, crmax, Bh, order_h, r0h, c0h)
     m = _cross_pass(*args, e_i, e_i, e_v, False)
     out_i = np.empty(m, dtype=np.int64)
     out_q = np.empty(m, dtype=np.int64)
     out_v = np.empty(m, dtype=np.float64)
     _cross_pass(*args, out_i, out_q, out_v, True)
+    ncol = 0
     for t in range(m):
-        a = gidx_g[out_i[t]]
+        a = gidx_g[order_g[out_i[t]]]
         b = gidx_h[order_h[out_q[t]]]
         out_i[t] = max(a, b)
         out_q[t] = min(a, b)
-    return out_i, out_q, out_v
+        ncol = max(ncol, out_q[t] + 1)
+    # in column order (a counting sort): placed row by row, every row's entries then come sorted
+    first = np.zeros(ncol + 1, dtype=np.int64)
+    for t in range(m):
+        first[out_q[t] + 1] += 1
+    for c in range(ncol):
+        first[c + 1] += first[c]
+    rows = np.empty(m, dtype=np.int64)
+    cols = np.empty(m, dtype=np.int64)
+    vals = np.empty(m, dtype=np.float64)
+    for t in range(m):
+        c = out_q[t]
+        f = first[c]
+        rows[f] = out_i[t]
+        cols[f] = c
+        vals[f] = out_v[t]
+        first[c] = f + 1
+    return rows, cols, vals
 
 
 @njit(cache=True, nogil=True)

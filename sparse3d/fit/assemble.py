@@ -240,7 +240,7 @@ def _stamp_normal_matrix(
 
     Every group's own block comes from :func:`._stamp_kernels.normal_lower`; with several
     groups, the block between two groups from :func:`._stamp_kernels.normal_cross` (the
-    sources of the group with the smaller stamps look up the grid of the other's), and the
+    sources of the group with the larger stamps look up the grid of the other's), and the
     entries, at the groups' global source indices, are placed row by row into one CSR matrix
     and sorted (:func:`._stamp_kernels.place_coo`, ``place_csr``, ``sort_rows``).
     """
@@ -267,11 +267,11 @@ def _stamp_normal_matrix(
             for b in range(a + 1, len(cells)):
                 if cells[a] is None or cells[b] is None:
                     continue
-                # walk the grid of the group with the larger stamps (few cells per lookup)
+                # the sources with the larger stamps look up the grid of those with the smaller
                 g, h = (a, b) if cells[a].B[0].size <= cells[b].B[0].size else (b, a)
                 xg, xh = cells[g], cells[h]
-                args_g = (xg.B, xg.order, xg.r0, xg.c0, gidx[g])
-                cross.append(normal_cross(*args_g, xh.B, xh.order, xh.skey, xh.ncc, xh.r0, xh.c0, gidx[h]))
+                args_g = (xg.B, xg.order, xg.skey, xg.ncc, xg.r0, xg.c0, gidx[g])
+                cross.append(normal_cross(*args_g, xh.B, xh.order, xh.r0, xh.c0, gidx[h]))
                 counts += np.bincount(cross[-1][0], minlength=n)
         own = []
         for x, idx in zip(cells, gidx):
@@ -283,7 +283,10 @@ def _stamp_normal_matrix(
         fill = indptr[:-1].copy()
         indices = np.empty(int(indptr[-1]), dtype=np.int64)
         data = np.empty(int(indptr[-1]))
-        for rows, cols, vals in cross:  # first: in the two-group case they precede the row's own
+        # the cross entries first, each block in column order: with two groups each of which is a
+        # contiguous range of sources (np.concatenate) every row then comes sorted, and
+        # sort_rows only checks; it sorts the rows of interleaved groups or of several blocks
+        for rows, cols, vals in cross:
             place_coo(fill, indices, data, rows, cols, vals)
         for (ip, ind, dat), idx in own:
             place_csr(fill, indices, data, ip, ind, dat, idx)

@@ -3,8 +3,10 @@
 Two sources are coupled in ``N = A^T C^-1 A`` only when their stamps share a pixel, so the
 graph of ``N`` is a 2-D geometric graph: a line across the image separates it, and the
 sources whose stamps straddle the line are the separator. :func:`nested_dissection_order`
-splits the sources recursively at the median along the longer side and orders every
-separator after the two halves it separates (George's nested dissection, with the
+splits the sources recursively across the longer side, at the line near the median (between
+the centres' 40 % and 60 % quantiles) that the fewest stamps straddle (on random 11 x 11
+stamps: 37 % fewer factorisation flops than the median itself), and orders every separator
+after the two halves it separates (George's nested dissection, with the
 separators read off the stamp boxes rather than searched for in the graph). Each separator
 is then thinned: a straddling stamp that overlaps no stamp on the far side joins the near
 half (on random 10 x 10 stamps: 20 % fewer factorisation flops, 15 % less fill). On 2-D

@@ -1,0 +1,332 @@
+"""The planes scatter: the model of grid stamps written as ``m`` image planes ``(m, H, W)``
+(sparse3d 1.x's ``(k, H, W)`` layout of ``dot`` with ``(nsources, k)`` weights)::
+
+    out[:, r0 + i, c0 : c0 + nc] += w[k, :, None] * values[i, :, k]
+
+It reads the stamps in the order of their top rows (:func:`planes_order`: a copy of the
+values sorted once per family, so the reads stream through memory). The image rows being
+summed move down the image with the stamps and are kept in a small ring of rows that stays
+in cache; a row is zeroed there just before the first stamp lands on it, each stamp row is
+added with masked vector loads and stores (64 bytes at a time: LLVM leaves loops as short as
+a stamp row scalar), and once the stamps have passed a row it is streamed to the result with
+non-temporal stores (the result is written once and never read into the cache). Each pixel
+sums its stamps in that order (top row, then source index): deterministic, and equal to the
+ascending-source sums of the other products to rounding.
+
+numba is imported when the kernel is first needed; the compiled code is cached on disk.
+:func:`precompile_kernels` is this module's :func:`sparse3d.precompile` hook.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import FunctionType
+
+import numpy as np
+
+from . import _kernels
+
+__all__ = ["planes_order", "planes_scatter"]
+
+
+# -- the loop and its helpers (plain Python; compiled by numba on first use) ----------------
+def _stream16(dst, i, src, j):  # pragma: no cover - replaced by a numba intrinsic before compiling
+    """``dst`` bytes ``[i*s, i*s + 16)`` = ``src``'s from ``j*s`` (``s`` the item size), written
+    around the caches; ``dst``'s address there is 16-byte aligned."""
+
+
+def _stream16_intrinsic():
+    """``_stream16`` as a numba intrinsic: one 16-byte store with LLVM's ``!nontemporal``
+    hint (``movntdq``): the line goes to memory without first being read into the cache."""
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def stream16(typingctx, dst, i, src, j):
+        def codegen(context, builder, sig, args):
+            dty, _, sty, _ = sig.args
+            vec = ir.VectorType(ir.IntType(64), 2)
+            da = context.make_array(dty)(context, builder, args[0])
+            sa = context.make_array(sty)(context, builder, args[2])
+            dptr = cgutils.get_item_pointer(context, builder, dty, da, [args[1]], wraparound=False)
+            sptr = cgutils.get_item_pointer(context, builder, sty, sa, [args[3]], wraparound=False)
+            value = builder.load(builder.bitcast(sptr, vec.as_pointer()), align=1)
+            store = builder.store(value, builder.bitcast(dptr, vec.as_pointer()), align=16)
+            store.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+            return context.get_dummy_value()
+
+        return types.void(dst, i, src, j), codegen
+
+    return stream16
+
+
+def _row_axpy(o, oi, v, vi, n, wq):  # pragma: no cover - replaced by a numba overload before compiling
+    """``o[oi : oi + n] += v[vi : vi + n] * wq`` (one stamp row into one image row)."""
+    for j in range(n):
+        o[oi + j] += v[vi + j] * wq
+
+
+def _row_axpy_overload():
+    """``_row_axpy`` compiled: for real ``o`` and ``v`` of one dtype, 64 bytes at a time with
+    LLVM's masked vector loads and stores (a 15-pixel stamp row is two vector operations; LLVM
+    leaves such short loops scalar); otherwise the scalar loop. Multiply, then add: the
+    same bits as the scalar loop."""
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic, overload
+
+    @intrinsic
+    def masked(typingctx, o, oi, v, vi, n, wq):
+        def codegen(context, builder, sig, args):
+            oty, _, vty, _, nty, wty = sig.args
+            elt = context.get_data_type(oty.dtype)
+            lanes = 64 // (oty.dtype.bitwidth // 8)
+            i32, i64 = ir.IntType(32), ir.IntType(64)
+            vec, ivec, bvec = (
+                ir.VectorType(elt, lanes),
+                ir.VectorType(i64, lanes),
+                ir.VectorType(ir.IntType(1), lanes),
+            )
+            zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+
+            def splat(x, ty):
+                return builder.shuffle_vector(
+                    builder.insert_element(ty(ir.Undefined), x, i32(0)), ty(ir.Undefined), zeros
+                )
+
+            count = context.cast(builder, args[4], nty, types.int64)
+            mask = builder.icmp_unsigned("<", ir.Constant(ivec, list(range(lanes))), splat(count, ivec))
+            ptrs = []
+            for ary, idx, aty in ((args[0], args[1], oty), (args[2], args[3], vty)):
+                arr = context.make_array(aty)(context, builder, ary)
+                ptr = cgutils.get_item_pointer(context, builder, aty, arr, [idx], wraparound=False)
+                ptrs.append(builder.bitcast(ptr, vec.as_pointer()))
+            suffix = f"v{lanes}{'f64' if oty.dtype.bitwidth == 64 else 'f32'}"
+            align = i32(oty.dtype.bitwidth // 8)
+            load = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(vec, [vec.as_pointer(), i32, bvec, vec]),
+                f"llvm.masked.load.{suffix}.p0",
+            )
+            store = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, bvec]),
+                f"llvm.masked.store.{suffix}.p0",
+            )
+            zero = ir.Constant(vec, None)
+            ov = builder.call(load, [ptrs[0], align, mask, zero])
+            vv = builder.call(load, [ptrs[1], align, mask, zero])
+            w = splat(context.cast(builder, args[5], wty, oty.dtype), vec)
+            builder.call(store, [builder.fadd(ov, builder.fmul(vv, w)), ptrs[0], align, mask])
+            return context.get_dummy_value()
+
+        return types.void(o, oi, v, vi, n, wq), codegen
+
+    def stub(o, oi, v, vi, n, wq):
+        pass
+
+    @overload(stub, inline="always")
+    def impl(o, oi, v, vi, n, wq):
+        if isinstance(o.dtype, types.Float) and o.dtype == v.dtype and o.dtype.bitwidth in (32, 64):
+            lanes = 64 // (o.dtype.bitwidth // 8)
+
+            def vector(o, oi, v, vi, n, wq):
+                for j in range(0, n, lanes):
+                    masked(o, oi + j, v, vi + j, min(lanes, n - j), wq)
+
+            return vector
+
+        def scalar(o, oi, v, vi, n, wq):
+            for j in range(n):
+                o[oi + j] += v[vi + j] * wq
+
+        return scalar
+
+    return stub
+
+
+def _planes_loop(svals, srow0, scol0, source, first, last, w, r0, c0, out, ring):  # pragma: no cover
+    """``out[q, srow0[t] - r0 + i, scol0[t] - c0 + j] = Σ_t svals[t, i, j] * w[source[t], q]`` (in-image).
+
+    The stamps ``t`` are sorted by their top row ``srow0``; only ``first <= t < last`` can
+    reach the image. Rows are summed in ``ring`` ``(m, nr, >= W)`` (image row ``y`` in ring row
+    ``y % nr``; it stays in cache), zeroed there just before the first stamp lands on them;
+    once the stamps have moved below a row, it is final and streamed to ``out`` ``(m, H, W)``
+    with non-temporal stores (no read of ``out`` into the cache). Rows no stamp reaches are
+    zeroed in ``out``.
+    """
+    n, nr, nc = svals.shape
+    m, H, W = out.shape
+    step = 16 // out.itemsize  # elements per 16-byte store
+    z = 0  # rows [0, z) are started: zeroed in the ring (or already written out)
+    f = 0  # rows [0, f) are written to out
+    for t in range(first, last + 1):
+        top = H  # after the last stamp: write out every row left
+        if t < last:
+            r = srow0[t] - r0
+            c = scol0[t] - c0
+            i0, i1 = max(0, -r), min(nr, H - r)
+            j0, j1 = max(0, -c), min(nc, W - c)
+            if i1 <= i0 or j1 <= j0:
+                continue
+            top = r + i0  # never decreases: the stamps come by top row
+        while f < top:  # rows above this stamp are final
+            for q in range(m):
+                o = out[q, f]
+                if f >= z:  # no stamp reached it
+                    for x in range(W):
+                        o[x] = 0
+                    continue
+                s = ring[q, f % nr]
+                x = 0
+                while x < W and (o.ctypes.data + x * out.itemsize) % 16 != 0:
+                    o[x] = s[x]
+                    x += 1
+                while x + step <= W:
+                    _stream16(o, x, s, x)
+                    x += step
+                while x < W:
+                    o[x] = s[x]
+                    x += 1
+            f += 1
+        if t == last:
+            break
+        z = max(z, f)
+        while z < r + i1:
+            for q in range(m):
+                o = ring[q, z % nr]
+                for x in range(W):
+                    o[x] = 0
+            z += 1
+        k = source[t]
+        for i in range(i0, i1):
+            v = svals[t, i]
+            y = (r + i) % nr
+            for q in range(m):
+                _row_axpy(ring[q, y], c + j0, v, j0, j1 - j0, w[k, q])
+
+
+def _copy16(dst, i, src, j):  # pragma: no cover - runs compiled (the fallback of _stream16)
+    for e in range(16 // dst.itemsize):
+        dst[i + e] = src[j + e]
+
+
+def _compiled(name: str):
+    """The compiled loop ``name`` (registered with the array core's kernels, so
+    :func:`sparse3d._kernels.loaded` knows numba is paid for)."""
+    key = f"_planes_kernels.{name}"
+    fn = _kernels._COMPILED.get(key)
+    if fn is None:
+        import numba
+
+        global _stream16, _row_axpy
+        if isinstance(_stream16, FunctionType):  # still the Python stub (numba freezes globals)
+            try:
+                _stream16 = _stream16_intrinsic()
+            except Exception:  # noqa: BLE001 - an llvmlite without it: plain 16-byte copies
+                _stream16 = numba.njit(_copy16)
+        if isinstance(_row_axpy, FunctionType):
+            try:
+                _row_axpy = _row_axpy_overload()
+            except Exception:  # noqa: BLE001 - an llvmlite without masked vectors: the scalar loop
+                _row_axpy = numba.njit(_row_axpy)
+        fn = numba.njit(cache=True, nogil=True)(globals()[name])
+        _kernels._COMPILED[key] = fn
+    return fn
+
+
+# -- entry points ----------------------------------------------------------------------------
+def planes_order(values, row0, col0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The inputs of :func:`planes_scatter` for grid stamps: ``(svals, srow0, scol0, source)``.
+
+    ``source`` sorts the stamps by their top row ``row0`` (a stable sort: equal rows keep
+    source order); ``svals`` ``(n, nr, nc)`` are the stamp values in that order, source-major
+    and C-contiguous; ``srow0``/``scol0`` the corners in that order. Built once for an array
+    and its translations (which share values and stored corners). Read-only.
+    """
+    source = np.argsort(row0, kind="stable")
+    svals = np.ascontiguousarray(np.moveaxis(values, 2, 0)[source])
+    got = (svals, np.ascontiguousarray(row0[source]), np.ascontiguousarray(col0[source]), source)
+    for a in got:  # shared by a family: read-only (and typed so by numba, as precompiled)
+        a.flags.writeable = False
+    return got
+
+
+def planes_scatter(svals, srow0, scol0, source, w, root_corner, out) -> np.ndarray:
+    """Overwrite ``out`` ``(m, H, W)`` with the model of grid stamps: plane ``q`` is
+    ``Σ_k values[..., k] * w[k, q]`` on the image.
+
+    Parameters
+    ----------
+    svals, srow0, scol0, source : numpy.ndarray
+        The stamps sorted by top row, from :func:`planes_order`: values ``(n, nr, nc)``,
+        corners ``(n,)`` (stored positions of every stamp's pixel ``(0, 0)``, int64) and the
+        source index of each.
+    w : numpy.ndarray, shape (nsources, m)
+        Weights, indexed by source; cast to ``out.dtype`` (C- or Fortran-contiguous weights
+        of that dtype are read in place: the loop is compiled for both orders).
+    root_corner : tuple of int
+        Image pixel ``[0, 0]`` in the coordinates of the corners.
+    out : numpy.ndarray, shape (m, H, W)
+        C-contiguous, of a :data:`sparse3d._kernels.KERNEL_DTYPES` dtype; any content.
+
+    Sums accumulate in ``out.dtype``; each pixel sums its stamps in the order of
+    :func:`planes_order` (top row, then source), so results are deterministic; they equal
+    the ascending-source sums of :func:`sparse3d._kernels.sorted_scatter` to rounding.
+    Stamp pixels off the image are never read into a sum.
+    """
+    m, H, W = out.shape
+    if svals.size == 0 or m == 0 or H == 0 or W == 0:
+        out[...] = 0
+        return out
+    if w.dtype != out.dtype or not (w.flags.c_contiguous or w.flags.f_contiguous):
+        w = np.ascontiguousarray(w, dtype=out.dtype)  # a column slice (1.x's flux[:, frames]) stays as is
+    r0, c0 = int(root_corner[0]), int(root_corner[1])
+    nr = svals.shape[1]
+    first = int(np.searchsorted(srow0, r0 - nr + 1))  # stamps wholly above the image: skipped
+    last = int(np.searchsorted(srow0, r0 + H))  # ... and wholly below it
+    ring = _ring(m, nr, W, out.dtype)
+    _compiled("_planes_loop")(svals, srow0, scol0, source, first, last, w, r0, c0, out, ring)
+    return out
+
+
+_RINGS = threading.local()
+
+
+def _ring(m: int, nr: int, W: int, dtype) -> np.ndarray:
+    """This thread's scratch rows ``(m, nr, >= W)`` for :func:`planes_scatter` (kept: a new
+    one per product would fault in its pages every time).
+
+    Rows are padded so that neither a row nor a plane of the ring is a multiple of 4 KiB
+    apart: a load 4 KiB away from a pending store (one stamp's rows and planes, for image
+    widths such as 512 float64) waits for that store, which stalls the vector row updates.
+    """
+    dtype = np.dtype(dtype)
+    key = (m, nr, W, dtype)
+    got = getattr(_RINGS, "ring", None)
+    if got is None or got[0] != key:
+        width = W + 64 // dtype.itemsize
+        while min(_off4k(width * dtype.itemsize), _off4k(nr * width * dtype.itemsize)) < 256:
+            width += 64 // dtype.itemsize
+        got = (key, np.empty((m, nr, width), dtype))
+        _RINGS.ring = got  # one per thread, the last shape used
+    return got[1]
+
+
+def _off4k(nbytes: int) -> int:
+    """Distance of ``nbytes`` from the nearest multiple of 4 KiB."""
+    r = nbytes % 4096
+    return min(r, 4096 - r)
+
+
+def precompile_kernels() -> None:
+    """Compile (or load from the cache) the loop for float64/float32 values and results, with
+    C- and Fortran-ordered weights (the :func:`sparse3d.precompile` hook)."""
+    if not _kernels.available():
+        return
+    row0, col0 = np.array([1, 4]), np.array([2, 5])
+    for dtype in (np.float64, np.float32):
+        inputs = planes_order(np.ones((3, 3, 2), dtype=dtype), row0, col0)
+        for w in (np.ones((2, 1), dtype=dtype), np.asfortranarray(np.ones((2, 3), dtype=dtype))):
+            planes_scatter(*inputs, w, (0, 0), np.empty((w.shape[1], 8, 8), dtype))
