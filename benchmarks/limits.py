@@ -30,30 +30,56 @@ def pipeline_bytes(scene: Scene) -> int:
     return int(read + write)
 
 
-def measure_bandwidth(repeats: int = 5, nbytes: int = BANDWIDTH_BYTES) -> dict:
+def measure_bandwidth(repeats: int = 5, nbytes: int = BANDWIDTH_BYTES, threads: int | None = None) -> dict:
     """Memory bandwidth of this machine (bytes/s): the best rate of four streaming kernels.
 
     Read (``max``), write (``fill``), copy (counted as read + write, STREAM's convention) and
     ``a + b -> c`` (two reads, one write) over arrays of ``nbytes``, touched beforehand so
-    that no page fault is timed; each is run ``repeats`` times and the fastest run of the
-    fastest kernel is the bandwidth. Taking the best makes the limit strict: it is what the
-    hardware can do, not what a loaded, shared machine did.
+    that no page fault is timed, each split into ``t`` contiguous slices run in ``t`` threads
+    for every ``t`` from 1 to ``threads`` (default: the library's
+    ``sparse3d._threads.num_threads()``, the threads its pipeline may use), interleaved;
+    each is run ``repeats`` times and the fastest run of the fastest kernel at the best
+    thread count is the bandwidth. Taking the best makes the limit strict: it is what the
+    hardware can do with as many threads as the library uses (so threads do not make the
+    comparison easier), not what a loaded, shared machine did.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if threads is None:
+        from sparse3d import _threads
+
+        threads = _threads.num_threads()
+    threads = max(1, int(threads))
     a = np.ones(nbytes // 8)
     b = np.ones_like(a)
     c = np.zeros_like(a)
     kernels = {
-        "read": (lambda: a.max(), nbytes),
-        "write": (lambda: c.fill(1.0), nbytes),
-        "copy": (lambda: np.copyto(c, a), 2 * nbytes),
-        "add": (lambda: np.add(a, b, out=c), 3 * nbytes),
+        "read": (lambda s: a[s].max(), nbytes),
+        "write": (lambda s: c[s].fill(1.0), nbytes),
+        "copy": (lambda s: np.copyto(c[s], a[s]), 2 * nbytes),
+        "add": (lambda s: np.add(a[s], b[s], out=c[s]), 3 * nbytes),
     }
-    rates = {}
-    for name, (fn, moved) in kernels.items():
-        best = float("inf")
+    best = {(name, t): float("inf") for name in kernels for t in range(1, threads + 1)}
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-        rates[name] = moved / best
-    return {"bytes_per_s": max(rates.values()), "rates": rates, "array_bytes": nbytes}
+            for name, (fn, _) in kernels.items():
+                for t in range(1, threads + 1):
+                    edges = [a.size * i // t for i in range(t + 1)]
+                    slices = [slice(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
+                    t0 = time.perf_counter()
+                    futures = [pool.submit(fn, s) for s in slices[1:]]
+                    fn(slices[0])  # the first slice in this thread, the others in the pool
+                    for f in futures:
+                        f.result()
+                    best[name, t] = min(best[name, t], time.perf_counter() - t0)
+    rates_by_threads = {f"{name}/{t}": kernels[name][1] / dt for (name, t), dt in best.items()}
+    rates = {name: max(kernels[name][1] / best[name, t] for t in range(1, threads + 1)) for name in kernels}
+    top = max(rates_by_threads, key=rates_by_threads.get)
+    return {
+        "bytes_per_s": max(rates.values()),
+        "rates": rates,
+        "rates_by_threads": rates_by_threads,
+        "best": top,
+        "threads": threads,
+        "array_bytes": nbytes,
+    }

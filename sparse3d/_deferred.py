@@ -50,7 +50,7 @@ import math
 
 import numpy as np
 
-from . import _kernels, _pool
+from . import _kernels, _pool, _threads
 
 __all__ = ["Node", "defer", "evaluate", "MIN_ELEMENTS", "MAX_NODES", "DEFERRED_UFUNCS"]
 
@@ -214,24 +214,53 @@ def copy_with_bounds(arr: np.ndarray):
     """``(copy, bounds)``: a read-only C-contiguous copy of the float array ``arr`` and the
     finite ``(lo, hi)`` of its values (None if it holds NaN or inf), in one pass.
 
-    The copy is made 512 KiB at a time and each chunk's minimum and maximum are taken while
-    it is still in cache, so the bounds later operations need (:func:`defer`) cost no
-    second pass over memory. ``arr`` must be C-contiguous.
+    Large arrays are copied by one compiled loop that keeps the bounds in registers
+    (:mod:`sparse3d._copy_kernels`); otherwise the copy is made 512 KiB at a time and each
+    chunk's minimum and maximum are taken while it is still in cache. Either way the bounds
+    later operations need (:func:`defer`) cost no second pass over memory. The work is cut
+    into contiguous blocks, one per thread, when a thread count was asked for
+    (:func:`sparse3d._kernels.elementwise_threads`); the blocks' bounds are
+    reduced at the end. ``arr`` must be C-contiguous.
     """
     out = _pool.empty(arr.shape, arr.dtype)
     src, dst = arr.reshape(-1), out.reshape(-1)
     step = CHUNK * 8 // arr.itemsize  # float32 chunks hold twice the elements: half the calls
-    lows, highs = [], []
-    for start in range(0, src.size, step):
-        part = dst[start : start + step]
-        np.copyto(part, src[start : start + step])
-        lows.append(np.minimum.reduce(part))  # NaN if the chunk holds one
-        highs.append(np.maximum.reduce(part))
+
+    def copy_chunks(starts):
+        lows, highs = [], []
+        for start in starts:
+            part = dst[start : start + step]
+            np.copyto(part, src[start : start + step])
+            lows.append(np.minimum.reduce(part))  # NaN if the chunk holds one
+            highs.append(np.maximum.reduce(part))
+        return lows, highs
+
+    threads = _kernels.elementwise_threads(src.size)
+    if src.size >= _kernels.MIN_ELEMENTS and _kernels.available():  # one compiled pass per block
+        from ._copy_kernels import copy_bounds
+
+        edges = _threads.split(src.size, threads)
+        spans = list(zip(edges[:-1], edges[1:]))
+        got = _threads.run(lambda a, b: copy_bounds(src[a:b], dst[a:b]), spans)
+        out.flags.writeable = False
+        if any(b is None for b in got):
+            return out, None
+        return out, (min(b[0] for b in got), max(b[1] for b in got))
+    got = _threads.run(copy_chunks, in_blocks(range(0, src.size, step), threads))
+    lows = [v for block in got for v in block[0]]
+    highs = [v for block in got for v in block[1]]
     out.flags.writeable = False
     if not lows:
         return out, (0.0, 0.0)
     lo, hi = float(np.min(lows)), float(np.max(highs))  # NaN propagates
     return out, ((lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None)
+
+
+def in_blocks(items, threads: int) -> list[tuple]:
+    """``items`` cut into at most ``threads`` contiguous blocks, each as a one-argument tuple
+    for :func:`sparse3d._threads.run` (which runs one block in the calling thread)."""
+    edges = _threads.split(len(items), threads)
+    return [(items[a:b],) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _array_bounds(a: np.ndarray):
@@ -296,22 +325,38 @@ def _result_bounds(ufunc, args, dtype, inputs):
 
 # -- evaluation -------------------------------------------------------------------------------
 def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
-    """The values of ``node``'s expression on a ``block_shape`` block, one chunk at a time."""
+    """The values of ``node``'s expression on a ``block_shape`` block, one chunk at a time.
+
+    When a thread count was asked for (:func:`sparse3d._kernels.elementwise_threads`),
+    large blocks are evaluated in contiguous blocks of chunks, one per thread, each thread
+    with its own chunk buffers: every element is computed by the same operations whatever
+    the split, so the bits do not depend on the thread count. Every thread evaluates under
+    ``np.errstate(all="ignore")`` (the error state is per thread: the caller's does not
+    reach a worker, and is not needed: nothing reportable can be raised, see the module
+    docstring).
+    """
     out = _pool.empty(block_shape, node.dtype)
     nr, nc, n = block_shape
     P = nr * nc
     if out.size == 0:
         return out
-    if not any(isinstance(a, Node) for a in node.args):  # one operation: one call, no chunks
-        with np.errstate(all="ignore"):
-            node.func(*node.args, out=out)
+    out2 = out.reshape(P, n)
+    if not any(isinstance(a, Node) for a in node.args):  # one operation: no chunks
+        getters = [_getter(a, {}, P, n) for a in node.args]
+
+        def run_rows(rows):
+            with np.errstate(all="ignore"):
+                if len(rows):
+                    p0, p1 = rows[0], rows[-1] + 1
+                    node.func(*[g(p0, p1, 0, n, None) for g in getters], out=out2[p0:p1])
+
+        _threads.run(run_rows, in_blocks(range(P), _kernels.elementwise_threads(out.size)))
         return out
     if out.size >= COMPILED_MIN_ELEMENTS and _kernels.available():
         from ._segments import fused
 
         node = fused(node)
     order, slots, nscratch = _plan(node)
-    out2 = out.reshape(P, n)
     if n >= CHUNK:
         pieces = -(-n // CHUNK)
         edges = [n * i // pieces for i in range(pieces + 1)]
@@ -322,20 +367,24 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
         rows = max(1, CHUNK // n)
         chunks = [(p0, min(p0 + rows, P), 0, n) for p0 in range(0, P, rows)]
         scratch_size = rows * n
-    scratch = [np.empty(scratch_size, dtype=dt) for dt in nscratch]
     steps = []
     for nd in order:
         getters = [_getter(a, slots, P, n) for a in nd.args]
         steps.append((nd.func, getters, slots[id(nd)]))
-    with np.errstate(all="ignore"):
-        for p0, p1, k0, k1 in chunks:
-            shape = (p1 - p0, k1 - k0)
-            m = shape[0] * shape[1]
-            views = [buf[:m].reshape(shape) for buf in scratch]
-            for func, getters, slot in steps:
-                ops = [g(p0, p1, k0, k1, views) for g in getters]
-                target = out2[p0:p1, k0:k1] if slot is None else views[slot]
-                func(*ops, out=target)
+
+    def run_chunks(part):
+        scratch = [np.empty(scratch_size, dtype=dt) for dt in nscratch]  # this thread's own
+        with np.errstate(all="ignore"):
+            for p0, p1, k0, k1 in part:
+                shape = (p1 - p0, k1 - k0)
+                m = shape[0] * shape[1]
+                views = [buf[:m].reshape(shape) for buf in scratch]
+                for func, getters, slot in steps:
+                    ops = [g(p0, p1, k0, k1, views) for g in getters]
+                    target = out2[p0:p1, k0:k1] if slot is None else views[slot]
+                    func(*ops, out=target)
+
+    _threads.run(run_chunks, in_blocks(chunks, _kernels.elementwise_threads(out.size)))
     return out
 
 

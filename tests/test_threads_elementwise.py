@@ -1,0 +1,331 @@
+"""The elementwise pipeline in threads: deferred chains, the copy with bounds, the grid check.
+
+Every threaded path is run with 1, 2 and 3 threads (thresholds lowered so that small random
+scenes split) and compared bit for bit with NumPy on the raw stamp values or with a dense
+reference; each test also checks that the work really was split (a test of threads that
+never ran could not fail). Errors raised in a worker reach the caller unchanged, and the
+floating-point error state the caller sets does not change what a deferred chain does.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import sparse3d
+from sparse3d import Sparse3D, _deferred, _kernels, _threads
+from sparse3d._deferred import Node
+from sparse3d.testing import dense_reference, random_scene
+
+THREADS = (1, 2, 3)
+
+
+@pytest.fixture(autouse=True, params=["ufuncs", "compiled"])
+def split_everything(request, monkeypatch):
+    """Small arrays deferred and split into threads; runs of cheap operations compiled or not."""
+    monkeypatch.setattr(_deferred, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
+    if request.param == "compiled":
+        if not _kernels.available():
+            pytest.skip("numba is not installed")
+        monkeypatch.setattr(_deferred, "COMPILED_MIN_ELEMENTS", 0)
+        monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
+    else:
+        monkeypatch.setattr(_deferred, "COMPILED_MIN_ELEMENTS", 1 << 62)
+    yield request.param
+    sparse3d.set_options(num_threads=0)
+
+
+@pytest.fixture
+def blocks(monkeypatch):
+    """The number of blocks of every ``_threads.run`` call, in order."""
+    seen: list[int] = []
+    original = _threads.run
+
+    def run(fn, parts):
+        seen.append(len(parts))
+        return original(fn, parts)
+
+    monkeypatch.setattr(_threads, "run", run)
+    return seen
+
+
+def _bits(a):
+    return np.ascontiguousarray(a).view(np.uint8)
+
+
+def _gaussian(X, Y, rp, cp, sigma=1.3):
+    return np.exp(-0.5 * ((X - rp) ** 2 / sigma**2 + (Y - cp) ** 2 / sigma**2)) * 1 / (2 * np.pi * sigma**2)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("nsources", [0, 1, 9, 70])
+@pytest.mark.parametrize("chunk", [16, 1 << 16])
+def test_chains_same_bits_for_every_thread_count(monkeypatch, blocks, dtype, nsources, chunk):
+    monkeypatch.setattr(_deferred, "CHUNK", chunk)  # 16: many chunks, also with n >= CHUNK
+    sc = random_scene(nsources, dtype=dtype, nsources=nsources, imcorner=(4, -7), stamp=(5, 4))
+    y = np.random.default_rng(nsources + 1).uniform(-2, 2, size=sc.data.shape).astype(dtype)
+    rng = np.random.default_rng(nsources + 2)
+    rp, cp = rng.random(nsources).astype(dtype), rng.random(nsources).astype(dtype)
+    ref = _gaussian(sc.data, y, rp, cp)  # NumPy, eager, on the raw stamp values
+    single = np.exp(sc.data)
+    for nt in THREADS:
+        sparse3d.set_options(num_threads=nt)
+        blocks.clear()
+        X = Sparse3D(sc.data, sc.row, sc.col, sc.imshape, sc.imcorner)
+        Y = Sparse3D(y, sc.row, sc.col, sc.imshape, sc.imcorner)
+        L = _gaussian(X, Y, rp, cp)
+        assert L._lazy is not None
+        got = L.data
+        assert got.dtype == ref.dtype == dtype
+        np.testing.assert_array_equal(_bits(got), _bits(ref))
+        dense = dense_reference(ref, sc.row, sc.col, sc.imshape, sc.imcorner)
+        np.testing.assert_array_equal(L.todense(), dense)
+        E = np.exp(X)  # one operation: split by stamp planes
+        np.testing.assert_array_equal(_bits(E.data), _bits(single))
+        if nsources and chunk == 16:
+            assert max(blocks) == min(nt, 20)  # 20 stamp planes: the chain and exp were split
+
+
+def test_long_chunks_per_source_operands_split(monkeypatch, blocks):
+    """Chunks along the sources (n >= CHUNK): per-source operands sliced per chunk in every thread."""
+    monkeypatch.setattr(_deferred, "CHUNK", 8)
+    rng = np.random.default_rng(3)
+    n = 37
+    x = rng.uniform(-1, 1, size=(2, 3, n))
+    v = rng.uniform(1, 2, size=n)
+    R = np.arange(2)[:, None, None] + rng.integers(0, 5, n)
+    C = np.arange(3)[None, :, None] + rng.integers(0, 5, n)
+    ref = np.exp(x * v - 0.5) / (v + 1.0)
+    for nt in THREADS:
+        sparse3d.set_options(num_threads=nt)
+        X = Sparse3D(x, R, C, (9, 9))
+        got = (np.exp(X * v - 0.5) / (v + 1.0)).data
+        np.testing.assert_array_equal(_bits(got), _bits(ref))
+    assert max(blocks) == 3
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 450_000, -5])
+def test_copy_with_bounds_threads(blocks, dtype, bad, where):
+    """Thread counts split the copy (compiled or chunked); bounds reduced as with one
+    thread; NaN/inf in the first, a middle or the last block."""
+    rng = np.random.default_rng(2)
+    a = rng.uniform(-3, 5, size=(3, 2, 150_001)).astype(dtype)  # several chunks, not a whole number
+    a.reshape(-1)[7] = -0.0
+    if bad is not None:
+        a.reshape(-1)[where] = bad
+    for nt in THREADS:
+        sparse3d.set_options(num_threads=nt)
+        blocks.clear()
+        out, bounds = _deferred.copy_with_bounds(a)
+        np.testing.assert_array_equal(out, a)
+        assert not out.flags.writeable and out.dtype == a.dtype
+        assert bounds == (None if bad is not None else (float(a.min()), float(a.max())))
+        assert blocks == [nt]
+
+
+def test_elementwise_passes_stay_serial_by_default(monkeypatch, blocks):
+    """The chain, the copy and the grid check use threads only when a thread count was asked for."""
+    monkeypatch.delenv(_threads.ENV_VAR, raising=False)
+    sparse3d.set_options(num_threads=0)
+    assert _kernels.elementwise_threads(10**9) == 1
+    _deferred.copy_with_bounds(np.ones((2, 2, 300_000)))
+    sc = random_scene(1, nsources=30, stamp=(6, 5))
+    X = Sparse3D(sc.data, sc.row, sc.col, sc.imshape, sc.imcorner)
+    got = np.exp(X * 2.0 - 1.0).data
+    np.testing.assert_array_equal(_bits(got), _bits(np.exp(sc.data * 2.0 - 1.0)))
+    assert blocks and set(blocks) == {1}
+    monkeypatch.setenv(_threads.ENV_VAR, "2")
+    assert _kernels.elementwise_threads(10**9) == 2
+    sparse3d.set_options(num_threads=3)
+    assert _kernels.elementwise_threads(10**9) == 3
+
+
+def _grid(rng, nr, nc, n, lo=-50, hi=50, dtype=np.int64):
+    r0, c0 = rng.integers(lo, hi, n), rng.integers(lo, hi, n)
+    R = (np.arange(nr)[:, None, None] + r0).astype(dtype)
+    C = (np.arange(nc)[None, :, None] + c0).astype(dtype)
+    full = (nr, nc, n)
+    return np.ascontiguousarray(np.broadcast_to(R, full)), np.ascontiguousarray(np.broadcast_to(C, full))
+
+
+@pytest.mark.parametrize("pos", [np.int16, np.int32, np.int64])
+@pytest.mark.parametrize("corner", [np.int16, np.int32])
+def test_grid_match_every_thread_count(blocks, pos, corner):
+    if not _kernels.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(5)
+    R, C = _grid(rng, 7, 4, 33, dtype=pos)
+    for nt in THREADS:
+        sparse3d.set_options(num_threads=nt)
+        for a, axis in ((R, 0), (C, 1)):
+            first = a[0, 0].astype(corner)
+            assert _kernels.grid_match(a, first, axis)
+            for i, j in ((6, 0), (4, 3), (0, 1), (3, 2)):  # a differing pixel in any block
+                b = a.copy()
+                b[i, j, 17] += 1
+                ref = np.array_equal(b, (first.astype(np.int64) + np.arange(a.shape[axis]).reshape(
+                    (-1, 1, 1) if axis == 0 else (1, -1, 1))) * np.ones(a.shape, np.int64))
+                assert _kernels.grid_match(b, first, axis) is ref is False
+    assert max(blocks) == 3
+
+
+def test_grid_match_near_the_corner_type_limit_stays_one_block(blocks):
+    """Along axis 0, ``first + i0`` must not wrap in first's type: then one block."""
+    if not _kernels.available():
+        pytest.skip("numba is not installed")
+    sparse3d.set_options(num_threads=3)
+    first = np.array([32_760, 5], dtype=np.int16)
+    a = first.astype(np.int64) + np.arange(12)[:, None, None] * np.ones((12, 2, 2), np.int64)
+    assert _kernels.grid_match(np.ascontiguousarray(a), first, 0)
+    assert blocks == [] or max(blocks) == 1
+    ok = np.array([100, 5], dtype=np.int16)
+    a = ok.astype(np.int64) + np.arange(12)[:, None, None] * np.ones((12, 2, 2), np.int64)
+    assert _kernels.grid_match(np.ascontiguousarray(a), ok, 0)
+    assert max(blocks) == 3
+
+
+def test_grid_match_adds_no_kernel_signature():
+    if not _kernels.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(8)
+    R, _ = _grid(rng, 6, 3, 11, dtype=np.int32)
+    sparse3d.set_options(num_threads=1)
+    _kernels.grid_match(R, R[0, 0].astype(np.int16), 0)
+    before = len(_kernels._compiled("_grid_match_loop").signatures)
+    sparse3d.set_options(num_threads=3)
+    _kernels.grid_match(R, R[0, 0].astype(np.int16), 0)
+    assert len(_kernels._compiled("_grid_match_loop").signatures) == before
+
+
+def test_construction_and_interning_off_grid_in_a_late_block(blocks):
+    """A pixel off the grid only in the last stamp rows: the general path, the same array."""
+    rng = np.random.default_rng(11)
+    nr, nc, n = 6, 5, 40
+    R, C = _grid(rng, nr, nc, n, lo=0, hi=40)  # every pixel inside the image
+    data = rng.uniform(1, 2, size=(nr, nc, n))
+    R2 = R.copy()
+    R2[nr - 1, 0, 13] += 2  # the probe of the last plane (nr-1, nc-1) does not see it
+    shape, corner = (60, 70), (-3, -2)
+    for nt in THREADS:
+        sparse3d.set_options(num_threads=nt)
+        for rows in (R, R2):
+            S = Sparse3D(data, rows, C, shape, corner)
+            np.testing.assert_array_equal(S.todense(), dense_reference(data, rows, C, shape, corner))
+            T = Sparse3D(data * 2, rows, C, shape, corner)  # interned against S (or not)
+            np.testing.assert_array_equal(T.todense(), dense_reference(data * 2, rows, C, shape, corner))
+        assert not np.array_equal(Sparse3D(data, R, C, shape, corner).todense(),
+                                  Sparse3D(data, R2, C, shape, corner).todense())
+
+
+def test_position_errors_are_the_same_for_every_thread_count():
+    rng = np.random.default_rng(12)
+    R, C = _grid(rng, 6, 4, 30)
+    R[5, 1, 20] = 2**62  # beyond the supported range, in the last rows
+    messages = set()
+    for nt in THREADS:
+        sparse3d.set_options(num_threads=nt)
+        with pytest.raises(ValueError) as err:
+            Sparse3D(np.ones(R.shape), R, C, (50, 50))
+        messages.add(str(err.value))
+    assert len(messages) == 1 and "row" in messages.pop()
+
+
+class _Refuse:
+    """A ufunc stand-in raising on the chunk that holds ``bad`` (in whichever thread runs it)."""
+
+    __name__ = "refuse"
+
+    def __init__(self, bad):
+        self.bad = bad
+
+    def __call__(self, x, out):
+        if (x == -self.bad).any():
+            raise ArithmeticError(f"refused the value {self.bad}")
+        np.negative(x, out=out)
+        return out
+
+
+def test_errors_in_a_worker_reach_the_caller_unchanged(monkeypatch, blocks):
+    monkeypatch.setattr(_deferred, "CHUNK", 32)
+    leaf = np.arange(4 * 5 * 30, dtype=np.float64).reshape(4, 5, 30)
+    leaf.flags.writeable = False
+    inner = Node(np.negative, (leaf,), np.dtype(np.float64), None, 1)
+    for bad, nt in ((599.0, 3), (599.0, 2), (0.0, 3), (599.0, 1)):  # last block, first block
+        sparse3d.set_options(num_threads=nt)
+        root = Node(_Refuse(bad), (inner,), np.dtype(np.float64), None, 2)
+        with pytest.raises(ArithmeticError, match=f"^refused the value {bad}$"):
+            _deferred.evaluate(root, leaf.shape)
+    good = Node(_Refuse(-1.0), (inner,), np.dtype(np.float64), None, 2)
+    np.testing.assert_array_equal(_deferred.evaluate(good, leaf.shape), leaf)
+    assert 3 in blocks
+
+
+def test_caller_error_state_does_not_change_a_threaded_chain(blocks):
+    """np.errstate is per thread: workers evaluate under "ignore" as the caller's thread does,
+    what was recorded silently stays silent, and the caller's own state is left as it was."""
+    rng = np.random.default_rng(4)
+    sc = random_scene(4, dtype=np.float32, nsources=20, stamp=(6, 3))
+    for nt in THREADS:
+        sparse3d.set_options(num_threads=nt)
+        X = Sparse3D(sc.data, sc.row, sc.col, sc.imshape, sc.imcorner)
+        with np.errstate(all="ignore"):
+            Z = np.exp(X * 1000.0) / (X * 0.0)  # overflow, inf/0, 0/0: all ignored here
+        assert Z._lazy is not None
+        with warnings.catch_warnings(), np.errstate(all="raise"):
+            warnings.simplefilter("error")
+            state = np.geterr()
+            got = Z.data  # evaluated in threads under other settings: nothing reported
+            assert np.geterr() == state
+        with np.errstate(all="ignore"):
+            ref = np.exp(sc.data * 1000.0) / (sc.data * np.float32(0.0))
+        np.testing.assert_array_equal(_bits(got), _bits(ref))
+        # proven safe under "raise": deferred, and evaluated in threads without raising
+        v = rng.uniform(1, 2, size=20).astype(np.float32)
+        with np.errstate(over="raise", invalid="raise", divide="raise"):  # under: ignored (deferral)
+            W = np.exp(-0.5 * (X - v) ** 2) / (v + 1)
+            assert W._lazy is not None
+            got = W.data
+        np.testing.assert_array_equal(_bits(got), _bits(np.exp(-0.5 * (sc.data - v) ** 2) / (v + 1)))
+        # not provable and reported: computed at once in the caller, which raises there
+        with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+            np.exp(X * 1000.0)
+    assert max(blocks) == 3
+
+
+def test_grid_positions_in_a_lent_buffer_are_reused_only_after_death(monkeypatch):
+    """Grid positions share one lent buffer (sparse3d._pool.lend): a live array keeps its
+    positions while other grids are built, they are read-only, and once the
+    arrays die the next grid of that shape reuses the buffer."""
+    from sparse3d import _pool
+
+    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
+    rng = np.random.default_rng(21)
+    nr, nc, n = 4, 3, 50
+    R1, C1 = _grid(rng, nr, nc, n, lo=0, hi=30)
+    R2, C2 = _grid(rng, nr, nc, n, lo=0, hi=30)
+    data = rng.uniform(1, 2, size=(nr, nc, n))
+    S1 = Sparse3D(data, R1, C1, (40, 40))
+    s1 = S1._structure
+    if s1._row.base is None or s1._row.strides[1] != 0:
+        pytest.skip("positions not stored compactly (grid kernels off)")
+    S2 = Sparse3D(data, R2, C2, (40, 40))
+    for S, R, C in ((S1, R1, C1), (S2, R2, C2)):
+        np.testing.assert_array_equal(S._structure._row, R)
+        np.testing.assert_array_equal(S._structure._col, C)
+        np.testing.assert_array_equal(S.todense(), dense_reference(data, R, C, (40, 40)))
+        assert not S._structure._row.flags.writeable and not S._structure._col.flags.writeable
+    buffers = {id(S1._structure._row.base), id(S2._structure._row.base)}
+    assert len(buffers) == 2  # S1's buffer was in use: S2 got another
+    del S1, S2, s1
+    import gc
+
+    gc.collect()
+    S3 = Sparse3D(data, R2, C2, (40, 40))
+    assert id(S3._structure._row.base) in buffers  # an already-faulted buffer again
+    np.testing.assert_array_equal(S3._structure._row, R2)
+    np.testing.assert_array_equal(S3.todense(), dense_reference(data, R2, C2, (40, 40)))
