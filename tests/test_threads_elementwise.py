@@ -301,9 +301,12 @@ def test_grid_positions_in_a_lent_buffer_are_reused_only_after_death(monkeypatch
     """Grid positions share one lent buffer (sparse3d._pool.lend): a live array keeps its
     positions while other grids are built, they are read-only, and once the
     arrays die the next grid of that shape reuses the buffer."""
-    from sparse3d import _pool
+    from sparse3d import _kernels, _pool
 
+    if not _kernels.available():
+        pytest.skip("numba is not installed")
     monkeypatch.setattr(_pool, "MIN_BYTES", 0)
+    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)  # the compact grid path at this small size
     rng = np.random.default_rng(21)
     nr, nc, n = 4, 3, 50
     R1, C1 = _grid(rng, nr, nc, n, lo=0, hi=30)
@@ -311,8 +314,7 @@ def test_grid_positions_in_a_lent_buffer_are_reused_only_after_death(monkeypatch
     data = rng.uniform(1, 2, size=(nr, nc, n))
     S1 = Sparse3D(data, R1, C1, (40, 40))
     s1 = S1._structure
-    if s1._row.base is None or s1._row.strides[1] != 0:
-        pytest.skip("positions not stored compactly (grid kernels off)")
+    assert s1._row.base is not None and s1._row.strides[1] == 0  # stored compactly
     S2 = Sparse3D(data, R2, C2, (40, 40))
     for S, R, C in ((S1, R1, C1), (S2, R2, C2)):
         np.testing.assert_array_equal(S._structure._row, R)
