@@ -100,6 +100,18 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+def _forget_pool_in_child() -> None:
+    """A forked child has none of the parent's threads: a new pool (and lock) on first use,
+    instead of one that believes it has idle workers and never runs the work."""
+    global _POOL, _LOCK
+    _POOL = None
+    _LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
 def run(fn: Callable[..., Any], blocks: Sequence[tuple]) -> list[Any]:
     """``[fn(*args) for args in blocks]``, the blocks in parallel: all but the last in worker
     threads, the last in the calling thread. The first exception is raised once all are done."""

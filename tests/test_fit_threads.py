@@ -264,3 +264,18 @@ def test_threaded_paths_compile_one_signature(threaded):
         module = importlib.import_module(f"sparse3d.fit.{name}")
         for kernel in module.SIGNATURES:
             assert len(getattr(module, kernel).signatures) <= 1, (name, kernel)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_pool_works_in_a_forked_child():
+    # a child forked after the pool ran work gets a new pool (the parent's threads are gone)
+    import multiprocessing
+
+    assert _threads.run(lambda i: i + 1, [(1,), (2,)]) == [2, 3]
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply_async(_run_in_threads, ()).get(timeout=60) == [2, 3]
+
+
+def _run_in_threads():
+    return _threads.run(lambda i: i + 1, [(1,), (2,)])

@@ -37,7 +37,9 @@ Where each concept lives
     The right-hand sides ``A^T C^-1 D`` and ``D^T C^-1 D`` of a fit straight from regular stamps
     (``_rhs_kernels.py``): no design matrix, no weighted copy of the frames; with many frames
     the image is swept row by row (stamp rows by column), so a frame stack streams from memory
-    once; the data's finiteness check in one compiled pass.
+    once; the data's finiteness check in one compiled pass. Large many-frame fits run these in
+    threads (:mod:`sparse3d._threads`; bands of sources, ranges of pixel blocks) and compute
+    them while the normal matrix is factorised (``_Ahead``); the same bits for any thread count.
 ``factor.py``
     The factorisations behind one interface (``solve``, ``inv_diag``, ``portable``):
     qdldl, SuperLU, CHOLMOD, triangular, empty; :func:`available_solvers`; singular
