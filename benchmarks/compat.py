@@ -126,6 +126,20 @@ def make_scene(imshape, nsources, stamp, noffsets, frames_per_offset, seed, nroi
     }
 
 
+def _result_1x(s: dict, roi: bool) -> np.ndarray:
+    """The zeroed result of a 1.x loop: ``(nrois, frames, h, w)`` or ``(frames, H, W)``."""
+    nframes = s["flux"].shape[1]
+    return np.zeros((len(s["corners"]), nframes, *s["roi_size"]) if roi else (nframes, *s["imshape"]))
+
+
+def _store_1x(out: np.ndarray, idx: np.ndarray, model: np.ndarray, roi: bool) -> None:
+    """Write one offset's model into the frames ``idx`` of a 1.x loop's result."""
+    if roi:
+        out[:, idx] = model
+    else:
+        out[idx] = model
+
+
 def loop_1x(mod, s: dict, roi: bool = False):
     """The loop as 1.x code wrote it (runs on 1.2.11 and on ``sparse3d.legacy``)."""
     args = (s["row"], s["col"], s["imshape"])
@@ -137,20 +151,13 @@ def loop_1x(mod, s: dict, roi: bool = False):
 
     def run():
         flux, jit = s["flux"], s["jitter"]
-        if roi:
-            out = np.zeros((len(s["corners"]), flux.shape[1], *s["roi_size"]))
-        else:
-            out = np.zeros((flux.shape[1], *s["imshape"]))
+        out = _result_1x(s, roi)
         for offset, idx in s["groups"]:
             X.translate(offset)
             dX0.translate(offset)
             dX1.translate(offset)
             f = flux[:, idx]
-            model = X.dot(f) + dX0.dot(f * -jit[0, idx]) + dX1.dot(f * -jit[1, idx])
-            if roi:
-                out[:, idx] = model
-            else:
-                out[idx] = model
+            _store_1x(out, idx, X.dot(f) + dX0.dot(f * -jit[0, idx]) + dX1.dot(f * -jit[1, idx]), roi)
         return out
 
     return run
@@ -182,23 +189,15 @@ def loop_floor(s: dict, roi: bool = False):
     """The 1.x loop's own arithmetic without products: the same result array, adds and
     assignments on three fixed models of the 1.x layout (what any implementation's loop
     pays on top of its ``translate`` and ``dot``; reported with ``--floor``)."""
-    flux = s["flux"]
     k = len(s["groups"][0][1])
     shape = (len(s["corners"]), k, *s["roi_size"]) if roi else (k, *s["imshape"])
     rng = np.random.default_rng(0)
     a, b, c = (rng.uniform(size=shape) for _ in range(3))
 
     def run():
-        if roi:
-            out = np.zeros((len(s["corners"]), flux.shape[1], *s["roi_size"]))
-        else:
-            out = np.zeros((flux.shape[1], *s["imshape"]))
+        out = _result_1x(s, roi)
         for _, idx in s["groups"]:
-            model = a + b + c
-            if roi:
-                out[:, idx] = model
-            else:
-                out[idx] = model
+            _store_1x(out, idx, a + b + c, roi)
         return out
 
     return run

@@ -224,6 +224,31 @@ def test_nested_dissection_order_is_a_permutation(case):
         nd = _fill(ov, perm[:n])
         assert nd < 0.7 * _fill(ov, np.arange(n)) and nd < 0.7 * _fill(ov, np.lexsort((c0, r0)))  # 0.50, 0.48
 
+
+
+def _random_cut(rng, n, h, w, span, cut, by_row):
+    """``n`` random boxes ``h x w`` in ``[-5, span)``, and the sources wholly before, wholly
+    after and straddling a cut at ``cut`` across rows (``by_row``) or columns."""
+    r0, c0 = rng.integers(-5, span, n), rng.integers(-5, span, n)
+    boxes = tuple(np.ascontiguousarray(b, dtype=np.intp) for b in (r0, r0 + h, c0, c0 + w))
+    lo, hi = (boxes[0], boxes[1]) if by_row else (boxes[2], boxes[3])
+    straddle = np.flatnonzero((hi > cut) & (lo < cut))
+    return boxes, np.flatnonzero(hi <= cut), np.flatnonzero(lo >= cut), straddle
+
+
+def _thin(boxes, first, second, sep, by_row):
+    """``_thin_separator`` on a cut: the new order and how many moved to each half."""
+    from sparse3d.fit._ordering_kernels import _thin_separator
+
+    n = boxes[0].size
+    tmp = np.concatenate([first, second, sep]).astype(np.intp)
+    order = np.empty(n, dtype=np.intp)
+    work = [np.empty(n, dtype=np.intp) for _ in range(3)] + [np.empty((n, 3), dtype=np.intp)]
+    axes = boxes if by_row else (boxes[2], boxes[3], boxes[0], boxes[1])  # across the cut, then along it
+    na, nb = _thin_separator(*axes, tmp, 0, first.size, second.size, n, order, *work)
+    return order, na, nb
+
+
 def _overlaps(boxes):
     rlo, rhi, clo, chi = boxes
     return (
@@ -239,22 +264,11 @@ def _overlaps(boxes):
 def test_thinned_separator_still_separates(by_row, sizes):
     """The separator of a cut, thinned: the two grown halves share no pixel (checked against a
     dense overlap table), only straddling boxes moved, and the separator got smaller."""
-    from sparse3d.fit._ordering_kernels import _thin_separator
-
     rng = np.random.default_rng(len(sizes) + 7 * by_row)
     n = 600
     side = rng.choice(sizes, n)
-    r0, c0 = rng.integers(-5, 120, n), rng.integers(-5, 120, n)
-    boxes = tuple(np.ascontiguousarray(b, dtype=np.intp) for b in (r0, r0 + side, c0, c0 + side))
-    lo, hi = (boxes[0], boxes[1]) if by_row else (boxes[2], boxes[3])
-    cut = 60
-    first, second = np.flatnonzero(hi <= cut), np.flatnonzero(lo >= cut)
-    sep = np.flatnonzero((hi > cut) & (lo < cut))
-    tmp = np.concatenate([first, second, sep]).astype(np.intp)
-    order = np.empty(n, dtype=np.intp)
-    work = [np.empty(n, dtype=np.intp) for _ in range(3)] + [np.empty((n, 3), dtype=np.intp)]
-    axes = boxes if by_row else (boxes[2], boxes[3], boxes[0], boxes[1])  # across the cut, then along it
-    na, nb = _thin_separator(*axes, tmp, 0, first.size, second.size, n, order, *work)
+    boxes, first, second, sep = _random_cut(rng, n, side, side, 120, 60, by_row)
+    order, na, nb = _thin(boxes, first, second, sep, by_row)
     assert np.array_equal(np.sort(order), np.arange(n))
     A = order[: first.size + na]
     B = order[first.size + na : first.size + na + second.size + nb]
@@ -271,31 +285,21 @@ def test_thinned_separator_moves_exactly_the_isolated_boxes(by_row, sizes):
     """Which separator boxes move, against a dense overlap table: to the first half exactly those
     that overlap no box after the cut; then to the second exactly those left that overlap no box
     of the grown first half; mixed sizes (41 x 41 among 11 x 11, 1 x 100) and every orientation."""
-    from sparse3d.fit._ordering_kernels import _thin_separator
-
     rng = np.random.default_rng(len(sizes) + 11 * by_row)
     n = 700
     h, w = rng.choice(sizes, n), rng.choice(sizes, n)
-    r0, c0 = rng.integers(-5, 150, n), rng.integers(-5, 150, n)
-    boxes = tuple(np.ascontiguousarray(b, dtype=np.intp) for b in (r0, r0 + h, c0, c0 + w))
-    lo, hi = (boxes[0], boxes[1]) if by_row else (boxes[2], boxes[3])
-    cut = 70
-    first, second = np.flatnonzero(hi <= cut), np.flatnonzero(lo >= cut)
-    sep = np.flatnonzero((hi > cut) & (lo < cut))
+    boxes, first, second, sep = _random_cut(rng, n, h, w, 150, 70, by_row)
     ov = _overlaps(boxes)
     to_first = sep[~ov[np.ix_(sep, second)].any(axis=1)]
     rest = np.setdiff1d(sep, to_first)
     grown = np.concatenate([first, to_first])
     to_second = rest[~ov[np.ix_(rest, grown)].any(axis=1)]
-    tmp = np.concatenate([first, second, sep]).astype(np.intp)
-    order = np.empty(n, dtype=np.intp)
-    work = [np.empty(n, dtype=np.intp) for _ in range(3)] + [np.empty((n, 3), dtype=np.intp)]
-    axes = boxes if by_row else (boxes[2], boxes[3], boxes[0], boxes[1])
-    na, nb = _thin_separator(*axes, tmp, 0, first.size, second.size, n, order, *work)
+    order, na, nb = _thin(boxes, first, second, sep, by_row)
     k = first.size
     assert set(order[k : k + na]) == set(to_first) and na == to_first.size
     k += na + second.size
     assert set(order[k : k + nb]) == set(to_second) and nb == to_second.size
+
 
 def test_nd_large_fronts_match_dense():
     # a scene dense enough that the top separators' fronts take the panel/BLAS path
