@@ -27,7 +27,7 @@ from types import FunctionType
 
 import numpy as np
 
-from . import _kernels
+from . import _kernels, _threads
 
 __all__ = ["narrow", "is_grid", "scatter", "gather", "SCATTER_BLOCK"]
 
@@ -114,6 +114,56 @@ def _prefetch_intrinsic():
 PREFETCH_AHEAD = 8
 
 
+def _add_stamp(t, r, c, w, k, out, W, lo, hi):  # pragma: no cover - runs compiled
+    """``out[r + i, (c + j) * m + q] += t[i, j] * w[k, q]`` for the image rows ``lo <= r + i < hi``
+    (``out``: the image as ``(H, W * m)`` rows; pixels off the image are skipped)."""
+    nr, nc = t.shape
+    m = w.shape[1]
+    # slices of the image rows: every index below is a non-negative loop counter,
+    # so numba drops its negative-index wraparound test (~4x on this loop)
+    if m == 1 and r >= lo and c >= 0 and r + nr <= hi and c + nc <= W:
+        w0 = w[k, 0]  # the common case: one weight, a stamp inside the band
+        for i in range(nr):
+            o = out[r + i, c : c + nc]
+            ti = t[i]
+            for j in range(nc):
+                o[j] += ti[j] * w0
+        return
+    i0, i1 = max(0, lo - r), min(nr, hi - r)
+    j0, j1 = max(0, -c), min(nc, W - c)
+    wk = w[k]
+    for i in range(i0, i1):
+        o = out[r + i, (c + j0) * m : (c + j1) * m]
+        ti = t[i, j0:j1]
+        for j in range(j1 - j0):
+            v = ti[j]
+            for q in range(m):
+                o[j * m + q] += v * wk[q]
+
+
+def _prefetch_stamp(out, r, c, nr, nc, W, lo, hi):  # pragma: no cover - runs compiled
+    """Start loading the image lines of a stamp at ``(r, c)`` inside the band (one weight)."""
+    if r >= lo and c >= 0 and r + nr <= hi and c + nc <= W:
+        for i in range(nr):
+            line = out[r + i]
+            _prefetch(line, c)  # the row's first and last pixel: its 1-2 lines
+            _prefetch(line, c + nc - 1)
+
+
+def _transpose_loop(values, k0, k1, out, o0, block):  # pragma: no cover - runs compiled
+    """``out[o0 + k - k0] = values[:, :, k]`` for ``k0 <= k < k1`` (stamps source-major),
+    ``block`` sources at a time (reads in memory order, writes within a cache-sized block)."""
+    nr, nc, _ = values.shape
+    for b0 in range(k0, k1, block):
+        nb = min(block, k1 - b0)
+        dst = out[o0 + b0 - k0 :]  # indexed below by loop counters only: no wraparound test
+        for i in range(nr):
+            for j in range(nc):
+                src = values[i, j, b0 : b0 + nb]
+                for b in range(nb):
+                    dst[b, i, j] = src[b]
+
+
 def _scatter_loop(values, row0, col0, w, r0, c0, out, block):  # pragma: no cover - runs compiled
     """``out[(row0[k] - r0 + i), (col0[k] - c0 + j) * m + q] += values[i, j, k] * w[k, q]``.
 
@@ -126,44 +176,38 @@ def _scatter_loop(values, row0, col0, w, r0, c0, out, block):  # pragma: no cove
     tmp = np.empty((block, nr, nc), dtype=out.dtype)
     for k0 in range(0, n, block):
         nb = min(block, n - k0)
-        for i in range(nr):  # the block's stamps, source-major (reads stay in memory order)
-            for j in range(nc):
-                src = values[i, j, k0 : k0 + nb]
-                for b in range(nb):
-                    tmp[b, i, j] = src[b]
+        _transpose_loop(values, k0, k0 + nb, tmp, 0, block)
         for b in range(nb):
             k = k0 + b
             ka = k + PREFETCH_AHEAD  # start loading the image lines of a later stamp
             if m == 1 and ka < n:
-                ra = np.int64(row0[ka]) - r0
-                ca = np.int64(col0[ka]) - c0
-                if ra >= 0 and ca >= 0 and ra + nr <= H and ca + nc <= W:
-                    for i in range(nr):
-                        line = out[ra + i]
-                        _prefetch(line, ca)  # the row's first and last pixel: its 1-2 lines
-                        _prefetch(line, ca + nc - 1)
-            r = np.int64(row0[k]) - r0
-            c = np.int64(col0[k]) - c0
-            # slices of the image rows: every index below is a non-negative loop counter,
-            # so numba drops its negative-index wraparound test (~4x on this loop)
-            if m == 1 and r >= 0 and c >= 0 and r + nr <= H and c + nc <= W:
-                wk = w[k, 0]  # the common case: one weight, a stamp inside the image
-                for i in range(nr):
-                    o = out[r + i, c : c + nc]
-                    t = tmp[b, i]
-                    for j in range(nc):
-                        o[j] += t[j] * wk
-                continue
-            i0, i1 = max(0, -r), min(nr, H - r)
-            j0, j1 = max(0, -c), min(nc, W - c)
-            wk = w[k]
-            for i in range(i0, i1):
-                o = out[r + i, (c + j0) * m : (c + j1) * m]
-                t = tmp[b, i, j0:j1]
-                for j in range(j1 - j0):
-                    v = t[j]
-                    for q in range(m):
-                        o[j * m + q] += v * wk[q]
+                _prefetch_stamp(out, np.int64(row0[ka]) - r0, np.int64(col0[ka]) - c0, nr, nc, W, 0, H)
+            _add_stamp(tmp[b], np.int64(row0[k]) - r0, np.int64(col0[k]) - c0, w, k, out, W, 0, H)
+
+
+def _band_loop(values, idx, row0, col0, w, r0, c0, out, block, lo, hi):  # pragma: no cover - compiled
+    """:func:`_scatter_loop` for the sources ``idx`` (ascending) only, adding only the image rows
+    ``lo <= row < hi``; the stamps are gathered source-major ``block`` sources at a time."""
+    nr, nc, _ = values.shape
+    n = idx.shape[0]
+    m = w.shape[1]
+    W = out.shape[1] // max(m, 1)
+    tmp = np.empty((block, nr, nc), dtype=out.dtype)
+    for k0 in range(0, n, block):
+        nb = min(block, n - k0)
+        sel = idx[k0 : k0 + nb]
+        for i in range(nr):
+            for j in range(nc):
+                src = values[i, j]
+                for b in range(nb):
+                    tmp[b, i, j] = src[sel[b]]
+        for b in range(nb):
+            ka = k0 + b + PREFETCH_AHEAD
+            if m == 1 and ka < n:
+                a = idx[ka]
+                _prefetch_stamp(out, np.int64(row0[a]) - r0, np.int64(col0[a]) - c0, nr, nc, W, lo, hi)
+            k = sel[b]
+            _add_stamp(tmp[b], np.int64(row0[k]) - r0, np.int64(col0[k]) - c0, w, k, out, W, lo, hi)
 
 
 def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no cover - runs compiled
@@ -179,11 +223,7 @@ def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no c
     tmp = np.empty((block, nr, nc), dtype=out.dtype)
     for k0 in range(0, n, block):
         nb = min(block, n - k0)
-        for i in range(nr):
-            for j in range(nc):
-                src = values[i, j, k0 : k0 + nb]
-                for b in range(nb):
-                    tmp[b, i, j] = src[b]
+        _transpose_loop(values, k0, k0 + nb, tmp, 0, block)
         for b in range(nb):
             k = k0 + b
             r = np.int64(row0[k]) - r0
@@ -209,6 +249,10 @@ def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no c
                         acc_row[q] += v * g[j * m + q]
 
 
+#: Functions the loops call (compiled before any loop is).
+_HELPERS = ("_add_stamp", "_prefetch_stamp", "_transpose_loop")
+
+
 def _compiled(name: str):
     """The compiled loop ``name`` (registered with the array core's kernels, so
     :func:`sparse3d._kernels.loaded` knows numba is paid for)."""
@@ -223,7 +267,12 @@ def _compiled(name: str):
                 _prefetch = _prefetch_intrinsic()
             except Exception:  # noqa: BLE001 - a hint only: an llvmlite without it gets a no-op
                 _prefetch = numba.njit(lambda a, j: None)
-        fn = numba.njit(cache=True, nogil=True)(globals()[name])
+        for helper in _HELPERS:  # the loops call these compiled (numba freezes globals)
+            if isinstance(globals()[helper], FunctionType):
+                globals()[helper] = numba.njit(cache=True, nogil=True, inline="always")(globals()[helper])
+        fn = globals()[name]
+        if isinstance(fn, FunctionType):
+            fn = numba.njit(cache=True, nogil=True)(fn)
         _kernels._COMPILED[key] = fn
     return fn
 
@@ -302,8 +351,25 @@ def scatter(values, row0, col0, w, root_corner, imshape, dtype) -> np.ndarray:
         w = np.ascontiguousarray(w, dtype=dtype)
         block = max(1, min(SCATTER_BLOCK, values.shape[2]))
         r0, c0 = int(root_corner[0]), int(root_corner[1])
-        _compiled("_scatter_loop")(values, row0, col0, w, r0, c0, out.reshape(H, W * m), block)
+        rows = out.reshape(H, W * m)
+        edges = _threads.split(H, _threads.threads_for(values.size * m))
+        if len(edges) <= 2:
+            _compiled("_scatter_loop")(values, row0, col0, w, r0, c0, rows, block)
+        else:
+            _scatter_bands(values, row0, col0, w, r0, c0, rows, block, edges)
     return out
+
+
+def _scatter_bands(values, row0, col0, w, r0, c0, rows, block, edges) -> None:
+    """:func:`scatter` in threads, the same bits as in one: one band of image rows per thread, each
+    adding (in ascending source order) the rows inside it of every stamp that reaches it."""
+    nr = values.shape[0]
+    top = np.subtract(row0, r0, dtype=np.int64)
+    bands = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        idx = np.flatnonzero((top < hi) & (top > lo - nr))
+        bands.append((values, idx, row0, col0, w, r0, c0, rows, block, lo, hi))
+    _threads.run(_compiled("_band_loop"), bands)
 
 
 def gather(values, row0, col0, image, root_corner, dtype) -> np.ndarray:
@@ -340,6 +406,7 @@ def precompile_kernels() -> None:
             vals = np.ones(row.shape, dtype=dtype)
             w = np.ones((2, 1), dtype=dtype)
             _compiled("_scatter_loop")(vals, row0, col0, w, 0, 0, np.zeros((8, 8), dtype), 2)
+            _compiled("_band_loop")(vals, np.arange(2), row0, col0, w, 0, 0, np.zeros((8, 8), dtype), 2, 0, 4)
             _compiled("_gather_loop")(
                 vals, row0, col0, np.ones((8, 8), dtype), 0, 0, np.zeros((2, 1), dtype), 2
             )
