@@ -15,6 +15,12 @@ rows: its image accesses are ``nr`` short runs per source instead of ``nr · nc`
 pixels. Sums accumulate in the result dtype (float32 stays float32), serially in source
 order, so results are deterministic. Off-image stamp pixels are never read into a sum.
 
+Above :data:`sparse3d._threads.PARALLEL_MIN_WORK` multiply-adds the scatter runs in
+:func:`sparse3d._threads.threads_for` threads: the image rows are cut into contiguous bands,
+one per thread; each thread takes, in ascending source order, the sources whose stamps reach
+its band and adds only their rows inside it. Every pixel still receives its sources in
+ascending order from one thread: the same bits for any thread count.
+
 The planes scatter (dot into sparse3d 1.x's ``(k, H, W)`` layout) is :mod:`sparse3d._planes_kernels`.
 
 numba is imported when a kernel is first needed; the compiled code is cached on disk.
