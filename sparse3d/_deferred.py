@@ -350,7 +350,7 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
                     p0, p1 = rows[0], rows[-1] + 1
                     node.func(*[g(p0, p1, 0, n, None) for g in getters], out=out2[p0:p1])
 
-        _threads.run(run_rows, in_blocks(range(P), _kernels.elementwise_threads(out.size)))
+        _threads.run(run_rows, in_blocks(range(P), _kernels.elementwise_threads(out.size, chain=True)))
         return out
     if out.size >= COMPILED_MIN_ELEMENTS and _kernels.available():
         from ._segments import fused
@@ -384,7 +384,7 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
                     target = out2[p0:p1, k0:k1] if slot is None else views[slot]
                     func(*ops, out=target)
 
-    _threads.run(run_chunks, in_blocks(chunks, _kernels.elementwise_threads(out.size)))
+    _threads.run(run_chunks, in_blocks(chunks, _kernels.elementwise_threads(out.size, chain=True)))
     return out
 
 

@@ -318,22 +318,28 @@ def grid_match(a: np.ndarray, first: np.ndarray, axis: int) -> bool:
     return all(_threads.run(rows, list(zip(edges[:-1], edges[1:]))))
 
 
-def elementwise_threads(work: int) -> int:
-    """Threads for a pass of the elementwise pipeline over ``work`` values: a deferred chain's
-    evaluation, the copy of a constructor's values, the grid check of its positions.
+#: Whether a deferred chain's evaluation uses threads by default (see :func:`elementwise_threads`).
+CHAIN_THREADS_BY_DEFAULT = True
 
-    One unless a thread count was asked for (``sparse3d.set_options(num_threads=N)`` or
-    ``SPARSE3D_NUM_THREADS``), then :func:`sparse3d._threads.threads_for`. Measured on the
-    tutorial scene on 2 shared cores, interleaved: the copy and the grid check stream memory
-    at the bandwidth one core reaches (1.02-1.15x as long in two threads); the chain's
-    ``exp`` gained (0.6x) only while the other core was idle, and lost (1.0-1.2x) and
-    widened the run-to-run spread while other processes ran there, so the default stays one.
+
+def elementwise_threads(work: int, *, chain: bool = False) -> int:
+    """Threads for a pass of the elementwise pipeline over ``work`` values: a deferred chain's
+    evaluation (``chain=True``), the copy of a constructor's values, the grid check of its positions.
+
+    A chain's evaluation follows :func:`sparse3d._threads.threads_for` (above
+    ``PARALLEL_MIN_WORK`` values, :func:`sparse3d._threads.num_threads` threads). The copy and
+    the grid check use one thread unless a thread count was asked for
+    (``sparse3d.set_options(num_threads=N)`` or ``SPARSE3D_NUM_THREADS``): they stream memory at
+    the bandwidth one core reaches (measured on the tutorial scene, 2 cores: 1.02-1.15x as long
+    in two threads), where the chain's ``exp`` and arithmetic are compute-bound.
     """
     import os
 
     from . import _threads
     from ._options import get_options
 
+    if chain and CHAIN_THREADS_BY_DEFAULT:
+        return _threads.threads_for(work)
     if get_options()["num_threads"] == 0 and not os.environ.get(_threads.ENV_VAR, "").strip():
         return 1
     return _threads.threads_for(work)

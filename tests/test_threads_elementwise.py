@@ -128,19 +128,30 @@ def test_copy_with_bounds_threads(blocks, dtype, bad, where):
         assert blocks == [nt]
 
 
-def test_elementwise_passes_stay_serial_by_default(monkeypatch, blocks):
-    """The chain, the copy and the grid check use threads only when a thread count was asked for."""
+def test_copy_and_grid_check_stay_serial_by_default_chains_follow_threads_for(monkeypatch, blocks):
+    """By default (no thread count asked for) a chain's evaluation uses ``threads_for`` threads,
+    the copy and the grid check one; an explicit count applies to all three."""
     monkeypatch.delenv(_threads.ENV_VAR, raising=False)
+    monkeypatch.setattr(_threads, "_usable_cpus", lambda: 3)
     sparse3d.set_options(num_threads=0)
     assert _kernels.elementwise_threads(10**9) == 1
+    assert _kernels.elementwise_threads(10**9, chain=True) == 3
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 100)
+    assert _kernels.elementwise_threads(99, chain=True) == 1
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
     _deferred.copy_with_bounds(np.ones((2, 2, 300_000)))
+    assert blocks == [1]
     sc = random_scene(1, nsources=30, stamp=(6, 5))
     X = Sparse3D(sc.data, sc.row, sc.col, sc.imshape, sc.imcorner)
-    got = np.exp(X * 2.0 - 1.0).data
-    np.testing.assert_array_equal(_bits(got), _bits(np.exp(sc.data * 2.0 - 1.0)))
-    assert blocks and set(blocks) == {1}
+    blocks.clear()
+    got = np.exp(X).data  # one operation: the stamp rows in blocks, one per thread
+    np.testing.assert_array_equal(_bits(got), _bits(np.exp(sc.data)))
+    assert blocks == [3]
+    monkeypatch.setattr(_kernels, "CHAIN_THREADS_BY_DEFAULT", False)
+    assert _kernels.elementwise_threads(10**9, chain=True) == 1
     monkeypatch.setenv(_threads.ENV_VAR, "2")
     assert _kernels.elementwise_threads(10**9) == 2
+    assert _kernels.elementwise_threads(10**9, chain=True) == 2
     sparse3d.set_options(num_threads=3)
     assert _kernels.elementwise_threads(10**9) == 3
 
