@@ -120,21 +120,29 @@ def _prefetch_intrinsic():
 PREFETCH_AHEAD = 8
 
 
+def _inside(r, c, nr, nc, W, lo, hi):  # pragma: no cover - runs compiled
+    """Whether an ``nr × nc`` stamp at ``(r, c)`` lies inside the band ``lo <= row < hi``."""
+    return r >= lo and c >= 0 and r + nr <= hi and c + nc <= W
+
+
+def _add_inside(t, r, c, wk, out):  # pragma: no cover - runs compiled
+    """``out[r + i, c + j] += t[i, j] * wk``: one weight, a stamp inside the image (and band).
+
+    Slices of the image rows, indexed by loop counters only: numba drops its negative-index
+    wraparound test (~4x on this loop)."""
+    nr, nc = t.shape
+    for i in range(nr):
+        o = out[r + i, c : c + nc]
+        ti = t[i]
+        for j in range(nc):
+            o[j] += ti[j] * wk
+
+
 def _add_stamp(t, r, c, w, k, out, W, lo, hi):  # pragma: no cover - runs compiled
     """``out[r + i, (c + j) * m + q] += t[i, j] * w[k, q]`` for the image rows ``lo <= r + i < hi``
     (``out``: the image as ``(H, W * m)`` rows; pixels off the image are skipped)."""
     nr, nc = t.shape
     m = w.shape[1]
-    # slices of the image rows: every index below is a non-negative loop counter,
-    # so numba drops its negative-index wraparound test (~4x on this loop)
-    if m == 1 and r >= lo and c >= 0 and r + nr <= hi and c + nc <= W:
-        w0 = w[k, 0]  # the common case: one weight, a stamp inside the band
-        for i in range(nr):
-            o = out[r + i, c : c + nc]
-            ti = t[i]
-            for j in range(nc):
-                o[j] += ti[j] * w0
-        return
     i0, i1 = max(0, lo - r), min(nr, hi - r)
     j0, j1 = max(0, -c), min(nc, W - c)
     wk = w[k]
@@ -149,7 +157,7 @@ def _add_stamp(t, r, c, w, k, out, W, lo, hi):  # pragma: no cover - runs compil
 
 def _prefetch_stamp(out, r, c, nr, nc, W, lo, hi):  # pragma: no cover - runs compiled
     """Start loading the image lines of a stamp at ``(r, c)`` inside the band (one weight)."""
-    if r >= lo and c >= 0 and r + nr <= hi and c + nc <= W:
+    if _inside(r, c, nr, nc, W, lo, hi):
         for i in range(nr):
             line = out[r + i]
             _prefetch(line, c)  # the row's first and last pixel: its 1-2 lines
@@ -188,7 +196,12 @@ def _scatter_loop(values, row0, col0, w, r0, c0, out, block):  # pragma: no cove
             ka = k + PREFETCH_AHEAD  # start loading the image lines of a later stamp
             if m == 1 and ka < n:
                 _prefetch_stamp(out, np.int64(row0[ka]) - r0, np.int64(col0[ka]) - c0, nr, nc, W, 0, H)
-            _add_stamp(tmp[b], np.int64(row0[k]) - r0, np.int64(col0[k]) - c0, w, k, out, W, 0, H)
+            r = np.int64(row0[k]) - r0
+            c = np.int64(col0[k]) - c0
+            if m == 1 and _inside(r, c, nr, nc, W, 0, H):  # the common case
+                _add_inside(tmp[b], r, c, w[k, 0], out)
+            else:
+                _add_stamp(tmp[b], r, c, w, k, out, W, 0, H)
 
 
 def _band_loop(values, idx, row0, col0, w, r0, c0, out, block, lo, hi):  # pragma: no cover - compiled
@@ -213,7 +226,12 @@ def _band_loop(values, idx, row0, col0, w, r0, c0, out, block, lo, hi):  # pragm
                 a = idx[ka]
                 _prefetch_stamp(out, np.int64(row0[a]) - r0, np.int64(col0[a]) - c0, nr, nc, W, lo, hi)
             k = sel[b]
-            _add_stamp(tmp[b], np.int64(row0[k]) - r0, np.int64(col0[k]) - c0, w, k, out, W, lo, hi)
+            r = np.int64(row0[k]) - r0
+            c = np.int64(col0[k]) - c0
+            if m == 1 and _inside(r, c, nr, nc, W, lo, hi):
+                _add_inside(tmp[b], r, c, w[k, 0], out)
+            else:
+                _add_stamp(tmp[b], r, c, w, k, out, W, lo, hi)
 
 
 def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no cover - runs compiled
@@ -256,7 +274,7 @@ def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no c
 
 
 #: Functions the loops call (compiled before any loop is).
-_HELPERS = ("_add_stamp", "_prefetch_stamp", "_transpose_loop")
+_HELPERS = ("_inside", "_add_inside", "_add_stamp", "_prefetch_stamp", "_transpose_loop")
 
 
 def _compiled(name: str):
