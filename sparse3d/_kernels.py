@@ -319,15 +319,20 @@ def grid_match(a: np.ndarray, first: np.ndarray, axis: int) -> bool:
 
 
 #: Whether a deferred chain's evaluation uses threads by default (see :func:`elementwise_threads`).
-CHAIN_THREADS_BY_DEFAULT = True
+#: Off: on the quiet 2-core machine threads made the tutorial's pipeline 10-17 % faster but
+#: widened its run-to-run spread, and they would make the chain faster than the fused PSF
+#: builders (``sparse3d.psf``), which do not run in threads.
+CHAIN_THREADS_BY_DEFAULT = False
 
 
 def elementwise_threads(work: int, *, chain: bool = False) -> int:
     """Threads for a pass of the elementwise pipeline over ``work`` values: a deferred chain's
     evaluation (``chain=True``), the copy of a constructor's values, the grid check of its positions.
 
-    A chain's evaluation follows :func:`sparse3d._threads.threads_for` (above
-    ``PARALLEL_MIN_WORK`` values, :func:`sparse3d._threads.num_threads` threads). The copy and
+    All three use one thread unless a thread count was asked for
+    (``sparse3d.set_options(num_threads=N)`` or ``SPARSE3D_NUM_THREADS``), then
+    :func:`sparse3d._threads.threads_for`; with :data:`CHAIN_THREADS_BY_DEFAULT` a chain's
+    evaluation follows ``threads_for`` by default too. The copy and
     the grid check use one thread unless a thread count was asked for
     (``sparse3d.set_options(num_threads=N)`` or ``SPARSE3D_NUM_THREADS``): they stream memory at
     the bandwidth one core reaches (measured on the tutorial scene, 2 cores: 1.02-1.15x as long

@@ -62,9 +62,9 @@ def set_options(
         of it are never kept. Default 256 MiB; 0 disables the pool.
     num_threads : int
         Threads that large operations may use: many-frame fits (the right-hand sides, the
-        solves), the first ``dot`` of a grid-stamp array, deferred elementwise chains (see
-        :mod:`sparse3d._threads`); a constructor's copy and grid check use them only when the
-        count is set. Results are the same bits whatever the count. 0 (default): the
+        solves) and the first ``dot`` of a grid-stamp array (see :mod:`sparse3d._threads`);
+        deferred elementwise chains and a constructor's copy and grid check use them only
+        when the count is set. Results are the same bits whatever the count. 0 (default): the
         environment variable ``SPARSE3D_NUM_THREADS`` if set, else ``min(4, usable CPUs)``;
         1 runs everything in the calling thread.
 

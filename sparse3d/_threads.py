@@ -1,8 +1,11 @@
-"""Threads for the compiled kernels of large many-frame fits: how many, and how work is split.
+"""Threads for large compiled work: how many, and how work is split.
 
+Users: many-frame fits (by default), the first grid-stamp ``dot`` (by default), and, when a
+count is set, deferred elementwise chains and a constructor's copy and grid check (see
+:func:`sparse3d._kernels.elementwise_threads`).
 Work that is independent per frame column (the supernodal solves of many right-hand sides) or
-per band of image rows (the stamp right-hand sides) runs as contiguous blocks, one per thread,
-in Python threads: the numba kernels release the GIL (``nogil=True``). Every column, every
+per band of image rows (the stamp right-hand sides, the grid scatter) runs as contiguous blocks,
+one per thread, in Python threads: the numba kernels release the GIL (``nogil=True``). Every column, every
 source's sum, is computed by exactly the same sequence of operations whatever the split, so the
 results are the same bits for any thread count. Small problems (single images) stay in the
 calling thread: below :data:`PARALLEL_MIN_WORK` multiply-adds a thread costs more than it saves.

@@ -129,12 +129,15 @@ def test_copy_with_bounds_threads(blocks, dtype, bad, where):
 
 
 def test_copy_and_grid_check_stay_serial_by_default_chains_follow_threads_for(monkeypatch, blocks):
-    """By default (no thread count asked for) a chain's evaluation uses ``threads_for`` threads,
-    the copy and the grid check one; an explicit count applies to all three."""
+    """By default (no thread count asked for) the copy, the grid check and a chain's evaluation
+    use one thread; with ``CHAIN_THREADS_BY_DEFAULT`` a chain uses ``threads_for`` threads; an
+    explicit count applies to all three."""
     monkeypatch.delenv(_threads.ENV_VAR, raising=False)
     monkeypatch.setattr(_threads, "_usable_cpus", lambda: 3)
     sparse3d.set_options(num_threads=0)
     assert _kernels.elementwise_threads(10**9) == 1
+    assert _kernels.elementwise_threads(10**9, chain=True) == 1  # the default: no threads
+    monkeypatch.setattr(_kernels, "CHAIN_THREADS_BY_DEFAULT", True)
     assert _kernels.elementwise_threads(10**9, chain=True) == 3
     monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 100)
     assert _kernels.elementwise_threads(99, chain=True) == 1
