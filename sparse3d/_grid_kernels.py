@@ -178,6 +178,18 @@ def _transpose_loop(values, k0, k1, out, o0, block):  # pragma: no cover - runs 
                     dst[b, i, j] = src[b]
 
 
+def _add_source(t, k, row0, col0, r0, c0, w, out, W, lo, hi):  # pragma: no cover - runs compiled
+    """Add source ``k``'s stamp ``t`` (source-major copy) times its weights into the rows
+    ``lo <= row < hi`` of ``out``: the unclipped one-weight case apart (the common one)."""
+    nr, nc = t.shape
+    r = np.int64(row0[k]) - r0
+    c = np.int64(col0[k]) - c0
+    if w.shape[1] == 1 and _inside(r, c, nr, nc, W, lo, hi):
+        _add_inside(t, r, c, w[k, 0], out)
+    else:
+        _add_stamp(t, r, c, w, k, out, W, lo, hi)
+
+
 def _scatter_loop(values, row0, col0, w, r0, c0, out, block):  # pragma: no cover - runs compiled
     """``out[(row0[k] - r0 + i), (col0[k] - c0 + j) * m + q] += values[i, j, k] * w[k, q]``.
 
@@ -196,12 +208,7 @@ def _scatter_loop(values, row0, col0, w, r0, c0, out, block):  # pragma: no cove
             ka = k + PREFETCH_AHEAD  # start loading the image lines of a later stamp
             if m == 1 and ka < n:
                 _prefetch_stamp(out, np.int64(row0[ka]) - r0, np.int64(col0[ka]) - c0, nr, nc, W, 0, H)
-            r = np.int64(row0[k]) - r0
-            c = np.int64(col0[k]) - c0
-            if m == 1 and _inside(r, c, nr, nc, W, 0, H):  # the common case
-                _add_inside(tmp[b], r, c, w[k, 0], out)
-            else:
-                _add_stamp(tmp[b], r, c, w, k, out, W, 0, H)
+            _add_source(tmp[b], k, row0, col0, r0, c0, w, out, W, 0, H)
 
 
 def _band_loop(values, idx, row0, col0, w, r0, c0, out, block, lo, hi):  # pragma: no cover - compiled
@@ -225,13 +232,7 @@ def _band_loop(values, idx, row0, col0, w, r0, c0, out, block, lo, hi):  # pragm
             if m == 1 and ka < n:
                 a = idx[ka]
                 _prefetch_stamp(out, np.int64(row0[a]) - r0, np.int64(col0[a]) - c0, nr, nc, W, lo, hi)
-            k = sel[b]
-            r = np.int64(row0[k]) - r0
-            c = np.int64(col0[k]) - c0
-            if m == 1 and _inside(r, c, nr, nc, W, lo, hi):
-                _add_inside(tmp[b], r, c, w[k, 0], out)
-            else:
-                _add_stamp(tmp[b], r, c, w, k, out, W, lo, hi)
+            _add_source(tmp[b], sel[b], row0, col0, r0, c0, w, out, W, lo, hi)
 
 
 def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no cover - runs compiled
@@ -274,7 +275,7 @@ def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no c
 
 
 #: Functions the loops call (compiled before any loop is).
-_HELPERS = ("_inside", "_add_inside", "_add_stamp", "_prefetch_stamp", "_transpose_loop")
+_HELPERS = ("_inside", "_add_inside", "_add_stamp", "_add_source", "_prefetch_stamp", "_transpose_loop")
 
 
 def _compiled(name: str):
