@@ -329,25 +329,19 @@ def elementwise_threads(work: int, *, chain: bool = False) -> int:
     """Threads for a pass of the elementwise pipeline over ``work`` values: a deferred chain's
     evaluation (``chain=True``), the copy of a constructor's values, the grid check of its positions.
 
-    All three use one thread unless a thread count was asked for
-    (``sparse3d.set_options(num_threads=N)`` or ``SPARSE3D_NUM_THREADS``), then
-    :func:`sparse3d._threads.threads_for`; with :data:`CHAIN_THREADS_BY_DEFAULT` a chain's
-    evaluation follows ``threads_for`` by default too. The copy and
-    the grid check use one thread unless a thread count was asked for
-    (``sparse3d.set_options(num_threads=N)`` or ``SPARSE3D_NUM_THREADS``): they stream memory at
+    :func:`sparse3d._threads.threads_for` when a thread count was asked for
+    (``sparse3d.set_options(num_threads=N)`` or ``SPARSE3D_NUM_THREADS``), or for a chain when
+    :data:`CHAIN_THREADS_BY_DEFAULT`; else one. The copy and the grid check stream memory at
     the bandwidth one core reaches (measured on the tutorial scene, 2 cores: 1.02-1.15x as long
     in two threads), where the chain's ``exp`` and arithmetic are compute-bound.
     """
-    import os
-
     from . import _threads
-    from ._options import get_options
 
-    if chain and CHAIN_THREADS_BY_DEFAULT:
-        return _threads.threads_for(work)
-    if get_options()["num_threads"] == 0 and not os.environ.get(_threads.ENV_VAR, "").strip():
+    if work < _threads.PARALLEL_MIN_WORK:  # one thread whatever the setting (not even read)
         return 1
-    return _threads.threads_for(work)
+    if (chain and CHAIN_THREADS_BY_DEFAULT) or _threads.requested_threads():
+        return _threads.threads_for(work)
+    return 1
 
 
 def _readonly_view(a: np.ndarray) -> np.ndarray:

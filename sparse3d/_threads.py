@@ -29,7 +29,7 @@ from typing import Any
 
 from ._options import get_options
 
-__all__ = ["num_threads", "threads_for", "split", "run", "submit"]
+__all__ = ["num_threads", "requested_threads", "threads_for", "split", "run", "submit"]
 
 #: The default thread count is at most this many (and at most the usable CPUs).
 MAX_DEFAULT_THREADS = 4
@@ -50,8 +50,9 @@ def _usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def num_threads() -> int:
-    """The number of threads the compiled fit kernels may use (see the module docstring).
+def requested_threads() -> int:
+    """The thread count asked for explicitly: the option ``num_threads`` if set, else
+    ``SPARSE3D_NUM_THREADS`` if set; 0 when neither is.
 
     Raises ValueError when ``SPARSE3D_NUM_THREADS`` is consulted and is not a positive integer.
     """
@@ -59,15 +60,21 @@ def num_threads() -> int:
     if n > 0:
         return int(n)
     env = os.environ.get(ENV_VAR, "").strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise ValueError(f"the environment variable {ENV_VAR} must be a positive integer, got {env!r}")
-        return n
-    return min(MAX_DEFAULT_THREADS, _usable_cpus())
+    if not env:
+        return 0
+    try:
+        n = int(env)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"the environment variable {ENV_VAR} must be a positive integer, got {env!r}")
+    return n
+
+
+def num_threads() -> int:
+    """The number of threads the compiled kernels may use (see the module docstring):
+    :func:`requested_threads`, else ``min(MAX_DEFAULT_THREADS, usable CPUs)``."""
+    return requested_threads() or min(MAX_DEFAULT_THREADS, _usable_cpus())
 
 
 def _in_worker() -> bool:
