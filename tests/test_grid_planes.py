@@ -229,3 +229,76 @@ def test_integer_bool_and_complex_stamps(planes_calls, dtype):
         got = L.dot(w)
         _check(got, _planes_ref(_dense_at(sc, d), w), np.result_type(dtype, np.float64))
     assert len(planes_calls) == 3  # every translation after the family's first product
+
+
+def _planes_serial(values, top, left, w, H, W):
+    """``(m, H, W)``: every stamp times ``w[k, :]`` added in the planes order (top row, then
+    source index), ``image += values * w`` as NumPy rounds it (margins hold off-image pixels)."""
+    nr, nc, n = values.shape
+    ref = np.zeros((w.shape[1], H + 2 * nr, W + 2 * nc), dtype=np.result_type(values, w))
+    for k in np.argsort(top, kind="stable"):
+        ref[:, top[k] + nr : top[k] + 2 * nr, left[k] + nc : left[k] + 2 * nc] += (
+            values[None, :, :, k] * w[k, :, None, None]
+        )
+    return ref[:, nr : nr + H, nc : nc + W]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("imcorner", [(0, 0), (-7, 12)])
+def test_planes_scatter_in_threads_gives_the_same_bits_for_any_thread_count(monkeypatch, dtype, imcorner):
+    """Bands of image rows, one per thread, each with its own ring: stamps over every edge and
+    across the bands; the bits equal the serial sum in the planes order whatever the count
+    (also more threads than rows), and the stamps of a band are prefetched up to its end."""
+    import sparse3d
+    from sparse3d import Sparse3D, _threads
+
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
+    bands: list = []
+    orig = _threads.run
+
+    def spy(fn, blocks):
+        bands.append(len(blocks))
+        return orig(fn, blocks)
+
+    monkeypatch.setattr(_threads, "run", spy)
+    rng = np.random.default_rng(21)
+    for H, W, nr, nc, n in [(41, 23, 5, 4, 90), (3, 30, 6, 3, 25), (60, 9, 1, 9, 70)]:
+        top = rng.integers(-nr + 1, H, size=n)
+        left = rng.integers(-nc + 1, W, size=n)
+        R, C = np.mgrid[:nr, :nc]
+        values = rng.normal(size=(nr, nc, n)).astype(dtype)
+        S = Sparse3D(
+            values,
+            R[:, :, None] + top + imcorner[0],
+            C[:, :, None] + left + imcorner[1],
+            (H, W),
+            imcorner=imcorner,
+        )
+        inputs = _functions.products._planes_inputs(S)
+        w = rng.normal(size=(n, 3)).astype(dtype)
+        ref = _planes_serial(values, top, left, w, H, W)
+        for threads in (1, 2, 3, 7):
+            bands.clear()
+            out = np.full((3, H, W), np.nan, dtype=dtype)
+            with sparse3d.set_options(num_threads=threads):
+                _planes_kernels.planes_scatter(*inputs, w, S._structure.root_corner, out)
+            assert bands == [min(threads, H)]
+            np.testing.assert_array_equal(out, ref)
+
+
+def test_repeated_2d_products_of_one_array_take_the_planes_scatter(planes_calls):
+    """Products of one array without a translation in between (1.x code calling ``dot`` twice):
+    the planes scatter again, with no CSR matrix built; still the dense model."""
+    rng = np.random.default_rng(8)
+    sc = random_scene(rng, imshape=(19, 16), stamp=(4, 5), imcorner=(2, -3), nsources=11)
+    L = _legacy(sc)
+    L.translate((1, -2))
+    D = _dense_at(sc, (1, -2))
+    for i in range(4):
+        w = rng.normal(size=(11, 1 + i))
+        _check(L.dot(w), _planes_ref(D, w), np.float64)
+    assert len(planes_calls) == 3  # all but the family's first product
+    assert "_csr" not in L._cur.__dict__
+    w = rng.normal(size=11)  # a 1-D product keeps the CSR path (an (H, W) image, not planes)
+    _check(L.dot(w), _planes_ref(D, w), np.float64)
+    assert len(planes_calls) == 3
