@@ -47,35 +47,36 @@ PREFETCH_AHEAD = 16
 
 
 # -- the loop and its helpers (plain Python; compiled by numba on first use) ----------------
-def _stream16(dst, i, src, j):  # pragma: no cover - replaced by a numba intrinsic before compiling
-    """``dst`` bytes ``[i*s, i*s + 16)`` = ``src``'s from ``j*s`` (``s`` the item size), written
-    around the caches; ``dst``'s address there is 16-byte aligned."""
+def _stream64(dst, i, src, j):  # pragma: no cover - replaced by a numba intrinsic before compiling
+    """``dst`` bytes ``[i*s, i*s + 64)`` = ``src``'s from ``j*s`` (``s`` the item size), written
+    around the caches; ``dst``'s address there is 64-byte aligned (a whole cache line)."""
 
 
-def _stream16_intrinsic():
-    """``_stream16`` as a numba intrinsic: one 16-byte store with LLVM's ``!nontemporal``
-    hint (``movntdq``): the line goes to memory without first being read into the cache."""
+def _stream64_intrinsic():
+    """``_stream64`` as a numba intrinsic: one 64-byte store with LLVM's ``!nontemporal``
+    hint (``vmovntdq``): the line goes to memory without first being read into the cache
+    (a quarter of the instructions of 16-byte stores)."""
     from llvmlite import ir
     from numba.core import cgutils, types
     from numba.extending import intrinsic
 
     @intrinsic
-    def stream16(typingctx, dst, i, src, j):
+    def stream64(typingctx, dst, i, src, j):
         def codegen(context, builder, sig, args):
             dty, _, sty, _ = sig.args
-            vec = ir.VectorType(ir.IntType(64), 2)
+            vec = ir.VectorType(ir.IntType(64), 8)
             da = context.make_array(dty)(context, builder, args[0])
             sa = context.make_array(sty)(context, builder, args[2])
             dptr = cgutils.get_item_pointer(context, builder, dty, da, [args[1]], wraparound=False)
             sptr = cgutils.get_item_pointer(context, builder, sty, sa, [args[3]], wraparound=False)
             value = builder.load(builder.bitcast(sptr, vec.as_pointer()), align=1)
-            store = builder.store(value, builder.bitcast(dptr, vec.as_pointer()), align=16)
+            store = builder.store(value, builder.bitcast(dptr, vec.as_pointer()), align=64)
             store.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
             return context.get_dummy_value()
 
         return types.void(dst, i, src, j), codegen
 
-    return stream16
+    return stream64
 
 
 def _prefetch(a, i):  # pragma: no cover - replaced by a numba intrinsic before compiling
@@ -209,8 +210,11 @@ def _planes_loop(svals, srow0, scol0, source, first, last, w, r0, c0, out, ring,
     """
     n, nr, nc = svals.shape
     m, H, W = out.shape
-    step = 16 // out.itemsize  # elements per 16-byte store
+    step = 64 // out.itemsize  # elements per 64-byte store
     flat = svals.reshape(-1)
+    rflat = ring.reshape(-1)
+    rw = ring.shape[2]
+    plane = nr * rw
     z = y0  # rows [y0, z) are started: zeroed in the ring (or already written out)
     f = y0  # rows [y0, f) are written to out
     for t in range(first, last + 1):
@@ -232,11 +236,11 @@ def _planes_loop(svals, srow0, scol0, source, first, last, w, r0, c0, out, ring,
                     continue
                 s = ring[q, f % nr]
                 x = 0
-                while x < W and (o.ctypes.data + x * out.itemsize) % 16 != 0:
+                while x < W and (o.ctypes.data + x * out.itemsize) % 64 != 0:
                     o[x] = s[x]
                     x += 1
                 while x + step <= W:
-                    _stream16(o, x, s, x)
+                    _stream64(o, x, s, x)
                     x += step
                 while x < W:
                     o[x] = s[x]
@@ -255,19 +259,22 @@ def _planes_loop(svals, srow0, scol0, source, first, last, w, r0, c0, out, ring,
             ahead = (t + PREFETCH_AHEAD) * nr * nc
             for x in range(ahead, ahead + nr * nc, 64 // svals.itemsize):
                 _prefetch(flat, x)
-        k = source[t]
+        wk = w[source[t]]
         y = (r + i0) % nr
-        for i in range(i0, i1):
-            v = svals[t, i]
+        vi = (t * nr + i0) * nc + j0  # stamp row i0 in the flat values
+        for _ in range(i0, i1):
+            at = y * rw + c + j0  # this stamp row's image row, plane 0, in the flat ring
             for q in range(m):
-                _row_axpy(ring[q, y], c + j0, v, j0, j1 - j0, w[k, q])
+                _row_axpy(rflat, at, flat, vi, j1 - j0, wk[q])
+                at += plane
+            vi += nc
             y += 1
             if y == nr:
                 y = 0
 
 
-def _copy16(dst, i, src, j):  # pragma: no cover - runs compiled (the fallback of _stream16)
-    for e in range(16 // dst.itemsize):
+def _copy64(dst, i, src, j):  # pragma: no cover - runs compiled (the fallback of _stream64)
+    for e in range(64 // dst.itemsize):
         dst[i + e] = src[j + e]
 
 
@@ -279,17 +286,17 @@ def _compiled(name: str):
     if fn is None:
         import numba
 
-        global _stream16, _row_axpy, _prefetch
+        global _stream64, _row_axpy, _prefetch
         if isinstance(_prefetch, FunctionType):
             try:
                 _prefetch = _prefetch_intrinsic()
             except Exception:  # noqa: BLE001 - an llvmlite without it: no prefetching
                 _prefetch = numba.njit(_no_prefetch)
-        if isinstance(_stream16, FunctionType):  # still the Python stub (numba freezes globals)
+        if isinstance(_stream64, FunctionType):  # still the Python stub (numba freezes globals)
             try:
-                _stream16 = _stream16_intrinsic()
-            except Exception:  # noqa: BLE001 - an llvmlite without it: plain 16-byte copies
-                _stream16 = numba.njit(_copy16)
+                _stream64 = _stream64_intrinsic()
+            except Exception:  # noqa: BLE001 - an llvmlite without it: plain 64-byte copies
+                _stream64 = numba.njit(_copy64)
         if isinstance(_row_axpy, FunctionType):
             try:
                 _row_axpy = _row_axpy_overload()

@@ -127,7 +127,7 @@ def test_planes_scatter_matches_dense_at_every_offset(imcorner, dtype, order):
 def test_planes_scatter_rows_stream_out_at_any_alignment(dtype, shift):
     """A tall image with many stamps (the ring of summed rows wraps many times), stamps of one
     and of many rows, and a result starting ``shift`` items past an aligned address (the rows
-    are written by non-temporal 16-byte stores only where aligned)."""
+    are written by non-temporal 64-byte stores only where aligned)."""
     rng = np.random.default_rng(2 + shift)
     for stamp, imshape in [((5, 3), (61, 13)), ((1, 4), (17, 9)), ((7, 7), (5, 30))]:
         sc = random_scene(rng, imshape=imshape, stamp=stamp, nsources=60, imcorner=(3, -4), dtype=dtype)
