@@ -118,58 +118,88 @@ def _row_axpy(o, oi, v, vi, n, wq):  # pragma: no cover - replaced by a numba ov
         o[oi + j] += v[vi + j] * wq
 
 
+def _vector_ir(context, builder, dtype):
+    """LLVM IR helpers for 64-byte vectors of the numba float ``dtype`` (for the intrinsics
+    below): ``lanes``; ``splat(x)``; ``mask(n)`` (the first ``n`` lanes, none when ``n <= 0``);
+    ``ptr(aty, ary, i)`` (``ary[i]`` as a vector pointer); ``load(p, mask)`` (masked, zeros
+    elsewhere) and ``axpy(p, v, w, mask)``: ``*p += v * w`` in the masked lanes, multiply then
+    add (the bits of the scalar loop), the other lanes neither read nor written."""
+    from types import SimpleNamespace
+
+    from llvmlite import ir
+    from numba.core import cgutils
+
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    size = dtype.bitwidth // 8
+    lanes = 64 // size
+    vec, ivec, bvec = (
+        ir.VectorType(context.get_data_type(dtype), lanes),
+        ir.VectorType(i64, lanes),
+        ir.VectorType(ir.IntType(1), lanes),
+    )
+    zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+    suffix = f"v{lanes}f{dtype.bitwidth}"
+    vload = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(vec, [vec.as_pointer(), i32, bvec, vec]),
+        f"llvm.masked.load.{suffix}.p0",
+    )
+    vstore = cgutils.get_or_insert_function(
+        builder.module,
+        ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, bvec]),
+        f"llvm.masked.store.{suffix}.p0",
+    )
+
+    def splat(x, ty=vec):
+        return builder.shuffle_vector(
+            builder.insert_element(ty(ir.Undefined), x, i32(0)), ty(ir.Undefined), zeros
+        )
+
+    def mask(n):
+        return builder.icmp_signed("<", ir.Constant(ivec, list(range(lanes))), splat(n, ivec))
+
+    def ptr(aty, ary, i):
+        p = cgutils.get_item_pointer(context, builder, aty, ary, [i], wraparound=False)
+        return builder.bitcast(p, vec.as_pointer())
+
+    def load(p, m):
+        return builder.call(vload, [p, i32(size), m, ir.Constant(vec, None)])
+
+    def axpy(p, v, w, m):
+        builder.call(vstore, [builder.fadd(load(p, m), builder.fmul(v, w)), p, i32(size), m])
+
+    return SimpleNamespace(lanes=lanes, i64=i64, splat=splat, mask=mask, ptr=ptr, load=load, axpy=axpy)
+
+
+def _vector_dtype(*arrays) -> bool:
+    """Whether numba array types ``arrays`` share one float32/float64 dtype (the vector path)."""
+    from numba.core import types
+
+    dtype = arrays[0].dtype
+    return (
+        isinstance(dtype, types.Float)
+        and dtype.bitwidth in (32, 64)
+        and all(a.dtype == dtype for a in arrays)
+    )
+
+
 def _row_axpy_overload():
     """``_row_axpy`` compiled: for real ``o`` and ``v`` of one dtype, 64 bytes at a time with
     LLVM's masked vector loads and stores (a 15-pixel stamp row is two vector operations; LLVM
     leaves such short loops scalar); otherwise the scalar loop. Multiply, then add: the
     same bits as the scalar loop."""
-    from llvmlite import ir
-    from numba.core import cgutils, types
+    from numba.core import types
     from numba.extending import intrinsic, overload
 
     @intrinsic
     def masked(typingctx, o, oi, v, vi, n, wq):
         def codegen(context, builder, sig, args):
-            oty, _, vty, _, nty, wty = sig.args
-            elt = context.get_data_type(oty.dtype)
-            lanes = 64 // (oty.dtype.bitwidth // 8)
-            i32, i64 = ir.IntType(32), ir.IntType(64)
-            vec, ivec, bvec = (
-                ir.VectorType(elt, lanes),
-                ir.VectorType(i64, lanes),
-                ir.VectorType(ir.IntType(1), lanes),
-            )
-            zeros = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-
-            def splat(x, ty):
-                return builder.shuffle_vector(
-                    builder.insert_element(ty(ir.Undefined), x, i32(0)), ty(ir.Undefined), zeros
-                )
-
-            count = context.cast(builder, args[4], nty, types.int64)
-            mask = builder.icmp_unsigned("<", ir.Constant(ivec, list(range(lanes))), splat(count, ivec))
-            ptrs = []
-            for ary, idx, aty in ((args[0], args[1], oty), (args[2], args[3], vty)):
-                arr = context.make_array(aty)(context, builder, ary)
-                ptr = cgutils.get_item_pointer(context, builder, aty, arr, [idx], wraparound=False)
-                ptrs.append(builder.bitcast(ptr, vec.as_pointer()))
-            suffix = f"v{lanes}{'f64' if oty.dtype.bitwidth == 64 else 'f32'}"
-            align = i32(oty.dtype.bitwidth // 8)
-            load = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(vec, [vec.as_pointer(), i32, bvec, vec]),
-                f"llvm.masked.load.{suffix}.p0",
-            )
-            store = cgutils.get_or_insert_function(
-                builder.module,
-                ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, bvec]),
-                f"llvm.masked.store.{suffix}.p0",
-            )
-            zero = ir.Constant(vec, None)
-            ov = builder.call(load, [ptrs[0], align, mask, zero])
-            vv = builder.call(load, [ptrs[1], align, mask, zero])
-            w = splat(context.cast(builder, args[5], wty, oty.dtype), vec)
-            builder.call(store, [builder.fadd(ov, builder.fmul(vv, w)), ptrs[0], align, mask])
+            oty, oity, vty, vity, nty, wty = sig.args
+            X = _vector_ir(context, builder, oty.dtype)
+            oa, va = (context.make_array(t)(context, builder, x) for t, x in ((oty, args[0]), (vty, args[2])))
+            mask = X.mask(context.cast(builder, args[4], nty, types.int64))
+            vv = X.load(X.ptr(vty, va, args[3]), mask)
+            X.axpy(X.ptr(oty, oa, args[1]), vv, X.splat(context.cast(builder, args[5], wty, oty.dtype)), mask)
             return context.get_dummy_value()
 
         return types.void(o, oi, v, vi, n, wq), codegen
@@ -179,7 +209,7 @@ def _row_axpy_overload():
 
     @overload(stub, inline="always")
     def impl(o, oi, v, vi, n, wq):
-        if isinstance(o.dtype, types.Float) and o.dtype == v.dtype and o.dtype.bitwidth in (32, 64):
+        if _vector_dtype(o, v):
             lanes = 64 // (o.dtype.bitwidth // 8)
 
             def vector(o, oi, v, vi, n, wq):
@@ -197,6 +227,64 @@ def _row_axpy_overload():
     return stub
 
 
+def _row_planes2(ring, at, plane, v, vi, n, wk):  # pragma: no cover - replaced before compiling
+    """``ring[at + q * plane + j] += v[vi + j] * wk[q]`` for ``j < n`` (``lanes < n <= 2 lanes``)
+    and every plane ``q``: one stamp row, loaded once, into the same image row of each plane."""
+    for q in range(wk.shape[0]):
+        for j in range(n):
+            ring[at + q * plane + j] += v[vi + j] * wk[q]
+
+
+_row_planes2_scalar = _row_planes2  # the loop itself, for the overload's fallback
+
+
+def _row_planes2_overload():
+    """``_row_planes2`` compiled: for real ``ring``, ``v`` and ``wk`` of one dtype, the stamp row
+    is two masked vectors loaded once, and each plane gets two masked read-modify-writes
+    (~6% less time than a :func:`_row_axpy` per plane); otherwise the scalar loop."""
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic, overload
+
+    @intrinsic
+    def rows2(typingctx, ring, at, plane, v, vi, n, wk):
+        def codegen(context, builder, sig, args):
+            rty, _, _, vty, _, _, wty = sig.args
+            X = _vector_ir(context, builder, rty.dtype)
+            at, plane, vi, n = (
+                context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4, 5)
+            )
+            ra, va, wa = (
+                context.make_array(t)(context, builder, args[i]) for t, i in ((rty, 0), (vty, 3), (wty, 6))
+            )
+            lanes = X.i64(X.lanes)
+            masks = (X.mask(n), X.mask(builder.sub(n, lanes)))
+            rows = [
+                X.load(X.ptr(vty, va, builder.add(vi, off)), k) for off, k in zip((X.i64(0), lanes), masks)
+            ]
+            with cgutils.for_range(builder, cgutils.unpack_tuple(builder, wa.shape, 1)[0]) as loop:
+                q = loop.index
+                w = X.splat(
+                    builder.load(cgutils.get_item_pointer(context, builder, wty, wa, [q], wraparound=False))
+                )
+                base = builder.add(at, builder.mul(q, plane))
+                for off, vv, k in zip((X.i64(0), lanes), rows, masks):
+                    X.axpy(X.ptr(rty, ra, builder.add(base, off)), vv, w, k)
+            return context.get_dummy_value()
+
+        return types.void(ring, at, plane, v, vi, n, wk), codegen
+
+    def stub(ring, at, plane, v, vi, n, wk):
+        pass
+
+    @overload(stub, inline="always")
+    def impl(ring, at, plane, v, vi, n, wk):
+        if _vector_dtype(ring, v, wk):
+            return lambda ring, at, plane, v, vi, n, wk: rows2(ring, at, plane, v, vi, n, wk)
+        return _row_planes2_scalar
+
+    return stub
+
+
 def _planes_loop(svals, srow0, scol0, source, first, last, w, r0, c0, out, ring, y0, y1):  # pragma: no cover
     """Rows ``y0 <= y < y1`` of
     ``out[q, srow0[t] - r0 + i, scol0[t] - c0 + j] = Σ_t svals[t, i, j] * w[source[t], q]`` (in-image).
@@ -210,7 +298,7 @@ def _planes_loop(svals, srow0, scol0, source, first, last, w, r0, c0, out, ring,
     """
     n, nr, nc = svals.shape
     m, H, W = out.shape
-    step = 64 // out.itemsize  # elements per 64-byte store
+    step = lanes = 64 // out.itemsize  # elements per 64-byte store (and vector)
     flat = svals.reshape(-1)
     rflat = ring.reshape(-1)
     rw = ring.shape[2]
@@ -262,11 +350,15 @@ def _planes_loop(svals, srow0, scol0, source, first, last, w, r0, c0, out, ring,
         wk = w[source[t]]
         y = (r + i0) % nr
         vi = (t * nr + i0) * nc + j0  # stamp row i0 in the flat values
+        two = lanes < j1 - j0 <= 2 * lanes  # (15-pixel rows of float64: the common case)
         for _ in range(i0, i1):
             at = y * rw + c + j0  # this stamp row's image row, plane 0, in the flat ring
-            for q in range(m):
-                _row_axpy(rflat, at, flat, vi, j1 - j0, wk[q])
-                at += plane
+            if two:
+                _row_planes2(rflat, at, plane, flat, vi, j1 - j0, wk)
+            else:
+                for q in range(m):
+                    _row_axpy(rflat, at, flat, vi, j1 - j0, wk[q])
+                    at += plane
             vi += nc
             y += 1
             if y == nr:
@@ -286,7 +378,7 @@ def _compiled(name: str):
     if fn is None:
         import numba
 
-        global _stream64, _row_axpy, _prefetch
+        global _stream64, _row_axpy, _prefetch, _row_planes2
         if isinstance(_prefetch, FunctionType):
             try:
                 _prefetch = _prefetch_intrinsic()
@@ -297,6 +389,11 @@ def _compiled(name: str):
                 _stream64 = _stream64_intrinsic()
             except Exception:  # noqa: BLE001 - an llvmlite without it: plain 64-byte copies
                 _stream64 = numba.njit(_copy64)
+        if isinstance(_row_planes2, FunctionType):
+            try:
+                _row_planes2 = _row_planes2_overload()
+            except Exception:  # noqa: BLE001 - an llvmlite without masked vectors: the scalar loop
+                _row_planes2 = numba.njit(_row_planes2)
         if isinstance(_row_axpy, FunctionType):
             try:
                 _row_axpy = _row_axpy_overload()

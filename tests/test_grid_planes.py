@@ -302,3 +302,26 @@ def test_repeated_2d_products_of_one_array_take_the_planes_scatter(planes_calls)
     w = rng.normal(size=11)  # a 1-D product keeps the CSR path (an (H, W) image, not planes)
     _check(L.dot(w), _planes_ref(D, w), np.float64)
     assert len(planes_calls) == 3
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("nc", [8, 9, 15, 16, 17, 31, 33])
+def test_planes_scatter_stamp_rows_of_one_two_and_more_vectors(dtype, nc):
+    """Stamp rows of one, two (loaded once for every plane) and more 64-byte vectors (8 float64,
+    16 float32), clipped at both image edges to any width, into 1 and 4 planes; float32 stamps
+    with float64 weights take the scalar loops. Bits equal the serial sum in the planes order."""
+    from sparse3d import Sparse3D
+
+    rng = np.random.default_rng(nc)
+    H, W, nr, n = 14, 41, 3, 40
+    top = rng.integers(-nr + 1, H, size=n)
+    left = rng.integers(-nc + 1, W, size=n)
+    R, C = np.mgrid[:nr, :nc]
+    values = rng.normal(size=(nr, nc, n)).astype(dtype)
+    S = Sparse3D(values, R[:, :, None] + top, C[:, :, None] + left, (H, W))
+    inputs = _functions.products._planes_inputs(S)
+    for m, wdtype in [(1, dtype), (4, dtype), (3, np.float64)]:
+        w = rng.normal(size=(n, m)).astype(wdtype)
+        out = np.full((m, H, W), np.nan, dtype=np.result_type(dtype, wdtype))
+        _planes_kernels.planes_scatter(*inputs, w, S._structure.root_corner, out)
+        np.testing.assert_array_equal(out, _planes_serial(values, top, left, w, H, W))
