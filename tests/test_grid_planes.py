@@ -74,7 +74,7 @@ def test_legacy_jitter_loop_matches_dense_with_1d_and_2d_weights(planes_calls, i
     for i, d in enumerate(OFFSETS):
         L.translate(d)  # absolute: from the constructor's positions
         D = _dense_at(sc, d)
-        # a translation's first product is the jitter loop's (later ones take the CSR matrix)
+        # a translation's first product is the jitter loop's (a 2-D one again takes the planes scatter)
         for k in ((1, 2, 3, 5)[i % 4], None):
             w = rng.normal(size=(nsources,) if k is None else (nsources, k)).astype(dtype)
             got = L.dot(w)
@@ -308,8 +308,9 @@ def test_repeated_2d_products_of_one_array_take_the_planes_scatter(planes_calls)
 @pytest.mark.parametrize("nc", [8, 9, 15, 16, 17, 31, 33])
 def test_planes_scatter_stamp_rows_of_one_two_and_more_vectors(dtype, nc):
     """Stamp rows of one, two (loaded once for every plane) and more 64-byte vectors (8 float64,
-    16 float32), clipped at both image edges to any width, into 1 and 4 planes; float32 stamps
-    with float64 weights take the scalar loops. Bits equal the serial sum in the planes order."""
+    16 float32), clipped at both image edges to any width, into 1 and 4 planes (C- and
+    Fortran-ordered weights); float32 stamps with float64 weights take the scalar loops. Bits
+    equal the serial sum in the planes order."""
     from sparse3d import Sparse3D
 
     rng = np.random.default_rng(nc)
@@ -320,8 +321,8 @@ def test_planes_scatter_stamp_rows_of_one_two_and_more_vectors(dtype, nc):
     values = rng.normal(size=(nr, nc, n)).astype(dtype)
     S = Sparse3D(values, R[:, :, None] + top, C[:, :, None] + left, (H, W))
     inputs = _functions.products._planes_inputs(S)
-    for m, wdtype in [(1, dtype), (4, dtype), (3, np.float64)]:
-        w = rng.normal(size=(n, m)).astype(wdtype)
+    for m, wdtype, order in [(1, dtype, "C"), (4, dtype, "F"), (3, np.float64, "C")]:
+        w = np.asarray(rng.normal(size=(n, m)).astype(wdtype), order=order)
         out = np.full((m, H, W), np.nan, dtype=np.result_type(dtype, wdtype))
         _planes_kernels.planes_scatter(*inputs, w, S._structure.root_corner, out)
         np.testing.assert_array_equal(out, _planes_serial(values, top, left, w, H, W))
