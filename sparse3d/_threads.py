@@ -21,15 +21,17 @@ This module imports neither numba nor scipy.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from ._options import get_options
 
-__all__ = ["num_threads", "requested_threads", "threads_for", "split", "run", "submit"]
+__all__ = ["num_threads", "requested_threads", "threads_for", "split", "run", "share", "submit"]
 
 #: The default thread count is at most this many (and at most the usable CPUs).
 MAX_DEFAULT_THREADS = 4
@@ -136,6 +138,58 @@ def run(fn: Callable[..., Any], blocks: Sequence[tuple]) -> list[Any]:
         if err is not None:
             raise err
     return [f.result() for f in futures] + [last]
+
+
+def share(
+    fn: Callable[[Any, Any], Any],
+    items: Sequence[Any],
+    threads: int,
+    state: Callable[[], AbstractContextManager] | None = None,
+) -> list[Any]:
+    """``[fn(item, st) for item in items]``, the items handed out one at a time to ``threads``
+    participants: the calling thread and ``threads - 1`` workers, each taking the next item
+    not yet taken until none is left. ``state`` is entered once per participant, in its own
+    thread (``with state() as st``): the participant's scratch buffers, its error state.
+
+    Unlike :func:`run`'s one fixed block per thread, a participant that is slow to start or is
+    descheduled (the other core busy with another process) costs no waiting: the others take
+    its share, so on a loaded machine the work takes about as long as in one thread instead of
+    twice as long. Every item is computed by the same code whoever takes it, so the results
+    are the same bits for any thread count. The first exception is raised once all are done.
+    """
+    n = len(items)
+    state = state or nullcontext
+    if threads <= 1 or n <= 1:
+        with state() as st:
+            return [fn(item, st) for item in items]
+    results: list[Any] = [None] * n
+    counter = itertools.count()  # next() is atomic under the GIL: each index is taken once
+    failed: list[BaseException] = []
+
+    def participate() -> None:
+        try:
+            with state() as st:
+                while not failed:
+                    i = next(counter)
+                    if i >= n:
+                        return
+                    results[i] = fn(items[i], st)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller
+            failed.append(err)
+            raise
+
+    futures = [_pool().submit(participate) for _ in range(min(threads, n) - 1)]
+    try:
+        participate()
+    except BaseException:  # noqa: BLE001 - recorded in failed
+        pass
+    finally:
+        for f in futures:
+            if not f.cancel():  # a worker that never started is not waited for
+                f.exception()  # waits for a running one to finish its item
+    if failed:
+        raise failed[0]
+    return results
 
 
 def submit(fn: Callable[..., Any], *args: Any) -> Future:
