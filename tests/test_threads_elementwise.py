@@ -136,6 +136,7 @@ def test_elementwise_passes_follow_threads_for_by_default(monkeypatch, blocks):
     they use one unless a count is asked for, which then applies to all three."""
     monkeypatch.delenv(_threads.ENV_VAR, raising=False)
     monkeypatch.setattr(_threads, "_usable_cpus", lambda: 3)
+    monkeypatch.setattr(_threads, "idle_cpus", lambda: None)  # the machine's load not known
     sparse3d.set_options(num_threads=0)
     assert _kernels.elementwise_threads(10**9) == 3
     monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 100)
