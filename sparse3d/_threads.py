@@ -1,20 +1,24 @@
 """Threads for large compiled work: how many, and how work is split.
 
-Users: many-frame fits (by default), the first grid-stamp ``dot`` (by default), and, when a
-count is set, deferred elementwise chains and a constructor's copy and grid check (see
-:func:`sparse3d._kernels.elementwise_threads`).
-Work that is independent per frame column (the supernodal solves of many right-hand sides) or
-per band of image rows (the stamp right-hand sides, the grid scatter) runs as contiguous blocks,
-one per thread, in Python threads: the numba kernels release the GIL (``nogil=True``). Every column, every
-source's sum, is computed by exactly the same sequence of operations whatever the split, so the
-results are the same bits for any thread count. Small problems (single images) stay in the
-calling thread: below :data:`PARALLEL_MIN_WORK` multiply-adds a thread costs more than it saves.
+Users: many-frame fits, the first grid-stamp ``dot``, deferred elementwise chains, a
+constructor's copy and grid check (:func:`sparse3d._kernels.elementwise_threads`), the
+Gaussian PSF's stamp block. Work that is independent per frame column (the supernodal solves
+of many right-hand sides) or per band of sources (the stamp right-hand sides) runs as
+contiguous blocks, one per thread (:func:`run`); the passes of the elementwise pipeline and
+the grid scatter hand out small pieces to whichever thread is free (:func:`share`), so a
+thread that starts late (its core busy) costs no waiting. Python threads: the numba kernels
+release the GIL (``nogil=True``), as NumPy's loops do. Every column, every source's sum,
+every value is computed by exactly the same sequence of operations whatever the split, so
+the results are the same bits for any thread count. Small problems (single images) stay in
+the calling thread: below :data:`PARALLEL_MIN_WORK` multiply-adds a thread costs more than it
+saves.
 
 The thread count is :func:`num_threads`: ``sparse3d.set_options(num_threads=N)``; 0 (the
 default) means the environment variable ``SPARSE3D_NUM_THREADS`` if set, else
 ``min(MAX_DEFAULT_THREADS, usable CPUs)`` (the kernels are memory-bound: a few threads reach a
-socket's bandwidth). Inside one of this module's worker threads everything runs serially (no
-nested oversubscription).
+socket's bandwidth), of which :func:`threads_for` uses at most the CPUs other processes left
+idle (:func:`idle_cpus`). Inside one of this module's worker threads everything runs
+serially (no nested oversubscription).
 
 This module imports neither numba nor scipy.
 """
