@@ -1,8 +1,8 @@
 """The tutorial pipeline with one thread, the default option and an explicit thread count, in one process.
 
 ``python -m benchmarks.pipeline_threads [--repeats 11] [--float32]``: the NumPy baseline, the
-library with ``set_options(num_threads=1)``, with the default option (its elementwise passes
-stay in one thread) and with the default count set explicitly are run interleaved (each
+library with ``set_options(num_threads=1)``, with the default option (threads, at most the
+CPUs other processes leave idle) and with the default count set explicitly are run interleaved (each
 repeat runs all four, in turn), after a warm-up; the physical limit is measured in the
 same process (:func:`benchmarks.limits.measure_bandwidth`: the best bandwidth over 1 to the
 default number of threads). Printed per variant: median wall time, its ratio to NumPy and to

@@ -46,6 +46,7 @@ division, negative, positive, square, exp) on float32/float64 arrays of at least
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -217,50 +218,40 @@ def copy_with_bounds(arr: np.ndarray):
     Large arrays are copied by one compiled loop that keeps the bounds in registers
     (:mod:`sparse3d._copy_kernels`); otherwise the copy is made 512 KiB at a time and each
     chunk's minimum and maximum are taken while it is still in cache. Either way the bounds
-    later operations need (:func:`defer`) cost no second pass over memory. The work is cut
-    into contiguous blocks, one per thread, when a thread count was asked for
-    (:func:`sparse3d._kernels.elementwise_threads`); the blocks' bounds are
+    later operations need (:func:`defer`) cost no second pass over memory. In threads
+    (:func:`sparse3d._kernels.elementwise_threads`) the work is cut into spans taken by
+    whichever thread is free (:func:`sparse3d._threads.share`); the spans' bounds are
     reduced at the end. ``arr`` must be C-contiguous.
     """
     out = _pool.empty(arr.shape, arr.dtype)
     src, dst = arr.reshape(-1), out.reshape(-1)
     step = CHUNK * 8 // arr.itemsize  # float32 chunks hold twice the elements: half the calls
 
-    def copy_chunks(starts):
-        lows, highs = [], []
-        for start in starts:
-            part = dst[start : start + step]
-            np.copyto(part, src[start : start + step])
-            lows.append(np.minimum.reduce(part))  # NaN if the chunk holds one
-            highs.append(np.maximum.reduce(part))
-        return lows, highs
+    def copy_chunk(start, _):
+        part = dst[start : start + step]
+        np.copyto(part, src[start : start + step])
+        return np.minimum.reduce(part), np.maximum.reduce(part)  # NaN if the chunk holds one
 
     threads = _kernels.elementwise_threads(src.size)
-    if src.size >= _kernels.MIN_ELEMENTS and _kernels.available():  # one compiled pass per block
+    if src.size >= _kernels.MIN_ELEMENTS and _kernels.available():  # one compiled pass per span
         from ._copy_kernels import copy_bounds
 
-        edges = _threads.split(src.size, threads)
-        spans = list(zip(edges[:-1], edges[1:]))
-        got = _threads.run(lambda a, b: copy_bounds(src[a:b], dst[a:b]), spans)
+        # one span in one thread; else spans of COPY_SPAN values, taken by whichever thread is free
+        span = COPY_SPAN if threads > 1 else max(src.size, 1)
+        spans = [(a, min(a + span, src.size)) for a in range(0, src.size, span)] or [(0, 0)]
+        got = _threads.share(lambda ab, _: copy_bounds(src[slice(*ab)], dst[slice(*ab)]), spans, threads)
         out.flags.writeable = False
         if any(b is None for b in got):
             return out, None
         return out, (min(b[0] for b in got), max(b[1] for b in got))
-    got = _threads.run(copy_chunks, in_blocks(range(0, src.size, step), threads))
-    lows = [v for block in got for v in block[0]]
-    highs = [v for block in got for v in block[1]]
+    got = _threads.share(copy_chunk, range(0, src.size, step), threads)
+    lows = [b[0] for b in got]
+    highs = [b[1] for b in got]
     out.flags.writeable = False
     if not lows:
         return out, (0.0, 0.0)
     lo, hi = float(np.min(lows)), float(np.max(highs))  # NaN propagates
     return out, ((lo, hi) if math.isfinite(lo) and math.isfinite(hi) else None)
-
-
-def in_blocks(items, threads: int) -> list[tuple]:
-    """``items`` cut into at most ``threads`` contiguous blocks, each as a one-argument tuple
-    for :func:`sparse3d._threads.run` (which runs one block in the calling thread)."""
-    edges = _threads.split(len(items), threads)
-    return [(items[a:b],) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _array_bounds(a: np.ndarray):
@@ -296,7 +287,7 @@ def _result_bounds(ufunc, args, dtype, inputs):
         got.append(b)
     try:
         if ufunc in (np.negative, np.positive, np.square, np.exp):
-            (lo, hi), = got
+            ((lo, hi),) = got
             if ufunc is np.negative:
                 return _widened(-hi, -lo, dtype)
             if ufunc is np.positive:
@@ -327,10 +318,10 @@ def _result_bounds(ufunc, args, dtype, inputs):
 def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
     """The values of ``node``'s expression on a ``block_shape`` block, one chunk at a time.
 
-    When a thread count was asked for (:func:`sparse3d._kernels.elementwise_threads`),
-    large blocks are evaluated in contiguous blocks of chunks, one per thread, each thread
-    with its own chunk buffers: every element is computed by the same operations whatever
-    the split, so the bits do not depend on the thread count. Every thread evaluates under
+    In threads (:func:`sparse3d._kernels.elementwise_threads`) the chunks are taken by
+    whichever thread is free (:func:`sparse3d._threads.share`), each thread with its own
+    chunk buffers: every element is computed by the same operations whatever the split, so
+    the bits do not depend on the thread count. Every thread evaluates under
     ``np.errstate(all="ignore")`` (the error state is per thread: the caller's does not
     reach a worker, and is not needed: nothing reportable can be raised, see the module
     docstring).
@@ -344,13 +335,15 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
     if not any(isinstance(a, Node) for a in node.args):  # one operation: no chunks
         getters = [_getter(a, {}, P, n) for a in node.args]
 
-        def run_rows(rows):
-            with np.errstate(all="ignore"):
-                if len(rows):
-                    p0, p1 = rows[0], rows[-1] + 1
-                    node.func(*[g(p0, p1, 0, n, None) for g in getters], out=out2[p0:p1])
+        def run_rows(rows, _):
+            p0, p1 = rows
+            node.func(*[g(p0, p1, 0, n, None) for g in getters], out=out2[p0:p1])
 
-        _threads.run(run_rows, in_blocks(range(P), _kernels.elementwise_threads(out.size, chain=True)))
+        threads = _kernels.elementwise_threads(out.size)
+        # rows of about a chunk per item, and a few items per thread
+        step = P if threads <= 1 else max(1, min(CHUNK // n, P // (2 * threads)))
+        rows = [(p, min(p + step, P)) for p in range(0, P, step)]
+        _threads.share(run_rows, rows, threads, lambda: np.errstate(all="ignore"))
         return out
     if out.size >= COMPILED_MIN_ELEMENTS and _kernels.available():
         from ._segments import fused
@@ -372,21 +365,27 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
         getters = [_getter(a, slots, P, n) for a in nd.args]
         steps.append((nd.func, getters, slots[id(nd)]))
 
-    def run_chunks(part):
-        scratch = [np.empty(scratch_size, dtype=dt) for dt in nscratch]  # this thread's own
-        with np.errstate(all="ignore"):
-            for p0, p1, k0, k1 in part:
-                shape = (p1 - p0, k1 - k0)
-                m = shape[0] * shape[1]
-                views = [buf[:m].reshape(shape) for buf in scratch]
-                for func, getters, slot in steps:
-                    ops = [g(p0, p1, k0, k1, views) for g in getters]
-                    target = out2[p0:p1, k0:k1] if slot is None else views[slot]
-                    func(*ops, out=target)
+    def run_chunk(chunk, scratch):
+        p0, p1, k0, k1 = chunk
+        shape = (p1 - p0, k1 - k0)
+        m = shape[0] * shape[1]
+        views = [buf[:m].reshape(shape) for buf in scratch]
+        for func, getters, slot in steps:
+            ops = [g(p0, p1, k0, k1, views) for g in getters]
+            target = out2[p0:p1, k0:k1] if slot is None else views[slot]
+            func(*ops, out=target)
 
-    _threads.run(run_chunks, in_blocks(chunks, _kernels.elementwise_threads(out.size, chain=True)))
+    @contextlib.contextmanager
+    def participant():  # each thread's own chunk buffers, and its own error state
+        with np.errstate(all="ignore"):
+            yield [np.empty(scratch_size, dtype=dt) for dt in nscratch]
+
+    _threads.share(run_chunk, chunks, _kernels.elementwise_threads(out.size), participant)
     return out
 
+
+#: Values per span of a constructor's compiled copy when it runs in threads (2 MiB of float64).
+COPY_SPAN = 1 << 18
 
 #: Blocks at least this large run runs of cheap operations as one compiled loop (numba).
 COMPILED_MIN_ELEMENTS = 1 << 20

@@ -17,9 +17,10 @@ order, so results are deterministic. Off-image stamp pixels are never read into 
 
 Above :data:`sparse3d._threads.PARALLEL_MIN_WORK` multiply-adds the scatter runs in
 :func:`sparse3d._threads.threads_for` threads: the image rows are cut into contiguous bands,
-one per thread; each thread takes, in ascending source order, the sources whose stamps reach
-its band and adds only their rows inside it. Every pixel still receives its sources in
-ascending order from one thread: the same bits for any thread count.
+:data:`BANDS_PER_THREAD` per thread, taken by whichever thread is free; a band takes, in
+ascending source order, the sources whose stamps reach it and adds only their rows inside it.
+Every pixel still receives its sources in ascending order from one thread: the same bits for
+any thread count.
 
 The planes scatter (dot into sparse3d 1.x's ``(k, H, W)`` layout) is :mod:`sparse3d._planes_kernels`.
 
@@ -39,6 +40,10 @@ __all__ = ["narrow", "is_grid", "scatter", "gather", "SCATTER_BLOCK"]
 
 #: Sources per block of the scatter: the transposed buffer (``block × nr × nc``) stays in L2.
 SCATTER_BLOCK = 128
+#: Bands of image rows per thread of a threaded scatter: a thread that is late (its core busy)
+#: leaves its bands to the others instead of making them wait; stamps across a band edge are
+#: gathered once per band they reach.
+BANDS_PER_THREAD = 2
 
 
 # -- the loops (plain Python; compiled by numba on first use) ------------------------------
@@ -377,24 +382,29 @@ def scatter(values, row0, col0, w, root_corner, imshape, dtype) -> np.ndarray:
         block = max(1, min(SCATTER_BLOCK, values.shape[2]))
         r0, c0 = int(root_corner[0]), int(root_corner[1])
         rows = out.reshape(H, W * m)
-        edges = _threads.split(H, _threads.threads_for(values.size * m))
-        if len(edges) <= 2:
+        threads = _threads.threads_for(values.size * m)
+        edges = _threads.split(H, threads * BANDS_PER_THREAD)
+        if threads <= 1 or len(edges) <= 2:
             _compiled("_scatter_loop")(values, row0, col0, w, r0, c0, rows, block)
         else:
-            _scatter_bands(values, row0, col0, w, r0, c0, rows, block, edges)
+            _scatter_bands(values, row0, col0, w, r0, c0, rows, block, edges, threads)
     return out
 
 
-def _scatter_bands(values, row0, col0, w, r0, c0, rows, block, edges) -> None:
-    """:func:`scatter` in threads, the same bits as in one: one band of image rows per thread, each
-    adding (in ascending source order) the rows inside it of every stamp that reaches it."""
+def _scatter_bands(values, row0, col0, w, r0, c0, rows, block, edges, threads) -> None:
+    """:func:`scatter` in threads, the same bits as in one: bands of image rows taken by whichever
+    thread is free (:func:`sparse3d._threads.share`), each adding (in ascending source order)
+    the rows inside it of every stamp that reaches it."""
     nr = values.shape[0]
     top = np.subtract(row0, r0, dtype=np.int64)
-    bands = []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    loop = _compiled("_band_loop")
+
+    def band(edge, _):
+        lo, hi = edge
         idx = np.flatnonzero((top < hi) & (top > lo - nr))
-        bands.append((values, idx, row0, col0, w, r0, c0, rows, block, lo, hi))
-    _threads.run(_compiled("_band_loop"), bands)
+        loop(values, idx, row0, col0, w, r0, c0, rows, block, lo, hi)
+
+    _threads.share(band, list(zip(edges[:-1], edges[1:])), threads)
 
 
 def gather(values, row0, col0, image, root_corner, dtype) -> np.ndarray:

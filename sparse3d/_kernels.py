@@ -296,50 +296,49 @@ def grid_match(a: np.ndarray, first: np.ndarray, axis: int) -> bool:
     native signed integers, best in the narrowest type that holds them (it is read once per
     stamp plane). Compared in int64 arithmetic, i.e. modulo ``2**64``: exact when every
     ``first[k] + step`` fits int64 (the caller bounds ``first``). One read-only pass over
-    ``a`` that stops at the first stamp plane that differs; large arrays are read in blocks
-    of stamp rows, one per thread (:func:`elementwise_threads`), with the same kernel (along
-    axis 0 a block starting at row ``i0`` is compared with ``first + i0`` in
-    ``first``'s type; one block when that could wrap).
+    ``a`` that stops at the first stamp plane that differs; in threads
+    (:func:`elementwise_threads`) large arrays are read one stamp row at a time by whichever
+    thread is free (:func:`sparse3d._threads.share`), with the same kernel (along axis 0 row
+    ``i0`` is compared with ``first + i0`` in ``first``'s type; one block when that could wrap).
     """
     a, first = _readonly_view(a), _readonly_view(np.ascontiguousarray(first))  # one compiled type
     loop = _compiled("_grid_match_loop")
     from . import _threads
 
-    edges = _threads.split(a.shape[0], elementwise_threads(a.size))
+    threads = elementwise_threads(a.size)
     if axis == 0 and first.size and int(first.max()) + a.shape[0] - 1 > np.iinfo(first.dtype).max:
-        edges = [0, a.shape[0]]  # first + i0 would wrap in first's type: one block
-    if len(edges) <= 2:
+        threads = 1  # first + i0 would wrap in first's type: one block
+    if threads <= 1 or a.shape[0] <= 1:
         return bool(loop(a, first, axis))
 
-    def rows(i0, i1):  # stamp rows i0:i1; along axis 0 their steps count from i0
+    def row(i0, _):  # stamp row i0; along axis 0 its step counts from i0
         start = first if axis == 1 or i0 == 0 else _readonly_view((first + i0).astype(first.dtype))
-        return bool(loop(a[i0:i1], start, axis))
+        return bool(loop(a[i0 : i0 + 1], start, axis))
 
-    return all(_threads.run(rows, list(zip(edges[:-1], edges[1:]))))
-
-
-#: Whether a deferred chain's evaluation uses threads by default (see :func:`elementwise_threads`).
-#: Off: on the quiet 2-core machine threads made the tutorial's pipeline 10-17 % faster but
-#: widened its run-to-run spread, and they would make the chain faster than the fused PSF
-#: builders (``sparse3d.psf``), which do not run in threads.
-CHAIN_THREADS_BY_DEFAULT = False
+    return all(_threads.share(row, range(a.shape[0]), threads))
 
 
-def elementwise_threads(work: int, *, chain: bool = False) -> int:
+#: Whether the elementwise pipeline's passes (deferred chains, a constructor's copy and grid
+#: check) use threads by default (see :func:`elementwise_threads`).
+ELEMENTWISE_THREADS_BY_DEFAULT = True
+
+
+def elementwise_threads(work: int) -> int:
     """Threads for a pass of the elementwise pipeline over ``work`` values: a deferred chain's
-    evaluation (``chain=True``), the copy of a constructor's values, the grid check of its positions.
+    evaluation, the copy of a constructor's values, the grid check of its positions.
 
-    :func:`sparse3d._threads.threads_for` when a thread count was asked for
-    (``sparse3d.set_options(num_threads=N)`` or ``SPARSE3D_NUM_THREADS``), or for a chain when
-    :data:`CHAIN_THREADS_BY_DEFAULT`; else one. The copy and the grid check stream memory at
-    the bandwidth one core reaches (measured on the tutorial scene, 2 cores: 1.02-1.15x as long
-    in two threads), where the chain's ``exp`` and arithmetic are compute-bound.
+    One below :data:`sparse3d._threads.PARALLEL_MIN_WORK` values; else
+    :func:`sparse3d._threads.threads_for` when :data:`ELEMENTWISE_THREADS_BY_DEFAULT` or a
+    thread count was asked for (``sparse3d.set_options(num_threads=N)`` or
+    ``SPARSE3D_NUM_THREADS``). The passes hand out small pieces to whichever thread is free
+    (:func:`sparse3d._threads.share`), so a busy second core makes a pass no slower than in
+    one thread.
     """
     from . import _threads
 
     if work < _threads.PARALLEL_MIN_WORK:  # one thread whatever the setting (not even read)
         return 1
-    if (chain and CHAIN_THREADS_BY_DEFAULT) or _threads.requested_threads():
+    if ELEMENTWISE_THREADS_BY_DEFAULT or _threads.requested_threads():
         return _threads.threads_for(work)
     return 1
 

@@ -302,3 +302,62 @@ def test_pool_works_in_a_forked_child():
 
 def _run_in_threads():
     return _threads.run(lambda i: i + 1, [(1,), (2,)])
+
+
+class _FakeMachine:
+    """``/proc/stat`` ticks and this process's CPU time, advanced by hand (100 ticks/s)."""
+
+    def __init__(self, monkeypatch, cpus=2):
+        self.busy = self.total = 0
+        self.own = self.clock = 0.0
+        monkeypatch.setattr(_threads, "_cpu_ticks", lambda: (self.busy, self.total))
+        monkeypatch.setattr(_threads.time, "process_time", lambda: self.own)
+        monkeypatch.setattr(_threads.time, "monotonic", lambda: self.clock)
+        monkeypatch.setattr(_threads.os, "cpu_count", lambda: cpus)
+        monkeypatch.setattr(_threads, "_usable_cpus", lambda: cpus)
+        monkeypatch.setattr(_threads, "_LOAD", {"time": None, "ticks": None, "own": None, "idle": None})
+        monkeypatch.delenv(_threads.ENV_VAR, raising=False)
+
+    def advance(self, seconds, others_busy, own_busy):
+        """``seconds`` pass with other processes using ``others_busy`` CPUs and this one ``own_busy``."""
+        self.clock += seconds
+        self.total += round(100 * seconds * _threads.os.cpu_count())
+        self.busy += round(100 * seconds * (others_busy + own_busy))
+        self.own += seconds * own_busy
+
+
+def test_default_threads_follow_the_cpus_other_processes_leave_idle(monkeypatch):
+    """Without a count asked for, large work uses at most the CPUs left idle by other processes
+    (this process's own CPU time does not count); an explicit count is used as given."""
+    m = _FakeMachine(monkeypatch, cpus=2)
+    work = _threads.PARALLEL_MIN_WORK
+    with sparse3d.set_options(num_threads=0):
+        assert _threads.idle_cpus() is None  # one look: nothing known yet
+        assert _threads.threads_for(work) == 2  # ... so every default thread
+        m.advance(1.0, others_busy=0.0, own_busy=1.0)  # this process alone, one core busy
+        assert _threads.idle_cpus() == pytest.approx(2.0)
+        assert _threads.threads_for(work) == 2
+        m.advance(1.0, others_busy=1.0, own_busy=1.0)  # another process holds the other core
+        assert _threads.idle_cpus() == pytest.approx(1.0)
+        assert _threads.threads_for(work) == 1
+        assert _threads.threads_for(work - 1) == 1
+        m.advance(0.1, others_busy=0.0, own_busy=0.0)  # within LOAD_INTERVAL: the last look holds
+        assert _threads.idle_cpus() == pytest.approx(1.0)
+        m.advance(1.0, others_busy=0.3, own_busy=1.7)  # a little load: rounds to both cores
+        assert _threads.idle_cpus() == pytest.approx(2 * (1 - 30 / 220))  # over the 1.1 s since
+        assert _threads.threads_for(work) == 2
+        m.advance(1.0, others_busy=2.0, own_busy=0.0)  # every core busy elsewhere: still one
+        assert _threads.threads_for(work) == 1
+    with sparse3d.set_options(num_threads=2):  # asked for: used whatever the load
+        assert _threads.threads_for(work) == 2
+    monkeypatch.setenv(_threads.ENV_VAR, "3")
+    assert _threads.threads_for(work) == 3
+
+
+def test_idle_cpus_without_proc_stat(monkeypatch):
+    monkeypatch.setattr(_threads, "_cpu_ticks", lambda: None)
+    monkeypatch.setattr(_threads, "_LOAD", {"time": None, "ticks": None, "own": None, "idle": None})
+    monkeypatch.delenv(_threads.ENV_VAR, raising=False)
+    assert _threads.idle_cpus() is None
+    with sparse3d.set_options(num_threads=0):
+        assert _threads.threads_for(_threads.PARALLEL_MIN_WORK) == _threads.num_threads()

@@ -47,13 +47,14 @@ def _reference(values, top, left, w, H, W):
 
 def _dot(S, w, threads, monkeypatch):
     """``S.dot(w)`` with ``threads`` threads, on a fresh copy of ``S`` (a first product: the
-    scatter; later products of one array use its cached CSR matrix); the band counts run."""
+    scatter; later products of one array use its cached CSR matrix); the band counts run
+    (bands are taken by whichever thread is free: which thread ran which is not fixed)."""
     S = Sparse3D(S._values, S._structure._row, S._structure._col, S.imshape, imcorner=S.imcorner)
     calls = []
     orig = _grid_kernels._scatter_bands
 
     def spy(*args):
-        calls.append(len(args[-1]) - 1)
+        calls.append(len(args[-2]) - 1)  # the bands (edges - 1)
         return orig(*args)
 
     monkeypatch.setattr(_grid_kernels, "_scatter_bands", spy)
@@ -78,7 +79,8 @@ def test_threaded_grid_dot_is_the_serial_sum(monkeypatch, dtype, imcorner, m, n)
     for threads in (1, 2, 3):
         got, calls = _dot(S, w, threads, monkeypatch)
         assert got.dtype == np.dtype(dtype) and got.shape == ref.shape
-        assert calls == ([threads] if threads > 1 and n else [])  # the bands ran, one per thread
+        per = _grid_kernels.BANDS_PER_THREAD
+        assert calls == ([per * threads] if threads > 1 and n else [])  # the bands ran
         np.testing.assert_array_equal(got, ref)
         results[threads] = got
     assert all(np.array_equal(results[1], r) for r in results.values())
@@ -91,7 +93,7 @@ def test_more_threads_than_image_rows(monkeypatch, H):
     S, values, top, left = _scene(rng, 40, np.float64, (3, -2), H=H, W=9, nr=4, nc=3)
     w = rng.normal(size=40)
     got, calls = _dot(S, w, 4, monkeypatch)
-    assert calls == ([min(4, H)] if H > 1 else [])
+    assert calls == ([min(4 * _grid_kernels.BANDS_PER_THREAD, H)] if H > 1 else [])
     np.testing.assert_array_equal(got, _reference(values, top, left, w[:, None], H, 9)[:, :, 0])
 
 
@@ -102,4 +104,4 @@ def test_threads_follow_the_work_threshold(monkeypatch):
     monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", S._values.size + 1)
     assert _dot(S, np.ones(30), 2, monkeypatch)[1] == []
     monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", S._values.size)
-    assert _dot(S, np.ones(30), 2, monkeypatch)[1] == [2]
+    assert _dot(S, np.ones(30), 2, monkeypatch)[1] == [2 * _grid_kernels.BANDS_PER_THREAD]

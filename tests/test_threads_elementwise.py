@@ -40,15 +40,17 @@ def split_everything(request, monkeypatch):
 
 @pytest.fixture
 def blocks(monkeypatch):
-    """The number of blocks of every ``_threads.run`` call, in order."""
+    """The number of participants of every ``_threads.share`` call, in order (the threads
+    it was given, at most its items)."""
     seen: list[int] = []
-    original = _threads.run
+    original = _threads.share
 
-    def run(fn, parts):
-        seen.append(len(parts))
-        return original(fn, parts)
+    def share(fn, items, threads, state=None):
+        seen.append(max(1, min(threads, len(items))))
+        return original(fn, items, threads, state)
 
-    monkeypatch.setattr(_threads, "run", run)
+    monkeypatch.setattr(_threads, "share", share)
+    monkeypatch.setattr(_deferred, "COPY_SPAN", 64)  # small arrays copied in several spans
     return seen
 
 
@@ -128,35 +130,79 @@ def test_copy_with_bounds_threads(blocks, dtype, bad, where):
         assert blocks == [nt]
 
 
-def test_copy_and_grid_check_stay_serial_by_default_chains_follow_threads_for(monkeypatch, blocks):
-    """By default (no thread count asked for) the copy, the grid check and a chain's evaluation
-    use one thread; with ``CHAIN_THREADS_BY_DEFAULT`` a chain uses ``threads_for`` threads; an
-    explicit count applies to all three."""
+def test_elementwise_passes_follow_threads_for_by_default(monkeypatch, blocks):
+    """By default the copy, the grid check and a chain's evaluation use ``threads_for``
+    threads (above ``PARALLEL_MIN_WORK`` values); with ``ELEMENTWISE_THREADS_BY_DEFAULT`` off
+    they use one unless a count is asked for, which then applies to all three."""
     monkeypatch.delenv(_threads.ENV_VAR, raising=False)
     monkeypatch.setattr(_threads, "_usable_cpus", lambda: 3)
+    monkeypatch.setattr(_threads, "idle_cpus", lambda: None)  # the machine's load not known
     sparse3d.set_options(num_threads=0)
-    assert _kernels.elementwise_threads(10**9) == 1
-    assert _kernels.elementwise_threads(10**9, chain=True) == 1  # the default: no threads
-    monkeypatch.setattr(_kernels, "CHAIN_THREADS_BY_DEFAULT", True)
-    assert _kernels.elementwise_threads(10**9, chain=True) == 3
+    assert _kernels.elementwise_threads(10**9) == 3
     monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 100)
-    assert _kernels.elementwise_threads(99, chain=True) == 1
+    assert _kernels.elementwise_threads(99) == 1
     monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
-    _deferred.copy_with_bounds(np.ones((2, 2, 300_000)))
-    assert blocks == [1]
     sc = random_scene(1, nsources=30, stamp=(6, 5))
     X = Sparse3D(sc.data, sc.row, sc.col, sc.imshape, sc.imcorner)
     blocks.clear()
-    got = np.exp(X).data  # one operation: the stamp rows in blocks, one per thread
+    got = np.exp(X).data  # one operation: the stamp rows in pieces, three threads
     np.testing.assert_array_equal(_bits(got), _bits(np.exp(sc.data)))
     assert blocks == [3]
-    monkeypatch.setattr(_kernels, "CHAIN_THREADS_BY_DEFAULT", False)
-    assert _kernels.elementwise_threads(10**9, chain=True) == 1
+    monkeypatch.setattr(_kernels, "ELEMENTWISE_THREADS_BY_DEFAULT", False)
+    assert _kernels.elementwise_threads(10**9) == 1
+    blocks.clear()
+    _deferred.copy_with_bounds(np.ones((2, 2, 300)))
+    assert blocks == [1]
     monkeypatch.setenv(_threads.ENV_VAR, "2")
     assert _kernels.elementwise_threads(10**9) == 2
-    assert _kernels.elementwise_threads(10**9, chain=True) == 2
     sparse3d.set_options(num_threads=3)
     assert _kernels.elementwise_threads(10**9) == 3
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_share_gives_every_item_once_in_order(threads):
+    """``share`` returns ``[fn(item, state)]`` in item order; every participant (at most one per
+    thread) enters its state once, in its own thread; with two participants forced to meet
+    (a barrier on their first items) both really took items."""
+    import threading
+
+    items = list(range(40))
+    entered: list[int] = []
+    barrier = threading.Barrier(min(threads, 2), timeout=30)
+
+    class State:
+        def __enter__(self):
+            entered.append(threading.get_ident())
+            self.first = True
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def fn(item, st):
+        if st.first and threads > 1:
+            st.first = False
+            if len(entered) <= 2:  # the first two participants wait for each other once
+                barrier.wait()
+        return (item * item, threading.get_ident())
+
+    got = _threads.share(fn, items, threads, State)
+    assert [g[0] for g in got] == [i * i for i in items]
+    assert len(entered) <= threads  # a worker may run two participants one after the other
+    takers = {g[1] for g in got}
+    assert takers <= set(entered)
+    assert len(takers) == 1 if threads == 1 else len(takers) >= 2  # the barrier made two take items
+
+
+def test_share_raises_a_participants_error():
+    def fn(item, _):
+        if item == 7:
+            raise ZeroDivisionError("item 7")
+        return item
+
+    with pytest.raises(ZeroDivisionError, match="item 7"):
+        _threads.share(fn, list(range(20)), 2)
+    assert _threads.share(fn, [], 2) == []
 
 
 def _grid(rng, nr, nc, n, lo=-50, hi=50, dtype=np.int64):
@@ -182,8 +228,14 @@ def test_grid_match_every_thread_count(blocks, pos, corner):
             for i, j in ((6, 0), (4, 3), (0, 1), (3, 2)):  # a differing pixel in any block
                 b = a.copy()
                 b[i, j, 17] += 1
-                ref = np.array_equal(b, (first.astype(np.int64) + np.arange(a.shape[axis]).reshape(
-                    (-1, 1, 1) if axis == 0 else (1, -1, 1))) * np.ones(a.shape, np.int64))
+                ref = np.array_equal(
+                    b,
+                    (
+                        first.astype(np.int64)
+                        + np.arange(a.shape[axis]).reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
+                    )
+                    * np.ones(a.shape, np.int64),
+                )
                 assert _kernels.grid_match(b, first, axis) is ref is False
     assert max(blocks) == 3
 
@@ -232,8 +284,9 @@ def test_construction_and_interning_off_grid_in_a_late_block(blocks):
             np.testing.assert_array_equal(S.todense(), dense_reference(data, rows, C, shape, corner))
             T = Sparse3D(data * 2, rows, C, shape, corner)  # interned against S (or not)
             np.testing.assert_array_equal(T.todense(), dense_reference(data * 2, rows, C, shape, corner))
-        assert not np.array_equal(Sparse3D(data, R, C, shape, corner).todense(),
-                                  Sparse3D(data, R2, C, shape, corner).todense())
+        assert not np.array_equal(
+            Sparse3D(data, R, C, shape, corner).todense(), Sparse3D(data, R2, C, shape, corner).todense()
+        )
 
 
 def test_position_errors_are_the_same_for_every_thread_count():
@@ -345,3 +398,28 @@ def test_grid_positions_in_a_lent_buffer_are_reused_only_after_death(monkeypatch
     assert id(S3._structure._row.base) in buffers  # an already-faulted buffer again
     np.testing.assert_array_equal(S3._structure._row, R2)
     np.testing.assert_array_equal(S3.todense(), dense_reference(data, R2, C2, (40, 40)))
+
+
+@pytest.mark.parametrize("sigma", [1.3, "per-source"])
+def test_gaussian_design_block_same_bits_in_threads(blocks, sigma):
+    """The Gaussian PSF's stamp block (one product per value) is split by stamp rows among
+    threads: the same bits as NumPy's single product, for every thread count."""
+    from sparse3d.psf import Gaussian
+
+    rng = np.random.default_rng(3)
+    n = 25
+    row, col = rng.uniform(-3, 30, n), rng.uniform(-3, 20, n)
+    s = rng.uniform(0.8, 2.0, n) if sigma == "per-source" else sigma
+    ref = None
+    for nt in THREADS:
+        sparse3d.set_options(num_threads=nt)
+        blocks.clear()
+        L = Gaussian(s).design(row, col, (28, 18), (7, 6), imcorner=(0, 0))
+        assert nt == 1 or nt in blocks  # the block was split
+        got = L.data
+        if ref is None:  # one thread: the profile at the pixel centres, computed directly
+            dr, dc, s2 = L.row - row, L.col - col, np.asarray(s) ** 2
+            profile = np.exp(-0.5 * (dr**2 + dc**2) / s2) / (2 * np.pi * s2)
+            np.testing.assert_allclose(got, profile, rtol=1e-12)
+            ref = got.copy()
+        np.testing.assert_array_equal(_bits(got), _bits(ref))

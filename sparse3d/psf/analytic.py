@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _pool
+from .. import _kernels, _pool, _threads
 from ._base import PSFModel, as_shape_param
 
 __all__ = ["EllipticalGaussian", "Gaussian", "IntegratedGaussian", "Moffat"]
@@ -61,9 +61,10 @@ class Gaussian(PSFModel):
         # separable: one exp per stamp row and column, then one product over the stamp block
         gr = np.exp(-0.5 * inv * dr * dr) * (inv / (2 * np.pi))
         gc = np.exp(-0.5 * inv * dc * dc)
-        # the stamp block written once, into a pooled buffer when one is free (no page faults)
+        # the stamp block written once, into a pooled buffer when one is free (no page faults),
+        # in threads as the elementwise pipeline is (the same bits for any thread count)
         shape = np.broadcast_shapes(gr.shape, gc.shape)
-        f = np.multiply(gr, gc, out=_pool.empty(shape, np.result_type(gr, gc)))
+        f = _outer_rows(gr, gc, _pool.empty(shape, np.result_type(gr, gc)))
         out = {}
         if "row" in wanted:
             out["row"] = f * (dr * inv)
@@ -72,6 +73,22 @@ class Gaussian(PSFModel):
         if "sigma" in wanted:
             out["sigma"] = f * ((dr * dr * inv - 1.0) / s + (dc * dc * inv - 1.0) / s)
         return f, out
+
+
+def _outer_rows(gr: np.ndarray, gc: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``np.multiply(gr, gc, out=out)`` for ``gr`` ``(nr, 1, n)`` and ``gc`` ``(1, nc, n)`` (or
+    broadcastable), a stamp row at a time by whichever thread is free when the block is large
+    (:func:`sparse3d._kernels.elementwise_threads`): every value is the same single product."""
+    threads = _kernels.elementwise_threads(out.size)
+    if threads <= 1 or out.ndim != 3 or out.shape[0] <= 1:
+        return np.multiply(gr, gc, out=out)
+
+    def row(i, _):
+        a, b = (x[i : i + 1] if x.shape[0] > 1 else x for x in (gr, gc))
+        np.multiply(a, b, out=out[i : i + 1])
+
+    _threads.share(row, range(out.shape[0]), threads)
+    return out
 
 
 class IntegratedGaussian(PSFModel):
