@@ -17,9 +17,10 @@ their models cycling through the caches) they come from memory, and the loop out
 hardware's prefetcher.
 
 Large products run in :func:`sparse3d._threads.threads_for` threads: the image rows are cut
-into contiguous bands, one per thread, each with its own ring; a band takes the stamps (in
-the same order) whose rows reach it and adds only their rows inside it, so every pixel sums
-the same stamps in the same order whatever the thread count: the same bits.
+into contiguous bands (:data:`BANDS_PER_THREAD` per thread, handed out by
+:func:`sparse3d._threads.share`), each summed in its thread's ring; a band takes the stamps
+(in the same order) whose rows reach it and adds only their rows inside it, so every pixel
+sums the same stamps in the same order whatever the thread count: the same bits.
 
 numba is imported when the kernel is first needed; the compiled code is cached on disk.
 :func:`precompile_kernels` is this module's :func:`sparse3d.precompile` hook.
@@ -41,6 +42,11 @@ __all__ = ["planes_order", "planes_scatter"]
 #: and streaming out (~0.45 ns per multiply-add on a Zen 4 core: 0.9 ms for 3000 15x15
 #: stamps into 3 planes), so threads pay from ~1 M multiply-adds (~0.5 ms) on.
 WORK_PER_MULTIPLY_ADD = 4
+#: Bands of image rows per thread (taken by whichever thread is free, so a thread whose core
+#: is busy leaves its bands to the others). A band adds only the rows inside it of the stamps
+#: that reach it, but each costs a call (~15 us in a jitter loop: 8 bands per product of
+#: 3000 15x15 stamps took 10% more CPU time than 2; 4 about 4%).
+BANDS_PER_THREAD = 2
 #: The loop asks for the values of the stamp this many stamps ahead (a stamp of 15x15
 #: float64 is 1.8 kB): in a jitter loop they come from memory, not from a cache.
 PREFETCH_AHEAD = 16
@@ -455,14 +461,19 @@ def planes_scatter(svals, srow0, scol0, source, w, root_corner, out) -> np.ndarr
     n, nr, nc = svals.shape
     loop = _compiled("_planes_loop")
 
-    def band(y0: int, y1: int) -> None:
+    def band(rows: tuple[int, int], _=None) -> None:
         # rows [y0, y1) in this thread's ring; stamps wholly above or below the band are skipped
+        y0, y1 = rows
         first, last = np.searchsorted(srow0, (r0 + y0 - nr + 1, r0 + y1))
         ring = _ring(m, nr, W, out.dtype)  # the calling thread's
         loop(svals, srow0, scol0, source, int(first), int(last), w, r0, c0, out, ring, y0, y1)
 
-    edges = _threads.split(H, _threads.threads_for(WORK_PER_MULTIPLY_ADD * n * nr * nc * m))
-    _threads.run(band, list(zip(edges[:-1], edges[1:])))
+    threads = _threads.threads_for(WORK_PER_MULTIPLY_ADD * n * nr * nc * m)
+    if threads <= 1:
+        band((0, H))
+    else:
+        edges = _threads.split(H, threads * BANDS_PER_THREAD)
+        _threads.share(band, list(zip(edges[:-1], edges[1:])), threads)
     return out
 
 

@@ -246,21 +246,22 @@ def _planes_serial(values, top, left, w, H, W):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("imcorner", [(0, 0), (-7, 12)])
 def test_planes_scatter_in_threads_gives_the_same_bits_for_any_thread_count(monkeypatch, dtype, imcorner):
-    """Bands of image rows, one per thread, each with its own ring: stamps over every edge and
-    across the bands; the bits equal the serial sum in the planes order whatever the count
-    (also more threads than rows), and the stamps of a band are prefetched up to its end."""
+    """Bands of image rows handed out to the threads, each summed in its thread's ring: stamps
+    over every edge and across the bands; the bits equal the serial sum in the planes order
+    whatever the count (also more threads and bands than rows), and the stamps of a band are
+    prefetched up to its end."""
     import sparse3d
     from sparse3d import Sparse3D, _threads
 
     monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
     bands: list = []
-    orig = _threads.run
+    orig = _threads.share
 
-    def spy(fn, blocks):
-        bands.append(len(blocks))
-        return orig(fn, blocks)
+    def spy(fn, items, threads, *args):
+        bands.append((len(items), threads))
+        return orig(fn, items, threads, *args)
 
-    monkeypatch.setattr(_threads, "run", spy)
+    monkeypatch.setattr(_threads, "share", spy)
     rng = np.random.default_rng(21)
     for H, W, nr, nc, n in [(41, 23, 5, 4, 90), (3, 30, 6, 3, 25), (60, 9, 1, 9, 70)]:
         top = rng.integers(-nr + 1, H, size=n)
@@ -282,7 +283,8 @@ def test_planes_scatter_in_threads_gives_the_same_bits_for_any_thread_count(monk
             out = np.full((3, H, W), np.nan, dtype=dtype)
             with sparse3d.set_options(num_threads=threads):
                 _planes_kernels.planes_scatter(*inputs, w, S._structure.root_corner, out)
-            assert bands == [min(threads, H)]
+            pieces = min(threads * _planes_kernels.BANDS_PER_THREAD, H)
+            assert bands == ([] if threads == 1 else [(pieces, threads)])
             np.testing.assert_array_equal(out, ref)
 
 
