@@ -1,11 +1,12 @@
 """Threads for large compiled work: how many, and how work is split.
 
-Users: many-frame fits, the first grid-stamp ``dot``, deferred elementwise chains, a
-constructor's copy and grid check (:func:`sparse3d._kernels.elementwise_threads`), the
-Gaussian PSF's stamp block. Work that is independent per frame column (the supernodal solves
-of many right-hand sides) or per band of sources (the stamp right-hand sides) runs as
-contiguous blocks, one per thread (:func:`run`); the passes of the elementwise pipeline and
-the grid scatter hand out small pieces to whichever thread is free (:func:`share`), so a
+Users: many-frame fits, the first grid-stamp ``dot``, the planes scatter (``dot`` into
+sparse3d 1.x's ``(k, H, W)`` layout), deferred elementwise chains, a constructor's copy and
+grid check (:func:`sparse3d._kernels.elementwise_threads`), the Gaussian PSF's stamp block.
+Work that is independent per frame column (the supernodal solves of many right-hand sides)
+or per band of sources (the stamp right-hand sides) runs as contiguous blocks, one per
+thread (:func:`run`); the passes of the elementwise pipeline and the grid and planes
+scatters hand out small pieces to whichever thread is free (:func:`share`), so a
 thread that starts late (its core busy) costs no waiting. Python threads: the numba kernels
 release the GIL (``nogil=True``), as NumPy's loops do. Every column, every source's sum,
 every value is computed by exactly the same sequence of operations whatever the split, so
