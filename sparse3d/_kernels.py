@@ -343,6 +343,14 @@ def elementwise_threads(work: int) -> int:
     return 1
 
 
+def distinct_part(a: np.ndarray) -> np.ndarray:
+    """``a`` without its broadcast axes (stride 0) cut to length 1: the same values, each once
+    (what a check or a reduction over a broadcast input needs to read)."""
+    if not a.ndim or 0 not in a.strides:
+        return a
+    return a[tuple(slice(0, 1) if st == 0 else slice(None) for st in a.strides)]
+
+
 def _readonly_view(a: np.ndarray) -> np.ndarray:
     if a.flags.writeable:
         a = a.view()

@@ -98,12 +98,13 @@ def as_position_array(a, name: str, shape: tuple[int, ...], extent: tuple[int, i
         raise ValueError(
             f"{name} with shape {np.shape(a)} does not broadcast to the stamp shape {shape} of data"
         ) from None
+    values = _kernels.distinct_part(arr)  # a broadcast input is checked on its distinct values
     if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
+        if not np.isfinite(values).all():
             raise ValueError(f"{name} must hold finite pixel positions; found NaN or inf")
-        if not (arr == np.floor(arr)).all():
+        if not (values == np.floor(values)).all():
             raise ValueError(f"{name} must hold integer pixel positions; found fractional values")
-    lo, hi = _kernels.min_max(arr) if arr.size else (0, 0)
+    lo, hi = _kernels.min_max(values) if arr.size else (0, 0)
     check_position_range(lo, hi, name)
     return owned_copy(arr, position_dtype(lo, hi, extent))
 
@@ -241,8 +242,7 @@ def owned_copy(arr: np.ndarray, dtype=None) -> np.ndarray:
     """
     dtype = arr.dtype if dtype is None else np.dtype(dtype)
     if arr.ndim and arr.size > 1 and 0 in arr.strides:
-        index = tuple(slice(0, 1) if st == 0 else slice(None) for st in arr.strides)
-        compact = _readonly(np.array(arr[index], dtype=dtype, order="C", copy=True))
+        compact = _readonly(np.array(_kernels.distinct_part(arr), dtype=dtype, order="C", copy=True))
         return np.broadcast_to(compact, arr.shape)  # read-only; its base is read-only
     buf = _pool.take(arr.shape, dtype) if arr.nbytes >= _pool.MIN_BYTES else None
     if buf is None:
@@ -282,11 +282,18 @@ def _is_grid(row: np.ndarray, col: np.ndarray) -> bool:
         if (
             _strictly_monotone(r0, ra)
             and _strictly_monotone(c0, ca)
-            and (row == r0).all()
-            and (col == c0).all()
+            and _constant_along(row, ca, r0)
+            and _constant_along(col, ra, c0)
         ):
             return True
     return False
+
+
+def _constant_along(a: np.ndarray, axis: int, first: np.ndarray) -> bool:
+    """Whether ``a`` equals its first slice ``first`` along ``axis`` everywhere: at once when
+    ``a`` is broadcast along that axis (stride 0, as PSF placements and ``R[:, :, None]``
+    inputs are), else compared element by element."""
+    return a.strides[axis] == 0 or bool((a == first).all())
 
 
 def check_distinct(row: np.ndarray, col: np.ndarray) -> None:

@@ -155,11 +155,16 @@ def place(row, col, stamp_shape) -> Placement:
     ic = np.floor(c + 0.5)
     orow = stamp_offsets(nr)[:, None, None]
     ocol = stamp_offsets(nc)[None, :, None]
+
+    def lent(ufunc, offsets, per_source, dtype):  # ufunc(offsets, per_source) in a lent buffer:
+        shape = np.broadcast_shapes(offsets.shape, per_source.shape)  # the next placement reuses
+        return ufunc(offsets, per_source, out=_pool.lend(shape, dtype))  # its faulted-in pages
+
     return Placement(
-        row=orow + ir.astype(np.int64),
-        col=ocol + ic.astype(np.int64),
-        dr=orow - (r - ir),
-        dc=ocol - (c - ic),
+        row=lent(np.add, orow, ir.astype(np.int64), np.int64),
+        col=lent(np.add, ocol, ic.astype(np.int64), np.int64),
+        dr=lent(np.subtract, orow, r - ir, np.result_type(orow, r)),
+        dc=lent(np.subtract, ocol, c - ic, np.result_type(ocol, c)),
         source_row=r,
         source_col=c,
     )
