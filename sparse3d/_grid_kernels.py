@@ -34,7 +34,7 @@ from types import FunctionType
 
 import numpy as np
 
-from . import _kernels, _threads
+from . import _kernels, _pool, _threads
 
 __all__ = ["narrow", "is_grid", "scatter", "gather", "SCATTER_BLOCK"]
 
@@ -372,18 +372,24 @@ def scatter(values, row0, col0, w, root_corner, imshape, dtype) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     (H, W), m = imshape, w.shape[1]
-    out = np.zeros((H, W, m), dtype=dtype)
-    if values.size and m:
+    # a buffer lent by the pool (pages already faulted in once the caller dropped the last
+    # model), zeroed here: a fresh np.zeros faults in every page of the image on first write
+    out = _pool.lend((H, W, m), dtype)
+    rows = out.reshape(H, W * m)
+    threads = _threads.threads_for(values.size * m) if values.size and m else 1
+    edges = _threads.split(H, threads * BANDS_PER_THREAD)
+    if threads <= 1 or len(edges) <= 2:
+        rows[...] = 0
+        if values.size and m:
+            w = np.ascontiguousarray(w, dtype=dtype)
+            block = max(1, min(SCATTER_BLOCK, values.shape[2]))
+            r0, c0 = int(root_corner[0]), int(root_corner[1])
+            _compiled("_scatter_loop")(values, row0, col0, w, r0, c0, rows, block)
+    else:
         w = np.ascontiguousarray(w, dtype=dtype)
         block = max(1, min(SCATTER_BLOCK, values.shape[2]))
         r0, c0 = int(root_corner[0]), int(root_corner[1])
-        rows = out.reshape(H, W * m)
-        threads = _threads.threads_for(values.size * m)
-        edges = _threads.split(H, threads * BANDS_PER_THREAD)
-        if threads <= 1 or len(edges) <= 2:
-            _compiled("_scatter_loop")(values, row0, col0, w, r0, c0, rows, block)
-        else:
-            _scatter_bands(values, row0, col0, w, r0, c0, rows, block, edges, threads)
+        _scatter_bands(values, row0, col0, w, r0, c0, rows, block, edges, threads)
     return out
 
 
@@ -397,6 +403,7 @@ def _scatter_bands(values, row0, col0, w, r0, c0, rows, block, edges, threads) -
 
     def band(edge, _):
         lo, hi = edge
+        rows[lo:hi] = 0  # each band zeroes its own rows (disjoint), in its thread
         idx = np.flatnonzero((top < hi) & (top > lo - nr))
         loop(values, idx, row0, col0, w, r0, c0, rows, block, lo, hi)
 
