@@ -105,3 +105,31 @@ def test_threads_follow_the_work_threshold(monkeypatch):
     assert _dot(S, np.ones(30), 2, monkeypatch)[1] == []
     monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", S._values.size)
     assert _dot(S, np.ones(30), 2, monkeypatch)[1] == [2 * _grid_kernels.BANDS_PER_THREAD]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("m", [None, 1, 3])
+@pytest.mark.parametrize("n", [1, 2, 150])
+def test_repeated_dot_cached_csr_in_row_bands(dtype, m, n):
+    """From the second product on, an array's products use its cached CSR matrix; large ones
+    run in bands of image rows (one CSR band per thread over views of the cached arrays): the
+    same bits for any thread count, equal to the dense model and to SciPy's product."""
+    rng = np.random.default_rng(n + 7 * (m or 0))
+    S, values, top, left = _scene(rng, n, dtype, (-7, 12))
+    w = rng.normal(size=n if m is None else (n, m)).astype(dtype)
+    ref = _reference(values, top, left, w.reshape(n, m or 1), *S.imshape)
+    results = {}
+    for threads in (1, 2, 3):
+        with sparse3d.set_options(num_threads=threads):
+            S.dot(w)  # the first product: the scatter; the CSR matrix is built at the second
+            got = S.dot(w)
+        results[threads] = got
+        if threads > 1:
+            assert threads in S.__dict__["_csr_band_cache"]  # the banded product ran
+            bands = S.__dict__["_csr_band_cache"][threads]
+            assert sum(b.shape[0] for b in bands) == S.imshape[0] * S.imshape[1]
+            assert all(np.shares_memory(b.data, S._csr.data) for b in bands if b.nnz)
+        rtol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(got, ref if m else ref[:, :, 0], rtol=rtol)
+    expected = np.asarray(S._csr @ w).reshape(results[1].shape)
+    assert all(np.array_equal(r, expected) for r in results.values())

@@ -135,7 +135,7 @@ def dot(a, b, out=None, *, _into=None):
         _planes_kernels.planes_scatter(*_planes_inputs(a), b, s.root_corner, planes)
         return _into
     if fast == "csr":
-        result = np.asarray(a._csr @ b).astype(dtype, copy=False).reshape((H, W, k)[: 1 + b.ndim])
+        result = a._csr_matmul(b).astype(dtype, copy=False).reshape((H, W, k)[: 1 + b.ndim])
     elif fast == "kernel":
         w2 = b.reshape(n, k)
         grid = s.grid_corners()
@@ -157,7 +157,7 @@ def dot(a, b, out=None, *, _into=None):
             result = np.stack([_scatter_image(s, a._values * b[:, j], dtype) for j in range(k)], axis=-1)
             result = result.reshape(H, W, k)
         else:
-            result = np.asarray(a._csr @ b).astype(dtype, copy=False).reshape(H, W, k)
+            result = a._csr_matmul(b).astype(dtype, copy=False).reshape(H, W, k)
     result = _write_into(result, _into)
     return result if unit is None else result * unit
 
