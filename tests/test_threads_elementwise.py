@@ -148,6 +148,10 @@ def test_elementwise_passes_follow_threads_for_by_default(monkeypatch, blocks):
     got = np.exp(X).data  # one operation: the stamp rows in pieces, three threads
     np.testing.assert_array_equal(_bits(got), _bits(np.exp(sc.data)))
     assert blocks == [3]
+    blocks.clear()
+    got = (X * 2.5).data  # one cheap operation streams memory: one thread
+    np.testing.assert_array_equal(_bits(got), _bits(sc.data * 2.5))
+    assert blocks == [1]
     monkeypatch.setattr(_kernels, "ELEMENTWISE_THREADS_BY_DEFAULT", False)
     assert _kernels.elementwise_threads(10**9) == 1
     blocks.clear()
@@ -332,9 +336,10 @@ def test_errors_in_a_worker_reach_the_caller_unchanged(monkeypatch, blocks):
     assert 3 in blocks
 
 
-def test_caller_error_state_does_not_change_a_threaded_chain(blocks):
+def test_caller_error_state_does_not_change_a_threaded_chain(blocks, monkeypatch):
     """np.errstate is per thread: workers evaluate under "ignore" as the caller's thread does,
     what was recorded silently stays silent, and the caller's own state is left as it was."""
+    monkeypatch.setattr(_deferred, "CHUNK", 16)  # chains of several chunks: split among threads
     rng = np.random.default_rng(4)
     sc = random_scene(4, dtype=np.float32, nsources=20, stamp=(6, 3))
     for nt in THREADS:
