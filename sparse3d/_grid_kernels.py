@@ -376,19 +376,18 @@ def scatter(values, row0, col0, w, root_corner, imshape, dtype) -> np.ndarray:
     # model), zeroed here: a fresh np.zeros faults in every page of the image on first write
     out = _pool.lend((H, W, m), dtype)
     rows = out.reshape(H, W * m)
-    threads = _threads.threads_for(values.size * m) if values.size and m else 1
+    if not (values.size and m):
+        rows[...] = 0
+        return out
+    w = np.ascontiguousarray(w, dtype=dtype)
+    block = max(1, min(SCATTER_BLOCK, values.shape[2]))
+    r0, c0 = int(root_corner[0]), int(root_corner[1])
+    threads = _threads.threads_for(values.size * m)
     edges = _threads.split(H, threads * BANDS_PER_THREAD)
     if threads <= 1 or len(edges) <= 2:
         rows[...] = 0
-        if values.size and m:
-            w = np.ascontiguousarray(w, dtype=dtype)
-            block = max(1, min(SCATTER_BLOCK, values.shape[2]))
-            r0, c0 = int(root_corner[0]), int(root_corner[1])
-            _compiled("_scatter_loop")(values, row0, col0, w, r0, c0, rows, block)
-    else:
-        w = np.ascontiguousarray(w, dtype=dtype)
-        block = max(1, min(SCATTER_BLOCK, values.shape[2]))
-        r0, c0 = int(root_corner[0]), int(root_corner[1])
+        _compiled("_scatter_loop")(values, row0, col0, w, r0, c0, rows, block)
+    else:  # each band zeroes its own rows
         _scatter_bands(values, row0, col0, w, r0, c0, rows, block, edges, threads)
     return out
 

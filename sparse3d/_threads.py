@@ -146,8 +146,7 @@ def idle_cpus() -> float | None:
             return None
         prev, prev_own = _LOAD["ticks"], _LOAD["own"]
         _LOAD.update(time=now, ticks=ticks, own=own)
-        if prev is None or ticks[1] <= prev[1]:
-            _LOAD["idle"] = None if prev is None else _LOAD["idle"]
+        if prev is None or ticks[1] <= prev[1]:  # the first look, or no tick since: as before
             return _LOAD["idle"]
         busy, total = ticks[0] - prev[0], ticks[1] - prev[1]
         hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
