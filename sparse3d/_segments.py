@@ -32,6 +32,8 @@ _CHEAP = {
     np.positive: "{0}",
     np.square: "{0} * {0}",
 }
+#: float32 ``exp`` in a segment (:func:`_compilable` admits it only where it is NumPy's bits).
+_EXP = "npexp32({0})"
 _SEGMENT_KERNELS: dict[str, object] = {}
 
 
@@ -107,7 +109,14 @@ def _members(top: Node, inlined: set) -> list[Node]:
 
 
 def _compilable(nd: Node) -> bool:
-    """A cheap operation whose loop runs in its own dtype on float operands of that dtype."""
+    """A cheap operation whose loop runs in its own dtype on float operands of that dtype, or a
+    float32 ``exp`` where :func:`sparse3d._exp_kernels.npexp32` gives NumPy's bits."""
+    if nd.func is np.exp:
+        if nd.dtype != np.float32 or any(getattr(a, "dtype", None) != nd.dtype for a in nd.args):
+            return False
+        from ._exp_kernels import matches_numpy
+
+        return matches_numpy()
     if nd.func not in _CHEAP:
         return False
     for a in nd.args:
@@ -147,7 +156,7 @@ def _segment_node(members: list[Node], new: dict) -> Node:
                 else:
                     scalars.append(np.asarray(a).reshape(()).astype(dtype)[()])
                 refs.append(f"s{len(scalars) - 1}")
-        op = _CHEAP[m.func]
+        op = _EXP if m.func is np.exp else _CHEAP[m.func]
         if m.func is np.true_divide and refs[1].startswith("s"):
             inverse = _exact_inverse(scalars[int(refs[1][1:])])
             if inverse is not None:  # x / 2**k is x * 2**-k, the same real number: the same bits
@@ -155,8 +164,13 @@ def _segment_node(members: list[Node], new: dict) -> Node:
                 op = _CHEAP[np.multiply]
         lines.append(f"        t{i} = " + op.format(*refs))
     params = ["out"] + [f"a{j}" for j in range(len(args))] + [f"s{j}" for j in range(len(scalars))]
+    header = []
+    if any(m.func is np.exp for m in members):  # the version names the exp code cached with it
+        from ._exp_kernels import VERSION
+
+        header = [f"from sparse3d._exp_kernels import npexp32  # {VERSION}", ""]
     source = "\n".join(
-        [f"def kernel({', '.join(params)}):", "    for i in range(out.shape[0]):", *lines,
+        [*header, f"def kernel({', '.join(params)}):", "    for i in range(out.shape[0]):", *lines,
          f"        out[i] = t{len(members) - 1}"]
     )
     kernel = _SEGMENT_KERNELS.get(source)
