@@ -35,8 +35,10 @@ Why the results and the behaviour are those of the eager path:
 
 Runs of two or more cheap operations (everything but ``exp``) of one dtype, each result used
 once, are evaluated on blocks of at least :data:`COMPILED_MIN_ELEMENTS` by one numba loop
-generated for the run (:mod:`sparse3d._segments`, the same bits); ``exp`` stays NumPy's SIMD
-loop.
+generated for the run (:mod:`sparse3d._segments`, the same bits); float64 ``exp`` stays
+NumPy's SIMD loop, float32 ``exp`` joins the loop where its bits are NumPy's
+(:mod:`sparse3d._exp_kernels`). A chain computed by one loop has no intermediates, so its
+chunks are just the pieces threads share (:data:`PIECES_PER_THREAD` each).
 
 Which operations are deferred: :data:`DEFERRED_UFUNCS` (add, subtract, multiply, true
 division, negative, positive, square, exp) on float32/float64 arrays of at least
@@ -352,14 +354,18 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
 
         node = fused(node)
     order, slots, nscratch = _plan(node)
-    if n >= CHUNK:
-        pieces = -(-n // CHUNK)
+    threads = _kernels.elementwise_threads(out.size)
+    # intermediates live in per-thread chunk buffers sized to stay in cache; a chain that one
+    # compiled loop computes whole has none, so its chunks are only the pieces threads share
+    budget = CHUNK if nscratch else max(CHUNK, out.size // (PIECES_PER_THREAD * threads))
+    if n >= budget:
+        pieces = -(-n // budget)
         edges = [n * i // pieces for i in range(pieces + 1)]
         chunks = [(p, p + 1, k0, k1) for p in range(P) for k0, k1 in zip(edges[:-1], edges[1:])]
         width = edges[1] - edges[0] + 1
         scratch_size = width
     else:
-        rows = max(1, CHUNK // n)
+        rows = max(1, budget // n)
         chunks = [(p0, min(p0 + rows, P), 0, n) for p0 in range(0, P, rows)]
         scratch_size = rows * n
     steps = []
@@ -382,8 +388,13 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
         with np.errstate(all="ignore"):
             yield [np.empty(scratch_size, dtype=dt) for dt in nscratch]
 
-    _threads.share(run_chunk, chunks, _kernels.elementwise_threads(out.size), participant)
+    _threads.share(run_chunk, chunks, threads, participant)
     return out
+
+
+#: Pieces per thread of a chain evaluated by one compiled loop (no intermediates): few calls,
+#: and enough pieces that a thread descheduled for a while leaves its share to the others.
+PIECES_PER_THREAD = 4
 
 
 #: Values per span of a constructor's compiled copy when it runs in threads (2 MiB of float64).

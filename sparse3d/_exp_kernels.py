@@ -29,6 +29,9 @@ is the :func:`sparse3d.precompile` hook.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 from llvmlite import ir
 from numba import njit
@@ -37,9 +40,10 @@ from numba.extending import intrinsic
 
 __all__ = ["npexp32", "matches_numpy", "VERSION", "precompile_kernels"]
 
-#: Part of every generated segment's text that calls :func:`npexp32`: a change of this module's
-#: arithmetic must change it, so segments cached on disk with the old code are not reused.
-VERSION = "npexp32-1"
+#: Part of every generated segment's text that calls :func:`npexp32`: the digest of this file,
+#: so that a segment cached on disk with another version of this code is never reused (numba's
+#: cache of a segment does not look at the functions it inlines).
+VERSION = "npexp32-" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
 
 
 @intrinsic

@@ -1,12 +1,17 @@
 """Compiled segments of a deferred chain (:mod:`sparse3d._deferred`).
 
-Runs of two or more cheap operations (everything but ``exp``) of one dtype, each result used
-once, are evaluated by one numba loop generated for the run (:class:`_Segment`): the
-intermediates stay in registers. Its operations are the IEEE operations of NumPy's loops in
-the same dtype, compiled without fast-math (nothing is contracted into a fused multiply-add),
-so the bits do not change. The loop's text is written to a file in :func:`segment_dir` so
-that numba caches its compiled code: compiled once per machine and run shape (~0.1-0.4 s),
-then loaded. Imported by :func:`sparse3d._deferred.evaluate` when a block is large enough.
+Runs of two or more cheap operations (everything but ``exp``; float32 ``exp`` too where
+:func:`sparse3d._exp_kernels.matches_numpy`) of one dtype, each result used once, are
+evaluated by one numba loop generated for the run (:class:`_Segment`): the intermediates stay
+in registers. Its operations are the IEEE operations of NumPy's loops in the same dtype,
+compiled without fast-math (nothing is contracted into a fused multiply-add), and float32
+``exp`` is :func:`sparse3d._exp_kernels.npexp32`, the operations of NumPy's own SIMD loop, so
+the bits do not change: the tutorial's float32 chain is one loop reading ``X`` and ``Y`` and
+writing ``L``. The loop runs over a 2-D chunk (rows of the stamp block, per-source operands
+along its columns), so a chunk of several rows is one call. The loop's text is written to a
+file in :func:`segment_dir` so that numba caches its compiled code: compiled once per machine
+and run shape (~0.1-0.4 s; ~1 s with ``exp``), then loaded. Imported by
+:func:`sparse3d._deferred.evaluate` when a block is large enough.
 """
 
 from __future__ import annotations
@@ -51,17 +56,17 @@ class _Segment:
         self.kernel, self.scalars, self.__name__ = kernel, scalars, "segment"
 
     def __call__(self, *ops, out):
-        shape = out.shape
-        flat = []
+        """``out[p, i] = f(ops...)`` for the 2-D chunk ``out``: stamp-block operands are chunks of
+        ``out``'s shape, per-source operands 1-D slices along its columns."""
+        args = []
         for a in ops:
-            if a.size != out.size:  # a per-source slice repeated over several rows
-                a = np.ascontiguousarray(np.broadcast_to(a, shape))
-            a = a.reshape(-1)
+            if not a.flags.c_contiguous:  # chunks are C-contiguous; anything else is copied
+                a = np.ascontiguousarray(a)
             if a.flags.writeable:  # one type for every array argument: read-only
                 a = a.view()
                 a.flags.writeable = False
-            flat.append(a)
-        self.kernel(out.reshape(-1), *flat, *self.scalars)
+            args.append(a)
+        self.kernel(out, *args, *self.scalars)
         return out
 
 
@@ -149,7 +154,8 @@ def _segment_node(members: list[Node], new: dict) -> Node:
                 if id(a) not in arrays:
                     arrays[id(a)] = len(args)
                     args.append(new.get(id(a), a) if isinstance(a, Node) else a)
-                refs.append(f"a{arrays[id(a)]}[i]")
+                per_source = isinstance(a, np.ndarray) and a.ndim == 1  # else a chunk of the block
+                refs.append(f"a{arrays[id(a)]}[i]" if per_source else f"a{arrays[id(a)]}[p, i]")
             else:  # a scalar, cast to the loop dtype as NumPy casts it
                 if type(a) in (int, float):
                     scalars.append(np.array(a, dtype=dtype)[()])
@@ -162,7 +168,7 @@ def _segment_node(members: list[Node], new: dict) -> Node:
             if inverse is not None:  # x / 2**k is x * 2**-k, the same real number: the same bits
                 scalars[int(refs[1][1:])] = inverse
                 op = _CHEAP[np.multiply]
-        lines.append(f"        t{i} = " + op.format(*refs))
+        lines.append(f"            t{i} = " + op.format(*refs))
     params = ["out"] + [f"a{j}" for j in range(len(args))] + [f"s{j}" for j in range(len(scalars))]
     header = []
     if any(m.func is np.exp for m in members):  # the version names the exp code cached with it
@@ -170,8 +176,8 @@ def _segment_node(members: list[Node], new: dict) -> Node:
 
         header = [f"from sparse3d._exp_kernels import npexp32  # {VERSION}", ""]
     source = "\n".join(
-        [*header, f"def kernel({', '.join(params)}):", "    for i in range(out.shape[0]):", *lines,
-         f"        out[i] = t{len(members) - 1}"]
+        [*header, f"def kernel({', '.join(params)}):", "    for p in range(out.shape[0]):",
+         "        for i in range(out.shape[1]):", *lines, f"            out[p, i] = t{len(members) - 1}"]
     )
     kernel = _SEGMENT_KERNELS.get(source)
     if kernel is None:
