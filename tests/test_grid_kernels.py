@@ -346,3 +346,62 @@ def test_is_grid_of_broadcast_positions(monkeypatch, compiled):
     assert S._structure._row.base is not None  # stored compactly
     np.testing.assert_array_equal(S._structure.grid_corners()[0], top)
     np.testing.assert_array_equal(S.dot(np.arange(5.0)), _model(S.todense(force=True), np.arange(5.0)).real)
+
+
+def _transpose_reference(values, k0, k1, block_len, o0, dtype):
+    out = np.zeros((block_len, *values.shape[:2]), dtype=dtype)
+    out[o0 : o0 + k1 - k0] = np.moveaxis(values[:, :, k0:k1], 2, 0)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.int32])
+@pytest.mark.parametrize("stamp", [(1, 1), (3, 3), (4, 4), (5, 4), (10, 10)])
+@pytest.mark.parametrize("layout", ["C", "strided"])
+def test_source_major_copy_is_the_transpose(dtype, stamp, layout):
+    """The block transposition of the grid scatter and gather (8 planes × 8 sources in vector
+    registers for C-contiguous float32/float64, element copies otherwise, the planes and
+    sources left over one by one): ``out[o0 + k - k0] = values[:, :, k]``, every value moved
+    unchanged (int32 values cast to the float64 buffer)."""
+    _grid_kernels._compiled("_scatter_loop")  # compiles the helpers (the transposition among them)
+    rng = np.random.default_rng(sum(stamp))
+    n = 45
+    big = (rng.normal(size=(*stamp, 2 * n)) * 1000).astype(dtype)
+    values = np.ascontiguousarray(big[:, :, :n]) if layout == "C" else big[:, :, ::2]
+    out_dtype = np.float64 if dtype == np.int32 else dtype
+    for k0, k1, block, o0 in [(0, 45, 16, 0), (3, 40, 13, 2), (8, 24, 8, 0), (0, 7, 64, 1)]:
+        out = np.zeros((k1 - k0 + o0, *stamp), dtype=out_dtype)
+        _grid_kernels._transpose_loop(values, k0, k1, out, o0, block)
+        ref = _transpose_reference(values, k0, k1, len(out), o0, out_dtype)
+        np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stamp", [(3, 3), (5, 4), (8, 8), (10, 10)])
+@pytest.mark.parametrize("block", [8, 16])
+def test_grid_dot_with_vector_transposes_is_the_serial_sum(monkeypatch, dtype, stamp, block):
+    """Blocks of 8 sources and more (the vector transposition), stamps over every edge and a
+    non-zero image corner: bit for bit the serial sum in source order."""
+    monkeypatch.setattr(_grid_kernels, "SCATTER_BLOCK", block)
+    rng = np.random.default_rng(block + stamp[0])
+    (nr, nc), n, (H, W), corner = stamp, 83, (21, 26), (-4, 9)
+    top = rng.integers(-nr + 1, H, size=n)
+    left = rng.integers(-nc + 1, W, size=n)
+    R, C = np.mgrid[:nr, :nc]
+    values = rng.normal(size=(nr, nc, n)).astype(dtype)
+    w = rng.normal(size=n).astype(dtype)
+    S = Sparse3D(values, R[:, :, None] + top + corner[0], C[:, :, None] + left + corner[1], (H, W), corner)
+    assert S._structure.grid_corners() is not None
+    ref = np.zeros((H + 2 * nr, W + 2 * nc), dtype=dtype)  # a margin holds the off-image pixels
+    for k in range(n):
+        ref[top[k] + nr : top[k] + 2 * nr, left[k] + nc : left[k] + 2 * nc] += values[:, :, k] * w[k]
+    np.testing.assert_array_equal(S.dot(w), ref[nr : nr + H, nc : nc + W])
+
+
+def test_the_grid_kernels_name_the_transposition_they_inline():
+    """numba caches the grid loops by their own file: the digest of the intrinsic's file recorded
+    there must be the file's (else cached loops would keep an older transposition)."""
+    import hashlib
+    from pathlib import Path
+
+    path = Path(_grid_kernels.__file__).with_name("_simd_transpose.py")
+    assert hashlib.sha256(path.read_bytes()).hexdigest()[:16] == _grid_kernels.SIMD_TRANSPOSE_DIGEST
