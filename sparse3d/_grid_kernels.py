@@ -20,12 +20,12 @@ are deterministic. Off-image stamp pixels are never read into a sum.
 Above :data:`sparse3d._threads.PARALLEL_MIN_WORK` multiply-adds the scatter runs in
 :func:`sparse3d._threads.threads_for` threads: the image rows are cut into contiguous bands,
 :data:`BANDS_PER_THREAD` per thread, taken by whichever thread is free; a band takes, in
-ascending source order, the sources whose stamps reach it and adds only their rows inside it,
-reading each stamp where it is stored (its sources are scattered over the block: copying
-them source-major cost more than it saved; measured on the tutorial's first float32
-``L.dot(w)``, a band of half the image took 3.9 ms against 5.2 ms with the copy, float64
-7.2 against 7.5 ms). Every pixel still receives its sources in ascending order from one
-thread: the same bits for any thread count.
+ascending source order, the sources whose stamps reach it and adds only their rows inside it.
+Each band copies the whole block source-major (cheap in vector registers; a band's own
+sources, scattered over the block, cost more to gather: measured on the tutorial's first
+``L.dot(w)``, a band of half the image took 4.3 ms CPU against 4.8-5.0 ms reading its
+stamps in place, float32; float64 7.2-7.4 against 6.9-7.8 ms). Every pixel still receives
+its sources in ascending order from one thread: the same bits for any thread count.
 
 The planes scatter (dot into sparse3d 1.x's ``(k, H, W)`` layout) is :mod:`sparse3d._planes_kernels`.
 
@@ -133,10 +133,6 @@ def _prefetch_intrinsic():
 #: How many sources ahead the scatter prefetches the image rows of a stamp (their lines
 #: are in L3 or memory: the row updates were latency-bound, 2-32 all measured ~18 % faster).
 PREFETCH_AHEAD = 8
-#: How many of its sources ahead a band of the threaded scatter prefetches the stamp values
-#: (:func:`_band_loop`).
-VALUES_AHEAD = 32
-
 
 def _inside(r, c, nr, nc, W, lo, hi):  # pragma: no cover - runs compiled
     """Whether an ``nr × nc`` stamp at ``(r, c)`` lies inside the band ``lo <= row < hi``."""
@@ -232,13 +228,13 @@ def _add_source(t, k, row0, col0, r0, c0, w, out, W, lo, hi):  # pragma: no cove
         _add_stamp(t, r, c, w, k, out, W, lo, hi)
 
 
-def _scatter_loop(values, row0, col0, w, r0, c0, out, block):  # pragma: no cover - runs compiled
-    """``out[(row0[k] - r0 + i), (col0[k] - c0 + j) * m + q] += values[i, j, k] * w[k, q]``.
+def _scatter_loop(values, row0, col0, w, r0, c0, out, block, lo, hi):  # pragma: no cover - compiled
+    """``out[(row0[k] - r0 + i), (col0[k] - c0 + j) * m + q] += values[i, j, k] * w[k, q]`` for
+    the image rows ``lo <= row < hi``.
 
     ``out`` is the image as ``(H, W * m)`` rows; pixels off the image are skipped.
     """
     nr, nc, n = values.shape
-    H = out.shape[0]
     m = w.shape[1]
     W = out.shape[1] // max(m, 1)
     tmp = np.empty((block, nr, nc), dtype=out.dtype)
@@ -257,39 +253,10 @@ def _scatter_loop(values, row0, col0, w, r0, c0, out, block):  # pragma: no cove
                     _prefetch(plane, kv)
             ka = k + PREFETCH_AHEAD  # start loading the image lines of a later stamp
             if m == 1 and ka < n:
-                _prefetch_stamp(out, np.int64(row0[ka]) - r0, np.int64(col0[ka]) - c0, nr, nc, W, 0, H)
-            _add_source(tmp[b], k, row0, col0, r0, c0, w, out, W, 0, H)
-
-
-def _band_loop(values, idx, row0, col0, w, r0, c0, out, lo, hi):  # pragma: no cover - compiled
-    """:func:`_scatter_loop` for the sources ``idx`` (ascending) only, adding only the image rows
-    ``lo <= row < hi``; each stamp is read where it is stored (source axis innermost).
-
-    No source-major copy: a band's sources are a scattered subset of the block, and gathering
-    them into the copy (a gather and a scatter per value) cost more than the strided reads,
-    whose cache lines the next sources of the band share. The lines of the stamp values
-    :data:`VALUES_AHEAD` sources ahead are prefetched (too many streams for the hardware).
-    """
-    nr, nc, _ = values.shape
-    n = idx.shape[0]
-    m = w.shape[1]
-    W = out.shape[1] // max(m, 1)
-    planes = values.reshape(nr * nc, values.shape[2])
-    per_line = max(1, 64 // values.itemsize)
-    last = -1
-    for b in range(n):
-        if b + VALUES_AHEAD < n:
-            kv = idx[b + VALUES_AHEAD]
-            if kv // per_line != last:  # a new line of every stamp plane
-                last = kv // per_line
-                for p in range(nr * nc):
-                    _prefetch(planes[p], kv)
-        ka = b + PREFETCH_AHEAD
-        if m == 1 and ka < n:
-            a = idx[ka]
-            _prefetch_stamp(out, np.int64(row0[a]) - r0, np.int64(col0[a]) - c0, nr, nc, W, lo, hi)
-        k = idx[b]
-        _add_source(values[:, :, k], k, row0, col0, r0, c0, w, out, W, lo, hi)
+                _prefetch_stamp(out, np.int64(row0[ka]) - r0, np.int64(col0[ka]) - c0, nr, nc, W, lo, hi)
+            top = np.int64(row0[k]) - r0
+            if top < hi and top + nr > lo:
+                _add_source(tmp[b], k, row0, col0, r0, c0, w, out, W, lo, hi)
 
 
 def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no cover - runs compiled
@@ -446,9 +413,9 @@ def scatter(values, row0, col0, w, root_corner, imshape, dtype) -> np.ndarray:
     edges = _threads.split(H, threads * BANDS_PER_THREAD)
     if threads <= 1 or len(edges) <= 2:
         rows[...] = 0
-        _compiled("_scatter_loop")(values, row0, col0, w, r0, c0, rows, block)
+        _compiled("_scatter_loop")(values, row0, col0, w, r0, c0, rows, block, 0, H)
     else:  # each band zeroes its own rows
-        _scatter_bands(values, row0, col0, w, r0, c0, rows, edges, threads)
+        _scatter_bands(values, row0, col0, w, r0, c0, rows, block, edges, threads)
     return out
 
 
@@ -458,19 +425,16 @@ def _block(values) -> int:
     return max(1, min(per, values.shape[2]))
 
 
-def _scatter_bands(values, row0, col0, w, r0, c0, rows, edges, threads) -> None:
+def _scatter_bands(values, row0, col0, w, r0, c0, rows, block, edges, threads) -> None:
     """:func:`scatter` in threads, the same bits as in one: bands of image rows taken by whichever
-    thread is free (:func:`sparse3d._threads.share`), each adding (in ascending source order)
-    the rows inside it of every stamp that reaches it."""
-    nr = values.shape[0]
-    top = np.subtract(row0, r0, dtype=np.int64)
-    loop = _compiled("_band_loop")
+    thread is free (:func:`sparse3d._threads.share`), each copying the whole block source-major
+    and adding (in ascending source order) the rows inside it of every stamp that reaches it."""
+    loop = _compiled("_scatter_loop")
 
     def band(edge, _):
         lo, hi = edge
         rows[lo:hi] = 0  # each band zeroes its own rows (disjoint), in its thread
-        idx = np.flatnonzero((top < hi) & (top > lo - nr))
-        loop(values, idx, row0, col0, w, r0, c0, rows, lo, hi)
+        loop(values, row0, col0, w, r0, c0, rows, block, lo, hi)
 
     _threads.share(band, list(zip(edges[:-1], edges[1:])), threads)
 
@@ -508,8 +472,7 @@ def precompile_kernels() -> None:
         for dtype in (np.float64, np.float32):
             vals = np.ones(row.shape, dtype=dtype)
             w = np.ones((2, 1), dtype=dtype)
-            _compiled("_scatter_loop")(vals, row0, col0, w, 0, 0, np.zeros((8, 8), dtype), 2)
-            _compiled("_band_loop")(vals, np.arange(2), row0, col0, w, 0, 0, np.zeros((8, 8), dtype), 0, 4)
+            _compiled("_scatter_loop")(vals, row0, col0, w, 0, 0, np.zeros((8, 8), dtype), 2, 0, 8)
             _compiled("_gather_loop")(
                 vals, row0, col0, np.ones((8, 8), dtype), 0, 0, np.zeros((2, 1), dtype), 2
             )

@@ -378,10 +378,16 @@ def test_source_major_copy_is_the_transpose(dtype, stamp, layout):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("stamp", [(3, 3), (5, 4), (8, 8), (10, 10)])
 @pytest.mark.parametrize("block", [8, 16])
-def test_grid_dot_with_vector_transposes_is_the_serial_sum(monkeypatch, dtype, stamp, block):
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_grid_dot_with_vector_transposes_is_the_serial_sum(monkeypatch, dtype, stamp, block, threads):
     """Blocks of 8 sources and more (the vector transposition), stamps over every edge and a
-    non-zero image corner: bit for bit the serial sum in source order."""
+    non-zero image corner, in 1-3 threads (bands of rows): bit for bit the serial sum in
+    source order."""
+    import sparse3d
+    from sparse3d import _threads
+
     monkeypatch.setattr(_grid_kernels, "SCATTER_BLOCK", block)
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
     rng = np.random.default_rng(block + stamp[0])
     (nr, nc), n, (H, W), corner = stamp, 83, (21, 26), (-4, 9)
     top = rng.integers(-nr + 1, H, size=n)
@@ -394,7 +400,13 @@ def test_grid_dot_with_vector_transposes_is_the_serial_sum(monkeypatch, dtype, s
     ref = np.zeros((H + 2 * nr, W + 2 * nc), dtype=dtype)  # a margin holds the off-image pixels
     for k in range(n):
         ref[top[k] + nr : top[k] + 2 * nr, left[k] + nc : left[k] + 2 * nc] += values[:, :, k] * w[k]
-    np.testing.assert_array_equal(S.dot(w), ref[nr : nr + H, nc : nc + W])
+    calls = []
+    orig = _grid_kernels._scatter_bands
+    monkeypatch.setattr(_grid_kernels, "_scatter_bands", lambda *a: calls.append(1) or orig(*a))
+    with sparse3d.set_options(num_threads=threads):
+        got = S.dot(w)
+    assert bool(calls) == (threads > 1)  # the bands ran
+    np.testing.assert_array_equal(got, ref[nr : nr + H, nc : nc + W])
 
 
 def test_the_grid_kernels_name_the_transposition_they_inline():
