@@ -126,7 +126,7 @@ def _exp_loop(x, out):  # pragma: no cover - runs compiled
         out[i] = npexp32(x[i])
 
 
-#: Inputs :func:`matches_numpy` compares (about 1.2 M float32: ~5 ms once per process).
+#: Inputs :func:`matches_numpy` compares (about 1.3 M float32: ~15 ms once per process).
 PROBE_SIZE = 1 << 20
 _MATCHES: bool | None = None
 

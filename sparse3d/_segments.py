@@ -10,7 +10,7 @@ the bits do not change: the tutorial's float32 chain is one loop reading ``X`` a
 writing ``L``. The loop runs over a 2-D chunk (rows of the stamp block, per-source operands
 along its columns), so a chunk of several rows is one call. The loop's text is written to a
 file in :func:`segment_dir` so that numba caches its compiled code: compiled once per machine
-and run shape (~0.1-0.4 s; ~1 s with ``exp``), then loaded. Imported by
+and run shape (~0.1-0.4 s), then loaded. Imported by
 :func:`sparse3d._deferred.evaluate` when a block is large enough.
 """
 
