@@ -298,9 +298,9 @@ def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no c
                         acc_row[q] += v * g[j * m + q]
 
 
-#: The first 16 hex digits of the SHA-256 of ``_simd_transpose.py``, whose intrinsic the loops
-#: inline: numba's on-disk cache of these loops checks this file only, so a change there must
-#: come with a change here (a test compares the digest with the file).
+#: The first 16 hex digits of the SHA-256 of ``_simd_transpose.py`` (``\n`` line ends), whose
+#: intrinsic the loops inline: numba's on-disk cache of these loops checks this file only, so a
+#: change there must come with a change here (a test compares the digest with the file).
 SIMD_TRANSPOSE_DIGEST = "f30ff2d8c83f139f"
 
 #: Functions the loops call (compiled before any loop is).
