@@ -247,9 +247,9 @@ def test_grouped_fit_with_the_nested_dissection_solver(options):
 @pytest.mark.parametrize("options", ["errors", "mask", "background", "frames"])
 def test_chi2_of_near_perfect_fits_from_the_stamps(compiled_kernels, monkeypatch, grouped, dtype, options):
     """Bright sources, little noise: the chi-square from the normal equations cancels ~18 digits,
-    so it is recomputed from the residuals, the model taken from the stamps (no design matrix;
-    the array's ``dot`` for float64, a float64 ``bincount`` else; with a background model the
-    design matrix exists and is used): against the dense residuals at the fit's own weights and
+    so it is recomputed from the residuals, the model taken from the stamps (no design matrix, a
+    compiled pass per stamp group in float64; with a background model the design matrix exists
+    and is used): against the dense residuals at the fit's own weights and
     against ``lstsq``."""
     from sparse3d.fit.normal import NormalEquations
 
@@ -315,3 +315,45 @@ def test_grouped_fit_of_many_frames_with_errors_and_mask(compiled_kernels, dtype
         p, _, chi2, *_ = lstsq_fit(M, d, err=err.ravel(), mask=mask.ravel())
         close(r.weights[:, f], p, rtol=1e-7)
         np.testing.assert_allclose(r.chi2[f], chi2, rtol=1e-7)
+
+
+@pytest.mark.parametrize("imcorner", [(0, 0), (-4, 11)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_stamp_residual_against_the_dense_model(compiled_kernels, imcorner, dtype):
+    """``d - A w`` straight from the stamps of every group (the residual of a recomputed
+    chi-square): interleaved groups, stamps over every edge, a group of one source, a NaN-free
+    weight of 0, against the dense model."""
+    from sparse3d.fit.assemble import _regular_stamps
+    from sparse3d.fit.rhs import _stamp_residual
+
+    rng = np.random.default_rng(61)
+    S, D = _interleaved(rng, imcorner, dtype)
+    (H, W), n = S.imshape, S.nsources
+    A = D.reshape(H * W, n).astype(np.float64)
+    w = rng.normal(0, 3, n)
+    w[2] = 0.0
+    d = rng.normal(0, 1, H * W)
+    parts = _regular_stamps(S)
+    assert parts is not None and len(parts) == len(S.groups)
+    got = _stamp_residual(parts, w, d)
+    np.testing.assert_allclose(got, d - A @ w, rtol=1e-12, atol=1e-12)
+    # one group alone (a single-shape array: sources None) and no source at all
+    G = S.groups[0]
+    wg = w[: G.nsources]
+    np.testing.assert_allclose(_stamp_residual(_regular_stamps(G), wg, d), d - A[:, S.group_sources[0]] @ wg)
+    np.testing.assert_array_equal(_stamp_residual([], np.zeros(0), d), d)
+
+
+@pytest.mark.filterwarnings("ignore::sparse3d.fit.UnconstrainedSourceWarning")  # sources off the image
+def test_recomputed_chi2_builds_no_csr_matrix(compiled_kernels):
+    """A near-perfect fit recomputes its chi-square from the stamps, fit after fit, without the
+    array's ``dot`` (whose second call would build and cache the array's CSR matrix)."""
+    S, M, _, _, _ = _fit_case(31, (-2, 5), "plain")
+    (H, W), n = S.imshape, S.nsources
+    truth = np.random.default_rng(3).uniform(1e7, 2e7, n)
+    data = (M @ truth).reshape(H, W) + np.random.default_rng(4).normal(0, 1e-2, (H, W))
+    for _ in range(3):
+        r = S.fit(data)
+    assert all("_csr" not in g.__dict__ for g in (S, *S.groups))
+    res = data.ravel() - M @ np.nan_to_num(r.weights)
+    np.testing.assert_allclose(r.chi2, np.sum(res**2), rtol=1e-6)

@@ -5,8 +5,8 @@ array with several) through the compiled kernels of :mod:`._stamp_kernels`, else
 ``A^T A`` of the canonical CSR form; the power-of-two column scaling that keeps it
 representable. Also the design formats (canonical CSR, row scaling by the weights) and the
 regular stamps a fit works from instead of a design matrix (:func:`_regular_stamps`, every
-stamp group's; :func:`_stamp_model`, ``A @ w`` from them). The background block of a sky model
-is appended in :mod:`._joint`.
+stamp group's; the model ``A @ w`` from them is :func:`.rhs._stamp_residual`'s). The background
+block of a sky model is appended in :mod:`._joint`.
 """
 
 from __future__ import annotations
@@ -123,20 +123,6 @@ def _regular_stamps(A: Any) -> list[tuple[tuple, np.ndarray | None]] | None:
         values.flags.writeable = False
         out.append(((values, corners[0], corners[1], A.imshape, A.imcorner), sources if grouped else None))
     return out or None
-
-
-def _stamp_model(parts: list[tuple[tuple, np.ndarray | None]], w: np.ndarray, npix: int) -> np.ndarray:
-    """``A @ w`` (float64, ``(npix,)``) from the regular stamps of :func:`_regular_stamps`."""
-    out = np.zeros(npix)
-    for (values, r0, c0, (H, W), (imr, imc)), sources in parts:
-        ws = w if sources is None else w[sources]
-        nr, nc, _ = values.shape
-        r = r0 + (np.arange(nr) - imr)[:, None, None]  # (nr, 1, n): the image rows of the stamps
-        c = c0 + (np.arange(nc) - imc)[None, :, None]
-        ok = (r >= 0) & (r < H) & (c >= 0) & (c < W)
-        pix = (r * W + c)[ok]
-        out += np.bincount(pix, weights=(values * ws)[ok], minlength=npix)
-    return out
 
 
 def _grid_fits(S: Sparse3D, r0: np.ndarray, c0: np.ndarray) -> bool:

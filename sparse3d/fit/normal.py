@@ -28,13 +28,13 @@ from ._checks import (
     _inverse_variance,
 )
 from ._inputs import _check_mask_values
-from .assemble import _design_matrix, _regular_stamps, _row_scale, _scaled_normal_matrix, _stamp_model
+from .assemble import _design_matrix, _regular_stamps, _row_scale, _scaled_normal_matrix
 from .background import as_background
 from .diagnostics import _chi2
 from .factor import _factorize_or_raise, _solver_name, _uses_boxes
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
-from .rhs import _Ahead, _stamp_rhs, _stamp_square_sum
+from .rhs import _Ahead, _stamp_residual, _stamp_rhs, _stamp_square_sum
 
 #: :meth:`NormalEquations.chi2` of at most this many frames takes the model from the stamps
 #: (a ``dot`` per frame); more share the design matrix, built once
@@ -420,26 +420,15 @@ class NormalEquations:
         return _chi2(self.design, wz, D, ivar, None, self.keep, self.background, self.err_scale)
 
     def _stamp_chi2(self, D: np.ndarray, wz: np.ndarray) -> np.ndarray:
-        """:meth:`chi2` with the model from the stamps: a perfect fit of a few frames recomputes
-        its chi-square without building the design matrix. Float64 stamps: the array's own
-        (compiled) ``dot``; others through :func:`_stamp_model`, in float64."""
+        """:meth:`chi2` with the model from the stamps (:func:`._rhs_kernels.stamp_subtract`): a
+        perfect fit of a few frames recomputes its chi-square without building the design
+        matrix, and without the array's own ``dot`` (whose second call would build and cache
+        the array's CSR matrix: a side effect of a fit on the caller's array)."""
         n = self.n_sources
-        A = self._design
         out = np.empty(D.shape[1])
         for t in range(D.shape[1]):
-            if A.dtype == np.float64:
-                r = np.array(A.dot(wz[:n, t]), dtype=np.float64).reshape(-1)  # a fresh, writable copy
-            else:
-                r = _stamp_model(self._stamps, wz[:n, t], D.shape[0])
-            np.subtract(D[:, t], r, out=r)
-            if self.err_scale != 1.0:
-                r /= self.err_scale
-            if self.keep is not None:
-                r[~self.keep] = 0.0
-            np.square(r, out=r)
-            if self.ivar is not None:
-                r *= self.ivar
-            out[t] = r.sum()
+            r = _stamp_residual(self._stamps, wz[:n, t], D[:, t])
+            out[t] = _stamp_square_sum(r.reshape(-1, 1), self.ivar, self.keep, 1.0 / self.err_scale)[0]
         return out
 
     def weights_err(self) -> np.ndarray:

@@ -95,6 +95,19 @@ def _stamp_square_sum(
     return np.cumsum(parts, axis=0)[-1]  # the blocks' sums added in order: the same bits for any split
 
 
+def _stamp_residual(parts: list, w: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``d - A w`` (a new float64 ``(npix,)``) from the regular stamps ``parts`` of
+    :func:`~.assemble._regular_stamps` (every stamp group's, with its sources' indices) and the
+    weights ``w`` ``(n,)`` (no NaN): one compiled pass per group, no design matrix."""
+    from ._rhs_kernels import stamp_subtract
+
+    R = np.array(d, dtype=np.float64)  # a fresh, writable copy
+    for (values, r0, c0, (H, W), (imr, imc)), sources in parts:
+        ws = np.ascontiguousarray(w if sources is None else w[sources], dtype=np.float64)
+        stamp_subtract(values, r0, c0, ws, R, H, W, imr, imc)
+    return R
+
+
 def _kept_all_finite(D: np.ndarray, keep: np.ndarray | None) -> bool:
     """Whether the kept entries of the C-contiguous float64 ``D`` ``(npix, k)`` are all finite
     (``keep`` None, ``(npix, 1)`` or ``(npix, k)``): one compiled pass, no temporaries."""
