@@ -25,10 +25,6 @@ SIGNATURES = {
         "(float64[:, ::1], float64[::1], boolean[::1], float64, intp, intp, float64[:, ::1])"
     ),
     "kept_all_finite": "(float64[:, ::1], boolean[:, ::1], intp, intp)",
-    "stamp_subtract": (
-        f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, float64[::1], float64[::1], "
-        "intp, intp, intp, intp)"
-    ),
 }
 
 #: :func:`weighted_square_sum` sums this many pixels per block, then the blocks in order.
@@ -215,28 +211,3 @@ def kept_all_finite(D, keep, p0, p1):  # pragma: no cover - compiled
                 return False
     return True
 
-
-@njit(cache=True, nogil=True)
-def stamp_subtract(values, r0, c0, w, R, H, W, imr, imc):  # pragma: no cover - compiled
-    """``R -= A w`` in place: ``R`` ``(H * W,)`` minus ``w[k]`` times the in-image pixels of every
-    regular stamp ``values[., ., k]`` (corners ``(r0, c0)``, image corner ``(imr, imc)``).
-
-    A model straight from the stamps, with no pixel index, no CSR matrix and no image-sized
-    temporary: the residual of a fit whose chi-square is recomputed (:meth:`NormalEquations.chi2`).
-    The sources are visited 16 at a time in storage order (their values at one stamp pixel are
-    adjacent in ``values``' last axis); a source of weight 0 adds nothing and is skipped.
-    """
-    nr, nc, n = values.shape
-    blk = 16
-    for k0 in range(0, n, blk):
-        k1 = min(k0 + blk, n)
-        for a in range(nr):
-            for b in range(nc):
-                for k in range(k0, k1):
-                    wk = w[k]
-                    if wk == 0.0:
-                        continue
-                    r = r0[k] + a - imr
-                    c = c0[k] + b - imc
-                    if 0 <= r < H and 0 <= c < W:
-                        R[r * W + c] -= values[a, b, k] * wk

@@ -420,7 +420,7 @@ class NormalEquations:
         return _chi2(self.design, wz, D, ivar, None, self.keep, self.background, self.err_scale)
 
     def _stamp_chi2(self, D: np.ndarray, wz: np.ndarray) -> np.ndarray:
-        """:meth:`chi2` with the model from the stamps (:func:`._rhs_kernels.stamp_subtract`): a
+        """:meth:`chi2` with the model from the stamps (:func:`.rhs._stamp_residual`): a
         perfect fit of a few frames recomputes its chi-square without building the design
         matrix, and without the array's own ``dot`` (whose second call would build and cache
         the array's CSR matrix: a side effect of a fit on the caller's array)."""

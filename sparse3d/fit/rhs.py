@@ -98,13 +98,15 @@ def _stamp_square_sum(
 def _stamp_residual(parts: list, w: np.ndarray, d: np.ndarray) -> np.ndarray:
     """``d - A w`` (a new float64 ``(npix,)``) from the regular stamps ``parts`` of
     :func:`~.assemble._regular_stamps` (every stamp group's, with its sources' indices) and the
-    weights ``w`` ``(n,)`` (no NaN): one compiled pass per group, no design matrix."""
-    from ._rhs_kernels import stamp_subtract
+    weights ``w`` ``(n,)`` (no NaN): each group's model by the compiled grid scatter of an
+    array's first product (:func:`sparse3d._grid_kernels.scatter`), into a lent image buffer;
+    no design matrix, no CSR matrix cached on the array."""
+    from .. import _grid_kernels
 
     R = np.array(d, dtype=np.float64)  # a fresh, writable copy
-    for (values, r0, c0, (H, W), (imr, imc)), sources in parts:
-        ws = np.ascontiguousarray(w if sources is None else w[sources], dtype=np.float64)
-        stamp_subtract(values, r0, c0, ws, R, H, W, imr, imc)
+    for (values, r0, c0, imshape, imcorner), sources in parts:
+        ws = (w if sources is None else w[sources]).reshape(-1, 1)
+        R -= _grid_kernels.scatter(values, r0, c0, ws, imcorner, imshape, np.float64).reshape(-1)
     return R
 
 
