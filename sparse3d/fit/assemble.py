@@ -211,7 +211,8 @@ def _cells(S: Sparse3D, r0: np.ndarray, c0: np.ndarray, sqrt_ivar: np.ndarray, h
     values.flags.writeable = False
     (H, W), (imr, imc) = S.imshape, S.imcorner
     order, skey, ncc = cell_order(r0, c0, nr, nc)
-    B, colmax = weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc)
+    B = np.empty((n, nr, nc))  # NumPy's allocation: huge pages (see weighted_stamps)
+    colmax = weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc, B)
     cp = _pow2_scale(colmax)  # in cell order
     scale_rows(B, cp)
     c = np.empty(n)
@@ -224,13 +225,15 @@ def _stamp_normal_matrix(
 ) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
     """:func:`_scaled_normal_matrix` of a Sparse3D whose stamp groups are all regular.
 
-    Every group's own block comes from :func:`._stamp_kernels.normal_lower`; with several
-    groups, the block between two groups from :func:`._stamp_kernels.normal_cross` (the
-    sources of the group with the larger stamps look up the grid of the other's), and the
-    entries, at the groups' global source indices, are placed row by row into one CSR matrix
-    and sorted (:func:`._stamp_kernels.place_coo`, ``place_csr``, ``sort_rows``).
+    Every row's entries are counted first (:func:`._stamp_kernels.lower_counts` per group, the
+    cross-group blocks' rows), the CSR arrays allocated once, and every group's own block
+    written straight into them at its sources' global indices by
+    :func:`._stamp_kernels.normal_lower`. With several groups the block between two groups
+    comes from :func:`._stamp_kernels.normal_cross` (the sources of the group with the larger
+    stamps look up the grid of the other's), placed first (``place_coo``), and the rows are
+    sorted (``sort_rows``: one check pass when each group is a contiguous range of sources).
     """
-    from ._stamp_kernels import normal_cross, normal_lower, place_coo, place_csr, sort_rows
+    from ._stamp_kernels import lower_counts, normal_cross, normal_lower, place_coo, sort_rows
 
     n = design.nsources
     has_ivar = ivar is not None
@@ -241,43 +244,43 @@ def _stamp_normal_matrix(
         for g, (r0, c0) in zip(groups, corners)
     ]
     del sqrt_ivar
-    if len(groups) == 1:
-        x = cells[0]
-        indptr, indices, data = normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0)
-        c = x.c
-    else:
-        gidx = [np.array(x, dtype=np.int64) for x in design.group_sources]  # writeable: one signature
-        counts = np.zeros(n, dtype=np.int64)  # entries per row
-        cross = []
-        for a in range(len(cells)):
-            for b in range(a + 1, len(cells)):
-                if cells[a] is None or cells[b] is None:
-                    continue
-                # the sources with the larger stamps look up the grid of those with the smaller
-                g, h = (a, b) if cells[a].B[0].size <= cells[b].B[0].size else (b, a)
-                xg, xh = cells[g], cells[h]
-                args_g = (xg.B, xg.order, xg.skey, xg.ncc, xg.r0, xg.c0, gidx[g])
-                cross.append(normal_cross(*args_g, xh.B, xh.order, xh.r0, xh.c0, gidx[h]))
-                counts += np.bincount(cross[-1][0], minlength=n)
-        own = []
-        for x, idx in zip(cells, gidx):
-            if x is not None:
-                own.append((normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0), idx))
-                counts[idx] += np.diff(own[-1][0][0])
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        fill = indptr[:-1].copy()
-        indices = np.empty(int(indptr[-1]), dtype=np.int64)
-        data = np.empty(int(indptr[-1]))
-        # the cross entries first, each block in column order: with two groups each of which is a
-        # contiguous range of sources (np.concatenate) every row then comes sorted, and
-        # sort_rows only checks; it sorts the rows of interleaved groups or of several blocks
-        for rows, cols, vals in cross:
-            place_coo(fill, indices, data, rows, cols, vals)
-        for (ip, ind, dat), idx in own:
-            place_csr(fill, indices, data, ip, ind, dat, idx)
+    grouped = len(groups) > 1
+    gidx = [np.array(x, dtype=np.int64) for x in design.group_sources]  # writeable: one signature
+    counts = np.zeros(n, dtype=np.int64)  # entries per row
+    cross = []
+    for a in range(len(cells)):
+        for b in range(a + 1, len(cells)):
+            if cells[a] is None or cells[b] is None:
+                continue
+            # the sources with the larger stamps look up the grid of those with the smaller
+            g, h = (a, b) if cells[a].B[0].size <= cells[b].B[0].size else (b, a)
+            xg, xh = cells[g], cells[h]
+            args_g = (xg.B, xg.order, xg.skey, xg.ncc, xg.r0, xg.c0, gidx[g])
+            cross.append(normal_cross(*args_g, xh.B, xh.order, xh.r0, xh.c0, gidx[h]))
+            counts += np.bincount(cross[-1][0], minlength=n)
+    own = []
+    for x, idx in zip(cells, gidx):
+        if x is not None:
+            c = lower_counts(x.order, x.skey, x.ncc, x.r0, x.c0, x.B.shape[1], x.B.shape[2])
+            counts[idx] += c
+            own.append((x, idx, int(c.max())))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    fill = indptr[:-1].copy()
+    indices = np.empty(int(indptr[-1]), dtype=np.int64)
+    data = np.empty(int(indptr[-1]))
+    # the cross entries first, each block in column order: with two groups each of which is a
+    # contiguous range of sources (np.concatenate) every row then comes sorted, and
+    # sort_rows only checks; it sorts the rows of interleaved groups or of several blocks
+    for rows, cols, vals in cross:
+        place_coo(fill, indices, data, rows, cols, vals)
+    for x, idx, mmax in own:
+        normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0, mmax, idx, fill, indices, data)
+    if grouped:
         sort_rows(indptr, indices, data)
         c = design._structure.assemble([np.ones(0) if x is None else x.c for x in cells])
+    else:
+        c = cells[0].c
     idx_dtype = np.int32 if max(n, data.size) < 2**31 else np.int64
     N = scipy.sparse.csr_matrix(
         (data, indices.astype(idx_dtype), indptr.astype(idx_dtype)), shape=(n, n), copy=False
