@@ -38,7 +38,7 @@ DEPENDENCY_DIGEST = "7a825d3b107a0ddf"
 _I = "intp[::1]"
 _F = "float64[::1]"
 SIGNATURES = {
-    "permute_lower": f"({_I}, {_I}, {_F}, {_I})",
+    "permute_lower": f"({_I}, {_I}, {_F}, {_I}, {_I}, {_I}, {_F})",
     "etree": f"({_I}, {_I})",
     "column_counts": f"({_I}, {_I}, {_I})",
     "supernodes": f"({_I}, {_I})",
@@ -56,14 +56,18 @@ _LOOP_MAX_FLOPS = 1 << 18
 
 
 @njit(cache=True, nogil=True)
-def permute_lower(indptr, indices, data, iperm):  # pragma: no cover - compiled
+def permute_lower(indptr, indices, data, iperm, rind, cind, cval):  # pragma: no cover - compiled
     """The lower triangle of ``N[p][:, p]`` from the lower triangle of ``N`` (CSR, ``iperm`` = p⁻¹).
 
-    Returns ``(rptr, rind, cptr, cind, cval)``: its strictly lower part by rows (column
-    indices of each row, unsorted) and its lower part with the diagonal by columns (row
-    indices and values of each column, unsorted).
+    Returns ``(rptr, cptr)`` and writes ``rind`` (its strictly lower part by rows: the column
+    indices of each row, unsorted) and ``cind``, ``cval`` (its lower part with the diagonal by
+    columns: the row indices and values of each column, unsorted). The caller allocates them
+    (``nnz(N)`` entries: NumPy maps large arrays in huge pages, numba's ``malloc`` faults in
+    every 4 KiB page); empty ``cind`` and ``cval`` skip the columns (the rows alone give the
+    elimination tree).
     """
     n = indptr.size - 1
+    cols = cind.size > 0
     rcount = np.zeros(n + 1, dtype=np.intp)
     ccount = np.zeros(n + 1, dtype=np.intp)
     for i in range(n):
@@ -77,9 +81,6 @@ def permute_lower(indptr, indices, data, iperm):  # pragma: no cover - compiled
                 rcount[hi + 1] += 1
     rptr = np.cumsum(rcount)
     cptr = np.cumsum(ccount)
-    rind = np.empty(rptr[n], dtype=np.intp)
-    cind = np.empty(cptr[n], dtype=np.intp)
-    cval = np.empty(cptr[n], dtype=np.float64)
     rfill = rptr[:n].copy()
     cfill = cptr[:n].copy()
     for i in range(n):
@@ -88,14 +89,15 @@ def permute_lower(indptr, indices, data, iperm):  # pragma: no cover - compiled
             pj = iperm[indices[p]]
             lo = min(pi, pj)
             hi = max(pi, pj)
-            q = cfill[lo]
-            cind[q] = hi
-            cval[q] = data[p]
-            cfill[lo] = q + 1
+            if cols:
+                q = cfill[lo]
+                cind[q] = hi
+                cval[q] = data[p]
+                cfill[lo] = q + 1
             if hi != lo:
                 rind[rfill[hi]] = lo
                 rfill[hi] += 1
-    return rptr, rind, cptr, cind, cval
+    return rptr, cptr
 
 
 @njit(cache=True, nogil=True)

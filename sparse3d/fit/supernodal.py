@@ -99,15 +99,23 @@ class _NDFactor(_SupernodalFactor):
         perm = nested_dissection_order(boxes, n)
         iperm = np.empty(n, dtype=np.intp)
         iperm[perm] = np.arange(n)
-        rptr, rind, cptr, cind, cval = K.permute_lower(indptr, indices, data, iperm)
+        nnz = indices.size  # an upper bound of the strictly lower entries
+        rind = np.empty(nnz, dtype=np.intp)
+        cind = np.empty(nnz, dtype=np.intp)
+        cval = np.empty(nnz)
+        # the rows alone for the elimination tree; relabelled in a postorder of it (an equivalent
+        # ordering: the same fill, the tree relabelled), then the rows and columns once
+        rptr, _ = K.permute_lower(indptr, indices, data, iperm, rind, cind[:0], cval[:0])
         parent = K.etree(rptr, rind)
         post = postorder(parent)
-        if not np.array_equal(post, np.arange(n)):  # relabel in a postorder of the etree
+        if not np.array_equal(post, np.arange(n)):
             perm = perm[post]
             iperm[perm] = np.arange(n)
-            del rptr, rind, cptr, cind, cval
-            rptr, rind, cptr, cind, cval = K.permute_lower(indptr, indices, data, iperm)
-            parent = K.etree(rptr, rind)
+            ipost = np.empty(n, dtype=np.intp)
+            ipost[post] = np.arange(n)
+            above = parent[post]  # the old parents, at the new positions
+            parent = np.where(above >= 0, ipost[np.maximum(above, 0)], -1)
+        rptr, cptr = K.permute_lower(indptr, indices, data, iperm, rind, cind, cval)
         del indptr, indices, data
         cc = K.column_counts(rptr, rind, parent)
         del rptr, rind
