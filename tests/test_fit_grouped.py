@@ -319,12 +319,12 @@ def test_grouped_fit_of_many_frames_with_errors_and_mask(compiled_kernels, dtype
 
 @pytest.mark.parametrize("imcorner", [(0, 0), (-4, 11)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_stamp_residual_against_the_dense_model(compiled_kernels, imcorner, dtype):
-    """``d - A w`` straight from the stamps of every group (the residual of a recomputed
-    chi-square): interleaved groups, stamps over every edge, a group of one source, a NaN-free
-    weight of 0, against the dense model."""
+def test_stamp_model_against_the_dense_model(compiled_kernels, imcorner, dtype):
+    """``A w`` straight from the stamps of every group (the model of a recomputed chi-square)
+    and the weighted square sum of ``d - A w``: interleaved groups, stamps over every edge, a
+    group of one source, a weight of 0, against the dense model."""
     from sparse3d.fit.assemble import _regular_stamps
-    from sparse3d.fit.rhs import _stamp_residual
+    from sparse3d.fit.rhs import _stamp_model, _stamp_square_sum
 
     rng = np.random.default_rng(61)
     S, D = _interleaved(rng, imcorner, dtype)
@@ -332,16 +332,21 @@ def test_stamp_residual_against_the_dense_model(compiled_kernels, imcorner, dtyp
     A = D.reshape(H * W, n).astype(np.float64)
     w = rng.normal(0, 3, n)
     w[2] = 0.0
-    d = rng.normal(0, 1, H * W)
     parts = _regular_stamps(S)
     assert parts is not None and len(parts) == len(S.groups)
-    got = _stamp_residual(parts, w, d)
-    np.testing.assert_allclose(got, d - A @ w, rtol=1e-12, atol=1e-12)
-    # one group alone (a single-shape array: sources None) and no source at all
+    model = _stamp_model(parts, w)
+    np.testing.assert_allclose(model[:, 0], A @ w, rtol=1e-12, atol=1e-12)
+    # one group alone (a single-shape array: sources None)
     G = S.groups[0]
     wg = w[: G.nsources]
-    np.testing.assert_allclose(_stamp_residual(_regular_stamps(G), wg, d), d - A[:, S.group_sources[0]] @ wg)
-    np.testing.assert_array_equal(_stamp_residual([], np.zeros(0), d), d)
+    np.testing.assert_allclose(_stamp_model(_regular_stamps(G), wg)[:, 0], A[:, S.group_sources[0]] @ wg)
+    d = rng.normal(0, 1, (H * W, 1))
+    ivar = rng.uniform(0.5, 2.0, H * W)
+    keep = rng.random(H * W) > 0.2
+    d[~keep] = np.nan  # masked pixels are skipped, whatever they hold
+    got = _stamp_square_sum(d, ivar, keep, 0.5, model)
+    want = np.sum((ivar * (0.5 * (d[:, 0] - A @ w)) ** 2)[keep])
+    np.testing.assert_allclose(got, [want], rtol=1e-12)
 
 
 @pytest.mark.filterwarnings("ignore::sparse3d.fit.UnconstrainedSourceWarning")  # sources off the image

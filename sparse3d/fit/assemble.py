@@ -5,7 +5,7 @@ array with several) through the compiled kernels of :mod:`._stamp_kernels`, else
 ``A^T A`` of the canonical CSR form; the power-of-two column scaling that keeps it
 representable. Also the design formats (canonical CSR, row scaling by the weights) and the
 regular stamps a fit works from instead of a design matrix (:func:`_regular_stamps`, every
-stamp group's; the model ``A @ w`` from them is :func:`.rhs._stamp_residual`'s). The background
+stamp group's; the model ``A @ w`` from them is :func:`.rhs._stamp_model`'s). The background
 block of a sky model is appended in :mod:`._joint`.
 """
 

@@ -34,7 +34,7 @@ from .diagnostics import _chi2
 from .factor import _factorize_or_raise, _solver_name, _uses_boxes
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
-from .rhs import _Ahead, _stamp_residual, _stamp_rhs, _stamp_square_sum
+from .rhs import _Ahead, _stamp_model, _stamp_rhs, _stamp_square_sum
 
 #: :meth:`NormalEquations.chi2` of at most this many frames takes the model from the stamps
 #: (a ``dot`` per frame); more share the design matrix, built once
@@ -420,15 +420,17 @@ class NormalEquations:
         return _chi2(self.design, wz, D, ivar, None, self.keep, self.background, self.err_scale)
 
     def _stamp_chi2(self, D: np.ndarray, wz: np.ndarray) -> np.ndarray:
-        """:meth:`chi2` with the model from the stamps (:func:`.rhs._stamp_residual`): a
-        perfect fit of a few frames recomputes its chi-square without building the design
-        matrix, and without the array's own ``dot`` (whose second call would build and cache
-        the array's CSR matrix: a side effect of a fit on the caller's array)."""
+        """:meth:`chi2` with the model from the stamps (:func:`.rhs._stamp_model`) and the
+        weighted residuals summed in one compiled pass: a perfect fit of a few frames recomputes
+        its chi-square without building the design matrix, and without the array's own ``dot``
+        (whose second call would build and cache the array's CSR matrix: a side effect of a fit
+        on the caller's array)."""
         n = self.n_sources
         out = np.empty(D.shape[1])
         for t in range(D.shape[1]):
-            r = _stamp_residual(self._stamps, wz[:n, t], D[:, t])
-            out[t] = _stamp_square_sum(r.reshape(-1, 1), self.ivar, self.keep, 1.0 / self.err_scale)[0]
+            model = _stamp_model(self._stamps, wz[:n, t])
+            d = np.ascontiguousarray(D[:, t : t + 1], dtype=np.float64)
+            out[t] = _stamp_square_sum(d, self.ivar, self.keep, 1.0 / self.err_scale, model)[0]
         return out
 
     def weights_err(self) -> np.ndarray:

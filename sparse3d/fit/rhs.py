@@ -76,38 +76,49 @@ _RHS_ORDER_MIN_FRAMES = 5
 
 
 def _stamp_square_sum(
-    D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None, scale: float
+    D: np.ndarray,
+    ivar: np.ndarray | None,
+    keep: np.ndarray | None,
+    scale: float,
+    model: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``sum_p ivar_p (scale D_p)**2`` per column of the C-contiguous float64 ``D`` ``(npix, k)``,
-    masked pixels skipped: one compiled pass, no temporaries."""
+    """``sum_p ivar_p (scale (D_p - model_p))**2`` per column of the C-contiguous float64 ``D``
+    ``(npix, k)`` (``model`` a C-contiguous float64 array of its shape, None for 0), masked
+    pixels skipped: one compiled pass, no temporaries."""
     from ._rhs_kernels import SQUARE_SUM_BLOCK, weighted_square_sum
 
     ivar = np.empty(0) if ivar is None else np.ascontiguousarray(ivar, dtype=np.float64)
     keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
+    model = np.empty((0, 0)) if model is None else model
     npix, m = D.shape
     nblocks = -(-npix // SQUARE_SUM_BLOCK)
     if nblocks == 0:
         return np.zeros(m)
     parts = np.empty((nblocks, m))
     edges = _threads.split(nblocks, _threads.threads_for(D.size))
-    blocks = [(D, ivar, keep, float(scale), b0, b1, parts) for b0, b1 in zip(edges[:-1], edges[1:])]
+    blocks = [(D, model, ivar, keep, float(scale), b0, b1, parts) for b0, b1 in zip(edges[:-1], edges[1:])]
     _threads.run(weighted_square_sum, blocks)
     return np.cumsum(parts, axis=0)[-1]  # the blocks' sums added in order: the same bits for any split
 
 
-def _stamp_residual(parts: list, w: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """``d - A w`` (a new float64 ``(npix,)``) from the regular stamps ``parts`` of
+def _stamp_model(parts: list, w: np.ndarray) -> np.ndarray:
+    """``A w`` (float64 ``(npix, 1)``) from the regular stamps ``parts`` of
     :func:`~.assemble._regular_stamps` (every stamp group's, with its sources' indices) and the
     weights ``w`` ``(n,)`` (no NaN): each group's model by the compiled grid scatter of an
-    array's first product (:func:`sparse3d._grid_kernels.scatter`), into a lent image buffer;
-    no design matrix, no CSR matrix cached on the array."""
+    array's first product (:func:`sparse3d._grid_kernels.scatter`, prefetching), in image
+    buffers lent by the pool (no fresh pages); no design matrix, no CSR matrix cached on the
+    array."""
     from .. import _grid_kernels
 
-    R = np.array(d, dtype=np.float64)  # a fresh, writable copy
+    model = None
     for (values, r0, c0, imshape, imcorner), sources in parts:
         ws = (w if sources is None else w[sources]).reshape(-1, 1)
-        R -= _grid_kernels.scatter(values, r0, c0, ws, imcorner, imshape, np.float64).reshape(-1)
-    return R
+        part = _grid_kernels.scatter(values, r0, c0, ws, imcorner, imshape, np.float64).reshape(-1, 1)
+        if model is None:
+            model = part
+        else:
+            model += part
+    return model
 
 
 def _kept_all_finite(D: np.ndarray, keep: np.ndarray | None) -> bool:
