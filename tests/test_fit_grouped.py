@@ -362,3 +362,37 @@ def test_recomputed_chi2_builds_no_csr_matrix(compiled_kernels):
     assert all("_csr" not in g.__dict__ for g in (S, *S.groups))
     res = data.ravel() - M @ np.nan_to_num(r.weights)
     np.testing.assert_allclose(r.chi2, np.sum(res**2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("imcorner", [(0, 0), (-4, 11)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["unit", "weights", "masked"])
+def test_rhs_and_model_from_the_weighted_stamps(compiled_kernels, imcorner, dtype, kind):
+    """The right-hand sides ``diag(c) A^T C^-1 D`` and the weighted model ``sqrt(C^-1) A diag(c) x``
+    from the weighted, scaled stamps the normal matrix was built from: interleaved groups, stamps
+    over every edge, masked pixels holding NaN, against the dense design."""
+    from sparse3d.fit.assemble import _scaled_normal_matrix
+    from sparse3d.fit.rhs import _cells_model, _cells_rhs, _weighted_data
+
+    rng = np.random.default_rng(71)
+    S, D = _interleaved(rng, imcorner, dtype)
+    (H, W), n = S.imshape, S.nsources
+    A = D.reshape(H * W, n).astype(np.float64)
+    ivar = _ivar(rng, (H, W), kind)
+    keep = None if kind != "masked" else ivar > 0
+    cells = []
+    N, c = _scaled_normal_matrix(S, ivar, cells)
+    assert len(cells) == len(S.groups)
+    sw = np.ones(H * W) if ivar is None else np.sqrt(ivar)
+    data = rng.normal(0, 1, (H * W, 3))
+    if keep is not None:
+        data[~keep] = np.nan
+    U = _weighted_data(data, ivar, keep)
+    clean = np.where(np.isnan(data), 0.0, data)
+    want = c[:, None] * (A.T @ (sw[:, None] ** 2 * clean))
+    np.testing.assert_allclose(_cells_rhs(cells, U, n), want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    x = rng.normal(0, 1, n)
+    x[3] = 0.0
+    want = sw * (A @ (c * x))
+    got = _cells_model(cells, x, H * W)[:, 0]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())

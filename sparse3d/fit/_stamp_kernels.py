@@ -45,6 +45,14 @@ SIGNATURES = {
     ),
     "place_coo": "(int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], float64[::1])",
     "sort_rows": "(int64[::1], int64[::1], float64[::1])",
+    "cells_rhs": (
+        f"(float64[:, :, ::1], {_I}, {_I}, {_I}, intp, intp, intp, intp, float64[:, ::1], int64[::1], "
+        "float64[:, ::1])"
+    ),
+    "cells_model": (
+        f"(float64[:, :, ::1], {_I}, {_I}, {_I}, intp, intp, intp, intp, float64[::1], int64[::1], "
+        "float64[::1])"
+    ),
 }
 
 
@@ -388,3 +396,55 @@ def sort_rows(indptr, indices, data):  # pragma: no cover - compiled
                     u -= gap
                 indices[u] = c
                 data[u] = v
+
+
+@njit(cache=True, nogil=True)
+def cells_rhs(B, order, r0, c0, H, W, imr, imc, U, gidx, out):  # pragma: no cover - compiled
+    """``out[gidx[k], t] += sum over the in-image pixels p of stamp k of B_k(p) * U[p, t]``.
+
+    ``B`` are a group's weighted, scaled stamps in cell order (:func:`weighted_stamps`; ``B[p]``
+    is source ``order[p]``, corners ``r0``, ``c0``), ``U`` ``(H * W, m)`` the weighted data: read
+    in sequence, stamp after stamp, the image pixels of neighbouring sources close together.
+    Each sum runs over the stamp's rows, then columns, from the value ``out`` holds (0)."""
+    n, nr, nc = B.shape
+    m = U.shape[1]
+    for p in range(n):
+        k = order[p]
+        acc = out[gidx[k]]
+        ra = r0[k] - imr
+        ca = c0[k] - imc
+        for a in range(nr):
+            r = ra + a
+            if r < 0 or r >= H:
+                continue
+            for b in range(nc):
+                c = ca + b
+                if c < 0 or c >= W:
+                    continue
+                v = B[p, a, b]
+                u = U[r * W + c]
+                for t in range(m):
+                    acc[t] += v * u[t]
+
+
+@njit(cache=True, nogil=True)
+def cells_model(B, order, r0, c0, H, W, imr, imc, x, gidx, M):  # pragma: no cover - compiled
+    """``M[p] += sum_k B_k(p) * x[gidx[k]]`` over a group's weighted, scaled stamps in cell order
+    (see :func:`cells_rhs`): the weighted model of the scaled solution ``x``, stamp after stamp
+    (sequential reads, neighbouring image rows)."""
+    n, nr, nc = B.shape
+    for p in range(n):
+        k = order[p]
+        xk = x[gidx[k]]
+        if xk == 0.0:
+            continue
+        ra = r0[k] - imr
+        ca = c0[k] - imc
+        for a in range(nr):
+            r = ra + a
+            if r < 0 or r >= H:
+                continue
+            for b in range(nc):
+                c = ca + b
+                if 0 <= c < W:
+                    M[r * W + c] += B[p, a, b] * xk

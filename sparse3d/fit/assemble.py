@@ -142,7 +142,7 @@ def _pow2_scale(colmax: np.ndarray) -> np.ndarray:
 
 
 def _scaled_normal_matrix(
-    design: Sparse3D | scipy.sparse.csr_matrix, ivar: np.ndarray | None
+    design: Sparse3D | scipy.sparse.csr_matrix, ivar: np.ndarray | None, cells_out: list | None = None
 ) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
     """``(N, c)``: the lower triangle of ``diag(c) A^T diag(ivar) A diag(c)`` and the column scale.
 
@@ -151,12 +151,15 @@ def _scaled_normal_matrix(
     so no product underflows or overflows whatever the units of the stamps and errors, and
     scaling and unscaling are exact. Dispatches like :func:`normal_matrix`: a Sparse3D whose
     stamp groups are all regular goes through the compiled stamp kernels
-    (:func:`_stamp_normal_matrix`), anything else through SciPy's ``A^T A``.
+    (:func:`_stamp_normal_matrix`), anything else through SciPy's ``A^T A``. ``cells_out``
+    (a list) receives, on the stamp path, every group's weighted, scaled stamps and its
+    sources' global indices (``(_Cells, gidx)``: what :func:`.rhs._cells_rhs` and
+    :func:`.rhs._cells_model` read).
     """
     if isinstance(design, Sparse3D) and design.nsources and design._values.size >= _compiled.COMPILED_MIN_NNZ:
         corners = [_kernel_corners(g) for g in design.groups]  # small designs: no numba import
         if all(x is not None for x in corners):
-            return _stamp_normal_matrix(design, corners, ivar)
+            return _stamp_normal_matrix(design, corners, ivar, cells_out)
     A = design.tocsr() if isinstance(design, Sparse3D) else design
     # CSC stays CSC (a fit's small Sparse3D design, source-major): one format conversion in the
     # product below, none before it
@@ -199,6 +202,8 @@ class _Cells(NamedTuple):
     r0: np.ndarray  # corners, in source order
     c0: np.ndarray
     c: np.ndarray  # the column scale, in source order
+    imshape: tuple[int, int]
+    imcorner: tuple[int, int]
 
 
 def _cells(S: Sparse3D, r0: np.ndarray, c0: np.ndarray, sqrt_ivar: np.ndarray, has_ivar: bool) -> _Cells:
@@ -217,11 +222,14 @@ def _cells(S: Sparse3D, r0: np.ndarray, c0: np.ndarray, sqrt_ivar: np.ndarray, h
     scale_rows(B, cp)
     c = np.empty(n)
     c[order] = cp
-    return _Cells(B, order, skey, int(ncc), r0, c0, c)
+    return _Cells(B, order, skey, int(ncc), r0, c0, c, (H, W), (imr, imc))
 
 
 def _stamp_normal_matrix(
-    design: Sparse3D, corners: list[tuple[np.ndarray, np.ndarray]], ivar: np.ndarray | None
+    design: Sparse3D,
+    corners: list[tuple[np.ndarray, np.ndarray]],
+    ivar: np.ndarray | None,
+    cells_out: list | None = None,
 ) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
     """:func:`_scaled_normal_matrix` of a Sparse3D whose stamp groups are all regular.
 
@@ -276,6 +284,8 @@ def _stamp_normal_matrix(
         place_coo(fill, indices, data, rows, cols, vals)
     for x, idx, mmax in own:
         normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0, mmax, idx, fill, indices, data)
+        if cells_out is not None:
+            cells_out.append((x, idx))
     if grouped:
         sort_rows(indptr, indices, data)
         c = design._structure.assemble([np.ones(0) if x is None else x.c for x in cells])

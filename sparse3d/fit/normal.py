@@ -34,11 +34,19 @@ from .diagnostics import _chi2
 from .factor import _factorize_or_raise, _solver_name, _uses_boxes
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
-from .rhs import _Ahead, _stamp_model, _stamp_rhs, _stamp_square_sum
+from .rhs import _Ahead, _cells_model, _cells_rhs, _stamp_model, _stamp_rhs, _stamp_square_sum, _weighted_data
 
 #: :meth:`NormalEquations.chi2` of at most this many frames takes the model from the stamps
 #: (a ``dot`` per frame); more share the design matrix, built once
 _STAMP_CHI2_FRAMES = 8
+#: A fit keeps the weighted stamps its normal matrix was built from (``NormalEquations._cells``)
+#: through its solve when they take at most this many bytes: the right-hand side and a
+#: recomputed chi-square then read them in sequence (a few ms) instead of the array's values
+#: with a stride (tens of ms at 50,000 stamps); larger ones are dropped before the factorisation.
+_CELLS_MAX_BYTES = 1 << 28
+#: ... by a fit of at most this many frames (more: the right-hand sides of the image sweep,
+#: :func:`.rhs._stamp_rhs`, computed in a worker thread during the factorisation)
+_CELLS_MAX_FRAMES = _STAMP_CHI2_FRAMES
 
 
 def _weighted_square_sum(
@@ -150,6 +158,9 @@ class NormalEquations:
         self._weighted: scipy.sparse.csr_matrix | None = None
         self._weighted_background: scipy.sparse.csr_matrix | None = None
         self._ahead: _Ahead | None = None  # the data's parts computed ahead (fit_design)
+        # the weighted, scaled stamps of the normal matrix, [(_Cells, gidx)], kept by a fit
+        # through its solve (_build's keep_cells), else None
+        self._cells: list | None = None
 
     @classmethod
     def _build(
@@ -164,6 +175,7 @@ class NormalEquations:
         err_scale: float = 1.0,
         background: scipy.sparse.csr_matrix | None = None,
         reuse: NormalEquations | bool | None = None,
+        keep_cells: bool = False,
     ) -> NormalEquations:
         """Form and factorise the scaled ``N'`` from validated inputs.
 
@@ -171,10 +183,15 @@ class NormalEquations:
         ``A_csr`` its canonical CSR, ``ivar`` the inverse variances already multiplied by
         ``err_scale**2``.  ``background`` (``(npix, nb)`` CSR) appends the columns ``B`` of a
         background model (:func:`._joint._with_background_block`); ``prior_prec`` and ``mu`` then
-        have ``n + nb`` entries. ``reuse`` is :func:`prepare_normal_equations`'s.
+        have ``n + nb`` entries. ``reuse`` is :func:`prepare_normal_equations`'s. ``keep_cells``
+        keeps the weighted stamps of the stamp path (see :data:`_CELLS_MAX_BYTES`; the caller
+        drops them after its solve).
         """
+        cells = [] if keep_cells and isinstance(A_csr, Sparse3D) and background is None else None
         # a small design is already a sparse matrix (A_csr, from _fit_design): no second format
-        G, c = _scaled_normal_matrix(design if isinstance(A_csr, Sparse3D) else A_csr, ivar)
+        G, c = _scaled_normal_matrix(design if isinstance(A_csr, Sparse3D) else A_csr, ivar, cells)
+        if cells is not None and (not cells or sum(x.B.nbytes for x, _ in cells) > _CELLS_MAX_BYTES):
+            cells = None
         if isinstance(A_csr, Sparse3D) and not np.all(np.isfinite(G.data)):
             raise ValueError("A contains non-finite values")  # no sparse matrix checked it
         if background is not None:
@@ -202,6 +219,7 @@ class NormalEquations:
         solver = _solver_name(factor, solver)
         del Nmat
         out = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale, background)
+        out._cells = cells
         out.gram = gram
         out._prior_prec = pp if has_prior else None
         return out
@@ -252,6 +270,12 @@ class NormalEquations:
         single image. When the frames outweigh the design (``npix * k > 4 nnz(A)``: many frames
         on a small design) the weighted copy is made once and kept.
         """
+        if self._cells is not None and self._weighted is None:
+            # from the normal matrix's weighted, scaled stamps (powers of two: unscaled exactly)
+            U = _weighted_data(D.reshape(D.shape[0], -1), self.ivar, self.keep)
+            n = self.n_sources
+            out = _cells_rhs(self._cells, U, n) / self.col_scale[:n, None]
+            return out[:, 0] if D.ndim == 1 else out
         if self._stamps is not None and self._weighted is None:
             # weights and mask applied in the kernel: no weighted copy of a frame stack
             if len(self._stamps) == 1 and self._stamps[0][1] is None:
@@ -420,17 +444,24 @@ class NormalEquations:
         return _chi2(self.design, wz, D, ivar, None, self.keep, self.background, self.err_scale)
 
     def _stamp_chi2(self, D: np.ndarray, wz: np.ndarray) -> np.ndarray:
-        """:meth:`chi2` with the model from the stamps (:func:`.rhs._stamp_model`) and the
-        weighted residuals summed in one compiled pass: a perfect fit of a few frames recomputes
-        its chi-square without building the design matrix, and without the array's own ``dot``
-        (whose second call would build and cache the array's CSR matrix: a side effect of a fit
-        on the caller's array)."""
+        """:meth:`chi2` with the model from the stamps and the weighted residuals summed in one
+        compiled pass: a perfect fit of a few frames recomputes its chi-square without building
+        the design matrix, and without the array's own ``dot`` (whose second call would build
+        and cache the array's CSR matrix: a side effect of a fit on the caller's array). The
+        model comes from the weighted stamps kept by the fit (:func:`.rhs._cells_model`, their
+        scaled solution ``w / c``: exact) or else the array's stamps (:func:`.rhs._stamp_model`)."""
         n = self.n_sources
+        s = 1.0 / self.err_scale
         out = np.empty(D.shape[1])
         for t in range(D.shape[1]):
-            model = _stamp_model(self._stamps, wz[:n, t])
-            d = np.ascontiguousarray(D[:, t : t + 1], dtype=np.float64)
-            out[t] = _stamp_square_sum(d, self.ivar, self.keep, 1.0 / self.err_scale, model)[0]
+            if self._cells is not None:
+                model = _cells_model(self._cells, wz[:n, t] / self.col_scale[:n], D.shape[0])
+                U = _weighted_data(D[:, t : t + 1], self.ivar, self.keep)
+                out[t] = _stamp_square_sum(U, None, None, s, model)[0]
+            else:
+                model = _stamp_model(self._stamps, wz[:n, t])
+                d = np.ascontiguousarray(D[:, t : t + 1], dtype=np.float64)
+                out[t] = _stamp_square_sum(d, self.ivar, self.keep, s, model)[0]
         return out
 
     def weights_err(self) -> np.ndarray:
@@ -485,6 +516,7 @@ class NormalEquations:
         state["_design"] = self.design  # the sparse matrix ships, not the stamps
         state["_stamps"] = None
         state["_ahead"] = None
+        state["_cells"] = None
         state["factor"] = self.factor.portable()
         state["_weighted"] = None
         state["_weighted_background"] = None

@@ -121,6 +121,45 @@ def _stamp_model(parts: list, w: np.ndarray) -> np.ndarray:
     return model
 
 
+def _weighted_data(D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None) -> np.ndarray:
+    """``sqrt(ivar) D`` (``D`` ``(npix, m)``), 0 on the masked pixels whatever they hold: the data
+    the weighted stamps of :func:`_cells_rhs` and :func:`_cells_model` meet (C-contiguous, float64)."""
+    U = np.array(D, dtype=np.float64, order="C")
+    if ivar is not None:
+        U *= np.sqrt(ivar)[:, None]
+    if keep is not None:
+        U[~keep] = 0.0
+    return U
+
+
+def _cells_rhs(cells: list, U: np.ndarray, n: int) -> np.ndarray:
+    """``diag(c) A^T C^-1 D`` (``(n, m)``, scaled: the right-hand side of the scaled normal
+    equations) from the weighted, scaled stamps ``cells`` that the normal matrix was built from
+    (:func:`~.assemble._scaled_normal_matrix`'s ``cells_out``) and the weighted data ``U``
+    (:func:`_weighted_data`): one sequential pass over the stamps, no strided read of the
+    array's values."""
+    from ._stamp_kernels import cells_rhs
+
+    out = np.zeros((n, U.shape[1]))
+    for x, gidx in cells:
+        (H, W), (imr, imc) = x.imshape, x.imcorner
+        cells_rhs(x.B, x.order, x.r0, x.c0, H, W, imr, imc, U, gidx, out)
+    return out
+
+
+def _cells_model(cells: list, x: np.ndarray, npix: int) -> np.ndarray:
+    """``sqrt(C^-1) A diag(c) x`` (``(npix, 1)``): the weighted model of the scaled solution ``x``
+    ``(n,)`` from the weighted, scaled stamps ``cells`` (see :func:`_cells_rhs`)."""
+    from ._stamp_kernels import cells_model
+
+    M = np.zeros(npix)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    for c, gidx in cells:
+        (H, W), (imr, imc) = c.imshape, c.imcorner
+        cells_model(c.B, c.order, c.r0, c.c0, H, W, imr, imc, x, gidx, M)
+    return M.reshape(npix, 1)
+
+
 def _kept_all_finite(D: np.ndarray, keep: np.ndarray | None) -> bool:
     """Whether the kept entries of the C-contiguous float64 ``D`` ``(npix, k)`` are all finite
     (``keep`` None, ``(npix, 1)`` or ``(npix, k)``): one compiled pass, no temporaries."""
