@@ -405,26 +405,34 @@ def cells_rhs(B, order, r0, c0, H, W, imr, imc, U, gidx, out):  # pragma: no cov
     ``B`` are a group's weighted, scaled stamps in cell order (:func:`weighted_stamps`; ``B[p]``
     is source ``order[p]``, corners ``r0``, ``c0``), ``U`` ``(H * W, m)`` the weighted data: read
     in sequence, stamp after stamp, the image pixels of neighbouring sources close together.
-    Each sum runs over the stamp's rows, then columns, from the value ``out`` holds (0)."""
+    Each sum runs over the stamp's rows, then columns (the columns inside the image only); one
+    frame sums in a register, through flat views (no array view per pixel)."""
     n, nr, nc = B.shape
     m = U.shape[1]
+    npx = nr * nc
+    B1 = B.reshape(-1)
+    U1 = U.reshape(-1)
     for p in range(n):
         k = order[p]
-        acc = out[gidx[k]]
+        g = gidx[k]
         ra = r0[k] - imr
         ca = c0[k] - imc
-        for a in range(nr):
-            r = ra + a
-            if r < 0 or r >= H:
-                continue
-            for b in range(nc):
-                c = ca + b
-                if c < 0 or c >= W:
-                    continue
-                v = B[p, a, b]
-                u = U[r * W + c]
-                for t in range(m):
-                    acc[t] += v * u[t]
+        b0 = max(0, -ca)
+        b1 = min(nc, W - ca)
+        s = 0.0
+        for a in range(max(0, -ra), min(nr, H - ra)):
+            q = p * npx + a * nc
+            pix = (ra + a) * W + ca
+            if m == 1:
+                for b in range(b0, b1):
+                    s += B1[q + b] * U1[pix + b]
+            else:
+                for b in range(b0, b1):
+                    v = B1[q + b]
+                    for t in range(m):
+                        out[g, t] += v * U[pix + b, t]
+        if m == 1:
+            out[g, 0] += s
 
 
 @njit(cache=True, nogil=True)
@@ -433,6 +441,8 @@ def cells_model(B, order, r0, c0, H, W, imr, imc, x, gidx, M):  # pragma: no cov
     (see :func:`cells_rhs`): the weighted model of the scaled solution ``x``, stamp after stamp
     (sequential reads, neighbouring image rows)."""
     n, nr, nc = B.shape
+    npx = nr * nc
+    B1 = B.reshape(-1)
     for p in range(n):
         k = order[p]
         xk = x[gidx[k]]
@@ -440,11 +450,10 @@ def cells_model(B, order, r0, c0, H, W, imr, imc, x, gidx, M):  # pragma: no cov
             continue
         ra = r0[k] - imr
         ca = c0[k] - imc
-        for a in range(nr):
-            r = ra + a
-            if r < 0 or r >= H:
-                continue
-            for b in range(nc):
-                c = ca + b
-                if 0 <= c < W:
-                    M[r * W + c] += B[p, a, b] * xk
+        b0 = max(0, -ca)
+        b1 = min(nc, W - ca)
+        for a in range(max(0, -ra), min(nr, H - ra)):
+            q = p * npx + a * nc
+            pix = (ra + a) * W + ca
+            for b in range(b0, b1):
+                M[pix + b] += B1[q + b] * xk
