@@ -446,14 +446,21 @@ def cells_model(B, order, r0, c0, H, W, imr, imc, x, gidx, M):  # pragma: no cov
     for p in range(n):
         k = order[p]
         xk = x[gidx[k]]
-        if xk == 0.0:
-            continue
         ra = r0[k] - imr
         ca = c0[k] - imc
+        q = p * npx
+        if ra >= 0 and ra + nr <= H and ca >= 0 and ca + nc <= W:  # inside: no bounds per row
+            pix = ra * W + ca
+            for _a in range(nr):
+                for b in range(nc):
+                    M[pix + b] += B1[q + b] * xk
+                q += nc
+                pix += W
+            continue
         b0 = max(0, -ca)
         b1 = min(nc, W - ca)
         for a in range(max(0, -ra), min(nr, H - ra)):
-            q = p * npx + a * nc
+            qa = q + a * nc
             pix = (ra + a) * W + ca
             for b in range(b0, b1):
-                M[pix + b] += B1[q + b] * xk
+                M[pix + b] += B1[qa + b] * xk
