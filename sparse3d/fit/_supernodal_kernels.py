@@ -45,7 +45,7 @@ SIGNATURES = {
     "supernode_rows": f"({_I}, {_I}, {_I}, {_I}, {_I})",
     # s0, the symbolic arrays, N's lower part, then the factor and the sweep's state
     "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, "
-    f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I}, {_F})",
+    f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I}, {_F}, {_I})",
     "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_I}, float64[:, ::1], float64[:, ::1], intp, intp)",
     "solve_one": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_F}, boolean)",
 }
@@ -343,6 +343,7 @@ def multifrontal(
     nchild,
     ctr,
     upd,
+    rel,
 ):  # pragma: no cover - compiled
     """Multifrontal Cholesky ``L L^T`` of the permuted ``N`` (lower part by columns, ``cptr``...),
     from supernode ``s0`` on; the caller factorises the large fronts (BLAS, LAPACK).
@@ -365,7 +366,6 @@ def multifrontal(
     ``-col - 1`` for the first column whose pivot was not positive.
     """
     nsup = sstart.size - 1
-    rel = np.empty(pos.size, dtype=np.intp)
     s = s0
     resume = s0 < 0
     if resume:

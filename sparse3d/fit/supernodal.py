@@ -51,7 +51,8 @@ def _multifrontal(
     nchild = np.bincount(sparent[sparent >= 0], minlength=nsup).astype(np.intp)
     ctr = np.zeros(2, dtype=np.intp)
     upd = np.empty(max(int(hmax), 1) ** 2)  # a large front's L21 L21^T (syrk's output, in place)
-    state = (front, stack, pos, pending, nchild, ctr, upd)
+    rel = np.empty(max(int(hmax), 1), dtype=np.intp)  # a child's rows in its parent's front
+    state = (front, stack, pos, pending, nchild, ctr, upd, rel)
     args = (sstart, sptr, srows, cptr, cind, cval, offsets, buf, pivots, *state)
     s = 0
     with single_threaded_blas():
