@@ -218,4 +218,3 @@ def kept_all_finite(D, keep, p0, p1):  # pragma: no cover - compiled
             if part[t] != 0.0:
                 return False
     return True
-

@@ -8,13 +8,11 @@ matrix itself is assembled in :mod:`.assemble`.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
 import scipy.sparse
 
-from .._blas import single_threaded_blas
 from ..core import Sparse3D
 from ._checks import (
     _check_data_finite,
@@ -34,38 +32,25 @@ from .diagnostics import _chi2
 from .factor import _factorize_or_raise, _solver_name, _uses_boxes
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
-from .rhs import _Ahead, _cells_model, _cells_rhs, _stamp_model, _stamp_rhs, _stamp_square_sum, _weighted_data
+from .rhs import (  # the weighted stamps kept by a fit
+    _Ahead,
+    _cells_model,
+    _cells_rhs,
+    _stamp_model,
+    _stamp_rhs,
+    _stamp_square_sum,
+    _weighted_data,
+    _weighted_square_sum,
+)
 
 #: :meth:`NormalEquations.chi2` of at most this many frames takes the model from the stamps
 #: (a ``dot`` per frame); more share the design matrix, built once
 _STAMP_CHI2_FRAMES = 8
-#: A fit keeps the weighted stamps its normal matrix was built from (``NormalEquations._cells``)
-#: through its solve when they take at most this many bytes: the right-hand side and a
-#: recomputed chi-square then read them in sequence (a few ms) instead of the array's values
-#: with a stride (tens of ms at 50,000 stamps); larger ones are dropped before the factorisation.
-_CELLS_MAX_BYTES = 1 << 28
-#: ... by a fit of at most this many frames (more: the right-hand sides of the image sweep,
-#: :func:`.rhs._stamp_rhs`, computed in a worker thread during the factorisation)
-_CELLS_MAX_FRAMES = _STAMP_CHI2_FRAMES
-
-
-def _weighted_square_sum(
-    D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None, scale: float = 1.0
-) -> np.ndarray:
-    """``sum_p ivar_p (scale D_p)**2`` per column of ``D`` ``(npix, k)``, masked pixels skipped."""
-    npix, k = D.shape
-    out = np.zeros(k)
-    chunk = max(256, (1 << 18) // max(1, k))
-    # one BLAS thread below 2**24 values: threads gain nothing on these memory-bound products
-    # and, on a busy machine, spin (an image's gemv measured 20 ms instead of 0.05 ms)
-    with single_threaded_blas() if npix * k < 1 << 24 else contextlib.nullcontext():
-        for i in range(0, npix, chunk):
-            block = D[i : i + chunk]
-            if keep is not None:
-                block = np.where(keep[i : i + chunk, None], block, 0.0)
-            sq = block * block if scale == 1.0 else np.square(block * scale)
-            out += (sq.T @ ivar[i : i + chunk]) if ivar is not None else sq.sum(axis=0)
-    return out
+#: A fit of at most ``_CELLS_MAX_FRAMES`` frames keeps the weighted stamps of its normal matrix
+#: (``NormalEquations._cells``, up to ``_CELLS_MAX_BYTES``) through its solve: its right-hand
+#: sides and a recomputed chi-square read them in sequence, not the array's values with a stride
+#: (more frames: the image sweep of :func:`.rhs._stamp_rhs`, in a worker thread meanwhile)
+_CELLS_MAX_BYTES, _CELLS_MAX_FRAMES = 1 << 28, _STAMP_CHI2_FRAMES
 
 
 class NormalEquations:
@@ -158,9 +143,7 @@ class NormalEquations:
         self._weighted: scipy.sparse.csr_matrix | None = None
         self._weighted_background: scipy.sparse.csr_matrix | None = None
         self._ahead: _Ahead | None = None  # the data's parts computed ahead (fit_design)
-        # the weighted, scaled stamps of the normal matrix, [(_Cells, gidx)], kept by a fit
-        # through its solve (_build's keep_cells), else None
-        self._cells: list | None = None
+        self._cells: list | None = None  # [(_Cells, gidx)] kept by a fit (_build's keep_cells)
 
     @classmethod
     def _build(
@@ -444,24 +427,21 @@ class NormalEquations:
         return _chi2(self.design, wz, D, ivar, None, self.keep, self.background, self.err_scale)
 
     def _stamp_chi2(self, D: np.ndarray, wz: np.ndarray) -> np.ndarray:
-        """:meth:`chi2` with the model from the stamps and the weighted residuals summed in one
-        compiled pass: a perfect fit of a few frames recomputes its chi-square without building
-        the design matrix, and without the array's own ``dot`` (whose second call would build
-        and cache the array's CSR matrix: a side effect of a fit on the caller's array). The
-        model comes from the weighted stamps kept by the fit (:func:`.rhs._cells_model`, their
-        scaled solution ``w / c``: exact) or else the array's stamps (:func:`.rhs._stamp_model`)."""
+        """:meth:`chi2` with the model from the stamps, the weighted residuals summed in one pass:
+        no design matrix, not the array's ``dot`` (its second call caches a CSR matrix on the
+        caller's array). The weighted stamps kept by a fit (:func:`.rhs._cells_model`, at the
+        scaled solution ``w / c``: exact), else the array's own (:func:`.rhs._stamp_model`)."""
         n = self.n_sources
         s = 1.0 / self.err_scale
         out = np.empty(D.shape[1])
         for t in range(D.shape[1]):
             if self._cells is not None:
                 model = _cells_model(self._cells, wz[:n, t] / self.col_scale[:n], D.shape[0])
-                U = _weighted_data(D[:, t : t + 1], self.ivar, self.keep)
-                out[t] = _stamp_square_sum(U, None, None, s, model)[0]
+                d, ivar, keep = _weighted_data(D[:, t : t + 1], self.ivar, self.keep), None, None
             else:
                 model = _stamp_model(self._stamps, wz[:n, t])
-                d = np.ascontiguousarray(D[:, t : t + 1], dtype=np.float64)
-                out[t] = _stamp_square_sum(d, self.ivar, self.keep, s, model)[0]
+                d, ivar, keep = np.ascontiguousarray(D[:, t : t + 1], dtype=np.float64), self.ivar, self.keep
+            out[t] = _stamp_square_sum(d, ivar, keep, s, model)[0]
         return out
 
     def weights_err(self) -> np.ndarray:
