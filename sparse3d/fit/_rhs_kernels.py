@@ -83,7 +83,10 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep):  # pragma: 
                                 out[k, t] += v * U[p, t]
         return out
     start, ent = stamp_row_index(r0, nr, H, imr, order)
-    stamp_rhs_band(values, r0, c0, U, H, W, imr, imc, start, ent, ivar, keep, -(1 << 62), 1 << 62, out)
+    # the bounds as int64 values, not constants: a constant argument is typed as a literal and
+    # would compile a second specialisation of the band kernel
+    lo, hi = np.int64(-(1 << 62)), np.int64(1 << 62)
+    stamp_rhs_band(values, r0, c0, U, H, W, imr, imc, start, ent, ivar, keep, lo, hi, out)
     return out
 
 
