@@ -216,18 +216,6 @@ def _transpose_loop(values, k0, k1, out, o0, block):  # pragma: no cover - runs 
                 out[o + b, i, j] = values[i, j, b0 + b]
 
 
-def _add_source(t, k, row0, col0, r0, c0, w, out, W, lo, hi):  # pragma: no cover - runs compiled
-    """Add source ``k``'s stamp ``t`` (source-major copy) times its weights into the rows
-    ``lo <= row < hi`` of ``out``: the unclipped one-weight case apart (the common one)."""
-    nr, nc = t.shape
-    r = np.int64(row0[k]) - r0
-    c = np.int64(col0[k]) - c0
-    if w.shape[1] == 1 and _inside(r, c, nr, nc, W, lo, hi):
-        _add_inside(t, r, c, w[k, 0], out)
-    else:
-        _add_stamp(t, r, c, w, k, out, W, lo, hi)
-
-
 def _scatter_loop(values, row0, col0, w, r0, c0, out, block, lo, hi):  # pragma: no cover - compiled
     """``out[(row0[k] - r0 + i), (col0[k] - c0 + j) * m + q] += values[i, j, k] * w[k, q]`` for
     the image rows ``lo <= row < hi``.
@@ -254,9 +242,12 @@ def _scatter_loop(values, row0, col0, w, r0, c0, out, block, lo, hi):  # pragma:
             ka = k + PREFETCH_AHEAD  # start loading the image lines of a later stamp
             if m == 1 and ka < n:
                 _prefetch_stamp(out, np.int64(row0[ka]) - r0, np.int64(col0[ka]) - c0, nr, nc, W, lo, hi)
-            top = np.int64(row0[k]) - r0
-            if top < hi and top + nr > lo:
-                _add_source(tmp[b], k, row0, col0, r0, c0, w, out, W, lo, hi)
+            r = np.int64(row0[k]) - r0
+            c = np.int64(col0[k]) - c0
+            if m == 1 and _inside(r, c, nr, nc, W, lo, hi):  # the common case: unclipped, one weight
+                _add_inside(tmp[b], r, c, w[k, 0], out)
+            elif r < hi and r + nr > lo:  # clipped by the image or the band, or several weights
+                _add_stamp(tmp[b], r, c, w, k, out, W, lo, hi)
 
 
 def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no cover - runs compiled
@@ -304,7 +295,7 @@ def _gather_loop(values, row0, col0, image, r0, c0, out, block):  # pragma: no c
 SIMD_TRANSPOSE_DIGEST = "f30ff2d8c83f139f"
 
 #: Functions the loops call (compiled before any loop is).
-_HELPERS = ("_inside", "_add_inside", "_add_stamp", "_add_source", "_prefetch_stamp", "_transpose_loop")
+_HELPERS = ("_inside", "_add_inside", "_add_stamp", "_prefetch_stamp", "_transpose_loop")
 
 
 def _compiled(name: str):
