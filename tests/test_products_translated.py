@@ -216,6 +216,30 @@ def test_lend_is_bounded_by_the_pool_option(small_pool):
         assert _pool.lent_bytes() == 0 and x.shape == (10,)
 
 
+@pytest.mark.skipif(not _pool._EXACT_REFCOUNTS, reason="lending is off on this interpreter")
+@pytest.mark.parametrize("dtype", [np.float64, "f8", np.dtype("<f8"), float])
+def test_lend_takes_any_dtype_spelling_and_numpy_integer_shapes(small_pool, dtype):
+    a = _pool.lend((np.int64(4), 5), dtype)
+    assert a.dtype == np.float64 and a.shape == (4, 5) and type(a.shape[0]) is int
+    where = _address(a)
+    del a
+    b = _pool.lend((4, np.int32(5)), np.dtype(np.float64))
+    assert _address(b) == where  # the same buffer, whatever the spelling
+    assert _pool.lend((4, 5), np.float32).dtype == np.float32  # another dtype: another buffer
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [("f8", "f8"), ("f4", "f4"), ("f4", "f8"), ("i2", "f4"), ("?", "?"), ("c8", "f8")]
+    + [(">f8", ">f8"), ("<f8", ">f8")],
+)
+def test_result_dtype_is_numpys_promotion(a, b):
+    from sparse3d._functions.products import _result_dtype
+
+    got = _result_dtype(np.dtype(a), np.dtype(b))
+    assert got == np.result_type(np.dtype(a), np.dtype(b)) and got.isnative
+
+
 # -- the legacy namespace's jitter loop ---------------------------------------------------
 @needs_numba
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
