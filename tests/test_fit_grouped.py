@@ -247,9 +247,9 @@ def test_grouped_fit_with_the_nested_dissection_solver(options):
 @pytest.mark.parametrize("options", ["errors", "mask", "background", "frames"])
 def test_chi2_of_near_perfect_fits_from_the_stamps(compiled_kernels, monkeypatch, grouped, dtype, options):
     """Bright sources, little noise: the chi-square from the normal equations cancels ~18 digits,
-    so it is recomputed from the residuals, the model taken from the stamps (no design matrix;
-    the array's ``dot`` for float64, a float64 ``bincount`` else; with a background model the
-    design matrix exists and is used): against the dense residuals at the fit's own weights and
+    so it is recomputed from the residuals, the model taken from the stamps (no design matrix, a
+    compiled pass per stamp group in float64; with a background model the design matrix exists
+    and is used): against the dense residuals at the fit's own weights and
     against ``lstsq``."""
     from sparse3d.fit.normal import NormalEquations
 
@@ -315,3 +315,84 @@ def test_grouped_fit_of_many_frames_with_errors_and_mask(compiled_kernels, dtype
         p, _, chi2, *_ = lstsq_fit(M, d, err=err.ravel(), mask=mask.ravel())
         close(r.weights[:, f], p, rtol=1e-7)
         np.testing.assert_allclose(r.chi2[f], chi2, rtol=1e-7)
+
+
+@pytest.mark.parametrize("imcorner", [(0, 0), (-4, 11)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_stamp_model_against_the_dense_model(compiled_kernels, imcorner, dtype):
+    """``A w`` straight from the stamps of every group (the model of a recomputed chi-square)
+    and the weighted square sum of ``d - A w``: interleaved groups, stamps over every edge, a
+    group of one source, a weight of 0, against the dense model."""
+    from sparse3d.fit.assemble import _regular_stamps
+    from sparse3d.fit.rhs import _stamp_model, _stamp_square_sum
+
+    rng = np.random.default_rng(61)
+    S, D = _interleaved(rng, imcorner, dtype)
+    (H, W), n = S.imshape, S.nsources
+    A = D.reshape(H * W, n).astype(np.float64)
+    w = rng.normal(0, 3, n)
+    w[2] = 0.0
+    parts = _regular_stamps(S)
+    assert parts is not None and len(parts) == len(S.groups)
+    model = _stamp_model(parts, w)
+    np.testing.assert_allclose(model[:, 0], A @ w, rtol=1e-12, atol=1e-12)
+    # one group alone (a single-shape array: sources None)
+    G = S.groups[0]
+    wg = w[: G.nsources]
+    np.testing.assert_allclose(_stamp_model(_regular_stamps(G), wg)[:, 0], A[:, S.group_sources[0]] @ wg)
+    d = rng.normal(0, 1, (H * W, 1))
+    ivar = rng.uniform(0.5, 2.0, H * W)
+    keep = rng.random(H * W) > 0.2
+    d[~keep] = np.nan  # masked pixels are skipped, whatever they hold
+    got = _stamp_square_sum(d, ivar, keep, 0.5, model)
+    want = np.sum((ivar * (0.5 * (d[:, 0] - A @ w)) ** 2)[keep])
+    np.testing.assert_allclose(got, [want], rtol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::sparse3d.fit.UnconstrainedSourceWarning")  # sources off the image
+def test_recomputed_chi2_builds_no_csr_matrix(compiled_kernels):
+    """A near-perfect fit recomputes its chi-square from the stamps, fit after fit, without the
+    array's ``dot`` (whose second call would build and cache the array's CSR matrix)."""
+    S, M, _, _, _ = _fit_case(31, (-2, 5), "plain")
+    (H, W), n = S.imshape, S.nsources
+    truth = np.random.default_rng(3).uniform(1e7, 2e7, n)
+    data = (M @ truth).reshape(H, W) + np.random.default_rng(4).normal(0, 1e-2, (H, W))
+    for _ in range(3):
+        r = S.fit(data)
+    assert all("_csr" not in g.__dict__ for g in (S, *S.groups))
+    res = data.ravel() - M @ np.nan_to_num(r.weights)
+    np.testing.assert_allclose(r.chi2, np.sum(res**2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("imcorner", [(0, 0), (-4, 11)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("kind", ["unit", "weights", "masked"])
+def test_rhs_and_model_from_the_weighted_stamps(compiled_kernels, imcorner, dtype, kind):
+    """The right-hand sides ``diag(c) A^T C^-1 D`` and the weighted model ``sqrt(C^-1) A diag(c) x``
+    from the weighted, scaled stamps the normal matrix was built from: interleaved groups, stamps
+    over every edge, masked pixels holding NaN, against the dense design."""
+    from sparse3d.fit.assemble import _scaled_normal_matrix
+    from sparse3d.fit.rhs import _cells_model, _cells_rhs, _weighted_data
+
+    rng = np.random.default_rng(71)
+    S, D = _interleaved(rng, imcorner, dtype)
+    (H, W), n = S.imshape, S.nsources
+    A = D.reshape(H * W, n).astype(np.float64)
+    ivar = _ivar(rng, (H, W), kind)
+    keep = None if kind != "masked" else ivar > 0
+    cells = []
+    N, c = _scaled_normal_matrix(S, ivar, cells)
+    assert len(cells) == len(S.groups)
+    sw = np.ones(H * W) if ivar is None else np.sqrt(ivar)
+    data = rng.normal(0, 1, (H * W, 3))
+    if keep is not None:
+        data[~keep] = np.nan
+    U = _weighted_data(data, ivar, keep)
+    clean = np.where(np.isnan(data), 0.0, data)
+    want = c[:, None] * (A.T @ (sw[:, None] ** 2 * clean))
+    np.testing.assert_allclose(_cells_rhs(cells, U, n), want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    x = rng.normal(0, 1, n)
+    x[3] = 0.0
+    want = sw * (A @ (c * x))
+    got = _cells_model(cells, x, H * W)[:, 0]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())

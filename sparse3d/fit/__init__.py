@@ -40,6 +40,9 @@ Where each concept lives
     once; the data's finiteness check in one compiled pass. Large many-frame fits run these in
     threads (:mod:`sparse3d._threads`; bands of sources, ranges of pixel blocks) and compute
     them while the normal matrix is factorised (``_Ahead``); the same bits for any thread count.
+    A fit of a few frames instead keeps the weighted, scaled stamps its normal matrix was built
+    from (in cell order) through its solve: its right-hand sides and a recomputed chi-square
+    read them in sequence (``_cells_rhs``, ``_cells_model``).
 ``factor.py``
     The factorisations behind one interface (``solve``, ``inv_diag``, ``portable``):
     qdldl, SuperLU, CHOLMOD, triangular, empty; :func:`available_solvers`; singular

@@ -22,7 +22,7 @@ SIGNATURES = {
         f"{_I}, float64[::1], boolean[::1], intp, intp, float64[:, ::1])"
     ),
     "weighted_square_sum": (
-        "(float64[:, ::1], float64[::1], boolean[::1], float64, intp, intp, float64[:, ::1])"
+        "(float64[:, ::1], float64[:, ::1], float64[::1], boolean[::1], float64, intp, intp, float64[:, ::1])"
     ),
     "kept_all_finite": "(float64[:, ::1], boolean[:, ::1], intp, intp)",
 }
@@ -155,16 +155,18 @@ def stamp_rhs_band(
 
 
 @njit(cache=True, nogil=True)
-def weighted_square_sum(D, ivar, keep, scale, b0, b1, parts):  # pragma: no cover - compiled
-    """``parts[j, t] = sum over the kept pixels p of block j of ivar[p] * (scale * D[p, t])**2``
+def weighted_square_sum(D, M, ivar, keep, scale, b0, b1, parts):  # pragma: no cover - compiled
+    """``parts[j, t] = sum over the kept pixels p of block j of ivar[p] * (scale * (D[p, t] - M[p, t]))**2``
     for the blocks ``b0 <= j < b1`` of :data:`SQUARE_SUM_BLOCK` pixels (``parts`` ``(nblocks, m)``).
 
-    ``ivar`` ``(npix,)`` or empty (unit weights); ``keep`` ``(npix,)`` or empty (every pixel;
-    masked pixels are skipped, whatever they hold). The caller adds the blocks' sums in order
-    (the rounding of one long running sum is avoided), so that ranges of blocks may run in
-    parallel threads and give the same bits.
+    ``M`` ``(npix, m)`` (a model: the sums are of the residuals) or ``(0, 0)`` (none: of ``D``
+    itself); ``ivar`` ``(npix,)`` or empty (unit weights); ``keep`` ``(npix,)`` or empty (every
+    pixel; masked pixels are skipped, whatever they hold). The caller adds the blocks' sums in
+    order (the rounding of one long running sum is avoided), so that ranges of blocks may run
+    in parallel threads and give the same bits.
     """
     npix, m = D.shape
+    has_model = M.shape[0] > 0
     has_ivar = ivar.shape[0] > 0
     has_keep = keep.shape[0] > 0
     for j in range(b0, b1):
@@ -175,9 +177,15 @@ def weighted_square_sum(D, ivar, keep, scale, b0, b1, parts):  # pragma: no cove
                 continue
             w = ivar[p] if has_ivar else 1.0
             d = D[p]
-            for t in range(m):
-                x = scale * d[t]
-                part[t] += w * (x * x)
+            if has_model:
+                mp = M[p]
+                for t in range(m):
+                    x = scale * (d[t] - mp[t])
+                    part[t] += w * (x * x)
+            else:
+                for t in range(m):
+                    x = scale * d[t]
+                    part[t] += w * (x * x)
 
 
 @njit(cache=True, nogil=True)

@@ -10,11 +10,13 @@ and ``col[:, :, k] = c0[k] + arange(nc)``: an ``nr x nc`` rectangle of image pix
 only looks at the 3 x 3 cells around its own; the entry ``N[i, j]`` is a dot product over the
 overlap of the two rectangles.
 
-Arrays with several stamp groups (mixed stamp sizes): each group's own block as above; the block
+The caller counts every row's entries (:func:`lower_counts`) and allocates the CSR arrays, which
+:func:`normal_lower` fills in place (no intermediate matrix). Arrays with several stamp groups
+(mixed stamp sizes): each group's own block as above, at its sources' global indices; the block
 between two groups by :func:`normal_cross` (every source of the group with the larger stamps
-looks up the few cells of the other group's grid that can overlap it); the entries are placed
-into one CSR matrix row by row (:func:`place_coo`, :func:`place_csr`) and its rows sorted
-(:func:`sort_rows`).
+looks up the few cells of the other group's grid that can overlap it), placed first
+(:func:`place_coo`); the rows are then sorted (:func:`sort_rows`: one check pass when the groups
+are contiguous ranges of sources).
 """
 
 from __future__ import annotations
@@ -29,17 +31,28 @@ SIGNATURES = {
     # the stamp values arrive read-only (a Sparse3D's values are immutable)
     "weighted_stamps": (
         f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, {_I}, float64[::1], boolean, "
-        "intp, intp, intp, intp)"
+        "intp, intp, intp, intp, float64[:, :, ::1])"
     ),
     "scale_rows": "(float64[:, :, ::1], float64[::1])",
-    "normal_lower": f"(float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I})",
+    "lower_counts": f"({_I}, {_I}, intp, {_I}, {_I}, intp, intp)",
+    "normal_lower": (
+        f"(float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I}, intp, int64[::1], int64[::1], int64[::1], "
+        "float64[::1])"
+    ),
     "normal_cross": (
         f"(float64[:, :, ::1], {_I}, {_I}, intp, {_I}, {_I}, int64[::1], "
         f"float64[:, :, ::1], {_I}, {_I}, {_I}, int64[::1])"
     ),
-    "place_csr": "(int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], float64[::1], int64[::1])",
     "place_coo": "(int64[::1], int64[::1], float64[::1], int64[::1], int64[::1], float64[::1])",
     "sort_rows": "(int64[::1], int64[::1], float64[::1])",
+    "cells_rhs": (
+        f"(float64[:, :, ::1], {_I}, {_I}, {_I}, intp, intp, intp, intp, float64[:, ::1], int64[::1], "
+        "float64[:, ::1])"
+    ),
+    "cells_model": (
+        f"(float64[:, :, ::1], {_I}, {_I}, {_I}, intp, intp, intp, intp, float64[::1], int64[::1], "
+        "float64[::1])"
+    ),
 }
 
 
@@ -57,12 +70,15 @@ def cell_order(r0, c0, nr, nc):  # pragma: no cover - compiled
 
 
 @njit(cache=True, nogil=True)
-def weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc):  # pragma: no cover
+def weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc, B):  # pragma: no cover
     """``B[p, a, b] = values[a, b, order[p]] * sqrt(ivar)`` at the stamp pixel; 0 off the image.
 
     The stamps are copied in the order ``order`` (cell order: neighbours are then close in
-    memory). ``sqrt_ivar`` is the flat ``(H * W,)`` map (ignored unless ``has_ivar``);
-    ``(imr, imc)`` is the image corner. Also returns ``colmax[p] = max |B[p]|``.
+    memory) into ``B`` ``(n, nr, nc)``, every entry written. ``B`` comes from the caller:
+    NumPy's allocator maps a large array in huge pages, where one allocated here (numba's
+    ``malloc``) faults in every 4 KiB page on its first write, which cost more than the copy
+    (47 MB of stamps: 39 against 15 ms). ``sqrt_ivar`` is the flat ``(H * W,)`` map (ignored
+    unless ``has_ivar``); ``(imr, imc)`` is the image corner. Returns ``colmax[p] = max |B[p]|``.
 
     A blocked transpose: ``blk`` sources are read together (consecutive in ``values``' last
     axis) into a small tile, then each is written whole into its row of ``B``; a stamp inside
@@ -73,7 +89,6 @@ def weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc):
     pos = np.empty(n, dtype=np.int64)
     for p in range(n):
         pos[order[p]] = p
-    B = np.empty((n, nr, nc), dtype=np.float64)  # every entry is written below
     flat = B.reshape(n, npx)
     colmax = np.zeros(n, dtype=np.float64)
     blk = 16
@@ -109,7 +124,7 @@ def weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc):
                         flat[p, a * nc + b] = v
                         mx = max(mx, abs(v))
             colmax[p] = mx
-    return B, colmax
+    return colmax
 
 
 @njit(cache=True, nogil=True)
@@ -168,51 +183,70 @@ def _neighbours(p, i, order, skey, start, ncc, r0s, c0s, nr, nc, buf, store):  #
 
 
 @njit(cache=True, nogil=True)
-def normal_lower(B, order, skey, ncc, r0, c0):  # pragma: no cover - compiled
-    """Lower triangle of ``N[i, j] = sum B_i * B_j`` over shared pixels, as CSR arrays.
-
-    ``B`` is ``(n, nr, nc)``, the weighted stamps in cell order (``B[p]`` is source
-    ``order[p]``; see :func:`cell_order`), 0 off the image. Returns ``(indptr, indices,
-    data)`` over source indices, with sorted column indices.
-    """
-    n, nr, nc = B.shape
-    start = _cell_starts(skey, ncc)
-    r0s = np.empty(n, dtype=np.intp)  # the corners in cell order: read in sequence
+def _corners_in_order(order, r0, c0):  # pragma: no cover - compiled
+    """The corners in cell order (``r0[order]``, ``c0[order]``): read in sequence by the kernels."""
+    n = order.size
+    r0s = np.empty(n, dtype=np.intp)
     c0s = np.empty(n, dtype=np.intp)
     for p in range(n):
         r0s[p] = r0[order[p]]
         c0s[p] = c0[order[p]]
-    counts = np.zeros(n + 1, dtype=np.int64)
+    return r0s, c0s
+
+
+@njit(cache=True, nogil=True)
+def lower_counts(order, skey, ncc, r0, c0, nr, nc):  # pragma: no cover - compiled
+    """Entries of every source's row of the lower triangle of its group's own block: the
+    sources ``j <= i`` whose ``nr x nc`` stamps overlap source ``i``'s (cell order and grid of
+    :func:`cell_order`). ``(n,)``, by source index."""
+    n = order.size
+    start = _cell_starts(skey, ncc)
+    r0s, c0s = _corners_in_order(order, r0, c0)
+    counts = np.zeros(n, dtype=np.int64)
     buf = np.empty(0, dtype=np.int64)
     for p in range(n):
         i = order[p]
-        counts[i + 1] = _neighbours(p, i, order, skey, start, ncc, r0s, c0s, nr, nc, buf, False)
-    buf = np.empty(max(1, counts.max()), dtype=np.int64)
-    indptr = np.cumsum(counts)
-    indices = np.empty(indptr[n], dtype=np.int64)
-    data = np.empty(indptr[n], dtype=np.float64)
+        counts[i] = _neighbours(p, i, order, skey, start, ncc, r0s, c0s, nr, nc, buf, False)
+    return counts
+
+
+@njit(cache=True, nogil=True)
+def normal_lower(B, order, skey, ncc, r0, c0, mmax, gidx, fill, indices, data):  # pragma: no cover - compiled
+    """Lower triangle of ``N[i, j] = sum B_i * B_j`` over shared pixels, written into a CSR.
+
+    ``B`` is ``(n, nr, nc)``, the weighted stamps in cell order (``B[p]`` is source
+    ``order[p]``; see :func:`cell_order`), 0 off the image. Source ``i`` is row and column
+    ``gidx[i]`` of the CSR (``indices``, ``data``, allocated by the caller from
+    :func:`lower_counts`, whose largest count is ``mmax``); its entries go to ``fill[gidx[i]]``
+    on, in increasing column order when ``gidx`` increases, and ``fill`` is advanced past them.
+    """
+    n, nr, nc = B.shape
+    start = _cell_starts(skey, ncc)
+    r0s, c0s = _corners_in_order(order, r0, c0)
+    buf = np.empty(max(1, mmax), dtype=np.int64)
+    B1 = B.reshape(-1)  # flat, with unsigned offsets: no wraparound test per read (as _cross_pass)
+    npx = nr * nc
     for p in range(n):
         i = order[p]
         m = _neighbours(p, i, order, skey, start, ncc, r0s, c0s, nr, nc, buf, True)
-        base = indptr[i]
-        Bi = B[p]
+        base = fill[gidx[i]]
         for t in range(m):
             q = buf[t]
-            j = order[q]
-            Bj = B[q]
             dr = r0s[q] - r0s[p]
             dc = c0s[q] - c0s[p]
             a0 = max(0, dr)
             a1 = min(nr, nr + dr)
             b0 = max(0, dc)
-            b1 = min(nc, nc + dc)
+            w = np.uint64(min(nc, nc + dc) - b0)
             s = 0.0
-            for a in range(a0, a1):
-                for b in range(b0, b1):
-                    s += Bi[a, b] * Bj[a - dr, b - dc]
-            indices[base + t] = j
+            for a in range(a0, a1):  # B_i[a, b] B_j[a - dr, b - dc], the same sums in the same order
+                u = np.uint64(p * npx + a * nc + b0)
+                v = np.uint64(q * npx + (a - dr) * nc + b0 - dc)
+                for b in range(w):
+                    s += B1[u + b] * B1[v + b]
+            indices[base + t] = gidx[order[q]]
             data[base + t] = s
-    return indptr, indices, data
+        fill[gidx[i]] = base + m
 
 
 @njit(cache=True, nogil=True)
@@ -284,12 +318,7 @@ def normal_cross(
     sequence. Returns ``(rows, cols, v)``, one entry per overlapping pair, in the lower
     triangle (``rows > cols``, global indices), sorted by column.
     """
-    ng = Bg.shape[0]
-    r0s = np.empty(ng, dtype=np.intp)  # g's corners in cell order (the kernel walks g's grid)
-    c0s = np.empty(ng, dtype=np.intp)
-    for p in range(ng):
-        r0s[p] = r0g[order_g[p]]
-        c0s[p] = c0g[order_g[p]]
+    r0s, c0s = _corners_in_order(order_g, r0g, c0g)  # g's corners in cell order (it walks g's grid)
     rmin = r0g.min()
     cmin = c0g.min()
     crmax = (r0g.max() - rmin) // Bg.shape[1]
@@ -329,24 +358,9 @@ def normal_cross(
 
 
 @njit(cache=True, nogil=True)
-def place_csr(fill, indices, data, ip, ind, dat, gidx):  # pragma: no cover - compiled
-    """Append the rows of a group's block (local CSR ``ip, ind, dat``) to a CSR being filled.
-
-    Local source ``k`` is global ``gidx[k]``; ``fill[r]`` is the next free slot of row ``r``.
-    """
-    for k in range(ip.size - 1):
-        r = gidx[k]
-        f = fill[r]
-        for t in range(ip[k], ip[k + 1]):
-            indices[f] = gidx[ind[t]]
-            data[f] = dat[t]
-            f += 1
-        fill[r] = f
-
-
-@njit(cache=True, nogil=True)
 def place_coo(fill, indices, data, rows, cols, vals):  # pragma: no cover - compiled
-    """Append COO entries (global ``rows``, ``cols``) to a CSR being filled (see :func:`place_csr`)."""
+    """Append COO entries (global ``rows``, ``cols``) to a CSR being filled: ``fill[r]`` is the
+    next free slot of row ``r``."""
     for t in range(rows.size):
         r = rows[t]
         indices[fill[r]] = cols[t]
@@ -382,3 +396,71 @@ def sort_rows(indptr, indices, data):  # pragma: no cover - compiled
                     u -= gap
                 indices[u] = c
                 data[u] = v
+
+
+@njit(cache=True, nogil=True)
+def cells_rhs(B, order, r0, c0, H, W, imr, imc, U, gidx, out):  # pragma: no cover - compiled
+    """``out[gidx[k], t] += sum over the in-image pixels p of stamp k of B_k(p) * U[p, t]``.
+
+    ``B`` are a group's weighted, scaled stamps in cell order (:func:`weighted_stamps`; ``B[p]``
+    is source ``order[p]``, corners ``r0``, ``c0``), ``U`` ``(H * W, m)`` the weighted data: read
+    in sequence, stamp after stamp, the image pixels of neighbouring sources close together.
+    Each sum runs over the stamp's rows, then columns (the columns inside the image only); one
+    frame sums in a register, through flat views (no array view per pixel)."""
+    n, nr, nc = B.shape
+    m = U.shape[1]
+    npx = nr * nc
+    B1 = B.reshape(-1)
+    U1 = U.reshape(-1)
+    for p in range(n):
+        k = order[p]
+        g = gidx[k]
+        ra = r0[k] - imr
+        ca = c0[k] - imc
+        b0 = max(0, -ca)
+        b1 = min(nc, W - ca)
+        s = 0.0
+        for a in range(max(0, -ra), min(nr, H - ra)):
+            q = p * npx + a * nc
+            pix = (ra + a) * W + ca
+            if m == 1:
+                for b in range(b0, b1):
+                    s += B1[q + b] * U1[pix + b]
+            else:
+                for b in range(b0, b1):
+                    v = B1[q + b]
+                    for t in range(m):
+                        out[g, t] += v * U[pix + b, t]
+        if m == 1:
+            out[g, 0] += s
+
+
+@njit(cache=True, nogil=True)
+def cells_model(B, order, r0, c0, H, W, imr, imc, x, gidx, M):  # pragma: no cover - compiled
+    """``M[p] += sum_k B_k(p) * x[gidx[k]]`` over a group's weighted, scaled stamps in cell order
+    (see :func:`cells_rhs`): the weighted model of the scaled solution ``x``, stamp after stamp
+    (sequential reads, neighbouring image rows)."""
+    n, nr, nc = B.shape
+    npx = nr * nc
+    B1 = B.reshape(-1)
+    for p in range(n):
+        k = order[p]
+        xk = x[gidx[k]]
+        ra = r0[k] - imr
+        ca = c0[k] - imc
+        q = p * npx
+        if ra >= 0 and ra + nr <= H and ca >= 0 and ca + nc <= W:  # inside: no bounds per row
+            pix = ra * W + ca
+            for _a in range(nr):
+                for b in range(nc):
+                    M[pix + b] += B1[q + b] * xk
+                q += nc
+                pix += W
+            continue
+        b0 = max(0, -ca)
+        b1 = min(nc, W - ca)
+        for a in range(max(0, -ra), min(nr, H - ra)):
+            qa = q + a * nc
+            pix = (ra + a) * W + ca
+            for b in range(b0, b1):
+                M[pix + b] += B1[qa + b] * xk

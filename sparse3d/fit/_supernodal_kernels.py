@@ -38,14 +38,14 @@ DEPENDENCY_DIGEST = "7a825d3b107a0ddf"
 _I = "intp[::1]"
 _F = "float64[::1]"
 SIGNATURES = {
-    "permute_lower": f"({_I}, {_I}, {_F}, {_I})",
+    "permute_lower": f"({_I}, {_I}, {_F}, {_I}, {_I}, {_I}, {_F})",
     "etree": f"({_I}, {_I})",
     "column_counts": f"({_I}, {_I}, {_I})",
     "supernodes": f"({_I}, {_I})",
     "supernode_rows": f"({_I}, {_I}, {_I}, {_I}, {_I})",
     # s0, the symbolic arrays, N's lower part, then the factor and the sweep's state
     "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, "
-    f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I}, {_F})",
+    f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I}, {_F}, {_I})",
     "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_I}, float64[:, ::1], float64[:, ::1], intp, intp)",
     "solve_one": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_F}, boolean)",
 }
@@ -56,14 +56,18 @@ _LOOP_MAX_FLOPS = 1 << 18
 
 
 @njit(cache=True, nogil=True)
-def permute_lower(indptr, indices, data, iperm):  # pragma: no cover - compiled
+def permute_lower(indptr, indices, data, iperm, rind, cind, cval):  # pragma: no cover - compiled
     """The lower triangle of ``N[p][:, p]`` from the lower triangle of ``N`` (CSR, ``iperm`` = p⁻¹).
 
-    Returns ``(rptr, rind, cptr, cind, cval)``: its strictly lower part by rows (column
-    indices of each row, unsorted) and its lower part with the diagonal by columns (row
-    indices and values of each column, unsorted).
+    Returns ``(rptr, cptr)`` and writes ``rind`` (its strictly lower part by rows: the column
+    indices of each row, unsorted) and ``cind``, ``cval`` (its lower part with the diagonal by
+    columns: the row indices and values of each column, unsorted). The caller allocates them
+    (``nnz(N)`` entries: NumPy maps large arrays in huge pages, numba's ``malloc`` faults in
+    every 4 KiB page); empty ``cind`` and ``cval`` skip the columns (the rows alone give the
+    elimination tree).
     """
     n = indptr.size - 1
+    cols = cind.size > 0
     rcount = np.zeros(n + 1, dtype=np.intp)
     ccount = np.zeros(n + 1, dtype=np.intp)
     for i in range(n):
@@ -77,9 +81,6 @@ def permute_lower(indptr, indices, data, iperm):  # pragma: no cover - compiled
                 rcount[hi + 1] += 1
     rptr = np.cumsum(rcount)
     cptr = np.cumsum(ccount)
-    rind = np.empty(rptr[n], dtype=np.intp)
-    cind = np.empty(cptr[n], dtype=np.intp)
-    cval = np.empty(cptr[n], dtype=np.float64)
     rfill = rptr[:n].copy()
     cfill = cptr[:n].copy()
     for i in range(n):
@@ -88,14 +89,15 @@ def permute_lower(indptr, indices, data, iperm):  # pragma: no cover - compiled
             pj = iperm[indices[p]]
             lo = min(pi, pj)
             hi = max(pi, pj)
-            q = cfill[lo]
-            cind[q] = hi
-            cval[q] = data[p]
-            cfill[lo] = q + 1
+            if cols:
+                q = cfill[lo]
+                cind[q] = hi
+                cval[q] = data[p]
+                cfill[lo] = q + 1
             if hi != lo:
                 rind[rfill[hi]] = lo
                 rfill[hi] += 1
-    return rptr, rind, cptr, cind, cval
+    return rptr, cptr
 
 
 @njit(cache=True, nogil=True)
@@ -266,24 +268,49 @@ def supernode_rows(sstart, cc, cptr, cind, parent):  # pragma: no cover - compil
 
 
 @njit(cache=True, nogil=True)
+def _sub_columns(front, h, j, r0, nc):  # pragma: no cover - compiled
+    """``F[r, j] -= sum_{c < nc} F[j, c] F[r, c]`` for ``r0 <= r < h`` (``front[c * h + r] = F[r, c]``):
+    four columns ``c`` at a time (one load and store of column ``j`` per four multiply-adds,
+    ``(v0 x0 + v1 x1) + (v2 x2 + v3 x3)``), then the rest one by one; zero multipliers skipped
+    (the explicit zeros of relaxed supernodes). The same operations in the same order every time."""
+    dst = j * h
+    c = 0
+    while c + 4 <= nc:
+        s0 = c * h
+        s1 = s0 + h
+        s2 = s1 + h
+        s3 = s2 + h
+        v0 = front[s0 + j]
+        v1 = front[s1 + j]
+        v2 = front[s2 + j]
+        v3 = front[s3 + j]
+        if v0 != 0.0 or v1 != 0.0 or v2 != 0.0 or v3 != 0.0:
+            for r in range(r0, h):
+                x = (v0 * front[s0 + r] + v1 * front[s1 + r]) + (v2 * front[s2 + r] + v3 * front[s3 + r])
+                front[dst + r] -= x
+        c += 4
+    for t in range(c, nc):
+        v = front[t * h + j]
+        if v != 0.0:
+            src = t * h
+            for r in range(r0, h):
+                front[dst + r] -= v * front[src + r]
+
+
+@njit(cache=True, nogil=True)
 def _partial_cholesky(front, h, k):  # pragma: no cover - compiled
     """Factorise the first ``k`` columns of the front ``F`` (``front[c * h + r] = F[r, c]``,
     ``r >= c``, lower triangle only) in place and leave its update matrix (the Schur
     complement ``F22 - L21 L21^T``) in the trailing ``h - k`` columns.
 
     Left-looking: each of the ``k`` pivot columns takes the updates of the columns before it,
-    then every trailing column takes all ``k`` of them in one visit (``k`` axpys on a column
-    that stays in L1), instead of ``k`` sweeps over the whole trailing matrix. Returns -1, or
+    then every trailing column takes all ``k`` of them in one visit (:func:`_sub_columns`: the
+    column stays in L1), instead of ``k`` sweeps over the whole trailing matrix. Returns -1, or
     the first column whose pivot was not positive (its value left at ``front[c * h + c]``).
     """
     for c in range(k):
         cc = c * h
-        for c0 in range(c):
-            v = front[c0 * h + c]
-            if v != 0.0:
-                src = c0 * h
-                for r in range(c, h):
-                    front[cc + r] -= v * front[src + r]
+        _sub_columns(front, h, c, c, c)
         d = front[cc + c]
         if not d > 0.0:
             return c
@@ -293,13 +320,7 @@ def _partial_cholesky(front, h, k):  # pragma: no cover - compiled
         for r in range(c + 1, h):
             front[cc + r] *= inv
     for c2 in range(k, h):
-        c2h = c2 * h
-        for c in range(k):
-            v = front[c * h + c2]
-            if v != 0.0:
-                src = c * h
-                for r in range(c2, h):
-                    front[c2h + r] -= v * front[src + r]
+        _sub_columns(front, h, c2, c2, k)
     return -1
 
 
@@ -322,6 +343,7 @@ def multifrontal(
     nchild,
     ctr,
     upd,
+    rel,
 ):  # pragma: no cover - compiled
     """Multifrontal Cholesky ``L L^T`` of the permuted ``N`` (lower part by columns, ``cptr``...),
     from supernode ``s0`` on; the caller factorises the large fronts (BLAS, LAPACK).
@@ -373,11 +395,13 @@ def multifrontal(
                 c = pending[ctr[1]]
                 mc = sptr[c + 1] - sptr[c]
                 top -= mc * mc
+                for a in range(mc):  # the child's rows in this front, looked up once
+                    rel[a] = pos[srows[sptr[c] + a]]
                 for a in range(mc):
-                    pa = pos[srows[sptr[c] + a]] * h
+                    pa = rel[a] * h
                     base = top + a * mc
                     for b in range(a, mc):
-                        front[pa + pos[srows[sptr[c] + b]]] += stack[base + b]
+                        front[pa + rel[b]] += stack[base + b]
             ctr[0] = top
             if k * h * h >= _LOOP_MAX_FLOPS:
                 return s

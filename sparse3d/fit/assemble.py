@@ -5,8 +5,8 @@ array with several) through the compiled kernels of :mod:`._stamp_kernels`, else
 ``A^T A`` of the canonical CSR form; the power-of-two column scaling that keeps it
 representable. Also the design formats (canonical CSR, row scaling by the weights) and the
 regular stamps a fit works from instead of a design matrix (:func:`_regular_stamps`, every
-stamp group's; :func:`_stamp_model`, ``A @ w`` from them). The background block of a sky model
-is appended in :mod:`._joint`.
+stamp group's; the model ``A @ w`` from them is :func:`.rhs._stamp_model`'s). The background
+block of a sky model is appended in :mod:`._joint`.
 """
 
 from __future__ import annotations
@@ -125,20 +125,6 @@ def _regular_stamps(A: Any) -> list[tuple[tuple, np.ndarray | None]] | None:
     return out or None
 
 
-def _stamp_model(parts: list[tuple[tuple, np.ndarray | None]], w: np.ndarray, npix: int) -> np.ndarray:
-    """``A @ w`` (float64, ``(npix,)``) from the regular stamps of :func:`_regular_stamps`."""
-    out = np.zeros(npix)
-    for (values, r0, c0, (H, W), (imr, imc)), sources in parts:
-        ws = w if sources is None else w[sources]
-        nr, nc, _ = values.shape
-        r = r0 + (np.arange(nr) - imr)[:, None, None]  # (nr, 1, n): the image rows of the stamps
-        c = c0 + (np.arange(nc) - imc)[None, :, None]
-        ok = (r >= 0) & (r < H) & (c >= 0) & (c < W)
-        pix = (r * W + c)[ok]
-        out += np.bincount(pix, weights=(values * ws)[ok], minlength=npix)
-    return out
-
-
 def _grid_fits(S: Sparse3D, r0: np.ndarray, c0: np.ndarray) -> bool:
     """Whether the grid of stamp-sized cells over the corners has int64-addressable cells."""
     nr, nc, _ = S._values.shape
@@ -156,7 +142,7 @@ def _pow2_scale(colmax: np.ndarray) -> np.ndarray:
 
 
 def _scaled_normal_matrix(
-    design: Sparse3D | scipy.sparse.csr_matrix, ivar: np.ndarray | None
+    design: Sparse3D | scipy.sparse.csr_matrix, ivar: np.ndarray | None, cells_out: list | None = None
 ) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
     """``(N, c)``: the lower triangle of ``diag(c) A^T diag(ivar) A diag(c)`` and the column scale.
 
@@ -165,12 +151,15 @@ def _scaled_normal_matrix(
     so no product underflows or overflows whatever the units of the stamps and errors, and
     scaling and unscaling are exact. Dispatches like :func:`normal_matrix`: a Sparse3D whose
     stamp groups are all regular goes through the compiled stamp kernels
-    (:func:`_stamp_normal_matrix`), anything else through SciPy's ``A^T A``.
+    (:func:`_stamp_normal_matrix`), anything else through SciPy's ``A^T A``. ``cells_out``
+    (a list) receives, on the stamp path, every group's weighted, scaled stamps and its
+    sources' global indices (``(_Cells, gidx)``: what :func:`.rhs._cells_rhs` and
+    :func:`.rhs._cells_model` read).
     """
     if isinstance(design, Sparse3D) and design.nsources and design._values.size >= _compiled.COMPILED_MIN_NNZ:
         corners = [_kernel_corners(g) for g in design.groups]  # small designs: no numba import
         if all(x is not None for x in corners):
-            return _stamp_normal_matrix(design, corners, ivar)
+            return _stamp_normal_matrix(design, corners, ivar, cells_out)
     A = design.tocsr() if isinstance(design, Sparse3D) else design
     # CSC stays CSC (a fit's small Sparse3D design, source-major): one format conversion in the
     # product below, none before it
@@ -213,6 +202,8 @@ class _Cells(NamedTuple):
     r0: np.ndarray  # corners, in source order
     c0: np.ndarray
     c: np.ndarray  # the column scale, in source order
+    imshape: tuple[int, int]
+    imcorner: tuple[int, int]
 
 
 def _cells(S: Sparse3D, r0: np.ndarray, c0: np.ndarray, sqrt_ivar: np.ndarray, has_ivar: bool) -> _Cells:
@@ -225,26 +216,32 @@ def _cells(S: Sparse3D, r0: np.ndarray, c0: np.ndarray, sqrt_ivar: np.ndarray, h
     values.flags.writeable = False
     (H, W), (imr, imc) = S.imshape, S.imcorner
     order, skey, ncc = cell_order(r0, c0, nr, nc)
-    B, colmax = weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc)
+    B = np.empty((n, nr, nc))  # NumPy's allocation: huge pages (see weighted_stamps)
+    colmax = weighted_stamps(values, order, r0, c0, sqrt_ivar, has_ivar, H, W, imr, imc, B)
     cp = _pow2_scale(colmax)  # in cell order
     scale_rows(B, cp)
     c = np.empty(n)
     c[order] = cp
-    return _Cells(B, order, skey, int(ncc), r0, c0, c)
+    return _Cells(B, order, skey, int(ncc), r0, c0, c, (H, W), (imr, imc))
 
 
 def _stamp_normal_matrix(
-    design: Sparse3D, corners: list[tuple[np.ndarray, np.ndarray]], ivar: np.ndarray | None
+    design: Sparse3D,
+    corners: list[tuple[np.ndarray, np.ndarray]],
+    ivar: np.ndarray | None,
+    cells_out: list | None = None,
 ) -> tuple[scipy.sparse.csr_matrix, np.ndarray]:
     """:func:`_scaled_normal_matrix` of a Sparse3D whose stamp groups are all regular.
 
-    Every group's own block comes from :func:`._stamp_kernels.normal_lower`; with several
-    groups, the block between two groups from :func:`._stamp_kernels.normal_cross` (the
-    sources of the group with the larger stamps look up the grid of the other's), and the
-    entries, at the groups' global source indices, are placed row by row into one CSR matrix
-    and sorted (:func:`._stamp_kernels.place_coo`, ``place_csr``, ``sort_rows``).
+    Every row's entries are counted first (:func:`._stamp_kernels.lower_counts` per group, the
+    cross-group blocks' rows), the CSR arrays allocated once, and every group's own block
+    written straight into them at its sources' global indices by
+    :func:`._stamp_kernels.normal_lower`. With several groups the block between two groups
+    comes from :func:`._stamp_kernels.normal_cross` (the sources of the group with the larger
+    stamps look up the grid of the other's), placed first (``place_coo``), and the rows are
+    sorted (``sort_rows``: one check pass when each group is a contiguous range of sources).
     """
-    from ._stamp_kernels import normal_cross, normal_lower, place_coo, place_csr, sort_rows
+    from ._stamp_kernels import lower_counts, normal_cross, normal_lower, place_coo, sort_rows
 
     n = design.nsources
     has_ivar = ivar is not None
@@ -255,43 +252,45 @@ def _stamp_normal_matrix(
         for g, (r0, c0) in zip(groups, corners)
     ]
     del sqrt_ivar
-    if len(groups) == 1:
-        x = cells[0]
-        indptr, indices, data = normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0)
-        c = x.c
-    else:
-        gidx = [np.array(x, dtype=np.int64) for x in design.group_sources]  # writeable: one signature
-        counts = np.zeros(n, dtype=np.int64)  # entries per row
-        cross = []
-        for a in range(len(cells)):
-            for b in range(a + 1, len(cells)):
-                if cells[a] is None or cells[b] is None:
-                    continue
-                # the sources with the larger stamps look up the grid of those with the smaller
-                g, h = (a, b) if cells[a].B[0].size <= cells[b].B[0].size else (b, a)
-                xg, xh = cells[g], cells[h]
-                args_g = (xg.B, xg.order, xg.skey, xg.ncc, xg.r0, xg.c0, gidx[g])
-                cross.append(normal_cross(*args_g, xh.B, xh.order, xh.r0, xh.c0, gidx[h]))
-                counts += np.bincount(cross[-1][0], minlength=n)
-        own = []
-        for x, idx in zip(cells, gidx):
-            if x is not None:
-                own.append((normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0), idx))
-                counts[idx] += np.diff(own[-1][0][0])
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(counts, out=indptr[1:])
-        fill = indptr[:-1].copy()
-        indices = np.empty(int(indptr[-1]), dtype=np.int64)
-        data = np.empty(int(indptr[-1]))
-        # the cross entries first, each block in column order: with two groups each of which is a
-        # contiguous range of sources (np.concatenate) every row then comes sorted, and
-        # sort_rows only checks; it sorts the rows of interleaved groups or of several blocks
-        for rows, cols, vals in cross:
-            place_coo(fill, indices, data, rows, cols, vals)
-        for (ip, ind, dat), idx in own:
-            place_csr(fill, indices, data, ip, ind, dat, idx)
+    grouped = len(groups) > 1
+    gidx = [np.array(x, dtype=np.int64) for x in design.group_sources]  # writeable: one signature
+    counts = np.zeros(n, dtype=np.int64)  # entries per row
+    cross = []
+    for a in range(len(cells)):
+        for b in range(a + 1, len(cells)):
+            if cells[a] is None or cells[b] is None:
+                continue
+            # the sources with the larger stamps look up the grid of those with the smaller
+            g, h = (a, b) if cells[a].B[0].size <= cells[b].B[0].size else (b, a)
+            xg, xh = cells[g], cells[h]
+            args_g = (xg.B, xg.order, xg.skey, xg.ncc, xg.r0, xg.c0, gidx[g])
+            cross.append(normal_cross(*args_g, xh.B, xh.order, xh.r0, xh.c0, gidx[h]))
+            counts += np.bincount(cross[-1][0], minlength=n)
+    own = []
+    for x, idx in zip(cells, gidx):
+        if x is not None:
+            c = lower_counts(x.order, x.skey, x.ncc, x.r0, x.c0, x.B.shape[1], x.B.shape[2])
+            counts[idx] += c
+            own.append((x, idx, int(c.max())))
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    fill = indptr[:-1].copy()
+    indices = np.empty(int(indptr[-1]), dtype=np.int64)
+    data = np.empty(int(indptr[-1]))
+    # the cross entries first, each block in column order: with two groups each of which is a
+    # contiguous range of sources (np.concatenate) every row then comes sorted, and
+    # sort_rows only checks; it sorts the rows of interleaved groups or of several blocks
+    for rows, cols, vals in cross:
+        place_coo(fill, indices, data, rows, cols, vals)
+    for x, idx, mmax in own:
+        normal_lower(x.B, x.order, x.skey, x.ncc, x.r0, x.c0, mmax, idx, fill, indices, data)
+        if cells_out is not None:
+            cells_out.append((x, idx))
+    if grouped:
         sort_rows(indptr, indices, data)
         c = design._structure.assemble([np.ones(0) if x is None else x.c for x in cells])
+    else:
+        c = cells[0].c
     idx_dtype = np.int32 if max(n, data.size) < 2**31 else np.int64
     N = scipy.sparse.csr_matrix(
         (data, indices.astype(idx_dtype), indptr.astype(idx_dtype)), shape=(n, n), copy=False

@@ -8,13 +8,11 @@ matrix itself is assembled in :mod:`.assemble`.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
 import scipy.sparse
 
-from .._blas import single_threaded_blas
 from ..core import Sparse3D
 from ._checks import (
     _check_data_finite,
@@ -28,36 +26,31 @@ from ._checks import (
     _inverse_variance,
 )
 from ._inputs import _check_mask_values
-from .assemble import _design_matrix, _regular_stamps, _row_scale, _scaled_normal_matrix, _stamp_model
+from .assemble import _design_matrix, _regular_stamps, _row_scale, _scaled_normal_matrix
 from .background import as_background
 from .diagnostics import _chi2
 from .factor import _factorize_or_raise, _solver_name, _uses_boxes
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
-from .rhs import _Ahead, _stamp_rhs, _stamp_square_sum
+from .rhs import (  # the weighted stamps kept by a fit
+    _Ahead,
+    _cells_model,
+    _cells_rhs,
+    _stamp_model,
+    _stamp_rhs,
+    _stamp_square_sum,
+    _weighted_data,
+    _weighted_square_sum,
+)
 
 #: :meth:`NormalEquations.chi2` of at most this many frames takes the model from the stamps
 #: (a ``dot`` per frame); more share the design matrix, built once
 _STAMP_CHI2_FRAMES = 8
-
-
-def _weighted_square_sum(
-    D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None, scale: float = 1.0
-) -> np.ndarray:
-    """``sum_p ivar_p (scale D_p)**2`` per column of ``D`` ``(npix, k)``, masked pixels skipped."""
-    npix, k = D.shape
-    out = np.zeros(k)
-    chunk = max(256, (1 << 18) // max(1, k))
-    # one BLAS thread below 2**24 values: threads gain nothing on these memory-bound products
-    # and, on a busy machine, spin (an image's gemv measured 20 ms instead of 0.05 ms)
-    with single_threaded_blas() if npix * k < 1 << 24 else contextlib.nullcontext():
-        for i in range(0, npix, chunk):
-            block = D[i : i + chunk]
-            if keep is not None:
-                block = np.where(keep[i : i + chunk, None], block, 0.0)
-            sq = block * block if scale == 1.0 else np.square(block * scale)
-            out += (sq.T @ ivar[i : i + chunk]) if ivar is not None else sq.sum(axis=0)
-    return out
+#: A fit of at most ``_CELLS_MAX_FRAMES`` frames keeps the weighted stamps of its normal matrix
+#: (``NormalEquations._cells``, up to ``_CELLS_MAX_BYTES``) through its solve: its right-hand
+#: sides and a recomputed chi-square read them in sequence, not the array's values with a stride
+#: (more frames: the image sweep of :func:`.rhs._stamp_rhs`, in a worker thread meanwhile)
+_CELLS_MAX_BYTES, _CELLS_MAX_FRAMES = 1 << 28, _STAMP_CHI2_FRAMES
 
 
 class NormalEquations:
@@ -150,6 +143,7 @@ class NormalEquations:
         self._weighted: scipy.sparse.csr_matrix | None = None
         self._weighted_background: scipy.sparse.csr_matrix | None = None
         self._ahead: _Ahead | None = None  # the data's parts computed ahead (fit_design)
+        self._cells: list | None = None  # [(_Cells, gidx)] kept by a fit (_build's keep_cells)
 
     @classmethod
     def _build(
@@ -164,6 +158,7 @@ class NormalEquations:
         err_scale: float = 1.0,
         background: scipy.sparse.csr_matrix | None = None,
         reuse: NormalEquations | bool | None = None,
+        keep_cells: bool = False,
     ) -> NormalEquations:
         """Form and factorise the scaled ``N'`` from validated inputs.
 
@@ -171,10 +166,15 @@ class NormalEquations:
         ``A_csr`` its canonical CSR, ``ivar`` the inverse variances already multiplied by
         ``err_scale**2``.  ``background`` (``(npix, nb)`` CSR) appends the columns ``B`` of a
         background model (:func:`._joint._with_background_block`); ``prior_prec`` and ``mu`` then
-        have ``n + nb`` entries. ``reuse`` is :func:`prepare_normal_equations`'s.
+        have ``n + nb`` entries. ``reuse`` is :func:`prepare_normal_equations`'s. ``keep_cells``
+        keeps the weighted stamps of the stamp path (see :data:`_CELLS_MAX_BYTES`; the caller
+        drops them after its solve).
         """
+        cells = [] if keep_cells and isinstance(A_csr, Sparse3D) and background is None else None
         # a small design is already a sparse matrix (A_csr, from _fit_design): no second format
-        G, c = _scaled_normal_matrix(design if isinstance(A_csr, Sparse3D) else A_csr, ivar)
+        G, c = _scaled_normal_matrix(design if isinstance(A_csr, Sparse3D) else A_csr, ivar, cells)
+        if cells is not None and (not cells or sum(x.B.nbytes for x, _ in cells) > _CELLS_MAX_BYTES):
+            cells = None
         if isinstance(A_csr, Sparse3D) and not np.all(np.isfinite(G.data)):
             raise ValueError("A contains non-finite values")  # no sparse matrix checked it
         if background is not None:
@@ -202,6 +202,7 @@ class NormalEquations:
         solver = _solver_name(factor, solver)
         del Nmat
         out = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale, background)
+        out._cells = cells
         out.gram = gram
         out._prior_prec = pp if has_prior else None
         return out
@@ -252,6 +253,12 @@ class NormalEquations:
         single image. When the frames outweigh the design (``npix * k > 4 nnz(A)``: many frames
         on a small design) the weighted copy is made once and kept.
         """
+        if self._cells is not None and self._weighted is None:
+            # from the normal matrix's weighted, scaled stamps (powers of two: unscaled exactly)
+            U = _weighted_data(D.reshape(D.shape[0], -1), self.ivar, self.keep)
+            n = self.n_sources
+            out = _cells_rhs(self._cells, U, n) / self.col_scale[:n, None]
+            return out[:, 0] if D.ndim == 1 else out
         if self._stamps is not None and self._weighted is None:
             # weights and mask applied in the kernel: no weighted copy of a frame stack
             if len(self._stamps) == 1 and self._stamps[0][1] is None:
@@ -420,26 +427,21 @@ class NormalEquations:
         return _chi2(self.design, wz, D, ivar, None, self.keep, self.background, self.err_scale)
 
     def _stamp_chi2(self, D: np.ndarray, wz: np.ndarray) -> np.ndarray:
-        """:meth:`chi2` with the model from the stamps: a perfect fit of a few frames recomputes
-        its chi-square without building the design matrix. Float64 stamps: the array's own
-        (compiled) ``dot``; others through :func:`_stamp_model`, in float64."""
+        """:meth:`chi2` with the model from the stamps, the weighted residuals summed in one pass:
+        no design matrix, not the array's ``dot`` (its second call caches a CSR matrix on the
+        caller's array). The weighted stamps kept by a fit (:func:`.rhs._cells_model`, at the
+        scaled solution ``w / c``: exact), else the array's own (:func:`.rhs._stamp_model`)."""
         n = self.n_sources
-        A = self._design
+        s = 1.0 / self.err_scale
         out = np.empty(D.shape[1])
         for t in range(D.shape[1]):
-            if A.dtype == np.float64:
-                r = np.array(A.dot(wz[:n, t]), dtype=np.float64).reshape(-1)  # a fresh, writable copy
+            if self._cells is not None:
+                model = _cells_model(self._cells, wz[:n, t] / self.col_scale[:n], D.shape[0])
+                d, ivar, keep = _weighted_data(D[:, t : t + 1], self.ivar, self.keep), None, None
             else:
-                r = _stamp_model(self._stamps, wz[:n, t], D.shape[0])
-            np.subtract(D[:, t], r, out=r)
-            if self.err_scale != 1.0:
-                r /= self.err_scale
-            if self.keep is not None:
-                r[~self.keep] = 0.0
-            np.square(r, out=r)
-            if self.ivar is not None:
-                r *= self.ivar
-            out[t] = r.sum()
+                model = _stamp_model(self._stamps, wz[:n, t])
+                d, ivar, keep = np.ascontiguousarray(D[:, t : t + 1], dtype=np.float64), self.ivar, self.keep
+            out[t] = _stamp_square_sum(d, ivar, keep, s, model)[0]
         return out
 
     def weights_err(self) -> np.ndarray:
@@ -494,6 +496,7 @@ class NormalEquations:
         state["_design"] = self.design  # the sparse matrix ships, not the stamps
         state["_stamps"] = None
         state["_ahead"] = None
+        state["_cells"] = None
         state["factor"] = self.factor.portable()
         state["_weighted"] = None
         state["_weighted_background"] = None

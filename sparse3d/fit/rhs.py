@@ -11,9 +11,12 @@ the same operations in the same order whatever the thread count (the same bits).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from .. import _threads
+from .._blas import single_threaded_blas
 
 
 def _stamp_rhs(
@@ -75,24 +78,108 @@ def _banded_rhs(
 _RHS_ORDER_MIN_FRAMES = 5
 
 
-def _stamp_square_sum(
-    D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None, scale: float
+def _weighted_square_sum(
+    D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None, scale: float = 1.0
 ) -> np.ndarray:
-    """``sum_p ivar_p (scale D_p)**2`` per column of the C-contiguous float64 ``D`` ``(npix, k)``,
-    masked pixels skipped: one compiled pass, no temporaries."""
+    """``sum_p ivar_p (scale D_p)**2`` per column of ``D`` ``(npix, k)``, masked pixels skipped."""
+    npix, k = D.shape
+    out = np.zeros(k)
+    chunk = max(256, (1 << 18) // max(1, k))
+    # one BLAS thread below 2**24 values: threads gain nothing on these memory-bound products
+    # and, on a busy machine, spin (an image's gemv measured 20 ms instead of 0.05 ms)
+    with single_threaded_blas() if npix * k < 1 << 24 else contextlib.nullcontext():
+        for i in range(0, npix, chunk):
+            block = D[i : i + chunk]
+            if keep is not None:
+                block = np.where(keep[i : i + chunk, None], block, 0.0)
+            sq = block * block if scale == 1.0 else np.square(block * scale)
+            out += (sq.T @ ivar[i : i + chunk]) if ivar is not None else sq.sum(axis=0)
+    return out
+
+
+def _stamp_square_sum(
+    D: np.ndarray,
+    ivar: np.ndarray | None,
+    keep: np.ndarray | None,
+    scale: float,
+    model: np.ndarray | None = None,
+) -> np.ndarray:
+    """``sum_p ivar_p (scale (D_p - model_p))**2`` per column of the C-contiguous float64 ``D``
+    ``(npix, k)`` (``model`` a C-contiguous float64 array of its shape, None for 0), masked
+    pixels skipped: one compiled pass, no temporaries."""
     from ._rhs_kernels import SQUARE_SUM_BLOCK, weighted_square_sum
 
     ivar = np.empty(0) if ivar is None else np.ascontiguousarray(ivar, dtype=np.float64)
     keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
+    model = np.empty((0, 0)) if model is None else model
     npix, m = D.shape
     nblocks = -(-npix // SQUARE_SUM_BLOCK)
     if nblocks == 0:
         return np.zeros(m)
     parts = np.empty((nblocks, m))
     edges = _threads.split(nblocks, _threads.threads_for(D.size))
-    blocks = [(D, ivar, keep, float(scale), b0, b1, parts) for b0, b1 in zip(edges[:-1], edges[1:])]
+    blocks = [(D, model, ivar, keep, float(scale), b0, b1, parts) for b0, b1 in zip(edges[:-1], edges[1:])]
     _threads.run(weighted_square_sum, blocks)
     return np.cumsum(parts, axis=0)[-1]  # the blocks' sums added in order: the same bits for any split
+
+
+def _stamp_model(parts: list, w: np.ndarray) -> np.ndarray:
+    """``A w`` (float64 ``(npix, 1)``) from the regular stamps ``parts`` of
+    :func:`~.assemble._regular_stamps` (every stamp group's, with its sources' indices) and the
+    weights ``w`` ``(n,)`` (no NaN): each group's model by the compiled grid scatter of an
+    array's first product (:func:`sparse3d._grid_kernels.scatter`, prefetching), in image
+    buffers lent by the pool (no fresh pages); no design matrix, no CSR matrix cached on the
+    array."""
+    from .. import _grid_kernels
+
+    model = None
+    for (values, r0, c0, imshape, imcorner), sources in parts:
+        ws = (w if sources is None else w[sources]).reshape(-1, 1)
+        part = _grid_kernels.scatter(values, r0, c0, ws, imcorner, imshape, np.float64).reshape(-1, 1)
+        if model is None:
+            model = part
+        else:
+            model += part
+    return model
+
+
+def _weighted_data(D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None) -> np.ndarray:
+    """``sqrt(ivar) D`` (``D`` ``(npix, m)``), 0 on the masked pixels whatever they hold: the data
+    the weighted stamps of :func:`_cells_rhs` and :func:`_cells_model` meet (C-contiguous, float64)."""
+    U = np.array(D, dtype=np.float64, order="C")
+    if ivar is not None:
+        U *= np.sqrt(ivar)[:, None]
+    if keep is not None:
+        U[~keep] = 0.0
+    return U
+
+
+def _cells_rhs(cells: list, U: np.ndarray, n: int) -> np.ndarray:
+    """``diag(c) A^T C^-1 D`` (``(n, m)``, scaled: the right-hand side of the scaled normal
+    equations) from the weighted, scaled stamps ``cells`` that the normal matrix was built from
+    (:func:`~.assemble._scaled_normal_matrix`'s ``cells_out``) and the weighted data ``U``
+    (:func:`_weighted_data`): one sequential pass over the stamps, no strided read of the
+    array's values."""
+    from ._stamp_kernels import cells_rhs
+
+    out = np.zeros((n, U.shape[1]))
+    for x, gidx in cells:
+        (H, W), (imr, imc) = x.imshape, x.imcorner
+        cells_rhs(x.B, x.order, x.r0, x.c0, H, W, imr, imc, U, gidx, out)
+    return out
+
+
+def _cells_model(cells: list, x: np.ndarray, npix: int) -> np.ndarray:
+    """``sqrt(C^-1) A diag(c) x`` (``(npix, 1)``): the weighted model of the scaled solution ``x``
+    ``(n,)`` from the weighted, scaled stamps ``cells`` (see :func:`_cells_rhs`)."""
+    from ._stamp_kernels import cells_model
+
+    M = np.zeros(npix)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    for c, gidx in cells:
+        (H, W), (imr, imc) = c.imshape, c.imcorner
+        cells_model(c.B, c.order, c.r0, c.c0, H, W, imr, imc, x, gidx, M)
+    return M.reshape(npix, 1)
 
 
 def _kept_all_finite(D: np.ndarray, keep: np.ndarray | None) -> bool:

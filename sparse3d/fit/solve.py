@@ -32,7 +32,7 @@ from ._inputs import _read_inputs
 from .assemble import _design_matrix, _regular_stamps
 from .background import as_background
 from .diagnostics import _FitContext, _Group
-from .normal import NormalEquations, _fit_design
+from .normal import _CELLS_MAX_FRAMES, NormalEquations, _fit_design
 from .result import FitResult, _warn_unconstrained, _weights_err
 from .rhs import _Ahead, _kept_all_finite
 
@@ -250,9 +250,15 @@ def fit_design(
         if keep is not None:
             keep_g = keep[:, int(frames[0])] if per_frame_mask else keep[:, 0]
         ivar_g = None if ivar is None else ivar[:, gi]
-        # many frames: their right-hand sides and square sums in a worker thread meanwhile
-        ahead = _Ahead.start(stamps, D, ivar_g, keep_g, err_scale) if len(groups) == 1 else None
-        ne = NormalEquations._build(A, A_fit, ivar_g, keep_g, prior_prec, mu, solver, err_scale, B)
+        # a few frames: the weighted stamps of the normal matrix are kept for their right-hand
+        # sides (and a recomputed chi-square), then dropped; many frames: their right-hand sides
+        # and square sums in a worker thread meanwhile (the choice by frame count alone: the same
+        # bits whatever the machine's load)
+        few = len(frames) <= _CELLS_MAX_FRAMES
+        ahead = _Ahead.start(stamps, D, ivar_g, keep_g, err_scale) if len(groups) == 1 and not few else None
+        ne = NormalEquations._build(
+            A, A_fit, ivar_g, keep_g, prior_prec, mu, solver, err_scale, B, keep_cells=few
+        )
         ne._ahead = ahead
         unconstrained |= ne.unconstrained
         used = ne.solver  # "auto" resolved by the first factorisation
@@ -260,6 +266,7 @@ def fit_design(
             params, chi2 = ne.solve(D, return_chi2=True)
         else:
             params[:, frames], chi2[frames] = ne.solve(D[:, frames], return_chi2=True)
+        ne._cells = None
         factor = ne.factor if return_errors else None
         fit_groups.append(_Group(frames, ne.gram, ne.free, factor, err_scale * ne.col_scale))
         del ne  # the weighted design matrix; the factor lives on in fit_groups

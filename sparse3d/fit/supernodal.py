@@ -51,7 +51,8 @@ def _multifrontal(
     nchild = np.bincount(sparent[sparent >= 0], minlength=nsup).astype(np.intp)
     ctr = np.zeros(2, dtype=np.intp)
     upd = np.empty(max(int(hmax), 1) ** 2)  # a large front's L21 L21^T (syrk's output, in place)
-    state = (front, stack, pos, pending, nchild, ctr, upd)
+    rel = np.empty(max(int(hmax), 1), dtype=np.intp)  # a child's rows in its parent's front
+    state = (front, stack, pos, pending, nchild, ctr, upd, rel)
     args = (sstart, sptr, srows, cptr, cind, cval, offsets, buf, pivots, *state)
     s = 0
     with single_threaded_blas():
@@ -99,15 +100,23 @@ class _NDFactor(_SupernodalFactor):
         perm = nested_dissection_order(boxes, n)
         iperm = np.empty(n, dtype=np.intp)
         iperm[perm] = np.arange(n)
-        rptr, rind, cptr, cind, cval = K.permute_lower(indptr, indices, data, iperm)
+        nnz = indices.size  # an upper bound of the strictly lower entries
+        rind = np.empty(nnz, dtype=np.intp)
+        cind = np.empty(nnz, dtype=np.intp)
+        cval = np.empty(nnz)
+        # the rows alone for the elimination tree; relabelled in a postorder of it (an equivalent
+        # ordering: the same fill, the tree relabelled), then the rows and columns once
+        rptr, _ = K.permute_lower(indptr, indices, data, iperm, rind, cind[:0], cval[:0])
         parent = K.etree(rptr, rind)
         post = postorder(parent)
-        if not np.array_equal(post, np.arange(n)):  # relabel in a postorder of the etree
+        if not np.array_equal(post, np.arange(n)):
             perm = perm[post]
             iperm[perm] = np.arange(n)
-            del rptr, rind, cptr, cind, cval
-            rptr, rind, cptr, cind, cval = K.permute_lower(indptr, indices, data, iperm)
-            parent = K.etree(rptr, rind)
+            ipost = np.empty(n, dtype=np.intp)
+            ipost[post] = np.arange(n)
+            above = parent[post]  # the old parents, at the new positions
+            parent = np.where(above >= 0, ipost[np.maximum(above, 0)], -1)
+        rptr, cptr = K.permute_lower(indptr, indices, data, iperm, rind, cind, cval)
         del indptr, indices, data
         cc = K.column_counts(rptr, rind, parent)
         del rptr, rind
