@@ -291,20 +291,23 @@ def _row_planes2_overload():
     return stub
 
 
-def _planes_loop(svals, srow0, scol0, source, first, last, w, r0, c0, out, ring, y0, y1):  # pragma: no cover
+def _planes_loop(svals, srow0, scol0, source, w, r0, c0, out, ring, y0, y1):  # pragma: no cover
     """Rows ``y0 <= y < y1`` of
     ``out[q, srow0[t] - r0 + i, scol0[t] - c0 + j] = Σ_t svals[t, i, j] * w[source[t], q]`` (in-image).
 
     The stamps ``t`` are sorted by their top row ``srow0``; only ``first <= t < last`` can
-    reach the rows. Rows are summed in ``ring`` ``(m, nr, >= W)`` (image row ``y`` in ring row
-    ``y % nr``; it stays in cache), zeroed there just before the first stamp lands on them;
-    once the stamps have moved below a row, it is final and streamed to ``out`` ``(m, H, W)``
-    with non-temporal stores (no read of ``out`` into the cache). Rows no stamp reaches are
-    zeroed in ``out``.
+    reach the rows (found here by bisection: ``np.searchsorted`` costs ~15 us per band with
+    the caches cold from the model before). Rows are summed in ``ring`` ``(m, nr, >= W)``
+    (image row ``y`` in ring row ``y % nr``; it stays in cache), zeroed there just before the
+    first stamp lands on them; once the stamps have moved below a row, it is final and
+    streamed to ``out`` ``(m, H, W)`` with non-temporal stores (no read of ``out`` into the
+    cache). Rows no stamp reaches are zeroed in ``out``.
     """
     n, nr, nc = svals.shape
     m, H, W = out.shape
     step = lanes = 64 // out.itemsize  # elements per 64-byte store (and vector)
+    first = _first_at_least(srow0, r0 + y0 - nr + 1)  # stamps wholly above the rows end here
+    last = _first_at_least(srow0, r0 + y1)  # stamps from here on start below them
     flat = svals.reshape(-1)
     rflat = ring.reshape(-1)
     rw = ring.shape[2]
@@ -371,6 +374,18 @@ def _planes_loop(svals, srow0, scol0, source, first, last, w, r0, c0, out, ring,
                 y = 0
 
 
+def _first_at_least(a, v):  # pragma: no cover - runs compiled (inlined into the loop)
+    """The first index of sorted ``a`` whose value is at least ``v`` (``np.searchsorted(a, v)``)."""
+    lo, hi = 0, a.shape[0]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if a[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 def _copy64(dst, i, src, j):  # pragma: no cover - runs compiled (the fallback of _stream64)
     for e in range(64 // dst.itemsize):
         dst[i + e] = src[j + e]
@@ -384,7 +399,9 @@ def _compiled(name: str):
     if fn is None:
         import numba
 
-        global _stream64, _row_axpy, _prefetch, _row_planes2
+        global _stream64, _row_axpy, _prefetch, _row_planes2, _first_at_least
+        if isinstance(_first_at_least, FunctionType):
+            _first_at_least = numba.njit(inline="always")(_first_at_least)
         if isinstance(_prefetch, FunctionType):
             try:
                 _prefetch = _prefetch_intrinsic()
@@ -464,9 +481,8 @@ def planes_scatter(svals, srow0, scol0, source, w, root_corner, out) -> np.ndarr
     def band(rows: tuple[int, int], _=None) -> None:
         # rows [y0, y1) in this thread's ring; stamps wholly above or below the band are skipped
         y0, y1 = rows
-        first, last = np.searchsorted(srow0, (r0 + y0 - nr + 1, r0 + y1))
         ring = _ring(m, nr, W, out.dtype)  # the calling thread's
-        loop(svals, srow0, scol0, source, int(first), int(last), w, r0, c0, out, ring, y0, y1)
+        loop(svals, srow0, scol0, source, w, r0, c0, out, ring, y0, y1)
 
     threads = _threads.threads_for(WORK_PER_MULTIPLY_ADD * n * nr * nc * m)
     if threads <= 1:

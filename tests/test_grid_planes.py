@@ -328,3 +328,12 @@ def test_planes_scatter_stamp_rows_of_one_two_and_more_vectors(dtype, nc):
         out = np.full((m, H, W), np.nan, dtype=np.result_type(dtype, wdtype))
         _planes_kernels.planes_scatter(*inputs, w, S._structure.root_corner, out)
         np.testing.assert_array_equal(out, _planes_serial(values, top, left, w, H, W))
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 64])
+def test_the_loops_bisection_is_searchsorted(n):
+    _planes_kernels._compiled("_planes_loop")  # the helper as the loop runs it (compiled)
+    rng = np.random.default_rng(n)
+    a = np.sort(rng.integers(-5, 5, size=n)).astype(np.int64)
+    for v in range(-8, 9):
+        assert _planes_kernels._first_at_least(a, v) == np.searchsorted(a, v)

@@ -184,6 +184,46 @@ def test_lend_reuses_only_buffers_no_one_holds(small_pool):
     assert _pool.lent_bytes() == 0
 
 
+@pytest.mark.skipif(not _pool._EXACT_REFCOUNTS, reason="lending is off on this interpreter")
+@pytest.mark.parametrize("holder", ["view", "owner", "weakref-to-owner", "transpose"])
+def test_lent_buffers_held_through_their_memory_owner_are_never_reused(small_pool, holder):
+    a = _pool.lend((6, 7), np.float64)
+    where = _address(a)
+    a[...] = 1.0
+    owner = a.base  # aligned_empty: a view of the uint8 array that owns the memory
+    keep = {"view": a[2:], "owner": owner, "transpose": a.T}.get(holder)
+    if holder == "weakref-to-owner":
+        keep = weakref.ref(owner)
+    del a, owner
+    gc.collect()
+    b = _pool.lend((6, 7), np.float64)
+    assert _address(b) != where
+    b[...] = 2.0
+    if holder in ("view", "transpose"):
+        assert np.all(keep == 1.0)  # the held view still sees its values
+    del keep, b
+    gc.collect()
+    reused = [_address(_pool.lend((6, 7), np.float64)) for _ in range(2)]
+    assert where in reused  # once nothing holds it, the buffer is lent again
+
+
+@pytest.mark.parametrize("shape", [(3, 512, 512), (1, 2 << 20), (300, 301), (5,), (0, 4)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128, np.int16])
+def test_aligned_empty_starts_at_cache_line_and_huge_page_boundaries(shape, dtype):
+    a = _pool.aligned_empty(shape, dtype)
+    assert a.shape == shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+    if a.nbytes >= 2 * _pool.HUGE_PAGE_BYTES:
+        assert _address(a) % _pool.HUGE_PAGE_BYTES == 0
+        # its last huge page is wholly inside the owner's memory (nothing else shares it)
+        end = _address(a) + a.nbytes
+        last_page_end = -(-end // _pool.HUGE_PAGE_BYTES) * _pool.HUGE_PAGE_BYTES
+        assert last_page_end <= _address(a.base) + a.base.nbytes
+    elif a.size:
+        assert _address(a) % 64 == 0
+    a[...] = 3
+    assert np.all(a == 3) and a.base.dtype == np.uint8 and a.base.flags.owndata
+
+
 @pytest.mark.parametrize("holder", ["memoryview", "weakref", "readonly-flag"])
 def test_lend_respects_every_kind_of_holder(small_pool, holder):
     a = _pool.lend((3, 3), np.float64)
@@ -214,6 +254,30 @@ def test_lend_is_bounded_by_the_pool_option(small_pool):
         _pool.clear()
         x = _pool.lend((10,), np.float64)
         assert _pool.lent_bytes() == 0 and x.shape == (10,)
+
+
+@pytest.mark.skipif(not _pool._EXACT_REFCOUNTS, reason="lending is off on this interpreter")
+@pytest.mark.parametrize("dtype", [np.float64, "f8", np.dtype("<f8"), float])
+def test_lend_takes_any_dtype_spelling_and_numpy_integer_shapes(small_pool, dtype):
+    a = _pool.lend((np.int64(4), 5), dtype)
+    assert a.dtype == np.float64 and a.shape == (4, 5) and type(a.shape[0]) is int
+    where = _address(a)
+    del a
+    b = _pool.lend((4, np.int32(5)), np.dtype(np.float64))
+    assert _address(b) == where  # the same buffer, whatever the spelling
+    assert _pool.lend((4, 5), np.float32).dtype == np.float32  # another dtype: another buffer
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [("f8", "f8"), ("f4", "f4"), ("f4", "f8"), ("i2", "f4"), ("?", "?"), ("c8", "f8")]
+    + [(">f8", ">f8"), ("<f8", ">f8")],
+)
+def test_result_dtype_is_numpys_promotion(a, b):
+    from sparse3d._functions.products import _result_dtype
+
+    got = _result_dtype(np.dtype(a), np.dtype(b))
+    assert got == np.result_type(np.dtype(a), np.dtype(b)) and got.isnative
 
 
 # -- the legacy namespace's jitter loop ---------------------------------------------------

@@ -21,6 +21,7 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 from scipy import sparse as sp
 
 from .. import _functions, _pool, core
+from .._functions.products import _result_dtype
 
 __all__ = ["Sparse3D"]
 
@@ -311,9 +312,10 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
             )
         if type(other) is np.ndarray and other.ndim == 2 and other.dtype.kind in "biufc":
             # 1.x's (k, H, W) layout, written directly by the 2.x product (no transposed copy)
-            H, W = self.imshape
-            cube = _pool.lend((other.shape[1], H, W), np.result_type(self.dtype, other.dtype))
-            _functions.dot(self._cur, other, _into=cube.transpose(1, 2, 0))
+            cur = self._cur
+            H, W = cur.imshape
+            cube = _pool.lend((other.shape[1], H, W), _result_dtype(cur.dtype, other.dtype))
+            _functions.dot(cur, other, _into=cube.transpose(1, 2, 0))
             return cube
         result = self._cur.dot(other)
         if np.ndim(result) == 3:
