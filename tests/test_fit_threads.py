@@ -179,11 +179,11 @@ def test_fit_runs_the_right_hand_sides_ahead(threaded, monkeypatch):
     # with threads and enough frames the right-hand sides are made in a worker thread while
     # the normal matrix is factorised, and used (not recomputed); never with one thread
     made, used = [], []
-    start, take = rhs._Ahead.start.__func__, rhs._Ahead.take
+    eligible, take = rhs._Ahead.eligible, rhs._Ahead.take
 
-    def counting_start(cls, *a):
-        out = start(cls, *a)
-        made.append(out is not None)
+    def counting_eligible(*a):
+        out = eligible(*a)
+        made.append(out)
         return out
 
     def counting_take(self, what, D):
@@ -191,7 +191,7 @@ def test_fit_runs_the_right_hand_sides_ahead(threaded, monkeypatch):
         used.append((what, out is not None))
         return out
 
-    monkeypatch.setattr(rhs._Ahead, "start", classmethod(counting_start))
+    monkeypatch.setattr(rhs._Ahead, "eligible", staticmethod(counting_eligible))
     monkeypatch.setattr(rhs._Ahead, "take", counting_take)
     _, S = _scene(5)
     d = np.random.default_rng(5).normal(size=(*S.imshape, 12))
@@ -201,6 +201,38 @@ def test_fit_runs_the_right_hand_sides_ahead(threaded, monkeypatch):
     used.clear()
     _fit(S, d, 1)
     assert made == [False] and used == []
+
+
+@pytest.mark.parametrize("nt", [1, 2])
+def test_many_frames_nonfinite_data_raises_the_same_error(nt, threaded):
+    # with threads the finiteness of many frames is read from the worker's square sums: NaN or
+    # inf in a kept pixel raises the one error (before any other: invalid errors too), masked
+    # ones pass; finite values whose squares overflow are fitted as without the worker
+    _, S = _scene(6)
+    rng = np.random.default_rng(6)
+    d = rng.normal(size=(*S.imshape, 12))
+    for bad in (np.nan, np.inf, -np.inf):
+        for frame in (0, 5, 11):
+            d2 = d.copy()
+            d2[4, 7, frame] = bad
+            with pytest.raises(ValueError, match="data contains non-finite values in unmasked pixels"):
+                _fit(S, d2, nt)
+            err = np.ones(S.imshape)
+            err[2, 2] = -1.0
+            with pytest.raises(ValueError, match="data contains non-finite values in unmasked pixels"):
+                _fit(S, d2, nt, errors=err)
+            mask = np.zeros(S.imshape, bool)
+            mask[4, 7] = True
+            res = _fit(S, d2, nt, mask=mask)
+            np.testing.assert_array_equal(
+                res.weights, _fit(S, np.where(mask[..., None], 0.0, d2), 1, mask=mask).weights
+            )
+    big = d * 1e160  # finite, its squares overflow: the explicit check passes
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        got = _fit(S, big, nt).weights
+        np.testing.assert_array_equal(got, _fit(S, big, 1).weights)
+    np.testing.assert_allclose(got, 1e160 * _fit(S, d, 1).weights, rtol=1e-9)
 
 
 # ---- against the dense least squares ------------------------------------------------------

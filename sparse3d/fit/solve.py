@@ -205,71 +205,93 @@ def fit_design(
     # sparse matrix is made only if the model or a diagnostic asks for it
     A_fit = _fit_design(A)
     stamps = _regular_stamps(A_fit)
-    if not (isinstance(A_fit, Sparse3D) and D.flags.c_contiguous and _kept_all_finite(D, keep)):
-        _check_data_finite(D, keep)  # (numba is loaded on the stamp path: one compiled pass)
+    pending = [k > _CELLS_MAX_FRAMES and _Ahead.eligible(stamps, D)]
 
-    if E is not None:
-        _check_errors(E, keep)
-    # (npix, g) scaled inverse variances (err_scale / errors)**2, 0 where masked, one column per
-    # distinct map and mask; None: unit errors, no mask
-    err_scale = _error_scale(E, keep)
-    ivar = _inverse_variance(E, keep, err_scale)
-    groups = [] if (ivar is not None and ivar.shape[1] == 0) else [np.arange(k)]  # no frames
-    if ivar is not None and ivar.shape[1] > 1:
-        groups = _frame_groups(ivar)
-        ivar = ivar[:, [int(g[0]) for g in groups]]
-    col_of_frame = None
-    if len(groups) > 1:
-        col_of_frame = np.empty(k, dtype=np.intp)
+    def check_data() -> None:
+        pending[0] = False
+        if not (isinstance(A_fit, Sparse3D) and D.flags.c_contiguous and _kept_all_finite(D, keep)):
+            _check_data_finite(D, keep)  # (numba is loaded on the stamp path: one compiled pass)
+
+    # many frames, their right-hand sides and square sums made ahead by a worker (one group):
+    # the data's finiteness is known from the square sums (a non-finite kept value makes its
+    # frame's sum non-finite; only then the check above runs), off the critical path; any error
+    # raised before that (errors, prior, factorisation) waits for the check, so that non-finite
+    # data raises the same error as without the worker, and before any result or warning
+    if not pending[0]:
+        check_data()
+    ahead = None
+    try:
+        if E is not None:
+            _check_errors(E, keep)
+        # (npix, g) scaled inverse variances (err_scale / errors)**2, 0 where masked, one column per
+        # distinct map and mask; None: unit errors, no mask
+        err_scale = _error_scale(E, keep)
+        ivar = _inverse_variance(E, keep, err_scale)
+        groups = [] if (ivar is not None and ivar.shape[1] == 0) else [np.arange(k)]  # no frames
+        if ivar is not None and ivar.shape[1] > 1:
+            groups = _frame_groups(ivar)
+            ivar = ivar[:, [int(g[0]) for g in groups]]
+        col_of_frame = None
+        if len(groups) > 1:
+            col_of_frame = np.empty(k, dtype=np.intp)
+            for gi, frames in enumerate(groups):
+                col_of_frame[frames] = gi
+
+        bg = as_background(background)
+        B = None if bg is None else bg.columns((H, W))
+        prior_prec, mu = _check_prior(prior_mu, prior_sigma, n)
+        if B is not None:
+            bprec, bmu = bg.prior(B.shape[1])
+            prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
+        made: list = []
+
+        def design_matrix() -> Any:
+            if not made:
+                made.append(_design_matrix(A_fit) if isinstance(A_fit, Sparse3D) else A_fit)
+            return made[0]
+
+        m = n if B is None else n + B.shape[1]
+
+        # ---- one factorisation per distinct error map and mask --------------
+        params = np.full((m, k), np.nan) if len(groups) != 1 else None
+        chi2 = np.zeros(k)
+        fit_groups: list[_Group] = []
+        unconstrained = np.zeros(n, dtype=bool)
+        used = solver
         for gi, frames in enumerate(groups):
-            col_of_frame[frames] = gi
-
-    bg = as_background(background)
-    B = None if bg is None else bg.columns((H, W))
-    prior_prec, mu = _check_prior(prior_mu, prior_sigma, n)
-    if B is not None:
-        bprec, bmu = bg.prior(B.shape[1])
-        prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
-    made: list = []
-
-    def design_matrix() -> Any:
-        if not made:
-            made.append(_design_matrix(A_fit) if isinstance(A_fit, Sparse3D) else A_fit)
-        return made[0]
-
-    m = n if B is None else n + B.shape[1]
-
-    # ---- one factorisation per distinct error map and mask --------------
-    params = np.full((m, k), np.nan) if len(groups) != 1 else None
-    chi2 = np.zeros(k)
-    fit_groups: list[_Group] = []
-    unconstrained = np.zeros(n, dtype=bool)
-    used = solver
-    for gi, frames in enumerate(groups):
-        keep_g = None
-        if keep is not None:
-            keep_g = keep[:, int(frames[0])] if per_frame_mask else keep[:, 0]
-        ivar_g = None if ivar is None else ivar[:, gi]
-        # a few frames: the weighted stamps of the normal matrix are kept for their right-hand
-        # sides (and a recomputed chi-square), then dropped; many frames: their right-hand sides
-        # and square sums in a worker thread meanwhile (the choice by frame count alone: the same
-        # bits whatever the machine's load)
-        few = len(frames) <= _CELLS_MAX_FRAMES
-        ahead = _Ahead.start(stamps, D, ivar_g, keep_g, err_scale) if len(groups) == 1 and not few else None
-        ne = NormalEquations._build(
-            A, A_fit, ivar_g, keep_g, prior_prec, mu, solver, err_scale, B, keep_cells=few
-        )
-        ne._ahead = ahead
-        unconstrained |= ne.unconstrained
-        used = ne.solver  # "auto" resolved by the first factorisation
-        if len(groups) == 1:
-            params, chi2 = ne.solve(D, return_chi2=True)
-        else:
-            params[:, frames], chi2[frames] = ne.solve(D[:, frames], return_chi2=True)
-        ne._cells = None
-        factor = ne.factor if return_errors else None
-        fit_groups.append(_Group(frames, ne.gram, ne.free, factor, err_scale * ne.col_scale))
-        del ne  # the weighted design matrix; the factor lives on in fit_groups
+            keep_g = None
+            if keep is not None:
+                keep_g = keep[:, int(frames[0])] if per_frame_mask else keep[:, 0]
+            ivar_g = None if ivar is None else ivar[:, gi]
+            # a few frames: the weighted stamps of the normal matrix are kept for their right-hand
+            # sides (and a recomputed chi-square), then dropped; many frames: their right-hand sides
+            # and square sums in a worker thread meanwhile (the choice by frame count alone: the same
+            # bits whatever the machine's load)
+            few = len(frames) <= _CELLS_MAX_FRAMES
+            if pending[0] and len(groups) == 1:
+                ahead = _Ahead(stamps[0][0], D, ivar_g, keep_g, err_scale)
+            elif pending[0]:
+                check_data()  # several groups: no worker
+            ne = NormalEquations._build(
+                A, A_fit, ivar_g, keep_g, prior_prec, mu, solver, err_scale, B, keep_cells=few
+            )
+            ne._ahead = ahead
+            unconstrained |= ne.unconstrained
+            used = ne.solver  # "auto" resolved by the first factorisation
+            if len(groups) == 1:
+                params, chi2 = ne.solve(D, return_chi2=True)
+            else:
+                params[:, frames], chi2[frames] = ne.solve(D[:, frames], return_chi2=True)
+            ne._cells = None
+            factor = ne.factor if return_errors else None
+            fit_groups.append(_Group(frames, ne.gram, ne.free, factor, err_scale * ne.col_scale))
+            del ne  # the weighted design matrix; the factor lives on in fit_groups
+        if pending[0] and (ahead is None or not ahead.finite()):
+            check_data()
+    except Exception:
+        if pending[0]:
+            check_data()
+        raise
     _warn_unconstrained(unconstrained, stacklevel=3)  # via Sparse3D.fit / ROISparse3D.fit
 
     # ---- model, diagnostics (chi-square came with the solution) ---------
