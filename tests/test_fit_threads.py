@@ -179,11 +179,11 @@ def test_fit_runs_the_right_hand_sides_ahead(threaded, monkeypatch):
     # with threads and enough frames the right-hand sides are made in a worker thread while
     # the normal matrix is factorised, and used (not recomputed); never with one thread
     made, used = [], []
-    eligible, take = rhs._Ahead.eligible, rhs._Ahead.take
+    start, take = rhs._Ahead.start.__func__, rhs._Ahead.take
 
-    def counting_eligible(*a):
-        out = eligible(*a)
-        made.append(out)
+    def counting_start(cls, *a):
+        out = start(cls, *a)
+        made.append(out is not None)
         return out
 
     def counting_take(self, what, D):
@@ -191,7 +191,7 @@ def test_fit_runs_the_right_hand_sides_ahead(threaded, monkeypatch):
         used.append((what, out is not None))
         return out
 
-    monkeypatch.setattr(rhs._Ahead, "eligible", staticmethod(counting_eligible))
+    monkeypatch.setattr(rhs._Ahead, "start", classmethod(counting_start))
     monkeypatch.setattr(rhs._Ahead, "take", counting_take)
     _, S = _scene(5)
     d = np.random.default_rng(5).normal(size=(*S.imshape, 12))
@@ -227,6 +227,16 @@ def test_many_frames_nonfinite_data_raises_the_same_error(nt, threaded):
             np.testing.assert_array_equal(
                 res.weights, _fit(S, np.where(mask[..., None], 0.0, d2), 1, mask=mask).weights
             )
+    d2 = d.copy()
+    d2[4, 7, 3] = np.nan
+    masks = np.zeros((*S.imshape, 12), bool)
+    masks[1, 1, ::2] = True  # two distinct masks: two factorisations
+    with pytest.raises(ValueError, match="data contains non-finite values in unmasked pixels"):
+        _fit(S, d2, nt, mask=masks)
+    with pytest.raises(ValueError, match="data contains non-finite values in unmasked pixels"):
+        fit_design(S.tocsr(), d2, imshape=S.imshape)  # a sparse matrix: no stamps
+    masks[4, 7, 3] = True
+    assert np.isfinite(_fit(S, d2, nt, mask=masks).chi2).all()
     big = d * 1e160  # finite, its squares overflow: the explicit check passes
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

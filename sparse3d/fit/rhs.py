@@ -214,23 +214,26 @@ class _Ahead:
         rhs = _stamp_rhs(stamps, D, ivar, keep)
         return {"rhs": rhs, "square_sum": _stamp_square_sum(D, ivar, keep, scale)}
 
-    @staticmethod
-    def eligible(stamps: list | None, D: np.ndarray) -> bool:
-        """Whether an :class:`_Ahead` pays for ``D``: one regular stamp group (``stamps``, as
+    @classmethod
+    def start(
+        cls,
+        stamps: list | None,
+        D: np.ndarray,
+        ivar: np.ndarray | None,
+        keep: np.ndarray | None,
+        err_scale: float,
+    ) -> _Ahead | None:
+        """An :class:`_Ahead` when it pays: one regular stamp group (``stamps``, as
         :func:`~.assemble._regular_stamps` gives them), enough frames for the image sweep, a
-        C-contiguous float64 ``D`` ``(npix, k)``, work enough for threads."""
+        C-contiguous float64 ``D`` ``(npix, k)``, work enough for threads; else None."""
         if stamps is None or len(stamps) != 1 or stamps[0][1] is not None:
-            return False
+            return None
         if D.ndim != 2 or D.dtype != np.float64 or not D.flags.c_contiguous:
-            return False
+            return None
         values = stamps[0][0][0]
-        return D.shape[1] >= _RHS_ORDER_MIN_FRAMES and _threads.threads_for(values.size * D.shape[1]) >= 2
-
-    def finite(self) -> bool:
-        """Whether every frame's square sum is finite (waiting for it): then every kept value of
-        ``D`` is (a NaN or inf makes its term, so its sum, non-finite); False also when a sum
-        overflowed, which only an explicit check tells apart."""
-        return bool(np.isfinite(self._future.result()["square_sum"]).all())
+        if D.shape[1] < _RHS_ORDER_MIN_FRAMES or _threads.threads_for(values.size * D.shape[1]) < 2:
+            return None
+        return cls(stamps[0][0], D, ivar, keep, err_scale)
 
     def take(self, what: str, D: np.ndarray) -> np.ndarray | None:
         """The result ``what`` (``"rhs"`` or ``"square_sum"``) for ``D`` (waiting for it), once;

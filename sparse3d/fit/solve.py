@@ -205,21 +205,21 @@ def fit_design(
     # sparse matrix is made only if the model or a diagnostic asks for it
     A_fit = _fit_design(A)
     stamps = _regular_stamps(A_fit)
-    pending = [k > _CELLS_MAX_FRAMES and _Ahead.eligible(stamps, D)]
+    # many frames (one error map and mask): non-finite kept data makes its frame's chi-square
+    # non-finite (its square sum, made by the fit anyway, in the worker of the right-hand sides
+    # or in one compiled pass), so the explicit check of the data (a pass over the whole stack)
+    # runs only then, after the solve; any error raised before it (errors, prior, factorisation)
+    # waits for the check, so that non-finite data raises the same error first, before any
+    # result or warning
+    pending = [k > _CELLS_MAX_FRAMES]
 
     def check_data() -> None:
         pending[0] = False
         if not (isinstance(A_fit, Sparse3D) and D.flags.c_contiguous and _kept_all_finite(D, keep)):
             _check_data_finite(D, keep)  # (numba is loaded on the stamp path: one compiled pass)
 
-    # many frames, their right-hand sides and square sums made ahead by a worker (one group):
-    # the data's finiteness is known from the square sums (a non-finite kept value makes its
-    # frame's sum non-finite; only then the check above runs), off the critical path; any error
-    # raised before that (errors, prior, factorisation) waits for the check, so that non-finite
-    # data raises the same error as without the worker, and before any result or warning
     if not pending[0]:
         check_data()
-    ahead = None
     try:
         if E is not None:
             _check_errors(E, keep)
@@ -268,10 +268,11 @@ def fit_design(
             # and square sums in a worker thread meanwhile (the choice by frame count alone: the same
             # bits whatever the machine's load)
             few = len(frames) <= _CELLS_MAX_FRAMES
-            if pending[0] and len(groups) == 1:
-                ahead = _Ahead(stamps[0][0], D, ivar_g, keep_g, err_scale)
-            elif pending[0]:
-                check_data()  # several groups: no worker
+            if pending[0] and len(groups) > 1:
+                check_data()  # before several factorisations
+            ahead = (
+                _Ahead.start(stamps, D, ivar_g, keep_g, err_scale) if len(groups) == 1 and not few else None
+            )
             ne = NormalEquations._build(
                 A, A_fit, ivar_g, keep_g, prior_prec, mu, solver, err_scale, B, keep_cells=few
             )
@@ -286,8 +287,8 @@ def fit_design(
             factor = ne.factor if return_errors else None
             fit_groups.append(_Group(frames, ne.gram, ne.free, factor, err_scale * ne.col_scale))
             del ne  # the weighted design matrix; the factor lives on in fit_groups
-        if pending[0] and (ahead is None or not ahead.finite()):
-            check_data()
+        if pending[0] and not np.isfinite(chi2).all():
+            check_data()  # non-finite data, or a chi-square beyond float range
     except Exception:
         if pending[0]:
             check_data()
