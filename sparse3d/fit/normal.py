@@ -317,16 +317,19 @@ class NormalEquations:
         if self.prior_rhs is not None:
             rhs += self.prior_rhs if one else self.prior_rhs[:, None]
         x = self.factor.solve(rhs if self._idx is None else rhs[self._idx])
-        if self._idx is None:
+        chi2 = None
+        if return_chi2:
+            assert not one
+            chi2 = self._chi2_from_normal(D, x, data_rhs)  # from the scaled solution
+        if self._idx is None and x.flags.writeable and not np.may_share_memory(x, rhs):
+            x *= c  # the solver's fresh array unscaled in place: no second (n, k) array
+            out = x
+        elif self._idx is None:
             out = x * c
         else:
             out = np.full((self.n_params, *D.shape[1:]), np.nan)
             out[self._idx] = x * c[self._idx]
-        if not return_chi2:
-            return out
-        assert not one
-        chi2 = self._chi2_from_normal(D, x, data_rhs)
-        return out, chi2
+        return out if chi2 is None else (out, chi2)
 
     def solve_rhs(self, b: np.ndarray, fill: float = np.nan) -> np.ndarray:
         """Solve ``N x = b`` with the factorised normal matrix ``N = A^T C^-1 A + P``.
