@@ -317,13 +317,10 @@ class NormalEquations:
         if self.prior_rhs is not None:
             rhs += self.prior_rhs if one else self.prior_rhs[:, None]
         x = self.factor.solve(rhs if self._idx is None else rhs[self._idx])
-        chi2 = None
-        if return_chi2:
-            assert not one
-            chi2 = self._chi2_from_normal(D, x, data_rhs)  # from the scaled solution
+        assert not (one and return_chi2)
+        chi2 = self._chi2_from_normal(D, x, data_rhs) if return_chi2 else None  # x scaled
         if self._idx is None and x.flags.writeable and not np.may_share_memory(x, rhs):
-            x *= c  # the solver's fresh array unscaled in place: no second (n, k) array
-            out = x
+            out = np.multiply(x, c, out=x)  # the solver's fresh array: no second (n, k) array
         elif self._idx is None:
             out = x * c
         else:
