@@ -134,6 +134,7 @@ def _prefetch_intrinsic():
 #: are in L3 or memory: the row updates were latency-bound, 2-32 all measured ~18 % faster).
 PREFETCH_AHEAD = 8
 
+
 def _inside(r, c, nr, nc, W, lo, hi):  # pragma: no cover - runs compiled
     """Whether an ``nr × nc`` stamp at ``(r, c)`` lies inside the band ``lo <= row < hi``."""
     return r >= lo and c >= 0 and r + nr <= hi and c + nc <= W

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = ["DenseAllocationError", "get_options", "set_options"]
 
@@ -101,10 +101,16 @@ def _format_bytes(n: float) -> str:
     return f"{n:.1f} PiB"  # pragma: no cover
 
 
-def check_dense_allocation(nbytes: int, what: str) -> None:
-    """Raise :class:`DenseAllocationError` if ``what`` would need more than the limit."""
+def check_dense_allocation(nbytes: int, what: str | Callable[[], str]) -> None:
+    """Raise :class:`DenseAllocationError` if ``what`` would need more than the limit.
+
+    ``what`` names the result; a callable returning the name is called only when the error is
+    raised (a hot path, e.g. one product per model of a jitter loop, formats nothing).
+    """
     limit = get_options()["max_dense_bytes"]
     if nbytes > limit:
+        if callable(what):
+            what = what()
         raise DenseAllocationError(
             f"{what} would allocate {_format_bytes(nbytes)}, above max_dense_bytes="
             f"{_format_bytes(limit)}; work on a cutout (S[r0:r1, c0:c1]) or raise the limit "

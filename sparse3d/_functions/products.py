@@ -116,10 +116,10 @@ def dot(a, b, out=None, *, _into=None):
     s = a._structure
     H, W = a.imshape
     k = 1 if b.ndim == 1 else b.shape[1]
-    nbytes = H * W * k * max(dtype.itemsize, 8 if b.ndim == 1 else 1)
-    if nbytes > get_options()["max_dense_bytes"]:  # the message only when it is raised
-        what = f"an image of shape {(H, W)}" if b.ndim == 1 else f"a model cube of shape {(H, W, k)}"
-        check_dense_allocation(nbytes, what)
+    check_dense_allocation(  # the message is formatted only when it is raised
+        H * W * k * max(dtype.itemsize, 8 if b.ndim == 1 else 1),
+        lambda: f"an image of shape {(H, W)}" if b.ndim == 1 else f"a model cube of shape {(H, W, k)}",
+    )
     if _into is not None:
         _check_into(_into, (H, W, k), dtype)
     if s.grouped:  # the sum of every group's model with its sources' weights

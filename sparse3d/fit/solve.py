@@ -211,14 +211,15 @@ def fit_design(
     # runs only then, after the solve; any error raised before it (errors, prior, factorisation)
     # waits for the check, so that non-finite data raises the same error first, before any
     # result or warning
-    pending = [k > _CELLS_MAX_FRAMES]
+    pending = k > _CELLS_MAX_FRAMES
 
     def check_data() -> None:
-        pending[0] = False
+        nonlocal pending
+        pending = False
         if not (isinstance(A_fit, Sparse3D) and D.flags.c_contiguous and _kept_all_finite(D, keep)):
             _check_data_finite(D, keep)  # (numba is loaded on the stamp path: one compiled pass)
 
-    if not pending[0]:
+    if not pending:
         check_data()
     try:
         if E is not None:
@@ -268,7 +269,7 @@ def fit_design(
             # and square sums in a worker thread meanwhile (the choice by frame count alone: the same
             # bits whatever the machine's load)
             few = len(frames) <= _CELLS_MAX_FRAMES
-            if pending[0] and len(groups) > 1:
+            if pending and len(groups) > 1:
                 check_data()  # before several factorisations
             ahead = (
                 _Ahead.start(stamps, D, ivar_g, keep_g, err_scale) if len(groups) == 1 and not few else None
@@ -287,10 +288,10 @@ def fit_design(
             factor = ne.factor if return_errors else None
             fit_groups.append(_Group(frames, ne.gram, ne.free, factor, err_scale * ne.col_scale))
             del ne  # the weighted design matrix; the factor lives on in fit_groups
-        if pending[0] and not np.isfinite(chi2).all():
+        if pending and not np.isfinite(chi2).all():
             check_data()  # non-finite data, or a chi-square beyond float range
     except Exception:
-        if pending[0]:
+        if pending:
             check_data()
         raise
     _warn_unconstrained(unconstrained, stacklevel=3)  # via Sparse3D.fit / ROISparse3D.fit
