@@ -318,19 +318,14 @@ def grid_match(a: np.ndarray, first: np.ndarray, axis: int) -> bool:
     return all(_threads.share(row, range(a.shape[0]), threads))
 
 
-#: Whether the elementwise pipeline's passes (deferred chains, a constructor's copy and grid
-#: check) use threads by default (see :func:`elementwise_threads`).
-ELEMENTWISE_THREADS_BY_DEFAULT = True
-
-
 def elementwise_threads(work: int) -> int:
     """Threads for a pass of the elementwise pipeline over ``work`` values: a deferred chain's
     evaluation, the copy of a constructor's values, the grid check of its positions.
 
     One below :data:`sparse3d._threads.PARALLEL_MIN_WORK` values; else
-    :func:`sparse3d._threads.threads_for` when :data:`ELEMENTWISE_THREADS_BY_DEFAULT` or a
-    thread count was asked for (``sparse3d.set_options(num_threads=N)`` or
-    ``SPARSE3D_NUM_THREADS``). The passes hand out small pieces to whichever thread is free
+    :func:`sparse3d._threads.threads_for` (by default at most the CPUs other processes leave
+    idle; ``sparse3d.set_options(num_threads=N)`` or ``SPARSE3D_NUM_THREADS`` as given). The
+    passes hand out small pieces to whichever thread is free
     (:func:`sparse3d._threads.share`), so a busy second core makes a pass no slower than in
     one thread.
     """
@@ -338,9 +333,7 @@ def elementwise_threads(work: int) -> int:
 
     if work < _threads.PARALLEL_MIN_WORK:  # one thread whatever the setting (not even read)
         return 1
-    if ELEMENTWISE_THREADS_BY_DEFAULT or _threads.requested_threads():
-        return _threads.threads_for(work)
-    return 1
+    return _threads.threads_for(work)
 
 
 def distinct_part(a: np.ndarray) -> np.ndarray:

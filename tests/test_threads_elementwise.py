@@ -132,8 +132,7 @@ def test_copy_with_bounds_threads(blocks, dtype, bad, where):
 
 def test_elementwise_passes_follow_threads_for_by_default(monkeypatch, blocks):
     """By default the copy, the grid check and a chain's evaluation use ``threads_for``
-    threads (above ``PARALLEL_MIN_WORK`` values); with ``ELEMENTWISE_THREADS_BY_DEFAULT`` off
-    they use one unless a count is asked for, which then applies to all three."""
+    threads (above ``PARALLEL_MIN_WORK`` values); a count asked for applies to all three."""
     monkeypatch.delenv(_threads.ENV_VAR, raising=False)
     monkeypatch.setattr(_threads, "_usable_cpus", lambda: 3)
     monkeypatch.setattr(_threads, "idle_cpus", lambda: None)  # the machine's load not known
@@ -151,11 +150,6 @@ def test_elementwise_passes_follow_threads_for_by_default(monkeypatch, blocks):
     blocks.clear()
     got = (X * 2.5).data  # one cheap operation streams memory: one thread
     np.testing.assert_array_equal(_bits(got), _bits(sc.data * 2.5))
-    assert blocks == [1]
-    monkeypatch.setattr(_kernels, "ELEMENTWISE_THREADS_BY_DEFAULT", False)
-    assert _kernels.elementwise_threads(10**9) == 1
-    blocks.clear()
-    _deferred.copy_with_bounds(np.ones((2, 2, 300)))
     assert blocks == [1]
     monkeypatch.setenv(_threads.ENV_VAR, "2")
     assert _kernels.elementwise_threads(10**9) == 2
