@@ -6,6 +6,7 @@ position::
 
     narrow    positions → int16 copy, their (min, max) and the grid test, in one pass
     grid      whether stored positions are a grid along one stamp axis
+    match     whether row and col are the grid of given corners (read-only, one pass over both)
     scatter   out[r0 + i, c0 : c0 + nc, :] += values[i, :, k] * w[k, :]        (dot)
     gather    out[k, :] += Σ_j values[i, j, k] * image[r0 + i, c0 + j, :]     (projection)
 
@@ -41,7 +42,7 @@ import numpy as np
 
 from . import _kernels, _pool, _threads
 
-__all__ = ["narrow", "is_grid", "scatter", "gather", "SCATTER_BLOCK"]
+__all__ = ["narrow", "is_grid", "match_grid", "scatter", "gather", "SCATTER_BLOCK"]
 
 #: Sources per block of the scatter for 8-byte values (twice as many for 4-byte ones: the
 #: transposed buffer ``block × nr × nc`` holds the same bytes, ~100 KB for 10 × 10 stamps, in
@@ -97,6 +98,29 @@ def _grid_loop(src, axis):  # pragma: no cover - runs compiled
                 ok &= np.int64(a[k]) - np.int64(first[k]) == step
             if not ok:
                 return False
+    return True
+
+
+def _match_loop(row, col, row0, col0, nc, p0, p1):  # pragma: no cover - runs compiled
+    """Whether planes ``p0 <= p < p1`` (``p = i * nc + j``) of the ``(P, n)`` views ``row`` and
+    ``col`` are ``row0 + i`` and ``col0 + j``, compared in int64 arithmetic (modulo ``2**64``).
+
+    Two planes of each per sweep over the corners (a last odd plane is compared twice): the
+    corners are loaded once for four planes, and the loop reads as fast as a plain read of
+    both arrays; the xor-or vectorises, a differing pair of planes stops it.
+    """
+    n = row.shape[1]
+    for p in range(p0, p1, 2):
+        q = min(p + 1, p1 - 1)
+        i0, j0, i1, j1 = np.int64(p // nc), np.int64(p % nc), np.int64(q // nc), np.int64(q % nc)
+        ra, ca, rb, cb = row[p], col[p], row[q], col[q]
+        diff = np.int64(0)
+        for k in range(n):
+            r, c = np.int64(row0[k]), np.int64(col0[k])
+            diff |= ((np.int64(ra[k]) - r) ^ i0) | ((np.int64(ca[k]) - c) ^ j0)
+            diff |= ((np.int64(rb[k]) - r) ^ i1) | ((np.int64(cb[k]) - c) ^ j1)
+        if diff != 0:
+            return False
     return True
 
 
@@ -297,6 +321,11 @@ SIMD_TRANSPOSE_DIGEST = "f30ff2d8c83f139f"
 
 #: Functions the loops call (compiled before any loop is).
 _HELPERS = ("_inside", "_add_inside", "_add_stamp", "_prefetch_stamp", "_transpose_loop")
+#: Loops that call none of them (compiled without loading the intrinsics).
+_STANDALONE = ("_match_loop", "_narrow_loop", "_grid_loop")
+#: Values of each array per item of a threaded :func:`match_grid` (whole stamp planes, an even
+#: number of them): small enough for a late thread to leave little to the others.
+MATCH_SPAN = 1 << 18
 
 
 def _compiled(name: str):
@@ -307,6 +336,9 @@ def _compiled(name: str):
     if fn is None:
         import numba
 
+        if name in _STANDALONE:
+            fn = _kernels._COMPILED[key] = numba.njit(cache=True, nogil=True)(globals()[name])
+            return fn
         global _prefetch, _transpose8
         if isinstance(_prefetch, FunctionType):  # still the Python stub (numba freezes globals)
             try:
@@ -362,6 +394,36 @@ def is_grid(row: np.ndarray, col: np.ndarray) -> bool:
         if not ok:
             return False
     return True
+
+
+def match_grid(row: np.ndarray, col: np.ndarray, row0: np.ndarray, col0: np.ndarray) -> bool:
+    """Whether ``row[i, j, k] == row0[k] + i`` and ``col[i, j, k] == col0[k] + j`` everywhere.
+
+    ``row``, ``col``: C-contiguous native signed-integer ``(nr, nc, n)`` arrays of one shape;
+    ``row0``, ``col0``: ``n`` native signed integers each, best in the narrowest type that
+    holds them (they are read once per two stamp planes). Compared in int64 arithmetic, i.e.
+    modulo ``2**64``: exact when every ``row0[k] + i`` and ``col0[k] + j`` fits int64 (the
+    callers bound the corners). One read-only pass over both arrays that stops at the first
+    pair of stamp planes that differs; the last plane is compared first, so stamps that are
+    not this grid are told apart before the full pass (a layout that is a grid in ``row``
+    only included). In threads (:func:`sparse3d._kernels.elementwise_threads`) large arrays
+    are read in spans of :data:`MATCH_SPAN` values (whole planes) taken by whichever thread
+    is free (:func:`sparse3d._threads.share`); the answer does not depend on the split.
+    """
+    nr, nc, n = row.shape
+    P = nr * nc
+    if row.size == 0:
+        return True
+    view = _kernels._readonly_view
+    rows, cols = view(row.reshape(P, n)), view(col.reshape(P, n))
+    row0, col0 = view(np.ascontiguousarray(row0)), view(np.ascontiguousarray(col0))
+    loop = _compiled("_match_loop")
+    if not loop(rows, cols, row0, col0, nc, P - 1, P):
+        return False
+    threads = _kernels.elementwise_threads(row.size + col.size)
+    per = max(2, -(-MATCH_SPAN // (2 * n)) * 2) if threads > 1 else P
+    spans = [(p, min(p + per, P)) for p in range(0, P, per)]
+    return all(_threads.share(lambda ab, _: loop(rows, cols, row0, col0, nc, *ab), spans, threads))
 
 
 def _distinct_part(a: np.ndarray, axis: int) -> np.ndarray | None:
@@ -459,6 +521,10 @@ def precompile_kernels() -> None:
         row = (R[:, :, None] + np.array([1, 4])).astype(pos)
         col = (C[:, :, None] + np.array([2, 5])).astype(pos)
         _compiled("_grid_loop")(row, 0)
+        for corner in (np.int16, np.int32, np.int64):  # user int64 positions, stored corners
+            wide = np.ascontiguousarray(row, dtype=np.int64)
+            match_grid(wide, wide, row[0, 0].astype(corner), row[0, 0].astype(corner))
+        match_grid(row, row, row[0, 0], row[0, 0])
         _compiled("_narrow_loop")(row.astype(np.int64), np.empty(row.shape, np.int16), 0)
         row0, col0 = row[0, 0].astype(np.int64), col[0, 0].astype(np.int64)
         for dtype in (np.float64, np.float32):

@@ -31,7 +31,6 @@ __all__ = [
     "gather",
     "min_max",
     "equal",
-    "grid_match",
     "loaded",
     "sorted_scatter",
     "roi_scatter",
@@ -273,51 +272,6 @@ def _equal_loop(a, b):  # pragma: no cover - runs compiled
     return diff == 0
 
 
-def _grid_match_loop(a, first, axis):  # pragma: no cover - runs compiled
-    # a[i, j, k] == first[k] + (i if axis == 0 else j) everywhere, compared modulo 2**64 (the
-    # caller bounds ``first``); the xor-or of every plane vectorises, a differing plane stops it
-    nr, nc, n = a.shape
-    for i in range(nr):
-        for j in range(nc):
-            step = np.int64(i if axis == 0 else j)
-            x = a[i, j]
-            diff = np.int64(0)
-            for k in range(n):
-                diff |= (np.int64(x[k]) - np.int64(first[k])) ^ step
-            if diff != 0:
-                return False
-    return True
-
-
-def grid_match(a: np.ndarray, first: np.ndarray, axis: int) -> bool:
-    """Whether ``a[i, j, k] == first[k] + i`` (``axis`` 0) or ``+ j`` (``axis`` 1) everywhere.
-
-    ``a``: a C-contiguous native signed-integer ``(nr, nc, n)`` array; ``first``: ``n``
-    native signed integers, best in the narrowest type that holds them (it is read once per
-    stamp plane). Compared in int64 arithmetic, i.e. modulo ``2**64``: exact when every
-    ``first[k] + step`` fits int64 (the caller bounds ``first``). One read-only pass over
-    ``a`` that stops at the first stamp plane that differs; in threads
-    (:func:`elementwise_threads`) large arrays are read one stamp row at a time by whichever
-    thread is free (:func:`sparse3d._threads.share`), with the same kernel (along axis 0 row
-    ``i0`` is compared with ``first + i0`` in ``first``'s type; one block when that could wrap).
-    """
-    a, first = _readonly_view(a), _readonly_view(np.ascontiguousarray(first))  # one compiled type
-    loop = _compiled("_grid_match_loop")
-    from . import _threads
-
-    threads = elementwise_threads(a.size)
-    if axis == 0 and first.size and int(first.max()) + a.shape[0] - 1 > np.iinfo(first.dtype).max:
-        threads = 1  # first + i0 would wrap in first's type: one block
-    if threads <= 1 or a.shape[0] <= 1:
-        return bool(loop(a, first, axis))
-
-    def row(i0, _):  # stamp row i0; along axis 0 its step counts from i0
-        start = first if axis == 1 or i0 == 0 else _readonly_view((first + i0).astype(first.dtype))
-        return bool(loop(a[i0 : i0 + 1], start, axis))
-
-    return all(_threads.share(row, range(a.shape[0]), threads))
-
-
 def elementwise_threads(work: int) -> int:
     """Threads for a pass of the elementwise pipeline over ``work`` values: a deferred chain's
     evaluation, the copy of a constructor's values, the grid check of its positions.
@@ -549,8 +503,5 @@ def precompile_kernels() -> None:
                 flat = np.ascontiguousarray(a)
                 min_max(flat)
                 equal(flat, flat)
-            for pos in (np.int16, np.int32, np.int64):
-                for corner_dtype in (np.int16, np.int32):
-                    grid_match(np.ascontiguousarray(row, dtype=pos), row[0, 0].astype(corner_dtype), 0)
     finally:
         MIN_ELEMENTS = saved

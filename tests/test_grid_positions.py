@@ -1,5 +1,5 @@
 """Grid positions stored from their corners: the read-only construction pass and the
-interning check against a grid's corners (:func:`sparse3d._kernels.grid_match`), against
+interning check against a grid's corners (:func:`sparse3d._grid_kernels.match_grid`), against
 dense NumPy references.
 
 ``MIN_ELEMENTS`` is lowered to 0 so that the compiled paths run on these small scenes.
@@ -8,7 +8,7 @@ dense NumPy references.
 import numpy as np
 import pytest
 
-from sparse3d import Sparse3D, _kernels
+from sparse3d import Sparse3D, _grid_kernels, _kernels
 from sparse3d.testing import dense_reference
 
 pytestmark = pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
@@ -142,15 +142,20 @@ def test_interning_of_a_grid_rebuilt_as_a_whole_new_grid():
 
 @pytest.mark.parametrize("dtype", [np.int16, np.int32, np.int64])
 @pytest.mark.parametrize("first_dtype", [np.int16, np.int32, np.int64])
-def test_grid_match_matches_a_numpy_rule(dtype, first_dtype):
+def test_match_grid_matches_a_numpy_rule(dtype, first_dtype):
     rng = np.random.default_rng(11)
-    for axis in (0, 1):
-        for trial in range(20):
-            nr, nc, n = rng.integers(1, 5), rng.integers(1, 5), rng.integers(1, 40)
-            first = rng.integers(-1000, 1000, n)
-            steps = np.arange(nr if axis == 0 else nc).reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
-            a = np.broadcast_to(first + steps, (nr, nc, n)).astype(dtype)
-            if trial % 2:
-                a[tuple(rng.integers(0, s) for s in a.shape)] += int(rng.choice([-1, 1, 7]))
-            expect = bool((a.astype(np.int64) == first + steps).all())
-            assert _kernels.grid_match(a, first.astype(first_dtype), axis) == expect
+    for trial in range(40):
+        nr, nc, n = rng.integers(1, 5), rng.integers(1, 5), rng.integers(1, 40)
+        r0, c0 = rng.integers(-1000, 1000, n), rng.integers(-1000, 1000, n)
+        R = np.arange(nr).reshape(-1, 1, 1) + r0
+        C = np.arange(nc).reshape(1, -1, 1) + c0
+        row = np.broadcast_to(R, (nr, nc, n)).astype(dtype)
+        col = np.broadcast_to(C, (nr, nc, n)).astype(dtype)
+        if trial % 2:
+            a = row if trial % 4 == 1 else col
+            a[tuple(rng.integers(0, s) for s in a.shape)] += int(rng.choice([-1, 1, 7]))
+        if trial % 8 == 6:  # a transposed grid (rows vary along the columns): not this grid
+            row = np.ascontiguousarray(np.broadcast_to(C - c0 + r0, (nr, nc, n)), dtype=dtype)
+        expect = bool((row.astype(np.int64) == R).all() and (col.astype(np.int64) == C).all())
+        got = _grid_kernels.match_grid(row, col, r0.astype(first_dtype), c0.astype(first_dtype))
+        assert got == expect

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import sparse3d
-from sparse3d import Sparse3D, _deferred, _kernels, _threads
+from sparse3d import Sparse3D, _deferred, _grid_kernels, _kernels, _threads
 from sparse3d._deferred import Node
 from sparse3d.testing import dense_reference, random_scene
 
@@ -212,58 +212,55 @@ def _grid(rng, nr, nc, n, lo=-50, hi=50, dtype=np.int64):
 
 
 @pytest.mark.parametrize("pos", [np.int16, np.int32, np.int64])
-@pytest.mark.parametrize("corner", [np.int16, np.int32])
-def test_grid_match_every_thread_count(blocks, pos, corner):
+@pytest.mark.parametrize("corner", [np.int16, np.int32, np.int64])
+def test_match_grid_every_thread_count(blocks, pos, corner, monkeypatch):
+    """One pass over row and col in spans of planes (odd spans and plane counts included):
+    a pixel off the grid in any plane of either array is found, whatever the thread count."""
     if not _kernels.available():
         pytest.skip("numba is not installed")
+    monkeypatch.setattr(_grid_kernels, "MATCH_SPAN", 40)  # spans of 2 planes of 33 sources
     rng = np.random.default_rng(5)
-    R, C = _grid(rng, 7, 4, 33, dtype=pos)
+    for nr, nc in ((7, 4), (5, 3)):  # 28 and 15 planes: an even and an odd count
+        R, C = _grid(rng, nr, nc, 33, dtype=pos)
+        r0, c0 = R[0, 0].astype(corner), C[0, 0].astype(corner)
+        for nt in THREADS:
+            sparse3d.set_options(num_threads=nt)
+            assert _grid_kernels.match_grid(R, C, r0, c0)
+            for which in (0, 1):
+                for i, j in ((nr - 1, 0), (4, nc - 1), (0, 1), (3, 2), (nr - 1, nc - 1), (0, 0)):
+                    bad = [R.copy(), C.copy()]
+                    bad[which][i, j, 17] += 1
+                    expect = np.array_equal(bad[0], R) and np.array_equal(bad[1], C)
+                    assert _grid_kernels.match_grid(bad[0], bad[1], r0, c0) is expect is False
+    assert max(blocks) == 3
+
+
+def test_match_grid_near_the_corner_type_limit():
+    """Corners near their type's limit: ``corner + i`` is computed in int64, never wrapped."""
+    if not _kernels.available():
+        pytest.skip("numba is not installed")
     for nt in THREADS:
         sparse3d.set_options(num_threads=nt)
-        for a, axis in ((R, 0), (C, 1)):
-            first = a[0, 0].astype(corner)
-            assert _kernels.grid_match(a, first, axis)
-            for i, j in ((6, 0), (4, 3), (0, 1), (3, 2)):  # a differing pixel in any block
-                b = a.copy()
-                b[i, j, 17] += 1
-                ref = np.array_equal(
-                    b,
-                    (
-                        first.astype(np.int64)
-                        + np.arange(a.shape[axis]).reshape((-1, 1, 1) if axis == 0 else (1, -1, 1))
-                    )
-                    * np.ones(a.shape, np.int64),
-                )
-                assert _kernels.grid_match(b, first, axis) is ref is False
-    assert max(blocks) == 3
+        first = np.array([32_760, 5], dtype=np.int16)
+        R = first.astype(np.int64) + np.arange(12)[:, None, None] * np.ones((12, 2, 2), np.int64)
+        C = first.astype(np.int64) + np.arange(2)[None, :, None] * np.ones((12, 2, 2), np.int64)
+        R, C = np.ascontiguousarray(R), np.ascontiguousarray(C)
+        assert _grid_kernels.match_grid(R, C, first, first)
+        wrapped = R - 2**16  # what first + i wrapped in int16 would give
+        assert not _grid_kernels.match_grid(wrapped, C, first, first)
 
 
-def test_grid_match_near_the_corner_type_limit_stays_one_block(blocks):
-    """Along axis 0, ``first + i0`` must not wrap in first's type: then one block."""
-    if not _kernels.available():
-        pytest.skip("numba is not installed")
-    sparse3d.set_options(num_threads=3)
-    first = np.array([32_760, 5], dtype=np.int16)
-    a = first.astype(np.int64) + np.arange(12)[:, None, None] * np.ones((12, 2, 2), np.int64)
-    assert _kernels.grid_match(np.ascontiguousarray(a), first, 0)
-    assert blocks == [] or max(blocks) == 1
-    ok = np.array([100, 5], dtype=np.int16)
-    a = ok.astype(np.int64) + np.arange(12)[:, None, None] * np.ones((12, 2, 2), np.int64)
-    assert _kernels.grid_match(np.ascontiguousarray(a), ok, 0)
-    assert max(blocks) == 3
-
-
-def test_grid_match_adds_no_kernel_signature():
+def test_match_grid_adds_no_kernel_signature():
     if not _kernels.available():
         pytest.skip("numba is not installed")
     rng = np.random.default_rng(8)
-    R, _ = _grid(rng, 6, 3, 11, dtype=np.int32)
+    R, C = _grid(rng, 6, 3, 11, dtype=np.int32)
     sparse3d.set_options(num_threads=1)
-    _kernels.grid_match(R, R[0, 0].astype(np.int16), 0)
-    before = len(_kernels._compiled("_grid_match_loop").signatures)
+    _grid_kernels.match_grid(R, C, R[0, 0].astype(np.int16), C[0, 0].astype(np.int16))
+    before = len(_grid_kernels._compiled("_match_loop").signatures)
     sparse3d.set_options(num_threads=3)
-    _kernels.grid_match(R, R[0, 0].astype(np.int16), 0)
-    assert len(_kernels._compiled("_grid_match_loop").signatures) == before
+    _grid_kernels.match_grid(R, C, R[0, 0].astype(np.int16), C[0, 0].astype(np.int16))
+    assert len(_grid_kernels._compiled("_match_loop").signatures) == before
 
 
 def test_construction_and_interning_off_grid_in_a_late_block(blocks):

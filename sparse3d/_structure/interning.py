@@ -8,7 +8,7 @@ import weakref
 
 import numpy as np
 
-from .. import _kernels
+from .. import _grid_kernels, _kernels
 from .positions import (
     _as_pair,
     check_bounds,
@@ -64,7 +64,7 @@ def _same_positions(r: np.ndarray, c: np.ndarray, cand: StampStructure) -> bool:
     """Whether ``r``/``c`` (broadcast to the stamp shape) hold ``cand``'s positions.
 
     When ``cand`` is known to be a grid, full signed-integer inputs are compared with its
-    corners in one read-only pass (:func:`sparse3d._kernels.grid_match`):
+    corners in one read-only pass over both (:func:`sparse3d._grid_kernels.match_grid`):
     ``cand``'s own positions are not read, and may be stored compactly. Otherwise element
     by element.
     """
@@ -73,5 +73,5 @@ def _same_positions(r: np.ndarray, c: np.ndarray, cand: StampStructure) -> bool:
     if corners is not None and full_native_ints(r, shape) and full_native_ints(c, shape):
         # the corners are stored positions: they fit the stored positions' dtype
         row0, col0 = corners[0].astype(cand._row.dtype), corners[1].astype(cand._col.dtype)
-        return _kernels.grid_match(r, row0, 0) and _kernels.grid_match(c, col0, 1)
+        return _grid_kernels.match_grid(r, c, row0, col0)
     return _kernels.equal(r, cand.row) and _kernels.equal(c, cand.col)

@@ -155,14 +155,14 @@ def _grid_positions(row, col, shape, extents):
 
     A grid (``row[i, j, k] == row[0, 0, k] + i``, ``col[i, j, k] == col[0, 0, k] + j``, the
     tutorial's ``R[:, :, None] + row_int``) is known from its corners: after one read-only
-    compiled pass that tests it (:func:`sparse3d._kernels.grid_match`, stopping at the
-    first stamp plane that differs), the rows are stored as ``(nr, 1, n)`` and the columns as
-    ``(1, nc, n)`` int16 arrays broadcast to ``shape`` (as broadcast inputs are), so no
-    ``(nr, nc, n)`` copy is written; both live in one buffer lent by :func:`sparse3d._pool.lend`,
-    so a pipeline that rebuilds its arrays reuses pages already faulted in (~1 ms of page
-    faults on the tutorial's 2 MB). The values are those the general path stores.
-    Non-grid stamps are told apart before the full passes, on the last stamp plane of both
-    arrays (2/(nr*nc) of a pass): a layout that is a grid in ``row`` only does not pay a
+    compiled pass over both arrays that tests it (:func:`sparse3d._grid_kernels.match_grid`,
+    stopping at the first stamp planes that differ), the rows are stored as ``(nr, 1, n)``
+    and the columns as ``(1, nc, n)`` int16 arrays broadcast to ``shape`` (as broadcast
+    inputs are), so no ``(nr, nc, n)`` copy is written; both live in one buffer lent by
+    :func:`sparse3d._pool.lend`, so a pipeline that rebuilds its arrays reuses pages already
+    faulted in (~1 ms of page faults on the tutorial's 2 MB). The values are those the general path stores.
+    Non-grid stamps are told apart before the full pass, on the last stamp plane of both
+    arrays (1/(nr*nc) of the pass): a layout that is a grid in ``row`` only does not pay a
     full pass over ``row`` before the general path.
     """
     if 0 in shape or not (full_native_ints(row, shape) and full_native_ints(col, shape)):
@@ -176,14 +176,9 @@ def _grid_positions(row, col, shape, extents):
         lo, hi = int(first.min()), int(first.max()) + shape[axis] - 1
         if position_dtype(lo, hi, extent) != np.int16:
             return None  # the general path (its checks and errors included)
-        first = first.astype(np.int16)  # fits, and so does first + step: int64 arithmetic is exact
-        last = (first + (nr - 1 if axis == 0 else nc - 1)).astype(np.int16)
-        if not _kernels.grid_match(a[nr - 1 :, nc - 1 :], last, axis):  # its plane has step 0
-            return None
-        corners.append((first, (lo, hi)))
-    for a, (first, _), axis in ((row, corners[0], 0), (col, corners[1], 1)):
-        if not _kernels.grid_match(a, first, axis):
-            return None
+        corners.append((first.astype(np.int16), (lo, hi)))  # fits, and so does first + step
+    if not _grid_kernels.match_grid(row, col, corners[0][0], corners[1][0]):
+        return None
     # both compact arrays in one lent buffer (_pool.lend): once the arrays built on it die,
     # the next grid's positions reuse its already-faulted pages instead of fresh ones
     n = shape[2]
