@@ -125,7 +125,10 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         self._move(coord)
 
     def _move(self, coord) -> None:
-        d = _as_pair(coord, "position", positive=False)  # what 2.x translate checks first
+        if type(coord) is tuple and len(coord) == 2 and type(coord[0]) is int and type(coord[1]) is int:
+            d = coord  # a jitter loop's offsets: nothing to convert
+        else:
+            d = _as_pair(coord, "position", positive=False)  # what 2.x translate checks first
         s = self._base._structure
         if s.grouped or not _fits(s, d):
             self._base.translate(d)  # raises 2.x's error for a translation out of range
