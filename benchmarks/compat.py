@@ -207,21 +207,33 @@ def _time(fns: dict, repeats: int) -> tuple[dict, dict, dict, dict]:
     """Interleaved: one warm-up each, then ``repeats`` rounds; median wall-clock seconds,
     median CPU seconds of this thread, the results of the last round (the steady state:
     a family's first products take other paths than its later ones) and every round's
-    ``(wall, cpu)`` seconds per implementation (stragglers, ``--rounds``)."""
+    ``(wall, cpu, minor page faults)`` per implementation (stragglers, ``--rounds``)."""
     results = {name: fn() for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     cpu: dict[str, list[float]] = {name: [] for name in fns}
+    faults: dict[str, list[int]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             gc.collect()
+            f0 = _minor_faults()
             c0 = time.thread_time()
             t0 = time.perf_counter()
             results[name] = fn()
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.thread_time() - c0)
+            faults[name].append(_minor_faults() - f0)
     median = statistics.median
-    rounds = {n: list(zip(times[n], cpu[n])) for n in fns}
+    rounds = {n: list(zip(times[n], cpu[n], faults[n])) for n in fns}
     return {n: median(t) for n, t in times.items()}, {n: median(t) for n, t in cpu.items()}, results, rounds
+
+
+def _minor_faults() -> int:
+    """Minor page faults of the process so far (0 where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def worker(which: str, case: str, params: dict, repeats: int, out_path: str, floor: bool = False) -> None:
@@ -408,9 +420,9 @@ def report(res: dict, rounds: bool = False) -> str:
             "legacy's translate + dot calls at most 1.2.11 / 10 minus this.",
         ]
     if rounds and res.get("rounds"):
-        lines += ["", "| implementation | every round: wall ms / CPU ms |", "|---|---|"]
+        lines += ["", "| implementation | every round: wall ms / CPU ms / minor page faults |", "|---|---|"]
         lines += [
-            f"| {name} | " + ", ".join(f"{w * 1e3:.0f}/{c * 1e3:.0f}" for w, c in per) + " |"
+            f"| {name} | " + ", ".join(f"{w * 1e3:.0f}/{c * 1e3:.0f}/{f}" for w, c, f in per) + " |"
             for name, per in res["rounds"].items()
         ]
     worst = max(res["max_rel_difference"].values())
