@@ -49,9 +49,9 @@ SIGNATURES = {
         f"(float64[:, :, ::1], {_I}, {_I}, {_I}, intp, intp, intp, intp, float64[:, ::1], int64[::1], "
         "float64[:, ::1])"
     ),
-    "cells_model": (
-        f"(float64[:, :, ::1], {_I}, {_I}, {_I}, intp, intp, intp, intp, float64[::1], int64[::1], "
-        "float64[::1])"
+    "cells_residual": (
+        f"(float64[:, :, ::1], {_I}, {_I}, {_I}, intp, intp, intp, intp, float64[:, ::1], int64[::1], "
+        "float64[:, ::1])"
     ),
 }
 
@@ -436,24 +436,29 @@ def cells_rhs(B, order, r0, c0, H, W, imr, imc, U, gidx, out):  # pragma: no cov
 
 
 @njit(cache=True, nogil=True)
-def cells_model(B, order, r0, c0, H, W, imr, imc, x, gidx, M):  # pragma: no cover - compiled
-    """``M[p] += sum_k B_k(p) * x[gidx[k]]`` over a group's weighted, scaled stamps in cell order
-    (see :func:`cells_rhs`): the weighted model of the scaled solution ``x``, stamp after stamp
-    (sequential reads, neighbouring image rows)."""
+def cells_residual(B, order, r0, c0, H, W, imr, imc, X, gidx, R):  # pragma: no cover - compiled
+    """``R[p, t] -= sum_k B_k(p) * X[gidx[k], t]`` in place over a group's weighted, scaled stamps in
+    cell order (see :func:`cells_rhs`): with ``R`` the weighted data and ``X`` the scaled solutions
+    ``(n, m)``, the weighted residuals of ``m`` frames, stamp after stamp (sequential reads,
+    neighbouring image rows), without a model image: the exact chi-square of a near-perfect fit
+    is then one pass over ``R``."""
     n, nr, nc = B.shape
+    m = R.shape[1]
     npx = nr * nc
     B1 = B.reshape(-1)
+    R1 = R.reshape(-1)
     for p in range(n):
         k = order[p]
-        xk = x[gidx[k]]
+        g = gidx[k]
         ra = r0[k] - imr
         ca = c0[k] - imc
         q = p * npx
-        if ra >= 0 and ra + nr <= H and ca >= 0 and ca + nc <= W:  # inside: no bounds per row
+        if m == 1 and ra >= 0 and ra + nr <= H and ca >= 0 and ca + nc <= W:  # no bounds per row
+            xk = X[g, 0]
             pix = ra * W + ca
             for _a in range(nr):
                 for b in range(nc):
-                    M[pix + b] += B1[q + b] * xk
+                    R1[pix + b] -= B1[q + b] * xk
                 q += nc
                 pix += W
             continue
@@ -463,4 +468,6 @@ def cells_model(B, order, r0, c0, H, W, imr, imc, x, gidx, M):  # pragma: no cov
             qa = q + a * nc
             pix = (ra + a) * W + ca
             for b in range(b0, b1):
-                M[pix + b] += B1[qa + b] * xk
+                v = B1[qa + b]
+                for t in range(m):
+                    R[pix + b, t] -= v * X[g, t]
