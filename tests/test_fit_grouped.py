@@ -396,5 +396,10 @@ def test_rhs_and_model_from_the_weighted_stamps(compiled_kernels, imcorner, dtyp
     X[3] = 0.0
     want = sw[:, None] * (clean - A @ (c[:, None] * X))  # the weighted residuals of three frames
     for m in (3, 1):  # several frames, and one (the kernel's path for stamps inside the image)
-        got = _cells_residual(cells, X[:, :m], U[:, :m].copy())
-        np.testing.assert_allclose(got, want[:, :m], rtol=1e-12, atol=1e-12 * np.abs(want).max())
+        R = U[:, :m].copy()
+        assert _cells_residual(cells, X[:, :m], R) is None
+        np.testing.assert_allclose(R, want[:, :m], rtol=1e-12, atol=1e-12 * np.abs(want).max())
+        R = U[:, :m].copy()  # with the chi-squares, summed in the same pass
+        chi2 = _cells_residual(cells, X[:, :m], R, 0.25)
+        np.testing.assert_allclose(R, want[:, :m], rtol=1e-12, atol=1e-12 * np.abs(want).max())
+        np.testing.assert_allclose(chi2, np.sum((0.25 * want[:, :m]) ** 2, axis=0), rtol=1e-12)

@@ -50,8 +50,8 @@ SIGNATURES = {
         "float64[:, ::1])"
     ),
     "cells_residual": (
-        f"(float64[:, :, ::1], {_I}, {_I}, {_I}, intp, intp, intp, intp, float64[:, ::1], int64[::1], "
-        "float64[:, ::1])"
+        f"(float64[:, :, ::1], {_I}, {_I}, intp, intp, {_I}, {_I}, intp, intp, intp, intp, float64[:, ::1], "
+        "int64[::1], float64[:, ::1], float64, float64[::1])"
     ),
 }
 
@@ -436,19 +436,51 @@ def cells_rhs(B, order, r0, c0, H, W, imr, imc, U, gidx, out):  # pragma: no cov
 
 
 @njit(cache=True, nogil=True)
-def cells_residual(B, order, r0, c0, H, W, imr, imc, X, gidx, R):  # pragma: no cover - compiled
+def _row_square_sums(R, W, y0, y1, scale, out):  # pragma: no cover - compiled
+    """``out[t] += sum over the image rows y0 <= y < y1 of (scale * R[p, t])**2``, a row's sum at a
+    time (``R`` ``(H * W, m)``)."""
+    m = R.shape[1]
+    for y in range(y0, y1):
+        for t in range(m):
+            acc = 0.0
+            for p in range(y * W, (y + 1) * W):
+                x = scale * R[p, t]
+                acc += x * x
+            out[t] += acc
+
+
+@njit(cache=True, nogil=True)
+def cells_residual(
+    B, order, skey, ncc, rmin, r0, c0, H, W, imr, imc, X, gidx, R, scale, out
+):  # pragma: no cover - compiled
     """``R[p, t] -= sum_k B_k(p) * X[gidx[k], t]`` in place over a group's weighted, scaled stamps in
     cell order (see :func:`cells_rhs`): with ``R`` the weighted data and ``X`` the scaled solutions
     ``(n, m)``, the weighted residuals of ``m`` frames, stamp after stamp (sequential reads,
-    neighbouring image rows), without a model image: the exact chi-square of a near-perfect fit
-    is then one pass over ``R``."""
+    neighbouring image rows), without a model image.
+
+    ``out`` ``(m,)`` (empty: none; the group whose stamps are subtracted last): also
+    ``out[t] = sum_p (scale * R[p, t])**2``, the chi-squares, each image row summed as soon as no
+    stamp is left to change it (the cells' rows come in order, ``skey`` and ``ncc`` of
+    :func:`cell_order`, ``rmin`` its smallest corner row), while it is still in cache: no second
+    pass over the image."""
     n, nr, nc = B.shape
     m = R.shape[1]
     npx = nr * nc
     B1 = B.reshape(-1)
     R1 = R.reshape(-1)
+    fused = out.shape[0] > 0
+    if fused:
+        for t in range(m):
+            out[t] = 0.0
+    done = 0  # image rows summed so far
     for p in range(n):
         k = order[p]
+        if fused:
+            # the stamps of the cell rows before this one's are done: rows above its top are final
+            top = min(H, max(done, rmin + (skey[p] // ncc - 1) * nr - imr))
+            if top > done:
+                _row_square_sums(R, W, done, top, scale, out)
+                done = top
         g = gidx[k]
         ra = r0[k] - imr
         ca = c0[k] - imc
@@ -471,3 +503,5 @@ def cells_residual(B, order, r0, c0, H, W, imr, imc, X, gidx, R):  # pragma: no 
                 v = B1[qa + b]
                 for t in range(m):
                     R[pix + b, t] -= v * X[g, t]
+    if fused:
+        _row_square_sums(R, W, done, H, scale, out)

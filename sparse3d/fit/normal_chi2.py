@@ -3,9 +3,9 @@
 From the normal equations themselves, ``d^T C^-1 d - x^T b`` (no product with ``A``), and,
 where that difference cancels (a near-perfect fit: errors far below the signal), exactly from
 the residuals: by the weighted, scaled stamps a fit keeps (:func:`.rhs._cells_residual`: the
-weighted data it made for its right-hand sides, minus the model, in place: one pass over the
-stamps and one over the pixels, no model image), else by the array's own stamps or the design
-matrix.
+weighted data it made for its right-hand sides, minus the model, in place, each image row's
+square summed as the stamps leave it: one pass over the stamps, no model image), else by the
+array's own stamps or the design matrix.
 """
 
 from __future__ import annotations
@@ -80,14 +80,14 @@ def stamp_chi2(ne: NormalEquations, D: np.ndarray, wz: np.ndarray, U: np.ndarray
     weighted residuals summed in one pass: no design matrix, not the array's ``dot`` (its second
     call caches a CSR matrix on the caller's array). The weighted stamps kept by a fit, all frames
     at once: the scaled solutions ``w / c`` (exact) subtracted from the weighted data in place
-    (``U``, consumed, when the caller has it; else made here); else the array's own stamps
+    (``U``, consumed, when the caller has it; else made here), the squares summed in the same
+    pass; else the array's own stamps
     (:func:`.rhs._stamp_model`), frame by frame."""
     n = ne.n_sources
     s = 1.0 / ne.err_scale
     if ne._cells is not None:
         R = _weighted_data(D, ne.ivar, ne.keep) if U is None else U
-        _cells_residual(ne._cells, wz[:n] / ne.col_scale[:n, None], R)
-        return _stamp_square_sum(R, None, None, s)
+        return _cells_residual(ne._cells, wz[:n] / ne.col_scale[:n, None], R, s)
     out = np.empty(D.shape[1])
     for t in range(D.shape[1]):
         model = _stamp_model(ne._stamps, wz[:n, t])
