@@ -258,7 +258,9 @@ def _cross_pass(
 
     The stamps are read through flat views with unsigned offsets: no negative-index
     wraparound per read, so the loop over a shared row compiles to a plain strided dot (1.8x
-    faster than indexing ``B[p, a, b]``; the same sums in the same order)."""
+    faster than indexing ``B[p, a, b]``). Each shared row is summed on its own, then the rows:
+    the rows' chains of additions are independent and overlap in the processor (10 % faster on
+    issue 13's scene than one running sum over all the shared pixels)."""
     ng, nrg, ncg = Bg.shape
     nh, nrh, nch = Bh.shape
     ccmax = ncc_g - 3
@@ -294,8 +296,10 @@ def _cross_pass(
                         for r in range(a0, a1):
                             u = np.uint64(p * npg + (r - ri) * ncg + b0 - ci)
                             v = np.uint64(q * nph + (r - rj) * nch + b0 - cj)
+                            x = 0.0
                             for t in range(w):
-                                s += Bg1[u + t] * Bh1[v + t]
+                                x += Bg1[u + t] * Bh1[v + t]
+                            s += x
                         out_p[m] = p
                         out_q[m] = q
                         out_v[m] = s
