@@ -203,23 +203,37 @@ def loop_floor(s: dict, roi: bool = False):
     return run
 
 
-def _time(fns: dict, repeats: int) -> tuple[dict, dict, dict]:
+def _time(fns: dict, repeats: int) -> tuple[dict, dict, dict, dict]:
     """Interleaved: one warm-up each, then ``repeats`` rounds; median wall-clock seconds,
-    median CPU seconds of this thread, and the results of the last round (the steady state:
-    a family's first products take other paths than its later ones)."""
+    median CPU seconds of this thread, the results of the last round (the steady state:
+    a family's first products take other paths than its later ones) and every round's
+    ``(wall, cpu, minor page faults)`` per implementation (stragglers, ``--rounds``)."""
     results = {name: fn() for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     cpu: dict[str, list[float]] = {name: [] for name in fns}
+    faults: dict[str, list[int]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             gc.collect()
+            f0 = _minor_faults()
             c0 = time.thread_time()
             t0 = time.perf_counter()
             results[name] = fn()
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.thread_time() - c0)
+            faults[name].append(_minor_faults() - f0)
     median = statistics.median
-    return {n: median(t) for n, t in times.items()}, {n: median(t) for n, t in cpu.items()}, results
+    rounds = {n: list(zip(times[n], cpu[n], faults[n])) for n in fns}
+    return {n: median(t) for n, t in times.items()}, {n: median(t) for n, t in cpu.items()}, results, rounds
+
+
+def _minor_faults() -> int:
+    """Minor page faults of the process so far (0 where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def worker(which: str, case: str, params: dict, repeats: int, out_path: str, floor: bool = False) -> None:
@@ -256,11 +270,11 @@ def worker(which: str, case: str, params: dict, repeats: int, out_path: str, flo
         fns = {"legacy": loop_1x(sparse3d.legacy, s, roi), "2.x": loop_2x(sparse3d, s, roi)}
     if floor and which != "1.2.11":
         fns["loop arithmetic"] = loop_floor(s, roi)
-    seconds, cpu_seconds, results = _time(fns, repeats)
+    seconds, cpu_seconds, results, rounds = _time(fns, repeats)
     results.pop("loop arithmetic", None)
     path = Path(out_path)
     np.savez(path.with_suffix(".npz"), **results)
-    path.write_text(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds}))
+    path.write_text(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "rounds": rounds}))
 
 
 def _run_worker(
@@ -314,6 +328,7 @@ def run_case(
     params = dict((SMOKE if smoke else FULL)[case])
     seconds: dict[str, float] = {}
     cpu: dict[str, float] = {}
+    rounds: dict[str, list] = {}
     results: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -323,12 +338,14 @@ def run_case(
             )
             seconds.update(both["seconds"])
             cpu.update(both["cpu_seconds"])
+            rounds.update(both["rounds"])
             results.update(both["results"])
             with_1x = False
         else:
             cur = _run_worker("current", case, params, repeats, tmp, None, floor=floor)
             seconds.update(cur["seconds"])
             cpu.update(cur["cpu_seconds"])
+            rounds.update(cur["rounds"])
             results.update(cur["results"])
         if with_1x:
             from benchmarks.legacy import ensure_legacy
@@ -336,6 +353,7 @@ def run_case(
             old = _run_worker("1.2.11", case, params, max(1, min(repeats, 3)), tmp, str(ensure_legacy()))
             seconds.update(old["seconds"])
             cpu.update(old["cpu_seconds"])
+            rounds.update(old["rounds"])
             results.update(old["results"])
     ref = results["legacy"]
     scale = float(np.abs(ref).max()) or 1.0
@@ -354,14 +372,16 @@ def run_case(
         "cpu_seconds": cpu,
         "ratios": ratios,
         "cpu_ratios": cpu_ratios,
+        "rounds": rounds,
         "max_rel_difference": agree,
         "timing_1x": how,
         "loop_arithmetic_seconds": arithmetic if arithmetic["wall"] is not None else None,
     }
 
 
-def report(res: dict) -> str:
-    """Markdown summary of one case with the targets of issue 14."""
+def report(res: dict, rounds: bool = False) -> str:
+    """Markdown summary of one case with the targets of issue 14 (``rounds``: also every
+    round's wall-clock and CPU milliseconds, to tell stragglers from a slow median)."""
     p = res["scene"]
     where = f"{p['nrois']} windows of {tuple(p['roi_size'])}" if res["case"] == "roiscene" else "full frame"
     lines = [
@@ -399,6 +419,12 @@ def report(res: dict) -> str:
             f"CPU {arith['cpu']:.4f} s. Every implementation pays it; 1.2.11 / legacy >= 10 leaves "
             "legacy's translate + dot calls at most 1.2.11 / 10 minus this.",
         ]
+    if rounds and res.get("rounds"):
+        lines += ["", "| implementation | every round: wall ms / CPU ms / minor page faults |", "|---|---|"]
+        lines += [
+            f"| {name} | " + ", ".join(f"{w * 1e3:.0f}/{c * 1e3:.0f}/{f}" for w, c, f in per) + " |"
+            for name, per in res["rounds"].items()
+        ]
     worst = max(res["max_rel_difference"].values())
     lines += ["", f"models agree to {worst:.1e} (max |difference| / max |model|)", ""]
     return "\n".join(lines)
@@ -416,6 +442,7 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--floor", action="store_true", help="also time the loop's own arithmetic (no products), interleaved"
     )
+    ap.add_argument("--rounds", action="store_true", help="also print every round's times (stragglers)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     results = []
@@ -428,7 +455,7 @@ def main(argv=None) -> None:
             interleaved=args.interleaved,
             floor=args.floor,
         )
-        print(report(res), flush=True)
+        print(report(res, rounds=args.rounds), flush=True)
         results.append(res)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

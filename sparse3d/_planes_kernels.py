@@ -16,7 +16,8 @@ ascending-source sums of the other products to rounding. The values of the stamp
 their models cycling through the caches) they come from memory, and the loop outruns the
 hardware's prefetcher.
 
-Large products run in :func:`sparse3d._threads.threads_for` threads: the image rows are cut
+Large products (from :data:`SERIAL_BELOW` multiply-adds) run in
+:func:`sparse3d._threads.threads_for` threads: the image rows are cut
 into contiguous bands (:data:`BANDS_PER_THREAD` per thread, handed out by
 :func:`sparse3d._threads.share`), each summed in its thread's ring; a band takes the stamps
 (in the same order) whose rows reach it and adds only their rows inside it, so every pixel
@@ -40,8 +41,16 @@ __all__ = ["planes_order", "planes_scatter"]
 #: One multiply-add here counts as this many of :data:`sparse3d._threads.PARALLEL_MIN_WORK`:
 #: each is part of a vector read-modify-write of a ring row in L2, plus the row's zeroing
 #: and streaming out (~0.45 ns per multiply-add on a Zen 4 core: 0.9 ms for 3000 15x15
-#: stamps into 3 planes), so threads pay from ~1 M multiply-adds (~0.5 ms) on.
+#: stamps into 3 planes): the work :func:`sparse3d._threads.threads_for` is asked about for
+#: products from :data:`SERIAL_BELOW` multiply-adds on.
 WORK_PER_MULTIPLY_ADD = 4
+#: Products of fewer multiply-adds than this run in the calling thread whatever the thread
+#: count (8 M: ~4 ms in one thread). A band's thread that the scheduler deschedules (the
+#: other vCPU taken by another process) holds up the whole product until it runs again, a
+#: few ms: in a jitter loop of 0.7 ms products (3000 15x15 stamps into 3 planes, 2 M
+#: multiply-adds) such stalls made runs of the loop 2-3x slower on the shared 2-vCPU
+#: machine, and two threads cost ~25% more CPU time per product than one.
+SERIAL_BELOW = 1 << 23
 #: Bands of image rows per thread (taken by whichever thread is free, so a thread whose core
 #: is busy leaves its bands to the others). A band adds only the rows inside it of the stamps
 #: that reach it, but each costs a call (~15 us in a jitter loop: 8 bands per product of
@@ -484,7 +493,8 @@ def planes_scatter(svals, srow0, scol0, source, w, root_corner, out) -> np.ndarr
         ring = _ring(m, nr, W, out.dtype)  # the calling thread's
         loop(svals, srow0, scol0, source, w, r0, c0, out, ring, y0, y1)
 
-    threads = _threads.threads_for(WORK_PER_MULTIPLY_ADD * n * nr * nc * m)
+    madds = n * nr * nc * m
+    threads = 1 if madds < SERIAL_BELOW else _threads.threads_for(WORK_PER_MULTIPLY_ADD * madds)
     if threads <= 1:
         band((0, H))
     else:

@@ -142,7 +142,8 @@ def test_compat_jitter_loop_smoke(tmp_path):
     """benchmarks.compat: legacy and 2.x loops run, agree, and give finite ratios (no 1.2.11)."""
     out = tmp_path / "compat.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.compat", "--smoke", "--repeats", "2", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.compat", "--smoke", "--repeats", "2", "--rounds"]
+        + ["--json", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -155,6 +156,9 @@ def test_compat_jitter_loop_smoke(tmp_path):
         assert math.isfinite(r["ratios"]["legacy / 2.x"]) and r["ratios"]["legacy / 2.x"] > 0
         assert math.isfinite(r["cpu_ratios"]["legacy / 2.x"]) and r["cpu_ratios"]["legacy / 2.x"] > 0
         assert max(r["max_rel_difference"].values()) <= 1e-12
+        assert all(len(r["rounds"][name]) == 2 for name in ("legacy", "2.x"))  # per round
+        assert all(len(t) == 3 and t[0] > 0 and t[2] >= 0 for t in r["rounds"]["legacy"])  # wall, cpu, faults
+    assert proc.stdout.count("every round: wall ms / CPU ms / minor page faults") == 2
 
 
 def test_distributed_scene_fit_smoke():

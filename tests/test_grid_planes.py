@@ -254,6 +254,7 @@ def test_planes_scatter_in_threads_gives_the_same_bits_for_any_thread_count(monk
     from sparse3d import Sparse3D, _threads
 
     monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_planes_kernels, "SERIAL_BELOW", 0)
     bands: list = []
     orig = _threads.share
 

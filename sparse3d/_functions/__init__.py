@@ -20,6 +20,7 @@ Where things live (one module per concept; importing this package fills the regi
 * :mod:`._registry` — :func:`implements`, ``HANDLED_FUNCTIONS``, :func:`array_function`,
   :func:`axis_index`, the lazy (Dask) backend hooks;
 * :mod:`.products` — ``np.dot``, ``np.matmul``, ``np.tensordot``, ``np.einsum``, projection;
+* :mod:`.planes` — the legacy jitter loop's ``(k, H, W)`` product of a translation in one call;
 * :mod:`.reductions` — the reductions above and :func:`ufunc_reduce`;
 * :mod:`.indexing` — :func:`getitem`;
 * :mod:`.joining` — ``np.concatenate``, ``np.stack``, joining/selecting sources, grouped arrays;

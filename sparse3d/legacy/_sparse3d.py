@@ -4,9 +4,11 @@ State of one legacy array::
 
     _base   2.x Sparse3D at the positions given to the constructor (immutable)
     coord   the absolute offset set by translate() (1.x attribute), (0, 0) after reset()
-    _cur    _base.translate(coord): what dot/tocsr/the COO view read
+    _cur    _base.translate(coord): what tocsr/the COO view read, built when first asked for
 
-``translate`` and ``reset`` only swap ``_cur``; the COO view that scipy's inherited methods
+``translate`` and ``reset`` validate the offset and drop ``_cur`` (O(1): a jitter loop's
+``dot`` with ``(nsources, k)`` weights reads ``_base`` at ``coord`` directly, see
+:func:`sparse3d._functions.planes.translated_planes`); the COO view that scipy's inherited methods
 read (``data``, ``row``, ``col``: the in-image stamp values, in 1.x's order) is built
 from ``_cur`` the first time it is asked for. Operators and ufuncs run on ``_base`` through
 the 2.x ``__array_ufunc__`` and the result is wrapped at the same ``coord``.
@@ -21,7 +23,9 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 from scipy import sparse as sp
 
 from .. import _functions, _pool, core
+from .._functions.planes import translated_planes
 from .._functions.products import _result_dtype
+from .._structure.positions import POSITION_LIMIT, _as_pair
 
 __all__ = ["Sparse3D"]
 
@@ -121,11 +125,26 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         self._move(coord)
 
     def _move(self, coord) -> None:
-        cur = self._base.translate(coord)  # validates coord; (0, 0) returns _base itself
-        self.coord = (int(coord[0]), int(coord[1]))
-        self._cur = cur
+        if type(coord) is tuple and len(coord) == 2 and type(coord[0]) is int and type(coord[1]) is int:
+            d = coord  # a jitter loop's offsets: nothing to convert
+        else:
+            d = _as_pair(coord, "position", positive=False)  # what 2.x translate checks first
+        s = self._base._structure
+        if s.grouped or not _fits(s, d):
+            self._base.translate(d)  # raises 2.x's error for a translation out of range
+        self.coord = d
+        self._cur_array = None  # _base.translate(coord), built when first asked for
+        self._cleared = False
         self._view = None
         self.has_canonical_format = False
+
+    @property
+    def _cur(self) -> core.Sparse3D:
+        """The 2.x array at the current offset: ``_base.translate(coord)``."""
+        cur = self._cur_array
+        if cur is None:
+            cur = self._cur_array = self._base.translate(self.coord)
+        return cur
 
     # -- 1.x geometry: in place, absolute ----------------------------------------------------
     def translate(self, offset) -> None:
@@ -144,7 +163,8 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
     def clear(self) -> None:
         """Remove every value until the next :meth:`translate` or :meth:`reset` (1.x helper)."""
         self._move((0, 0))
-        self._cur = np.zeros_like(self._base)
+        self._cur_array = np.zeros_like(self._base)
+        self._cleared = True
 
     # -- 1.x attributes -------------------------------------------------------------------------
     @property
@@ -311,6 +331,10 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
                 "numpy.ndarray of shape (nsubimages,) or (nsubimages, k)"
             )
         if type(other) is np.ndarray and other.ndim == 2 and other.dtype.kind in "biufc":
+            if not self._cleared:  # the jitter loop's product, in one call
+                cube = translated_planes(self._base, other, self.coord)
+                if cube is not None:
+                    return cube
             # 1.x's (k, H, W) layout, written directly by the 2.x product (no transposed copy)
             cur = self._cur
             H, W = cur.imshape
@@ -408,6 +432,16 @@ for _name in [n for n in dir(NDArrayOperatorsMixin) if n.startswith("__i") and n
     if _name not in ("__init__", "__init_subclass__", "__invert__"):
         setattr(Sparse3D, _name, _rebind)
 del _name
+
+
+def _fits(s, d: tuple[int, int]) -> bool:
+    """Whether structure ``s`` translated by ``d`` keeps its positions in 2.x's range (what
+    :meth:`sparse3d._structure.StampStructure.translated` checks)."""
+    if not s.nelements:
+        return True
+    (rlo, rhi), (clo, chi) = s.position_range
+    dr, dc = s.offset[0] + d[0], s.offset[1] + d[1]
+    return -POSITION_LIMIT <= min(rlo + dr, clo + dc) and max(rhi + dr, chi + dc) <= POSITION_LIMIT
 
 
 def _rebuild(cls, base, coord, parameters):
