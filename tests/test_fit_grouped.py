@@ -368,11 +368,12 @@ def test_recomputed_chi2_builds_no_csr_matrix(compiled_kernels):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("kind", ["unit", "weights", "masked"])
 def test_rhs_and_model_from_the_weighted_stamps(compiled_kernels, imcorner, dtype, kind):
-    """The right-hand sides ``diag(c) A^T C^-1 D`` and the weighted model ``sqrt(C^-1) A diag(c) x``
-    from the weighted, scaled stamps the normal matrix was built from: interleaved groups, stamps
-    over every edge, masked pixels holding NaN, against the dense design."""
+    """The right-hand sides ``diag(c) A^T C^-1 D`` and the weighted residuals
+    ``sqrt(C^-1) (D - A diag(c) X)`` from the weighted, scaled stamps the normal matrix was built
+    from: interleaved groups, stamps over every edge, masked pixels holding NaN, against the dense
+    design."""
     from sparse3d.fit.assemble import _scaled_normal_matrix
-    from sparse3d.fit.rhs import _cells_model, _cells_rhs, _weighted_data
+    from sparse3d.fit.rhs import _cells_residual, _cells_rhs, _weighted_data
 
     rng = np.random.default_rng(71)
     S, D = _interleaved(rng, imcorner, dtype)
@@ -391,8 +392,14 @@ def test_rhs_and_model_from_the_weighted_stamps(compiled_kernels, imcorner, dtyp
     clean = np.where(np.isnan(data), 0.0, data)
     want = c[:, None] * (A.T @ (sw[:, None] ** 2 * clean))
     np.testing.assert_allclose(_cells_rhs(cells, U, n), want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
-    x = rng.normal(0, 1, n)
-    x[3] = 0.0
-    want = sw * (A @ (c * x))
-    got = _cells_model(cells, x, H * W)[:, 0]
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    X = rng.normal(0, 1, (n, 3))
+    X[3] = 0.0
+    want = sw[:, None] * (clean - A @ (c[:, None] * X))  # the weighted residuals of three frames
+    for m in (3, 1):  # several frames, and one (the kernel's path for stamps inside the image)
+        R = U[:, :m].copy()
+        assert _cells_residual(cells, X[:, :m], R) is None
+        np.testing.assert_allclose(R, want[:, :m], rtol=1e-12, atol=1e-12 * np.abs(want).max())
+        R = U[:, :m].copy()  # with the chi-squares, summed in the same pass
+        chi2 = _cells_residual(cells, X[:, :m], R, 0.25)
+        np.testing.assert_allclose(R, want[:, :m], rtol=1e-12, atol=1e-12 * np.abs(want).max())
+        np.testing.assert_allclose(chi2, np.sum((0.25 * want[:, :m]) ** 2, axis=0), rtol=1e-12)

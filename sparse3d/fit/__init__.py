@@ -32,7 +32,11 @@ Where each concept lives
     design formats and row scaling.
 ``normal.py``
     :class:`NormalEquations` and :func:`prepare_normal_equations`: the normal equations of
-    one design and one error map, factorised once; the chi-square from them.
+    one design and one error map, factorised once.
+``normal_chi2.py``
+    The chi-square from them (``d^T C^-1 d - x^T b``) and, where that cancels (a near-perfect
+    fit), exactly from the residuals: the fit's weighted data minus the model of its kept
+    weighted stamps, in place.
 ``rhs.py``
     The right-hand sides ``A^T C^-1 D`` and ``D^T C^-1 D`` of a fit straight from regular stamps
     (``_rhs_kernels.py``): no design matrix, no weighted copy of the frames; with many frames
@@ -42,7 +46,7 @@ Where each concept lives
     them while the normal matrix is factorised (``_Ahead``); the same bits for any thread count.
     A fit of a few frames instead keeps the weighted, scaled stamps its normal matrix was built
     from (in cell order) through its solve: its right-hand sides and a recomputed chi-square
-    read them in sequence (``_cells_rhs``, ``_cells_model``).
+    read them in sequence (``_cells_rhs``, ``_cells_residual``).
 ``factor.py``
     The factorisations behind one interface (``solve``, ``inv_diag``, ``portable``):
     qdldl, SuperLU, CHOLMOD, triangular, empty; :func:`available_solvers`; singular

@@ -154,7 +154,7 @@ def _scaled_normal_matrix(
     (:func:`_stamp_normal_matrix`), anything else through SciPy's ``A^T A``. ``cells_out``
     (a list) receives, on the stamp path, every group's weighted, scaled stamps and its
     sources' global indices (``(_Cells, gidx)``: what :func:`.rhs._cells_rhs` and
-    :func:`.rhs._cells_model` read).
+    :func:`.rhs._cells_residual` read).
     """
     if isinstance(design, Sparse3D) and design.nsources and design._values.size >= _compiled.COMPILED_MIN_NNZ:
         corners = [_kernel_corners(g) for g in design.groups]  # small designs: no numba import

@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse
 
 from ..core import Sparse3D
+from . import normal_chi2
 from ._checks import (
     _check_data_finite,
     _check_design,
@@ -28,24 +29,12 @@ from ._checks import (
 from ._inputs import _check_mask_values
 from .assemble import _design_matrix, _regular_stamps, _row_scale, _scaled_normal_matrix
 from .background import as_background
-from .diagnostics import _chi2
 from .factor import _factorize_or_raise, _solver_name, _uses_boxes
+from .normal_chi2 import _STAMP_CHI2_FRAMES
 from .ordering import stamp_boxes
 from .result import _warn_unconstrained, _weights_err
-from .rhs import (  # the weighted stamps kept by a fit
-    _Ahead,
-    _cells_model,
-    _cells_rhs,
-    _stamp_model,
-    _stamp_rhs,
-    _stamp_square_sum,
-    _weighted_data,
-    _weighted_square_sum,
-)
+from .rhs import _Ahead, _cells_rhs, _stamp_rhs, _weighted_data  # the weighted stamps kept by a fit
 
-#: :meth:`NormalEquations.chi2` of at most this many frames takes the model from the stamps
-#: (a ``dot`` per frame); more share the design matrix, built once
-_STAMP_CHI2_FRAMES = 8
 #: A fit of at most ``_CELLS_MAX_FRAMES`` frames keeps the weighted stamps of its normal matrix
 #: (``NormalEquations._cells``, up to ``_CELLS_MAX_BYTES``) through its solve: its right-hand
 #: sides and a recomputed chi-square read them in sequence, not the array's values with a stride
@@ -144,6 +133,8 @@ class NormalEquations:
         self._weighted_background: scipy.sparse.csr_matrix | None = None
         self._ahead: _Ahead | None = None  # the data's parts computed ahead (fit_design)
         self._cells: list | None = None  # [(_Cells, gidx)] kept by a fit (_build's keep_cells)
+        # (D, its weighted data) made by _data_rhs from the kept cells, for the solve's chi-square
+        self._frames_weighted: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def _build(
@@ -256,6 +247,7 @@ class NormalEquations:
         if self._cells is not None and self._weighted is None:
             # from the normal matrix's weighted, scaled stamps (powers of two: unscaled exactly)
             U = _weighted_data(D.reshape(D.shape[0], -1), self.ivar, self.keep)
+            self._frames_weighted = (D, U) if D.ndim == 2 else None
             n = self.n_sources
             out = _cells_rhs(self._cells, U, n) / self.col_scale[:n, None]
             return out[:, 0] if D.ndim == 1 else out
@@ -319,6 +311,7 @@ class NormalEquations:
         x = self.factor.solve(rhs if self._idx is None else rhs[self._idx])
         assert not (one and return_chi2)
         chi2 = self._chi2_from_normal(D, x, data_rhs) if return_chi2 else None  # x scaled
+        self._frames_weighted = None
         if self._idx is None and x.flags.writeable and not np.may_share_memory(x, rhs):
             out = np.multiply(x, c, out=x)  # the solver's fresh array: no second (n, k) array
         elif self._idx is None:
@@ -386,31 +379,8 @@ class NormalEquations:
         factorisations keep it at rounding level whatever the conditioning -- plus the
         cancellation of the difference, ~1e-16 ``d^T C^-1 d``.
         """
-        if self._idx is not None:  # unconstrained parameters: no data, weight 0 here
-            full = np.zeros((self.n_params, x.shape[1]))
-            full[self._idx] = x
-            x = full
-        # in units of the errors (divided by err_scale): no overflow or underflow for
-        # data and errors in the same extreme unit
-        s = self.err_scale
-        xs, bs = (x, b) if s == 1.0 else (x / s, b / s)
-        dCd = None if self._ahead is None else self._ahead.take("square_sum", D)  # made meanwhile
-        if dCd is None and self._stamps is not None and D.dtype == np.float64 and D.flags.c_contiguous:
-            dCd = _stamp_square_sum(D, self.ivar, self.keep, 1.0 / s)  # numba is loaded: one pass
-        elif dCd is None:
-            dCd = _weighted_square_sum(D, self.ivar, self.keep, 1.0 / s)
-        with np.errstate(invalid="ignore"):  # inf - inf: a chi-square beyond float range
-            chi2 = dCd - np.einsum("ij,ij->j", xs, bs)
-            if self.prior_rhs is not None:
-                pr = self.prior_rhs / s
-                chi2 += pr @ xs - np.einsum("i,ij,ij->j", self._prior_prec, xs, xs)
-        # where the difference cancels more than nine digits (a perfect fit, errors far
-        # below the noise) recompute it from the residuals
-        bad = ~(chi2 > 1e-9 * dCd)
-        if np.any(bad):
-            cols = np.flatnonzero(bad)
-            chi2[cols] = self.chi2(D[:, cols], x[:, cols] * self.col_scale[:, None])
-        return chi2
+        U, self._frames_weighted = self._frames_weighted, None
+        return normal_chi2.chi2_from_normal(self, D, x, b, None if U is None or U[0] is not D else U[1])
 
     def chi2(self, D: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """``sum(((D - A w) / errors)**2)`` over the unmasked pixels, per frame: ``(k,)``.
@@ -418,31 +388,11 @@ class NormalEquations:
         ``D`` is ``(npix, k)`` and ``weights`` ``(n_params, k)`` (as :meth:`solve` returns
         them); NaN weights count as 0.
         """
-        wz = np.where(np.isnan(weights), 0.0, weights)
-        # no design matrix yet (a background model has made it: its block needs it)
-        stamps = self._stamps if isinstance(self._design, Sparse3D) and self.background is None else None
-        if stamps is not None and D.shape[1] <= _STAMP_CHI2_FRAMES:
-            return self._stamp_chi2(D, wz)
-        ivar = None if self.ivar is None else self.ivar[:, None]
-        return _chi2(self.design, wz, D, ivar, None, self.keep, self.background, self.err_scale)
+        return normal_chi2.chi2(self, D, weights)
 
-    def _stamp_chi2(self, D: np.ndarray, wz: np.ndarray) -> np.ndarray:
-        """:meth:`chi2` with the model from the stamps, the weighted residuals summed in one pass:
-        no design matrix, not the array's ``dot`` (its second call caches a CSR matrix on the
-        caller's array). The weighted stamps kept by a fit (:func:`.rhs._cells_model`, at the
-        scaled solution ``w / c``: exact), else the array's own (:func:`.rhs._stamp_model`)."""
-        n = self.n_sources
-        s = 1.0 / self.err_scale
-        out = np.empty(D.shape[1])
-        for t in range(D.shape[1]):
-            if self._cells is not None:
-                model = _cells_model(self._cells, wz[:n, t] / self.col_scale[:n], D.shape[0])
-                d, ivar, keep = _weighted_data(D[:, t : t + 1], self.ivar, self.keep), None, None
-            else:
-                model = _stamp_model(self._stamps, wz[:n, t])
-                d, ivar, keep = np.ascontiguousarray(D[:, t : t + 1], dtype=np.float64), self.ivar, self.keep
-            out[t] = _stamp_square_sum(d, ivar, keep, s, model)[0]
-        return out
+    def _stamp_chi2(self, D: np.ndarray, wz: np.ndarray, U: np.ndarray | None = None) -> np.ndarray:
+        """:meth:`chi2` from the stamps (:func:`.normal_chi2.stamp_chi2`)."""
+        return normal_chi2.stamp_chi2(self, D, wz, U)
 
     def weights_err(self) -> np.ndarray:
         """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n_params,)``; NaN where unconstrained."""
@@ -497,6 +447,7 @@ class NormalEquations:
         state["_stamps"] = None
         state["_ahead"] = None
         state["_cells"] = None
+        state["_frames_weighted"] = None
         state["factor"] = self.factor.portable()
         state["_weighted"] = None
         state["_weighted_background"] = None

@@ -145,7 +145,7 @@ def _stamp_model(parts: list, w: np.ndarray) -> np.ndarray:
 
 def _weighted_data(D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None) -> np.ndarray:
     """``sqrt(ivar) D`` (``D`` ``(npix, m)``), 0 on the masked pixels whatever they hold: the data
-    the weighted stamps of :func:`_cells_rhs` and :func:`_cells_model` meet (C-contiguous, float64)."""
+    the weighted stamps of :func:`_cells_rhs` and :func:`_cells_residual` meet (C-contiguous, float64)."""
     U = np.array(D, dtype=np.float64, order="C")
     if ivar is not None:
         U *= np.sqrt(ivar)[:, None]
@@ -169,17 +169,27 @@ def _cells_rhs(cells: list, U: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _cells_model(cells: list, x: np.ndarray, npix: int) -> np.ndarray:
-    """``sqrt(C^-1) A diag(c) x`` (``(npix, 1)``): the weighted model of the scaled solution ``x``
-    ``(n,)`` from the weighted, scaled stamps ``cells`` (see :func:`_cells_rhs`)."""
-    from ._stamp_kernels import cells_model
+def _cells_residual(
+    cells: list, X: np.ndarray, R: np.ndarray, scale: float | None = None
+) -> np.ndarray | None:
+    """``R -= sqrt(C^-1) A diag(c) X`` in place: with ``R`` the weighted data ``(npix, m)``
+    (:func:`_weighted_data`) and ``X`` the scaled solutions ``(n, m)``, the weighted residuals, from
+    the weighted, scaled stamps ``cells`` (see :func:`_cells_rhs`) in one pass over them: no model
+    image. With ``scale``, returns the chi-squares ``sum((scale * R)**2)`` per frame ``(m,)``,
+    summed by the last group's pass as its stamps leave the image rows (no pass of their own);
+    else None."""
+    from ._stamp_kernels import cells_residual
 
-    M = np.zeros(npix)
-    x = np.ascontiguousarray(x, dtype=np.float64)
-    for c, gidx in cells:
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    out = None if scale is None else np.zeros(R.shape[1])
+    none = np.empty(0)
+    for i, (c, gidx) in enumerate(cells):
         (H, W), (imr, imc) = c.imshape, c.imcorner
-        cells_model(c.B, c.order, c.r0, c.c0, H, W, imr, imc, x, gidx, M)
-    return M.reshape(npix, 1)
+        last = out is not None and i == len(cells) - 1
+        rmin = int(c.r0.min())
+        args = (c.B, c.order, c.skey, c.ncc, rmin, c.r0, c.c0, H, W, imr, imc, X, gidx, R)
+        cells_residual(*args, 1.0 if scale is None else float(scale), out if last else none)
+    return out
 
 
 def _kept_all_finite(D: np.ndarray, keep: np.ndarray | None) -> bool:
