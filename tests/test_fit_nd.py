@@ -172,7 +172,6 @@ def test_nested_dissection_order_reduces_fill():
     assert nd < 0.2 * given and nd < 0.8 * by_row  # measured: 0.11x and 0.72x
 
 
-
 @pytest.mark.parametrize("seed", range(4))
 def test_cut_with_fewest_straddling_boxes(seed):
     """The window's cut: the fewest boxes straddle it (dense count over every position), and
@@ -225,7 +224,6 @@ def test_nested_dissection_order_is_a_permutation(case):
         assert nd < 0.7 * _fill(ov, np.arange(n)) and nd < 0.7 * _fill(ov, np.lexsort((c0, r0)))  # 0.50, 0.48
 
 
-
 def _random_cut(rng, n, h, w, span, cut, by_row):
     """``n`` random boxes ``h x w`` in ``[-5, span)``, and the sources wholly before, wholly
     after and straddling a cut at ``cut`` across rows (``by_row``) or columns."""
@@ -276,7 +274,6 @@ def test_thinned_separator_still_separates(by_row, sizes):
     assert set(A) >= set(first) and set(B) >= set(second) and set(S) <= set(sep)
     assert not _overlaps(boxes)[np.ix_(A, B)].any()
     assert na + nb > 0 and S.size < sep.size
-
 
 
 @pytest.mark.parametrize("by_row", [True, False])
@@ -438,10 +435,15 @@ def test_stamp_right_hand_side_many_frames(n, imcorner, compiled_kernels):
     keep = rng.random(A.shape[0]) > 0.2
     Uw = np.where(keep[:, None], ivar[:, None] * U, 0.0)
     U[~keep, 4] = np.nan  # masked pixels may hold anything
-    for m in (1, 3, 100):
+    for m in (1, 3, 7, 100):
         got = rhs._stamp_rhs(stamps, U[:, :m], ivar, keep)
         np.testing.assert_array_equal(got, rhs._stamp_rhs(stamps, Uw[:, :m]))
         np.testing.assert_allclose(got, A.T @ Uw[:, :m], rtol=1e-12, atol=1e-12)
+    # float32 frames: summed in float64 (the product of their float64 values)
+    U32 = U[:, 10:17].astype(np.float32)
+    np.testing.assert_allclose(
+        rhs._stamp_rhs(stamps, U32), A.T @ U32.astype(np.float64), rtol=1e-12, atol=1e-12
+    )
     masked_only = rhs._stamp_rhs(stamps, U, None, keep)[:, 4]
     np.testing.assert_array_equal(masked_only, rhs._stamp_rhs(stamps, np.where(keep, U[:, 4], 0.0)))
 
