@@ -202,6 +202,11 @@ class GroupedStructure(_Orderings):
     def translated(self, drow: int, dcol: int) -> GroupedStructure:
         return GroupedStructure([g.translated(drow, dcol) for g in self.groups], self.sources)
 
+    def check_translation(self, drow: int, dcol: int) -> None:
+        """ValueError when :meth:`translated` would move a position out of range (builds nothing)."""
+        for g in self.groups:
+            g.check_translation(drow, dcol)
+
     def equals(self, other) -> bool:
         if other is self or other in self._equal_to:
             return True

@@ -56,6 +56,9 @@ def index_dtype(*sizes: int) -> np.dtype:
 
 def _as_pair(value, name: str, *, positive: bool) -> tuple[int, int]:
     """Validate ``imshape``/``imcorner``-like input as a pair of Python ints."""
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        if not positive or (value[0] > 0 and value[1] > 0):
+            return value  # already a valid pair (a jitter loop's offsets): nothing to convert
     what = "two positive integers" if positive else "two integers"
     try:
         items = tuple(value)

@@ -319,14 +319,20 @@ class StampStructure(_Orderings):
             hit = self._translations.get(key)
         if hit is not None:
             return hit
-        dr, dc = self.offset[0] + key[0], self.offset[1] + key[1]
-        if self._row.size:
-            (rlo, rhi), (clo, chi) = self.position_range
-            check_position_range(rlo + dr, rhi + dr, f"row translated by {key[0]}")
-            check_position_range(clo + dc, chi + dc, f"col translated by {key[1]}")
-        new = self._sibling(self._row, self._col, self.imshape, self.imcorner, (dr, dc))
+        new = self._sibling(self._row, self._col, self.imshape, self.imcorner, self.check_translation(*key))
         with self._lock:
             return self._translations.setdefault(key, new)
+
+    def check_translation(self, drow: int, dcol: int) -> tuple[int, int]:
+        """The :attr:`offset` of this structure translated by ``(drow, dcol)`` (Python ints);
+        ValueError when a shifted position leaves the supported range (checked in Python ints
+        from the stored positions' min and max, so nothing wraps). O(1), builds nothing."""
+        dr, dc = self.offset[0] + drow, self.offset[1] + dcol
+        if self._row.size:
+            (rlo, rhi), (clo, chi) = self.position_range
+            check_position_range(rlo + dr, rhi + dr, f"row translated by {drow}")
+            check_position_range(clo + dc, chi + dc, f"col translated by {dcol}")
+        return dr, dc
 
     def take_sources(self, index) -> StampStructure:
         """A structure holding only the sources selected by ``index`` (along axis 2)."""

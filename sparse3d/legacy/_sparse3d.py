@@ -25,7 +25,7 @@ from scipy import sparse as sp
 from .. import _functions, _pool, core
 from .._functions.planes import translated_planes
 from .._functions.products import _result_dtype
-from .._structure.positions import POSITION_LIMIT, _as_pair
+from .._structure.positions import _as_pair
 
 __all__ = ["Sparse3D"]
 
@@ -125,13 +125,8 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         self._move(coord)
 
     def _move(self, coord) -> None:
-        if type(coord) is tuple and len(coord) == 2 and type(coord[0]) is int and type(coord[1]) is int:
-            d = coord  # a jitter loop's offsets: nothing to convert
-        else:
-            d = _as_pair(coord, "position", positive=False)  # what 2.x translate checks first
-        s = self._base._structure
-        if s.grouped or not _fits(s, d):
-            self._base.translate(d)  # raises 2.x's error for a translation out of range
+        d = _as_pair(coord, "position", positive=False)  # what 2.x translate checks, in its order
+        self._base._structure.check_translation(*d)
         self.coord = d
         self._cur_array = None  # _base.translate(coord), built when first asked for
         self._cleared = False
@@ -432,16 +427,6 @@ for _name in [n for n in dir(NDArrayOperatorsMixin) if n.startswith("__i") and n
     if _name not in ("__init__", "__init_subclass__", "__invert__"):
         setattr(Sparse3D, _name, _rebind)
 del _name
-
-
-def _fits(s, d: tuple[int, int]) -> bool:
-    """Whether structure ``s`` translated by ``d`` keeps its positions in 2.x's range (what
-    :meth:`sparse3d._structure.StampStructure.translated` checks)."""
-    if not s.nelements:
-        return True
-    (rlo, rhi), (clo, chi) = s.position_range
-    dr, dc = s.offset[0] + d[0], s.offset[1] + d[1]
-    return -POSITION_LIMIT <= min(rlo + dr, clo + dc) and max(rhi + dr, chi + dc) <= POSITION_LIMIT
 
 
 def _rebuild(cls, base, coord, parameters):
