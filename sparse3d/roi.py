@@ -27,6 +27,7 @@ from . import _functions
 from ._functions import scatter_sum, scipy_values
 from ._options import check_dense_allocation
 from ._structure import _as_pair, check_position_range, index_dtype, readonly_view
+from ._structure.positions import _readonly
 
 if TYPE_CHECKING:  # pragma: no cover
     import scipy.sparse
@@ -36,11 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .fit import FitResult
 
 __all__ = ["ROISparse3D"]
-
-
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.flags.writeable = False
-    return a
 
 
 def _as_corners(corners) -> np.ndarray:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _kernels, _planes_kernels, _pool
+from .. import _planes_kernels, _pool
 from .._options import check_dense_allocation
 from . import products
 
@@ -48,10 +48,7 @@ def translated_planes(a, w: np.ndarray, offset: tuple[int, int]) -> np.ndarray |
     if inputs is None or w.shape[0] != inputs[3].shape[0]:
         return None  # not yet a repeated product of this family (or bad weights: the general path says so)
     dtype = products._result_dtype(a.dtype, w.dtype)
-    size = a._values.size
-    if size < _kernels.MIN_ELEMENTS and not products._repeated(fam, size):
-        return None
-    if not _kernels.use_kernel(max(size, _kernels.MIN_ELEMENTS), dtype, a.dtype, w.dtype):
+    if not products._kernels_pay(a, dtype, w.dtype):
         return None
     s = a._structure
     H, W = s.imshape
@@ -59,8 +56,7 @@ def translated_planes(a, w: np.ndarray, offset: tuple[int, int]) -> np.ndarray |
     check_dense_allocation(H * W * k * dtype.itemsize, lambda: f"a model cube of shape {(H, W, k)}")
     if products._canvas_model(a, w, dtype) is not None:
         return None  # the same weights again: a window of the canvas model (the general path)
-    fam["nproducts"] = fam.get("nproducts", 0) + 1  # the bookkeeping of products._fast_product
-    products._PROCESS["elements"] += size
+    products._count_product(a)  # as the general path's products._fast_product counts it
     cube = _pool.lend((k, H, W), dtype)
     r0, c0 = s.root_corner
     return _planes_kernels.planes_scatter(*inputs, w, (r0 - offset[0], c0 - offset[1]), cube)

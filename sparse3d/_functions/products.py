@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import _grid_kernels, _kernels, _planes_kernels, _pool
 from .._options import check_dense_allocation, get_options
+from .._structure.positions import _readonly
 from ._registry import (
     _S,
     _refuse_out,
@@ -267,12 +268,12 @@ def _canvas_model(a, w2: np.ndarray, dtype: np.dtype) -> np.ndarray | None:
             canvas = _kernels.sorted_scatter(
                 order, sorted_values(a), (rlo, clo), (CH, CW), w2, dtype, s.sorted_rows()
             )
-            last = (last[0], dtype, _readonly_array(canvas))
+            last = (last[0], dtype, _readonly(canvas))
             fam["canvas"] = last
         return last[2]
     # a copy in the weights' own memory order: column slices of a (nsources, nframes) array
     # (1.x's ``flux[:, frames]``) are Fortran-ordered, and a C-ordered copy costs a transpose
-    fam["canvas"] = (_readonly_array(np.array(w2, copy=True, order="K")), dtype, None)
+    fam["canvas"] = (_readonly(np.array(w2, copy=True, order="K")), dtype, None)
     return None
 
 
@@ -314,15 +315,10 @@ def _fast_product(a, dtype, *other_dtypes) -> str | None:
     pixel-sorted order of the stored positions: from the family's second product on they
     take ``"sorted"`` (:func:`sparse3d._kernels.sorted_scatter`; callers without a sorted
     kernel use ``"kernel"``). Arrays below ``MIN_ELEMENTS`` use the kernels only when the
-    family repeats products (:func:`_repeated`).
+    family repeats products (:func:`_kernels_pay`).
     """
-    fam = a._family
-    fam["nproducts"] = calls = fam.get("nproducts", 0) + 1
-    size = a._values.size
-    _PROCESS["elements"] += size
-    if size < _kernels.MIN_ELEMENTS and not _repeated(fam, size):
-        return None
-    if not _kernels.use_kernel(max(size, _kernels.MIN_ELEMENTS), dtype, a.dtype, *other_dtypes):
+    calls = _count_product(a)
+    if not _kernels_pay(a, dtype, *other_dtypes):
         return None
     cache = a.__dict__
     if "_csr" in cache:
@@ -332,6 +328,14 @@ def _fast_product(a, dtype, *other_dtypes) -> str | None:
     if own >= 2:
         return "csr"
     return "sorted" if calls >= 2 else "kernel"
+
+
+def _count_product(a) -> int:
+    """Count a product of ``a`` (see ``REPEAT_ELEMENTS``); the family's count, this one included."""
+    fam = a._family
+    fam["nproducts"] = calls = fam.get("nproducts", 0) + 1
+    _PROCESS["elements"] += a._values.size
+    return calls
 
 
 #: An array below ``MIN_ELEMENTS`` (with at least ``REPEAT_MIN_ELEMENTS``) uses the kernels
@@ -346,12 +350,15 @@ REPEAT_MIN_ELEMENTS = 100_000
 _PROCESS = {"elements": 0}
 
 
-def _repeated(fam: dict, size: int) -> bool:
-    if size < min(REPEAT_MIN_ELEMENTS, _kernels.MIN_ELEMENTS):
-        return False
-    if _PROCESS["elements"] >= REPEAT_ELEMENTS:
-        return True
-    return fam["nproducts"] >= 2 and _kernels.loaded()
+def _kernels_pay(a, dtype, *other_dtypes) -> bool:
+    """Whether a product of ``a`` into ``dtype`` runs the compiled kernels: arrays from
+    ``MIN_ELEMENTS`` on, smaller ones as ``REPEAT_ELEMENTS`` says; dtypes the kernels take."""
+    size = a._values.size
+    if size < _kernels.MIN_ELEMENTS:
+        family_repeats = a._family.get("nproducts", 0) >= 2 and _kernels.loaded()
+        if size < REPEAT_MIN_ELEMENTS or not (_PROCESS["elements"] >= REPEAT_ELEMENTS or family_repeats):
+            return False
+    return _kernels.use_kernel(max(size, _kernels.MIN_ELEMENTS), dtype, a.dtype, *other_dtypes)
 
 
 def sorted_values(a) -> np.ndarray:
@@ -360,7 +367,7 @@ def sorted_values(a) -> np.ndarray:
     got = fam.get("sorted_values")
     if got is None:
         take = a._structure.sorted_order()[0]
-        got = fam.setdefault("sorted_values", _readonly_array(a._values.ravel()[take]))
+        got = fam.setdefault("sorted_values", _readonly(a._values.ravel()[take]))
     return got
 
 
@@ -381,11 +388,6 @@ def _planes_inputs(a) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     if got is None:
         got = fam.setdefault("planes", _planes_kernels.planes_order(a._values, *a._structure.grid_corners()))
     return got
-
-
-def _readonly_array(x: np.ndarray) -> np.ndarray:
-    x.flags.writeable = False
-    return x
 
 
 def matmul(a, b, out=None, **kwargs):
