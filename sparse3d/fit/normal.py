@@ -390,10 +390,6 @@ class NormalEquations:
         """
         return normal_chi2.chi2(self, D, weights)
 
-    def _stamp_chi2(self, D: np.ndarray, wz: np.ndarray, U: np.ndarray | None = None) -> np.ndarray:
-        """:meth:`chi2` from the stamps (:func:`.normal_chi2.stamp_chi2`)."""
-        return normal_chi2.stamp_chi2(self, D, wz, U)
-
     def weights_err(self) -> np.ndarray:
         """1-sigma uncertainties ``sqrt(diag(N^-1))``, shape ``(n_params,)``; NaN where unconstrained."""
         return _weights_err(self.factor, self.free, self.err_scale * self.col_scale)

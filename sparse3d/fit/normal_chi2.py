@@ -58,7 +58,7 @@ def chi2_from_normal(
         w = x[:, cols] * ne.col_scale[:, None]
         if U is not None and ne._cells is not None and D.shape[1] <= _STAMP_CHI2_FRAMES:
             Ub = U if cols.size == U.shape[1] else np.ascontiguousarray(U[:, cols])
-            chi2[cols] = ne._stamp_chi2(D[:, cols], w, Ub)
+            chi2[cols] = stamp_chi2(ne, D[:, cols], w, Ub)
         else:
             chi2[cols] = ne.chi2(D[:, cols], w)
     return chi2
@@ -70,13 +70,13 @@ def chi2(ne: NormalEquations, D: np.ndarray, weights: np.ndarray) -> np.ndarray:
     # no design matrix yet (a background model has made it: its block needs it)
     stamps = ne._stamps if isinstance(ne._design, Sparse3D) and ne.background is None else None
     if stamps is not None and D.shape[1] <= _STAMP_CHI2_FRAMES:
-        return ne._stamp_chi2(D, wz)
+        return stamp_chi2(ne, D, wz)
     ivar = None if ne.ivar is None else ne.ivar[:, None]
     return _chi2(ne.design, wz, D, ivar, None, ne.keep, ne.background, ne.err_scale)
 
 
 def stamp_chi2(ne: NormalEquations, D: np.ndarray, wz: np.ndarray, U: np.ndarray | None = None) -> np.ndarray:
-    """:meth:`NormalEquations._stamp_chi2`: the chi-square with the model from the stamps, the
+    """:meth:`NormalEquations.chi2` with the model from the stamps, the
     weighted residuals summed in one pass: no design matrix, not the array's ``dot`` (its second
     call caches a CSR matrix on the caller's array). The weighted stamps kept by a fit, all frames
     at once: the scaled solutions ``w / c`` (exact) subtracted from the weighted data in place
