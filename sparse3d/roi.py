@@ -373,6 +373,7 @@ class ROISparse3D:
             have a prior.
         """
         from .fit import fit_design
+        from .fit._checks import _in_unit
         from .fit._inputs import _read_inputs
 
         if background is not None:
@@ -398,8 +399,8 @@ class ROISparse3D:
             d,
             imshape=(self.nrois * h, w),
             errors=flat(inputs.errors, "errors"),
-            prior_mu=prior_mu,
-            prior_sigma=prior_sigma,
+            prior_mu=_in_unit(prior_mu, inputs.unit, "prior_mu"),  # the unit is dropped with the data's
+            prior_sigma=_in_unit(prior_sigma, inputs.unit, "prior_sigma"),
             mask=flat(inputs.mask, "mask"),
             saturation=saturation,
         )

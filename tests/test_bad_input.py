@@ -732,14 +732,34 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
         ),
         Case(
             "fit-masks-incompatible",
-            "`S.fit(masked_stack, dq=dq, bad_bits=1)`, masks of different frame counts",
+            "`S.fit(masked_stack, mask=m)`, masks of different frame counts",
             lambda: _S().fit(
                 np.ma.MaskedArray(np.ones((10, 10, 2)), mask=False),
-                dq=np.zeros((10, 10, 3), int),
-                bad_bits=1,
+                mask=np.zeros((10, 10, 3), bool),
             ),
             ValueError,
-            "have incompatible shapes (10, 10, 2) and (10, 10, 3)",
+            "have incompatible shapes (10, 10, 3) and (10, 10, 2)",
+        ),
+        Case(
+            "fit-dq-shape",
+            "`S.fit(stack, dq=dq, bad_bits=1)`, `dq` neither `(H, W)` nor the stack's shape",
+            lambda: _S().fit(np.ones((10, 10, 2)), dq=np.zeros((10, 10, 3), int), bad_bits=1),
+            ValueError,
+            "dq must have shape (H, W) = (10, 10) or the shape of data (10, 10, 2), got (10, 10, 3)",
+        ),
+        Case(
+            "fit-errors-inf-shape",
+            "`S.fit(data, errors=e)`, `e` of the wrong shape holding `np.inf`",
+            lambda: _S().fit(_img(), errors=np.full((3, 3), np.inf)),
+            ValueError,
+            "errors must have shape (H, W) = (10, 10), got (3, 3)",
+        ),
+        Case(
+            "fit-errors-bool",
+            "`S.fit(data, errors=m)`, `m` boolean (a mask passed as errors)",
+            lambda: _S().fit(_img(), errors=np.ones((10, 10), bool)),
+            TypeError,
+            "errors must hold real numbers (1-sigma uncertainties), got a boolean array",
         ),
         Case(
             "fit-saturation-nan",
@@ -847,6 +867,20 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
             "frame must be in [0, 2)",
         ),
         Case(
+            "fit-covariance-frame-type",
+            '`res.covariance(frame="0")` of a 2-frame stack',
+            lambda: _stack_fit().covariance(frame="0"),
+            ValueError,
+            "frame must be in [0, 2) (an int), got '0'",
+        ),
+        Case(
+            "fit-solver-missing-qdldl",
+            "`fit_design(A, data, imshape=..., solver='qdldl')` without `qdldl` installed",
+            lambda: _missing_qdldl(),
+            ValueError,
+            "solver='qdldl' needs the package qdldl (a dependency of sparse3d): pip install qdldl",
+        ),
+        Case(
             "fit-blended-threshold",
             "`res.blended(threshold=1.5)`",
             lambda: _S().fit(_img()).blended(1.5),
@@ -935,6 +969,20 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
                 "errors has unit adu but data has none",
             ),
             Case(
+                "fit-units-prior-plain-data",
+                "`S.fit(data, prior_sigma=1 * u.adu)`, data without unit",
+                lambda: _S().fit(_img(), prior_sigma=1 * _u().adu),
+                ValueError,
+                "prior_sigma has unit adu but the data has none",
+            ),
+            Case(
+                "fit-units-prior-mismatch",
+                "`S.fit(data * u.adu, errors=e * u.adu, prior_sigma=1 * u.s)`",
+                lambda: _S().fit(_img() * _u().adu, errors=_img() * _u().adu, prior_sigma=1 * _u().s),
+                ValueError,
+                "prior_sigma has unit s, which does not convert to the unit adu",
+            ),
+            Case(
                 "fit-saturation-quantity",
                 "`S.fit(data * u.adu, saturation=6e4 * u.adu)`",
                 lambda: _S().fit(_img() * _u().adu, saturation=6e4 * _u().adu),
@@ -942,6 +990,16 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
                 "saturation must be a plain number in the data's unit",
             ),
         ]
+
+    def _missing_qdldl():
+        from sparse3d.fit import factor, fit_design
+
+        saved = factor._has_qdldl
+        factor._has_qdldl = lambda: False  # as if qdldl were not installed
+        try:
+            fit_design(_S().tocsr(), np.ones((10, 10)), imshape=(10, 10), solver="qdldl")
+        finally:
+            factor._has_qdldl = saved
 
     def _missing_solver():
         from sparse3d.fit import factor, fit_design
@@ -1362,7 +1420,7 @@ def _photometry_cases():
              pos(mask=np.full((12, 12), 4)), ValueError, "look like a data-quality bitmask"),
         Case("jitter-dq-shape", "`fit_jitter(..., dq=dq, bad_bits=b)`, `dq` of the wrong shape",
              lambda: fit_jitter(G, stack, r, c, dq=np.zeros((3, 3), dtype=int), bad_bits=1), ValueError,
-             "mask must have shape"),
+             "dq must have shape (H, W) = (12, 12)"),
         Case("check-inputs-ndim", "`sparse3d.fit.check_inputs(stack_3d, ndim=2)`",
              lambda: check_inputs(stack, ndim=2), ValueError, "data must have shape (H, W), got 3-D"),
         Case("check-inputs-imshape", "`sparse3d.fit.check_inputs(image, imshape=(H, W))`, another shape",

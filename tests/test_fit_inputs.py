@@ -384,3 +384,73 @@ def test_check_inputs_nddata_with_units():
     assert inp.mask is not None and np.array_equal(inp.mask, ivar == 0)
     with pytest.raises(ValueError, match="data has unit"):
         check_inputs(d * u.electron, np.ones((4, 5)))
+
+
+def test_quantity_priors_are_converted_to_the_data_unit(problem):
+    """Priors in another unit of the same kind: converted, not read as plain numbers (a prior in
+    mJy next to data in Jy was taken 1000x too wide and off by 1000x)."""
+    S, A, d, err, mask = problem
+    n = A.shape[1]
+    rng = np.random.default_rng(3)
+    sig = rng.uniform(0.5, 3.0, n)
+    mu = rng.uniform(4.0, 8.0, n)
+    p, e, chi2, _, _ = lstsq_fit(A, d.ravel(), err.ravel(), mask.ravel(), prior_sigma=sig, prior_mu=mu)
+    for ps, pm in [(sig * 1000 * u.mJy, mu * 1000 * u.mJy), (sig * u.Jy, mu), (sig, mu * u.Jy)]:
+        res = S.fit(d * u.Jy, errors=err * u.Jy, mask=mask, prior_sigma=ps, prior_mu=pm)
+        close(res.weights.to_value(u.Jy), p)
+        close(res.weights_err.to_value(u.Jy), e)
+        np.testing.assert_allclose(res.chi2, chi2, rtol=1e-9)
+    # the same for a background model's prior (its coefficients are in the data's unit too)
+    from sparse3d.fit import Polynomial
+
+    B = np.ones((A.shape[0], 1))
+    ps_all = np.concatenate([np.full(n, np.inf), [0.5]])
+    mu_all = np.concatenate([np.zeros(n), [2.0]])
+    p, e, _, _, _ = lstsq_fit(np.hstack([A, B]), d.ravel(), err.ravel(), mask.ravel(), ps_all, mu_all)
+    bg = Polynomial(0, prior_sigma=500 * u.mJy, prior_mu=2000 * u.mJy)
+    res = S.fit(d * u.Jy, errors=err * u.Jy, mask=mask, background=bg)
+    close(res.weights.to_value(u.Jy), p[:n])
+    close(res.background.to_value(u.Jy), p[n:])
+    close(res.background_err.to_value(u.Jy), e[n:])
+
+
+def test_quantity_priors_of_an_roi_fit_are_converted(problem):
+    S, A, d, err, mask = problem
+    roi = S.roi([(0, 0), (5, 6)], (5, 7))
+    win = np.stack([d[0:5, 0:7], d[5:10, 6:13]])
+    ref = roi.fit(win, prior_sigma=2.0, prior_mu=3.0)
+    res = roi.fit(win * u.Jy, prior_sigma=2000 * u.mJy, prior_mu=3000 * u.mJy)
+    close(res.weights.to_value(u.Jy), ref.weights, rtol=1e-12)
+    with pytest.raises(ValueError, match="prior_sigma has unit mJy but the data has none"):
+        roi.fit(win, prior_sigma=2000 * u.mJy)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(prior_sigma=1 * u.Jy), ValueError, "prior_sigma has unit Jy but the data has none"),
+        (dict(prior_sigma=1.0, prior_mu=1 * u.Jy), ValueError, "prior_mu has unit Jy but the data has none"),
+        (dict(dq=np.zeros((3, 3), int), bad_bits=1), ValueError, r"dq must have shape \(H, W\)"),
+        (dict(errors=np.full((3, 3), np.inf)), ValueError, r"errors must have shape \(H, W\)"),
+        (dict(errors=np.ones((3, 3), bool)), TypeError, "errors must hold real numbers"),
+    ],
+)
+def test_refusals_name_the_argument(problem, kwargs, error, match):
+    """Each of these named another argument (``mask``), was silently accepted (a Quantity prior
+    next to plain data; boolean errors read as 1) or failed inside the fit."""
+    S, A, d, err, mask = problem
+    with pytest.raises(error, match=match):
+        S.fit(d, **kwargs)
+
+
+def test_prior_unit_mismatch_is_refused(problem):
+    S, A, d, err, mask = problem
+    with pytest.raises(ValueError, match="prior_sigma has unit m, which does not convert to the unit Jy"):
+        S.fit(d * u.Jy, errors=err * u.Jy, prior_sigma=1 * u.m)
+
+
+def test_nddata_mask_of_the_wrong_shape_is_named(problem):
+    S, A, d, err, mask = problem
+    nd = types.SimpleNamespace(data=d, mask=np.zeros((2, 2), bool), unit=None, uncertainty=None)
+    with pytest.raises(ValueError, match=r"data.mask must have shape \(H, W\)"):
+        S.fit(nd)

@@ -49,10 +49,15 @@ def _check_solver(solver: str) -> str:
     if solver not in ("qdldl", "superlu", "cholmod"):
         raise ValueError(f"solver must be 'auto', 'nd', 'qdldl', 'superlu' or 'cholmod', got {solver!r}")
     if solver not in available_solvers():
-        extra = solver
         if solver == "cholmod":
-            extra = "cvxopt (GPL-3.0-or-later): pip install 'sparse3d[cholmod]'"
-        raise ValueError(f"solver={solver!r} needs the optional dependency {extra}")
+            raise ValueError(
+                "solver='cholmod' needs the optional dependency cvxopt (GPL-3.0-or-later): "
+                "pip install 'sparse3d[cholmod]'"
+            )
+        # qdldl is a runtime dependency: missing only from a broken or partial install
+        raise ValueError(
+            f"solver={solver!r} needs the package {solver} (a dependency of sparse3d): pip install {solver}"
+        )
     return solver
 
 
@@ -163,18 +168,34 @@ def _inverse_variance(E: np.ndarray | None, keep: np.ndarray | None, scale: floa
     return ivar
 
 
+def _in_unit(value: Any, unit: Any, name: str) -> Any:
+    """``value`` as plain numbers in the data's ``unit``: a ``Quantity`` is converted (refused
+    when the data has no unit or the units do not convert); anything else is returned as is
+    (plain numbers are in the data's unit)."""
+    if not (hasattr(value, "unit") and hasattr(value, "to_value")):
+        return value
+    if unit is None:
+        raise ValueError(f"{name} has unit {value.unit} but the data has none; give both or neither a unit")
+    from ._inputs import _convert  # astropy is imported only when a value carries a unit
+
+    return _convert(np.asarray(value.value), value.unit, unit, name)
+
+
 def _check_prior(
-    prior_mu: Any, prior_sigma: Any, n: int, what: str = "prior"
+    prior_mu: Any, prior_sigma: Any, n: int, what: str = "prior", unit: Any = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Prior precisions ``1 / prior_sigma**2`` and means (0 where there is no prior).
 
     ``what`` names the arguments in messages (``"background prior"`` for a background model).
+    ``unit``: the data's unit (None: none); a ``Quantity`` mean or width is converted to it.
     """
     if prior_mu is not None and prior_sigma is None:
         raise ValueError(f"{what}_mu requires {what}_sigma")
     prior_prec = np.zeros(n)
     mu = np.zeros(n)
-    for value, name in ((prior_mu, "prior_mu"), (prior_sigma, "prior_sigma")):
+    prior_mu = _in_unit(prior_mu, unit, f"{what}_mu")
+    prior_sigma = _in_unit(prior_sigma, unit, f"{what}_sigma")
+    for value, name in ((prior_mu, f"{what}_mu"), (prior_sigma, f"{what}_sigma")):
         if value is not None:
             _check_real(value, name)
     if prior_sigma is not None:

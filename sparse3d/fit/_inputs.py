@@ -143,6 +143,7 @@ def _read_inputs(data: Any, errors: Any, mask: Any, dq: Any = None, bad_bits: An
     unit = None
     errors_in_unit = False  # errors read from data.uncertainty are in the data's unit
     masks: list[np.ndarray | None] = []
+    names: list[str] = []  # the argument each mask came from (masks[i] <- names[i])
     if mask is not None:
         masks.append(_check_mask_values(mask))
     if _is_nddata(data):
@@ -153,12 +154,15 @@ def _read_inputs(data: Any, errors: Any, mask: Any, dq: Any = None, bad_bits: An
         data = nd.data
         if nd.mask is not None:
             masks.append(_check_mask_values(nd.mask, "data.mask"))
+            names.append("data.mask")
         if nd.uncertainty is not None:
             if errors is not None:
                 raise ValueError("errors given twice: as errors= and as data.uncertainty; pass one of them")
             errors = _read_uncertainty(nd.uncertainty, unit)
             errors_in_unit = True
+    names += ["mask"] * (len(masks) - len(names))
     data = _unmask(data, masks)
+    names += ["data's mask"] * (len(masks) - len(names))
     if _is_quantity(data):
         unit = data.unit
         data = data.value
@@ -167,6 +171,7 @@ def _read_inputs(data: Any, errors: Any, mask: Any, dq: Any = None, bad_bits: An
 
     if errors is not None:
         errors = _unmask(errors, masks)
+        names += ["errors' mask"] * (len(masks) - len(names))
         if _is_quantity(errors):
             if unit is None:
                 raise ValueError(
@@ -180,18 +185,41 @@ def _read_inputs(data: Any, errors: Any, mask: Any, dq: Any = None, bad_bits: An
             )
         errors = np.asarray(errors)
         _check_real(errors, "errors")
+        if errors.dtype == bool:
+            raise TypeError(
+                "errors must hold real numbers (1-sigma uncertainties), got a boolean array "
+                "(a mask goes to mask=)"
+            )
         errors = errors.astype(np.float64, copy=False)
         inf = np.isposinf(errors)  # errors = inf: the pixel carries no information
         if inf.any():
             masks.append(inf)
+            names.append("errors")
 
     if dq is not None or bad_bits is not None:
         masks.append(_dq_mask(dq, bad_bits))
+        names.append("dq")
 
+    _check_mask_shapes(masks, names, data.shape)
     combined = None
     for m in masks:
         combined = _or_masks(combined, m)
     return _Inputs(data, errors, combined, unit)
+
+
+def _check_mask_shapes(masks: list, names: list[str], shape: tuple[int, ...]) -> None:
+    """ValueError naming the argument when a mask from ``data.mask``, ``errors`` (its ``inf``
+    pixels) or ``dq`` has neither the image shape ``(H, W)`` nor the data's shape.
+
+    ``mask=`` itself is checked with the stack's frame count later (by the fit).
+    """
+    if len(shape) not in (2, 3):
+        return  # the data's own shape error comes first
+    allowed = {shape[:2], shape}
+    for m, name in zip(masks, names):
+        if name != "mask" and np.shape(m) not in allowed:
+            want = f"(H, W) = {shape[:2]}" + ("" if len(shape) == 2 else f" or the shape of data {shape}")
+            raise ValueError(f"{name} must have shape {want}, got {np.shape(m)}")
 
 
 def _unmask(x: Any, masks: list) -> Any:

@@ -42,8 +42,9 @@ class BackgroundModel:
     Parameters
     ----------
     prior_sigma, prior_mu : float or array_like, optional
-        Gaussian prior on the coefficients (scalar or one value per coefficient);
-        by default the background has no prior.
+        Gaussian prior on the coefficients (scalar or one value per coefficient), in the
+        data's unit (or ``Quantity`` values, converted to it); by default the background has
+        no prior.
     """
 
     def __init__(self, prior_sigma: Any = None, prior_mu: Any = None) -> None:
@@ -64,11 +65,15 @@ class BackgroundModel:
         """Number of coefficients ``nb`` on an image of ``imshape``."""
         return len(self.labels(imshape))
 
-    def prior(self, nb: int) -> tuple[np.ndarray, np.ndarray]:
-        """Prior precisions and means of the ``nb`` coefficients (0 where there is no prior)."""
+    def prior(self, nb: int, unit: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Prior precisions and means of the ``nb`` coefficients (0 where there is no prior).
+
+        ``unit``: the data's unit, if any; a ``Quantity`` prior is converted to it (the
+        coefficients are in the data's unit).
+        """
         from ._checks import _check_prior
 
-        return _check_prior(self.prior_mu, self.prior_sigma, nb, "background prior")
+        return _check_prior(self.prior_mu, self.prior_sigma, nb, "background prior", unit)
 
 
 class Polynomial(BackgroundModel):

@@ -230,8 +230,8 @@ class FitResult:
                     "or masks per frame): pass frame= to covariance()"
                 )
             k = ctx.D.shape[1]
-            if not -k <= frame < k:
-                raise ValueError(f"frame must be in [0, {k}), got {frame}")
+            if isinstance(frame, bool) or not isinstance(frame, (int, np.integer)) or not -k <= frame < k:
+                raise ValueError(f"frame must be in [0, {k}) (an int), got {frame!r}")
             gi = next(i for i, g in enumerate(ctx.groups) if frame % k in g.frames)
         return scipy.sparse.csr_array(ctx.covariance(gi, neighbours))
 

@@ -85,7 +85,9 @@ def fit_design(
         are grouped); errors shared by all frames are the fast path.
     prior_mu : float or numpy.ndarray, optional
         Mean of the Gaussian prior on each weight, scalar or shape ``(n,)``.
-        Defaults to 0 when ``prior_sigma`` is given; requires ``prior_sigma``.
+        Defaults to 0 when ``prior_sigma`` is given; requires ``prior_sigma``.  Priors are
+        in the data's unit: with ``Quantity`` data, plain numbers or Quantities (converted;
+        a Quantity prior next to plain data is refused).
     prior_sigma : float or numpy.ndarray, optional
         Standard deviation of the Gaussian prior on each weight, scalar or
         shape ``(n,)``; must be positive, ``np.inf`` meaning no prior for that
@@ -240,9 +242,9 @@ def fit_design(
 
         bg = as_background(background)
         B = None if bg is None else bg.columns((H, W))
-        prior_prec, mu = _check_prior(prior_mu, prior_sigma, n)
+        prior_prec, mu = _check_prior(prior_mu, prior_sigma, n, unit=inputs.unit)
         if B is not None:
-            bprec, bmu = bg.prior(B.shape[1])
+            bprec, bmu = bg.prior(B.shape[1], inputs.unit)
             prior_prec, mu = np.concatenate([prior_prec, bprec]), np.concatenate([mu, bmu])
         made: list = []
 
