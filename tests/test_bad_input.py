@@ -32,6 +32,12 @@ class Case:
     fragment: str  # part of the message; names the offending argument
 
 
+def _astropy_quantity(value, unit):
+    import astropy.units as u
+
+    return value * u.Unit(unit)
+
+
 def _S(imshape=(10, 10), nsources=2, **kw):
     R, C = np.mgrid[:3, :3]
     row = R[:, :, None] + np.arange(2, 2 + 3 * nsources, 3)
@@ -1408,6 +1414,14 @@ def _photometry_cases():
              pos(position_prior_sigma=0.0), ValueError, "position_prior_sigma must be > 0"),
         Case("positions-flux-prior", "`fit_positions(..., flux_prior_mu=m)` without `flux_prior_sigma`",
              pos(flux_prior_mu=1.0), ValueError, "flux_prior_mu requires flux_prior_sigma"),
+        *([
+            Case("positions-flux-prior-unit", "`fit_positions(image, ..., flux_prior_sigma=1 * u.Jy)`, data "
+                 "without unit", lambda: pos(flux_prior_sigma=_astropy_quantity(1.0, "Jy"))(), ValueError,
+                 "flux_prior_sigma has unit Jy but the data has none"),
+            Case("positions-position-prior-unit", "`fit_positions(..., position_prior_sigma=0.1 * u.pix)`",
+                 lambda: pos(position_prior_sigma=_astropy_quantity(0.1, "pix"))(), ValueError,
+                 "position_prior_sigma must be plain numbers (pixels), got a Quantity"),
+        ] if importlib.util.find_spec("astropy") is not None else []),
         Case("positions-tol", "`fit_positions(..., tol=0)` (also `max_step`; `min_snr`, `rtol` < 0)",
              pos(tol=0.0), ValueError, "tol must be a finite positive number"),
         Case("positions-max-iter", "`fit_positions(..., max_iter=-1)`", pos(max_iter=-1),
