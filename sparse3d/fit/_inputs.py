@@ -278,6 +278,17 @@ class FitInputs:
         """``(H, W)``."""
         return self.data.shape[0], self.data.shape[1]
 
+    def in_data_unit(self, value: Any, name: str = "value") -> Any:
+        """``value`` (e.g. a flux prior) as plain numbers in the unit of :attr:`data`.
+
+        A ``Quantity`` is converted to :attr:`unit`; refused (ValueError naming ``name``) when
+        the data has no unit or the units do not convert. Anything else is returned as is:
+        plain numbers are taken to be in the data's unit.
+        """
+        from ._checks import _in_unit
+
+        return _in_unit(value, self.unit, name)
+
 
 def check_inputs(
     data: Any,

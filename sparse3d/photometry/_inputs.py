@@ -29,16 +29,16 @@ class PixelWeights:
     fit_errors, fit_mask : numpy.ndarray or None
         What :func:`sparse3d.fit.fit_design` takes for one ``(H, W)`` map: errors with
         masked pixels set to 1, and the boolean mask (None when nothing is masked).
-    unit : astropy unit or None
-        The unit the data carried (dropped from ``data``): flux priors given as Quantities
-        are converted to it.
+    inputs : sparse3d.fit.FitInputs or None
+        The validated inputs (their ``unit`` was dropped from ``data``): flux priors given as
+        Quantities are converted to it (:meth:`~sparse3d.fit.FitInputs.in_data_unit`).
     """
 
     data: np.ndarray
     ivar: np.ndarray
     fit_errors: np.ndarray | None
     fit_mask: np.ndarray | None
-    unit: Any = None
+    inputs: Any = None
 
     @property
     def n_pixels(self) -> int:
@@ -87,7 +87,7 @@ def pixel_weights(
     fmask = iv2 == 0
     with np.errstate(divide="ignore"):
         ferr = np.where(fmask, 1.0, 1.0 / np.sqrt(iv2))
-    return PixelWeights(D, ivar, ferr, fmask if fmask.any() else None, inp.unit)
+    return PixelWeights(D, ivar, ferr, fmask if fmask.any() else None, inp)
 
 
 def check_positions(row: Any, col: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -108,19 +108,17 @@ def check_positions(row: Any, col: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_source_vector(
-    value: Any, n: int, name: str, *, positive: bool = False, flux_unit: Any = False
+    value: Any, n: int, name: str, *, positive: bool = False, flux_of: Any = None
 ) -> np.ndarray | None:
     """A scalar or ``(n,)`` float argument as ``(n,)``; None stays None.
 
-    ``flux_unit``: for a flux (prior), the data's unit (None: none): a ``Quantity`` is
-    converted to it. ``False`` (default): pixels, plain numbers only.
+    ``flux_of``: for a flux (prior), the :class:`~sparse3d.fit.FitInputs` of the data: a
+    ``Quantity`` is converted to the data's unit. None (default): pixels, plain numbers only.
     """
     if value is None:
         return None
-    if flux_unit is not False:
-        from ..fit._checks import _in_unit
-
-        value = _in_unit(value, flux_unit, name)
+    if flux_of is not None:
+        value = flux_of.in_data_unit(value, name)
     elif hasattr(value, "unit") and hasattr(value, "to_value"):
         raise ValueError(f"{name} must be plain numbers (pixels), got a Quantity with unit {value.unit}")
     a = np.asarray(value, dtype=np.float64)

@@ -309,8 +309,8 @@ def fit_positions(
     r, c = check_positions(row, col)
     r0, c0 = r.copy(), c.copy()
     n = r.size
-    fps = check_source_vector(flux_prior_sigma, n, "flux_prior_sigma", positive=True, flux_unit=pw.unit)
-    fpmu = check_source_vector(flux_prior_mu, n, "flux_prior_mu", flux_unit=pw.unit)
+    fps = check_source_vector(flux_prior_sigma, n, "flux_prior_sigma", positive=True, flux_of=pw.inputs)
+    fpmu = check_source_vector(flux_prior_mu, n, "flux_prior_mu", flux_of=pw.inputs)
     if fpmu is not None and fps is None:
         raise ValueError("flux_prior_mu requires flux_prior_sigma")
     pps = check_source_vector(position_prior_sigma, n, "position_prior_sigma", positive=True)
