@@ -454,3 +454,24 @@ def test_nddata_mask_of_the_wrong_shape_is_named(problem):
     nd = types.SimpleNamespace(data=d, mask=np.zeros((2, 2), bool), unit=None, uncertainty=None)
     with pytest.raises(ValueError, match=r"data.mask must have shape \(H, W\)"):
         S.fit(nd)
+
+
+def test_fit_without_qdldl_falls_back_to_superlu(problem, monkeypatch):
+    """qdldl missing (a partial install): ``"auto"`` uses SciPy's SuperLU with the same answer
+    as the dense reference; asking for ``"qdldl"`` names the package to install."""
+    import sys
+
+    from sparse3d.fit import available_solvers
+
+    S, A, d, err, mask = problem
+    monkeypatch.setitem(sys.modules, "qdldl", None)  # `import qdldl` raises ImportError
+    assert "qdldl" not in available_solvers()
+    sig = np.full(A.shape[1], 50.0)
+    p, e, chi2, _, _ = lstsq_fit(A, d.ravel(), err.ravel(), mask.ravel(), prior_sigma=sig)
+    res = fit_design(S, d, imshape=d.shape, errors=err, mask=mask, prior_sigma=50.0)
+    assert res.solver == "superlu"
+    close(res.weights, p)
+    close(res.weights_err, e)
+    np.testing.assert_allclose(res.chi2, chi2, rtol=1e-9)
+    with pytest.raises(ValueError, match="needs the package qdldl"):
+        fit_design(S, d, imshape=d.shape, solver="qdldl")
