@@ -1,5 +1,6 @@
 """The compiled kernels: small fits stay out of numba, one signature per kernel, precompile()."""
 
+import os
 import subprocess
 import sys
 
@@ -128,3 +129,26 @@ def test_cross_module_kernel_digest_is_current():
             "sparse3d.fit.relaxed.relaxed_merge/NRELAX/ZRELAX changed: set "
             f"{module.__name__}.DEPENDENCY_DIGEST = {digest!r} (this also invalidates its numba cache)"
         )
+
+
+def test_precompiled_kernels_are_loaded_by_later_calls(tmp_path):
+    """What precompile() writes to numba's cache, a call in a later process loads: numba files
+    an overload under the signature passed to ``compile``, and a call looks it up by its
+    argument types; compiled from the signature *string*, every kernel was compiled again by
+    its first call (a fit after precompile still paid ~14 s)."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    pre = (
+        "from sparse3d._compiled import _cache_key\n"
+        "from sparse3d.fit import _supernodal_kernels as K\n"
+        "K.etree.compile(_cache_key(K.SIGNATURES['etree']))\n"
+    )
+    call = (
+        "import numpy as np\n"
+        "from sparse3d.fit import _supernodal_kernels as K\n"
+        "p = np.array([0, 1, 3, 4], dtype=np.intp); i = np.array([0, 0, 1, 2], dtype=np.intp)\n"
+        "K.etree(p, i)\n"
+        "print(sum(K.etree.stats.cache_hits.values()), sum(K.etree.stats.cache_misses.values()))\n"
+    )
+    subprocess.run([sys.executable, "-c", pre], env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", call], env=env, check=True, capture_output=True, text=True)
+    assert out.stdout.split() == ["1", "0"]  # loaded from the cache, not compiled again
