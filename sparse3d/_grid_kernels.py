@@ -36,6 +36,7 @@ numba is imported when a kernel is first needed; the compiled code is cached on 
 
 from __future__ import annotations
 
+import itertools
 from types import FunctionType
 
 import numpy as np
@@ -527,10 +528,12 @@ def precompile_kernels() -> None:
         match_grid(row, row, row[0, 0], row[0, 0])
         _compiled("_narrow_loop")(row.astype(np.int64), np.empty(row.shape, np.int16), 0)
         row0, col0 = row[0, 0].astype(np.int64), col[0, 0].astype(np.int64)
-        for dtype in (np.float64, np.float32):
-            vals = np.ones(row.shape, dtype=dtype)
+        for dtype, readonly in itertools.product((np.float64, np.float32), (False, True)):
+            # an array's stored values and positions are read-only: numba types (and caches)
+            # those apart from writable arrays, so both are compiled
+            vals, r0, c0 = (np.ones(row.shape, dtype=dtype), row0.copy(), col0.copy())
+            for a in (vals, r0, c0):
+                a.setflags(write=not readonly)
             w = np.ones((2, 1), dtype=dtype)
-            _compiled("_scatter_loop")(vals, row0, col0, w, 0, 0, np.zeros((8, 8), dtype), 2, 0, 8)
-            _compiled("_gather_loop")(
-                vals, row0, col0, np.ones((8, 8), dtype), 0, 0, np.zeros((2, 1), dtype), 2
-            )
+            _compiled("_scatter_loop")(vals, r0, c0, w, 0, 0, np.zeros((8, 8), dtype), 2, 0, 8)
+            _compiled("_gather_loop")(vals, r0, c0, np.ones((8, 8), dtype), 0, 0, np.zeros((2, 1), dtype), 2)
