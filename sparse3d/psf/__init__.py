@@ -19,7 +19,9 @@ pixel row 10 (the tutorial's convention: the stamp pixel ``R`` is evaluated at o
 :class:`IntegratedGaussian` (the exact pixel integral: use it for undersampled detectors
 such as Kepler and TESS) are analytic; :class:`ImagePSF` and :class:`GriddedPSF` take
 oversampled PSF images with photutils' conventions. Every shape parameter is a number or a
-``(nsources,)`` array; the models integrate to 1 over an untruncated stamp.
+``(nsources,)`` array; the profiles integrate to 1, and on an untruncated stamp the sampled
+ones (all but :class:`IntegratedGaussian`) sum to ≈ 1 when the PSF is well sampled (σ ≳ 1 px;
+see :class:`Moffat` for how far an undersampled core overshoots).
 
 **Derivatives.** ``design(..., derivatives=("row", "col"))`` also returns
 ``{name: dL/dname}`` — the derivative with respect to each source's own position (and, for
