@@ -406,3 +406,64 @@ def test_scenes_against_dense(scene):
         np.testing.assert_allclose(Q.dot(W2), windows(model(cube, W2), corners, (3, 4), imcorner), atol=1e-5)
         np.testing.assert_allclose((S * 2).dot(w), 2 * model(cube, w), rtol=rtol, atol=1e-5)
     assert S.shape == (imshape[0] * imshape[1], n)
+
+
+# ---- found by the differential fuzzer against 1.2.11 ----------------------------------------------
+def test_coo_entries_keep_the_1x_order_through_scipy_methods(parts):
+    """1.x never cleared scipy's canonical flag: S.max() & co. did not re-sort S.data/row/col."""
+    data, row, col, imshape, imcorner = parts
+    S = Sparse3D(data, row, col, imshape, imcorner)
+    S.translate((1, -2))
+    # 1.x order: the stamp pixels in C order of (nrows, ncols, nsubimages), in-image ones only
+    r, c = row + 1 - imcorner[0], col - 2 - imcorner[1]
+    inside = (r >= 0) & (r < imshape[0]) & (c >= 0) & (c < imshape[1])
+    k = np.broadcast_to(np.arange(data.shape[-1]), data.shape)
+    expected = (data[inside], (r * imshape[1] + c)[inside], k[inside])
+    S.max(), S.min(), S.nonzero(), S.sum_duplicates()
+    for got, want in zip((S.data, S.row, S.col), expected):
+        np.testing.assert_array_equal(got, want)
+    assert S.max() == data[inside].max()
+
+
+def test_operators_with_scipy_matrices_are_scipys_on_the_matrix(parts):
+    """1.x fell back to scipy for S + M, S == M; every elementwise operator now does."""
+    data, row, col, imshape, imcorner = parts
+    S = Sparse3D(data, row, col, imshape, imcorner)
+    S.translate((2, 1))
+    A = dense(data, row, col, imshape, imcorner, (2, 1)).reshape(-1, data.shape[-1])
+    M = sp.random(*A.shape, density=0.3, random_state=3, format="csr") + sp.csr_matrix(0.5 * (A > 0))
+    B = M.toarray()
+    cases = [
+        (S + M, A + B),
+        (M + S, A + B),
+        (S - M, A - B),
+        (M - S, B - A),
+        (S * M, A * B),
+        (S.multiply(M), A * B),
+        (np.add(S, M), A + B),
+        (S == M, A == B),
+        (S != M, A != B),
+        (S > M, A > B),
+        (S < M, A < B),
+        (S.T @ M, A.T @ B),
+        (M.T @ S, B.T @ A),
+        (S.T @ S, A.T @ A),
+    ]
+    for got, want in cases:
+        assert sp.issparse(got)
+        np.testing.assert_allclose(got.toarray(), want, rtol=1e-12)
+    with pytest.raises(TypeError, match="scipy sparse matrix"):
+        np.maximum(S, M)
+
+
+def test_get_roi_mask_as_in_1x(parts):
+    data, row, col, imshape, imcorner = parts
+    corners = [(imcorner[0] - 1, imcorner[1] + 2), (imcorner[0] + 5, imcorner[1] + 3)]
+    Q = ROISparse3D(data, row, col, imshape, 2, (4, 6), corners, imcorner)
+    rr, cc = np.mgrid[-3:30, -3:30]
+    mask = Q.get_ROI_mask(rr, cc)
+    assert mask.shape == (2, *rr.shape) and mask.dtype == bool
+    for j, (r0, c0) in enumerate(corners):
+        want = [[r0 <= a < r0 + 4 and c0 <= b < c0 + 6 for b in range(-3, 30)] for a in range(-3, 30)]
+        np.testing.assert_array_equal(mask[j], want)
+    np.testing.assert_array_equal(Q.get_ROI_mask(corners[1][0], corners[1][1]), [False, True])

@@ -107,6 +107,15 @@ class ROISparse3D(Sparse3D):
             result = result.transpose(0, 3, 1, 2)
         return result
 
+    def get_ROI_mask(self, row, column) -> np.ndarray:
+        """``(nROIs, *row.shape)`` booleans: which absolute positions ``(row, column)`` are in each ROI."""
+        row, column = np.asarray(row), np.asarray(column)
+        h, w = self.ROI_size
+        corners = np.asarray(self.ROI_corners, dtype=np.int64).reshape(-1, 2)
+        r0 = corners[:, 0].reshape((-1,) + (1,) * row.ndim)
+        c0 = corners[:, 1].reshape((-1,) + (1,) * column.ndim)
+        return (row >= r0) & (row < r0 + h) & (column >= c0) & (column < c0 + w)
+
     def to_Sparse3D(self) -> Sparse3D:
         """The same stamps as a plain legacy :class:`Sparse3D` (same offset)."""
         return Sparse3D._from_base(self._base, self.coord)

@@ -17,6 +17,7 @@ the 2.x ``__array_ufunc__`` and the result is wrapped at the same ``coord``.
 from __future__ import annotations
 
 import numbers
+import operator
 
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
@@ -131,7 +132,9 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         self._cur_array = None  # _base.translate(coord), built when first asked for
         self._cleared = False
         self._view = None
-        self.has_canonical_format = False
+        # as in 1.x (whose flag was never cleared): the entries are unique (stamps cover a pixel
+        # once), so scipy's sum_duplicates has nothing to do and must not re-sort the 1.x order
+        self.has_canonical_format = True
 
     @property
     def _cur(self) -> core.Sparse3D:
@@ -353,7 +356,20 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
             b = np.asarray(b)
             result = self._cur.dot(b)
             return result.reshape((self.cooshape[0], *b.shape[1:]))
+        if sp.issparse(a):
+            return a @ self.tocsr()
         return np.asarray(a) @ self.tocsr()
+
+    def _scipy_operation(self, ufunc, inputs):
+        """An operator with a scipy matrix: scipy's elementwise result on ``tocsr()`` (as 1.x's fallback)."""
+        op = _SCIPY_OPERATORS.get(ufunc)
+        if op is None:
+            names = ", ".join(f"np.{u.__name__}" for u in _SCIPY_OPERATORS)
+            raise TypeError(
+                f"np.{ufunc.__name__} of a legacy Sparse3D and a scipy sparse matrix is not supported; "
+                f"supported with scipy matrices: {names} (or convert with S.tocsr() first)"
+            )
+        return op(*[x.tocsr() if isinstance(x, Sparse3D) else x for x in inputs])
 
     # -- NumPy protocols: everything through the 2.x __array_ufunc__ ------------------------------
     def _operand(self, x):
@@ -384,6 +400,8 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         if ufunc is np.matmul and method == "__call__":
             return self._matmul(*inputs)
+        if method == "__call__" and any(sp.issparse(x) and not isinstance(x, Sparse3D) for x in inputs):
+            return self._scipy_operation(ufunc, inputs)
         arrays = [x for x in inputs if isinstance(x, Sparse3D)]
         first = arrays[0]
         coords = {x.coord for x in arrays}
@@ -421,6 +439,23 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         obj._attach(self._base, self.coord)
         return obj
 
+
+def _elementwise_product(a, b):
+    return a.multiply(b) if sp.issparse(a) else b.multiply(a)
+
+
+_SCIPY_OPERATORS = {
+    np.add: operator.add,
+    np.subtract: operator.sub,
+    np.multiply: _elementwise_product,
+    np.true_divide: operator.truediv,
+    np.equal: operator.eq,
+    np.not_equal: operator.ne,
+    np.less: operator.lt,
+    np.less_equal: operator.le,
+    np.greater: operator.gt,
+    np.greater_equal: operator.ge,
+}
 
 # in-place operators rebind (S += 1 is S = S + 1), as they did in 1.x
 for _name in [n for n in dir(NDArrayOperatorsMixin) if n.startswith("__i") and n.endswith("__")]:
