@@ -249,6 +249,8 @@ def test_stack_refuses_like_1x(parts):
         stack([S, Sparse3D(data, row, col, (5, 5))])
     with pytest.raises(ValueError, match="ROI_corner"):
         stack([Q, ROISparse3D(data, row, col, imshape, 1, (3, 3), [(1, 0)], imcorner)])
+    with pytest.raises(ValueError, match=r"same stamp shape \(subshape\[:2\]\)"):
+        stack([S, S[:, :, :1].multiply(1.0), Sparse3D(data[:2], row[:2], col[:2], imshape, imcorner)])
     with pytest.raises(ValueError, match="Must pass corners for all ROIs"):
         ROISparse3D(data, row, col, imshape, 2, (3, 3), [(1, 0)])
     with pytest.raises(ValueError, match="Pass a 3D array"):
@@ -467,3 +469,17 @@ def test_get_roi_mask_as_in_1x(parts):
         want = [[r0 <= a < r0 + 4 and c0 <= b < c0 + 6 for b in range(-3, 30)] for a in range(-3, 30)]
         np.testing.assert_array_equal(mask[j], want)
     np.testing.assert_array_equal(Q.get_ROI_mask(corners[1][0], corners[1][1]), [False, True])
+
+
+def test_roi_with_plain_array_gives_a_plain_array_as_in_1x(parts):
+    """1.x: ROISparse3D (op) Sparse3D, either order, was a Sparse3D (its dot gives the full frame)."""
+    data, row, col, imshape, imcorner = parts
+    S = Sparse3D(data, row, col, imshape, imcorner)
+    Q = ROISparse3D(data, row, col, imshape, 1, (3, 3), [imcorner], imcorner)
+    w = np.ones(data.shape[-1])
+    cube = dense(data, row, col, imshape, imcorner)
+    for R in (Q + S, S + Q, np.add(Q, S), Q * S, S - Q):
+        assert type(R) is Sparse3D
+        assert R.dot(w).shape == imshape
+    np.testing.assert_allclose((Q + S).dot(w), model(2 * cube, w), rtol=1e-12)
+    assert type(Q + Q) is ROISparse3D and type(Q * 2) is ROISparse3D

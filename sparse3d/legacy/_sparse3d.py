@@ -403,7 +403,8 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         if method == "__call__" and any(sp.issparse(x) and not isinstance(x, Sparse3D) for x in inputs):
             return self._scipy_operation(ufunc, inputs)
         arrays = [x for x in inputs if isinstance(x, Sparse3D)]
-        first = arrays[0]
+        # 1.x: a ROISparse3D combined with a plain Sparse3D gave a plain Sparse3D (either order)
+        first = next((x for x in arrays if type(x) is Sparse3D), arrays[0])
         coords = {x.coord for x in arrays}
         if len(coords) > 1:
             raise ValueError(
