@@ -212,9 +212,14 @@ def test_results_keep_the_class_and_the_offset(parts):
 def test_clear_empties_until_translate(parts):
     data, row, col, imshape, imcorner = parts
     S = Sparse3D(data, row, col, imshape, imcorner)
+    S.translate((1, 2))
     S.clear()
-    assert S.nnz == 0 or not S.data.any()
+    # as 1.x: no COO entries at all (not stored zeros), in every view, back at coord (0, 0)
+    assert S.nnz == 0 and len(S.data) == len(S.row) == len(S.col) == 0 and S.coord == (0, 0)
+    assert S.tocsr().nnz == S.tocsc().nnz == S.tocoo().nnz == 0 and S.tocsr().shape == S.shape
+    assert not S.toarray().any()
     assert not S.dot(np.ones(data.shape[-1])).any()
+    assert not S.dot(np.ones((data.shape[-1], 2))).any()
     S.translate((0, 0))
     assert S.dot(np.ones(data.shape[-1])).any()
 

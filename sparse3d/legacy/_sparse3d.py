@@ -229,6 +229,9 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
     # -- the COO entries scipy's methods read ------------------------------------------------------
     def _coo_view(self) -> list:
         """``[data, (pixel, source)]``: the in-image stamp values, in 1.x's order (C order of the stamps)."""
+        if self._view is None and self._cleared:  # 1.x's clear() emptied the COO entries
+            empty = np.empty(0, dtype=np.int64)
+            self._view = [np.empty(0, dtype=self.dtype), (empty, empty.copy())]
         if self._view is None:
             s = self._cur
             values = s.data
@@ -293,10 +296,14 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
 
     def tocsr(self, copy: bool = False) -> sp.csr_matrix:
         """``scipy.sparse.csr_matrix`` ``(H*W, nsubimages)`` at the current offset."""
+        if self._cleared:
+            return sp.csr_matrix(self.cooshape, dtype=self.dtype)
         return self._cur.tocsr()
 
     def tocsc(self, copy: bool = False) -> sp.csc_matrix:
         """``scipy.sparse.csc_matrix`` ``(H*W, nsubimages)`` at the current offset."""
+        if self._cleared:
+            return sp.csc_matrix(self.cooshape, dtype=self.dtype)
         return self._cur.tocsc()
 
     # scipy's methods build results with ``self.__class__``; here they are plain scipy matrices
