@@ -220,6 +220,10 @@ def test_clear_empties_until_translate(parts):
     assert not S.toarray().any()
     assert not S.dot(np.ones(data.shape[-1])).any()
     assert not S.dot(np.ones((data.shape[-1], 2))).any()
+    for R in (S.copy(), copy.copy(S), copy.deepcopy(S), pickle.loads(pickle.dumps(S))):
+        assert R.nnz == 0 and not R.dot(np.ones(data.shape[-1])).any()  # 1.x copied the cleared state
+        R.reset()
+        assert R.dot(np.ones(data.shape[-1])).any()
     S.translate((0, 0))
     assert S.dot(np.ones(data.shape[-1])).any()
 

@@ -274,17 +274,23 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         )
 
     def copy(self) -> Sparse3D:
-        """A copy at the same offset."""
-        return self._like(self._base)
+        """A copy at the same offset (cleared if this array is, as 1.x's deepcopy)."""
+        return self._duplicate(self._base)
 
     def __copy__(self) -> Sparse3D:
         return self.copy()
 
     def __deepcopy__(self, memo) -> Sparse3D:
-        return self._like(self._base.copy())
+        return self._duplicate(self._base.copy())
+
+    def _duplicate(self, base: core.Sparse3D) -> Sparse3D:
+        obj = self._like(base)
+        if self._cleared:
+            obj.clear()
+        return obj
 
     def __reduce__(self):
-        return (_rebuild, (type(self), self._base, self.coord, self._parameters()))
+        return (_rebuild, (type(self), self._base, self.coord, self._parameters(), self._cleared))
 
     def _parameters(self) -> dict:
         return {}
@@ -472,9 +478,11 @@ for _name in [n for n in dir(NDArrayOperatorsMixin) if n.startswith("__i") and n
 del _name
 
 
-def _rebuild(cls, base, coord, parameters):
+def _rebuild(cls, base, coord, parameters, cleared=False):
     obj = cls.__new__(cls)
     if parameters:
         obj._set_rois(**parameters)
     obj._attach(base, coord)
+    if cleared:
+        obj.clear()
     return obj
