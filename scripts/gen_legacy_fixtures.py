@@ -176,6 +176,24 @@ def scenarios(Sparse3D, ROISparse3D, stack) -> dict[str, np.ndarray]:
     out["plain_plus_roi_dot"] = (S + Q).dot(w)
     rr, cc = np.mgrid[imcorner[0] - 2 : imcorner[0] + 12, imcorner[1] - 2 : imcorner[1] + 12]
     out["roi_mask"] = Q.get_ROI_mask(rr, cc)
+
+    # COO entries changed through S.data: 1.x's products read them until translate/reset
+    W3 = rng.normal(size=(data.shape[-1], 3))
+    S.translate((2, 1))
+    S.data = S.data * 3.0
+    S.data[::4] = 0.5
+    out["edited_dot"] = S.dot(w)
+    out["edited_dot_2d"] = S.dot(W3)
+    out["edited_matmul"] = S @ w
+    out["edited_tocsr"] = S.tocsr().toarray()
+    out["edited_exp_dot"] = np.exp(S).dot(w)
+    out["edited_copy_dot"] = S.copy().dot(w)
+    S.reset()
+    out["edited_reset_dot"] = S.dot(w)
+    Q.translate((1, 0))
+    Q.data = Q.data * 2.0
+    out["edited_roi_dot"] = Q.dot(w)
+    out["edited_roi_dot_2d"] = Q.dot(W3)
     return out
 
 

@@ -492,3 +492,34 @@ def test_roi_with_plain_array_gives_a_plain_array_as_in_1x(parts):
         assert R.dot(w).shape == imshape
     np.testing.assert_allclose((Q + S).dot(w), model(2 * cube, w), rtol=1e-12)
     assert type(Q + Q) is ROISparse3D and type(Q * 2) is ROISparse3D
+
+
+def test_edited_coo_entries_are_what_products_read(parts):
+    """S.data = ... changes 1.x's matrix until translate/reset: dot, @, tocsr, ROI windows read it."""
+    data, row, col, imshape, imcorner = parts
+    n = data.shape[-1]
+    w, W2 = np.linspace(0.5, 2.0, n), np.random.default_rng(5).normal(size=(n, 2))
+    corners = [(imcorner[0] - 2, imcorner[1] - 3), (imcorner[0] + 5, imcorner[1] + imshape[1] - 2)]
+    size = (5, 6)
+    plain = Sparse3D(data, row, col, imshape, imcorner)
+    for S in (plain, ROISparse3D(data, row, col, imshape, 2, size, corners, imcorner)):
+        S.translate((1, -1))
+        cube = dense(data, row, col, imshape, imcorner, (1, -1))
+        S.data = S.data * 3.0
+        S.data[:2] = 0.0  # also in place
+        edited = 3 * cube.reshape(-1, n)
+        edited[S.row[:2], S.col[:2]] = 0.0
+        edited = edited.reshape(cube.shape)
+        np.testing.assert_allclose(S.tocsr().toarray(), edited.reshape(-1, n), rtol=1e-12)
+        if isinstance(S, ROISparse3D):
+            for x in (w, W2):
+                expected = windows(model(edited, x), corners, size, imcorner)
+                np.testing.assert_allclose(S.dot(x), expected, rtol=1e-12, atol=1e-12)
+        else:
+            np.testing.assert_allclose(S.dot(w), model(edited, w), rtol=1e-12)
+            np.testing.assert_allclose(S.dot(W2), model(edited, W2), atol=1e-12)
+            np.testing.assert_allclose(S @ w, edited.reshape(-1, n) @ w, rtol=1e-12)
+            np.testing.assert_allclose(S.copy().dot(w), model(edited, w), rtol=1e-12)
+        S.reset()
+        original = dense(data, row, col, imshape, imcorner).reshape(-1, n)
+        np.testing.assert_allclose(S.tocsr().toarray(), original)

@@ -25,7 +25,7 @@ from scipy import sparse as sp
 
 from .. import _functions, _pool, core
 from .._functions.planes import translated_planes
-from .._functions.products import _result_dtype
+from .._functions.products import _result_dtype, _split_unit
 from .._structure.positions import _as_pair
 
 __all__ = ["Sparse3D"]
@@ -37,6 +37,10 @@ def _as_positions(a) -> np.ndarray:
     if a.dtype.kind == "f":
         return a.astype(np.int64)
     return a
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
 
 
 def _rebind(self, other):
@@ -232,6 +236,7 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         if self._view is None and self._cleared:  # 1.x's clear() emptied the COO entries
             empty = np.empty(0, dtype=np.int64)
             self._view = [np.empty(0, dtype=self.dtype), (empty, empty.copy())]
+            self._pristine = (self._view[0], empty, empty)
         if self._view is None:
             s = self._cur
             values = s.data
@@ -240,7 +245,32 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
             pixel = (s.row[keep].astype(np.int64) - r0) * s.imshape[1] + (s.col[keep].astype(np.int64) - c0)
             source = np.broadcast_to(np.arange(s.nsources, dtype=np.int64), s.stamp_shape)[keep]
             self._view = [values[keep], (pixel, source)]
+            # what they were when handed out: the caller may change them (S.data = ..., S.data[k] = ...)
+            self._pristine = (self._view[0].copy(), pixel.copy(), source.copy())
         return self._view
+
+    def _edited(self) -> sp.csr_matrix | None:
+        """The COO entries as CSR if they were changed through ``data``/``row``/``col``, else None.
+
+        1.x's products read its COO entries, so after ``S.data = ...`` (until the next
+        ``translate``/``reset``) ``dot``, ``@``, ``tocsr``/``tocsc`` and the ROI windows do too.
+        """
+        view = self._view
+        if view is None:
+            return None
+        data, (pixel, source) = view
+        now = (np.asarray(data), np.asarray(pixel), np.asarray(source))
+        if all(_same(a, b) for a, b in zip(now, self._pristine)):
+            return None
+        return sp.coo_matrix((now[0], (now[1], now[2])), shape=self.cooshape).tocsr()
+
+    def _edited_dot(self, matrix: sp.csr_matrix, other) -> np.ndarray:
+        """1.x's ``dot`` layouts of the (edited) COO matrix times ``other``."""
+        w, unit = _split_unit(other)
+        H, W = self.imshape
+        result = matrix @ w
+        result = result.reshape(H, W) if w.ndim == 1 else result.reshape(H, W, -1).transpose(2, 0, 1)
+        return result if unit is None else result * unit
 
     @property
     def data(self) -> np.ndarray:
@@ -287,6 +317,10 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         obj = self._like(base)
         if self._cleared:
             obj.clear()
+        if self._edited() is not None:  # 1.x's deepcopy copied changed COO entries too
+            data, coords = self._view
+            obj._coo_view()
+            obj._view = [np.array(data), tuple(np.array(c) for c in coords)]
         return obj
 
     def __reduce__(self):
@@ -302,12 +336,18 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
 
     def tocsr(self, copy: bool = False) -> sp.csr_matrix:
         """``scipy.sparse.csr_matrix`` ``(H*W, nsubimages)`` at the current offset."""
+        edited = self._edited()
+        if edited is not None:
+            return edited
         if self._cleared:
             return sp.csr_matrix(self.cooshape, dtype=self.dtype)
         return self._cur.tocsr()
 
     def tocsc(self, copy: bool = False) -> sp.csc_matrix:
         """``scipy.sparse.csc_matrix`` ``(H*W, nsubimages)`` at the current offset."""
+        edited = self._edited()
+        if edited is not None:
+            return edited.tocsc()
         if self._cleared:
             return sp.csc_matrix(self.cooshape, dtype=self.dtype)
         return self._cur.tocsc()
@@ -341,6 +381,9 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
                 f"dot products with type {type(other)} are not implemented; pass the weights as a "
                 "numpy.ndarray of shape (nsubimages,) or (nsubimages, k)"
             )
+        edited = self._edited()
+        if edited is not None:
+            return self._edited_dot(edited, other)
         if type(other) is np.ndarray and other.ndim == 2 and other.dtype.kind in "biufc":
             if not self._cleared:  # the jitter loop's product, in one call
                 cube = translated_planes(self._base, other, self.coord)
@@ -364,7 +407,8 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
     def _matmul(self, a, b):
         """``S @ w`` as scipy computed it for 1.x: ``(H*W,)`` / ``(H*W, k)``."""
         if a is self:
-            if sp.issparse(b):
+            edited = self._edited()
+            if sp.issparse(b) or edited is not None:
                 return self.tocsr() @ b
             b = np.asarray(b)
             result = self._cur.dot(b)
@@ -425,7 +469,14 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
                 "translate them to the same offset (or reset() them) first"
             )
         args = [first._operand(x) for x in inputs]
-        return first._wrap(getattr(ufunc, method)(*args, **kwargs))
+        result = first._wrap(getattr(ufunc, method)(*args, **kwargs))
+        if len(inputs) == 1 and isinstance(result, Sparse3D) and first._edited() is not None:
+            # 1.x applied np.exp & co. to the COO entries too, so edited entries stay edited
+            data, coords = first._view
+            result._coo_view()
+            values = getattr(ufunc, method)(np.asarray(data), **kwargs)
+            result._view = [values, tuple(c.copy() for c in coords)]
+        return result
 
     # -- 1.x indexing: [:, :, i] and [:, :, i:j] ------------------------------------------------
     def __getitem__(self, index) -> Sparse3D:
