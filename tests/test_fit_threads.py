@@ -130,6 +130,33 @@ def test_banded_right_hand_side_is_bit_identical(n, threaded):
             np.testing.assert_array_equal(rhs._stamp_rhs(stamps, U, ivar, keep), ref)
 
 
+@pytest.mark.parametrize("n", [0, 1, 60])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sweep_square_sums_match_the_dense_sums_and_the_row_blocks(n, weighted, threaded):
+    # d^T C^-1 d made by the image sweep of the right-hand sides (many frames: in the same read
+    # of the frames; 0 sources: no sweep, its own pass): the dense sum over the kept pixels, and
+    # the bits of the separate pass by image rows, in 1, 2, 3 and 40 threads (bands of sources)
+    rng = np.random.default_rng(50 + n)
+    sc, S = _scene(50 + n, n=n)
+    stamps = _stamps(S)
+    A = dense_design(sc)
+    U = rng.normal(size=(A.shape[0], 9)) * 3.0
+    ivar = rng.uniform(0.5, 2.0, A.shape[0]) if weighted else None
+    keep = rng.random(A.shape[0]) > 0.2
+    U[~keep, 2] = np.nan  # masked pixels may hold anything
+    w = np.where(keep, 1.0 if ivar is None else ivar, 0.0)
+    ref = (w[:, None] * np.where(keep[:, None], 0.25 * U, 0.0) ** 2).sum(axis=0)
+    rows = rhs._stamp_square_sum(U, ivar, keep, 0.25, block=rhs._square_sum_block(stamps))
+    np.testing.assert_allclose(rows, ref, rtol=1e-13)
+    for nt in (1, 2, 3, 40):
+        with sparse3d.set_options(num_threads=nt):
+            got, sq = rhs._stamp_rhs(stamps, U, ivar, keep, square_scale=0.25)
+            np.testing.assert_array_equal(got, rhs._stamp_rhs(stamps, U, ivar, keep))
+            np.testing.assert_array_equal(sq, rows)
+    wu = np.where(keep[:, None], (1.0 if ivar is None else ivar[:, None]) * U, 0.0)
+    np.testing.assert_allclose(got, A.T @ wu, rtol=1e-12, atol=1e-12)
+
+
 def test_solve_kernel_column_blocks_are_bit_identical(compiled_kernels):
     # block_solve over any range of columns: each column the bits of the whole call
     from sparse3d.fit import normal_matrix
@@ -145,13 +172,13 @@ def test_solve_kernel_column_blocks_are_bit_identical(compiled_kernels):
     F = _NDFactor(G, stamp_boxes(S, None))
     b = np.random.default_rng(2).normal(size=(S.nsources, 11))
     whole = np.full(b.shape, np.nan)
-    block_solve(*F._blocks, F.perm, b, whole, 0, 11)
+    block_solve(*F._blocks, F.perm, b, whole, 0, 11, np.empty((S.nsources, 11)))
     full = (G + G.T - scipy.sparse.diags(G.diagonal())).toarray()
     np.testing.assert_allclose(whole, np.linalg.solve(full, b), rtol=1e-10, atol=1e-12)
     for edges in ([0, 1, 11], [0, 3, 4, 9, 11], [0, 5, 6, 7, 8, 10, 11]):
         out = np.full(b.shape, np.nan)
         for t0, t1 in zip(edges[:-1], edges[1:]):
-            block_solve(*F._blocks, F.perm, b, out, t0, t1)
+            block_solve(*F._blocks, F.perm, b, out, t0, t1, np.full((S.nsources, t1 - t0), np.nan))
         np.testing.assert_array_equal(out, whole)
 
 

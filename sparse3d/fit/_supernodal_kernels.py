@@ -46,7 +46,9 @@ SIGNATURES = {
     # s0, the symbolic arrays, N's lower part, then the factor and the sweep's state
     "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, "
     f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I}, {_F}, {_I})",
-    "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_I}, float64[:, ::1], float64[:, ::1], intp, intp)",
+    "block_solve": (
+        f"({_I}, {_I}, {_I}, {_I}, {_F}, {_I}, float64[:, ::1], float64[:, ::1], intp, intp, float64[:, ::1])"
+    ),
     "solve_one": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_F}, boolean)",
 }
 
@@ -435,13 +437,15 @@ def multifrontal(
 
 
 @njit(cache=True, nogil=True)
-def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out, t0, t1):  # pragma: no cover - compiled
+def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out, t0, t1, x):  # pragma: no cover - compiled
     """``out[:, t0:t1] = N^-1 b[:, t0:t1]`` for ``N[perm][:, perm] = L L^T`` and any number of
     right-hand sides (``b``, ``out`` ``(n, nk)``), over the blocks of :func:`multifrontal`, in
-    one call: the columns' rows of ``b`` gathered into the permuted order (a private, contiguous
-    copy), the forward sweep (``L^-1``, supernodes up), the backward sweep (``L^-T``, down) and
-    the scatter back into ``out``. Each column is the same operations whatever ``t0`` and
-    ``t1``: blocks of columns may run in parallel threads and give the same bits.
+    one call: the columns' rows of ``b`` gathered into the permuted order (into ``x``
+    ``(n, t1 - t0)``, the caller's private work array: a buffer already in memory, not pages
+    that numba's allocator would fault in on every call), the forward sweep (``L^-1``,
+    supernodes up), the backward sweep (``L^-T``, down) and the scatter back into ``out``. Each
+    column is the same operations whatever ``t0`` and ``t1``: blocks of columns may run in
+    parallel threads and give the same bits.
 
     Every update is a row of ``x`` (the ``nk`` right-hand sides, contiguous) minus a sum of
     four scaled rows, ``(v0 x0 + v1 x1) + (v2 x2 + v3 x3)``: one load and store of the updated
@@ -452,7 +456,6 @@ def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out, t0, t1):  # pra
     n = b.shape[0]
     nk = t1 - t0
     nsup = sstart.size - 1
-    x = np.empty((n, nk), dtype=np.float64)
     for i in range(n):
         bi = b[perm[i]]
         xi = x[i]
