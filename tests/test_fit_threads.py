@@ -430,3 +430,40 @@ def test_idle_cpus_without_proc_stat(monkeypatch):
     assert _threads.idle_cpus() is None
     with sparse3d.set_options(num_threads=0):
         assert _threads.threads_for(_threads.PARALLEL_MIN_WORK) == _threads.num_threads()
+
+
+def test_many_frame_model_from_pooled_weights_after_a_dropped_fit(threaded, monkeypatch):
+    # the model's weights (NaN of unconstrained sources as 0) land in a buffer lent by the pool:
+    # a second fit reuses the first fit's dropped buffer (pool threshold lowered to this small
+    # scene) and its model is still A w of its own weights, 0 for the unconstrained sources
+    from sparse3d import _pool
+
+    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
+    sc, S = _scene(61, n=40)
+    A = dense_design(sc)
+    mask = np.zeros(S.imshape, bool)
+    mask.ravel()[np.flatnonzero(A[:, 0])] = True  # source 0 has no unmasked pixel: NaN weight
+    rng = np.random.default_rng(61)
+    addresses = []
+    for seed in range(2):
+        d = rng.normal(size=(*S.imshape, 12)) + 10.0 * seed
+        res = _fit(S, d, 2, mask=mask)
+        assert np.isnan(res.weights[0]).all() and np.isfinite(res.weights).any()
+        w = np.where(np.isnan(res.weights), 0.0, res.weights)
+        np.testing.assert_allclose(res.model.reshape(-1, 12), A @ w, rtol=1e-12, atol=1e-12)
+        ctx_wz = res._context.wz
+        np.testing.assert_array_equal(ctx_wz, w)
+        addresses.append(ctx_wz.__array_interface__["data"][0])
+        del res, ctx_wz
+    assert addresses[0] == addresses[1]  # the first fit's buffer, overwritten by the second
+
+
+def test_zero_nan_is_where_nan_zero():
+    # the model's weights: every value of params but NaN, which is 0 (-0.0 and inf kept)
+    from sparse3d.fit.solve import _zero_nan
+
+    params = np.array([[1.5, np.nan], [-0.0, np.inf], [np.nan, -np.inf]])
+    got = _zero_nan(params)
+    ref = np.where(np.isnan(params), 0.0, params)
+    np.testing.assert_array_equal(got, ref)
+    assert np.signbit(got[1, 0]) and not np.shares_memory(got, params)
