@@ -138,13 +138,13 @@ def _stamp_square_sum(
     (None: :data:`._rhs_kernels.SQUARE_SUM_BLOCK`), then the blocks in order."""
     from ._rhs_kernels import SQUARE_SUM_BLOCK, weighted_square_sum
 
-    block = SQUARE_SUM_BLOCK if block is None else int(block)
+    block = np.int64(SQUARE_SUM_BLOCK if block is None else block)  # not a literal: one signature
 
     ivar = np.empty(0) if ivar is None else np.ascontiguousarray(ivar, dtype=np.float64)
     keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     model = np.empty((0, 0)) if model is None else model
     npix, m = D.shape
-    nblocks = -(-npix // block)
+    nblocks = int(-(-npix // block))
     if nblocks == 0:
         return np.zeros(m)
     parts = np.empty((nblocks, m))
