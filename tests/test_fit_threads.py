@@ -439,6 +439,7 @@ def test_many_frame_model_from_pooled_weights_after_a_dropped_fit(threaded, monk
     from sparse3d import _pool
 
     monkeypatch.setattr(_pool, "MIN_BYTES", 0)
+    _pool.clear()
     sc, S = _scene(61, n=40)
     A = dense_design(sc)
     mask = np.zeros(S.imshape, bool)
@@ -453,9 +454,13 @@ def test_many_frame_model_from_pooled_weights_after_a_dropped_fit(threaded, monk
         np.testing.assert_allclose(res.model.reshape(-1, 12), A @ w, rtol=1e-12, atol=1e-12)
         ctx_wz = res._context.wz
         np.testing.assert_array_equal(ctx_wz, w)
+        for j in (0, 11):  # the weights themselves (the solve's output, lent too): dense lstsq
+            ref, *_ = lstsq_fit(A, d[:, :, j].ravel(), mask=mask.ravel())
+            np.testing.assert_allclose(res.weights[:, j], ref, rtol=1e-9, atol=1e-10)
         addresses.append(ctx_wz.__array_interface__["data"][0])
         del res, ctx_wz
     assert addresses[0] == addresses[1]  # the first fit's buffer, overwritten by the second
+    _pool.clear()  # no small buffer of this test left for others
 
 
 def test_zero_nan_is_where_nan_zero():
