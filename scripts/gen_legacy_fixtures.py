@@ -150,6 +150,50 @@ def scenarios(Sparse3D, ROISparse3D, stack) -> dict[str, np.ndarray]:
     out["roi_stack_dot"] = stack([Q, Q]).dot(np.concatenate([w9, w9]))
     P = Sparse3D(data2, row2, col2, imshape2).to_ROISparse3D(len(corners), size, corners)
     out["to_roi_dot"] = P.dot(w9)
+
+    # scipy interplay (found by the differential fuzzer): the COO order survives scipy's
+    # methods, operators with scipy matrices are scipy's, a ROI with a plain array is plain
+    from scipy import sparse as sp
+
+    rng = np.random.default_rng(7)
+    S = Sparse3D(data, row, col, imshape, imcorner=imcorner)
+    S.translate((1, -2))
+    out["scipy_max"] = np.array([S.max(), S.min()])
+    out["scipy_order_data"] = S.data
+    out["scipy_order_row"] = S.row
+    out["scipy_order_col"] = S.col
+    S.reset()
+    out["scipy_mean"] = np.array([S.mean()])
+    M = sp.random(*S.shape, density=0.3, random_state=rng.integers(1000), format="csr")
+    out["scipy_add"] = (S + M).toarray()
+    out["scipy_radd"] = (M + S).toarray()
+    out["scipy_eq"] = (S == M).toarray()
+    out["scipy_ne"] = (S != M).toarray()
+    out["scipy_rsub"] = (M - S).toarray()
+    windows = [imcorner, (imcorner[0] + 4, imcorner[1] + 3)]
+    Q = ROISparse3D(data, row, col, imshape, 2, (5, 6), windows, imcorner)
+    out["roi_plus_plain_dot"] = (Q + S).dot(w)
+    out["plain_plus_roi_dot"] = (S + Q).dot(w)
+    rr, cc = np.mgrid[imcorner[0] - 2 : imcorner[0] + 12, imcorner[1] - 2 : imcorner[1] + 12]
+    out["roi_mask"] = Q.get_ROI_mask(rr, cc)
+
+    # COO entries changed through S.data: 1.x's products read them until translate/reset
+    W3 = rng.normal(size=(data.shape[-1], 3))
+    S.translate((2, 1))
+    S.data = S.data * 3.0
+    S.data[::4] = 0.5
+    out["edited_dot"] = S.dot(w)
+    out["edited_dot_2d"] = S.dot(W3)
+    out["edited_matmul"] = S @ w
+    out["edited_tocsr"] = S.tocsr().toarray()
+    out["edited_exp_dot"] = np.exp(S).dot(w)
+    out["edited_copy_dot"] = S.copy().dot(w)
+    S.reset()
+    out["edited_reset_dot"] = S.dot(w)
+    Q.translate((1, 0))
+    Q.data = Q.data * 2.0
+    out["edited_roi_dot"] = Q.dot(w)
+    out["edited_roi_dot_2d"] = Q.dot(W3)
     return out
 
 

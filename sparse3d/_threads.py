@@ -49,6 +49,9 @@ ENV_VAR = "SPARSE3D_NUM_THREADS"
 _PREFIX = "sparse3d-worker"
 _LOCK = threading.Lock()
 _POOL: ThreadPoolExecutor | None = None
+#: Work started by :func:`submit` and not finished yet: each keeps one thread busy beside the
+#: caller's, which :func:`threads_for` leaves to it.
+_BACKGROUND = [0]
 
 
 def _usable_cpus() -> int:
@@ -93,7 +96,8 @@ def threads_for(work: float) -> int:
     """Threads for a task of ``work`` multiply-adds: 1 below :data:`PARALLEL_MIN_WORK` or
     inside a worker thread; else the count asked for (:func:`requested_threads`) when one
     was, else :func:`num_threads` at most the CPUs other processes leave idle
-    (:func:`idle_cpus`, rounded; at least 1)."""
+    (:func:`idle_cpus`, rounded), less one per background task of this process still running
+    (:func:`submit`); at least 1."""
     if work < PARALLEL_MIN_WORK or _in_worker():
         return 1
     asked = requested_threads()
@@ -101,7 +105,8 @@ def threads_for(work: float) -> int:
         return asked
     n = num_threads()
     idle = idle_cpus()
-    return n if idle is None else max(1, min(n, int(idle + 0.5)))
+    n = n if idle is None else min(n, int(idle + 0.5))
+    return max(1, n - _BACKGROUND[0])
 
 
 #: Seconds between two looks at the machine's load (:func:`idle_cpus`).
@@ -183,6 +188,7 @@ def _forget_pool_in_child() -> None:
     global _POOL, _LOCK
     _POOL = None
     _LOCK = threading.Lock()
+    _BACKGROUND[0] = 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -258,5 +264,23 @@ def share(
 
 
 def submit(fn: Callable[..., Any], *args: Any) -> Future:
-    """Start ``fn(*args)`` in a worker thread (work that overlaps the caller's); its future."""
-    return _pool().submit(fn, *args)
+    """Start ``fn(*args)`` in a worker thread (work that overlaps the caller's); its future.
+
+    Until it finishes it counts as a busy thread: :func:`threads_for` gives the caller's other
+    work one thread fewer meanwhile (no oversubscription of the cores)."""
+    with _LOCK:
+        _BACKGROUND[0] += 1
+
+    def task() -> Any:
+        try:
+            return fn(*args)
+        finally:
+            with _LOCK:
+                _BACKGROUND[0] -= 1
+
+    try:
+        return _pool().submit(task)
+    except BaseException:
+        with _LOCK:
+            _BACKGROUND[0] -= 1
+        raise

@@ -67,8 +67,17 @@ def _describe_difference(a, b) -> str:
         return f"stamp shapes differ: {a.stamp_shape} vs {b.stamp_shape}"
     if a.imshape != b.imshape or a.imcorner != b.imcorner:
         return f"image bounds differ: imshape {a.imshape} at {a.imcorner} vs {b.imshape} at {b.imcorner}"
-    pairs = (("row", a.row, b.row), ("col", a.col, b.col))
-    which = [name for name, x, y in pairs if not np.array_equal(x, y)]
+    if a.grouped:  # both grouped, with the same stamp shapes in the same group order
+        if not all(np.array_equal(x, y) for x, y in zip(a.sources, b.sources)):
+            return "the stamp groups hold different sources: the same stamp shapes in another source order"
+        blocks = list(zip(a.groups, b.groups))
+    else:
+        blocks = [(a, b)]
+    which = [
+        name
+        for name in ("row", "col")
+        if not all(np.array_equal(getattr(x, name), getattr(y, name)) for x, y in blocks)
+    ]
     return f"stamp positions differ ({' and '.join(which)})"
 
 

@@ -83,3 +83,13 @@ def fit_path(request, monkeypatch):
     threshold = 0 if request.param == "compiled" else 2**62
     monkeypatch.setattr(sparse3d._compiled, "COMPILED_MIN_NNZ", threshold)
     return request.param
+
+
+@pytest.fixture
+def small_kernels(monkeypatch):
+    """Force the compiled kernels and the buffer lending on small arrays (``_kernels.MIN_ELEMENTS
+    = 0``, ``_pool.MIN_BYTES = 0``), which would otherwise take the NumPy paths."""
+    from sparse3d import _kernels, _pool
+
+    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(_pool, "MIN_BYTES", 0)

@@ -1422,6 +1422,20 @@ def _grouped_cases():
             "operands have different stamp structures (stamp groups differ",
         ),
         Case(
+            "grouped-operand-positions",
+            "`S + S.translate((1, 0))` of a grouped array (same stamp groups, other positions)",
+            lambda: _grouped() + _grouped().translate((1, 0)),
+            ValueError,
+            "operands have different stamp structures (stamp positions differ (row))",
+        ),
+        Case(
+            "grouped-operand-source-order",
+            "`S + T`: grouped arrays with the same stamp shapes in another source order",
+            lambda: _grouped() + _grouped()[:, :, [0, 2, 1]],
+            ValueError,
+            "operands have different stamp structures (the stamp groups hold different sources",
+        ),
+        Case(
             "from-groups-lengths",
             "`Sparse3D.from_groups([d0, d1], [r0], [c0, c1], imshape)`",
             lambda: Sparse3D.from_groups([np.ones((2, 2, 1))] * 2, [0], [0, 0], (4, 4)),

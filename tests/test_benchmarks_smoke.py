@@ -193,3 +193,14 @@ def test_fit_sky_smoke():
     for what in ('background="plane"', "BilinearGrid(64)", ".source_chi2", ".flags", ".covariance()"):
         line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith(what))
         assert math.isfinite(float(line.split()[-1])), line
+
+
+@pytest.mark.parametrize("noise", ["tutorial", "0.01"])
+def test_stamp_groups_smoke(noise, capsys):
+    from benchmarks import stamp_groups
+
+    stamp_groups.main(
+        ["--imsize", "64", "--small", "60", "--big", "4", "--repeat", "1", "--no-all41", "--noise", noise]
+    )
+    out = capsys.readouterr().out
+    assert f"noise: {noise}" in out and "| fit |" in out

@@ -113,8 +113,12 @@ def _python_blocks(path: Path) -> list[str]:
 
 def test_migration_guide_code_runs():
     """Every ```python block of docs/migration.md runs, in order, in one namespace."""
-    blocks = _python_blocks(ROOT / "docs" / "migration.md")
+    path = ROOT / "docs" / "migration.md"
+    blocks = _python_blocks(path)
     assert len(blocks) >= 8
+    # every fenced block is one of them: a block fenced as ```py, ```pycon or ``` would not run
+    fences = re.findall(r"^```.*$", path.read_text(encoding="utf-8"), flags=re.M)
+    assert fences == ["```python", "```"] * len(blocks), "fence every code block as ```python"
     namespace: dict = {}
     for i, block in enumerate(blocks):
         try:

@@ -42,6 +42,30 @@ def _check_normal(S: Sparse3D, D: np.ndarray, ivar: np.ndarray | None) -> None:
     assert not np.any(np.tril(ref != 0) & ~stored)
 
 
+@pytest.mark.parametrize("kind", ["unit", "masked"])
+def test_cross_blocks_in_a_worker_thread(gscene, compiled_kernels, monkeypatch, kind):
+    """With a core to spare the cross-group blocks are computed in a worker thread while the
+    caller counts the groups' own rows: the same matrix, bit for bit, as in one thread, and the
+    dense reference's."""
+    from sparse3d import _threads, set_options
+
+    S = gscene.build()
+    ivar = _ivar(np.random.default_rng(9), gscene.imshape, kind)
+    with set_options(num_threads=1):
+        serial = normal_matrix(S, ivar)
+    started = []
+    submit = _threads.submit
+    monkeypatch.setattr(_threads, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_threads, "submit", lambda fn, *a: started.append(fn) or submit(fn, *a))
+    with set_options(num_threads=2):
+        N = normal_matrix(S, ivar)
+    ngroups = sum(g.nsources > 0 for g in S.groups)
+    assert len(started) == (ngroups > 1)  # the worker ran exactly when there are cross blocks
+    for a, b in ((N.indptr, serial.indptr), (N.indices, serial.indices), (N.data, serial.data)):
+        assert np.array_equal(a, b)
+    _check_normal(S, gscene.dense(), ivar)
+
+
 def _ivar(rng, imshape, kind):
     if kind == "unit":
         return None

@@ -75,6 +75,27 @@ def test_threads_for_small_work_and_inside_workers(monkeypatch):
         )
 
 
+def test_threads_for_leaves_a_thread_to_running_background_work(monkeypatch):
+    monkeypatch.delenv(_threads.ENV_VAR, raising=False)
+    monkeypatch.setattr(_threads, "num_threads", lambda: 2)
+    monkeypatch.setattr(_threads, "idle_cpus", lambda: None)
+    big = 1 << 40
+    assert _threads.threads_for(big) == 2
+    go = threading.Event()
+    fut = _threads.submit(go.wait, 30)
+    try:
+        assert _threads.threads_for(big) == 1  # one core stays with the submitted work
+        with sparse3d.set_options(num_threads=2):
+            assert _threads.threads_for(big) == 2  # an explicit count is used as given
+    finally:
+        go.set()
+    assert fut.result() is True
+    assert _threads.threads_for(big) == 2  # finished: counted no longer
+    with pytest.raises(ZeroDivisionError):  # a failing task is counted out too
+        _threads.submit(lambda: 1 / 0).result()
+    assert _threads.threads_for(big) == 2
+
+
 @pytest.mark.parametrize("total", [0, 1, 7, 8, 17, 100, 4097])
 @pytest.mark.parametrize("parts", [1, 2, 3, 16])
 @pytest.mark.parametrize("align", [1, 8])

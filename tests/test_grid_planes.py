@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from translation_cases import CORNERS, OFFSETS  # tests/ is on sys.path
 
 from sparse3d import _functions, _kernels, _planes_kernels, _pool, legacy
 from sparse3d.testing import dense_reference, random_scene
 
 pytestmark = pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
 
-CORNERS = [(0, 0), (-7, 12), (40_000, -3)]
-# inside, over each edge, entirely off the image on every side, and back
-OFFSETS = [(1, 2), (-3, 0), (0, -5), (9, 11), (-40, 0), (0, 60), (0, -60), (60, 0), (1, 2), (0, 0), (2, -1)]
-
 
 @pytest.fixture
-def planes_calls(monkeypatch):
+def planes_calls(monkeypatch, small_kernels):
     """Kernels and lending on small arrays; counts the calls of the planes scatter."""
-    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
     calls: list = []
     orig = _planes_kernels.planes_scatter
 

@@ -212,9 +212,18 @@ def test_results_keep_the_class_and_the_offset(parts):
 def test_clear_empties_until_translate(parts):
     data, row, col, imshape, imcorner = parts
     S = Sparse3D(data, row, col, imshape, imcorner)
+    S.translate((1, 2))
     S.clear()
-    assert S.nnz == 0 or not S.data.any()
+    # as 1.x: no COO entries at all (not stored zeros), in every view, back at coord (0, 0)
+    assert S.nnz == 0 and len(S.data) == len(S.row) == len(S.col) == 0 and S.coord == (0, 0)
+    assert S.tocsr().nnz == S.tocsc().nnz == S.tocoo().nnz == 0 and S.tocsr().shape == S.shape
+    assert not S.toarray().any()
     assert not S.dot(np.ones(data.shape[-1])).any()
+    assert not S.dot(np.ones((data.shape[-1], 2))).any()
+    for R in (S.copy(), copy.copy(S), copy.deepcopy(S), pickle.loads(pickle.dumps(S))):
+        assert R.nnz == 0 and not R.dot(np.ones(data.shape[-1])).any()  # 1.x copied the cleared state
+        R.reset()
+        assert R.dot(np.ones(data.shape[-1])).any()
     S.translate((0, 0))
     assert S.dot(np.ones(data.shape[-1])).any()
 
@@ -249,6 +258,8 @@ def test_stack_refuses_like_1x(parts):
         stack([S, Sparse3D(data, row, col, (5, 5))])
     with pytest.raises(ValueError, match="ROI_corner"):
         stack([Q, ROISparse3D(data, row, col, imshape, 1, (3, 3), [(1, 0)], imcorner)])
+    with pytest.raises(ValueError, match=r"same stamp shape \(subshape\[:2\]\)"):
+        stack([S, S[:, :, :1].multiply(1.0), Sparse3D(data[:2], row[:2], col[:2], imshape, imcorner)])
     with pytest.raises(ValueError, match="Must pass corners for all ROIs"):
         ROISparse3D(data, row, col, imshape, 2, (3, 3), [(1, 0)])
     with pytest.raises(ValueError, match="Pass a 3D array"):
@@ -406,3 +417,109 @@ def test_scenes_against_dense(scene):
         np.testing.assert_allclose(Q.dot(W2), windows(model(cube, W2), corners, (3, 4), imcorner), atol=1e-5)
         np.testing.assert_allclose((S * 2).dot(w), 2 * model(cube, w), rtol=rtol, atol=1e-5)
     assert S.shape == (imshape[0] * imshape[1], n)
+
+
+# ---- found by the differential fuzzer against 1.2.11 ----------------------------------------------
+def test_coo_entries_keep_the_1x_order_through_scipy_methods(parts):
+    """1.x never cleared scipy's canonical flag: S.max() & co. did not re-sort S.data/row/col."""
+    data, row, col, imshape, imcorner = parts
+    S = Sparse3D(data, row, col, imshape, imcorner)
+    S.translate((1, -2))
+    # 1.x order: the stamp pixels in C order of (nrows, ncols, nsubimages), in-image ones only
+    r, c = row + 1 - imcorner[0], col - 2 - imcorner[1]
+    inside = (r >= 0) & (r < imshape[0]) & (c >= 0) & (c < imshape[1])
+    k = np.broadcast_to(np.arange(data.shape[-1]), data.shape)
+    expected = (data[inside], (r * imshape[1] + c)[inside], k[inside])
+    S.max(), S.min(), S.nonzero(), S.sum_duplicates()
+    for got, want in zip((S.data, S.row, S.col), expected):
+        np.testing.assert_array_equal(got, want)
+    assert S.max() == data[inside].max()
+
+
+def test_operators_with_scipy_matrices_are_scipys_on_the_matrix(parts):
+    """1.x fell back to scipy for S + M, S == M; every elementwise operator now does."""
+    data, row, col, imshape, imcorner = parts
+    S = Sparse3D(data, row, col, imshape, imcorner)
+    S.translate((2, 1))
+    A = dense(data, row, col, imshape, imcorner, (2, 1)).reshape(-1, data.shape[-1])
+    M = sp.random(*A.shape, density=0.3, random_state=3, format="csr") + sp.csr_matrix(0.5 * (A > 0))
+    B = M.toarray()
+    cases = [
+        (S + M, A + B),
+        (M + S, A + B),
+        (S - M, A - B),
+        (M - S, B - A),
+        (S * M, A * B),
+        (S.multiply(M), A * B),
+        (np.add(S, M), A + B),
+        (S == M, A == B),
+        (S != M, A != B),
+        (S > M, A > B),
+        (S < M, A < B),
+        (S.T @ M, A.T @ B),
+        (M.T @ S, B.T @ A),
+        (S.T @ S, A.T @ A),
+    ]
+    for got, want in cases:
+        assert sp.issparse(got)
+        np.testing.assert_allclose(got.toarray(), want, rtol=1e-12)
+    with pytest.raises(TypeError, match="scipy sparse matrix"):
+        np.maximum(S, M)
+
+
+def test_get_roi_mask_as_in_1x(parts):
+    data, row, col, imshape, imcorner = parts
+    corners = [(imcorner[0] - 1, imcorner[1] + 2), (imcorner[0] + 5, imcorner[1] + 3)]
+    Q = ROISparse3D(data, row, col, imshape, 2, (4, 6), corners, imcorner)
+    rr, cc = np.mgrid[-3:30, -3:30]
+    mask = Q.get_ROI_mask(rr, cc)
+    assert mask.shape == (2, *rr.shape) and mask.dtype == bool
+    for j, (r0, c0) in enumerate(corners):
+        want = [[r0 <= a < r0 + 4 and c0 <= b < c0 + 6 for b in range(-3, 30)] for a in range(-3, 30)]
+        np.testing.assert_array_equal(mask[j], want)
+    np.testing.assert_array_equal(Q.get_ROI_mask(corners[1][0], corners[1][1]), [False, True])
+
+
+def test_roi_with_plain_array_gives_a_plain_array_as_in_1x(parts):
+    """1.x: ROISparse3D (op) Sparse3D, either order, was a Sparse3D (its dot gives the full frame)."""
+    data, row, col, imshape, imcorner = parts
+    S = Sparse3D(data, row, col, imshape, imcorner)
+    Q = ROISparse3D(data, row, col, imshape, 1, (3, 3), [imcorner], imcorner)
+    w = np.ones(data.shape[-1])
+    cube = dense(data, row, col, imshape, imcorner)
+    for R in (Q + S, S + Q, np.add(Q, S), Q * S, S - Q):
+        assert type(R) is Sparse3D
+        assert R.dot(w).shape == imshape
+    np.testing.assert_allclose((Q + S).dot(w), model(2 * cube, w), rtol=1e-12)
+    assert type(Q + Q) is ROISparse3D and type(Q * 2) is ROISparse3D
+
+
+def test_edited_coo_entries_are_what_products_read(parts):
+    """S.data = ... changes 1.x's matrix until translate/reset: dot, @, tocsr, ROI windows read it."""
+    data, row, col, imshape, imcorner = parts
+    n = data.shape[-1]
+    w, W2 = np.linspace(0.5, 2.0, n), np.random.default_rng(5).normal(size=(n, 2))
+    corners = [(imcorner[0] - 2, imcorner[1] - 3), (imcorner[0] + 5, imcorner[1] + imshape[1] - 2)]
+    size = (5, 6)
+    plain = Sparse3D(data, row, col, imshape, imcorner)
+    for S in (plain, ROISparse3D(data, row, col, imshape, 2, size, corners, imcorner)):
+        S.translate((1, -1))
+        cube = dense(data, row, col, imshape, imcorner, (1, -1))
+        S.data = S.data * 3.0
+        S.data[:2] = 0.0  # also in place
+        edited = 3 * cube.reshape(-1, n)
+        edited[S.row[:2], S.col[:2]] = 0.0
+        edited = edited.reshape(cube.shape)
+        np.testing.assert_allclose(S.tocsr().toarray(), edited.reshape(-1, n), rtol=1e-12)
+        if isinstance(S, ROISparse3D):
+            for x in (w, W2):
+                expected = windows(model(edited, x), corners, size, imcorner)
+                np.testing.assert_allclose(S.dot(x), expected, rtol=1e-12, atol=1e-12)
+        else:
+            np.testing.assert_allclose(S.dot(w), model(edited, w), rtol=1e-12)
+            np.testing.assert_allclose(S.dot(W2), model(edited, W2), atol=1e-12)
+            np.testing.assert_allclose(S @ w, edited.reshape(-1, n) @ w, rtol=1e-12)
+            np.testing.assert_allclose(S.copy().dot(w), model(edited, w), rtol=1e-12)
+        S.reset()
+        original = dense(data, row, col, imshape, imcorner).reshape(-1, n)
+        np.testing.assert_allclose(S.tocsr().toarray(), original)

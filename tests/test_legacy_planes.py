@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from translation_cases import CORNERS, OFFSETS  # tests/ is on sys.path
 
 from sparse3d import _kernels, _planes_kernels, _pool, legacy
 from sparse3d.legacy import _sparse3d as legacy_module
@@ -15,16 +16,10 @@ from sparse3d.testing import dense_reference, random_scene
 
 pytestmark = pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
 
-CORNERS = [(0, 0), (-7, 12), (40_000, -3)]
-# inside, over each edge, wholly off the image on every side, and back
-OFFSETS = [(1, 2), (-3, 0), (0, -5), (9, 11), (-40, 0), (0, 60), (0, -60), (60, 0), (1, 2), (0, 0), (2, -1)]
-
 
 @pytest.fixture
-def fast_calls(monkeypatch):
+def fast_calls(monkeypatch, small_kernels):
     """Kernels and lending on small arrays; records what the one-call product returned."""
-    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
     calls: list = []
     orig = legacy_module.translated_planes
 

@@ -14,6 +14,7 @@ import weakref
 
 import numpy as np
 import pytest
+from translation_cases import CORNERS, OFFSETS  # tests/ is on sys.path
 
 import sparse3d
 from sparse3d import _functions, _kernels, _pool
@@ -21,16 +22,10 @@ from sparse3d.testing import dense_reference, random_grouped_scene, random_scene
 
 needs_numba = pytest.mark.skipif(not _kernels.available(), reason="numba is not installed")
 
-CORNERS = [(0, 0), (-7, 12), (40_000, -3)]  # the last gives int32 positions
-# inside, hanging over every edge, entirely off the image, and back (a repeated offset)
-OFFSETS = [(1, 2), (-3, 0), (0, -5), (9, 11), (-40, 0), (0, 60), (1, 2), (0, 0), (2, -1)]
-
 
 @pytest.fixture
-def forced(monkeypatch):
+def forced(monkeypatch, small_kernels):
     """Kernels and lending on small arrays; records the product path of every call."""
-    monkeypatch.setattr(_kernels, "MIN_ELEMENTS", 0)
-    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
     seen: list = []
     orig = _functions.products._fast_product
 

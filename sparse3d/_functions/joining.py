@@ -21,8 +21,9 @@ def _concatenate(arrays, axis=0, out=None, dtype=None, casting="same_kind"):
     """Concatenate Sparse3D arrays along the source axis (``axis=2`` or ``-1``) → Sparse3D.
 
     The arrays must share ``imshape`` and ``imcorner``. Arrays with different stamp shapes
-    give one array with several stamp groups (see :attr:`Sparse3D.groups`): adjacent pieces
-    with the same stamp shape form one group; the source order is the concatenation order.
+    give one array with several stamp groups (see :attr:`Sparse3D.groups`): all sources with
+    the same stamp shape form one group, wherever they are in the order (``[A, B, A2]`` gives
+    two groups); the source order is the concatenation order.
     """
     Sparse3D = _S()
     _refuse_out(out, "np.concatenate")

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import scipy.sparse
 
-from .. import _compiled
+from .. import _compiled, _threads
 from ..core import Sparse3D
 
 
@@ -254,24 +254,38 @@ def _stamp_normal_matrix(
     del sqrt_ivar
     grouped = len(groups) > 1
     gidx = [np.array(x, dtype=np.int64) for x in design.group_sources]  # writeable: one signature
-    counts = np.zeros(n, dtype=np.int64)  # entries per row
-    cross = []
-    for a in range(len(cells)):
-        for b in range(a + 1, len(cells)):
-            if cells[a] is None or cells[b] is None:
-                continue
-            # the sources with the larger stamps look up the grid of those with the smaller
-            g, h = (a, b) if cells[a].B[0].size <= cells[b].B[0].size else (b, a)
+    # the sources with the larger stamps look up the grid of those with the smaller
+    pairs = [
+        (a, b) if cells[a].B[0].size <= cells[b].B[0].size else (b, a)
+        for a in range(len(cells))
+        for b in range(a + 1, len(cells))
+        if cells[a] is not None and cells[b] is not None
+    ]
+
+    def cross_blocks() -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        out = []
+        for g, h in pairs:
             xg, xh = cells[g], cells[h]
             args_g = (xg.B, xg.order, xg.skey, xg.ncc, xg.r0, xg.c0, gidx[g])
-            cross.append(normal_cross(*args_g, xh.B, xh.order, xh.r0, xh.c0, gidx[h]))
-            counts += np.bincount(cross[-1][0], minlength=n)
+            out.append(normal_cross(*args_g, xh.B, xh.order, xh.r0, xh.c0, gidx[h]))
+        return out
+
+    # the cross-group blocks (work only a grouped array has) in a worker thread while this one
+    # counts the groups' own rows, when a core is free: the same entries either way
+    work = sum(cells[g].B.size + cells[h].B.size for g, h in pairs)
+    ahead = _threads.submit(cross_blocks) if pairs and _threads.threads_for(work) >= 2 else None
+    cross = [] if ahead is not None else cross_blocks()
+    counts = np.zeros(n, dtype=np.int64)  # entries per row
     own = []
     for x, idx in zip(cells, gidx):
         if x is not None:
             c = lower_counts(x.order, x.skey, x.ncc, x.r0, x.c0, x.B.shape[1], x.B.shape[2])
             counts[idx] += c
             own.append((x, idx, int(c.max())))
+    if ahead is not None:
+        cross = ahead.result()
+    for rows, _, _ in cross:
+        counts += np.bincount(rows, minlength=n)
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     fill = indptr[:-1].copy()

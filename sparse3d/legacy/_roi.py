@@ -100,6 +100,9 @@ class ROISparse3D(Sparse3D):
         n = self.nsubimages
         if w.ndim == 2 and w.shape[0] != n and w.shape[1] == n:
             w = w.T  # 1.x accepted (k, nsubimages)
+        edited = self._edited()
+        if edited is not None:  # S.data was changed: 1.x's windows read the COO entries
+            return _windows(self._edited_dot(edited, w), self.ROI_corners, self.ROI_size, self.imcorner)
         if self._roi is None:
             self._roi = self._cur.roi(self.ROI_corners, self.ROI_size)
         result = self._roi.dot(w)
@@ -107,6 +110,28 @@ class ROISparse3D(Sparse3D):
             result = result.transpose(0, 3, 1, 2)
         return result
 
+    def get_ROI_mask(self, row, column) -> np.ndarray:
+        """``(nROIs, *row.shape)`` booleans: which absolute positions ``(row, column)`` are in each ROI."""
+        row, column = np.asarray(row), np.asarray(column)
+        h, w = self.ROI_size
+        corners = np.asarray(self.ROI_corners, dtype=np.int64).reshape(-1, 2)
+        r0 = corners[:, 0].reshape((-1,) + (1,) * row.ndim)
+        c0 = corners[:, 1].reshape((-1,) + (1,) * column.ndim)
+        return (row >= r0) & (row < r0 + h) & (column >= c0) & (column < c0 + w)
+
     def to_Sparse3D(self) -> Sparse3D:
         """The same stamps as a plain legacy :class:`Sparse3D` (same offset)."""
         return Sparse3D._from_base(self._base, self.coord)
+
+
+def _windows(images: np.ndarray, corners, size, imcorner) -> np.ndarray:
+    """``(nROIs, ..., h, w)`` windows of ``images`` ``(..., H, W)`` at absolute ``corners``; 0 outside."""
+    h, w = size
+    H, W = images.shape[-2:]
+    out = np.zeros((len(corners), *images.shape[:-2], h, w), dtype=images.dtype)
+    for j, (r, c) in enumerate(corners):
+        r, c = int(r) - imcorner[0], int(c) - imcorner[1]
+        r0, r1, c0, c1 = max(r, 0), min(r + h, H), max(c, 0), min(c + w, W)
+        if r0 < r1 and c0 < c1:
+            out[j, ..., r0 - r : r1 - r, c0 - c : c1 - c] = images[..., r0:r1, c0:c1]
+    return out

@@ -17,6 +17,7 @@ the 2.x ``__array_ufunc__`` and the result is wrapped at the same ``coord``.
 from __future__ import annotations
 
 import numbers
+import operator
 
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
@@ -24,7 +25,7 @@ from scipy import sparse as sp
 
 from .. import _functions, _pool, core
 from .._functions.planes import translated_planes
-from .._functions.products import _result_dtype
+from .._functions.products import _result_dtype, _split_unit
 from .._structure.positions import _as_pair
 
 __all__ = ["Sparse3D"]
@@ -36,6 +37,10 @@ def _as_positions(a) -> np.ndarray:
     if a.dtype.kind == "f":
         return a.astype(np.int64)
     return a
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc")
 
 
 def _rebind(self, other):
@@ -131,7 +136,9 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         self._cur_array = None  # _base.translate(coord), built when first asked for
         self._cleared = False
         self._view = None
-        self.has_canonical_format = False
+        # as in 1.x (whose flag was never cleared): the entries are unique (stamps cover a pixel
+        # once), so scipy's sum_duplicates has nothing to do and must not re-sort the 1.x order
+        self.has_canonical_format = True
 
     @property
     def _cur(self) -> core.Sparse3D:
@@ -226,6 +233,10 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
     # -- the COO entries scipy's methods read ------------------------------------------------------
     def _coo_view(self) -> list:
         """``[data, (pixel, source)]``: the in-image stamp values, in 1.x's order (C order of the stamps)."""
+        if self._view is None and self._cleared:  # 1.x's clear() emptied the COO entries
+            empty = np.empty(0, dtype=np.int64)
+            self._view = [np.empty(0, dtype=self.dtype), (empty, empty.copy())]
+            self._pristine = (self._view[0], empty, empty)
         if self._view is None:
             s = self._cur
             values = s.data
@@ -234,7 +245,32 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
             pixel = (s.row[keep].astype(np.int64) - r0) * s.imshape[1] + (s.col[keep].astype(np.int64) - c0)
             source = np.broadcast_to(np.arange(s.nsources, dtype=np.int64), s.stamp_shape)[keep]
             self._view = [values[keep], (pixel, source)]
+            # what they were when handed out: the caller may change them (S.data = ..., S.data[k] = ...)
+            self._pristine = (self._view[0].copy(), pixel.copy(), source.copy())
         return self._view
+
+    def _edited(self) -> sp.csr_matrix | None:
+        """The COO entries as CSR if they were changed through ``data``/``row``/``col``, else None.
+
+        1.x's products read its COO entries, so after ``S.data = ...`` (until the next
+        ``translate``/``reset``) ``dot``, ``@``, ``tocsr``/``tocsc`` and the ROI windows do too.
+        """
+        view = self._view
+        if view is None:
+            return None
+        data, (pixel, source) = view
+        now = (np.asarray(data), np.asarray(pixel), np.asarray(source))
+        if all(_same(a, b) for a, b in zip(now, self._pristine)):
+            return None
+        return sp.coo_matrix((now[0], (now[1], now[2])), shape=self.cooshape).tocsr()
+
+    def _edited_dot(self, matrix: sp.csr_matrix, other) -> np.ndarray:
+        """1.x's ``dot`` layouts of the (edited) COO matrix times ``other``."""
+        w, unit = _split_unit(other)
+        H, W = self.imshape
+        result = matrix @ w
+        result = result.reshape(H, W) if w.ndim == 1 else result.reshape(H, W, -1).transpose(2, 0, 1)
+        return result if unit is None else result * unit
 
     @property
     def data(self) -> np.ndarray:
@@ -268,17 +304,27 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         )
 
     def copy(self) -> Sparse3D:
-        """A copy at the same offset."""
-        return self._like(self._base)
+        """A copy at the same offset (cleared if this array is, as 1.x's deepcopy)."""
+        return self._duplicate(self._base)
 
     def __copy__(self) -> Sparse3D:
         return self.copy()
 
     def __deepcopy__(self, memo) -> Sparse3D:
-        return self._like(self._base.copy())
+        return self._duplicate(self._base.copy())
+
+    def _duplicate(self, base: core.Sparse3D) -> Sparse3D:
+        obj = self._like(base)
+        if self._cleared:
+            obj.clear()
+        if self._edited() is not None:  # 1.x's deepcopy copied changed COO entries too
+            data, coords = self._view
+            obj._coo_view()
+            obj._view = [np.array(data), tuple(np.array(c) for c in coords)]
+        return obj
 
     def __reduce__(self):
-        return (_rebuild, (type(self), self._base, self.coord, self._parameters()))
+        return (_rebuild, (type(self), self._base, self.coord, self._parameters(), self._cleared))
 
     def _parameters(self) -> dict:
         return {}
@@ -290,10 +336,20 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
 
     def tocsr(self, copy: bool = False) -> sp.csr_matrix:
         """``scipy.sparse.csr_matrix`` ``(H*W, nsubimages)`` at the current offset."""
+        edited = self._edited()
+        if edited is not None:
+            return edited
+        if self._cleared:
+            return sp.csr_matrix(self.cooshape, dtype=self.dtype)
         return self._cur.tocsr()
 
     def tocsc(self, copy: bool = False) -> sp.csc_matrix:
         """``scipy.sparse.csc_matrix`` ``(H*W, nsubimages)`` at the current offset."""
+        edited = self._edited()
+        if edited is not None:
+            return edited.tocsc()
+        if self._cleared:
+            return sp.csc_matrix(self.cooshape, dtype=self.dtype)
         return self._cur.tocsc()
 
     # scipy's methods build results with ``self.__class__``; here they are plain scipy matrices
@@ -325,6 +381,9 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
                 f"dot products with type {type(other)} are not implemented; pass the weights as a "
                 "numpy.ndarray of shape (nsubimages,) or (nsubimages, k)"
             )
+        edited = self._edited()
+        if edited is not None:
+            return self._edited_dot(edited, other)
         if type(other) is np.ndarray and other.ndim == 2 and other.dtype.kind in "biufc":
             if not self._cleared:  # the jitter loop's product, in one call
                 cube = translated_planes(self._base, other, self.coord)
@@ -348,12 +407,26 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
     def _matmul(self, a, b):
         """``S @ w`` as scipy computed it for 1.x: ``(H*W,)`` / ``(H*W, k)``."""
         if a is self:
-            if sp.issparse(b):
+            edited = self._edited()
+            if sp.issparse(b) or edited is not None:
                 return self.tocsr() @ b
             b = np.asarray(b)
             result = self._cur.dot(b)
             return result.reshape((self.cooshape[0], *b.shape[1:]))
+        if sp.issparse(a):
+            return a @ self.tocsr()
         return np.asarray(a) @ self.tocsr()
+
+    def _scipy_operation(self, ufunc, inputs):
+        """An operator with a scipy matrix: scipy's elementwise result on ``tocsr()`` (as 1.x's fallback)."""
+        op = _SCIPY_OPERATORS.get(ufunc)
+        if op is None:
+            names = ", ".join(f"np.{u.__name__}" for u in _SCIPY_OPERATORS)
+            raise TypeError(
+                f"np.{ufunc.__name__} of a legacy Sparse3D and a scipy sparse matrix is not supported; "
+                f"supported with scipy matrices: {names} (or convert with S.tocsr() first)"
+            )
+        return op(*[x.tocsr() if isinstance(x, Sparse3D) else x for x in inputs])
 
     # -- NumPy protocols: everything through the 2.x __array_ufunc__ ------------------------------
     def _operand(self, x):
@@ -384,8 +457,11 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         if ufunc is np.matmul and method == "__call__":
             return self._matmul(*inputs)
+        if method == "__call__" and any(sp.issparse(x) and not isinstance(x, Sparse3D) for x in inputs):
+            return self._scipy_operation(ufunc, inputs)
         arrays = [x for x in inputs if isinstance(x, Sparse3D)]
-        first = arrays[0]
+        # 1.x: a ROISparse3D combined with a plain Sparse3D gave a plain Sparse3D (either order)
+        first = next((x for x in arrays if type(x) is Sparse3D), arrays[0])
         coords = {x.coord for x in arrays}
         if len(coords) > 1:
             raise ValueError(
@@ -393,7 +469,14 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
                 "translate them to the same offset (or reset() them) first"
             )
         args = [first._operand(x) for x in inputs]
-        return first._wrap(getattr(ufunc, method)(*args, **kwargs))
+        result = first._wrap(getattr(ufunc, method)(*args, **kwargs))
+        if len(inputs) == 1 and isinstance(result, Sparse3D) and first._edited() is not None:
+            # 1.x applied np.exp & co. to the COO entries too, so edited entries stay edited
+            data, coords = first._view
+            result._coo_view()
+            values = getattr(ufunc, method)(np.asarray(data), **kwargs)
+            result._view = [values, tuple(c.copy() for c in coords)]
+        return result
 
     # -- 1.x indexing: [:, :, i] and [:, :, i:j] ------------------------------------------------
     def __getitem__(self, index) -> Sparse3D:
@@ -422,6 +505,23 @@ class Sparse3D(NDArrayOperatorsMixin, sp.coo_matrix):
         return obj
 
 
+def _elementwise_product(a, b):
+    return a.multiply(b) if sp.issparse(a) else b.multiply(a)
+
+
+_SCIPY_OPERATORS = {
+    np.add: operator.add,
+    np.subtract: operator.sub,
+    np.multiply: _elementwise_product,
+    np.true_divide: operator.truediv,
+    np.equal: operator.eq,
+    np.not_equal: operator.ne,
+    np.less: operator.lt,
+    np.less_equal: operator.le,
+    np.greater: operator.gt,
+    np.greater_equal: operator.ge,
+}
+
 # in-place operators rebind (S += 1 is S = S + 1), as they did in 1.x
 for _name in [n for n in dir(NDArrayOperatorsMixin) if n.startswith("__i") and n.endswith("__")]:
     if _name not in ("__init__", "__init_subclass__", "__invert__"):
@@ -429,9 +529,11 @@ for _name in [n for n in dir(NDArrayOperatorsMixin) if n.startswith("__i") and n
 del _name
 
 
-def _rebuild(cls, base, coord, parameters):
+def _rebuild(cls, base, coord, parameters, cleared=False):
     obj = cls.__new__(cls)
     if parameters:
         obj._set_rois(**parameters)
     obj._attach(base, coord)
+    if cleared:
+        obj.clear()
     return obj

@@ -40,6 +40,12 @@ def stack(arrays: list[Sparse3D]) -> Sparse3D:
     first = arrays[0]
     if len({a.imshape for a in arrays}) != 1:
         raise ValueError("Can only stack `Sparse3D` instances with the same `imshape`.")
+    if len({a.subshape[:2] for a in arrays}) != 1:
+        shapes = sorted({a.subshape[:2] for a in arrays})
+        raise ValueError(
+            f"Can only stack `Sparse3D` instances with the same stamp shape (subshape[:2]); got {shapes}. "
+            "(np.concatenate of 2.x sparse3d.Sparse3D arrays joins different stamp shapes)"
+        )
     if len({a.coord for a in arrays}) != 1:
         raise ValueError("Can only stack arrays translated to the same offset; reset() them first")
     base = np.concatenate([a._base for a in arrays], axis=2)
