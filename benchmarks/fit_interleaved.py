@@ -13,6 +13,11 @@ cores are busy its wall time is up to its CPU time. Also reported: the main thre
 (``time.thread_time``), which is what the wall time of the many-frame fit comes to when a core is
 free for each worker (the workers finish within the main thread's own work: measured <= 5 ms of
 waiting at the joins, on a busy machine).
+
+With ``--phases``, the many-frame fit's phases are timed too (wrapped functions, in whichever
+thread runs them: the normal matrix and factorisation, the right-hand sides and square sums
+made ahead, the waits for them, the block solve, the chi-square), as medians of wall and thread
+CPU time per repetition, next to the one-image fit's.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.fit_interleaved", description=__doc__.splitlines()[0]
     )
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--phases", action="store_true", help="also time the fits' phases")
     args = p.parse_args(argv)
+    phases = _Phases() if args.phases else None
 
     import scipy.sparse
     import scipy.sparse.linalg
@@ -75,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         L = fresh()
         gc.collect()
         t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
-        res = L.fit(data)
+        with _Phases.case(phases, "fit", rep):
+            res = L.fit(data)
         out["fit"] = time.perf_counter() - t0
         out_cpu["fit"] = time.process_time() - c0
         out_main["fit"] = time.thread_time() - m0
@@ -86,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         L = fresh()
         gc.collect()
         t0, c0, m0 = time.perf_counter(), time.process_time(), time.thread_time()
-        L.fit(frames)
+        with _Phases.case(phases, "fit100", rep):
+            L.fit(frames)
         out["fit100"] = time.perf_counter() - t0
         out_cpu["fit100"] = time.process_time() - c0
         out_main["fit100"] = time.thread_time() - m0
@@ -125,7 +134,88 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"| `fit_design(L, image, solver='cholmod')` / recipe | {ratio('fit_cholmod', 'recipe'):.3f}x | |"
         )
+    if phases is not None:
+        phases.report()
     return 0
+
+
+class _Phases:
+    """Wall and thread CPU time of the fit's phases (functions wrapped while a case runs)."""
+
+    WRAPPED = (
+        ("normal", "NormalEquations", "_build", "normal matrix + factorisation"),
+        ("supernodal", "_NDFactor", "__init__", "  of which factorisation"),
+        ("rhs", "_Ahead", "_compute", "rhs + square sums ahead (worker)"),
+        ("rhs", "_Ahead", "take", "waits for them"),
+        ("normal", "NormalEquations", "solve", "solve (rhs, block solve, chi2)"),
+        ("supernodal", "_NDFactor", "solve", "  of which block solve"),
+        ("normal_chi2", None, "chi2_from_normal", "  of which chi-square"),
+    )
+
+    def __init__(self) -> None:
+        import importlib
+        import inspect
+
+        self.times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        self.now: dict[str, list[float]] | None = None
+        for mod, cls, name, label in self.WRAPPED:
+            owner = importlib.import_module(f"sparse3d.fit.{mod}")
+            owner = owner if cls is None else getattr(owner, cls)
+            raw = inspect.getattr_static(owner, name)
+            kind = type(raw) if isinstance(raw, (staticmethod, classmethod)) else None
+            timed = self._wrap(raw.__func__ if kind else raw, label)
+            setattr(owner, name, kind(timed) if kind else timed)
+
+    def _wrap(self, fn, label: str):
+        import functools
+        import threading
+
+        @functools.wraps(fn)
+        def timed(*a, **k):
+            t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                if self.now is not None:
+                    who = "main" if threading.current_thread() is threading.main_thread() else "worker"
+                    acc = self.now.setdefault(f"{label} [{who}]", [0.0, 0.0])
+                    acc[0] += time.perf_counter() - t0
+                    acc[1] += time.thread_time() - c0
+
+        return timed
+
+    @staticmethod
+    def case(phases: _Phases | None, name: str, rep: int):
+        import contextlib
+
+        if phases is None:
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def timing():
+            phases.now = {}
+            try:
+                yield
+            finally:
+                if rep:  # the first repetition warms up
+                    for label, (wall, cpu) in phases.now.items():
+                        phases.times.setdefault((name, label), []).append((wall, cpu))
+                phases.now = None
+
+        return timing()
+
+    def report(self) -> None:
+        print("| case | phase | wall (median, ms) | thread CPU (median, ms) |")
+        print("|---|---|---|---|")
+        rank = {w[3]: i for i, w in enumerate(self.WRAPPED)}
+
+        def key(item):
+            (name, label), _ = item
+            return name, rank[label.rsplit(" [", 1)[0]], label
+
+        for (name, label), v in sorted(self.times.items(), key=key):
+            wall, cpu = np.median(np.array(v), axis=0) * 1e3
+            print(f"| {name} | {label} | {wall:.1f} | {cpu:.1f} |")
 
 
 if __name__ == "__main__":

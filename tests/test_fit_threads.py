@@ -151,6 +151,33 @@ def test_banded_right_hand_side_is_bit_identical(n, threaded):
             np.testing.assert_array_equal(rhs._stamp_rhs(stamps, U, ivar, keep), ref)
 
 
+@pytest.mark.parametrize("n", [0, 1, 60])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sweep_square_sums_match_the_dense_sums_and_the_row_blocks(n, weighted, threaded):
+    # d^T C^-1 d made by the image sweep of the right-hand sides (many frames: in the same read
+    # of the frames; 0 sources: no sweep, its own pass): the dense sum over the kept pixels, and
+    # the bits of the separate pass by image rows, in 1, 2, 3 and 40 threads (bands of sources)
+    rng = np.random.default_rng(50 + n)
+    sc, S = _scene(50 + n, n=n)
+    stamps = _stamps(S)
+    A = dense_design(sc)
+    U = rng.normal(size=(A.shape[0], 9)) * 3.0
+    ivar = rng.uniform(0.5, 2.0, A.shape[0]) if weighted else None
+    keep = rng.random(A.shape[0]) > 0.2
+    U[~keep, 2] = np.nan  # masked pixels may hold anything
+    w = np.where(keep, 1.0 if ivar is None else ivar, 0.0)
+    ref = (w[:, None] * np.where(keep[:, None], 0.25 * U, 0.0) ** 2).sum(axis=0)
+    rows = rhs._stamp_square_sum(U, ivar, keep, 0.25, block=rhs._square_sum_block(stamps))
+    np.testing.assert_allclose(rows, ref, rtol=1e-13)
+    for nt in (1, 2, 3, 40):
+        with sparse3d.set_options(num_threads=nt):
+            got, sq = rhs._stamp_rhs(stamps, U, ivar, keep, square_scale=0.25)
+            np.testing.assert_array_equal(got, rhs._stamp_rhs(stamps, U, ivar, keep))
+            np.testing.assert_array_equal(sq, rows)
+    wu = np.where(keep[:, None], (1.0 if ivar is None else ivar[:, None]) * U, 0.0)
+    np.testing.assert_allclose(got, A.T @ wu, rtol=1e-12, atol=1e-12)
+
+
 def test_solve_kernel_column_blocks_are_bit_identical(compiled_kernels):
     # block_solve over any range of columns: each column the bits of the whole call
     from sparse3d.fit import normal_matrix
@@ -166,13 +193,13 @@ def test_solve_kernel_column_blocks_are_bit_identical(compiled_kernels):
     F = _NDFactor(G, stamp_boxes(S, None))
     b = np.random.default_rng(2).normal(size=(S.nsources, 11))
     whole = np.full(b.shape, np.nan)
-    block_solve(*F._blocks, F.perm, b, whole, 0, 11)
+    block_solve(*F._blocks, F.perm, b, whole, 0, 11, np.empty((S.nsources, 11)))
     full = (G + G.T - scipy.sparse.diags(G.diagonal())).toarray()
     np.testing.assert_allclose(whole, np.linalg.solve(full, b), rtol=1e-10, atol=1e-12)
     for edges in ([0, 1, 11], [0, 3, 4, 9, 11], [0, 5, 6, 7, 8, 10, 11]):
         out = np.full(b.shape, np.nan)
         for t0, t1 in zip(edges[:-1], edges[1:]):
-            block_solve(*F._blocks, F.perm, b, out, t0, t1)
+            block_solve(*F._blocks, F.perm, b, out, t0, t1, np.full((S.nsources, t1 - t0), np.nan))
         np.testing.assert_array_equal(out, whole)
 
 
@@ -424,3 +451,45 @@ def test_idle_cpus_without_proc_stat(monkeypatch):
     assert _threads.idle_cpus() is None
     with sparse3d.set_options(num_threads=0):
         assert _threads.threads_for(_threads.PARALLEL_MIN_WORK) == _threads.num_threads()
+
+
+def test_many_frame_model_from_pooled_weights_after_a_dropped_fit(threaded, monkeypatch):
+    # the model's weights (NaN of unconstrained sources as 0) land in a buffer lent by the pool:
+    # a second fit reuses the first fit's dropped buffer (pool threshold lowered to this small
+    # scene) and its model is still A w of its own weights, 0 for the unconstrained sources
+    from sparse3d import _pool
+
+    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
+    _pool.clear()
+    sc, S = _scene(61, n=40)
+    A = dense_design(sc)
+    mask = np.zeros(S.imshape, bool)
+    mask.ravel()[np.flatnonzero(A[:, 0])] = True  # source 0 has no unmasked pixel: NaN weight
+    rng = np.random.default_rng(61)
+    addresses = []
+    for seed in range(2):
+        d = rng.normal(size=(*S.imshape, 12)) + 10.0 * seed
+        res = _fit(S, d, 2, mask=mask)
+        assert np.isnan(res.weights[0]).all() and np.isfinite(res.weights).any()
+        w = np.where(np.isnan(res.weights), 0.0, res.weights)
+        np.testing.assert_allclose(res.model.reshape(-1, 12), A @ w, rtol=1e-12, atol=1e-12)
+        ctx_wz = res._context.wz
+        np.testing.assert_array_equal(ctx_wz, w)
+        for j in (0, 11):  # the weights themselves (the solve's output, lent too): dense lstsq
+            ref, *_ = lstsq_fit(A, d[:, :, j].ravel(), mask=mask.ravel())
+            np.testing.assert_allclose(res.weights[:, j], ref, rtol=1e-9, atol=1e-10)
+        addresses.append(ctx_wz.__array_interface__["data"][0])
+        del res, ctx_wz
+    assert addresses[0] == addresses[1]  # the first fit's buffer, overwritten by the second
+    _pool.clear()  # no small buffer of this test left for others
+
+
+def test_zero_nan_is_where_nan_zero():
+    # the model's weights: every value of params but NaN, which is 0 (-0.0 and inf kept)
+    from sparse3d.fit.solve import _zero_nan
+
+    params = np.array([[1.5, np.nan], [-0.0, np.inf], [np.nan, -np.inf]])
+    got = _zero_nan(params)
+    ref = np.where(np.isnan(params), 0.0, params)
+    np.testing.assert_array_equal(got, ref)
+    assert np.signbit(got[1, 0]) and not np.shares_memory(got, params)

@@ -14,25 +14,28 @@ _I = "intp[::1]"
 SIGNATURES = {
     "stamp_rhs": (
         f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, float64[:, ::1], intp, intp, intp, intp, {_I}, "
-        "float64[::1], boolean[::1])"
+        "float64[::1], boolean[::1], float64, float64[:, ::1])"
     ),
     "stamp_row_index": f"({_I}, intp, intp, intp, {_I})",
     "stamp_rhs_band": (
         f"(Array(float64, 3, 'C', readonly=True), {_I}, {_I}, float64[:, ::1], intp, intp, intp, intp, {_I}, "
-        f"{_I}, float64[::1], boolean[::1], intp, intp, float64[:, ::1])"
+        f"{_I}, float64[::1], boolean[::1], intp, intp, float64[:, ::1], float64, float64[:, ::1])"
     ),
     "weighted_square_sum": (
-        "(float64[:, ::1], float64[:, ::1], float64[::1], boolean[::1], float64, intp, intp, float64[:, ::1])"
+        "(float64[:, ::1], float64[:, ::1], float64[::1], boolean[::1], float64, intp, intp, intp, "
+        "float64[:, ::1])"
     ),
     "kept_all_finite": "(float64[:, ::1], boolean[:, ::1], intp, intp)",
 }
 
-#: :func:`weighted_square_sum` sums this many pixels per block, then the blocks in order.
+#: :func:`weighted_square_sum` sums this many pixels per block by default, then the blocks in
+#: order (a fit's ``d^T C^-1 d`` sums by image rows: the blocks that the image sweep of
+#: :func:`stamp_rhs_band` sums as it goes).
 SQUARE_SUM_BLOCK = 4096
 
 
 @njit(cache=True, nogil=True)
-def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep):  # pragma: no cover - compiled
+def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep, scale, sq):  # pragma: no cover - compiled
     """``out[k, t] = sum over the kept in-image pixels p of stamp k of v[p] * (ivar[p] * U[p, t])``,
     ``v`` the stamp's values ``values[., ., k]``.
 
@@ -51,6 +54,9 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep):  # pragma: 
     over the contiguous frame axis of ``U`` (vectorised) into its row of ``out``. Either way
     each ``out[k, t]`` is the same sum in the same order (stamp rows, then columns, from 0.0):
     the same bits for any frame count, order and ``m``.
+
+    ``sq`` ``(H, m)`` (the image sweep only; ``(0, 0)``: none) receives the square sums of the
+    image rows, as :func:`stamp_rhs_band` makes them.
     """
     nr, nc, n = values.shape
     m = U.shape[1]
@@ -86,7 +92,7 @@ def stamp_rhs(values, r0, c0, U, H, W, imr, imc, order, ivar, keep):  # pragma: 
     # the bounds as int64 values, not constants: a constant argument is typed as a literal and
     # would compile a second specialisation of the band kernel
     lo, hi = np.int64(-(1 << 62)), np.int64(1 << 62)
-    stamp_rhs_band(values, r0, c0, U, H, W, imr, imc, start, ent, ivar, keep, lo, hi, out)
+    stamp_rhs_band(values, r0, c0, U, H, W, imr, imc, start, ent, ivar, keep, lo, hi, out, scale, sq)
     return out
 
 
@@ -116,7 +122,7 @@ def stamp_row_index(r0, nr, H, imr, order):  # pragma: no cover - compiled
 
 @njit(cache=True, nogil=True)
 def stamp_rhs_band(
-    values, r0, c0, U, H, W, imr, imc, start, ent, ivar, keep, lo, hi, out
+    values, r0, c0, U, H, W, imr, imc, start, ent, ivar, keep, lo, hi, out, scale, sq
 ):  # pragma: no cover - compiled
     """:func:`stamp_rhs`'s image sweep for the sources whose first stamp row (relative to the
     image) is in ``[lo, hi)``, added into their rows of ``out`` ``(n, m)`` (zeros on entry).
@@ -126,13 +132,21 @@ def stamp_rhs_band(
     that each source's sums are the same operations in the same order as in the sweep of the
     whole image: bands of sources (disjoint rows of ``out``) may run in parallel threads and
     give the same bits. Each band reads its image rows once, contiguously.
+
+    ``sq`` ``(H, m)`` (``(0, 0)``: none): the band's own image rows ``lo <= r < hi`` also get
+    their weighted square sums ``sq[r, t]`` (:func:`weighted_square_sum`'s, by blocks of ``W``
+    pixels, scaled by ``scale``) as the sweep reaches them: ``d^T C^-1 d`` in the same read of the
+    frames (the stamps then read the row from cache), not in a second pass over them.
     """
     nr, nc, n = values.shape
     m = U.shape[1]
     has_ivar = ivar.shape[0] > 0
     has_keep = keep.shape[0] > 0
-    for r in range(max(lo, 0), min(hi + nr - 1, H)):
+    has_sq = sq.shape[0] > 0
+    for r in range(max(lo, 0), min(max(hi + nr - 1, hi), H)):
         base = r * W
+        if has_sq and r < hi:
+            _square_sum(U, ivar, keep, scale, base, base + W, sq[r])
         for e in range(start[r], start[r + 1]):
             k = ent[e]
             a = r + imr - r0[k]
@@ -158,9 +172,28 @@ def stamp_rhs_band(
 
 
 @njit(cache=True, nogil=True)
-def weighted_square_sum(D, M, ivar, keep, scale, b0, b1, parts):  # pragma: no cover - compiled
+def _square_sum(D, ivar, keep, scale, p0, p1, part):  # pragma: no cover - compiled
+    """``part[t] = sum over the kept pixels p0 <= p < p1 of ivar[p] * (scale * D[p, t])**2``, in
+    pixel order from 0.0: the one definition of a block's sum (:func:`weighted_square_sum`,
+    :func:`stamp_rhs_band`)."""
+    m = D.shape[1]
+    has_ivar = ivar.shape[0] > 0
+    has_keep = keep.shape[0] > 0
+    part[:] = 0.0
+    for p in range(p0, p1):
+        if has_keep and not keep[p]:
+            continue
+        w = ivar[p] if has_ivar else 1.0
+        d = D[p]
+        for t in range(m):
+            x = scale * d[t]
+            part[t] += w * (x * x)
+
+
+@njit(cache=True, nogil=True)
+def weighted_square_sum(D, M, ivar, keep, scale, block, b0, b1, parts):  # pragma: no cover - compiled
     """``parts[j, t] = sum over the kept pixels p of block j of ivar[p] * (scale * (D[p, t] - M[p, t]))**2``
-    for the blocks ``b0 <= j < b1`` of :data:`SQUARE_SUM_BLOCK` pixels (``parts`` ``(nblocks, m)``).
+    for the blocks ``b0 <= j < b1`` of ``block`` pixels (``parts`` ``(nblocks, m)``).
 
     ``M`` ``(npix, m)`` (a model: the sums are of the residuals) or ``(0, 0)`` (none: of ``D``
     itself); ``ivar`` ``(npix,)`` or empty (unit weights); ``keep`` ``(npix,)`` or empty (every
@@ -174,21 +207,20 @@ def weighted_square_sum(D, M, ivar, keep, scale, b0, b1, parts):  # pragma: no c
     has_keep = keep.shape[0] > 0
     for j in range(b0, b1):
         part = parts[j]
+        p1 = min((j + 1) * block, npix)
+        if not has_model:
+            _square_sum(D, ivar, keep, scale, j * block, p1, part)
+            continue
         part[:] = 0.0
-        for p in range(j * SQUARE_SUM_BLOCK, min((j + 1) * SQUARE_SUM_BLOCK, npix)):
+        for p in range(j * block, p1):
             if has_keep and not keep[p]:
                 continue
             w = ivar[p] if has_ivar else 1.0
             d = D[p]
-            if has_model:
-                mp = M[p]
-                for t in range(m):
-                    x = scale * (d[t] - mp[t])
-                    part[t] += w * (x * x)
-            else:
-                for t in range(m):
-                    x = scale * d[t]
-                    part[t] += w * (x * x)
+            mp = M[p]
+            for t in range(m):
+                x = scale * (d[t] - mp[t])
+                part[t] += w * (x * x)
 
 
 @njit(cache=True, nogil=True)

@@ -46,7 +46,9 @@ SIGNATURES = {
     # s0, the symbolic arrays, N's lower part, then the factor and the sweep's state
     "multifrontal": f"(intp, {_I}, {_I}, {_I}, {_I}, {_I}, {_F}, "
     f"{_I}, {_F}, {_F}, {_F}, {_F}, {_I}, {_I}, {_I}, {_I}, {_F}, {_I})",
-    "block_solve": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_I}, float64[:, ::1], float64[:, ::1], intp, intp)",
+    "block_solve": (
+        f"({_I}, {_I}, {_I}, {_I}, {_F}, {_I}, float64[:, ::1], float64[:, ::1], intp, intp, float64[:, ::1])"
+    ),
     "solve_one": f"({_I}, {_I}, {_I}, {_I}, {_F}, {_F}, boolean)",
 }
 
@@ -435,24 +437,26 @@ def multifrontal(
 
 
 @njit(cache=True, nogil=True)
-def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out, t0, t1):  # pragma: no cover - compiled
+def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out, t0, t1, x):  # pragma: no cover - compiled
     """``out[:, t0:t1] = N^-1 b[:, t0:t1]`` for ``N[perm][:, perm] = L L^T`` and any number of
     right-hand sides (``b``, ``out`` ``(n, nk)``), over the blocks of :func:`multifrontal`, in
-    one call: the columns' rows of ``b`` gathered into the permuted order (a private, contiguous
-    copy), the forward sweep (``L^-1``, supernodes up), the backward sweep (``L^-T``, down) and
-    the scatter back into ``out``. Each column is the same operations whatever ``t0`` and
-    ``t1``: blocks of columns may run in parallel threads and give the same bits.
+    one call: the columns' rows of ``b`` gathered into the permuted order (into ``x``
+    ``(n, t1 - t0)``, the caller's private work array: a buffer already in memory, not pages
+    that numba's allocator would fault in on every call), the forward sweep (``L^-1``,
+    supernodes up), the backward sweep (``L^-T``, down) and the scatter back into ``out``. Each
+    column is the same operations whatever ``t0`` and ``t1``: blocks of columns may run in
+    parallel threads and give the same bits.
 
     Every update is a row of ``x`` (the ``nk`` right-hand sides, contiguous) minus a sum of
     four scaled rows, ``(v0 x0 + v1 x1) + (v2 x2 + v3 x3)``: one load and store of the updated
-    row per four multiply-adds, the loop over the right-hand sides vectorised. The diagonal
+    row per four multiply-adds, the loop over the right-hand sides vectorised (the rows below a
+    supernode: four columns of ``L`` at a time, read in order; -7% time at 50 columns). The diagonal
     blocks are solved row by row in the same way (dot-product form), so that a supernode's
     own rows need no second buffer. One right-hand side: :func:`solve_one`.
     """
     n = b.shape[0]
     nk = t1 - t0
     nsup = sstart.size - 1
-    x = np.empty((n, nk), dtype=np.float64)
     for i in range(n):
         bi = b[perm[i]]
         xi = x[i]
@@ -470,8 +474,20 @@ def block_solve(sstart, sptr, srows, offsets, buf, perm, b, out, t0, t1):  # pra
             xr = x[f + r]
             for t in range(nk):
                 xr[t] *= inv
-        for a in range(h - k):  # x_i -= sum_c L[i, c] x_c for the rows i below
-            _sub_rows(x[srows[q + a]], buf, o + k + a, h, x, f, 0, k)
+        # x_i -= sum_c L[i, c] x_c for the rows i below (each x_i the terms of _sub_rows, in order)
+        m = h - k
+        c = 0
+        while c + 4 <= k:
+            x0, x1, x2, x3 = x[f + c], x[f + c + 1], x[f + c + 2], x[f + c + 3]
+            p = o + c * h + k
+            for a in range(m):
+                v0, v1, v2, v3 = buf[p + a], buf[p + h + a], buf[p + 2 * h + a], buf[p + 3 * h + a]
+                y = x[srows[q + a]]
+                for t in range(nk):
+                    y[t] -= (v0 * x0[t] + v1 * x1[t]) + (v2 * x2[t] + v3 * x3[t])
+            c += 4
+        for a in range(m):
+            _sub_rows(x[srows[q + a]], buf, o + k + a, h, x, f, c, k)
     for s in range(nsup - 1, -1, -1):
         f = sstart[s]
         k = sstart[s + 1] - f

@@ -16,7 +16,14 @@ import numpy as np
 
 from ..core import Sparse3D
 from .diagnostics import _chi2
-from .rhs import _cells_residual, _stamp_model, _stamp_square_sum, _weighted_data, _weighted_square_sum
+from .rhs import (
+    _cells_residual,
+    _square_sum_block,
+    _stamp_model,
+    _stamp_square_sum,
+    _weighted_data,
+    _weighted_square_sum,
+)
 
 if TYPE_CHECKING:
     from .normal import NormalEquations
@@ -42,7 +49,8 @@ def chi2_from_normal(
     xs, bs = (x, b) if s == 1.0 else (x / s, b / s)
     dCd = None if ne._ahead is None else ne._ahead.take("square_sum", D)  # made meanwhile
     if dCd is None and ne._stamps is not None and D.dtype == np.float64 and D.flags.c_contiguous:
-        dCd = _stamp_square_sum(D, ne.ivar, ne.keep, 1.0 / s)  # numba is loaded: one pass
+        # numba is loaded: one pass, by image rows (the sums of the many-frame sweep, the same bits)
+        dCd = _stamp_square_sum(D, ne.ivar, ne.keep, 1.0 / s, block=_square_sum_block(ne._stamps[0][0]))
     elif dCd is None:
         dCd = _weighted_square_sum(D, ne.ivar, ne.keep, 1.0 / s)
     with np.errstate(invalid="ignore"):  # inf - inf: a chi-square beyond float range

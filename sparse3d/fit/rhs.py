@@ -12,6 +12,7 @@ the same operations in the same order whatever the thread count (the same bits).
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import numpy as np
 
@@ -20,12 +21,19 @@ from .._blas import single_threaded_blas
 
 
 def _stamp_rhs(
-    stamps: tuple, U: np.ndarray, ivar: np.ndarray | None = None, keep: np.ndarray | None = None
-) -> np.ndarray:
+    stamps: tuple,
+    U: np.ndarray,
+    ivar: np.ndarray | None = None,
+    keep: np.ndarray | None = None,
+    square_scale: float | None = None,
+) -> Any:
     """``A^T (ivar U)`` (``U`` ``(npix,)`` or ``(npix, k)``) from the regular stamps ``stamps``.
 
     ``ivar`` ``(npix,)`` (None: unit weights); ``keep`` ``(npix,)`` (None: every pixel), the
-    masked pixels of ``U`` ignored whatever they hold.
+    masked pixels of ``U`` ignored whatever they hold. With ``square_scale`` (``U`` 2-D, C-contiguous
+    float64), returns ``(rhs, square_sum)``: also ``sum_p ivar_p (square_scale U_p)**2`` per column,
+    the bits of :func:`_stamp_square_sum` by image rows (:func:`_square_sum_block`), made by the
+    image sweep in the same read of ``U`` (many frames), else by its own pass.
     """
     from ._rhs_kernels import stamp_rhs
 
@@ -37,12 +45,27 @@ def _stamp_rhs(
         order = np.argsort(c0, kind="stable").astype(np.intp, copy=False)
     ivar = np.empty(0) if ivar is None else np.ascontiguousarray(ivar, dtype=np.float64)
     keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
+    fused = square_scale is not None and order.size > 0 and H * W > 0
+    sq = np.empty((H, m)) if fused else np.empty((0, 0))
+    scale = 1.0 if square_scale is None else float(square_scale)
     nt = _threads.threads_for(values.size * m) if order.size else 1
     if nt > 1:
-        out = _banded_rhs(values, r0, c0, U2, (H, W), (imr, imc), order, ivar, keep, nt)
+        out = _banded_rhs(values, r0, c0, U2, (H, W), (imr, imc), order, ivar, keep, nt, scale, sq)
     else:
-        out = stamp_rhs(values, r0, c0, U2, H, W, imr, imc, order, ivar, keep)
-    return out[:, 0] if U.ndim == 1 else out
+        out = stamp_rhs(values, r0, c0, U2, H, W, imr, imc, order, ivar, keep, scale, sq)
+    out = out[:, 0] if U.ndim == 1 else out
+    if square_scale is None:
+        return out
+    if fused:  # the image rows' sums added in order: the bits of _stamp_square_sum by rows
+        return out, np.cumsum(sq, axis=0)[-1]
+    return out, _stamp_square_sum(U2, ivar, keep, scale, block=_square_sum_block(stamps))
+
+
+def _square_sum_block(stamps: tuple) -> int:
+    """The pixels per block of a fit's ``d^T C^-1 d`` (:func:`_stamp_square_sum`): an image row
+    of the regular stamps ``stamps`` (``(values, r0, c0, imshape, imcorner)``), the blocks that the
+    image sweep of :func:`_stamp_rhs` sums as it reads the frames."""
+    return max(1, int(stamps[3][1]))
 
 
 def _banded_rhs(
@@ -56,9 +79,12 @@ def _banded_rhs(
     ivar: np.ndarray,
     keep: np.ndarray,
     nt: int,
+    scale: float,
+    sq: np.ndarray,
 ) -> np.ndarray:
     """The image sweep of :func:`._rhs_kernels.stamp_rhs` in ``nt`` threads, each over a band of
-    sources (by first stamp row; near-equal numbers of sources), into disjoint rows of ``out``."""
+    sources (by first stamp row; near-equal numbers of sources), into disjoint rows of ``out``
+    (and, with ``sq`` ``(H, m)``, the square sums of its own image rows into their rows of ``sq``)."""
     from ._rhs_kernels import stamp_rhs_band, stamp_row_index
 
     (H, W), (imr, imc) = imshape, imcorner
@@ -68,7 +94,8 @@ def _banded_rhs(
     edges = [-(1 << 62), *sorted(set(cuts)), 1 << 62]
     out = np.zeros((values.shape[2], U.shape[1]))
     args = (values, r0, c0, U, H, W, imr, imc, start, ent, ivar, keep)
-    _threads.run(stamp_rhs_band, [(*args, lo, hi, out) for lo, hi in zip(edges[:-1], edges[1:])])
+    bands = [(*args, lo, hi, out, scale, sq) for lo, hi in zip(edges[:-1], edges[1:])]
+    _threads.run(stamp_rhs_band, bands)
     return out
 
 
@@ -103,22 +130,27 @@ def _stamp_square_sum(
     keep: np.ndarray | None,
     scale: float,
     model: np.ndarray | None = None,
+    block: int | None = None,
 ) -> np.ndarray:
     """``sum_p ivar_p (scale (D_p - model_p))**2`` per column of the C-contiguous float64 ``D``
     ``(npix, k)`` (``model`` a C-contiguous float64 array of its shape, None for 0), masked
-    pixels skipped: one compiled pass, no temporaries."""
+    pixels skipped: one compiled pass, no temporaries. Summed by blocks of ``block`` pixels
+    (None: :data:`._rhs_kernels.SQUARE_SUM_BLOCK`), then the blocks in order."""
     from ._rhs_kernels import SQUARE_SUM_BLOCK, weighted_square_sum
+
+    block = np.int64(SQUARE_SUM_BLOCK if block is None else block)  # not a literal: one signature
 
     ivar = np.empty(0) if ivar is None else np.ascontiguousarray(ivar, dtype=np.float64)
     keep = np.empty(0, dtype=bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
     model = np.empty((0, 0)) if model is None else model
     npix, m = D.shape
-    nblocks = -(-npix // SQUARE_SUM_BLOCK)
+    nblocks = int(-(-npix // block))
     if nblocks == 0:
         return np.zeros(m)
     parts = np.empty((nblocks, m))
     edges = _threads.split(nblocks, _threads.threads_for(D.size))
-    blocks = [(D, model, ivar, keep, float(scale), b0, b1, parts) for b0, b1 in zip(edges[:-1], edges[1:])]
+    args = (D, model, ivar, keep, float(scale), block)
+    blocks = [(*args, b0, b1, parts) for b0, b1 in zip(edges[:-1], edges[1:])]
     _threads.run(weighted_square_sum, blocks)
     return np.cumsum(parts, axis=0)[-1]  # the blocks' sums added in order: the same bits for any split
 
@@ -205,9 +237,11 @@ def _kept_all_finite(D: np.ndarray, keep: np.ndarray | None) -> bool:
 class _Ahead:
     """The data's parts of a many-frame fit, computed ahead in a worker thread while the caller
     assembles and factorises the normal matrix (they need only the data, weights and mask):
-    ``A^T C^-1 D`` from the stamps (:func:`_stamp_rhs`) and ``D^T C^-1 D`` per frame
-    (:func:`_stamp_square_sum` with ``scale = 1 / err_scale``). The same kernels as without it,
-    so the same bits; the results are taken once each, for this ``D`` only.
+    ``A^T C^-1 D`` from the stamps and ``D^T C^-1 D`` per frame (``scale = 1 / err_scale``), both
+    in one image sweep over ``D`` (:func:`_stamp_rhs` with ``square_scale``). The same sums in the
+    same order as without it (:func:`_stamp_rhs`; :func:`_stamp_square_sum` by image rows,
+    :func:`_square_sum_block`), so the same bits; the results are taken once each, for this ``D``
+    only.
     """
 
     def __init__(
@@ -221,8 +255,8 @@ class _Ahead:
     def _compute(
         stamps: tuple, D: np.ndarray, ivar: np.ndarray | None, keep: np.ndarray | None, scale: float
     ) -> dict[str, np.ndarray]:
-        rhs = _stamp_rhs(stamps, D, ivar, keep)
-        return {"rhs": rhs, "square_sum": _stamp_square_sum(D, ivar, keep, scale)}
+        rhs, square_sum = _stamp_rhs(stamps, D, ivar, keep, square_scale=scale)  # one read of D
+        return {"rhs": rhs, "square_sum": square_sum}
 
     @classmethod
     def start(
