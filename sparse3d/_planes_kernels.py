@@ -45,12 +45,16 @@ __all__ = ["planes_order", "planes_scatter"]
 #: products from :data:`SERIAL_BELOW` multiply-adds on.
 WORK_PER_MULTIPLY_ADD = 4
 #: Products of fewer multiply-adds than this run in the calling thread whatever the thread
-#: count (8 M: ~4 ms in one thread). A band's thread that the scheduler deschedules (the
-#: other vCPU taken by another process) holds up the whole product until it runs again, a
-#: few ms: in a jitter loop of 0.7 ms products (3000 15x15 stamps into 3 planes, 2 M
-#: multiply-adds) such stalls made runs of the loop 2-3x slower on the shared 2-vCPU
-#: machine, and two threads cost ~25% more CPU time per product than one.
-SERIAL_BELOW = 1 << 23
+#: count (1 M: ~0.4 ms in one thread). Above it the bands go to :func:`sparse3d._threads.share`
+#: with the threads :func:`sparse3d._threads.threads_for` allows (one when other processes keep
+#: the cores busy). Measured on the 2-vCPU machine, jitter loop of 60 products of 2 M
+#: multiply-adds (3000 15x15 stamps into 3 planes), rounds of 9: idle machine, 67-77 ms in two
+#: threads against 82-106 ms in one; with another process busy 50 % of every 50 ms, 78-97 ms
+#: (one round of 158 ms: a band's thread descheduled until its core came back); with one busy
+#: all the time, 83-90 ms (threads_for gave one thread). An earlier bound of 8 M kept these
+#: products in one thread because of such stalls; they cost a round now and then, the second
+#: core saves ~20 % of every round.
+SERIAL_BELOW = 1 << 20
 #: Bands of image rows per thread (taken by whichever thread is free, so a thread whose core
 #: is busy leaves its bands to the others). A band adds only the rows inside it of the stamps
 #: that reach it, but each costs a call (~15 us in a jitter loop: 8 bands per product of
