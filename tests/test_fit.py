@@ -543,3 +543,27 @@ def test_portable_factor_solves_like_the_original(solver):
     D = np.random.default_rng(0).normal(size=(60 * 60, 3))
     ne = prepare_normal_equations(S.tocsr(), imshape=(60, 60), prior_sigma=1e3, solver=solver)
     np.testing.assert_allclose(ne.portable().solve(D), ne.solve(D), rtol=1e-8, atol=1e-8)
+
+
+def test_singular_normal_matrix_names_background_coefficients():
+    """A background coefficient that depends on the other parameters is named as such, not as a
+    source (the factor's parameters from ``n_sources`` on are the background model's)."""
+    import scipy.sparse
+
+    from sparse3d.fit.factor import _factorize_or_raise
+
+    # parameters 0, 1 are sources, 2 a background coefficient equal to source 1's column
+    A = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 2.0, 2.0], [1.0, 0.0, 0.0]])
+    N = scipy.sparse.csr_matrix(np.tril(A.T @ A))
+    # N's rows 1 and 2 are parameters 2 and 1 (idx), so the factor's dependent row 1 is the
+    # background coefficient
+    with pytest.raises(SingularNormalMatrixError, match="linearly dependent") as info:
+        _factorize_or_raise(N, np.array([0, 2, 1]), "superlu", n_sources=2)
+    err = info.value
+    assert err.background.tolist() == [0] and err.sources.size == 0
+    assert "1 background coefficient(s) [0] are linearly dependent" in str(err)
+    assert "source(s)" not in str(err)
+    # without n_sources every parameter is a source
+    with pytest.raises(SingularNormalMatrixError) as info:
+        _factorize_or_raise(N, None, "superlu")
+    assert info.value.background.size == 0 and set(info.value.sources.tolist()) <= {1, 2}

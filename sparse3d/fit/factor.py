@@ -542,27 +542,41 @@ def _diagnose_singular(N: scipy.sparse.csr_matrix) -> np.ndarray:
 
 
 def _factorize_or_raise(
-    N: scipy.sparse.csr_matrix, idx: np.ndarray | None, solver: str, reuse: Any = None, boxes: Any = None
+    N: scipy.sparse.csr_matrix,
+    idx: np.ndarray | None,
+    solver: str,
+    reuse: Any = None,
+    boxes: Any = None,
+    n_sources: int | None = None,
 ) -> Any:
     """``_factorize(N, solver, reuse, boxes)``, raising :class:`SingularNormalMatrixError` naming
-    the sources.
+    the sources (and the background coefficients) at fault.
 
-    ``idx`` maps the rows of ``N`` to sources (None: the identity).
+    ``idx`` maps the rows of ``N`` to parameters (None: the identity); parameters from
+    ``n_sources`` on are a background model's coefficients (None: every one is a source).
     """
     try:
         return _factorize(N, solver, reuse, boxes)
     except _NotPositiveDefinite as exc:
         cols = exc.columns if exc.columns is not None else _diagnose_singular(N)
         cols = np.sort(cols if idx is None else idx[cols])
-        shown = ", ".join(str(c) for c in cols[:20]) + (" ..." if cols.size > 20 else "")
+        n = cols.max() + 1 if n_sources is None or not cols.size else n_sources
+        src, bg = cols[cols < n], cols[cols >= n] - n
+
+        def listed(what: np.ndarray, name: str) -> str:
+            shown = ", ".join(str(c) for c in what[:20]) + (" ..." if what.size > 20 else "")
+            return f"{what.size} {name}(s) [{shown}]"
+
+        parts = [listed(x, name) for x, name in ((src, "source"), (bg, "background coefficient")) if x.size]
         raise SingularNormalMatrixError(
             "the normal matrix A^T C^-1 A + P is singular: "
             + (
-                f"{cols.size} source(s) are linearly dependent on other sources "
-                f"(e.g. identical columns of A): [{shown}]. "
-                if cols.size
+                f"{' and '.join(parts)} are linearly dependent on the other parameters "
+                "(e.g. identical columns of A). "
+                if parts
                 else "some sources are linearly dependent on others. "
             )
             + "Remove or merge them, or give them a prior (prior_sigma).",
-            sources=cols,
+            sources=src,
+            background=bg,
         ) from None

@@ -189,7 +189,8 @@ class NormalEquations:
             Nmat = Nmat + scipy.sparse.diags(pp if idx is None else pp[idx], format="csr")
         prev = reuse.factor if isinstance(reuse, NormalEquations) else (reuse or None)
         boxes = stamp_boxes(design, idx) if _uses_boxes(Nmat, solver, prev) else None
-        factor = _factorize_or_raise(Nmat, idx, solver, prev, boxes)
+        nsrc = gram.shape[0] - (0 if background is None else background.shape[1])
+        factor = _factorize_or_raise(Nmat, idx, solver, prev, boxes, nsrc)
         solver = _solver_name(factor, solver)
         del Nmat
         out = cls(A_csr, ivar, keep, prior_rhs, free, factor, solver, c, err_scale, background)

@@ -29,11 +29,17 @@ class SingularNormalMatrixError(np.linalg.LinAlgError):
         Indices (columns of the design matrix) of the sources found to be
         linearly dependent on the others; may be empty when they could not
         be identified.
+    background : numpy.ndarray
+        Indices of the background model's coefficients found to be linearly
+        dependent on the other parameters (empty without a background model).
     """
 
-    def __init__(self, message: str, sources: np.ndarray | None = None) -> None:
+    def __init__(
+        self, message: str, sources: np.ndarray | None = None, background: np.ndarray | None = None
+    ) -> None:
         super().__init__(message)
         self.sources = np.zeros(0, dtype=np.intp) if sources is None else np.asarray(sources)
+        self.background = np.zeros(0, dtype=np.intp) if background is None else np.asarray(background)
 
 
 class UnconstrainedSourceWarning(UserWarning):
