@@ -623,11 +623,18 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
             "prior_mu requires prior_sigma",
         ),
         Case(
+            "fit-return-errors",
+            "`fit_design(A, data, return_errors='no')` (anything but True or False)",
+            lambda: _no_errors_fit(return_errors="no"),
+            TypeError,
+            "return_errors must be True or False, got 'no'",
+        ),
+        Case(
             "fit-singular",
             "`S.fit(data)`, two identical sources, no prior",
             lambda: _twins().fit(np.ones((10, 10))),
             _singular_error(),
-            "source(s) are linearly dependent on other sources",
+            "source(s) [0] are linearly dependent on the other parameters",
         ),
         Case(
             "fit-complex-data",
@@ -685,10 +692,10 @@ if importlib.util.find_spec("sparse3d.fit") is not None:
         rng = np.random.default_rng(0)
         return _S().fit(rng.normal(size=(10, 10, 2)), errors=rng.uniform(1, 2, (10, 10, 2)), **kw)
 
-    def _no_errors_fit():
+    def _no_errors_fit(return_errors=False):
         from sparse3d.fit import fit_design
 
-        return fit_design(_S(), _img(), imshape=(10, 10), return_errors=False)
+        return fit_design(_S(), _img(), imshape=(10, 10), return_errors=return_errors)
 
     def _polynomial(*args, **kw):
         from sparse3d.fit import Polynomial

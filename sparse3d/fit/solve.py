@@ -166,6 +166,8 @@ def fit_design(
     """
     # ---- validate -------------------------------------------------------
     solver = _check_solver(solver)
+    if not isinstance(return_errors, (bool, np.bool_)):  # "no" or 0.0 would read as a choice
+        raise TypeError(f"return_errors must be True or False, got {return_errors!r}")
     H, W = _check_imshape(imshape)
     npix = H * W
     n = _check_design(A, npix, imshape)
