@@ -266,7 +266,7 @@ class ROISparse3D:
             order = s.sorted_order()[1:]
             out = _kernels.roi_scatter(
                 order,
-                _functions.products.sorted_values(self.array),
+                _functions.sorted_values(self.array),
                 s.offset,
                 s.imcorner,
                 s.imshape,

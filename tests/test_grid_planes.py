@@ -94,7 +94,7 @@ def test_planes_scatter_matches_dense_at_every_offset(imcorner, dtype, order):
     sc = random_scene(rng, imshape=(21, 19), stamp=(6, 5), imcorner=imcorner, nsources=40, dtype=dtype)
     S = sc.build()
     s = S._structure
-    inputs = _functions.products._planes_inputs(S)
+    inputs = _functions.translated._planes_inputs(S)
     H, W = S.imshape
     for d in OFFSETS:
         T = S.translate(d)
@@ -127,7 +127,7 @@ def test_planes_scatter_rows_stream_out_at_any_alignment(dtype, shift):
     for stamp, imshape in [((5, 3), (61, 13)), ((1, 4), (17, 9)), ((7, 7), (5, 30))]:
         sc = random_scene(rng, imshape=imshape, stamp=stamp, nsources=60, imcorner=(3, -4), dtype=dtype)
         S = sc.build()
-        inputs = _functions.products._planes_inputs(S)
+        inputs = _functions.translated._planes_inputs(S)
         H, W = imshape
         for d in [(0, 0), (2, -1), (-3, 5)]:
             w = rng.normal(size=(60, 2)).astype(dtype)
@@ -271,7 +271,7 @@ def test_planes_scatter_in_threads_gives_the_same_bits_for_any_thread_count(monk
             (H, W),
             imcorner=imcorner,
         )
-        inputs = _functions.products._planes_inputs(S)
+        inputs = _functions.translated._planes_inputs(S)
         w = rng.normal(size=(n, 3)).astype(dtype)
         ref = _planes_serial(values, top, left, w, H, W)
         for threads in (1, 2, 3, 7):
@@ -318,7 +318,7 @@ def test_planes_scatter_stamp_rows_of_one_two_and_more_vectors(dtype, nc):
     R, C = np.mgrid[:nr, :nc]
     values = rng.normal(size=(nr, nc, n)).astype(dtype)
     S = Sparse3D(values, R[:, :, None] + top, C[:, :, None] + left, (H, W))
-    inputs = _functions.products._planes_inputs(S)
+    inputs = _functions.translated._planes_inputs(S)
     for m, wdtype, order in [(1, dtype, "C"), (4, dtype, "F"), (3, np.float64, "C")]:
         w = np.asarray(rng.normal(size=(n, m)).astype(wdtype), order=order)
         out = np.full((m, H, W), np.nan, dtype=np.result_type(dtype, wdtype))

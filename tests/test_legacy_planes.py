@@ -149,7 +149,7 @@ def test_serial_below_the_threshold_whatever_the_thread_count(monkeypatch):
     rng = np.random.default_rng(2)
     sc = random_scene(rng, imshape=(40, 30), stamp=(5, 5), nsources=50)
     S = sc.build()
-    inputs = _functions.products._planes_inputs(S)
+    inputs = _functions.translated._planes_inputs(S)
     w = rng.normal(size=(50, 3))
     ref = _model(sc, (0, 0), w)
     with sparse3d.set_options(num_threads=2):

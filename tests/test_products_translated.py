@@ -310,8 +310,8 @@ def test_legacy_translated_dot_cubes_match_dense(forced, dtype, nsources):
 @pytest.mark.parametrize("nsources", [0, 1, 9])
 def test_constant_weights_loop_matches_dense_and_the_csr_bits(forced, monkeypatch, imcorner, dtype, nsources):
     calls = []
-    orig = _functions.products._window
-    monkeypatch.setattr(_functions.products, "_window", lambda *a: calls.append(1) or orig(*a))
+    orig = _functions.translated._window
+    monkeypatch.setattr(_functions.translated, "_window", lambda *a: calls.append(1) or orig(*a))
     rng = np.random.default_rng(20 + nsources)
     sc = random_scene(rng, imcorner=imcorner, nsources=nsources, dtype=dtype)
     S = sc.build()
@@ -366,8 +366,8 @@ def test_canvas_tells_weights_apart_beyond_their_first_row(forced, monkeypatch, 
     Fortran-ordered): equal first rows with a change further down are new weights, and equal
     content in another order is the same weights (the canvas window)."""
     calls = []
-    orig = _functions.products._window
-    monkeypatch.setattr(_functions.products, "_window", lambda *a: calls.append(1) or orig(*a))
+    orig = _functions.translated._window
+    monkeypatch.setattr(_functions.translated, "_window", lambda *a: calls.append(1) or orig(*a))
     rng = np.random.default_rng(23)
     sc = random_scene(rng, imcorner=(-2, 3), nsources=8)
     S = sc.build()
@@ -407,7 +407,7 @@ def test_canvas_is_skipped_when_stamps_spread_far_beyond_the_image(forced):
 
 @needs_numba
 def test_large_weights_are_not_remembered(forced, monkeypatch):
-    monkeypatch.setattr(_functions.products, "CANVAS_MAX_WEIGHT_BYTES", 8)
+    monkeypatch.setattr(_functions.translated, "CANVAS_MAX_WEIGHT_BYTES", 8)
     rng = np.random.default_rng(23)
     sc = random_scene(rng, nsources=5)
     S = sc.build()

@@ -53,9 +53,9 @@ from .products import (
     matmul,
     scatter_sum,
     scipy_values,
-    sorted_values,
 )
 from .reductions import ufunc_reduce
+from .translated import sorted_values
 
 __all__ = [
     "HANDLED_FUNCTIONS",

@@ -9,7 +9,7 @@ Through :func:`sparse3d._functions.products.dot` each such product builds the tr
 array, validates the weights, picks a path and lends the result: tens of microseconds of
 Python per call with every cache cold from the model before (a 6 MB model per call), next
 to a ~0.7 ms planes scatter. :func:`translated_planes` is the same product for a family
-whose planes inputs (:func:`sparse3d._functions.products._planes_inputs`) are built, i.e.
+whose planes inputs (:func:`sparse3d._functions.translated._planes_inputs`) are built, i.e.
 from the family's second product on: the planes scatter of the untranslated array's sorted
 stamps at the translated image corner, into a lent ``(k, H, W)`` buffer, with nothing
 else (no translated array is built). The first products, repeated weights (the canvas
@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import _planes_kernels, _pool
 from .._options import check_dense_allocation
-from . import products
+from . import products, translated
 
 __all__ = ["translated_planes"]
 
@@ -54,7 +54,7 @@ def translated_planes(a, w: np.ndarray, offset: tuple[int, int]) -> np.ndarray |
     H, W = s.imshape
     k = w.shape[1]
     check_dense_allocation(H * W * k * dtype.itemsize, lambda: f"a model cube of shape {(H, W, k)}")
-    if products._canvas_model(a, w, dtype) is not None:
+    if translated._canvas_model(a, w, dtype) is not None:
         return None  # the same weights again: a window of the canvas model (the general path)
     products._count_product(a)  # as the general path's products._fast_product counts it
     cube = _pool.lend((k, H, W), dtype)
