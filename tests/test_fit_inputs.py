@@ -454,6 +454,9 @@ def test_nddata_mask_of_the_wrong_shape_is_named(problem):
     nd = types.SimpleNamespace(data=d, mask=np.zeros((2, 2), bool), unit=None, uncertainty=None)
     with pytest.raises(ValueError, match=r"data.mask must have shape \(H, W\)"):
         S.fit(nd)
+    # also beside a mask= of the right shape (each mask keeps the name of its own argument)
+    with pytest.raises(ValueError, match=r"data.mask must have shape \(H, W\)"):
+        S.fit(nd, mask=np.zeros(d.shape, bool))
 
 
 def test_fit_without_qdldl_falls_back_to_superlu(problem, monkeypatch):

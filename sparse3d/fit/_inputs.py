@@ -146,6 +146,7 @@ def _read_inputs(data: Any, errors: Any, mask: Any, dq: Any = None, bad_bits: An
     names: list[str] = []  # the argument each mask came from (masks[i] <- names[i])
     if mask is not None:
         masks.append(_check_mask_values(mask))
+        names.append("mask")
     if _is_nddata(data):
         nd = data
         unit = nd.unit
@@ -160,7 +161,6 @@ def _read_inputs(data: Any, errors: Any, mask: Any, dq: Any = None, bad_bits: An
                 raise ValueError("errors given twice: as errors= and as data.uncertainty; pass one of them")
             errors = _read_uncertainty(nd.uncertainty, unit)
             errors_in_unit = True
-    names += ["mask"] * (len(masks) - len(names))
     data = _unmask(data, masks)
     names += ["data's mask"] * (len(masks) - len(names))
     if _is_quantity(data):
