@@ -560,8 +560,10 @@ def _factorize_or_raise(
     except _NotPositiveDefinite as exc:
         cols = exc.columns if exc.columns is not None else _diagnose_singular(N)
         cols = np.sort(cols if idx is None else idx[cols])
-        n = cols.max() + 1 if n_sources is None or not cols.size else n_sources
-        src, bg = cols[cols < n], cols[cols >= n] - n
+        if n_sources is None:
+            src, bg = cols, cols[:0]
+        else:
+            src, bg = cols[cols < n_sources], cols[cols >= n_sources] - n_sources
 
         def listed(what: np.ndarray, name: str) -> str:
             shown = ", ".join(str(c) for c in what[:20]) + (" ..." if what.size > 20 else "")
