@@ -65,6 +65,13 @@ MAX_NODES = 16
 #: chain's working set stays in the L2/L3 caches; smaller chunks cost more in per-call
 #: overhead than they gain (measured on the tutorial scene: 16K elements 1.3x slower).
 CHUNK = 1 << 16
+#: A chain with intermediates on a large block takes up to this many chunks at a time (2 MiB
+#: of float64 per intermediate and thread), as long as every thread still gets
+#: :data:`PIECES_PER_THREAD` pieces: each piece costs a few Python calls under the GIL, which
+#: the other thread waits for. Measured on the tutorial's float64 pipeline (its ``exp``
+#: chain, 5 M values, two threads; four rounds): 1, 2 and 4 chunks took 22.5-23.1, 21.1-21.7
+#: and 20.8-21.3 ms; float32 (one compiled loop, no intermediates) is unaffected.
+SCRATCH_CHUNKS = 4
 
 DEFERRED_UFUNCS = frozenset(
     (np.add, np.subtract, np.multiply, np.true_divide, np.negative, np.positive, np.square, np.exp)
@@ -357,7 +364,10 @@ def evaluate(node: Node, block_shape: tuple[int, int, int]) -> np.ndarray:
     threads = _kernels.elementwise_threads(out.size)
     # intermediates live in per-thread chunk buffers sized to stay in cache; a chain that one
     # compiled loop computes whole has none, so its chunks are only the pieces threads share
-    budget = CHUNK if nscratch else max(CHUNK, out.size // (PIECES_PER_THREAD * threads))
+    # (with intermediates: pieces of at most SCRATCH_CHUNKS chunks)
+    budget = max(CHUNK, out.size // (PIECES_PER_THREAD * threads))
+    if nscratch:
+        budget = min(budget, SCRATCH_CHUNKS * CHUNK)
     if n >= budget:
         pieces = -(-n // budget)
         edges = [n * i // pieces for i in range(pieces + 1)]
