@@ -19,15 +19,35 @@ from benchmarks.scene import Scene
 BANDWIDTH_BYTES = 256 * 2**20
 
 
-def pipeline_bytes(scene: Scene) -> int:
-    """Minimum bytes the tutorial pipeline moves: inputs read once, ``L`` and the image written once."""
+def pipeline_bytes(scene: Scene, dtype=None) -> int:
+    """Minimum bytes the tutorial pipeline moves: inputs read once, ``L`` and the image written once.
+
+    ``dtype``: the float type of the offsets, phases and brightnesses (default: the scene's;
+    ``np.float32`` gives the float32 pipeline's bytes, :func:`benchmarks.scene.as_float32`).
+    The positions are the scene's integers in either case.
+    """
     s = scene
-    inputs = (s.x3d, s.y3d, s.row3d, s.col3d, s.row_phase, s.col_phase, s.brightness)
-    read = sum(np.asarray(a).nbytes for a in inputs)
+    floats = (s.x3d, s.y3d, s.row_phase, s.col_phase, s.brightness)
+    ints = (s.row3d, s.col3d)
+    fsize = lambda a: np.asarray(a).size * (np.dtype(dtype).itemsize if dtype else np.asarray(a).itemsize)  # noqa: E731
+    read = sum(fsize(a) for a in floats) + sum(np.asarray(a).nbytes for a in ints)
     H, W = scene.imshape
-    itemsize = np.result_type(scene.x3d, scene.row_phase).itemsize
+    itemsize = np.dtype(dtype).itemsize if dtype else np.result_type(scene.x3d, scene.row_phase).itemsize
     write = scene.x3d.size * itemsize + H * W * itemsize
     return int(read + write)
+
+
+def thread_scaling(bandwidth: dict) -> float | None:
+    """Best two-or-more-thread rate over the best one-thread rate of :func:`measure_bandwidth`.
+
+    About 2 on this 2-core machine when the cores have the memory system to themselves; near 1
+    when another tenant of the host loads it (then the limit is lower and the memory-bound
+    parts of every implementation are slower).
+    """
+    rates = bandwidth.get("rates_by_threads") or {}
+    one = max((v for k, v in rates.items() if k.endswith("/1")), default=None)
+    more = max((v for k, v in rates.items() if not k.endswith("/1")), default=None)
+    return None if not one or not more else more / one
 
 
 def measure_bandwidth(repeats: int = 5, nbytes: int = BANDWIDTH_BYTES, threads: int | None = None) -> dict:

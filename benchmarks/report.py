@@ -62,6 +62,25 @@ def ratio_table(rows: list[Row]) -> str:
     )
 
 
+def limit_note(limit: dict | None) -> list[str]:
+    """The physical limit's bytes and bandwidth, and whether the cores had the memory system to
+    themselves (two threads about twice one thread's rate) or shared it with another tenant."""
+    if not limit or not limit.get("bytes_per_s"):
+        return []
+    from benchmarks.limits import thread_scaling
+
+    gbs = limit["bytes_per_s"] / 1e9
+    text = f"Physical limit: {limit['pipeline_bytes'] / 1e6:.0f} MB (float64)"
+    if limit.get("pipeline_f32_bytes"):
+        text += f", {limit['pipeline_f32_bytes'] / 1e6:.0f} MB (float32)"
+    text += f" at {gbs:.1f} GB/s ({limit.get('best', '?')})"
+    scaling = thread_scaling(limit)
+    if scaling:
+        state = "the memory system to themselves" if scaling >= 1.5 else "shared with another load"
+        text += f"; {limit.get('threads', '?')} threads reached {scaling:.2f}x one thread's rate ({state})"
+    return [text + ".", ""]
+
+
 def timing_table(results: dict, impls: list[str]) -> str:
     """Median warm time (and first call) of every case and implementation."""
     body = []
@@ -154,6 +173,7 @@ def full_report(data: dict) -> str:
         "",
         ratio_table([Row(**r) for r in data["ratios"]]),
         "",
+        *limit_note(meta.get("limit")),
         "## Absolute targets",
         "",
         absolute_table(data["absolute"]),

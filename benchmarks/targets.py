@@ -155,19 +155,30 @@ def time_rows(results: dict) -> list[Row]:
 
 
 def limit_rows(results: dict, limit: dict | None) -> list[Row]:
-    """``pipeline`` time over its physical limit (minimum bytes / measured bandwidth)."""
+    """``pipeline`` (and ``pipeline_f32``) time over its physical limit (minimum bytes /
+    measured bandwidth), and the float32 / float64 ratio of the two limits: the ratio a
+    pipeline at its physical limit would have (the float32 target's floor)."""
     if not limit or not limit.get("pipeline_limit_s"):
         return []
+    vs = "physical limit"
     rows = []
-    for impl in ("sparse3d", "numpy"):
-        value = _median(results, "pipeline", impl)
-        if value is None:
+    for case, key in (("pipeline", "pipeline"), ("pipeline_f32", "pipeline_f32")):
+        base = limit.get(f"{key}_limit_s")
+        if not base:
             continue
-        base = limit["pipeline_limit_s"]
-        row = Row("pipeline", impl, "physical limit", "time", value, base, value / base)
-        row.label = f"{limit['pipeline_bytes'] / 1e6:.0f} MB at {limit['bytes_per_s'] / 1e9:.1f} GB/s"
-        if impl == "sparse3d":
-            row.target, row.passed = LIMIT_TARGET, row.ratio <= LIMIT_TARGET
+        for impl in ("sparse3d", "numpy"):
+            value = _median(results, case, impl)
+            if value is None:
+                continue
+            row = Row(case, impl, vs, "time", value, base, value / base)
+            row.label = f"{limit[f'{key}_bytes'] / 1e6:.0f} MB at {limit['bytes_per_s'] / 1e9:.1f} GB/s"
+            if impl == "sparse3d" and case == "pipeline":
+                row.target, row.passed = LIMIT_TARGET, row.ratio <= LIMIT_TARGET
+            rows.append(row)
+    if limit.get("pipeline_f32_limit_s"):
+        a, b = limit["pipeline_f32_limit_s"], limit["pipeline_limit_s"]
+        row = Row("pipeline_f32", "physical limit", "physical limit@pipeline", "time", a, b, a / b)
+        row.label = "float32 / float64 of a pipeline at its physical limit"
         rows.append(row)
     return rows
 

@@ -189,11 +189,19 @@ def main(argv: list[str] | None = None) -> int:
         out["results"] = run_memory(spec, scene, factories) if factories else {}
     else:
         if "pipeline" in spec["cases"]:
+            import numpy as np
+
             from benchmarks.limits import measure_bandwidth, pipeline_bytes
 
             bw = measure_bandwidth()
-            nbytes = pipeline_bytes(scene)
-            out["limit"] = {**bw, "pipeline_bytes": nbytes, "pipeline_limit_s": nbytes / bw["bytes_per_s"]}
+            nbytes, nbytes32 = pipeline_bytes(scene), pipeline_bytes(scene, np.float32)
+            out["limit"] = {
+                **bw,
+                "pipeline_bytes": nbytes,
+                "pipeline_limit_s": nbytes / bw["bytes_per_s"],
+                "pipeline_f32_bytes": nbytes32,
+                "pipeline_f32_limit_s": nbytes32 / bw["bytes_per_s"],
+            }
             gc.collect()
         out["results"] = run_time(spec, scene, factories)
     out["versions"] = _versions()

@@ -109,6 +109,12 @@ def test_issue15_rows_are_reported(smoke):
     limit = rows[("pipeline", "sparse3d", "physical limit", "time")]
     assert limit["target"] == 6.0 and limit["ratio"] > 1  # nothing beats the memory system
     assert smoke["meta"]["limit"]["bytes_per_s"] > 1e8
+    # float32 against its own limit, and the float32 / float64 ratio of a pipeline at its limit
+    m = smoke["meta"]["limit"]
+    assert rows[("pipeline_f32", "sparse3d", "physical limit", "time")]["ratio"] > 1
+    floor = rows[("pipeline_f32", "physical limit", "physical limit@pipeline", "time")]
+    assert floor["ratio"] == pytest.approx(m["pipeline_f32_bytes"] / m["pipeline_bytes"])
+    assert 0.5 < floor["ratio"] < 1  # positions do not shrink with the float type
     spread = rows[("pipeline", "sparse3d", "sparse3d", "spread")]
     assert spread["target"] == 1.3 and spread["ratio"] >= 1
     assert smoke["results"]["pipeline"]["sparse3d"]["repeats"] >= 11
