@@ -41,8 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         X, Y = build_xy(scene)
         return np.asarray(build_L(scene, X, Y).dot(scene.brightness))
 
-    variants = {"numpy": (None, lambda: model_image(scene)), "sparse3d 1 thread": (1, library),
-                "sparse3d default": (0, library), f"sparse3d {default} threads": (default, library)}
+    variants = {
+        "numpy": (None, lambda: model_image(scene)),
+        "sparse3d 1 thread": (1, library),
+        "sparse3d default": (0, library),
+        f"sparse3d {default} threads": (default, library),
+    }
     results = {}
     for name, (nt, fn) in variants.items():  # warm-up (compiles, fills the buffer pool)
         sparse3d.set_options(num_threads=nt or 0)
@@ -65,13 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     base = float(np.median(wall["numpy"]))
     print(f"scene {TUTORIAL}, {'float32' if args.float32 else 'float64'}, {args.repeats} interleaved repeats")
     gbs = bw["bytes_per_s"] / 1e9
-    print(f"limit {limit * 1e3:.2f} ms ({pipeline_bytes(scene) / 1e6:.0f} MB at {gbs:.1f} GB/s, "
-          f"best {bw['best']}); library results the same bits for every thread count: {same}")
+    print(
+        f"limit {limit * 1e3:.2f} ms ({pipeline_bytes(scene) / 1e6:.0f} MB at {gbs:.1f} GB/s, "
+        f"best {bw['best']}); library results the same bits for every thread count: {same}"
+    )
     for name in variants:
         med = float(np.median(wall[name]))
-        print(f"{name:>20}: {med * 1e3:7.2f} ms wall, vs numpy {med / base:.3f}x, "
-              f"vs limit {med / limit:.2f}x, spread {max(wall[name]) / min(wall[name]):.2f}x, "
-              f"cpu {np.median(cpu[name]) * 1e3:7.2f} ms")
+        print(
+            f"{name:>20}: {med * 1e3:7.2f} ms wall, vs numpy {med / base:.3f}x, "
+            f"vs limit {med / limit:.2f}x, spread {max(wall[name]) / min(wall[name]):.2f}x, "
+            f"cpu {np.median(cpu[name]) * 1e3:7.2f} ms"
+        )
     return 0
 
 

@@ -165,10 +165,15 @@ def add_fake_data(scene: Scene, model_image: np.ndarray) -> np.ndarray:
     numpy.ndarray
         The noisy image, as float64.
     """
-    rng = np.random.default_rng(scene.spec.seed + 1)
-    noise = rng.normal(0, 3, size=model_image.shape).astype(int)
-    scene.fake_data = (rng.poisson(model_image) + noise).astype(float)
+    scene.fake_data = tutorial_noise(model_image, np.random.default_rng(scene.spec.seed + 1))
     return scene.fake_data
+
+
+def tutorial_noise(model_image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The seed tutorial's fake data for ``model_image``: Poisson noise of the model plus a
+    Gaussian read noise of 3 counts rounded toward zero, as float64 (drawn from ``rng``)."""
+    noise = rng.normal(0, 3, size=model_image.shape).astype(int)
+    return (rng.poisson(model_image) + noise).astype(float)
 
 
 def as_float32(scene: Scene) -> Scene:

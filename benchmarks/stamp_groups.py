@@ -24,10 +24,10 @@ clock: on a shared, busy machine the steadier measure. The fit runs on one threa
 grouped fit's cross-group block, which runs in a worker thread beside the groups' own row
 counts when a core is free (it saves wall time, not CPU time)::
 
-    python benchmarks/stamp_groups.py                  # the issue's scene
-    python benchmarks/stamp_groups.py --small 4900 --big 100 --repeat 2
-    python benchmarks/stamp_groups.py --repeat 5 --no-all41 --clock cpu
-    python benchmarks/stamp_groups.py --repeat 5 --no-all41 --noise 0.01   # a near-perfect fit
+    python -m benchmarks.stamp_groups                  # the issue's scene
+    python -m benchmarks.stamp_groups --small 4900 --big 100 --repeat 2
+    python -m benchmarks.stamp_groups --repeat 5 --no-all41 --clock cpu
+    python -m benchmarks.stamp_groups --repeat 5 --no-all41 --noise 0.01   # a near-perfect fit
 
 The fitted image is the grouped model with the seed tutorial's noise (``--noise tutorial``, the
 default; until 2026-11-29 the benchmark used ``--noise 0.01``: see ``_noisy``).
@@ -39,6 +39,8 @@ import argparse
 import time
 
 import numpy as np
+
+from benchmarks.scene import tutorial_noise
 
 #: the clock of every timing (``--clock``)
 _clock = time.perf_counter
@@ -116,13 +118,13 @@ def _inputs(rng, n: int, size: int, imshape, pos=None, w=None):
 def _noisy(model: np.ndarray, noise: str) -> np.ndarray:
     """The image fitted: ``model`` with the seed tutorial's noise (``"tutorial"``: Poisson noise
     of the model plus a Gaussian read noise of 3 counts, rounded, as
-    :func:`benchmarks.scene.add_fake_data`) or Gaussian noise of the given sigma (``"0.01"``:
+    :func:`benchmarks.scene.tutorial_noise`) or Gaussian noise of the given sigma (``"0.01"``:
     a near-perfect fit, whose chi-square cancels in the normal equations' identity and is
     recomputed from the residuals; a group fitted alone misses the other group's stars and
     does not need that)."""
     rng = np.random.default_rng(1)
     if noise == "tutorial":
-        return (rng.poisson(model) + rng.normal(0, 3, size=model.shape).astype(int)).astype(float)
+        return tutorial_noise(model, rng)
     return model + rng.normal(0, float(noise), size=model.shape)
 
 
