@@ -69,8 +69,9 @@ CHUNK = 1 << 16
 #: of float64 per intermediate and thread), as long as every thread still gets
 #: :data:`PIECES_PER_THREAD` pieces: each piece costs a few Python calls under the GIL, which
 #: the other thread waits for. Measured on the tutorial's float64 pipeline (its ``exp``
-#: chain, 5 M values, two threads; four rounds): 1, 2 and 4 chunks took 22.5-23.1, 21.1-21.7
-#: and 20.8-21.3 ms; float32 (one compiled loop, no intermediates) is unaffected.
+#: chain, 5 M values, two threads; four rounds in one process): 1, 2 and 4 chunks took
+#: 22.9-24.3, 21.7-24.7 and 21.0-22.1 ms; float32 (one compiled loop, no intermediates) is
+#: unaffected.
 SCRATCH_CHUNKS = 4
 
 DEFERRED_UFUNCS = frozenset(
