@@ -320,36 +320,47 @@ def test_jitter_matches_rebuilt_model_and_pulls():
     np.testing.assert_allclose(np.std((res.flux - f[:, None]) / res.flux_err), 1.0, atol=0.1)
 
 
-def test_jitter_flux_errors_are_marginalised_over_the_shift():
-    """flux_err against a dense (J^T C^-1 J)^-1 of [fluxes, shift] per frame: the shift's own
-    uncertainty is part of the flux errors (they were those at a known shift: 3-15 % small)."""
-    rng = np.random.default_rng(17)
-    H, W = 26, 28
-    r, c, f = scene(rng, n=8, imshape=(H, W), margin=0.0, min_sep=1.5, fmin=300.0, fmax=3e3)  # blends
-    shifts = rng.uniform(-0.4, 0.4, size=(4, 2))
-    noise = np.full((H, W), 2.0)
-    frames = jitter_frames(rng, r, c, f, shifts, (H, W), noise)
+@pytest.mark.parametrize(
+    "seed, margin, n, imshape",
+    [(17, 0.0, 8, (26, 28)), (3, -2.0, 14, (40, 44)), (5, -3.0, 30, (40, 44))],
+    ids=["blends", "edge", "edge-blends"],
+)
+def test_jitter_flux_errors_are_the_frames_own_marginal_errors(seed, margin, n, imshape):
+    """flux_err against a dense ``(J^T C^-1 J)^-1`` of ``[fluxes, shift]`` per frame: the frame's
+    own flux matrix (its shift: stars over an edge keep a different part of their PSF in each
+    frame) and the shift's uncertainty (they were those at a known shift: 3-15 % small). The
+    flux matrix at the mean pointing, used before, was 10 %, 57 % and 209 % off in these
+    three scenes."""
+    rng = np.random.default_rng(seed)
+    H, W = imshape
+    r, c, f = scene(rng, n=n, imshape=imshape, margin=margin, min_sep=1.5, fmin=300.0, fmax=3e3)
+    shifts = rng.uniform(-0.4, 0.4, size=(6, 2))
+    noise = np.full(imshape, 2.0)
+    frames = jitter_frames(rng, r, c, f, shifts, imshape, noise)
     res = fit_jitter(Gaussian(1.0), frames, r, c, errors=noise, tol=1e-12, max_iter=50)
     assert res.converged
-    n = r.size
 
     def variances(shift, flux):
-        _, Lk, dR, dC = dense_image(r + shift[0], c + shift[1], flux, (H, W), derivs=True)
+        _, Lk, dR, dC = dense_image(r + shift[0], c + shift[1], flux, imshape, derivs=True)
         L = Lk.reshape(H * W, n)
         J = np.column_stack([L, dR.reshape(H * W, n) @ flux, dC.reshape(H * W, n) @ flux])
         J = J / noise.reshape(-1, 1)
         return np.diag(np.linalg.inv(J.T @ J)), np.diag(np.linalg.inv(J[:, :n].T @ J[:, :n]))
 
-    # documented: diag(N^-1) at the mean pointing (shared) + the frame's shift term
     _, at_mean = variances(res.shifts.mean(axis=0), res.flux[:, 0])
-    gap = []
+    gap, mean_gap = [], []
     for t in range(len(shifts)):
         marginal, known_shift = variances(res.shifts[t], res.flux[:, t])
-        expected = np.sqrt(at_mean + marginal[:n] - known_shift)
-        np.testing.assert_allclose(res.flux_err[:, t], expected, rtol=1e-6)
+        np.testing.assert_allclose(res.flux_err[:, t], np.sqrt(marginal[:n]), rtol=1e-6)
         np.testing.assert_allclose(res.shifts_err[t], np.sqrt(marginal[n:]), rtol=1e-6)
         gap.append(np.max(np.sqrt(marginal[:n] / known_shift) - 1))
-    assert max(gap) > 0.02  # the test tells the two apart
+        mean_gap.append(np.max(np.abs(np.sqrt(at_mean / known_shift) - 1)))
+    # each scene tells the exact errors apart from an approximation: without the shift term
+    # (few blended stars: a poorly known shift), or at the mean pointing (stars over an edge)
+    if margin < 0:
+        assert max(mean_gap) > 0.2
+    else:
+        assert max(gap) > 0.02
 
 
 def test_jitter_per_frame_mask_and_errors():
@@ -488,8 +499,15 @@ def test_positions_flux_priors_in_units():
     img = dense_image(r, c, f, (H, W)) + rng.normal(size=(H, W)) * err
     kw = dict(errors=err, min_snr=0.0, tol=1e-10)
     ref = fit_positions(Gaussian(1.0), img, r, c, flux_prior_sigma=f / 10, flux_prior_mu=f, **kw)
-    res = fit_positions(Gaussian(1.0), NDData(img, unit=u.Jy), r, c, flux_prior_sigma=f / 10 * 1000 * u.mJy,
-                        flux_prior_mu=f * 1000 * u.mJy, **{**kw, "errors": err * u.Jy})
+    res = fit_positions(
+        Gaussian(1.0),
+        NDData(img, unit=u.Jy),
+        r,
+        c,
+        flux_prior_sigma=f / 10 * 1000 * u.mJy,
+        flux_prior_mu=f * 1000 * u.mJy,
+        **{**kw, "errors": err * u.Jy},
+    )
     np.testing.assert_allclose(res.flux, ref.flux, rtol=1e-10)
     np.testing.assert_allclose(res.flux_err, ref.flux_err, rtol=1e-10)
     with pytest.raises(ValueError, match="flux_prior_sigma has unit Jy but the data has none"):
