@@ -381,6 +381,49 @@ def test_jitter_per_frame_mask_and_errors():
     np.testing.assert_allclose(res2.shifts, res.shifts, atol=1e-9)
 
 
+@pytest.mark.parametrize("how", ["mask", "inf", "dq", "masked_array"])
+def test_jitter_star_without_data_in_one_frame_has_no_flux_there(how):
+    """A star whose stamp is wholly masked in one frame (any way of masking) has flux NaN there,
+    not the 0 or so that conjugate gradients left in its all-zero column of N_t; every other
+    flux and error is the dense solve of its frame at the fitted shift (imcorner != 0)."""
+    rng = np.random.default_rng(21)
+    H, W, K, imc = 30, 32, 5, (4, -6)
+    r, c, f = scene(rng, n=7, imshape=(H, W), margin=-1.0, min_sep=3.0, fmin=500.0, fmax=5e3)
+    r, c = r + imc[0], c + imc[1]
+    shifts = rng.normal(0, 0.3, size=(K, 2))
+    noise = rng.uniform(1.0, 2.0, (H, W, K))
+    frames = np.stack(
+        [dense_image(r + s[0], c + s[1], f, (H, W), imcorner=imc) for s in shifts], axis=2
+    ) + rng.normal(size=(H, W, K)) * noise
+    k = int(np.argmin(np.hypot(r - imc[0] - H / 2, c - imc[1] - W / 2)))  # an inner star
+    bad = np.zeros((H, W, K), dtype=bool)
+    ir, ic = int(np.floor(r[k] + 0.5)) - imc[0], int(np.floor(c[k] + 0.5)) - imc[1]
+    bad[ir - 6 : ir + 7, ic - 6 : ic + 7, 2] = True  # its whole stamp, frame 2 only
+    kw = {
+        "mask": dict(data=frames, errors=noise, mask=bad),
+        "inf": dict(data=frames, errors=np.where(bad, np.inf, noise)),
+        "dq": dict(data=frames, errors=noise, dq=np.where(bad, 4, 1), bad_bits=4),
+        "masked_array": dict(data=np.ma.MaskedArray(frames, bad), errors=noise),
+    }[how]
+    res = fit_jitter(Gaussian(1.0), kw.pop("data"), r, c, imcorner=imc, tol=1e-10, **kw)
+    assert res.converged
+    assert np.isnan(res.flux[k, 2]) and np.isnan(res.flux_err[k, 2])
+    for t in range(K):
+        _, Lk, dR, dC = dense_image(r + res.shifts[t, 0], c + res.shifts[t, 1], f, (H, W), imc, derivs=True)
+        wt = (~bad[:, :, t] / noise[:, :, t] ** 2).ravel()
+        keep = np.flatnonzero((Lk.reshape(H * W, -1) ** 2).T @ wt > 0)
+        L = Lk.reshape(H * W, -1)[:, keep]
+        ft = res.flux[keep, t]
+        J = np.column_stack([L, dR.reshape(H * W, -1)[:, keep] @ ft, dC.reshape(H * W, -1)[:, keep] @ ft])
+        cov = np.linalg.inv(J.T @ (wt[:, None] * J))
+        flux = np.linalg.solve(L.T @ (wt[:, None] * L), L.T @ (wt * frames[:, :, t].ravel()))
+        assert np.isfinite(res.flux[keep, t]).all()
+        assert np.isnan(np.delete(res.flux[:, t], keep)).all()
+        np.testing.assert_allclose(res.flux[keep, t], flux, atol=1e-6 * np.sqrt(np.diag(cov)[:-2]).min())
+        np.testing.assert_allclose(res.flux_err[keep, t], np.sqrt(np.diag(cov)[:-2]), rtol=1e-6)
+        np.testing.assert_allclose(res.shifts_err[t], np.sqrt(np.diag(cov)[-2:]), rtol=1e-6)
+
+
 @pytest.mark.parametrize("background", ["constant", "plane"])
 def test_positions_with_sky_noiseless(background):
     rng = np.random.default_rng(9)

@@ -76,7 +76,8 @@ class JitterFitResult:
         inverse of the Schur complement of the last linearisation).
     flux : numpy.ndarray
         ``(nsources, nframes)``: every star's flux in every frame (light curves); NaN for
-        stars without data at the mean pointing.
+        stars without data at the mean pointing, and in a frame where the star has no data
+        (its stamp wholly masked in that frame, or off the image at that frame's shift).
     flux_err : numpy.ndarray
         ``(nsources, nframes)``: 1-sigma flux uncertainties, marginalised over the frame's
         shift (as ``shifts_err`` is over the fluxes): ``diag(N_t^-1)`` of the frame's own flux
@@ -150,6 +151,15 @@ def _known_shift_variances(frames: _Frames, w, imshape: tuple[int, int], solver:
                 Lt, imshape=imshape, errors=errors, mask=bad if bad.any() else None, solver=solver
             )
             out[:, t] = ne.weights_err() ** 2
+    return out
+
+
+def _has_data(frames: _Frames, w) -> np.ndarray:
+    """``(nfree, nframes)``: the star has a pixel of non-zero weight and model in the frame
+    (the diagonal of the frame's flux normal matrix is positive)."""
+    out = np.empty((frames.L[0].shape[1] if frames.L else 0, len(frames.L)), dtype=bool)
+    for t, Lt in enumerate(frames.L):
+        out[:, t] = Lt.multiply(Lt).T @ w(t) > 0
     return out
 
 
@@ -417,10 +427,15 @@ def fit_jitter(
 
     flux_err = np.full((n, K), np.nan)
     flux_err[free] = np.sqrt(_known_shift_variances(frames, w, (H, W), solver) + shift_var)
+    # a star without data in a frame (its stamp wholly masked there, or off the image at that
+    # shift) has no flux there: NaN, not the arbitrary value its column of N_t (all zeros) lets
+    # conjugate gradients leave in it
+    flux = full_flux(F)
+    flux[free] = np.where(_has_data(frames, w), flux[free], np.nan)
     return JitterFitResult(
         shifts=s,
         shifts_err=shifts_err,
-        flux=full_flux(F),
+        flux=flux,
         flux_err=flux_err,
         chi2=chi2,
         chi2_history=np.asarray(history),
