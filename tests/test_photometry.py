@@ -467,6 +467,33 @@ def test_jitter_star_without_data_in_one_frame_has_no_flux_there(how):
         np.testing.assert_allclose(res.shifts_err[t], np.sqrt(np.diag(cov)[-2:]), rtol=1e-6)
 
 
+def test_jitter_wholly_masked_frame_and_no_stars():
+    """A frame masked whole (a bad frame) has no shift information: its shift, shift error and
+    fluxes are NaN, and the other frames come out as fitted without it (they used to raise
+    numpy's LinAlgError from the singular 2 x 2 shift precision, as did a fit without stars)."""
+    rng = np.random.default_rng(23)
+    H, W, K = 28, 30, 5
+    r, c, f = scene(rng, n=6, imshape=(H, W), margin=-1.0, min_sep=3.0, fmin=500.0, fmax=5e3)
+    shifts = rng.normal(0, 0.3, size=(K, 2))
+    noise = np.full((H, W), 1.5)
+    frames = jitter_frames(rng, r, c, f, shifts, (H, W), noise)
+    bad = np.zeros((H, W, K), dtype=bool)
+    bad[:, :, 3] = True
+    res = fit_jitter(Gaussian(1.0), frames, r, c, errors=noise, mask=bad, tol=1e-10)
+    keep = [0, 1, 2, 4]
+    ref = fit_jitter(Gaussian(1.0), frames[:, :, keep], r, c, errors=noise, tol=1e-10)
+    assert res.converged and np.isnan(res.shifts[3]).all() and np.isnan(res.shifts_err[3]).all()
+    assert np.isnan(res.flux[:, 3]).all() and np.isnan(res.flux_err[:, 3]).all() and res.chi2[3] == 0
+    np.testing.assert_allclose(res.shifts[keep], ref.shifts, atol=1e-9)
+    np.testing.assert_allclose(res.shifts_err[keep], ref.shifts_err, rtol=1e-8)
+    np.testing.assert_allclose(res.flux[:, keep], ref.flux, rtol=1e-8)
+    np.testing.assert_allclose(res.flux_err[:, keep], ref.flux_err, rtol=1e-8)
+    assert np.all(np.abs(ref.shifts - shifts[keep]) < 5 * ref.shifts_err)
+    none = fit_jitter(Gaussian(1.0), frames, np.zeros(0), np.zeros(0), errors=noise)
+    assert none.flux.shape == (0, K) and np.isnan(none.shifts).all() and np.isnan(none.shifts_err).all()
+    np.testing.assert_allclose(none.chi2, ((frames / noise[:, :, None]) ** 2).sum(axis=(0, 1)))
+
+
 @pytest.mark.parametrize("background", ["constant", "plane"])
 def test_positions_with_sky_noiseless(background):
     rng = np.random.default_rng(9)

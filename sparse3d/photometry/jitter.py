@@ -70,7 +70,8 @@ class JitterFitResult:
     ----------
     shifts : numpy.ndarray
         ``(nframes, 2)``: the fitted ``(drow, dcol)`` of every frame, pixels; star ``k`` is
-        at ``(row[k] + drow, col[k] + dcol)`` in that frame.
+        at ``(row[k] + drow, col[k] + dcol)`` in that frame. NaN (and NaN errors) for a frame
+        whose shift no star constrains (the frame wholly masked, or no stars).
     shifts_err : numpy.ndarray
         ``(nframes, 2)``: their 1-sigma uncertainties (the fluxes marginalised: the
         inverse of the Schur complement of the last linearisation).
@@ -152,6 +153,13 @@ def _known_shift_variances(frames: _Frames, w, imshape: tuple[int, int], solver:
             )
             out[:, t] = ne.weights_err() ** 2
     return out
+
+
+def _constrains_shift(S: np.ndarray) -> bool:
+    """Whether a frame's ``2 x 2`` shift precision (Schur complement) ``S`` is positive definite."""
+    tr = S[0, 0] + S[1, 1]
+    det = S[0, 0] * S[1, 1] - S[0, 1] * S[1, 0]
+    return bool(np.isfinite(det) and tr > 0 and det > 1e-12 * tr * tr)
 
 
 def _has_data(frames: _Frames, w) -> np.ndarray:
@@ -356,6 +364,7 @@ def fit_jitter(
     chi2 = frame_chi2(frames, F)
     history = [chi2]
     shifts_err = np.full((K, 2), np.nan)
+    lost = np.zeros(K, dtype=bool)  # frames whose shift no star constrains
     # per frame, what the shift's uncertainty adds to each flux variance: diag(X12 S^-1 X12^T)
     # (the Schur complement; fluxes and shift are correlated: without it the flux errors are
     # those at a known shift, several per cent too small for a frame of few stars)
@@ -391,6 +400,16 @@ def fit_jitter(
             X0, X12 = X[:, 3 * t], X[:, 3 * t + 1 : 3 * t + 3]
             Bt = B[:, 3 * t + 1 : 3 * t + 3]
             S = Gm[t] - Bt.T @ X12  # Schur complement of N_t: the shifts' precision
+            if not _constrains_shift(S):
+                # no star gives this frame's shift any information (the frame wholly masked,
+                # no stars): the shift is unconstrained, NaN in the result, and held here
+                lost[t] = True
+                ds[t] = 0.0
+                Fn[:, t] = X0
+                shifts_err[t] = np.nan
+                shift_var[:, t] = 0.0
+                continue
+            lost[t] = False
             Sinv = np.linalg.inv(S)
             ds[t] = Sinv @ (h[t] - Bt.T @ X0)
             Fn[:, t] = X0 - X12 @ ds[t]
@@ -433,7 +452,7 @@ def fit_jitter(
     flux = full_flux(F)
     flux[free] = np.where(_has_data(frames, w), flux[free], np.nan)
     return JitterFitResult(
-        shifts=s,
+        shifts=np.where(lost[:, None], np.nan, s),
         shifts_err=shifts_err,
         flux=flux,
         flux_err=flux_err,
