@@ -574,7 +574,9 @@ def fit_positions(
         col=c,
         row_err=row_err,
         col_err=col_err,
-        flux=f,  # the state chi2 and the model are of (the last solve only gives the errors)
+        # the state chi2 and the model are of (the last solve gives the errors, and NaN for a
+        # source without data at its final position: a column of zeros has no flux)
+        flux=np.where(np.isnan(res.weights[:n]), np.nan, f),
         flux_err=err[:n],
         moved=moved,
         source_converged=src_conv,
