@@ -497,6 +497,27 @@ def test_jitter_errors_of_a_fit_stopped_early_are_those_of_the_reported_state(ma
         np.testing.assert_allclose(res.chi2[t], np.sum(resid**2), rtol=1e-10)
 
 
+def test_jitter_star_off_the_image_in_one_frame_has_no_flux_there():
+    """A star over the edge whose stamp leaves the image at one frame's shift (its nearest pixel
+    moves by one) has flux and error NaN in that frame only; its flux elsewhere and the other
+    stars' are those of a dense least-squares fit of each frame at the fitted shift."""
+    rng = np.random.default_rng(0)
+    H, W, K = 20, 22, 4
+    r, c, f = np.array([8.0, 12.3, -5.45]), np.array([6.0, 15.2, 10.0]), np.array([3e3, 2e3, 1e6])
+    shifts = np.array([[-0.1, 0.05], [0.3, -0.1], [0.25, 0.1], [0.3, 0.0]])  # star 2 off in frame 0
+    frames = np.stack([dense_image(r + s[0], c + s[1], f, (H, W)) for s in shifts], axis=2)
+    frames += rng.normal(size=frames.shape)
+    res = fit_jitter(Gaussian(1.0), frames, r, c, errors=np.ones((H, W)), shifts=shifts, tol=1e-10)
+    assert res.converged and np.isnan(res.flux[2, 0]) and np.isnan(res.flux_err[2, 0])
+    for t in range(K):
+        _, Lk, _, _ = dense_image(r + res.shifts[t, 0], c + res.shifts[t, 1], f, (H, W), derivs=True)
+        L = Lk.reshape(H * W, -1)
+        keep = np.flatnonzero((L**2).sum(axis=0) > 0)
+        assert keep.tolist() == ([0, 1] if t == 0 else [0, 1, 2])
+        flux = np.linalg.lstsq(L[:, keep], frames[:, :, t].ravel(), rcond=None)[0]
+        np.testing.assert_allclose(res.flux[keep, t], flux, rtol=1e-7)
+
+
 def test_jitter_wholly_masked_frame_and_no_stars():
     """A frame masked whole (a bad frame) has no shift information: its shift, shift error and
     fluxes are NaN, and the other frames come out as fitted without it (they used to raise
