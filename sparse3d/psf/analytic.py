@@ -245,8 +245,9 @@ class Moffat(PSFModel):
     Notes
     -----
     The wings fall as ``r^-2β``: a stamp of radius ``R`` loses ``(1 + R²/α²)^(1-β)`` of the
-    flux (circular case), e.g. 1.6 % for α = 2 px, β = 3, R = 15 px — much more than a
-    Gaussian of the same FWHM. Size stamps accordingly.
+    flux (circular case), e.g. 0.03 % for α = 2 px, β = 3, R = 15 px, but 0.75 % for
+    α = 3 px, β = 2.5 and 6.6 % for α = 4 px, β = 2 — much more than a Gaussian of the same
+    FWHM. Size stamps accordingly.
 
     The profile is sampled at pixel centres (as :class:`Gaussian`), not integrated over the
     pixels: with an undersampled core the stamp sums to *more* than the flux. On an
