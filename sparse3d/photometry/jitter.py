@@ -40,7 +40,9 @@ dominates (many crowded stars), which has not been measured yet.
 Uncertainties
 -------------
 ``shifts_err`` comes from each frame's Schur complement at the last linearisation, the fluxes
-marginalised. ``flux_err`` is the flux part of the same frame's inverse: ``diag(N_t^-1)`` from
+marginalised. That is at the reported state: when the fit stops without converging (``max_iter``)
+it is linearised once more there (the errors of the state before the last step were up to 80 %
+off after one iteration). ``flux_err`` is the flux part of the same frame's inverse: ``diag(N_t^-1)`` from
 one factorisation and selected inversion of the frame's own flux matrix (at the end, one per
 frame: 0.7 s of a 6 s fit of tutorial 7's 1,500 stars in 50 frames) plus the shift term. The
 matrix at the mean pointing is no stand-in there: a star near an edge keeps a different part
@@ -70,13 +72,16 @@ class JitterFitResult:
     ----------
     shifts : numpy.ndarray
         ``(nframes, 2)``: the fitted ``(drow, dcol)`` of every frame, pixels; star ``k`` is
-        at ``(row[k] + drow, col[k] + dcol)`` in that frame.
+        at ``(row[k] + drow, col[k] + dcol)`` in that frame. NaN (and NaN errors) for a frame
+        whose shift no star constrains (the frame wholly masked, or no stars).
     shifts_err : numpy.ndarray
         ``(nframes, 2)``: their 1-sigma uncertainties (the fluxes marginalised: the
-        inverse of the Schur complement of the last linearisation).
+        inverse of the Schur complement of the last linearisation, at the reported state or,
+        when converged, within ``tol`` of it).
     flux : numpy.ndarray
         ``(nsources, nframes)``: every star's flux in every frame (light curves); NaN for
-        stars without data at the mean pointing.
+        stars without data at the mean pointing, and in a frame where the star has no data
+        (its stamp wholly masked in that frame, or off the image at that frame's shift).
     flux_err : numpy.ndarray
         ``(nsources, nframes)``: 1-sigma flux uncertainties, marginalised over the frame's
         shift (as ``shifts_err`` is over the fluxes): ``diag(N_t^-1)`` of the frame's own flux
@@ -97,9 +102,11 @@ class JitterFitResult:
         Gauss-Newton iterations.
     n_factorizations : int
         Sparse factorisations of the fit: one at the start (reused by the first iteration),
-        then one per iteration. (``flux_err`` takes one more per frame, at the end.)
+        then one per iteration, and one for the errors at the reported state when the fit did
+        not converge. (``flux_err`` takes one more per frame, at the end.)
     cg_iterations : numpy.ndarray
-        Conjugate-gradient steps of each solve (the start and every iteration).
+        Conjugate-gradient steps of each solve (the start, every iteration, and the errors at
+        the reported state when the fit did not converge).
     """
 
     shifts: np.ndarray
@@ -150,6 +157,22 @@ def _known_shift_variances(frames: _Frames, w, imshape: tuple[int, int], solver:
                 Lt, imshape=imshape, errors=errors, mask=bad if bad.any() else None, solver=solver
             )
             out[:, t] = ne.weights_err() ** 2
+    return out
+
+
+def _constrains_shift(S: np.ndarray) -> bool:
+    """Whether a frame's ``2 x 2`` shift precision (Schur complement) ``S`` is positive definite."""
+    tr = S[0, 0] + S[1, 1]
+    det = S[0, 0] * S[1, 1] - S[0, 1] * S[1, 0]
+    return bool(np.isfinite(det) and tr > 0 and det > 1e-12 * tr * tr)
+
+
+def _has_data(frames: _Frames, w) -> np.ndarray:
+    """``(nfree, nframes)``: the star has a pixel of non-zero weight and model in the frame
+    (the diagonal of the frame's flux normal matrix is positive)."""
+    out = np.empty((frames.L[0].shape[1] if frames.L else 0, len(frames.L)), dtype=bool)
+    for t, Lt in enumerate(frames.L):
+        out[:, t] = Lt.multiply(Lt).T @ w(t) > 0
     return out
 
 
@@ -346,6 +369,7 @@ def fit_jitter(
     chi2 = frame_chi2(frames, F)
     history = [chi2]
     shifts_err = np.full((K, 2), np.nan)
+    lost = np.zeros(K, dtype=bool)  # frames whose shift no star constrains
     # per frame, what the shift's uncertainty adds to each flux variance: diag(X12 S^-1 X12^T)
     # (the Schur complement; fluxes and shift are correlated: without it the flux errors are
     # those at a known shift, several per cent too small for a frame of few stars)
@@ -358,10 +382,10 @@ def fit_jitter(
         out[free] = F
         return out
 
-    while n_iter < max_iter:
-        n_iter += 1
-        if n_iter > 1:
-            ne = factorise(s.mean(axis=0))
+    def linearise(ne):
+        """One Gauss-Newton linearisation of every frame at ``(s, F)`` with the factorisation
+        ``ne`` at the mean pointing: ``(frames, ds, Fn)``, the designs, the shift steps and the
+        new fluxes; sets ``shifts_err``, ``shift_var`` and ``lost`` of that state."""
         frames = _Frames(psf, r, c, s, geometry, free, True, full_flux(F))
         # three right-hand sides per frame: L^T C^-1 [d, g_row, g_col]
         B = np.empty((nf, 3 * K))
@@ -381,11 +405,27 @@ def fit_jitter(
             X0, X12 = X[:, 3 * t], X[:, 3 * t + 1 : 3 * t + 3]
             Bt = B[:, 3 * t + 1 : 3 * t + 3]
             S = Gm[t] - Bt.T @ X12  # Schur complement of N_t: the shifts' precision
+            lost[t] = not _constrains_shift(S)
+            if lost[t]:
+                # no star gives this frame's shift any information (the frame wholly masked,
+                # no stars): the shift is unconstrained, NaN in the result, and held here
+                ds[t] = 0.0
+                Fn[:, t] = X0
+                shifts_err[t] = np.nan
+                shift_var[:, t] = 0.0
+                continue
             Sinv = np.linalg.inv(S)
             ds[t] = Sinv @ (h[t] - Bt.T @ X0)
             Fn[:, t] = X0 - X12 @ ds[t]
             shifts_err[t] = np.sqrt(np.diag(Sinv))
             shift_var[:, t] = np.einsum("ij,jk,ik->i", X12, Sinv, X12)
+        return frames, ds, Fn
+
+    while n_iter < max_iter:
+        n_iter += 1
+        if n_iter > 1:
+            ne = factorise(s.mean(axis=0))
+        frames, ds, Fn = linearise(ne)
         # accept per frame when its chi-square does not rise; otherwise halve the step
         alpha = np.ones(K)
         pending = np.arange(K)
@@ -415,12 +455,22 @@ def fit_jitter(
             converged = True
             break
 
+    if not converged:
+        # the errors describe the reported state: linearised once more at it unless the last
+        # step was below tol (after one iteration they were up to 80 % off a dense inverse at
+        # the reported shifts; with max_iter=0, shifts_err was NaN and flux_err had no shift term)
+        frames = linearise(factorise(s.mean(axis=0)))[0]
     flux_err = np.full((n, K), np.nan)
     flux_err[free] = np.sqrt(_known_shift_variances(frames, w, (H, W), solver) + shift_var)
+    # a star without data in a frame (its stamp wholly masked there, or off the image at that
+    # shift) has no flux there: NaN, not the arbitrary value its column of N_t (all zeros) lets
+    # conjugate gradients leave in it
+    flux = full_flux(F)
+    flux[free] = np.where(_has_data(frames, w), flux[free], np.nan)
     return JitterFitResult(
-        shifts=s,
+        shifts=np.where(lost[:, None], np.nan, s),
         shifts_err=shifts_err,
-        flux=full_flux(F),
+        flux=flux,
         flux_err=flux_err,
         chi2=chi2,
         chi2_history=np.asarray(history),
