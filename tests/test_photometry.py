@@ -122,7 +122,14 @@ def test_positions_reported_state_is_consistent_with_chi2_and_errors(max_iter):
     data = data + rng.normal(size=(H, W)) * err
     start_r, start_c = r + rng.uniform(-0.3, 0.3, r.size), c + rng.uniform(-0.3, 0.3, r.size)
     res = fit_positions(
-        Gaussian(1.0), data, start_r, start_c, errors=err, mask=mask, imcorner=imc, background="plane",
+        Gaussian(1.0),
+        data,
+        start_r,
+        start_c,
+        errors=err,
+        mask=mask,
+        imcorner=imc,
+        background="plane",
         max_iter=max_iter,
     )
     assert res.moved.sum() >= 4 and res.converged == (max_iter == 30)
@@ -453,6 +460,21 @@ def test_jitter_per_frame_mask_and_errors():
     np.testing.assert_allclose(res2.shifts, res.shifts, atol=1e-9)
 
 
+def _jitter_scene(rng, n, imshape, K, imc, margin, jitter):
+    """``n`` stars (over the edges for ``margin < 0``) in ``K`` frames jittered by ``jitter`` px
+    rms on an image with corner ``imc``, per-frame noise maps: ``(r, c, f, noise, frames)``."""
+    H, W = imshape
+    r, c, f = scene(rng, n=n, imshape=imshape, margin=margin, min_sep=3.0, fmin=500.0, fmax=5e3)
+    r, c = r + imc[0], c + imc[1]
+    shifts = rng.normal(0, jitter, size=(K, 2))
+    noise = rng.uniform(1.0, 2.0, (H, W, K))
+    frames = (
+        np.stack([dense_image(r + s[0], c + s[1], f, imshape, imcorner=imc) for s in shifts], axis=2)
+        + rng.normal(size=(H, W, K)) * noise
+    )
+    return r, c, f, noise, frames
+
+
 @pytest.mark.parametrize("how", ["mask", "inf", "dq", "masked_array"])
 def test_jitter_star_without_data_in_one_frame_has_no_flux_there(how):
     """A star whose stamp is wholly masked in one frame (any way of masking) has flux NaN there,
@@ -460,13 +482,7 @@ def test_jitter_star_without_data_in_one_frame_has_no_flux_there(how):
     flux and error is the dense solve of its frame at the fitted shift (imcorner != 0)."""
     rng = np.random.default_rng(21)
     H, W, K, imc = 30, 32, 5, (4, -6)
-    r, c, f = scene(rng, n=7, imshape=(H, W), margin=-1.0, min_sep=3.0, fmin=500.0, fmax=5e3)
-    r, c = r + imc[0], c + imc[1]
-    shifts = rng.normal(0, 0.3, size=(K, 2))
-    noise = rng.uniform(1.0, 2.0, (H, W, K))
-    frames = np.stack(
-        [dense_image(r + s[0], c + s[1], f, (H, W), imcorner=imc) for s in shifts], axis=2
-    ) + rng.normal(size=(H, W, K)) * noise
+    r, c, f, noise, frames = _jitter_scene(rng, 7, (H, W), K, imc, margin=-1.0, jitter=0.3)
     k = int(np.argmin(np.hypot(r - imc[0] - H / 2, c - imc[1] - W / 2)))  # an inner star
     bad = np.zeros((H, W, K), dtype=bool)
     ir, ic = int(np.floor(r[k] + 0.5)) - imc[0], int(np.floor(c[k] + 0.5)) - imc[1]
@@ -505,13 +521,7 @@ def test_jitter_errors_of_a_fit_stopped_early_are_those_of_the_reported_state(ma
     in another scene."""
     rng = np.random.default_rng(27)
     H, W, K, imc = 24, 26, 4, (-3, 5)
-    r, c, f = scene(rng, n=6, imshape=(H, W), margin=-1.5, min_sep=3.0, fmin=500.0, fmax=5e3)
-    r, c = r + imc[0], c + imc[1]
-    shifts = rng.normal(0, 0.4, size=(K, 2))
-    noise = rng.uniform(1.0, 2.0, (H, W, K))
-    frames = np.stack(
-        [dense_image(r + s[0], c + s[1], f, (H, W), imcorner=imc) for s in shifts], axis=2
-    ) + rng.normal(size=(H, W, K)) * noise
+    r, c, f, noise, frames = _jitter_scene(rng, 6, (H, W), K, imc, margin=-1.5, jitter=0.4)
     res = fit_jitter(Gaussian(1.0), frames, r, c, imcorner=imc, errors=noise, max_iter=max_iter)
     assert not res.converged and res.n_iter == max_iter
     for t in range(K):
