@@ -83,11 +83,17 @@ def pixel_weights(
         bad = m if D.ndim == 2 else np.broadcast_to(m[:, :, None], D.shape)
     D[bad] = 0.0
     # one (H, W) map for the fit layer: the mean weight over frames (exact when shared)
-    iv2 = ivar if ivar.ndim == 2 else ivar.mean(axis=2)
-    fmask = iv2 == 0
-    with np.errstate(divide="ignore"):
-        ferr = np.where(fmask, 1.0, 1.0 / np.sqrt(iv2))
-    return PixelWeights(D, ivar, ferr, fmask if fmask.any() else None, inp)
+    ferr, fmask = fit_maps(ivar if ivar.ndim == 2 else ivar.mean(axis=2))
+    return PixelWeights(D, ivar, ferr, fmask, inp)
+
+
+def fit_maps(ivar: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(errors, mask)`` as :func:`sparse3d.fit.fit_design` takes them for the inverse
+    variances ``ivar``: errors ``1 / sqrt(ivar)`` (1 on masked pixels) and the mask
+    ``ivar == 0`` (None when nothing is masked)."""
+    mask = ivar == 0
+    errors = 1.0 / np.sqrt(np.where(mask, 1.0, ivar))
+    return errors, mask if mask.any() else None
 
 
 def check_positions(row: Any, col: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse
 
-from ._inputs import check_positions, pixel_weights
+from ._inputs import check_positions, fit_maps, pixel_weights
 from ._linearise import column_norms, design_at, stamp_shape_arg
 
 _MAX_HALVINGS = 6
@@ -136,9 +136,13 @@ class _Frames:
                 self.g.append(np.stack([dR.dot(ft).ravel(), dC.dot(ft).ravel()], axis=1))
 
 
-def _known_shift_variances(frames: _Frames, w, imshape: tuple[int, int], solver: str) -> np.ndarray:
+def _known_shift_variances(
+    frames: _Frames, w, imshape: tuple[int, int], solver: str
+) -> tuple[np.ndarray, np.ndarray]:
     """``diag(N_t^-1)`` of every frame's flux normal matrix at its last linearisation, with the
-    frame's own weights: ``(nfree, nframes)`` (NaN for a star without data in that frame).
+    frame's own weights, and whether the star has data in the frame (a pixel of non-zero weight
+    and model: a positive diagonal of ``N_t``): two ``(nfree, nframes)`` arrays (the variance
+    is NaN where the star has no data).
 
     One factorisation and selected inversion per frame. The matrix at the mean pointing is no
     stand-in: a star near an edge keeps a different part of its PSF in every frame (its
@@ -146,18 +150,16 @@ def _known_shift_variances(frames: _Frames, w, imshape: tuple[int, int], solver:
     """
     from ..fit import UnconstrainedSourceWarning, prepare_normal_equations
 
-    out = np.empty((frames.L[0].shape[1] if frames.L else 0, len(frames.L)))
+    shape = (frames.L[0].shape[1] if frames.L else 0, len(frames.L))
+    var, has_data = np.empty(shape), np.empty(shape, dtype=bool)
     for t, Lt in enumerate(frames.L):
-        wt = np.asarray(w(t)).reshape(imshape)
-        bad = wt == 0
-        errors = 1.0 / np.sqrt(np.where(bad, 1.0, wt))
+        errors, mask = fit_maps(np.asarray(w(t)).reshape(imshape))
         with warnings.catch_warnings():  # a star off the image in this frame: NaN, as documented
             warnings.simplefilter("ignore", UnconstrainedSourceWarning)
-            ne = prepare_normal_equations(
-                Lt, imshape=imshape, errors=errors, mask=bad if bad.any() else None, solver=solver
-            )
-            out[:, t] = ne.weights_err() ** 2
-    return out
+            ne = prepare_normal_equations(Lt, imshape=imshape, errors=errors, mask=mask, solver=solver)
+            var[:, t] = ne.weights_err() ** 2
+        has_data[:, t] = ne.free
+    return var, has_data
 
 
 def _constrains_shift(S: np.ndarray) -> bool:
@@ -165,15 +167,6 @@ def _constrains_shift(S: np.ndarray) -> bool:
     tr = S[0, 0] + S[1, 1]
     det = S[0, 0] * S[1, 1] - S[0, 1] * S[1, 0]
     return bool(np.isfinite(det) and tr > 0 and det > 1e-12 * tr * tr)
-
-
-def _has_data(frames: _Frames, w) -> np.ndarray:
-    """``(nfree, nframes)``: the star has a pixel of non-zero weight and model in the frame
-    (the diagonal of the frame's flux normal matrix is positive)."""
-    out = np.empty((frames.L[0].shape[1] if frames.L else 0, len(frames.L)), dtype=bool)
-    for t, Lt in enumerate(frames.L):
-        out[:, t] = Lt.multiply(Lt).T @ w(t) > 0
-    return out
 
 
 def _pcg(apply_N, precond, B, tol, maxiter):
@@ -460,13 +453,14 @@ def fit_jitter(
         # step was below tol (after one iteration they were up to 80 % off a dense inverse at
         # the reported shifts; with max_iter=0, shifts_err was NaN and flux_err had no shift term)
         frames = linearise(factorise(s.mean(axis=0)))[0]
+    known, has_data = _known_shift_variances(frames, w, (H, W), solver)
     flux_err = np.full((n, K), np.nan)
-    flux_err[free] = np.sqrt(_known_shift_variances(frames, w, (H, W), solver) + shift_var)
+    flux_err[free] = np.sqrt(known + shift_var)
     # a star without data in a frame (its stamp wholly masked there, or off the image at that
     # shift) has no flux there: NaN, not the arbitrary value its column of N_t (all zeros) lets
     # conjugate gradients leave in it
     flux = full_flux(F)
-    flux[free] = np.where(_has_data(frames, w), flux[free], np.nan)
+    flux[free] = np.where(has_data, flux[free], np.nan)
     return JitterFitResult(
         shifts=np.where(lost[:, None], np.nan, s),
         shifts_err=shifts_err,
