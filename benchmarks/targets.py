@@ -160,7 +160,6 @@ def limit_rows(results: dict, limit: dict | None) -> list[Row]:
     pipeline at its physical limit would have (the float32 target's floor)."""
     if not limit or not limit.get("pipeline_limit_s"):
         return []
-    vs = "physical limit"
     rows = []
     for case, key in (("pipeline", "pipeline"), ("pipeline_f32", "pipeline_f32")):
         base = limit.get(f"{key}_limit_s")
@@ -170,7 +169,7 @@ def limit_rows(results: dict, limit: dict | None) -> list[Row]:
             value = _median(results, case, impl)
             if value is None:
                 continue
-            row = Row(case, impl, vs, "time", value, base, value / base)
+            row = Row(case, impl, "physical limit", "time", value, base, value / base)
             row.label = f"{limit[f'{key}_bytes'] / 1e6:.0f} MB at {limit['bytes_per_s'] / 1e9:.1f} GB/s"
             if impl == "sparse3d" and case == "pipeline":
                 row.target, row.passed = LIMIT_TARGET, row.ratio <= LIMIT_TARGET
